@@ -1,0 +1,57 @@
+"""What happens after a task attempt raised: retry, fail or skip.
+
+One decision function serves the local engine and the fleet executor, so a flow
+behaves the same in a unit test and on the workers.
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass
+
+from .signals import FAIL, RETRY, SKIP
+from .states import StateType
+from .tasks import Task
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The decision after an attempt raised."""
+
+    state: StateType  # AWAITING_RETRY, FAILED or SKIPPED
+    message: str
+    delay: float = 0.0
+    uses_retry: bool = False  # False for a RETRY signal (a sensor poke)
+
+
+def describe(exc: BaseException) -> str:
+    """One line naming the exception type and message."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def decide(task: Task, exc: BaseException, retries_used: int) -> Outcome:
+    """Decide the next state of a task run whose attempt raised ``exc``."""
+    if isinstance(exc, SKIP):
+        return Outcome(StateType.SKIPPED, exc.message or "skipped by SKIP")
+    if isinstance(exc, FAIL):
+        return Outcome(StateType.FAILED, exc.message or "failed by FAIL")
+    if isinstance(exc, RETRY):
+        return Outcome(
+            StateType.AWAITING_RETRY, exc.message or "RETRY requested", delay=exc.seconds_to_wait()
+        )
+    if retries_used < task.retries:
+        delay = task.retry_delay(retries_used + 1)
+        return Outcome(
+            StateType.AWAITING_RETRY,
+            f"attempt failed ({describe(exc)}); retry {retries_used + 1} of {task.retries} "
+            f"in {delay:g}s",
+            delay=delay,
+            uses_retry=True,
+        )
+    return Outcome(StateType.FAILED, describe(exc))
+
+
+def format_traceback(exc: BaseException) -> str:
+    """The traceback of ``exc`` as text, for the run record."""
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

@@ -1,0 +1,174 @@
+"""Send flow runs to the fleet from Python and follow them: ``etl.delay(...)``.
+
+The client traces the flow here (it has the code), compiles the plan and sends the
+canvas itself: one hop fewer than asking a worker to do it. A flow that needs task
+results while it runs is sent to a worker of its queue to be driven there.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from celery import Celery
+
+from . import keys
+from .celery_app import client_app
+from .compiler import START_FLOW_RUN_TASK, Compiled, compile_plan
+from .errors import FlowRunFailed, OrchestratorError, RunTimeout
+from .plan import Plan
+from .references import resolve
+from .runs import launch_static
+from .serialization import to_jsonable
+from .settings import get_settings
+from .states import StateType
+from .store import RunStore, now
+from .tracer import DynamicFlowRequired, trace_flow
+
+if TYPE_CHECKING:
+    from .flows import Flow
+
+
+class FlowRun:
+    """A handle on a flow run sent to the fleet."""
+
+    def __init__(self, run_id: str, store: RunStore | None = None) -> None:
+        self.id = run_id
+        self.store = store or RunStore()
+
+    @property
+    def state(self) -> StateType | None:
+        """The run's current state (None if Redis does not know the run)."""
+        return self.store.flow_state(self.id)
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """The run record: name, flow, queue, state, timestamps, message."""
+        return {k: _maybe_json(v) for k, v in self.store.read_flow_run(self.id).items()}
+
+    def wait(self, timeout: float | None = None) -> StateType:
+        """Block until the run is final; raise RunTimeout after ``timeout`` seconds."""
+        state = self.store.wait_flow_final(self.id, timeout)
+        if state is None or not state.is_final:
+            raise RunTimeout(
+                f"flow run {self.id} is still {state.value if state else 'unknown'} after "
+                f"{timeout}s; it goes on. Check that a worker consumes its queue "
+                f"({self.info.get('queue')})."
+            )
+        return state
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The flow's return value; raises FlowRunFailed if the run did not complete."""
+        state = self.wait(timeout)
+        record = self.info
+        if state is not StateType.COMPLETED:
+            raise FlowRunFailed(
+                f"flow run {record.get('name', self.id)} ({self.id}) ended {state.value}: "
+                f"{record.get('message', '')}"
+            )
+        returns = json.loads(self.store.read_flow_run(self.id).get("returns", "null"))
+        return resolve(returns, self.store, allow_pickle=True, where=f"flow run {self.id} result")
+
+    def task_runs(self) -> list[dict[str, Any]]:
+        """Every task run of this flow run, ordered by creation, with state and times."""
+        ids = sorted(self.store.redis.smembers(keys.flow_tasks(self.id)))  # type: ignore[arg-type]
+        pipe = self.store.redis.pipeline(transaction=False)
+        for trid in ids:
+            pipe.hgetall(keys.task_run(trid))
+        rows = [r for r in pipe.execute() if r]
+        return sorted(rows, key=lambda r: (float(r.get("created", 0)), r.get("label", "")))
+
+    def __repr__(self) -> str:
+        return f"<FlowRun {self.id} {self.state}>"
+
+
+def _maybe_json(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def encode_parameters(flow: Flow, parameters: dict[str, Any]) -> dict[str, Any]:
+    """Parameters as JSON data; an unsendable one is named in the error."""
+    return {
+        name: to_jsonable(value, f"flow {flow.name!r} parameter {name!r}")
+        for name, value in parameters.items()
+    }
+
+
+@dataclass
+class PreparedRun:
+    """A traced and compiled run, or the reason it cannot be compiled statically."""
+
+    run_id: str
+    queue: str
+    plan: Plan | None = None
+    compiled: Compiled | None = None
+    dynamic_reason: str | None = None
+    body_error: str | None = None
+
+
+def prepare_run(flow: Flow, parameters: dict[str, Any], *, run_id: str, queue: str, app: Celery) -> PreparedRun:
+    """Trace and compile a run without writing anything.
+
+    Bad definitions and unsendable arguments raise here, before any record exists.
+    A body that needs task values is marked dynamic; a body that raises while traced
+    is kept as the run's error.
+    """
+    prepared = PreparedRun(run_id, queue)
+    try:
+        prepared.plan = trace_flow(flow, parameters, run_id=run_id, queue=queue)
+    except DynamicFlowRequired as signal:
+        prepared.dynamic_reason = str(signal)
+        return prepared
+    except OrchestratorError:
+        raise
+    except Exception as exc:
+        prepared.body_error = f"the flow body raised while it was planned: {type(exc).__name__}: {exc}"
+        return prepared
+    prepared.compiled = compile_plan(prepared.plan, app)
+    return prepared
+
+
+def launch_prepared(prepared: PreparedRun, flow_name: str, *, store: RunStore, app: Celery, record: dict[str, Any]) -> None:
+    """Start a prepared run whose record was written: canvas, dynamic driver or failure."""
+    run_id = prepared.run_id
+    if prepared.body_error:
+        store.write_flow_run(
+            run_id, {"state": StateType.FAILED.value, "ended": now(), "message": prepared.body_error}
+        )
+    elif prepared.plan is None or prepared.compiled is None:
+        store.write_flow_run(run_id, {"mode": "dynamic", "mode_reason": prepared.dynamic_reason or ""})
+        app.signature(
+            START_FLOW_RUN_TASK,
+            kwargs={"flow": flow_name, "run_id": run_id, "dynamic": True},
+            options={"queue": prepared.queue, "task_id": f"start-{run_id}"},
+        ).apply_async()
+    else:
+        launch_static(store, prepared.plan, prepared.compiled, record)
+
+
+def submit_flow_run(
+    flow: Flow, parameters: dict[str, Any], *, queue: str | None = None, name: str | None = None
+) -> FlowRun:
+    """Create a flow run record and send it; nothing is written if the input is bad."""
+    flow.importable_or_raise()
+    settings = get_settings()
+    run_id = str(uuid.uuid4())
+    queue = queue or flow.queue or settings.default_queue
+    encoded = encode_parameters(flow, parameters)
+    run_name = name or flow.run_name(parameters, run_id)
+    store = RunStore()
+    store.ping()
+    app = client_app()
+    prepared = prepare_run(flow, parameters, run_id=run_id, queue=queue, app=app)
+    record = {
+        "id": run_id, "flow": flow.name, "name": run_name, "root": run_id, "queue": queue,
+        "parameters": encoded, "created": now(),
+    }
+    store.write_flow_run(run_id, record | {"state": StateType.PENDING.value})
+    launch_prepared(prepared, flow.name, store=store, app=app, record=record)
+    return FlowRun(run_id, store)

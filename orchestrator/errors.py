@@ -1,0 +1,62 @@
+"""The one exception hierarchy of the product.
+
+Every message says what happened, to which flow or task run, and what to do::
+
+    OrchestratorError
+    ├── DefinitionError (+ TypeError)     a flow or task is declared in a way we cannot run
+    ├── ParameterError (+ ValueError)     flow parameters do not bind or cannot be carried
+    ├── SerializationError (+ TypeError)  a value JSON (or the opted-in pickle) cannot carry
+    ├── PlanError                         the traced graph cannot be compiled (cycles, ...)
+    ├── RunError                          something happened to a run
+    │   ├── TaskRunFailed                 a task run ended in a failed state
+    │   ├── FlowRunFailed                 a flow run ended in a failed state
+    │   └── UpstreamFailedError           a task did not run because an upstream failed
+    ├── RunTimeout (+ TimeoutError)       waiting for a run took longer than asked
+    └── ConnectionProblem (+ ConnectionError)  Redis or the broker cannot be reached
+"""
+
+from __future__ import annotations
+
+
+class OrchestratorError(Exception):
+    """Root of every error this product raises on purpose."""
+
+
+class DefinitionError(OrchestratorError, TypeError):
+    """A flow or task is defined in a way workers could not run (lambda, closure, __main__...)."""
+
+
+class ParameterError(OrchestratorError, ValueError):
+    """Flow parameters are missing, unknown or of a kind that cannot be sent."""
+
+
+class SerializationError(OrchestratorError, TypeError):
+    """A value cannot be serialized with the serializer its task or flow uses."""
+
+
+class PlanError(OrchestratorError):
+    """The task graph traced from a flow cannot be compiled (for example a wait_for cycle)."""
+
+
+class RunError(OrchestratorError):
+    """Base for errors that report what happened to a run."""
+
+
+class TaskRunFailed(RunError):
+    """A task run ended Failed, TimedOut or Crashed; the message says why."""
+
+
+class UpstreamFailedError(RunError):
+    """A task was not run because one of its upstream task runs did not complete."""
+
+
+class FlowRunFailed(RunError):
+    """A flow run ended in a failed state; the message names the task runs that failed."""
+
+
+class RunTimeout(OrchestratorError, TimeoutError):
+    """A wait for a run's result ran out of time; the run itself goes on."""
+
+
+class ConnectionProblem(OrchestratorError, ConnectionError):
+    """Redis or the broker did not answer; the message says which URL to check."""

@@ -1,0 +1,83 @@
+"""Every Redis key the product uses, on one screen.
+
+``root`` is the id of the top-level flow run; all keys of a run tree carry it so a
+cleanup can find them.
+"""
+
+from __future__ import annotations
+
+PREFIX = "orc"
+EVENTS_STREAM = f"{PREFIX}:events"  # state and log events for the API recorder
+
+
+def flow_run(run_id: str) -> str:
+    """Hash: name, state, parameters, timestamps, return template, leaves."""
+    return f"{PREFIX}:fr:{run_id}"
+
+
+def flow_done(run_id: str) -> str:
+    """List used as a latch: one item is pushed when the flow run is final."""
+    return f"{PREFIX}:frdone:{run_id}"
+
+
+def task_run(task_run_id: str) -> str:
+    """Hash: task name, flow run, state, start/end times, worker, attempts, message."""
+    return f"{PREFIX}:tr:{task_run_id}"
+
+
+def result(task_run_id: str) -> str:
+    """String: the serialized return value of a completed task run."""
+    return f"{PREFIX}:res:{task_run_id}"
+
+
+def finals(root: str) -> str:
+    """Hash task_run_id -> final state: a task run is made final exactly once (HSETNX)."""
+    return f"{PREFIX}:fin:{root}"
+
+
+def remaining(root: str) -> str:
+    """Counter of task runs of the run tree not yet final; the one reaching 0 ends the run."""
+    return f"{PREFIX}:rem:{root}"
+
+
+def downstream(task_run_id: str) -> str:
+    """Set of task run ids that depend on this one (for failure propagation and joins)."""
+    return f"{PREFIX}:next:{task_run_id}"
+
+
+def join_pending(root: str) -> str:
+    """Hash task_run_id -> upstreams still running, for nodes started by a Redis join."""
+    return f"{PREFIX}:jp:{root}"
+
+
+def join_signature(root: str) -> str:
+    """Hash task_run_id -> Celery signature (JSON) sent when its join count reaches 0."""
+    return f"{PREFIX}:js:{root}"
+
+
+def plan(root: str) -> str:
+    """String: the traced plan of a run tree as JSON (for display and the API)."""
+    return f"{PREFIX}:plan:{root}"
+
+
+def tree_keys(root: str) -> list[str]:
+    """Keys scoped to a whole run tree (expired together)."""
+    return [
+        finals(root), remaining(root), join_pending(root), join_signature(root), plan(root),
+        subflow_ends(root),
+    ]
+
+
+def flow_tasks(run_id: str) -> str:
+    """Set of the task run ids that belong to one flow run."""
+    return f"{PREFIX}:frtasks:{run_id}"
+
+
+def subflow_ends(root: str) -> str:
+    """Hash end-node task run id -> child flow run id, for the subflows of a tree."""
+    return f"{PREFIX}:ends:{root}"
+
+
+def body_node(run_id: str) -> str:
+    """Pseudo task run id standing for a dynamic flow's body in the remaining count."""
+    return f"body:{run_id}"

@@ -1,0 +1,250 @@
+"""Run a flow in-process, tasks in threads: no Redis, no worker, no API.
+
+This is how people unit-test flows. Submitted tasks start as soon as their own
+upstreams are done (done-callbacks, so no thread ever blocks waiting for another),
+with the same retry, signal, serialization and upstream-failure rules as the fleet.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from .attempts import decide
+from .context import RunInfo, current_run, using
+from .engine import (
+    Engine,
+    bind_arguments,
+    check_wait_for,
+    replace_futures,
+    split_map_arguments,
+    walk_futures,
+    zip_mapped,
+)
+from .errors import FlowRunFailed, TaskRunFailed, UpstreamFailedError
+from .futures import DoneAndNotDone, Future
+from .serialization import dumps
+from .settings import get_settings
+from .states import StateType
+
+if TYPE_CHECKING:
+    from .flows import Flow
+    from .tasks import Task
+
+
+class LocalFuture(Future[Any]):
+    """A task run executing in a thread of this process."""
+
+    def __init__(self, engine: LocalEngine, label: str) -> None:
+        self.engine = engine
+        self.task_run_id = str(uuid.uuid4())
+        self.label = label
+        self.cf: cf.Future[Any] = cf.Future()
+        self._state = StateType.PENDING
+        self.history: list[tuple[StateType, float, str]] = [(StateType.PENDING, time.time(), "")]
+
+    def set_state(self, state: StateType, message: str = "") -> None:
+        self._state = state
+        self.history.append((state, time.time(), message))
+
+    @property
+    def state(self) -> StateType:
+        return self._state
+
+    def wait(self, timeout: float | None = None) -> StateType:
+        cf.wait([self.cf], timeout=timeout)
+        return self._state
+
+    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> Any:
+        try:
+            return self.cf.result(timeout=timeout)
+        except cf.TimeoutError:
+            raise
+        except Exception as exc:
+            if raise_on_failure:
+                raise
+            return exc
+
+
+class LocalEngine(Engine):
+    """Executes one flow run's task calls in a shared thread pool."""
+
+    def __init__(self, flow: Flow, run_id: str, pool: cf.ThreadPoolExecutor) -> None:
+        self.flow = flow
+        self.run_id = run_id
+        self.pool = pool
+        self.futures: list[LocalFuture] = []
+        self.has_downstream: set[str] = set()
+        self._lock = threading.Lock()
+
+    # -- submitting -----------------------------------------------------------------
+    def submit(
+        self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any]
+    ) -> LocalFuture:
+        bound = bind_arguments(task.fn, args, kwargs, f"task {task.name!r}")
+        return self._submit_bound(task, bound, wait_for)
+
+    def _submit_bound(self, task: Task, bound: dict[str, Any], wait_for: list[Any]) -> LocalFuture:
+        future = LocalFuture(self, f"{task.fn.__name__}-{len(self.futures)}")
+        upstream = list(walk_futures(bound))
+        for item in check_wait_for(wait_for, task.name):
+            upstream.extend(walk_futures(item))
+        with self._lock:
+            self.futures.append(future)
+            self.has_downstream.update(up.task_run_id for up, _ in upstream)
+        remaining = [len(upstream)]
+        lock = threading.Lock()
+
+        def upstream_done(_: object) -> None:
+            with lock:
+                remaining[0] -= 1
+                ready = remaining[0] == 0
+            if ready:
+                self.pool.submit(self._execute, future, task, bound, upstream)
+
+        if not upstream:
+            self.pool.submit(self._execute, future, task, bound, upstream)
+        for up, _ in upstream:
+            up.cf.add_done_callback(upstream_done)  # type: ignore[attr-defined]
+        return future
+
+    def map(
+        self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any]
+    ) -> list[LocalFuture]:
+        what = f"task {task.name!r}"
+        mapped, static = split_map_arguments(bind_arguments(task.fn, args, kwargs, what), what)
+        lists: dict[str, list[Any]] = {}
+        for name, value in mapped.items():
+            if isinstance(value, Future):
+                if value.wait() is not StateType.COMPLETED:
+                    return [self._upstream_failed_map(task, value)]
+                value = value.result()
+            lists[name] = list(value)
+        return [self._submit_bound(task, static | one, wait_for) for one in zip_mapped(lists, what)]
+
+    def _upstream_failed_map(self, task: Task, upstream: Future[Any]) -> LocalFuture:
+        future = LocalFuture(self, f"{task.fn.__name__}-map")
+        with self._lock:
+            self.futures.append(future)
+        message = f"not run: the mapped upstream {upstream.label} did not complete"
+        future.set_state(StateType.UPSTREAM_FAILED, message)
+        future.cf.set_exception(UpstreamFailedError(message))
+        return future
+
+    def call_task(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return self.submit(task, args, kwargs, []).result()
+
+    def call_subflow(self, flow: Flow, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        resolved_args = replace_futures(args, lambda f, _: f.result())
+        resolved_kwargs = replace_futures(kwargs, lambda f, _: f.result())
+        params = flow.bind_parameters(resolved_args, resolved_kwargs)
+        return run_flow_locally(flow, params, pool=self.pool)
+
+    # -- waiting --------------------------------------------------------------------
+    def wait(self, futures: list[Future[Any]], timeout: float | None) -> DoneAndNotDone:
+        by_cf = {f.cf: f for f in futures if isinstance(f, LocalFuture)}
+        done, not_done = cf.wait(list(by_cf), timeout=timeout)
+        return DoneAndNotDone({by_cf[d] for d in done}, {by_cf[n] for n in not_done})
+
+    def as_completed(self, futures: list[Future[Any]], timeout: float | None) -> Iterator[Future[Any]]:
+        by_cf = {f.cf: f for f in futures if isinstance(f, LocalFuture)}
+        for done in cf.as_completed(list(by_cf), timeout=timeout):
+            yield by_cf[done]
+
+    def drain(self) -> None:
+        """Wait for every task run this flow started, including ones started later."""
+        seen = 0
+        while True:
+            with self._lock:
+                batch = self.futures[seen:]
+                seen = len(self.futures)
+            if not batch:
+                return
+            cf.wait([f.cf for f in batch])
+
+    # -- running one task -------------------------------------------------------------
+    def _execute(
+        self,
+        future: LocalFuture,
+        task: Task,
+        bound: dict[str, Any],
+        upstream: list[tuple[Future[Any], bool]],
+    ) -> None:
+        blocking = [up for up, allowed in upstream if not allowed and up.state != StateType.COMPLETED]
+        if blocking:
+            message = f"not run: upstream {blocking[0].label} ended {blocking[0].state.value}"
+            state = StateType.SKIPPED if blocking[0].state == StateType.SKIPPED else StateType.UPSTREAM_FAILED
+            future.set_state(state, message)
+            future.cf.set_exception(UpstreamFailedError(f"task {future.label}: {message}"))
+            return
+        # Only completed upstreams or allowed failures are left; a failure passes None.
+        inputs = replace_futures(
+            bound, lambda f, _: f.result() if f.state == StateType.COMPLETED else None
+        )
+        self._attempts(future, task, inputs)
+
+    def _attempts(self, future: LocalFuture, task: Task, inputs: dict[str, Any]) -> None:
+        retries_used = 0
+        attempt = 1
+        while True:
+            future.set_state(StateType.RUNNING if attempt == 1 else StateType.RETRYING)
+            run = RunInfo(self.run_id, self.flow.name, future.task_run_id, task.name, attempt)
+            try:
+                with using(None, run):
+                    value = task.fn(**inputs)
+                dumps(value, task.result_serializer, f"task {task.name!r} ({future.label})")
+            except Exception as exc:
+                outcome = decide(task, exc, retries_used)
+                if outcome.state is StateType.AWAITING_RETRY:
+                    future.set_state(StateType.AWAITING_RETRY, outcome.message)
+                    retries_used += outcome.uses_retry
+                    attempt += 1
+                    time.sleep(outcome.delay)
+                    continue
+                future.set_state(outcome.state, outcome.message)
+                error = TaskRunFailed(f"task {future.label} ended {outcome.state.value}: {outcome.message}")
+                error.__cause__ = exc
+                future.cf.set_exception(error)
+                return
+            future.set_state(StateType.COMPLETED)
+            future.cf.set_result(value)
+            return
+
+    def failed_runs(self, returned: list[Future[Any]]) -> list[LocalFuture]:
+        """The task runs that decide this flow failed: returned futures, else the leaves."""
+        deciders = [f for f in returned if isinstance(f, LocalFuture)]
+        if not deciders:
+            deciders = [f for f in self.futures if f.task_run_id not in self.has_downstream]
+        return [f for f in deciders if f.state.is_failed]
+
+
+def run_flow_locally(
+    flow: Flow, parameters: dict[str, Any], pool: cf.ThreadPoolExecutor | None = None
+) -> Any:
+    """Run ``flow`` in this process and return its value; raise if it failed."""
+    own_pool = pool is None
+    workers = get_settings().local_max_workers
+    pool = pool or cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"flow-{flow.name}")
+    run_id = str(uuid.uuid4())
+    engine = LocalEngine(flow, run_id, pool)
+    parent = current_run()
+    info = RunInfo(run_id, flow.name, extra={"parent_flow_run_id": parent.flow_run_id if parent else None})
+    try:
+        with using(engine, info):
+            value = flow.fn(**parameters)
+        engine.drain()
+        returned = [f for f, _ in walk_futures(value)]
+        failed = engine.failed_runs(returned)
+        if failed:
+            names = ", ".join(f"{f.label} ({f.state.value})" for f in failed)
+            error = FlowRunFailed(f"flow run {flow.name!r} ({run_id}) failed: task runs {names}.")
+            cause = failed[0].cf.exception()
+            raise error from cause
+        return replace_futures(value, lambda f, _: f.result())
+    finally:
+        if own_pool:
+            pool.shutdown(wait=True)

@@ -1,0 +1,137 @@
+"""Start and stop the local pieces a laptop (or a test) needs: redis-server and workers.
+
+Used by ``orchestrator demo`` and by the test suite. Every process gets a free port
+and is stopped (its whole process group) even when the caller fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import redis
+
+from .errors import ConnectionProblem
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """TERM the process group, then KILL it if it does not leave in time."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
+@contextlib.contextmanager
+def redis_server(port: int | None = None, appendonly: bool = False) -> Iterator[str]:
+    """Run a private redis-server on a free port; yield its URL."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise ConnectionProblem(
+            "redis-server is not installed; run scripts/setup.sh (it installs it with apt-get) "
+            "or install Redis yourself."
+        )
+    port = port or free_port()
+    workdir = tempfile.mkdtemp(prefix="orc-redis-")
+    args = [
+        binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+        "--appendonly", "yes" if appendonly else "no", "--dir", workdir,
+    ]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        client = redis.Redis.from_url(url)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise ConnectionProblem(f"redis-server on port {port} did not start") from None
+                time.sleep(0.05)
+        yield url
+    finally:
+        stop_process(proc)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def worker_command(
+    queues: str = "default", concurrency: int = 2, name: str | None = None, pool: str = "prefork"
+) -> list[str]:
+    """The celery worker command line the orchestrator uses."""
+    cmd = [
+        sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", queues,
+        "-c", str(concurrency), "-P", pool, "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+    ]
+    if name:
+        cmd += ["-n", name]
+    return cmd
+
+
+@contextlib.contextmanager
+def worker(
+    redis_url: str,
+    flow_modules: list[str],
+    queues: str = "default",
+    concurrency: int = 2,
+    name: str | None = None,
+    log_path: Path | None = None,
+    extra_env: dict[str, str] | None = None,
+    pool: str = "prefork",
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a Celery worker for ``flow_modules``; wait until it consumes, stop it after."""
+    env = os.environ.copy() | {
+        "ORCHESTRATOR_REDIS_URL": redis_url,
+        "ORCHESTRATOR_FLOW_MODULES": ",".join(flow_modules),
+        "PYTHONUNBUFFERED": "1",
+    } | (extra_env or {})
+    name = name or f"w{free_port()}@%h"
+    log_file = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    proc = subprocess.Popen(
+        worker_command(queues, concurrency, name, pool), env=env, stdout=log_file,
+        stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        wait_for_worker(redis_url, proc, queues.split(",")[0])
+        yield proc
+    finally:
+        stop_process(proc, timeout=15)
+        if log_path:
+            log_file.close()  # type: ignore[union-attr]
+
+
+def wait_for_worker(redis_url: str, proc: subprocess.Popen[bytes], queue: str, timeout: float = 60) -> None:
+    """Block until the worker has started consuming ``queue`` (its kombu binding exists)."""
+    client = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited with code {proc.returncode} before it was ready")
+        if client.exists(f"_kombu.binding.{queue}"):
+            time.sleep(0.3)  # binding is declared just before consuming starts
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"worker did not start consuming {queue!r} within {timeout}s")

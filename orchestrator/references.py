@@ -1,0 +1,77 @@
+"""Resolve input templates: references to upstream task runs become their results.
+
+Data passes by reference: a message names upstream task runs, and the receiving
+side fetches their results from Redis here, in one round trip.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import RunError
+from .plan import REF, refs_in
+from .serialization import PICKLE_TAG, from_jsonable, loads, unpickle
+from .store import RunStore
+
+
+class _Ref:
+    """Placeholder for a referenced result while a template is decoded."""
+
+    def __init__(self, node_id: str, path: list[Any]) -> None:
+        self.node_id = node_id
+        self.path = path
+
+
+def _substitute(value: Any, results: dict[str, Any]) -> Any:
+    if isinstance(value, _Ref):
+        out = results[value.node_id]
+        for key in value.path:
+            out = out[key]
+        return out
+    if isinstance(value, list):
+        return [_substitute(v, results) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_substitute(v, results) for v in value)
+    if isinstance(value, dict):
+        return {k: _substitute(v, results) for k, v in value.items()}
+    return value
+
+
+def resolve(
+    template: Any,
+    store: RunStore,
+    *,
+    allow_pickle: bool,
+    where: str,
+    failed_as_none: frozenset[str] = frozenset(),
+) -> Any:
+    """Decode ``template`` and replace every reference by the stored result.
+
+    ``failed_as_none`` lists upstreams whose failure was allowed: they resolve to None.
+    """
+
+    def hook(data: dict[str, Any]) -> Any:
+        if REF in data:
+            return _Ref(data[REF], list(data.get("path", [])))
+        if PICKLE_TAG in data:
+            return unpickle(data, allow_pickle, where)
+        return data
+
+    decoded = from_jsonable(template, hook)
+    ids = [i for i in refs_in(template) if i not in failed_as_none]
+    texts = store.results(ids)
+    results: dict[str, Any] = {i: None for i in failed_as_none}
+    for node_id, text in texts.items():
+        if text is None:
+            raise RunError(
+                f"{where}: the result of upstream task run {node_id} is missing from Redis "
+                "(expired or deleted); re-run the flow."
+            )
+        results[node_id] = loads(text, allow_pickle=allow_pickle, where=where)
+    return _substitute(decoded, results)
+
+
+def any_pickled(store: RunStore, template: Any) -> bool:
+    """Whether any referenced result was stored with pickle."""
+    texts = store.results(refs_in(template))
+    return any(t is not None and t.startswith('{"' + PICKLE_TAG) for t in texts.values())

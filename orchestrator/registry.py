@@ -1,0 +1,76 @@
+"""Every task and flow defined in this process, by name.
+
+Workers subscribe with :func:`on_task_registered` so that a task imported at any
+time becomes a Celery task under its own name. The API never needs this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from .errors import DefinitionError
+
+if TYPE_CHECKING:
+    from .flows import Flow
+    from .tasks import Task
+
+_tasks: dict[str, Task] = {}
+_flows: dict[str, Flow] = {}
+_task_listeners: list[Callable[[Task], None]] = []
+
+
+def _same_definition(a: Callable[..., object], b: Callable[..., object]) -> bool:
+    """True when two functions are the same definition (a module re-imported)."""
+    return (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)
+
+
+def register_task(task: Task) -> None:
+    """Make ``task`` known by name; two different functions may not share a name."""
+    existing = _tasks.get(task.name)
+    if existing is not None and not _same_definition(existing.fn, task.fn):
+        raise DefinitionError(
+            f"task name {task.name!r} is already used by {existing.fn.__module__}."
+            f"{existing.fn.__qualname__}; give one of them another name with @task(name=...)."
+        )
+    _tasks[task.name] = task
+    for listener in list(_task_listeners):
+        listener(task)
+
+
+def register_flow(flow: Flow) -> None:
+    """Make ``flow`` known by name; two different functions may not share a name."""
+    existing = _flows.get(flow.name)
+    if existing is not None and not _same_definition(existing.fn, flow.fn):
+        raise DefinitionError(
+            f"flow name {flow.name!r} is already used by {existing.fn.__module__}."
+            f"{existing.fn.__qualname__}; give one of them another name with @flow(name=...)."
+        )
+    _flows[flow.name] = flow
+
+
+def get_task(name: str) -> Task | None:
+    """The task registered under ``name``, if this process imported it."""
+    return _tasks.get(name)
+
+
+def get_flow(name: str) -> Flow | None:
+    """The flow registered under ``name``, if this process imported it."""
+    return _flows.get(name)
+
+
+def all_tasks() -> list[Task]:
+    """Every registered task."""
+    return list(_tasks.values())
+
+
+def all_flows() -> list[Flow]:
+    """Every registered flow."""
+    return list(_flows.values())
+
+
+def on_task_registered(listener: Callable[[Task], None]) -> None:
+    """Call ``listener`` for every task registered now and later."""
+    _task_listeners.append(listener)
+    for task in list(_tasks.values()):
+        listener(task)

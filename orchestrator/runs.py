@@ -1,0 +1,147 @@
+"""The life of a run tree in Redis: launch a plan, fail downstream, end the flow.
+
+A run tree (a root flow run and its subflows) keeps a count of task runs not yet
+final. Every task run becomes final exactly once (see :mod:`orchestrator.store`);
+the one that brings the count to zero decides the flow runs' final states. This is
+why a flow that returns before its futures are done still ends correctly, and why
+a failed chord header never leaves a run hanging.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from typing import Any
+
+from celery import Celery
+
+from . import keys
+from .compiler import Compiled
+from .plan import Plan, refs_in
+from .states import StateType
+from .store import RunStore, now
+
+
+def task_record(node_id: str, label: str, name: str, flow_run_id: str, root: str) -> dict[str, str]:
+    """The fields a task run starts with (state Pending)."""
+    return {
+        "id": node_id, "label": label, "name": name, "flow_run_id": flow_run_id, "root": root,
+        "state": StateType.PENDING.value, "created": str(now()),
+    }
+
+
+def launch_static(store: RunStore, plan: Plan, compiled: Compiled, fields: dict[str, Any]) -> None:
+    """Write the run tree's records, then apply the compiled canvas."""
+    root = plan.root_run_id
+    ttl = store.ttl
+    pipe = store.redis.pipeline(transaction=False)
+    pipe.set(keys.remaining(root), len(plan.nodes), ex=ttl)
+    by_flow: dict[str, list[str]] = {}
+    for node in plan.nodes.values():
+        by_flow.setdefault(node.flow_run_id, []).append(node.id)
+        pipe.hset(keys.task_run(node.id), mapping=task_record(node.id, node.label, node.name, node.flow_run_id, root))
+        pipe.expire(keys.task_run(node.id), ttl)
+        for up in node.upstream:
+            pipe.sadd(keys.downstream(up), node.id)
+            pipe.expire(keys.downstream(up), ttl)
+    for run_id, ids in by_flow.items():
+        pipe.sadd(keys.flow_tasks(run_id), *ids)
+        pipe.expire(keys.flow_tasks(run_id), ttl)
+    if compiled.join_pending:
+        pipe.hset(keys.join_pending(root), mapping=compiled.join_pending)
+        pipe.hset(keys.join_signature(root), mapping={k: json.dumps(v) for k, v in compiled.join_signatures.items()})
+        pipe.expire(keys.join_pending(root), ttl)
+        pipe.expire(keys.join_signature(root), ttl)
+    pipe.set(keys.plan(root), json.dumps(plan.to_dict()), ex=ttl)
+    for child in plan.subflows.values():
+        pipe.hset(keys.subflow_ends(root), child.end_node, child.run_id)
+        store.write_flow_run(
+            child.run_id,
+            {
+                "id": child.run_id, "flow": child.name, "name": f"{child.name}-{child.run_id[:8]}",
+                "parent": child.parent_run_id, "root": root, "state": StateType.RUNNING.value,
+                "started": now(), "mode": "static", "parameters": child.parameters,
+                "leaves": plan.leaves(child.run_id),
+                "returns": plan.nodes[child.end_node].inputs["returns"],
+            },
+            pipe,
+        )
+    pipe.expire(keys.subflow_ends(root), ttl)
+    store.write_flow_run(
+        root,
+        fields | {
+            "state": StateType.RUNNING.value, "started": now(), "mode": "static",
+            "returns": plan.returns, "leaves": plan.leaves(root),
+        },
+        pipe,
+    )
+    pipe.execute()
+    if not plan.nodes:
+        finish_flow_run(store, root)
+    elif compiled.canvas is not None:
+        compiled.canvas.apply_async()
+
+
+def flow_outcome(store: RunStore, root: str, run_id: str) -> tuple[StateType, str]:
+    """A flow run's final state: its returned futures decide, else its leaf task runs."""
+    record = store.read_flow_run(run_id)
+    if record.get("body_error"):
+        return StateType.FAILED, record["body_error"]
+    returns = json.loads(record.get("returns", "null"))
+    deciders = refs_in(returns) or json.loads(record.get("leaves", "[]"))
+    states = store.final_states(root, deciders)
+    failed = [t for t, s in states.items() if s is None or s.is_failed]
+    if not failed:
+        return StateType.COMPLETED, ""
+    labels = []
+    for trid in failed[:5]:
+        info = store.read_task_run(trid)
+        labels.append(f"{info.get('label', trid)} ({info.get('state', 'unknown')}: {info.get('message', '')})")
+    more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
+    return StateType.FAILED, f"task runs did not complete: {'; '.join(labels)}{more}"
+
+
+def finish_flow_run(store: RunStore, root: str) -> StateType:
+    """Decide and record the root flow run's final state (all its task runs are final)."""
+    state, message = flow_outcome(store, root, root)
+    store.write_flow_run(root, {"state": state.value, "ended": now(), "message": message})
+    return state
+
+
+def after_final(store: RunStore, root: str, left: int | None) -> None:
+    """Called after a task run became final: the last one ends the flow run."""
+    if left == 0:
+        finish_flow_run(store, root)
+
+
+def propagate_failure(store: RunStore, root: str, trid: str, state: StateType, label: str) -> None:
+    """Mark every task run downstream of ``trid`` UpstreamFailed (Skipped after a skip).
+
+    They will never be sent (canvas stops at a raised task; joins never reach zero),
+    so they are made final here and the run tree can still end.
+    """
+    down_state = StateType.SKIPPED if state is StateType.SKIPPED else StateType.UPSTREAM_FAILED
+    message = f"not run: upstream {label} ended {state.value}"
+    queue: deque[str] = deque(store.downstream_of(trid))
+    seen: set[str] = set()
+    while queue:
+        node = queue.popleft()
+        if node in seen:
+            continue
+        seen.add(node)
+        left, _ = store.task_finished(root, node, down_state, {"ended": now(), "message": message})
+        if left is None:
+            continue
+        child = store.redis.hget(keys.subflow_ends(root), node)
+        if child:
+            store.write_flow_run(
+                child, {"state": StateType.FAILED.value, "ended": now(), "message": message}
+            )
+        after_final(store, root, left)
+        queue.extend(store.downstream_of(node))
+
+
+def send_signatures(app: Celery, signatures: list[dict[str, Any]]) -> None:
+    """Send join signatures that became ready."""
+    for data in signatures:
+        app.signature(data).apply_async()

@@ -1,0 +1,70 @@
+"""One settings object for the whole product, read from ``ORCHESTRATOR_*`` variables.
+
+Every process (client, worker, API) builds the same :class:`Settings`, so a single
+environment variable changes behaviour everywhere at once.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """URLs and tunables; each field is ``ORCHESTRATOR_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="ORCHESTRATOR_", extra="ignore")
+
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="Redis holding run state, results and the event stream.",
+    )
+    broker_url: str | None = Field(
+        default=None, description="Celery broker; defaults to redis_url."
+    )
+    result_backend_url: str | None = Field(
+        default=None, description="Celery result backend (chord counting); defaults to redis_url."
+    )
+    default_queue: str = Field(default="default", description="Queue of flows that name none.")
+    flow_modules: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated modules a worker imports at start (its flows and tasks).",
+    )
+    result_ttl_seconds: int = Field(
+        default=7 * 24 * 3600, description="How long task results and run records stay in Redis."
+    )
+    visibility_timeout_seconds: int = Field(
+        default=3600, description="Redis broker visibility timeout (redelivery of unacked messages)."
+    )
+    events_maxlen: int = Field(
+        default=1_000_000,
+        description="Approximate cap of the state/log event stream before old entries are trimmed.",
+    )
+    max_dynamic_flows_per_process: int = Field(
+        default=32, description="Dynamic flow bodies one worker process drives at once."
+    )
+    local_max_workers: int = Field(
+        default=16, description="Threads that run submitted tasks when a flow is called in-process."
+    )
+
+    @field_validator("flow_modules", mode="before")
+    @classmethod
+    def _split_modules(cls, value: Any) -> Any:
+        """Accept ``a.flows,b.flows`` as well as a list."""
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Return the process-wide settings, read once from the environment."""
+    return Settings()
+
+
+def reset_settings() -> None:
+    """Forget the cached settings so the next :func:`get_settings` re-reads the environment."""
+    get_settings.cache_clear()

@@ -1,0 +1,249 @@
+"""Run state in Redis: flow runs, task runs, results, joins and the event stream.
+
+Workers, clients and (later) the API read and write runs only through this module,
+so the key layout and the "final exactly once" rule live in one place. The hot
+paths (a task starting, a task ending) are one Lua script each: one round trip,
+atomic, and idempotent when Celery redelivers a message.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from functools import lru_cache
+from typing import Any
+
+import redis
+
+from . import keys
+from .errors import ConnectionProblem
+from .settings import get_settings
+from .states import StateType
+
+# KEYS: task hash, finals, events ; ARGV: trid, ttl, maxlen, fields json, event json
+_START = """
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 0 end
+local fields = cjson.decode(ARGV[4])
+for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'event', ARGV[5])
+return 1
+"""
+
+# KEYS: task hash, finals, events, remaining, result, join pending, join sigs
+# ARGV: trid, ttl, maxlen, fields json, event json, state, result text ('' = none), downstream key
+_FINISH = """
+if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[6]) == 0 then return {-1} end
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+if ARGV[7] ~= '' then redis.call('SET', KEYS[5], ARGV[7], 'EX', ARGV[2]) end
+local fields = cjson.decode(ARGV[4])
+for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'event', ARGV[5])
+local left = redis.call('DECR', KEYS[4])
+local out = {left}
+if ARGV[6] == 'Completed' then
+  for _, d in ipairs(redis.call('SMEMBERS', ARGV[8])) do
+    if redis.call('HEXISTS', KEYS[6], d) == 1 then
+      if redis.call('HINCRBY', KEYS[6], d, -1) == 0 then
+        if redis.call('HEXISTS', KEYS[2], d) == 0 then
+          table.insert(out, redis.call('HGET', KEYS[7], d))
+        end
+      end
+    end
+  end
+end
+return out
+"""
+
+
+# KEYS: finals, join pending, join sigs ; ARGV: trid, signature, downstream-key prefix, ups...
+# Registers a task that waits for upstreams (dynamic flows): atomically with _FINISH,
+# so an upstream that ends meanwhile is either seen final here or decrements the join.
+_REGISTER = """
+local count = 0
+for i = 4, #ARGV do
+  local up = ARGV[i]
+  redis.call('SADD', ARGV[3] .. up, ARGV[1])
+  local st = redis.call('HGET', KEYS[1], up)
+  if st then
+    if st ~= 'Completed' then return {'blocked', up, st} end
+  else
+    count = count + 1
+  end
+end
+if count > 0 then
+  redis.call('HSET', KEYS[2], ARGV[1], count)
+  redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+end
+return {'ok', tostring(count)}
+"""
+
+
+@lru_cache(maxsize=8)
+def _client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+
+
+def now() -> float:
+    """Wall-clock time stamp used in every record (seconds since the epoch)."""
+    return time.time()
+
+
+class RunStore:
+    """Reads and writes run records for one Redis."""
+
+    def __init__(self, url: str | None = None) -> None:
+        settings = get_settings()
+        self.url = url or settings.redis_url
+        self.redis = _client(self.url)
+        self.ttl = settings.result_ttl_seconds
+        self.maxlen = settings.events_maxlen
+        self._start = self.redis.register_script(_START)
+        self._finish = self.redis.register_script(_FINISH)
+        self._register = self.redis.register_script(_REGISTER)
+
+    def ping(self) -> None:
+        """Raise ConnectionProblem with the URL if Redis does not answer."""
+        try:
+            self.redis.ping()
+        except redis.RedisError as exc:
+            raise ConnectionProblem(
+                f"cannot reach Redis at {self.url} ({exc}); start redis-server or set "
+                "ORCHESTRATOR_REDIS_URL to a Redis that is running."
+            ) from exc
+
+    # -- events -----------------------------------------------------------------------
+    @staticmethod
+    def event(kind: str, run_id: str, state: str, **data: Any) -> str:
+        """One state event as JSON (the API recorder's input)."""
+        return json.dumps({"kind": kind, "id": run_id, "state": state, "ts": now(), **data})
+
+    # -- flow runs --------------------------------------------------------------------
+    def write_flow_run(self, run_id: str, fields: dict[str, Any], pipe: Any = None) -> None:
+        """Create or update a flow run record; a state field also emits an event."""
+        target = pipe if pipe is not None else self.redis.pipeline(transaction=False)
+        encoded = {k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()}
+        target.hset(keys.flow_run(run_id), mapping=encoded)
+        target.expire(keys.flow_run(run_id), self.ttl)
+        if "state" in fields:
+            event = self.event("flow_run", run_id, fields["state"], message=fields.get("message", ""))
+            target.xadd(keys.EVENTS_STREAM, {"event": event}, maxlen=self.maxlen, approximate=True)
+            if StateType(fields["state"]).is_final:
+                target.lpush(keys.flow_done(run_id), fields["state"])
+                target.expire(keys.flow_done(run_id), self.ttl)
+        if pipe is None:
+            target.execute()
+
+    def read_flow_run(self, run_id: str) -> dict[str, str]:
+        """The raw flow run record (empty if unknown)."""
+        return self.redis.hgetall(keys.flow_run(run_id))  # type: ignore[return-value]
+
+    def flow_state(self, run_id: str) -> StateType | None:
+        """A flow run's state, or None if Redis has no such run."""
+        state = self.redis.hget(keys.flow_run(run_id), "state")
+        return StateType(state) if state else None
+
+    def wait_flow_final(self, run_id: str, timeout: float | None) -> StateType | None:
+        """Block until the flow run is final or ``timeout`` passes; return its state."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            state = self.flow_state(run_id)
+            if state is not None and state.is_final:
+                return state
+            left = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
+            if left <= 0:
+                return state
+            popped = self.redis.blpop([keys.flow_done(run_id)], timeout=max(left, 0.01))
+            if popped:  # put the latch back for other waiters
+                self.redis.lpush(keys.flow_done(run_id), popped[1])
+
+    # -- task runs --------------------------------------------------------------------
+    def task_started(self, root: str, trid: str, fields: dict[str, Any]) -> bool:
+        """Record a start; False when the task run is already final (a redelivery)."""
+        event = self.event("task_run", trid, fields["state"], flow_run_id=fields.get("flow_run_id"))
+        ok = self._start(
+            keys=[keys.task_run(trid), keys.finals(root), keys.EVENTS_STREAM],
+            args=[trid, self.ttl, self.maxlen, json.dumps(fields), event],
+        )
+        return bool(ok)
+
+    def task_progress(self, trid: str, fields: dict[str, Any]) -> None:
+        """Record a non-final state change (AwaitingRetry) without the final guard."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(keys.task_run(trid), mapping={k: str(v) for k, v in fields.items()})
+        pipe.expire(keys.task_run(trid), self.ttl)
+        event = self.event("task_run", trid, fields["state"], message=fields.get("message", ""))
+        pipe.xadd(keys.EVENTS_STREAM, {"event": event}, maxlen=self.maxlen, approximate=True)
+        pipe.execute()
+
+    def task_finished(
+        self,
+        root: str,
+        trid: str,
+        state: StateType,
+        fields: dict[str, Any],
+        result_text: str | None = None,
+    ) -> tuple[int | None, list[dict[str, Any]]]:
+        """Make a task run final exactly once.
+
+        Returns (task runs of the tree still not final, or None if this run was
+        already final; join signatures that became ready to send).
+        """
+        fields = fields | {"state": state.value}
+        event = self.event(
+            "task_run", trid, state.value, flow_run_id=fields.get("flow_run_id"),
+            message=fields.get("message", ""),
+        )
+        out = self._finish(
+            keys=[
+                keys.task_run(trid), keys.finals(root), keys.EVENTS_STREAM, keys.remaining(root),
+                keys.result(trid), keys.join_pending(root), keys.join_signature(root),
+            ],
+            args=[
+                trid, self.ttl, self.maxlen, json.dumps({k: str(v) for k, v in fields.items()}),
+                event, state.value, result_text or "", keys.downstream(trid),
+            ],
+        )
+        left = int(out[0])
+        if left == -1:
+            return None, []
+        return left, [json.loads(sig) for sig in out[1:]]
+
+    def read_task_run(self, trid: str) -> dict[str, str]:
+        """The raw task run record (empty if unknown)."""
+        return self.redis.hgetall(keys.task_run(trid))  # type: ignore[return-value]
+
+    def final_states(self, root: str, trids: list[str]) -> dict[str, StateType | None]:
+        """Final state of each task run, None where it is not final yet."""
+        if not trids:
+            return {}
+        values = self.redis.hmget(keys.finals(root), trids)
+        return {t: StateType(v) if v else None for t, v in zip(trids, values, strict=True)}
+
+    def results(self, trids: list[str]) -> dict[str, str | None]:
+        """Serialized results of task runs (None where missing)."""
+        if not trids:
+            return {}
+        values = self.redis.mget([keys.result(t) for t in trids])
+        return dict(zip(trids, values, strict=True))
+
+    def downstream_of(self, trid: str) -> set[str]:
+        """Task runs registered as depending on ``trid``."""
+        return self.redis.smembers(keys.downstream(trid))  # type: ignore[return-value]
+
+    def register_waiting(
+        self, root: str, trid: str, upstream: list[str], signature: str
+    ) -> tuple[str, str | None, str | None]:
+        """Register a task to be sent when its upstreams complete.
+
+        Returns ("ok", count, None): count upstreams still running (0: send it now);
+        or ("blocked", upstream id, its state) when an upstream already failed.
+        """
+        out = self._register(
+            keys=[keys.finals(root), keys.join_pending(root), keys.join_signature(root)],
+            args=[trid, signature, keys.downstream(""), *upstream],
+        )
+        if out[0] == "blocked":
+            return "blocked", out[1], out[2]
+        return "ok", out[1], None

@@ -1,0 +1,1 @@
+"""The Celery side: the worker app, the executor around every task, the dynamic driver."""

@@ -1,0 +1,40 @@
+"""The worker's Celery app: ``celery -A workers.app worker -Q default``.
+
+Importing this module builds the app with the orchestrator's Celery settings,
+registers the built-in tasks, registers every ``@task`` under its own name (also
+ones imported later), and imports the flow modules named by
+``ORCHESTRATOR_FLOW_MODULES`` (``orchestrator worker start --flows`` sets it).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from orchestrator import registry
+from orchestrator.celery_app import make_celery_app
+from orchestrator.errors import DefinitionError
+from orchestrator.settings import get_settings
+
+from .celery_tasks import register_builtin_tasks, register_user_task
+
+app = make_celery_app("workers")
+register_builtin_tasks(app)
+registry.on_task_registered(lambda task: register_user_task(app, task))
+
+
+def import_flow_modules(modules: list[str]) -> None:
+    """Import the modules whose flows and tasks this worker runs; fail loudly if one is missing."""
+    if "" not in sys.path:
+        sys.path.insert(0, "")  # like `python -m`: modules in the current directory import
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise DefinitionError(
+                f"worker cannot import flow module {name!r}: {exc}. Check the name given to "
+                "--flows / ORCHESTRATOR_FLOW_MODULES and that it is installed or on PYTHONPATH."
+            ) from exc
+
+
+import_flow_modules(get_settings().flow_modules)

@@ -1,0 +1,200 @@
+"""The Celery tasks of the fleet: one per user task, plus the built-in node kinds.
+
+Each stays thin: decode the message, call the executor (or the node logic), and
+translate the ending into what Celery should report (SUCCESS, RETRY, FAILURE, or
+Ignore for a skip, which also stops a chain).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from typing import Any, NoReturn
+
+from celery import Celery
+from celery import Task as CeleryTask
+from celery.canvas import Signature, chord, group
+from celery.exceptions import Ignore, SoftTimeLimitExceeded, TimeLimitExceeded
+
+from orchestrator import keys, registry
+from orchestrator.client import launch_prepared, prepare_run
+from orchestrator.compiler import (
+    COLLECT_MAP_TASK,
+    EXPAND_MAP_TASK,
+    FINISH_SUBFLOW_TASK,
+    START_FLOW_RUN_TASK,
+)
+from orchestrator.engine import zip_mapped
+from orchestrator.errors import RunError
+from orchestrator.references import any_pickled, resolve
+from orchestrator.runs import flow_outcome, send_signatures, task_record
+from orchestrator.serialization import dumps, from_jsonable
+from orchestrator.states import StateType
+from orchestrator.store import RunStore, now
+from orchestrator.tasks import Task
+from orchestrator.templates import to_template
+
+from .driver import start_driver
+from .executor import Ending, end_completed, end_failed, run_task, start_record
+
+log = logging.getLogger(__name__)
+
+
+class CeleryAttempt:
+    """The executor's view of one Celery task execution."""
+
+    def __init__(self, celery_task: CeleryTask) -> None:
+        self.celery_task = celery_task
+        self.number = int(celery_task.request.retries or 0) + 1
+        self.worker = celery_task.request.hostname or socket.gethostname()
+
+    def retry(self, delay: float, retries_used: int) -> NoReturn:
+        kwargs = dict(self.celery_task.request.kwargs or {}) | {"retries_used": retries_used}
+        raise self.celery_task.retry(countdown=delay, kwargs=kwargs, max_retries=None)
+
+    def send(self, signatures: list[dict[str, Any]]) -> None:
+        send_signatures(self.celery_task.app, signatures)
+
+    def is_timeout(self, exc: BaseException) -> bool:
+        return isinstance(exc, (SoftTimeLimitExceeded, TimeLimitExceeded))
+
+
+def register_user_task(app: Celery, task: Task) -> None:
+    """Register ``task`` as a Celery task under its own name."""
+    if task.name in app.tasks:
+        return
+    limits: dict[str, Any] = {}
+    if task.timeout_seconds:
+        limits = {"soft_time_limit": task.timeout_seconds, "time_limit": task.timeout_seconds + 5}
+
+    def entry(self: CeleryTask, run: dict[str, Any], inputs: dict[str, Any], retries_used: int = 0) -> None:
+        current = registry.get_task(task.name) or task
+        ending = run_task(current, run, inputs, CeleryAttempt(self), retries_used)
+        if ending is Ending.STOPPED:
+            raise Ignore()
+
+    entry.__name__ = task.fn.__name__
+    entry.__doc__ = task.fn.__doc__
+    app.task(name=task.name, bind=True, **limits)(entry)
+
+
+def register_builtin_tasks(app: Celery) -> None:
+    """The node kinds that are not user code: map expansion, map join, subflow end, start."""
+
+    @app.task(name=EXPAND_MAP_TASK, bind=True)
+    def expand_map(
+        self: CeleryTask, run: dict[str, Any], task: str, inputs: dict[str, Any], queue: str
+    ) -> None:
+        """Expand a map over an upstream result into one task run per element, then join."""
+        store = RunStore()
+        attempt = CeleryAttempt(self)
+        if not store.task_started(run["root"], run["task_run_id"], start_record(run, task, attempt)):
+            return
+        where = f"map {run.get('label')} of task {task!r}"
+        target = registry.get_task(task)
+        serializer = target.result_serializer if target else "json"
+        try:
+            mapped = resolve(inputs["mapped"], store, allow_pickle=serializer == "pickle", where=where)
+            runs = zip_mapped({k: list(v) for k, v in mapped.items()}, where)
+            children = [
+                inputs["static"] | {k: to_template(v, where, serializer, lambda _: False) for k, v in one.items()}
+                for one in runs
+            ]
+        except Exception as exc:
+            end_failed(store, run, attempt, StateType.FAILED, str(exc))
+            raise
+        if not children:
+            end_completed(store, run, attempt, "[]")
+            return
+        ids = [f"{run['task_run_id']}-{i}" for i in range(len(children))]
+        pipe = store.redis.pipeline(transaction=False)
+        pipe.incrby(keys.remaining(run["root"]), len(ids))
+        for i, child in enumerate(ids):
+            label = f"{run.get('label')}[{i}]"
+            pipe.hset(keys.task_run(child), mapping=task_record(child, label, task, run["flow_run_id"], run["root"]))
+            pipe.expire(keys.task_run(child), store.ttl)
+            pipe.sadd(keys.downstream(child), run["task_run_id"])
+            pipe.expire(keys.downstream(child), store.ttl)
+        pipe.sadd(keys.flow_tasks(run["flow_run_id"]), *ids)
+        pipe.execute()
+        header = [
+            Signature(
+                task,
+                kwargs={"run": run | {"task_run_id": child, "label": f"{run.get('label')}[{i}]"}, "inputs": inputs_i},
+                options={"task_id": child, "queue": queue},
+                immutable=True,
+                app=self.app,
+            )
+            for i, (child, inputs_i) in enumerate(zip(ids, children, strict=True))
+        ]
+        collect = Signature(
+            COLLECT_MAP_TASK, kwargs={"run": run, "children": ids},
+            options={"queue": self.request.delivery_info.get("routing_key") or queue},
+            immutable=True, app=self.app,
+        )
+        raise self.replace(chord(group(header, app=self.app), collect, app=self.app))
+
+    @app.task(name=COLLECT_MAP_TASK, bind=True)
+    def collect_map(self: CeleryTask, run: dict[str, Any], children: list[str]) -> None:
+        """All mapped runs completed: the map's result is the list of their results."""
+        store = RunStore()
+        texts = store.results(children)
+        missing = [c for c, t in texts.items() if t is None]
+        attempt = CeleryAttempt(self)
+        if missing:
+            end_failed(store, run, attempt, StateType.FAILED, f"mapped results missing: {missing[:3]}")
+            raise RunError(f"map {run.get('label')}: results of {len(missing)} mapped runs are missing")
+        end_completed(store, run, attempt, "[" + ",".join(t or "null" for t in texts.values()) + "]")
+
+    @app.task(name=FINISH_SUBFLOW_TASK, bind=True)
+    def finish_subflow(
+        self: CeleryTask, run: dict[str, Any], child_run_id: str, inputs: dict[str, Any]
+    ) -> None:
+        """A subflow's task runs are done: decide its state and publish its return value."""
+        store = RunStore()
+        attempt = CeleryAttempt(self)
+        if not store.task_started(run["root"], run["task_run_id"], start_record(run, "subflow", attempt)):
+            return
+        state, message = flow_outcome(store, run["root"], child_run_id)
+        if state is StateType.COMPLETED:
+            where = f"subflow run {child_run_id} return value"
+            value = resolve(inputs["returns"], store, allow_pickle=True, where=where)
+            text = dumps(value, "pickle" if any_pickled(store, inputs["returns"]) else "json", where)
+            store.write_flow_run(child_run_id, {"state": state.value, "ended": now()})
+            end_completed(store, run, attempt, text)
+            return
+        store.write_flow_run(child_run_id, {"state": state.value, "ended": now(), "message": message})
+        end_failed(store, run, attempt, StateType.FAILED, message)
+        raise RunError(f"subflow run {child_run_id} failed: {message}")
+
+    @app.task(name=START_FLOW_RUN_TASK, bind=True)
+    def start_flow_run(self: CeleryTask, flow: str, run_id: str, dynamic: bool = False) -> None:
+        """Start a flow run whose record exists: trace and compile it, or drive it."""
+        store = RunStore()
+        record = store.read_flow_run(run_id)
+        if not record:
+            log.error("start_flow_run: no record for flow run %s; nothing to start", run_id)
+            return
+        if record.get("state") not in (StateType.PENDING.value, StateType.SCHEDULED.value):
+            return  # already started (redelivered message)
+        definition = registry.get_flow(flow)
+        if definition is None:
+            known = ", ".join(sorted(f.name for f in registry.all_flows())) or "none"
+            store.write_flow_run(
+                run_id,
+                {
+                    "state": StateType.FAILED.value, "ended": now(),
+                    "message": f"worker {self.request.hostname} has no flow named {flow!r} (it knows: "
+                    f"{known}); start the worker with --flows <module defining it>.",
+                },
+            )
+            return
+        parameters = from_jsonable(json.loads(record.get("parameters", "{}")))
+        queue = record.get("queue") or self.request.delivery_info.get("routing_key") or "default"
+        if not dynamic:
+            prepared = prepare_run(definition, parameters, run_id=run_id, queue=queue, app=self.app)
+            if prepared.dynamic_reason is None:
+                launch_prepared(prepared, flow, store=store, app=self.app, record={})
+                return
+        start_driver(self.app, definition, run_id, parameters, queue)

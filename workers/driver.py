@@ -1,0 +1,254 @@
+"""Dynamic mode: a flow body that needs task results runs on a worker and submits as it goes.
+
+The body runs in a thread of the worker process, outside Celery's pool: the Celery
+task that starts it returns at once, so the pool slot is free for the very tasks the
+body waits for. A fleet of one worker with concurrency 1 therefore cannot deadlock.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from celery import Celery
+from celery.canvas import Signature
+
+from orchestrator import keys
+from orchestrator.attempts import describe
+from orchestrator.context import RunInfo, using
+from orchestrator.engine import (
+    Engine,
+    bind_arguments,
+    check_wait_for,
+    replace_futures,
+    split_map_arguments,
+    zip_mapped,
+)
+from orchestrator.errors import FlowRunFailed, PlanError, RunTimeout, TaskRunFailed
+from orchestrator.flows import Flow
+from orchestrator.futures import AllowFailure, DoneAndNotDone, Future
+from orchestrator.plan import REF, make_ref, refs_in
+from orchestrator.references import resolve
+from orchestrator.runs import after_final, flow_outcome, propagate_failure, task_record
+from orchestrator.settings import get_settings
+from orchestrator.states import StateType
+from orchestrator.store import RunStore, now
+from orchestrator.tasks import Task
+from orchestrator.templates import to_template
+
+log = logging.getLogger(__name__)
+
+_pool: cf.ThreadPoolExecutor | None = None
+_pool_pid = 0
+_pool_lock = threading.Lock()
+
+
+def _driver_pool() -> cf.ThreadPoolExecutor:
+    """One pool of driver threads per worker process (re-created after a fork)."""
+    global _pool, _pool_pid
+    with _pool_lock:
+        if _pool is None or _pool_pid != os.getpid():
+            _pool = cf.ThreadPoolExecutor(
+                max_workers=get_settings().max_dynamic_flows_per_process, thread_name_prefix="flow-driver"
+            )
+            _pool_pid = os.getpid()
+        return _pool
+
+
+class RemoteFuture(Future[Any]):
+    """A task run sent to the fleet by a dynamic flow body."""
+
+    def __init__(self, engine: DynamicEngine, task_run_id: str, label: str) -> None:
+        self.engine = engine
+        self.task_run_id = task_run_id
+        self.label = label
+
+    @property
+    def state(self) -> StateType:
+        final = self.engine.store.final_states(self.engine.root, [self.task_run_id])[self.task_run_id]
+        if final is not None:
+            return final
+        return StateType(self.engine.store.read_task_run(self.task_run_id).get("state", "Pending"))
+
+    def wait(self, timeout: float | None = None) -> StateType:
+        done, _ = self.engine.wait([self], timeout)
+        return self.state
+
+    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> Any:
+        state = self.wait(timeout)
+        if not state.is_final:
+            raise RunTimeout(f"task run {self.label} ({self.task_run_id}) is still {state.value} after {timeout}s.")
+        if state is StateType.COMPLETED:
+            return resolve(make_ref(self.task_run_id), self.engine.store, allow_pickle=True, where=self.label)
+        message = self.engine.store.read_task_run(self.task_run_id).get("message", "")
+        error = TaskRunFailed(f"task run {self.label} ({self.task_run_id}) ended {state.value}: {message}")
+        if raise_on_failure:
+            raise error
+        return error
+
+
+class DynamicEngine(Engine):
+    """Submits a flow body's task calls to the fleet one by one, as the body runs."""
+
+    def __init__(self, app: Celery, store: RunStore, root: str, flow_run_id: str, queue: str) -> None:
+        self.app = app
+        self.store = store
+        self.root = root
+        self.flow_run_id = flow_run_id
+        self.queue = queue
+        self.futures: list[RemoteFuture] = []
+        self.has_downstream: set[str] = set()
+        self._counts: dict[str, int] = {}
+
+    def template(self, value: Any, where: str, serializer: str = "json") -> Any:
+        """Encode arguments; futures of this run tree become references."""
+        return to_template(value, where, serializer, lambda f: isinstance(f, RemoteFuture) and f.engine.root == self.root)
+
+    def leaves(self) -> list[str]:
+        """Task runs of this flow run that nothing in it waited for."""
+        return [f.task_run_id for f in self.futures if f.task_run_id not in self.has_downstream]
+
+    def submit(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any]) -> RemoteFuture:
+        task.importable_or_raise()
+        where = f"task {task.name!r}"
+        bound = bind_arguments(task.fn, args, kwargs, where)
+        inputs = {k: self.template(v, f"{where} argument {k!r}", task.result_serializer) for k, v in bound.items()}
+        upstream = refs_in(inputs)
+        for item in check_wait_for(wait_for, task.name):
+            upstream.append(self.template(item, f"{where} wait_for", "json")[REF])
+        if any(isinstance(i, AllowFailure) for i in wait_for) or '"allow_failure"' in json.dumps(inputs):
+            raise PlanError(
+                f"{where}: allow_failure() is not supported on the fleet yet (it arrives with "
+                "trigger rules); handle the failure inside the upstream task for now."
+            )
+        count = self._counts.get(task.fn.__name__, 0)
+        self._counts[task.fn.__name__] = count + 1
+        trid, label = str(uuid.uuid4()), f"{task.fn.__name__}-{count}"
+        run = {"root": self.root, "flow_run_id": self.flow_run_id, "task_run_id": trid, "label": label}
+        sig = Signature(
+            task.name, kwargs={"run": run, "inputs": inputs},
+            options={"task_id": trid, "queue": task.queue or self.queue}, immutable=True, app=self.app,
+        )
+        pipe = self.store.redis.pipeline(transaction=False)
+        pipe.incr(keys.remaining(self.root))
+        pipe.hset(keys.task_run(trid), mapping=task_record(trid, label, task.name, self.flow_run_id, self.root))
+        pipe.expire(keys.task_run(trid), self.store.ttl)
+        pipe.sadd(keys.flow_tasks(self.flow_run_id), trid)
+        pipe.expire(keys.flow_tasks(self.flow_run_id), self.store.ttl)
+        pipe.execute()
+        future = RemoteFuture(self, trid, label)
+        self.futures.append(future)
+        self.has_downstream.update(upstream)
+        status, count_or_up, up_state = self.store.register_waiting(self.root, trid, upstream, json.dumps(dict(sig)))
+        if status == "blocked":
+            state = StateType.SKIPPED if up_state == StateType.SKIPPED.value else StateType.UPSTREAM_FAILED
+            message = f"not run: upstream {count_or_up} ended {up_state}"
+            left, _ = self.store.task_finished(self.root, trid, state, {"ended": now(), "message": message})
+            if left is not None:
+                propagate_failure(self.store, self.root, trid, state, label)
+                after_final(self.store, self.root, left)
+        elif count_or_up == "0":
+            sig.apply_async()
+        return future
+
+    def map(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any]) -> list[RemoteFuture]:
+        where = f"task {task.name!r}"
+        mapped, static = split_map_arguments(bind_arguments(task.fn, args, kwargs, where), where)
+        lists = {k: list(v.result() if isinstance(v, Future) else v) for k, v in mapped.items()}
+        return [self.submit(task, (), static | one, wait_for) for one in zip_mapped(lists, where)]
+
+    def call_task(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return self.submit(task, args, kwargs, []).result()
+
+    def call_subflow(self, flow: Flow, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        params = flow.bind_parameters(
+            replace_futures(args, lambda f, _: f.result()), replace_futures(kwargs, lambda f, _: f.result())
+        )
+        child_id = str(uuid.uuid4())
+        self.store.write_flow_run(
+            child_id,
+            {
+                "id": child_id, "flow": flow.name, "name": f"{flow.name}-{child_id[:8]}",
+                "parent": self.flow_run_id, "root": self.root, "state": StateType.RUNNING.value,
+                "started": now(), "mode": "dynamic",
+            },
+        )
+        child = DynamicEngine(self.app, self.store, self.root, child_id, flow.queue or self.queue)
+        try:
+            with using(child, RunInfo(child_id, flow.name, extra={"parent_flow_run_id": self.flow_run_id})):
+                value = flow.fn(**params)
+            child.wait(list(child.futures), None)
+            returns = child.template(value, f"subflow {flow.name!r} return value")
+        except Exception as exc:
+            self.store.write_flow_run(
+                child_id, {"state": StateType.FAILED.value, "ended": now(), "message": describe(exc)}
+            )
+            raise
+        self.store.write_flow_run(child_id, {"returns": returns, "leaves": child.leaves()})
+        state, message = flow_outcome(self.store, self.root, child_id)
+        self.store.write_flow_run(child_id, {"state": state.value, "ended": now(), "message": message})
+        if state is not StateType.COMPLETED:
+            raise FlowRunFailed(f"subflow run {flow.name} ({child_id}) failed: {message}")
+        return resolve(returns, self.store, allow_pickle=True, where=f"subflow {flow.name!r}")
+
+    def _poll(self, futures: list[Future[Any]], timeout: float | None) -> Iterator[Future[Any]]:
+        """Yield futures as they become final; stop at ``timeout``."""
+        pending = {f.task_run_id: f for f in futures}
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.005
+        while pending:
+            finals = self.store.final_states(self.root, list(pending))
+            for trid, state in finals.items():
+                if state is not None:
+                    yield pending.pop(trid)
+            if not pending or (deadline is not None and time.monotonic() >= deadline):
+                return
+            time.sleep(pause)
+            pause = min(pause * 1.5, 0.1)
+
+    def wait(self, futures: list[Future[Any]], timeout: float | None) -> DoneAndNotDone:
+        done = set(self._poll(futures, timeout))
+        return DoneAndNotDone(done, set(futures) - done)
+
+    def as_completed(self, futures: list[Future[Any]], timeout: float | None) -> Iterator[Future[Any]]:
+        return self._poll(futures, timeout)
+
+
+def drive(app: Celery, flow: Flow, run_id: str, parameters: dict[str, Any], queue: str) -> None:
+    """Run a dynamic flow body to its end; the run ends when its last task run does."""
+    store = RunStore()
+    store.redis.set(keys.remaining(run_id), 1, ex=store.ttl)  # the body itself
+    store.write_flow_run(run_id, {"state": StateType.RUNNING.value, "started": now(), "mode": "dynamic"})
+    engine = DynamicEngine(app, store, run_id, run_id, queue)
+    returns: Any = None
+    body_error = ""
+    try:
+        with using(engine, RunInfo(run_id, flow.name)):
+            value = flow.fn(**parameters)
+        returns = engine.template(value, f"flow {flow.name!r} return value")
+    except Exception as exc:
+        log.exception("flow run %s (%s): the flow body raised", run_id, flow.name)
+        body_error = f"the flow body raised {describe(exc)}"
+    store.write_flow_run(run_id, {"returns": returns, "leaves": engine.leaves(), "body_error": body_error})
+    body_state = StateType.FAILED if body_error else StateType.COMPLETED
+    left, _ = store.task_finished(run_id, keys.body_node(run_id), body_state, {"ended": now()})
+    after_final(store, run_id, left)
+
+
+def start_driver(app: Celery, flow: Flow, run_id: str, parameters: dict[str, Any], queue: str) -> None:
+    """Hand a dynamic flow body to this process's driver threads and return at once."""
+
+    def guarded() -> None:
+        try:
+            drive(app, flow, run_id, parameters, queue)
+        except Exception:  # never lose a driver silently
+            log.exception("flow run %s: the dynamic driver failed", run_id)
+
+    _driver_pool().submit(guarded)

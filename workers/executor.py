@@ -1,0 +1,130 @@
+"""Run one task node: resolve inputs, call the function, store the result, emit states.
+
+No Celery import here: the Celery task in :mod:`workers.celery_tasks` passes an
+:class:`Attempt` that knows how to retry and send messages, so this module can be
+read (and tested) as plain Python.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any, NoReturn, Protocol
+
+from orchestrator.attempts import Outcome, decide, describe, format_traceback
+from orchestrator.context import RunInfo, using
+from orchestrator.errors import SerializationError
+from orchestrator.references import resolve
+from orchestrator.runs import after_final, propagate_failure
+from orchestrator.serialization import dumps
+from orchestrator.states import StateType
+from orchestrator.store import RunStore, now
+from orchestrator.tasks import Task
+from orchestrator.templates import allowed_failures
+
+
+class Ending(Enum):
+    """How an execution ended, for the Celery layer to report."""
+
+    COMPLETED = "completed"
+    STOPPED = "stopped"  # skipped: the canvas must not continue, but it is no error
+    DUPLICATE = "duplicate"  # the task run was already final (redelivered message)
+
+
+class Attempt(Protocol):
+    """What the executor needs from the messaging layer for one attempt."""
+
+    number: int  # 1 for the first attempt
+    worker: str
+
+    def retry(self, delay: float, retries_used: int) -> NoReturn:
+        """Schedule the next attempt in ``delay`` seconds (raises to end this one)."""
+
+    def send(self, signatures: list[dict[str, Any]]) -> None:
+        """Send signatures that became ready (Redis joins)."""
+
+    def is_timeout(self, exc: BaseException) -> bool:
+        """Whether ``exc`` means the attempt ran past its time limit."""
+
+
+def start_record(run: dict[str, Any], name: str, attempt: Attempt) -> dict[str, Any]:
+    """Fields written when an attempt starts."""
+    return {
+        "state": (StateType.RUNNING if attempt.number == 1 else StateType.RETRYING).value,
+        "started": now(), "worker": attempt.worker, "attempts": attempt.number,
+        "flow_run_id": run["flow_run_id"], "root": run["root"], "name": name,
+        "label": run.get("label", ""),
+    }
+
+
+def end_failed(
+    store: RunStore, run: dict[str, Any], attempt: Attempt, state: StateType, message: str, tb: str = ""
+) -> None:
+    """Make a task run final in a failed or skipped state and stop its downstream."""
+    root, trid = run["root"], run["task_run_id"]
+    fields = {"ended": now(), "message": message, "worker": attempt.worker, "traceback": tb}
+    left, _ = store.task_finished(root, trid, state, fields)
+    if left is None:
+        return
+    propagate_failure(store, root, trid, state, run.get("label", trid))
+    after_final(store, root, left)
+
+
+def end_completed(store: RunStore, run: dict[str, Any], attempt: Attempt, text: str) -> Ending:
+    """Make a task run Completed with its result; send joins that became ready."""
+    root, trid = run["root"], run["task_run_id"]
+    left, ready = store.task_finished(
+        root, trid, StateType.COMPLETED, {"ended": now(), "worker": attempt.worker}, text
+    )
+    if left is None:
+        return Ending.DUPLICATE
+    attempt.send(ready)
+    after_final(store, root, left)
+    return Ending.COMPLETED
+
+
+def run_task(
+    task: Task, run: dict[str, Any], inputs: dict[str, Any], attempt: Attempt, retries_used: int = 0
+) -> Ending:
+    """Execute one attempt of ``task`` for the task run described by ``run``.
+
+    Raises the user's exception after recording Failed, so Celery (and Flower) see
+    FAILURE; raises through ``attempt.retry`` for a retry.
+    """
+    store = RunStore()
+    root, trid = run["root"], run["task_run_id"]
+    if not store.task_started(root, trid, start_record(run, task.name, attempt)):
+        return Ending.DUPLICATE
+    where = f"task {run.get('label', task.name)} ({task.name}) of flow run {run['flow_run_id']}"
+    allowed = allowed_failures(inputs)
+    failed_allowed = frozenset(
+        t for t, s in store.final_states(root, list(allowed)).items() if s is not StateType.COMPLETED
+    )
+    try:
+        kwargs = resolve(
+            inputs, store, allow_pickle=task.result_serializer == "pickle", where=where,
+            failed_as_none=failed_allowed,
+        )
+        info = RunInfo(run["flow_run_id"], run.get("flow_name", ""), trid, task.name, attempt.number)
+        with using(None, info):
+            value = task.fn(**kwargs)
+        text = dumps(value, task.result_serializer, where)
+    except Exception as exc:
+        outcome = _outcome(task, exc, retries_used, attempt)
+        if outcome.state is StateType.AWAITING_RETRY:
+            store.task_progress(
+                trid, {"state": outcome.state.value, "message": outcome.message, "retry_at": now() + outcome.delay}
+            )
+            attempt.retry(outcome.delay, retries_used + int(outcome.uses_retry))
+        end_failed(store, run, attempt, outcome.state, outcome.message, format_traceback(exc))
+        if outcome.state is StateType.SKIPPED:
+            return Ending.STOPPED
+        raise
+    return end_completed(store, run, attempt, text)
+
+
+def _outcome(task: Task, exc: BaseException, retries_used: int, attempt: Attempt) -> Outcome:
+    if isinstance(exc, SerializationError):  # deterministic: retrying cannot help
+        return Outcome(StateType.FAILED, str(exc))
+    if attempt.is_timeout(exc):
+        return Outcome(StateType.TIMED_OUT, f"ran past timeout_seconds={task.timeout_seconds} ({describe(exc)})")
+    return decide(task, exc, retries_used)
