@@ -28,6 +28,12 @@ class QuietRedisBackend(RedisBackend):  # type: ignore[misc]
     def on_task_call(self, producer: Any, task_id: str) -> None:
         return None
 
+    def add_pending_result(self, result: Any, weak: bool = False, start_drainer: bool = True) -> Any:
+        return result
+
+    def remove_pending_result(self, result: Any) -> Any:
+        return result
+
 
 def backend_url(url: str) -> str:
     """Route redis:// and rediss:// result backends to :class:`QuietRedisBackend`."""

@@ -72,7 +72,7 @@ class FlowRun:
         return resolve(returns, self.store, allow_pickle=True, where=f"flow run {self.id} result")
 
     def task_runs(self) -> list[dict[str, Any]]:
-        """Every task run of this flow run, ordered by creation, with state and times."""
+        """Every task run of this flow run (a root: of its subflows too), oldest first."""
         ids = sorted(self.store.redis.smembers(keys.flow_tasks(self.id)))  # type: ignore[arg-type]
         pipe = self.store.redis.pipeline(transaction=False)
         for trid in ids:

@@ -44,6 +44,8 @@ def launch_static(store: RunStore, plan: Plan, compiled: Compiled, fields: dict[
         for up in node.upstream:
             pipe.sadd(keys.downstream(up), node.id)
             pipe.expire(keys.downstream(up), ttl)
+    if plan.subflows:  # the root's set holds the whole tree, a subflow's its own
+        by_flow[root] = list(plan.nodes)
     for run_id, ids in by_flow.items():
         pipe.sadd(keys.flow_tasks(run_id), *ids)
         pipe.expire(keys.flow_tasks(run_id), ttl)
@@ -109,9 +111,19 @@ def finish_flow_run(store: RunStore, root: str) -> StateType:
 
 
 def after_final(store: RunStore, root: str, left: int | None) -> None:
-    """Called after a task run became final: the last one ends the flow run."""
-    if left == 0:
+    """Called after a task run became final: the last one ends the flow run.
+
+    Deciding the outcome must never leave the run hanging: if it fails, the run
+    ends Crashed with the error, and the error is raised for the worker's log.
+    """
+    if left != 0:
+        return
+    try:
         finish_flow_run(store, root)
+    except Exception as exc:
+        message = f"internal error while ending the flow run: {type(exc).__name__}: {exc}"
+        store.write_flow_run(root, {"state": StateType.CRASHED.value, "ended": now(), "message": message})
+        raise
 
 
 def propagate_failure(store: RunStore, root: str, trid: str, state: StateType, label: str) -> None:

@@ -20,6 +20,8 @@ from .errors import ConnectionProblem
 from .settings import get_settings
 from .states import StateType
 
+JSON_FIELDS = frozenset({"returns", "leaves", "parameters"})  # always stored as JSON text
+
 # KEYS: task hash, finals, events ; ARGV: trid, ttl, maxlen, fields json, event json
 _START = """
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 0 end
@@ -123,7 +125,9 @@ class RunStore:
     def write_flow_run(self, run_id: str, fields: dict[str, Any], pipe: Any = None) -> None:
         """Create or update a flow run record; a state field also emits an event."""
         target = pipe if pipe is not None else self.redis.pipeline(transaction=False)
-        encoded = {k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()}
+        encoded = {
+            k: v if isinstance(v, str) and k not in JSON_FIELDS else json.dumps(v) for k, v in fields.items()
+        }
         target.hset(keys.flow_run(run_id), mapping=encoded)
         target.expire(keys.flow_run(run_id), self.ttl)
         if "state" in fields:

@@ -116,7 +116,8 @@ def register_builtin_tasks(app: Celery) -> None:
             pipe.expire(keys.task_run(child), store.ttl)
             pipe.sadd(keys.downstream(child), run["task_run_id"])
             pipe.expire(keys.downstream(child), store.ttl)
-        pipe.sadd(keys.flow_tasks(run["flow_run_id"]), *ids)
+        for run_id in {run["flow_run_id"], run["root"]}:
+            pipe.sadd(keys.flow_tasks(run_id), *ids)
         pipe.execute()
         header = [
             Signature(

@@ -140,8 +140,9 @@ class DynamicEngine(Engine):
         pipe.incr(keys.remaining(self.root))
         pipe.hset(keys.task_run(trid), mapping=task_record(trid, label, task.name, self.flow_run_id, self.root))
         pipe.expire(keys.task_run(trid), self.store.ttl)
-        pipe.sadd(keys.flow_tasks(self.flow_run_id), trid)
-        pipe.expire(keys.flow_tasks(self.flow_run_id), self.store.ttl)
+        for run_id in {self.flow_run_id, self.root}:  # the root's set holds the whole tree
+            pipe.sadd(keys.flow_tasks(run_id), trid)
+            pipe.expire(keys.flow_tasks(run_id), self.store.ttl)
         pipe.execute()
         future = RemoteFuture(self, trid, label)
         self.futures.append(future)

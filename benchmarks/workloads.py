@@ -1,0 +1,144 @@
+"""The benchmark workloads, written twice: as orchestrator flows and as raw Celery canvas.
+
+Both sides run on the same worker: the raw tasks are registered on the worker's own
+Celery app (``workers.app.app``), so serializers, acks, prefetch, events and result
+backend are identical. Every task is trivial (returns a small int), so what is
+measured is the cost of orchestration, not of work.
+
+Importing this module reads ``ORCHESTRATOR_REDIS_URL`` (through ``workers.app``):
+set it before the first import.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery.canvas import Signature, chain, chord, group
+
+from orchestrator import flow, task
+from workers.app import app
+
+# -- orchestrator tasks -----------------------------------------------------------------
+
+
+@task
+def noop(i: int) -> int:
+    """Return the argument."""
+    return i
+
+
+@task
+def source() -> int:
+    """The fan-out's upstream."""
+    return 0
+
+
+@task
+def work(i: int) -> int:
+    """One branch of the fan-out."""
+    return i
+
+
+@task
+def reduce_sum(parts: list[int]) -> int:
+    """The fan-in."""
+    return sum(parts)
+
+
+@task
+def inc(x: int) -> int:
+    """One link of the chain."""
+    return x + 1
+
+
+# -- orchestrator flows (static: traced client-side, compiled to chain/group/chord) ------
+
+
+@flow(name="bench-w0-single")
+def w0_single(x: int = 1) -> Any:
+    """W0: one task."""
+    return noop.submit(x)
+
+
+@flow(name="bench-w1-fan")
+def w1_fan(n: int = 500) -> Any:
+    """W1: source, then n parallel tasks, then one reduce."""
+    src = source.submit()
+    parts = [work.submit(i, wait_for=[src]) for i in range(n)]
+    return reduce_sum.submit(parts)
+
+
+@flow(name="bench-w2-chain")
+def w2_chain(n: int = 200) -> Any:
+    """W2: n tasks, each taking the previous one's result."""
+    x = inc.submit(0)
+    for _ in range(n - 1):
+        x = inc.submit(x)
+    return x
+
+
+@flow(name="bench-w3-independent")
+def w3_independent(n: int = 5000) -> Any:
+    """W3: n independent tasks; the flow returns all their results."""
+    return [noop.submit(i) for i in range(n)]
+
+
+# -- raw Celery tasks, on the worker's own app -------------------------------------------
+
+
+@app.task(name="bench.raw.noop")
+def raw_noop(i: int) -> int:
+    """Return the argument."""
+    return i
+
+
+@app.task(name="bench.raw.source")
+def raw_source() -> int:
+    """The fan-out's upstream."""
+    return 0
+
+
+@app.task(name="bench.raw.work")
+def raw_work(i: int) -> int:
+    """One branch of the fan-out."""
+    return i
+
+
+@app.task(name="bench.raw.reduce")
+def raw_reduce(parts: list[int]) -> int:
+    """The fan-in."""
+    return sum(parts)
+
+
+@app.task(name="bench.raw.inc")
+def raw_inc(x: int) -> int:
+    """One link of the chain."""
+    return x + 1
+
+
+# -- raw canvas, hand-written: what a Celery user would write ----------------------------
+
+
+def raw_w0(x: int = 1) -> Signature:
+    """W0: one task."""
+    return raw_noop.s(x)
+
+
+def raw_w1(n: int = 500) -> Signature:
+    """W1: source, then a chord of n tasks into one reduce."""
+    return chain(raw_source.si(), chord(group(raw_work.si(i) for i in range(n)), raw_reduce.s()))
+
+
+def raw_w2(n: int = 200) -> Signature:
+    """W2: a chain of n increments, each receiving the previous result."""
+    return chain(raw_inc.s(0), *(raw_inc.s() for _ in range(n - 1)))
+
+
+def raw_w3(n: int = 5000) -> Signature:
+    """W3: a group of n independent tasks."""
+    return group(raw_noop.si(i) for i in range(n))
+
+
+def expected(workload: str, n: int) -> Any:
+    """The value both sides must return for ``workload`` of size ``n``."""
+    return {"W0": 1, "W1": sum(range(n)), "W2": n, "W3": list(range(n))}[workload]

@@ -1,0 +1,127 @@
+"""The ``orchestrator`` command: start workers, show plans, run the demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import OrchestratorError
+
+app = typer.Typer(help="Prefect-style flows on Celery and Redis.", no_args_is_help=True)
+worker_app = typer.Typer(help="Celery workers that run flows.", no_args_is_help=True)
+app.add_typer(worker_app, name="worker")
+console = Console()
+
+
+@worker_app.command(
+    "start", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)
+def worker_start(
+    ctx: typer.Context,
+    flows: Annotated[str, typer.Option("--flows", help="Comma-separated flow modules to import.")] = "",
+    queues: Annotated[str, typer.Option("-Q", "--queues", help="Queues to consume.")] = "default",
+    concurrency: Annotated[int | None, typer.Option("-c", "--concurrency")] = None,
+    hostname: Annotated[str | None, typer.Option("-n", "--hostname")] = None,
+) -> None:
+    """Start a Celery worker; any other Celery worker option passes through."""
+    env = dict(os.environ)
+    if flows:
+        env["ORCHESTRATOR_FLOW_MODULES"] = flows
+    cmd = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", queues]
+    if concurrency:
+        cmd += ["-c", str(concurrency)]
+    if hostname:
+        cmd += ["-n", hostname]
+    cmd += list(ctx.args)
+    os.execvpe(cmd[0], cmd, env)
+
+
+@app.command()
+def plan(
+    target: Annotated[str, typer.Argument(help="module:flow, e.g. mypkg.flows:etl")],
+    param: Annotated[list[str] | None, typer.Option("-p", "--param", help="name=value")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show the task graph a flow traces to and the Celery canvas it compiles to."""
+    from .compiler import canvas_tree, compile_plan, describe_canvas
+    from .params import load_flow, parse_parameters
+    from .tracer import DynamicFlowRequired
+
+    sys.path.insert(0, os.getcwd())
+    try:
+        flow = load_flow(target)
+        parameters = flow.bind_parameters((), parse_parameters(flow, param or []))
+        try:
+            traced = flow.plan(**parameters)
+        except DynamicFlowRequired as signal:
+            message = f"dynamic: {signal}; the body runs on a worker and submits tasks as it goes."
+            print(json.dumps({"mode": "dynamic", "reason": str(signal)}) if as_json else message)
+            return
+        compiled = compile_plan(traced)
+    except OrchestratorError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    labels = {n.id: n.label for n in traced.nodes.values()}
+    if as_json:
+        out = traced.to_dict() | {
+            "mode": "static",
+            "canvas": canvas_tree(compiled.canvas, labels),
+            "joins": {labels[k]: v for k, v in compiled.join_pending.items()},
+        }
+        print(json.dumps(out, indent=2, default=str))
+        return
+    table = Table(title=f"flow {flow.name}: {len(traced.nodes)} task runs")
+    for column in ("task run", "kind", "task", "queue", "waits for"):
+        table.add_column(column)
+    for node in traced.nodes.values():
+        ups = ", ".join(labels[u] for u in node.upstream)
+        table.add_row(node.label, node.kind, node.name, node.queue, ups)
+    console.print(table)
+    console.print("[bold]Celery canvas[/bold]")
+    print(describe_canvas(compiled.canvas, labels))
+    if compiled.join_pending:
+        joined = ", ".join(labels[k] for k in compiled.join_pending)
+        console.print(f"[bold]Started by Redis joins[/bold] (not series-parallel): {joined}")
+
+
+@app.command()
+def demo(
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the run.")] = 60,
+) -> None:
+    """Start a private Redis and a worker, run the example flow, print its result and task states."""
+    import datetime as dt
+
+    from .localstack import redis_server, worker
+    from .settings import reset_settings
+
+    sys.path.insert(0, os.getcwd())
+    with redis_server() as url:
+        os.environ["ORCHESTRATOR_REDIS_URL"] = url
+        reset_settings()
+        console.print(f"redis-server: {url}")
+        with worker(url, ["examples.quickstart"], concurrency=2):
+            console.print("worker: started (celery -A workers.app worker -Q default)")
+            from examples.quickstart import etl
+
+            run = etl.delay(day=dt.date(2026, 1, 2))
+            console.print(f"flow run {run.id} sent")
+            result = run.result(timeout=timeout)
+            table = Table(title=f"flow run {run.info.get('name')}: {run.state.value if run.state else '?'}")
+            for column in ("task run", "state", "worker", "seconds"):
+                table.add_column(column)
+            for row in run.task_runs():
+                took = float(row.get("ended", 0) or 0) - float(row.get("started", 0) or 0)
+                table.add_row(row.get("label", ""), row.get("state", ""), row.get("worker", ""), f"{took:.3f}")
+            console.print(table)
+            console.print(f"result: [bold]{result}[/bold]")
+
+
+def main() -> None:
+    """Entry point of the ``orchestrator`` console script."""
+    app()

@@ -1,0 +1,55 @@
+"""Fixtures that start real processes: a private redis-server and Celery workers.
+
+Every process is started on a free port and stopped by its context manager, also
+when a test fails. Nothing here uses eager mode or an in-memory transport.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from orchestrator.celery_app import client_app
+from orchestrator.localstack import redis_server, worker
+from orchestrator.settings import reset_settings
+
+FLOW_MODULES = ["tests.flows"]
+
+
+def _point_client_at(url: str) -> None:
+    os.environ["ORCHESTRATOR_REDIS_URL"] = url
+    reset_settings()
+    client_app.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A private redis-server for the whole test session."""
+    with redis_server() as url:
+        _point_client_at(url)
+        yield url
+
+
+@pytest.fixture(scope="session")
+def worker_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("worker-logs")
+
+
+@pytest.fixture(scope="session")
+def fleet(redis_url: str, worker_logs: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """One prefork worker, concurrency 4, on the default queue."""
+    with worker(redis_url, FLOW_MODULES, queues="default", concurrency=4,
+                name="fleet@%h", log_path=worker_logs / "fleet.log") as proc:
+        yield proc
+
+
+@pytest.fixture(scope="session")
+def solo_worker(redis_url: str, worker_logs: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """One worker with concurrency 1 on queue 'solo' (dynamic-mode deadlock test)."""
+    with worker(redis_url, FLOW_MODULES, queues="solo", concurrency=1,
+                name="solo@%h", log_path=worker_logs / "solo.log") as proc:
+        yield proc

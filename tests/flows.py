@@ -1,0 +1,193 @@
+"""Flows and tasks the fleet tests run; workers import this module with --flows tests.flows."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import Any
+
+from orchestrator import flow, task, wait
+from orchestrator.signals import FAIL, SKIP
+
+
+@task
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+@task
+def inc(x: int) -> int:
+    return x + 1
+
+
+@task
+def double(x: int) -> int:
+    return x * 2
+
+
+@task
+def total(values: list[int]) -> int:
+    return sum(values)
+
+
+@task
+def sleepy(seconds: float, value: Any = None) -> Any:
+    time.sleep(seconds)
+    return value
+
+
+@task
+def numbers(n: int) -> list[int]:
+    return list(range(n))
+
+
+@task
+def unsendable() -> object:
+    return object()
+
+
+@task(result_serializer="pickle")
+def pickled_value() -> object:
+    return complex(1, 2)
+
+
+@task(result_serializer="pickle")
+def describe_value(value: object) -> str:
+    return repr(value)
+
+
+@task
+def explode(message: str) -> int:
+    raise ValueError(message)
+
+
+@task
+def fail_now() -> int:
+    raise FAIL("bad input, no retries")
+
+
+@task
+def skip_me() -> int:
+    raise SKIP("nothing to do today")
+
+
+@task
+def today_of(day: dt.date) -> str:
+    return day.isoformat()
+
+
+@flow
+def chain_flow(x: int = 1) -> int:
+    a = inc.submit(x)
+    b = inc.submit(a)
+    c = double.submit(b)
+    return c  # type: ignore[no-any-return]
+
+
+@flow
+def fan_flow(n: int = 20) -> int:
+    parts = [double.submit(i) for i in range(n)]
+    return total.submit(parts)  # type: ignore[no-any-return]
+
+
+@flow
+def diamond_flow(x: int = 1) -> int:
+    a = inc.submit(x)
+    b = double.submit(a)
+    c = inc.submit(a)
+    return add.submit(b, c)  # type: ignore[no-any-return]
+
+
+@flow
+def non_sp_flow(slow: float = 1.5) -> dict[str, Any]:
+    """A->C, B->C, B->D: D must not wait for A."""
+    a = sleepy.submit(slow, "a")
+    b = sleepy.submit(0.05, "b")
+    c = sleepy.submit(0.05, "c", wait_for=[a, b])
+    d = sleepy.submit(0.05, "d", wait_for=[b])
+    return {"c": c, "d": d}
+
+
+@flow
+def map_param_flow(values: list[int]) -> int:
+    doubled = double.map(values)
+    return total.submit(doubled)  # type: ignore[no-any-return]
+
+
+@flow
+def map_upstream_flow(n: int = 5) -> int:
+    nums = numbers.submit(n)
+    doubled = double.map(nums)
+    return total.submit(doubled)  # type: ignore[no-any-return]
+
+
+@flow
+def child_flow(seconds: float, value: int) -> int:
+    return sleepy.submit(seconds, value)  # type: ignore[no-any-return]
+
+
+@flow
+def dependent_child(value: int) -> int:
+    return double.submit(value)  # type: ignore[no-any-return]
+
+
+@flow
+def parent_flow() -> dict[str, int]:
+    first = child_flow(0.8, 1)
+    second = child_flow(2.0, 2)
+    third = dependent_child(first)
+    return {"first": first, "second": second, "third": third}  # type: ignore[dict-item]
+
+
+@flow(queue="solo")
+def dynamic_flow(x: int = 1) -> int:
+    first = add.submit(x, 2).result()
+    if first > 2:
+        return add(first, 10)  # type: ignore[no-any-return]
+    return first
+
+
+@flow
+def wait_for_flow() -> list[str]:
+    audit = sleepy.submit(0.5, "audited")
+    load = sleepy.submit(0.0, "loaded", wait_for=[audit])
+    return load  # type: ignore[no-any-return]
+
+
+@flow
+def early_return_flow() -> str:
+    sleepy.submit(1.0, "late")
+    return "early"
+
+
+@flow
+def unsendable_flow() -> object:
+    return unsendable.submit()
+
+
+@flow
+def pickle_flow() -> str:
+    return describe_value.submit(pickled_value.submit())  # type: ignore[no-any-return]
+
+
+@flow
+def failing_flow() -> int:
+    bad = explode.submit("boom")
+    return inc.submit(bad)  # type: ignore[no-any-return]
+
+
+@flow
+def barrier_flow() -> int:
+    first = sleepy.submit(0.3, 1)
+    wait([first])
+    return inc.submit(0)  # type: ignore[no-any-return]
+
+
+@flow
+def fail_and_skip_flow() -> dict[str, int]:
+    return {"failed": fail_now.submit(), "skipped": inc.submit(skip_me.submit())}  # type: ignore[dict-item]
+
+
+@flow
+def slow_flow(seconds: float = 3.0) -> Any:
+    return sleepy.submit(seconds, "slept")

@@ -1,0 +1,184 @@
+"""Flows sent with .delay() run on a real Celery worker over a real Redis."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from typing import Any
+
+import pytest
+
+from orchestrator import FlowRun, StateType
+from orchestrator.celery_app import client_app
+from orchestrator.errors import FlowRunFailed
+from tests import flows
+
+pytestmark = pytest.mark.usefixtures("fleet")
+
+
+def runs_by_label(run: FlowRun) -> dict[str, dict[str, Any]]:
+    return {row["label"]: row for row in run.task_runs()}
+
+
+def times(row: dict[str, Any]) -> tuple[float, float]:
+    return float(row["started"]), float(row["ended"])
+
+
+def test_chain_runs_in_order_and_returns_the_last_value() -> None:
+    run = flows.chain_flow.delay(x=3)
+    assert run.result(timeout=30) == 10
+    assert run.state is StateType.COMPLETED
+    rows = runs_by_label(run)
+    assert times(rows["inc-0"])[1] <= times(rows["inc-1"])[0]
+    assert times(rows["inc-1"])[1] <= times(rows["double-0"])[0]
+
+
+def test_fan_out_fan_in() -> None:
+    run = flows.fan_flow.delay(n=30)
+    assert run.result(timeout=60) == sum(2 * i for i in range(30))
+    rows = runs_by_label(run)
+    assert len(rows) == 31
+    last_part_end = max(times(r)[1] for label, r in rows.items() if label.startswith("double"))
+    assert times(rows["total-0"])[0] >= last_part_end
+
+
+def test_diamond() -> None:
+    run = flows.diamond_flow.delay(x=1)
+    assert run.result(timeout=30) == (2 * 2) + (2 + 1)
+    assert {r["state"] for r in run.task_runs()} == {"Completed"}
+
+
+def test_non_series_parallel_graph_starts_each_task_when_its_own_upstreams_are_done() -> None:
+    run = flows.non_sp_flow.delay(slow=1.5)
+    assert run.result(timeout=30) == {"c": "c", "d": "d"}
+    rows = runs_by_label(run)
+    a_start, a_end = times(rows["sleepy-0"])
+    d_start, _ = times(rows["sleepy-3"])
+    c_start, _ = times(rows["sleepy-2"])
+    assert d_start < a_end, "D waited for A although it only depends on B"
+    assert c_start >= a_end
+
+
+def test_map_over_a_parameter() -> None:
+    run = flows.map_param_flow.delay(values=[1, 2, 3, 4])
+    assert run.result(timeout=30) == 20
+    assert sum(1 for label in runs_by_label(run) if label.startswith("double")) == 4
+
+
+def test_map_over_an_upstream_result_expands_at_run_time() -> None:
+    run = flows.map_upstream_flow.delay(n=6)
+    assert run.result(timeout=30) == sum(2 * i for i in range(6))
+    rows = runs_by_label(run)
+    children = [label for label in rows if label.startswith("double-0[")]
+    assert len(children) == 6
+    assert all(rows[c]["state"] == "Completed" for c in children)
+
+
+def test_map_over_an_empty_upstream_result() -> None:
+    run = flows.map_upstream_flow.delay(n=0)
+    assert run.result(timeout=30) == 0
+
+
+def test_subflows_side_by_side_run_concurrently_and_a_dependent_one_waits_only_for_its_input() -> None:
+    run = flows.parent_flow.delay()
+    assert run.result(timeout=30) == {"first": 1, "second": 2, "third": 2}
+    rows = runs_by_label(run)
+    first_start, first_end = times(rows["sleepy-0"])
+    second_start, second_end = times(rows["sleepy-1"])
+    third_start, _ = times(rows["double-0"])
+    assert second_start < first_end, "sibling subflows did not overlap"
+    assert third_start >= first_end
+    assert third_start < second_end, "the dependent subflow waited for the unrelated one"
+    children = [r for r in run.task_runs() if r["flow_run_id"] != run.id]
+    assert {r["flow_run_id"] for r in children} != set()
+
+
+def test_dynamic_flow_finishes_on_one_worker_with_concurrency_one(solo_worker: subprocess.Popen[bytes]) -> None:
+    run = flows.dynamic_flow.delay(x=1)
+    assert run.result(timeout=60) == 13
+    assert run.info["mode"] == "dynamic"
+    assert {r["worker"].split("@")[0] for r in run.task_runs()} == {"solo"}
+
+
+def test_wait_for_without_data_orders_tasks() -> None:
+    run = flows.wait_for_flow.delay()
+    assert run.result(timeout=30) == "loaded"
+    rows = runs_by_label(run)
+    assert times(rows["sleepy-1"])[0] >= times(rows["sleepy-0"])[1]
+
+
+def test_traced_wait_makes_later_tasks_wait() -> None:
+    run = flows.barrier_flow.delay()
+    assert run.result(timeout=30) == 1
+    rows = runs_by_label(run)
+    assert times(rows["inc-0"])[0] >= times(rows["sleepy-0"])[1]
+
+
+def test_flow_that_returns_early_completes_after_its_tasks() -> None:
+    run = flows.early_return_flow.delay()
+    assert run.result(timeout=30) == "early"
+    (row,) = run.task_runs()
+    assert row["state"] == "Completed"
+    assert float(run.info["ended"]) >= float(row["ended"])
+
+
+def test_non_json_return_value_fails_with_a_message_that_says_how_to_fix_it() -> None:
+    run = flows.unsendable_flow.delay()
+    with pytest.raises(FlowRunFailed) as caught:
+        run.result(timeout=30)
+    (row,) = run.task_runs()
+    assert row["state"] == "Failed"
+    for expected in ("tests.flows.unsendable", "builtins.object", 'result_serializer="pickle"'):
+        assert expected in row["message"]
+    assert "unsendable-0" in str(caught.value)
+
+
+def test_pickle_is_used_only_by_tasks_that_opt_in() -> None:
+    run = flows.pickle_flow.delay()
+    assert run.result(timeout=30) == "(1+2j)"
+
+
+def test_failure_marks_downstream_upstream_failed_and_fails_the_run() -> None:
+    run = flows.failing_flow.delay()
+    assert run.wait(timeout=30) is StateType.FAILED
+    rows = runs_by_label(run)
+    assert rows["explode-0"]["state"] == "Failed"
+    assert "ValueError: boom" in rows["explode-0"]["message"]
+    assert rows["inc-0"]["state"] == "UpstreamFailed"
+    assert "started" not in rows["inc-0"]
+
+
+def test_fail_and_skip_signals() -> None:
+    run = flows.fail_and_skip_flow.delay()
+    assert run.wait(timeout=30) is StateType.FAILED
+    rows = runs_by_label(run)
+    assert rows["fail_now-0"]["state"] == "Failed"
+    assert rows["fail_now-0"]["attempts"] == "1"
+    assert rows["skip_me-0"]["state"] == "Skipped"
+    assert rows["inc-0"]["state"] == "Skipped"
+
+
+def test_every_task_is_a_celery_task_under_its_own_name_and_messages_carry_run_ids() -> None:
+    inspector = client_app().control.inspect(destination=[f"fleet@{socket.gethostname()}"], timeout=2)
+    registered = [name for names in (inspector.registered() or {}).values() for name in names]
+    for expected in ("tests.flows.add", "tests.flows.sleepy", "orchestrator.expand_map"):
+        assert any(name.startswith(expected) for name in registered), registered
+    run = flows.slow_flow.delay(seconds=4)
+    (row,) = run.task_runs()
+    mine: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 4
+    while not mine and time.monotonic() < deadline:
+        active = [t for tasks in (inspector.active() or {}).values() for t in tasks]
+        mine = [t for t in active if t["id"] == row["id"]]
+    assert mine, "the task run id is the Celery task id"
+    assert mine[0]["name"] == "tests.flows.sleepy"
+    assert mine[0]["kwargs"]["run"]["flow_run_id"] == run.id
+    run.wait(timeout=30)
+
+
+def test_queue_override_from_apply_async(redis_url: str) -> None:
+    run = flows.chain_flow.apply_async(parameters={"x": 1}, queue="nobody-listens")
+    with pytest.raises(TimeoutError):
+        run.wait(timeout=1.5)
+    assert run.info["queue"] == "nobody-listens"
