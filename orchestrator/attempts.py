@@ -37,15 +37,12 @@ def decide(task: Task, exc: BaseException, retries_used: int) -> Outcome:
     if isinstance(exc, FAIL):
         return Outcome(StateType.FAILED, exc.message or "failed by FAIL")
     if isinstance(exc, RETRY):
-        return Outcome(
-            StateType.AWAITING_RETRY, exc.message or "RETRY requested", delay=exc.seconds_to_wait()
-        )
+        return Outcome(StateType.AWAITING_RETRY, exc.message or "RETRY requested", delay=exc.seconds_to_wait())
     if retries_used < task.retries:
         delay = task.retry_delay(retries_used + 1)
         return Outcome(
             StateType.AWAITING_RETRY,
-            f"attempt failed ({describe(exc)}); retry {retries_used + 1} of {task.retries} "
-            f"in {delay:g}s",
+            f"attempt failed ({describe(exc)}); retry {retries_used + 1} of {task.retries} in {delay:g}s",
             delay=delay,
             uses_retry=True,
         )

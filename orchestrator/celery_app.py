@@ -8,7 +8,6 @@ agree on serializers, acks and routing.
 from __future__ import annotations
 
 from functools import lru_cache
-
 from typing import Any
 
 from celery import Celery

@@ -19,9 +19,7 @@ app.add_typer(worker_app, name="worker")
 console = Console()
 
 
-@worker_app.command(
-    "start", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
-)
+@worker_app.command("start", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def worker_start(
     ctx: typer.Context,
     flows: Annotated[str, typer.Option("--flows", help="Comma-separated flow modules to import.")] = "",
@@ -125,3 +123,7 @@ def demo(
 def main() -> None:
     """Entry point of the ``orchestrator`` console script."""
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -65,8 +65,7 @@ class FlowRun:
         record = self.info
         if state is not StateType.COMPLETED:
             raise FlowRunFailed(
-                f"flow run {record.get('name', self.id)} ({self.id}) ended {state.value}: "
-                f"{record.get('message', '')}"
+                f"flow run {record.get('name', self.id)} ({self.id}) ended {state.value}: {record.get('message', '')}"
             )
         returns = json.loads(self.store.read_flow_run(self.id).get("returns", "null"))
         return resolve(returns, self.store, allow_pickle=True, where=f"flow run {self.id} result")
@@ -93,10 +92,7 @@ def _maybe_json(value: str) -> Any:
 
 def encode_parameters(flow: Flow, parameters: dict[str, Any]) -> dict[str, Any]:
     """Parameters as JSON data; an unsendable one is named in the error."""
-    return {
-        name: to_jsonable(value, f"flow {flow.name!r} parameter {name!r}")
-        for name, value in parameters.items()
-    }
+    return {name: to_jsonable(value, f"flow {flow.name!r} parameter {name!r}") for name, value in parameters.items()}
 
 
 @dataclass
@@ -133,13 +129,13 @@ def prepare_run(flow: Flow, parameters: dict[str, Any], *, run_id: str, queue: s
     return prepared
 
 
-def launch_prepared(prepared: PreparedRun, flow_name: str, *, store: RunStore, app: Celery, record: dict[str, Any]) -> None:
+def launch_prepared(
+    prepared: PreparedRun, flow_name: str, *, store: RunStore, app: Celery, record: dict[str, Any]
+) -> None:
     """Start a prepared run whose record was written: canvas, dynamic driver or failure."""
     run_id = prepared.run_id
     if prepared.body_error:
-        store.write_flow_run(
-            run_id, {"state": StateType.FAILED.value, "ended": now(), "message": prepared.body_error}
-        )
+        store.write_flow_run(run_id, {"state": StateType.FAILED.value, "ended": now(), "message": prepared.body_error})
     elif prepared.plan is None or prepared.compiled is None:
         store.write_flow_run(run_id, {"mode": "dynamic", "mode_reason": prepared.dynamic_reason or ""})
         app.signature(
@@ -166,8 +162,13 @@ def submit_flow_run(
     app = client_app()
     prepared = prepare_run(flow, parameters, run_id=run_id, queue=queue, app=app)
     record = {
-        "id": run_id, "flow": flow.name, "name": run_name, "root": run_id, "queue": queue,
-        "parameters": encoded, "created": now(),
+        "id": run_id,
+        "flow": flow.name,
+        "name": run_name,
+        "root": run_id,
+        "queue": queue,
+        "parameters": encoded,
+        "created": now(),
     }
     store.write_flow_run(run_id, record | {"state": StateType.PENDING.value})
     launch_prepared(prepared, flow.name, store=store, app=app, record=record)

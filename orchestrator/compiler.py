@@ -253,9 +253,13 @@ def describe_canvas(sig: Signature | None, labels: dict[str, str]) -> str:
             return [f"{pad}{tree}"]
         if tree[0] == "chord":
             return [
-                f"{pad}chord(", f"{pad}  header: group(",
+                f"{pad}chord(",
+                f"{pad}  header: group(",
                 *[line for t in tree[1] for line in render(t, indent + 2)],
-                f"{pad}  )", f"{pad}  body:", *render(tree[2], indent + 2), f"{pad})",
+                f"{pad}  )",
+                f"{pad}  body:",
+                *render(tree[2], indent + 2),
+                f"{pad})",
             ]
         return [f"{pad}{tree[0]}(", *[line for t in tree[1] for line in render(t, indent + 1)], f"{pad})"]
 

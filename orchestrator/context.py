@@ -29,12 +29,8 @@ class RunInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-_engine: contextvars.ContextVar[Engine | None] = contextvars.ContextVar(
-    "orchestrator_engine", default=None
-)
-_run: contextvars.ContextVar[RunInfo | None] = contextvars.ContextVar(
-    "orchestrator_run", default=None
-)
+_engine: contextvars.ContextVar[Engine | None] = contextvars.ContextVar("orchestrator_engine", default=None)
+_run: contextvars.ContextVar[RunInfo | None] = contextvars.ContextVar("orchestrator_run", default=None)
 
 
 def current_engine() -> Engine | None:

@@ -23,15 +23,11 @@ class Engine(ABC):
     """Runs (or records) the task calls a flow body makes."""
 
     @abstractmethod
-    def submit(
-        self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any]
-    ) -> Future[Any]:
+    def submit(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any]) -> Future[Any]:
         """Start ``task`` once its upstreams are done; return its future at once."""
 
     @abstractmethod
-    def map(
-        self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any]
-    ) -> Any:
+    def map(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any]) -> Any:
         """Start one run of ``task`` per element of the mapped arguments."""
 
     @abstractmethod
@@ -51,9 +47,7 @@ class Engine(ABC):
         """Yield futures in the order they finish."""
 
 
-def bind_arguments(
-    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], what: str
-) -> dict[str, Any]:
+def bind_arguments(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], what: str) -> dict[str, Any]:
     """Bind a call to ``fn``'s signature, naming the missing or unknown argument on error."""
     try:
         bound = inspect.signature(fn).bind(*args, **kwargs)
@@ -108,9 +102,7 @@ def replace_futures(value: Any, resolve: Callable[[Future[Any], bool], Any]) -> 
     return value
 
 
-def split_map_arguments(
-    bound: dict[str, Any], what: str
-) -> tuple[dict[str, Any], dict[str, Any]]:
+def split_map_arguments(bound: dict[str, Any], what: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split bound map arguments into (mapped iterables, static values).
 
     Lists, tuples, sets and futures are mapped; ``unmapped(x)``, strings, dicts and

@@ -86,8 +86,7 @@ class Flow(Generic[P, R]):
             return template.format(**parameters)
         except (KeyError, IndexError) as exc:
             raise ParameterError(
-                f"flow {self.name!r}: flow_run_name {template!r} names {exc}, which is not a "
-                "parameter of the flow."
+                f"flow {self.name!r}: flow_run_name {template!r} names {exc}, which is not a parameter of the flow."
             ) from None
 
     def importable_or_raise(self) -> None:

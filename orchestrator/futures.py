@@ -87,9 +87,7 @@ def wait(futures: Iterable[Future[Any]], timeout: float | None = None) -> DoneAn
     return engine.wait(items, timeout)
 
 
-def as_completed(
-    futures: Iterable[Future[Any]], timeout: float | None = None
-) -> Iterator[Future[Any]]:
+def as_completed(futures: Iterable[Future[Any]], timeout: float | None = None) -> Iterator[Future[Any]]:
     """Yield futures as their task runs become final, first finished first."""
     items = list(futures)
     engine = _engine_of(items)

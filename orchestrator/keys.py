@@ -63,7 +63,11 @@ def plan(root: str) -> str:
 def tree_keys(root: str) -> list[str]:
     """Keys scoped to a whole run tree (expired together)."""
     return [
-        finals(root), remaining(root), join_pending(root), join_signature(root), plan(root),
+        finals(root),
+        remaining(root),
+        join_pending(root),
+        join_signature(root),
+        plan(root),
         subflow_ends(root),
     ]
 

@@ -82,9 +82,7 @@ class LocalEngine(Engine):
         self._lock = threading.Lock()
 
     # -- submitting -----------------------------------------------------------------
-    def submit(
-        self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any]
-    ) -> LocalFuture:
+    def submit(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any]) -> LocalFuture:
         bound = bind_arguments(task.fn, args, kwargs, f"task {task.name!r}")
         return self._submit_bound(task, bound, wait_for)
 
@@ -112,9 +110,7 @@ class LocalEngine(Engine):
             up.cf.add_done_callback(upstream_done)  # type: ignore[attr-defined]
         return future
 
-    def map(
-        self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any]
-    ) -> list[LocalFuture]:
+    def map(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any]) -> list[LocalFuture]:
         what = f"task {task.name!r}"
         mapped, static = split_map_arguments(bind_arguments(task.fn, args, kwargs, what), what)
         lists: dict[str, list[Any]] = {}
@@ -182,9 +178,7 @@ class LocalEngine(Engine):
             future.cf.set_exception(UpstreamFailedError(f"task {future.label}: {message}"))
             return
         # Only completed upstreams or allowed failures are left; a failure passes None.
-        inputs = replace_futures(
-            bound, lambda f, _: f.result() if f.state == StateType.COMPLETED else None
-        )
+        inputs = replace_futures(bound, lambda f, _: f.result() if f.state == StateType.COMPLETED else None)
         self._attempts(future, task, inputs)
 
     def _attempts(self, future: LocalFuture, task: Task, inputs: dict[str, Any]) -> None:
@@ -222,9 +216,7 @@ class LocalEngine(Engine):
         return [f for f in deciders if f.state.is_failed]
 
 
-def run_flow_locally(
-    flow: Flow, parameters: dict[str, Any], pool: cf.ThreadPoolExecutor | None = None
-) -> Any:
+def run_flow_locally(flow: Flow, parameters: dict[str, Any], pool: cf.ThreadPoolExecutor | None = None) -> Any:
     """Run ``flow`` in this process and return its value; raise if it failed."""
     own_pool = pool is None
     workers = get_settings().local_max_workers
@@ -240,7 +232,7 @@ def run_flow_locally(
         returned = [f for f, _ in walk_futures(value)]
         failed = engine.failed_runs(returned)
         if failed:
-            names = ", ".join(f"{f.label} ({f.state.value})" for f in failed)
+            names = "; ".join(f"{f.label} ({f.state.value}: {f.history[-1][2]})" for f in failed)
             error = FlowRunFailed(f"flow run {flow.name!r} ({run_id}) failed: task runs {names}.")
             cause = failed[0].cf.exception()
             raise error from cause

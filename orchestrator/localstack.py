@@ -56,8 +56,17 @@ def redis_server(port: int | None = None, appendonly: bool = False) -> Iterator[
     port = port or free_port()
     workdir = tempfile.mkdtemp(prefix="orc-redis-")
     args = [
-        binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-        "--appendonly", "yes" if appendonly else "no", "--dir", workdir,
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "yes" if appendonly else "no",
+        "--dir",
+        workdir,
     ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"redis://127.0.0.1:{port}/0"
@@ -83,8 +92,22 @@ def worker_command(
 ) -> list[str]:
     """The celery worker command line the orchestrator uses."""
     cmd = [
-        sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", queues,
-        "-c", str(concurrency), "-P", pool, "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.app",
+        "worker",
+        "-Q",
+        queues,
+        "-c",
+        str(concurrency),
+        "-P",
+        pool,
+        "--loglevel",
+        "INFO",
+        "--without-gossip",
+        "--without-mingle",
     ]
     if name:
         cmd += ["-n", name]
@@ -103,16 +126,23 @@ def worker(
     pool: str = "prefork",
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run a Celery worker for ``flow_modules``; wait until it consumes, stop it after."""
-    env = os.environ.copy() | {
-        "ORCHESTRATOR_REDIS_URL": redis_url,
-        "ORCHESTRATOR_FLOW_MODULES": ",".join(flow_modules),
-        "PYTHONUNBUFFERED": "1",
-    } | (extra_env or {})
+    env = (
+        os.environ.copy()
+        | {
+            "ORCHESTRATOR_REDIS_URL": redis_url,
+            "ORCHESTRATOR_FLOW_MODULES": ",".join(flow_modules),
+            "PYTHONUNBUFFERED": "1",
+        }
+        | (extra_env or {})
+    )
     name = name or f"w{free_port()}@%h"
     log_file = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen(
-        worker_command(queues, concurrency, name, pool), env=env, stdout=log_file,
-        stderr=subprocess.STDOUT, start_new_session=True,
+        worker_command(queues, concurrency, name, pool),
+        env=env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         wait_for_worker(redis_url, proc, queues.split(",")[0])

@@ -26,7 +26,10 @@ def get_run_logger(name: str = "orchestrator.runs") -> logging.LoggerAdapter:  #
     extra: dict[str, Any] = {}
     if run is not None:
         extra = {
-            "flow_run_id": run.flow_run_id, "flow_name": run.flow_name,
-            "task_run_id": run.task_run_id, "task_name": run.task_name, "attempt": run.attempt,
+            "flow_run_id": run.flow_run_id,
+            "flow_name": run.flow_name,
+            "task_run_id": run.task_run_id,
+            "task_name": run.task_name,
+            "attempt": run.attempt,
         }
     return RunLoggerAdapter(logging.getLogger(name), extra)

@@ -49,7 +49,9 @@ def parse_parameters(flow: Flow, pairs: list[str]) -> dict[str, Any]:
         hint = hints.get(name)
         if hint is not None:
             try:
-                value = TypeAdapter(hint).validate_python(value if not isinstance(value, (int, float)) or hint is not str else text)
+                value = TypeAdapter(hint).validate_python(
+                    value if not isinstance(value, (int, float)) or hint is not str else text
+                )
             except ValidationError as exc:
                 first = exc.errors()[0]["msg"]
                 raise ParameterError(f"parameter {name!r}={text!r} is not a valid {hint}: {first}.") from None

@@ -126,8 +126,7 @@ class Plan:
         except graphlib.CycleError as exc:
             cycle = " -> ".join(self.nodes[n].label for n in exc.args[1] if n in self.nodes)
             raise PlanError(
-                f"flow {self.flow_name!r} has a dependency cycle ({cycle}); "
-                "remove one of the wait_for links."
+                f"flow {self.flow_name!r} has a dependency cycle ({cycle}); remove one of the wait_for links."
             ) from exc
 
     def to_dict(self) -> dict[str, Any]:

@@ -25,8 +25,13 @@ from .store import RunStore, now
 def task_record(node_id: str, label: str, name: str, flow_run_id: str, root: str) -> dict[str, str]:
     """The fields a task run starts with (state Pending)."""
     return {
-        "id": node_id, "label": label, "name": name, "flow_run_id": flow_run_id, "root": root,
-        "state": StateType.PENDING.value, "created": str(now()),
+        "id": node_id,
+        "label": label,
+        "name": name,
+        "flow_run_id": flow_run_id,
+        "root": root,
+        "state": StateType.PENDING.value,
+        "created": str(now()),
     }
 
 
@@ -60,9 +65,15 @@ def launch_static(store: RunStore, plan: Plan, compiled: Compiled, fields: dict[
         store.write_flow_run(
             child.run_id,
             {
-                "id": child.run_id, "flow": child.name, "name": f"{child.name}-{child.run_id[:8]}",
-                "parent": child.parent_run_id, "root": root, "state": StateType.RUNNING.value,
-                "started": now(), "mode": "static", "parameters": child.parameters,
+                "id": child.run_id,
+                "flow": child.name,
+                "name": f"{child.name}-{child.run_id[:8]}",
+                "parent": child.parent_run_id,
+                "root": root,
+                "state": StateType.RUNNING.value,
+                "started": now(),
+                "mode": "static",
+                "parameters": child.parameters,
                 "leaves": plan.leaves(child.run_id),
                 "returns": plan.nodes[child.end_node].inputs["returns"],
             },
@@ -71,9 +82,13 @@ def launch_static(store: RunStore, plan: Plan, compiled: Compiled, fields: dict[
     pipe.expire(keys.subflow_ends(root), ttl)
     store.write_flow_run(
         root,
-        fields | {
-            "state": StateType.RUNNING.value, "started": now(), "mode": "static",
-            "returns": plan.returns, "leaves": plan.leaves(root),
+        fields
+        | {
+            "state": StateType.RUNNING.value,
+            "started": now(),
+            "mode": "static",
+            "returns": plan.returns,
+            "leaves": plan.leaves(root),
         },
         pipe,
     )
@@ -146,9 +161,7 @@ def propagate_failure(store: RunStore, root: str, trid: str, state: StateType, l
             continue
         child = store.redis.hget(keys.subflow_ends(root), node)
         if child:
-            store.write_flow_run(
-                child, {"state": StateType.FAILED.value, "ended": now(), "message": message}
-            )
+            store.write_flow_run(child, {"state": StateType.FAILED.value, "ended": now(), "message": message})
         after_final(store, root, left)
         queue.extend(store.downstream_of(node))
 

@@ -134,6 +134,7 @@ def dumps(value: Any, serializer: str, where: str) -> str:
 
 def loads(text: str | bytes, *, allow_pickle: bool, where: str) -> Any:
     """Load a stored value; a pickle payload is refused unless ``allow_pickle``."""
+
     def hook(item: dict[str, Any]) -> Any:
         return unpickle(item, allow_pickle, where) if PICKLE_TAG in item else item
 
@@ -143,7 +144,5 @@ def loads(text: str | bytes, *, allow_pickle: bool, where: str) -> Any:
 def check_serializer(name: str, where: str) -> str:
     """Refuse an unknown serializer name at declaration time."""
     if name not in SERIALIZERS:
-        raise SerializationError(
-            f"{where}: unknown result_serializer {name!r}; use one of {', '.join(SERIALIZERS)}."
-        )
+        raise SerializationError(f"{where}: unknown result_serializer {name!r}; use one of {', '.join(SERIALIZERS)}.")
     return name

@@ -22,9 +22,7 @@ class Settings(BaseSettings):
         default="redis://127.0.0.1:6379/0",
         description="Redis holding run state, results and the event stream.",
     )
-    broker_url: str | None = Field(
-        default=None, description="Celery broker; defaults to redis_url."
-    )
+    broker_url: str | None = Field(default=None, description="Celery broker; defaults to redis_url.")
     result_backend_url: str | None = Field(
         default=None, description="Celery result backend (chord counting); defaults to redis_url."
     )

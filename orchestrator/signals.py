@@ -46,7 +46,7 @@ class RETRY(Signal):
         """How long to wait before the next poke (never negative)."""
         if self.start_time is not None:
             start = self.start_time
-            now = now or dt.datetime.now(start.tzinfo or dt.timezone.utc)
+            now = now or dt.datetime.now(start.tzinfo or dt.UTC)
             if start.tzinfo is None:
                 now = now.replace(tzinfo=None)
             return max(0.0, (start - now).total_seconds())

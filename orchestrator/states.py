@@ -6,10 +6,10 @@ transition that would move a run backwards (late or duplicate events).
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class StateType(str, Enum):
+class StateType(StrEnum):
     """Every state a flow run or task run can be in."""
 
     SCHEDULED = "Scheduled"  # created, waiting for its start time

@@ -83,7 +83,9 @@ return {'ok', tostring(count)}
 
 
 @lru_cache(maxsize=8)
-def _client(url: str) -> redis.Redis:
+def _client(url: str) -> Any:
+    """One client (and pool) per URL; ``Any`` because decode_responses=True makes every
+    reply a ``str`` while redis-py's annotations say ``bytes | str``."""
     return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
 
 
@@ -98,7 +100,7 @@ class RunStore:
     def __init__(self, url: str | None = None) -> None:
         settings = get_settings()
         self.url = url or settings.redis_url
-        self.redis = _client(self.url)
+        self.redis: Any = _client(self.url)
         self.ttl = settings.result_ttl_seconds
         self.maxlen = settings.events_maxlen
         self._start = self.redis.register_script(_START)
@@ -125,9 +127,7 @@ class RunStore:
     def write_flow_run(self, run_id: str, fields: dict[str, Any], pipe: Any = None) -> None:
         """Create or update a flow run record; a state field also emits an event."""
         target = pipe if pipe is not None else self.redis.pipeline(transaction=False)
-        encoded = {
-            k: v if isinstance(v, str) and k not in JSON_FIELDS else json.dumps(v) for k, v in fields.items()
-        }
+        encoded = {k: v if isinstance(v, str) and k not in JSON_FIELDS else json.dumps(v) for k, v in fields.items()}
         target.hset(keys.flow_run(run_id), mapping=encoded)
         target.expire(keys.flow_run(run_id), self.ttl)
         if "state" in fields:
@@ -196,17 +196,31 @@ class RunStore:
         """
         fields = fields | {"state": state.value}
         event = self.event(
-            "task_run", trid, state.value, flow_run_id=fields.get("flow_run_id"),
+            "task_run",
+            trid,
+            state.value,
+            flow_run_id=fields.get("flow_run_id"),
             message=fields.get("message", ""),
         )
         out = self._finish(
             keys=[
-                keys.task_run(trid), keys.finals(root), keys.EVENTS_STREAM, keys.remaining(root),
-                keys.result(trid), keys.join_pending(root), keys.join_signature(root),
+                keys.task_run(trid),
+                keys.finals(root),
+                keys.EVENTS_STREAM,
+                keys.remaining(root),
+                keys.result(trid),
+                keys.join_pending(root),
+                keys.join_signature(root),
             ],
             args=[
-                trid, self.ttl, self.maxlen, json.dumps({k: str(v) for k, v in fields.items()}),
-                event, state.value, result_text or "", keys.downstream(trid),
+                trid,
+                self.ttl,
+                self.maxlen,
+                json.dumps({k: str(v) for k, v in fields.items()}),
+                event,
+                state.value,
+                result_text or "",
+                keys.downstream(trid),
             ],
         )
         left = int(out[0])

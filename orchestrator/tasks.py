@@ -111,9 +111,7 @@ class Task(Generic[P, R]):
         """Start one run per element of the iterable arguments; return their futures."""
         engine = current_engine()
         if engine is None:
-            raise OrchestratorError(
-                f"{self.name}.map() was called outside a flow; call it inside a @flow body."
-            )
+            raise OrchestratorError(f"{self.name}.map() was called outside a flow; call it inside a @flow body.")
         return engine.map(self, args, kwargs, list(wait_for or []))
 
     def __repr__(self) -> str:

@@ -17,9 +17,7 @@ from .plan import REF, make_ref
 from .serialization import PICKLE_TAG, dumps, to_jsonable
 
 
-def to_template(
-    value: Any, where: str, serializer: str, owns: Callable[[Future[Any]], bool]
-) -> Any:
+def to_template(value: Any, where: str, serializer: str, owns: Callable[[Future[Any]], bool]) -> Any:
     """Encode ``value``; a future accepted by ``owns`` becomes a reference."""
     if isinstance(value, Future):
         if not owns(value):

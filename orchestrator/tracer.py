@@ -22,16 +22,16 @@ from .engine import (
 )
 from .futures import DoneAndNotDone, Future
 from .plan import REF, Node, Plan, SubflowInfo
-from .templates import to_template
 from .settings import get_settings
 from .states import StateType
+from .templates import to_template
 
 if TYPE_CHECKING:
     from .flows import Flow
     from .tasks import Task
 
 
-class DynamicFlowRequired(BaseException):  # noqa: N818 - a control signal, not an error
+class DynamicFlowRequired(BaseException):
     """The flow body needs task results while it runs: it must run in dynamic mode.
 
     A BaseException so that a flow body's ``except Exception`` cannot swallow it.
@@ -40,6 +40,8 @@ class DynamicFlowRequired(BaseException):  # noqa: N818 - a control signal, not 
 
 class PlannedFuture(Future[Any]):
     """A node of the plan being traced; its value does not exist yet."""
+
+    engine: TracingEngine
 
     def __init__(self, engine: TracingEngine, node_id: str, label: str, path: tuple[Any, ...] = ()):
         self.engine = engine
@@ -106,9 +108,7 @@ class PlannedFuture(Future[Any]):
 class TracingEngine(Engine):
     """Records the task calls of one flow run (root or subflow) into a shared plan."""
 
-    def __init__(
-        self, plan: Plan, flow_run_id: str, queue: str, label_counts: dict[str, int] | None = None
-    ) -> None:
+    def __init__(self, plan: Plan, flow_run_id: str, queue: str, label_counts: dict[str, int] | None = None) -> None:
         self.plan = plan
         self.flow_run_id = flow_run_id
         self.queue = queue
@@ -157,15 +157,11 @@ class TracingEngine(Engine):
         )
 
     # -- Engine ---------------------------------------------------------------------
-    def submit(
-        self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any]
-    ) -> PlannedFuture:
+    def submit(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any]) -> PlannedFuture:
         bound = bind_arguments(task.fn, args, kwargs, f"task {task.name!r}")
         return self._add(self._task_node(task, self._inputs(task, bound), self._wait_ids(wait_for, task.name)))
 
-    def map(
-        self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any]
-    ) -> Any:
+    def map(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any]) -> Any:
         where = f"task {task.name!r}"
         mapped, static = split_map_arguments(bind_arguments(task.fn, args, kwargs, where), where)
         wait_ids = self._wait_ids(wait_for, task.name)
@@ -230,9 +226,7 @@ def _import_error(task: Task) -> str | None:
     return why_not_importable(task.fn)
 
 
-def trace_flow(
-    flow: Flow, parameters: dict[str, Any], *, run_id: str | None = None, queue: str | None = None
-) -> Plan:
+def trace_flow(flow: Flow, parameters: dict[str, Any], *, run_id: str | None = None, queue: str | None = None) -> Plan:
     """Trace ``flow`` with ``parameters`` into a plan; raises DynamicFlowRequired if needed."""
     run_id = run_id or str(uuid.uuid4())
     plan = Plan(flow.name, run_id, queue or flow.queue or get_settings().default_queue)

@@ -42,14 +42,16 @@ def worker_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def fleet(redis_url: str, worker_logs: Path) -> Iterator[subprocess.Popen[bytes]]:
     """One prefork worker, concurrency 4, on the default queue."""
-    with worker(redis_url, FLOW_MODULES, queues="default", concurrency=4,
-                name="fleet@%h", log_path=worker_logs / "fleet.log") as proc:
+    with worker(
+        redis_url, FLOW_MODULES, queues="default", concurrency=4, name="fleet@%h", log_path=worker_logs / "fleet.log"
+    ) as proc:
         yield proc
 
 
 @pytest.fixture(scope="session")
 def solo_worker(redis_url: str, worker_logs: Path) -> Iterator[subprocess.Popen[bytes]]:
     """One worker with concurrency 1 on queue 'solo' (dynamic-mode deadlock test)."""
-    with worker(redis_url, FLOW_MODULES, queues="solo", concurrency=1,
-                name="solo@%h", log_path=worker_logs / "solo.log") as proc:
+    with worker(
+        redis_url, FLOW_MODULES, queues="solo", concurrency=1, name="solo@%h", log_path=worker_logs / "solo.log"
+    ) as proc:
         yield proc

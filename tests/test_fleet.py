@@ -53,7 +53,7 @@ def test_non_series_parallel_graph_starts_each_task_when_its_own_upstreams_are_d
     run = flows.non_sp_flow.delay(slow=1.5)
     assert run.result(timeout=30) == {"c": "c", "d": "d"}
     rows = runs_by_label(run)
-    a_start, a_end = times(rows["sleepy-0"])
+    _a_start, a_end = times(rows["sleepy-0"])
     d_start, _ = times(rows["sleepy-3"])
     c_start, _ = times(rows["sleepy-2"])
     assert d_start < a_end, "D waited for A although it only depends on B"
@@ -84,7 +84,7 @@ def test_subflows_side_by_side_run_concurrently_and_a_dependent_one_waits_only_f
     run = flows.parent_flow.delay()
     assert run.result(timeout=30) == {"first": 1, "second": 2, "third": 2}
     rows = runs_by_label(run)
-    first_start, first_end = times(rows["sleepy-0"])
+    _first_start, first_end = times(rows["sleepy-0"])
     second_start, second_end = times(rows["sleepy-1"])
     third_start, _ = times(rows["double-0"])
     assert second_start < first_end, "sibling subflows did not overlap"

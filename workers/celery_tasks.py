@@ -83,9 +83,7 @@ def register_builtin_tasks(app: Celery) -> None:
     """The node kinds that are not user code: map expansion, map join, subflow end, start."""
 
     @app.task(name=EXPAND_MAP_TASK, bind=True)
-    def expand_map(
-        self: CeleryTask, run: dict[str, Any], task: str, inputs: dict[str, Any], queue: str
-    ) -> None:
+    def expand_map(self: CeleryTask, run: dict[str, Any], task: str, inputs: dict[str, Any], queue: str) -> None:
         """Expand a map over an upstream result into one task run per element, then join."""
         store = RunStore()
         attempt = CeleryAttempt(self)
@@ -130,9 +128,11 @@ def register_builtin_tasks(app: Celery) -> None:
             for i, (child, inputs_i) in enumerate(zip(ids, children, strict=True))
         ]
         collect = Signature(
-            COLLECT_MAP_TASK, kwargs={"run": run, "children": ids},
+            COLLECT_MAP_TASK,
+            kwargs={"run": run, "children": ids},
             options={"queue": self.request.delivery_info.get("routing_key") or queue},
-            immutable=True, app=self.app,
+            immutable=True,
+            app=self.app,
         )
         raise self.replace(chord(group(header, app=self.app), collect, app=self.app))
 
@@ -149,9 +149,7 @@ def register_builtin_tasks(app: Celery) -> None:
         end_completed(store, run, attempt, "[" + ",".join(t or "null" for t in texts.values()) + "]")
 
     @app.task(name=FINISH_SUBFLOW_TASK, bind=True)
-    def finish_subflow(
-        self: CeleryTask, run: dict[str, Any], child_run_id: str, inputs: dict[str, Any]
-    ) -> None:
+    def finish_subflow(self: CeleryTask, run: dict[str, Any], child_run_id: str, inputs: dict[str, Any]) -> None:
         """A subflow's task runs are done: decide its state and publish its return value."""
         store = RunStore()
         attempt = CeleryAttempt(self)
@@ -185,7 +183,8 @@ def register_builtin_tasks(app: Celery) -> None:
             store.write_flow_run(
                 run_id,
                 {
-                    "state": StateType.FAILED.value, "ended": now(),
+                    "state": StateType.FAILED.value,
+                    "ended": now(),
                     "message": f"worker {self.request.hostname} has no flow named {flow!r} (it knows: "
                     f"{known}); start the worker with --flows <module defining it>.",
                 },

@@ -65,6 +65,8 @@ def _driver_pool() -> cf.ThreadPoolExecutor:
 class RemoteFuture(Future[Any]):
     """A task run sent to the fleet by a dynamic flow body."""
 
+    engine: DynamicEngine
+
     def __init__(self, engine: DynamicEngine, task_run_id: str, label: str) -> None:
         self.engine = engine
         self.task_run_id = task_run_id
@@ -78,7 +80,7 @@ class RemoteFuture(Future[Any]):
         return StateType(self.engine.store.read_task_run(self.task_run_id).get("state", "Pending"))
 
     def wait(self, timeout: float | None = None) -> StateType:
-        done, _ = self.engine.wait([self], timeout)
+        _done, _ = self.engine.wait([self], timeout)
         return self.state
 
     def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> Any:
@@ -109,7 +111,9 @@ class DynamicEngine(Engine):
 
     def template(self, value: Any, where: str, serializer: str = "json") -> Any:
         """Encode arguments; futures of this run tree become references."""
-        return to_template(value, where, serializer, lambda f: isinstance(f, RemoteFuture) and f.engine.root == self.root)
+        return to_template(
+            value, where, serializer, lambda f: isinstance(f, RemoteFuture) and f.engine.root == self.root
+        )
 
     def leaves(self) -> list[str]:
         """Task runs of this flow run that nothing in it waited for."""
@@ -133,8 +137,11 @@ class DynamicEngine(Engine):
         trid, label = str(uuid.uuid4()), f"{task.fn.__name__}-{count}"
         run = {"root": self.root, "flow_run_id": self.flow_run_id, "task_run_id": trid, "label": label}
         sig = Signature(
-            task.name, kwargs={"run": run, "inputs": inputs},
-            options={"task_id": trid, "queue": task.queue or self.queue}, immutable=True, app=self.app,
+            task.name,
+            kwargs={"run": run, "inputs": inputs},
+            options={"task_id": trid, "queue": task.queue or self.queue},
+            immutable=True,
+            app=self.app,
         )
         pipe = self.store.redis.pipeline(transaction=False)
         pipe.incr(keys.remaining(self.root))
@@ -176,9 +183,14 @@ class DynamicEngine(Engine):
         self.store.write_flow_run(
             child_id,
             {
-                "id": child_id, "flow": flow.name, "name": f"{flow.name}-{child_id[:8]}",
-                "parent": self.flow_run_id, "root": self.root, "state": StateType.RUNNING.value,
-                "started": now(), "mode": "dynamic",
+                "id": child_id,
+                "flow": flow.name,
+                "name": f"{flow.name}-{child_id[:8]}",
+                "parent": self.flow_run_id,
+                "root": self.root,
+                "state": StateType.RUNNING.value,
+                "started": now(),
+                "mode": "dynamic",
             },
         )
         child = DynamicEngine(self.app, self.store, self.root, child_id, flow.queue or self.queue)

@@ -50,8 +50,12 @@ def start_record(run: dict[str, Any], name: str, attempt: Attempt) -> dict[str, 
     """Fields written when an attempt starts."""
     return {
         "state": (StateType.RUNNING if attempt.number == 1 else StateType.RETRYING).value,
-        "started": now(), "worker": attempt.worker, "attempts": attempt.number,
-        "flow_run_id": run["flow_run_id"], "root": run["root"], "name": name,
+        "started": now(),
+        "worker": attempt.worker,
+        "attempts": attempt.number,
+        "flow_run_id": run["flow_run_id"],
+        "root": run["root"],
+        "name": name,
         "label": run.get("label", ""),
     }
 
@@ -72,9 +76,7 @@ def end_failed(
 def end_completed(store: RunStore, run: dict[str, Any], attempt: Attempt, text: str) -> Ending:
     """Make a task run Completed with its result; send joins that became ready."""
     root, trid = run["root"], run["task_run_id"]
-    left, ready = store.task_finished(
-        root, trid, StateType.COMPLETED, {"ended": now(), "worker": attempt.worker}, text
-    )
+    left, ready = store.task_finished(root, trid, StateType.COMPLETED, {"ended": now(), "worker": attempt.worker}, text)
     if left is None:
         return Ending.DUPLICATE
     attempt.send(ready)
@@ -101,7 +103,10 @@ def run_task(
     )
     try:
         kwargs = resolve(
-            inputs, store, allow_pickle=task.result_serializer == "pickle", where=where,
+            inputs,
+            store,
+            allow_pickle=task.result_serializer == "pickle",
+            where=where,
             failed_as_none=failed_allowed,
         )
         info = RunInfo(run["flow_run_id"], run.get("flow_name", ""), trid, task.name, attempt.number)

@@ -1,0 +1,221 @@
+"""The tracer's task graph and the exact Celery canvas it compiles to (no services needed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from celery.canvas import Signature, _chain, chord, group
+
+from orchestrator import flow, task
+from orchestrator.compiler import EXPAND_MAP_TASK, FINISH_SUBFLOW_TASK, canvas_tree, compile_plan
+from orchestrator.errors import DefinitionError, PlanError, SerializationError
+from orchestrator.plan import Plan
+from orchestrator.tracer import DynamicFlowRequired
+from tests import flows
+
+
+def compiled_tree(plan: Plan) -> Any:
+    labels = {n.id: n.label for n in plan.nodes.values()}
+    return canvas_tree(compile_plan(plan).canvas, labels)
+
+
+def test_chain() -> None:
+    plan = flows.chain_flow.plan(x=1)
+    assert compiled_tree(plan) == ("chain", ["inc-0", "inc-1", "double-0"])
+    canvas = compile_plan(plan).canvas
+    assert isinstance(canvas, _chain)
+    assert all(sig.immutable for sig in canvas.tasks)
+
+
+def test_fan_out_fan_in_is_an_explicit_chord() -> None:
+    plan = flows.fan_flow.plan(n=3)
+    canvas = compile_plan(plan).canvas
+    assert isinstance(canvas, chord)
+    assert compiled_tree(plan) == ("chord", ["double-0", "double-1", "double-2"], "total-0")
+
+
+def test_diamond() -> None:
+    plan = flows.diamond_flow.plan(x=1)
+    assert compiled_tree(plan) == ("chain", ["inc-0", ("chord", ["double-0", "inc-1"], "add-0")])
+
+
+def test_non_series_parallel_graph_uses_joins_and_adds_no_barrier() -> None:
+    plan = flows.non_sp_flow.plan(slow=1)
+    compiled = compile_plan(plan)
+    labels = {n.id: n.label for n in plan.nodes.values()}
+    assert compiled.shapes == [None]
+    assert canvas_tree(compiled.canvas, labels) == ("group", ["sleepy-0", "sleepy-1"])
+    assert {labels[k]: v for k, v in compiled.join_pending.items()} == {"sleepy-2": 2, "sleepy-3": 1}
+
+
+def test_independent_parts_are_a_group() -> None:
+    @flow
+    def two_chains() -> None:
+        flows.inc.submit(flows.inc.submit(1))
+        flows.double.submit(2)
+
+    assert compiled_tree(two_chains.plan()) == ("group", [("chain", ["inc-0", "inc-1"]), "double-0"])
+
+
+def test_map_over_a_parameter_is_a_group_and_over_a_result_a_runtime_expansion() -> None:
+    assert compiled_tree(flows.map_param_flow.plan(values=[1, 2])) == ("chord", ["double-0", "double-1"], "total-0")
+    plan = flows.map_upstream_flow.plan(n=3)
+    canvas = compile_plan(plan).canvas
+    assert compiled_tree(plan) == ("chain", ["numbers-0", "double-0", "total-0"])
+    assert isinstance(canvas, _chain)
+    assert canvas.tasks[1].task == EXPAND_MAP_TASK
+    assert canvas.tasks[1].kwargs["task"] == "tests.flows.double"
+
+
+def test_subflows_are_part_of_the_same_graph() -> None:
+    plan = flows.parent_flow.plan()
+    assert len(plan.subflows) == 3
+    ends = [n for n in plan.nodes.values() if n.kind == "subflow"]
+    assert {n.name for n in ends} == {"child-flow", "dependent-child"}
+    tree = compiled_tree(plan)
+    # the two side-by-side subflows are parallel; the dependent one follows only the first
+    assert tree == (
+        "group",
+        [
+            ("chain", ["sleepy-0", "subflow-child-flow-0", "double-0", "subflow-dependent-child-0"]),
+            ("chain", ["sleepy-1", "subflow-child-flow-1"]),
+        ],
+    )
+    end = next(n for n in plan.nodes.values() if n.label == "subflow-dependent-child-0")
+    sig = next(s for s in compile_plan(plan).canvas.tasks[0].tasks if s.options["task_id"] == end.id)
+    assert sig.task == FINISH_SUBFLOW_TASK
+
+
+def test_messages_carry_flow_run_and_task_run_ids_and_the_queue() -> None:
+    plan = flows.chain_flow.plan(x=1)
+    sig: Signature = compile_plan(plan).canvas.tasks[0]
+    node = plan.nodes[sig.options["task_id"]]
+    assert sig.task == "tests.flows.inc"
+    assert sig.kwargs["run"] == {
+        "root": plan.root_run_id,
+        "flow_run_id": plan.root_run_id,
+        "task_run_id": node.id,
+        "label": "inc-0",
+    }
+    assert sig.options["queue"] == "default"
+    assert sig.kwargs["inputs"] == {"x": 1}
+
+
+def test_task_queue_overrides_flow_queue() -> None:
+    @task(queue="db")
+    def query() -> int:
+        return 1
+
+    @flow(queue="etl")
+    def routed() -> None:
+        flows.inc.submit(query.submit())
+
+    plan = routed.plan()
+    assert [n.queue for n in plan.nodes.values()] == ["db", "etl"]
+
+
+def test_inputs_are_references_not_values() -> None:
+    plan = flows.chain_flow.plan(x=1)
+    first, second, _ = plan.nodes.values()
+    assert second.inputs == {"x": {"__ref__": first.id, "path": []}}
+
+
+@pytest.mark.parametrize(
+    ("flow_obj", "reason"),
+    [
+        (flows.dynamic_flow, ".result()"),
+    ],
+)
+def test_bodies_that_need_values_are_dynamic(flow_obj: Any, reason: str) -> None:
+    with pytest.raises(DynamicFlowRequired, match=reason.replace("(", r"\(").replace(")", r"\)")):
+        flow_obj.plan()
+
+
+def test_branching_iterating_and_caught_signals_are_detected() -> None:
+    @flow
+    def branches() -> None:
+        if flows.inc.submit(1) > 1:
+            flows.inc.submit(2)
+
+    @flow
+    def iterates() -> None:
+        for value in flows.numbers.submit(3):
+            flows.inc.submit(value)
+
+    @flow
+    def swallows() -> None:
+        try:
+            flows.inc.submit(1).result()
+        except Exception:
+            pass
+
+    for body in (branches, iterates, swallows):
+        with pytest.raises(DynamicFlowRequired):
+            body.plan()
+
+
+def test_lambda_and_async_are_refused_when_decorated() -> None:
+    with pytest.raises(DefinitionError, match="lambda"):
+        task(lambda x: x)
+
+    async def coro() -> None: ...
+
+    with pytest.raises(DefinitionError, match="async"):
+        task(coro)
+
+
+def test_closures_run_locally_but_are_refused_when_compiled_for_workers() -> None:
+    @task
+    def local_only() -> int:
+        return 1
+
+    @flow
+    def uses_closure() -> int:
+        return local_only.submit()  # type: ignore[no-any-return]
+
+    assert uses_closure() == 1
+    with pytest.raises(DefinitionError, match="inside another function"):
+        compile_plan(uses_closure.plan())
+    with pytest.raises(DefinitionError, match="move it to the top level"):
+        uses_closure.delay()
+
+
+def test_unsendable_literal_argument_is_refused_at_trace_time_naming_the_argument() -> None:
+    @flow
+    def sends_object() -> None:
+        flows.inc.submit(object())
+
+    with pytest.raises(SerializationError, match=r"argument 'x'.*builtins\.object"):
+        sends_object.plan()
+
+
+def test_a_future_from_another_flow_run_is_refused() -> None:
+    leaked: list[Any] = []
+
+    @flow
+    def first() -> None:
+        leaked.append(flows.inc.submit(1))
+
+    @flow
+    def second() -> None:
+        flows.inc.submit(leaked[0])
+
+    first.plan()
+    with pytest.raises(PlanError, match="another flow run"):
+        second.plan()
+
+
+def test_large_graphs_compile_quickly() -> None:
+    @flow
+    def long_chain() -> Any:
+        value = flows.inc.submit(0)
+        for _ in range(299):
+            value = flows.inc.submit(value)
+        return value
+
+    tree = compiled_tree(long_chain.plan())
+    assert tree[0] == "chain" and len(tree[1]) == 300
+    group_canvas = compile_plan(flows.fan_flow.plan(n=2000)).canvas
+    assert isinstance(group_canvas, chord) and len(group_canvas.tasks) == 2000
+    assert isinstance(group(group_canvas.tasks), group)

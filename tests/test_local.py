@@ -1,0 +1,202 @@
+"""Calling a flow directly runs it in-process: no Redis, no worker, no API."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+
+import pytest
+
+from orchestrator import as_completed, flow, task, wait
+from orchestrator.errors import FlowRunFailed, OrchestratorError, ParameterError
+from orchestrator.signals import FAIL, RETRY, SKIP
+from tests import flows
+
+
+@pytest.fixture(autouse=True)
+def no_redis(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point Redis at a closed port: a local run must never need it."""
+    monkeypatch.setenv("ORCHESTRATOR_REDIS_URL", "redis://127.0.0.1:1/0")
+
+
+def test_chain_fan_out_and_diamond_return_their_values() -> None:
+    assert flows.chain_flow(x=3) == 10
+    assert flows.fan_flow(n=10) == sum(2 * i for i in range(10))
+    assert flows.diamond_flow(x=1) == 7
+
+
+def test_map_over_parameter_and_upstream() -> None:
+    assert flows.map_param_flow(values=[1, 2, 3]) == 12
+    assert flows.map_upstream_flow(n=4) == 12
+
+
+def test_subflows_and_dynamic_bodies_run_locally() -> None:
+    assert flows.parent_flow() == {"first": 1, "second": 2, "third": 2}
+    assert flows.dynamic_flow(x=1) == 13
+
+
+def test_submitted_tasks_run_concurrently_in_threads() -> None:
+    @task
+    def nap(i: int) -> str:
+        time.sleep(0.3)
+        return threading.current_thread().name
+
+    @flow
+    def naps() -> list[str]:
+        return [nap.submit(i) for i in range(4)]  # type: ignore[misc]
+
+    started = time.monotonic()
+    names = naps()
+    assert time.monotonic() - started < 1.0
+    assert len(set(names)) == 4
+
+
+def test_retries_then_success() -> None:
+    attempts: list[int] = []
+
+    @task(retries=2, retry_delay_seconds=[0.01, 0.02])
+    def flaky() -> str:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise OSError("not yet")
+        return "ok"
+
+    @flow
+    def uses_flaky() -> str:
+        return flaky.submit()  # type: ignore[no-any-return]
+
+    assert uses_flaky() == "ok"
+    assert len(attempts) == 3
+
+
+def test_failure_raises_flow_run_failed_with_the_task_error_as_cause() -> None:
+    with pytest.raises(FlowRunFailed) as caught:
+        flows.failing_flow()
+    assert "inc-1" in str(caught.value) or "UpstreamFailed" in str(caught.value)
+    assert caught.value.__cause__ is not None
+
+
+def test_signals_fail_skip_and_retry() -> None:
+    pokes: list[int] = []
+
+    @task
+    def sensor() -> int:
+        pokes.append(1)
+        if len(pokes) < 3:
+            raise RETRY("file not there yet", delay=0.01)
+        return len(pokes)
+
+    @task(retries=5)
+    def hopeless() -> None:
+        raise FAIL("bad config")
+
+    @task
+    def skipped() -> None:
+        raise SKIP("holiday")
+
+    @flow
+    def sensing() -> int:
+        return sensor.submit()  # type: ignore[no-any-return]
+
+    assert sensing() == 3
+
+    calls: list[int] = []
+
+    @flow
+    def failing() -> None:
+        calls.append(1)
+        hopeless.submit()
+
+    with pytest.raises(FlowRunFailed, match="bad config"):
+        failing()
+
+    @flow
+    def skipping() -> None:
+        skipped.submit()
+
+    skipping()  # a skipped leaf does not fail the flow
+
+
+def test_non_json_return_fails_locally_like_on_the_fleet() -> None:
+    with pytest.raises(FlowRunFailed) as caught:
+        flows.unsendable_flow()
+    assert 'result_serializer="pickle"' in str(caught.value.__cause__.__cause__)  # type: ignore[union-attr]
+    assert flows.pickle_flow() == "(1+2j)"
+
+
+def test_flow_that_returns_early_waits_for_its_tasks() -> None:
+    done: list[str] = []
+
+    @task
+    def slow() -> None:
+        time.sleep(0.2)
+        done.append("slow")
+
+    @flow
+    def early() -> str:
+        slow.submit()
+        return "early"
+
+    assert early() == "early"
+    assert done == ["slow"]
+
+
+def test_wait_and_as_completed() -> None:
+    @flow
+    def waits() -> list[str]:
+        futures = [flows.sleepy.submit(d, str(d)) for d in (0.3, 0.05, 0.15)]
+        done, not_done = wait(futures)
+        assert not not_done and len(done) == 3
+        return [f.result() for f in as_completed(futures)]
+
+    assert sorted(waits()) == ["0.05", "0.15", "0.3"]
+
+
+def test_callable_default_is_evaluated_at_each_run() -> None:
+    calls: list[int] = []
+
+    def stamp() -> int:
+        calls.append(1)
+        return len(calls)
+
+    @flow
+    def stamped(n: int = stamp) -> int:  # type: ignore[assignment]
+        return n
+
+    assert calls == []  # not at definition
+    assert stamped() == 1
+    assert stamped() == 2
+    assert stamped(n=10) == 10
+
+
+def test_flow_run_name_template() -> None:
+    @flow(flow_run_name="etl-{day}")
+    def etl(day: dt.date) -> None: ...
+
+    assert etl.run_name({"day": dt.date(2026, 1, 2)}, "abc") == "etl-2026-01-02"
+    bad = flow(flow_run_name="etl-{nope}")(lambda_free)
+    with pytest.raises(ParameterError, match="nope"):
+        bad.run_name({}, "abc")
+
+
+def lambda_free() -> None:
+    """A module-level function used to build a flow in a test."""
+
+
+def test_submit_outside_a_flow_says_what_to_do() -> None:
+    with pytest.raises(OrchestratorError, match="outside a flow"):
+        flows.add.submit(1, 2)
+    assert flows.add(1, 2) == 3
+
+
+def test_bad_arguments_name_the_parameter() -> None:
+    with pytest.raises(ParameterError, match="x"):
+        flows.chain_flow(y=1)  # type: ignore[call-arg]
+    with pytest.raises(ParameterError, match="wait_for"):
+
+        @flow
+        def bad_wait() -> None:
+            flows.inc.submit(1, wait_for=[1])
+
+        bad_wait()
