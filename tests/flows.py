@@ -6,7 +6,8 @@ import datetime as dt
 import time
 from typing import Any
 
-from orchestrator import flow, task, wait
+from orchestrator import as_completed, flow, task, wait
+from orchestrator.context import current_run
 from orchestrator.signals import FAIL, SKIP
 
 
@@ -191,3 +192,29 @@ def fail_and_skip_flow() -> dict[str, int]:
 @flow
 def slow_flow(seconds: float = 3.0) -> Any:
     return sleepy.submit(seconds, "slept")
+
+
+@task(retries=3, retry_delay_seconds=[0.1, 0.2])
+def flaky_until_third() -> int:
+    run = current_run()
+    attempt = run.attempt if run else 1
+    if attempt < 3:
+        raise OSError(f"attempt {attempt} failed")
+    return attempt
+
+
+@flow
+def retry_flow() -> int:
+    return flaky_until_third.submit()  # type: ignore[no-any-return]
+
+
+@flow
+def dynamic_fan_flow(n: int = 4) -> dict[str, Any]:
+    """Dynamic: reads results, maps, uses as_completed, calls a subflow, survives a failure."""
+    count = len(numbers.submit(n).result())
+    doubled = double.map(list(range(count)))
+    finished = [f.result() for f in as_completed(doubled)]
+    bad = explode.submit("dynamic boom")
+    after_bad = inc.submit(bad)
+    child = dependent_child(sum(finished))
+    return {"finished": sorted(finished), "child": child, "after_bad_state": after_bad.wait(30).value}

@@ -11,6 +11,7 @@ import pytest
 
 from orchestrator import FlowRun, StateType
 from orchestrator.celery_app import client_app
+from orchestrator.client import submit_by_name
 from orchestrator.errors import FlowRunFailed
 from tests import flows
 
@@ -182,3 +183,38 @@ def test_queue_override_from_apply_async(redis_url: str) -> None:
     with pytest.raises(TimeoutError):
         run.wait(timeout=1.5)
     assert run.info["queue"] == "nobody-listens"
+
+
+def test_retries_on_the_fleet_record_each_attempt() -> None:
+    run = flows.retry_flow.delay()
+    assert run.result(timeout=30) == 3
+    (row,) = run.task_runs()
+    assert row["attempts"] == "3"
+    assert row["state"] == "Completed"
+
+
+def test_dynamic_flow_maps_waits_calls_subflows_and_sees_upstream_failures() -> None:
+    run = flows.dynamic_fan_flow.delay(n=4)
+    assert run.wait(timeout=60) is StateType.FAILED  # explode-0 is a leaf that failed
+    rows = runs_by_label(run)
+    assert rows["explode-0"]["state"] == "Failed"
+    assert rows["inc-0"]["state"] == "UpstreamFailed"
+    assert sum(1 for label in rows if label.startswith("double-")) == 5  # 4 mapped + 1 in the subflow
+    child_runs = {r["flow_run_id"] for r in run.task_runs()} - {run.id}
+    assert len(child_runs) == 1
+    assert FlowRun(child_runs.pop()).state is StateType.COMPLETED
+
+
+def test_a_run_sent_by_flow_name_is_traced_and_compiled_on_the_worker() -> None:
+    run = submit_by_name("diamond-flow", {"x": 1})
+    assert run.result(timeout=30) == 7
+    assert run.info["mode"] == "static"
+    dynamic = submit_by_name("dynamic-flow", {"x": 1}, queue="default")
+    assert dynamic.result(timeout=30) == 13
+
+
+def test_a_run_of_a_flow_no_worker_knows_fails_and_says_why() -> None:
+    run = submit_by_name("no-such-flow", {})
+    assert run.wait(timeout=30) is StateType.FAILED
+    message = run.info["message"]
+    assert "no flow named 'no-such-flow'" in message and "--flows" in message

@@ -99,7 +99,15 @@ class RemoteFuture(Future[Any]):
 class DynamicEngine(Engine):
     """Submits a flow body's task calls to the fleet one by one, as the body runs."""
 
-    def __init__(self, app: Celery, store: RunStore, root: str, flow_run_id: str, queue: str) -> None:
+    def __init__(
+        self,
+        app: Celery,
+        store: RunStore,
+        root: str,
+        flow_run_id: str,
+        queue: str,
+        label_counts: dict[str, int] | None = None,
+    ) -> None:
         self.app = app
         self.store = store
         self.root = root
@@ -107,7 +115,7 @@ class DynamicEngine(Engine):
         self.queue = queue
         self.futures: list[RemoteFuture] = []
         self.has_downstream: set[str] = set()
-        self._counts: dict[str, int] = {}
+        self._counts = label_counts if label_counts is not None else {}  # shared by the run tree
 
     def template(self, value: Any, where: str, serializer: str = "json") -> Any:
         """Encode arguments; futures of this run tree become references."""
@@ -193,7 +201,7 @@ class DynamicEngine(Engine):
                 "mode": "dynamic",
             },
         )
-        child = DynamicEngine(self.app, self.store, self.root, child_id, flow.queue or self.queue)
+        child = DynamicEngine(self.app, self.store, self.root, child_id, flow.queue or self.queue, self._counts)
         try:
             with using(child, RunInfo(child_id, flow.name, extra={"parent_flow_run_id": self.flow_run_id})):
                 value = flow.fn(**params)
