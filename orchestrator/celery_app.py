@@ -56,7 +56,6 @@ def make_celery_app(main: str = "orchestrator", settings: Settings | None = None
         worker_prefetch_multiplier=1,  # long tasks do not sit behind each other
         worker_send_task_events=True,  # Flower sees every task
         task_send_sent_event=True,
-        task_track_started=True,
         task_default_queue=s.default_queue,
         task_create_missing_queues=True,
         result_expires=3600,  # canvas bookkeeping only; results live in our own keys

@@ -71,13 +71,13 @@ class FlowRun:
         return resolve(returns, self.store, allow_pickle=True, where=f"flow run {self.id} result")
 
     def task_runs(self) -> list[dict[str, Any]]:
-        """Every task run of this flow run (a root: of its subflows too), oldest first."""
+        """Every task run of this flow run (a root: of its subflows too), by start time."""
         ids = sorted(self.store.redis.smembers(keys.flow_tasks(self.id)))  # type: ignore[arg-type]
         pipe = self.store.redis.pipeline(transaction=False)
         for trid in ids:
             pipe.hgetall(keys.task_run(trid))
         rows = [r for r in pipe.execute() if r]
-        return sorted(rows, key=lambda r: (float(r.get("created", 0)), r.get("label", "")))
+        return sorted(rows, key=lambda r: (float(r.get("started") or r.get("created") or 0), r.get("label", "")))
 
     def __repr__(self) -> str:
         return f"<FlowRun {self.id} {self.state}>"

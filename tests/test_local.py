@@ -200,3 +200,20 @@ def test_bad_arguments_name_the_parameter() -> None:
             flows.inc.submit(1, wait_for=[1])
 
         bad_wait()
+
+
+def test_submitting_without_redis_says_what_to_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.celery_app import client_app
+    from orchestrator.errors import ConnectionProblem
+    from orchestrator.settings import reset_settings
+
+    monkeypatch.setenv("ORCHESTRATOR_REDIS_URL", "redis://127.0.0.1:1/0")
+    reset_settings()
+    client_app.cache_clear()
+    try:
+        with pytest.raises(ConnectionProblem, match=r"redis://127\.0\.0\.1:1/0.*ORCHESTRATOR_REDIS_URL"):
+            flows.chain_flow.delay(x=1)
+    finally:
+        monkeypatch.undo()
+        reset_settings()
+        client_app.cache_clear()
