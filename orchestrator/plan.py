@@ -9,6 +9,7 @@ the result of another node, fetched by the executor at run time.
 from __future__ import annotations
 
 import graphlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -23,23 +24,22 @@ def make_ref(node_id: str, path: list[Any] | None = None) -> dict[str, Any]:
     return {REF: node_id, "path": list(path or [])}
 
 
+def iter_refs(template: Any) -> Iterator[dict[str, Any]]:
+    """Every reference dict inside ``template``, depth first."""
+    if isinstance(template, dict):
+        if REF in template:
+            yield template
+            return
+        for value in template.values():
+            yield from iter_refs(value)
+    elif isinstance(template, list):
+        for value in template:
+            yield from iter_refs(value)
+
+
 def refs_in(template: Any) -> list[str]:
     """Node ids referenced anywhere in ``template``, in first-seen order."""
-    found: dict[str, None] = {}
-
-    def walk(item: Any) -> None:
-        if isinstance(item, dict):
-            if REF in item:
-                found[item[REF]] = None
-                return
-            for value in item.values():
-                walk(value)
-        elif isinstance(item, list):
-            for value in item:
-                walk(value)
-
-    walk(template)
-    return list(found)
+    return list(dict.fromkeys(ref[REF] for ref in iter_refs(template)))
 
 
 @dataclass

@@ -25,27 +25,26 @@ def _same_definition(a: Callable[..., object], b: Callable[..., object]) -> bool
     return (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)
 
 
-def register_task(task: Task) -> None:
-    """Make ``task`` known by name; two different functions may not share a name."""
-    existing = _tasks.get(task.name)
-    if existing is not None and not _same_definition(existing.fn, task.fn):
+def _check_unique(kind: str, name: str, existing: Task | Flow | None, new: Task | Flow) -> None:
+    """Refuse a second, different function under a name already taken."""
+    if existing is not None and not _same_definition(existing.fn, new.fn):
         raise DefinitionError(
-            f"task name {task.name!r} is already used by {existing.fn.__module__}."
-            f"{existing.fn.__qualname__}; give one of them another name with @task(name=...)."
+            f"{kind} name {name!r} is already used by {existing.fn.__module__}."
+            f"{existing.fn.__qualname__}; give one of them another name with @{kind}(name=...)."
         )
+
+
+def register_task(task: Task) -> None:
+    """Make ``task`` known by name and tell the listeners (the worker app)."""
+    _check_unique("task", task.name, _tasks.get(task.name), task)
     _tasks[task.name] = task
     for listener in list(_task_listeners):
         listener(task)
 
 
 def register_flow(flow: Flow) -> None:
-    """Make ``flow`` known by name; two different functions may not share a name."""
-    existing = _flows.get(flow.name)
-    if existing is not None and not _same_definition(existing.fn, flow.fn):
-        raise DefinitionError(
-            f"flow name {flow.name!r} is already used by {existing.fn.__module__}."
-            f"{existing.fn.__qualname__}; give one of them another name with @flow(name=...)."
-        )
+    """Make ``flow`` known by name."""
+    _check_unique("flow", flow.name, _flows.get(flow.name), flow)
     _flows[flow.name] = flow
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from .engine import walk_futures
 from .errors import PlanError
 from .futures import AllowFailure, Future, Unmapped
-from .plan import REF, make_ref
+from .plan import REF, iter_refs, make_ref
 from .serialization import PICKLE_TAG, dumps, to_jsonable
 
 
@@ -45,19 +45,4 @@ def to_template(value: Any, where: str, serializer: str, owns: Callable[[Future[
 
 def allowed_failures(template: Any) -> frozenset[str]:
     """Ids referenced with allow_failure in a template."""
-    found: set[str] = set()
-
-    def walk(item: Any) -> None:
-        if isinstance(item, dict):
-            if REF in item:
-                if item.get("allow_failure"):
-                    found.add(item[REF])
-                return
-            for v in item.values():
-                walk(v)
-        elif isinstance(item, list):
-            for v in item:
-                walk(v)
-
-    walk(template)
-    return frozenset(found)
+    return frozenset(ref[REF] for ref in iter_refs(template) if ref.get("allow_failure"))

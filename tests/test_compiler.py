@@ -219,3 +219,12 @@ def test_large_graphs_compile_quickly() -> None:
     group_canvas = compile_plan(flows.fan_flow.plan(n=2000)).canvas
     assert isinstance(group_canvas, chord) and len(group_canvas.tasks) == 2000
     assert isinstance(group(group_canvas.tasks), group)
+
+
+def another_add(x: int, y: int) -> int:
+    return x - y
+
+
+def test_two_functions_may_not_share_a_task_name() -> None:
+    with pytest.raises(DefinitionError, match=r"already used by tests\.flows\.add.*@task\(name=\.\.\.\)"):
+        task(name="tests.flows.add")(another_add)
