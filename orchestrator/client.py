@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import redis
 from celery import Celery
 
 from . import keys
@@ -130,21 +131,32 @@ def prepare_run(flow: Flow, parameters: dict[str, Any], *, run_id: str, queue: s
 
 
 def launch_prepared(
-    prepared: PreparedRun, flow_name: str, *, store: RunStore, app: Celery, record: dict[str, Any]
+    prepared: PreparedRun,
+    flow_name: str,
+    *,
+    store: RunStore,
+    app: Celery,
+    record: dict[str, Any],
+    pipe: Any = None,
 ) -> None:
-    """Start a prepared run whose record was written: canvas, dynamic driver or failure."""
+    """Start a prepared run whose record is written (or queued in ``pipe``)."""
     run_id = prepared.run_id
+    pipe = pipe if pipe is not None else store.redis.pipeline(transaction=False)
+    if prepared.plan is not None and prepared.compiled is not None:
+        launch_static(store, prepared.plan, prepared.compiled, record, pipe)
+        return
     if prepared.body_error:
-        store.write_flow_run(run_id, {"state": StateType.FAILED.value, "ended": now(), "message": prepared.body_error})
-    elif prepared.plan is None or prepared.compiled is None:
-        store.write_flow_run(run_id, {"mode": "dynamic", "mode_reason": prepared.dynamic_reason or ""})
-        app.signature(
-            START_FLOW_RUN_TASK,
-            kwargs={"flow": flow_name, "run_id": run_id, "dynamic": True},
-            options={"queue": prepared.queue, "task_id": f"start-{run_id}"},
-        ).apply_async()
-    else:
-        launch_static(store, prepared.plan, prepared.compiled, record)
+        fields = {"state": StateType.FAILED.value, "ended": now(), "message": prepared.body_error}
+        store.write_flow_run(run_id, fields, pipe)
+        pipe.execute()
+        return
+    store.write_flow_run(run_id, {"mode": "dynamic", "mode_reason": prepared.dynamic_reason or ""}, pipe)
+    pipe.execute()
+    app.signature(
+        START_FLOW_RUN_TASK,
+        kwargs={"flow": flow_name, "run_id": run_id, "dynamic": True},
+        options={"queue": prepared.queue, "task_id": f"start-{run_id}"},
+    ).apply_async()
 
 
 def submit_flow_run(
@@ -158,7 +170,6 @@ def submit_flow_run(
     encoded = encode_parameters(flow, parameters)
     run_name = name or flow.run_name(parameters, run_id)
     store = RunStore()
-    store.ping()
     app = client_app()
     prepared = prepare_run(flow, parameters, run_id=run_id, queue=queue, app=app)
     record = {
@@ -170,8 +181,12 @@ def submit_flow_run(
         "parameters": encoded,
         "created": now(),
     }
-    store.write_flow_run(run_id, record | {"state": StateType.PENDING.value})
-    launch_prepared(prepared, flow.name, store=store, app=app, record=record)
+    pipe = store.redis.pipeline(transaction=False)
+    store.write_flow_run(run_id, record | {"state": StateType.PENDING.value}, pipe)
+    try:
+        launch_prepared(prepared, flow.name, store=store, app=app, record=record, pipe=pipe)
+    except redis.ConnectionError as exc:
+        raise store.unreachable(exc) from exc
     return FlowRun(run_id, store)
 
 

@@ -11,7 +11,7 @@ EVENTS_STREAM = f"{PREFIX}:events"  # state and log events for the API recorder
 
 
 def flow_run(run_id: str) -> str:
-    """Hash: name, state, parameters, timestamps, return template, leaves."""
+    """Hash: name, state, parameters, timestamps, return template, deciders."""
     return f"{PREFIX}:fr:{run_id}"
 
 

@@ -19,7 +19,7 @@ from . import keys
 from .compiler import Compiled
 from .plan import Plan, refs_in
 from .states import StateType
-from .store import RunStore, now
+from .store import Finished, RunStore, now
 
 
 def task_record(node_id: str, label: str, name: str, flow_run_id: str, root: str) -> dict[str, str]:
@@ -35,11 +35,11 @@ def task_record(node_id: str, label: str, name: str, flow_run_id: str, root: str
     }
 
 
-def launch_static(store: RunStore, plan: Plan, compiled: Compiled, fields: dict[str, Any]) -> None:
-    """Write the run tree's records, then apply the compiled canvas."""
+def launch_static(store: RunStore, plan: Plan, compiled: Compiled, fields: dict[str, Any], pipe: Any = None) -> None:
+    """Write the run tree's records (in ``pipe`` if given), then apply the compiled canvas."""
     root = plan.root_run_id
     ttl = store.ttl
-    pipe = store.redis.pipeline(transaction=False)
+    pipe = pipe if pipe is not None else store.redis.pipeline(transaction=False)
     pipe.set(keys.remaining(root), len(plan.nodes), ex=ttl)
     by_flow: dict[str, list[str]] = {}
     for node in plan.nodes.values():
@@ -74,8 +74,8 @@ def launch_static(store: RunStore, plan: Plan, compiled: Compiled, fields: dict[
                 "started": now(),
                 "mode": "static",
                 "parameters": child.parameters,
-                "leaves": plan.leaves(child.run_id),
                 "returns": plan.nodes[child.end_node].inputs["returns"],
+                "deciders": deciders(plan.nodes[child.end_node].inputs["returns"], plan.leaves(child.run_id)),
             },
             pipe,
         )
@@ -88,7 +88,7 @@ def launch_static(store: RunStore, plan: Plan, compiled: Compiled, fields: dict[
             "started": now(),
             "mode": "static",
             "returns": plan.returns,
-            "leaves": plan.leaves(root),
+            "deciders": deciders(plan.returns, plan.leaves(root)),
         },
         pipe,
     )
@@ -104,9 +104,7 @@ def flow_outcome(store: RunStore, root: str, run_id: str) -> tuple[StateType, st
     record = store.read_flow_run(run_id)
     if record.get("body_error"):
         return StateType.FAILED, record["body_error"]
-    returns = json.loads(record.get("returns", "null"))
-    deciders = refs_in(returns) or json.loads(record.get("leaves", "[]"))
-    states = store.final_states(root, deciders)
+    states = store.final_states(root, json.loads(record.get("deciders", "[]")))
     failed = [t for t, s in states.items() if s is None or s.is_failed]
     if not failed:
         return StateType.COMPLETED, ""
@@ -125,13 +123,19 @@ def finish_flow_run(store: RunStore, root: str) -> StateType:
     return state
 
 
-def after_final(store: RunStore, root: str, left: int | None) -> None:
+def deciders(returns: Any, leaves: list[str]) -> list[str]:
+    """The task runs whose states decide a flow run's: its returned futures, else its leaves."""
+    return refs_in(returns) or leaves
+
+
+def after_final(store: RunStore, root: str, finished: Finished) -> None:
     """Called after a task run became final: the last one ends the flow run.
 
-    Deciding the outcome must never leave the run hanging: if it fails, the run
+    A run that completed was already ended inside the same Lua script; this records
+    why one did not. Deciding must never leave the run hanging: if it fails, the run
     ends Crashed with the error, and the error is raised for the worker's log.
     """
-    if left != 0:
+    if not finished.needs_decision:
         return
     try:
         finish_flow_run(store, root)
@@ -156,13 +160,13 @@ def propagate_failure(store: RunStore, root: str, trid: str, state: StateType, l
         if node in seen:
             continue
         seen.add(node)
-        left, _ = store.task_finished(root, node, down_state, {"ended": now(), "message": message})
-        if left is None:
+        finished = store.task_finished(root, node, down_state, {"ended": now(), "message": message})
+        if finished.left is None:
             continue
         child = store.redis.hget(keys.subflow_ends(root), node)
         if child:
             store.write_flow_run(child, {"state": StateType.FAILED.value, "ended": now(), "message": message})
-        after_final(store, root, left)
+        after_final(store, root, finished)
         queue.extend(store.downstream_of(node))
 
 

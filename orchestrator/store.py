@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -18,9 +19,9 @@ import redis
 from . import keys
 from .errors import ConnectionProblem
 from .settings import get_settings
-from .states import StateType
+from .states import FAILED_STATES, StateType
 
-JSON_FIELDS = frozenset({"returns", "leaves", "parameters"})  # always stored as JSON text
+JSON_FIELDS = frozenset({"returns", "deciders", "parameters"})  # always stored as JSON text
 
 # KEYS: task hash, finals, events ; ARGV: trid, ttl, maxlen, fields json, event json
 _START = """
@@ -32,10 +33,14 @@ redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'event', ARGV[5])
 return 1
 """
 
-# KEYS: task hash, finals, events, remaining, result, join pending, join sigs
-# ARGV: trid, ttl, maxlen, fields json, event json, state, result text ('' = none), downstream key
+# KEYS: task hash, finals, events, remaining, result, join pending, join sigs, root flow run, root latch
+# ARGV: trid, ttl, maxlen, fields json, event json, state, result text ('' = none), downstream key,
+#       now, root run id
+# Returns {left, flow, ready signatures...}: left = task runs of the tree not final (-1: this one
+# already was), flow = 'completed' when this call ended the root flow run Completed, 'decide'
+# when the tree is done but the run did not complete (Python writes the detailed message).
 _FINISH = """
-if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[6]) == 0 then return {-1} end
+if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[6]) == 0 then return {-1, ''} end
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 if ARGV[7] ~= '' then redis.call('SET', KEYS[5], ARGV[7], 'EX', ARGV[2]) end
 local fields = cjson.decode(ARGV[4])
@@ -43,7 +48,7 @@ for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'event', ARGV[5])
 local left = redis.call('DECR', KEYS[4])
-local out = {left}
+local out = {left, ''}
 if ARGV[6] == 'Completed' then
   for _, d in ipairs(redis.call('SMEMBERS', ARGV[8])) do
     if redis.call('HEXISTS', KEYS[6], d) == 1 then
@@ -55,9 +60,31 @@ if ARGV[6] == 'Completed' then
     end
   end
 end
+if left == 0 then
+  out[2] = 'decide'
+  local body_error = redis.call('HGET', KEYS[8], 'body_error')
+  if (not body_error) or body_error == '' then
+    local ok = true
+    local raw = redis.call('HGET', KEYS[8], 'deciders')
+    if raw then
+      for _, d in ipairs(cjson.decode(raw)) do
+        local st = redis.call('HGET', KEYS[2], d)
+        if (not st) or FAILED[st] then ok = false break end
+      end
+    end
+    if ok then
+      redis.call('HSET', KEYS[8], 'state', 'Completed', 'ended', ARGV[9], 'message', '')
+      redis.call('EXPIRE', KEYS[8], ARGV[2])
+      local event = cjson.encode({kind='flow_run', id=ARGV[10], state='Completed', ts=tonumber(ARGV[9]), message=''})
+      redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'event', event)
+      redis.call('LPUSH', KEYS[9], 'Completed')
+      redis.call('EXPIRE', KEYS[9], ARGV[2])
+      out[2] = 'completed'
+    end
+  end
+end
 return out
-"""
-
+""".replace("FAILED[st]", "(" + " or ".join(f"st == '{s.value}'" for s in sorted(FAILED_STATES)) + ")")
 
 # KEYS: finals, join pending, join sigs ; ARGV: trid, signature, downstream-key prefix, ups...
 # Registers a task that waits for upstreams (dynamic flows): atomically with _FINISH,
@@ -80,6 +107,20 @@ if count > 0 then
 end
 return {'ok', tostring(count)}
 """
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What making a task run final reports."""
+
+    left: int | None  # task runs of the tree not final yet; None: it already was final
+    flow_completed: bool  # this call ended the root flow run Completed (in the same script)
+    ready: list[dict[str, Any]]  # join signatures that became ready to send
+
+    @property
+    def needs_decision(self) -> bool:
+        """The tree is done but the root run did not complete: Python records why."""
+        return self.left == 0 and not self.flow_completed
 
 
 @lru_cache(maxsize=8)
@@ -107,15 +148,19 @@ class RunStore:
         self._finish = self.redis.register_script(_FINISH)
         self._register = self.redis.register_script(_REGISTER)
 
+    def unreachable(self, exc: Exception) -> ConnectionProblem:
+        """The error to raise when Redis does not answer: it names the URL and the fix."""
+        return ConnectionProblem(
+            f"cannot reach Redis at {self.url} ({exc}); start redis-server or set "
+            "ORCHESTRATOR_REDIS_URL to a Redis that is running."
+        )
+
     def ping(self) -> None:
         """Raise ConnectionProblem with the URL if Redis does not answer."""
         try:
             self.redis.ping()
         except redis.RedisError as exc:
-            raise ConnectionProblem(
-                f"cannot reach Redis at {self.url} ({exc}); start redis-server or set "
-                "ORCHESTRATOR_REDIS_URL to a Redis that is running."
-            ) from exc
+            raise self.unreachable(exc) from exc
 
     # -- events -----------------------------------------------------------------------
     @staticmethod
@@ -149,18 +194,21 @@ class RunStore:
         return StateType(state) if state else None
 
     def wait_flow_final(self, run_id: str, timeout: float | None) -> StateType | None:
-        """Block until the flow run is final or ``timeout`` passes; return its state."""
+        """Block until the flow run is final or ``timeout`` passes; return its state.
+
+        The run's latch list gets one item when it ends; BLMOVE onto itself waits for it
+        and leaves it in place for other waiters, in one round trip.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
+        latch = keys.flow_done(run_id)
         while True:
-            state = self.flow_state(run_id)
-            if state is not None and state.is_final:
-                return state
             left = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
-            if left <= 0:
+            item = self.redis.blmove(latch, latch, max(left, 0.01), "RIGHT", "LEFT") if left > 0 else None
+            if item:
+                return StateType(item)
+            state = self.flow_state(run_id)
+            if (state is not None and state.is_final) or (deadline is not None and time.monotonic() >= deadline):
                 return state
-            popped = self.redis.blpop([keys.flow_done(run_id)], timeout=max(left, 0.01))
-            if popped:  # put the latch back for other waiters
-                self.redis.lpush(keys.flow_done(run_id), popped[1])
 
     # -- task runs --------------------------------------------------------------------
     def task_started(self, root: str, trid: str, fields: dict[str, Any]) -> bool:
@@ -188,12 +236,8 @@ class RunStore:
         state: StateType,
         fields: dict[str, Any],
         result_text: str | None = None,
-    ) -> tuple[int | None, list[dict[str, Any]]]:
-        """Make a task run final exactly once.
-
-        Returns (task runs of the tree still not final, or None if this run was
-        already final; join signatures that became ready to send).
-        """
+    ) -> Finished:
+        """Make a task run final exactly once (see :class:`Finished` for what comes back)."""
         fields = fields | {"state": state.value}
         event = self.event(
             "task_run",
@@ -211,6 +255,8 @@ class RunStore:
                 keys.result(trid),
                 keys.join_pending(root),
                 keys.join_signature(root),
+                keys.flow_run(root),
+                keys.flow_done(root),
             ],
             args=[
                 trid,
@@ -221,12 +267,14 @@ class RunStore:
                 state.value,
                 result_text or "",
                 keys.downstream(trid),
+                repr(now()),
+                root,
             ],
         )
         left = int(out[0])
         if left == -1:
-            return None, []
-        return left, [json.loads(sig) for sig in out[1:]]
+            return Finished(None, False, [])
+        return Finished(left, out[1] == "completed", [json.loads(sig) for sig in out[2:]])
 
     def read_task_run(self, trid: str) -> dict[str, str]:
         """The raw task run record (empty if unknown)."""

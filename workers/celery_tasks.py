@@ -3,6 +3,10 @@
 Each stays thin: decode the message, call the executor (or the node logic), and
 translate the ending into what Celery should report (SUCCESS, RETRY, FAILURE, or
 Ignore for a skip, which also stops a chain).
+
+All of them set ``ignore_result``: results live in the orchestrator's own keys, and the
+Redis backend still counts chord parts for ignored results (``on_chord_part_return``
+runs either way), so storing and publishing every return value would be pure cost.
 """
 
 from __future__ import annotations
@@ -76,13 +80,13 @@ def register_user_task(app: Celery, task: Task) -> None:
 
     entry.__name__ = task.fn.__name__
     entry.__doc__ = task.fn.__doc__
-    app.task(name=task.name, bind=True, **limits)(entry)
+    app.task(name=task.name, bind=True, ignore_result=True, **limits)(entry)
 
 
 def register_builtin_tasks(app: Celery) -> None:
     """The node kinds that are not user code: map expansion, map join, subflow end, start."""
 
-    @app.task(name=EXPAND_MAP_TASK, bind=True)
+    @app.task(name=EXPAND_MAP_TASK, bind=True, ignore_result=True)
     def expand_map(self: CeleryTask, run: dict[str, Any], task: str, inputs: dict[str, Any], queue: str) -> None:
         """Expand a map over an upstream result into one task run per element, then join."""
         store = RunStore()
@@ -136,7 +140,7 @@ def register_builtin_tasks(app: Celery) -> None:
         )
         raise self.replace(chord(group(header, app=self.app), collect, app=self.app))
 
-    @app.task(name=COLLECT_MAP_TASK, bind=True)
+    @app.task(name=COLLECT_MAP_TASK, bind=True, ignore_result=True)
     def collect_map(self: CeleryTask, run: dict[str, Any], children: list[str]) -> None:
         """All mapped runs completed: the map's result is the list of their results."""
         store = RunStore()
@@ -148,7 +152,7 @@ def register_builtin_tasks(app: Celery) -> None:
             raise RunError(f"map {run.get('label')}: results of {len(missing)} mapped runs are missing")
         end_completed(store, run, attempt, "[" + ",".join(t or "null" for t in texts.values()) + "]")
 
-    @app.task(name=FINISH_SUBFLOW_TASK, bind=True)
+    @app.task(name=FINISH_SUBFLOW_TASK, bind=True, ignore_result=True)
     def finish_subflow(self: CeleryTask, run: dict[str, Any], child_run_id: str, inputs: dict[str, Any]) -> None:
         """A subflow's task runs are done: decide its state and publish its return value."""
         store = RunStore()
@@ -167,7 +171,7 @@ def register_builtin_tasks(app: Celery) -> None:
         end_failed(store, run, attempt, StateType.FAILED, message)
         raise RunError(f"subflow run {child_run_id} failed: {message}")
 
-    @app.task(name=START_FLOW_RUN_TASK, bind=True)
+    @app.task(name=START_FLOW_RUN_TASK, bind=True, ignore_result=True)
     def start_flow_run(self: CeleryTask, flow: str, run_id: str, dynamic: bool = False) -> None:
         """Start a flow run whose record exists: trace and compile it, or drive it."""
         store = RunStore()

@@ -36,7 +36,7 @@ from orchestrator.flows import Flow
 from orchestrator.futures import AllowFailure, DoneAndNotDone, Future
 from orchestrator.plan import REF, make_ref, refs_in
 from orchestrator.references import resolve
-from orchestrator.runs import after_final, flow_outcome, propagate_failure, task_record
+from orchestrator.runs import after_final, deciders, flow_outcome, propagate_failure, task_record
 from orchestrator.settings import get_settings
 from orchestrator.states import StateType
 from orchestrator.store import RunStore, now
@@ -166,10 +166,10 @@ class DynamicEngine(Engine):
         if status == "blocked":
             state = StateType.SKIPPED if up_state == StateType.SKIPPED.value else StateType.UPSTREAM_FAILED
             message = f"not run: upstream {count_or_up} ended {up_state}"
-            left, _ = self.store.task_finished(self.root, trid, state, {"ended": now(), "message": message})
-            if left is not None:
+            finished = self.store.task_finished(self.root, trid, state, {"ended": now(), "message": message})
+            if finished.left is not None:
                 propagate_failure(self.store, self.root, trid, state, label)
-                after_final(self.store, self.root, left)
+                after_final(self.store, self.root, finished)
         elif count_or_up == "0":
             sig.apply_async()
         return future
@@ -212,7 +212,7 @@ class DynamicEngine(Engine):
                 child_id, {"state": StateType.FAILED.value, "ended": now(), "message": describe(exc)}
             )
             raise
-        self.store.write_flow_run(child_id, {"returns": returns, "leaves": child.leaves()})
+        self.store.write_flow_run(child_id, {"returns": returns, "deciders": deciders(returns, child.leaves())})
         state, message = flow_outcome(self.store, self.root, child_id)
         self.store.write_flow_run(child_id, {"state": state.value, "ended": now(), "message": message})
         if state is not StateType.COMPLETED:
@@ -257,10 +257,11 @@ def drive(app: Celery, flow: Flow, run_id: str, parameters: dict[str, Any], queu
     except Exception as exc:
         log.exception("flow run %s (%s): the flow body raised", run_id, flow.name)
         body_error = f"the flow body raised {describe(exc)}"
-    store.write_flow_run(run_id, {"returns": returns, "leaves": engine.leaves(), "body_error": body_error})
+    store.write_flow_run(
+        run_id, {"returns": returns, "deciders": deciders(returns, engine.leaves()), "body_error": body_error}
+    )
     body_state = StateType.FAILED if body_error else StateType.COMPLETED
-    left, _ = store.task_finished(run_id, keys.body_node(run_id), body_state, {"ended": now()})
-    after_final(store, run_id, left)
+    after_final(store, run_id, store.task_finished(run_id, keys.body_node(run_id), body_state, {"ended": now()}))
 
 
 def start_driver(app: Celery, flow: Flow, run_id: str, parameters: dict[str, Any], queue: str) -> None:

@@ -66,21 +66,21 @@ def end_failed(
     """Make a task run final in a failed or skipped state and stop its downstream."""
     root, trid = run["root"], run["task_run_id"]
     fields = {"ended": now(), "message": message, "worker": attempt.worker, "traceback": tb}
-    left, _ = store.task_finished(root, trid, state, fields)
-    if left is None:
+    finished = store.task_finished(root, trid, state, fields)
+    if finished.left is None:
         return
     propagate_failure(store, root, trid, state, run.get("label", trid))
-    after_final(store, root, left)
+    after_final(store, root, finished)
 
 
 def end_completed(store: RunStore, run: dict[str, Any], attempt: Attempt, text: str) -> Ending:
     """Make a task run Completed with its result; send joins that became ready."""
     root, trid = run["root"], run["task_run_id"]
-    left, ready = store.task_finished(root, trid, StateType.COMPLETED, {"ended": now(), "worker": attempt.worker}, text)
-    if left is None:
+    finished = store.task_finished(root, trid, StateType.COMPLETED, {"ended": now(), "worker": attempt.worker}, text)
+    if finished.left is None:
         return Ending.DUPLICATE
-    attempt.send(ready)
-    after_final(store, root, left)
+    attempt.send(finished.ready)
+    after_final(store, root, finished)
     return Ending.COMPLETED
 
 
