@@ -16,12 +16,14 @@ from celery.backends.redis import RedisBackend
 from .settings import Settings, get_settings
 
 
-class QuietRedisBackend(RedisBackend):  # type: ignore[misc]
-    """Redis result backend that does not subscribe to every task it sends.
+class SendOnlyRedisBackend(RedisBackend):  # type: ignore[misc]
+    """Redis result backend for a process that sends canvas but never waits on Celery results.
 
-    Celery's Redis backend subscribes the sender to each sent task's result so that
-    ``AsyncResult.get()`` works; we never wait on Celery results (run state lives in
-    our own keys), so those subscriptions would only cost time and connections.
+    Celery's client side subscribes to the result channel of every chord header it
+    sends (and of every task whose result is not ignored) so that ``.get()`` works.
+    The orchestrator client reads run state from its own keys, so those subscriptions
+    would only cost time and connections. Only :func:`client_app` uses this backend;
+    the worker app keeps Celery's usual one, so plain Celery tasks there behave as ever.
     """
 
     def on_task_call(self, producer: Any, task_id: str) -> None:
@@ -34,18 +36,16 @@ class QuietRedisBackend(RedisBackend):  # type: ignore[misc]
         return result
 
 
-def backend_url(url: str) -> str:
-    """Route redis:// and rediss:// result backends to :class:`QuietRedisBackend`."""
-    if url.startswith(("redis://", "rediss://")):
-        return f"{__name__}:QuietRedisBackend+{url}"
-    return url
+def _send_only(url: str) -> str:
+    """Route a redis:// or rediss:// backend URL to :class:`SendOnlyRedisBackend`."""
+    return f"{__name__}:SendOnlyRedisBackend+{url}" if url.startswith(("redis://", "rediss://")) else url
 
 
-def make_celery_app(main: str = "orchestrator", settings: Settings | None = None) -> Celery:
+def make_celery_app(main: str = "orchestrator", settings: Settings | None = None, *, send_only: bool = False) -> Celery:
     """A Celery app configured for the orchestrator (JSON only, late acks, events on)."""
     s = settings or get_settings()
-    backend = backend_url(s.result_backend_url or s.redis_url)
-    app = Celery(main, broker=s.broker_url or s.redis_url, backend=backend)
+    backend = s.result_backend_url or s.redis_url
+    app = Celery(main, broker=s.broker_url or s.redis_url, backend=_send_only(backend) if send_only else backend)
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -58,7 +58,8 @@ def make_celery_app(main: str = "orchestrator", settings: Settings | None = None
         task_send_sent_event=True,
         task_default_queue=s.default_queue,
         task_create_missing_queues=True,
-        result_expires=3600,  # canvas bookkeeping only; results live in our own keys
+        result_expires=3600,  # orchestrator tasks ignore results (they live in our own keys);
+        # plain Celery tasks on the same app keep Celery's usual result behaviour
         broker_transport_options={"visibility_timeout": s.visibility_timeout_seconds},
         result_backend_transport_options={"visibility_timeout": s.visibility_timeout_seconds},
         broker_connection_retry_on_startup=True,
@@ -71,4 +72,4 @@ def make_celery_app(main: str = "orchestrator", settings: Settings | None = None
 @lru_cache(maxsize=1)
 def client_app() -> Celery:
     """The app a client process uses to send runs (no tasks registered)."""
-    return make_celery_app("orchestrator-client")
+    return make_celery_app("orchestrator-client", send_only=True)

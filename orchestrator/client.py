@@ -17,7 +17,7 @@ from celery import Celery
 
 from . import keys
 from .celery_app import client_app
-from .compiler import START_FLOW_RUN_TASK, Compiled, compile_plan
+from .compiler import START_FLOW_RUN_TASK, Compiled, compile_plan, make_signature
 from .errors import FlowRunFailed, OrchestratorError, RunTimeout
 from .plan import Plan
 from .references import resolve
@@ -130,6 +130,12 @@ def prepare_run(flow: Flow, parameters: dict[str, Any], *, run_id: str, queue: s
     return prepared
 
 
+def send_start(app: Celery, flow_name: str, run_id: str, queue: str, *, dynamic: bool) -> None:
+    """Ask a worker of ``queue`` to start (trace, or drive) a flow run whose record exists."""
+    kwargs = {"flow": flow_name, "run_id": run_id, "dynamic": dynamic}
+    make_signature(START_FLOW_RUN_TASK, kwargs, queue=queue, task_id=f"start-{run_id}", app=app).apply_async()
+
+
 def launch_prepared(
     prepared: PreparedRun,
     flow_name: str,
@@ -152,11 +158,7 @@ def launch_prepared(
         return
     store.write_flow_run(run_id, {"mode": "dynamic", "mode_reason": prepared.dynamic_reason or ""}, pipe)
     pipe.execute()
-    app.signature(
-        START_FLOW_RUN_TASK,
-        kwargs={"flow": flow_name, "run_id": run_id, "dynamic": True},
-        options={"queue": prepared.queue, "task_id": f"start-{run_id}"},
-    ).apply_async()
+    send_start(app, flow_name, run_id, prepared.queue, dynamic=True)
 
 
 def submit_flow_run(
@@ -217,9 +219,5 @@ def submit_by_name(
         "state": StateType.PENDING.value,
     }
     store.write_flow_run(run_id, record)
-    client_app().signature(
-        START_FLOW_RUN_TASK,
-        kwargs={"flow": flow_name, "run_id": run_id, "dynamic": False},
-        options={"queue": queue, "task_id": f"start-{run_id}"},
-    ).apply_async()
+    send_start(client_app(), flow_name, run_id, queue, dynamic=False)
     return FlowRun(run_id, store)

@@ -15,6 +15,7 @@ each task fetches its inputs from Redis by reference.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,36 +42,62 @@ class Compiled:
     canvas: Signature | None
     join_pending: dict[str, int] = field(default_factory=dict)  # node -> upstream count
     join_signatures: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stored_inputs: dict[str, str] = field(default_factory=dict)  # node -> inputs JSON kept in Redis
     shapes: list[Shape | None] = field(default_factory=list)  # per part; None = joins
 
 
-def node_signature(plan: Plan, node: Node, app: Celery | None = None) -> Signature:
-    """The Celery signature that runs one node, carrying run ids and input references."""
-    run = {
-        "root": plan.root_run_id,
-        "flow_run_id": node.flow_run_id,
-        "task_run_id": node.id,
-        "label": node.label,
-    }
+# Inputs larger than this travel in Redis, not in the message: Celery copies a chord's
+# body into every header message, so a fan-in's 500 references would be sent 500 times.
+INLINE_INPUTS_LIMIT = 1024
+
+
+def message_run(root: str, flow_run_id: str, label: str) -> dict[str, str]:
+    """The run ids a message carries; its Celery task id is the task run id."""
+    run = {"flow_run_id": flow_run_id, "label": label}
+    if root != flow_run_id:
+        run["root"] = root
+    return run
+
+
+def make_signature(
+    name: str, kwargs: dict[str, Any], *, queue: str, task_id: str | None = None, app: Celery | None = None
+) -> Signature:
+    """An immutable signature that Celery sends without subscribing to its result."""
+    options: dict[str, Any] = {"queue": queue, "ignore_result": True}
+    if task_id:
+        options["task_id"] = task_id
+    return Signature(name, kwargs=kwargs, options=options, immutable=True, app=app)
+
+
+def inline_or_stored(inputs: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+    """(inputs to put in the message, JSON to store in Redis instead): one of them is None."""
+    text = json.dumps(inputs, separators=(",", ":"))
+    return (None, text) if len(text) > INLINE_INPUTS_LIMIT else (inputs, None)
+
+
+def node_signature(
+    plan: Plan, node: Node, app: Celery | None = None, stored: dict[str, str] | None = None
+) -> Signature:
+    """The Celery signature that runs one node; large inputs go to ``stored`` instead."""
+    run = message_run(plan.root_run_id, node.flow_run_id, node.label)
+    inputs, text = inline_or_stored(node.inputs)
+    if text is not None and stored is not None:
+        stored[node.id] = text
+    elif text is not None:
+        inputs = node.inputs
     if node.kind == "task":
         error = node.options.get("importable_error")
         if error:
             raise DefinitionError(f"task {node.name!r} cannot run on workers: {error}.")
         name = node.name
-        kwargs: dict[str, Any] = {"run": run, "inputs": node.inputs}
+        kwargs: dict[str, Any] = {"run": run, "inputs": inputs}
     elif node.kind == "map":
         name = EXPAND_MAP_TASK
-        kwargs = {"run": run, "task": node.name, "inputs": node.inputs, "queue": node.queue}
+        kwargs = {"run": run, "task": node.name, "inputs": inputs, "queue": node.queue}
     else:
         name = FINISH_SUBFLOW_TASK
-        kwargs = {"run": run, "child_run_id": node.options["child_run_id"], "inputs": node.inputs}
-    return Signature(
-        name,
-        kwargs=kwargs,
-        options={"task_id": node.id, "queue": node.queue},
-        immutable=True,
-        app=app,
-    )
+        kwargs = {"run": run, "child_run_id": node.options["child_run_id"], "inputs": inputs}
+    return make_signature(name, kwargs, queue=node.queue, task_id=node.id, app=app)
 
 
 # -- series-parallel decomposition ----------------------------------------------------
@@ -206,8 +233,8 @@ def compile_plan(plan: Plan, app: Celery | None = None) -> Compiled:
     """Compile ``plan``: canvas for series-parallel parts, Redis joins for the rest."""
     order = plan.topological_order()
     graph = _Graph(plan, order)
-    sigs = {nid: node_signature(plan, plan.nodes[nid], app) for nid in order}
     compiled = Compiled(canvas=None)
+    sigs = {nid: node_signature(plan, plan.nodes[nid], app, compiled.stored_inputs) for nid in order}
     top: list[Signature] = []
     for comp in graph.components(order):
         shape = graph.decompose(comp)

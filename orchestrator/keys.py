@@ -55,6 +55,11 @@ def join_signature(root: str) -> str:
     return f"{PREFIX}:js:{root}"
 
 
+def inputs(root: str) -> str:
+    """Hash task_run_id -> input template JSON, for inputs too large to ride in messages."""
+    return f"{PREFIX}:in:{root}"
+
+
 def plan(root: str) -> str:
     """String: the traced plan of a run tree as JSON (for display and the API)."""
     return f"{PREFIX}:plan:{root}"
@@ -69,6 +74,7 @@ def tree_keys(root: str) -> list[str]:
         join_signature(root),
         plan(root),
         subflow_ends(root),
+        inputs(root),
     ]
 
 

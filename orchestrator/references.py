@@ -44,10 +44,12 @@ def resolve(
     allow_pickle: bool,
     where: str,
     failed_as_none: frozenset[str] = frozenset(),
+    prefetched: dict[str, str | None] | None = None,
 ) -> Any:
     """Decode ``template`` and replace every reference by the stored result.
 
     ``failed_as_none`` lists upstreams whose failure was allowed: they resolve to None.
+    ``prefetched`` holds results already read (by the start script); the rest are read here.
     """
 
     def hook(data: dict[str, Any]) -> Any:
@@ -59,7 +61,8 @@ def resolve(
 
     decoded = from_jsonable(template, hook)
     ids = [i for i in refs_in(template) if i not in failed_as_none]
-    texts = store.results(ids)
+    texts = {i: t for i, t in (prefetched or {}).items() if i in ids}
+    texts |= store.results([i for i in ids if i not in texts])
     results: dict[str, Any] = {i: None for i in failed_as_none}
     for node_id, text in texts.items():
         if text is None:

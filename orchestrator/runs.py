@@ -59,6 +59,9 @@ def launch_static(store: RunStore, plan: Plan, compiled: Compiled, fields: dict[
         pipe.hset(keys.join_signature(root), mapping={k: json.dumps(v) for k, v in compiled.join_signatures.items()})
         pipe.expire(keys.join_pending(root), ttl)
         pipe.expire(keys.join_signature(root), ttl)
+    if compiled.stored_inputs:
+        pipe.hset(keys.inputs(root), mapping=compiled.stored_inputs)
+        pipe.expire(keys.inputs(root), ttl)
     pipe.set(keys.plan(root), json.dumps(plan.to_dict()), ex=ttl)
     for child in plan.subflows.values():
         pipe.hset(keys.subflow_ends(root), child.end_node, child.run_id)
@@ -96,7 +99,7 @@ def launch_static(store: RunStore, plan: Plan, compiled: Compiled, fields: dict[
     if not plan.nodes:
         finish_flow_run(store, root)
     elif compiled.canvas is not None:
-        compiled.canvas.apply_async()
+        compiled.canvas.apply_async(ignore_result=True)
 
 
 def flow_outcome(store: RunStore, root: str, run_id: str) -> tuple[StateType, str]:

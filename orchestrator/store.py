@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -24,13 +25,19 @@ from .states import FAILED_STATES, StateType
 JSON_FIELDS = frozenset({"returns", "deciders", "parameters"})  # always stored as JSON text
 
 # KEYS: task hash, finals, events ; ARGV: trid, ttl, maxlen, fields json, event json
+# KEYS: task hash, finals, events, stored inputs ; ARGV: trid, ttl, maxlen, fields json, event json,
+#       '1' to fetch stored inputs, result keys to prefetch...
+# Returns 0 when the task run is already final, else {1, stored inputs or nil, results...}.
 _START = """
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 0 end
 local fields = cjson.decode(ARGV[4])
 for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'event', ARGV[5])
-return 1
+local out = {1, false}
+if ARGV[6] == '1' then out[2] = redis.call('HGET', KEYS[4], ARGV[1]) end
+for i = 7, #ARGV do table.insert(out, redis.call('GET', ARGV[i])) end
+return out
 """
 
 # KEYS: task hash, finals, events, remaining, result, join pending, join sigs, root flow run, root latch
@@ -123,6 +130,14 @@ class Finished:
         return self.left == 0 and not self.flow_completed
 
 
+@dataclass(frozen=True)
+class Started:
+    """What recording a start fetched on the way."""
+
+    stored_inputs: dict[str, Any] | None  # inputs kept in Redis instead of the message
+    results: dict[str, str | None]  # prefetched results of upstream task runs
+
+
 @lru_cache(maxsize=8)
 def _client(url: str) -> Any:
     """One client (and pool) per URL; ``Any`` because decode_responses=True makes every
@@ -211,14 +226,37 @@ class RunStore:
                 return state
 
     # -- task runs --------------------------------------------------------------------
-    def task_started(self, root: str, trid: str, fields: dict[str, Any]) -> bool:
-        """Record a start; False when the task run is already final (a redelivery)."""
+    def task_started(
+        self,
+        root: str,
+        trid: str,
+        fields: dict[str, Any],
+        *,
+        stored_inputs: bool = False,
+        prefetch: Sequence[str] = (),
+    ) -> Started | None:
+        """Record a start; None when the task run is already final (a redelivery).
+
+        In the same round trip it fetches the run's stored inputs (if asked) and the
+        results of the ``prefetch`` task runs.
+        """
         event = self.event("task_run", trid, fields["state"], flow_run_id=fields.get("flow_run_id"))
-        ok = self._start(
-            keys=[keys.task_run(trid), keys.finals(root), keys.EVENTS_STREAM],
-            args=[trid, self.ttl, self.maxlen, json.dumps(fields), event],
+        out = self._start(
+            keys=[keys.task_run(trid), keys.finals(root), keys.EVENTS_STREAM, keys.inputs(root)],
+            args=[
+                trid,
+                self.ttl,
+                self.maxlen,
+                json.dumps(fields),
+                event,
+                "1" if stored_inputs else "0",
+                *[keys.result(t) for t in prefetch],
+            ],
         )
-        return bool(ok)
+        if not out:
+            return None
+        stored = json.loads(out[1]) if out[1] else None
+        return Started(stored, dict(zip(prefetch, out[2:], strict=True)))
 
     def task_progress(self, trid: str, fields: dict[str, Any]) -> None:
         """Record a non-final state change (AwaitingRetry) without the final guard."""

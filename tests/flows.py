@@ -9,6 +9,7 @@ from typing import Any
 from orchestrator import as_completed, flow, task, wait
 from orchestrator.context import current_run
 from orchestrator.signals import FAIL, SKIP
+from workers.app import app as celery_app
 
 
 @task
@@ -218,3 +219,9 @@ def dynamic_fan_flow(n: int = 4) -> dict[str, Any]:
     after_bad = inc.submit(bad)
     child = dependent_child(sum(finished))
     return {"finished": sorted(finished), "child": child, "after_bad_state": after_bad.wait(30).value}
+
+
+@celery_app.task(name="tests.raw.add")
+def raw_add(x: int, y: int) -> int:
+    """A plain Celery task on the worker app, used like any Celery user would."""
+    return x + y

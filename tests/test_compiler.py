@@ -92,13 +92,10 @@ def test_messages_carry_flow_run_and_task_run_ids_and_the_queue() -> None:
     sig: Signature = compile_plan(plan).canvas.tasks[0]
     node = plan.nodes[sig.options["task_id"]]
     assert sig.task == "tests.flows.inc"
-    assert sig.kwargs["run"] == {
-        "root": plan.root_run_id,
-        "flow_run_id": plan.root_run_id,
-        "task_run_id": node.id,
-        "label": "inc-0",
-    }
+    assert sig.kwargs["run"] == {"flow_run_id": plan.root_run_id, "label": "inc-0"}
+    assert sig.options["task_id"] == node.id  # the Celery task id is the task run id
     assert sig.options["queue"] == "default"
+    assert sig.options["ignore_result"] is True
     assert sig.kwargs["inputs"] == {"x": 1}
 
 
@@ -228,3 +225,13 @@ def another_add(x: int, y: int) -> int:
 def test_two_functions_may_not_share_a_task_name() -> None:
     with pytest.raises(DefinitionError, match=r"already used by tests\.flows\.add.*@task\(name=\.\.\.\)"):
         task(name="tests.flows.add")(another_add)
+
+
+def test_large_inputs_travel_in_redis_not_in_every_chord_message() -> None:
+    plan = flows.fan_flow.plan(n=100)
+    compiled = compile_plan(plan)
+    assert isinstance(compiled.canvas, chord)
+    assert compiled.canvas.body.kwargs["inputs"] is None
+    (stored,) = compiled.stored_inputs.values()
+    assert stored.count("__ref__") == 100
+    assert all(sig.kwargs["inputs"] == {"x": i} for i, sig in enumerate(compiled.canvas.tasks))

@@ -8,12 +8,14 @@ import time
 from typing import Any
 
 import pytest
+from celery import Celery
 
 from orchestrator import FlowRun, StateType
-from orchestrator.celery_app import client_app
+from orchestrator.celery_app import SendOnlyRedisBackend, client_app
 from orchestrator.client import submit_by_name
 from orchestrator.errors import FlowRunFailed
 from tests import flows
+from workers.app import app as celery_app
 
 pytestmark = pytest.mark.usefixtures("fleet")
 
@@ -218,3 +220,10 @@ def test_a_run_of_a_flow_no_worker_knows_fails_and_says_why() -> None:
     assert run.wait(timeout=30) is StateType.FAILED
     message = run.info["message"]
     assert "no flow named 'no-such-flow'" in message and "--flows" in message
+
+
+def test_plain_celery_tasks_on_the_worker_app_behave_as_in_celery(redis_url: str) -> None:
+    plain = Celery("plain-client", broker=redis_url, backend=redis_url)
+    assert plain.send_task("tests.raw.add", (2, 3), queue="default").get(timeout=10) == 5
+    assert isinstance(client_app().backend, SendOnlyRedisBackend)
+    assert not isinstance(celery_app.backend, SendOnlyRedisBackend)

@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 from celery import Celery
 from celery import Task as CeleryTask
-from celery.canvas import Signature, chord, group
+from celery.canvas import chord, group
 from celery.exceptions import Ignore, SoftTimeLimitExceeded, TimeLimitExceeded
 
 from orchestrator import keys, registry
@@ -28,6 +28,8 @@ from orchestrator.compiler import (
     EXPAND_MAP_TASK,
     FINISH_SUBFLOW_TASK,
     START_FLOW_RUN_TASK,
+    make_signature,
+    message_run,
 )
 from orchestrator.engine import zip_mapped
 from orchestrator.errors import RunError
@@ -40,7 +42,7 @@ from orchestrator.tasks import Task
 from orchestrator.templates import to_template
 
 from .driver import start_driver
-from .executor import Ending, end_completed, end_failed, run_task, start_record
+from .executor import Ending, end_completed, end_failed, full_run, run_task, start_record
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +74,9 @@ def register_user_task(app: Celery, task: Task) -> None:
     if task.timeout_seconds:
         limits = {"soft_time_limit": task.timeout_seconds, "time_limit": task.timeout_seconds + 5}
 
-    def entry(self: CeleryTask, run: dict[str, Any], inputs: dict[str, Any], retries_used: int = 0) -> None:
+    def entry(self: CeleryTask, run: dict[str, Any], inputs: dict[str, Any] | None, retries_used: int = 0) -> None:
         current = registry.get_task(task.name) or task
-        ending = run_task(current, run, inputs, CeleryAttempt(self), retries_used)
+        ending = run_task(current, full_run(run, self.request.id), inputs, CeleryAttempt(self), retries_used)
         if ending is Ending.STOPPED:
             raise Ignore()
 
@@ -87,12 +89,17 @@ def register_builtin_tasks(app: Celery) -> None:
     """The node kinds that are not user code: map expansion, map join, subflow end, start."""
 
     @app.task(name=EXPAND_MAP_TASK, bind=True, ignore_result=True)
-    def expand_map(self: CeleryTask, run: dict[str, Any], task: str, inputs: dict[str, Any], queue: str) -> None:
+    def expand_map(self: CeleryTask, run: dict[str, Any], task: str, inputs: dict[str, Any] | None, queue: str) -> None:
         """Expand a map over an upstream result into one task run per element, then join."""
         store = RunStore()
         attempt = CeleryAttempt(self)
-        if not store.task_started(run["root"], run["task_run_id"], start_record(run, task, attempt)):
+        run = full_run(run, self.request.id)
+        started = store.task_started(
+            run["root"], run["task_run_id"], start_record(run, task, attempt), stored_inputs=inputs is None
+        )
+        if started is None:
             return
+        inputs = inputs if inputs is not None else started.stored_inputs or {}
         where = f"map {run.get('label')} of task {task!r}"
         target = registry.get_task(task)
         serializer = target.result_serializer if target else "json"
@@ -122,22 +129,19 @@ def register_builtin_tasks(app: Celery) -> None:
             pipe.sadd(keys.flow_tasks(run_id), *ids)
         pipe.execute()
         header = [
-            Signature(
+            make_signature(
                 task,
-                kwargs={"run": run | {"task_run_id": child, "label": f"{run.get('label')}[{i}]"}, "inputs": inputs_i},
-                options={"task_id": child, "queue": queue},
-                immutable=True,
+                {
+                    "run": message_run(run["root"], run["flow_run_id"], f"{run.get('label')}[{i}]"),
+                    "inputs": inputs_i,
+                },
+                queue=queue,
+                task_id=child,
                 app=self.app,
             )
             for i, (child, inputs_i) in enumerate(zip(ids, children, strict=True))
         ]
-        collect = Signature(
-            COLLECT_MAP_TASK,
-            kwargs={"run": run, "children": ids},
-            options={"queue": self.request.delivery_info.get("routing_key") or queue},
-            immutable=True,
-            app=self.app,
-        )
+        collect = make_signature(COLLECT_MAP_TASK, {"run": run, "children": ids}, queue=queue, app=self.app)
         raise self.replace(chord(group(header, app=self.app), collect, app=self.app))
 
     @app.task(name=COLLECT_MAP_TASK, bind=True, ignore_result=True)
@@ -153,12 +157,17 @@ def register_builtin_tasks(app: Celery) -> None:
         end_completed(store, run, attempt, "[" + ",".join(t or "null" for t in texts.values()) + "]")
 
     @app.task(name=FINISH_SUBFLOW_TASK, bind=True, ignore_result=True)
-    def finish_subflow(self: CeleryTask, run: dict[str, Any], child_run_id: str, inputs: dict[str, Any]) -> None:
+    def finish_subflow(self: CeleryTask, run: dict[str, Any], child_run_id: str, inputs: dict[str, Any] | None) -> None:
         """A subflow's task runs are done: decide its state and publish its return value."""
         store = RunStore()
         attempt = CeleryAttempt(self)
-        if not store.task_started(run["root"], run["task_run_id"], start_record(run, "subflow", attempt)):
+        run = full_run(run, self.request.id)
+        started = store.task_started(
+            run["root"], run["task_run_id"], start_record(run, "subflow", attempt), stored_inputs=inputs is None
+        )
+        if started is None:
             return
+        inputs = inputs if inputs is not None else started.stored_inputs or {}
         state, message = flow_outcome(store, run["root"], child_run_id)
         if state is StateType.COMPLETED:
             where = f"subflow run {child_run_id} return value"

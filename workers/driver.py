@@ -18,10 +18,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from celery import Celery
-from celery.canvas import Signature
 
 from orchestrator import keys
 from orchestrator.attempts import describe
+from orchestrator.compiler import inline_or_stored, make_signature, message_run
 from orchestrator.context import RunInfo, using
 from orchestrator.engine import (
     Engine,
@@ -143,16 +143,19 @@ class DynamicEngine(Engine):
         count = self._counts.get(task.fn.__name__, 0)
         self._counts[task.fn.__name__] = count + 1
         trid, label = str(uuid.uuid4()), f"{task.fn.__name__}-{count}"
-        run = {"root": self.root, "flow_run_id": self.flow_run_id, "task_run_id": trid, "label": label}
-        sig = Signature(
+        inline, stored = inline_or_stored(inputs)
+        sig = make_signature(
             task.name,
-            kwargs={"run": run, "inputs": inputs},
-            options={"task_id": trid, "queue": task.queue or self.queue},
-            immutable=True,
+            {"run": message_run(self.root, self.flow_run_id, label), "inputs": inline},
+            queue=task.queue or self.queue,
+            task_id=trid,
             app=self.app,
         )
         pipe = self.store.redis.pipeline(transaction=False)
         pipe.incr(keys.remaining(self.root))
+        if stored is not None:
+            pipe.hset(keys.inputs(self.root), trid, stored)
+            pipe.expire(keys.inputs(self.root), self.store.ttl)
         pipe.hset(keys.task_run(trid), mapping=task_record(trid, label, task.name, self.flow_run_id, self.root))
         pipe.expire(keys.task_run(trid), self.store.ttl)
         for run_id in {self.flow_run_id, self.root}:  # the root's set holds the whole tree

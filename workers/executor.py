@@ -13,6 +13,7 @@ from typing import Any, NoReturn, Protocol
 from orchestrator.attempts import Outcome, decide, describe, format_traceback
 from orchestrator.context import RunInfo, using
 from orchestrator.errors import SerializationError
+from orchestrator.plan import refs_in
 from orchestrator.references import resolve
 from orchestrator.runs import after_final, propagate_failure
 from orchestrator.serialization import dumps
@@ -44,6 +45,11 @@ class Attempt(Protocol):
 
     def is_timeout(self, exc: BaseException) -> bool:
         """Whether ``exc`` means the attempt ran past its time limit."""
+
+
+def full_run(run: dict[str, Any], message_id: str) -> dict[str, Any]:
+    """Complete a message's compact run ids: the message id is the task run id."""
+    return run | {"root": run.get("root") or run["flow_run_id"], "task_run_id": run.get("task_run_id") or message_id}
 
 
 def start_record(run: dict[str, Any], name: str, attempt: Attempt) -> dict[str, Any]:
@@ -85,7 +91,7 @@ def end_completed(store: RunStore, run: dict[str, Any], attempt: Attempt, text: 
 
 
 def run_task(
-    task: Task, run: dict[str, Any], inputs: dict[str, Any], attempt: Attempt, retries_used: int = 0
+    task: Task, run: dict[str, Any], inputs: dict[str, Any] | None, attempt: Attempt, retries_used: int = 0
 ) -> Ending:
     """Execute one attempt of ``task`` for the task run described by ``run``.
 
@@ -94,10 +100,20 @@ def run_task(
     """
     store = RunStore()
     root, trid = run["root"], run["task_run_id"]
-    if not store.task_started(root, trid, start_record(run, task.name, attempt)):
+    allowed = allowed_failures(inputs) if inputs is not None else frozenset()
+    started = store.task_started(
+        root,
+        trid,
+        start_record(run, task.name, attempt),
+        stored_inputs=inputs is None,
+        prefetch=[] if inputs is None else [r for r in refs_in(inputs) if r not in allowed],
+    )
+    if started is None:
         return Ending.DUPLICATE
+    if inputs is None:
+        inputs = started.stored_inputs or {}
+        allowed = allowed_failures(inputs)
     where = f"task {run.get('label', task.name)} ({task.name}) of flow run {run['flow_run_id']}"
-    allowed = allowed_failures(inputs)
     failed_allowed = frozenset(
         t for t, s in store.final_states(root, list(allowed)).items() if s is not StateType.COMPLETED
     )
@@ -108,6 +124,7 @@ def run_task(
             allow_pickle=task.result_serializer == "pickle",
             where=where,
             failed_as_none=failed_allowed,
+            prefetched=started.results,
         )
         info = RunInfo(run["flow_run_id"], run.get("flow_name", ""), trid, task.name, attempt.number)
         with using(None, info):
