@@ -25,6 +25,7 @@ from celery.canvas import Signature, chain, chord, group
 
 from .errors import DefinitionError
 from .plan import Node, Plan
+from .registry import get_task
 
 EXPAND_MAP_TASK = "orchestrator.expand_map"
 COLLECT_MAP_TASK = "orchestrator.collect_map"
@@ -75,6 +76,15 @@ def inline_or_stored(inputs: dict[str, Any]) -> tuple[dict[str, Any] | None, str
     return (None, text) if len(text) > INLINE_INPUTS_LIMIT else (inputs, None)
 
 
+def option_overrides(node: Node) -> dict[str, Any]:
+    """Run options of a task node that differ from the task as workers register it."""
+    declared = get_task(node.name)
+    options = {k: v for k, v in node.options.items() if k != "importable_error"}
+    if declared is None:
+        return options
+    return {k: v for k, v in options.items() if declared.options.get(k) != v}
+
+
 def node_signature(
     plan: Plan, node: Node, app: Celery | None = None, stored: dict[str, str] | None = None
 ) -> Signature:
@@ -91,6 +101,9 @@ def node_signature(
             raise DefinitionError(f"task {node.name!r} cannot run on workers: {error}.")
         name = node.name
         kwargs: dict[str, Any] = {"run": run, "inputs": inputs}
+        overrides = option_overrides(node)
+        if overrides:  # task.with_options(...) in the flow: the worker applies these
+            kwargs["options"] = overrides
     elif node.kind == "map":
         name = EXPAND_MAP_TASK
         kwargs = {"run": run, "task": node.name, "inputs": inputs, "queue": node.queue}

@@ -60,6 +60,11 @@ def inputs(root: str) -> str:
     return f"{PREFIX}:in:{root}"
 
 
+def expanded(task_run_id: str) -> str:
+    """Set once when a map node is expanded, so a redelivered expansion counts nothing twice."""
+    return f"{PREFIX}:exp:{task_run_id}"
+
+
 def plan(root: str) -> str:
     """String: the traced plan of a run tree as JSON (for display and the API)."""
     return f"{PREFIX}:plan:{root}"

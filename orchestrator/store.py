@@ -116,6 +116,16 @@ return {'ok', tostring(count)}
 """
 
 
+# KEYS: expanded flag, remaining ; ARGV: children, ttl. Counts a map's children exactly once.
+_EXPAND = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  redis.call('INCRBY', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+
 @dataclass(frozen=True)
 class Finished:
     """What making a task run final reports."""
@@ -162,6 +172,7 @@ class RunStore:
         self._start = self.redis.register_script(_START)
         self._finish = self.redis.register_script(_FINISH)
         self._register = self.redis.register_script(_REGISTER)
+        self._expand = self.redis.register_script(_EXPAND)
 
     def unreachable(self, exc: Exception) -> ConnectionProblem:
         """The error to raise when Redis does not answer: it names the URL and the fix."""
@@ -335,6 +346,10 @@ class RunStore:
     def downstream_of(self, trid: str) -> set[str]:
         """Task runs registered as depending on ``trid``."""
         return self.redis.smembers(keys.downstream(trid))  # type: ignore[return-value]
+
+    def claim_expansion(self, root: str, trid: str, children: int) -> bool:
+        """Add a map's children to the run tree's count, once; False on a redelivery."""
+        return bool(self._expand(keys=[keys.expanded(trid), keys.remaining(root)], args=[children, self.ttl]))
 
     def register_waiting(
         self, root: str, trid: str, upstream: list[str], signature: str

@@ -79,6 +79,16 @@ class Task(Generic[P, R]):
         if reason:
             raise DefinitionError(f"task {self.name!r} cannot run on workers: {reason}.")
 
+    def with_message_options(self, options: dict[str, Any]) -> Task[P, R]:
+        """A copy with the run options a message carries (the ``options`` property's keys)."""
+        clone = copy.copy(self)
+        for key, value in options.items():
+            if key == "retry_delays":
+                clone.retry_delays = _delays(value, f"task {self.name!r}")
+            elif key in {"retries", "timeout_seconds", "tags", "result_serializer"}:
+                setattr(clone, key, value)
+        return clone
+
     def with_options(self, **options: Any) -> Task[P, R]:
         """A copy of this task with some options changed (same Celery task name)."""
         clone = copy.copy(self)

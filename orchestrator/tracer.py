@@ -20,15 +20,23 @@ from .engine import (
     split_map_arguments,
     zip_mapped,
 )
+from .errors import PlanError
 from .futures import DoneAndNotDone, Future
 from .plan import REF, Node, Plan, SubflowInfo
 from .settings import get_settings
 from .states import StateType
-from .templates import to_template
+from .templates import allowed_failures, to_template
 
 if TYPE_CHECKING:
     from .flows import Flow
     from .tasks import Task
+
+
+FLEET_ALLOW_FAILURE = (
+    "{where}: allow_failure() is not supported on the fleet yet (it arrives with trigger rules); "
+    "it works when the flow is called in-process. On the fleet, handle the failure inside the "
+    "upstream task for now."
+)
 
 
 class DynamicFlowRequired(BaseException):
@@ -133,6 +141,8 @@ class TracingEngine(Engine):
         return f"{base}-{count}"
 
     def _add(self, node: Node) -> PlannedFuture:
+        if allowed_failures(node.inputs):
+            raise PlanError(FLEET_ALLOW_FAILURE.format(where=f"task {node.name!r}"))
         self.plan.add(node)
         return PlannedFuture(self, node.id, node.label)
 
@@ -140,6 +150,8 @@ class TracingEngine(Engine):
         ids: list[str] = []
         for item in check_wait_for(wait_for, task_name):
             ref = self.template(item, f"task {task_name!r} wait_for")
+            if ref.get("allow_failure"):
+                raise PlanError(FLEET_ALLOW_FAILURE.format(where=f"task {task_name!r}"))
             ids.append(ref[REF])
         return ids + [b for b in self.barrier if b not in ids]
 

@@ -225,3 +225,14 @@ def dynamic_fan_flow(n: int = 4) -> dict[str, Any]:
 def raw_add(x: int, y: int) -> int:
     """A plain Celery task on the worker app, used like any Celery user would."""
     return x + y
+
+
+@flow
+def with_options_flow() -> int:
+    """flaky_until_third needs 3 attempts; with retries=1 it must fail on the fleet too."""
+    return flaky_until_third.with_options(retries=1, retry_delay_seconds=0).submit()  # type: ignore[no-any-return]
+
+
+@flow
+def dated_flow(day: dt.date = dt.date.today) -> str:  # type: ignore[assignment]
+    return today_of.submit(day)  # type: ignore[no-any-return]

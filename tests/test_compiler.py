@@ -235,3 +235,21 @@ def test_large_inputs_travel_in_redis_not_in_every_chord_message() -> None:
     (stored,) = compiled.stored_inputs.values()
     assert stored.count("__ref__") == 100
     assert all(sig.kwargs["inputs"] == {"x": i} for i, sig in enumerate(compiled.canvas.tasks))
+
+
+def test_allow_failure_is_refused_on_the_fleet_until_trigger_rules_exist() -> None:
+    from orchestrator import allow_failure
+
+    @flow
+    def tolerant() -> None:
+        bad = flows.explode.submit("x")
+        flows.inc.submit(allow_failure(bad))
+
+    @flow
+    def tolerant_wait() -> None:
+        bad = flows.explode.submit("x")
+        flows.inc.submit(1, wait_for=[allow_failure(bad)])
+
+    for body in (tolerant, tolerant_wait):
+        with pytest.raises(PlanError, match="allow_failure"):
+            body.plan()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import socket
 import subprocess
 import time
@@ -227,3 +228,21 @@ def test_plain_celery_tasks_on_the_worker_app_behave_as_in_celery(redis_url: str
     assert plain.send_task("tests.raw.add", (2, 3), queue="default").get(timeout=10) == 5
     assert isinstance(client_app().backend, SendOnlyRedisBackend)
     assert not isinstance(celery_app.backend, SendOnlyRedisBackend)
+
+
+def test_with_options_travel_with_the_message() -> None:
+    run = flows.with_options_flow.delay()
+    assert run.wait(timeout=30) is StateType.FAILED
+    (row,) = run.task_runs()
+    assert row["attempts"] == "2"
+    assert "attempt 2 failed" in row["message"]
+
+
+def test_a_run_sent_by_name_binds_callable_defaults_and_refuses_bad_parameters() -> None:
+    run = submit_by_name("etl", {"day": "2026-01-02"})
+    assert run.wait(timeout=30) is StateType.FAILED  # examples not on this worker: says so
+    bad = submit_by_name("chain-flow", {"nope": 1})
+    assert bad.wait(timeout=30) is StateType.FAILED
+    assert "no parameter 'nope'" in bad.info["message"]
+    dated = submit_by_name("dated-flow", {})
+    assert dated.result(timeout=30) == dt.date.today().isoformat()

@@ -217,3 +217,18 @@ def test_submitting_without_redis_says_what_to_check(monkeypatch: pytest.MonkeyP
         monkeypatch.undo()
         reset_settings()
         client_app.cache_clear()
+
+
+def test_allow_failure_lets_a_downstream_run_with_none_locally() -> None:
+    from orchestrator import allow_failure
+
+    @task
+    def show(value: object) -> str:
+        return repr(value)
+
+    @flow
+    def tolerant() -> str:
+        bad = flows.explode.submit("boom")
+        return show.submit(allow_failure(bad))  # type: ignore[no-any-return]
+
+    assert tolerant() == "None"

@@ -32,7 +32,7 @@ from orchestrator.compiler import (
     message_run,
 )
 from orchestrator.engine import zip_mapped
-from orchestrator.errors import RunError
+from orchestrator.errors import OrchestratorError, RunError
 from orchestrator.references import any_pickled, resolve
 from orchestrator.runs import flow_outcome, send_signatures, task_record
 from orchestrator.serialization import dumps, from_jsonable
@@ -74,8 +74,16 @@ def register_user_task(app: Celery, task: Task) -> None:
     if task.timeout_seconds:
         limits = {"soft_time_limit": task.timeout_seconds, "time_limit": task.timeout_seconds + 5}
 
-    def entry(self: CeleryTask, run: dict[str, Any], inputs: dict[str, Any] | None, retries_used: int = 0) -> None:
+    def entry(
+        self: CeleryTask,
+        run: dict[str, Any],
+        inputs: dict[str, Any] | None,
+        retries_used: int = 0,
+        options: dict[str, Any] | None = None,
+    ) -> None:
         current = registry.get_task(task.name) or task
+        if options:
+            current = current.with_message_options(options)
         ending = run_task(current, full_run(run, self.request.id), inputs, CeleryAttempt(self), retries_used)
         if ending is Ending.STOPPED:
             raise Ignore()
@@ -117,9 +125,9 @@ def register_builtin_tasks(app: Celery) -> None:
             end_completed(store, run, attempt, "[]")
             return
         ids = [f"{run['task_run_id']}-{i}" for i in range(len(children))]
+        first = store.claim_expansion(run["root"], run["task_run_id"], len(ids))
         pipe = store.redis.pipeline(transaction=False)
-        pipe.incrby(keys.remaining(run["root"]), len(ids))
-        for i, child in enumerate(ids):
+        for i, child in enumerate(ids if first else []):  # a redelivered expansion only re-sends
             label = f"{run.get('label')}[{i}]"
             pipe.hset(keys.task_run(child), mapping=task_record(child, label, task, run["flow_run_id"], run["root"]))
             pipe.expire(keys.task_run(child), store.ttl)
@@ -203,11 +211,17 @@ def register_builtin_tasks(app: Celery) -> None:
                 },
             )
             return
-        parameters = from_jsonable(json.loads(record.get("parameters", "{}")))
         queue = record.get("queue") or self.request.delivery_info.get("routing_key") or "default"
-        if not dynamic:
-            prepared = prepare_run(definition, parameters, run_id=run_id, queue=queue, app=self.app)
-            if prepared.dynamic_reason is None:
-                launch_prepared(prepared, flow, store=store, app=self.app, record={})
-                return
+        try:
+            given = from_jsonable(json.loads(record.get("parameters", "{}")))
+            definition.check_parameter_names(given)
+            parameters = definition.bind_parameters((), given)  # callable defaults: now
+            if not dynamic:
+                prepared = prepare_run(definition, parameters, run_id=run_id, queue=queue, app=self.app)
+                if prepared.dynamic_reason is None:
+                    launch_prepared(prepared, flow, store=store, app=self.app, record={})
+                    return
+        except OrchestratorError as exc:  # bad parameters or definition: say so, never stay Pending
+            store.write_flow_run(run_id, {"state": StateType.FAILED.value, "ended": now(), "message": str(exc)})
+            return
         start_driver(self.app, definition, run_id, parameters, queue)

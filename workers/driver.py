@@ -41,7 +41,8 @@ from orchestrator.settings import get_settings
 from orchestrator.states import StateType
 from orchestrator.store import RunStore, now
 from orchestrator.tasks import Task
-from orchestrator.templates import to_template
+from orchestrator.templates import allowed_failures, to_template
+from orchestrator.tracer import FLEET_ALLOW_FAILURE
 
 log = logging.getLogger(__name__)
 
@@ -135,11 +136,8 @@ class DynamicEngine(Engine):
         upstream = refs_in(inputs)
         for item in check_wait_for(wait_for, task.name):
             upstream.append(self.template(item, f"{where} wait_for", "json")[REF])
-        if any(isinstance(i, AllowFailure) for i in wait_for) or '"allow_failure"' in json.dumps(inputs):
-            raise PlanError(
-                f"{where}: allow_failure() is not supported on the fleet yet (it arrives with "
-                "trigger rules); handle the failure inside the upstream task for now."
-            )
+        if any(isinstance(i, AllowFailure) for i in wait_for) or allowed_failures(inputs):
+            raise PlanError(FLEET_ALLOW_FAILURE.format(where=where))
         count = self._counts.get(task.fn.__name__, 0)
         self._counts[task.fn.__name__] = count + 1
         trid, label = str(uuid.uuid4()), f"{task.fn.__name__}-{count}"
