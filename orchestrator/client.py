@@ -25,7 +25,7 @@ from .runs import launch_static
 from .serialization import to_jsonable
 from .settings import get_settings
 from .states import StateType
-from .store import RunStore, now
+from .store import RunStore, get_store, now
 from .tracer import DynamicFlowRequired, trace_flow
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ class FlowRun:
 
     def __init__(self, run_id: str, store: RunStore | None = None) -> None:
         self.id = run_id
-        self.store = store or RunStore()
+        self.store = store or get_store()
 
     @property
     def state(self) -> StateType | None:
@@ -63,13 +63,13 @@ class FlowRun:
     def result(self, timeout: float | None = None) -> Any:
         """The flow's return value; raises FlowRunFailed if the run did not complete."""
         state = self.wait(timeout)
-        record = self.info
+        record, results = self.store.read_outcome(self.id)
         if state is not StateType.COMPLETED:
             raise FlowRunFailed(
                 f"flow run {record.get('name', self.id)} ({self.id}) ended {state.value}: {record.get('message', '')}"
             )
-        returns = json.loads(self.store.read_flow_run(self.id).get("returns", "null"))
-        return resolve(returns, self.store, allow_pickle=True, where=f"flow run {self.id} result")
+        returns = json.loads(record.get("returns", "null"))
+        return resolve(returns, self.store, allow_pickle=True, where=f"flow run {self.id} result", prefetched=results)
 
     def task_runs(self) -> list[dict[str, Any]]:
         """Every task run of this flow run (a root: of its subflows too), by start time."""
@@ -171,7 +171,7 @@ def submit_flow_run(
     queue = queue or flow.queue or settings.default_queue
     encoded = encode_parameters(flow, parameters)
     run_name = name or flow.run_name(parameters, run_id)
-    store = RunStore()
+    store = get_store()
     app = client_app()
     prepared = prepare_run(flow, parameters, run_id=run_id, queue=queue, app=app)
     record = {
@@ -206,7 +206,7 @@ def submit_by_name(
     """
     run_id = str(uuid.uuid4())
     queue = queue or get_settings().default_queue
-    store = RunStore()
+    store = get_store()
     store.ping()
     record = {
         "id": run_id,

@@ -78,6 +78,7 @@ def launch_static(store: RunStore, plan: Plan, compiled: Compiled, fields: dict[
                 "mode": "static",
                 "parameters": child.parameters,
                 "returns": plan.nodes[child.end_node].inputs["returns"],
+                "result_refs": refs_in(plan.nodes[child.end_node].inputs["returns"]),
                 "deciders": deciders(plan.nodes[child.end_node].inputs["returns"], plan.leaves(child.run_id)),
             },
             pipe,
@@ -92,6 +93,7 @@ def launch_static(store: RunStore, plan: Plan, compiled: Compiled, fields: dict[
             "mode": "static",
             "returns": plan.returns,
             "deciders": deciders(plan.returns, plan.leaves(root)),
+            "result_refs": refs_in(plan.returns),
         },
         pipe,
     )

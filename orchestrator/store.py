@@ -22,7 +22,7 @@ from .errors import ConnectionProblem
 from .settings import get_settings
 from .states import FAILED_STATES, StateType
 
-JSON_FIELDS = frozenset({"returns", "deciders", "parameters"})  # always stored as JSON text
+JSON_FIELDS = frozenset({"returns", "deciders", "parameters", "result_refs"})  # always stored as JSON text
 
 # KEYS: task hash, finals, events ; ARGV: trid, ttl, maxlen, fields json, event json
 # KEYS: task hash, finals, events, stored inputs ; ARGV: trid, ttl, maxlen, fields json, event json,
@@ -126,6 +126,17 @@ return 0
 """
 
 
+# KEYS: flow run hash ; ARGV: result key prefix. The record and its referenced results at once.
+_OUTCOME = """
+local out = {redis.call('HGETALL', KEYS[1])}
+local refs = redis.call('HGET', KEYS[1], 'result_refs')
+if refs then
+  for _, id in ipairs(cjson.decode(refs)) do table.insert(out, redis.call('GET', ARGV[1] .. id) or false) end
+end
+return out
+"""
+
+
 @dataclass(frozen=True)
 class Finished:
     """What making a task run final reports."""
@@ -173,6 +184,7 @@ class RunStore:
         self._finish = self.redis.register_script(_FINISH)
         self._register = self.redis.register_script(_REGISTER)
         self._expand = self.redis.register_script(_EXPAND)
+        self._outcome = self.redis.register_script(_OUTCOME)
 
     def unreachable(self, exc: Exception) -> ConnectionProblem:
         """The error to raise when Redis does not answer: it names the URL and the fix."""
@@ -209,6 +221,14 @@ class RunStore:
                 target.expire(keys.flow_done(run_id), self.ttl)
         if pipe is None:
             target.execute()
+
+    def read_outcome(self, run_id: str) -> tuple[dict[str, str], dict[str, str | None]]:
+        """A flow run's record and the results its return value refers to, in one round trip."""
+        out = self._outcome(keys=[keys.flow_run(run_id)], args=[keys.result("")])
+        flat = out[0]
+        record = dict(zip(flat[::2], flat[1::2], strict=True))
+        refs = json.loads(record.get("result_refs", "[]"))
+        return record, dict(zip(refs, out[1:], strict=False))
 
     def read_flow_run(self, run_id: str) -> dict[str, str]:
         """The raw flow run record (empty if unknown)."""
@@ -366,3 +386,13 @@ class RunStore:
         if out[0] == "blocked":
             return "blocked", out[1], out[2]
         return "ok", out[1], None
+
+
+@lru_cache(maxsize=8)
+def _store_for(url: str) -> RunStore:
+    return RunStore(url)
+
+
+def get_store() -> RunStore:
+    """The process's store for the configured Redis (built once: scripts hashed once)."""
+    return _store_for(get_settings().redis_url)

@@ -37,7 +37,7 @@ from orchestrator.references import any_pickled, resolve
 from orchestrator.runs import flow_outcome, send_signatures, task_record
 from orchestrator.serialization import dumps, from_jsonable
 from orchestrator.states import StateType
-from orchestrator.store import RunStore, now
+from orchestrator.store import get_store, now
 from orchestrator.tasks import Task
 from orchestrator.templates import to_template
 
@@ -99,7 +99,7 @@ def register_builtin_tasks(app: Celery) -> None:
     @app.task(name=EXPAND_MAP_TASK, bind=True, ignore_result=True)
     def expand_map(self: CeleryTask, run: dict[str, Any], task: str, inputs: dict[str, Any] | None, queue: str) -> None:
         """Expand a map over an upstream result into one task run per element, then join."""
-        store = RunStore()
+        store = get_store()
         attempt = CeleryAttempt(self)
         run = full_run(run, self.request.id)
         started = store.task_started(
@@ -155,7 +155,7 @@ def register_builtin_tasks(app: Celery) -> None:
     @app.task(name=COLLECT_MAP_TASK, bind=True, ignore_result=True)
     def collect_map(self: CeleryTask, run: dict[str, Any], children: list[str]) -> None:
         """All mapped runs completed: the map's result is the list of their results."""
-        store = RunStore()
+        store = get_store()
         texts = store.results(children)
         missing = [c for c, t in texts.items() if t is None]
         attempt = CeleryAttempt(self)
@@ -167,7 +167,7 @@ def register_builtin_tasks(app: Celery) -> None:
     @app.task(name=FINISH_SUBFLOW_TASK, bind=True, ignore_result=True)
     def finish_subflow(self: CeleryTask, run: dict[str, Any], child_run_id: str, inputs: dict[str, Any] | None) -> None:
         """A subflow's task runs are done: decide its state and publish its return value."""
-        store = RunStore()
+        store = get_store()
         attempt = CeleryAttempt(self)
         run = full_run(run, self.request.id)
         started = store.task_started(
@@ -191,7 +191,7 @@ def register_builtin_tasks(app: Celery) -> None:
     @app.task(name=START_FLOW_RUN_TASK, bind=True, ignore_result=True)
     def start_flow_run(self: CeleryTask, flow: str, run_id: str, dynamic: bool = False) -> None:
         """Start a flow run whose record exists: trace and compile it, or drive it."""
-        store = RunStore()
+        store = get_store()
         record = store.read_flow_run(run_id)
         if not record:
             log.error("start_flow_run: no record for flow run %s; nothing to start", run_id)

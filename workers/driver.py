@@ -39,7 +39,7 @@ from orchestrator.references import resolve
 from orchestrator.runs import after_final, deciders, flow_outcome, propagate_failure, task_record
 from orchestrator.settings import get_settings
 from orchestrator.states import StateType
-from orchestrator.store import RunStore, now
+from orchestrator.store import RunStore, get_store, now
 from orchestrator.tasks import Task
 from orchestrator.templates import allowed_failures, to_template
 from orchestrator.tracer import FLEET_ALLOW_FAILURE
@@ -213,7 +213,10 @@ class DynamicEngine(Engine):
                 child_id, {"state": StateType.FAILED.value, "ended": now(), "message": describe(exc)}
             )
             raise
-        self.store.write_flow_run(child_id, {"returns": returns, "deciders": deciders(returns, child.leaves())})
+        self.store.write_flow_run(
+            child_id,
+            {"returns": returns, "deciders": deciders(returns, child.leaves()), "result_refs": refs_in(returns)},
+        )
         state, message = flow_outcome(self.store, self.root, child_id)
         self.store.write_flow_run(child_id, {"state": state.value, "ended": now(), "message": message})
         if state is not StateType.COMPLETED:
@@ -245,7 +248,7 @@ class DynamicEngine(Engine):
 
 def drive(app: Celery, flow: Flow, run_id: str, parameters: dict[str, Any], queue: str) -> None:
     """Run a dynamic flow body to its end; the run ends when its last task run does."""
-    store = RunStore()
+    store = get_store()
     store.redis.set(keys.remaining(run_id), 1, ex=store.ttl)  # the body itself
     store.write_flow_run(run_id, {"state": StateType.RUNNING.value, "started": now(), "mode": "dynamic"})
     engine = DynamicEngine(app, store, run_id, run_id, queue)
@@ -259,7 +262,13 @@ def drive(app: Celery, flow: Flow, run_id: str, parameters: dict[str, Any], queu
         log.exception("flow run %s (%s): the flow body raised", run_id, flow.name)
         body_error = f"the flow body raised {describe(exc)}"
     store.write_flow_run(
-        run_id, {"returns": returns, "deciders": deciders(returns, engine.leaves()), "body_error": body_error}
+        run_id,
+        {
+            "returns": returns,
+            "deciders": deciders(returns, engine.leaves()),
+            "result_refs": refs_in(returns),
+            "body_error": body_error,
+        },
     )
     body_state = StateType.FAILED if body_error else StateType.COMPLETED
     after_final(store, run_id, store.task_finished(run_id, keys.body_node(run_id), body_state, {"ended": now()}))

@@ -18,7 +18,7 @@ from orchestrator.references import resolve
 from orchestrator.runs import after_final, propagate_failure
 from orchestrator.serialization import dumps
 from orchestrator.states import StateType
-from orchestrator.store import RunStore, now
+from orchestrator.store import RunStore, get_store, now
 from orchestrator.tasks import Task
 from orchestrator.templates import allowed_failures
 
@@ -98,7 +98,7 @@ def run_task(
     Raises the user's exception after recording Failed, so Celery (and Flower) see
     FAILURE; raises through ``attempt.retry`` for a retry.
     """
-    store = RunStore()
+    store = get_store()
     root, trid = run["root"], run["task_run_id"]
     allowed = allowed_failures(inputs) if inputs is not None else frozenset()
     started = store.task_started(
