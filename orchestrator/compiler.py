@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Celery
-from celery.canvas import Signature, chain, chord, group
+from celery.canvas import Signature, _chain, chain, chord, group
 
 from .errors import DefinitionError
 from .plan import Node, Plan
@@ -50,6 +50,8 @@ class Compiled:
 # Inputs larger than this travel in Redis, not in the message: Celery copies a chord's
 # body into every header message, so a fan-in's 500 references would be sent 500 times.
 INLINE_INPUTS_LIMIT = 1024
+# Longest chain sent as one Celery chain; the rest follows by a join (see _CanvasBuilder).
+CHAIN_SEGMENT = 32
 
 
 def message_run(root: str, flow_run_id: str, label: str) -> dict[str, str]:
@@ -217,29 +219,47 @@ class _Graph:
                 return ("seq", series)
 
 
-def shape_to_canvas(shape: Shape, sigs: dict[str, Signature], app: Celery | None) -> Signature:
-    """Build the canvas for a series-parallel shape, chords made explicit."""
+class _CanvasBuilder:
+    """Builds the canvas of series-parallel shapes, chords explicit, long chains segmented.
+
+    Celery carries a chain's remaining links in every message, so a chain of n tasks
+    moves O(n^2) bytes. After ``CHAIN_SEGMENT`` steps, at a single task, the rest of the
+    series is stored as a join signature and sent by that task when it completes.
+    """
+
+    def __init__(self, sigs: dict[str, Signature], app: Celery | None, compiled: Compiled) -> None:
+        self.sigs = sigs
+        self.app = app
+        self.compiled = compiled
+
+    def build(self, shape: Shape) -> Signature:
+        kind, value = shape
+        if kind == "leaf":
+            return self.sigs[value]
+        if kind == "par":
+            return group([self.build(p) for p in value], app=self.app)
+        return self.series(list(value))
+
+    def series(self, parts: list[Shape]) -> Signature:
+        steps: list[Signature] = []
+        for i, part in enumerate(parts):
+            built = self.build(part)
+            rest = parts[i + 1 :]
+            if isinstance(built, group) and rest:
+                steps.append(chord(built, self.series(rest), app=self.app))
+                break
+            steps.extend(built.tasks if isinstance(built, _chain) else [built])
+            if rest and part[0] == "leaf" and len(steps) >= CHAIN_SEGMENT:
+                entry = _first_leaf(rest[0])  # depends directly on this leaf (series split)
+                self.compiled.join_pending[entry] = 1
+                self.compiled.join_signatures[entry] = dict(self.series(rest))
+                break
+        return steps[0] if len(steps) == 1 else chain(*steps, app=self.app)
+
+
+def _first_leaf(shape: Shape) -> str:
     kind, value = shape
-    if kind == "leaf":
-        return sigs[value]
-    if kind == "par":
-        return group([shape_to_canvas(p, sigs, app) for p in value], app=app)
-    return _series(list(value), sigs, app)
-
-
-def _series(parts: list[Shape], sigs: dict[str, Signature], app: Celery | None) -> Signature:
-    steps: list[Signature] = []
-    for i, part in enumerate(parts):
-        built = shape_to_canvas(part, sigs, app)
-        rest = parts[i + 1 :]
-        if isinstance(built, group) and rest:
-            steps.append(chord(built, _series(rest, sigs, app), app=app))
-            break
-        if isinstance(built, chain):
-            steps.extend(built.tasks)
-        else:
-            steps.append(built)
-    return steps[0] if len(steps) == 1 else chain(*steps, app=app)
+    return str(value) if kind == "leaf" else _first_leaf(value[0])
 
 
 def compile_plan(plan: Plan, app: Celery | None = None) -> Compiled:
@@ -248,12 +268,13 @@ def compile_plan(plan: Plan, app: Celery | None = None) -> Compiled:
     graph = _Graph(plan, order)
     compiled = Compiled(canvas=None)
     sigs = {nid: node_signature(plan, plan.nodes[nid], app, compiled.stored_inputs) for nid in order}
+    builder = _CanvasBuilder(sigs, app, compiled)
     top: list[Signature] = []
     for comp in graph.components(order):
         shape = graph.decompose(comp)
         compiled.shapes.append(shape)
         if shape is not None:
-            top.append(shape_to_canvas(shape, sigs, app))
+            top.append(builder.build(shape))
             continue
         for nid in comp:
             ups = graph.preds[nid]
@@ -275,8 +296,8 @@ def canvas_tree(sig: Signature | None, labels: dict[str, str]) -> Any:
         return None
     if isinstance(sig, chord):
         return ("chord", canvas_tree(group(sig.tasks), labels)[1], canvas_tree(sig.body, labels))
-    if isinstance(sig, (chain, group)):
-        kind = "chain" if isinstance(sig, chain) else "group"
+    if isinstance(sig, (_chain, group)):
+        kind = "chain" if isinstance(sig, _chain) else "group"
         return (kind, [canvas_tree(t, labels) for t in sig.tasks])
     task_id = sig.options.get("task_id", "")
     return labels.get(task_id, task_id)

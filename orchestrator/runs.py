@@ -176,6 +176,6 @@ def propagate_failure(store: RunStore, root: str, trid: str, state: StateType, l
 
 
 def send_signatures(app: Celery, signatures: list[dict[str, Any]]) -> None:
-    """Send join signatures that became ready."""
+    """Send join signatures (tasks or whole canvas segments) that became ready."""
     for data in signatures:
-        app.signature(data).apply_async()
+        app.signature(data).apply_async(ignore_result=True)

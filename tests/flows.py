@@ -236,3 +236,11 @@ def with_options_flow() -> int:
 @flow
 def dated_flow(day: dt.date = dt.date.today) -> str:  # type: ignore[assignment]
     return today_of.submit(day)  # type: ignore[no-any-return]
+
+
+@flow
+def long_chain_flow(n: int = 80) -> int:
+    value = inc.submit(0)
+    for _ in range(n - 1):
+        value = inc.submit(value)
+    return value  # type: ignore[return-value]

@@ -8,7 +8,7 @@ import pytest
 from celery.canvas import Signature, _chain, chord, group
 
 from orchestrator import flow, task
-from orchestrator.compiler import EXPAND_MAP_TASK, FINISH_SUBFLOW_TASK, canvas_tree, compile_plan
+from orchestrator.compiler import CHAIN_SEGMENT, EXPAND_MAP_TASK, FINISH_SUBFLOW_TASK, canvas_tree, compile_plan
 from orchestrator.errors import DefinitionError, PlanError, SerializationError
 from orchestrator.plan import Plan
 from orchestrator.tracer import DynamicFlowRequired
@@ -211,8 +211,18 @@ def test_large_graphs_compile_quickly() -> None:
             value = flows.inc.submit(value)
         return value
 
-    tree = compiled_tree(long_chain.plan())
-    assert tree[0] == "chain" and len(tree[1]) == 300
+    plan = long_chain.plan()
+    compiled = compile_plan(plan)
+    labels = {n.id: n.label for n in plan.nodes.values()}
+    # Celery carries a chain's remaining links in every message: long chains are cut into
+    # segments of CHAIN_SEGMENT links, each sent by a join when the previous one's last link ends.
+    segments = [canvas_tree(compiled.canvas, labels)]
+    for entry, data in compiled.join_signatures.items():
+        assert compiled.join_pending[entry] == 1
+        segments.append(canvas_tree(Signature.from_dict(data), labels))
+    segments.sort(key=lambda seg: int(seg[1][0].split("-")[1]))
+    assert [len(seg[1]) for seg in segments] == [CHAIN_SEGMENT] * 9 + [300 - 9 * CHAIN_SEGMENT]
+    assert [label for seg in segments for label in seg[1]] == [f"inc-{i}" for i in range(300)]
     group_canvas = compile_plan(flows.fan_flow.plan(n=2000)).canvas
     assert isinstance(group_canvas, chord) and len(group_canvas.tasks) == 2000
     assert isinstance(group(group_canvas.tasks), group)

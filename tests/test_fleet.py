@@ -246,3 +246,11 @@ def test_a_run_sent_by_name_binds_callable_defaults_and_refuses_bad_parameters()
     assert "no parameter 'nope'" in bad.info["message"]
     dated = submit_by_name("dated-flow", {})
     assert dated.result(timeout=30) == dt.date.today().isoformat()
+
+
+def test_a_long_chain_runs_in_segments_and_in_order() -> None:
+    run = flows.long_chain_flow.delay(n=80)
+    assert run.result(timeout=60) == 80
+    rows = runs_by_label(run)
+    ends = [times(rows[f"inc-{i}"]) for i in range(80)]
+    assert all(ends[i][1] <= ends[i + 1][0] for i in range(79))
