@@ -184,7 +184,10 @@ def submit_flow_run(
         "created": now(),
     }
     pipe = store.redis.pipeline(transaction=False)
-    store.write_flow_run(run_id, record | {"state": StateType.PENDING.value}, pipe)
+    if prepared.plan is not None:  # launched in this pipeline: the record is written Running
+        store.emit_flow_event(run_id, StateType.PENDING, pipe)
+    else:
+        store.write_flow_run(run_id, record | {"state": StateType.PENDING.value}, pipe)
     try:
         launch_prepared(prepared, flow.name, store=store, app=app, record=record, pipe=pipe)
     except redis.ConnectionError as exc:

@@ -6,6 +6,7 @@ in; this keeps ``@task``/``@flow`` free of any knowledge of threads or Celery.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -47,10 +48,16 @@ class Engine(ABC):
         """Yield futures in the order they finish."""
 
 
+@functools.lru_cache(maxsize=4096)
+def _signature(fn: Callable[..., Any]) -> inspect.Signature:
+    """inspect.signature is slow; functions do not change their signature."""
+    return inspect.signature(fn)
+
+
 def bind_arguments(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], what: str) -> dict[str, Any]:
     """Bind a call to ``fn``'s signature, naming the missing or unknown argument on error."""
     try:
-        bound = inspect.signature(fn).bind(*args, **kwargs)
+        bound = _signature(fn).bind(*args, **kwargs)
     except TypeError as exc:
         raise ParameterError(f"{what}: {exc}; check the arguments of the call.") from None
     return dict(bound.arguments)

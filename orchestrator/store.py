@@ -222,6 +222,11 @@ class RunStore:
         if pipe is None:
             target.execute()
 
+    def emit_flow_event(self, run_id: str, state: StateType, pipe: Any) -> None:
+        """Only the event of a state the record passes through at once (Pending before Running)."""
+        event = self.event("flow_run", run_id, state.value, message="")
+        pipe.xadd(keys.EVENTS_STREAM, {"event": event}, maxlen=self.maxlen, approximate=True)
+
     def read_outcome(self, run_id: str) -> tuple[dict[str, str], dict[str, str | None]]:
         """A flow run's record and the results its return value refers to, in one round trip."""
         out = self._outcome(keys=[keys.flow_run(run_id)], args=[keys.result("")])
