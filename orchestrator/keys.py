@@ -8,6 +8,7 @@ from __future__ import annotations
 
 PREFIX = "orc"
 EVENTS_STREAM = f"{PREFIX}:events"  # state and log events for the API recorder
+DELAYED = f"{PREFIX}:delayed"  # sorted set: messages to send at their score (epoch seconds)
 
 
 def flow_run(run_id: str) -> str:

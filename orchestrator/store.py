@@ -137,6 +137,15 @@ return out
 """
 
 
+# KEYS: delayed zset ; ARGV: now, limit, lease seconds. Claims due messages by pushing their
+# score a lease ahead: a dispatcher that dies before sending lets them come due again.
+_CLAIM_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, item in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[1] + ARGV[3], item) end
+return due
+"""
+
+
 @dataclass(frozen=True)
 class Finished:
     """What making a task run final reports."""
@@ -185,6 +194,7 @@ class RunStore:
         self._register = self.redis.register_script(_REGISTER)
         self._expand = self.redis.register_script(_EXPAND)
         self._outcome = self.redis.register_script(_OUTCOME)
+        self._claim_due = self.redis.register_script(_CLAIM_DUE)
 
     def unreachable(self, exc: Exception) -> ConnectionProblem:
         """The error to raise when Redis does not answer: it names the URL and the fix."""
@@ -371,6 +381,19 @@ class RunStore:
     def downstream_of(self, trid: str) -> set[str]:
         """Task runs registered as depending on ``trid``."""
         return self.redis.smembers(keys.downstream(trid))  # type: ignore[return-value]
+
+    # -- delayed messages (retries and sensor pokes) -----------------------------------
+    def schedule(self, message: str, due: float) -> None:
+        """Keep a message (a signature as JSON) in Redis until ``due``, instead of a broker ETA."""
+        self.redis.zadd(keys.DELAYED, {message: due})
+
+    def claim_due(self, limit: int = 100, lease: float = 30.0) -> list[str]:
+        """Due messages, claimed for ``lease`` seconds; call :meth:`sent` once each is sent."""
+        return list(self._claim_due(keys=[keys.DELAYED], args=[repr(now()), limit, lease]))
+
+    def sent(self, message: str) -> None:
+        """Forget a delayed message that has been sent."""
+        self.redis.zrem(keys.DELAYED, message)
 
     def claim_expansion(self, root: str, trid: str, children: int) -> bool:
         """Add a map's children to the run tree's count, once; False on a redelivery."""

@@ -11,16 +11,31 @@ from __future__ import annotations
 import importlib
 import sys
 
+from celery import signals
+
 from orchestrator import registry
 from orchestrator.celery_app import make_celery_app
 from orchestrator.errors import DefinitionError
 from orchestrator.settings import get_settings
 
 from .celery_tasks import register_builtin_tasks, register_user_task
+from .delayed import DelayedDispatcher
 
 app = make_celery_app("workers")
 register_builtin_tasks(app)
 registry.on_task_registered(lambda task: register_user_task(app, task))
+_dispatcher = DelayedDispatcher(app)
+
+
+@signals.worker_ready.connect
+def _start_delayed_dispatcher(**_: object) -> None:
+    """Each worker sends due retries and pokes (claiming is atomic across workers)."""
+    _dispatcher.start()
+
+
+@signals.worker_shutdown.connect
+def _stop_delayed_dispatcher(**_: object) -> None:
+    _dispatcher.stop()
 
 
 def import_flow_modules(modules: list[str]) -> None:

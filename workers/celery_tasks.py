@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 from celery import Celery
 from celery import Task as CeleryTask
 from celery.canvas import chord, group
-from celery.exceptions import Ignore, SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded, TimeLimitExceeded
 
 from orchestrator import keys, registry
 from orchestrator.client import launch_prepared, prepare_run
@@ -56,8 +56,14 @@ class CeleryAttempt:
         self.worker = celery_task.request.hostname or socket.gethostname()
 
     def retry(self, delay: float, retries_used: int) -> NoReturn:
-        kwargs = dict(self.celery_task.request.kwargs or {}) | {"retries_used": retries_used}
-        raise self.celery_task.retry(countdown=delay, kwargs=kwargs, max_retries=None)
+        """Schedule the next attempt; a delayed one waits in Redis, not as a broker ETA."""
+        task, request = self.celery_task, self.celery_task.request
+        kwargs = dict(request.kwargs or {}) | {"retries_used": retries_used}
+        if delay <= 0:
+            raise task.retry(countdown=0, kwargs=kwargs, max_retries=None)
+        again = task.signature_from_request(request, None, kwargs, retries=int(request.retries or 0) + 1)
+        get_store().schedule(json.dumps(dict(again)), now() + delay)
+        raise Retry(f"next attempt in {delay:g}s", when=delay)  # Celery and Flower show RETRY
 
     def send(self, signatures: list[dict[str, Any]]) -> None:
         send_signatures(self.celery_task.app, signatures)

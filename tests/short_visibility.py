@@ -1,0 +1,42 @@
+"""Flows for the visibility-timeout test; the worker imports this with a 2 s timeout.
+
+Kombu's Redis transport checks for unacknowledged messages to redeliver only now and
+then; the test scales that check down with the timeout (a test-only knob).
+"""
+
+from __future__ import annotations
+
+from orchestrator import flow, task
+from orchestrator.context import current_run
+from orchestrator.signals import RETRY
+from orchestrator.store import get_store
+from workers.app import app
+
+app.conf.broker_transport_options = dict(app.conf.broker_transport_options) | {
+    "unacked_restore_interval": 1,
+    "unacked_restore_throttle": 1,
+}
+
+
+def _count(name: str) -> int:
+    run = current_run()
+    return int(get_store().redis.incr(f"test:executions:{name}:{run.flow_run_id if run else ''}"))
+
+
+@task(retries=1, retry_delay_seconds=6)
+def fails_once() -> str:
+    if _count("fails_once") == 1:
+        raise OSError("first attempt fails")
+    return "second attempt"
+
+
+@task
+def pokes_twice() -> str:
+    if _count("pokes_twice") < 2:
+        raise RETRY("not there yet", delay=6)
+    return "found"
+
+
+@flow(queue="vis")
+def long_delays() -> dict[str, str]:
+    return {"retry": fails_once.submit(), "sensor": pokes_twice.submit()}  # type: ignore[dict-item]

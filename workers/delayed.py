@@ -1,0 +1,62 @@
+"""Send retries and sensor pokes when they are due, from a Redis sorted set.
+
+A broker ETA would keep the message unacknowledged inside a worker for the whole
+delay; with Redis as broker, a delay longer than ``visibility_timeout`` then gets the
+message redelivered and the task run twice. Instead the message waits in Redis (see
+``RunStore.schedule``) and every worker runs this small dispatcher thread; claiming
+is atomic, so each message is sent once however many workers there are.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+
+from celery import Celery
+
+from orchestrator.store import get_store
+
+log = logging.getLogger(__name__)
+
+
+class DelayedDispatcher:
+    """A daemon thread that sends due messages every ``interval`` seconds."""
+
+    def __init__(self, app: Celery, interval: float = 0.2) -> None:
+        self.app = app
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="orchestrator-delayed", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def send_due(self) -> int:
+        """Send every message that is due now; return how many were sent."""
+        store = get_store()
+        sent = 0
+        for message in store.claim_due():
+            try:
+                self.app.signature(json.loads(message)).apply_async()
+            except Exception:  # stays claimed; comes due again when its lease ends
+                log.exception("could not send a delayed message; it will be retried")
+                continue
+            store.sent(message)
+            sent += 1
+        return sent
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                busy = self.send_due() > 0
+            except Exception:  # Redis away: keep trying, never die
+                log.exception("delayed-message dispatcher: Redis error")
+                busy = False
+            if not busy:
+                self._stop.wait(self.interval)
