@@ -8,7 +8,7 @@ from .flows import Flow, flow
 from .futures import Future, allow_failure, as_completed, unmapped, wait
 from .logging import get_run_logger
 from .states import StateType
-from .tasks import Task, task
+from .tasks import Task, exponential_backoff, task
 
 __all__ = [
     "Flow",
@@ -18,6 +18,7 @@ __all__ = [
     "Task",
     "allow_failure",
     "as_completed",
+    "exponential_backoff",
     "flow",
     "get_run_logger",
     "task",

@@ -30,15 +30,26 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def decide(task: Task, exc: BaseException, retries_used: int) -> Outcome:
-    """Decide the next state of a task run whose attempt raised ``exc``."""
+def decide(task: Task, exc: BaseException, retries_used: int, poking_for: float = 0.0) -> Outcome:
+    """Decide the next state of a task run whose attempt raised ``exc``.
+
+    ``poking_for`` is how long a sensor has been poking (since its first RETRY).
+    """
     if isinstance(exc, SKIP):
         return Outcome(StateType.SKIPPED, exc.message or "skipped by SKIP")
     if isinstance(exc, FAIL):
         return Outcome(StateType.FAILED, exc.message or "failed by FAIL")
     if isinstance(exc, RETRY):
-        return Outcome(StateType.AWAITING_RETRY, exc.message or "RETRY requested", delay=exc.seconds_to_wait())
-    if retries_used < task.retries:
+        limit = task.poke_timeout_seconds
+        delay = exc.seconds_to_wait()
+        if limit is not None and poking_for + delay > limit:
+            return Outcome(
+                StateType.FAILED,
+                f"sensor gave up: still not ready after {poking_for:.0f}s of pokes "
+                f"(poke_timeout_seconds={limit:g}); last poke said: {exc.message or 'RETRY'}",
+            )
+        return Outcome(StateType.AWAITING_RETRY, exc.message or "RETRY requested", delay=delay)
+    if retries_used < task.retries and task.should_retry(exc):
         delay = task.retry_delay(retries_used + 1)
         return Outcome(
             StateType.AWAITING_RETRY,

@@ -29,6 +29,7 @@ from .errors import FlowRunFailed, TaskRunFailed, UpstreamFailedError
 from .futures import DoneAndNotDone, Future
 from .serialization import dumps
 from .settings import get_settings
+from .signals import RETRY
 from .states import StateType
 
 if TYPE_CHECKING:
@@ -184,6 +185,7 @@ class LocalEngine(Engine):
     def _attempts(self, future: LocalFuture, task: Task, inputs: dict[str, Any]) -> None:
         retries_used = 0
         attempt = 1
+        first_poke: float | None = None
         while True:
             future.set_state(StateType.RUNNING if attempt == 1 else StateType.RETRYING)
             run = RunInfo(self.run_id, self.flow.name, future.task_run_id, task.name, attempt)
@@ -192,7 +194,9 @@ class LocalEngine(Engine):
                     value = task.fn(**inputs)
                 dumps(value, task.result_serializer, f"task {task.name!r} ({future.label})")
             except Exception as exc:
-                outcome = decide(task, exc, retries_used)
+                if isinstance(exc, RETRY) and first_poke is None:
+                    first_poke = time.time()
+                outcome = decide(task, exc, retries_used, time.time() - first_poke if first_poke else 0.0)
                 if outcome.state is StateType.AWAITING_RETRY:
                     future.set_state(StateType.AWAITING_RETRY, outcome.message)
                     retries_used += outcome.uses_retry

@@ -304,6 +304,13 @@ class RunStore:
         stored = json.loads(out[1]) if out[1] else None
         return Started(stored, dict(zip(prefetch, out[2:], strict=True)))
 
+    def first_poke(self, trid: str) -> float:
+        """When a sensor first asked to be poked again (recorded on its first RETRY)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hsetnx(keys.task_run(trid), "first_poke", repr(now()))
+        pipe.hget(keys.task_run(trid), "first_poke")
+        return float(pipe.execute()[1])
+
     def task_progress(self, trid: str, fields: dict[str, Any]) -> None:
         """Record a non-final state change (AwaitingRetry) without the final guard."""
         pipe = self.redis.pipeline(transaction=False)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import functools
+import logging
+import random
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
@@ -13,16 +15,35 @@ from .errors import DefinitionError, OrchestratorError
 from .registry import register_task
 from .serialization import check_serializer
 
+log = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def _delays(value: float | Sequence[float], where: str) -> list[float]:
+RetryDelay = float | Sequence[float] | Callable[[int], Sequence[float]]
+
+
+def exponential_backoff(backoff_factor: float) -> Callable[[int], list[float]]:
+    """``retry_delay_seconds=exponential_backoff(10)``: 10, 20, 40, ... seconds."""
+    if backoff_factor <= 0:
+        raise DefinitionError(f"exponential_backoff needs a factor > 0 (got {backoff_factor}).")
+    return lambda retries: [backoff_factor * 2**i for i in range(max(retries, 1))]
+
+
+def _delays(value: RetryDelay, where: str, retries: int = 1) -> list[float]:
     """Normalize retry_delay_seconds to one delay per retry (the last one repeats)."""
+    if callable(value):
+        value = list(value(retries))
     delays = [float(value)] if isinstance(value, (int, float)) else [float(v) for v in value]
     if not delays or any(d < 0 for d in delays):
         raise DefinitionError(f"{where}: retry_delay_seconds must be >= 0 (got {value!r}).")
     return delays
+
+
+# Options that travel with a message when task.with_options(...) changes them.
+MESSAGE_OPTIONS = frozenset(
+    {"retries", "retry_jitter_factor", "poke_timeout_seconds", "timeout_seconds", "tags", "result_serializer"}
+)
 
 
 class Task(Generic[P, R]):
@@ -34,7 +55,11 @@ class Task(Generic[P, R]):
         *,
         name: str | None = None,
         retries: int = 0,
-        retry_delay_seconds: float | Sequence[float] = 0,
+        retry_delay_seconds: RetryDelay = 0,
+        retry_jitter_factor: float | None = None,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
+        retry_condition_fn: Callable[[Task[Any, Any], BaseException], bool] | None = None,
+        poke_timeout_seconds: float | None = None,
         timeout_seconds: float | None = None,
         tags: Sequence[str] = (),
         queue: str | None = None,
@@ -48,8 +73,16 @@ class Task(Generic[P, R]):
             raise DefinitionError(f"{where}: retries must be >= 0 (got {retries}).")
         if timeout_seconds is not None and timeout_seconds <= 0:
             raise DefinitionError(f"{where}: timeout_seconds must be > 0 (got {timeout_seconds}).")
+        if retry_jitter_factor is not None and retry_jitter_factor < 0:
+            raise DefinitionError(f"{where}: retry_jitter_factor must be >= 0 (got {retry_jitter_factor}).")
+        if poke_timeout_seconds is not None and poke_timeout_seconds <= 0:
+            raise DefinitionError(f"{where}: poke_timeout_seconds must be > 0 (got {poke_timeout_seconds}).")
         self.retries = retries
-        self.retry_delays = _delays(retry_delay_seconds, where)
+        self.retry_delays = _delays(retry_delay_seconds, where, retries)
+        self.retry_jitter_factor = retry_jitter_factor
+        self.retry_on = retry_on if isinstance(retry_on, tuple) or retry_on is None else (retry_on,)
+        self.retry_condition_fn = retry_condition_fn
+        self.poke_timeout_seconds = poke_timeout_seconds
         self.timeout_seconds = timeout_seconds
         self.tags = list(tags)
         self.queue = queue
@@ -59,8 +92,23 @@ class Task(Generic[P, R]):
             register_task(self)
 
     def retry_delay(self, attempt: int) -> float:
-        """Seconds to wait before attempt ``attempt + 1`` (attempt counts from 1)."""
-        return self.retry_delays[min(attempt - 1, len(self.retry_delays) - 1)]
+        """Seconds to wait before retry number ``attempt`` (from 1), jitter included."""
+        delay = self.retry_delays[min(attempt - 1, len(self.retry_delays) - 1)]
+        if self.retry_jitter_factor:
+            delay *= 1 + random.uniform(0, self.retry_jitter_factor)
+        return delay
+
+    def should_retry(self, exc: BaseException) -> bool:
+        """``retry_on`` and ``retry_condition_fn`` decide; a failing condition means no retry."""
+        if self.retry_on is not None and not isinstance(exc, self.retry_on):
+            return False
+        if self.retry_condition_fn is None:
+            return True
+        try:
+            return bool(self.retry_condition_fn(self, exc))
+        except Exception:
+            log.exception("task %s: retry_condition_fn raised; not retrying", self.name)
+            return False
 
     @property
     def options(self) -> dict[str, Any]:
@@ -68,6 +116,8 @@ class Task(Generic[P, R]):
         return {
             "retries": self.retries,
             "retry_delays": self.retry_delays,
+            "retry_jitter_factor": self.retry_jitter_factor,
+            "poke_timeout_seconds": self.poke_timeout_seconds,
             "timeout_seconds": self.timeout_seconds,
             "tags": self.tags,
             "result_serializer": self.result_serializer,
@@ -85,7 +135,7 @@ class Task(Generic[P, R]):
         for key, value in options.items():
             if key == "retry_delays":
                 clone.retry_delays = _delays(value, f"task {self.name!r}")
-            elif key in {"retries", "timeout_seconds", "tags", "result_serializer"}:
+            elif key in MESSAGE_OPTIONS:
                 setattr(clone, key, value)
         return clone
 
@@ -95,7 +145,7 @@ class Task(Generic[P, R]):
         for key, value in options.items():
             if key == "retry_delay_seconds":
                 clone.retry_delays = _delays(value, f"task {self.name!r}")
-            elif key in {"retries", "timeout_seconds", "tags", "queue", "result_serializer"}:
+            elif key in {*MESSAGE_OPTIONS, "queue", "retry_on", "retry_condition_fn"}:
                 setattr(clone, key, value)
             else:
                 raise DefinitionError(f"task {self.name!r}: unknown option {key!r}.")
@@ -137,7 +187,11 @@ def task(
     *,
     name: str | None = None,
     retries: int = 0,
-    retry_delay_seconds: float | Sequence[float] = 0,
+    retry_delay_seconds: RetryDelay = 0,
+    retry_jitter_factor: float | None = None,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
+    retry_condition_fn: Callable[[Task[Any, Any], BaseException], bool] | None = None,
+    poke_timeout_seconds: float | None = None,
     timeout_seconds: float | None = None,
     tags: Sequence[str] = (),
     queue: str | None = None,

@@ -6,9 +6,10 @@ import datetime as dt
 import time
 from typing import Any
 
-from orchestrator import as_completed, flow, task, wait
+from orchestrator import as_completed, exponential_backoff, flow, task, wait
 from orchestrator.context import current_run
-from orchestrator.signals import FAIL, SKIP
+from orchestrator.signals import FAIL, RETRY, SKIP
+from orchestrator.store import get_store
 from workers.app import app as celery_app
 
 
@@ -244,3 +245,77 @@ def long_chain_flow(n: int = 80) -> int:
     for _ in range(n - 1):
         value = inc.submit(value)
     return value  # type: ignore[return-value]
+
+
+# -- retries and sensors ------------------------------------------------------------------
+def _stamp(name: str) -> int:
+    """Record one execution of ``name`` in this flow run; return how many there were."""
+    run = current_run()
+    key = f"test:stamps:{name}:{run.flow_run_id if run else ''}"
+    store = get_store()
+    store.redis.rpush(key, repr(time.time()))
+    return int(store.redis.llen(key))
+
+
+@task(retries=2, retry_delay_seconds=[0.5, 1.5])
+def flaky_list() -> int:
+    if _stamp("flaky_list") < 3:
+        raise OSError("not yet")
+    return 3
+
+
+@task(retries=2, retry_delay_seconds=exponential_backoff(0.5))
+def flaky_exponential() -> int:
+    if _stamp("flaky_exponential") < 3:
+        raise OSError("not yet")
+    return 3
+
+
+@task(retries=3, retry_delay_seconds=0.2, retry_on=(OSError,))
+def wrong_kind_of_error() -> int:
+    _stamp("wrong_kind_of_error")
+    raise ValueError("not worth retrying")
+
+
+@flow
+def delay_forms_flow() -> dict[str, int]:
+    return {
+        "list": flaky_list.submit(),
+        "exponential": flaky_exponential.submit(),
+    }  # type: ignore[dict-item]
+
+
+@flow
+def retry_on_flow() -> int:
+    return wrong_kind_of_error.submit()  # type: ignore[no-any-return]
+
+
+@task(queue="solo")
+def sensor_third_time() -> int:
+    count = _stamp("sensor")
+    if count < 3:
+        raise RETRY(f"poke {count}: file not there yet", delay=1)
+    return count
+
+
+@task(queue="solo")
+def between_pokes() -> str:
+    _stamp("between")
+    time.sleep(0.3)
+    return "ran between pokes"
+
+
+@task(queue="solo", poke_timeout_seconds=2)
+def sensor_never_ready() -> int:
+    _stamp("never")
+    raise RETRY("still nothing", delay=0.8)
+
+
+@flow(queue="solo")
+def sensor_flow() -> dict[str, Any]:
+    return {"sensor": sensor_third_time.submit(), "other": between_pokes.submit()}  # type: ignore[dict-item]
+
+
+@flow(queue="solo")
+def sensor_timeout_flow() -> int:
+    return sensor_never_ready.submit()  # type: ignore[no-any-return]

@@ -232,3 +232,34 @@ def test_allow_failure_lets_a_downstream_run_with_none_locally() -> None:
         return show.submit(allow_failure(bad))  # type: ignore[no-any-return]
 
     assert tolerant() == "None"
+
+
+def test_retry_condition_and_poke_timeout_locally() -> None:
+    calls: list[str] = []
+
+    @task(retries=3, retry_condition_fn=lambda task, exc: "transient" in str(exc))
+    def picky(kind: str) -> None:
+        calls.append(kind)
+        raise OSError(kind)
+
+    @task(poke_timeout_seconds=0.3)
+    def never_ready() -> None:
+        raise RETRY("nothing yet", delay=0.1)
+
+    @flow
+    def picky_flow(kind: str) -> None:
+        picky.submit(kind)
+
+    @flow
+    def sensing() -> None:
+        never_ready.submit()
+
+    with pytest.raises(FlowRunFailed):
+        picky_flow("permanent")
+    assert calls == ["permanent"]
+    calls.clear()
+    with pytest.raises(FlowRunFailed):
+        picky_flow("transient")
+    assert calls == ["transient"] * 4
+    with pytest.raises(FlowRunFailed, match="poke_timeout_seconds=0.3"):
+        sensing()

@@ -16,6 +16,7 @@ def test_exported_members() -> None:
             "Task",
             "allow_failure",
             "as_completed",
+            "exponential_backoff",
             "flow",
             "get_run_logger",
             "task",

@@ -17,6 +17,7 @@ from orchestrator.plan import refs_in
 from orchestrator.references import resolve
 from orchestrator.runs import after_final, propagate_failure
 from orchestrator.serialization import dumps
+from orchestrator.signals import RETRY
 from orchestrator.states import StateType
 from orchestrator.store import RunStore, get_store, now
 from orchestrator.tasks import Task
@@ -131,7 +132,8 @@ def run_task(
             value = task.fn(**kwargs)
         text = dumps(value, task.result_serializer, where)
     except Exception as exc:
-        outcome = _outcome(task, exc, retries_used, attempt)
+        poking_for = now() - store.first_poke(trid) if isinstance(exc, RETRY) else 0.0
+        outcome = _outcome(task, exc, retries_used, attempt, poking_for)
         if outcome.state is StateType.AWAITING_RETRY:
             store.task_progress(
                 trid, {"state": outcome.state.value, "message": outcome.message, "retry_at": now() + outcome.delay}
@@ -144,9 +146,9 @@ def run_task(
     return end_completed(store, run, attempt, text)
 
 
-def _outcome(task: Task, exc: BaseException, retries_used: int, attempt: Attempt) -> Outcome:
+def _outcome(task: Task, exc: BaseException, retries_used: int, attempt: Attempt, poking_for: float) -> Outcome:
     if isinstance(exc, SerializationError):  # deterministic: retrying cannot help
         return Outcome(StateType.FAILED, str(exc))
     if attempt.is_timeout(exc):
         return Outcome(StateType.TIMED_OUT, f"ran past timeout_seconds={task.timeout_seconds} ({describe(exc)})")
-    return decide(task, exc, retries_used)
+    return decide(task, exc, retries_used, poking_for)

@@ -1,0 +1,76 @@
+"""Retries in every delay form, retry_on, and RETRY-style sensors, on a real worker."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from orchestrator import StateType
+from orchestrator.errors import DefinitionError
+from orchestrator.store import get_store
+from orchestrator.tasks import exponential_backoff, task
+from tests import flows
+
+pytestmark = pytest.mark.usefixtures("fleet")
+
+
+def stamps(name: str, run_id: str) -> list[float]:
+    return [float(t) for t in get_store().redis.lrange(f"test:stamps:{name}:{run_id}", 0, -1)]
+
+
+def gaps(times: list[float]) -> list[float]:
+    return [b - a for a, b in zip(times, times[1:], strict=False)]
+
+
+def test_each_delay_form_waits_as_declared() -> None:
+    run = flows.delay_forms_flow.delay()
+    assert run.result(timeout=60) == {"list": 3, "exponential": 3}
+    listed = gaps(stamps("flaky_list", run.id))
+    assert listed[0] >= 0.5 and listed[1] >= 1.5
+    exponential = gaps(stamps("flaky_exponential", run.id))
+    assert exponential[0] >= 0.5 and exponential[1] >= 1.0
+    rows = {r["label"]: r for r in run.task_runs()}
+    assert rows["flaky_list-0"]["attempts"] == "3"
+
+
+def test_retry_on_limits_which_errors_are_retried() -> None:
+    run = flows.retry_on_flow.delay()
+    assert run.wait(timeout=30) is StateType.FAILED
+    assert len(stamps("wrong_kind_of_error", run.id)) == 1
+    (row,) = run.task_runs()
+    assert row["message"] == "ValueError: not worth retrying"
+
+
+def test_a_sensor_frees_its_slot_between_pokes(solo_worker: subprocess.Popen[bytes]) -> None:
+    run = flows.sensor_flow.delay()
+    assert run.result(timeout=60) == {"sensor": 3, "other": "ran between pokes"}
+    pokes = stamps("sensor", run.id)
+    (other,) = stamps("between", run.id)
+    assert len(pokes) == 3
+    assert pokes[0] < other < pokes[-1], "the only worker slot was held between pokes"
+    rows = {r["label"]: r for r in run.task_runs()}
+    assert rows["sensor_third_time-0"]["attempts"] == "3"
+
+
+def test_a_sensor_that_never_gets_ready_times_out_with_a_message(solo_worker: subprocess.Popen[bytes]) -> None:
+    run = flows.sensor_timeout_flow.delay()
+    assert run.wait(timeout=60) is StateType.FAILED
+    (row,) = run.task_runs()
+    assert "poke_timeout_seconds=2" in row["message"]
+    assert "still nothing" in row["message"]
+    assert 2 <= len(stamps("never", run.id)) <= 4
+
+
+def test_bad_retry_options_are_refused_when_declared() -> None:
+    def fn() -> None: ...
+
+    with pytest.raises(DefinitionError, match="retry_jitter_factor"):
+        task(retry_jitter_factor=-1)(fn)
+    with pytest.raises(DefinitionError, match="poke_timeout_seconds"):
+        task(poke_timeout_seconds=0)(fn)
+    with pytest.raises(DefinitionError, match="factor"):
+        exponential_backoff(0)
+    jittery = task(retries=3, retry_delay_seconds=exponential_backoff(1), retry_jitter_factor=0.5)(fn)
+    assert jittery.retry_delays == [1, 2, 4]
+    assert all(1 <= jittery.retry_delay(1) <= 1.5 for _ in range(50))
