@@ -261,5 +261,5 @@ def test_retry_condition_and_poke_timeout_locally() -> None:
     with pytest.raises(FlowRunFailed):
         picky_flow("transient")
     assert calls == ["transient"] * 4
-    with pytest.raises(FlowRunFailed, match="poke_timeout_seconds=0.3"):
+    with pytest.raises(FlowRunFailed, match=r"poke_timeout_seconds=0\.3"):
         sensing()
