@@ -319,3 +319,23 @@ def sensor_flow() -> dict[str, Any]:
 @flow(queue="solo")
 def sensor_timeout_flow() -> int:
     return sensor_never_ready.submit()  # type: ignore[no-any-return]
+
+
+@task(timeout_seconds=1)
+def overruns() -> None:
+    time.sleep(10)
+
+
+@task(timeout_seconds=1)
+def ignores_its_timeout() -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(0.1)
+        except Exception:  # swallows SoftTimeLimitExceeded, as careless code does
+            pass
+
+
+@flow
+def timeout_flow(hard: bool = False) -> None:
+    (ignores_its_timeout if hard else overruns).submit()

@@ -75,3 +75,13 @@ def test_bad_retry_options_are_refused_when_declared() -> None:
     jittery = task(retries=3, retry_delay_seconds=exponential_backoff(1), retry_jitter_factor=0.5)(fn)
     assert jittery.retry_delays == [1, 2, 4]
     assert all(1 <= jittery.retry_delay(1) <= 1.5 for _ in range(50))
+
+
+@pytest.mark.parametrize("hard", [False, True], ids=["soft-limit", "hard-limit"])
+def test_a_task_past_its_timeout_ends_timed_out(hard: bool) -> None:
+    run = flows.timeout_flow.delay(hard=hard)
+    assert run.wait(timeout=30) is StateType.FAILED
+    (row,) = run.task_runs()
+    assert row["state"] == StateType.TIMED_OUT.value
+    assert ("hard time limit" in row["message"]) is hard
+    assert "timeout_seconds" in row["message"]

@@ -72,6 +72,21 @@ class CeleryAttempt:
         return isinstance(exc, (SoftTimeLimitExceeded, TimeLimitExceeded))
 
 
+class OrchestratorTask(CeleryTask):  # type: ignore[misc]
+    """Base of every user task: records what the executor cannot see itself.
+
+    A task killed by its hard time limit never returns to the executor; Celery then
+    calls ``on_failure`` in the worker's main process, and the task run is made
+    TimedOut here so its flow run still ends.
+    """
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        if isinstance(exc, TimeLimitExceeded) and isinstance(kwargs, dict) and "run" in kwargs:
+            run = full_run(kwargs["run"], task_id)
+            message = f"killed by the hard time limit ({exc}); timeout_seconds was exceeded and the task ignored it"
+            end_failed(get_store(), run, socket.gethostname(), StateType.TIMED_OUT, message)
+
+
 def register_user_task(app: Celery, task: Task) -> None:
     """Register ``task`` as a Celery task under its own name."""
     if task.name in app.tasks:
@@ -96,7 +111,7 @@ def register_user_task(app: Celery, task: Task) -> None:
 
     entry.__name__ = task.fn.__name__
     entry.__doc__ = task.fn.__doc__
-    app.task(name=task.name, bind=True, ignore_result=True, **limits)(entry)
+    app.task(name=task.name, bind=True, ignore_result=True, base=OrchestratorTask, **limits)(entry)
 
 
 def register_builtin_tasks(app: Celery) -> None:
@@ -125,7 +140,7 @@ def register_builtin_tasks(app: Celery) -> None:
                 for one in runs
             ]
         except Exception as exc:
-            end_failed(store, run, attempt, StateType.FAILED, str(exc))
+            end_failed(store, run, attempt.worker, StateType.FAILED, str(exc))
             raise
         if not children:
             end_completed(store, run, attempt, "[]")
@@ -166,7 +181,7 @@ def register_builtin_tasks(app: Celery) -> None:
         missing = [c for c, t in texts.items() if t is None]
         attempt = CeleryAttempt(self)
         if missing:
-            end_failed(store, run, attempt, StateType.FAILED, f"mapped results missing: {missing[:3]}")
+            end_failed(store, run, attempt.worker, StateType.FAILED, f"mapped results missing: {missing[:3]}")
             raise RunError(f"map {run.get('label')}: results of {len(missing)} mapped runs are missing")
         end_completed(store, run, attempt, "[" + ",".join(t or "null" for t in texts.values()) + "]")
 
@@ -191,7 +206,7 @@ def register_builtin_tasks(app: Celery) -> None:
             end_completed(store, run, attempt, text)
             return
         store.write_flow_run(child_run_id, {"state": state.value, "ended": now(), "message": message})
-        end_failed(store, run, attempt, StateType.FAILED, message)
+        end_failed(store, run, attempt.worker, StateType.FAILED, message)
         raise RunError(f"subflow run {child_run_id} failed: {message}")
 
     @app.task(name=START_FLOW_RUN_TASK, bind=True, ignore_result=True)

@@ -67,12 +67,10 @@ def start_record(run: dict[str, Any], name: str, attempt: Attempt) -> dict[str, 
     }
 
 
-def end_failed(
-    store: RunStore, run: dict[str, Any], attempt: Attempt, state: StateType, message: str, tb: str = ""
-) -> None:
+def end_failed(store: RunStore, run: dict[str, Any], worker: str, state: StateType, message: str, tb: str = "") -> None:
     """Make a task run final in a failed or skipped state and stop its downstream."""
     root, trid = run["root"], run["task_run_id"]
-    fields = {"ended": now(), "message": message, "worker": attempt.worker, "traceback": tb}
+    fields = {"ended": now(), "message": message, "worker": worker, "traceback": tb}
     finished = store.task_finished(root, trid, state, fields)
     if finished.left is None:
         return
@@ -139,7 +137,7 @@ def run_task(
                 trid, {"state": outcome.state.value, "message": outcome.message, "retry_at": now() + outcome.delay}
             )
             attempt.retry(outcome.delay, retries_used + int(outcome.uses_retry))
-        end_failed(store, run, attempt, outcome.state, outcome.message, format_traceback(exc))
+        end_failed(store, run, attempt.worker, outcome.state, outcome.message, format_traceback(exc))
         if outcome.state is StateType.SKIPPED:
             return Ending.STOPPED
         raise
