@@ -5,19 +5,29 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
 from orchestrator import as_completed, flow, task, wait
-from orchestrator.errors import FlowRunFailed, OrchestratorError, ParameterError
+from orchestrator.celery_app import client_app
+from orchestrator.errors import ConnectionProblem, FlowRunFailed, OrchestratorError, ParameterError
+from orchestrator.settings import reset_settings
 from orchestrator.signals import FAIL, RETRY, SKIP
 from tests import flows
 
 
 @pytest.fixture(autouse=True)
-def no_redis(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Point Redis at a closed port: a local run must never need it."""
+def no_redis(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Point Redis at a closed port: a local run must never need it. Settings are cached,
+    so they are re-read here and again after the test (other modules use the real Redis)."""
     monkeypatch.setenv("ORCHESTRATOR_REDIS_URL", "redis://127.0.0.1:1/0")
+    reset_settings()
+    client_app.cache_clear()
+    yield
+    monkeypatch.undo()
+    reset_settings()
+    client_app.cache_clear()
 
 
 def test_chain_fan_out_and_diamond_return_their_values() -> None:
@@ -202,21 +212,9 @@ def test_bad_arguments_name_the_parameter() -> None:
         bad_wait()
 
 
-def test_submitting_without_redis_says_what_to_check(monkeypatch: pytest.MonkeyPatch) -> None:
-    from orchestrator.celery_app import client_app
-    from orchestrator.errors import ConnectionProblem
-    from orchestrator.settings import reset_settings
-
-    monkeypatch.setenv("ORCHESTRATOR_REDIS_URL", "redis://127.0.0.1:1/0")
-    reset_settings()
-    client_app.cache_clear()
-    try:
-        with pytest.raises(ConnectionProblem, match=r"redis://127\.0\.0\.1:1/0.*ORCHESTRATOR_REDIS_URL"):
-            flows.chain_flow.delay(x=1)
-    finally:
-        monkeypatch.undo()
-        reset_settings()
-        client_app.cache_clear()
+def test_submitting_without_redis_says_what_to_check() -> None:
+    with pytest.raises(ConnectionProblem, match=r"redis://127\.0\.0\.1:1/0.*ORCHESTRATOR_REDIS_URL"):
+        flows.chain_flow.delay(x=1)
 
 
 def test_allow_failure_lets_a_downstream_run_with_none_locally() -> None:
