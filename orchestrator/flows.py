@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from .context import current_engine
 from .definitions import check_callable, why_not_importable
 from .engine import bind_arguments
 from .errors import DefinitionError, ParameterError
+from .hooks import Hook, collect_hooks
 from .registry import register_flow
 
 if TYPE_CHECKING:
@@ -36,6 +37,10 @@ class Flow(Generic[P, R]):
         queue: str | None = None,
         flow_run_name: str | Callable[[], str] | None = None,
         description: str | None = None,
+        on_completion: Hook | Sequence[Hook] | None = None,
+        on_failure: Hook | Sequence[Hook] | None = None,
+        on_crashed: Hook | Sequence[Hook] | None = None,
+        on_cancellation: Hook | Sequence[Hook] | None = None,
     ) -> None:
         check_callable(fn, "flow")
         self.fn = fn
@@ -44,6 +49,15 @@ class Flow(Generic[P, R]):
         self.flow_run_name = flow_run_name
         self.description = description or inspect.getdoc(fn) or ""
         self.signature = inspect.signature(fn)
+        self.hooks = collect_hooks(
+            f"flow {self.name!r}",
+            {
+                "on_completion": on_completion,
+                "on_failure": on_failure,
+                "on_crashed": on_crashed,
+                "on_cancellation": on_cancellation,
+            },
+        )
         for param in self.signature.parameters.values():
             if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
                 raise DefinitionError(
@@ -143,6 +157,10 @@ def flow(
     queue: str | None = None,
     flow_run_name: str | Callable[[], str] | None = None,
     description: str | None = None,
+    on_completion: Hook | Sequence[Hook] | None = None,
+    on_failure: Hook | Sequence[Hook] | None = None,
+    on_crashed: Hook | Sequence[Hook] | None = None,
+    on_cancellation: Hook | Sequence[Hook] | None = None,
 ) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
 
 

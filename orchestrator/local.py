@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from .attempts import decide
+from .attempts import decide, describe
 from .context import RunInfo, current_run, using
 from .engine import (
     Engine,
@@ -27,6 +27,7 @@ from .engine import (
 )
 from .errors import FlowRunFailed, TaskRunFailed, UpstreamFailedError
 from .futures import DoneAndNotDone, Future
+from .hooks import call_hooks
 from .serialization import dumps
 from .settings import get_settings
 from .signals import RETRY
@@ -197,6 +198,7 @@ class LocalEngine(Engine):
                 if isinstance(exc, RETRY) and first_poke is None:
                     first_poke = time.time()
                 outcome = decide(task, exc, retries_used, time.time() - first_poke if first_poke else 0.0)
+                call_hooks(task, task.hooks, run, outcome.state, outcome.message)
                 if outcome.state is StateType.AWAITING_RETRY:
                     future.set_state(StateType.AWAITING_RETRY, outcome.message)
                     retries_used += outcome.uses_retry
@@ -209,6 +211,7 @@ class LocalEngine(Engine):
                 future.cf.set_exception(error)
                 return
             future.set_state(StateType.COMPLETED)
+            call_hooks(task, task.hooks, run, StateType.COMPLETED)
             future.cf.set_result(value)
             return
 
@@ -230,17 +233,23 @@ def run_flow_locally(flow: Flow, parameters: dict[str, Any], pool: cf.ThreadPool
     parent = current_run()
     info = RunInfo(run_id, flow.name, extra={"parent_flow_run_id": parent.flow_run_id if parent else None})
     try:
-        with using(engine, info):
-            value = flow.fn(**parameters)
+        try:
+            with using(engine, info):
+                value = flow.fn(**parameters)
+        except Exception as exc:
+            call_hooks(flow, flow.hooks, info, StateType.FAILED, describe(exc))
+            raise
         engine.drain()
         returned = [f for f, _ in walk_futures(value)]
         failed = engine.failed_runs(returned)
         if failed:
-            names = "; ".join(f"{f.label} ({f.state.value}: {f.history[-1][2]})" for f in failed)
-            error = FlowRunFailed(f"flow run {flow.name!r} ({run_id}) failed: task runs {names}.")
-            cause = failed[0].cf.exception()
-            raise error from cause
-        return replace_futures(value, lambda f, _: f.result())
+            message = "; ".join(f"{f.label} ({f.state.value}: {f.history[-1][2]})" for f in failed)
+            call_hooks(flow, flow.hooks, info, StateType.FAILED, message)
+            error = FlowRunFailed(f"flow run {flow.name!r} ({run_id}) failed: task runs {message}.")
+            raise error from failed[0].cf.exception()
+        result = replace_futures(value, lambda f, _: f.result())
+        call_hooks(flow, flow.hooks, info, StateType.COMPLETED)
+        return result
     finally:
         if own_pool:
             pool.shutdown(wait=True)

@@ -17,7 +17,10 @@ from celery import Celery
 
 from . import keys
 from .compiler import Compiled
+from .context import RunInfo
+from .hooks import call_hooks
 from .plan import Plan, refs_in
+from .registry import get_flow
 from .states import StateType
 from .store import Finished, RunStore, now
 
@@ -121,10 +124,23 @@ def flow_outcome(store: RunStore, root: str, run_id: str) -> tuple[StateType, st
     return StateType.FAILED, f"task runs did not complete: {'; '.join(labels)}{more}"
 
 
+def end_flow_run(store: RunStore, run_id: str, state: StateType, message: str = "", *, write: bool = True) -> None:
+    """Record a flow run's final state (unless already written) and call its hooks here.
+
+    Hooks run in the process that ends the run, if it imported the flow (workers do).
+    """
+    if write:
+        store.write_flow_run(run_id, {"state": state.value, "ended": now(), "message": message})
+    name = store.redis.hget(keys.flow_run(run_id), "flow")
+    definition = get_flow(name) if name else None
+    if definition is not None and definition.hooks:
+        call_hooks(definition, definition.hooks, RunInfo(run_id, definition.name), state, message)
+
+
 def finish_flow_run(store: RunStore, root: str) -> StateType:
     """Decide and record the root flow run's final state (all its task runs are final)."""
     state, message = flow_outcome(store, root, root)
-    store.write_flow_run(root, {"state": state.value, "ended": now(), "message": message})
+    end_flow_run(store, root, state, message)
     return state
 
 
@@ -140,6 +156,8 @@ def after_final(store: RunStore, root: str, finished: Finished) -> None:
     why one did not. Deciding must never leave the run hanging: if it fails, the run
     ends Crashed with the error, and the error is raised for the worker's log.
     """
+    if finished.flow_completed:
+        end_flow_run(store, root, StateType.COMPLETED, write=False)
     if not finished.needs_decision:
         return
     try:
@@ -170,7 +188,7 @@ def propagate_failure(store: RunStore, root: str, trid: str, state: StateType, l
             continue
         child = store.redis.hget(keys.subflow_ends(root), node)
         if child:
-            store.write_flow_run(child, {"state": StateType.FAILED.value, "ended": now(), "message": message})
+            end_flow_run(store, child, StateType.FAILED, message)
         after_final(store, root, finished)
         queue.extend(store.downstream_of(node))
 

@@ -12,6 +12,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 from .context import current_engine
 from .definitions import check_callable, why_not_importable
 from .errors import DefinitionError, OrchestratorError
+from .hooks import Hook, collect_hooks
 from .registry import register_task
 from .serialization import check_serializer
 
@@ -64,6 +65,11 @@ class Task(Generic[P, R]):
         tags: Sequence[str] = (),
         queue: str | None = None,
         result_serializer: str = "json",
+        on_completion: Hook | Sequence[Hook] | None = None,
+        on_failure: Hook | Sequence[Hook] | None = None,
+        on_retry: Hook | Sequence[Hook] | None = None,
+        on_crashed: Hook | Sequence[Hook] | None = None,
+        on_cancellation: Hook | Sequence[Hook] | None = None,
     ) -> None:
         check_callable(fn, "task")
         self.fn = fn
@@ -83,6 +89,16 @@ class Task(Generic[P, R]):
         self.retry_on = retry_on if isinstance(retry_on, tuple) or retry_on is None else (retry_on,)
         self.retry_condition_fn = retry_condition_fn
         self.poke_timeout_seconds = poke_timeout_seconds
+        self.hooks = collect_hooks(
+            where,
+            {
+                "on_completion": on_completion,
+                "on_failure": on_failure,
+                "on_retry": on_retry,
+                "on_crashed": on_crashed,
+                "on_cancellation": on_cancellation,
+            },
+        )
         self.timeout_seconds = timeout_seconds
         self.tags = list(tags)
         self.queue = queue
@@ -196,6 +212,11 @@ def task(
     tags: Sequence[str] = (),
     queue: str | None = None,
     result_serializer: str = "json",
+    on_completion: Hook | Sequence[Hook] | None = None,
+    on_failure: Hook | Sequence[Hook] | None = None,
+    on_retry: Hook | Sequence[Hook] | None = None,
+    on_crashed: Hook | Sequence[Hook] | None = None,
+    on_cancellation: Hook | Sequence[Hook] | None = None,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 

@@ -339,3 +339,28 @@ def ignores_its_timeout() -> None:
 @flow
 def timeout_flow(hard: bool = False) -> None:
     (ignores_its_timeout if hard else overruns).submit()
+
+
+# -- hooks ---------------------------------------------------------------------------------
+def record_hook(obj: Any, run: Any, state: Any) -> None:
+    """Append "<task or flow name>:<state>" to a list per flow run."""
+    get_store().redis.rpush(f"test:hooks:{run.flow_run_id}", f"{obj.name.rsplit('.', 1)[-1]}:{state.type.value}")
+
+
+def broken_hook(obj: Any, run: Any, state: Any) -> None:
+    raise RuntimeError("this hook is broken")
+
+
+@task(on_completion=[broken_hook, record_hook], on_failure=record_hook)
+def hooked_ok() -> int:
+    return 1
+
+
+@task(retries=1, retry_delay_seconds=0.1, on_retry=record_hook, on_failure=record_hook)
+def hooked_fails() -> int:
+    raise OSError("always")
+
+
+@flow(on_completion=record_hook, on_failure=[broken_hook, record_hook])
+def hooked_flow(fail: bool = False) -> int:
+    return (hooked_fails if fail else hooked_ok).submit()  # type: ignore[no-any-return]

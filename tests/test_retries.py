@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import itertools
 import subprocess
+import time
 
 import pytest
 
-from orchestrator import StateType
-from orchestrator.errors import DefinitionError
+from orchestrator import StateType, flow
+from orchestrator.errors import DefinitionError, FlowRunFailed
+from orchestrator.hooks import HookState
 from orchestrator.store import get_store
 from orchestrator.tasks import exponential_backoff, task
 from tests import flows
@@ -85,3 +87,39 @@ def test_a_task_past_its_timeout_ends_timed_out(hard: bool) -> None:
     assert row["state"] == StateType.TIMED_OUT.value
     assert ("hard time limit" in row["message"]) is hard
     assert "timeout_seconds" in row["message"]
+
+
+def hook_calls(run_id: str) -> list[str]:
+    return list(get_store().redis.lrange(f"test:hooks:{run_id}", 0, -1))
+
+
+def test_hooks_run_on_the_worker_and_a_broken_hook_changes_nothing() -> None:
+    ok = flows.hooked_flow.delay(fail=False)
+    assert ok.result(timeout=30) == 1
+    failed = flows.hooked_flow.delay(fail=True)
+    assert failed.wait(timeout=30) is StateType.FAILED
+    for _ in range(50):  # the flow hook runs just after the final state is written
+        if len(hook_calls(failed.id)) == 3:
+            break
+        time.sleep(0.1)
+    assert hook_calls(ok.id) == ["hooked_ok:Completed", "hooked-flow:Completed"]
+    assert hook_calls(failed.id) == ["hooked_fails:AwaitingRetry", "hooked_fails:Failed", "hooked-flow:Failed"]
+
+
+def test_hooks_run_the_same_way_locally(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(flows, "record_hook", lambda *a: None)  # the module's hook needs Redis
+
+    def remember(obj: object, run: object, state: HookState) -> None:
+        calls.append(f"{getattr(obj, 'name', '?').rsplit('.', 1)[-1]}:{state.type.value}")
+
+    local_task = flows.hooked_fails.with_options()
+    local_task.hooks = {"on_retry": [remember], "on_failure": [remember]}
+
+    @flow(on_failure=remember)
+    def local_hooked() -> None:
+        local_task.submit()
+
+    with pytest.raises(FlowRunFailed):
+        local_hooked()
+    assert calls == ["hooked_fails:AwaitingRetry", "hooked_fails:Failed", "local-hooked:Failed"]

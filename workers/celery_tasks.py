@@ -31,10 +31,12 @@ from orchestrator.compiler import (
     make_signature,
     message_run,
 )
+from orchestrator.context import RunInfo
 from orchestrator.engine import zip_mapped
 from orchestrator.errors import OrchestratorError, RunError
+from orchestrator.hooks import call_hooks
 from orchestrator.references import any_pickled, resolve
-from orchestrator.runs import flow_outcome, send_signatures, task_record
+from orchestrator.runs import end_flow_run, flow_outcome, send_signatures, task_record
 from orchestrator.serialization import dumps, from_jsonable
 from orchestrator.states import StateType
 from orchestrator.store import get_store, now
@@ -84,7 +86,14 @@ class OrchestratorTask(CeleryTask):  # type: ignore[misc]
         if isinstance(exc, TimeLimitExceeded) and isinstance(kwargs, dict) and "run" in kwargs:
             run = full_run(kwargs["run"], task_id)
             message = f"killed by the hard time limit ({exc}); timeout_seconds was exceeded and the task ignored it"
-            end_failed(get_store(), run, socket.gethostname(), StateType.TIMED_OUT, message)
+            task = registry.get_task(self.name)
+
+            def hooks() -> None:
+                if task is not None:
+                    info = RunInfo(run["flow_run_id"], "", task_id, task.name)
+                    call_hooks(task, task.hooks, info, StateType.TIMED_OUT, message)
+
+            end_failed(get_store(), run, socket.gethostname(), StateType.TIMED_OUT, message, hooks=hooks)
 
 
 def register_user_task(app: Celery, task: Task) -> None:
@@ -202,10 +211,10 @@ def register_builtin_tasks(app: Celery) -> None:
             where = f"subflow run {child_run_id} return value"
             value = resolve(inputs["returns"], store, allow_pickle=True, where=where)
             text = dumps(value, "pickle" if any_pickled(store, inputs["returns"]) else "json", where)
-            store.write_flow_run(child_run_id, {"state": state.value, "ended": now()})
+            end_flow_run(store, child_run_id, state)
             end_completed(store, run, attempt, text)
             return
-        store.write_flow_run(child_run_id, {"state": state.value, "ended": now(), "message": message})
+        end_flow_run(store, child_run_id, state, message)
         end_failed(store, run, attempt.worker, StateType.FAILED, message)
         raise RunError(f"subflow run {child_run_id} failed: {message}")
 

@@ -36,7 +36,7 @@ from orchestrator.flows import Flow
 from orchestrator.futures import AllowFailure, DoneAndNotDone, Future
 from orchestrator.plan import REF, make_ref, refs_in
 from orchestrator.references import resolve
-from orchestrator.runs import after_final, deciders, flow_outcome, propagate_failure, task_record
+from orchestrator.runs import after_final, deciders, end_flow_run, flow_outcome, propagate_failure, task_record
 from orchestrator.settings import get_settings
 from orchestrator.states import StateType
 from orchestrator.store import RunStore, get_store, now
@@ -218,7 +218,7 @@ class DynamicEngine(Engine):
             {"returns": returns, "deciders": deciders(returns, child.leaves()), "result_refs": refs_in(returns)},
         )
         state, message = flow_outcome(self.store, self.root, child_id)
-        self.store.write_flow_run(child_id, {"state": state.value, "ended": now(), "message": message})
+        end_flow_run(self.store, child_id, state, message)
         if state is not StateType.COMPLETED:
             raise FlowRunFailed(f"subflow run {flow.name} ({child_id}) failed: {message}")
         return resolve(returns, self.store, allow_pickle=True, where=f"subflow {flow.name!r}")

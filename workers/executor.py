@@ -7,12 +7,14 @@ read (and tested) as plain Python.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum
 from typing import Any, NoReturn, Protocol
 
 from orchestrator.attempts import Outcome, decide, describe, format_traceback
 from orchestrator.context import RunInfo, using
 from orchestrator.errors import SerializationError
+from orchestrator.hooks import call_hooks
 from orchestrator.plan import refs_in
 from orchestrator.references import resolve
 from orchestrator.runs import after_final, propagate_failure
@@ -67,24 +69,42 @@ def start_record(run: dict[str, Any], name: str, attempt: Attempt) -> dict[str, 
     }
 
 
-def end_failed(store: RunStore, run: dict[str, Any], worker: str, state: StateType, message: str, tb: str = "") -> None:
-    """Make a task run final in a failed or skipped state and stop its downstream."""
+def end_failed(
+    store: RunStore,
+    run: dict[str, Any],
+    worker: str,
+    state: StateType,
+    message: str,
+    tb: str = "",
+    hooks: Callable[[], None] | None = None,
+) -> None:
+    """Make a task run final in a failed or skipped state and stop its downstream.
+
+    ``hooks`` runs once the task run is final and before its flow run can end, so a
+    task's hooks always come before its flow's.
+    """
     root, trid = run["root"], run["task_run_id"]
     fields = {"ended": now(), "message": message, "worker": worker, "traceback": tb}
     finished = store.task_finished(root, trid, state, fields)
     if finished.left is None:
         return
+    if hooks:
+        hooks()
     propagate_failure(store, root, trid, state, run.get("label", trid))
     after_final(store, root, finished)
 
 
-def end_completed(store: RunStore, run: dict[str, Any], attempt: Attempt, text: str) -> Ending:
+def end_completed(
+    store: RunStore, run: dict[str, Any], attempt: Attempt, text: str, hooks: Callable[[], None] | None = None
+) -> Ending:
     """Make a task run Completed with its result; send joins that became ready."""
     root, trid = run["root"], run["task_run_id"]
     finished = store.task_finished(root, trid, StateType.COMPLETED, {"ended": now(), "worker": attempt.worker}, text)
     if finished.left is None:
         return Ending.DUPLICATE
     attempt.send(finished.ready)
+    if hooks:
+        hooks()
     after_final(store, root, finished)
     return Ending.COMPLETED
 
@@ -116,6 +136,7 @@ def run_task(
     failed_allowed = frozenset(
         t for t, s in store.final_states(root, list(allowed)).items() if s is not StateType.COMPLETED
     )
+    info = RunInfo(run["flow_run_id"], run.get("flow_name", ""), trid, task.name, attempt.number)
     try:
         kwargs = resolve(
             inputs,
@@ -125,7 +146,6 @@ def run_task(
             failed_as_none=failed_allowed,
             prefetched=started.results,
         )
-        info = RunInfo(run["flow_run_id"], run.get("flow_name", ""), trid, task.name, attempt.number)
         with using(None, info):
             value = task.fn(**kwargs)
         text = dumps(value, task.result_serializer, where)
@@ -136,12 +156,21 @@ def run_task(
             store.task_progress(
                 trid, {"state": outcome.state.value, "message": outcome.message, "retry_at": now() + outcome.delay}
             )
+            call_hooks(task, task.hooks, info, outcome.state, outcome.message)
             attempt.retry(outcome.delay, retries_used + int(outcome.uses_retry))
-        end_failed(store, run, attempt.worker, outcome.state, outcome.message, format_traceback(exc))
+        end_failed(
+            store,
+            run,
+            attempt.worker,
+            outcome.state,
+            outcome.message,
+            format_traceback(exc),
+            lambda: call_hooks(task, task.hooks, info, outcome.state, outcome.message),
+        )
         if outcome.state is StateType.SKIPPED:
             return Ending.STOPPED
         raise
-    return end_completed(store, run, attempt, text)
+    return end_completed(store, run, attempt, text, lambda: call_hooks(task, task.hooks, info, StateType.COMPLETED))
 
 
 def _outcome(task: Task, exc: BaseException, retries_used: int, attempt: Attempt, poking_for: float) -> Outcome:
