@@ -44,6 +44,7 @@ class Compiled:
     join_pending: dict[str, int] = field(default_factory=dict)  # node -> upstream count
     join_signatures: dict[str, dict[str, Any]] = field(default_factory=dict)
     stored_inputs: dict[str, str] = field(default_factory=dict)  # node -> inputs JSON kept in Redis
+    tolerant: set[str] = field(default_factory=set)  # nodes sent even when an upstream failed
     shapes: list[Shape | None] = field(default_factory=list)  # per part; None = joins
 
 
@@ -54,7 +55,7 @@ INLINE_INPUTS_LIMIT = 1024
 CHAIN_SEGMENT = 32
 
 
-def message_run(root: str, flow_run_id: str, label: str) -> dict[str, str]:
+def message_run(root: str, flow_run_id: str, label: str) -> dict[str, Any]:
     """The run ids a message carries; its Celery task id is the task run id."""
     run = {"flow_run_id": flow_run_id, "label": label}
     if root != flow_run_id:
@@ -91,7 +92,9 @@ def node_signature(
     plan: Plan, node: Node, app: Celery | None = None, stored: dict[str, str] | None = None
 ) -> Signature:
     """The Celery signature that runs one node; large inputs go to ``stored`` instead."""
-    run = message_run(plan.root_run_id, node.flow_run_id, node.label)
+    run: dict[str, Any] = message_run(plan.root_run_id, node.flow_run_id, node.label)
+    if node.tolerant:  # decides at start from its upstreams' final states (see triggers.py)
+        run |= {"ups": node.upstream, "allow": node.allow, "trigger": node.trigger}
     inputs, text = inline_or_stored(node.inputs)
     if text is not None and stored is not None:
         stored[node.id] = text
@@ -271,7 +274,11 @@ def compile_plan(plan: Plan, app: Celery | None = None) -> Compiled:
     builder = _CanvasBuilder(sigs, app, compiled)
     top: list[Signature] = []
     for comp in graph.components(order):
-        shape = graph.decompose(comp)
+        tolerant = {nid for nid in comp if plan.nodes[nid].tolerant}
+        compiled.tolerant |= tolerant
+        # Canvas stops at a failed task, so a part where something must run anyway
+        # (a trigger rule, allow_failure, wait()) is started by joins instead.
+        shape = None if tolerant else graph.decompose(comp)
         compiled.shapes.append(shape)
         if shape is not None:
             top.append(builder.build(shape))

@@ -61,6 +61,11 @@ def inputs(root: str) -> str:
     return f"{PREFIX}:in:{root}"
 
 
+def tolerant(root: str) -> str:
+    """Set of task run ids that are sent by their join even after an upstream failed."""
+    return f"{PREFIX}:tol:{root}"
+
+
 def expanded(task_run_id: str) -> str:
     """Set once when a map node is expanded, so a redelivered expansion counts nothing twice."""
     return f"{PREFIX}:exp:{task_run_id}"
@@ -81,6 +86,7 @@ def tree_keys(root: str) -> list[str]:
         plan(root),
         subflow_ends(root),
         inputs(root),
+        tolerant(root),
     ]
 
 

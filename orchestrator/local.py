@@ -32,6 +32,7 @@ from .serialization import dumps
 from .settings import get_settings
 from .signals import RETRY
 from .states import StateType
+from .triggers import verdict
 
 if TYPE_CHECKING:
     from .flows import Flow
@@ -172,14 +173,14 @@ class LocalEngine(Engine):
         bound: dict[str, Any],
         upstream: list[tuple[Future[Any], bool]],
     ) -> None:
-        blocking = [up for up, allowed in upstream if not allowed and up.state != StateType.COMPLETED]
-        if blocking:
-            message = f"not run: upstream {blocking[0].label} ended {blocking[0].state.value}"
-            state = StateType.SKIPPED if blocking[0].state == StateType.SKIPPED else StateType.UPSTREAM_FAILED
-            future.set_state(state, message)
-            future.cf.set_exception(UpstreamFailedError(f"task {future.label}: {message}"))
+        states = {up.task_run_id: (up.label, up.state) for up, _ in upstream}
+        allowed = {up.task_run_id for up, tolerated in upstream if tolerated}
+        decision = verdict(task.trigger, states, allowed)
+        if not decision.run:
+            future.set_state(decision.state, decision.message)
+            future.cf.set_exception(UpstreamFailedError(f"task {future.label}: {decision.message}"))
             return
-        # Only completed upstreams or allowed failures are left; a failure passes None.
+        # An upstream that did not complete (tolerated, or under a trigger rule) passes None.
         inputs = replace_futures(bound, lambda f, _: f.result() if f.state == StateType.COMPLETED else None)
         self._attempts(future, task, inputs)
 

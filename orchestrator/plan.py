@@ -55,6 +55,13 @@ class Node:
     wait_for: list[str] = field(default_factory=list)
     queue: str = "default"
     options: dict[str, Any] = field(default_factory=dict)
+    trigger: str = "all_successful"
+    allow: list[str] = field(default_factory=list)  # upstreams whose failure is tolerated
+
+    @property
+    def tolerant(self) -> bool:
+        """Runs (or decides) even when an upstream did not complete: needs a Redis join."""
+        return self.trigger != "all_successful" or bool(self.allow)
 
     @property
     def upstream(self) -> list[str]:

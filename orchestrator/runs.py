@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
@@ -62,6 +63,9 @@ def launch_static(store: RunStore, plan: Plan, compiled: Compiled, fields: dict[
         pipe.hset(keys.join_signature(root), mapping={k: json.dumps(v) for k, v in compiled.join_signatures.items()})
         pipe.expire(keys.join_pending(root), ttl)
         pipe.expire(keys.join_signature(root), ttl)
+    if compiled.tolerant:
+        pipe.sadd(keys.tolerant(root), *compiled.tolerant)
+        pipe.expire(keys.tolerant(root), ttl)
     if compiled.stored_inputs:
         pipe.hset(keys.inputs(root), mapping=compiled.stored_inputs)
         pipe.expire(keys.inputs(root), ttl)
@@ -168,11 +172,21 @@ def after_final(store: RunStore, root: str, finished: Finished) -> None:
         raise
 
 
-def propagate_failure(store: RunStore, root: str, trid: str, state: StateType, label: str) -> None:
+def propagate_failure(
+    store: RunStore,
+    root: str,
+    trid: str,
+    state: StateType,
+    label: str,
+    send: Callable[[list[dict[str, Any]]], None],
+) -> None:
     """Mark every task run downstream of ``trid`` UpstreamFailed (Skipped after a skip).
 
     They will never be sent (canvas stops at a raised task; joins never reach zero),
-    so they are made final here and the run tree can still end.
+    so they are made final here and the run tree can still end. A tolerant task
+    (trigger rule, allow_failure, wait()) is left alone: its join sends it once its
+    upstreams are final, and it decides for itself; ``send`` sends those that became
+    ready on the way.
     """
     down_state = StateType.SKIPPED if state is StateType.SKIPPED else StateType.UPSTREAM_FAILED
     message = f"not run: upstream {label} ended {state.value}"
@@ -180,12 +194,13 @@ def propagate_failure(store: RunStore, root: str, trid: str, state: StateType, l
     seen: set[str] = set()
     while queue:
         node = queue.popleft()
-        if node in seen:
+        if node in seen or store.is_tolerant(root, node):
             continue
         seen.add(node)
         finished = store.task_finished(root, node, down_state, {"ended": now(), "message": message})
         if finished.left is None:
             continue
+        send(finished.ready)
         child = store.redis.hget(keys.subflow_ends(root), node)
         if child:
             end_flow_run(store, child, StateType.FAILED, message)

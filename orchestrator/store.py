@@ -40,7 +40,8 @@ for i = 7, #ARGV do table.insert(out, redis.call('GET', ARGV[i])) end
 return out
 """
 
-# KEYS: task hash, finals, events, remaining, result, join pending, join sigs, root flow run, root latch
+# KEYS: task hash, finals, events, remaining, result, join pending, join sigs, root flow run, root latch,
+#       tolerant set
 # ARGV: trid, ttl, maxlen, fields json, event json, state, result text ('' = none), downstream key,
 #       now, root run id
 # Returns {left, flow, ready signatures...}: left = task runs of the tree not final (-1: this one
@@ -56,13 +57,13 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'event', ARGV[5])
 local left = redis.call('DECR', KEYS[4])
 local out = {left, ''}
-if ARGV[6] == 'Completed' then
-  for _, d in ipairs(redis.call('SMEMBERS', ARGV[8])) do
-    if redis.call('HEXISTS', KEYS[6], d) == 1 then
-      if redis.call('HINCRBY', KEYS[6], d, -1) == 0 then
-        if redis.call('HEXISTS', KEYS[2], d) == 0 then
-          table.insert(out, redis.call('HGET', KEYS[7], d))
-        end
+for _, d in ipairs(redis.call('SMEMBERS', ARGV[8])) do
+  if redis.call('HEXISTS', KEYS[6], d) == 1 then
+    if redis.call('HINCRBY', KEYS[6], d, -1) == 0 then
+      -- after a failure only tolerant tasks are sent (they decide); the rest are marked
+      if redis.call('HEXISTS', KEYS[2], d) == 0 and
+         (ARGV[6] == 'Completed' or redis.call('SISMEMBER', KEYS[10], d) == 1) then
+        table.insert(out, redis.call('HGET', KEYS[7], d))
       end
     end
   end
@@ -93,17 +94,20 @@ end
 return out
 """.replace("FAILED[st]", "(" + " or ".join(f"st == '{s.value}'" for s in sorted(FAILED_STATES)) + ")")
 
-# KEYS: finals, join pending, join sigs ; ARGV: trid, signature, downstream-key prefix, ups...
+# KEYS: finals, join pending, join sigs, tolerant set
+# ARGV: trid, signature, downstream-key prefix, '1' if tolerant, ups...
 # Registers a task that waits for upstreams (dynamic flows): atomically with _FINISH,
 # so an upstream that ends meanwhile is either seen final here or decrements the join.
 _REGISTER = """
+local tolerant = ARGV[4] == '1'
+if tolerant then redis.call('SADD', KEYS[4], ARGV[1]) end
 local count = 0
-for i = 4, #ARGV do
+for i = 5, #ARGV do
   local up = ARGV[i]
   redis.call('SADD', ARGV[3] .. up, ARGV[1])
   local st = redis.call('HGET', KEYS[1], up)
   if st then
-    if st ~= 'Completed' then return {'blocked', up, st} end
+    if st ~= 'Completed' and not tolerant then return {'blocked', up, st} end
   else
     count = count + 1
   end
@@ -348,6 +352,7 @@ class RunStore:
                 keys.join_signature(root),
                 keys.flow_run(root),
                 keys.flow_done(root),
+                keys.tolerant(root),
             ],
             args=[
                 trid,
@@ -385,6 +390,10 @@ class RunStore:
         values = self.redis.mget([keys.result(t) for t in trids])
         return dict(zip(trids, values, strict=True))
 
+    def is_tolerant(self, root: str, trid: str) -> bool:
+        """Whether a task run decides for itself after an upstream failure (trigger rules)."""
+        return bool(self.redis.sismember(keys.tolerant(root), trid))
+
     def downstream_of(self, trid: str) -> set[str]:
         """Task runs registered as depending on ``trid``."""
         return self.redis.smembers(keys.downstream(trid))  # type: ignore[return-value]
@@ -407,16 +416,17 @@ class RunStore:
         return bool(self._expand(keys=[keys.expanded(trid), keys.remaining(root)], args=[children, self.ttl]))
 
     def register_waiting(
-        self, root: str, trid: str, upstream: list[str], signature: str
+        self, root: str, trid: str, upstream: list[str], signature: str, tolerant: bool = False
     ) -> tuple[str, str | None, str | None]:
-        """Register a task to be sent when its upstreams complete.
+        """Register a task to be sent when its upstreams are done.
 
         Returns ("ok", count, None): count upstreams still running (0: send it now);
-        or ("blocked", upstream id, its state) when an upstream already failed.
+        or ("blocked", upstream id, its state) when an upstream already failed and
+        the task is not ``tolerant`` (a trigger rule or tolerated upstreams decide later).
         """
         out = self._register(
-            keys=[keys.finals(root), keys.join_pending(root), keys.join_signature(root)],
-            args=[trid, signature, keys.downstream(""), *upstream],
+            keys=[keys.finals(root), keys.join_pending(root), keys.join_signature(root), keys.tolerant(root)],
+            args=[trid, signature, keys.downstream(""), "1" if tolerant else "0", *upstream],
         )
         if out[0] == "blocked":
             return "blocked", out[1], out[2]

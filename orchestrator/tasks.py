@@ -15,6 +15,7 @@ from .errors import DefinitionError, OrchestratorError
 from .hooks import Hook, collect_hooks
 from .registry import register_task
 from .serialization import check_serializer
+from .triggers import DEFAULT_TRIGGER, check_trigger
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -65,6 +66,7 @@ class Task(Generic[P, R]):
         tags: Sequence[str] = (),
         queue: str | None = None,
         result_serializer: str = "json",
+        trigger: str = DEFAULT_TRIGGER,
         on_completion: Hook | Sequence[Hook] | None = None,
         on_failure: Hook | Sequence[Hook] | None = None,
         on_retry: Hook | Sequence[Hook] | None = None,
@@ -89,6 +91,7 @@ class Task(Generic[P, R]):
         self.retry_on = retry_on if isinstance(retry_on, tuple) or retry_on is None else (retry_on,)
         self.retry_condition_fn = retry_condition_fn
         self.poke_timeout_seconds = poke_timeout_seconds
+        self.trigger = check_trigger(trigger, where)
         self.hooks = collect_hooks(
             where,
             {
@@ -161,6 +164,8 @@ class Task(Generic[P, R]):
         for key, value in options.items():
             if key == "retry_delay_seconds":
                 clone.retry_delays = _delays(value, f"task {self.name!r}")
+            elif key == "trigger":
+                clone.trigger = check_trigger(value, f"task {self.name!r}")
             elif key in {*MESSAGE_OPTIONS, "queue", "retry_on", "retry_condition_fn"}:
                 setattr(clone, key, value)
             else:
@@ -212,6 +217,7 @@ def task(
     tags: Sequence[str] = (),
     queue: str | None = None,
     result_serializer: str = "json",
+    trigger: str = DEFAULT_TRIGGER,
     on_completion: Hook | Sequence[Hook] | None = None,
     on_failure: Hook | Sequence[Hook] | None = None,
     on_retry: Hook | Sequence[Hook] | None = None,

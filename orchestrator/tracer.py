@@ -20,7 +20,6 @@ from .engine import (
     split_map_arguments,
     zip_mapped,
 )
-from .errors import PlanError
 from .futures import DoneAndNotDone, Future
 from .plan import REF, Node, Plan, SubflowInfo
 from .settings import get_settings
@@ -30,13 +29,6 @@ from .templates import allowed_failures, to_template
 if TYPE_CHECKING:
     from .flows import Flow
     from .tasks import Task
-
-
-FLEET_ALLOW_FAILURE = (
-    "{where}: allow_failure() is not supported on the fleet yet (it arrives with trigger rules); "
-    "it works when the flow is called in-process. On the fleet, handle the failure inside the "
-    "upstream task for now."
-)
 
 
 class DynamicFlowRequired(BaseException):
@@ -141,21 +133,30 @@ class TracingEngine(Engine):
         return f"{base}-{count}"
 
     def _add(self, node: Node) -> PlannedFuture:
-        if allowed_failures(node.inputs):
-            raise PlanError(FLEET_ALLOW_FAILURE.format(where=f"task {node.name!r}"))
+        node.allow = list(dict.fromkeys([*node.allow, *allowed_failures(node.inputs)]))
         self.plan.add(node)
         return PlannedFuture(self, node.id, node.label)
 
-    def _wait_ids(self, wait_for: list[Any], task_name: str) -> list[str]:
+    def _wait_ids(self, wait_for: list[Any], task_name: str) -> tuple[list[str], list[str]]:
+        """(ids to wait for, those of them whose failure is tolerated).
+
+        ``wait()`` only waits: like Prefect, tasks after it run whatever the waited
+        futures' states, so barrier edges are tolerated too.
+        """
         ids: list[str] = []
+        allow: list[str] = []
         for item in check_wait_for(wait_for, task_name):
             ref = self.template(item, f"task {task_name!r} wait_for")
-            if ref.get("allow_failure"):
-                raise PlanError(FLEET_ALLOW_FAILURE.format(where=f"task {task_name!r}"))
             ids.append(ref[REF])
-        return ids + [b for b in self.barrier if b not in ids]
+            if ref.get("allow_failure"):
+                allow.append(ref[REF])
+        barrier = [b for b in self.barrier if b not in ids]
+        return ids + barrier, allow + barrier
 
-    def _task_node(self, task: Task, inputs: dict[str, Any], wait_ids: list[str], kind: str = "task") -> Node:
+    def _task_node(
+        self, task: Task, inputs: dict[str, Any], waits: tuple[list[str], list[str]], kind: str = "task"
+    ) -> Node:
+        wait_ids, allow = waits
         return Node(
             id=str(uuid.uuid4()),
             kind=kind,  # type: ignore[arg-type]
@@ -166,6 +167,8 @@ class TracingEngine(Engine):
             wait_for=wait_ids,
             queue=task.queue or self.queue,
             options=task.options | {"importable_error": _import_error(task)},
+            trigger=task.trigger,
+            allow=allow,
         )
 
     # -- Engine ---------------------------------------------------------------------
@@ -176,12 +179,12 @@ class TracingEngine(Engine):
     def map(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any]) -> Any:
         where = f"task {task.name!r}"
         mapped, static = split_map_arguments(bind_arguments(task.fn, args, kwargs, where), where)
-        wait_ids = self._wait_ids(wait_for, task.name)
+        waits = self._wait_ids(wait_for, task.name)
         if not any(isinstance(v, Future) for v in mapped.values()):
             runs = zip_mapped({k: list(v) for k, v in mapped.items()}, where)
-            return [self._add(self._task_node(task, self._inputs(task, static | one), wait_ids)) for one in runs]
+            return [self._add(self._task_node(task, self._inputs(task, static | one), waits)) for one in runs]
         inputs = {"mapped": self._inputs(task, mapped), "static": self._inputs(task, static)}
-        return self._add(self._task_node(task, inputs, wait_ids, kind="map"))
+        return self._add(self._task_node(task, inputs, waits, kind="map"))
 
     def call_task(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> PlannedFuture:
         return self.submit(task, args, kwargs, [])

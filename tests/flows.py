@@ -6,7 +6,7 @@ import datetime as dt
 import time
 from typing import Any
 
-from orchestrator import as_completed, exponential_backoff, flow, task, wait
+from orchestrator import allow_failure, as_completed, exponential_backoff, flow, task, wait
 from orchestrator.context import current_run
 from orchestrator.signals import FAIL, RETRY, SKIP
 from orchestrator.store import get_store
@@ -364,3 +364,57 @@ def hooked_fails() -> int:
 @flow(on_completion=record_hook, on_failure=[broken_hook, record_hook])
 def hooked_flow(fail: bool = False) -> int:
     return (hooked_fails if fail else hooked_ok).submit()  # type: ignore[no-any-return]
+
+
+# -- trigger rules --------------------------------------------------------------------------
+@task(trigger="all_finished")
+def cleanup(tag: str) -> str:
+    return tag
+
+
+@task(trigger="any_failed")
+def alert(tag: str) -> str:
+    return tag
+
+
+@task(trigger="all_failed")
+def all_failed_task(tag: str) -> str:
+    return tag
+
+
+@task
+def show(value: Any) -> str:
+    return repr(value)
+
+
+@flow
+def trigger_flow() -> None:
+    bad = explode.submit("bad")
+    ok = inc.submit(1)
+    cleanup.submit("cleanup", wait_for=[bad, ok])
+    alert.submit("alert", wait_for=[bad, ok])
+    all_failed_task.submit("all failed", wait_for=[bad])
+    all_failed_task.submit("not all failed", wait_for=[bad, ok])
+    alert.submit("nothing failed", wait_for=[ok])
+    show.submit(allow_failure(bad))
+    inc.submit(bad)
+
+
+@flow
+def chord_header_fails() -> int:
+    parts = [double.submit(1), explode.submit("header"), double.submit(3)]
+    return total.submit(parts)  # type: ignore[no-any-return]
+
+
+@flow
+def skip_then_cleanup() -> None:
+    skipped = skip_me.submit()
+    inc.submit(skipped)
+    cleanup.submit("after skip", wait_for=[skipped])
+
+
+@flow
+def wait_only_waits() -> int:
+    bad = explode.submit("waited on")
+    wait([bad])
+    return inc.submit(1)  # type: ignore[no-any-return]

@@ -247,19 +247,20 @@ def test_large_inputs_travel_in_redis_not_in_every_chord_message() -> None:
     assert all(sig.kwargs["inputs"] == {"x": i} for i, sig in enumerate(compiled.canvas.tasks))
 
 
-def test_allow_failure_is_refused_on_the_fleet_until_trigger_rules_exist() -> None:
-    from orchestrator import allow_failure
-
-    @flow
-    def tolerant() -> None:
-        bad = flows.explode.submit("x")
-        flows.inc.submit(allow_failure(bad))
-
-    @flow
-    def tolerant_wait() -> None:
-        bad = flows.explode.submit("x")
-        flows.inc.submit(1, wait_for=[allow_failure(bad)])
-
-    for body in (tolerant, tolerant_wait):
-        with pytest.raises(PlanError, match="allow_failure"):
-            body.plan()
+def test_tolerant_tasks_are_started_by_joins_that_carry_their_rule() -> None:
+    plan = flows.trigger_flow.plan()
+    compiled = compile_plan(plan)
+    labels = {n.id: n.label for n in plan.nodes.values()}
+    assert compiled.shapes == [None]  # canvas would stop at the failing task
+    assert {labels[t] for t in compiled.tolerant} == {
+        "cleanup-0",
+        "alert-0",
+        "all_failed_task-0",
+        "all_failed_task-1",
+        "alert-1",
+        "show-0",
+    }
+    alert = next(Signature.from_dict(d) for k, d in compiled.join_signatures.items() if labels[k] == "alert-0")
+    assert alert.kwargs["run"]["trigger"] == "any_failed"
+    show = next(n for n in plan.nodes.values() if n.label == "show-0")
+    assert show.trigger == "all_successful" and show.allow == show.upstream

@@ -44,7 +44,7 @@ from orchestrator.tasks import Task
 from orchestrator.templates import to_template
 
 from .driver import start_driver
-from .executor import Ending, end_completed, end_failed, full_run, run_task, start_record
+from .executor import Ending, end_completed, end_failed, full_run, gate, run_task, start_record
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,15 @@ class OrchestratorTask(CeleryTask):  # type: ignore[misc]
                     info = RunInfo(run["flow_run_id"], "", task_id, task.name)
                     call_hooks(task, task.hooks, info, StateType.TIMED_OUT, message)
 
-            end_failed(get_store(), run, socket.gethostname(), StateType.TIMED_OUT, message, hooks=hooks)
+            end_failed(
+                get_store(),
+                run,
+                socket.gethostname(),
+                StateType.TIMED_OUT,
+                message,
+                hooks=hooks,
+                send=lambda sigs: send_signatures(self.app, sigs),
+            )
 
 
 def register_user_task(app: Celery, task: Task) -> None:
@@ -132,6 +140,8 @@ def register_builtin_tasks(app: Celery) -> None:
         store = get_store()
         attempt = CeleryAttempt(self)
         run = full_run(run, self.request.id)
+        if not gate(store, run, attempt.worker, attempt.send):
+            raise Ignore()
         started = store.task_started(
             run["root"], run["task_run_id"], start_record(run, task, attempt), stored_inputs=inputs is None
         )
@@ -149,7 +159,7 @@ def register_builtin_tasks(app: Celery) -> None:
                 for one in runs
             ]
         except Exception as exc:
-            end_failed(store, run, attempt.worker, StateType.FAILED, str(exc))
+            end_failed(store, run, attempt.worker, StateType.FAILED, str(exc), send=attempt.send)
             raise
         if not children:
             end_completed(store, run, attempt, "[]")
@@ -190,7 +200,14 @@ def register_builtin_tasks(app: Celery) -> None:
         missing = [c for c, t in texts.items() if t is None]
         attempt = CeleryAttempt(self)
         if missing:
-            end_failed(store, run, attempt.worker, StateType.FAILED, f"mapped results missing: {missing[:3]}")
+            end_failed(
+                store,
+                run,
+                attempt.worker,
+                StateType.FAILED,
+                f"mapped results missing: {missing[:3]}",
+                send=attempt.send,
+            )
             raise RunError(f"map {run.get('label')}: results of {len(missing)} mapped runs are missing")
         end_completed(store, run, attempt, "[" + ",".join(t or "null" for t in texts.values()) + "]")
 
@@ -215,7 +232,7 @@ def register_builtin_tasks(app: Celery) -> None:
             end_completed(store, run, attempt, text)
             return
         end_flow_run(store, child_run_id, state, message)
-        end_failed(store, run, attempt.worker, StateType.FAILED, message)
+        end_failed(store, run, attempt.worker, StateType.FAILED, message, send=attempt.send)
         raise RunError(f"subflow run {child_run_id} failed: {message}")
 
     @app.task(name=START_FLOW_RUN_TASK, bind=True, ignore_result=True)

@@ -31,18 +31,20 @@ from orchestrator.engine import (
     split_map_arguments,
     zip_mapped,
 )
-from orchestrator.errors import FlowRunFailed, PlanError, RunTimeout, TaskRunFailed
+from orchestrator.errors import FlowRunFailed, RunTimeout, TaskRunFailed
 from orchestrator.flows import Flow
-from orchestrator.futures import AllowFailure, DoneAndNotDone, Future
+from orchestrator.futures import DoneAndNotDone, Future
 from orchestrator.plan import REF, make_ref, refs_in
 from orchestrator.references import resolve
-from orchestrator.runs import after_final, deciders, end_flow_run, flow_outcome, propagate_failure, task_record
+from orchestrator.runs import after_final, deciders, end_flow_run, flow_outcome, send_signatures, task_record
 from orchestrator.settings import get_settings
 from orchestrator.states import StateType
 from orchestrator.store import RunStore, get_store, now
 from orchestrator.tasks import Task
 from orchestrator.templates import allowed_failures, to_template
-from orchestrator.tracer import FLEET_ALLOW_FAILURE
+from orchestrator.triggers import DEFAULT_TRIGGER
+
+from .executor import end_failed, full_run
 
 log = logging.getLogger(__name__)
 
@@ -134,17 +136,23 @@ class DynamicEngine(Engine):
         bound = bind_arguments(task.fn, args, kwargs, where)
         inputs = {k: self.template(v, f"{where} argument {k!r}", task.result_serializer) for k, v in bound.items()}
         upstream = refs_in(inputs)
+        allow = list(allowed_failures(inputs))
         for item in check_wait_for(wait_for, task.name):
-            upstream.append(self.template(item, f"{where} wait_for", "json")[REF])
-        if any(isinstance(i, AllowFailure) for i in wait_for) or allowed_failures(inputs):
-            raise PlanError(FLEET_ALLOW_FAILURE.format(where=where))
+            ref = self.template(item, f"{where} wait_for", "json")
+            upstream.append(ref[REF])
+            if ref.get("allow_failure"):
+                allow.append(ref[REF])
         count = self._counts.get(task.fn.__name__, 0)
         self._counts[task.fn.__name__] = count + 1
         trid, label = str(uuid.uuid4()), f"{task.fn.__name__}-{count}"
+        run = message_run(self.root, self.flow_run_id, label)
+        tolerant = task.trigger != DEFAULT_TRIGGER or bool(allow)
+        if tolerant:
+            run |= {"ups": upstream, "allow": allow, "trigger": task.trigger}
         inline, stored = inline_or_stored(inputs)
         sig = make_signature(
             task.name,
-            {"run": message_run(self.root, self.flow_run_id, label), "inputs": inline},
+            {"run": run, "inputs": inline},
             queue=task.queue or self.queue,
             task_id=trid,
             app=self.app,
@@ -163,14 +171,20 @@ class DynamicEngine(Engine):
         future = RemoteFuture(self, trid, label)
         self.futures.append(future)
         self.has_downstream.update(upstream)
-        status, count_or_up, up_state = self.store.register_waiting(self.root, trid, upstream, json.dumps(dict(sig)))
+        status, count_or_up, up_state = self.store.register_waiting(
+            self.root, trid, upstream, json.dumps(dict(sig)), tolerant
+        )
         if status == "blocked":
             state = StateType.SKIPPED if up_state == StateType.SKIPPED.value else StateType.UPSTREAM_FAILED
-            message = f"not run: upstream {count_or_up} ended {up_state}"
-            finished = self.store.task_finished(self.root, trid, state, {"ended": now(), "message": message})
-            if finished.left is not None:
-                propagate_failure(self.store, self.root, trid, state, label)
-                after_final(self.store, self.root, finished)
+            up_label = self.store.read_task_run(count_or_up or "").get("label", count_or_up)
+            end_failed(
+                self.store,
+                full_run(run, trid),
+                "driver",
+                state,
+                f"not run: upstream {up_label} ended {up_state}",
+                send=lambda sigs: send_signatures(self.app, sigs),
+            )
         elif count_or_up == "0":
             sig.apply_async()
         return future

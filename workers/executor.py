@@ -23,7 +23,7 @@ from orchestrator.signals import RETRY
 from orchestrator.states import StateType
 from orchestrator.store import RunStore, get_store, now
 from orchestrator.tasks import Task
-from orchestrator.templates import allowed_failures
+from orchestrator.triggers import verdict
 
 
 class Ending(Enum):
@@ -77,21 +77,49 @@ def end_failed(
     message: str,
     tb: str = "",
     hooks: Callable[[], None] | None = None,
+    send: Callable[[list[dict[str, Any]]], None] = lambda _: None,
 ) -> None:
     """Make a task run final in a failed or skipped state and stop its downstream.
 
     ``hooks`` runs once the task run is final and before its flow run can end, so a
-    task's hooks always come before its flow's.
+    task's hooks always come before its flow's. ``send`` sends tolerant downstream
+    tasks (trigger rules) that this made ready.
     """
     root, trid = run["root"], run["task_run_id"]
     fields = {"ended": now(), "message": message, "worker": worker, "traceback": tb}
     finished = store.task_finished(root, trid, state, fields)
     if finished.left is None:
         return
+    send(finished.ready)
     if hooks:
         hooks()
-    propagate_failure(store, root, trid, state, run.get("label", trid))
+    propagate_failure(store, root, trid, state, run.get("label", trid), send)
     after_final(store, root, finished)
+
+
+def gate(store: RunStore, run: dict[str, Any], worker: str, send: Callable[[list[dict[str, Any]]], None]) -> bool:
+    """For a task with a trigger rule or tolerated upstreams: run it, or end it as its rule says.
+
+    Its join sent it once every upstream was final; the upstreams' states decide.
+    """
+    if "trigger" not in run:
+        return True
+    ups: list[str] = run.get("ups", [])
+    states = store.final_states(run["root"], ups)
+    labels = {u: store.read_task_run(u).get("label", u) for u in ups}
+    upstream = {u: (labels[u], s or StateType.PENDING) for u, s in states.items()}
+    decision = verdict(run["trigger"], upstream, set(run.get("allow", [])))
+    if not decision.run:
+        end_failed(store, run, worker, decision.state, decision.message, send=send)
+    return decision.run
+
+
+def failed_upstreams(store: RunStore, run: dict[str, Any]) -> frozenset[str]:
+    """Upstreams of a tolerant task that did not complete: their inputs arrive as None."""
+    if "trigger" not in run:
+        return frozenset()
+    states = store.final_states(run["root"], run.get("ups", []))
+    return frozenset(u for u, s in states.items() if s is not StateType.COMPLETED)
 
 
 def end_completed(
@@ -119,7 +147,9 @@ def run_task(
     """
     store = get_store()
     root, trid = run["root"], run["task_run_id"]
-    allowed = allowed_failures(inputs) if inputs is not None else frozenset()
+    if not gate(store, run, attempt.worker, attempt.send):
+        return Ending.STOPPED
+    allowed = failed_upstreams(store, run)
     started = store.task_started(
         root,
         trid,
@@ -131,11 +161,7 @@ def run_task(
         return Ending.DUPLICATE
     if inputs is None:
         inputs = started.stored_inputs or {}
-        allowed = allowed_failures(inputs)
     where = f"task {run.get('label', task.name)} ({task.name}) of flow run {run['flow_run_id']}"
-    failed_allowed = frozenset(
-        t for t, s in store.final_states(root, list(allowed)).items() if s is not StateType.COMPLETED
-    )
     info = RunInfo(run["flow_run_id"], run.get("flow_name", ""), trid, task.name, attempt.number)
     try:
         kwargs = resolve(
@@ -143,7 +169,7 @@ def run_task(
             store,
             allow_pickle=task.result_serializer == "pickle",
             where=where,
-            failed_as_none=failed_allowed,
+            failed_as_none=allowed,
             prefetched=started.results,
         )
         with using(None, info):
@@ -166,6 +192,7 @@ def run_task(
             outcome.message,
             format_traceback(exc),
             lambda: call_hooks(task, task.hooks, info, outcome.state, outcome.message),
+            attempt.send,
         )
         if outcome.state is StateType.SKIPPED:
             return Ending.STOPPED

@@ -1,0 +1,79 @@
+"""Trigger rules, allow_failure, skips and failed chord headers on a real worker, and locally."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator import StateType
+from orchestrator.errors import FlowRunFailed
+from tests import flows
+
+pytestmark = pytest.mark.usefixtures("fleet")
+
+EXPECTED = {
+    "explode-0": "Failed",
+    "inc-0": "Completed",
+    "cleanup-0": "Completed",  # all_finished
+    "alert-0": "Completed",  # any_failed, one failed
+    "all_failed_task-0": "Completed",  # all_failed, the only upstream failed
+    "all_failed_task-1": "Skipped",  # all_failed, one upstream completed
+    "alert-1": "Skipped",  # any_failed, nothing failed
+    "show-0": "Completed",  # allow_failure: runs with None
+    "inc-1": "UpstreamFailed",  # default rule
+}
+
+
+def test_each_trigger_rule_and_allow_failure_on_the_fleet() -> None:
+    run = flows.trigger_flow.delay()
+    assert run.wait(timeout=30) is StateType.FAILED  # inc-1 is a leaf that did not complete
+    states = {r["label"]: r["state"] for r in run.task_runs()}
+    assert states == EXPECTED
+    assert "trigger all_failed" in {r["label"]: r for r in run.task_runs()}["all_failed_task-1"]["message"]
+
+
+def test_allow_failure_passes_none_on_the_fleet() -> None:
+    from orchestrator.client import FlowRun
+    from orchestrator.references import resolve
+    from orchestrator.store import get_store
+
+    run = flows.trigger_flow.delay()
+    run.wait(timeout=30)
+    show = next(r for r in run.task_runs() if r["label"] == "show-0")
+    assert resolve({"__ref__": show["id"], "path": []}, get_store(), allow_pickle=False, where="t") == "None"
+    assert isinstance(run, FlowRun)
+
+
+def test_a_failed_chord_header_ends_the_run() -> None:
+    run = flows.chord_header_fails.delay()
+    assert run.wait(timeout=30) is StateType.FAILED
+    states = {r["label"]: r["state"] for r in run.task_runs()}
+    assert states == {
+        "double-0": "Completed",
+        "explode-0": "Failed",
+        "double-1": "Completed",
+        "total-0": "UpstreamFailed",
+    }
+
+
+def test_a_skip_skips_downstream_unless_the_rule_says_otherwise() -> None:
+    run = flows.skip_then_cleanup.delay()
+    assert run.wait(timeout=30) is StateType.COMPLETED
+    states = {r["label"]: r["state"] for r in run.task_runs()}
+    assert states == {"skip_me-0": "Skipped", "inc-0": "Skipped", "cleanup-0": "Completed"}
+
+
+def test_wait_only_waits_it_does_not_make_later_tasks_depend_on_success() -> None:
+    run = flows.wait_only_waits.delay()
+    run.wait(timeout=30)
+    states = {r["label"]: r["state"] for r in run.task_runs()}
+    assert states["inc-0"] == "Completed"
+    rows = {r["label"]: r for r in run.task_runs()}
+    assert float(rows["inc-0"]["started"]) >= float(rows["explode-0"]["ended"])
+
+
+def test_the_same_rules_locally() -> None:
+    with pytest.raises(FlowRunFailed):
+        flows.trigger_flow()
+    with pytest.raises(FlowRunFailed, match="explode"):
+        flows.chord_header_fails()
+    flows.skip_then_cleanup()
