@@ -1,0 +1,84 @@
+"""What Flower sees (Celery task events) and what the orchestrator records, attempt by attempt."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+
+import pytest
+from celery import Celery
+
+from orchestrator import StateType, keys
+from orchestrator.store import get_store
+from tests import flows
+
+pytestmark = pytest.mark.usefixtures("fleet")
+
+
+@pytest.fixture
+def celery_events(redis_url: str) -> Iterator[dict[str, list[str]]]:
+    """Celery task events by task id, received as Flower receives them."""
+    app = Celery("event-reader", broker=redis_url)
+    seen: dict[str, list[str]] = defaultdict(list)
+    stop = threading.Event()
+
+    def receive() -> None:
+        with app.connection() as connection:
+            receiver = app.events.Receiver(
+                connection, handlers={"*": lambda event: seen[event.get("uuid", "")].append(event["type"])}
+            )
+            while not stop.is_set():
+                try:
+                    receiver.capture(limit=None, timeout=0.5, wakeup=False)
+                except TimeoutError:
+                    continue
+
+    thread = threading.Thread(target=receive, daemon=True)
+    thread.start()
+    time.sleep(1.0)  # the receiver's queue must be bound before events are sent
+    yield seen
+    stop.set()
+    thread.join(timeout=5)
+
+
+def wait_for_events(seen: dict[str, list[str]], task_id: str, final: str) -> list[str]:
+    deadline = time.monotonic() + 10
+    while final not in seen.get(task_id, []) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return seen.get(task_id, [])
+
+
+def test_flower_sees_failure_retry_and_success_for_each_attempt(celery_events: dict[str, list[str]]) -> None:
+    run = flows.trigger_flow.delay()
+    run.wait(timeout=30)
+    rows = {r["label"]: r for r in run.task_runs()}
+    assert "task-failed" in wait_for_events(celery_events, rows["explode-0"]["id"], "task-failed")
+    assert "task-succeeded" in wait_for_events(celery_events, rows["inc-0"]["id"], "task-succeeded")
+
+    retried = flows.retry_flow.delay()
+    assert retried.result(timeout=30) == 3
+    (row,) = retried.task_runs()
+    events = wait_for_events(celery_events, row["id"], "task-succeeded")
+    assert events.count("task-retried") == 2 and events[-1] == "task-succeeded"
+
+
+def test_each_attempt_is_recorded_in_the_state_events() -> None:
+    run = flows.retry_flow.delay()
+    assert run.result(timeout=30) == 3
+    (row,) = run.task_runs()
+    history = []
+    for _, fields in get_store().redis.xrange(keys.EVENTS_STREAM):
+        event = json.loads(fields["event"])
+        if event["id"] == row["id"]:
+            history.append(event["state"])
+    assert history == [
+        StateType.RUNNING.value,
+        StateType.AWAITING_RETRY.value,
+        StateType.RETRYING.value,
+        StateType.AWAITING_RETRY.value,
+        StateType.RETRYING.value,
+        StateType.COMPLETED.value,
+    ]
