@@ -21,7 +21,7 @@ from .engine import (
     zip_mapped,
 )
 from .futures import DoneAndNotDone, Future
-from .plan import REF, Node, Plan, SubflowInfo
+from .plan import REF, Node, Plan, SubflowInfo, refs_in
 from .settings import get_settings
 from .states import StateType
 from .templates import allowed_failures, to_template
@@ -208,6 +208,8 @@ class TracingEngine(Engine):
         finally:
             self.dynamic_reason = self.dynamic_reason or child.dynamic_reason
         returns = child.template(value, f"{where} return value")
+        returned = refs_in(returns)
+        side_leaves = [n for n in self.plan.leaves(child_id) if n not in returned]
         end = Node(
             id=str(uuid.uuid4()),
             kind="subflow",
@@ -215,9 +217,12 @@ class TracingEngine(Engine):
             label=self._label(f"subflow-{flow.name}"),
             flow_run_id=self.flow_run_id,
             inputs={"returns": returns},
-            wait_for=[n for n in self.plan.leaves(child_id) if n not in returns] + list(self.barrier),
+            wait_for=side_leaves + list(self.barrier),
             queue=self.queue,
             options={"child_run_id": child_id},
+            # A child that returns futures is decided by them (as in-process): its side
+            # tasks are waited for, but their failure is tolerated.
+            allow=(side_leaves if returned else []) + list(self.barrier),
         )
         info.end_node = end.id
         return self._add(end)

@@ -418,3 +418,14 @@ def wait_only_waits() -> int:
     bad = explode.submit("waited on")
     wait([bad])
     return inc.submit(1)  # type: ignore[no-any-return]
+
+
+@flow
+def child_with_failing_side_task() -> int:
+    explode.submit("side task")
+    return inc.submit(1)  # type: ignore[no-any-return]
+
+
+@flow
+def parent_of_side_failure() -> int:
+    return double.submit(child_with_failing_side_task())  # type: ignore[no-any-return]

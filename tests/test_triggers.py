@@ -77,3 +77,12 @@ def test_the_same_rules_locally() -> None:
     with pytest.raises(FlowRunFailed, match="explode"):
         flows.chord_header_fails()
     flows.skip_then_cleanup()
+
+
+def test_a_subflow_is_decided_by_its_returned_futures_like_in_process() -> None:
+    assert flows.parent_of_side_failure() == 4
+    run = flows.parent_of_side_failure.delay()
+    assert run.result(timeout=30) == 4
+    states = {r["label"]: r["state"] for r in run.task_runs()}
+    assert states["explode-0"] == "Failed"
+    assert states["double-0"] == "Completed"
