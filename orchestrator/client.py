@@ -15,13 +15,12 @@ from typing import TYPE_CHECKING, Any
 import redis
 from celery import Celery
 
-from . import keys
 from .celery_app import client_app
 from .compiler import START_FLOW_RUN_TASK, Compiled, compile_plan, make_signature
 from .errors import FlowRunFailed, OrchestratorError, RunTimeout
 from .plan import Plan
 from .references import resolve
-from .runs import launch_static
+from .runs import launch_static, list_task_runs
 from .serialization import to_jsonable
 from .settings import get_settings
 from .states import StateType
@@ -73,11 +72,7 @@ class FlowRun:
 
     def task_runs(self) -> list[dict[str, Any]]:
         """Every task run of this flow run (a root: of its subflows too), by start time."""
-        ids = sorted(self.store.redis.smembers(keys.flow_tasks(self.id)))  # type: ignore[arg-type]
-        pipe = self.store.redis.pipeline(transaction=False)
-        for trid in ids:
-            pipe.hgetall(keys.task_run(trid))
-        rows = [r for r in pipe.execute() if r]
+        rows = list_task_runs(self.store, self.id)
         return sorted(rows, key=lambda r: (float(r.get("started") or r.get("created") or 0), r.get("label", "")))
 
     def __repr__(self) -> str:
@@ -181,6 +176,7 @@ def submit_flow_run(
         "root": run_id,
         "queue": queue,
         "parameters": encoded,
+        "timeout_seconds": flow.timeout_seconds or "",
         "created": now(),
     }
     pipe = store.redis.pipeline(transaction=False)

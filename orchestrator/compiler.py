@@ -31,6 +31,7 @@ EXPAND_MAP_TASK = "orchestrator.expand_map"
 COLLECT_MAP_TASK = "orchestrator.collect_map"
 FINISH_SUBFLOW_TASK = "orchestrator.finish_subflow"
 START_FLOW_RUN_TASK = "orchestrator.start_flow_run"
+FLOW_DEADLINE_TASK = "orchestrator.flow_deadline"
 
 # Intermediate form: ("leaf", id) | ("seq", [parts]) | ("par", [parts])
 Shape = tuple[str, Any]

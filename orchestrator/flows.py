@@ -37,6 +37,7 @@ class Flow(Generic[P, R]):
         queue: str | None = None,
         flow_run_name: str | Callable[[], str] | None = None,
         description: str | None = None,
+        timeout_seconds: float | None = None,
         on_completion: Hook | Sequence[Hook] | None = None,
         on_failure: Hook | Sequence[Hook] | None = None,
         on_crashed: Hook | Sequence[Hook] | None = None,
@@ -49,6 +50,9 @@ class Flow(Generic[P, R]):
         self.flow_run_name = flow_run_name
         self.description = description or inspect.getdoc(fn) or ""
         self.signature = inspect.signature(fn)
+        if timeout_seconds is not None and timeout_seconds <= 0:
+            raise DefinitionError(f"flow {self.name!r}: timeout_seconds must be > 0 (got {timeout_seconds}).")
+        self.timeout_seconds = timeout_seconds
         self.hooks = collect_hooks(
             f"flow {self.name!r}",
             {
@@ -157,6 +161,7 @@ def flow(
     queue: str | None = None,
     flow_run_name: str | Callable[[], str] | None = None,
     description: str | None = None,
+    timeout_seconds: float | None = None,
     on_completion: Hook | Sequence[Hook] | None = None,
     on_failure: Hook | Sequence[Hook] | None = None,
     on_crashed: Hook | Sequence[Hook] | None = None,

@@ -17,7 +17,7 @@ from typing import Any
 from celery import Celery
 
 from . import keys
-from .compiler import Compiled
+from .compiler import FLOW_DEADLINE_TASK, Compiled, make_signature
 from .context import RunInfo
 from .hooks import call_hooks
 from .plan import Plan, refs_in
@@ -91,6 +91,7 @@ def launch_static(store: RunStore, plan: Plan, compiled: Compiled, fields: dict[
             pipe,
         )
     pipe.expire(keys.subflow_ends(root), ttl)
+    schedule_deadline(store, root, fields.get("timeout_seconds"), plan.queue, pipe)
     store.write_flow_run(
         root,
         fields
@@ -126,6 +127,14 @@ def flow_outcome(store: RunStore, root: str, run_id: str) -> tuple[StateType, st
         labels.append(f"{info.get('label', trid)} ({info.get('state', 'unknown')}: {info.get('message', '')})")
     more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
     return StateType.FAILED, f"task runs did not complete: {'; '.join(labels)}{more}"
+
+
+def schedule_deadline(store: RunStore, run_id: str, timeout: float | None, queue: str, pipe: Any = None) -> None:
+    """Have a worker of ``queue`` end the run TimedOut ``timeout`` seconds from now, unless final."""
+    if not timeout:
+        return
+    sig = make_signature(FLOW_DEADLINE_TASK, {"run_id": run_id, "timeout": timeout}, queue=queue)
+    (pipe or store.redis).zadd(keys.DELAYED, {json.dumps(dict(sig)): now() + float(timeout)})
 
 
 def end_flow_run(store: RunStore, run_id: str, state: StateType, message: str = "", *, write: bool = True) -> None:
@@ -206,6 +215,15 @@ def propagate_failure(
             end_flow_run(store, child, StateType.FAILED, message)
         after_final(store, root, finished)
         queue.extend(store.downstream_of(node))
+
+
+def list_task_runs(store: RunStore, run_id: str) -> list[dict[str, str]]:
+    """Every task run record of a flow run (a root: of its whole tree), in no set order."""
+    ids = sorted(store.redis.smembers(keys.flow_tasks(run_id)))
+    pipe = store.redis.pipeline(transaction=False)
+    for trid in ids:
+        pipe.hgetall(keys.task_run(trid))
+    return [row for row in pipe.execute() if row]
 
 
 def send_signatures(app: Celery, signatures: list[dict[str, Any]]) -> None:

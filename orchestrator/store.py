@@ -20,7 +20,7 @@ import redis
 from . import keys
 from .errors import ConnectionProblem
 from .settings import get_settings
-from .states import FAILED_STATES, StateType
+from .states import FAILED_STATES, FINAL_STATES, StateType
 
 JSON_FIELDS = frozenset({"returns", "deciders", "parameters", "result_refs"})  # always stored as JSON text
 
@@ -68,7 +68,10 @@ for _, d in ipairs(redis.call('SMEMBERS', ARGV[8])) do
     end
   end
 end
-if left == 0 then
+local current = redis.call('HGET', KEYS[8], 'state')
+if left == 0 and FINAL[current] then
+  out[2] = 'final'  -- ended already (timed out, cancelled): never overwritten
+elseif left == 0 then
   out[2] = 'decide'
   local body_error = redis.call('HGET', KEYS[8], 'body_error')
   if (not body_error) or body_error == '' then
@@ -92,7 +95,9 @@ if left == 0 then
   end
 end
 return out
-""".replace("FAILED[st]", "(" + " or ".join(f"st == '{s.value}'" for s in sorted(FAILED_STATES)) + ")")
+""".replace("FAILED[st]", "(" + " or ".join(f"st == '{s.value}'" for s in sorted(FAILED_STATES)) + ")").replace(
+    "FINAL[current]", "(" + " or ".join(f"current == '{s.value}'" for s in sorted(FINAL_STATES)) + ")"
+)
 
 # KEYS: finals, join pending, join sigs, tolerant set
 # ARGV: trid, signature, downstream-key prefix, '1' if tolerant, ups...
@@ -156,12 +161,13 @@ class Finished:
 
     left: int | None  # task runs of the tree not final yet; None: it already was final
     flow_completed: bool  # this call ended the root flow run Completed (in the same script)
+    flow_was_final: bool  # the tree is done but the root run had already ended (timed out, ...)
     ready: list[dict[str, Any]]  # join signatures that became ready to send
 
     @property
     def needs_decision(self) -> bool:
         """The tree is done but the root run did not complete: Python records why."""
-        return self.left == 0 and not self.flow_completed
+        return self.left == 0 and not self.flow_completed and not self.flow_was_final
 
 
 @dataclass(frozen=True)
@@ -369,8 +375,8 @@ class RunStore:
         )
         left = int(out[0])
         if left == -1:
-            return Finished(None, False, [])
-        return Finished(left, out[1] == "completed", [json.loads(sig) for sig in out[2:]])
+            return Finished(None, False, False, [])
+        return Finished(left, out[1] == "completed", out[1] == "final", [json.loads(sig) for sig in out[2:]])
 
     def read_task_run(self, trid: str) -> dict[str, str]:
         """The raw task run record (empty if unknown)."""

@@ -429,3 +429,8 @@ def child_with_failing_side_task() -> int:
 @flow
 def parent_of_side_failure() -> int:
     return double.submit(child_with_failing_side_task())  # type: ignore[no-any-return]
+
+
+@flow(timeout_seconds=1)
+def slow_flow_with_timeout() -> int:
+    return inc.submit(sleepy.submit(6, 1))  # type: ignore[no-any-return]

@@ -123,3 +123,15 @@ def test_hooks_run_the_same_way_locally(monkeypatch: pytest.MonkeyPatch) -> None
     with pytest.raises(FlowRunFailed):
         local_hooked()
     assert calls == ["hooked_fails:AwaitingRetry", "hooked_fails:Failed", "local-hooked:Failed"]
+
+
+def test_a_flow_past_its_timeout_ends_timed_out_and_its_tasks_are_cancelled() -> None:
+    started = time.monotonic()
+    run = flows.slow_flow_with_timeout.delay()
+    assert run.wait(timeout=30) is StateType.TIMED_OUT
+    assert time.monotonic() - started < 4
+    assert "timeout_seconds=1" in run.info["message"]
+    states = {r["label"]: r["state"] for r in run.task_runs()}
+    assert states == {"sleepy-0": "Cancelled", "inc-0": "Cancelled"}
+    time.sleep(1)
+    assert run.state is StateType.TIMED_OUT  # nothing that ends later rewrites it

@@ -27,6 +27,7 @@ from orchestrator.compiler import (
     COLLECT_MAP_TASK,
     EXPAND_MAP_TASK,
     FINISH_SUBFLOW_TASK,
+    FLOW_DEADLINE_TASK,
     START_FLOW_RUN_TASK,
     make_signature,
     message_run,
@@ -36,7 +37,7 @@ from orchestrator.engine import zip_mapped
 from orchestrator.errors import OrchestratorError, RunError
 from orchestrator.hooks import call_hooks
 from orchestrator.references import any_pickled, resolve
-from orchestrator.runs import end_flow_run, flow_outcome, send_signatures, task_record
+from orchestrator.runs import end_flow_run, flow_outcome, list_task_runs, send_signatures, task_record
 from orchestrator.serialization import dumps, from_jsonable
 from orchestrator.states import StateType
 from orchestrator.store import get_store, now
@@ -235,6 +236,29 @@ def register_builtin_tasks(app: Celery) -> None:
         end_failed(store, run, attempt.worker, StateType.FAILED, message, send=attempt.send)
         raise RunError(f"subflow run {child_run_id} failed: {message}")
 
+    @app.task(name=FLOW_DEADLINE_TASK, bind=True, ignore_result=True)
+    def flow_deadline(self: CeleryTask, run_id: str, timeout: float) -> None:
+        """The flow run's timeout_seconds passed: end it TimedOut and stop its tasks."""
+        store = get_store()
+        state = store.flow_state(run_id)
+        if state is None or state.is_final:
+            return
+        message = f"ran past timeout_seconds={timeout:g}; its unfinished task runs were cancelled"
+        # Final first (so the last cancelled task cannot "complete" the run), announced last
+        # (so whoever waits sees the task runs already cancelled).
+        store.redis.hset(keys.flow_run(run_id), "state", StateType.TIMED_OUT.value)
+        running: list[str] = []
+        for row in list_task_runs(store, run_id):
+            if StateType(row.get("state", "Pending")).is_final:
+                continue
+            if row.get("state") in (StateType.RUNNING.value, StateType.RETRYING.value):
+                running.append(row["id"])
+            fields = {"ended": now(), "message": f"cancelled: flow run {run_id} {message}"}
+            store.task_finished(run_id, row["id"], StateType.CANCELLED, fields)
+        if running:  # stop the work itself, not just the records
+            self.app.control.revoke(running, terminate=True)
+        end_flow_run(store, run_id, StateType.TIMED_OUT, message)
+
     @app.task(name=START_FLOW_RUN_TASK, bind=True, ignore_result=True)
     def start_flow_run(self: CeleryTask, flow: str, run_id: str, dynamic: bool = False) -> None:
         """Start a flow run whose record exists: trace and compile it, or drive it."""
@@ -266,7 +290,8 @@ def register_builtin_tasks(app: Celery) -> None:
             if not dynamic:
                 prepared = prepare_run(definition, parameters, run_id=run_id, queue=queue, app=self.app)
                 if prepared.dynamic_reason is None:
-                    launch_prepared(prepared, flow, store=store, app=self.app, record={})
+                    timeout = {"timeout_seconds": definition.timeout_seconds or ""}
+                    launch_prepared(prepared, flow, store=store, app=self.app, record=timeout)
                     return
         except OrchestratorError as exc:  # bad parameters or definition: say so, never stay Pending
             store.write_flow_run(run_id, {"state": StateType.FAILED.value, "ended": now(), "message": str(exc)})

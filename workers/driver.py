@@ -36,7 +36,15 @@ from orchestrator.flows import Flow
 from orchestrator.futures import DoneAndNotDone, Future
 from orchestrator.plan import REF, make_ref, refs_in
 from orchestrator.references import resolve
-from orchestrator.runs import after_final, deciders, end_flow_run, flow_outcome, send_signatures, task_record
+from orchestrator.runs import (
+    after_final,
+    deciders,
+    end_flow_run,
+    flow_outcome,
+    schedule_deadline,
+    send_signatures,
+    task_record,
+)
 from orchestrator.settings import get_settings
 from orchestrator.states import StateType
 from orchestrator.store import RunStore, get_store, now
@@ -132,6 +140,9 @@ class DynamicEngine(Engine):
 
     def submit(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any]) -> RemoteFuture:
         task.importable_or_raise()
+        state = self.store.flow_state(self.root)
+        if state is not None and state.is_final:
+            raise FlowRunFailed(f"flow run {self.root} already ended {state.value}; {task.name} was not submitted.")
         where = f"task {task.name!r}"
         bound = bind_arguments(task.fn, args, kwargs, where)
         inputs = {k: self.template(v, f"{where} argument {k!r}", task.result_serializer) for k, v in bound.items()}
@@ -264,6 +275,7 @@ def drive(app: Celery, flow: Flow, run_id: str, parameters: dict[str, Any], queu
     """Run a dynamic flow body to its end; the run ends when its last task run does."""
     store = get_store()
     store.redis.set(keys.remaining(run_id), 1, ex=store.ttl)  # the body itself
+    schedule_deadline(store, run_id, flow.timeout_seconds, queue)
     store.write_flow_run(run_id, {"state": StateType.RUNNING.value, "started": now(), "mode": "dynamic"})
     engine = DynamicEngine(app, store, run_id, run_id, queue)
     returns: Any = None
