@@ -176,7 +176,7 @@ def submit_flow_run(
         "root": run_id,
         "queue": queue,
         "parameters": encoded,
-        "timeout_seconds": flow.timeout_seconds or "",
+        **flow.run_options,
         "created": now(),
     }
     pipe = store.redis.pipeline(transaction=False)

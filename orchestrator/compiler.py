@@ -32,6 +32,7 @@ COLLECT_MAP_TASK = "orchestrator.collect_map"
 FINISH_SUBFLOW_TASK = "orchestrator.finish_subflow"
 START_FLOW_RUN_TASK = "orchestrator.start_flow_run"
 FLOW_DEADLINE_TASK = "orchestrator.flow_deadline"
+RETRY_FLOW_RUN_TASK = "orchestrator.retry_flow_run"
 
 # Intermediate form: ("leaf", id) | ("seq", [parts]) | ("par", [parts])
 Shape = tuple[str, Any]
@@ -126,7 +127,7 @@ class _Graph:
     def __init__(self, plan: Plan, order: list[str]) -> None:
         self.order = order
         self.index = {nid: i for i, nid in enumerate(order)}
-        self.preds: dict[str, list[str]] = {nid: plan.nodes[nid].upstream for nid in order}
+        self.preds: dict[str, list[str]] = {nid: plan.preds(plan.nodes[nid]) for nid in order}
         self.succs: dict[str, list[str]] = {nid: [] for nid in order}
         for nid, ups in self.preds.items():
             for up in ups:

@@ -38,6 +38,8 @@ class Flow(Generic[P, R]):
         flow_run_name: str | Callable[[], str] | None = None,
         description: str | None = None,
         timeout_seconds: float | None = None,
+        retries: int = 0,
+        retry_delay_seconds: float = 0,
         on_completion: Hook | Sequence[Hook] | None = None,
         on_failure: Hook | Sequence[Hook] | None = None,
         on_crashed: Hook | Sequence[Hook] | None = None,
@@ -53,6 +55,10 @@ class Flow(Generic[P, R]):
         if timeout_seconds is not None and timeout_seconds <= 0:
             raise DefinitionError(f"flow {self.name!r}: timeout_seconds must be > 0 (got {timeout_seconds}).")
         self.timeout_seconds = timeout_seconds
+        if retries < 0 or retry_delay_seconds < 0:
+            raise DefinitionError(f"flow {self.name!r}: retries and retry_delay_seconds must be >= 0.")
+        self.retries = retries
+        self.retry_delay_seconds = retry_delay_seconds
         self.hooks = collect_hooks(
             f"flow {self.name!r}",
             {
@@ -106,6 +112,15 @@ class Flow(Generic[P, R]):
             raise ParameterError(
                 f"flow {self.name!r}: flow_run_name {template!r} names {exc}, which is not a parameter of the flow."
             ) from None
+
+    @property
+    def run_options(self) -> dict[str, Any]:
+        """Options kept on each run record, for the workers that end or retry the run."""
+        return {
+            "timeout_seconds": self.timeout_seconds or "",
+            "retries": self.retries,
+            "retry_delay_seconds": self.retry_delay_seconds,
+        }
 
     def importable_or_raise(self) -> None:
         """Refuse to send a flow that workers could not import."""
@@ -162,6 +177,8 @@ def flow(
     flow_run_name: str | Callable[[], str] | None = None,
     description: str | None = None,
     timeout_seconds: float | None = None,
+    retries: int = 0,
+    retry_delay_seconds: float = 0,
     on_completion: Hook | Sequence[Hook] | None = None,
     on_failure: Hook | Sequence[Hook] | None = None,
     on_crashed: Hook | Sequence[Hook] | None = None,

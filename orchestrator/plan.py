@@ -123,11 +123,15 @@ class Plan:
             and not any(self.nodes[d].flow_run_id == node.flow_run_id for d in down[nid])
         ]
 
+    def preds(self, node: Node) -> list[str]:
+        """Upstreams inside this plan (a re-run plan leaves out the ones that completed)."""
+        return [u for u in node.upstream if u in self.nodes]
+
     def topological_order(self) -> list[str]:
         """Node ids so that every node comes after its upstreams; refuses cycles."""
         sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter()
         for node in self.nodes.values():
-            sorter.add(node.id, *node.upstream)
+            sorter.add(node.id, *self.preds(node))
         try:
             return list(sorter.static_order())
         except graphlib.CycleError as exc:
@@ -135,6 +139,24 @@ class Plan:
             raise PlanError(
                 f"flow {self.flow_name!r} has a dependency cycle ({cycle}); remove one of the wait_for links."
             ) from exc
+
+    def rerun(self, ids: set[str]) -> Plan:
+        """The part of this plan that must run again: ``ids``; upstreams outside it are done."""
+        part = Plan(self.flow_name, self.root_run_id, self.queue, returns=self.returns)
+        part.nodes = {nid: node for nid, node in self.nodes.items() if nid in ids}
+        part.subflows = {k: v for k, v in self.subflows.items() if v.end_node in ids}
+        return part
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
+        """Inverse of :meth:`to_dict`."""
+        plan = cls(data["flow_name"], data["root_run_id"], data["queue"], returns=data.get("returns"))
+        for raw in data["nodes"]:
+            fields = {k: v for k, v in raw.items() if k != "upstream"}
+            plan.nodes[fields["id"]] = Node(**fields)
+        for raw in data.get("subflows", []):
+            plan.subflows[raw["run_id"]] = SubflowInfo(**raw)
+        return plan
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""

@@ -17,8 +17,9 @@ from typing import Any
 from celery import Celery
 
 from . import keys
-from .compiler import FLOW_DEADLINE_TASK, Compiled, make_signature
+from .compiler import FLOW_DEADLINE_TASK, RETRY_FLOW_RUN_TASK, Compiled, make_signature
 from .context import RunInfo
+from .errors import RunError
 from .hooks import call_hooks
 from .plan import Plan, refs_in
 from .registry import get_flow
@@ -39,11 +40,10 @@ def task_record(node_id: str, label: str, name: str, flow_run_id: str, root: str
     }
 
 
-def launch_static(store: RunStore, plan: Plan, compiled: Compiled, fields: dict[str, Any], pipe: Any = None) -> None:
-    """Write the run tree's records (in ``pipe`` if given), then apply the compiled canvas."""
+def _write_tree(store: RunStore, plan: Plan, compiled: Compiled, pipe: Any) -> None:
+    """Task records (Pending), edges, counts and join tables of the nodes about to run."""
     root = plan.root_run_id
     ttl = store.ttl
-    pipe = pipe if pipe is not None else store.redis.pipeline(transaction=False)
     pipe.set(keys.remaining(root), len(plan.nodes), ex=ttl)
     by_flow: dict[str, list[str]] = {}
     for node in plan.nodes.values():
@@ -69,6 +69,21 @@ def launch_static(store: RunStore, plan: Plan, compiled: Compiled, fields: dict[
     if compiled.stored_inputs:
         pipe.hset(keys.inputs(root), mapping=compiled.stored_inputs)
         pipe.expire(keys.inputs(root), ttl)
+
+
+def _apply(store: RunStore, plan: Plan, compiled: Compiled) -> None:
+    if not plan.nodes:
+        finish_flow_run(store, plan.root_run_id)
+    elif compiled.canvas is not None:
+        compiled.canvas.apply_async(ignore_result=True)
+
+
+def launch_static(store: RunStore, plan: Plan, compiled: Compiled, fields: dict[str, Any], pipe: Any = None) -> None:
+    """Write the run tree's records (in ``pipe`` if given), then apply the compiled canvas."""
+    root = plan.root_run_id
+    ttl = store.ttl
+    pipe = pipe if pipe is not None else store.redis.pipeline(transaction=False)
+    _write_tree(store, plan, compiled, pipe)
     pipe.set(keys.plan(root), json.dumps(plan.to_dict()), ex=ttl)
     for child in plan.subflows.values():
         pipe.hset(keys.subflow_ends(root), child.end_node, child.run_id)
@@ -106,10 +121,57 @@ def launch_static(store: RunStore, plan: Plan, compiled: Compiled, fields: dict[
         pipe,
     )
     pipe.execute()
-    if not plan.nodes:
-        finish_flow_run(store, root)
-    elif compiled.canvas is not None:
-        compiled.canvas.apply_async(ignore_result=True)
+    _apply(store, plan, compiled)
+
+
+def relaunch_static(store: RunStore, app: Celery, root: str, attempt: int) -> None:
+    """Run again only the task runs of a static run tree that did not complete (flow retries).
+
+    Completed task runs keep their results; the rest (and whatever a map expanded
+    into) are made non-final, recompiled as a partial plan, and sent.
+    """
+    from .compiler import compile_plan
+
+    raw = store.redis.get(keys.plan(root))
+    if raw is None:
+        raise RunError(f"flow run {root}: its plan has expired from Redis; it cannot be retried.")
+    full = Plan.from_dict(json.loads(raw))
+    finals = store.redis.hgetall(keys.finals(root))
+    again = {nid for nid in full.nodes if finals.get(nid) != StateType.COMPLETED.value}
+    pipe = store.redis.pipeline(transaction=False)
+    for nid in again:
+        expanded = store.redis.get(keys.expanded(nid)) if full.nodes[nid].kind == "map" else None
+        if expanded:
+            pipe.delete(keys.expanded(nid))
+            pipe.hdel(keys.finals(root), *[f"{nid}-{i}" for i in range(int(expanded))])
+    if again:
+        pipe.hdel(keys.finals(root), *again)
+    part = full.rerun(again)
+    compiled = compile_plan(part, app)
+    _write_tree(store, part, compiled, pipe)
+    for child in part.subflows.values():
+        store.write_flow_run(child.run_id, {"state": StateType.RUNNING.value, "ended": "", "message": ""}, pipe)
+    fields = {"state": StateType.RETRYING.value, "attempt": str(attempt), "ended": "", "message": ""}
+    store.write_flow_run(root, fields, pipe)
+    pipe.execute()
+    _apply(store, part, compiled)
+
+
+def schedule_flow_retry(store: RunStore, root: str, why: str) -> bool:
+    """If the flow has retries left, make it AwaitingRetry and schedule the next attempt."""
+    record = store.read_flow_run(root)
+    attempt = int(record.get("attempt") or 1)
+    retries = int(record.get("retries") or 0)
+    if attempt > retries:
+        return False
+    delay = float(record.get("retry_delay_seconds") or 0)
+    message = f"attempt {attempt} failed ({why}); retry {attempt} of {retries} in {delay:g}s"
+    store.write_flow_run(root, {"state": StateType.AWAITING_RETRY.value, "message": message, "retry_at": now() + delay})
+    sig = make_signature(
+        RETRY_FLOW_RUN_TASK, {"run_id": root, "attempt": attempt + 1}, queue=record.get("queue") or "default"
+    )
+    store.schedule(json.dumps(dict(sig)), now() + delay)
+    return True
 
 
 def flow_outcome(store: RunStore, root: str, run_id: str) -> tuple[StateType, str]:
@@ -151,8 +213,13 @@ def end_flow_run(store: RunStore, run_id: str, state: StateType, message: str = 
 
 
 def finish_flow_run(store: RunStore, root: str) -> StateType:
-    """Decide and record the root flow run's final state (all its task runs are final)."""
+    """Decide and record the root flow run's final state (all its task runs are final).
+
+    A failed run with flow retries left is retried instead (AwaitingRetry).
+    """
     state, message = flow_outcome(store, root, root)
+    if state is StateType.FAILED and schedule_flow_retry(store, root, message):
+        return StateType.AWAITING_RETRY
     end_flow_run(store, root, state, message)
     return state
 

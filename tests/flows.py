@@ -434,3 +434,30 @@ def parent_of_side_failure() -> int:
 @flow(timeout_seconds=1)
 def slow_flow_with_timeout() -> int:
     return inc.submit(sleepy.submit(6, 1))  # type: ignore[no-any-return]
+
+
+# -- flow retries ---------------------------------------------------------------------------
+@task
+def stamped_ok(value: int) -> int:
+    _stamp("stamped_ok")
+    return value
+
+
+@task
+def fails_first_time(value: int) -> int:
+    if _stamp("fails_first_time") == 1:
+        raise OSError("first flow attempt fails")
+    return value
+
+
+@flow(retries=1, retry_delay_seconds=0.5)
+def retried_flow() -> int:
+    ok = stamped_ok.submit(2)
+    bad = fails_first_time.submit(3)
+    return add.submit(ok, bad)  # type: ignore[no-any-return]
+
+
+@flow(retries=1, retry_delay_seconds=0.2)
+def retried_dynamic_flow() -> int:
+    value = fails_first_time.submit(5).result()
+    return add(value, 1)  # type: ignore[no-any-return]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import json
 import subprocess
 import time
 
 import pytest
 
-from orchestrator import StateType, flow
+from orchestrator import StateType, flow, keys
 from orchestrator.errors import DefinitionError, FlowRunFailed
 from orchestrator.hooks import HookState
 from orchestrator.store import get_store
@@ -135,3 +136,27 @@ def test_a_flow_past_its_timeout_ends_timed_out_and_its_tasks_are_cancelled() ->
     assert states == {"sleepy-0": "Cancelled", "inc-0": "Cancelled"}
     time.sleep(1)
     assert run.state is StateType.TIMED_OUT  # nothing that ends later rewrites it
+
+
+def flow_states(run_id: str) -> list[str]:
+    return [
+        json.loads(fields["event"])["state"]
+        for _, fields in get_store().redis.xrange(keys.EVENTS_STREAM)
+        if json.loads(fields["event"])["id"] == run_id
+    ]
+
+
+def test_flow_retries_rerun_only_what_did_not_complete() -> None:
+    run = flows.retried_flow.delay()
+    assert run.result(timeout=30) == 5
+    assert len(stamps("stamped_ok", run.id)) == 1, "a completed task ran again"
+    assert len(stamps("fails_first_time", run.id)) == 2
+    assert run.info["attempt"] == 2
+    states = flow_states(run.id)
+    assert states[-3:] == ["AwaitingRetry", "Retrying", "Completed"]
+
+
+def test_dynamic_flow_retries_run_the_body_again() -> None:
+    run = flows.retried_dynamic_flow.delay()
+    assert run.result(timeout=30) == 6
+    assert "AwaitingRetry" in flow_states(run.id)

@@ -28,6 +28,7 @@ from orchestrator.compiler import (
     EXPAND_MAP_TASK,
     FINISH_SUBFLOW_TASK,
     FLOW_DEADLINE_TASK,
+    RETRY_FLOW_RUN_TASK,
     START_FLOW_RUN_TASK,
     make_signature,
     message_run,
@@ -37,7 +38,14 @@ from orchestrator.engine import zip_mapped
 from orchestrator.errors import OrchestratorError, RunError
 from orchestrator.hooks import call_hooks
 from orchestrator.references import any_pickled, resolve
-from orchestrator.runs import end_flow_run, flow_outcome, list_task_runs, send_signatures, task_record
+from orchestrator.runs import (
+    end_flow_run,
+    flow_outcome,
+    list_task_runs,
+    relaunch_static,
+    send_signatures,
+    task_record,
+)
 from orchestrator.serialization import dumps, from_jsonable
 from orchestrator.states import StateType
 from orchestrator.store import get_store, now
@@ -259,6 +267,25 @@ def register_builtin_tasks(app: Celery) -> None:
             self.app.control.revoke(running, terminate=True)
         end_flow_run(store, run_id, StateType.TIMED_OUT, message)
 
+    @app.task(name=RETRY_FLOW_RUN_TASK, bind=True, ignore_result=True)
+    def retry_flow_run(self: CeleryTask, run_id: str, attempt: int) -> None:
+        """Next attempt of a failed flow run: re-run what did not complete (static) or the body."""
+        store = get_store()
+        record = store.read_flow_run(run_id)
+        if record.get("state") != StateType.AWAITING_RETRY.value:
+            return  # cancelled meanwhile, or a redelivered message
+        if record.get("mode") != "dynamic":
+            relaunch_static(store, self.app, run_id, attempt)
+            return
+        definition = registry.get_flow(record.get("flow", ""))
+        if definition is None:
+            message = f"worker {self.request.hostname} cannot retry flow {record.get('flow')!r}: it does not import it"
+            end_flow_run(store, run_id, StateType.FAILED, message + "; start it with --flows.")
+            return
+        parameters = definition.bind_parameters((), from_jsonable(json.loads(record.get("parameters", "{}"))))
+        store.write_flow_run(run_id, {"attempt": str(attempt), "body_error": ""})
+        start_driver(self.app, definition, run_id, parameters, record.get("queue") or "default", retrying=True)
+
     @app.task(name=START_FLOW_RUN_TASK, bind=True, ignore_result=True)
     def start_flow_run(self: CeleryTask, flow: str, run_id: str, dynamic: bool = False) -> None:
         """Start a flow run whose record exists: trace and compile it, or drive it."""
@@ -283,6 +310,7 @@ def register_builtin_tasks(app: Celery) -> None:
             )
             return
         queue = record.get("queue") or self.request.delivery_info.get("routing_key") or "default"
+        store.write_flow_run(run_id, definition.run_options)
         try:
             given = from_jsonable(json.loads(record.get("parameters", "{}")))
             definition.check_parameter_names(given)
@@ -290,8 +318,7 @@ def register_builtin_tasks(app: Celery) -> None:
             if not dynamic:
                 prepared = prepare_run(definition, parameters, run_id=run_id, queue=queue, app=self.app)
                 if prepared.dynamic_reason is None:
-                    timeout = {"timeout_seconds": definition.timeout_seconds or ""}
-                    launch_prepared(prepared, flow, store=store, app=self.app, record=timeout)
+                    launch_prepared(prepared, flow, store=store, app=self.app, record=definition.run_options)
                     return
         except OrchestratorError as exc:  # bad parameters or definition: say so, never stay Pending
             store.write_flow_run(run_id, {"state": StateType.FAILED.value, "ended": now(), "message": str(exc)})

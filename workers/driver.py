@@ -271,12 +271,17 @@ class DynamicEngine(Engine):
         return self._poll(futures, timeout)
 
 
-def drive(app: Celery, flow: Flow, run_id: str, parameters: dict[str, Any], queue: str) -> None:
-    """Run a dynamic flow body to its end; the run ends when its last task run does."""
+def drive(app: Celery, flow: Flow, run_id: str, parameters: dict[str, Any], queue: str, retrying: bool = False) -> None:
+    """Run a dynamic flow body to its end; the run ends when its last task run does.
+
+    A retry runs the whole body again (new task runs), like Prefect's flow retries.
+    """
     store = get_store()
     store.redis.set(keys.remaining(run_id), 1, ex=store.ttl)  # the body itself
+    store.redis.hdel(keys.finals(run_id), keys.body_node(run_id))
     schedule_deadline(store, run_id, flow.timeout_seconds, queue)
-    store.write_flow_run(run_id, {"state": StateType.RUNNING.value, "started": now(), "mode": "dynamic"})
+    state = StateType.RETRYING if retrying else StateType.RUNNING
+    store.write_flow_run(run_id, {"state": state.value, "started": now(), "mode": "dynamic"})
     engine = DynamicEngine(app, store, run_id, run_id, queue)
     returns: Any = None
     body_error = ""
@@ -300,12 +305,14 @@ def drive(app: Celery, flow: Flow, run_id: str, parameters: dict[str, Any], queu
     after_final(store, run_id, store.task_finished(run_id, keys.body_node(run_id), body_state, {"ended": now()}))
 
 
-def start_driver(app: Celery, flow: Flow, run_id: str, parameters: dict[str, Any], queue: str) -> None:
+def start_driver(
+    app: Celery, flow: Flow, run_id: str, parameters: dict[str, Any], queue: str, retrying: bool = False
+) -> None:
     """Hand a dynamic flow body to this process's driver threads and return at once."""
 
     def guarded() -> None:
         try:
-            drive(app, flow, run_id, parameters, queue)
+            drive(app, flow, run_id, parameters, queue, retrying)
         except Exception:  # never lose a driver silently
             log.exception("flow run %s: the dynamic driver failed", run_id)
 
