@@ -461,3 +461,8 @@ def retried_flow() -> int:
 def retried_dynamic_flow() -> int:
     value = fails_first_time.submit(5).result()
     return add(value, 1)  # type: ignore[no-any-return]
+
+
+@flow
+def revocable_chord() -> int:
+    return total.submit([sleepy.submit(8, 1), double.submit(1)])  # type: ignore[no-any-return]

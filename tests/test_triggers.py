@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from orchestrator import StateType
@@ -86,3 +88,19 @@ def test_a_subflow_is_decided_by_its_returned_futures_like_in_process() -> None:
     states = {r["label"]: r["state"] for r in run.task_runs()}
     assert states["explode-0"] == "Failed"
     assert states["double-0"] == "Completed"
+
+
+def test_a_revoked_chord_header_still_ends_the_run() -> None:
+    from orchestrator.celery_app import client_app
+
+    run = flows.revocable_chord.delay()
+    rows: dict[str, dict[str, str]] = {}
+    for _ in range(50):
+        rows = {r["label"]: r for r in run.task_runs()}
+        if rows.get("sleepy-0", {}).get("state") == "Running":
+            break
+        time.sleep(0.1)
+    client_app().control.revoke(rows["sleepy-0"]["id"], terminate=True)
+    assert run.wait(timeout=15) is StateType.FAILED
+    states = {r["label"]: r["state"] for r in run.task_runs()}
+    assert states == {"sleepy-0": "Cancelled", "double-0": "Completed", "total-0": "UpstreamFailed"}

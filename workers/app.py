@@ -18,7 +18,7 @@ from orchestrator.celery_app import make_celery_app
 from orchestrator.errors import DefinitionError
 from orchestrator.settings import get_settings
 
-from .celery_tasks import register_builtin_tasks, register_user_task
+from .celery_tasks import record_revoked, register_builtin_tasks, register_user_task
 from .delayed import DelayedDispatcher
 
 app = make_celery_app("workers")
@@ -31,6 +31,12 @@ _dispatcher = DelayedDispatcher(app)
 def _start_delayed_dispatcher(**_: object) -> None:
     """Each worker sends due retries and pokes (claiming is atomic across workers)."""
     _dispatcher.start()
+
+
+@signals.task_revoked.connect
+def _record_revoked(sender: object = None, request: object = None, terminated: bool = False, **_: object) -> None:
+    """A revoked task never reaches the executor: record it Cancelled so its run still ends."""
+    record_revoked(app, request, terminated)
 
 
 @signals.worker_shutdown.connect

@@ -113,6 +113,31 @@ class OrchestratorTask(CeleryTask):  # type: ignore[misc]
             )
 
 
+def record_revoked(app: Celery, request: Any, terminated: bool) -> None:
+    """Make a revoked orchestrator task run Cancelled (its downstream UpstreamFailed)."""
+    kwargs = getattr(request, "kwargs", None)
+    if not isinstance(kwargs, dict) or "run" not in kwargs or not getattr(request, "id", None):
+        return  # not one of ours
+    run = full_run(kwargs["run"], request.id)
+    how = "terminated while running" if terminated else "revoked before it ran"
+    task = registry.get_task(getattr(request, "task", "") or "")
+
+    def hooks() -> None:
+        if task is not None:
+            info = RunInfo(run["flow_run_id"], "", request.id, task.name)
+            call_hooks(task, task.hooks, info, StateType.CANCELLED, how)
+
+    end_failed(
+        get_store(),
+        run,
+        str(getattr(request, "hostname", "") or socket.gethostname()),
+        StateType.CANCELLED,
+        f"cancelled: the Celery task was {how}",
+        hooks=hooks,
+        send=lambda sigs: send_signatures(app, sigs),
+    )
+
+
 def register_user_task(app: Celery, task: Task) -> None:
     """Register ``task`` as a Celery task under its own name."""
     if task.name in app.tasks:
