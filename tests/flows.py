@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
 from typing import Any
 
@@ -466,3 +467,30 @@ def retried_dynamic_flow() -> int:
 @flow
 def revocable_chord() -> int:
     return total.submit([sleepy.submit(8, 1), double.submit(1)])  # type: ignore[no-any-return]
+
+
+@task(retries=2, retry_delay_seconds=0.7)
+def flaky_fixed() -> int:
+    if _stamp("flaky_fixed") < 3:
+        raise OSError("not yet")
+    return 3
+
+
+@flow
+def fixed_delay_flow() -> int:
+    return flaky_fixed.submit()  # type: ignore[no-any-return]
+
+
+@task
+def killable(seconds: float) -> int:
+    """Records its process id so a test can kill -9 it on the first execution."""
+    run = current_run()
+    count = _stamp("killable")
+    get_store().redis.set(f"test:pid:{run.flow_run_id if run else ''}", os.getpid())
+    time.sleep(seconds if count == 1 else 0)
+    return count
+
+
+@flow
+def killable_chord() -> int:
+    return total.submit([killable.submit(5), double.submit(1)])  # type: ignore[no-any-return]

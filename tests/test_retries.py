@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import signal
 import subprocess
 import time
 
@@ -160,3 +162,24 @@ def test_dynamic_flow_retries_run_the_body_again() -> None:
     run = flows.retried_dynamic_flow.delay()
     assert run.result(timeout=30) == 6
     assert "AwaitingRetry" in flow_states(run.id)
+
+
+def test_a_fixed_delay_waits_between_attempts() -> None:
+    run = flows.fixed_delay_flow.delay()
+    assert run.result(timeout=30) == 3
+    assert all(gap >= 0.7 for gap in gaps(stamps("flaky_fixed", run.id)))
+
+
+def test_a_chord_header_killed_with_its_worker_process_runs_again_and_the_run_ends() -> None:
+    run = flows.killable_chord.delay()
+    redis = get_store().redis
+    pid = None
+    for _ in range(100):
+        pid = redis.get(f"test:pid:{run.id}")
+        if pid:
+            break
+        time.sleep(0.05)
+    assert pid, "the task never started"
+    os.kill(int(pid), signal.SIGKILL)
+    assert run.result(timeout=60) == 2 + 2  # second execution returns 2; double(1) = 2
+    assert len(stamps("killable", run.id)) == 2
