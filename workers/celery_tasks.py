@@ -174,7 +174,7 @@ def register_builtin_tasks(app: Celery) -> None:
         store = get_store()
         attempt = CeleryAttempt(self)
         run = full_run(run, self.request.id)
-        if not gate(store, run, attempt.worker, attempt.send):
+        if gate(store, run, attempt.worker, attempt.send) is None:
             raise Ignore()
         started = store.task_started(
             run["root"], run["task_run_id"], start_record(run, task, attempt), stored_inputs=inputs is None

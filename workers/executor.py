@@ -97,13 +97,17 @@ def end_failed(
     after_final(store, root, finished)
 
 
-def gate(store: RunStore, run: dict[str, Any], worker: str, send: Callable[[list[dict[str, Any]]], None]) -> bool:
+def gate(
+    store: RunStore, run: dict[str, Any], worker: str, send: Callable[[list[dict[str, Any]]], None]
+) -> frozenset[str] | None:
     """For a task with a trigger rule or tolerated upstreams: run it, or end it as its rule says.
 
     Its join sent it once every upstream was final; the upstreams' states decide.
+    Returns None when the task must not run, else the upstreams that did not complete
+    (their inputs arrive as None); an ordinary task gets an empty set at no cost.
     """
     if "trigger" not in run:
-        return True
+        return frozenset()
     ups: list[str] = run.get("ups", [])
     states = store.final_states(run["root"], ups)
     labels = {u: store.read_task_run(u).get("label", u) for u in ups}
@@ -111,14 +115,7 @@ def gate(store: RunStore, run: dict[str, Any], worker: str, send: Callable[[list
     decision = verdict(run["trigger"], upstream, set(run.get("allow", [])))
     if not decision.run:
         end_failed(store, run, worker, decision.state, decision.message, send=send)
-    return decision.run
-
-
-def failed_upstreams(store: RunStore, run: dict[str, Any]) -> frozenset[str]:
-    """Upstreams of a tolerant task that did not complete: their inputs arrive as None."""
-    if "trigger" not in run:
-        return frozenset()
-    states = store.final_states(run["root"], run.get("ups", []))
+        return None
     return frozenset(u for u, s in states.items() if s is not StateType.COMPLETED)
 
 
@@ -147,9 +144,9 @@ def run_task(
     """
     store = get_store()
     root, trid = run["root"], run["task_run_id"]
-    if not gate(store, run, attempt.worker, attempt.send):
+    allowed = gate(store, run, attempt.worker, attempt.send)
+    if allowed is None:
         return Ending.STOPPED
-    allowed = failed_upstreams(store, run)
     started = store.task_started(
         root,
         trid,
