@@ -382,6 +382,13 @@ class RunStore:
         """The raw task run record (empty if unknown)."""
         return self.redis.hgetall(keys.task_run(trid))  # type: ignore[return-value]
 
+    def labels(self, trids: list[str]) -> dict[str, str]:
+        """Human labels of task runs (their ids where unknown), in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for trid in trids:
+            pipe.hget(keys.task_run(trid), "label")
+        return {trid: label or trid for trid, label in zip(trids, pipe.execute(), strict=True)}
+
     def final_states(self, root: str, trids: list[str]) -> dict[str, StateType | None]:
         """Final state of each task run, None where it is not final yet."""
         if not trids:

@@ -110,7 +110,7 @@ def gate(
         return frozenset()
     ups: list[str] = run.get("ups", [])
     states = store.final_states(run["root"], ups)
-    labels = {u: store.read_task_run(u).get("label", u) for u in ups}
+    labels = store.labels(ups)
     upstream = {u: (labels[u], s or StateType.PENDING) for u, s in states.items()}
     decision = verdict(run["trigger"], upstream, set(run.get("allow", [])))
     if not decision.run:
