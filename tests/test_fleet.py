@@ -254,3 +254,14 @@ def test_a_long_chain_runs_in_segments_and_in_order() -> None:
     rows = runs_by_label(run)
     ends = [times(rows[f"inc-{i}"]) for i in range(80)]
     assert all(ends[i][1] <= ends[i + 1][0] for i in range(79))
+
+
+def test_a_task_no_worker_knows_fails_and_names_the_task_and_worker() -> None:
+    from tests.unknown_tasks import unknown_task_flow
+
+    run = unknown_task_flow.delay()
+    assert run.wait(timeout=30) is StateType.FAILED
+    (row,) = run.task_runs()
+    assert row["state"] == "Failed"
+    assert "tests.unknown_tasks.nobody_imports_me" in row["message"]
+    assert "fleet@" in row["message"] and "--flows" in row["message"]

@@ -9,7 +9,9 @@ ones imported later), and imports the flow modules named by
 from __future__ import annotations
 
 import importlib
+import socket
 import sys
+from typing import Any
 
 from celery import signals
 
@@ -18,7 +20,7 @@ from orchestrator.celery_app import make_celery_app
 from orchestrator.errors import DefinitionError
 from orchestrator.settings import get_settings
 
-from .celery_tasks import record_revoked, register_builtin_tasks, register_user_task
+from .celery_tasks import record_revoked, record_unknown, register_builtin_tasks, register_user_task
 from .delayed import DelayedDispatcher
 
 app = make_celery_app("workers")
@@ -37,6 +39,12 @@ def _start_delayed_dispatcher(**_: object) -> None:
 def _record_revoked(sender: object = None, request: object = None, terminated: bool = False, **_: object) -> None:
     """A revoked task never reaches the executor: record it Cancelled so its run still ends."""
     record_revoked(app, request, terminated)
+
+
+@signals.task_unknown.connect
+def _record_unknown(sender: Any = None, message: Any = None, name: str = "", id: str = "", **_: object) -> None:
+    """Celery drops a message for an unregistered task; the run is told instead of hanging."""
+    record_unknown(app, message, name, id, str(getattr(sender, "hostname", "") or socket.gethostname()))
 
 
 @signals.worker_shutdown.connect

@@ -138,6 +138,25 @@ def record_revoked(app: Celery, request: Any, terminated: bool) -> None:
     )
 
 
+def record_unknown(app: Celery, message: Any, name: str, task_id: str, worker: str) -> None:
+    """A message for a task this worker never imported: the task run fails, saying why."""
+    try:
+        _, kwargs, _ = message.decode()
+    except Exception:  # not a protocol-2 orchestrator message
+        return
+    if not isinstance(kwargs, dict) or "run" not in kwargs:
+        return
+    end_failed(
+        get_store(),
+        full_run(kwargs["run"], task_id),
+        worker,
+        StateType.FAILED,
+        f"worker {worker} does not know task {name!r}: start it with --flows <the module defining it> "
+        "(or ORCHESTRATOR_FLOW_MODULES), or route the task to workers that import it.",
+        send=lambda sigs: send_signatures(app, sigs),
+    )
+
+
 def register_user_task(app: Celery, task: Task) -> None:
     """Register ``task`` as a Celery task under its own name."""
     if task.name in app.tasks:
