@@ -9,6 +9,13 @@ from __future__ import annotations
 PREFIX = "orc"
 EVENTS_STREAM = f"{PREFIX}:events"  # state and log events for the API recorder
 DELAYED = f"{PREFIX}:delayed"  # sorted set: messages to send at their score (epoch seconds)
+WORKERS = f"{PREFIX}:workers"  # hash hostname -> announced worker record (JSON)
+FLOWS = f"{PREFIX}:flows"  # hash flow name -> announced flow record with parameter schema
+
+
+def worker_alive(hostname: str) -> str:
+    """Short-lived key a running worker keeps refreshing."""
+    return f"{PREFIX}:alive:{hostname}"
 
 
 def flow_run(run_id: str) -> str:

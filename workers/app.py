@@ -20,18 +20,22 @@ from orchestrator.celery_app import make_celery_app
 from orchestrator.errors import DefinitionError
 from orchestrator.settings import get_settings
 
+from .announce import Announcer
 from .celery_tasks import record_revoked, record_unknown, register_builtin_tasks, register_user_task
 from .delayed import DelayedDispatcher
 
 app = make_celery_app("workers")
 register_builtin_tasks(app)
 registry.on_task_registered(lambda task: register_user_task(app, task))
-_dispatcher = DelayedDispatcher(app)
+_announcer = Announcer()
+_dispatcher = DelayedDispatcher(app, on_beat=_announcer.beat)
 
 
 @signals.worker_ready.connect
-def _start_delayed_dispatcher(**_: object) -> None:
-    """Each worker sends due retries and pokes (claiming is atomic across workers)."""
+def _start_delayed_dispatcher(sender: Any = None, **_: object) -> None:
+    """Announce this worker (queues, flows), then send due retries and pokes and keep alive."""
+    queues = [q.name for q in getattr(getattr(sender, "task_consumer", None), "queues", [])]
+    _announcer.announce(str(getattr(sender, "hostname", "") or socket.gethostname()), queues)
     _dispatcher.start()
 
 
@@ -50,6 +54,7 @@ def _record_unknown(sender: Any = None, message: Any = None, name: str = "", id:
 @signals.worker_shutdown.connect
 def _stop_delayed_dispatcher(**_: object) -> None:
     _dispatcher.stop()
+    _announcer.leave()
 
 
 def import_flow_modules(modules: list[str]) -> None:

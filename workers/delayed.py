@@ -12,20 +12,25 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
+from collections.abc import Callable
 
 from celery import Celery
 
 from orchestrator.store import get_store
 
 log = logging.getLogger(__name__)
+BEAT_SECONDS = 5.0
 
 
 class DelayedDispatcher:
     """A daemon thread that sends due messages every ``interval`` seconds."""
 
-    def __init__(self, app: Celery, interval: float = 0.2) -> None:
+    def __init__(self, app: Celery, interval: float = 0.2, on_beat: Callable[[], None] | None = None) -> None:
         self.app = app
         self.interval = interval
+        self.on_beat = on_beat  # called about every BEAT_SECONDS (the worker's alive key)
+        self._last_beat = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="orchestrator-delayed", daemon=True)
 
@@ -54,6 +59,9 @@ class DelayedDispatcher:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
+                if self.on_beat and time.monotonic() - self._last_beat >= BEAT_SECONDS:
+                    self._last_beat = time.monotonic()
+                    self.on_beat()
                 busy = self.send_due() > 0
             except Exception:  # Redis away: keep trying, never die
                 log.exception("delayed-message dispatcher: Redis error")
