@@ -7,6 +7,7 @@ from .client import FlowRun
 from .flows import Flow, flow
 from .futures import Future, allow_failure, as_completed, unmapped, wait
 from .logging import get_run_logger
+from .naming import rename_flow_run
 from .states import StateType
 from .tasks import Task, exponential_backoff, task
 
@@ -21,6 +22,7 @@ __all__ = [
     "exponential_backoff",
     "flow",
     "get_run_logger",
+    "rename_flow_run",
     "task",
     "unmapped",
     "wait",

@@ -190,7 +190,7 @@ class LocalEngine(Engine):
         first_poke: float | None = None
         while True:
             future.set_state(StateType.RUNNING if attempt == 1 else StateType.RETRYING)
-            run = RunInfo(self.run_id, self.flow.name, future.task_run_id, task.name, attempt)
+            run = RunInfo(self.run_id, self.flow.name, future.task_run_id, task.name, attempt, extra={"local": True})
             try:
                 with using(None, run):
                     value = task.fn(**inputs)
@@ -232,7 +232,9 @@ def run_flow_locally(flow: Flow, parameters: dict[str, Any], pool: cf.ThreadPool
     run_id = str(uuid.uuid4())
     engine = LocalEngine(flow, run_id, pool)
     parent = current_run()
-    info = RunInfo(run_id, flow.name, extra={"parent_flow_run_id": parent.flow_run_id if parent else None})
+    info = RunInfo(
+        run_id, flow.name, extra={"parent_flow_run_id": parent.flow_run_id if parent else None, "local": True}
+    )
     try:
         try:
             with using(engine, info):

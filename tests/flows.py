@@ -7,7 +7,7 @@ import os
 import time
 from typing import Any
 
-from orchestrator import allow_failure, as_completed, exponential_backoff, flow, task, wait
+from orchestrator import allow_failure, as_completed, exponential_backoff, flow, rename_flow_run, task, wait
 from orchestrator.context import current_run
 from orchestrator.signals import FAIL, RETRY, SKIP
 from orchestrator.store import get_store
@@ -494,3 +494,14 @@ def killable(seconds: float) -> int:
 @flow
 def killable_chord() -> int:
     return total.submit([killable.submit(5), double.submit(1)])  # type: ignore[no-any-return]
+
+
+@task
+def renames(name: str) -> str:
+    rename_flow_run(name)
+    return name
+
+
+@flow
+def renamed_flow(name: str = "renamed-by-task") -> str:
+    return renames.submit(name)  # type: ignore[no-any-return]

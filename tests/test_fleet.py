@@ -265,3 +265,10 @@ def test_a_task_no_worker_knows_fails_and_names_the_task_and_worker() -> None:
     assert row["state"] == "Failed"
     assert "tests.unknown_tasks.nobody_imports_me" in row["message"]
     assert "fleet@" in row["message"] and "--flows" in row["message"]
+
+
+def test_rename_flow_run_from_inside_a_task() -> None:
+    run = flows.renamed_flow.delay(name="nightly-2026-01-02")
+    assert run.result(timeout=30) == "nightly-2026-01-02"
+    assert run.info["name"] == "nightly-2026-01-02"
+    assert flows.renamed_flow(name="local-name") == "local-name"  # in-process: no Redis needed

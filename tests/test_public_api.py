@@ -19,6 +19,7 @@ def test_exported_members() -> None:
             "exponential_backoff",
             "flow",
             "get_run_logger",
+            "rename_flow_run",
             "task",
             "unmapped",
             "wait",
