@@ -6,6 +6,7 @@ import datetime as dt
 import socket
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from orchestrator import FlowRun, StateType
 from orchestrator.celery_app import SendOnlyRedisBackend, client_app
 from orchestrator.client import submit_by_name
 from orchestrator.errors import FlowRunFailed
+from orchestrator.localstack import worker
 from tests import flows
 from workers.app import app as celery_app
 
@@ -272,3 +274,25 @@ def test_rename_flow_run_from_inside_a_task() -> None:
     assert run.result(timeout=30) == "nightly-2026-01-02"
     assert run.info["name"] == "nightly-2026-01-02"
     assert flows.renamed_flow(name="local-name") == "local-name"  # in-process: no Redis needed
+
+
+def test_a_redelivered_message_finishes_what_a_crash_left(redis_url: str, worker_logs: Path) -> None:
+    """A worker that died right after recording a failure never stopped the downstream."""
+    from orchestrator.store import get_store, now
+
+    run = flows.failing_flow.apply_async(queue="parked")  # nobody consumes it yet
+    rows = runs_by_label(run)
+    explode = rows["explode-0"]
+    store = get_store()
+    store.task_finished(run.id, explode["id"], StateType.FAILED, {"ended": now(), "message": "ValueError: boom"})
+    assert run.state is StateType.RUNNING  # the crash: inc-0 never marked, the run never ended
+    with worker(
+        redis_url,
+        ["tests.flows"],
+        queues="parked",
+        concurrency=1,
+        name="parked@%h",
+        log_path=worker_logs / "parked.log",
+    ):
+        assert run.wait(timeout=30) is StateType.FAILED
+    assert runs_by_label(run)["inc-0"]["state"] == "UpstreamFailed"

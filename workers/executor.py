@@ -11,13 +11,14 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Any, NoReturn, Protocol
 
+from orchestrator import keys
 from orchestrator.attempts import Outcome, decide, describe, format_traceback
 from orchestrator.context import RunInfo, using
 from orchestrator.errors import SerializationError
 from orchestrator.hooks import call_hooks
 from orchestrator.plan import refs_in
 from orchestrator.references import resolve
-from orchestrator.runs import after_final, propagate_failure
+from orchestrator.runs import after_final, finish_flow_run, propagate_failure
 from orchestrator.serialization import dumps
 from orchestrator.signals import RETRY
 from orchestrator.states import StateType
@@ -97,6 +98,26 @@ def end_failed(
     after_final(store, root, finished)
 
 
+def finish_what_a_crash_left(
+    store: RunStore, run: dict[str, Any], send: Callable[[list[dict[str, Any]]], None]
+) -> bool:
+    """Redo the idempotent steps after a task run became final, for a redelivered message.
+
+    A worker that died between recording a final state and stopping the downstream
+    (or ending the flow run) left the run waiting; every step here is safe to repeat.
+    Returns whether the task run had completed (else the canvas must stop here).
+    """
+    root, trid = run["root"], run["task_run_id"]
+    state = store.final_states(root, [trid])[trid]
+    if state is not None and state is not StateType.COMPLETED:
+        propagate_failure(store, root, trid, state, run.get("label", trid), send)
+    flow_state = store.flow_state(root)
+    waiting = flow_state is not None and not flow_state.is_final and flow_state is not StateType.AWAITING_RETRY
+    if waiting and store.redis.get(keys.remaining(root)) == "0":
+        finish_flow_run(store, root)
+    return state is StateType.COMPLETED
+
+
 def gate(
     store: RunStore, run: dict[str, Any], worker: str, send: Callable[[list[dict[str, Any]]], None]
 ) -> frozenset[str] | None:
@@ -154,8 +175,9 @@ def run_task(
         stored_inputs=inputs is None,
         prefetch=[] if inputs is None else [r for r in refs_in(inputs) if r not in allowed],
     )
-    if started is None:
-        return Ending.DUPLICATE
+    if started is None:  # already final: a redelivery, maybe after a crash mid-way
+        completed = finish_what_a_crash_left(store, run, attempt.send)
+        return Ending.DUPLICATE if completed else Ending.STOPPED  # a chain must not go on
     if inputs is None:
         inputs = started.stored_inputs or {}
     where = f"task {run.get('label', task.name)} ({task.name}) of flow run {run['flow_run_id']}"
