@@ -114,6 +114,11 @@ class Flow(Generic[P, R]):
             ) from None
 
     @property
+    def hooks_set(self) -> bool:
+        """Whether any state hook is declared on this flow."""
+        return any(self.hooks.values())
+
+    @property
     def run_options(self) -> dict[str, Any]:
         """Options kept on each run record, for the workers that end or retry the run."""
         return {
