@@ -83,20 +83,6 @@ def plan(root: str) -> str:
     return f"{PREFIX}:plan:{root}"
 
 
-def tree_keys(root: str) -> list[str]:
-    """Keys scoped to a whole run tree (expired together)."""
-    return [
-        finals(root),
-        remaining(root),
-        join_pending(root),
-        join_signature(root),
-        plan(root),
-        subflow_ends(root),
-        inputs(root),
-        tolerant(root),
-    ]
-
-
 def flow_tasks(run_id: str) -> str:
     """Set of the task run ids that belong to one flow run."""
     return f"{PREFIX}:frtasks:{run_id}"

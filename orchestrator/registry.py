@@ -58,11 +58,6 @@ def get_flow(name: str) -> Flow | None:
     return _flows.get(name)
 
 
-def all_tasks() -> list[Task]:
-    """Every registered task."""
-    return list(_tasks.values())
-
-
 def all_flows() -> list[Flow]:
     """Every registered flow."""
     return list(_flows.values())
