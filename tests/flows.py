@@ -505,3 +505,26 @@ def renames(name: str) -> str:
 @flow
 def renamed_flow(name: str = "renamed-by-task") -> str:
     return renames.submit(name)  # type: ignore[no-any-return]
+
+
+@task
+def double_fails_once_on_two(value: int) -> int:
+    if value == 2 and _stamp("double_two") == 1:
+        raise OSError("element 2 fails on the first flow attempt")
+    return value * 2
+
+
+@flow(retries=1, retry_delay_seconds=0.2)
+def retried_map_flow() -> int:
+    parts = double_fails_once_on_two.map(numbers.submit(4))
+    return total.submit(parts)  # type: ignore[no-any-return]
+
+
+@flow
+def child_fails_once() -> int:
+    return double_fails_once_on_two.submit(2)  # type: ignore[no-any-return]
+
+
+@flow(retries=1, retry_delay_seconds=0.2)
+def retried_parent_flow() -> int:
+    return inc.submit(child_fails_once())  # type: ignore[no-any-return]

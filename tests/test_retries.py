@@ -183,3 +183,20 @@ def test_a_chord_header_killed_with_its_worker_process_runs_again_and_the_run_en
     os.kill(int(pid), signal.SIGKILL)
     assert run.result(timeout=60) == 2 + 2  # second execution returns 2; double(1) = 2
     assert len(stamps("killable", run.id)) == 2
+
+
+def test_flow_retries_expand_a_failed_map_again() -> None:
+    run = flows.retried_map_flow.delay()
+    assert run.result(timeout=30) == sum(2 * i for i in range(4))
+    assert len(stamps("double_two", run.id)) == 2
+    assert run.info["attempt"] == 2
+
+
+def test_flow_retries_rerun_a_failed_subflow() -> None:
+    run = flows.retried_parent_flow.delay()
+    assert run.result(timeout=30) == 5
+    children = {r["flow_run_id"] for r in run.task_runs()} - {run.id}
+    (child,) = children
+    from orchestrator import FlowRun
+
+    assert FlowRun(child).state is StateType.COMPLETED
