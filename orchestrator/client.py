@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 from celery import Celery
 
+from . import keys
 from .celery_app import client_app
 from .compiler import START_FLOW_RUN_TASK, Compiled, compile_plan, make_signature
 from .errors import FlowRunFailed, OrchestratorError, RunTimeout
@@ -69,6 +70,10 @@ class FlowRun:
             )
         returns = json.loads(record.get("returns", "null"))
         return resolve(returns, self.store, allow_pickle=True, where=f"flow run {self.id} result", prefetched=results)
+
+    def logs(self) -> list[dict[str, Any]]:
+        """Log lines of this flow run and its task runs, oldest first (shipped every ~0.5 s)."""
+        return [json.loads(line) for line in self.store.redis.lrange(keys.flow_logs(self.id), 0, -1)]
 
     def task_runs(self) -> list[dict[str, Any]]:
         """Every task run of this flow run (a root: of its subflows too), by start time."""

@@ -83,6 +83,11 @@ def plan(root: str) -> str:
     return f"{PREFIX}:plan:{root}"
 
 
+def flow_logs(run_id: str) -> str:
+    """List of the log lines (JSON) written by a flow run and its task runs."""
+    return f"{PREFIX}:logs:{run_id}"
+
+
 def flow_tasks(run_id: str) -> str:
     """Set of the task run ids that belong to one flow run."""
     return f"{PREFIX}:frtasks:{run_id}"

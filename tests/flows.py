@@ -7,7 +7,16 @@ import os
 import time
 from typing import Any
 
-from orchestrator import allow_failure, as_completed, exponential_backoff, flow, rename_flow_run, task, wait
+from orchestrator import (
+    allow_failure,
+    as_completed,
+    exponential_backoff,
+    flow,
+    get_run_logger,
+    rename_flow_run,
+    task,
+    wait,
+)
 from orchestrator.context import current_run
 from orchestrator.signals import FAIL, RETRY, SKIP
 from orchestrator.store import get_store
@@ -528,3 +537,31 @@ def child_fails_once() -> int:
 @flow(retries=1, retry_delay_seconds=0.2)
 def retried_parent_flow() -> int:
     return inc.submit(child_fails_once())  # type: ignore[no-any-return]
+
+
+@task
+def chatty(lines: int) -> int:
+    logger = get_run_logger()
+    for i in range(lines):
+        logger.info("line %d of %d", i + 1, lines)
+    return lines
+
+
+@task
+def chatty_then_killed() -> str:
+    """Killed with its process on the first execution; the redelivered one completes."""
+    if _stamp("chatty_then_killed") == 1:
+        get_run_logger().warning("about to be killed")
+        time.sleep(1.5)  # the shipper flushes every 0.5 s
+        os.kill(os.getpid(), 9)
+    return "second execution"
+
+
+@flow
+def logging_flow() -> int:
+    return chatty.submit(3)  # type: ignore[no-any-return]
+
+
+@flow
+def killed_logging_flow() -> str:
+    return chatty_then_killed.submit()  # type: ignore[no-any-return]

@@ -296,3 +296,27 @@ def test_a_redelivered_message_finishes_what_a_crash_left(redis_url: str, worker
     ):
         assert run.wait(timeout=30) is StateType.FAILED
     assert runs_by_label(run)["inc-0"]["state"] == "UpstreamFailed"
+
+
+def wait_for_logs(run: FlowRun, count: int) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + 10
+    while len(run.logs()) < count and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return run.logs()
+
+
+def test_task_logs_reach_redis_with_their_run_ids() -> None:
+    run = flows.logging_flow.delay()
+    assert run.result(timeout=30) == 3
+    (row,) = run.task_runs()
+    logs = wait_for_logs(run, 3)
+    assert [line["message"].split("] ", 1)[1] for line in logs] == ["line 1 of 3", "line 2 of 3", "line 3 of 3"]
+    assert {line["task_run_id"] for line in logs} == {row["id"]}
+    assert {line["level"] for line in logs} == {"INFO"}
+
+
+def test_logs_of_a_task_killed_mid_run_are_kept_up_to_the_last_flush() -> None:
+    run = flows.killed_logging_flow.delay()
+    assert run.result(timeout=60) == "second execution"  # redelivered after the kill
+    logs = wait_for_logs(run, 1)
+    assert [line["message"].split("] ", 1)[1] for line in logs] == ["about to be killed"]

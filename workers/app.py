@@ -23,8 +23,10 @@ from orchestrator.settings import get_settings
 from .announce import Announcer
 from .celery_tasks import record_revoked, record_unknown, register_builtin_tasks, register_user_task
 from .delayed import DelayedDispatcher
+from .logship import install as install_log_shipper
 
 app = make_celery_app("workers")
+log_shipper = install_log_shipper()
 register_builtin_tasks(app)
 registry.on_task_registered(lambda task: register_user_task(app, task))
 _announcer = Announcer()
@@ -54,6 +56,7 @@ def _record_unknown(sender: Any = None, message: Any = None, name: str = "", id:
 @signals.worker_shutdown.connect
 def _stop_delayed_dispatcher(**_: object) -> None:
     _dispatcher.stop()
+    log_shipper.flush()
     _announcer.leave()
 
 

@@ -1,0 +1,93 @@
+"""Ship the log lines of flow and task runs to Redis while they run.
+
+Lines written with ``get_run_logger()`` carry their run ids; this handler buffers
+them and, every half second (or every 100 lines), appends them to the state/log
+event stream (for the API recorder) and to a list per flow run (``FlowRun.logs()``).
+A task killed mid-run has therefore shipped everything up to its last flush.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from typing import Any
+
+from orchestrator import keys
+from orchestrator.store import get_store
+
+RUN_LOGGER = "orchestrator.runs"
+
+
+class RunLogShipper(logging.Handler):
+    """A logging handler that batches run log lines into Redis; never raises into user code."""
+
+    def __init__(self, interval: float = 0.5, capacity: int = 100) -> None:
+        super().__init__(level=logging.INFO)
+        self.interval = interval
+        self.capacity = capacity
+        self._buffer: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._pid = 0
+
+    def _ensure_timer(self) -> None:
+        """One flushing thread per process (prefork children start their own)."""
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            threading.Thread(target=self._run, name="orchestrator-logs", daemon=True).start()
+
+    def _run(self) -> None:
+        stop = threading.Event()
+        while not stop.wait(self.interval):
+            self.flush()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        flow_run_id = getattr(record, "flow_run_id", None)
+        if not flow_run_id:
+            return
+        item = {
+            "kind": "log",
+            "id": getattr(record, "task_run_id", None) or flow_run_id,
+            "flow_run_id": flow_run_id,
+            "task_run_id": getattr(record, "task_run_id", None),
+            "level": record.levelname,
+            "message": record.getMessage(),
+            "ts": record.created,
+        }
+        self._ensure_timer()
+        with self._lock:
+            self._buffer.append(item)
+            full = len(self._buffer) >= self.capacity
+        if full:
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            batch, self._buffer = self._buffer, []
+        if not batch:
+            return
+        try:
+            store = get_store()
+            pipe = store.redis.pipeline(transaction=False)
+            for item in batch:
+                text = json.dumps(item)
+                pipe.xadd(keys.EVENTS_STREAM, {"event": text}, maxlen=store.maxlen, approximate=True)
+                pipe.rpush(keys.flow_logs(item["flow_run_id"]), text)
+                pipe.expire(keys.flow_logs(item["flow_run_id"]), store.ttl)
+            pipe.execute()
+        except Exception:  # Redis away: put the lines back for the next flush
+            with self._lock:
+                self._buffer = batch[-10_000:] + self._buffer
+
+
+def install() -> RunLogShipper:
+    """Attach the shipper to the run logger (once) and return it."""
+    logger = logging.getLogger(RUN_LOGGER)
+    for handler in logger.handlers:
+        if isinstance(handler, RunLogShipper):
+            return handler
+    shipper = RunLogShipper()
+    logger.addHandler(shipper)
+    logger.setLevel(logging.INFO)
+    return shipper
