@@ -17,7 +17,7 @@ from typing import Any
 from celery import Celery
 
 from . import keys
-from .compiler import FLOW_DEADLINE_TASK, RETRY_FLOW_RUN_TASK, Compiled, make_signature
+from .compiler import FLOW_DEADLINE_TASK, RETRY_FLOW_RUN_TASK, Compiled, compile_plan, make_signature
 from .context import RunInfo
 from .errors import RunError
 from .hooks import call_hooks
@@ -87,6 +87,7 @@ def launch_static(store: RunStore, plan: Plan, compiled: Compiled, fields: dict[
     pipe.set(keys.plan(root), json.dumps(plan.to_dict()), ex=ttl)
     for child in plan.subflows.values():
         pipe.hset(keys.subflow_ends(root), child.end_node, child.run_id)
+        returns = plan.nodes[child.end_node].inputs["returns"]
         store.write_flow_run(
             child.run_id,
             {
@@ -99,9 +100,9 @@ def launch_static(store: RunStore, plan: Plan, compiled: Compiled, fields: dict[
                 "started": now(),
                 "mode": "static",
                 "parameters": child.parameters,
-                "returns": plan.nodes[child.end_node].inputs["returns"],
-                "result_refs": refs_in(plan.nodes[child.end_node].inputs["returns"]),
-                "deciders": deciders(plan.nodes[child.end_node].inputs["returns"], plan.leaves(child.run_id)),
+                "returns": returns,
+                "result_refs": refs_in(returns),
+                "deciders": deciders(returns, plan.leaves(child.run_id)),
             },
             pipe,
         )
@@ -130,8 +131,6 @@ def relaunch_static(store: RunStore, app: Celery, root: str, attempt: int) -> No
     Completed task runs keep their results; the rest (and whatever a map expanded
     into) are made non-final, recompiled as a partial plan, and sent.
     """
-    from .compiler import compile_plan
-
     raw = store.redis.get(keys.plan(root))
     if raw is None:
         raise RunError(f"flow run {root}: its plan has expired from Redis; it cannot be retried.")
@@ -196,7 +195,7 @@ def schedule_deadline(store: RunStore, run_id: str, timeout: float | None, queue
     if not timeout:
         return
     sig = make_signature(FLOW_DEADLINE_TASK, {"run_id": run_id, "timeout": timeout}, queue=queue)
-    (pipe or store.redis).zadd(keys.DELAYED, {json.dumps(dict(sig)): now() + float(timeout)})
+    store.schedule(json.dumps(dict(sig)), now() + float(timeout), pipe)
 
 
 def end_flow_run(store: RunStore, run_id: str, state: StateType, message: str = "", *, write: bool = True) -> None:

@@ -412,9 +412,9 @@ class RunStore:
         return self.redis.smembers(keys.downstream(trid))  # type: ignore[return-value]
 
     # -- delayed messages (retries and sensor pokes) -----------------------------------
-    def schedule(self, message: str, due: float) -> None:
+    def schedule(self, message: str, due: float, pipe: Any = None) -> None:
         """Keep a message (a signature as JSON) in Redis until ``due``, instead of a broker ETA."""
-        self.redis.zadd(keys.DELAYED, {message: due})
+        (pipe if pipe is not None else self.redis).zadd(keys.DELAYED, {message: due})
 
     def claim_due(self, limit: int = 100, lease: float = 30.0) -> list[str]:
         """Due messages, claimed for ``lease`` seconds; call :meth:`sent` once each is sent."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+from functools import partial
 from typing import Any, NoReturn
 
 from celery import Celery
@@ -93,24 +94,27 @@ class OrchestratorTask(CeleryTask):  # type: ignore[misc]
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         if isinstance(exc, TimeLimitExceeded) and isinstance(kwargs, dict) and "run" in kwargs:
-            run = full_run(kwargs["run"], task_id)
             message = f"killed by the hard time limit ({exc}); timeout_seconds was exceeded and the task ignored it"
-            task = registry.get_task(self.name)
+            run = full_run(kwargs["run"], task_id)
+            end_unexecuted(self.app, run, self.name, socket.gethostname(), StateType.TIMED_OUT, message)
 
-            def hooks() -> None:
-                if task is not None:
-                    info = RunInfo(run["flow_run_id"], "", task_id, task.name)
-                    call_hooks(task, task.hooks, info, StateType.TIMED_OUT, message)
 
-            end_failed(
-                get_store(),
-                run,
-                socket.gethostname(),
-                StateType.TIMED_OUT,
-                message,
-                hooks=hooks,
-                send=lambda sigs: send_signatures(self.app, sigs),
-            )
+def end_unexecuted(
+    app: Celery, run: dict[str, Any], task_name: str, worker: str, state: StateType, message: str
+) -> None:
+    """End a task run whose execution never reported back (hard time limit, revoked, unknown task).
+
+    The task's hooks run if this worker imported it; tolerant downstream tasks that
+    became ready are sent, the rest marked, as after any failure.
+    """
+    task = registry.get_task(task_name)
+
+    def hooks() -> None:
+        if task is not None:
+            info = RunInfo(run["flow_run_id"], "", run["task_run_id"], task.name)
+            call_hooks(task, task.hooks, info, state, message)
+
+    end_failed(get_store(), run, worker, state, message, hooks=hooks, send=partial(send_signatures, app))
 
 
 def record_revoked(app: Celery, request: Any, terminated: bool) -> None:
@@ -118,23 +122,16 @@ def record_revoked(app: Celery, request: Any, terminated: bool) -> None:
     kwargs = getattr(request, "kwargs", None)
     if not isinstance(kwargs, dict) or "run" not in kwargs or not getattr(request, "id", None):
         return  # not one of ours
-    run = full_run(kwargs["run"], request.id)
     how = "terminated while running" if terminated else "revoked before it ran"
-    task = registry.get_task(getattr(request, "task", "") or "")
-
-    def hooks() -> None:
-        if task is not None:
-            info = RunInfo(run["flow_run_id"], "", request.id, task.name)
-            call_hooks(task, task.hooks, info, StateType.CANCELLED, how)
-
-    end_failed(
-        get_store(),
+    worker = str(getattr(request, "hostname", "") or socket.gethostname())
+    run = full_run(kwargs["run"], request.id)
+    end_unexecuted(
+        app,
         run,
-        str(getattr(request, "hostname", "") or socket.gethostname()),
+        getattr(request, "task", "") or "",
+        worker,
         StateType.CANCELLED,
         f"cancelled: the Celery task was {how}",
-        hooks=hooks,
-        send=lambda sigs: send_signatures(app, sigs),
     )
 
 
@@ -146,15 +143,11 @@ def record_unknown(app: Celery, message: Any, name: str, task_id: str, worker: s
         return
     if not isinstance(kwargs, dict) or "run" not in kwargs:
         return
-    end_failed(
-        get_store(),
-        full_run(kwargs["run"], task_id),
-        worker,
-        StateType.FAILED,
+    reason = (
         f"worker {worker} does not know task {name!r}: start it with --flows <the module defining it> "
-        "(or ORCHESTRATOR_FLOW_MODULES), or route the task to workers that import it.",
-        send=lambda sigs: send_signatures(app, sigs),
+        "(or ORCHESTRATOR_FLOW_MODULES), or route the task to workers that import it."
     )
+    end_unexecuted(app, full_run(kwargs["run"], task_id), name, worker, StateType.FAILED, reason)
 
 
 def register_user_task(app: Celery, task: Task) -> None:

@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 from celery import Celery
@@ -194,7 +195,7 @@ class DynamicEngine(Engine):
                 "driver",
                 state,
                 f"not run: upstream {up_label} ended {up_state}",
-                send=lambda sigs: send_signatures(self.app, sigs),
+                send=partial(send_signatures, self.app),
             )
         elif count_or_up == "0":
             sig.apply_async()
