@@ -186,7 +186,7 @@ def submit_flow_run(
     }
     pipe = store.redis.pipeline(transaction=False)
     if prepared.plan is not None:  # launched in this pipeline: the record is written Running
-        store.emit_flow_event(run_id, StateType.PENDING, pipe)
+        store.emit_flow_event(run_id, StateType.PENDING, pipe, record)
     else:
         store.write_flow_run(run_id, record | {"state": StateType.PENDING.value}, pipe)
     try:
@@ -202,26 +202,35 @@ def submit_by_name(
     *,
     queue: str | None = None,
     name: str | None = None,
+    run_id: str | None = None,
+    record: dict[str, Any] | None = None,
 ) -> FlowRun:
     """Send a run of a flow this process has no code for (the API's path).
 
     ``parameters`` must be JSON data already. A worker of ``queue`` that imported the
     flow traces and compiles it; a worker without it ends the run Failed, saying so.
+    Without a ``name`` the worker names the run from the flow's ``flow_run_name``.
+    Raises ConnectionProblem, before anything is written, when Redis does not answer.
     """
-    run_id = str(uuid.uuid4())
+    run_id = run_id or str(uuid.uuid4())
     queue = queue or get_settings().default_queue
     store = get_store()
     store.ping()
-    record = {
+    fields = {
         "id": run_id,
         "flow": flow_name,
         "name": name or f"{flow_name}-{run_id[:8]}",
+        "name_given": "1" if name else "0",
         "root": run_id,
         "queue": queue,
         "parameters": parameters,
         "created": now(),
+        **(record or {}),
         "state": StateType.PENDING.value,
     }
-    store.write_flow_run(run_id, record)
-    send_start(client_app(), flow_name, run_id, queue, dynamic=False)
+    try:
+        store.write_flow_run(run_id, fields)
+        send_start(client_app(), flow_name, run_id, queue, dynamic=False)
+    except (redis.ConnectionError, OSError) as exc:
+        raise store.unreachable(exc) from exc
     return FlowRun(run_id, store)

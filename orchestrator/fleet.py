@@ -60,6 +60,7 @@ def describe_flow(flow: Flow) -> dict[str, Any]:
         "name": flow.name,
         "queue": flow.queue,
         "description": flow.description,
+        "name_template": flow.flow_run_name if isinstance(flow.flow_run_name, str) else None,
         "module": flow.fn.__module__,
         "parameters": parameters_schema(flow),
     }

@@ -31,7 +31,7 @@ from .hooks import call_hooks
 from .serialization import dumps
 from .settings import get_settings
 from .signals import RETRY
-from .states import StateType
+from .states import StateType, can_transition
 from .triggers import verdict
 
 if TYPE_CHECKING:
@@ -51,6 +51,9 @@ class LocalFuture(Future[Any]):
         self.history: list[tuple[StateType, float, str]] = [(StateType.PENDING, time.time(), "")]
 
     def set_state(self, state: StateType, message: str = "") -> None:
+        """Move to ``state`` if the shared state machine allows it (the recorder uses the same rule)."""
+        if not can_transition(self._state, state):
+            return
         self._state = state
         self.history.append((state, time.time(), message))
 

@@ -57,3 +57,29 @@ def parse_parameters(flow: Flow, pairs: list[str]) -> dict[str, Any]:
                 raise ParameterError(f"parameter {name!r}={text!r} is not a valid {hint}: {first}.") from None
         params[name] = value
     return params
+
+
+def coerce_parameters(flow: Flow, given: dict[str, Any]) -> dict[str, Any]:
+    """Read JSON parameters (from the API) with the flow's type hints: "2026-01-02" becomes a date.
+
+    A value that does not fit its hint raises ParameterError naming the parameter.
+    """
+    try:
+        hints = typing.get_type_hints(flow.fn)
+    except Exception:  # unresolvable annotations: take the values as they are
+        return dict(given)
+    out: dict[str, Any] = {}
+    for name, value in given.items():
+        hint = hints.get(name)
+        if hint is None:
+            out[name] = value
+            continue
+        try:
+            out[name] = TypeAdapter(hint).validate_python(value)
+        except ValidationError as exc:
+            first = exc.errors()[0]["msg"]
+            message = f"flow {flow.name!r} parameter {name!r}={value!r} is not a valid {hint}: {first}."
+            raise ParameterError(message) from None
+        except Exception:  # a hint pydantic cannot check
+            out[name] = value
+    return out

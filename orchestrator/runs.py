@@ -148,10 +148,17 @@ def relaunch_static(store: RunStore, app: Celery, root: str, attempt: int) -> No
     part = full.rerun(again)
     compiled = compile_plan(part, app)
     _write_tree(store, part, compiled, pipe)
+    reopened = [
+        store.event("task_run", node.id, StateType.PENDING.value, reopen=True, message=f"flow run attempt {attempt}")
+        for node in part.nodes.values()
+    ]
+    store.emit_task_events(reopened, pipe)
     for child in part.subflows.values():
-        store.write_flow_run(child.run_id, {"state": StateType.RUNNING.value, "ended": "", "message": ""}, pipe)
+        store.write_flow_run(
+            child.run_id, {"state": StateType.RETRYING.value, "ended": "", "message": ""}, pipe, reopen=True
+        )
     fields = {"state": StateType.RETRYING.value, "attempt": str(attempt), "ended": "", "message": ""}
-    store.write_flow_run(root, fields, pipe)
+    store.write_flow_run(root, fields, pipe, reopen=True)
     pipe.execute()
     _apply(store, part, compiled)
 
@@ -283,6 +290,70 @@ def propagate_failure(
             end_flow_run(store, child, StateType.FAILED, message)
         after_final(store, root, finished)
         queue.extend(store.downstream_of(node))
+
+
+def stop_flow_run(store: RunStore, app: Celery, run_id: str, state: StateType, message: str) -> bool:
+    """End a run tree now (cancel, timeout): unfinished task runs Cancelled, running ones terminated.
+
+    The final state is set on the record first, without an event, so that the last
+    task run made final here cannot "decide" the run; a Cancelling event tells the
+    history what is under way; the final event comes last, after the task runs are
+    cancelled, so whoever waits sees them cancelled already. Returns False if the
+    run was already final.
+    """
+    current = store.flow_state(run_id)
+    if current is None or current.is_final:
+        return False
+    store.redis.hset(keys.flow_run(run_id), "state", state.value)
+    pipe = store.redis.pipeline(transaction=False)
+    store.emit_flow_event(run_id, StateType.CANCELLING, pipe, {"cause": message})
+    pipe.execute()
+    running: list[str] = []
+    for row in list_task_runs(store, run_id):
+        if StateType(row.get("state", "Pending")).is_final:
+            continue
+        if row.get("state") in (StateType.RUNNING.value, StateType.RETRYING.value):
+            running.append(row["id"])
+        fields = {
+            "ended": now(),
+            "message": f"cancelled: flow run {run_id} {message}",
+            "flow_run_id": row.get("flow_run_id", ""),
+        }
+        store.task_finished(run_id, row["id"], StateType.CANCELLED, fields)
+    if running:  # stop the work itself, not just the records
+        app.control.revoke(running, terminate=True)
+    for child in set(store.redis.hvals(keys.subflow_ends(run_id))):
+        child_state = store.flow_state(child)
+        if child_state is not None and not child_state.is_final:
+            end_flow_run(store, child, StateType.CANCELLED, f"parent flow run {run_id} {message}")
+    end_flow_run(store, run_id, state, message)
+    return True
+
+
+def retry_final_run(store: RunStore, app: Celery, run_id: str) -> int:
+    """Run a finished, unsuccessful flow run again (the API's retry); returns the new attempt.
+
+    A static run re-runs only the task runs that did not complete, so completed ones
+    keep their results; a dynamic run re-runs its body on a worker of its queue.
+    """
+    record = store.read_flow_run(run_id)
+    if not record:
+        raise RunError(f"flow run {run_id} is not in Redis (expired after result_ttl_seconds?); it cannot be retried.")
+    state = StateType(record.get("state", "Pending"))
+    if not state.is_final or state is StateType.COMPLETED:
+        raise RunError(f"flow run {run_id} is {state.value}; only a run that ended without completing can be retried.")
+    if record.get("parent"):
+        raise RunError(f"flow run {run_id} is a subflow run; retry its parent flow run {record['parent']} instead.")
+    attempt = int(record.get("attempt") or 1) + 1
+    store.redis.delete(keys.flow_done(run_id))
+    if record.get("mode") != "dynamic":
+        relaunch_static(store, app, run_id, attempt)
+        return attempt
+    fields = {"state": StateType.AWAITING_RETRY.value, "message": "retry requested", "retry_at": now()}
+    store.write_flow_run(run_id, fields, reopen=True)
+    queue = record.get("queue") or "default"
+    make_signature(RETRY_FLOW_RUN_TASK, {"run_id": run_id, "attempt": attempt}, queue=queue, app=app).apply_async()
+    return attempt
 
 
 def list_task_runs(store: RunStore, run_id: str) -> list[dict[str, str]]:

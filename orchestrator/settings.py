@@ -6,7 +6,9 @@ environment variable changes behaviour everywhere at once.
 
 from __future__ import annotations
 
+import socket
 from functools import lru_cache
+from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field, field_validator
@@ -46,6 +48,28 @@ class Settings(BaseSettings):
     )
     local_max_workers: int = Field(
         default=16, description="Threads that run submitted tasks when a flow is called in-process."
+    )
+
+    database_url: str = Field(
+        default="sqlite:///" + str(Path.home() / ".orchestrator" / "orchestrator.db"),
+        description="Database of the API (SQLAlchemy URL): an SQLite file by default, postgresql+psycopg://... "
+        "in production.",
+    )
+    api_url: str = Field(
+        default="http://127.0.0.1:4200/api", description="Where the CLI finds the API (with the /api prefix)."
+    )
+    api_key: str | None = Field(
+        default=None,
+        description="When set, every API request needs 'Authorization: Bearer <key>'; the CLI sends it.",
+    )
+    api_root_path: str = Field(
+        default="", description="Path prefix when the API sits behind a reverse proxy (e.g. /orchestrator)."
+    )
+    api_max_body_bytes: int = Field(default=1_048_576, description="Request bodies larger than this get 413.")
+    recorder_batch_size: int = Field(default=2000, description="Events the recorder writes per transaction.")
+    recorder_name: str = Field(
+        default_factory=lambda: f"recorder-{socket.gethostname()}",
+        description="Consumer name of this API's recorder in the event stream's consumer group.",
     )
 
     @field_validator("flow_modules", mode="before")

@@ -62,12 +62,37 @@ FAILED_STATES = frozenset(
 )
 
 
-def can_transition(current: StateType | None, new: StateType) -> bool:
+NOT_STARTED_STATES = frozenset(
+    {StateType.SCHEDULED, StateType.LATE, StateType.PENDING, StateType.AWAITING_CONCURRENCY_SLOT}
+)
+
+REOPEN_STATES = frozenset({StateType.SCHEDULED, StateType.PENDING, StateType.AWAITING_RETRY, StateType.RETRYING})
+
+
+def can_transition(current: StateType | None, new: StateType, *, reopen: bool = False) -> bool:
     """Whether a run in ``current`` may move to ``new``.
 
-    Final states are never left: a redelivered message or an event that arrives
-    after the run ended must not rewrite history.
+    - Final states are never left: a redelivered message or an event that arrives
+      after the run ended must not rewrite history. The one exception is an explicit
+      retry (``reopen``), which may only move a run back to Scheduled, Pending,
+      AwaitingRetry or Retrying.
+    - A run that has started never goes back to a not-started state (a late Pending
+      event after Running), except by the same explicit retry.
+    - Late only follows Scheduled; Cancelling only leads to a final state.
     """
     if current is None:
         return True
-    return not current.is_final
+    if reopen:
+        return new in REOPEN_STATES
+    if current.is_final:
+        return False
+    if new is StateType.LATE:
+        return current in (StateType.SCHEDULED, StateType.LATE)
+    if current is StateType.CANCELLING:
+        return new.is_final or new is StateType.CANCELLING
+    if new in NOT_STARTED_STATES and current not in NOT_STARTED_STATES:
+        return new is StateType.AWAITING_CONCURRENCY_SLOT and current in (
+            StateType.AWAITING_RETRY,
+            StateType.RETRYING,
+        )
+    return True

@@ -178,6 +178,14 @@ class Started:
     results: dict[str, str | None]  # prefetched results of upstream task runs
 
 
+INTERNAL_FIELDS = frozenset({"state", "message", "returns", "deciders", "body_error"})
+
+
+def describe_record(fields: dict[str, Any]) -> dict[str, Any]:
+    """The descriptive part of a run record that rides along in its events (not its internals)."""
+    return {k: v for k, v in fields.items() if k not in INTERNAL_FIELDS}
+
+
 @lru_cache(maxsize=8)
 def _client(url: str) -> Any:
     """One client (and pool) per URL; ``Any`` because decode_responses=True makes every
@@ -227,14 +235,22 @@ class RunStore:
         return json.dumps({"kind": kind, "id": run_id, "state": state, "ts": now(), **data})
 
     # -- flow runs --------------------------------------------------------------------
-    def write_flow_run(self, run_id: str, fields: dict[str, Any], pipe: Any = None) -> None:
-        """Create or update a flow run record; a state field also emits an event."""
+    def write_flow_run(self, run_id: str, fields: dict[str, Any], pipe: Any = None, *, reopen: bool = False) -> None:
+        """Create or update a flow run record; a state field also emits an event.
+
+        The event carries the record's descriptive fields, so the API can record a
+        run it has never seen (one sent with ``.delay()``). ``reopen`` marks an
+        explicit retry of a final run (the only way the state machine leaves a final state).
+        """
         target = pipe if pipe is not None else self.redis.pipeline(transaction=False)
         encoded = {k: v if isinstance(v, str) and k not in JSON_FIELDS else json.dumps(v) for k, v in fields.items()}
         target.hset(keys.flow_run(run_id), mapping=encoded)
         target.expire(keys.flow_run(run_id), self.ttl)
         if "state" in fields:
-            event = self.event("flow_run", run_id, fields["state"], message=fields.get("message", ""))
+            extra: dict[str, Any] = {"record": describe_record(fields)}
+            if reopen:
+                extra["reopen"] = True
+            event = self.event("flow_run", run_id, fields["state"], message=fields.get("message", ""), **extra)
             target.xadd(keys.EVENTS_STREAM, {"event": event}, maxlen=self.maxlen, approximate=True)
             if StateType(fields["state"]).is_final:
                 target.lpush(keys.flow_done(run_id), fields["state"])
@@ -242,10 +258,15 @@ class RunStore:
         if pipe is None:
             target.execute()
 
-    def emit_flow_event(self, run_id: str, state: StateType, pipe: Any) -> None:
+    def emit_flow_event(self, run_id: str, state: StateType, pipe: Any, record: dict[str, Any] | None = None) -> None:
         """Only the event of a state the record passes through at once (Pending before Running)."""
-        event = self.event("flow_run", run_id, state.value, message="")
+        event = self.event("flow_run", run_id, state.value, message="", record=describe_record(record or {}))
         pipe.xadd(keys.EVENTS_STREAM, {"event": event}, maxlen=self.maxlen, approximate=True)
+
+    def emit_task_events(self, events: list[str], pipe: Any) -> None:
+        """Append prepared task run events (see :meth:`event`) in ``pipe``."""
+        for event in events:
+            pipe.xadd(keys.EVENTS_STREAM, {"event": event}, maxlen=self.maxlen, approximate=True)
 
     def read_outcome(self, run_id: str) -> tuple[dict[str, str], dict[str, str | None]]:
         """A flow run's record and the results its return value refers to, in one round trip."""
@@ -296,7 +317,7 @@ class RunStore:
         In the same round trip it fetches the run's stored inputs (if asked) and the
         results of the ``prefetch`` task runs.
         """
-        event = self.event("task_run", trid, fields["state"], flow_run_id=fields.get("flow_run_id"))
+        event = self.event("task_run", trid, fields["state"], record=describe_record(fields))
         out = self._start(
             keys=[keys.task_run(trid), keys.finals(root), keys.EVENTS_STREAM, keys.inputs(root)],
             args=[
@@ -326,7 +347,9 @@ class RunStore:
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(keys.task_run(trid), mapping={k: str(v) for k, v in fields.items()})
         pipe.expire(keys.task_run(trid), self.ttl)
-        event = self.event("task_run", trid, fields["state"], message=fields.get("message", ""))
+        event = self.event(
+            "task_run", trid, fields["state"], message=fields.get("message", ""), record=describe_record(fields)
+        )
         pipe.xadd(keys.EVENTS_STREAM, {"event": event}, maxlen=self.maxlen, approximate=True)
         pipe.execute()
 
@@ -341,11 +364,7 @@ class RunStore:
         """Make a task run final exactly once (see :class:`Finished` for what comes back)."""
         fields = fields | {"state": state.value}
         event = self.event(
-            "task_run",
-            trid,
-            state.value,
-            flow_run_id=fields.get("flow_run_id"),
-            message=fields.get("message", ""),
+            "task_run", trid, state.value, message=fields.get("message", ""), record=describe_record(fields)
         )
         out = self._finish(
             keys=[

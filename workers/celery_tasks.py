@@ -23,7 +23,7 @@ from celery.canvas import chord, group
 from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded, TimeLimitExceeded
 
 from orchestrator import keys, registry
-from orchestrator.client import launch_prepared, prepare_run
+from orchestrator.client import encode_parameters, launch_prepared, prepare_run
 from orchestrator.compiler import (
     COLLECT_MAP_TASK,
     EXPAND_MAP_TASK,
@@ -38,13 +38,14 @@ from orchestrator.context import RunInfo
 from orchestrator.engine import zip_mapped
 from orchestrator.errors import OrchestratorError, RunError
 from orchestrator.hooks import call_hooks
+from orchestrator.params import coerce_parameters
 from orchestrator.references import any_pickled, resolve
 from orchestrator.runs import (
     end_flow_run,
     flow_outcome,
-    list_task_runs,
     relaunch_static,
     send_signatures,
+    stop_flow_run,
     task_record,
 )
 from orchestrator.serialization import dumps, from_jsonable
@@ -284,25 +285,8 @@ def register_builtin_tasks(app: Celery) -> None:
     @app.task(name=FLOW_DEADLINE_TASK, bind=True, ignore_result=True)
     def flow_deadline(self: CeleryTask, run_id: str, timeout: float) -> None:
         """The flow run's timeout_seconds passed: end it TimedOut and stop its tasks."""
-        store = get_store()
-        state = store.flow_state(run_id)
-        if state is None or state.is_final:
-            return
         message = f"ran past timeout_seconds={timeout:g}; its unfinished task runs were cancelled"
-        # Final first (so the last cancelled task cannot "complete" the run), announced last
-        # (so whoever waits sees the task runs already cancelled).
-        store.redis.hset(keys.flow_run(run_id), "state", StateType.TIMED_OUT.value)
-        running: list[str] = []
-        for row in list_task_runs(store, run_id):
-            if StateType(row.get("state", "Pending")).is_final:
-                continue
-            if row.get("state") in (StateType.RUNNING.value, StateType.RETRYING.value):
-                running.append(row["id"])
-            fields = {"ended": now(), "message": f"cancelled: flow run {run_id} {message}"}
-            store.task_finished(run_id, row["id"], StateType.CANCELLED, fields)
-        if running:  # stop the work itself, not just the records
-            self.app.control.revoke(running, terminate=True)
-        end_flow_run(store, run_id, StateType.TIMED_OUT, message)
+        stop_flow_run(get_store(), self.app, run_id, StateType.TIMED_OUT, message)
 
     @app.task(name=RETRY_FLOW_RUN_TASK, bind=True, ignore_result=True)
     def retry_flow_run(self: CeleryTask, run_id: str, attempt: int) -> None:
@@ -351,12 +335,16 @@ def register_builtin_tasks(app: Celery) -> None:
         try:
             given = from_jsonable(json.loads(record.get("parameters", "{}")))
             definition.check_parameter_names(given)
-            parameters = definition.bind_parameters((), given)  # callable defaults: now
+            parameters = definition.bind_parameters((), coerce_parameters(definition, given))  # callable defaults: now
+            resolved = definition.run_options | {"parameters": encode_parameters(definition, parameters)}
+            if record.get("name_given") != "1":
+                resolved["name"] = definition.run_name(parameters, run_id)
             if not dynamic:
                 prepared = prepare_run(definition, parameters, run_id=run_id, queue=queue, app=self.app)
                 if prepared.dynamic_reason is None:
-                    launch_prepared(prepared, flow, store=store, app=self.app, record=definition.run_options)
+                    launch_prepared(prepared, flow, store=store, app=self.app, record=resolved)
                     return
+            store.write_flow_run(run_id, resolved | {"state": StateType.PENDING.value})  # the API learns them
         except OrchestratorError as exc:  # bad parameters or definition: say so, never stay Pending
             store.write_flow_run(run_id, {"state": StateType.FAILED.value, "ended": now(), "message": str(exc)})
             return
