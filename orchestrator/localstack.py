@@ -165,3 +165,95 @@ def wait_for_worker(redis_url: str, proc: subprocess.Popen[bytes], queue: str, t
             return
         time.sleep(0.1)
     raise TimeoutError(f"worker did not start consuming {queue!r} within {timeout}s")
+
+
+class ApiProcess:
+    """The API run as a user runs it (``python -m api.server``), startable and killable (tests, dev).
+
+    Started as a separate process, so the SDK never imports api/.
+    """
+
+    def __init__(
+        self,
+        redis_url: str,
+        database_url: str,
+        port: int | None = None,
+        log_path: Path | None = None,
+        extra_env: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.port = port or free_port()
+        self.host = host
+        self.log_path = log_path
+        self.env = (
+            os.environ.copy()
+            | {
+                "ORCHESTRATOR_REDIS_URL": redis_url,
+                "ORCHESTRATOR_DATABASE_URL": database_url,
+                "PYTHONUNBUFFERED": "1",
+            }
+            | (extra_env or {})
+        )
+        root = self.env.get("ORCHESTRATOR_API_ROOT_PATH", "")
+        self.url = f"http://{host}:{self.port}{root}/api"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> str:
+        """Start the server and wait until it answers; returns its base URL (with /api)."""
+        log_file = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        cmd = [sys.executable, "-m", "api.server", "--host", self.host, "--port", str(self.port)]
+        self.proc = subprocess.Popen(
+            [*cmd, "--log-level", "warning"],
+            env=self.env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        if self.log_path:
+            log_file.close()  # type: ignore[union-attr]
+        wait_for_http(f"http://{self.host}:{self.port}/api/health", self.proc)
+        return self.url
+
+    def kill(self) -> None:
+        """SIGKILL the server (a crash: no shutdown code runs)."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        """Stop the server cleanly (SIGTERM, then SIGKILL if it lingers)."""
+        if self.proc is not None:
+            stop_process(self.proc, timeout=15)
+
+
+@contextlib.contextmanager
+def api_server(
+    redis_url: str,
+    database_url: str,
+    log_path: Path | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[ApiProcess]:
+    """Run the API on a free port for the length of the block."""
+    server = ApiProcess(redis_url, database_url, log_path=log_path, extra_env=extra_env)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+def wait_for_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    """Block until ``url`` answers (any status below 500 or a 503 from a health check)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with code {proc.returncode} before it answered {url}")
+        try:
+            httpx.get(url, timeout=1.0)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")

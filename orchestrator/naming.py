@@ -20,10 +20,6 @@ def rename_flow_run(name: str) -> None:
     run.extra["flow_run_name"] = name
     if run.extra.get("local"):
         return
-    from . import keys
     from .store import get_store
 
-    store = get_store()
-    store.write_flow_run(run.flow_run_id, {"name": name})
-    event = store.event("flow_run_rename", run.flow_run_id, "", name=name)
-    store.redis.xadd(keys.EVENTS_STREAM, {"event": event}, maxlen=store.maxlen, approximate=True)
+    get_store().rename_flow_run(run.flow_run_id, name, cause="rename_flow_run()")

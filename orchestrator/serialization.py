@@ -146,3 +146,20 @@ def check_serializer(name: str, where: str) -> str:
     if name not in SERIALIZERS:
         raise SerializationError(f"{where}: unknown result_serializer {name!r}; use one of {', '.join(SERIALIZERS)}.")
     return name
+
+
+def to_plain(data: Any) -> Any:
+    """Tagged JSON shown as plain JSON (for people and the API): a date becomes its ISO text,
+    a tuple or set a list, a pickled value the text "<pickled>"."""
+    if isinstance(data, list):
+        return [to_plain(v) for v in data]
+    if isinstance(data, dict):
+        if PICKLE_TAG in data:
+            return "<pickled>"
+        tag = data.get(_TAG)
+        if tag in ("tuple", "set"):
+            return [to_plain(v) for v in data.get("v", [])]
+        if tag is not None:
+            return data.get("v")
+        return {k: to_plain(v) for k, v in data.items()}
+    return data

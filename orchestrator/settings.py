@@ -66,6 +66,7 @@ class Settings(BaseSettings):
         default="", description="Path prefix when the API sits behind a reverse proxy (e.g. /orchestrator)."
     )
     api_max_body_bytes: int = Field(default=1_048_576, description="Request bodies larger than this get 413.")
+    api_services: bool = Field(default=True, description="Run the recorder and the dispatcher inside the API process.")
     recorder_batch_size: int = Field(default=2000, description="Events the recorder writes per transaction.")
     recorder_name: str = Field(
         default_factory=lambda: f"recorder-{socket.gethostname()}",

@@ -263,6 +263,14 @@ class RunStore:
         event = self.event("flow_run", run_id, state.value, message="", record=describe_record(record or {}))
         pipe.xadd(keys.EVENTS_STREAM, {"event": event}, maxlen=self.maxlen, approximate=True)
 
+    def rename_flow_run(self, run_id: str, name: str, cause: str = "") -> None:
+        """Rename a run: its record (``name_given`` so a retry keeps it) and a rename event for the API."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(keys.flow_run(run_id), mapping={"name": name, "name_given": "1"})
+        event = self.event("flow_run_rename", run_id, "", name=name, cause=cause)
+        pipe.xadd(keys.EVENTS_STREAM, {"event": event}, maxlen=self.maxlen, approximate=True)
+        pipe.execute()
+
     def emit_task_events(self, events: list[str], pipe: Any) -> None:
         """Append prepared task run events (see :meth:`event`) in ``pipe``."""
         for event in events:

@@ -565,3 +565,37 @@ def logging_flow() -> int:
 @flow
 def killed_logging_flow() -> str:
     return chatty_then_killed.submit()  # type: ignore[no-any-return]
+
+
+# -- flows the API tests submit over HTTP ------------------------------------------------------
+
+
+@task
+def counted(key: str, value: int) -> int:
+    """Counts its executions in Redis (a retry test asserts what ran again)."""
+    get_store().redis.incr(f"test:count:{key}")
+    return value
+
+
+@task
+def fails_until_fixed(key: str, value: int) -> int:
+    """Fails until a test sets the key ``test:fixed:<key>``: a bug fixed between two attempts."""
+    get_store().redis.incr(f"test:count:{key}-fix")
+    if not get_store().redis.exists(f"test:fixed:{key}"):
+        raise ValueError(f"{key} is not fixed yet")
+    return value
+
+
+@flow(flow_run_name="api-{label}-{n}")
+def api_flow(n: int, label: str = "x", day: dt.date = dt.date.today) -> int:  # type: ignore[assignment]
+    """Typed parameters, a callable default and a name template: what the API checks and records."""
+    first = counted.submit(f"{label}-a", n)
+    side = counted.submit(f"{label}-c", n)
+    fixed = fails_until_fixed.submit(label, n, wait_for=[first])
+    return add.submit(fixed, side)  # type: ignore[no-any-return]
+
+
+@flow
+def api_sleepy_flow(seconds: float = 30.0, width: int = 2) -> list[Any]:
+    """Long-running tasks for the cancel and restart tests."""
+    return [sleepy.submit(seconds, i) for i in range(width)]

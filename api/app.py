@@ -1,0 +1,102 @@
+"""The FastAPI application: routes under /api, errors as clear 4xx/503, services in the background.
+
+``create_app()`` builds it; ``api.server`` runs it with uvicorn after migrating the
+database. The recorder and the dispatcher run in threads of the same process and
+stop with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request, status
+from fastapi.responses import JSONResponse
+
+from orchestrator.errors import ConnectionProblem, RunError
+from orchestrator.settings import get_settings
+from orchestrator.store import get_store
+
+from .db import get_engine
+from .dispatcher import run_dispatcher
+from .recorder import Recorder
+from .routes import flow_runs, flows, health, workers
+from .security import BodySizeLimit, require_api_key
+from .submit import ParameterProblem
+
+log = logging.getLogger("orchestrator.api")
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Start the recorder and the dispatcher with the server; stop them with it."""
+    if not app.state.services:
+        yield
+        return
+    settings = get_settings()
+    stop = threading.Event()
+    recorder = Recorder(get_store(), get_engine(), settings.recorder_name, settings.recorder_batch_size)
+    app.state.recorder = recorder
+    threads = [
+        threading.Thread(target=recorder.run, args=(stop,), name="recorder", daemon=True),
+        threading.Thread(target=run_dispatcher, args=(get_engine(), stop), name="dispatcher", daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=10)
+
+
+def create_app(*, services: bool | None = None) -> FastAPI:
+    """The API application (``services=False``: routes only, no recorder or dispatcher)."""
+    settings = get_settings()
+    services = settings.api_services if services is None else services
+    app = FastAPI(
+        title="Orchestrator API",
+        version="0.1.0",
+        description="Submit flows, read every run's states, task runs, graph and logs; cancel, retry, rename.",
+        root_path=settings.api_root_path,
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    app.state.recorder = None
+    guarded = APIRouter(prefix="/api", dependencies=[Depends(require_api_key)])
+    guarded.include_router(flows.router)
+    guarded.include_router(flow_runs.router)
+    guarded.include_router(workers.router)
+    app.include_router(guarded)
+    app.include_router(health.router, prefix="/api")
+    app.add_middleware(BodySizeLimit, limit=settings.api_max_body_bytes)
+    install_error_handlers(app)
+    return app
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every failure the caller can act on gets a status and a sentence; none is a bare 500."""
+
+    @app.exception_handler(ParameterProblem)
+    async def bad_parameters(_: Request, exc: ParameterProblem) -> JSONResponse:
+        return JSONResponse(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, content={"detail": exc.errors})
+
+    @app.exception_handler(ConnectionProblem)
+    async def redis_away(_: Request, exc: ConnectionProblem) -> JSONResponse:
+        return JSONResponse(
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            content={"detail": f"{exc} Nothing was created; try again once Redis answers."},
+        )
+
+    @app.exception_handler(RunError)
+    async def conflict(_: Request, exc: RunError) -> JSONResponse:
+        return JSONResponse(status_code=status.HTTP_409_CONFLICT, content={"detail": str(exc)})
+
+
+def _factory() -> Any:
+    """Entry point for ``uvicorn --factory api.app:_factory``."""
+    return create_app()

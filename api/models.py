@@ -1,0 +1,100 @@
+"""The database tables (SQLModel): flow runs, task runs, their state history and logs.
+
+Times are seconds since the epoch (floats): the same stamps the workers write, with
+no time zone ambiguity between SQLite and PostgreSQL; the HTTP layer shows them as
+ISO 8601 UTC. Every event-sourced row carries the id of the stream event it came
+from, unique, so an event delivered twice is applied once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, Text
+from sqlmodel import Field, SQLModel
+
+
+class FlowRun(SQLModel, table=True):
+    """One run of a flow (a subflow run has a parent); its current state and record."""
+
+    __tablename__ = "flow_run"
+    __table_args__ = (Index("ix_flow_run_state_scheduled", "state", "scheduled_start"),)
+
+    id: str = Field(primary_key=True, max_length=64)
+    flow_name: str = Field(default="", index=True, max_length=200)
+    name: str = Field(default="", index=True, max_length=500)
+    renamed: bool = False  # renamed by request or by rename_flow_run(): later records do not rename it back
+    state: str = Field(default="Pending", index=True, max_length=32)
+    state_message: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    parent_id: str | None = Field(default=None, index=True, max_length=64)
+    root_id: str | None = Field(default=None, max_length=64)
+    queue: str = Field(default="", max_length=200)
+    parameters: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    mode: str = Field(default="", max_length=16)
+    attempt: int = 1
+    created: float = Field(index=True)
+    scheduled_start: float | None = None
+    dispatched: bool = True
+    started: float | None = None
+    ended: float | None = None
+    updated: float = 0.0
+    result_refs: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    plan: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+
+
+class TaskRun(SQLModel, table=True):
+    """One task run (one attempt counter per run; retries keep the same row)."""
+
+    __tablename__ = "task_run"
+
+    id: str = Field(primary_key=True, max_length=100)
+    flow_run_id: str = Field(default="", index=True, max_length=64)
+    root_id: str = Field(default="", max_length=64)
+    task_name: str = Field(default="", max_length=300)
+    label: str = Field(default="", max_length=300)
+    state: str = Field(default="Pending", max_length=32)
+    state_message: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    worker: str = Field(default="", max_length=300)
+    attempts: int = 0
+    created: float = 0.0
+    started: float | None = None
+    ended: float | None = None
+    updated: float = 0.0
+
+
+class StateEvent(SQLModel, table=True):
+    """One transition of a flow run or task run, as it was reported, in stream order.
+
+    ``applied`` is False for an event the state machine refused (a late or duplicate
+    report): it is kept so the history is honest, but it changed nothing.
+    """
+
+    __tablename__ = "state_event"
+    __table_args__ = (Index("ix_state_event_run", "run_id", "seq"),)
+
+    seq: int | None = Field(default=None, primary_key=True)
+    event_id: str = Field(unique=True, max_length=64)
+    kind: str = Field(max_length=16)  # flow_run | task_run
+    run_id: str = Field(max_length=100)
+    flow_run_id: str = Field(default="", index=True, max_length=64)
+    state: str = Field(max_length=32)
+    ts: float
+    recorded: float
+    message: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    cause: str = Field(default="", max_length=300)
+    applied: bool = True
+
+
+class LogLine(SQLModel, table=True):
+    """One log record written with get_run_logger() in a flow or task run."""
+
+    __tablename__ = "log_line"
+    __table_args__ = (Index("ix_log_line_flow_run", "flow_run_id", "seq"),)
+
+    seq: int | None = Field(default=None, primary_key=True)
+    event_id: str = Field(unique=True, max_length=64)
+    flow_run_id: str = Field(max_length=64)
+    task_run_id: str | None = Field(default=None, max_length=100)
+    level: str = Field(default="INFO", max_length=16)
+    message: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    ts: float

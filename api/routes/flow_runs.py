@@ -1,0 +1,255 @@
+"""Reading flow runs (their task runs, history, graph, logs) and acting on them."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path, Query, status
+from sqlalchemy import func, or_, update
+from sqlmodel import Session, col, select
+
+from orchestrator.runs import retry_final_run, stop_flow_run
+from orchestrator.states import StateType
+
+from ..models import FlowRun, LogLine, StateEvent, TaskRun
+from ..schemas import (
+    Accepted,
+    FlowRunPage,
+    FlowRunPublic,
+    FlowRunUpdate,
+    Graph,
+    GraphNode,
+    LogLinePublic,
+    StateEventPublic,
+    TaskRunPublic,
+)
+from ..submit import api_event
+from .deps import CeleryDep, SessionDep, StoreDep
+
+router = APIRouter(prefix="/flow-runs", tags=["flow runs"])
+
+RunId = Annotated[str, Path(min_length=1, max_length=64, description="The flow run's id.")]
+
+
+def get_run(session: Session, run_id: str) -> FlowRun:
+    """The flow run or a 404 that says where to look."""
+    row = session.get(FlowRun, run_id)
+    if row is None:
+        raise HTTPException(
+            status_code=status.HTTP_404_NOT_FOUND,
+            detail=f"no flow run {run_id!r} is recorded; GET /api/flow-runs lists them (a run sent moments ago "
+            "appears once the recorder has read its first event).",
+        )
+    return row
+
+
+@router.get("", response_model=FlowRunPage)
+def list_flow_runs(
+    session: SessionDep,
+    flow: Annotated[str | None, Query(max_length=200, description="Only runs of this flow.")] = None,
+    state: Annotated[list[StateType] | None, Query(description="Only runs in these states.")] = None,
+    name: Annotated[str | None, Query(max_length=500, description="Runs whose name contains this.")] = None,
+    parent: Annotated[str | None, Query(max_length=64, description="Only subflow runs of this run.")] = None,
+    since: Annotated[datetime | None, Query(description="Created at or after this time.")] = None,
+    until: Annotated[datetime | None, Query(description="Created before this time.")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+) -> FlowRunPage:
+    """Flow runs, newest first, filtered and paginated."""
+    query = select(FlowRun)
+    if flow:
+        query = query.where(FlowRun.flow_name == flow)
+    if state:
+        query = query.where(col(FlowRun.state).in_([s.value for s in state]))
+    if name:
+        query = query.where(col(FlowRun.name).contains(name, autoescape=True))
+    if parent:
+        query = query.where(FlowRun.parent_id == parent)
+    if since:
+        query = query.where(FlowRun.created >= since.timestamp())
+    if until:
+        query = query.where(FlowRun.created < until.timestamp())
+    total = session.exec(select(func.count()).select_from(query.subquery())).one()
+    rows = session.exec(query.order_by(col(FlowRun.created).desc(), col(FlowRun.id)).offset(offset).limit(limit)).all()
+    return FlowRunPage(items=[FlowRunPublic.of(r) for r in rows], total=total, limit=limit, offset=offset)
+
+
+@router.get("/{run_id}", response_model=FlowRunPublic)
+def read_flow_run(session: SessionDep, run_id: RunId) -> FlowRunPublic:
+    """One flow run: state, parameters, timestamps, result reference, parent run."""
+    return FlowRunPublic.of(get_run(session, run_id))
+
+
+@router.patch("/{run_id}", response_model=FlowRunPublic)
+def rename_flow_run(session: SessionDep, store: StoreDep, run_id: RunId, body: FlowRunUpdate) -> FlowRunPublic:
+    """Rename a flow run (also while it runs)."""
+    row = get_run(session, run_id)
+    store.ping()
+    store.rename_flow_run(run_id, body.name, cause="api")  # the recorder applies it, in order with the run's events
+    shown = FlowRunPublic.of(row)
+    shown.name = body.name
+    return shown
+
+
+@router.get("/{run_id}/task-runs", response_model=list[TaskRunPublic])
+def list_task_runs(session: SessionDep, run_id: RunId) -> list[TaskRunPublic]:
+    """The run's task runs (for a top-level run: its subflows' too), by start time."""
+    get_run(session, run_id)
+    rows = session.exec(
+        select(TaskRun)
+        .where(or_(col(TaskRun.flow_run_id) == run_id, col(TaskRun.root_id) == run_id))
+        .order_by(col(TaskRun.started), col(TaskRun.created), col(TaskRun.label))
+    ).all()
+    return [TaskRunPublic.of(r) for r in rows]
+
+
+@router.get("/{run_id}/states", response_model=list[StateEventPublic])
+def list_states(
+    session: SessionDep,
+    run_id: RunId,
+    tasks: Annotated[bool, Query(description="Include the transitions of its task runs.")] = True,
+) -> list[StateEventPublic]:
+    """Every transition of the run (and its task runs) in the order it happened, with time, message and cause."""
+    get_run(session, run_id)
+    condition = col(StateEvent.run_id) == run_id
+    if tasks:
+        condition = or_(condition, col(StateEvent.flow_run_id) == run_id)
+    rows = session.exec(select(StateEvent).where(condition).order_by(col(StateEvent.seq))).all()
+    return [StateEventPublic.of(r) for r in rows]
+
+
+@router.get("/{run_id}/graph", response_model=Graph)
+def read_graph(session: SessionDep, run_id: RunId) -> Graph:
+    """The compiled task graph with each node's current state (a dynamic run: its task runs so far)."""
+    row = get_run(session, run_id)
+    root = session.get(FlowRun, row.root_id or row.id) or row
+    tasks = {
+        t.id: t
+        for t in session.exec(
+            select(TaskRun).where(or_(col(TaskRun.root_id) == root.id, col(TaskRun.flow_run_id) == run_id))
+        ).all()
+    }
+    nodes: list[GraphNode] = []
+    if root.plan:
+        for node in root.plan.get("nodes", []):
+            if row.id != root.id and node.get("flow_run_id") != row.id:
+                continue
+            mapped = [
+                {"id": t.id, "label": t.label, "state": t.state}
+                for t in tasks.values()
+                if node.get("kind") == "map" and t.id.startswith(f"{node['id']}-")
+            ]
+            task = tasks.get(node["id"])
+            nodes.append(
+                GraphNode(
+                    id=node["id"],
+                    kind=node.get("kind") or "task",
+                    name=node.get("name") or "",
+                    label=node.get("label") or "",
+                    flow_run_id=node.get("flow_run_id") or "",
+                    upstream=list(node.get("upstream") or []),
+                    state=task.state if task else StateType.PENDING.value,
+                    mapped=mapped,
+                )
+            )
+    else:
+        for task in sorted(tasks.values(), key=lambda t: (t.created, t.label)):
+            if task.flow_run_id != run_id:
+                continue
+            nodes.append(
+                GraphNode(
+                    id=task.id,
+                    kind="task",
+                    name=task.task_name,
+                    label=task.label,
+                    flow_run_id=task.flow_run_id,
+                    upstream=[],
+                    state=task.state,
+                )
+            )
+    return Graph(flow_run_id=run_id, mode=row.mode, nodes=nodes)
+
+
+@router.get("/{run_id}/logs", response_model=list[LogLinePublic])
+def list_logs(
+    session: SessionDep,
+    run_id: RunId,
+    after: Annotated[int, Query(ge=0, le=2**62, description="Only lines after this seq (to follow).")] = 0,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> list[LogLinePublic]:
+    """Log lines of the run and its task runs, oldest first."""
+    get_run(session, run_id)
+    rows = session.exec(
+        select(LogLine)
+        .where(LogLine.flow_run_id == run_id, col(LogLine.seq) > after)
+        .order_by(col(LogLine.seq))
+        .limit(limit)
+    ).all()
+    return [LogLinePublic.of(r) for r in rows]
+
+
+@router.post("/{run_id}/cancel", response_model=Accepted, status_code=status.HTTP_202_ACCEPTED)
+def cancel_flow_run(session: SessionDep, store: StoreDep, app: CeleryDep, run_id: RunId) -> Accepted:
+    """Cancel a run: queued task runs never start, running ones are terminated, the run ends Cancelled."""
+    row = get_run(session, run_id)
+    if StateType(row.state).is_final:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, f"flow run {run_id} already ended {row.state}; nothing to cancel."
+        )
+    if row.parent_id:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, f"flow run {run_id} is a subflow run; cancel its parent {row.parent_id}."
+        )
+    if cancel_unsent(session, run_id):
+        return Accepted(id=run_id, action="cancel", detail="cancelled before it was sent.")
+    if store.flow_state(run_id) is None:
+        end_unknown_run(session, run_id)
+        return Accepted(id=run_id, action="cancel", detail="cancelled; Redis had no record of the run.")
+    if not stop_flow_run(store, app, run_id, StateType.CANCELLED, "cancelled by request"):
+        raise HTTPException(status.HTTP_409_CONFLICT, f"flow run {run_id} ended meanwhile; nothing to cancel.")
+    return Accepted(id=run_id, action="cancel", detail="the run is being cancelled; its states will show Cancelled.")
+
+
+def cancel_unsent(session: Session, run_id: str) -> bool:
+    """Cancel a run the dispatcher has not sent yet, atomically against the dispatcher's claim."""
+    now = time.time()
+    done = session.execute(
+        update(FlowRun)
+        .where(col(FlowRun.id) == run_id, col(FlowRun.dispatched).is_(False))
+        .values(
+            state=StateType.CANCELLED.value,
+            state_message="cancelled by request",
+            ended=now,
+            updated=now,
+            dispatched=True,
+        )
+    )
+    if done.rowcount != 1:  # type: ignore[attr-defined]
+        session.rollback()
+        return False
+    session.add(api_event(run_id, StateType.CANCELLED, "cancelled before it was sent", now))
+    session.commit()
+    return True
+
+
+def end_unknown_run(session: Session, run_id: str) -> None:
+    """A sent run Redis no longer knows (expired, Redis wiped): end its record here."""
+    now = time.time()
+    message = "cancelled by request; Redis had no record of it"
+    session.execute(
+        update(FlowRun)
+        .where(col(FlowRun.id) == run_id)
+        .values(state=StateType.CANCELLED.value, state_message=message, ended=now, updated=now)
+    )
+    session.add(api_event(run_id, StateType.CANCELLED, message, now))
+    session.commit()
+
+
+@router.post("/{run_id}/retry", response_model=Accepted, status_code=status.HTTP_202_ACCEPTED)
+def retry_flow_run(session: SessionDep, store: StoreDep, app: CeleryDep, run_id: RunId) -> Accepted:
+    """Run a failed (or cancelled, crashed, timed out) run again: only its task runs that did not complete."""
+    row = get_run(session, run_id)
+    attempt = retry_final_run(store, app, run_id)
+    return Accepted(id=row.id, action="retry", detail=f"attempt {attempt} started.")

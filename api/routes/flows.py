@@ -1,0 +1,51 @@
+"""Flows the fleet has registered, and creating runs of them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Path, status
+
+from orchestrator.fleet import registered_flows
+
+from ..schemas import FlowPublic, FlowRunCreate, FlowRunPublic
+from ..submit import create_flow_run
+from .deps import SessionDep, StoreDep
+
+router = APIRouter(prefix="/flows", tags=["flows"])
+
+FlowName = Path(min_length=1, max_length=200, description="The flow's name, as workers registered it.")
+
+
+def find_flow(store: Any, name: str) -> dict[str, Any]:
+    """The registered flow named ``name`` or a 404 that says how to register it."""
+    for flow in registered_flows(store):
+        if flow.get("name") == name:
+            return flow
+    raise HTTPException(
+        status_code=status.HTTP_404_NOT_FOUND,
+        detail=f"no worker has registered a flow named {name!r}; start a worker with "
+        "'orchestrator worker start --flows <module defining it>' (GET /api/flows lists the known ones).",
+    )
+
+
+@router.get("", response_model=list[FlowPublic])
+def list_flows(store: StoreDep) -> list[FlowPublic]:
+    """Every flow a worker has registered, with its parameters as JSON Schema and its queue."""
+    return [FlowPublic.model_validate(f) for f in registered_flows(store)]
+
+
+@router.get("/{name}", response_model=FlowPublic)
+def read_flow(store: StoreDep, name: str = FlowName) -> FlowPublic:
+    """One registered flow."""
+    return FlowPublic.model_validate(find_flow(store, name))
+
+
+@router.post("/{name}/runs", response_model=FlowRunPublic, status_code=status.HTTP_201_CREATED)
+def create_run(body: FlowRunCreate, session: SessionDep, store: StoreDep, name: str = FlowName) -> FlowRunPublic:
+    """Create a flow run and send it to a worker of its queue (now, or at ``scheduled_start``).
+
+    Parameters are checked against the flow's schema first: a missing, unknown or
+    ill-typed one gets 422 naming it, and nothing is created.
+    """
+    return FlowRunPublic.of(create_flow_run(session, find_flow(store, name), body))

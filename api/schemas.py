@@ -1,0 +1,239 @@
+"""What the HTTP API accepts and returns (pydantic models, separate from the tables).
+
+Requests forbid unknown fields, so a typo gets a 422 naming it instead of being
+ignored. Times are returned as ISO 8601 in UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .models import FlowRun, LogLine, StateEvent, TaskRun
+
+NAME_PATTERN = r"^[A-Za-z0-9_.:@\-]+$"
+
+
+def when(ts: float | None) -> datetime | None:
+    """Epoch seconds as an aware UTC datetime."""
+    return datetime.fromtimestamp(ts, UTC) if ts else None
+
+
+class FlowRunCreate(BaseModel):
+    """Body of ``POST /api/flows/{name}/runs``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    parameters: dict[str, Any] = Field(default_factory=dict, description="Flow parameters by name (JSON values).")
+    name: str | None = Field(
+        default=None, min_length=1, max_length=500, description="Run name; default: the flow's flow_run_name."
+    )
+    queue: str | None = Field(
+        default=None, min_length=1, max_length=200, pattern=NAME_PATTERN, description="Queue; default: the flow's."
+    )
+    scheduled_start: datetime | None = Field(
+        default=None, description="Start no earlier than this (ISO 8601); default: now."
+    )
+
+
+class FlowRunUpdate(BaseModel):
+    """Body of ``PATCH /api/flow-runs/{id}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=500, description="The run's new name.")
+
+
+class FlowRunPublic(BaseModel):
+    """A flow run as the API shows it."""
+
+    id: str
+    flow_name: str
+    name: str
+    state: str
+    state_message: str
+    parent_id: str | None
+    root_id: str | None
+    queue: str
+    parameters: dict[str, Any]
+    mode: str
+    attempt: int
+    created: datetime | None
+    scheduled_start: datetime | None
+    started: datetime | None
+    ended: datetime | None
+    updated: datetime | None
+    result_refs: list[str] = Field(description="Task runs whose results make up the flow's return value.")
+
+    @classmethod
+    def of(cls, row: FlowRun) -> FlowRunPublic:
+        return cls(
+            id=row.id,
+            flow_name=row.flow_name,
+            name=row.name,
+            state=row.state,
+            state_message=row.state_message,
+            parent_id=row.parent_id,
+            root_id=row.root_id,
+            queue=row.queue,
+            parameters=row.parameters or {},
+            mode=row.mode,
+            attempt=row.attempt,
+            created=when(row.created),
+            scheduled_start=when(row.scheduled_start),
+            started=when(row.started),
+            ended=when(row.ended),
+            updated=when(row.updated),
+            result_refs=row.result_refs or [],
+        )
+
+
+class FlowRunPage(BaseModel):
+    """One page of flow runs, newest first."""
+
+    items: list[FlowRunPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class TaskRunPublic(BaseModel):
+    """A task run as the API shows it."""
+
+    id: str
+    flow_run_id: str
+    task_name: str
+    label: str
+    state: str
+    state_message: str
+    worker: str
+    attempts: int
+    created: datetime | None
+    started: datetime | None
+    ended: datetime | None
+
+    @classmethod
+    def of(cls, row: TaskRun) -> TaskRunPublic:
+        return cls(
+            id=row.id,
+            flow_run_id=row.flow_run_id,
+            task_name=row.task_name,
+            label=row.label,
+            state=row.state,
+            state_message=row.state_message,
+            worker=row.worker,
+            attempts=row.attempts,
+            created=when(row.created),
+            started=when(row.started),
+            ended=when(row.ended),
+        )
+
+
+class StateEventPublic(BaseModel):
+    """One transition in a run's history."""
+
+    kind: str
+    run_id: str
+    state: str
+    time: datetime | None
+    recorded: datetime | None
+    message: str
+    cause: str
+    applied: bool = Field(description="False when the state machine refused it (a late or duplicate report).")
+
+    @classmethod
+    def of(cls, row: StateEvent) -> StateEventPublic:
+        return cls(
+            kind=row.kind,
+            run_id=row.run_id,
+            state=row.state,
+            time=when(row.ts),
+            recorded=when(row.recorded),
+            message=row.message,
+            cause=row.cause,
+            applied=row.applied,
+        )
+
+
+class LogLinePublic(BaseModel):
+    """One log record of a flow run or one of its task runs."""
+
+    seq: int
+    flow_run_id: str
+    task_run_id: str | None
+    level: str
+    message: str
+    time: datetime | None
+
+    @classmethod
+    def of(cls, row: LogLine) -> LogLinePublic:
+        return cls(
+            seq=row.seq or 0,
+            flow_run_id=row.flow_run_id,
+            task_run_id=row.task_run_id,
+            level=row.level,
+            message=row.message,
+            time=when(row.ts),
+        )
+
+
+class GraphNode(BaseModel):
+    """A node of the compiled task graph with the current state of its task run."""
+
+    id: str
+    kind: str
+    name: str
+    label: str
+    flow_run_id: str
+    upstream: list[str]
+    state: str
+    mapped: list[dict[str, str]] = Field(
+        default_factory=list, description="A map's expanded task runs and their states."
+    )
+
+
+class Graph(BaseModel):
+    """The task graph a flow run was compiled to (empty for a dynamic run until its tasks run)."""
+
+    flow_run_id: str
+    mode: str
+    nodes: list[GraphNode]
+
+
+class FlowPublic(BaseModel):
+    """A flow some worker registered."""
+
+    name: str
+    queue: str | None = None
+    description: str = ""
+    module: str | None = None
+    name_template: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict, description="JSON Schema of the flow's parameters.")
+
+
+class WorkerPublic(BaseModel):
+    """A live worker and what it consumes."""
+
+    hostname: str
+    queues: list[str] = Field(default_factory=list)
+    flows: list[str] = Field(default_factory=list)
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class Health(BaseModel):
+    """Whether the API's dependencies answer."""
+
+    status: str
+    database: str
+    redis: str
+    recorder: str
+
+
+class Accepted(BaseModel):
+    """An action was started; the run's events will show its effect."""
+
+    id: str
+    action: str
+    detail: str

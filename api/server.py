@@ -1,0 +1,55 @@
+"""``python -m api.server``: migrate the database, then serve the API with uvicorn.
+
+Refuses to listen beyond the loopback interface unless an API key is set, so a
+server started on a laptop is never open to the network by accident.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import sys
+
+import uvicorn
+
+from orchestrator.settings import get_settings
+
+from .app import create_app
+from .db import migrate
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only listens on this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="orchestrator server start", description="Run the orchestrator API.")
+    parser.add_argument("--host", default="127.0.0.1", help="Interface to bind (beyond loopback needs an API key).")
+    parser.add_argument("--port", type=int, default=4200)
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    if not is_loopback(args.host) and not settings.api_key:
+        print(
+            f"refusing to listen on {args.host}: without ORCHESTRATOR_API_KEY anyone on the network could submit "
+            "and cancel runs. Set ORCHESTRATOR_API_KEY=<a secret> (clients send it as a Bearer token), or bind "
+            "127.0.0.1.",
+            file=sys.stderr,
+        )
+        return 2
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    migrate(settings.database_url)
+    print(f"orchestrator API on http://{args.host}:{args.port}{settings.api_root_path}/api (docs at /docs)", flush=True)
+    uvicorn.run(create_app(), host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,314 @@
+"""The run-state API against real processes: uvicorn (``python -m api.server``), Redis, a worker.
+
+Runs are submitted over HTTP (and with ``.delay()``), and everything asserted is read
+back over HTTP from what the recorder wrote to the database.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from orchestrator.localstack import ApiProcess, api_server
+from tests.api_support import api_database, eventually
+
+FINAL = {"Completed", "Failed", "TimedOut", "Crashed", "UpstreamFailed", "Skipped", "Cancelled"}
+
+
+@pytest.fixture(scope="module")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with api_database(tmp_path_factory.mktemp("api-db"), os.environ.get("ORCHESTRATOR_TEST_DATABASE_URL")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def api(redis_url: str, database_url: str, fleet: subprocess.Popen[bytes], worker_logs: Path) -> Iterator[ApiProcess]:
+    """The API with its recorder, on the session's Redis, next to the fleet worker."""
+    server = ApiProcess(redis_url, database_url, log_path=worker_logs / "api.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def http(api: ApiProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=api.url, timeout=15) as client:
+        yield client
+
+
+def wait_final(http: httpx.Client, run_id: str, timeout: float = 60) -> dict[str, Any]:
+    """The run once the database shows it final."""
+
+    def final() -> dict[str, Any] | None:
+        response = http.get(f"/flow-runs/{run_id}")
+        if response.status_code == 200 and response.json()["state"] in FINAL:
+            return dict(response.json())
+        return None
+
+    return eventually(final, timeout, what=f"flow run {run_id} final in the database")
+
+
+def submit(http: httpx.Client, flow: str, **body: Any) -> dict[str, Any]:
+    response = http.post(f"/flows/{flow}/runs", json=body)
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+def counts(redis_url: str, *keys: str) -> list[int]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    return [int(client.get(f"test:count:{k}") or 0) for k in keys]
+
+
+def test_health_reports_database_and_redis(http: httpx.Client) -> None:
+    body = http.get("/health").json()
+    assert body["database"] == "ok" and body["redis"] == "ok"
+    assert body["recorder"].startswith("ok")
+
+
+def test_workers_and_flows_are_listed(http: httpx.Client) -> None:
+    workers = http.get("/workers").json()
+    assert any("default" in w["queues"] and "api-flow" in w["flows"] for w in workers)
+    flow = http.get("/flows/api-flow").json()
+    schema = flow["parameters"]
+    assert schema["required"] == ["n"]
+    assert schema["properties"]["n"]["type"] == "integer"
+    assert schema["properties"]["day"]["x-default-factory"].endswith("today")  # not evaluated at registration
+    assert flow["name_template"] == "api-{label}-{n}"
+
+
+def test_http_run_is_recorded_with_task_runs_history_and_graph(redis_url: str, http: httpx.Client) -> None:
+    label = f"ok{uuid.uuid4().hex[:6]}"
+    redis.Redis.from_url(redis_url).set(f"test:fixed:{label}", 1)
+    created = submit(http, "api-flow", parameters={"n": 3, "label": label})
+    assert created["name"] == f"api-{label}-3"  # the flow_run_name template, at creation
+    assert created["state"] == "Pending"
+    run = wait_final(http, created["id"])
+    assert run["state"] == "Completed", run
+    assert run["parameters"]["day"] == dt.date.today().isoformat()  # callable default, evaluated for this run
+    assert run["started"] and run["ended"] and run["result_refs"]
+
+    tasks = http.get(f"/flow-runs/{run['id']}/task-runs").json()
+    assert sorted(t["task_name"].rsplit(".", 1)[-1] for t in tasks) == [
+        "add",
+        "counted",
+        "counted",
+        "fails_until_fixed",
+    ]
+    assert all(t["state"] == "Completed" and t["worker"] and t["started"] and t["ended"] for t in tasks)
+
+    states = http.get(f"/flow-runs/{run['id']}/states").json()
+    flow_states = [s["state"] for s in states if s["run_id"] == run["id"] and s["applied"]]
+    assert flow_states == ["Pending", "Running", "Completed"]
+    for task in tasks:
+        mine = [s["state"] for s in states if s["run_id"] == task["id"] and s["applied"]]
+        assert mine == ["Running", "Completed"], (task["label"], mine)
+    assert all(s["cause"] for s in states)
+
+    graph = http.get(f"/flow-runs/{run['id']}/graph").json()
+    assert graph["mode"] == "static"
+    assert {n["state"] for n in graph["nodes"]} == {"Completed"}
+    by_label = {n["label"]: n for n in graph["nodes"]}
+    fixed = next(n for n in graph["nodes"] if n["name"].endswith("fails_until_fixed"))
+    assert len(fixed["upstream"]) == 1 and fixed["upstream"][0] in {n["id"] for n in by_label.values()}
+
+
+def test_bad_parameters_get_422_naming_them_and_create_nothing(http: httpx.Client) -> None:
+    before = http.get("/flow-runs", params={"flow": "api-flow"}).json()["total"]
+    cases = [
+        ({}, "'n' is required"),
+        ({"n": 1, "colour": "red"}, "no parameter 'colour'"),
+        ({"n": "three"}, "parameter 'n'"),
+    ]
+    for parameters, expected in cases:
+        response = http.post("/flows/api-flow/runs", json={"parameters": parameters})
+        assert response.status_code == 422, response.text
+        assert expected in response.text, response.text
+    response = http.post("/flows/api-flow/runs", json={"parameters": {"n": 1}, "priority": 3})
+    assert response.status_code == 422 and "priority" in response.text
+    assert http.post("/flows/no-such-flow/runs", json={}).status_code == 404
+    assert http.get("/flow-runs", params={"flow": "api-flow"}).json()["total"] == before
+
+
+def test_a_run_sent_with_delay_is_recorded_like_an_http_one(http: httpx.Client) -> None:
+    from tests.flows import chain_flow
+
+    run = chain_flow.delay(x=2)
+    assert run.wait(60).value == "Completed"
+    recorded = wait_final(http, run.id)
+    assert recorded["state"] == "Completed" and recorded["flow_name"] == "chain-flow"
+    assert recorded["parameters"] == {"x": 2}
+    tasks = http.get(f"/flow-runs/{run.id}/task-runs").json()
+    assert len(tasks) == len(run.task_runs()) and all(t["state"] == "Completed" for t in tasks)
+    states = [s["state"] for s in http.get(f"/flow-runs/{run.id}/states", params={"tasks": False}).json()]
+    assert states == ["Pending", "Running", "Completed"]
+
+
+def test_cancel_stops_a_running_flow(http: httpx.Client) -> None:
+    created = submit(http, "api-sleepy-flow", parameters={"seconds": 60, "width": 2})
+    run_id = created["id"]
+
+    def both_running() -> bool:
+        tasks = http.get(f"/flow-runs/{run_id}/task-runs").json()
+        return len(tasks) == 2 and all(t["state"] == "Running" for t in tasks)
+
+    eventually(both_running, 30, what="both sleepy tasks Running")
+    response = http.post(f"/flow-runs/{run_id}/cancel")
+    assert response.status_code == 202, response.text
+    run = wait_final(http, run_id, timeout=20)  # far less than the tasks' 60 s
+    assert run["state"] == "Cancelled"
+    tasks = http.get(f"/flow-runs/{run_id}/task-runs").json()
+    assert {t["state"] for t in tasks} == {"Cancelled"}
+    flow_states = [s["state"] for s in http.get(f"/flow-runs/{run_id}/states", params={"tasks": False}).json()]
+    assert flow_states[-2:] == ["Cancelling", "Cancelled"]
+    assert http.post(f"/flow-runs/{run_id}/cancel").status_code == 409
+
+
+def test_cancel_a_scheduled_run_before_it_is_sent(http: httpx.Client) -> None:
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
+    created = submit(http, "api-flow", parameters={"n": 1}, scheduled_start=later)
+    assert created["state"] == "Scheduled"
+    assert http.post(f"/flow-runs/{created['id']}/cancel").status_code == 202
+    assert http.get(f"/flow-runs/{created['id']}").json()["state"] == "Cancelled"
+
+
+def test_scheduled_run_is_sent_when_due(http: httpx.Client) -> None:
+    soon = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2)).isoformat()
+    created = submit(http, "chain-flow", parameters={"x": 1}, scheduled_start=soon)
+    assert created["state"] == "Scheduled"
+    run = wait_final(http, created["id"], timeout=30)
+    assert run["state"] == "Completed"
+    assert run["started"] >= soon
+
+
+def test_retry_reruns_only_what_did_not_complete(redis_url: str, http: httpx.Client) -> None:
+    label = f"rt{uuid.uuid4().hex[:6]}"
+    created = submit(http, "api-flow", parameters={"n": 2, "label": label})
+    run = wait_final(http, created["id"])
+    assert run["state"] == "Failed"
+    states = {
+        t["task_name"].rsplit(".", 1)[-1] + ":" + t["state"]
+        for t in http.get(f"/flow-runs/{run['id']}/task-runs").json()
+    }
+    assert states == {"counted:Completed", "fails_until_fixed:Failed", "add:UpstreamFailed"}
+    assert counts(redis_url, f"{label}-a", f"{label}-c", f"{label}-fix") == [1, 1, 1]
+
+    redis.Redis.from_url(redis_url).set(f"test:fixed:{label}", 1)  # the "bug fix"
+    response = http.post(f"/flow-runs/{run['id']}/retry")
+    assert response.status_code == 202, response.text
+
+    def completed() -> bool:
+        return http.get(f"/flow-runs/{run['id']}").json()["state"] == "Completed"
+
+    eventually(completed, 60, what="retried run Completed")
+    assert counts(redis_url, f"{label}-a", f"{label}-c", f"{label}-fix") == [1, 1, 2]  # only the failed one ran again
+    tasks = http.get(f"/flow-runs/{run['id']}/task-runs").json()
+    assert {t["state"] for t in tasks} == {"Completed"}
+    flow_states = [s["state"] for s in http.get(f"/flow-runs/{run['id']}/states", params={"tasks": False}).json()]
+    assert flow_states == ["Pending", "Running", "Failed", "Retrying", "Completed"]
+    assert http.get(f"/flow-runs/{run['id']}").json()["attempt"] == 2
+    assert http.post(f"/flow-runs/{run['id']}/retry").status_code == 409  # a completed run is not retried
+
+
+def test_rename_over_http_and_from_inside_a_task(http: httpx.Client) -> None:
+    created = submit(http, "chain-flow", parameters={"x": 1})
+    response = http.patch(f"/flow-runs/{created['id']}", json={"name": "nightly-backfill"})
+    assert response.status_code == 200 and response.json()["name"] == "nightly-backfill"
+    assert http.patch(f"/flow-runs/{created['id']}", json={"name": ""}).status_code == 422
+    assert wait_final(http, created["id"])["name"] == "nightly-backfill"
+
+    inside = submit(http, "renamed-flow", parameters={"name": "named-by-its-task"})
+    assert wait_final(http, inside["id"])["name"] == "named-by-its-task"
+
+
+def test_list_filters_and_pages(http: httpx.Client) -> None:
+    created = submit(http, "chain-flow", parameters={"x": 5}, name=f"findme-{uuid.uuid4().hex[:6]}")
+    wait_final(http, created["id"])
+    page = http.get("/flow-runs", params={"name": created["name"]}).json()
+    assert [r["id"] for r in page["items"]] == [created["id"]]
+    page = http.get("/flow-runs", params={"flow": "chain-flow", "state": "Completed", "limit": 1}).json()
+    assert len(page["items"]) == 1 and page["total"] >= 1 and page["items"][0]["state"] == "Completed"
+    since = (dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)).isoformat()
+    assert http.get("/flow-runs", params={"since": since}).json()["total"] == 0
+    assert http.get("/flow-runs", params={"state": "Sleeping"}).status_code == 422
+    assert http.get("/flow-runs", params={"limit": 0}).status_code == 422
+    assert http.get("/flow-runs/does-not-exist").status_code == 404
+
+
+def test_logs_of_a_run_reach_the_api(http: httpx.Client) -> None:
+    created = submit(http, "logging-flow")
+    wait_final(http, created["id"])
+
+    def lines() -> list[dict[str, Any]]:
+        return list(http.get(f"/flow-runs/{created['id']}/logs").json())
+
+    logs = eventually(lines, 20, what="log lines recorded")
+    assert all(line["task_run_id"] for line in logs)
+    after = http.get(f"/flow-runs/{created['id']}/logs", params={"after": logs[0]["seq"]}).json()
+    assert len(after) == len(logs) - 1
+
+
+def test_api_killed_mid_run_loses_no_event(http: httpx.Client, api: ApiProcess) -> None:
+    created = [submit(http, "api-sleepy-flow", parameters={"seconds": 2, "width": 4}) for _ in range(3)]
+    from orchestrator.client import FlowRun
+
+    api.kill()  # while the tasks run: their events wait in the stream
+    for run in created:
+        assert FlowRun(run["id"]).wait(60).value == "Completed"  # runs go on without the API
+    api.start()
+    for run in created:
+        recorded = wait_final(http, run["id"])
+        assert recorded["state"] == "Completed"
+        tasks = http.get(f"/flow-runs/{run['id']}/task-runs").json()
+        assert len(tasks) == 4 and {t["state"] for t in tasks} == {"Completed"}
+        states = http.get(f"/flow-runs/{run['id']}/states").json()
+        assert [s["state"] for s in states if s["run_id"] == run["id"]] == ["Pending", "Running", "Completed"]
+        for task in tasks:
+            assert [s["state"] for s in states if s["run_id"] == task["id"]] == ["Running", "Completed"]
+
+
+def test_api_key_root_path_and_body_limit(redis_url: str, database_url: str, worker_logs: Path) -> None:
+    env = {
+        "ORCHESTRATOR_API_KEY": "s3cret",
+        "ORCHESTRATOR_API_ROOT_PATH": "/orchestrator",
+        "ORCHESTRATOR_API_SERVICES": "false",
+        "ORCHESTRATOR_API_MAX_BODY_BYTES": "2048",
+    }
+    with api_server(redis_url, database_url, log_path=worker_logs / "api-key.log", extra_env=env) as server:
+        direct = f"http://127.0.0.1:{server.port}/api"  # a proxy strips the prefix; the app knows it
+        assert httpx.get(f"{direct}/flow-runs").status_code == 401
+        assert httpx.post(f"{direct}/flows/api-flow/runs", json={"parameters": {"n": 1}}).status_code == 401
+        assert httpx.get(f"{direct}/flow-runs", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        good = {"Authorization": "Bearer s3cret"}
+        assert httpx.get(f"{direct}/flow-runs", headers=good).status_code == 200
+        assert httpx.get(f"{direct}/health").status_code == 200  # probes need no key
+        spec = httpx.get(f"http://127.0.0.1:{server.port}/openapi.json").json()
+        assert spec["servers"] == [{"url": "/orchestrator"}]
+        big = {"parameters": {"n": 1, "label": "x" * 5000}}
+        response = httpx.post(f"{direct}/flows/api-flow/runs", json=big, headers=good)
+        assert response.status_code == 413 and "ORCHESTRATOR_API_MAX_BODY_BYTES" in response.text
+
+
+def test_server_refuses_to_listen_publicly_without_a_key(database_url: str) -> None:
+    env = os.environ.copy() | {"ORCHESTRATOR_DATABASE_URL": database_url}
+    env.pop("ORCHESTRATOR_API_KEY", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "api.server", "--host", "0.0.0.0", "--port", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "ORCHESTRATOR_API_KEY" in done.stderr
