@@ -11,11 +11,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .cli_runs import flow_run_app, run_command, server_app
 from .errors import OrchestratorError
 
 app = typer.Typer(help="Prefect-style flows on Celery and Redis.", no_args_is_help=True)
 worker_app = typer.Typer(help="Celery workers that run flows.", no_args_is_help=True)
 app.add_typer(worker_app, name="worker")
+app.add_typer(server_app, name="server")
+app.add_typer(flow_run_app, name="flow-run")
+app.command("run")(run_command)
 console = Console()
 
 

@@ -12,7 +12,8 @@ Every message says what happened, to which flow or task run, and what to do::
     │   ├── FlowRunFailed                 a flow run ended in a failed state
     │   └── UpstreamFailedError           a task did not run because an upstream failed
     ├── RunTimeout (+ TimeoutError)       waiting for a run took longer than asked
-    └── ConnectionProblem (+ ConnectionError)  Redis or the broker cannot be reached
+    ├── ConnectionProblem (+ ConnectionError)  Redis, the broker or the API cannot be reached
+    └── ApiError                          the API refused a request (the message is its answer)
 """
 
 from __future__ import annotations
@@ -60,3 +61,11 @@ class RunTimeout(OrchestratorError, TimeoutError):
 
 class ConnectionProblem(OrchestratorError, ConnectionError):
     """Redis or the broker did not answer; the message says which URL to check."""
+
+
+class ApiError(OrchestratorError):
+    """The API answered with an error; ``status`` is its HTTP status, the message its explanation."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status

@@ -312,3 +312,44 @@ def test_server_refuses_to_listen_publicly_without_a_key(database_url: str) -> N
     )
     assert done.returncode == 2
     assert "ORCHESTRATOR_API_KEY" in done.stderr
+
+
+def cli(api: ApiProcess, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    env = os.environ.copy() | {"ORCHESTRATOR_API_URL": api.url, "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_cli_run_watch_inspect_logs_and_errors(redis_url: str, api: ApiProcess) -> None:
+    label = f"cli{uuid.uuid4().hex[:6]}"
+    redis.Redis.from_url(redis_url).set(f"test:fixed:{label}", 1)
+    done = cli(api, "run", "api-flow", "-p", "n=4", "-p", f"label={label}", "--watch", "--timeout", "60")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"api-{label}-4" in done.stdout and "Completed" in done.stdout
+    run_id = done.stdout.split("(", 1)[1].split(")", 1)[0]
+
+    listed = cli(api, "flow-run", "ls", "--flow", "api-flow", "--limit", "50")
+    assert listed.returncode == 0 and run_id in listed.stdout
+    inspected = cli(api, "flow-run", "inspect", run_id)
+    assert inspected.returncode == 0 and "fails_until_fixed" in inspected.stdout and "Running" in inspected.stdout
+
+    failed = cli(api, "run", "api-flow", "-p", "n=1", "-p", "colour=red")
+    assert failed.returncode == 2 and "no parameter 'colour'" in failed.stdout
+    again = cli(api, "flow-run", "cancel", run_id)
+    assert again.returncode == 2 and "already ended Completed" in again.stdout
+
+    logged = cli(api, "run", "logging-flow", "--watch", "--timeout", "60")
+    assert logged.returncode == 0, logged.stdout + logged.stderr
+    logged_id = logged.stdout.split("(", 1)[1].split(")", 1)[0]
+    lines = eventually(lambda: cli(api, "flow-run", "logs", logged_id).stdout.strip(), 20, what="log lines via CLI")
+    assert "INFO" in lines
+
+    dead = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "flow-run", "ls"],
+        env=os.environ.copy() | {"ORCHESTRATOR_API_URL": "http://127.0.0.1:1/api"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert dead.returncode == 2 and "orchestrator server start" in dead.stdout

@@ -1,0 +1,85 @@
+"""A small HTTP client for the API (used by the CLI; usable from scripts).
+
+It finds the API at ``ORCHESTRATOR_API_URL`` and sends ``ORCHESTRATOR_API_KEY`` as
+a Bearer token when set. Every failure becomes an :class:`ApiError` carrying the
+API's own explanation, or a :class:`ConnectionProblem` that says what to start.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import httpx
+
+from .errors import ApiError, ConnectionProblem
+from .settings import get_settings
+
+
+class ApiClient:
+    """Calls the orchestrator API; one method per route the CLI needs."""
+
+    def __init__(self, url: str | None = None, api_key: str | None = None, timeout: float = 15.0) -> None:
+        settings = get_settings()
+        self.url = (url or settings.api_url).rstrip("/")
+        key = api_key if api_key is not None else settings.api_key
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Send one request; return the decoded JSON body or raise with the API's message."""
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ConnectionProblem(
+                f"cannot reach the API at {self.url} ({exc}); start it with 'orchestrator server start' "
+                "or set ORCHESTRATOR_API_URL to where it runs."
+            ) from exc
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text
+            if isinstance(detail, list):  # validation errors: one line each
+                detail = "; ".join(str(d.get("msg", d)) if isinstance(d, dict) else str(d) for d in detail)
+            raise ApiError(f"{method} {path}: {response.status_code}: {detail}", response.status_code)
+        return response.json() if response.content else None
+
+    def create_run(
+        self,
+        flow: str,
+        parameters: dict[str, Any],
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        scheduled_start: datetime | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"parameters": parameters}
+        if name:
+            body["name"] = name
+        if queue:
+            body["queue"] = queue
+        if scheduled_start:
+            body["scheduled_start"] = scheduled_start.isoformat()
+        return dict(self.request("POST", f"/flows/{flow}/runs", json=body))
+
+    def list_runs(self, **filters: Any) -> dict[str, Any]:
+        return dict(self.request("GET", "/flow-runs", params={k: v for k, v in filters.items() if v is not None}))
+
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/flow-runs/{run_id}"))
+
+    def task_runs(self, run_id: str) -> list[dict[str, Any]]:
+        return list(self.request("GET", f"/flow-runs/{run_id}/task-runs"))
+
+    def states(self, run_id: str, tasks: bool = True) -> list[dict[str, Any]]:
+        return list(self.request("GET", f"/flow-runs/{run_id}/states", params={"tasks": tasks}))
+
+    def logs(self, run_id: str, after: int = 0) -> list[dict[str, Any]]:
+        return list(self.request("GET", f"/flow-runs/{run_id}/logs", params={"after": after}))
+
+    def cancel(self, run_id: str) -> dict[str, Any]:
+        return dict(self.request("POST", f"/flow-runs/{run_id}/cancel"))
+
+    def retry(self, run_id: str) -> dict[str, Any]:
+        return dict(self.request("POST", f"/flow-runs/{run_id}/retry"))

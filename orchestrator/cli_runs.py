@@ -1,0 +1,187 @@
+"""CLI commands that talk to the API: ``server start``, ``run``, ``flow-run ls|inspect|logs|cancel|retry``."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from .api_client import ApiClient
+from .errors import OrchestratorError
+from .states import StateType
+
+console = Console()
+server_app = typer.Typer(help="The API server (runs, history, logs).", no_args_is_help=True)
+flow_run_app = typer.Typer(help="Read and act on flow runs through the API.", no_args_is_help=True)
+
+T = TypeVar("T")
+
+
+def calling(action: Callable[[], T]) -> T:
+    """Run an API call; an error is printed in one line and ends the command with status 2."""
+    try:
+        return action()
+    except OrchestratorError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+@server_app.command("start")
+def server_start(
+    host: Annotated[str, typer.Option(help="Interface to bind; beyond loopback needs ORCHESTRATOR_API_KEY.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 4200,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Start the API with its recorder and dispatcher (migrates the database first)."""
+    cmd = [sys.executable, "-m", "api.server", "--host", host, "--port", str(port), "--log-level", log_level]
+    os.execvp(cmd[0], cmd)
+
+
+def parse_pairs(pairs: list[str]) -> dict[str, Any]:
+    """``-p k=v``: v read as JSON when it is JSON (3, true, [1,2]), else as text; the API checks types."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or not name:
+            raise typer.BadParameter(f"{pair!r} must look like name=value", param_hint="-p")
+        try:
+            out[name] = json.loads(text)
+        except ValueError:
+            out[name] = text
+    return out
+
+
+def task_table(run: dict[str, Any], tasks: list[dict[str, Any]]) -> Table:
+    """The run's task runs as a table (used by ``run --watch`` and ``inspect``)."""
+    table = Table(title=f"{run['name']} ({run['id']}): {run['state']} {run.get('state_message') or ''}".strip())
+    for column in ("task run", "task", "state", "attempts", "worker", "message"):
+        table.add_column(column)
+    for task in tasks:
+        table.add_row(
+            task["label"],
+            task["task_name"].rsplit(".", 1)[-1],
+            task["state"],
+            str(task["attempts"]),
+            task["worker"],
+            (task["state_message"] or "")[:80],
+        )
+    return table
+
+
+def watch_run(client: ApiClient, run_id: str, timeout: float | None) -> dict[str, Any]:
+    """Show a live table of the run's task states until the run is final; returns the run."""
+    deadline = time.monotonic() + timeout if timeout else None
+    run = client.get_run(run_id)
+    with Live(task_table(run, []), console=console, refresh_per_second=4) as live:
+        while True:
+            run = client.get_run(run_id)
+            live.update(task_table(run, client.task_runs(run_id)))
+            if StateType(run["state"]).is_final or (deadline is not None and time.monotonic() > deadline):
+                return run
+            time.sleep(0.5)
+
+
+@flow_run_app.command("ls")
+def flow_run_ls(
+    flow: Annotated[str | None, typer.Option(help="Only runs of this flow.")] = None,
+    state: Annotated[list[str] | None, typer.Option(help="Only runs in this state (repeatable).")] = None,
+    name: Annotated[str | None, typer.Option(help="Runs whose name contains this.")] = None,
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+) -> None:
+    """List flow runs, newest first."""
+    page = calling(lambda: ApiClient().list_runs(flow=flow, state=state, name=name, limit=limit))
+    table = Table(title=f"{len(page['items'])} of {page['total']} flow runs")
+    for column in ("id", "name", "flow", "state", "created", "message"):
+        table.add_column(column)
+    for run in page["items"]:
+        created = (run["created"] or "")[:19]
+        table.add_row(run["id"], run["name"], run["flow_name"], run["state"], created, run["state_message"][:60])
+    console.print(table)
+
+
+@flow_run_app.command("inspect")
+def flow_run_inspect(run_id: Annotated[str, typer.Argument(help="Flow run id.")]) -> None:
+    """A run's record, its task runs and its full state history."""
+    client = ApiClient()
+    run = calling(lambda: client.get_run(run_id))
+    console.print_json(json.dumps(run))
+    console.print(task_table(run, calling(lambda: client.task_runs(run_id))))
+    history = Table(title="state history")
+    for column in ("time", "run", "state", "cause", "message"):
+        history.add_column(column)
+    for item in calling(lambda: client.states(run_id)):
+        who = "flow" if item["run_id"] == run_id else item["run_id"][:12]
+        state = item["state"] if item["applied"] else f"{item['state']} (ignored)"
+        history.add_row((item["time"] or "")[11:23], who, state, item["cause"], item["message"][:60])
+    console.print(history)
+
+
+@flow_run_app.command("logs")
+def flow_run_logs(
+    run_id: Annotated[str, typer.Argument(help="Flow run id.")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines until the run ends.")] = False,
+) -> None:
+    """Print the log lines of a run and its task runs."""
+    client = ApiClient()
+    after = 0
+
+    def print_new() -> None:
+        nonlocal after
+        since = after
+        for line in calling(lambda: client.logs(run_id, since)):
+            after = line["seq"]
+            where = f" [{line['task_run_id'][:12]}]" if line["task_run_id"] else ""
+            console.print(f"{(line['time'] or '')[11:23]} {line['level']:<7}{where} {line['message']}", markup=False)
+
+    while True:
+        print_new()
+        if not follow:
+            return
+        if StateType(calling(lambda: client.get_run(run_id))["state"]).is_final:
+            time.sleep(1)  # the last lines of the run are shipped within a second
+            print_new()
+            return
+        time.sleep(1)
+
+
+@flow_run_app.command("cancel")
+def flow_run_cancel(run_id: Annotated[str, typer.Argument(help="Flow run id.")]) -> None:
+    """Cancel a run: queued tasks never start, running ones are terminated."""
+    console.print(calling(lambda: ApiClient().cancel(run_id))["detail"])
+
+
+@flow_run_app.command("retry")
+def flow_run_retry(run_id: Annotated[str, typer.Argument(help="Flow run id.")]) -> None:
+    """Run a failed run again: only its task runs that did not complete."""
+    console.print(calling(lambda: ApiClient().retry(run_id))["detail"])
+
+
+def run_command(
+    flow: Annotated[str, typer.Argument(help="Flow name, as workers registered it (orchestrator flow ls).")],
+    param: Annotated[list[str] | None, typer.Option("-p", "--param", help="name=value (repeatable).")] = None,
+    name: Annotated[str | None, typer.Option(help="Run name (default: the flow's flow_run_name).")] = None,
+    queue: Annotated[str | None, typer.Option(help="Queue (default: the flow's).")] = None,
+    watch: Annotated[bool, typer.Option("--watch", help="Show task states live until the run ends.")] = False,
+    timeout: Annotated[float | None, typer.Option(help="With --watch: stop watching after this many seconds.")] = None,
+) -> None:
+    """Submit a flow run through the API (exit status 1 if a watched run does not complete)."""
+    client = ApiClient()
+    parameters = parse_pairs(param or [])
+    run = calling(lambda: client.create_run(flow, parameters, name=name, queue=queue))
+    console.print(f"flow run [bold]{run['name']}[/bold] ({run['id']}) {run['state']}")
+    if not watch:
+        return
+    run = calling(lambda: watch_run(client, run["id"], timeout))
+    if run["state"] != StateType.COMPLETED.value:
+        console.print(f"[red]{run['state']}[/red]: {run['state_message']}")
+        raise typer.Exit(1)

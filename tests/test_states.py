@@ -1,0 +1,90 @@
+"""The one state machine, and the recorder applying it: duplicates and late events change nothing."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlmodel import Session, select
+
+from orchestrator.states import StateType as S
+from orchestrator.states import can_transition
+from orchestrator.store import RunStore
+
+
+@pytest.mark.parametrize(
+    ("current", "new", "reopen", "allowed"),
+    [
+        (None, S.RUNNING, False, True),
+        (S.PENDING, S.RUNNING, False, True),
+        (S.RUNNING, S.COMPLETED, False, True),
+        (S.COMPLETED, S.RUNNING, False, False),  # a redelivered task after the end
+        (S.FAILED, S.COMPLETED, False, False),  # final states are never rewritten
+        (S.RUNNING, S.PENDING, False, False),  # a late Pending after Running
+        (S.SCHEDULED, S.LATE, False, True),
+        (S.RUNNING, S.LATE, False, False),
+        (S.CANCELLING, S.RUNNING, False, False),
+        (S.CANCELLING, S.CANCELLED, False, True),
+        (S.RUNNING, S.AWAITING_RETRY, False, True),
+        (S.AWAITING_RETRY, S.RETRYING, False, True),
+        (S.FAILED, S.RETRYING, True, True),  # an explicit retry reopens a final run
+        (S.FAILED, S.RUNNING, True, False),  # ... but only to a retry state
+        (S.COMPLETED, S.PENDING, True, True),
+    ],
+)
+def test_transitions(current: S | None, new: S, reopen: bool, allowed: bool) -> None:
+    assert can_transition(current, new, reopen=reopen) is allowed
+
+
+def test_recorder_applies_each_event_once_and_refuses_regressions(redis_url: str, tmp_path: Path) -> None:
+    from api.db import engine_for, migrate
+    from api.models import FlowRun, StateEvent, TaskRun
+    from api.recorder import Event, Recorder
+
+    url = f"sqlite:///{tmp_path / 'rec.db'}"
+    migrate(url)
+    recorder = Recorder(RunStore(redis_url), engine_for(url), consumer="unit")
+    run_id, task_id = str(uuid.uuid4()), f"t-{uuid.uuid4()}"
+    record = {"flow": "f", "name": "f-1", "root": run_id, "parameters": {"d": {"__orc__": "date", "v": "2026-01-02"}}}
+    task = {"name": "mod.work", "label": "work", "flow_run_id": run_id, "root": run_id, "worker": "w1"}
+
+    def ev(n: int, kind: str, rid: str, state: str, rec: dict[str, object], **extra: object) -> Event:
+        return Event(f"{n}-0", {"kind": kind, "id": rid, "state": state, "ts": 1000.0 + n, "record": rec, **extra})
+
+    events = [
+        ev(1, "flow_run", run_id, "Pending", record),
+        ev(2, "flow_run", run_id, "Running", {"mode": "dynamic"}),
+        ev(3, "task_run", task_id, "Running", task),
+        ev(4, "task_run", task_id, "Completed", task),
+        ev(5, "task_run", task_id, "Running", task),  # a redelivery after the end: refused
+        ev(6, "flow_run", run_id, "Completed", {}),
+        ev(7, "flow_run", run_id, "Pending", {}),  # late: refused
+    ]
+    recorder.apply(events[:3])
+    recorder.apply(events)  # the first three again (a batch read twice after a crash): applied once
+    recorder.apply(events[4:])
+    with Session(engine_for(url)) as session:
+        flow = session.get(FlowRun, run_id)
+        work = session.get(TaskRun, task_id)
+        history = session.exec(select(StateEvent).order_by(StateEvent.seq)).all()  # type: ignore[arg-type]
+    assert flow is not None and work is not None
+    assert (flow.state, flow.name, flow.parameters) == ("Completed", "f-1", {"d": "2026-01-02"})
+    assert (work.state, work.task_name, work.worker, work.started, work.ended) == (
+        "Completed",
+        "mod.work",
+        "w1",
+        1003,
+        1004,
+    )
+    assert [(h.event_id, h.state, h.applied) for h in history] == [
+        ("1-0", "Pending", True),
+        ("2-0", "Running", True),
+        ("3-0", "Running", True),
+        ("4-0", "Completed", True),
+        ("5-0", "Running", False),
+        ("6-0", "Completed", True),
+        ("7-0", "Pending", False),
+    ]
+    assert json.dumps(flow.parameters)  # plain JSON for the API
