@@ -353,3 +353,35 @@ def test_cli_run_watch_inspect_logs_and_errors(redis_url: str, api: ApiProcess) 
         timeout=60,
     )
     assert dead.returncode == 2 and "orchestrator server start" in dead.stdout
+
+
+def test_schemathesis_finds_no_server_error(api: ApiProcess, tmp_path: Path) -> None:
+    """Fuzz every route from the OpenAPI schema (bounded: 25 s) and check no answer is a 5xx."""
+    schema_url = f"http://127.0.0.1:{api.port}/openapi.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "schemathesis.cli",
+            "run",
+            schema_url,
+            "--checks",
+            "not_a_server_error",
+            "--max-examples",
+            "25",
+            "--seed",
+            "7",
+            "--workers",
+            "2",
+            "--max-time",
+            "25",
+            "--phases",
+            "coverage,fuzzing",
+            "--report-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
