@@ -24,7 +24,7 @@ from .db import get_engine
 from .dispatcher import run_dispatcher
 from .recorder import Recorder
 from .routes import flow_runs, flows, health, workers
-from .security import BodySizeLimit, require_api_key
+from .security import BodySizeLimit, RefuseNulInUrl, require_api_key
 from .submit import ParameterProblem
 
 log = logging.getLogger("orchestrator.api")
@@ -74,6 +74,7 @@ def create_app(*, services: bool | None = None) -> FastAPI:
     app.include_router(guarded)
     app.include_router(health.router, prefix="/api")
     app.add_middleware(BodySizeLimit, limit=settings.api_max_body_bytes)
+    app.add_middleware(RefuseNulInUrl)
     install_error_handlers(app)
     return app
 

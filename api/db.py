@@ -31,9 +31,21 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-@lru_cache(maxsize=4)
+def normalize_url(url: str) -> str:
+    """``postgresql://`` and ``postgres://`` mean the psycopg 3 driver we ship (not psycopg2)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
 def engine_for(url: str) -> Engine:
-    """An engine for ``url``; an SQLite file's folder is created if missing."""
+    """An engine for ``url`` (one per URL); an SQLite file's folder is created if missing."""
+    return _engine(normalize_url(url))
+
+
+@lru_cache(maxsize=4)
+def _engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":

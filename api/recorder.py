@@ -21,6 +21,7 @@ from typing import Any
 
 import redis
 from sqlalchemy import Engine
+from sqlalchemy.exc import DataError, IntegrityError, ProgrammingError
 from sqlmodel import Session, col, select
 
 from orchestrator import keys
@@ -37,6 +38,7 @@ LEASE_KEY = f"{keys.PREFIX}:recorder-lease"
 LEASE_SECONDS = 15
 CLAIM_IDLE_MS = 30_000  # events a dead consumer read but never acknowledged are taken over after this
 CHUNK = 500  # ids per IN (...) query
+DEAD = f"{keys.PREFIX}:events:dead"  # events the database refused, kept for a person to look at
 
 
 @dataclass
@@ -213,10 +215,24 @@ class Recorder:
         entries = self.read(block_ms)
         if not entries:
             return 0
-        self.apply(parse(entries))
+        events = parse(entries)
+        try:
+            self.apply(events)
+        except (DataError, IntegrityError, ProgrammingError) as exc:  # a bad event, not an outage
+            log.warning("recorder: a batch was refused (%s); applying its events one by one", exc)
+            self.apply_each(events)
         self.redis.xack(keys.EVENTS_STREAM, GROUP, *[stream_id for stream_id, _ in entries])
         self.recorded += len(entries)
         return len(entries)
+
+    def apply_each(self, events: list[Event]) -> None:
+        """Apply events one at a time; one the database refuses goes to the dead-letter list, named in the log."""
+        for event in events:
+            try:
+                self.apply([event])
+            except (DataError, IntegrityError, ProgrammingError) as exc:
+                log.error("recorder: event %s refused by the database (%s); kept in %s", event.stream_id, exc, DEAD)
+                self.redis.rpush(DEAD, json.dumps({"id": event.stream_id, "event": event.data, "error": str(exc)}))
 
     def run(self, stop: threading.Event) -> None:
         """Loop until ``stop`` is set; Redis or database outages are waited out, never fatal."""
@@ -261,6 +277,11 @@ class Recorder:
                 elif event.kind == "log":
                     batch.logs.append(self._log_line(event))
             self._attach_plans(batch)
+            for item in (*batch.flows.values(), *batch.tasks.values(), *batch.history, *batch.logs):
+                scrub(item)
+            written = time.time()  # what the history calls "recorded": just before the commit
+            for entry in batch.history:
+                entry.recorded = written
             session.add_all(batch.flows.values())
             session.add_all(batch.tasks.values())
             session.add_all(batch.history)
@@ -395,6 +416,13 @@ class Recorder:
         for run_id, raw in zip(wanted, self.redis.mget([keys.plan(r) for r in wanted]), strict=True):
             if raw:
                 batch.flows[run_id].plan = graph_of(json.loads(raw))
+
+
+def scrub(row: Any) -> None:
+    """Drop NUL characters from a row's text (PostgreSQL cannot store them; they carry nothing)."""
+    for name, value in list(vars(row).items()):
+        if isinstance(value, str) and "\x00" in value:
+            setattr(row, name, value.replace("\x00", ""))
 
 
 def graph_of(plan: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .models import FlowRun, LogLine, StateEvent, TaskRun
 
@@ -19,6 +19,13 @@ NAME_PATTERN = r"^[A-Za-z0-9_.:@\-]+$"
 def when(ts: float | None) -> datetime | None:
     """Epoch seconds as an aware UTC datetime."""
     return datetime.fromtimestamp(ts, UTC) if ts else None
+
+
+def no_nul(value: str | None) -> str | None:
+    """Refuse NUL characters: databases cannot store them in text."""
+    if value is not None and "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
 
 
 class FlowRunCreate(BaseModel):
@@ -37,6 +44,8 @@ class FlowRunCreate(BaseModel):
         default=None, description="Start no earlier than this (ISO 8601); default: now."
     )
 
+    _check_name = field_validator("name")(no_nul)
+
 
 class FlowRunUpdate(BaseModel):
     """Body of ``PATCH /api/flow-runs/{id}``."""
@@ -44,6 +53,8 @@ class FlowRunUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=500, description="The run's new name.")
+
+    _check_name = field_validator("name")(no_nul)
 
 
 class FlowRunPublic(BaseModel):

@@ -83,6 +83,14 @@ def w3_independent(n: int = 5000) -> Any:
     return [noop.submit(i) for i in range(n)]
 
 
+@flow(name="bench-api-five")
+def api_five(x: int = 1) -> Any:
+    """The API benchmark's flow: 5 tasks (a source, three in parallel, a reduce)."""
+    src = source.submit()
+    parts = [work.submit(x + i, wait_for=[src]) for i in range(3)]
+    return reduce_sum.submit(parts)
+
+
 # -- raw Celery tasks, on the worker's own app -------------------------------------------
 
 

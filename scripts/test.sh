@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh --dev
 echo "test: ruff"
 .venv/bin/ruff check .
-.venv/bin/ruff format --check orchestrator workers tests examples benchmarks
+.venv/bin/ruff format --check orchestrator workers api tests examples benchmarks
 echo "test: mypy"
 .venv/bin/mypy
 echo "test: pytest"

@@ -20,6 +20,8 @@ T = TypeVar("T")
 def fresh_postgres_database(admin_url: str) -> Iterator[str]:
     """Create an empty database next to ``admin_url``'s, yield its URL, drop it afterwards."""
     url = make_url(admin_url)
+    if url.drivername in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+psycopg")
     name = f"orc_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(url, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:

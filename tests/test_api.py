@@ -19,15 +19,20 @@ import httpx
 import pytest
 import redis
 
-from orchestrator.localstack import ApiProcess, api_server
+from orchestrator import keys
+from orchestrator.localstack import ApiProcess, api_server, redis_server
 from tests.api_support import api_database, eventually
 
 FINAL = {"Completed", "Failed", "TimedOut", "Crashed", "UpstreamFailed", "Skipped", "Cancelled"}
 
 
-@pytest.fixture(scope="module")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with api_database(tmp_path_factory.mktemp("api-db"), os.environ.get("ORCHESTRATOR_TEST_DATABASE_URL")) as url:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Each test runs on SQLite, and again on PostgreSQL when ORCHESTRATOR_TEST_DATABASE_URL names one."""
+    admin_url = os.environ.get("ORCHESTRATOR_TEST_DATABASE_URL")
+    if request.param == "postgresql" and not admin_url:
+        pytest.skip("ORCHESTRATOR_TEST_DATABASE_URL is not set (a PostgreSQL URL to create test databases from)")
+    with api_database(tmp_path_factory.mktemp("api-db"), admin_url if request.param == "postgresql" else None) as url:
         yield url
 
 
@@ -355,33 +360,39 @@ def test_cli_run_watch_inspect_logs_and_errors(redis_url: str, api: ApiProcess) 
     assert dead.returncode == 2 and "orchestrator server start" in dead.stdout
 
 
-def test_schemathesis_finds_no_server_error(api: ApiProcess, tmp_path: Path) -> None:
-    """Fuzz every route from the OpenAPI schema (bounded: 25 s) and check no answer is a 5xx."""
-    schema_url = f"http://127.0.0.1:{api.port}/openapi.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "schemathesis.cli",
-            "run",
-            schema_url,
-            "--checks",
-            "not_a_server_error",
-            "--max-examples",
-            "25",
-            "--seed",
-            "7",
-            "--workers",
-            "2",
-            "--max-time",
-            "25",
-            "--phases",
-            "coverage,fuzzing",
-            "--report-dir",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+def test_schemathesis_finds_no_server_error(redis_url: str, database_url: str, worker_logs: Path) -> None:
+    """Fuzz every route from the OpenAPI schema (bounded: 25 s) and check no answer is a 5xx.
+
+    The fuzzed API gets a Redis of its own holding the fleet's registered flows but no
+    worker: runs it creates with fuzzed parameters are accepted and never executed, so
+    they cannot flood the test fleet.
+    """
+    with redis_server() as fuzz_redis:
+        flows = redis.Redis.from_url(redis_url).hgetall(keys.FLOWS)
+        redis.Redis.from_url(fuzz_redis).hset(keys.FLOWS, mapping=flows)  # type: ignore[arg-type]
+        with api_server(fuzz_redis, database_url, log_path=worker_logs / "api-fuzz.log") as server:
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "schemathesis.cli",
+                    "run",
+                    f"http://127.0.0.1:{server.port}/openapi.json",
+                    "--checks",
+                    "not_a_server_error",
+                    "--max-examples",
+                    "25",
+                    "--seed",
+                    "7",
+                    "--workers",
+                    "2",
+                    "--max-time",
+                    "25",
+                    "--phases",
+                    "coverage,fuzzing",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=240,
+            )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
