@@ -25,17 +25,28 @@ from .dispatcher import run_dispatcher
 from .recorder import Recorder
 from .routes import flow_runs, flows, health, workers
 from .security import BodySizeLimit, RefuseNulInUrl, require_api_key
-from .submit import ParameterProblem
+from .submit import ParameterProblem, Submitter
 
 log = logging.getLogger("orchestrator.api")
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Start the recorder and the dispatcher with the server; stop them with it."""
-    if not app.state.services:
-        yield
-        return
+    """Start the submitter, the recorder and the dispatcher with the server; stop them with it."""
+    app.state.submitter = Submitter(get_engine())
+    try:
+        if not app.state.services:
+            yield
+            return
+        async with services(app):
+            yield
+    finally:
+        app.state.submitter.close()
+
+
+@asynccontextmanager
+async def services(app: FastAPI) -> AsyncIterator[None]:
+    """The recorder and the dispatcher, in threads of this process."""
     settings = get_settings()
     stop = threading.Event()
     recorder = Recorder(get_store(), get_engine(), settings.recorder_name, settings.recorder_batch_size)

@@ -49,7 +49,7 @@ def dispatch_due(engine: Engine, limit: int = 200) -> int:
             if row is None:
                 continue
             try:
-                dispatch(row, name_given=row.name != f"{row.flow_name}-{row.id[:8]}")
+                dispatch(row)
                 sent += 1
             except ConnectionProblem as exc:
                 log.warning("dispatcher: %s; flow run %s will be sent on a later pass", exc, run_id)

@@ -96,7 +96,7 @@ def merge_flow_record(row: FlowRun, rec: dict[str, Any]) -> None:
     """Copy the descriptive fields an event carries onto the flow run row."""
     if rec.get("flow"):
         row.flow_name = str(rec["flow"])
-    if rec.get("name"):
+    if rec.get("name") and not row.renamed:
         row.name = str(rec["name"])
     if rec.get("parent"):
         row.parent_id = str(rec["parent"])

@@ -2,19 +2,29 @@
 
 The run row is written and the run is sent to Redis inside one database
 transaction: if Redis does not answer, the transaction is rolled back and the
-caller gets a 503, so nothing is left half-created.
+caller gets a 503, so nothing is left half-created. Requests that arrive together
+share one transaction and one Redis round trip (:class:`Submitter`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import queue
+import threading
 import time
 import uuid
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
+from celery import Celery
 from jsonschema import Draft202012Validator
+from sqlalchemy import Engine, insert
 from sqlmodel import Session
 
-from orchestrator.client import submit_by_name
+from orchestrator.celery_app import make_celery_app
+from orchestrator.client import NamedRun, send_named_runs
 from orchestrator.settings import get_settings
 from orchestrator.states import StateType
 
@@ -36,7 +46,7 @@ def check_parameters(flow: dict[str, Any], parameters: dict[str, Any]) -> None:
     """Refuse missing, unknown and ill-typed parameters, each named (the flow's JSON Schema)."""
     schema = flow.get("parameters") or {"type": "object"}
     problems: list[dict[str, Any]] = []
-    for error in sorted(Draft202012Validator(schema).iter_errors(parameters), key=lambda e: list(e.path)):
+    for error in sorted(validator_for(json.dumps(schema, sort_keys=True)).iter_errors(parameters), key=_path):
         if error.validator == "required":
             missing = [n for n in schema.get("required", []) if n not in parameters]
             for name in missing:
@@ -51,6 +61,16 @@ def check_parameters(flow: dict[str, Any], parameters: dict[str, Any]) -> None:
             problems.append(_problem(name, "type", f"parameter {name!r}: {error.message}"))
     if problems:
         raise ParameterProblem(problems)
+
+
+@lru_cache(maxsize=256)
+def validator_for(schema_text: str) -> Draft202012Validator:
+    """One compiled validator per distinct schema."""
+    return Draft202012Validator(json.loads(schema_text))
+
+
+def _path(error: Any) -> list[str]:
+    return [str(p) for p in error.path]
 
 
 def _problem(name: str, kind: str, message: str) -> dict[str, Any]:
@@ -70,51 +90,138 @@ def run_name(flow: dict[str, Any], parameters: dict[str, Any], run_id: str, give
     return f"{flow['name']}-{run_id[:8]}"
 
 
-def create_flow_run(session: Session, flow: dict[str, Any], body: FlowRunCreate) -> FlowRun:
-    """Write the run (Scheduled or Pending) and, when due now, send it; all or nothing."""
+def new_flow_run(flow: dict[str, Any], body: FlowRunCreate) -> dict[str, Any]:
+    """The row (as column values) of a run to create, Scheduled or Pending, after checking its parameters."""
     check_parameters(flow, body.parameters)
     now = time.time()
     run_id = str(uuid.uuid4())
     due = body.scheduled_start.timestamp() if body.scheduled_start else now
     later = due > now + DUE_SLACK_SECONDS
-    state = StateType.SCHEDULED if later else StateType.PENDING
-    row = FlowRun(
-        id=run_id,
-        flow_name=flow["name"],
-        name=run_name(flow, body.parameters, run_id, body.name),
-        state=state.value,
-        root_id=run_id,
-        queue=body.queue or flow.get("queue") or get_settings().default_queue,
-        parameters=body.parameters,
-        created=now,
-        scheduled_start=due,
-        dispatched=not later,
-        updated=now,
+    return {
+        "id": run_id,
+        "flow_name": flow["name"],
+        "name": run_name(flow, body.parameters, run_id, body.name),
+        "renamed": body.name is not None,
+        "state": (StateType.SCHEDULED if later else StateType.PENDING).value,
+        "state_message": "",
+        "parent_id": None,
+        "root_id": run_id,
+        "queue": body.queue or flow.get("queue") or get_settings().default_queue,
+        "parameters": body.parameters,
+        "mode": "",
+        "attempt": 1,
+        "created": now,
+        "scheduled_start": due,
+        "dispatched": not later,
+        "started": None,
+        "ended": None,
+        "updated": now,
+        "result_refs": [],
+        "plan": None,
+    }
+
+
+def named_run(row: dict[str, Any]) -> NamedRun:
+    """What Redis and the worker need to start the run of ``row``."""
+    return NamedRun(
+        flow=row["flow_name"],
+        run_id=row["id"],
+        parameters=row["parameters"],
+        queue=row["queue"],
+        name=row["name"],
+        name_given=bool(row["renamed"]),
+        record={"created": row["created"], "scheduled_start": row["scheduled_start"] or ""},
     )
-    session.add(row)
-    session.add(api_event(row.id, state, "created over HTTP", now))
-    session.flush()
-    if not later:
-        dispatch(row, name_given=body.name is not None)
+
+
+@lru_cache(maxsize=1)
+def sender_app() -> Celery:
+    """The Celery app the API sends start messages with (no task-sent events: one round trip less)."""
+    return make_celery_app("orchestrator-api", send_only=True, sent_events=False)
+
+
+def write_and_send(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Insert the rows, send those due now, then commit: a Redis failure rolls everything back."""
+    session.execute(insert(FlowRun), rows)
+    history = [api_event(r["id"], StateType(r["state"]), "created over HTTP", r["created"]) for r in rows]
+    session.execute(insert(StateEvent), [h.model_dump(exclude={"seq"}) for h in history])
+    send_named_runs([named_run(r) for r in rows if r["dispatched"]], sender_app())
     session.commit()
-    session.refresh(row)
-    return row
 
 
-def dispatch(row: FlowRun, *, name_given: bool) -> None:
-    """Send a run to its queue through Redis (raises ConnectionProblem when Redis is away)."""
-    submit_by_name(
-        row.flow_name,
-        row.parameters,
-        queue=row.queue,
-        name=row.name,
-        run_id=row.id,
-        record={
-            "created": row.created,
-            "scheduled_start": row.scheduled_start or "",
-            "name_given": "1" if name_given else "0",  # else the worker names it from the template
-        },
-    )
+@dataclass
+class _Pending:
+    row: dict[str, Any]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[dict[str, Any]]
+
+
+class Submitter:
+    """Creates runs in batches: one transaction and one Redis round trip for many requests.
+
+    Each request still gets its answer only after its run is committed and sent (or
+    an error if not), so a 201 means what it says; batching only shares the costs of
+    a commit and of a connection between the requests that arrive together.
+    """
+
+    def __init__(self, engine: Engine, max_batch: int = 256) -> None:
+        self.engine = engine
+        self.max_batch = max_batch
+        self.queue: queue.Queue[_Pending | None] = queue.Queue()
+        self.thread = threading.Thread(target=self._run, name="submitter", daemon=True)
+        self.thread.start()
+
+    async def submit(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Create the run (and send it if due); returns its row once committed."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self.queue.put(_Pending(row, loop, future))
+        return await future
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while True:
+            first = self.queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < self.max_batch:
+                try:
+                    item = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self.queue.put(None)
+                    break
+                batch.append(item)
+            self._flush(batch)
+
+    def _flush(self, batch: list[_Pending]) -> None:
+        error: BaseException | None = None
+        try:
+            with Session(self.engine) as session:
+                write_and_send(session, [p.row for p in batch])
+        except BaseException as exc:  # every waiting request learns of it
+            error = exc
+        for pending in batch:
+            pending.loop.call_soon_threadsafe(_settle, pending.future, pending.row, error)
+
+
+def _settle(future: asyncio.Future[dict[str, Any]], row: dict[str, Any], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(row)
+
+
+def dispatch(row: FlowRun) -> None:
+    """Send one scheduled run to its queue through Redis (raises ConnectionProblem when Redis is away)."""
+    send_named_runs([named_run(row.model_dump())], sender_app())
 
 
 def api_event(run_id: str, state: StateType, message: str, ts: float, cause: str = "api") -> StateEvent:

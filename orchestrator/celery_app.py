@@ -41,8 +41,15 @@ def _send_only(url: str) -> str:
     return f"{__name__}:SendOnlyRedisBackend+{url}" if url.startswith(("redis://", "rediss://")) else url
 
 
-def make_celery_app(main: str = "orchestrator", settings: Settings | None = None, *, send_only: bool = False) -> Celery:
-    """A Celery app configured for the orchestrator (JSON only, late acks, events on)."""
+def make_celery_app(
+    main: str = "orchestrator", settings: Settings | None = None, *, send_only: bool = False, sent_events: bool = True
+) -> Celery:
+    """A Celery app configured for the orchestrator (JSON only, late acks, events on).
+
+    ``sent_events=False`` skips the task-sent event (one Redis PUBLISH per message): the
+    API uses it for start messages, which Flower then shows from the moment a worker
+    receives them.
+    """
     s = settings or get_settings()
     backend = s.result_backend_url or s.redis_url
     app = Celery(main, broker=s.broker_url or s.redis_url, backend=_send_only(backend) if send_only else backend)
@@ -55,7 +62,7 @@ def make_celery_app(main: str = "orchestrator", settings: Settings | None = None
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,  # long tasks do not sit behind each other
         worker_send_task_events=True,  # Flower sees every task
-        task_send_sent_event=True,
+        task_send_sent_event=sent_events,
         task_default_queue=s.default_queue,
         task_create_missing_queues=True,
         result_expires=3600,  # orchestrator tasks ignore results (they live in our own keys);

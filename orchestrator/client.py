@@ -196,6 +196,58 @@ def submit_flow_run(
     return FlowRun(run_id, store)
 
 
+@dataclass
+class NamedRun:
+    """A run of a flow this process has no code for (the API's path), ready to send."""
+
+    flow: str
+    run_id: str
+    parameters: dict[str, Any]
+    queue: str
+    name: str
+    name_given: bool = False  # else the worker names it from the flow's flow_run_name
+    record: dict[str, Any] | None = None
+
+
+def send_named_runs(runs: list[NamedRun], app: Celery | None = None) -> None:
+    """Write the records of many runs in one Redis round trip, then send their start messages.
+
+    ``parameters`` must be JSON data already. A worker of each run's queue that imported
+    the flow traces and compiles it; a worker without it ends the run Failed, saying so.
+    Raises ConnectionProblem when Redis does not answer (before any start message is sent).
+    """
+    if not runs:
+        return
+    store = get_store()
+    app = app or client_app()
+    try:
+        pipe = store.redis.pipeline(transaction=False)
+        for run in runs:
+            fields = {
+                "id": run.run_id,
+                "flow": run.flow,
+                "name": run.name,
+                "name_given": "1" if run.name_given else "0",
+                "root": run.run_id,
+                "queue": run.queue,
+                "parameters": run.parameters,
+                "created": now(),
+                **(run.record or {}),
+                "state": StateType.PENDING.value,
+            }
+            store.write_flow_run(run.run_id, fields, pipe)
+        pipe.execute()
+        with app.producer_or_acquire() as producer:  # one connection for the whole batch
+            for run in runs:
+                kwargs = {"flow": run.flow, "run_id": run.run_id, "dynamic": False}
+                sig = make_signature(
+                    START_FLOW_RUN_TASK, kwargs, queue=run.queue, task_id=f"start-{run.run_id}", app=app
+                )
+                sig.apply_async(producer=producer)
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        raise store.unreachable(exc) from exc
+
+
 def submit_by_name(
     flow_name: str,
     parameters: dict[str, Any],
@@ -203,34 +255,10 @@ def submit_by_name(
     queue: str | None = None,
     name: str | None = None,
     run_id: str | None = None,
-    record: dict[str, Any] | None = None,
 ) -> FlowRun:
-    """Send a run of a flow this process has no code for (the API's path).
-
-    ``parameters`` must be JSON data already. A worker of ``queue`` that imported the
-    flow traces and compiles it; a worker without it ends the run Failed, saying so.
-    Without a ``name`` the worker names the run from the flow's ``flow_run_name``.
-    Raises ConnectionProblem, before anything is written, when Redis does not answer.
-    """
+    """Send one run of a flow this process has no code for (see :func:`send_named_runs`)."""
     run_id = run_id or str(uuid.uuid4())
     queue = queue or get_settings().default_queue
-    store = get_store()
-    store.ping()
-    fields = {
-        "id": run_id,
-        "flow": flow_name,
-        "name": name or f"{flow_name}-{run_id[:8]}",
-        "name_given": "1" if name else "0",
-        "root": run_id,
-        "queue": queue,
-        "parameters": parameters,
-        "created": now(),
-        **(record or {}),
-        "state": StateType.PENDING.value,
-    }
-    try:
-        store.write_flow_run(run_id, fields)
-        send_start(client_app(), flow_name, run_id, queue, dynamic=False)
-    except (redis.ConnectionError, OSError) as exc:
-        raise store.unreachable(exc) from exc
-    return FlowRun(run_id, store)
+    run = NamedRun(flow_name, run_id, parameters, queue, name or f"{flow_name}-{run_id[:8]}", name is not None)
+    send_named_runs([run])
+    return FlowRun(run_id)

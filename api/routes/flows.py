@@ -2,26 +2,39 @@
 
 from __future__ import annotations
 
+import json
+import time
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Path, status
+from fastapi import APIRouter, HTTPException, Path, Request, status
 
+from orchestrator import keys
 from orchestrator.fleet import registered_flows
 
+from ..models import FlowRun
 from ..schemas import FlowPublic, FlowRunCreate, FlowRunPublic
-from ..submit import create_flow_run
-from .deps import SessionDep, StoreDep
+from ..submit import new_flow_run
+from .deps import StoreDep
 
 router = APIRouter(prefix="/flows", tags=["flows"])
 
 FlowName = Path(min_length=1, max_length=200, description="The flow's name, as workers registered it.")
 
 
+FLOW_CACHE_SECONDS = 2.0  # a flow a worker just registered is seen within this
+_flow_cache: dict[str, tuple[float, dict[str, Any]]] = {}
+
+
 def find_flow(store: Any, name: str) -> dict[str, Any]:
-    """The registered flow named ``name`` or a 404 that says how to register it."""
-    for flow in registered_flows(store):
-        if flow.get("name") == name:
-            return flow
+    """The registered flow named ``name`` (cached briefly) or a 404 that says how to register it."""
+    cached = _flow_cache.get(name)
+    if cached is not None and cached[0] > time.monotonic():
+        return cached[1]
+    found = store.redis.hget(keys.FLOWS, name)
+    if found:
+        flow = dict(json.loads(found))
+        _flow_cache[name] = (time.monotonic() + FLOW_CACHE_SECONDS, flow)
+        return flow
     raise HTTPException(
         status_code=status.HTTP_404_NOT_FOUND,
         detail=f"no worker has registered a flow named {name!r}; start a worker with "
@@ -42,10 +55,12 @@ def read_flow(store: StoreDep, name: str = FlowName) -> FlowPublic:
 
 
 @router.post("/{name}/runs", response_model=FlowRunPublic, status_code=status.HTTP_201_CREATED)
-def create_run(body: FlowRunCreate, session: SessionDep, store: StoreDep, name: str = FlowName) -> FlowRunPublic:
+async def create_run(request: Request, body: FlowRunCreate, store: StoreDep, name: str = FlowName) -> FlowRunPublic:
     """Create a flow run and send it to a worker of its queue (now, or at ``scheduled_start``).
 
     Parameters are checked against the flow's schema first: a missing, unknown or
-    ill-typed one gets 422 naming it, and nothing is created.
+    ill-typed one gets 422 naming it, and nothing is created. 503 when Redis does not
+    answer (nothing is created either).
     """
-    return FlowRunPublic.of(create_flow_run(session, find_flow(store, name), body))
+    row = new_flow_run(find_flow(store, name), body)
+    return FlowRunPublic.of(FlowRun.model_construct(**await request.app.state.submitter.submit(row)))
