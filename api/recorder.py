@@ -216,14 +216,29 @@ class Recorder:
         if not entries:
             return 0
         events = parse(entries)
-        try:
-            self.apply(events)
-        except (DataError, IntegrityError, ProgrammingError) as exc:  # a bad event, not an outage
-            log.warning("recorder: a batch was refused (%s); applying its events one by one", exc)
+        if not self.apply_retrying(events):
+            log.warning("recorder: a batch was refused; applying its events one by one")
             self.apply_each(events)
         self.redis.xack(keys.EVENTS_STREAM, GROUP, *[stream_id for stream_id, _ in entries])
         self.recorded += len(entries)
         return len(entries)
+
+    def apply_retrying(self, events: list[Event], attempts: int = 4) -> bool:
+        """Apply a batch; False if the database keeps refusing it (a bad event, not an outage).
+
+        An IntegrityError is first taken for a race: the API was creating one of these
+        runs in a transaction not committed when the batch was read; read again once
+        that commit is done.
+        """
+        for attempt in range(attempts):
+            try:
+                self.apply(events)
+                return True
+            except IntegrityError:
+                time.sleep(0.05 * (attempt + 1))
+            except (DataError, ProgrammingError):
+                return False
+        return False
 
     def apply_each(self, events: list[Event]) -> None:
         """Apply events one at a time; one the database refuses goes to the dead-letter list, named in the log."""
