@@ -7,6 +7,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from celery import Celery
@@ -19,16 +20,17 @@ pytestmark = pytest.mark.usefixtures("fleet")
 
 
 @pytest.fixture
-def celery_events(redis_url: str) -> Iterator[dict[str, list[str]]]:
-    """Celery task events by task id, received as Flower receives them."""
+def celery_events(redis_url: str) -> Iterator[dict[str, list[tuple[float, str]]]]:
+    """Celery task events by task id (time stamp, type), received as Flower receives them."""
     app = Celery("event-reader", broker=redis_url)
-    seen: dict[str, list[str]] = defaultdict(list)
+    seen: dict[str, list[tuple[float, str]]] = defaultdict(list)
     stop = threading.Event()
 
     def receive() -> None:
         with app.connection() as connection:
             receiver = app.events.Receiver(
-                connection, handlers={"*": lambda event: seen[event.get("uuid", "")].append(event["type"])}
+                connection,
+                handlers={"*": lambda e: seen[e.get("uuid", "")].append((e.get("timestamp", 0.0), e["type"]))},
             )
             while not stop.is_set():
                 try:
@@ -44,14 +46,18 @@ def celery_events(redis_url: str) -> Iterator[dict[str, list[str]]]:
     thread.join(timeout=5)
 
 
-def wait_for_events(seen: dict[str, list[str]], task_id: str, final: str) -> list[str]:
+def wait_for_events(seen: dict[str, list[tuple[float, str]]], task_id: str, final: str) -> list[str]:
+    """The task's event types in time-stamp order (as Flower orders them: events sent by
+    different processes can arrive out of order), once ``final`` has arrived."""
     deadline = time.monotonic() + 10
-    while final not in seen.get(task_id, []) and time.monotonic() < deadline:
+    while final not in [kind for _, kind in seen.get(task_id, [])] and time.monotonic() < deadline:
         time.sleep(0.1)
-    return seen.get(task_id, [])
+    return [kind for _, kind in sorted(seen.get(task_id, []))]
 
 
-def test_flower_sees_failure_retry_and_success_for_each_attempt(celery_events: dict[str, list[str]]) -> None:
+def test_flower_sees_failure_retry_and_success_for_each_attempt(
+    celery_events: dict[str, list[tuple[float, str]]],
+) -> None:
     run = flows.trigger_flow.delay()
     run.wait(timeout=30)
     rows = {r["label"]: r for r in run.task_runs()}
