@@ -7,7 +7,6 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from celery import Celery
