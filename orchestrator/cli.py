@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .cli_dev import dev_command
 from .cli_runs import flow_run_app, run_command, server_app
 from .errors import OrchestratorError
 
@@ -20,6 +21,19 @@ app.add_typer(worker_app, name="worker")
 app.add_typer(server_app, name="server")
 app.add_typer(flow_run_app, name="flow-run")
 app.command("run")(run_command)
+app.command("dev")(dev_command)
+
+
+@app.command("flower", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def flower_command(
+    ctx: typer.Context,
+    port: Annotated[int, typer.Option(help="Port Flower listens on.")] = 5555,
+) -> None:
+    """Start Flower on the orchestrator's broker (any other Flower option passes through)."""
+    cmd = [sys.executable, "-m", "celery", "-A", "workers.app", "flower", f"--port={port}", *ctx.args]
+    os.execvp(cmd[0], cmd)
+
+
 console = Console()
 
 

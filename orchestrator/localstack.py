@@ -44,9 +44,21 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
         proc.wait(5)
 
 
+def redis_answers(url: str) -> bool:
+    """Whether a Redis at ``url`` answers a PING within a second."""
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
 @contextlib.contextmanager
-def redis_server(port: int | None = None, appendonly: bool = False) -> Iterator[str]:
-    """Run a private redis-server on a free port; yield its URL."""
+def redis_server(port: int | None = None, appendonly: bool = False, data_dir: Path | None = None) -> Iterator[str]:
+    """Run a private redis-server on a free port; yield its URL.
+
+    With ``data_dir`` its files (append-only log) are kept there across restarts;
+    otherwise they live in a temporary folder removed at the end.
+    """
     binary = shutil.which("redis-server")
     if binary is None:
         raise ConnectionProblem(
@@ -54,7 +66,9 @@ def redis_server(port: int | None = None, appendonly: bool = False) -> Iterator[
             "or install Redis yourself."
         )
     port = port or free_port()
-    workdir = tempfile.mkdtemp(prefix="orc-redis-")
+    if data_dir is not None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    workdir = str(data_dir) if data_dir is not None else tempfile.mkdtemp(prefix="orc-redis-")
     args = [
         binary,
         "--port",
@@ -64,7 +78,7 @@ def redis_server(port: int | None = None, appendonly: bool = False) -> Iterator[
         "--save",
         "",
         "--appendonly",
-        "yes" if appendonly else "no",
+        "yes" if appendonly or data_dir is not None else "no",
         "--dir",
         workdir,
     ]
@@ -84,7 +98,8 @@ def redis_server(port: int | None = None, appendonly: bool = False) -> Iterator[
         yield url
     finally:
         stop_process(proc)
-        shutil.rmtree(workdir, ignore_errors=True)
+        if data_dir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def worker_command(
@@ -257,3 +272,29 @@ def wait_for_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) 
         except httpx.HTTPError:
             time.sleep(0.1)
     raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+@contextlib.contextmanager
+def flower(redis_url: str, port: int | None = None, log_path: Path | None = None) -> Iterator[str]:
+    """Run Flower (``celery -A workers.app flower``) on the broker; yield its URL.
+
+    It listens on 127.0.0.1 only, so its HTTP API is left open (FLOWER_UNAUTHENTICATED_API)
+    for scripts and tests on this machine; expose Flower with its own --basic-auth instead.
+    """
+    port = port or free_port()
+    env = os.environ.copy() | {
+        "ORCHESTRATOR_REDIS_URL": redis_url,
+        "PYTHONUNBUFFERED": "1",
+        "FLOWER_UNAUTHENTICATED_API": "true",
+    }
+    cmd = [sys.executable, "-m", "celery", "-A", "workers.app", "flower", f"--port={port}", "--address=127.0.0.1"]
+    log_file = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/healthcheck", proc)
+        yield url
+    finally:
+        stop_process(proc)
+        if log_path:
+            log_file.close()  # type: ignore[union-attr]

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# The main job: install, start a private Redis and a worker, run the example flow end
-# to end, print its result and task states, and stop everything again.
+# The main job: install, bring up the local stack (Redis, the API with its services,
+# a worker, Flower), run the example flow (a fan-out, a retry, a sensor) through the
+# API, print its task states and outcome, and stop everything again.
+# Uses the Redis at ORCHESTRATOR_REDIS_URL if one answers, else starts its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-exec .venv/bin/orchestrator demo
+exec .venv/bin/orchestrator dev --flows examples.quickstart --run etl -p day=2026-01-02 --exit \
+    --api-port 0 --flower-port 0 --data-dir .orchestrator

@@ -1,0 +1,127 @@
+"""Operating the stack: Flower sees our tasks, ``orchestrator dev`` starts and stops cleanly,
+the compose file's commands are real commands of the project."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from orchestrator.localstack import flower, free_port
+from tests import flows
+from tests.api_support import eventually
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_flower_shows_every_task_by_name_with_its_flow_run_id(
+    redis_url: str, fleet: subprocess.Popen[bytes], worker_logs: Path
+) -> None:
+    with flower(redis_url, log_path=worker_logs / "flower.log") as url:
+        time.sleep(1.0)  # Flower subscribes to the event stream when it starts
+        run = flows.chain_flow.delay(x=3)
+        assert run.wait(30).value == "Completed"
+        ids = {row["id"]: row for row in run.task_runs()}
+
+        def seen() -> dict[str, dict[str, str]]:
+            tasks = httpx.get(f"{url}/api/tasks", params={"limit": 1000}).json()
+            return {k: v for k, v in tasks.items() if k in ids and v.get("state") == "SUCCESS"}
+
+        shown = eventually(lambda: len(seen()) == len(ids) and seen(), 20, what="Flower shows the run's tasks")
+        for task_id, task in shown.items():
+            assert task["name"] == ids[task_id]["name"]  # its own name, e.g. tests.flows.inc
+            assert run.id in task["kwargs"]  # the flow run id is in the message
+        queues = httpx.get(f"{url}/api/queues/length").json()
+        assert "default" in [q["name"] for q in queues["active_queues"]]
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.add(child)
+            todo.append(child)
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_dev_brings_the_stack_up_and_ctrl_c_leaves_nothing_behind(tmp_path: Path) -> None:
+    api_port, flower_port = free_port(), free_port()
+    env = os.environ.copy() | {"ORCHESTRATOR_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "COLUMNS": "200"}
+    cmd = [sys.executable, "-m", "orchestrator.cli", "dev", "--flows", "tests.flows", "-c", "1"]
+    cmd += ["--api-port", str(api_port), "--flower-port", str(flower_port), "--data-dir", str(tmp_path / "dev")]
+    log = tmp_path / "dev.out"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        eventually(lambda: "ready" in log.read_text(), 90, what="orchestrator dev is ready")
+        text = log.read_text()
+        assert f"http://127.0.0.1:{api_port}/api" in text and f"http://127.0.0.1:{flower_port}" in text
+        assert httpx.get(f"http://127.0.0.1:{api_port}/api/health").json()["redis"] == "ok"
+        assert httpx.get(f"http://127.0.0.1:{flower_port}/healthcheck").status_code == 200
+        workers = httpx.get(f"http://127.0.0.1:{api_port}/api/workers").json()
+        assert workers and "chain-flow" in workers[0]["flows"]
+        below = descendants(proc.pid)
+        assert len(below) >= 4  # redis-server, the API, the worker (and its pool), Flower
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0, log.read_text()
+        left = [pid for pid in below if alive(pid)]
+        assert not left, f"processes left behind: {left}"
+        assert (tmp_path / "dev" / "redis").is_dir()  # the local Redis kept its data in the project folder
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_every_compose_service_runs_a_real_command_of_the_project() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"redis", "postgres", "api", "worker", "flower"} <= set(services)
+    assert "--appendonly" in services["redis"]["command"]
+    for name in ("api", "worker", "flower"):
+        service = services[name]
+        assert service["build"] == "."
+        assert all(dep.get("condition") == "service_healthy" for dep in service["depends_on"].values())
+        command = [part for part in service["command"] if not part.startswith("--basic-auth")]
+        binary = Path(sys.executable).parent / command[0]
+        assert binary.exists(), f"{name}: {command[0]} is not installed by the package"
+        done = subprocess.run(
+            [str(binary), *command[1:], "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, f"{name}: {' '.join(command)} --help failed: {done.stderr[-500:]}"
+    for name in ("redis", "postgres", "api"):
+        assert "healthcheck" in services[name]
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "orchestrator" in dockerfile and "server" in dockerfile
+
+
+@pytest.mark.parametrize("script", ["scripts/demo.sh", "scripts/test.sh", ".ci/run"])
+def test_scripts_are_executable_bash(script: str) -> None:
+    done = subprocess.run(["bash", "-n", str(ROOT / script)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
