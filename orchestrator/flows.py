@@ -44,6 +44,7 @@ class Flow(Generic[P, R]):
         on_failure: Hook | Sequence[Hook] | None = None,
         on_crashed: Hook | Sequence[Hook] | None = None,
         on_cancellation: Hook | Sequence[Hook] | None = None,
+        log_prints: bool = False,
     ) -> None:
         check_callable(fn, "flow")
         self.fn = fn
@@ -59,6 +60,7 @@ class Flow(Generic[P, R]):
             raise DefinitionError(f"flow {self.name!r}: retries and retry_delay_seconds must be >= 0.")
         self.retries = retries
         self.retry_delay_seconds = retry_delay_seconds
+        self.log_prints = log_prints  # print() in the body, and in tasks that do not say, goes to the run log
         self.hooks = collect_hooks(
             f"flow {self.name!r}",
             {
@@ -188,6 +190,7 @@ def flow(
     on_failure: Hook | Sequence[Hook] | None = None,
     on_crashed: Hook | Sequence[Hook] | None = None,
     on_cancellation: Hook | Sequence[Hook] | None = None,
+    log_prints: bool = False,
 ) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
 
 

@@ -28,6 +28,7 @@ from .engine import (
 from .errors import FlowRunFailed, TaskRunFailed, UpstreamFailedError
 from .futures import DoneAndNotDone, Future
 from .hooks import call_hooks
+from .logging import prints_logged
 from .serialization import dumps
 from .settings import get_settings
 from .signals import RETRY
@@ -195,7 +196,8 @@ class LocalEngine(Engine):
             future.set_state(StateType.RUNNING if attempt == 1 else StateType.RETRYING)
             run = RunInfo(self.run_id, self.flow.name, future.task_run_id, task.name, attempt, extra={"local": True})
             try:
-                with using(None, run):
+                log_prints = task.log_prints if task.log_prints is not None else self.flow.log_prints
+                with using(None, run), prints_logged(log_prints):
                     value = task.fn(**inputs)
                 dumps(value, task.result_serializer, f"task {task.name!r} ({future.label})")
             except Exception as exc:
@@ -240,7 +242,7 @@ def run_flow_locally(flow: Flow, parameters: dict[str, Any], pool: cf.ThreadPool
     )
     try:
         try:
-            with using(engine, info):
+            with using(engine, info), prints_logged(flow.log_prints):
                 value = flow.fn(**parameters)
         except Exception as exc:
             call_hooks(flow, flow.hooks, info, StateType.FAILED, describe(exc))

@@ -1,10 +1,16 @@
-"""``get_run_logger()``: a logger that says which flow and task run wrote each line."""
+"""``get_run_logger()``: a logger that says which flow and task run wrote each line;
+``log_prints``: print() inside a run goes to that logger."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import io
 import logging
-from collections.abc import MutableMapping
-from typing import Any
+import sys
+import threading
+from collections.abc import Iterator, MutableMapping
+from typing import Any, TextIO
 
 from .context import current_run
 
@@ -33,3 +39,69 @@ def get_run_logger(name: str = "orchestrator.runs") -> logging.LoggerAdapter:  #
             "attempt": run.attempt,
         }
     return RunLoggerAdapter(logging.getLogger(name), extra)
+
+
+_capturing: contextvars.ContextVar[bool] = contextvars.ContextVar("orchestrator_log_prints", default=False)
+_install_lock = threading.Lock()
+
+
+class _PrintRouter(io.TextIOBase):
+    """Stands in for sys.stdout: lines printed where ``log_prints`` is on go to the run log.
+
+    Which code captures is decided per thread and task by a context variable, so a
+    task that prints in one thread never captures another's output; everything else
+    goes to the real stdout unchanged.
+    """
+
+    def __init__(self, original: TextIO) -> None:
+        self.original = original
+        self._pending = threading.local()
+
+    def write(self, text: str) -> int:
+        if not _capturing.get() or getattr(self._pending, "inside", False):
+            return self.original.write(text)  # not captured, or a log handler writing to stdout
+        buffered = getattr(self._pending, "text", "") + text
+        *lines, rest = buffered.split("\n")
+        self._pending.text = rest
+        self._log(lines)
+        return len(text)
+
+    def _log(self, lines: list[str]) -> None:
+        self._pending.inside = True
+        try:
+            logger = get_run_logger()
+            for line in lines:
+                logger.info("%s", line)
+        finally:
+            self._pending.inside = False
+
+    def flush(self) -> None:
+        rest = getattr(self._pending, "text", "")
+        if _capturing.get() and rest and not getattr(self._pending, "inside", False):
+            self._pending.text = ""
+            self._log([rest])
+        self.original.flush()
+
+    def fileno(self) -> int:
+        return self.original.fileno()
+
+    def isatty(self) -> bool:
+        return self.original.isatty()
+
+
+@contextlib.contextmanager
+def prints_logged(enabled: bool | None) -> Iterator[None]:
+    """Within the block, print() of this thread goes to the current run's log (if ``enabled``)."""
+    if not enabled:
+        yield
+        return
+    with _install_lock:
+        if not isinstance(sys.stdout, _PrintRouter):
+            sys.stdout = _PrintRouter(sys.stdout)
+    router = sys.stdout
+    token = _capturing.set(True)
+    try:
+        yield
+    finally:
+        router.flush()
+        _capturing.reset(token)

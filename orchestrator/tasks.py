@@ -44,7 +44,15 @@ def _delays(value: RetryDelay, where: str, retries: int = 1) -> list[float]:
 
 # Options that travel with a message when task.with_options(...) changes them.
 MESSAGE_OPTIONS = frozenset(
-    {"retries", "retry_jitter_factor", "poke_timeout_seconds", "timeout_seconds", "tags", "result_serializer"}
+    {
+        "retries",
+        "retry_jitter_factor",
+        "poke_timeout_seconds",
+        "timeout_seconds",
+        "tags",
+        "result_serializer",
+        "log_prints",
+    }
 )
 
 
@@ -72,6 +80,7 @@ class Task(Generic[P, R]):
         on_retry: Hook | Sequence[Hook] | None = None,
         on_crashed: Hook | Sequence[Hook] | None = None,
         on_cancellation: Hook | Sequence[Hook] | None = None,
+        log_prints: bool | None = None,
     ) -> None:
         check_callable(fn, "task")
         self.fn = fn
@@ -103,6 +112,7 @@ class Task(Generic[P, R]):
             },
         )
         self.timeout_seconds = timeout_seconds
+        self.log_prints = log_prints  # None: as the flow says
         self.tags = list(tags)
         self.queue = queue
         self.result_serializer = check_serializer(result_serializer, where)
@@ -138,6 +148,7 @@ class Task(Generic[P, R]):
             "retry_jitter_factor": self.retry_jitter_factor,
             "poke_timeout_seconds": self.poke_timeout_seconds,
             "timeout_seconds": self.timeout_seconds,
+            "log_prints": self.log_prints,
             "tags": self.tags,
             "result_serializer": self.result_serializer,
         }
@@ -223,6 +234,7 @@ def task(
     on_retry: Hook | Sequence[Hook] | None = None,
     on_crashed: Hook | Sequence[Hook] | None = None,
     on_cancellation: Hook | Sequence[Hook] | None = None,
+    log_prints: bool | None = None,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 

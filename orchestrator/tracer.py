@@ -108,8 +108,16 @@ class PlannedFuture(Future[Any]):
 class TracingEngine(Engine):
     """Records the task calls of one flow run (root or subflow) into a shared plan."""
 
-    def __init__(self, plan: Plan, flow_run_id: str, queue: str, label_counts: dict[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        flow_run_id: str,
+        queue: str,
+        label_counts: dict[str, int] | None = None,
+        log_prints: bool = False,
+    ) -> None:
         self.plan = plan
+        self.log_prints = log_prints
         self.flow_run_id = flow_run_id
         self.queue = queue
         self.barrier: list[str] = []
@@ -166,10 +174,14 @@ class TracingEngine(Engine):
             inputs=inputs,
             wait_for=wait_ids,
             queue=task.queue or self.queue,
-            options=task.options | {"importable_error": _import_error(task)},
+            options=task.options | {"importable_error": _import_error(task), **self._inherited(task)},
             trigger=task.trigger,
             allow=allow,
         )
+
+    def _inherited(self, task: Task) -> dict[str, Any]:
+        """Options a task takes from its flow when it does not say (log_prints)."""
+        return {"log_prints": True} if task.log_prints is None and self.log_prints else {}
 
     # -- Engine ---------------------------------------------------------------------
     def submit(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any]) -> PlannedFuture:
@@ -200,7 +212,7 @@ class TracingEngine(Engine):
             parameters={k: self.template(v, f"{where} parameter {k!r}") for k, v in params.items()},
         )
         self.plan.subflows[child_id] = info
-        child = TracingEngine(self.plan, child_id, flow.queue or self.queue, self._counts)
+        child = TracingEngine(self.plan, child_id, flow.queue or self.queue, self._counts, flow.log_prints)
         child.barrier = list(self.barrier)
         try:
             with using(child, RunInfo(child_id, flow.name, extra={"parent_flow_run_id": self.flow_run_id})):
@@ -250,7 +262,7 @@ def trace_flow(flow: Flow, parameters: dict[str, Any], *, run_id: str | None = N
     """Trace ``flow`` with ``parameters`` into a plan; raises DynamicFlowRequired if needed."""
     run_id = run_id or str(uuid.uuid4())
     plan = Plan(flow.name, run_id, queue or flow.queue or get_settings().default_queue)
-    engine = TracingEngine(plan, run_id, plan.queue)
+    engine = TracingEngine(plan, run_id, plan.queue, log_prints=flow.log_prints)
     with using(engine, RunInfo(run_id, flow.name)):
         value = flow.fn(**parameters)
     if engine.dynamic_reason:  # the body caught our signal; it still needs values

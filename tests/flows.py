@@ -599,3 +599,33 @@ def api_flow(n: int, label: str = "x", day: dt.date = dt.date.today) -> int:  # 
 def api_sleepy_flow(seconds: float = 30.0, width: int = 2) -> list[Any]:
     """Long-running tasks for the cancel and restart tests."""
     return [sleepy.submit(seconds, i) for i in range(width)]
+
+
+@task
+def prints_without_saying(n: int) -> int:
+    """Prints; its flow has log_prints=True, so the lines go to the run log."""
+    print(f"inherited print {n}")
+    return n
+
+
+@task(log_prints=False)
+def prints_but_opted_out() -> int:
+    print("this line stays on stdout")
+    return 0
+
+
+@flow(log_prints=True)
+def printing_flow(n: int = 2) -> list[Any]:
+    return [prints_without_saying.submit(n), prints_but_opted_out.submit()]
+
+
+@task(log_prints=True)
+def prints_itself() -> int:
+    print("first line")
+    print("second", "line")
+    return 1
+
+
+@flow
+def printing_task_flow() -> int:
+    return prints_itself.submit()  # type: ignore[no-any-return]

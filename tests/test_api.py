@@ -396,3 +396,30 @@ def test_schemathesis_finds_no_server_error(redis_url: str, database_url: str, w
                 timeout=240,
             )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+
+
+def test_log_prints_and_the_logs_of_a_killed_task_reach_the_api(http: httpx.Client) -> None:
+    """print() goes to the run log where log_prints is on (by the task, or inherited from its
+    flow); a task killed mid-run keeps the lines it logged before the kill."""
+
+    def messages(run_id: str, expected: int) -> list[str]:
+        def enough() -> list[str] | None:
+            lines = [line["message"] for line in http.get(f"/flow-runs/{run_id}/logs").json()]
+            return lines if len(lines) >= expected else None
+
+        return eventually(enough, 20, what=f"{expected} log lines of {run_id}")
+
+    own = submit(http, "printing-task-flow")
+    assert wait_final(http, own["id"])["state"] == "Completed"
+    lines = messages(own["id"], 2)
+    assert any(line.endswith("first line") for line in lines) and any(line.endswith("second line") for line in lines)
+
+    inherited = submit(http, "printing-flow", parameters={"n": 7})
+    assert wait_final(http, inherited["id"])["state"] == "Completed"
+    lines = messages(inherited["id"], 1)
+    assert any(line.endswith("inherited print 7") for line in lines)
+    assert not any("stays on stdout" in line for line in lines)
+
+    killed = submit(http, "killed-logging-flow")
+    assert wait_final(http, killed["id"], timeout=90)["state"] == "Completed"  # redelivered after the kill
+    assert any("about to be killed" in line for line in messages(killed["id"], 1))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -261,3 +262,14 @@ def test_retry_condition_and_poke_timeout_locally() -> None:
     assert calls == ["transient"] * 4
     with pytest.raises(FlowRunFailed, match=r"poke_timeout_seconds=0\.3"):
         sensing()
+
+
+def test_log_prints_in_process(caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.flows import printing_flow, printing_task_flow
+
+    with caplog.at_level(logging.INFO, logger="orchestrator.runs"):
+        assert printing_task_flow() == 1
+        assert printing_flow(n=3) == [3, 0]
+    logged = [r.getMessage() for r in caplog.records]
+    assert any(m.endswith("first line") for m in logged) and any(m.endswith("inherited print 3") for m in logged)
+    assert "this line stays on stdout" in capsys.readouterr().out

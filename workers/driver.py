@@ -35,6 +35,7 @@ from orchestrator.engine import (
 from orchestrator.errors import FlowRunFailed, RunTimeout, TaskRunFailed
 from orchestrator.flows import Flow
 from orchestrator.futures import DoneAndNotDone, Future
+from orchestrator.logging import prints_logged
 from orchestrator.plan import REF, make_ref, refs_in
 from orchestrator.references import resolve
 from orchestrator.runs import (
@@ -287,7 +288,7 @@ def drive(app: Celery, flow: Flow, run_id: str, parameters: dict[str, Any], queu
     returns: Any = None
     body_error = ""
     try:
-        with using(engine, RunInfo(run_id, flow.name)):
+        with using(engine, RunInfo(run_id, flow.name)), prints_logged(flow.log_prints):
             value = flow.fn(**parameters)
         returns = engine.template(value, f"flow {flow.name!r} return value")
     except Exception as exc:

@@ -16,6 +16,7 @@ from orchestrator.attempts import Outcome, decide, describe, format_traceback
 from orchestrator.context import RunInfo, using
 from orchestrator.errors import SerializationError
 from orchestrator.hooks import call_hooks
+from orchestrator.logging import prints_logged
 from orchestrator.plan import refs_in
 from orchestrator.references import resolve
 from orchestrator.runs import after_final, finish_flow_run, propagate_failure
@@ -191,7 +192,7 @@ def run_task(
             failed_as_none=allowed,
             prefetched=started.results,
         )
-        with using(None, info):
+        with using(None, info), prints_logged(task.log_prints):
             value = task.fn(**kwargs)
         text = dumps(value, task.result_serializer, where)
     except Exception as exc:
