@@ -10,6 +10,7 @@ from typing import Any
 
 from .errors import RunError
 from .plan import REF, refs_in
+from .results import read_persisted
 from .serialization import PICKLE_TAG, from_jsonable, loads, unpickle
 from .store import RunStore
 
@@ -63,12 +64,16 @@ def resolve(
     ids = [i for i in refs_in(template) if i not in failed_as_none]
     texts = {i: t for i, t in (prefetched or {}).items() if i in ids}
     texts |= store.results([i for i in ids if i not in texts])
+    missing = [i for i, t in texts.items() if t is None]
+    if missing:  # gone from Redis: a result kept with persist_result=True is read from storage
+        texts |= {i: t for i, t in read_persisted(missing).items() if t is not None}
     results: dict[str, Any] = {i: None for i in failed_as_none}
     for node_id, text in texts.items():
         if text is None:
             raise RunError(
-                f"{where}: the result of upstream task run {node_id} is missing from Redis "
-                "(expired or deleted); re-run the flow."
+                f"{where}: the result of task run {node_id} is no longer in Redis (results stay there for "
+                "ORCHESTRATOR_RESULT_TTL_SECONDS) and was not persisted; declare the task with "
+                "persist_result=True to keep its results in ORCHESTRATOR_RESULT_STORAGE, then re-run the flow."
             )
         results[node_id] = loads(text, allow_pickle=allow_pickle, where=where)
     return _substitute(decoded, results)

@@ -55,6 +55,10 @@ class Settings(BaseSettings):
         description="Database of the API (SQLAlchemy URL): an SQLite file by default, postgresql+psycopg://... "
         "in production.",
     )
+    result_storage: str = Field(
+        default=str(Path.home() / ".orchestrator" / "results"),
+        description="Where persist_result=True keeps task results: a folder or an fsspec URL (s3://bucket/prefix).",
+    )
     api_url: str = Field(
         default="http://127.0.0.1:4200/api", description="Where the CLI finds the API (with the /api prefix)."
     )

@@ -52,6 +52,7 @@ MESSAGE_OPTIONS = frozenset(
         "tags",
         "result_serializer",
         "log_prints",
+        "persist_result",
     }
 )
 
@@ -81,6 +82,7 @@ class Task(Generic[P, R]):
         on_crashed: Hook | Sequence[Hook] | None = None,
         on_cancellation: Hook | Sequence[Hook] | None = None,
         log_prints: bool | None = None,
+        persist_result: bool = False,
     ) -> None:
         check_callable(fn, "task")
         self.fn = fn
@@ -113,6 +115,7 @@ class Task(Generic[P, R]):
         )
         self.timeout_seconds = timeout_seconds
         self.log_prints = log_prints  # None: as the flow says
+        self.persist_result = persist_result  # also write the result to ORCHESTRATOR_RESULT_STORAGE
         self.tags = list(tags)
         self.queue = queue
         self.result_serializer = check_serializer(result_serializer, where)
@@ -149,6 +152,7 @@ class Task(Generic[P, R]):
             "poke_timeout_seconds": self.poke_timeout_seconds,
             "timeout_seconds": self.timeout_seconds,
             "log_prints": self.log_prints,
+            "persist_result": self.persist_result,
             "tags": self.tags,
             "result_serializer": self.result_serializer,
         }
@@ -235,6 +239,7 @@ def task(
     on_crashed: Hook | Sequence[Hook] | None = None,
     on_cancellation: Hook | Sequence[Hook] | None = None,
     log_prints: bool | None = None,
+    persist_result: bool = False,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 

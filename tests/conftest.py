@@ -27,8 +27,9 @@ def _point_client_at(url: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    """A private redis-server for the whole test session."""
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private redis-server for the whole test session (and a result storage folder)."""
+    os.environ["ORCHESTRATOR_RESULT_STORAGE"] = str(tmp_path_factory.mktemp("result-storage"))
     with redis_server() as url:
         _point_client_at(url)
         yield url

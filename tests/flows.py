@@ -629,3 +629,30 @@ def prints_itself() -> int:
 @flow
 def printing_task_flow() -> int:
     return prints_itself.submit()  # type: ignore[no-any-return]
+
+
+@task(persist_result=True)
+def kept(value: int) -> int:
+    """Its result is also written to the result storage."""
+    return value * 10
+
+
+@task
+def not_kept(value: int) -> int:
+    return value + 1
+
+
+@flow
+def kept_flow(n: int = 4) -> int:
+    return kept.submit(n)  # type: ignore[no-any-return]
+
+
+@flow
+def not_kept_flow(n: int = 4) -> int:
+    return not_kept.submit(n)  # type: ignore[no-any-return]
+
+
+@flow
+def kept_then_fails(label: str) -> int:
+    """A persisted result, then a task that fails until the test fixes it (retry reads the result)."""
+    return fails_until_fixed.submit(label, kept.submit(5))  # type: ignore[no-any-return]

@@ -423,3 +423,17 @@ def test_log_prints_and_the_logs_of_a_killed_task_reach_the_api(http: httpx.Clie
     killed = submit(http, "killed-logging-flow")
     assert wait_final(http, killed["id"], timeout=90)["state"] == "Completed"  # redelivered after the kill
     assert any("about to be killed" in line for line in messages(killed["id"], 1))
+
+
+def test_a_retry_reads_a_persisted_result_redis_no_longer_has(redis_url: str, http: httpx.Client) -> None:
+    label = f"kp{uuid.uuid4().hex[:6]}"
+    created = submit(http, "kept-then-fails", parameters={"label": label})
+    assert wait_final(http, created["id"])["state"] == "Failed"
+    client = redis.Redis.from_url(redis_url)
+    kept = next(t for t in http.get(f"/flow-runs/{created['id']}/task-runs").json() if t["task_name"].endswith(".kept"))
+    client.delete(keys.result(kept["id"]))  # expired, or lost with a Redis that kept nothing on disk
+    client.set(f"test:fixed:{label}", 1)
+    assert http.post(f"/flow-runs/{created['id']}/retry").status_code == 202
+    from orchestrator.client import FlowRun
+
+    assert FlowRun(created["id"]).result(timeout=60) == 50  # the retried task read 50 from the result storage

@@ -19,6 +19,7 @@ from orchestrator.hooks import call_hooks
 from orchestrator.logging import prints_logged
 from orchestrator.plan import refs_in
 from orchestrator.references import resolve
+from orchestrator.results import persist
 from orchestrator.runs import after_final, finish_flow_run, propagate_failure
 from orchestrator.serialization import dumps
 from orchestrator.signals import RETRY
@@ -195,6 +196,8 @@ def run_task(
         with using(None, info), prints_logged(task.log_prints):
             value = task.fn(**kwargs)
         text = dumps(value, task.result_serializer, where)
+        if task.persist_result:
+            persist(trid, text)  # before Completed: a completed persisted result is always on storage
     except Exception as exc:
         poking_for = now() - store.first_poke(trid) if isinstance(exc, RETRY) else 0.0
         outcome = _outcome(task, exc, retries_used, attempt, poking_for)
