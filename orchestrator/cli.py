@@ -1,4 +1,4 @@
-"""The ``orchestrator`` command: start workers, show plans, run the demo."""
+"""The ``orchestrator`` command: workers, the API server, the dev stack, runs, plans, Flower."""
 
 from __future__ import annotations
 
@@ -104,38 +104,6 @@ def plan(
     if compiled.join_pending:
         joined = ", ".join(labels[k] for k in compiled.join_pending)
         console.print(f"[bold]Started by Redis joins[/bold] (not series-parallel): {joined}")
-
-
-@app.command()
-def demo(
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the run.")] = 60,
-) -> None:
-    """Start a private Redis and a worker, run the example flow, print its result and task states."""
-    import datetime as dt
-
-    from .localstack import redis_server, worker
-    from .settings import reset_settings
-
-    sys.path.insert(0, os.getcwd())
-    with redis_server() as url:
-        os.environ["ORCHESTRATOR_REDIS_URL"] = url
-        reset_settings()
-        console.print(f"redis-server: {url}")
-        with worker(url, ["examples.quickstart"], concurrency=2):
-            console.print("worker: started (celery -A workers.app worker -Q default)")
-            from examples.quickstart import etl
-
-            run = etl.delay(day=dt.date(2026, 1, 2))
-            console.print(f"flow run {run.id} sent")
-            result = run.result(timeout=timeout)
-            table = Table(title=f"flow run {run.info.get('name')}: {run.state.value if run.state else '?'}")
-            for column in ("task run", "state", "worker", "seconds"):
-                table.add_column(column)
-            for row in run.task_runs():
-                took = float(row.get("ended", 0) or 0) - float(row.get("started", 0) or 0)
-                table.add_row(row.get("label", ""), row.get("state", ""), row.get("worker", ""), f"{took:.3f}")
-            console.print(table)
-            console.print(f"result: [bold]{result}[/bold]")
 
 
 def main() -> None:
