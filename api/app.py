@@ -21,7 +21,7 @@ from orchestrator.settings import get_settings
 from orchestrator.store import get_store
 
 from .db import get_engine
-from .dispatcher import run_dispatcher
+from .dispatcher import run_services
 from .recorder import Recorder
 from .routes import flow_runs, flows, health, workers
 from .security import BodySizeLimit, RefuseNulInUrl, require_api_key
@@ -53,7 +53,7 @@ async def services(app: FastAPI) -> AsyncIterator[None]:
     app.state.recorder = recorder
     threads = [
         threading.Thread(target=recorder.run, args=(stop,), name="recorder", daemon=True),
-        threading.Thread(target=run_dispatcher, args=(get_engine(), stop), name="dispatcher", daemon=True),
+        threading.Thread(target=run_services, args=(get_engine(), get_store(), stop), name="services", daemon=True),
     ]
     for thread in threads:
         thread.start()

@@ -1,4 +1,4 @@
-"""Sends Scheduled flow runs to the fleet when their start time comes.
+"""The periodic services: send Scheduled flow runs when their start time comes, mark late ones.
 
 Each due run is claimed with a conditional UPDATE (``dispatched`` false → true),
 so two API processes never send the same run twice; a send that fails (Redis
@@ -15,8 +15,11 @@ from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
 
 from orchestrator.errors import ConnectionProblem
+from orchestrator.settings import get_settings
 from orchestrator.states import StateType
+from orchestrator.store import RunStore
 
+from .late import mark_late
 from .models import FlowRun
 from .submit import dispatch
 
@@ -59,11 +62,16 @@ def dispatch_due(engine: Engine, limit: int = 200) -> int:
     return sent
 
 
-def run_dispatcher(engine: Engine, stop: threading.Event, interval: float = 1.0) -> None:
-    """Loop until ``stop``: a failing pass is logged, never fatal."""
+def run_services(engine: Engine, store: RunStore, stop: threading.Event, interval: float = 1.0) -> None:
+    """The periodic services, once a second until ``stop``: send due runs, mark overdue ones Late.
+
+    A failing pass is logged, never fatal.
+    """
+    late_after = get_settings().late_after_seconds
     while not stop.is_set():
-        try:
-            dispatch_due(engine)
-        except Exception:
-            log.exception("dispatcher pass failed")
+        for service in (lambda: dispatch_due(engine), lambda: mark_late(engine, store, late_after)):
+            try:
+                service()
+            except Exception:
+                log.exception("services pass failed")
         stop.wait(interval)

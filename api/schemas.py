@@ -242,6 +242,16 @@ class Health(BaseModel):
     recorder: str
 
 
+class Diagnosis(BaseModel):
+    """Why a run is (not) running, in plain words, with the facts behind them."""
+
+    flow_run_id: str
+    state: str
+    summary: str
+    reasons: list[str]
+    facts: dict[str, Any]
+
+
 class Accepted(BaseModel):
     """An action was started; the run's events will show its effect."""
 

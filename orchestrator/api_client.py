@@ -78,6 +78,9 @@ class ApiClient:
     def logs(self, run_id: str, after: int = 0) -> list[dict[str, Any]]:
         return list(self.request("GET", f"/flow-runs/{run_id}/logs", params={"after": after}))
 
+    def diagnosis(self, run_id: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/flow-runs/{run_id}/diagnosis"))
+
     def cancel(self, run_id: str) -> dict[str, Any]:
         return dict(self.request("POST", f"/flow-runs/{run_id}/cancel"))
 

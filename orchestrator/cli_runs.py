@@ -154,6 +154,15 @@ def flow_run_logs(
         time.sleep(1)
 
 
+@flow_run_app.command("why")
+def flow_run_why(run_id: Annotated[str, typer.Argument(help="Flow run id.")]) -> None:
+    """Why a run is not running (or what it is doing), in plain words."""
+    found = calling(lambda: ApiClient().diagnosis(run_id))
+    console.print(f"flow run {run_id} is [bold]{found['state']}[/bold]:")
+    for reason in found["reasons"]:
+        console.print(f"- {reason}", markup=False)
+
+
 @flow_run_app.command("cancel")
 def flow_run_cancel(run_id: Annotated[str, typer.Argument(help="Flow run id.")]) -> None:
     """Cancel a run: queued tasks never start, running ones are terminated."""

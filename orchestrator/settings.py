@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     )
     api_max_body_bytes: int = Field(default=1_048_576, description="Request bodies larger than this get 413.")
     api_services: bool = Field(default=True, description="Run the recorder and the dispatcher inside the API process.")
+    late_after_seconds: float = Field(
+        default=15, description="A run not started this long after its start time becomes Late (with the reason)."
+    )
     recorder_batch_size: int = Field(default=2000, description="Events the recorder writes per transaction.")
     recorder_name: str = Field(
         default_factory=lambda: f"recorder-{socket.gethostname()}",

@@ -78,7 +78,9 @@ def can_transition(current: StateType | None, new: StateType, *, reopen: bool = 
       AwaitingRetry or Retrying.
     - A run that has started never goes back to a not-started state (a late Pending
       event after Running), except by the same explicit retry.
-    - Late only follows Scheduled; Cancelling only leads to a final state.
+    - Late only follows Scheduled or Pending (a run that should have started and has
+      not), and a Late run only moves on (to Running, or an end), never back to
+      Scheduled or Pending; Cancelling only leads to a final state.
     """
     if current is None:
         return True
@@ -87,7 +89,9 @@ def can_transition(current: StateType | None, new: StateType, *, reopen: bool = 
     if current.is_final:
         return False
     if new is StateType.LATE:
-        return current in (StateType.SCHEDULED, StateType.LATE)
+        return current in (StateType.SCHEDULED, StateType.PENDING, StateType.LATE)
+    if current is StateType.LATE and new in (StateType.SCHEDULED, StateType.PENDING):
+        return False
     if current is StateType.CANCELLING:
         return new.is_final or new is StateType.CANCELLING
     if new in NOT_STARTED_STATES and current not in NOT_STARTED_STATES:

@@ -437,3 +437,35 @@ def test_a_retry_reads_a_persisted_result_redis_no_longer_has(redis_url: str, ht
     from orchestrator.client import FlowRun
 
     assert FlowRun(created["id"]).result(timeout=60) == 50  # the retried task read 50 from the result storage
+
+
+def test_a_run_nobody_consumes_becomes_late_and_its_diagnosis_names_the_queue(
+    api: ApiProcess, http: httpx.Client
+) -> None:
+    queue = f"nobody-{uuid.uuid4().hex[:6]}"
+    overdue = (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)).isoformat()  # past late_after_seconds already
+    created = submit(http, "chain-flow", parameters={"x": 1}, queue=queue, scheduled_start=overdue)
+
+    def late() -> dict[str, Any] | None:
+        run = http.get(f"/flow-runs/{created['id']}").json()
+        return dict(run) if run["state"] == "Late" else None
+
+    run = eventually(late, 15, what="the run marked Late by the services")
+    assert f"no live worker consumes queue {queue!r}" in run["state_message"]
+    history = http.get(f"/flow-runs/{created['id']}/states").json()
+    assert history[-1]["state"] == "Late" and history[-1]["cause"] == "services: late runs"
+
+    found = http.get(f"/flow-runs/{created['id']}/diagnosis").json()
+    assert found["state"] == "Late"
+    assert queue in found["summary"] and "'default'" not in found["summary"] and "default" in found["summary"]
+    assert found["facts"]["queue"] == queue and found["facts"]["queue_length"] == 1
+    assert any("default" in w["queues"] and w["has_flow"] for w in found["facts"]["live_workers"])
+
+    why = cli(api, "flow-run", "why", created["id"])
+    assert why.returncode == 0 and f"no live worker consumes queue {queue!r}" in why.stdout.replace("\n", " ")
+
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)).isoformat()
+    scheduled = submit(http, "chain-flow", parameters={"x": 1}, scheduled_start=later)
+    assert "scheduled for" in http.get(f"/flow-runs/{scheduled['id']}/diagnosis").json()["summary"]
+    assert http.post(f"/flow-runs/{created['id']}/cancel").status_code == 202
+    assert http.post(f"/flow-runs/{scheduled['id']}/cancel").status_code == 202

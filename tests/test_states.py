@@ -25,6 +25,9 @@ from orchestrator.store import RunStore
         (S.RUNNING, S.PENDING, False, False),  # a late Pending after Running
         (S.SCHEDULED, S.LATE, False, True),
         (S.RUNNING, S.LATE, False, False),
+        (S.PENDING, S.LATE, False, True),  # sent, but nobody picked it up in time
+        (S.LATE, S.PENDING, False, False),
+        (S.LATE, S.RUNNING, False, True),
         (S.CANCELLING, S.RUNNING, False, False),
         (S.CANCELLING, S.CANCELLED, False, True),
         (S.RUNNING, S.AWAITING_RETRY, False, True),

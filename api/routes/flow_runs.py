@@ -13,9 +13,11 @@ from sqlmodel import Session, col, select
 from orchestrator.runs import retry_final_run, stop_flow_run
 from orchestrator.states import StateType
 
+from ..diagnosis import Fleet, diagnose
 from ..models import FlowRun, LogLine, StateEvent, TaskRun
 from ..schemas import (
     Accepted,
+    Diagnosis,
     FlowRunPage,
     FlowRunPublic,
     FlowRunUpdate,
@@ -170,6 +172,19 @@ def read_graph(session: SessionDep, run_id: RunId) -> Graph:
                 )
             )
     return Graph(flow_run_id=run_id, mode=row.mode, nodes=nodes)
+
+
+@router.get("/{run_id}/diagnosis", response_model=Diagnosis)
+def read_diagnosis(session: SessionDep, store: StoreDep, run_id: RunId) -> Diagnosis:
+    """Why the run is not running (or what it is doing): queues, live workers, its flow, its schedule."""
+    row = get_run(session, run_id)
+    counts = session.exec(
+        select(TaskRun.state, func.count())
+        .where(or_(col(TaskRun.flow_run_id) == run_id, col(TaskRun.root_id) == run_id))
+        .group_by(col(TaskRun.state))
+    ).all()
+    fleet = Fleet.read(store, {row.queue or "default"})
+    return Diagnosis.model_validate(diagnose(row, fleet, {state: int(n) for state, n in counts}))
 
 
 @router.get("/{run_id}/logs", response_model=list[LogLinePublic])
