@@ -23,7 +23,7 @@ from orchestrator.store import get_store
 from .db import get_engine
 from .dispatcher import run_services
 from .recorder import Recorder
-from .routes import flow_runs, flows, health, workers
+from .routes import deployments, flow_runs, flows, health, workers
 from .security import BodySizeLimit, RefuseNulInUrl, require_api_key
 from .submit import ParameterProblem, Submitter
 
@@ -82,6 +82,7 @@ def create_app(*, services: bool | None = None) -> FastAPI:
     guarded.include_router(flows.router)
     guarded.include_router(flow_runs.router)
     guarded.include_router(workers.router)
+    guarded.include_router(deployments.router)
     app.include_router(guarded)
     app.include_router(health.router, prefix="/api")
     app.add_middleware(BodySizeLimit, limit=settings.api_max_body_bytes)

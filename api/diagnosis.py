@@ -44,9 +44,15 @@ def _when(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
-def waiting_reasons(row: FlowRun, fleet: Fleet, now: float) -> list[str]:
+def waiting_reasons(row: FlowRun, fleet: Fleet, now: float, paused_deployment: str | None = None) -> list[str]:
     """Why a run that has not started is not running, most decisive reason first."""
     reasons: list[str] = []
+    if paused_deployment:
+        reasons.append(
+            f"its deployment {paused_deployment!r} is paused; resume it (orchestrator deployment resume "
+            f"{paused_deployment}) and its due runs are sent."
+        )
+        return reasons
     if row.state == StateType.SCHEDULED.value and row.scheduled_start and row.scheduled_start > now:
         reasons.append(
             f"it is scheduled for {_when(row.scheduled_start)} (in {row.scheduled_start - now:.0f}s); "
@@ -83,7 +89,13 @@ def waiting_reasons(row: FlowRun, fleet: Fleet, now: float) -> list[str]:
     return reasons
 
 
-def diagnose(row: FlowRun, fleet: Fleet, task_states: dict[str, int], now: float | None = None) -> dict[str, Any]:
+def diagnose(
+    row: FlowRun,
+    fleet: Fleet,
+    task_states: dict[str, int],
+    now: float | None = None,
+    paused_deployment: str | None = None,
+) -> dict[str, Any]:
     """The diagnosis of one run: a summary sentence, the reasons, and the facts behind them."""
     now = now or time.time()
     state = StateType(row.state)
@@ -91,7 +103,7 @@ def diagnose(row: FlowRun, fleet: Fleet, task_states: dict[str, int], now: float
     if state.is_final:
         reasons = [f"it ended {state.value}" + (f": {row.state_message}" if row.state_message else ".")]
     elif state in (StateType.SCHEDULED, StateType.PENDING, StateType.LATE):
-        reasons = waiting_reasons(row, fleet, now)
+        reasons = waiting_reasons(row, fleet, now, paused_deployment)
     elif state is StateType.AWAITING_RETRY:
         reasons = [f"it failed an attempt and waits to retry: {row.state_message}"]
     else:

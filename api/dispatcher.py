@@ -20,7 +20,8 @@ from orchestrator.states import StateType
 from orchestrator.store import RunStore
 
 from .late import mark_late
-from .models import FlowRun
+from .models import Deployment, FlowRun
+from .scheduling import schedule_runs
 from .submit import dispatch
 
 log = logging.getLogger("orchestrator.dispatcher")
@@ -30,12 +31,14 @@ def dispatch_due(engine: Engine, limit: int = 200) -> int:
     """Send the runs whose start time has come; returns how many were sent."""
     now = time.time()
     sent = 0
+    paused = select(Deployment.id).where(col(Deployment.paused).is_(True))
     with Session(engine) as session:
         due = session.exec(
             select(FlowRun.id)
             .where(col(FlowRun.state).in_([StateType.SCHEDULED.value, StateType.LATE.value]))
             .where(col(FlowRun.dispatched).is_(False))
             .where(col(FlowRun.scheduled_start) <= now)
+            .where(col(FlowRun.deployment_id).is_(None) | col(FlowRun.deployment_id).not_in(paused))
             .order_by(col(FlowRun.scheduled_start))
             .limit(limit)
         ).all()
@@ -69,7 +72,11 @@ def run_services(engine: Engine, store: RunStore, stop: threading.Event, interva
     """
     late_after = get_settings().late_after_seconds
     while not stop.is_set():
-        for service in (lambda: dispatch_due(engine), lambda: mark_late(engine, store, late_after)):
+        for service in (
+            lambda: schedule_runs(engine),
+            lambda: dispatch_due(engine),
+            lambda: mark_late(engine, store, late_after),
+        ):
             try:
                 service()
             except Exception:

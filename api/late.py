@@ -16,7 +16,7 @@ from orchestrator.states import StateType
 from orchestrator.store import RunStore
 
 from .diagnosis import Fleet, waiting_reasons
-from .models import FlowRun
+from .models import Deployment, FlowRun
 from .submit import api_event
 
 NOT_STARTED = [StateType.SCHEDULED.value, StateType.PENDING.value]
@@ -36,10 +36,14 @@ def mark_late(engine: Engine, store: RunStore, late_after: float, limit: int = 5
         if not rows:
             return 0
         fleet = Fleet.read(store, {r.queue or "default" for r in rows})
+        paused = dict(
+            session.exec(select(Deployment.id, Deployment.name).where(col(Deployment.paused).is_(True))).all()
+        )
         marked = 0
         for row in rows:
             overdue = now - (row.scheduled_start or row.created)
-            reason = f"not started {overdue:.0f}s after its start time: " + " ".join(waiting_reasons(row, fleet, now))
+            why = waiting_reasons(row, fleet, now, paused.get(row.deployment_id or ""))
+            reason = f"not started {overdue:.0f}s after its start time: " + " ".join(why)
             done = session.execute(
                 update(FlowRun)
                 .where(col(FlowRun.id) == row.id, col(FlowRun.state).in_(NOT_STARTED))

@@ -14,11 +14,35 @@ from sqlalchemy import JSON, Column, Index, Text
 from sqlmodel import Field, SQLModel
 
 
+class Deployment(SQLModel, table=True):
+    """A flow with its parameters, queue and schedule: the scheduler creates its runs ahead of time."""
+
+    __tablename__ = "deployment"
+
+    id: str = Field(primary_key=True, max_length=64)
+    name: str = Field(unique=True, max_length=200)
+    flow_name: str = Field(max_length=200)
+    queue: str | None = Field(default=None, max_length=200)
+    parameters: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    cron: str | None = Field(default=None, max_length=200)
+    interval_seconds: float | None = None
+    timezone: str = Field(default="UTC", max_length=64)
+    paused: bool = False
+    late_policy: str = Field(default="run_all", max_length=32)
+    late_max_age_seconds: float | None = None
+    created: float
+    updated: float
+    scheduled_until: float | None = None  # start time of the last run the scheduler created
+
+
 class FlowRun(SQLModel, table=True):
     """One run of a flow (a subflow run has a parent); its current state and record."""
 
     __tablename__ = "flow_run"
-    __table_args__ = (Index("ix_flow_run_state_scheduled", "state", "scheduled_start"),)
+    __table_args__ = (
+        Index("ix_flow_run_state_scheduled", "state", "scheduled_start"),
+        Index("ux_flow_run_deployment_start", "deployment_id", "scheduled_start", unique=True),
+    )
 
     id: str = Field(primary_key=True, max_length=64)
     flow_name: str = Field(default="", index=True, max_length=200)
@@ -40,6 +64,7 @@ class FlowRun(SQLModel, table=True):
     updated: float = 0.0
     result_refs: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     plan: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    deployment_id: str | None = Field(default=None, max_length=64)
 
 
 class TaskRun(SQLModel, table=True):

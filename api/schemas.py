@@ -7,7 +7,7 @@ ignored. Times are returned as ISO 8601 in UTC.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -240,6 +240,56 @@ class Health(BaseModel):
     database: str
     redis: str
     recorder: str
+
+
+LatePolicy = Literal["run_all", "newest_only", "cancel_older_than"]
+
+
+class DeploymentCreate(BaseModel):
+    """Body of ``POST /api/deployments`` (creates, or replaces the one with the same name)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200, pattern=NAME_PATTERN)
+    flow_name: str = Field(min_length=1, max_length=200)
+    queue: str | None = Field(default=None, min_length=1, max_length=200, pattern=NAME_PATTERN)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    cron: str | None = Field(default=None, min_length=1, max_length=200, description="e.g. '0 2 * * *'")
+    interval_seconds: float | None = Field(default=None, gt=0, le=366 * 86400)
+    timezone: str = Field(
+        default="UTC", min_length=1, max_length=64, description="IANA name for cron, e.g. Europe/Paris"
+    )
+    paused: bool = False
+    late_policy: LatePolicy = "run_all"
+    late_max_age_seconds: float | None = Field(default=None, gt=0)
+
+    _check_text = field_validator("name", "flow_name", "cron", "timezone")(no_nul)
+
+
+class DeploymentPublic(BaseModel):
+    """A deployment as the API shows it."""
+
+    id: str
+    name: str
+    flow_name: str
+    queue: str | None
+    parameters: dict[str, Any]
+    cron: str | None
+    interval_seconds: float | None
+    timezone: str
+    paused: bool
+    late_policy: str
+    late_max_age_seconds: float | None
+    created: datetime | None
+    next_runs: list[datetime] = Field(default_factory=list, description="Start times of its Scheduled runs.")
+
+
+class DeploymentRunCreate(BaseModel):
+    """Body of ``POST /api/deployments/{name}/runs``: run it now, maybe with other parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    parameters: dict[str, Any] = Field(default_factory=dict)
 
 
 class Diagnosis(BaseModel):

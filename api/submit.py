@@ -118,6 +118,7 @@ def new_flow_run(flow: dict[str, Any], body: FlowRunCreate) -> dict[str, Any]:
         "updated": now,
         "result_refs": [],
         "plan": None,
+        "deployment_id": None,
     }
 
 

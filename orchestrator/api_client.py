@@ -78,6 +78,15 @@ class ApiClient:
     def logs(self, run_id: str, after: int = 0) -> list[dict[str, Any]]:
         return list(self.request("GET", f"/flow-runs/{run_id}/logs", params={"after": after}))
 
+    def deploy(self, body: dict[str, Any]) -> dict[str, Any]:
+        return dict(self.request("POST", "/deployments", json=body))
+
+    def deployments(self) -> list[dict[str, Any]]:
+        return list(self.request("GET", "/deployments"))
+
+    def pause(self, name: str, paused: bool) -> dict[str, Any]:
+        return dict(self.request("POST", f"/deployments/{name}/{'pause' if paused else 'resume'}"))
+
     def diagnosis(self, run_id: str) -> dict[str, Any]:
         return dict(self.request("GET", f"/flow-runs/{run_id}/diagnosis"))
 

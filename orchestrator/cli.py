@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .cli_deploy import deploy_command, deployment_app
 from .cli_dev import dev_command
 from .cli_runs import flow_run_app, run_command, server_app
 from .errors import OrchestratorError
@@ -22,6 +23,8 @@ app.add_typer(server_app, name="server")
 app.add_typer(flow_run_app, name="flow-run")
 app.command("run")(run_command)
 app.command("dev")(dev_command)
+app.command("deploy")(deploy_command)
+app.add_typer(deployment_app, name="deployment")
 
 
 @app.command("flower", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -10,6 +10,7 @@ import datetime as dt
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -469,3 +470,64 @@ def test_a_run_nobody_consumes_becomes_late_and_its_diagnosis_names_the_queue(
     assert "scheduled for" in http.get(f"/flow-runs/{scheduled['id']}/diagnosis").json()["summary"]
     assert http.post(f"/flow-runs/{created['id']}/cancel").status_code == 202
     assert http.post(f"/flow-runs/{scheduled['id']}/cancel").status_code == 202
+
+
+def test_deployments_schedule_runs_pause_and_resume(redis_url: str, api: ApiProcess, http: httpx.Client) -> None:
+    name = f"every-2s-{uuid.uuid4().hex[:6]}"
+    bad = http.post("/deployments", json={"name": name, "flow_name": "chain-flow", "cron": "every day"})
+    assert bad.status_code == 422 and "not a valid cron" in bad.text
+    bad = http.post("/deployments", json={"name": name, "flow_name": "api-flow", "parameters": {"n": "x"}})
+    assert bad.status_code == 422 and "parameter 'n'" in bad.text
+
+    done = cli(api, "deploy", "tests.flows:chain_flow", "--name", name, "--interval", "2", "-p", "x=4")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    def completed_runs() -> list[dict[str, Any]]:
+        runs = http.get("/flow-runs", params={"name": name, "state": "Completed"}).json()["items"]
+        return list(runs) if len(runs) >= 2 else []
+
+    runs = eventually(completed_runs, 30, what="two runs of the interval deployment completed")
+    assert all(r["parameters"] == {"x": 4} for r in runs)
+    deployment = http.get(f"/deployments/{name}").json()
+    assert deployment["interval_seconds"] == 2 and len(deployment["next_runs"]) >= 1  # created ahead of time
+
+    assert cli(api, "deployment", "pause", name).returncode == 0
+    time.sleep(3)  # a run that was due meanwhile stays Scheduled, and says why
+    before = http.get("/flow-runs", params={"name": name}).json()["total"]
+    time.sleep(3)
+    waiting = http.get("/flow-runs", params={"name": name, "state": "Scheduled"}).json()["items"]
+    started = http.get("/flow-runs", params={"name": name, "state": "Running"}).json()["total"]
+    assert started == 0 and before >= 1
+    due = [r for r in waiting if dt.datetime.fromisoformat(r["scheduled_start"]) < dt.datetime.now(dt.UTC)]
+    assert due, "a due run of a paused deployment stays Scheduled"
+    assert "paused" in http.get(f"/flow-runs/{due[0]['id']}/diagnosis").json()["summary"]
+
+    nightly = http.post(
+        "/deployments",
+        json={"name": f"nightly-{name}", "flow_name": "chain-flow", "cron": "* * * * *", "timezone": "Europe/Paris"},
+    )
+    assert nightly.status_code == 201, nightly.text
+
+    def planned() -> list[str]:
+        return list(http.get(f"/deployments/nightly-{name}").json()["next_runs"])
+
+    starts = eventually(planned, 10, what="the cron deployment's next run planned")
+    first = dt.datetime.fromisoformat(starts[0])
+    assert first.second == 0 and first > dt.datetime.now(dt.UTC)  # on the minute, in the future
+
+    assert cli(api, "deployment", "resume", name).returncode == 0
+    eventually(
+        lambda: (
+            http.get("/flow-runs", params={"name": name, "state": "Scheduled"}).json()["items"] == []
+            or all(
+                dt.datetime.fromisoformat(r["scheduled_start"]) > dt.datetime.now(dt.UTC)
+                for r in http.get("/flow-runs", params={"name": name, "state": "Scheduled"}).json()["items"]
+            )
+        ),
+        20,
+        what="the due runs of the resumed deployment sent",
+    )
+    listed = cli(api, "deployment", "ls")
+    assert name in listed.stdout
+    for dep in (name, f"nightly-{name}"):
+        http.post(f"/deployments/{dep}/pause")

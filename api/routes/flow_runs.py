@@ -14,7 +14,7 @@ from orchestrator.runs import retry_final_run, stop_flow_run
 from orchestrator.states import StateType
 
 from ..diagnosis import Fleet, diagnose
-from ..models import FlowRun, LogLine, StateEvent, TaskRun
+from ..models import Deployment, FlowRun, LogLine, StateEvent, TaskRun
 from ..schemas import (
     Accepted,
     Diagnosis,
@@ -184,7 +184,10 @@ def read_diagnosis(session: SessionDep, store: StoreDep, run_id: RunId) -> Diagn
         .group_by(col(TaskRun.state))
     ).all()
     fleet = Fleet.read(store, {row.queue or "default"})
-    return Diagnosis.model_validate(diagnose(row, fleet, {state: int(n) for state, n in counts}))
+    deployment = session.get(Deployment, row.deployment_id) if row.deployment_id else None
+    paused = deployment.name if deployment is not None and deployment.paused else None
+    found = diagnose(row, fleet, {state: int(n) for state, n in counts}, paused_deployment=paused)
+    return Diagnosis.model_validate(found)
 
 
 @router.get("/{run_id}/logs", response_model=list[LogLinePublic])

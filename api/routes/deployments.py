@@ -1,0 +1,124 @@
+"""Deployments: a flow, its parameters, queue and schedule; pause, resume, run now."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path, Request, status
+from sqlmodel import Session, col, select
+
+from orchestrator import keys
+from orchestrator.states import StateType
+
+from ..models import Deployment, FlowRun
+from ..scheduling import check_schedule
+from ..schemas import DeploymentCreate, DeploymentPublic, DeploymentRunCreate, FlowRunPublic, when
+from ..submit import check_parameters, new_flow_run
+from .deps import SessionDep, StoreDep
+from .flows import find_flow
+
+router = APIRouter(prefix="/deployments", tags=["deployments"])
+
+DeploymentName = Annotated[str, Path(min_length=1, max_length=200, description="The deployment's name.")]
+
+
+def public(session: Session, row: Deployment) -> DeploymentPublic:
+    upcoming = session.exec(
+        select(FlowRun.scheduled_start)
+        .where(FlowRun.deployment_id == row.id, FlowRun.state == StateType.SCHEDULED.value)
+        .order_by(col(FlowRun.scheduled_start))
+        .limit(10)
+    ).all()
+    return DeploymentPublic(
+        **row.model_dump(exclude={"created", "updated", "scheduled_until"}),
+        created=when(row.created),
+        next_runs=[w for w in (when(s) for s in upcoming) if w is not None],
+    )
+
+
+def get_deployment(session: Session, name: str) -> Deployment:
+    row = session.exec(select(Deployment).where(Deployment.name == name)).first()
+    if row is None:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"no deployment named {name!r}; GET /api/deployments lists them."
+        )
+    return row
+
+
+@router.post("", response_model=DeploymentPublic, status_code=status.HTTP_201_CREATED)
+def create_deployment(body: DeploymentCreate, session: SessionDep, store: StoreDep) -> DeploymentPublic:
+    """Create a deployment, or replace the one with this name (its future Scheduled runs are re-planned)."""
+    problem = check_schedule(body.cron, body.interval_seconds, body.timezone)
+    if problem:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, problem)
+    if store.redis.hexists(keys.FLOWS, body.flow_name):  # parameters checked now when a worker told us the flow
+        flow = find_flow(store, body.flow_name)
+        check_parameters(flow, body.parameters)
+        body.queue = body.queue or flow.get("queue")
+    now = time.time()
+    row = session.exec(select(Deployment).where(Deployment.name == body.name)).first()
+    if row is None:
+        row = Deployment(id=str(uuid.uuid4()), created=now, updated=now, **body.model_dump())
+    else:
+        for key, value in body.model_dump().items():
+            setattr(row, key, value)
+        row.updated, row.scheduled_until = now, None
+        for old in session.exec(
+            select(FlowRun).where(FlowRun.deployment_id == row.id, FlowRun.state == StateType.SCHEDULED.value)
+        ).all():
+            if not old.dispatched:
+                session.delete(old)  # planned under the old schedule; the scheduler plans again
+    session.add(row)
+    session.commit()
+    session.refresh(row)
+    return public(session, row)
+
+
+@router.get("", response_model=list[DeploymentPublic])
+def list_deployments(session: SessionDep) -> list[DeploymentPublic]:
+    """Every deployment with its next scheduled runs."""
+    return [public(session, row) for row in session.exec(select(Deployment).order_by(col(Deployment.name))).all()]
+
+
+@router.get("/{name}", response_model=DeploymentPublic)
+def read_deployment(session: SessionDep, name: DeploymentName) -> DeploymentPublic:
+    return public(session, get_deployment(session, name))
+
+
+def set_paused(session: Session, name: str, paused: bool) -> DeploymentPublic:
+    row = get_deployment(session, name)
+    row.paused, row.updated = paused, time.time()
+    session.add(row)
+    session.commit()
+    session.refresh(row)
+    return public(session, row)
+
+
+@router.post("/{name}/pause", response_model=DeploymentPublic)
+def pause_deployment(session: SessionDep, name: DeploymentName) -> DeploymentPublic:
+    """Stop sending its runs (Scheduled ones stay, and say why they wait)."""
+    return set_paused(session, name, True)
+
+
+@router.post("/{name}/resume", response_model=DeploymentPublic)
+def resume_deployment(session: SessionDep, name: DeploymentName) -> DeploymentPublic:
+    """Send its runs again."""
+    return set_paused(session, name, False)
+
+
+@router.post("/{name}/runs", response_model=FlowRunPublic, status_code=status.HTTP_201_CREATED)
+async def run_deployment(
+    request: Request, body: DeploymentRunCreate, store: StoreDep, name: DeploymentName
+) -> FlowRunPublic:
+    """Run the deployment now, its parameters overridden by the body's."""
+    from ..db import get_engine
+    from ..schemas import FlowRunCreate
+
+    with Session(get_engine()) as session:
+        deployment = get_deployment(session, name)
+    flow = find_flow(store, deployment.flow_name)
+    create = FlowRunCreate(parameters=deployment.parameters | body.parameters, queue=deployment.queue)
+    row = new_flow_run(flow, create) | {"deployment_id": None}
+    return FlowRunPublic.of(FlowRun.model_construct(**await request.app.state.submitter.submit(row)))
