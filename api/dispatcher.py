@@ -19,10 +19,10 @@ from orchestrator.settings import get_settings
 from orchestrator.states import StateType
 from orchestrator.store import RunStore
 
-from .late import mark_late
+from .late import apply_deployment_policies, mark_late
 from .models import Deployment, FlowRun
 from .scheduling import schedule_runs
-from .submit import dispatch
+from .submit import dispatch, sender_app
 
 log = logging.getLogger("orchestrator.dispatcher")
 
@@ -76,6 +76,7 @@ def run_services(engine: Engine, store: RunStore, stop: threading.Event, interva
             lambda: schedule_runs(engine),
             lambda: dispatch_due(engine),
             lambda: mark_late(engine, store, late_after),
+            lambda: apply_deployment_policies(engine, store, sender_app()),
         ):
             try:
                 service()

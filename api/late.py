@@ -1,4 +1,4 @@
-"""The late-runs service: a run not started ``late_after_seconds`` after its start time becomes Late.
+"""Late runs: a run not started ``late_after_seconds`` after its start time becomes Late; late-run policies.
 
 The transition is a conditional UPDATE (only from Scheduled or Pending), so a run a
 worker starts meanwhile is never marked, and two API processes never mark one twice.
@@ -8,13 +8,16 @@ The reason, from the diagnosis, is recorded with it.
 from __future__ import annotations
 
 import time
+from typing import Any
 
+from celery import Celery
 from sqlalchemy import Engine, func, update
 from sqlmodel import Session, col, select
 
 from orchestrator.states import StateType
 from orchestrator.store import RunStore
 
+from .cancel import cancel_run
 from .diagnosis import Fleet, waiting_reasons
 from .models import Deployment, FlowRun
 from .submit import api_event
@@ -54,3 +57,65 @@ def mark_late(engine: Engine, store: RunStore, late_after: float, limit: int = 5
                 marked += 1
         session.commit()
         return marked
+
+
+def cleanup_late(
+    engine: Engine,
+    store: RunStore,
+    app: Celery,
+    policy: str,
+    *,
+    max_age_seconds: float | None = None,
+    deployment_id: str | None = None,
+    flow: str | None = None,
+    queue: str | None = None,
+) -> dict[str, Any]:
+    """Apply a late-run policy to the Late runs that match the filters; say what it did.
+
+    - ``run_all``: leave them; they run when their workers are back.
+    - ``newest_only``: per deployment (or per flow, for runs of no deployment), keep the
+      newest late run and cancel the others.
+    - ``cancel_older_than``: cancel those whose start time is more than ``max_age_seconds`` ago.
+    """
+    now = time.time()
+    start = func.coalesce(FlowRun.scheduled_start, FlowRun.created)
+    with Session(engine) as session:
+        query = select(FlowRun).where(FlowRun.state == StateType.LATE.value, col(FlowRun.parent_id).is_(None))
+        if deployment_id:
+            query = query.where(FlowRun.deployment_id == deployment_id)
+        if flow:
+            query = query.where(FlowRun.flow_name == flow)
+        if queue:
+            query = query.where(FlowRun.queue == queue)
+        rows = session.exec(query.order_by(start.desc())).all()
+        doomed: list[FlowRun] = []
+        if policy == "newest_only":
+            seen: set[str] = set()
+            for row in rows:
+                group = row.deployment_id or f"flow:{row.flow_name}"
+                if group in seen:
+                    doomed.append(row)
+                seen.add(group)
+        elif policy == "cancel_older_than" and max_age_seconds is not None:
+            doomed = [r for r in rows if (r.scheduled_start or r.created) < now - max_age_seconds]
+        why = f"late-run cleanup ({policy})"
+        cancelled = sum(1 for row in doomed if cancel_run(session, store, app, row.id, why) is not None)
+    return {"policy": policy, "late": len(rows), "cancelled": cancelled, "kept": len(rows) - cancelled}
+
+
+def apply_deployment_policies(engine: Engine, store: RunStore, app: Celery) -> int:
+    """Each deployment's own late-run policy, applied to its Late runs; returns how many were cancelled."""
+    with Session(engine) as session:
+        deployments = session.exec(select(Deployment).where(Deployment.late_policy != "run_all")).all()
+    cancelled = 0
+    for deployment in deployments:
+        done = cleanup_late(
+            engine,
+            store,
+            app,
+            deployment.late_policy,
+            max_age_seconds=deployment.late_max_age_seconds,
+            deployment_id=deployment.id,
+        )
+        cancelled += done["cancelled"]
+    return cancelled

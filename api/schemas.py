@@ -292,6 +292,27 @@ class DeploymentRunCreate(BaseModel):
     parameters: dict[str, Any] = Field(default_factory=dict)
 
 
+class LateCleanup(BaseModel):
+    """Body of ``POST /api/flow-runs/late/cleanup``: a policy and which Late runs it applies to."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policy: LatePolicy
+    max_age_seconds: float | None = Field(default=None, gt=0, description="For cancel_older_than.")
+    deployment: str | None = Field(default=None, max_length=200)
+    flow: str | None = Field(default=None, max_length=200)
+    queue: str | None = Field(default=None, max_length=200)
+
+
+class LateCleanupResult(BaseModel):
+    """What a late-run cleanup did."""
+
+    policy: str
+    late: int
+    cancelled: int
+    kept: int
+
+
 class Diagnosis(BaseModel):
     """Why a run is (not) running, in plain words, with the facts behind them."""
 

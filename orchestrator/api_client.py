@@ -87,6 +87,9 @@ class ApiClient:
     def pause(self, name: str, paused: bool) -> dict[str, Any]:
         return dict(self.request("POST", f"/deployments/{name}/{'pause' if paused else 'resume'}"))
 
+    def cleanup_late(self, body: dict[str, Any]) -> dict[str, Any]:
+        return dict(self.request("POST", "/flow-runs/late/cleanup", json=body))
+
     def diagnosis(self, run_id: str) -> dict[str, Any]:
         return dict(self.request("GET", f"/flow-runs/{run_id}/diagnosis"))
 

@@ -163,6 +163,20 @@ def flow_run_why(run_id: Annotated[str, typer.Argument(help="Flow run id.")]) ->
         console.print(f"- {reason}", markup=False)
 
 
+@flow_run_app.command("cleanup-late")
+def flow_run_cleanup_late(
+    policy: Annotated[str, typer.Option(help="newest_only, cancel_older_than or run_all.")] = "newest_only",
+    max_age: Annotated[float | None, typer.Option(help="Seconds, for cancel_older_than.")] = None,
+    deployment: Annotated[str | None, typer.Option(help="Only runs of this deployment.")] = None,
+    flow: Annotated[str | None, typer.Option(help="Only runs of this flow.")] = None,
+    queue: Annotated[str | None, typer.Option(help="Only runs on this queue.")] = None,
+) -> None:
+    """Clear a backlog of Late runs with a policy instead of letting it stampede the fleet."""
+    body = {"policy": policy, "max_age_seconds": max_age, "deployment": deployment, "flow": flow, "queue": queue}
+    done = calling(lambda: ApiClient().cleanup_late({k: v for k, v in body.items() if v is not None}))
+    console.print(f"{done['late']} late runs: {done['cancelled']} cancelled, {done['kept']} kept ({done['policy']})")
+
+
 @flow_run_app.command("cancel")
 def flow_run_cancel(run_id: Annotated[str, typer.Argument(help="Flow run id.")]) -> None:
     """Cancel a run: queued tasks never start, running ones are terminated."""

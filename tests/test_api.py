@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from orchestrator import keys
-from orchestrator.localstack import ApiProcess, api_server, redis_server
+from orchestrator.localstack import ApiProcess, api_server, redis_server, worker
 from tests.api_support import api_database, eventually
 
 FINAL = {"Completed", "Failed", "TimedOut", "Crashed", "UpstreamFailed", "Skipped", "Cancelled"}
@@ -531,3 +531,46 @@ def test_deployments_schedule_runs_pause_and_resume(redis_url: str, api: ApiProc
     assert name in listed.stdout
     for dep in (name, f"nightly-{name}"):
         http.post(f"/deployments/{dep}/pause")
+
+
+def test_a_backlog_of_1000_late_runs_is_cleared_by_policy_not_by_a_stampede(
+    redis_url: str, api: ApiProcess, http: httpx.Client, worker_logs: Path
+) -> None:
+    tag = f"backlog{uuid.uuid4().hex[:6]}"
+    queue = f"q-{tag}"  # no worker consumes it yet: the outage
+    now = dt.datetime.now(dt.UTC)
+    for i in range(1000):  # run i was due (i + 1) minutes ago
+        start = (now - dt.timedelta(minutes=i + 1)).isoformat()
+        submit(http, "chain-flow", parameters={"x": 1}, queue=queue, name=f"{tag}-{i}", scheduled_start=start)
+
+    def all_late() -> bool:
+        health = http.get("/health")  # the services keep answering while they mark the backlog
+        assert health.status_code == 200
+        return bool(http.get("/flow-runs", params={"name": tag, "state": "Late"}).json()["total"] == 1000)
+
+    eventually(all_late, 60, what="1000 runs marked Late")
+
+    older = http.post(
+        "/flow-runs/late/cleanup",
+        json={"policy": "cancel_older_than", "max_age_seconds": 500 * 60 + 30, "queue": queue},
+    ).json()
+    assert older == {"policy": "cancel_older_than", "late": 1000, "cancelled": 500, "kept": 500}  # i = 500..999
+    newest = cli(api, "flow-run", "cleanup-late", "--policy", "newest_only", "--queue", queue)
+    assert newest.returncode == 0 and "500 late runs: 499 cancelled, 1 kept" in newest.stdout
+
+    def settled() -> bool:
+        page = http.get("/flow-runs", params={"name": tag, "state": "Cancelled", "limit": 1}).json()
+        return bool(page["total"] == 999)
+
+    eventually(settled, 60, what="999 runs recorded Cancelled")
+    kept = http.get("/flow-runs", params={"name": f"{tag}-0", "state": "Late"}).json()["items"]
+    assert [r["name"] for r in kept] == [f"{tag}-0"]  # the newest
+
+    with worker(redis_url, ["tests.flows"], queues=queue, concurrency=2, log_path=worker_logs / "backlog.log"):
+        assert wait_final(http, kept[0]["id"])["state"] == "Completed"  # the workers are back: only it runs
+        time.sleep(2)  # the 999 start messages are consumed meanwhile, and do nothing
+    page = http.get("/flow-runs", params={"name": tag, "state": "Completed"}).json()
+    assert page["total"] == 1 and page["items"][0]["id"] == kept[0]["id"]
+    cancelled = http.get("/flow-runs", params={"name": tag, "state": "Cancelled", "limit": 5}).json()["items"]
+    for run in cancelled:
+        assert http.get(f"/flow-runs/{run['id']}/task-runs").json() == []  # never ran a task

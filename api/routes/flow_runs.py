@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query, status
-from sqlalchemy import func, or_, update
+from sqlalchemy import func, or_
 from sqlmodel import Session, col, select
 
-from orchestrator.runs import retry_final_run, stop_flow_run
+from orchestrator.runs import retry_final_run
 from orchestrator.states import StateType
 
+from ..cancel import cancel_run
+from ..db import get_engine
 from ..diagnosis import Fleet, diagnose
+from ..late import cleanup_late
 from ..models import Deployment, FlowRun, LogLine, StateEvent, TaskRun
 from ..schemas import (
     Accepted,
@@ -23,11 +25,12 @@ from ..schemas import (
     FlowRunUpdate,
     Graph,
     GraphNode,
+    LateCleanup,
+    LateCleanupResult,
     LogLinePublic,
     StateEventPublic,
     TaskRunPublic,
 )
-from ..submit import api_event
 from .deps import CeleryDep, SessionDep, StoreDep
 
 router = APIRouter(prefix="/flow-runs", tags=["flow runs"])
@@ -76,6 +79,30 @@ def list_flow_runs(
     total = session.exec(select(func.count()).select_from(query.subquery())).one()
     rows = session.exec(query.order_by(col(FlowRun.created).desc(), col(FlowRun.id)).offset(offset).limit(limit)).all()
     return FlowRunPage(items=[FlowRunPublic.of(r) for r in rows], total=total, limit=limit, offset=offset)
+
+
+@router.post("/late/cleanup", response_model=LateCleanupResult)
+def cleanup_late_runs(session: SessionDep, store: StoreDep, app: CeleryDep, body: LateCleanup) -> LateCleanupResult:
+    """Clear a backlog of Late runs with a policy (newest_only, cancel_older_than, run_all), with filters."""
+    if body.policy == "cancel_older_than" and body.max_age_seconds is None:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "cancel_older_than needs max_age_seconds.")
+    deployment_id = None
+    if body.deployment:
+        found = session.exec(select(Deployment).where(Deployment.name == body.deployment)).first()
+        if found is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no deployment named {body.deployment!r}.")
+        deployment_id = found.id
+    done = cleanup_late(
+        get_engine(),
+        store,
+        app,
+        body.policy,
+        max_age_seconds=body.max_age_seconds,
+        deployment_id=deployment_id,
+        flow=body.flow,
+        queue=body.queue,
+    )
+    return LateCleanupResult.model_validate(done)
 
 
 @router.get("/{run_id}", response_model=FlowRunPublic)
@@ -220,49 +247,10 @@ def cancel_flow_run(session: SessionDep, store: StoreDep, app: CeleryDep, run_id
         raise HTTPException(
             status.HTTP_409_CONFLICT, f"flow run {run_id} is a subflow run; cancel its parent {row.parent_id}."
         )
-    if cancel_unsent(session, run_id):
-        return Accepted(id=run_id, action="cancel", detail="cancelled before it was sent.")
-    if store.flow_state(run_id) is None:
-        end_unknown_run(session, run_id)
-        return Accepted(id=run_id, action="cancel", detail="cancelled; Redis had no record of the run.")
-    if not stop_flow_run(store, app, run_id, StateType.CANCELLED, "cancelled by request"):
+    outcome = cancel_run(session, store, app, run_id, "cancelled by request")
+    if outcome is None:
         raise HTTPException(status.HTTP_409_CONFLICT, f"flow run {run_id} ended meanwhile; nothing to cancel.")
-    return Accepted(id=run_id, action="cancel", detail="the run is being cancelled; its states will show Cancelled.")
-
-
-def cancel_unsent(session: Session, run_id: str) -> bool:
-    """Cancel a run the dispatcher has not sent yet, atomically against the dispatcher's claim."""
-    now = time.time()
-    done = session.execute(
-        update(FlowRun)
-        .where(col(FlowRun.id) == run_id, col(FlowRun.dispatched).is_(False))
-        .values(
-            state=StateType.CANCELLED.value,
-            state_message="cancelled by request",
-            ended=now,
-            updated=now,
-            dispatched=True,
-        )
-    )
-    if done.rowcount != 1:  # type: ignore[attr-defined]
-        session.rollback()
-        return False
-    session.add(api_event(run_id, StateType.CANCELLED, "cancelled before it was sent", now))
-    session.commit()
-    return True
-
-
-def end_unknown_run(session: Session, run_id: str) -> None:
-    """A sent run Redis no longer knows (expired, Redis wiped): end its record here."""
-    now = time.time()
-    message = "cancelled by request; Redis had no record of it"
-    session.execute(
-        update(FlowRun)
-        .where(col(FlowRun.id) == run_id)
-        .values(state=StateType.CANCELLED.value, state_message=message, ended=now, updated=now)
-    )
-    session.add(api_event(run_id, StateType.CANCELLED, message, now))
-    session.commit()
+    return Accepted(id=run_id, action="cancel", detail=outcome)
 
 
 @router.post("/{run_id}/retry", response_model=Accepted, status_code=status.HTTP_202_ACCEPTED)
