@@ -453,7 +453,7 @@ def test_a_run_nobody_consumes_becomes_late_and_its_diagnosis_names_the_queue(
 
     run = eventually(late, 15, what="the run marked Late by the services")
     assert f"no live worker consumes queue {queue!r}" in run["state_message"]
-    history = http.get(f"/flow-runs/{created['id']}/states").json()
+    history = [s for s in http.get(f"/flow-runs/{created['id']}/states").json() if s["applied"]]
     assert history[-1]["state"] == "Late" and history[-1]["cause"] == "services: late runs"
 
     found = http.get(f"/flow-runs/{created['id']}/diagnosis").json()
@@ -529,6 +529,10 @@ def test_deployments_schedule_runs_pause_and_resume(redis_url: str, api: ApiProc
     )
     listed = cli(api, "deployment", "ls")
     assert name in listed.stdout
+    now_run = http.post(f"/deployments/{name}/runs", json={"parameters": {"x": 9}})
+    assert now_run.status_code == 201, now_run.text
+    assert wait_final(http, now_run.json()["id"])["parameters"] == {"x": 9}  # run now, parameter overridden
+    assert http.post(f"/deployments/{name}/runs", json={"parameters": {"y": 1}}).status_code == 422
     for dep in (name, f"nightly-{name}"):
         http.post(f"/deployments/{dep}/pause")
 

@@ -120,5 +120,5 @@ async def run_deployment(
         deployment = get_deployment(session, name)
     flow = find_flow(store, deployment.flow_name)
     create = FlowRunCreate(parameters=deployment.parameters | body.parameters, queue=deployment.queue)
-    row = new_flow_run(flow, create) | {"deployment_id": None}
+    row = new_flow_run(flow, create) | {"deployment_id": deployment.id}
     return FlowRunPublic.of(FlowRun.model_construct(**await request.app.state.submitter.submit(row)))
