@@ -19,6 +19,7 @@ from orchestrator.settings import get_settings
 from orchestrator.states import StateType
 from orchestrator.store import RunStore
 
+from .crashes import detect_crashes
 from .late import apply_deployment_policies, mark_late
 from .models import Deployment, FlowRun
 from .scheduling import schedule_runs
@@ -77,6 +78,7 @@ def run_services(engine: Engine, store: RunStore, stop: threading.Event, interva
             lambda: dispatch_due(engine),
             lambda: mark_late(engine, store, late_after),
             lambda: apply_deployment_policies(engine, store, sender_app()),
+            lambda: detect_crashes(store, sender_app()),
         ):
             try:
                 service()

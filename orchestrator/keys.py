@@ -11,6 +11,8 @@ EVENTS_STREAM = f"{PREFIX}:events"  # state and log events for the API recorder
 DELAYED = f"{PREFIX}:delayed"  # sorted set: messages to send at their score (epoch seconds)
 WORKERS = f"{PREFIX}:workers"  # hash hostname -> announced worker record (JSON)
 FLOWS = f"{PREFIX}:flows"  # hash flow name -> announced flow record with parameter schema
+HEARTBEATS = f"{PREFIX}:heartbeats"  # sorted set: running task run id -> time of its last heartbeat
+HEARTBEAT_RECORDS = f"{PREFIX}:hbrec"  # hash task run id -> what the crash detector needs (JSON)
 
 
 def worker_alive(hostname: str) -> str:

@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     )
     api_max_body_bytes: int = Field(default=1_048_576, description="Request bodies larger than this get 413.")
     api_services: bool = Field(default=True, description="Run the recorder and the dispatcher inside the API process.")
+    heartbeat_interval_seconds: float = Field(
+        default=5, description="How often a running task run heartbeats (from its worker process)."
+    )
+    crash_after_heartbeats: int = Field(
+        default=3, description="A task run whose heartbeat stops this many intervals is marked Crashed."
+    )
     late_after_seconds: float = Field(
         default=15, description="A run not started this long after its start time becomes Late (with the reason)."
     )

@@ -30,6 +30,7 @@ def _point_client_at(url: str) -> None:
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A private redis-server for the whole test session (and a result storage folder)."""
     os.environ["ORCHESTRATOR_RESULT_STORAGE"] = str(tmp_path_factory.mktemp("result-storage"))
+    os.environ["ORCHESTRATOR_HEARTBEAT_INTERVAL_SECONDS"] = "1"  # crashes are detected within 3 s
     with redis_server() as url:
         _point_client_at(url)
         yield url

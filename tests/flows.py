@@ -656,3 +656,31 @@ def not_kept_flow(n: int = 4) -> int:
 def kept_then_fails(label: str) -> int:
     """A persisted result, then a task that fails until the test fixes it (retry reads the result)."""
     return fails_until_fixed.submit(label, kept.submit(5))  # type: ignore[no-any-return]
+
+
+@task(retries=1)
+def dies_on_first_attempt(marker: str) -> str:
+    """Signals it is running, then hangs on its first attempt (the test kills its worker)."""
+    run = current_run()
+    attempt = run.attempt if run is not None else 1
+    if attempt == 1:
+        get_store().redis.set(f"test:crashy:{marker}", os.getpid())
+        time.sleep(120)
+    return f"attempt {attempt}"
+
+
+@flow(queue="crashy")
+def crashy_flow(marker: str) -> str:
+    return dies_on_first_attempt.submit(marker)  # type: ignore[no-any-return]
+
+
+@task
+def hangs_without_retries(marker: str) -> str:
+    get_store().redis.set(f"test:crashy:{marker}", os.getpid())
+    time.sleep(120)
+    return "never"
+
+
+@flow(queue="crashy")
+def crashy_no_retry_flow(marker: str) -> str:
+    return hangs_without_retries.submit(marker)  # type: ignore[no-any-return]

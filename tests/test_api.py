@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -578,3 +579,45 @@ def test_a_backlog_of_1000_late_runs_is_cleared_by_policy_not_by_a_stampede(
     cancelled = http.get("/flow-runs", params={"name": tag, "state": "Cancelled", "limit": 5}).json()["items"]
     for run in cancelled:
         assert http.get(f"/flow-runs/{run['id']}/task-runs").json() == []  # never ran a task
+
+
+def test_a_worker_killed_mid_task_gives_crashed_then_a_retry_that_completes(
+    redis_url: str, http: httpx.Client, worker_logs: Path
+) -> None:
+    marker = uuid.uuid4().hex[:8]
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    with worker(redis_url, ["tests.flows"], queues="crashy", concurrency=1, name=f"doomed-{marker}@%h") as doomed:
+        created = submit(http, "crashy-flow", parameters={"marker": marker})
+        eventually(lambda: client.get(f"test:crashy:{marker}"), 30, what="the task running on the doomed worker")
+        time.sleep(2.5)  # it has heartbeated
+        os.killpg(doomed.pid, signal.SIGKILL)  # the whole worker: main process and pool
+        killed_at = time.time()
+        with worker(redis_url, ["tests.flows"], queues="crashy", concurrency=1, log_path=worker_logs / "rescue.log"):
+            run = wait_final(http, created["id"], timeout=60)
+    assert run["state"] == "Completed"
+    from orchestrator.client import FlowRun
+
+    assert FlowRun(created["id"]).result(timeout=5) == "attempt 2"
+    (task,) = http.get(f"/flow-runs/{created['id']}/task-runs").json()
+    history = [s for s in http.get(f"/flow-runs/{created['id']}/states").json() if s["run_id"] == task["id"]]
+    states = [s["state"] for s in history if s["applied"]]
+    assert states == ["Running", "Crashed", "AwaitingRetry", "Retrying", "Completed"], states
+    crashed = next(s for s in history if s["state"] == "Crashed")
+    assert f"doomed-{marker}@" in crashed["message"] and "killed" in crashed["message"]
+    assert not task["worker"].startswith(f"doomed-{marker}")  # finished by the other worker
+    detected_after = dt.datetime.fromisoformat(crashed["time"]).timestamp() - killed_at
+    print(f"crash detected {detected_after:.1f}s after the kill (heartbeat interval 1 s)")
+
+
+def test_a_crashed_task_without_retries_fails_its_flow_run(redis_url: str, http: httpx.Client) -> None:
+    marker = uuid.uuid4().hex[:8]
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    with worker(redis_url, ["tests.flows"], queues="crashy", concurrency=1, name=f"doomed-{marker}@%h") as doomed:
+        created = submit(http, "crashy-no-retry-flow", parameters={"marker": marker})
+        eventually(lambda: client.get(f"test:crashy:{marker}"), 30, what="the task running on the doomed worker")
+        time.sleep(2.5)
+        os.killpg(doomed.pid, signal.SIGKILL)
+        run = wait_final(http, created["id"], timeout=30)  # no other worker needed to end it
+    assert run["state"] == "Failed" and "Crashed" in run["state_message"]
+    (task,) = http.get(f"/flow-runs/{created['id']}/task-runs").json()
+    assert task["state"] == "Crashed" and f"doomed-{marker}@" in task["state_message"]

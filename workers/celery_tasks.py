@@ -81,6 +81,15 @@ class CeleryAttempt:
     def send(self, signatures: list[dict[str, Any]]) -> None:
         send_signatures(self.celery_task.app, signatures)
 
+    def again(self, retries_used: int) -> dict[str, Any]:
+        task, request = self.celery_task, self.celery_task.request
+        kwargs = dict(request.kwargs or {}) | {"retries_used": retries_used}
+        queue = (request.delivery_info or {}).get("routing_key")
+        again = task.signature_from_request(request, None, kwargs, retries=int(request.retries or 0) + 1)
+        if queue:
+            again.set(queue=queue)
+        return dict(again)
+
     def is_timeout(self, exc: BaseException) -> bool:
         return isinstance(exc, (SoftTimeLimitExceeded, TimeLimitExceeded))
 

@@ -7,6 +7,7 @@ read (and tested) as plain Python.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from enum import Enum
 from typing import Any, NoReturn, Protocol
@@ -27,6 +28,8 @@ from orchestrator.states import StateType
 from orchestrator.store import RunStore, get_store, now
 from orchestrator.tasks import Task
 from orchestrator.triggers import verdict
+
+from .heartbeat import HEARTBEATS
 
 
 class Ending(Enum):
@@ -51,6 +54,9 @@ class Attempt(Protocol):
 
     def is_timeout(self, exc: BaseException) -> bool:
         """Whether ``exc`` means the attempt ran past its time limit."""
+
+    def again(self, retries_used: int) -> dict[str, Any]:
+        """The message that runs the next attempt (kept for the crash detector)."""
 
 
 def full_run(run: dict[str, Any], message_id: str) -> dict[str, Any]:
@@ -193,8 +199,12 @@ def run_task(
             failed_as_none=allowed,
             prefetched=started.results,
         )
-        with using(None, info), prints_logged(task.log_prints):
-            value = task.fn(**kwargs)
+        HEARTBEATS.begin(trid, crash_record(run, task, attempt, retries_used))
+        try:
+            with using(None, info), prints_logged(task.log_prints):
+                value = task.fn(**kwargs)
+        finally:
+            HEARTBEATS.end(trid)
         text = dumps(value, task.result_serializer, where)
         if task.persist_result:
             persist(trid, text)  # before Completed: a completed persisted result is always on storage
@@ -221,6 +231,22 @@ def run_task(
             return Ending.STOPPED
         raise
     return end_completed(store, run, attempt, text, lambda: call_hooks(task, task.hooks, info, StateType.COMPLETED))
+
+
+def crash_record(run: dict[str, Any], task: Task, attempt: Attempt, retries_used: int) -> dict[str, Any]:
+    """What the crash detector needs if this process dies while the task runs."""
+    return {
+        "root": run["root"],
+        "flow_run_id": run["flow_run_id"],
+        "label": run.get("label", ""),
+        "task": task.name,
+        "worker": attempt.worker,
+        "pid": os.getpid(),
+        "attempt": attempt.number,
+        "retries": task.retries,
+        "retries_used": retries_used,
+        "again": attempt.again(retries_used + 1) if retries_used < task.retries else None,
+    }
 
 
 def _outcome(task: Task, exc: BaseException, retries_used: int, attempt: Attempt, poking_for: float) -> Outcome:

@@ -1,0 +1,88 @@
+"""Heartbeats of running task runs, so a worker that dies mid-task is noticed.
+
+Each worker process keeps the task runs it is running in memory. A thread beats for
+them every ``heartbeat_interval_seconds`` with one pipelined round trip: a score in the
+``orc:heartbeats`` sorted set, plus, on its first beat, what is needed to run the task
+again (its message, and whether retries are left). A task shorter than one interval
+never touches Redis, so short tasks pay nothing. The API's crash detector
+(``api/crashes.py``) reads the set.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from typing import Any
+
+from orchestrator import keys
+from orchestrator.settings import get_settings
+from orchestrator.store import get_store, now
+
+log = logging.getLogger(__name__)
+
+
+class Heartbeats:
+    """The task runs this process is running, and the thread that beats for them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: dict[str, str] = {}  # task run id -> its crash record (JSON)
+        self._announced: set[str] = set()  # records already written to Redis
+        self._finished: set[str] = set()  # beaten once, now done: to remove on the next beat
+        self._pid = 0
+
+    def begin(self, task_run_id: str, record: dict[str, Any]) -> None:
+        """A task run starts in this process (costs no round trip)."""
+        with self._lock:
+            self._running[task_run_id] = json.dumps(record, default=str)
+            self._finished.discard(task_run_id)
+        self._ensure_thread()
+
+    def end(self, task_run_id: str) -> None:
+        """The task run ended here, one way or another."""
+        with self._lock:
+            self._running.pop(task_run_id, None)
+            if task_run_id in self._announced:
+                self._announced.discard(task_run_id)
+                self._finished.add(task_run_id)
+
+    def _ensure_thread(self) -> None:
+        if self._pid != os.getpid():  # one thread per process (prefork children start their own)
+            self._pid = os.getpid()
+            self._announced.clear()
+            threading.Thread(target=self._loop, name="orchestrator-heartbeats", daemon=True).start()
+
+    def _loop(self) -> None:
+        interval = get_settings().heartbeat_interval_seconds
+        stop = threading.Event()
+        while not stop.wait(interval):
+            try:
+                self.beat()
+            except Exception:  # Redis away: the next beat tries again
+                log.warning("heartbeat failed; retrying in %ss", interval, exc_info=True)
+
+    def beat(self) -> None:
+        """One round trip: refresh every running task run, announce new ones, forget finished ones."""
+        with self._lock:
+            running = dict(self._running)
+            new = {t: r for t, r in running.items() if t not in self._announced}
+            finished, self._finished = self._finished, set()
+        if not running and not finished:
+            return
+        store = get_store()
+        pipe = store.redis.pipeline(transaction=False)
+        if running:
+            pipe.zadd(keys.HEARTBEATS, dict.fromkeys(running, now()))
+        if new:
+            pipe.hset(keys.HEARTBEAT_RECORDS, mapping=new)
+        if finished:
+            pipe.zrem(keys.HEARTBEATS, *finished)
+            pipe.hdel(keys.HEARTBEAT_RECORDS, *finished)
+        pipe.execute()
+        with self._lock:
+            self._announced |= {t for t in new if t in self._running}
+
+
+HEARTBEATS = Heartbeats()
