@@ -8,6 +8,7 @@ the scheduler idempotent: two API processes never create a run twice.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from datetime import UTC, datetime
@@ -24,6 +25,8 @@ from orchestrator.states import StateType
 
 from .models import Deployment, FlowRun
 from .submit import api_event
+
+log = logging.getLogger("orchestrator.scheduler")
 
 AHEAD_RUNS = 3  # runs kept scheduled ahead per deployment
 AHEAD_SECONDS = 3600.0  # ... but never further ahead than this
@@ -96,27 +99,36 @@ def schedule_runs(engine: Engine) -> int:
         for deployment in deployments:
             if not (deployment.cron or deployment.interval_seconds):
                 continue
-            ahead = session.exec(
-                select(FlowRun.scheduled_start).where(
-                    FlowRun.deployment_id == deployment.id, col(FlowRun.scheduled_start) > now
-                )
-            ).all()
-            want = AHEAD_RUNS - len(ahead)
-            if want <= 0:
-                continue
-            after = max([now, deployment.scheduled_until or 0.0, *[a for a in ahead if a is not None]])
-            for start in next_starts(deployment, after, now + AHEAD_SECONDS, want):
-                row = run_row(deployment, start, now)
-                try:
-                    with session.begin_nested():
-                        session.add(row)
-                        session.add(
-                            api_event(row.id, StateType.SCHEDULED, "scheduled by its deployment", now, "scheduler")
-                        )
-                    created += 1
-                except IntegrityError:
-                    pass  # another API process created it
-                deployment.scheduled_until = start
-            session.add(deployment)
+            try:
+                created += _schedule_one(session, deployment, now)
+            except Exception:  # one broken deployment must not stop the others
+                log.exception("scheduler: deployment %s could not be scheduled", deployment.name)
+                session.rollback()
         session.commit()
+    return created
+
+
+def _schedule_one(session: Session, deployment: Deployment, now: float) -> int:
+    """Create the coming runs of one deployment (committed by the caller); returns how many."""
+    ahead = session.exec(
+        select(FlowRun.scheduled_start).where(
+            FlowRun.deployment_id == deployment.id, col(FlowRun.scheduled_start) > now
+        )
+    ).all()
+    want = AHEAD_RUNS - len(ahead)
+    if want <= 0:
+        return 0
+    created = 0
+    after = max([now, deployment.scheduled_until or 0.0, *[a for a in ahead if a is not None]])
+    for start in next_starts(deployment, after, now + AHEAD_SECONDS, want):
+        row = run_row(deployment, start, now)
+        try:
+            with session.begin_nested():
+                session.add(row)
+                session.add(api_event(row.id, StateType.SCHEDULED, "scheduled by its deployment", now, "scheduler"))
+            created += 1
+        except IntegrityError:
+            pass  # another API process created it
+        deployment.scheduled_until = start
+    session.add(deployment)
     return created

@@ -243,6 +243,7 @@ class Health(BaseModel):
 
 
 LatePolicy = Literal["run_all", "newest_only", "cancel_older_than"]
+MAX_AGE = 10 * 366 * 86400.0  # ten years: anything larger is a mistake
 
 
 class DeploymentCreate(BaseModel):
@@ -255,13 +256,13 @@ class DeploymentCreate(BaseModel):
     queue: str | None = Field(default=None, min_length=1, max_length=200, pattern=NAME_PATTERN)
     parameters: dict[str, Any] = Field(default_factory=dict)
     cron: str | None = Field(default=None, min_length=1, max_length=200, description="e.g. '0 2 * * *'")
-    interval_seconds: float | None = Field(default=None, gt=0, le=366 * 86400)
+    interval_seconds: float | None = Field(default=None, ge=1, le=366 * 86400)
     timezone: str = Field(
         default="UTC", min_length=1, max_length=64, description="IANA name for cron, e.g. Europe/Paris"
     )
     paused: bool = False
     late_policy: LatePolicy = "run_all"
-    late_max_age_seconds: float | None = Field(default=None, gt=0)
+    late_max_age_seconds: float | None = Field(default=None, gt=0, le=MAX_AGE)
 
     _check_text = field_validator("name", "flow_name", "cron", "timezone")(no_nul)
 
@@ -298,10 +299,12 @@ class LateCleanup(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     policy: LatePolicy
-    max_age_seconds: float | None = Field(default=None, gt=0, description="For cancel_older_than.")
+    max_age_seconds: float | None = Field(default=None, gt=0, le=MAX_AGE, description="For cancel_older_than.")
     deployment: str | None = Field(default=None, max_length=200)
     flow: str | None = Field(default=None, max_length=200)
     queue: str | None = Field(default=None, max_length=200)
+
+    _check_text = field_validator("deployment", "flow", "queue")(no_nul)
 
 
 class LateCleanupResult(BaseModel):

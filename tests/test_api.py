@@ -362,7 +362,9 @@ def test_cli_run_watch_inspect_logs_and_errors(redis_url: str, api: ApiProcess) 
     assert dead.returncode == 2 and "orchestrator server start" in dead.stdout
 
 
-def test_schemathesis_finds_no_server_error(redis_url: str, database_url: str, worker_logs: Path) -> None:
+def test_schemathesis_finds_no_server_error(
+    redis_url: str, database_url: str, worker_logs: Path, tmp_path: Path, fleet: subprocess.Popen[bytes]
+) -> None:
     """Fuzz every route from the OpenAPI schema (bounded: 25 s) and check no answer is a 5xx.
 
     The fuzzed API gets a Redis of its own holding the fleet's registered flows but no
@@ -372,7 +374,11 @@ def test_schemathesis_finds_no_server_error(redis_url: str, database_url: str, w
     with redis_server() as fuzz_redis:
         flows = redis.Redis.from_url(redis_url).hgetall(keys.FLOWS)
         redis.Redis.from_url(fuzz_redis).hset(keys.FLOWS, mapping=flows)  # type: ignore[arg-type]
-        with api_server(fuzz_redis, database_url, log_path=worker_logs / "api-fuzz.log") as server:
+        admin_url = os.environ.get("ORCHESTRATOR_TEST_DATABASE_URL") if "postgresql" in database_url else None
+        with (  # a database of its own too: fuzzed deployments must not reach the main API's scheduler
+            api_database(tmp_path, admin_url) as fuzz_database,
+            api_server(fuzz_redis, fuzz_database, log_path=worker_logs / "api-fuzz.log") as server,
+        ):
             done = subprocess.run(
                 [
                     sys.executable,
