@@ -28,7 +28,7 @@ class Heartbeats:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._running: dict[str, str] = {}  # task run id -> its crash record (JSON)
+        self._running: dict[str, dict[str, Any]] = {}  # task run id -> its crash record
         self._announced: set[str] = set()  # records already written to Redis
         self._finished: set[str] = set()  # beaten once, now done: to remove on the next beat
         self._pid = 0
@@ -36,7 +36,7 @@ class Heartbeats:
     def begin(self, task_run_id: str, record: dict[str, Any]) -> None:
         """A task run starts in this process (costs no round trip)."""
         with self._lock:
-            self._running[task_run_id] = json.dumps(record, default=str)
+            self._running[task_run_id] = record  # serialized only if it lives to its first beat
             self._finished.discard(task_run_id)
         self._ensure_thread()
 
@@ -76,7 +76,7 @@ class Heartbeats:
         if running:
             pipe.zadd(keys.HEARTBEATS, dict.fromkeys(running, now()))
         if new:
-            pipe.hset(keys.HEARTBEAT_RECORDS, mapping=new)
+            pipe.hset(keys.HEARTBEAT_RECORDS, mapping={t: json.dumps(r, default=str) for t, r in new.items()})
         if finished:
             pipe.zrem(keys.HEARTBEATS, *finished)
             pipe.hdel(keys.HEARTBEAT_RECORDS, *finished)
