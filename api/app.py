@@ -8,7 +8,6 @@ stop with it.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,13 +17,11 @@ from fastapi.responses import JSONResponse
 
 from orchestrator.errors import ConnectionProblem, RunError
 from orchestrator.settings import get_settings
-from orchestrator.store import get_store
 
 from .db import get_engine
-from .dispatcher import run_services
-from .recorder import Recorder
 from .routes import deployments, flow_runs, flows, health, workers
 from .security import BodySizeLimit, RefuseNulInUrl, require_api_key
+from .services import background_services
 from .submit import ParameterProblem, Submitter
 
 log = logging.getLogger("orchestrator.api")
@@ -46,23 +43,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 @asynccontextmanager
 async def services(app: FastAPI) -> AsyncIterator[None]:
-    """The recorder and the dispatcher, in threads of this process."""
-    settings = get_settings()
-    stop = threading.Event()
-    recorder = Recorder(get_store(), get_engine(), settings.recorder_name, settings.recorder_batch_size)
-    app.state.recorder = recorder
-    threads = [
-        threading.Thread(target=recorder.run, args=(stop,), name="recorder", daemon=True),
-        threading.Thread(target=run_services, args=(get_engine(), get_store(), stop), name="services", daemon=True),
-    ]
-    for thread in threads:
-        thread.start()
-    try:
+    """The recorder and the periodic services, in threads of this process."""
+    with background_services() as recorder:
+        app.state.recorder = recorder
         yield
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=10)
 
 
 def create_app(*, services: bool | None = None) -> FastAPI:

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from .cli_deploy import deploy_command, deployment_app
 from .cli_dev import dev_command
-from .cli_runs import flow_run_app, run_command, server_app
+from .cli_runs import flow_run_app, run_command, server_app, services_app
 from .errors import OrchestratorError
 
 app = typer.Typer(help="Prefect-style flows on Celery and Redis.", no_args_is_help=True)
@@ -21,6 +21,7 @@ worker_app = typer.Typer(help="Celery workers that run flows.", no_args_is_help=
 app.add_typer(worker_app, name="worker")
 app.add_typer(server_app, name="server")
 app.add_typer(flow_run_app, name="flow-run")
+app.add_typer(services_app, name="services")
 app.command("run")(run_command)
 app.command("dev")(dev_command)
 app.command("deploy")(deploy_command)

@@ -47,6 +47,17 @@ def server_start(
     os.execvp(cmd[0], cmd)
 
 
+services_app = typer.Typer(help="The API's background services, run on their own.", no_args_is_help=True)
+
+
+@services_app.command("start")
+def services_start() -> None:
+    """Run the recorder and the periodic services without the HTTP API (next to API processes
+    started with ORCHESTRATOR_API_SERVICES=false)."""
+    cmd = [sys.executable, "-m", "api.services"]
+    os.execvp(cmd[0], cmd)
+
+
 def parse_pairs(pairs: list[str]) -> dict[str, Any]:
     """``-p k=v``: v read as JSON when it is JSON (3, true, [1,2]), else as text; the API checks types."""
     out: dict[str, Any] = {}

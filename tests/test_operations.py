@@ -3,18 +3,20 @@ the compose file's commands are real commands of the project."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import yaml
 
-from orchestrator.localstack import flower, free_port
+from orchestrator.localstack import api_server, flower, free_port, redis_server, stop_process, worker
 from tests import flows
 from tests.api_support import eventually
 
@@ -125,3 +127,44 @@ def test_every_compose_service_runs_a_real_command_of_the_project() -> None:
 def test_scripts_are_executable_bash(script: str) -> None:
     done = subprocess.run(["bash", "-n", str(ROOT / script)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_services_run_on_their_own_and_two_instances_do_no_double_work(tmp_path: Path) -> None:
+    """An API with ORCHESTRATOR_API_SERVICES=false records nothing itself; two `orchestrator
+    services start` processes next to it record the runs and send a scheduled run once."""
+    with redis_server() as redis_url:
+        database = f"sqlite:///{tmp_path / 'svc.db'}"
+        env = os.environ.copy() | {"ORCHESTRATOR_REDIS_URL": redis_url, "ORCHESTRATOR_DATABASE_URL": database}
+        with (
+            worker(redis_url, ["tests.flows"], concurrency=1, log_path=tmp_path / "worker.log"),
+            api_server(redis_url, database, extra_env={"ORCHESTRATOR_API_SERVICES": "false"}) as api,
+        ):
+            assert "not running" in httpx.get(f"{api.url}/health").json()["recorder"]
+            services = [
+                subprocess.Popen(
+                    [sys.executable, "-m", "orchestrator.cli", "services", "start"],
+                    env=env | {"ORCHESTRATOR_RECORDER_NAME": f"svc-{i}"},
+                    stdout=open(tmp_path / f"services-{i}.log", "wb"),  # noqa: SIM115
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+                for i in range(2)
+            ]
+            try:
+                soon = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2)).isoformat()
+                body = {"parameters": {"x": 2}, "scheduled_start": soon}
+                created = httpx.post(f"{api.url}/flows/chain-flow/runs", json=body).json()
+                assert created["state"] == "Scheduled"
+
+                def final() -> dict[str, Any] | None:
+                    run = httpx.get(f"{api.url}/flow-runs/{created['id']}").json()
+                    return dict(run) if run["state"] == "Completed" else None
+
+                eventually(final, 60, what="the scheduled run sent and recorded by the services processes")
+                states = httpx.get(f"{api.url}/flow-runs/{created['id']}/states", params={"tasks": False}).json()
+                applied = [s["state"] for s in states if s["applied"]]
+                assert applied == ["Scheduled", "Pending", "Running", "Completed"]
+                assert sum(1 for s in states if s["state"] == "Running") == 1  # sent once
+            finally:
+                for proc in services:
+                    stop_process(proc)
