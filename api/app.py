@@ -12,11 +12,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import redis
 from fastapi import APIRouter, Depends, FastAPI, Request, status
 from fastapi.responses import JSONResponse
 
 from orchestrator.errors import ConnectionProblem, RunError
 from orchestrator.settings import get_settings
+from orchestrator.store import get_store
 
 from .db import get_engine
 from .routes import deployments, flow_runs, flows, health, workers
@@ -87,6 +89,15 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
             content={"detail": f"{exc} Nothing was created; try again once Redis answers."},
+        )
+
+    @app.exception_handler(redis.ConnectionError)
+    @app.exception_handler(redis.TimeoutError)
+    async def redis_lost(_: Request, exc: redis.RedisError) -> JSONResponse:
+        problem = get_store().unreachable(exc)
+        return JSONResponse(
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            content={"detail": f"{problem} Nothing was created or changed; try again once Redis answers."},
         )
 
     @app.exception_handler(RunError)

@@ -4,6 +4,7 @@ the compose file's commands are real commands of the project."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import signal
 import subprocess
@@ -16,7 +17,7 @@ import httpx
 import pytest
 import yaml
 
-from orchestrator.localstack import api_server, flower, free_port, redis_server, stop_process, worker
+from orchestrator.localstack import ApiProcess, api_server, flower, free_port, redis_server, stop_process, worker
 from tests import flows
 from tests.api_support import eventually
 
@@ -168,3 +169,29 @@ def test_services_run_on_their_own_and_two_instances_do_no_double_work(tmp_path:
             finally:
                 for proc in services:
                     stop_process(proc)
+
+
+def test_redis_away_gives_503_creates_nothing_and_submitting_works_again_without_a_restart(tmp_path: Path) -> None:
+    port = free_port()
+    database = f"sqlite:///{tmp_path / 'away.db'}"
+    redis_url = f"redis://127.0.0.1:{port}/0"
+    with redis_server(port=port):
+        server = ApiProcess(redis_url, database, log_path=tmp_path / "api.log")
+        server.start()
+    try:
+        # Redis is gone: even the flow's record cannot be read. 503, saying which Redis to check.
+        response = httpx.post(f"{server.url}/flows/chain-flow/runs", json={"parameters": {"x": 1}}, timeout=30)
+        assert response.status_code == 503, response.text
+        assert redis_url in response.text and "Nothing was created" in response.text
+        assert httpx.get(f"{server.url}/health", timeout=30).status_code == 503
+        assert httpx.get(f"{server.url}/flow-runs").json()["total"] == 0
+        with redis_server(port=port) as url:  # Redis is back, same address
+            import redis as redis_client
+
+            flow = {"name": "chain-flow", "queue": None, "parameters": {"type": "object"}}
+            redis_client.Redis.from_url(url).hset("orc:flows", "chain-flow", json.dumps(flow))
+            again = httpx.post(f"{server.url}/flows/chain-flow/runs", json={"parameters": {"x": 1}}, timeout=30)
+            assert again.status_code == 201, again.text  # no API restart needed
+            assert httpx.get(f"{server.url}/flow-runs").json()["total"] == 1
+    finally:
+        server.stop()
