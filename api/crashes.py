@@ -19,7 +19,7 @@ from typing import Any
 from celery import Celery
 
 from orchestrator import keys
-from orchestrator.runs import after_final, propagate_failure, send_signatures
+from orchestrator.runs import end_task_run, send_signatures
 from orchestrator.settings import get_settings
 from orchestrator.states import StateType
 from orchestrator.store import RunStore
@@ -78,19 +78,13 @@ def crash(store: RunStore, app: Celery, task_run_id: str, record: dict[str, Any]
         app.signature(again).apply_async()
         log.warning("task run %s crashed on %s; sent again", task_run_id, record.get("worker"))
         return
-    finished = store.task_finished(
-        record["root"], task_run_id, StateType.CRASHED, fields | {"ended": time.time(), "message": message}
-    )
-    if finished.left is None:
-        return
-    send_signatures(app, finished.ready)
-    propagate_failure(
+    end_task_run(
         store,
         record["root"],
         task_run_id,
         StateType.CRASHED,
+        fields | {"ended": time.time(), "message": message},
         record.get("label") or task_run_id,
         lambda sigs: send_signatures(app, sigs),
     )
-    after_final(store, record["root"], finished)
     log.warning("task run %s crashed on %s; no retries left", task_run_id, record.get("worker"))

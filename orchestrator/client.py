@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import redis
-from celery import Celery
+from celery import Celery, Signature
 
 from . import keys
 from .celery_app import client_app
@@ -131,10 +131,15 @@ def prepare_run(flow: Flow, parameters: dict[str, Any], *, run_id: str, queue: s
     return prepared
 
 
-def send_start(app: Celery, flow_name: str, run_id: str, queue: str, *, dynamic: bool) -> None:
-    """Ask a worker of ``queue`` to start (trace, or drive) a flow run whose record exists."""
+def start_signature(app: Celery, flow_name: str, run_id: str, queue: str, *, dynamic: bool) -> Signature:
+    """The message that asks a worker of ``queue`` to start (trace, or drive) a flow run whose record exists."""
     kwargs = {"flow": flow_name, "run_id": run_id, "dynamic": dynamic}
-    make_signature(START_FLOW_RUN_TASK, kwargs, queue=queue, task_id=f"start-{run_id}", app=app).apply_async()
+    return make_signature(START_FLOW_RUN_TASK, kwargs, queue=queue, task_id=f"start-{run_id}", app=app)
+
+
+def send_start(app: Celery, flow_name: str, run_id: str, queue: str, *, dynamic: bool) -> None:
+    """Send :func:`start_signature`."""
+    start_signature(app, flow_name, run_id, queue, dynamic=dynamic).apply_async()
 
 
 def launch_prepared(
@@ -246,11 +251,7 @@ def send_named_runs(runs: list[NamedRun], app: Celery | None = None) -> None:
         pipe.execute()
         with app.producer_or_acquire() as producer, publish_batch(producer):
             for run in runs:
-                kwargs = {"flow": run.flow, "run_id": run.run_id, "dynamic": False}
-                sig = make_signature(
-                    START_FLOW_RUN_TASK, kwargs, queue=run.queue, task_id=f"start-{run.run_id}", app=app
-                )
-                sig.apply_async(producer=producer)
+                start_signature(app, run.flow, run.run_id, run.queue, dynamic=False).apply_async(producer=producer)
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
         raise store.unreachable(exc) from exc
 

@@ -256,6 +256,32 @@ def after_final(store: RunStore, root: str, finished: Finished) -> None:
         raise
 
 
+def end_task_run(
+    store: RunStore,
+    root: str,
+    trid: str,
+    state: StateType,
+    fields: dict[str, Any],
+    label: str,
+    send: Callable[[list[dict[str, Any]]], None],
+    hooks: Callable[[], None] | None = None,
+) -> None:
+    """Make a task run final in a failed or skipped state and stop its downstream.
+
+    ``hooks`` runs once the task run is final and before its flow run can end, so a
+    task's hooks always come before its flow's. ``send`` sends tolerant downstream
+    tasks (trigger rules) that this made ready.
+    """
+    finished = store.task_finished(root, trid, state, fields)
+    if finished.left is None:
+        return
+    send(finished.ready)
+    if hooks:
+        hooks()
+    propagate_failure(store, root, trid, state, label, send)
+    after_final(store, root, finished)
+
+
 def propagate_failure(
     store: RunStore,
     root: str,

@@ -71,24 +71,20 @@ class CeleryAttempt:
     def retry(self, delay: float, retries_used: int) -> NoReturn:
         """Schedule the next attempt; a delayed one waits in Redis, not as a broker ETA."""
         task, request = self.celery_task, self.celery_task.request
-        kwargs = dict(request.kwargs or {}) | {"retries_used": retries_used}
         if delay <= 0:
+            kwargs = dict(request.kwargs or {}) | {"retries_used": retries_used}
             raise task.retry(countdown=0, kwargs=kwargs, max_retries=None)
-        again = task.signature_from_request(request, None, kwargs, retries=int(request.retries or 0) + 1)
-        get_store().schedule(json.dumps(dict(again)), now() + delay)
+        get_store().schedule(json.dumps(self.again(retries_used)), now() + delay)
         raise Retry(f"next attempt in {delay:g}s", when=delay)  # Celery and Flower show RETRY
 
     def send(self, signatures: list[dict[str, Any]]) -> None:
         send_signatures(self.celery_task.app, signatures)
 
     def again(self, retries_used: int) -> dict[str, Any]:
+        """The next attempt's message: same task id and queue, one more Celery retry."""
         task, request = self.celery_task, self.celery_task.request
         kwargs = dict(request.kwargs or {}) | {"retries_used": retries_used}
-        queue = (request.delivery_info or {}).get("routing_key")
-        again = task.signature_from_request(request, None, kwargs, retries=int(request.retries or 0) + 1)
-        if queue:
-            again.set(queue=queue)
-        return dict(again)
+        return dict(task.signature_from_request(request, None, kwargs, retries=int(request.retries or 0) + 1))
 
     def is_timeout(self, exc: BaseException) -> bool:
         return isinstance(exc, (SoftTimeLimitExceeded, TimeLimitExceeded))

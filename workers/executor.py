@@ -21,7 +21,7 @@ from orchestrator.logging import prints_logged
 from orchestrator.plan import refs_in
 from orchestrator.references import resolve
 from orchestrator.results import persist
-from orchestrator.runs import after_final, finish_flow_run, propagate_failure
+from orchestrator.runs import after_final, end_task_run, finish_flow_run, propagate_failure
 from orchestrator.serialization import dumps
 from orchestrator.signals import RETRY
 from orchestrator.states import StateType
@@ -88,22 +88,10 @@ def end_failed(
     hooks: Callable[[], None] | None = None,
     send: Callable[[list[dict[str, Any]]], None] = lambda _: None,
 ) -> None:
-    """Make a task run final in a failed or skipped state and stop its downstream.
-
-    ``hooks`` runs once the task run is final and before its flow run can end, so a
-    task's hooks always come before its flow's. ``send`` sends tolerant downstream
-    tasks (trigger rules) that this made ready.
-    """
-    root, trid = run["root"], run["task_run_id"]
+    """A task run of ``run`` ends in a failed or skipped state (see :func:`end_task_run`)."""
+    trid = run["task_run_id"]
     fields = {"ended": now(), "message": message, "worker": worker, "traceback": tb}
-    finished = store.task_finished(root, trid, state, fields)
-    if finished.left is None:
-        return
-    send(finished.ready)
-    if hooks:
-        hooks()
-    propagate_failure(store, root, trid, state, run.get("label", trid), send)
-    after_final(store, root, finished)
+    end_task_run(store, run["root"], trid, state, fields, run.get("label", trid), send, hooks)
 
 
 def finish_what_a_crash_left(

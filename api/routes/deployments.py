@@ -12,9 +12,10 @@ from sqlmodel import Session, col, select
 from orchestrator import keys
 from orchestrator.states import StateType
 
+from ..db import get_engine
 from ..models import Deployment, FlowRun
 from ..scheduling import check_schedule
-from ..schemas import DeploymentCreate, DeploymentPublic, DeploymentRunCreate, FlowRunPublic, when
+from ..schemas import DeploymentCreate, DeploymentPublic, DeploymentRunCreate, FlowRunCreate, FlowRunPublic, when
 from ..submit import check_parameters, new_flow_run
 from .deps import SessionDep, StoreDep
 from .flows import find_flow
@@ -113,9 +114,6 @@ async def run_deployment(
     request: Request, body: DeploymentRunCreate, store: StoreDep, name: DeploymentName
 ) -> FlowRunPublic:
     """Run the deployment now, its parameters overridden by the body's."""
-    from ..db import get_engine
-    from ..schemas import FlowRunCreate
-
     with Session(get_engine()) as session:
         deployment = get_deployment(session, name)
     flow = find_flow(store, deployment.flow_name)
