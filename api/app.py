@@ -21,7 +21,7 @@ from orchestrator.settings import get_settings
 from orchestrator.store import get_store
 
 from .db import get_engine
-from .routes import deployments, flow_runs, flows, health, workers
+from .routes import concurrency_limits, deployments, flow_runs, flows, health, workers
 from .security import BodySizeLimit, RefuseNulInUrl, require_api_key
 from .services import background_services
 from .submit import ParameterProblem, Submitter
@@ -69,6 +69,7 @@ def create_app(*, services: bool | None = None) -> FastAPI:
     guarded.include_router(flow_runs.router)
     guarded.include_router(workers.router)
     guarded.include_router(deployments.router)
+    guarded.include_router(concurrency_limits.router)
     app.include_router(guarded)
     app.include_router(health.router, prefix="/api")
     app.add_middleware(BodySizeLimit, limit=settings.api_max_body_bytes)

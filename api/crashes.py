@@ -18,7 +18,7 @@ from typing import Any
 
 from celery import Celery
 
-from orchestrator import keys
+from orchestrator import concurrency, keys
 from orchestrator.runs import end_task_run, send_signatures
 from orchestrator.settings import get_settings
 from orchestrator.states import StateType
@@ -41,6 +41,7 @@ def detect_crashes(store: RunStore, app: Celery) -> int:
         if not raw:
             continue
         record = json.loads(raw)
+        concurrency.release(store, task_run_id, concurrency.held_tags(record))  # its slots are free now
         if store.final_states(record["root"], [task_run_id]).get(task_run_id) is not None:
             continue  # it ended; only the worker's last clean-up beat was missing
         crash(store, app, task_run_id, record, silent_for)

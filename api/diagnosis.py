@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from orchestrator import concurrency, keys
 from orchestrator.fleet import live_workers
 from orchestrator.states import StateType
 from orchestrator.store import RunStore
@@ -89,12 +90,38 @@ def waiting_reasons(row: FlowRun, fleet: Fleet, now: float, paused_deployment: s
     return reasons
 
 
+def slot_waits(store: RunStore, task_run_ids: list[str]) -> list[str]:
+    """For task runs waiting for a concurrency slot: which limit, and who holds its slots now."""
+    if not task_run_ids:
+        return []
+    pipe = store.redis.pipeline(transaction=False)
+    for trid in task_run_ids:
+        pipe.hmget(keys.task_run(trid), "slot_tag", "label")
+    waits: dict[str, list[str]] = {}
+    for trid, (tag, label) in zip(task_run_ids, pipe.execute(), strict=True):
+        waits.setdefault(tag or "", []).append(label or trid)
+    limits = concurrency.read_limits(store)
+    out = []
+    for tag, labels in sorted(waits.items()):
+        holders = concurrency.describe(store, concurrency.live_holders(store, tag)) if tag else []
+        held = "; ".join(
+            f"{h['label'] or h['task_run_id']} of flow run {h['flow_run_id']} on {h['worker']}" for h in holders
+        )
+        limit = f"limit {limits[tag]}" if tag in limits else "since deleted"
+        out.append(
+            f"{len(labels)} task runs ({', '.join(labels[:5])}) wait for a slot of concurrency limit {tag!r} "
+            f"({limit}), held by: {held or 'nobody right now'}."
+        )
+    return out
+
+
 def diagnose(
     row: FlowRun,
     fleet: Fleet,
     task_states: dict[str, int],
     now: float | None = None,
     paused_deployment: str | None = None,
+    waiting_for_slots: list[str] | None = None,
 ) -> dict[str, Any]:
     """The diagnosis of one run: a summary sentence, the reasons, and the facts behind them."""
     now = now or time.time()
@@ -106,11 +133,14 @@ def diagnose(
         reasons = waiting_reasons(row, fleet, now, paused_deployment)
     elif state is StateType.AWAITING_RETRY:
         reasons = [f"it failed an attempt and waits to retry: {row.state_message}"]
+    elif state is StateType.AWAITING_CONCURRENCY_SLOT:
+        reasons = [f"it waits for a slot: {row.state_message or 'its deployment concurrency limit is full.'}"]
     else:
         done = sum(n for s, n in task_states.items() if StateType(s).is_final)
         total = sum(task_states.values())
         detail = ", ".join(f"{n} {s}" for s, n in sorted(task_states.items()))
         reasons = [f"it is {state.value}: {done} of {total} task runs are final ({detail or 'none reported yet'})."]
+        reasons += waiting_for_slots or []
     queue = row.queue or "default"
     return {
         "flow_run_id": row.id,

@@ -30,9 +30,21 @@ class Deployment(SQLModel, table=True):
     paused: bool = False
     late_policy: str = Field(default="run_all", max_length=32)
     late_max_age_seconds: float | None = None
+    concurrency_limit: int | None = None  # flow runs of this deployment that may be under way at once
     created: float
     updated: float
     scheduled_until: float | None = None  # start time of the last run the scheduler created
+
+
+class ConcurrencyLimit(SQLModel, table=True):
+    """How many task runs carrying ``tag`` may run at once across the fleet (mirrored to Redis)."""
+
+    __tablename__ = "concurrency_limit"
+
+    tag: str = Field(primary_key=True, max_length=200)
+    slots: int
+    created: float
+    updated: float
 
 
 class FlowRun(SQLModel, table=True):

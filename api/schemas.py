@@ -263,6 +263,9 @@ class DeploymentCreate(BaseModel):
     paused: bool = False
     late_policy: LatePolicy = "run_all"
     late_max_age_seconds: float | None = Field(default=None, gt=0, le=MAX_AGE)
+    concurrency_limit: int | None = Field(
+        default=None, ge=0, le=100_000, description="Flow runs of this deployment under way at once (none: no limit)."
+    )
 
     _check_text = field_validator("name", "flow_name", "cron", "timezone")(no_nul)
 
@@ -281,6 +284,7 @@ class DeploymentPublic(BaseModel):
     paused: bool
     late_policy: str
     late_max_age_seconds: float | None
+    concurrency_limit: int | None
     created: datetime | None
     next_runs: list[datetime] = Field(default_factory=list, description="Start times of its Scheduled runs.")
 
@@ -332,3 +336,33 @@ class Accepted(BaseModel):
     id: str
     action: str
     detail: str
+
+
+class ConcurrencyLimitCreate(BaseModel):
+    """Body of ``POST /api/concurrency-limits`` (creates, or changes the limit of the tag)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tag: str = Field(min_length=1, max_length=200, pattern=NAME_PATTERN, description="Tasks with tags=[tag] count.")
+    limit: int = Field(ge=0, le=100_000, description="Task runs with the tag that may run at once (0: none).")
+
+
+class SlotHolder(BaseModel):
+    """A task run holding a slot of a concurrency limit."""
+
+    task_run_id: str
+    label: str
+    task: str
+    flow_run_id: str
+    worker: str
+    state: str
+
+
+class ConcurrencyLimitPublic(BaseModel):
+    """A tag's concurrency limit and who holds its slots now."""
+
+    tag: str
+    limit: int
+    active: int = Field(description="Slots held by live leases.")
+    holders: list[SlotHolder]
+    created: datetime | None

@@ -98,3 +98,15 @@ class ApiClient:
 
     def retry(self, run_id: str) -> dict[str, Any]:
         return dict(self.request("POST", f"/flow-runs/{run_id}/retry"))
+
+    def set_limit(self, tag: str, limit: int) -> dict[str, Any]:
+        return dict(self.request("POST", "/concurrency-limits", json={"tag": tag, "limit": limit}))
+
+    def limits(self) -> list[dict[str, Any]]:
+        return list(self.request("GET", "/concurrency-limits"))
+
+    def limit(self, tag: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/concurrency-limits/{tag}"))
+
+    def delete_limit(self, tag: str) -> None:
+        self.request("DELETE", f"/concurrency-limits/{tag}")

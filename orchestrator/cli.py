@@ -13,6 +13,7 @@ from rich.table import Table
 
 from .cli_deploy import deploy_command, deployment_app
 from .cli_dev import dev_command
+from .cli_limits import limits_app
 from .cli_runs import flow_run_app, run_command, server_app, services_app
 from .errors import OrchestratorError
 
@@ -26,6 +27,7 @@ app.command("run")(run_command)
 app.command("dev")(dev_command)
 app.command("deploy")(deploy_command)
 app.add_typer(deployment_app, name="deployment")
+app.add_typer(limits_app, name="concurrency-limit")
 
 
 @app.command("flower", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

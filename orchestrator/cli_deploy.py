@@ -26,6 +26,13 @@ def deploy_command(
     timezone: Annotated[str, typer.Option(help="Time zone of the cron schedule (IANA name).")] = "UTC",
     param: Annotated[list[str] | None, typer.Option("-p", "--param", help="name=value (repeatable).")] = None,
     paused: Annotated[bool, typer.Option(help="Create it paused.")] = False,
+    concurrency_limit: Annotated[
+        int | None, typer.Option(help="At most this many of its flow runs under way at once.")
+    ] = None,
+    late_policy: Annotated[
+        str, typer.Option(help="Late runs: run_all, newest_only or cancel_older_than (with --late-max-age).")
+    ] = "run_all",
+    late_max_age: Annotated[float | None, typer.Option(help="Seconds, for cancel_older_than.")] = None,
 ) -> None:
     """Deploy a flow: its runs are created ahead on the schedule and sent when due."""
     from .params import load_flow, parse_parameters
@@ -48,6 +55,9 @@ def deploy_command(
         "interval_seconds": interval,
         "timezone": timezone,
         "paused": paused,
+        "concurrency_limit": concurrency_limit,
+        "late_policy": late_policy,
+        "late_max_age_seconds": late_max_age,
     }
     created = calling(lambda: ApiClient().deploy(body))
     upcoming = ", ".join(created["next_runs"][:3]) or "none yet (the scheduler plans them within a second)"

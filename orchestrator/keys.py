@@ -13,6 +13,13 @@ WORKERS = f"{PREFIX}:workers"  # hash hostname -> announced worker record (JSON)
 FLOWS = f"{PREFIX}:flows"  # hash flow name -> announced flow record with parameter schema
 HEARTBEATS = f"{PREFIX}:heartbeats"  # sorted set: running task run id -> time of its last heartbeat
 HEARTBEAT_RECORDS = f"{PREFIX}:hbrec"  # hash task run id -> what the crash detector needs (JSON)
+CONCURRENCY_LIMITS = f"{PREFIX}:climits"  # hash tag -> how many task runs with that tag may run at once
+SLOTS_PREFIX = f"{PREFIX}:slots:"  # + tag: sorted set task run id -> when its lease on a slot expires
+
+
+def slots(tag: str) -> str:
+    """Sorted set of the task runs holding a slot of tag's concurrency limit (score: lease expiry)."""
+    return SLOTS_PREFIX + tag
 
 
 def worker_alive(hostname: str) -> str:

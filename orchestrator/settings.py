@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     crash_after_heartbeats: int = Field(
         default=3, description="A task run whose heartbeat stops this many intervals is marked Crashed."
     )
+    slot_poll_seconds: float = Field(
+        default=1.0,
+        description="How often a task waiting for a concurrency-limit slot asks again (it waits in Redis, "
+        "not in a worker slot).",
+    )
     late_after_seconds: float = Field(
         default=15, description="A run not started this long after its start time becomes Late (with the reason)."
     )

@@ -1,19 +1,27 @@
 """Helpers for the API tests: a database for the server (SQLite file, or a fresh PostgreSQL
-database when ``ORCHESTRATOR_TEST_DATABASE_URL`` is set), and polling until something is true."""
+database when ``ORCHESTRATOR_TEST_DATABASE_URL`` is set), polling until something is true,
+and the few calls every API test makes (submit a run, wait for it to end, run the CLI)."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from orchestrator.localstack import ApiProcess
+
 T = TypeVar("T")
+FINAL = {"Completed", "Failed", "TimedOut", "Crashed", "UpstreamFailed", "Skipped", "Cancelled"}
 
 
 @contextlib.contextmanager
@@ -54,3 +62,30 @@ def eventually(check: Callable[[], T | None], timeout: float = 30.0, interval: f
             return last
         time.sleep(interval)
     raise AssertionError(f"not true after {timeout}s: {what} (last: {last!r})")
+
+
+def wait_final(http: httpx.Client, run_id: str, timeout: float = 60) -> dict[str, Any]:
+    """The run once the database shows it final."""
+
+    def final() -> dict[str, Any] | None:
+        response = http.get(f"/flow-runs/{run_id}")
+        if response.status_code == 200 and response.json()["state"] in FINAL:
+            return dict(response.json())
+        return None
+
+    return eventually(final, timeout, what=f"flow run {run_id} final in the database")
+
+
+def submit(http: httpx.Client, flow: str, **body: Any) -> dict[str, Any]:
+    """Create a run over HTTP (asserting it was created)."""
+    response = http.post(f"/flows/{flow}/runs", json=body)
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+def cli(api: ApiProcess, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    """Run ``orchestrator ARGS`` against ``api`` as a user would, capturing its output."""
+    env = os.environ.copy() | {"ORCHESTRATOR_API_URL": api.url, "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )

@@ -684,3 +684,51 @@ def hangs_without_retries(marker: str) -> str:
 @flow(queue="crashy")
 def crashy_no_retry_flow(marker: str) -> str:
     return hangs_without_retries.submit(marker)  # type: ignore[no-any-return]
+
+
+# -- concurrency limits ---------------------------------------------------------------------
+_COUNT_RUNNING = """
+local now = redis.call('INCR', KEYS[1])
+if now > tonumber(redis.call('GET', KEYS[2]) or '0') then redis.call('SET', KEYS[2], now) end
+return now
+"""
+
+
+@task(tags=["test-db"])
+def uses_the_db(marker: str, i: int, seconds: float = 0.4) -> int:
+    """Counts how many of its kind run at once (test:db:<marker>:max holds the highest count seen)."""
+    client = get_store().redis
+    client.eval(_COUNT_RUNNING, 2, f"test:db:{marker}:now", f"test:db:{marker}:max")
+    try:
+        time.sleep(seconds)
+    finally:
+        client.decr(f"test:db:{marker}:now")
+    return i
+
+
+@flow
+def db_fan_flow(marker: str, n: int = 10) -> list[int]:
+    return [uses_the_db.submit(marker, i) for i in range(n)]  # type: ignore[misc]
+
+
+@task(tags=["test-lease"])
+def holds_a_lease(marker: str) -> str:
+    """Takes the only slot of 'test-lease', then hangs (the test kills its worker)."""
+    get_store().redis.set(f"test:lease:{marker}", os.getpid())
+    time.sleep(120)
+    return "never"
+
+
+@task(tags=["test-lease"])
+def needs_the_lease(marker: str) -> str:
+    return f"got the slot after {marker}"
+
+
+@flow(queue="crashy")
+def lease_holder_flow(marker: str) -> str:
+    return holds_a_lease.submit(marker)  # type: ignore[no-any-return]
+
+
+@flow
+def lease_taker_flow(marker: str) -> str:
+    return needs_the_lease.submit(marker)  # type: ignore[no-any-return]

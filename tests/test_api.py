@@ -23,9 +23,7 @@ import redis
 
 from orchestrator import keys
 from orchestrator.localstack import ApiProcess, api_server, redis_server, worker
-from tests.api_support import api_database, eventually
-
-FINAL = {"Completed", "Failed", "TimedOut", "Crashed", "UpstreamFailed", "Skipped", "Cancelled"}
+from tests.api_support import api_database, cli, eventually, submit, wait_final
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -53,24 +51,6 @@ def api(redis_url: str, database_url: str, fleet: subprocess.Popen[bytes], worke
 def http(api: ApiProcess) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=api.url, timeout=15) as client:
         yield client
-
-
-def wait_final(http: httpx.Client, run_id: str, timeout: float = 60) -> dict[str, Any]:
-    """The run once the database shows it final."""
-
-    def final() -> dict[str, Any] | None:
-        response = http.get(f"/flow-runs/{run_id}")
-        if response.status_code == 200 and response.json()["state"] in FINAL:
-            return dict(response.json())
-        return None
-
-    return eventually(final, timeout, what=f"flow run {run_id} final in the database")
-
-
-def submit(http: httpx.Client, flow: str, **body: Any) -> dict[str, Any]:
-    response = http.post(f"/flows/{flow}/runs", json=body)
-    assert response.status_code == 201, response.text
-    return dict(response.json())
 
 
 def counts(redis_url: str, *keys: str) -> list[int]:
@@ -319,13 +299,6 @@ def test_server_refuses_to_listen_publicly_without_a_key(database_url: str) -> N
     )
     assert done.returncode == 2
     assert "ORCHESTRATOR_API_KEY" in done.stderr
-
-
-def cli(api: ApiProcess, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    env = os.environ.copy() | {"ORCHESTRATOR_API_URL": api.url, "COLUMNS": "200"}
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
-    )
 
 
 def test_cli_run_watch_inspect_logs_and_errors(redis_url: str, api: ApiProcess) -> None:

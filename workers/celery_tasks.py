@@ -89,6 +89,13 @@ class CeleryAttempt:
     def is_timeout(self, exc: BaseException) -> bool:
         return isinstance(exc, (SoftTimeLimitExceeded, TimeLimitExceeded))
 
+    def wait(self, delay: float, why: str) -> NoReturn:
+        """Send this same attempt again later; Celery and Flower show RETRY with why."""
+        task, request = self.celery_task, self.celery_task.request
+        message = task.signature_from_request(request, None, dict(request.kwargs or {}), retries=request.retries or 0)
+        get_store().schedule(json.dumps(dict(message)), now() + delay)
+        raise Retry(why, when=delay)
+
 
 class OrchestratorTask(CeleryTask):  # type: ignore[misc]
     """Base of every user task: records what the executor cannot see itself.

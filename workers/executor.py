@@ -8,11 +8,12 @@ read (and tested) as plain Python.
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Callable
 from enum import Enum
 from typing import Any, NoReturn, Protocol
 
-from orchestrator import keys
+from orchestrator import concurrency, keys
 from orchestrator.attempts import Outcome, decide, describe, format_traceback
 from orchestrator.context import RunInfo, using
 from orchestrator.errors import SerializationError
@@ -23,6 +24,7 @@ from orchestrator.references import resolve
 from orchestrator.results import persist
 from orchestrator.runs import after_final, end_task_run, finish_flow_run, propagate_failure
 from orchestrator.serialization import dumps
+from orchestrator.settings import get_settings
 from orchestrator.signals import RETRY
 from orchestrator.states import StateType
 from orchestrator.store import RunStore, get_store, now
@@ -57,6 +59,9 @@ class Attempt(Protocol):
 
     def again(self, retries_used: int) -> dict[str, Any]:
         """The message that runs the next attempt (kept for the crash detector)."""
+
+    def wait(self, delay: float, why: str) -> NoReturn:
+        """Send this same attempt again in ``delay`` seconds, from Redis (raises to end this execution)."""
 
 
 def full_run(run: dict[str, Any], message_id: str) -> dict[str, Any]:
@@ -160,10 +165,58 @@ def run_task(
     FAILURE; raises through ``attempt.retry`` for a retry.
     """
     store = get_store()
-    root, trid = run["root"], run["task_run_id"]
     allowed = gate(store, run, attempt.worker, attempt.send)
     if allowed is None:
         return Ending.STOPPED
+    held = take_slots(store, task, run, attempt)
+    try:
+        return _run_holding_slots(store, task, run, inputs, attempt, retries_used, allowed, held)
+    finally:
+        concurrency.release(store, run["task_run_id"], held)
+
+
+def take_slots(store: RunStore, task: Task, run: dict[str, Any], attempt: Attempt) -> list[str]:
+    """Take a slot of each concurrency-limited tag of ``task``, or make the task run wait for one.
+
+    Waiting records AwaitingConcurrencySlot once (with who holds the slots) and ends
+    this execution: the same attempt is sent again after ``slot_poll_seconds``
+    (with jitter, so waiters do not ask in step), holding no worker slot meanwhile.
+    """
+    if not task.tags:
+        return []
+    trid = run["task_run_id"]
+    got = concurrency.acquire(store, run["root"], trid, task.tags)
+    if got is None:
+        return []  # already final: task_started sees it and handles the redelivery
+    if isinstance(got, concurrency.LimitFull):
+        message = got.message(store)
+        if got.state != StateType.AWAITING_CONCURRENCY_SLOT.value:
+            fields = {
+                "state": StateType.AWAITING_CONCURRENCY_SLOT.value,
+                "message": message,
+                "slot_tag": got.tag,
+                "flow_run_id": run["flow_run_id"],
+                "root": run["root"],
+                "name": task.name,
+                "label": run.get("label", ""),
+            }
+            store.task_progress(trid, fields)
+        poll = get_settings().slot_poll_seconds
+        attempt.wait(poll * (1 + random.random() / 2), message)
+    return got
+
+
+def _run_holding_slots(
+    store: RunStore,
+    task: Task,
+    run: dict[str, Any],
+    inputs: dict[str, Any] | None,
+    attempt: Attempt,
+    retries_used: int,
+    allowed: frozenset[str],
+    held: list[str],
+) -> Ending:
+    root, trid = run["root"], run["task_run_id"]
     started = store.task_started(
         root,
         trid,
@@ -187,7 +240,7 @@ def run_task(
             failed_as_none=allowed,
             prefetched=started.results,
         )
-        HEARTBEATS.begin(trid, crash_record(run, task, attempt, retries_used))
+        HEARTBEATS.begin(trid, crash_record(run, task, attempt, retries_used) | {"slots": held})
         try:
             with using(None, info), prints_logged(task.log_prints):
                 value = task.fn(**kwargs)

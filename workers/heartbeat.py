@@ -3,7 +3,8 @@
 Each worker process keeps the task runs it is running in memory. A thread beats for
 them every ``heartbeat_interval_seconds`` with one pipelined round trip: a score in the
 ``orc:heartbeats`` sorted set, plus, on its first beat, what is needed to run the task
-again (its message, and whether retries are left). A task shorter than one interval
+again (its message, and whether retries are left); the same round trip renews the
+leases on concurrency-limit slots the task runs hold. A task shorter than one interval
 never touches Redis, so short tasks pay nothing. The API's crash detector
 (``api/crashes.py``) reads the set.
 """
@@ -16,7 +17,7 @@ import os
 import threading
 from typing import Any
 
-from orchestrator import keys
+from orchestrator import concurrency, keys
 from orchestrator.settings import get_settings
 from orchestrator.store import get_store, now
 
@@ -75,6 +76,7 @@ class Heartbeats:
         pipe = store.redis.pipeline(transaction=False)
         if running:
             pipe.zadd(keys.HEARTBEATS, dict.fromkeys(running, now()))
+            concurrency.renew(pipe, {t: r["slots"] for t, r in running.items() if r.get("slots")})
         if new:
             pipe.hset(keys.HEARTBEAT_RECORDS, mapping={t: json.dumps(r, default=str) for t, r in new.items()})
         if finished:

@@ -119,4 +119,6 @@ async def run_deployment(
     flow = find_flow(store, deployment.flow_name)
     create = FlowRunCreate(parameters=deployment.parameters | body.parameters, queue=deployment.queue)
     row = new_flow_run(flow, create) | {"deployment_id": deployment.id}
+    if deployment.concurrency_limit is not None:  # the dispatcher sends it when a slot is free
+        row |= {"state": StateType.SCHEDULED.value, "dispatched": False}
     return FlowRunPublic.of(FlowRun.model_construct(**await request.app.state.submitter.submit(row)))

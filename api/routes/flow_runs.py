@@ -14,7 +14,7 @@ from orchestrator.states import StateType
 
 from ..cancel import cancel_run
 from ..db import get_engine
-from ..diagnosis import Fleet, diagnose
+from ..diagnosis import Fleet, diagnose, slot_waits
 from ..late import cleanup_late
 from ..models import Deployment, FlowRun, LogLine, StateEvent, TaskRun
 from ..schemas import (
@@ -213,7 +213,14 @@ def read_diagnosis(session: SessionDep, store: StoreDep, run_id: RunId) -> Diagn
     fleet = Fleet.read(store, {row.queue or "default"})
     deployment = session.get(Deployment, row.deployment_id) if row.deployment_id else None
     paused = deployment.name if deployment is not None and deployment.paused else None
-    found = diagnose(row, fleet, {state: int(n) for state, n in counts}, paused_deployment=paused)
+    waiting = session.exec(
+        select(TaskRun.id)
+        .where(or_(col(TaskRun.flow_run_id) == run_id, col(TaskRun.root_id) == run_id))
+        .where(TaskRun.state == StateType.AWAITING_CONCURRENCY_SLOT.value)
+        .limit(100)
+    ).all()
+    states = {state: int(n) for state, n in counts}
+    found = diagnose(row, fleet, states, paused_deployment=paused, waiting_for_slots=slot_waits(store, list(waiting)))
     return Diagnosis.model_validate(found)
 
 

@@ -1,0 +1,232 @@
+"""Concurrency limits and held-back dispatch, with real processes: an API (its own SQLite
+database and services), the session's Redis and fleet worker, and workers started and
+killed here.
+
+- a tag limit of 2 keeps 10 tagged tasks to 2 at once, and the waiting ones show
+  AwaitingConcurrencySlot, named in the diagnosis;
+- a killed worker's slot frees itself, and a task waiting for it then runs;
+- a slot lease that nobody renews expires on its own;
+- a deployment's flow-run limit keeps its runs from overlapping;
+- a deployment whose queue has no worker sends nothing while it is down, and its
+  late-run policy, not a stampede, decides what runs when a worker comes back.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from orchestrator import concurrency
+from orchestrator.localstack import ApiProcess, worker
+from orchestrator.store import RunStore
+from tests.api_support import FINAL, cli, eventually, submit, wait_final
+
+LATE_AFTER = 2.0  # seconds; this module's API marks runs Late quickly
+
+
+@pytest.fixture(scope="module")
+def api(
+    redis_url: str, fleet: subprocess.Popen[bytes], worker_logs: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ApiProcess]:
+    database = f"sqlite:///{tmp_path_factory.mktemp('limits-db') / 'api.db'}"
+    env = {"ORCHESTRATOR_LATE_AFTER_SECONDS": str(LATE_AFTER)}
+    server = ApiProcess(redis_url, database, log_path=worker_logs / "limits-api.log", extra_env=env)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def http(api: ApiProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=api.url, timeout=15) as client:
+        yield client
+
+
+def history(http: httpx.Client, flow_run_id: str) -> list[dict[str, Any]]:
+    return [s for s in http.get(f"/flow-runs/{flow_run_id}/states").json() if s["applied"]]
+
+
+def test_a_tag_limit_of_2_runs_10_tagged_tasks_never_more_than_2_at_once(
+    redis_url: str, api: ApiProcess, http: httpx.Client
+) -> None:
+    made = cli(api, "concurrency-limit", "create", "test-db", "2")
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert "0 of 2 slots held" in made.stdout
+    marker = uuid.uuid4().hex[:8]
+    try:
+        created = submit(http, "db-fan-flow", parameters={"marker": marker, "n": 10})
+
+        def a_task_waits() -> dict[str, Any] | None:
+            found = http.get(f"/flow-runs/{created['id']}/diagnosis").json()
+            return found if any("concurrency limit 'test-db'" in r for r in found["reasons"]) else None
+
+        found = eventually(a_task_waits, 30, interval=0.1, what="the diagnosis names the full limit")
+        reason = next(r for r in found["reasons"] if "test-db" in r)
+        assert "(limit 2)" in reason and "held by" in reason
+        held = http.get("/concurrency-limits/test-db").json()
+        assert held["limit"] == 2 and held["active"] <= 2
+
+        run = wait_final(http, created["id"], timeout=90)
+        assert run["state"] == "Completed", run
+        client = redis.Redis.from_url(redis_url, decode_responses=True)
+        assert client.get(f"test:db:{marker}:max") == "2"  # the fleet has 4 processes: the limit held them back
+        tasks = http.get(f"/flow-runs/{created['id']}/task-runs").json()
+        assert len(tasks) == 10 and all(t["state"] == "Completed" for t in tasks)
+        waited = [s for s in history(http, created["id"]) if s["state"] == "AwaitingConcurrencySlot"]
+        assert waited and "concurrency limit 'test-db'" in waited[0]["message"]
+        assert "not in a worker slot" in waited[0]["message"]
+        assert http.get("/concurrency-limits/test-db").json()["active"] == 0  # every slot given back
+    finally:
+        assert cli(api, "concurrency-limit", "delete", "test-db").returncode == 0
+    assert http.get("/concurrency-limits/test-db").status_code == 404
+    assert "test-db" not in cli(api, "concurrency-limit", "ls").stdout
+
+
+def test_a_killed_workers_slot_frees_itself_and_the_waiting_task_runs(
+    redis_url: str, api: ApiProcess, http: httpx.Client, worker_logs: Path
+) -> None:
+    assert http.post("/concurrency-limits", json={"tag": "test-lease", "limit": 1}).status_code == 200
+    marker = uuid.uuid4().hex[:8]
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        with worker(
+            redis_url, ["tests.flows"], queues="crashy", concurrency=1, name=f"doomed-{marker}@%h",
+            log_path=worker_logs / "lease.log",
+        ) as doomed:  # fmt: skip
+            holder = submit(http, "lease-holder-flow", parameters={"marker": marker})
+            eventually(lambda: client.get(f"test:lease:{marker}"), 30, what="the lease holder running")
+            (slot,) = http.get("/concurrency-limits/test-lease").json()["holders"]
+            assert slot["worker"].startswith(f"doomed-{marker}@") and slot["flow_run_id"] == holder["id"]
+
+            taker = submit(http, "lease-taker-flow", parameters={"marker": marker})
+
+            def waiting() -> bool:
+                tasks = http.get(f"/flow-runs/{taker['id']}/task-runs").json()
+                return bool(tasks) and tasks[0]["state"] == "AwaitingConcurrencySlot"
+
+            eventually(waiting, 30, what="the second task waiting for the only slot")
+            assert http.get(f"/flow-runs/{taker['id']}").json()["state"] == "Running"
+            time.sleep(2.5)  # the holder has heartbeated (renewing its lease) while the other waited
+            (slot,) = http.get("/concurrency-limits/test-lease").json()["holders"]
+            assert slot["flow_run_id"] == holder["id"]
+            os.killpg(doomed.pid, signal.SIGKILL)  # the holder dies without giving its slot back
+
+        run = wait_final(http, taker["id"], timeout=60)
+        assert run["state"] == "Completed", run
+        tasks = http.get(f"/flow-runs/{taker['id']}/task-runs").json()
+        states = [s["state"] for s in history(http, taker["id"]) if s["run_id"] == tasks[0]["id"]]
+        assert states[-3:] == ["AwaitingConcurrencySlot", "Running", "Completed"], states
+        assert wait_final(http, holder["id"], timeout=30)["state"] == "Failed"  # its task Crashed, no retries
+        assert http.get("/concurrency-limits/test-lease").json()["active"] == 0
+    finally:
+        http.delete("/concurrency-limits/test-lease")
+
+
+def test_a_slot_lease_nobody_renews_expires_by_itself(redis_url: str, http: httpx.Client) -> None:
+    store = RunStore(redis_url)
+    tag = f"lease-{uuid.uuid4().hex[:6]}"
+    assert http.post("/concurrency-limits", json={"tag": tag, "limit": 1}).status_code == 200
+    try:
+        root = str(uuid.uuid4())
+        assert concurrency.acquire(store, root, "first", [tag, "unlimited-tag"]) == [tag]
+        full = concurrency.acquire(store, root, "second", [tag])
+        assert isinstance(full, concurrency.LimitFull) and full.holders == ["first"] and full.limit == 1
+        assert concurrency.acquire(store, root, "first", [tag]) == [tag]  # asking again while holding it is fine
+        time.sleep(concurrency.lease_seconds() + 0.5)  # "first" died: no heartbeat renews its lease
+        assert concurrency.acquire(store, root, "second", [tag]) == [tag]
+        assert concurrency.live_holders(store, tag) == ["second"]
+    finally:
+        assert http.delete(f"/concurrency-limits/{tag}").status_code == 204
+    assert concurrency.live_holders(store, tag) == []
+
+
+def test_a_deployment_limit_of_1_keeps_its_runs_from_overlapping(api: ApiProcess, http: httpx.Client) -> None:
+    name = f"one-at-a-time-{uuid.uuid4().hex[:6]}"
+    done = cli(
+        api, "deploy", "tests.flows:slow_flow", "--name", name, "--interval", "1",
+        "-p", "seconds=1.5", "--concurrency-limit", "1",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    try:
+
+        def three_completed() -> list[dict[str, Any]]:
+            runs = http.get("/flow-runs", params={"name": name, "state": "Completed"}).json()["items"]
+            return list(runs) if len(runs) >= 3 else []
+
+        runs = eventually(three_completed, 60, what="three runs of the limited deployment completed")
+        spans = sorted((dt.datetime.fromisoformat(r["started"]), dt.datetime.fromisoformat(r["ended"])) for r in runs)
+        for (_, ended), (started, _) in itertools.pairwise(spans):
+            assert started >= ended  # the fleet has 4 processes: only the limit kept them apart
+        held = http.get("/flow-runs", params={"name": name, "state": "AwaitingConcurrencySlot"}).json()["items"]
+        waited = held or [
+            r for r in runs if any(s["state"] == "AwaitingConcurrencySlot" for s in history(http, r["id"]))
+        ]
+        assert waited, "runs due while one was under way were held back"
+        state = history(http, waited[0]["id"])
+        held_state = next(s for s in state if s["state"] == "AwaitingConcurrencySlot")
+        assert f"deployment {name!r} allows 1 flow runs under way" in held_state["message"]
+        assert held_state["cause"] == "services: deployment concurrency limit"
+    finally:
+        http.post(f"/deployments/{name}/pause")
+
+
+def test_a_deployment_on_a_queue_with_no_worker_sends_nothing_and_its_policy_clears_the_backlog(
+    redis_url: str, api: ApiProcess, http: httpx.Client, worker_logs: Path
+) -> None:
+    name = f"outage-{uuid.uuid4().hex[:6]}"
+    queue = f"q-{name}"
+    body = {
+        "name": name,
+        "flow_name": "chain-flow",
+        "queue": queue,
+        "interval_seconds": 1,
+        "parameters": {"x": 2},
+        "late_policy": "newest_only",
+    }
+    assert http.post("/deployments", json=body).status_code == 201
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+
+        def some_cancelled() -> bool:
+            page = http.get("/flow-runs", params={"name": name, "state": "Cancelled"}).json()
+            return bool(page["total"] >= 3)
+
+        eventually(some_cancelled, 60, what="the newest_only policy cancelling late runs of the outage")
+        assert client.llen(queue) == 0  # nothing was sent to a queue no worker consumes
+        late = http.get("/flow-runs", params={"name": name, "state": "Late"}).json()["items"]
+        assert len(late) <= 1  # newest_only keeps one
+        if late:
+            assert f"no live worker consumes queue {queue!r}" in late[0]["state_message"]
+        back_at = time.time()
+        with worker(redis_url, ["tests.flows"], queues=queue, concurrency=1, log_path=worker_logs / "outage.log"):
+
+            def one_after_the_outage() -> list[dict[str, Any]]:
+                runs = http.get("/flow-runs", params={"name": name, "state": "Completed"}).json()["items"]
+                return [r for r in runs if dt.datetime.fromisoformat(r["started"]).timestamp() > back_at]
+
+            eventually(one_after_the_outage, 60, what="a run of the deployment completed once a worker is back")
+        assert http.post(f"/deployments/{name}/pause").status_code == 200
+        runs = http.get("/flow-runs", params={"name": name, "limit": 500}).json()["items"]
+        overdue = [
+            r for r in runs if dt.datetime.fromisoformat(r["scheduled_start"]).timestamp() < back_at - LATE_AFTER - 2
+        ]
+        overdue = [r if r["state"] in FINAL else wait_final(http, r["id"]) for r in overdue]
+        ran = [r for r in overdue if r["state"] == "Completed"]
+        assert len(ran) <= 1, "of the runs due during the outage, only the newest may run"
+        assert all(r["state"] in ("Completed", "Cancelled") for r in overdue), [r["state"] for r in overdue]
+    finally:
+        http.post(f"/deployments/{name}/pause")
