@@ -67,6 +67,11 @@ class BodySizeLimit:
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
+            if too_big:  # the app answers a body it could not read in full (FastAPI: a 400): say 413 instead
+                if not started:
+                    started = True
+                    await self._refuse(send)
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
@@ -83,9 +88,13 @@ class BodySizeLimit:
                 raise
 
     async def _refuse(self, send: Send) -> None:
-        body = json.dumps(
-            {"detail": f"request body larger than {self.limit} bytes; send less (ORCHESTRATOR_API_MAX_BODY_BYTES)."}
-        ).encode()
+        detail = (
+            f"request body larger than {self.limit} bytes, this server's limit (ORCHESTRATOR_API_MAX_BODY_BYTES); "
+            "the request was refused and nothing was done. Send less (pass large data by reference, e.g. a path "
+            "or URL), or raise the limit: set ORCHESTRATOR_API_MAX_BODY_BYTES=<bytes> where the API server runs "
+            "and restart it."
+        )
+        body = json.dumps({"detail": detail}).encode()
         start: dict[str, Any] = {
             "type": "http.response.start",
             "status": 413,

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import redis
@@ -53,11 +53,21 @@ def redis_answers(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def redis_server(port: int | None = None, appendonly: bool = False, data_dir: Path | None = None) -> Iterator[str]:
-    """Run a private redis-server on a free port; yield its URL.
+def redis_server(
+    port: int | None = None,
+    appendonly: bool = False,
+    data_dir: Path | None = None,
+    bind: Sequence[str] = ("127.0.0.1",),
+    password: str | None = None,
+) -> Iterator[str]:
+    """Run a private redis-server on a free port; yield its URL (on the first ``bind`` address).
 
     With ``data_dir`` its files (append-only log) are kept there across restarts;
-    otherwise they live in a temporary folder removed at the end.
+    otherwise they live in a temporary folder removed at the end. ``bind`` lists the
+    local addresses it listens on (loopback only by default; tests add the address of
+    a private test network so workers in network namespaces reach it). Redis answers
+    other addresses than loopback only with a ``password`` (its protected mode); the URL
+    then carries it.
     """
     binary = shutil.which("redis-server")
     if binary is None:
@@ -74,16 +84,17 @@ def redis_server(port: int | None = None, appendonly: bool = False, data_dir: Pa
         "--port",
         str(port),
         "--bind",
-        "127.0.0.1",
+        *bind,
         "--save",
         "",
         "--appendonly",
         "yes" if appendonly or data_dir is not None else "no",
         "--dir",
         workdir,
+        *(["--requirepass", password] if password else []),
     ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"redis://127.0.0.1:{port}/0"
+    url = f"redis://{f':{password}@' if password else ''}{bind[0]}:{port}/0"
     try:
         client = redis.Redis.from_url(url)
         deadline = time.monotonic() + 10
@@ -139,8 +150,13 @@ def worker(
     log_path: Path | None = None,
     extra_env: dict[str, str] | None = None,
     pool: str = "prefork",
+    command_prefix: Sequence[str] = (),
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run a Celery worker for ``flow_modules``; wait until it consumes, stop it after."""
+    """Run a Celery worker for ``flow_modules``; wait until it consumes, stop it after.
+
+    ``command_prefix`` runs the worker through another command, e.g.
+    ``["ip", "netns", "exec", "host-a"]`` to start it inside a network namespace.
+    """
     env = (
         os.environ.copy()
         | {
@@ -153,7 +169,7 @@ def worker(
     name = name or f"w{free_port()}@%h"
     log_file = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen(
-        worker_command(queues, concurrency, name, pool),
+        [*command_prefix, *worker_command(queues, concurrency, name, pool)],
         env=env,
         stdout=log_file,
         stderr=subprocess.STDOUT,

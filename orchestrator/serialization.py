@@ -12,6 +12,7 @@ import base64
 import datetime as dt
 import json
 import pickle
+import reprlib
 import uuid
 from decimal import Decimal
 from typing import Any, Literal
@@ -87,9 +88,31 @@ def _decode(data: Any, hook: Any = None) -> Any:
                 return replaced
         tag = data.get(_TAG)
         if tag is not None:
-            return _DECODERS[tag](_decode(data["v"], hook))
+            return _decode_tagged(tag, data, hook)
         return {k: _decode(v, hook) for k, v in data.items()}
     return data
+
+
+def _decode_tagged(tag: Any, data: dict[str, Any], hook: Any) -> Any:
+    """One tagged value; a malformed one (e.g. sent over HTTP as a parameter) raises SerializationError.
+
+    Anything else would escape as a bare KeyError or ValueError, which the callers do not
+    expect from bad input: a flow run whose parameters hold one would never leave Pending.
+    """
+    decoder = _DECODERS.get(tag) if isinstance(tag, str) else None
+    reserved = f"The dict keys {_TAG!r} and {PICKLE_TAG!r} are reserved: rename that key, or send the plain value."
+    if decoder is None or "v" not in data:
+        raise SerializationError(
+            f"a value tagged {{{_TAG!r}: {reprlib.repr(tag)}}} is not one this product writes (known tags: "
+            f"{', '.join(_DECODERS)}, each with its value under 'v'). {reserved}"
+        )
+    try:
+        return decoder(_decode(data["v"], hook))
+    except (TypeError, ValueError, ArithmeticError) as exc:  # decimal.InvalidOperation is an ArithmeticError
+        raise SerializationError(
+            f"a value tagged {{{_TAG!r}: {tag!r}}} holds {reprlib.repr(data['v'])}, which is not a valid {tag} "
+            f"({exc}). {reserved}"
+        ) from exc
 
 
 def to_jsonable(value: Any, where: str) -> Any:
