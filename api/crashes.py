@@ -5,8 +5,12 @@ Workers beat every ``heartbeat_interval_seconds`` for the task runs they are run
 ``crash_after_heartbeats`` intervals lost its worker: it is marked Crashed with a
 message that names the worker, and run again (its saved message, as the next
 attempt) if it has retries left; otherwise it ends Crashed and its downstream
-UpstreamFailed, like any failure. Each stale entry is claimed with ZREM, so two
-detectors never handle one twice.
+UpstreamFailed, like any failure. Each stale entry is claimed in one script, so two
+detectors never handle one twice, and a crash is never declared for a task run whose
+message was delivered again and began meanwhile (a pool process that died: Celery
+requeues its message). Claiming a crash also makes the dead execution's message stale:
+when Redis redelivers it after the visibility timeout, it does not run beside the
+next attempt.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from functools import lru_cache
 from typing import Any
 
+import redis
 from celery import Celery
 
 from orchestrator import concurrency, keys
@@ -27,26 +33,93 @@ from orchestrator.store import RunStore
 log = logging.getLogger("orchestrator.crashes")
 
 
+# KEYS: heartbeats, heartbeat records, the task run's hash; ARGV: task run id, stale cutoff
+# Claims one stale entry (or nothing: fresh again, or another detector took it). Returns
+# {'restarted', record} when an execution began after the one that went silent (a redelivered
+# message: it heartbeats for itself), else {'crashed', record}, having made every message of that
+# attempt or an older one stale, so none of them starts beside the next attempt.
+_CLAIM = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if (not score) or tonumber(score) > tonumber(ARGV[2]) then return false end
+redis.call('ZREM', KEYS[1], ARGV[1])
+local raw = redis.call('HGET', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+if not raw then return false end
+local record = cjson.decode(raw)
+local starts = tonumber(redis.call('HGET', KEYS[3], 'starts') or '0')
+if type(record['start']) == 'number' and starts > record['start'] then return {'restarted', raw} end
+redis.call('HSET', KEYS[3], 'min_attempt', (tonumber(record['attempt']) or 1) + 1)
+return {'crashed', raw}
+"""
+
+
+class OutageWatch:
+    """Whether heartbeat silence can be trusted right now.
+
+    A Redis that was away (restarted, failed over, or just unreachable from here) silenced
+    every worker's heartbeats with it, while their tasks kept running. Until a whole crash
+    window has passed since Redis came back, a missing beat says nothing about a worker, so
+    the detector waits: it reads Redis's uptime (a restart the services never saw) and
+    remembers its own failed passes (an outage that was only a lost connection).
+    """
+
+    def __init__(self) -> None:
+        self.lost_at: float | None = None  # when a pass last failed to reach Redis
+        self.back_at = 0.0  # when Redis answered again after that
+
+    def lost(self) -> None:
+        self.lost_at = time.time()
+
+    def blind(self, store: RunStore, window: float) -> bool:
+        now = time.time()
+        if self.lost_at is not None:
+            self.back_at, self.lost_at = now, None
+        uptime = float(store.redis.info("server").get("uptime_in_seconds", window))
+        return now - self.back_at < window or uptime < window
+
+
+OUTAGES = OutageWatch()
+
+
 def detect_crashes(store: RunStore, app: Celery) -> int:
     """Handle every task run whose heartbeat stopped; returns how many were marked Crashed."""
+    try:
+        return _detect_crashes(store, app)
+    except (redis.ConnectionError, redis.TimeoutError):
+        OUTAGES.lost()
+        raise
+
+
+def _detect_crashes(store: RunStore, app: Celery) -> int:
     settings = get_settings()
     silent_for = settings.heartbeat_interval_seconds * settings.crash_after_heartbeats
-    stale = store.redis.zrangebyscore(keys.HEARTBEATS, "-inf", time.time() - silent_for, start=0, num=200)
+    if OUTAGES.blind(store, silent_for):
+        return 0  # Redis was away lately: the heartbeats it missed prove nothing yet
+    cutoff = time.time() - silent_for
+    stale = store.redis.zrangebyscore(keys.HEARTBEATS, "-inf", cutoff, start=0, num=200)
+    claim = _claim_script(store.redis)
     crashed = 0
     for task_run_id in stale:
-        if not store.redis.zrem(keys.HEARTBEATS, task_run_id):
-            continue  # another detector took it
-        raw = store.redis.hget(keys.HEARTBEAT_RECORDS, task_run_id)
-        store.redis.hdel(keys.HEARTBEAT_RECORDS, task_run_id)
-        if not raw:
-            continue
+        claimed = claim(keys=[keys.HEARTBEATS, keys.HEARTBEAT_RECORDS, keys.task_run(task_run_id)],
+                        args=[task_run_id, repr(cutoff)])  # fmt: skip
+        if not claimed:
+            continue  # beating again, or another detector took it
+        verdict, raw = claimed
         record = json.loads(raw)
+        if verdict == "restarted":
+            log.info("task run %s went silent on %s but runs again elsewhere", task_run_id, record.get("worker"))
+            continue  # its slots are held by the new execution now
         concurrency.release(store, task_run_id, concurrency.held_tags(record))  # its slots are free now
         if store.final_states(record["root"], [task_run_id]).get(task_run_id) is not None:
             continue  # it ended; only the worker's last clean-up beat was missing
         crash(store, app, task_run_id, record, silent_for)
         crashed += 1
     return crashed
+
+
+@lru_cache(maxsize=8)
+def _claim_script(client: Any) -> Any:
+    return client.register_script(_CLAIM)
 
 
 def crash(store: RunStore, app: Celery, task_run_id: str, record: dict[str, Any], silent_for: float) -> None:
@@ -61,7 +134,8 @@ def crash(store: RunStore, app: Celery, task_run_id: str, record: dict[str, Any]
     if again:
         pipe = store.redis.pipeline(transaction=False)
         used, allowed = int(record.get("retries_used", 0)) + 1, record.get("retries")
-        pipe.hset(keys.task_run(task_run_id), mapping={"state": StateType.AWAITING_RETRY.value, "message": message})
+        state = {"state": StateType.AWAITING_RETRY.value, "message": message}
+        pipe.hset(keys.task_run(task_run_id), mapping=state)
         events = [
             store.event("task_run", task_run_id, StateType.CRASHED.value, message=message, record=fields),
             store.event(

@@ -25,6 +25,7 @@ from sqlmodel import Session
 
 from orchestrator.celery_app import make_celery_app
 from orchestrator.client import NamedRun, send_named_runs
+from orchestrator.serialization import PICKLE_TAG
 from orchestrator.settings import get_settings
 from orchestrator.states import StateType
 
@@ -59,8 +60,24 @@ def check_parameters(flow: dict[str, Any], parameters: dict[str, Any]) -> None:
         else:
             name = str(error.path[0]) if error.path else "parameters"
             problems.append(_problem(name, "type", f"parameter {name!r}: {error.message}"))
+    for name, value in parameters.items():
+        if _holds_pickle(value):
+            text = (
+                f"parameter {name!r} holds a {PICKLE_TAG!r} payload; the API takes JSON values only "
+                "(pickled values never cross the HTTP door)"
+            )
+            problems.append(_problem(name, "type", text))
     if problems:
         raise ParameterProblem(problems)
+
+
+def _holds_pickle(value: Any) -> bool:
+    """Whether a JSON value has a pickle-tagged object anywhere inside it."""
+    if isinstance(value, dict):
+        return PICKLE_TAG in value or any(_holds_pickle(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_holds_pickle(v) for v in value)
+    return False
 
 
 @lru_cache(maxsize=256)

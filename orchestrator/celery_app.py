@@ -14,6 +14,7 @@ from celery import Celery
 from celery.backends.redis import RedisBackend
 
 from .settings import Settings, get_settings
+from .store import outage_retry
 
 
 class SendOnlyRedisBackend(RedisBackend):  # type: ignore[misc]
@@ -36,9 +37,29 @@ class SendOnlyRedisBackend(RedisBackend):  # type: ignore[misc]
         return result
 
 
+class OutageTolerantRedisBackend(RedisBackend):  # type: ignore[misc]
+    """Redis result backend that can ride out a Redis restart (the worker app's).
+
+    Celery counts a chord's finished parts here (``on_chord_part_return``); a count that fails
+    because Redis is restarting marks the chord failed, and the body (the task after a
+    fan-in) never runs, so the flow run would wait forever. After :func:`tolerate_redis_outages`
+    its connections retry like the worker's run store (:func:`orchestrator.store.ride_out_outages`);
+    until then it is Celery's Redis backend, unchanged.
+    """
+
+    def _create_client(self, **params: Any) -> Any:
+        seconds = float(self.app.conf.get("orchestrator_outage_seconds") or 0)
+        return super()._create_client(**params, **outage_retry(seconds))
+
+
 def _send_only(url: str) -> str:
     """Route a redis:// or rediss:// backend URL to :class:`SendOnlyRedisBackend`."""
     return f"{__name__}:SendOnlyRedisBackend+{url}" if url.startswith(("redis://", "rediss://")) else url
+
+
+def _outage_tolerant(url: str) -> str:
+    """Route a redis:// or rediss:// backend URL to :class:`OutageTolerantRedisBackend`."""
+    return f"{__name__}:OutageTolerantRedisBackend+{url}" if url.startswith(("redis://", "rediss://")) else url
 
 
 def make_celery_app(
@@ -52,7 +73,8 @@ def make_celery_app(
     """
     s = settings or get_settings()
     backend = s.result_backend_url or s.redis_url
-    app = Celery(main, broker=s.broker_url or s.redis_url, backend=_send_only(backend) if send_only else backend)
+    backend = _send_only(backend) if send_only else _outage_tolerant(backend)
+    app = Celery(main, broker=s.broker_url or s.redis_url, backend=backend)
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -74,6 +96,24 @@ def make_celery_app(
         enable_utc=True,
     )
     return app
+
+
+def tolerate_redis_outages(app: Celery, seconds: float) -> None:
+    """Make ``app`` wait up to about ``seconds`` for a restarting Redis when it sends a message
+    (the next task of a chain, a join, a retry) or counts a chord part, instead of failing.
+
+    A running worker calls it (``workers/app.py``, with the run store's
+    :func:`orchestrator.store.ride_out_outages`), before it sends or counts anything: a task
+    that ends during a Redis restart still starts what comes after it. Celery's defaults give
+    up on sending after about 0.6 s and on counting at once.
+    """
+    app.conf.orchestrator_outage_seconds = seconds  # read by OutageTolerantRedisBackend
+    app.conf.task_publish_retry_policy = {
+        "max_retries": int(seconds) + 3,
+        "interval_start": 0,
+        "interval_step": 0.2,
+        "interval_max": 1,
+    }
 
 
 @lru_cache(maxsize=1)

@@ -16,6 +16,8 @@ from functools import lru_cache
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from . import keys
 from .errors import ConnectionProblem
@@ -27,14 +29,18 @@ JSON_FIELDS = frozenset({"returns", "deciders", "parameters", "result_refs"})  #
 # KEYS: task hash, finals, events ; ARGV: trid, ttl, maxlen, fields json, event json
 # KEYS: task hash, finals, events, stored inputs ; ARGV: trid, ttl, maxlen, fields json, event json,
 #       '1' to fetch stored inputs, result keys to prefetch...
-# Returns 0 when the task run is already final, else {1, stored inputs or nil, results...}.
+# Returns 0 when the task run is already final, -1 when a newer attempt was sent (this message is
+# stale: the crash detector ran the task again), else {start number, stored inputs or nil, results...}
+# (the start number counts every execution that began, redeliveries too; the crash detector compares it).
 _START = """
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 0 end
 local fields = cjson.decode(ARGV[4])
+local newest = redis.call('HGET', KEYS[1], 'min_attempt')
+if newest and tonumber(fields['attempts']) < tonumber(newest) then return -1 end
 for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'event', ARGV[5])
-local out = {1, false}
+local out = {redis.call('HINCRBY', KEYS[1], 'starts', 1), false}
 if ARGV[6] == '1' then out[2] = redis.call('HGET', KEYS[4], ARGV[1]) end
 for i = 7, #ARGV do table.insert(out, redis.call('GET', ARGV[i])) end
 return out
@@ -154,6 +160,12 @@ for _, item in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[1] + ARGV[3], ite
 return due
 """
 
+# KEYS: delayed set; ARGV: message, the score it was claimed with. Removes it only if still claimed.
+_SENT = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) == tonumber(ARGV[2]) then redis.call('ZREM', KEYS[1], ARGV[1]) end
+"""
+
 
 @dataclass(frozen=True)
 class Finished:
@@ -176,6 +188,11 @@ class Started:
 
     stored_inputs: dict[str, Any] | None  # inputs kept in Redis instead of the message
     results: dict[str, str | None]  # prefetched results of upstream task runs
+    stale: bool = False  # a newer attempt was sent: this message must do nothing
+    start: int = 0  # how many executions of this task run have begun, this one included
+
+
+STALE = Started(None, {}, stale=True)
 
 
 INTERNAL_FIELDS = frozenset({"state", "message", "returns", "deciders", "body_error"})
@@ -186,11 +203,42 @@ def describe_record(fields: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if k not in INTERNAL_FIELDS}
 
 
+_outage_seconds = 0.0  # how long this process's Redis calls wait for a lost Redis (see ride_out_outages)
+
+
+def outage_retry(seconds: float | None = None) -> dict[str, Any]:
+    """redis-py connection options that retry a lost connection for about ``seconds``
+    (by default what :func:`ride_out_outages` set).
+
+    Empty (fail at once, redis-py's default) for 0. The backoff grows from 0.1 s to 1 s, so a
+    quick restart costs little and a long one is polled once a second.
+    """
+    seconds = _outage_seconds if seconds is None else seconds
+    if seconds <= 0:
+        return {}
+    retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=int(seconds) + 3)
+    return {"retry": retry, "retry_on_error": [redis.ConnectionError, redis.TimeoutError]}
+
+
+def ride_out_outages(seconds: float) -> None:
+    """Make this process's run-store calls wait up to about ``seconds`` for a lost Redis to come back.
+
+    Workers call it (``workers/app.py``): a task that ends while Redis restarts must still
+    record its end (and send what comes next) once Redis is back; failing at once loses the
+    end, and its flow run would wait forever. Clients and the API keep failing at once, so a
+    request answers 503 instead of hanging. Call it before the first :func:`get_store`.
+    """
+    global _outage_seconds
+    _outage_seconds = seconds
+    _client.cache_clear()
+    _store_for.cache_clear()
+
+
 @lru_cache(maxsize=8)
 def _client(url: str) -> Any:
     """One client (and pool) per URL; ``Any`` because decode_responses=True makes every
     reply a ``str`` while redis-py's annotations say ``bytes | str``."""
-    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30, **outage_retry())
 
 
 def now() -> float:
@@ -213,6 +261,7 @@ class RunStore:
         self._expand = self.redis.register_script(_EXPAND)
         self._outcome = self.redis.register_script(_OUTCOME)
         self._claim_due = self.redis.register_script(_CLAIM_DUE)
+        self._sent = self.redis.register_script(_SENT)
 
     def unreachable(self, exc: Exception) -> ConnectionProblem:
         """The error to raise when Redis does not answer: it names the URL and the fix."""
@@ -320,7 +369,8 @@ class RunStore:
         stored_inputs: bool = False,
         prefetch: Sequence[str] = (),
     ) -> Started | None:
-        """Record a start; None when the task run is already final (a redelivery).
+        """Record a start; None when the task run is already final (a redelivery), :data:`STALE`
+        when the crash detector has sent a newer attempt than this message's.
 
         In the same round trip it fetches the run's stored inputs (if asked) and the
         results of the ``prefetch`` task runs.
@@ -338,10 +388,12 @@ class RunStore:
                 *[keys.result(t) for t in prefetch],
             ],
         )
+        if out == -1:
+            return STALE
         if not out:
             return None
         stored = json.loads(out[1]) if out[1] else None
-        return Started(stored, dict(zip(prefetch, out[2:], strict=True)))
+        return Started(stored, dict(zip(prefetch, out[2:], strict=True)), start=int(out[0]))
 
     def first_poke(self, trid: str) -> float:
         """When a sensor first asked to be poked again (recorded on its first RETRY)."""
@@ -443,13 +495,19 @@ class RunStore:
         """Keep a message (a signature as JSON) in Redis until ``due``, instead of a broker ETA."""
         (pipe if pipe is not None else self.redis).zadd(keys.DELAYED, {message: due})
 
-    def claim_due(self, limit: int = 100, lease: float = 30.0) -> list[str]:
-        """Due messages, claimed for ``lease`` seconds; call :meth:`sent` once each is sent."""
-        return list(self._claim_due(keys=[keys.DELAYED], args=[repr(now()), limit, lease]))
+    def claim_due(self, limit: int = 100, lease: float = 30.0) -> tuple[float, list[str]]:
+        """Due messages, claimed until the time returned; call :meth:`sent` once each is sent."""
+        at = now()
+        return at + lease, list(self._claim_due(keys=[keys.DELAYED], args=[repr(at), limit, repr(lease)]))
 
-    def sent(self, message: str) -> None:
-        """Forget a delayed message that has been sent."""
-        self.redis.zrem(keys.DELAYED, message)
+    def sent(self, message: str, claimed_until: float) -> None:
+        """Forget a delayed message that has been sent, unless it was scheduled again meanwhile.
+
+        The task it sent may already have run and scheduled the very same message again (a
+        task waiting for a concurrency slot asks again with the same message): that new entry
+        has another due time and must stay.
+        """
+        self._sent(keys=[keys.DELAYED], args=[message, repr(claimed_until)])
 
     def claim_expansion(self, root: str, trid: str, children: int) -> bool:
         """Add a map's children to the run tree's count, once; False on a redelivery."""

@@ -732,3 +732,11 @@ def lease_holder_flow(marker: str) -> str:
 @flow
 def lease_taker_flow(marker: str) -> str:
     return needs_the_lease.submit(marker)  # type: ignore[no-any-return]
+
+
+@flow
+def body_raises_flow(n: int = 1) -> int:
+    """Its body fails while it is traced, before any task is planned."""
+    if n > 0:
+        raise ValueError(f"no rows for n={n}")
+    return inc.submit(n)  # type: ignore[no-any-return]

@@ -6,6 +6,8 @@ then; the test scales that check down with the timeout (a test-only knob).
 
 from __future__ import annotations
 
+import time
+
 from orchestrator import flow, task
 from orchestrator.context import current_run
 from orchestrator.signals import RETRY
@@ -40,3 +42,21 @@ def pokes_twice() -> str:
 @flow(queue="vis")
 def long_delays() -> dict[str, str]:
     return {"retry": fails_once.submit(), "sensor": pokes_twice.submit()}  # type: ignore[dict-item]
+
+
+@task(retries=1)
+def killed_then_slow(marker: str) -> str:
+    """Execution 1 hangs (the test kills its worker); any later one takes 8 s (less than the 10 s
+    visibility timeout, so Redis never redelivers it), then says which it was."""
+    count = int(get_store().redis.incr(f"test:executions:killed_then_slow:{marker}"))
+    if count == 1:
+        get_store().redis.set(f"test:crashy:{marker}", 1)
+        time.sleep(120)
+    time.sleep(8)
+    run = current_run()
+    return f"execution {count}, attempt {run.attempt if run else 0}"
+
+
+@flow(queue="vis-crash")
+def killed_then_slow_flow(marker: str) -> str:
+    return killed_then_slow.submit(marker)  # type: ignore[no-any-return]

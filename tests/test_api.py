@@ -366,7 +366,7 @@ def test_schemathesis_finds_no_server_error(
                     "--seed",
                     "7",
                     "--workers",
-                    "2",
+                    "1",  # two threads can crash hypothesis on CPython 3.11.7 (gh-106905), not the API
                     "--max-time",
                     "25",
                     "--phases",

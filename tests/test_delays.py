@@ -1,15 +1,21 @@
-"""Delays longer than the broker's visibility timeout never run a task twice."""
+"""Delays longer than the broker's visibility timeout never run a task twice, and neither does a
+crashed worker's message that comes back after it."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from orchestrator import StateType
-from orchestrator.localstack import worker
+from orchestrator.localstack import api_server, redis_server, worker
 from orchestrator.store import get_store
 
 
@@ -43,3 +49,81 @@ def test_retry_and_sensor_delays_longer_than_the_visibility_timeout_run_once(
     assert {r["state"] for r in rows.values()} == {StateType.COMPLETED.value}
     log = (worker_logs / "vis.log").read_text()
     assert "retry: Retry in 6s" in log or "next attempt in 6s" in log  # Celery saw RETRY
+
+
+def test_a_crashed_workers_message_redelivered_after_the_visibility_timeout_never_runs_beside_its_retry(
+    redis_url: str, worker_logs: Path, tmp_path: Path
+) -> None:
+    """The crash detector sends attempt 2 about 3 s after the kill; the dead worker's own message
+    (attempt 1) comes back when the visibility timeout (10 s from its delivery) passes, while
+    attempt 2 runs: it must not run.
+
+    On a Redis of its own: any worker restores every unacked message older than its own
+    visibility timeout, and this module's other worker (2 s) would redeliver attempt 2 too."""
+    del redis_url  # the session's settings (1 s heartbeats), not its Redis
+    import httpx
+
+    from orchestrator.store import RunStore
+    from tests.api_support import eventually, submit, wait_final
+
+    marker = uuid.uuid4().hex[:8]
+    env = {"ORCHESTRATOR_VISIBILITY_TIMEOUT_SECONDS": "10"}
+    modules = ["tests.short_visibility"]
+    database = f"sqlite:///{tmp_path / 'api.db'}"
+    with (
+        redis_server() as own_url,
+        api_server(own_url, database, log_path=worker_logs / "vis-api.log") as api,
+        httpx.Client(base_url=api.url, timeout=15) as http,
+    ):
+        redis = RunStore(own_url).redis
+        with worker(
+            own_url, modules, queues="vis-crash", concurrency=1, name=f"doomed-{marker}@%h",
+            log_path=worker_logs / "vis-doomed.log", extra_env=env,
+        ) as doomed:  # fmt: skip
+            created = submit(http, "killed-then-slow-flow", parameters={"marker": marker})
+            eventually(lambda: redis.get(f"test:crashy:{marker}"), 30, what="execution 1 running")
+            time.sleep(2.5)  # it has heartbeated
+            os.killpg(doomed.pid, signal.SIGKILL)
+            with worker(
+                own_url, modules, queues="vis-crash", concurrency=2, name=f"rescue-{marker}@%h",
+                log_path=worker_logs / "vis-rescue.log", extra_env=env,
+            ):  # fmt: skip
+                run = wait_final(http, created["id"], timeout=90)
+                time.sleep(3)  # a stale execution, had one started, would have counted itself by now
+        assert run["state"] == "Completed", run
+        assert redis.get(f"test:executions:killed_then_slow:{marker}") == "2"  # killed once, run once more
+        (task,) = http.get(f"/flow-runs/{created['id']}/task-runs").json()
+        states = [
+            s["state"]
+            for s in http.get(f"/flow-runs/{created['id']}/states").json()
+            if s["run_id"] == task["id"] and s["applied"]
+        ]
+        assert states == ["Running", "Crashed", "AwaitingRetry", "Retrying", "Completed"], states
+    assert "is stale" in (worker_logs / "vis-rescue.log").read_text()  # the old message came back and was refused
+
+
+def test_a_delayed_message_scheduled_again_while_it_is_being_sent_is_kept() -> None:
+    """A task waiting for a concurrency slot asks again with the very same message; if it does so
+    before the dispatcher has forgotten the copy it just sent, the new entry must survive (it was
+    removed, and the task run waited in AwaitingConcurrencySlot forever)."""
+    from orchestrator import keys
+    from orchestrator.store import RunStore
+
+    with redis_server() as url:  # its own: claiming must not delay other tests' messages
+        _scheduled_again_is_kept(RunStore(url), keys.DELAYED)
+
+
+def _scheduled_again_is_kept(store: Any, delayed_key: str) -> None:
+    message = f'{{"task": "test.same-message", "id": "{uuid.uuid4()}"}}'
+    store.schedule(message, time.time() - 1)
+    claimed_until, due = store.claim_due(limit=1000)
+    assert message in due
+    store.schedule(message, time.time() + 1)  # the sent task already ran and asked again
+    store.sent(message, claimed_until)
+    assert store.redis.zscore(delayed_key, message) is not None
+    claimed_until, due = store.claim_due(limit=1000)  # not due yet
+    assert message not in due
+    store.redis.zadd(delayed_key, {message: time.time() - 1})
+    claimed_until, due = store.claim_due(limit=1000)
+    store.sent(message, claimed_until)  # nothing scheduled it again: forgotten
+    assert store.redis.zscore(delayed_key, message) is None

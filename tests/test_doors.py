@@ -414,13 +414,16 @@ def test_a_pickle_payload_for_a_task_that_did_not_opt_in_is_refused_and_never_un
 
 # -- 4. reserved tags in flow parameters ---------------------------------------------------
 def test_parameters_with_reserved_or_malformed_tags_end_the_run_failed(stack: Stack, tmp_path: Path) -> None:
-    """A dict parameter may hold anything JSON, including the serializer's reserved keys: a
-    pickle payload must not be loaded, and a malformed tag must fail the run, not strand it
-    in Pending (it did: the worker raised a bare KeyError while reading the parameters)."""
+    """A pickle payload in HTTP parameters is refused with 422; a malformed tag of the
+    serializer's must fail the run, not strand it in Pending (it did: the worker raised a bare
+    KeyError while reading the parameters)."""
     marker = tmp_path / "http.marker"
     payload = base64.b64encode(pickle.dumps(door_flows.PickleBomb(str(marker)))).decode()
+    for config in ({PICKLE_TAG: payload}, {"rows": [{"nested": {PICKLE_TAG: payload}}]}):
+        refused = stack.http.post("/flows/door-config/runs", json={"parameters": {"config": config}})
+        assert refused.status_code == 422, refused.text  # refused at the door, nothing created
+        assert "JSON values only" in refused.text and "'config'" in refused.text
     cases = {
-        "pickle payload": ({PICKLE_TAG: payload}, "are reserved"),
         "unknown tag": ({"__orc__": "nope", "v": 1}, "is not one this product writes"),
         "malformed date": ({"__orc__": "date", "v": "not a date"}, "is not a valid date"),
     }

@@ -320,3 +320,11 @@ def test_logs_of_a_task_killed_mid_run_are_kept_up_to_the_last_flush() -> None:
     assert run.result(timeout=60) == "second execution"  # redelivered after the kill
     logs = wait_for_logs(run, 1)
     assert [line["message"].split("] ", 1)[1] for line in logs] == ["about to be killed"]
+
+
+def test_a_flow_body_that_raises_while_traced_ends_its_run_failed_with_the_error() -> None:
+    run = flows.body_raises_flow.delay(n=3)
+    assert run.wait(30) is StateType.FAILED  # never left Pending
+    with pytest.raises(FlowRunFailed) as failed:
+        run.result(timeout=5)
+    assert "ValueError: no rows for n=3" in str(failed.value)

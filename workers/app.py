@@ -16,21 +16,39 @@ from typing import Any
 from celery import signals
 
 from orchestrator import registry
-from orchestrator.celery_app import make_celery_app
+from orchestrator.celery_app import make_celery_app, tolerate_redis_outages
 from orchestrator.errors import DefinitionError
 from orchestrator.settings import get_settings
+from orchestrator.store import ride_out_outages
 
 from .announce import Announcer
 from .celery_tasks import record_revoked, record_unknown, register_builtin_tasks, register_user_task
 from .delayed import DelayedDispatcher
 from .logship import install as install_log_shipper
+from .redis_transport import survive_lost_redis
 
+# A Redis restart (or failover) shorter than this is waited out by a running worker's own Redis
+# calls: a task ending meanwhile records its end, sends what follows and counts its chord part
+# once Redis is back, instead of failing and leaving its flow run Running forever.
+REDIS_OUTAGE_SECONDS = 60.0
 app = make_celery_app("workers")
 log_shipper = install_log_shipper()
 register_builtin_tasks(app)
 registry.on_task_registered(lambda task: register_user_task(app, task))
 _announcer = Announcer()
 _dispatcher = DelayedDispatcher(app, on_beat=_announcer.beat)
+
+
+@signals.worker_init.connect
+def _ride_out_redis_outages(**_: object) -> None:
+    """In a worker (main process, before its pool forks): wait for a restarting Redis.
+
+    Only a running worker: a process that merely imports this app (a test, Flower, a script
+    sending plain Celery tasks) keeps failing at once when Redis is away.
+    """
+    ride_out_outages(REDIS_OUTAGE_SECONDS)
+    tolerate_redis_outages(app, REDIS_OUTAGE_SECONDS)
+    survive_lost_redis()  # neither exit nor give back the messages of running tasks when Redis is lost
 
 
 @signals.worker_ready.connect

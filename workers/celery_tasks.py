@@ -11,16 +11,20 @@ runs either way), so storing and publishing every return value would be pure cos
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
 from functools import partial
 from typing import Any, NoReturn
 
+import redis
+from billiard.exceptions import WorkerLostError
 from celery import Celery
 from celery import Task as CeleryTask
 from celery.canvas import chord, group
 from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.worker.request import Request
 
 from orchestrator import keys, registry
 from orchestrator.client import encode_parameters, launch_prepared, prepare_run
@@ -97,13 +101,53 @@ class CeleryAttempt:
         raise Retry(why, when=delay)
 
 
+class OrchestratorRequest(Request):  # type: ignore[misc]
+    """Celery's request, plus what the worker's main process must tell when a pool process dies.
+
+    With ``task_reject_on_worker_lost`` Celery puts the message of a task whose pool
+    process died back on its queue, and it runs again. The dead process can no longer
+    heartbeat, and the crash detector must not also declare the task run Crashed and
+    send it a second time: the main process takes it off the heartbeat set (the new
+    execution adds it again) and records why it runs again.
+    """
+
+    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
+        exc = getattr(exc_info, "exception", None)
+        exc = getattr(exc, "exc", exc)  # ExceptionWithTraceback
+        if isinstance(exc, WorkerLostError) and self.task.reject_on_worker_lost:
+            with contextlib.suppress(Exception):  # never in the way of Celery's own handling
+                requeued_after_worker_lost(self.id, self.kwargs, str(exc), self.hostname or socket.gethostname())
+        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+
+def requeued_after_worker_lost(task_run_id: str, kwargs: Any, why: str, worker: str) -> None:
+    """Record that a task run's pool process died and Celery sent its message again."""
+    if not isinstance(kwargs, dict) or "run" not in kwargs:
+        return  # not one of ours
+    run = full_run(kwargs["run"], task_run_id)
+    store = get_store()
+    pipe = store.redis.pipeline(transaction=False)
+    pipe.zrem(keys.HEARTBEATS, task_run_id)
+    pipe.hdel(keys.HEARTBEAT_RECORDS, task_run_id)
+    pipe.execute()
+    if store.final_states(run["root"], [task_run_id]).get(task_run_id) is not None:
+        return  # it had ended before its process died
+    message = f"its worker process died ({why}); Celery put the message back on its queue and it runs again"
+    fields = {"state": StateType.RUNNING.value, "message": message, "flow_run_id": run["flow_run_id"]}
+    store.task_progress(task_run_id, fields | {"root": run["root"], "worker": worker})
+    log.warning("task run %s: %s", task_run_id, message)
+
+
 class OrchestratorTask(CeleryTask):  # type: ignore[misc]
     """Base of every user task: records what the executor cannot see itself.
 
     A task killed by its hard time limit never returns to the executor; Celery then
     calls ``on_failure`` in the worker's main process, and the task run is made
-    TimedOut here so its flow run still ends.
+    TimedOut here so its flow run still ends. A pool process that dies is handled by
+    :class:`OrchestratorRequest`.
     """
+
+    Request = "workers.celery_tasks:OrchestratorRequest"
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         if isinstance(exc, TimeLimitExceeded) and isinstance(kwargs, dict) and "run" in kwargs:
@@ -359,5 +403,12 @@ def register_builtin_tasks(app: Celery) -> None:
             store.write_flow_run(run_id, resolved | {"state": StateType.PENDING.value})  # the API learns them
         except OrchestratorError as exc:  # bad parameters or definition: say so, never stay Pending
             store.write_flow_run(run_id, {"state": StateType.FAILED.value, "ended": now(), "message": str(exc)})
+            return
+        except (redis.ConnectionError, redis.TimeoutError):
+            raise  # Redis is away: the message is not acknowledged and runs again once it is back
+        except Exception as exc:  # the flow body raised while it was traced, say: the run must still end
+            log.exception("flow run %s could not start", run_id)
+            message = f"the worker could not start this run: {type(exc).__name__}: {exc}"
+            store.write_flow_run(run_id, {"state": StateType.FAILED.value, "ended": now(), "message": message})
             return
         start_driver(self.app, definition, run_id, parameters, queue)

@@ -46,13 +46,14 @@ class DelayedDispatcher:
         """Send every message that is due now; return how many were sent."""
         store = get_store()
         sent = 0
-        for message in store.claim_due():
+        claimed_until, due = store.claim_due()
+        for message in due:
             try:
                 self.app.signature(json.loads(message)).apply_async()
             except Exception:  # stays claimed; comes due again when its lease ends
                 log.exception("could not send a delayed message; it will be retried")
                 continue
-            store.sent(message)
+            store.sent(message, claimed_until)
             sent += 1
         return sent
 

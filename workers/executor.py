@@ -7,6 +7,7 @@ read (and tested) as plain Python.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from collections.abc import Callable
@@ -32,6 +33,8 @@ from orchestrator.tasks import Task
 from orchestrator.triggers import verdict
 
 from .heartbeat import HEARTBEATS
+
+log = logging.getLogger(__name__)
 
 
 class Ending(Enum):
@@ -227,6 +230,9 @@ def _run_holding_slots(
     if started is None:  # already final: a redelivery, maybe after a crash mid-way
         completed = finish_what_a_crash_left(store, run, attempt.send)
         return Ending.DUPLICATE if completed else Ending.STOPPED  # a chain must not go on
+    if started.stale:  # the crash detector sent a newer attempt; that one carries the run on
+        log.warning("task run %s: attempt %s is stale (a newer one was sent); not run", trid, attempt.number)
+        return Ending.STOPPED
     if inputs is None:
         inputs = started.stored_inputs or {}
     where = f"task {run.get('label', task.name)} ({task.name}) of flow run {run['flow_run_id']}"
@@ -240,7 +246,7 @@ def _run_holding_slots(
             failed_as_none=allowed,
             prefetched=started.results,
         )
-        HEARTBEATS.begin(trid, crash_record(run, task, attempt, retries_used) | {"slots": held})
+        HEARTBEATS.begin(trid, crash_record(run, task, attempt, retries_used) | {"slots": held, "start": started.start})
         try:
             with using(None, info), prints_logged(task.log_prints):
                 value = task.fn(**kwargs)

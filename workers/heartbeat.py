@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 from orchestrator import concurrency, keys
@@ -59,9 +60,12 @@ class Heartbeats:
         interval = get_settings().heartbeat_interval_seconds
         stop = threading.Event()
         while not stop.wait(interval):
+            began = time.monotonic()
             try:
                 self.beat()
-            except Exception:  # Redis away: the next beat tries again
+                if time.monotonic() - began > interval:
+                    self.beat()  # that one waited for Redis to come back: its time stamp went out late
+            except Exception:  # Redis away for longer than the worker waits: the next beat tries again
                 log.warning("heartbeat failed; retrying in %ss", interval, exc_info=True)
 
     def beat(self) -> None:

@@ -1,0 +1,69 @@
+"""Flows and tasks of tests/test_reliability.py (workers import this module with --flows).
+
+Every execution of :func:`step` is counted in Redis (``test:count:<key>``), so a test can
+tell how many times a task really ran, whatever the recorded states say.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from orchestrator import flow, get_run_logger, task
+from orchestrator.context import current_run
+from orchestrator.store import get_store
+
+
+@task
+def step(key: str, seconds: float, again_seconds: float = 0.0) -> str:
+    """Count this execution, record its process id and task run id; sleep ``seconds`` on the
+    first execution and ``again_seconds`` on any later one (a redelivery after a kill)."""
+    redis = get_store().redis
+    count = int(redis.incr(f"test:count:{key}"))
+    run = current_run()
+    redis.set(f"test:trid:{key}", run.task_run_id if run else "")
+    redis.set(f"test:pid:{key}", os.getpid())
+    time.sleep(seconds if count == 1 else again_seconds)
+    return f"{key}#{count}"
+
+
+@flow(name="reliable-pair")
+def reliable_pair(marker: str, seconds: float = 3.0, again_seconds: float = 0.0) -> str:
+    """``first`` (long) then ``second`` (short): a chain, so a message must still be sent after ``first``."""
+    first = step.submit(f"{marker}-first", seconds, again_seconds)
+    return step.submit(f"{marker}-second", 0.1, wait_for=[first])  # type: ignore[no-any-return]
+
+
+@flow(name="reliable-diamond")
+def reliable_diamond(marker: str, seconds: float = 1.0) -> str:
+    """Two parallel sleepy tasks, then one that waits for both (a chord across a restart)."""
+    left = step.submit(f"{marker}-left", seconds)
+    right = step.submit(f"{marker}-right", seconds)
+    return step.submit(f"{marker}-last", seconds / 2, wait_for=[left, right])  # type: ignore[no-any-return]
+
+
+@flow(name="reliable-backlog")
+def reliable_backlog(marker: str, seconds: float = 60.0, pads: int = 3, pad_seconds: float = 2.0) -> str:
+    """``first`` and ``pads`` other tasks at once: on a worker of concurrency 1 the others wait
+    in the queue while ``first`` runs, and ahead of ``first`` once it is requeued."""
+    first = step.submit(f"{marker}-first", seconds, 0.2)
+    for i in range(pads):
+        step.submit(f"{marker}-pad{i}", pad_seconds)
+    return first  # type: ignore[return-value]
+
+
+@task
+def talks(key: str, lines: int, pause: float) -> int:
+    """Log ``lines`` numbered lines, ``pause`` seconds apart (counted like :func:`step`)."""
+    get_store().redis.incr(f"test:count:{key}")
+    logger = get_run_logger()
+    for i in range(lines):
+        logger.info("%s line %d of %d", key, i + 1, lines)
+        time.sleep(pause)
+    return lines
+
+
+@flow(name="reliable-talk")
+def reliable_talk(marker: str, lines: int = 10, pause: float = 0.4) -> list[int]:
+    """Two tasks that log while the API is away."""
+    return [talks.submit(f"{marker}-{side}", lines, pause) for side in ("a", "b")]

@@ -1,0 +1,426 @@
+"""Reliability against real faults: a worker stopped mid-task, Redis restarted mid-flow, the API
+killed mid-flow. Every process is real (redis-server, Celery prefork workers, ``python -m
+api.server``) and every fault a real signal. Each task counts its executions in Redis
+(tests/reliability_flows.py), so what really ran is checked next to what was recorded.
+
+That the API killed mid-run loses no state event is proved by
+tests/test_api.py::test_api_killed_mid_run_loses_no_event; here its log lines are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from orchestrator import keys
+from orchestrator.localstack import ApiProcess, free_port, stop_process, worker
+from tests.api_support import api_database, eventually
+
+FLOW_MODULES = ["tests.reliability_flows"]
+# Heartbeats every 2 s here (the suite's 1 s otherwise): a crash window of 6 s. The faults in this
+# file are real; a test machine busy with other suites can starve a process for a few seconds, and
+# the crash detector must not add a fault of its own (a live task declared Crashed).
+SLOWER_BEATS = {"ORCHESTRATOR_HEARTBEAT_INTERVAL_SECONDS": "2"}
+FINAL = {"Completed", "Failed", "TimedOut", "Crashed", "UpstreamFailed", "Skipped", "Cancelled"}
+
+
+# -- helpers -------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """SQLite, or a fresh PostgreSQL database when ORCHESTRATOR_TEST_DATABASE_URL names a server."""
+    admin_url = os.environ.get("ORCHESTRATOR_TEST_DATABASE_URL")
+    with api_database(tmp_path_factory.mktemp("reliability-db"), admin_url) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def api(redis_url: str, database_url: str, worker_logs: Path) -> Iterator[ApiProcess]:
+    """An API (routes, recorder, services) on the session's Redis."""
+    server = ApiProcess(redis_url, database_url, log_path=worker_logs / "reliability-api.log", extra_env=SLOWER_BEATS)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def http(api: ApiProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=api.url, timeout=15) as client:
+        yield client
+
+
+def submit(http: httpx.Client, flow: str, queue: str, **parameters: Any) -> str:
+    """Submit over HTTP to ``queue`` (the test's own worker); the API knows the flow from the worker's announcement."""
+
+    def sent() -> httpx.Response | None:
+        response = http.post(f"/flows/{flow}/runs", json={"parameters": parameters, "queue": queue})
+        return None if response.status_code == 404 else response  # 404: the worker has not announced it yet
+
+    response = eventually(sent, 30, what=f"flow {flow} known to the API")
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def wait_final(http: httpx.Client, run_id: str, timeout: float = 60) -> dict[str, Any]:
+    """The run once the database shows it final."""
+
+    def final() -> dict[str, Any] | None:
+        with contextlib.suppress(httpx.HTTPError):
+            response = http.get(f"/flow-runs/{run_id}")
+            if response.status_code == 200 and response.json()["state"] in FINAL:
+                return dict(response.json())
+        return None
+
+    return eventually(final, timeout, what=f"flow run {run_id} final in the database")
+
+
+def applied_history(http: httpx.Client, run_id: str) -> dict[str, list[str]]:
+    """Applied states by run id (the flow run's and each of its task runs'), in recorded order."""
+    out: dict[str, list[str]] = {}
+    for entry in http.get(f"/flow-runs/{run_id}/states").json():
+        if entry["applied"]:
+            out.setdefault(entry["run_id"], []).append(entry["state"])
+    return out
+
+
+def assert_completed_once(http: httpx.Client, run_id: str, tasks: int, exact: bool = True) -> dict[str, list[str]]:
+    """The run and its ``tasks`` task runs are Completed, each Completed exactly once in its history.
+
+    ``exact``: every task run went Running -> Completed and nothing else; otherwise a task run may
+    show Running more than once (run again after its process died) but nothing else before Completed.
+    Returns the applied history by task label.
+    """
+    task_runs: list[dict[str, Any]] = http.get(f"/flow-runs/{run_id}/task-runs").json()
+    assert len(task_runs) == tasks, task_runs
+    assert {t["state"] for t in task_runs} == {"Completed"}, [(t["label"], t["state"]) for t in task_runs]
+    history = applied_history(http, run_id)
+    assert history[run_id] == ["Pending", "Running", "Completed"], history[run_id]
+    by_label = {}
+    for task_run in task_runs:
+        states = history[task_run["id"]]
+        by_label[task_run["label"]] = states
+        if exact:
+            assert states == ["Running", "Completed"], (task_run["label"], states)
+        else:
+            assert states[-1] == "Completed" and set(states[:-1]) == {"Running"}, (task_run["label"], states)
+    return by_label
+
+
+def count(client: Any, key: str) -> int:
+    """How many times the task counting under ``key`` really ran."""
+    return int(client.get(f"test:count:{key}") or 0)
+
+
+def children_of(pid: int) -> set[int]:
+    """The direct child processes of ``pid`` (from /proc)."""
+    out = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.add(int(entry.name))
+    return out
+
+
+# -- 1. a worker stopped in the middle of a task ----------------------------------------------------
+def test_a_warm_shutdown_mid_task_finishes_it_once_and_the_run_completes_on_the_next_worker(
+    redis_url: str, http: httpx.Client, worker_logs: Path
+) -> None:
+    """SIGTERM to the worker while ``first`` runs: Celery lets it finish (once) and leaves;
+    ``second`` (sent when ``first`` ended) waits in the queue and the next worker runs it."""
+    marker = uuid.uuid4().hex[:8]
+    queue = f"rel-warm-{marker}"
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    logs = worker_logs / f"warm-{marker}.log"
+    with worker(
+        redis_url, FLOW_MODULES, queues=queue, concurrency=1, log_path=logs, extra_env=SLOWER_BEATS
+    ) as stopping:
+        run_id = submit(http, "reliable-pair", queue, marker=marker, seconds=3.0)
+        eventually(lambda: client.get(f"test:pid:{marker}-first"), 60, what="first running")
+        os.kill(stopping.pid, signal.SIGTERM)  # the main process only: Celery's warm shutdown
+        assert stopping.wait(60) == 0, logs.read_text()[-3000:]
+    assert count(client, f"{marker}-first") == 1  # let finish, not cut off and run again
+    assert count(client, f"{marker}-second") == 0  # the stopping worker took nothing new
+    with worker(
+        redis_url,
+        FLOW_MODULES,
+        queues=queue,
+        concurrency=1,
+        log_path=worker_logs / f"warm2-{marker}.log",
+        extra_env=SLOWER_BEATS,
+    ):
+        run = wait_final(http, run_id)
+    assert run["state"] == "Completed", run
+    assert_completed_once(http, run_id, tasks=2)
+    assert [count(client, f"{marker}-{k}") for k in ("first", "second")] == [1, 1]
+
+
+def test_a_pool_process_killed_mid_task_is_redelivered_and_completes_once(
+    redis_url: str, http: httpx.Client, worker_logs: Path
+) -> None:
+    """SIGKILL to the pool child running ``first`` (not the worker), after it heartbeated, with 3
+    tasks queued behind it: task_reject_on_worker_lost puts its message back at the end of the
+    queue, so it runs again only after the crash detector's window (6 s) has passed. It must run
+    again exactly once and complete; the crash detector must not also declare it Crashed."""
+    marker = uuid.uuid4().hex[:8]
+    queue = f"rel-child-{marker}"
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    logs = worker_logs / f"child-{marker}.log"
+    with worker(
+        redis_url, FLOW_MODULES, queues=queue, concurrency=1, log_path=logs, extra_env=SLOWER_BEATS
+    ) as survivor:
+        run_id = submit(http, "reliable-backlog", queue, marker=marker, seconds=60.0, pads=3, pad_seconds=2.5)
+        trid = str(eventually(lambda: client.get(f"test:trid:{marker}-first"), 60, what="first running"))
+        eventually(lambda: client.zscore(keys.HEARTBEATS, trid), 30, interval=0.05, what="first heartbeating")
+        pid = int(client.get(f"test:pid:{marker}-first") or 0)
+        assert pid in children_of(survivor.pid), "the task runs in a pool child, not in the main process"
+        os.kill(pid, signal.SIGKILL)
+        run = wait_final(http, run_id)
+        assert survivor.poll() is None, "the worker's main process survives the loss of its child"
+    assert run["state"] == "Completed", run
+    assert_completed_once(http, run_id, tasks=4, exact=False)  # first: Running (again), never Crashed
+    assert [count(client, f"{marker}-{k}") for k in ("first", "pad0", "pad1", "pad2")] == [2, 1, 1, 1]
+    assert "WorkerLostError" in logs.read_text()
+
+
+# -- 2. Redis restarted in the middle of flows ------------------------------------------------------
+class RestartableRedis:
+    """A redis-server keeping its append-only file in ``data_dir``, on a port that stays the same across restarts."""
+
+    def __init__(self, data_dir: Path, fsync: str) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.data_dir = data_dir
+        self.fsync = fsync
+        self.proc: subprocess.Popen[bytes] | None = None
+        data_dir.mkdir(parents=True, exist_ok=True)
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is not installed (scripts/setup.sh installs it)"
+        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        args += ["--appendonly", "yes", "--appendfsync", self.fsync, "--dir", str(self.data_dir)]
+        with open(self.data_dir / "redis.log", "ab") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
+        eventually(lambda: self._answers(client), 30, interval=0.05, what=f"redis-server on port {self.port}")
+
+    def _answers(self, client: redis.Redis) -> bool:
+        assert self.proc is not None and self.proc.poll() is None, (self.data_dir / "redis.log").read_text()
+        with contextlib.suppress(redis.RedisError):
+            return bool(client.ping())
+        return False
+
+    def stop(self, how: signal.Signals) -> None:
+        """SIGTERM (Redis writes its file and leaves) or SIGKILL (a crash: only what was fsynced is kept)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, how)
+            self.proc.wait(30)
+
+    def close(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+
+@contextlib.contextmanager
+def stack_on(
+    server: RestartableRedis, tmp_path: Path, logs: Path, queue: str, env: dict[str, str]
+) -> Iterator[httpx.Client]:
+    """Redis, an API with its own database and one worker (concurrency 2), all on ``server``."""
+    api = ApiProcess(
+        server.url, f"sqlite:///{tmp_path / 'api.db'}", log_path=logs.with_suffix(".api.log"), extra_env=env
+    )
+    try:
+        server.start()
+        api.start()
+        with (
+            worker(
+                server.url,
+                FLOW_MODULES,
+                queues=queue,
+                concurrency=2,
+                log_path=logs.with_suffix(".worker.log"),
+                extra_env=env,
+            ),
+            httpx.Client(base_url=api.url, timeout=15) as http,
+        ):
+            yield http
+    finally:
+        api.stop()
+        server.close()
+
+
+@pytest.mark.parametrize(
+    ("how", "fsync"), [(signal.SIGTERM, "everysec"), (signal.SIGKILL, "always")], ids=["restart", "crash"]
+)
+def test_redis_restarted_mid_flows_every_run_completes_and_nothing_is_lost(
+    redis_url: str, tmp_path: Path, worker_logs: Path, how: signal.Signals, fsync: str
+) -> None:
+    """5 runs of 3 sleepy tasks (two in parallel, then one after both: a chord) on one worker; Redis
+    goes away while tasks run (stopped, or killed with appendfsync always) and comes back on the
+    same port with its append-only file. The worker and the API reconnect by themselves; every run
+    completes, every task ran exactly once and is recorded Completed exactly once."""
+    del redis_url  # requested for the session's environment only (heartbeat interval, result storage)
+    marker = uuid.uuid4().hex[:8]
+    runs = 5
+    server = RestartableRedis(tmp_path / "redis", fsync)
+    logs = worker_logs / f"redis-{how.name}-{marker}"
+    with stack_on(server, tmp_path, logs, f"rel-redis-{marker}", SLOWER_BEATS) as http:
+        client = redis.Redis.from_url(server.url, decode_responses=True)
+        run_ids = [
+            submit(http, "reliable-diamond", f"rel-redis-{marker}", marker=f"{marker}-{i}", seconds=1.0)
+            for i in range(runs)
+        ]
+        labels = [f"{marker}-{i}-{side}" for i in range(runs) for side in ("left", "right", "last")]
+        eventually(lambda: sum(count(client, label) for label in labels) >= 3, 60, what="tasks under way")
+        server.stop(how)
+        time.sleep(1.0)  # away for as long as its tasks take: they end and send what follows meanwhile
+        server.start()
+        finished = [wait_final(http, run_id) for run_id in run_ids]
+        assert [run["state"] for run in finished] == ["Completed"] * runs, finished
+        for run_id in run_ids:
+            assert_completed_once(http, run_id, tasks=3)
+        executions = {label: count(client, label) for label in labels}
+        assert set(executions.values()) == {1}, executions  # 15 tasks, 15 executions
+
+
+def test_the_worker_app_sends_and_counts_chord_parts_through_a_redis_restart(tmp_path: Path) -> None:
+    """What ``tolerate_redis_outages`` gives a running worker's app: a message sent (the next task
+    of a chain, a join) and a chord part counted while Redis restarts wait for it, where Celery's
+    defaults fail (publishing after about 0.6 s, the result backend at once)."""
+    from kombu.exceptions import OperationalError
+
+    from orchestrator.celery_app import make_celery_app, tolerate_redis_outages
+    from orchestrator.settings import Settings
+
+    server = RestartableRedis(tmp_path / "redis", "everysec")
+    try:
+        server.start()
+        settings = Settings(redis_url=server.url)
+        tolerant = make_celery_app("reliability-tolerant", settings)
+        tolerate_redis_outages(tolerant, 30)
+        plain = make_celery_app("reliability-plain", settings)
+        for app in (tolerant, plain):
+            assert app.backend.client.ping()  # connected before the outage, as a running worker is
+        server.stop(signal.SIGTERM)
+        with pytest.raises(redis.ConnectionError):
+            plain.backend.client.incr("test:chord-part")
+        with pytest.raises(OperationalError):
+            plain.send_task("tests.reliability.nothing", queue="rel-plain", ignore_result=True)
+        comeback = threading.Timer(1.5, server.start)
+        comeback.start()
+        try:
+            tolerant.send_task("tests.reliability.nothing", queue="rel-tolerant", ignore_result=True)  # waits for Redis
+            assert tolerant.backend.client.incr("test:chord-part") == 1
+        finally:
+            comeback.join()
+        client = redis.Redis.from_url(server.url)
+        assert client.llen("rel-tolerant") == 1 and client.llen("rel-plain") == 0
+    finally:
+        server.close()
+
+
+def test_a_redis_outage_longer_than_the_crash_window_does_not_crash_a_running_task(
+    redis_url: str, tmp_path: Path, worker_logs: Path
+) -> None:
+    """Redis away 5 s (the crash window is 3 heartbeats of 1 s) while ``first`` runs 12 s:
+    the task is alive all along and must complete, once."""
+    del redis_url
+    marker = uuid.uuid4().hex[:8]
+    server = RestartableRedis(tmp_path / "redis", "everysec")
+    with stack_on(server, tmp_path, worker_logs / f"redis-long-{marker}", f"rel-long-{marker}", {}) as http:
+        client = redis.Redis.from_url(server.url, decode_responses=True)
+        run_id = submit(http, "reliable-pair", f"rel-long-{marker}", marker=marker, seconds=12.0)
+        trid = str(eventually(lambda: client.get(f"test:trid:{marker}-first"), 60, what="first running"))
+        eventually(lambda: client.zscore(keys.HEARTBEATS, trid), 30, interval=0.05, what="first heartbeating")
+        server.stop(signal.SIGTERM)
+        time.sleep(5.0)
+        server.start()
+        run = wait_final(http, run_id)
+        assert run["state"] == "Completed", (run["state"], run["state_message"])
+        assert_completed_once(http, run_id, tasks=2)
+        assert [count(client, f"{marker}-{k}") for k in ("first", "second")] == [1, 1]
+
+
+def test_a_connection_lost_to_a_redis_that_stays_up_runs_no_task_twice(
+    redis_url: str, tmp_path: Path, worker_logs: Path
+) -> None:
+    """Every client connection is cut (CLIENT KILL) while ``first`` runs 5 s; Redis itself stays
+    up. Celery's worker reconnects and gives back the messages it holds; the one of the task it is
+    still running must not be among them (a second copy would start at once), and it must not
+    exit on the way (kombu 5.7 made it exit with an AttributeError)."""
+    del redis_url
+    marker = uuid.uuid4().hex[:8]
+    server = RestartableRedis(tmp_path / "redis", "everysec")
+    with stack_on(server, tmp_path, worker_logs / f"redis-cut-{marker}", f"rel-cut-{marker}", SLOWER_BEATS) as http:
+        client = redis.Redis.from_url(server.url, decode_responses=True)
+        run_id = submit(http, "reliable-pair", f"rel-cut-{marker}", marker=marker, seconds=5.0)
+        trid = str(eventually(lambda: client.get(f"test:trid:{marker}-first"), 60, what="first running"))
+        eventually(lambda: client.zscore(keys.HEARTBEATS, trid), 30, interval=0.05, what="first heartbeating")
+        assert client.client_kill_filter(_type="normal", skipme=True) >= 2  # the worker's and the API's
+        run = wait_final(http, run_id)
+        assert run["state"] == "Completed", (run["state"], run["state_message"])
+        assert_completed_once(http, run_id, tasks=2)
+        assert [count(client, f"{marker}-{k}") for k in ("first", "second")] == [1, 1]
+    log = (worker_logs / f"redis-cut-{marker}.worker.log").read_text()
+    assert "Connection to broker lost" in log and "Unrecoverable error" not in log
+
+
+# -- 3. the API killed in the middle of flows: its log lines -----------------------------------------
+def test_api_killed_mid_flow_loses_no_log_line_and_records_none_twice(
+    redis_url: str, api: ApiProcess, http: httpx.Client, worker_logs: Path
+) -> None:
+    """2 runs of 2 tasks each logging 10 lines 0.3 s apart; the API is killed (SIGKILL) once the
+    first lines are recorded, the runs end without it, and it is started again: every line of
+    the 40 is in the database exactly once, and every state too."""
+    from orchestrator.client import FlowRun
+
+    marker = uuid.uuid4().hex[:8]
+    queue = f"rel-api-{marker}"
+    lines = 10
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    expected = {
+        i: sorted(f"{marker}-{i}-{side} line {n} of {lines}" for side in ("a", "b") for n in range(1, lines + 1))
+        for i in (0, 1)
+    }
+
+    def recorded(run_id: str) -> list[str]:
+        got = http.get(f"/flow-runs/{run_id}/logs", params={"limit": 10_000}).json()
+        assert all(line["task_run_id"] for line in got)
+        return sorted(line["message"].split("] ", 1)[-1] for line in got)  # after the "[task name id] " prefix
+
+    logs = worker_logs / f"api-{marker}.log"
+    with worker(redis_url, FLOW_MODULES, queues=queue, concurrency=2, log_path=logs, extra_env=SLOWER_BEATS):
+        run_ids = [submit(http, "reliable-talk", queue, marker=f"{marker}-{i}", lines=lines, pause=0.3) for i in (0, 1)]
+        before = eventually(lambda: recorded(run_ids[0]), 60, interval=0.1, what="the first log lines recorded")
+        api.kill()  # mid-flow, mid-logging: the recorder dies with whatever batch it held
+        assert len(before) < len(expected[0])
+        for run_id in run_ids:
+            assert FlowRun(run_id).wait(60).value == "Completed"  # the runs go on without the API
+        api.start()
+        for i, run_id in enumerate(run_ids):
+            assert wait_final(http, run_id)["state"] == "Completed"
+            assert_completed_once(http, run_id, tasks=2)
+
+            def all_lines(run_id: str = run_id) -> list[str] | None:
+                got = recorded(run_id)
+                return got if len(got) >= 2 * lines else None
+
+            got = eventually(all_lines, 60, what=f"{2 * lines} log lines of {run_id}")
+            assert got == expected[i]  # every line, none twice
+            assert len(client.lrange(keys.flow_logs(run_id), 0, -1)) == 2 * lines  # what the workers shipped
+    assert [count(client, f"{marker}-{i}-{side}") for i in (0, 1) for side in ("a", "b")] == [1, 1, 1, 1]
