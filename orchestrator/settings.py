@@ -37,7 +37,10 @@ class Settings(BaseSettings):
         default=7 * 24 * 3600, description="How long task results and run records stay in Redis."
     )
     visibility_timeout_seconds: int = Field(
-        default=3600, description="Redis broker visibility timeout (redelivery of unacked messages)."
+        default=300,
+        description="Redis broker visibility timeout: how long a dead worker's messages wait before they are "
+        "delivered again. Live workers stamp the messages they hold every few seconds, so a long task is never "
+        "delivered twice, and this only has to outlast a worker that stopped answering.",
     )
     events_maxlen: int = Field(
         default=1_000_000,

@@ -11,10 +11,11 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from orchestrator.celery_app import client_app
-from orchestrator.localstack import redis_server, worker
+from orchestrator.localstack import ApiProcess, redis_server, worker
 from orchestrator.settings import reset_settings
 
 FLOW_MODULES = ["tests.flows"]
@@ -57,3 +58,10 @@ def solo_worker(redis_url: str, worker_logs: Path) -> Iterator[subprocess.Popen[
         redis_url, FLOW_MODULES, queues="solo", concurrency=1, name="solo@%h", log_path=worker_logs / "solo.log"
     ) as proc:
         yield proc
+
+
+@pytest.fixture
+def http(api: ApiProcess) -> Iterator[httpx.Client]:
+    """An HTTP client on the ``api`` fixture of the requesting test module."""
+    with httpx.Client(base_url=api.url, timeout=15) as client:
+        yield client

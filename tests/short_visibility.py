@@ -60,3 +60,16 @@ def killed_then_slow(marker: str) -> str:
 @flow(queue="vis-crash")
 def killed_then_slow_flow(marker: str) -> str:
     return killed_then_slow.submit(marker)  # type: ignore[no-any-return]
+
+
+@task
+def outlasts_the_timeout(marker: str) -> int:
+    """Runs 6 s, three times the worker's 2 s visibility timeout; counts its executions."""
+    count = int(get_store().redis.incr(f"test:executions:outlasts:{marker}"))
+    time.sleep(6)
+    return count
+
+
+@flow(queue="vis")
+def outlasts_the_timeout_flow(marker: str) -> int:
+    return outlasts_the_timeout.submit(marker)  # type: ignore[no-any-return]

@@ -39,18 +39,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 @pytest.fixture(scope="module")
 def api(redis_url: str, database_url: str, fleet: subprocess.Popen[bytes], worker_logs: Path) -> Iterator[ApiProcess]:
     """The API with its recorder, on the session's Redis, next to the fleet worker."""
-    server = ApiProcess(redis_url, database_url, log_path=worker_logs / "api.log")
-    server.start()
-    try:
+    with api_server(redis_url, database_url, log_path=worker_logs / "api.log") as server:
         yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def http(api: ApiProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=api.url, timeout=15) as client:
-        yield client
 
 
 def counts(redis_url: str, *keys: str) -> list[int]:

@@ -29,7 +29,7 @@ import pytest
 import redis
 
 from orchestrator import concurrency
-from orchestrator.localstack import ApiProcess, worker
+from orchestrator.localstack import ApiProcess, api_server, worker
 from orchestrator.store import RunStore
 from tests.api_support import FINAL, cli, eventually, submit, wait_final
 
@@ -42,18 +42,8 @@ def api(
 ) -> Iterator[ApiProcess]:
     database = f"sqlite:///{tmp_path_factory.mktemp('limits-db') / 'api.db'}"
     env = {"ORCHESTRATOR_LATE_AFTER_SECONDS": str(LATE_AFTER)}
-    server = ApiProcess(redis_url, database, log_path=worker_logs / "limits-api.log", extra_env=env)
-    server.start()
-    try:
+    with api_server(redis_url, database, log_path=worker_logs / "limits-api.log", extra_env=env) as server:
         yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def http(api: ApiProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=api.url, timeout=15) as client:
-        yield client
 
 
 def history(http: httpx.Client, flow_run_id: str) -> list[dict[str, Any]]:

@@ -127,3 +127,17 @@ def _scheduled_again_is_kept(store: Any, delayed_key: str) -> None:
     claimed_until, due = store.claim_due(limit=1000)
     store.sent(message, claimed_until)  # nothing scheduled it again: forgotten
     assert store.redis.zscore(delayed_key, message) is None
+
+
+def test_a_task_running_three_times_longer_than_the_visibility_timeout_runs_once(
+    short_visibility_worker: subprocess.Popen[bytes],
+) -> None:
+    """The worker stamps the messages it holds every half second, so Redis never sees this
+    one as abandoned (with Celery alone it is given back after 2 s and runs twice)."""
+    from tests import short_visibility
+
+    marker = uuid.uuid4().hex[:8]
+    run = short_visibility.outlasts_the_timeout_flow.delay(marker=marker)
+    assert run.result(timeout=60) == 1
+    time.sleep(3)  # a second copy, had one been delivered, would have counted itself by now
+    assert get_store().redis.get(f"test:executions:outlasts:{marker}") == "1"

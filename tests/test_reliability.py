@@ -26,7 +26,7 @@ import pytest
 import redis
 
 from orchestrator import keys
-from orchestrator.localstack import ApiProcess, free_port, stop_process, worker
+from orchestrator.localstack import ApiProcess, api_server, free_port, stop_process, worker
 from tests.api_support import api_database, eventually
 
 FLOW_MODULES = ["tests.reliability_flows"]
@@ -49,18 +49,10 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def api(redis_url: str, database_url: str, worker_logs: Path) -> Iterator[ApiProcess]:
     """An API (routes, recorder, services) on the session's Redis."""
-    server = ApiProcess(redis_url, database_url, log_path=worker_logs / "reliability-api.log", extra_env=SLOWER_BEATS)
-    try:
-        server.start()
+    with api_server(
+        redis_url, database_url, log_path=worker_logs / "reliability-api.log", extra_env=SLOWER_BEATS
+    ) as server:
         yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def http(api: ApiProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=api.url, timeout=15) as client:
-        yield client
 
 
 def submit(http: httpx.Client, flow: str, queue: str, **parameters: Any) -> str:

@@ -262,14 +262,24 @@ def read_facts(database_url: str, client: redis.Redis, marker: str) -> Facts:
     engine = create_engine(database_url)
     try:
         with engine.connect() as db:
-            flows = {r.id: dict(r._mapping) for r in db.execute(text("SELECT * FROM flow_run"))}
-            tasks = {r.id: dict(r._mapping) for r in db.execute(text("SELECT * FROM task_run"))}
+            # The recorder reads the whole event stream of the session's Redis, so the database also
+            # holds the runs of tests that ran before this one: judge the soak's own runs only.
+            flows = {
+                r.id: dict(r._mapping)
+                for r in db.execute(text("SELECT * FROM flow_run"))
+                if str(r.flow_name).startswith("soak-")
+            }
+            tasks = {
+                r.id: dict(r._mapping) for r in db.execute(text("SELECT * FROM task_run")) if r.flow_run_id in flows
+            }
             events = db.execute(text("SELECT run_id, kind, state, applied, cause FROM state_event ORDER BY seq")).all()
     finally:
         engine.dispose()
     history: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
     refused = 0
     for e in events:
+        if e.run_id not in flows and e.run_id not in tasks:
+            continue
         history[e.run_id].append({"state": e.state, "applied": bool(e.applied), "cause": e.cause, "kind": e.kind})
         refused += not e.applied
     executions: dict[str, list[tuple[str, int]]] = collections.defaultdict(list)

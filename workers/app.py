@@ -23,9 +23,10 @@ from orchestrator.store import ride_out_outages
 
 from .announce import Announcer
 from .celery_tasks import record_revoked, record_unknown, register_builtin_tasks, register_user_task
-from .delayed import DelayedDispatcher
+from .delayed import BEAT_SECONDS, DelayedDispatcher
 from .logship import install as install_log_shipper
 from .redis_transport import survive_lost_redis
+from .visibility import KeepVisible, refresh_interval
 
 # A Redis restart (or failover) shorter than this is waited out by a running worker's own Redis
 # calls: a task ending meanwhile records its end, sends what follows and counts its chord part
@@ -36,7 +37,14 @@ log_shipper = install_log_shipper()
 register_builtin_tasks(app)
 registry.on_task_registered(lambda task: register_user_task(app, task))
 _announcer = Announcer()
-_dispatcher = DelayedDispatcher(app, on_beat=_announcer.beat)
+_held_messages = KeepVisible()
+_dispatcher = DelayedDispatcher(
+    app,
+    periodic=[
+        (BEAT_SECONDS, _announcer.beat),
+        (refresh_interval(get_settings().visibility_timeout_seconds), _held_messages.refresh),
+    ],
+)
 
 
 @signals.worker_init.connect
@@ -54,6 +62,7 @@ def _ride_out_redis_outages(**_: object) -> None:
 @signals.worker_ready.connect
 def _start_delayed_dispatcher(sender: Any = None, **_: object) -> None:
     """Announce this worker (queues, flows), then send due retries and pokes and keep alive."""
+    _held_messages.consumer = sender  # from now on, the messages it holds are kept from ageing
     queues = [q.name for q in getattr(getattr(sender, "task_consumer", None), "queues", [])]
     _announcer.announce(str(getattr(sender, "hostname", "") or socket.gethostname()), queues)
     _dispatcher.start()

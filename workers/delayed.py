@@ -13,7 +13,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from celery import Celery
 
@@ -24,13 +24,19 @@ BEAT_SECONDS = 5.0
 
 
 class DelayedDispatcher:
-    """A daemon thread that sends due messages every ``interval`` seconds."""
+    """A daemon thread that sends due messages every ``interval`` seconds.
 
-    def __init__(self, app: Celery, interval: float = 0.2, on_beat: Callable[[], None] | None = None) -> None:
+    It also runs the worker's other small periodic jobs (``periodic``: seconds, job), each
+    on its own period: the alive key, stamping the messages the worker holds.
+    """
+
+    def __init__(
+        self, app: Celery, interval: float = 0.2, periodic: Sequence[tuple[float, Callable[[], object]]] = ()
+    ) -> None:
         self.app = app
         self.interval = interval
-        self.on_beat = on_beat  # called about every BEAT_SECONDS (the worker's alive key)
-        self._last_beat = 0.0
+        self.periodic = list(periodic)
+        self._last_run = [0.0] * len(self.periodic)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="orchestrator-delayed", daemon=True)
 
@@ -57,12 +63,20 @@ class DelayedDispatcher:
             sent += 1
         return sent
 
+    def run_periodic(self) -> None:
+        """Run each periodic job whose period has passed; one that fails is tried on its next period."""
+        for i, (seconds, job) in enumerate(self.periodic):
+            if time.monotonic() - self._last_run[i] >= seconds:
+                self._last_run[i] = time.monotonic()
+                try:
+                    job()
+                except Exception:  # Redis away, say: the next period tries again
+                    log.warning("periodic worker job %s failed", getattr(job, "__name__", job), exc_info=True)
+
     def _loop(self) -> None:
         while not self._stop.is_set():
+            self.run_periodic()
             try:
-                if self.on_beat and time.monotonic() - self._last_beat >= BEAT_SECONDS:
-                    self._last_beat = time.monotonic()
-                    self.on_beat()
                 busy = self.send_due() > 0
             except Exception:  # Redis away: keep trying, never die
                 log.exception("delayed-message dispatcher: Redis error")

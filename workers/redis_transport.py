@@ -39,13 +39,20 @@ def running_delivery_tags() -> set[str]:
     return tags
 
 
+# Delivery tags of running tasks whose channel was closed under them: the worker keeps stamping
+# them (workers/visibility.py) until their tasks acknowledge them.
+STILL_RUNNING: set[str] = set()
+
+
 class QoS(kombu_redis.QoS):  # type: ignore[misc]
     def restore_unacked(self, client: Any = None) -> None:
         """Give back the messages held but not started; leave those of running tasks unacked."""
         running = running_delivery_tags()
         with self.channel.conn_or_acquire(client) as conn:
             for tag in list(self._delivered):
-                if str(tag) not in running:
+                if str(tag) in running:
+                    STILL_RUNNING.add(str(tag))
+                else:
                     self.restore_by_tag(tag, client=conn)
         self._delivered.clear()
 
