@@ -62,12 +62,15 @@ class Sides:
 def make_sides(timeout: float) -> dict[str, Sides]:
     """Runners for every workload; import the workloads only now (settings are read on import)."""
 
-    # The raw side waits like a plain Celery client, with Celery's stock Redis backend (only the
-    # orchestrator's own client app uses the send-only backend).
+    # The raw side waits like a plain Celery client, with Celery's Redis backend (only the
+    # orchestrator's own client app uses the send-only backend). The worker app's backend is
+    # Celery's plus retries on a lost Redis, which only a running worker switches on.
     from benchmarks import workloads as w
+    from orchestrator.celery_app import SendOnlyRedisBackend
 
-    if type(w.raw_noop.backend) is not RedisBackend:
-        raise RuntimeError(f"raw client backend is {type(w.raw_noop.backend)}, expected RedisBackend")
+    backend = w.raw_noop.backend
+    if not isinstance(backend, RedisBackend) or isinstance(backend, SendOnlyRedisBackend):
+        raise RuntimeError(f"raw client backend is {type(backend)}, expected Celery's RedisBackend")
 
     def raw(build: Callable[[int], Any]) -> Runner:
         def run(n: int) -> Any:
