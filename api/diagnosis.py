@@ -122,6 +122,7 @@ def diagnose(
     now: float | None = None,
     paused_deployment: str | None = None,
     waiting_for_slots: list[str] | None = None,
+    not_final: int | None = None,
 ) -> dict[str, Any]:
     """The diagnosis of one run: a summary sentence, the reasons, and the facts behind them."""
     now = now or time.time()
@@ -140,6 +141,12 @@ def diagnose(
         total = sum(task_states.values())
         detail = ", ".join(f"{n} {s}" for s, n in sorted(task_states.items()))
         reasons = [f"it is {state.value}: {done} of {total} task runs are final ({detail or 'none reported yet'})."]
+        unreported = (not_final or 0) - (total - done)
+        if unreported > 0:
+            reasons.append(
+                f"{unreported} more planned task runs have not reported yet: they wait for their upstreams, in "
+                "their queue, or on a worker that stopped (their messages come back after the visibility timeout)."
+            )
         reasons += waiting_for_slots or []
     queue = row.queue or "default"
     return {

@@ -740,3 +740,9 @@ def body_raises_flow(n: int = 1) -> int:
     if n > 0:
         raise ValueError(f"no rows for n={n}")
     return inc.submit(n)  # type: ignore[no-any-return]
+
+
+@flow
+def slow_then_quick_flow(seconds: float = 3.0) -> int:
+    """``inc`` cannot start before ``sleepy`` ends: a planned task run that has not reported yet."""
+    return inc.submit(sleepy.submit(seconds, 1))  # type: ignore[no-any-return]

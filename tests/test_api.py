@@ -442,6 +442,22 @@ def test_a_run_nobody_consumes_becomes_late_and_its_diagnosis_names_the_queue(
     assert http.post(f"/flow-runs/{scheduled['id']}/cancel").status_code == 202
 
 
+def test_the_diagnosis_of_a_running_run_counts_planned_task_runs_that_have_not_reported(
+    http: httpx.Client,
+) -> None:
+    created = submit(http, "slow-then-quick-flow", parameters={"seconds": 4})
+
+    def told() -> dict[str, Any] | None:
+        found = http.get(f"/flow-runs/{created['id']}/diagnosis").json()
+        return dict(found) if any("1 more planned task runs" in r for r in found["reasons"]) else None
+
+    found = eventually(told, 30, what="the diagnosis names the task run that has not reported")
+    assert found["state"] == "Running"
+    assert wait_final(http, created["id"])["state"] == "Completed"
+    done = http.get(f"/flow-runs/{created['id']}/diagnosis").json()
+    assert not any("planned task runs" in r for r in done["reasons"])
+
+
 def test_deployments_schedule_runs_pause_and_resume(redis_url: str, api: ApiProcess, http: httpx.Client) -> None:
     name = f"every-2s-{uuid.uuid4().hex[:6]}"
     bad = http.post("/deployments", json={"name": name, "flow_name": "chain-flow", "cron": "every day"})

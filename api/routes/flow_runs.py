@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, status
 from sqlalchemy import func, or_
 from sqlmodel import Session, col, select
 
+from orchestrator import keys
 from orchestrator.runs import retry_final_run
 from orchestrator.states import StateType
 
@@ -220,7 +221,16 @@ def read_diagnosis(session: SessionDep, store: StoreDep, run_id: RunId) -> Diagn
         .limit(100)
     ).all()
     states = {state: int(n) for state, n in counts}
-    found = diagnose(row, fleet, states, paused_deployment=paused, waiting_for_slots=slot_waits(store, list(waiting)))
+    # the run tree's own count of task runs not final yet, planned ones that never reported included
+    left = store.redis.get(keys.remaining(run_id)) if not row.parent_id else None
+    found = diagnose(
+        row,
+        fleet,
+        states,
+        paused_deployment=paused,
+        waiting_for_slots=slot_waits(store, list(waiting)),
+        not_final=int(left) if left is not None else None,
+    )
     return Diagnosis.model_validate(found)
 
 
