@@ -30,6 +30,7 @@ from .deployment_limits import DeploymentLimits
 from .late import apply_deployment_policies, mark_late
 from .models import ConcurrencyLimit, Deployment, FlowRun
 from .scheduling import schedule_runs
+from .stalled import StalledRuns
 from .submit import dispatch, sender_app
 
 log = logging.getLogger("orchestrator.dispatcher")
@@ -130,6 +131,7 @@ def run_services(engine: Engine, store: RunStore, stop: threading.Event, interva
     A failing pass is logged, never fatal.
     """
     late_after = get_settings().late_after_seconds
+    stalled = StalledRuns()
     while not stop.is_set():
         for service in (
             lambda: schedule_runs(engine),
@@ -138,6 +140,7 @@ def run_services(engine: Engine, store: RunStore, stop: threading.Event, interva
             lambda: mark_late(engine, store, late_after),
             lambda: apply_deployment_policies(engine, store, sender_app()),
             lambda: detect_crashes(store, sender_app()),
+            lambda: stalled(engine, store),
         ):
             try:
                 service()

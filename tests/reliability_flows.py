@@ -7,6 +7,7 @@ tell how many times a task really ran, whatever the recorded states say.
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 from orchestrator import flow, get_run_logger, task
@@ -67,3 +68,21 @@ def talks(key: str, lines: int, pause: float) -> int:
 def reliable_talk(marker: str, lines: int = 10, pause: float = 0.4) -> list[int]:
     """Two tasks that log while the API is away."""
     return [talks.submit(f"{marker}-{side}", lines, pause) for side in ("a", "b")]
+
+
+def _kill_own_worker(task: object, run: object, state: object) -> None:
+    """A failure hook that kills the whole worker (main process and pool) it runs in: the task
+    run is final by now, and its flow run is not ended yet."""
+    os.killpg(os.getpgid(0), signal.SIGKILL)
+
+
+@task(on_failure=_kill_own_worker)
+def fails_then_kills_its_worker(marker: str) -> str:
+    get_store().redis.incr(f"test:count:{marker}")
+    raise ValueError(f"planned failure {marker}")
+
+
+@flow(name="reliable-stall")
+def reliable_stall(marker: str) -> str:
+    """One task that fails, then kills its worker before the flow run is ended."""
+    return fails_then_kills_its_worker.submit(marker)  # type: ignore[no-any-return]

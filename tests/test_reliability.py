@@ -372,6 +372,29 @@ def test_a_connection_lost_to_a_redis_that_stays_up_runs_no_task_twice(
     assert "Connection to broker lost" in log and "Unrecoverable error" not in log
 
 
+def test_a_worker_killed_after_its_last_task_ended_but_before_the_flow_run_did_leaves_nothing_running(
+    redis_url: str, http: httpx.Client, worker_logs: Path
+) -> None:
+    """The only task fails, and its failure hook kills its whole worker: the task run is final,
+    the flow run not ended yet, and no worker will come back for it before the visibility
+    timeout (5 min). The services end it as the worker would have: Failed, with the reason."""
+    marker = uuid.uuid4().hex[:8]
+    queue = f"rel-stall-{marker}"
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    with worker(redis_url, FLOW_MODULES, queues=queue, concurrency=1, log_path=worker_logs / f"stall-{marker}.log",
+                extra_env=SLOWER_BEATS) as doomed:  # fmt: skip
+        run_id = submit(http, "reliable-stall", queue, marker=marker)
+        eventually(lambda: doomed.poll() is not None, 60, what="the worker killed by the failure hook")
+    run = wait_final(http, run_id, timeout=60)
+    assert run["state"] == "Failed", run
+    assert f"planned failure {marker}" in run["state_message"]
+    assert count(client, marker) == 1
+    history = applied_history(http, run_id)
+    assert history[run_id] == ["Pending", "Running", "Failed"], history[run_id]
+    (task_run,) = http.get(f"/flow-runs/{run_id}/task-runs").json()
+    assert history[task_run["id"]] == ["Running", "Failed"]
+
+
 # -- 3. the API killed in the middle of flows: its log lines -----------------------------------------
 def test_api_killed_mid_flow_loses_no_log_line_and_records_none_twice(
     redis_url: str, api: ApiProcess, http: httpx.Client, worker_logs: Path

@@ -1,0 +1,79 @@
+"""Flow runs left Running with nothing left to run: end them as their task runs decide.
+
+A task run's finishing script counts the run tree down; when a flow run did not simply
+complete, the worker then decides its final state (Failed, with the reason) in a second
+step. A worker killed between the two leaves every task run final and the flow run
+Running, until Redis gives the dead worker's message back after the visibility timeout.
+This service notices such a run (a static run whose tree counter is 0 while it is still
+Running), waits one crash window to be sure no worker is ending it right now, and ends
+it the way that worker would have. Flow hooks do not run here (the API has no flow code).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
+
+from orchestrator import keys
+from orchestrator.runs import finish_flow_run
+from orchestrator.settings import get_settings
+from orchestrator.states import StateType
+from orchestrator.store import RunStore
+
+from .models import FlowRun
+
+log = logging.getLogger("orchestrator.stalled")
+
+
+class StalledRuns:
+    """Remembers which runs looked stalled, so a run is ended only if it still is a while later."""
+
+    def __init__(self, every: float = 5.0) -> None:
+        self.every = every
+        self.last_pass = 0.0
+        self.first_seen: dict[str, float] = {}
+
+    def __call__(self, engine: Engine, store: RunStore, limit: int = 2000) -> int:
+        """One pass (at most every ``every`` seconds); returns how many runs it ended."""
+        now = time.time()
+        if now - self.last_pass < self.every:
+            return 0
+        self.last_pass = now
+        settings = get_settings()
+        patience = settings.heartbeat_interval_seconds * settings.crash_after_heartbeats
+        with Session(engine) as session:
+            running = list(
+                session.exec(
+                    select(FlowRun.id)
+                    .where(FlowRun.state == StateType.RUNNING.value, col(FlowRun.parent_id).is_(None))
+                    .order_by(col(FlowRun.updated))
+                    .limit(limit)
+                ).all()
+            )
+        if not running:
+            self.first_seen.clear()
+            return 0
+        pipe = store.redis.pipeline(transaction=False)
+        for run_id in running:
+            pipe.hmget(keys.flow_run(run_id), "state", "mode")
+            pipe.get(keys.remaining(run_id))
+        replies = pipe.execute()
+        stalled = set()
+        for i, run_id in enumerate(running):
+            (state, mode), left = replies[2 * i], replies[2 * i + 1]
+            if state == StateType.RUNNING.value and mode == "static" and left == "0":
+                stalled.add(run_id)  # a dynamic run's body may still submit tasks
+        self.first_seen = {r: self.first_seen.get(r, now) for r in stalled}
+        ended = 0
+        for run_id, seen in self.first_seen.items():
+            if now - seen < patience:
+                continue
+            state = finish_flow_run(store, run_id)
+            log.warning("flow run %s was left Running with every task run final; ended it %s", run_id, state.value)
+            ended += 1
+        for run_id in [r for r, seen in self.first_seen.items() if now - seen >= patience]:
+            del self.first_seen[run_id]
+        return ended
