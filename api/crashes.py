@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from functools import lru_cache
 from typing import Any
 
 import redis
@@ -64,16 +63,16 @@ class OutageWatch:
     """
 
     def __init__(self) -> None:
-        self.lost_at: float | None = None  # when a pass last failed to reach Redis
+        self.was_lost = False  # a pass failed to reach Redis since the last one that did
         self.back_at = 0.0  # when Redis answered again after that
 
     def lost(self) -> None:
-        self.lost_at = time.time()
+        self.was_lost = True
 
     def blind(self, store: RunStore, window: float) -> bool:
         now = time.time()
-        if self.lost_at is not None:
-            self.back_at, self.lost_at = now, None
+        if self.was_lost:
+            self.back_at, self.was_lost = now, False
         uptime = float(store.redis.info("server").get("uptime_in_seconds", window))
         return now - self.back_at < window or uptime < window
 
@@ -91,13 +90,12 @@ def detect_crashes(store: RunStore, app: Celery) -> int:
 
 
 def _detect_crashes(store: RunStore, app: Celery) -> int:
-    settings = get_settings()
-    silent_for = settings.heartbeat_interval_seconds * settings.crash_after_heartbeats
+    silent_for = get_settings().crash_window_seconds
     if OUTAGES.blind(store, silent_for):
         return 0  # Redis was away lately: the heartbeats it missed prove nothing yet
     cutoff = time.time() - silent_for
     stale = store.redis.zrangebyscore(keys.HEARTBEATS, "-inf", cutoff, start=0, num=200)
-    claim = _claim_script(store.redis)
+    claim = store.script(_CLAIM)
     crashed = 0
     for task_run_id in stale:
         claimed = claim(keys=[keys.HEARTBEATS, keys.HEARTBEAT_RECORDS, keys.task_run(task_run_id)],
@@ -115,11 +113,6 @@ def _detect_crashes(store: RunStore, app: Celery) -> int:
         crash(store, app, task_run_id, record, silent_for)
         crashed += 1
     return crashed
-
-
-@lru_cache(maxsize=8)
-def _claim_script(client: Any) -> Any:
-    return client.register_script(_CLAIM)
 
 
 def crash(store: RunStore, app: Celery, task_run_id: str, record: dict[str, Any], silent_for: float) -> None:

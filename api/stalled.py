@@ -42,8 +42,7 @@ class StalledRuns:
         if now - self.last_pass < self.every:
             return 0
         self.last_pass = now
-        settings = get_settings()
-        patience = settings.heartbeat_interval_seconds * settings.crash_after_heartbeats
+        patience = get_settings().crash_window_seconds
         with Session(engine) as session:
             running = list(
                 session.exec(
@@ -66,14 +65,10 @@ class StalledRuns:
             (state, mode), left = replies[2 * i], replies[2 * i + 1]
             if state == StateType.RUNNING.value and mode == "static" and left == "0":
                 stalled.add(run_id)  # a dynamic run's body may still submit tasks
-        self.first_seen = {r: self.first_seen.get(r, now) for r in stalled}
-        ended = 0
-        for run_id, seen in self.first_seen.items():
-            if now - seen < patience:
-                continue
+        seen = {r: self.first_seen.get(r, now) for r in stalled}
+        due = [r for r, since in seen.items() if now - since >= patience]
+        self.first_seen = {r: since for r, since in seen.items() if r not in due}
+        for run_id in due:
             state = finish_flow_run(store, run_id)
             log.warning("flow run %s was left Running with every task run final; ended it %s", run_id, state.value)
-            ended += 1
-        for run_id in [r for r, seen in self.first_seen.items() if now - seen >= patience]:
-            del self.first_seen[run_id]
-        return ended
+        return len(due)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 from . import keys
@@ -78,8 +77,7 @@ class LimitFull:
 
 def lease_seconds() -> float:
     """How long a slot stays held without a heartbeat renewing it."""
-    settings = get_settings()
-    return settings.heartbeat_interval_seconds * settings.crash_after_heartbeats
+    return get_settings().crash_window_seconds
 
 
 def acquire(store: RunStore, root: str, task_run_id: str, tags: Sequence[str]) -> list[str] | LimitFull | None:
@@ -89,7 +87,7 @@ def acquire(store: RunStore, root: str, task_run_id: str, tags: Sequence[str]) -
     first full limit.
     """
     now = time.time()
-    out = _acquire_script(store.redis)(
+    out = store.script(_ACQUIRE)(
         keys=[keys.CONCURRENCY_LIMITS, keys.finals(root), keys.task_run(task_run_id)],
         args=[task_run_id, repr(now), repr(now + lease_seconds()), keys.SLOTS_PREFIX, *tags],
     )
@@ -100,20 +98,14 @@ def acquire(store: RunStore, root: str, task_run_id: str, tags: Sequence[str]) -
     return list(out[1:])
 
 
-@lru_cache(maxsize=8)
-def _acquire_script(client: Any) -> Any:
-    return client.register_script(_ACQUIRE)
-
-
-def release(store: RunStore, task_run_id: str, tags: Sequence[str], pipe: Any = None) -> None:
+def release(store: RunStore, task_run_id: str, tags: Sequence[str]) -> None:
     """Give back the slots ``task_run_id`` holds (safe to call twice)."""
     if not tags:
         return
-    target = pipe if pipe is not None else store.redis.pipeline(transaction=False)
+    pipe = store.redis.pipeline(transaction=False)
     for tag in tags:
-        target.zrem(keys.slots(tag), task_run_id)
-    if pipe is None:
-        target.execute()
+        pipe.zrem(keys.slots(tag), task_run_id)
+    pipe.execute()
 
 
 def renew(pipe: Any, held: dict[str, Sequence[str]]) -> None:

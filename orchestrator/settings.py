@@ -102,6 +102,12 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @property
+    def crash_window_seconds(self) -> float:
+        """How long a running task run's heartbeats may stop before it counts as crashed: the
+        crash detector, slot leases and the stalled-run service all wait this long."""
+        return self.heartbeat_interval_seconds * self.crash_after_heartbeats
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

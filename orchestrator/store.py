@@ -234,6 +234,12 @@ def ride_out_outages(seconds: float) -> None:
     _store_for.cache_clear()
 
 
+@lru_cache(maxsize=32)
+def _registered(client: Any, source: str) -> Any:
+    """A Lua script registered once per client (registering hashes its source)."""
+    return client.register_script(source)
+
+
 @lru_cache(maxsize=8)
 def _client(url: str) -> Any:
     """One client (and pool) per URL; ``Any`` because decode_responses=True makes every
@@ -262,6 +268,10 @@ class RunStore:
         self._outcome = self.redis.register_script(_OUTCOME)
         self._claim_due = self.redis.register_script(_CLAIM_DUE)
         self._sent = self.redis.register_script(_SENT)
+
+    def script(self, source: str) -> Any:
+        """A Lua script kept by another module (slots, crash claims), registered once for this client."""
+        return _registered(self.redis, source)
 
     def unreachable(self, exc: Exception) -> ConnectionProblem:
         """The error to raise when Redis does not answer: it names the URL and the fix."""

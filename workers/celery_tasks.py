@@ -60,6 +60,7 @@ from orchestrator.templates import to_template
 
 from .driver import start_driver
 from .executor import Ending, end_completed, end_failed, full_run, gate, run_task, start_record
+from .heartbeat import forget as forget_heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -78,27 +79,32 @@ class CeleryAttempt:
         if delay <= 0:
             kwargs = dict(request.kwargs or {}) | {"retries_used": retries_used}
             raise task.retry(countdown=0, kwargs=kwargs, max_retries=None)
-        get_store().schedule(json.dumps(self.again(retries_used)), now() + delay)
-        raise Retry(f"next attempt in {delay:g}s", when=delay)  # Celery and Flower show RETRY
+        self._later(self.again(retries_used), delay, f"next attempt in {delay:g}s")
 
     def send(self, signatures: list[dict[str, Any]]) -> None:
         send_signatures(self.celery_task.app, signatures)
 
     def again(self, retries_used: int) -> dict[str, Any]:
         """The next attempt's message: same task id and queue, one more Celery retry."""
-        task, request = self.celery_task, self.celery_task.request
-        kwargs = dict(request.kwargs or {}) | {"retries_used": retries_used}
-        return dict(task.signature_from_request(request, None, kwargs, retries=int(request.retries or 0) + 1))
+        kwargs = dict(self.celery_task.request.kwargs or {}) | {"retries_used": retries_used}
+        return self._message(kwargs, self.number)
+
+    def _message(self, kwargs: dict[str, Any], retries: int) -> dict[str, Any]:
+        """This execution's message with ``kwargs`` and Celery's retry count ``retries`` (same id and queue)."""
+        task = self.celery_task
+        return dict(task.signature_from_request(task.request, None, kwargs, retries=retries))
+
+    def _later(self, message: dict[str, Any], delay: float, why: str) -> NoReturn:
+        """Keep ``message`` in Redis until ``delay`` has passed (not as a broker ETA); end this execution."""
+        get_store().schedule(json.dumps(message), now() + delay)
+        raise Retry(why, when=delay)  # Celery and Flower show RETRY
 
     def is_timeout(self, exc: BaseException) -> bool:
         return isinstance(exc, (SoftTimeLimitExceeded, TimeLimitExceeded))
 
     def wait(self, delay: float, why: str) -> NoReturn:
         """Send this same attempt again later; Celery and Flower show RETRY with why."""
-        task, request = self.celery_task, self.celery_task.request
-        message = task.signature_from_request(request, None, dict(request.kwargs or {}), retries=request.retries or 0)
-        get_store().schedule(json.dumps(dict(message)), now() + delay)
-        raise Retry(why, when=delay)
+        self._later(self._message(dict(self.celery_task.request.kwargs or {}), self.number - 1), delay, why)
 
 
 class OrchestratorRequest(Request):  # type: ignore[misc]
@@ -127,8 +133,7 @@ def requeued_after_worker_lost(task_run_id: str, kwargs: Any, why: str, worker: 
     run = full_run(kwargs["run"], task_run_id)
     store = get_store()
     pipe = store.redis.pipeline(transaction=False)
-    pipe.zrem(keys.HEARTBEATS, task_run_id)
-    pipe.hdel(keys.HEARTBEAT_RECORDS, task_run_id)
+    forget_heartbeat(pipe, task_run_id)
     pipe.execute()
     if store.final_states(run["root"], [task_run_id]).get(task_run_id) is not None:
         return  # it had ended before its process died

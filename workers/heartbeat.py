@@ -84,11 +84,16 @@ class Heartbeats:
         if new:
             pipe.hset(keys.HEARTBEAT_RECORDS, mapping={t: json.dumps(r, default=str) for t, r in new.items()})
         if finished:
-            pipe.zrem(keys.HEARTBEATS, *finished)
-            pipe.hdel(keys.HEARTBEAT_RECORDS, *finished)
+            forget(pipe, *finished)
         pipe.execute()
         with self._lock:
             self._announced |= {t for t in new if t in self._running}
+
+
+def forget(pipe: Any, *task_run_ids: str) -> None:
+    """Take task runs off the heartbeat set, with their crash records (in ``pipe``)."""
+    pipe.zrem(keys.HEARTBEATS, *task_run_ids)
+    pipe.hdel(keys.HEARTBEAT_RECORDS, *task_run_ids)
 
 
 HEARTBEATS = Heartbeats()

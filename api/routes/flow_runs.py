@@ -206,19 +206,13 @@ def read_graph(session: SessionDep, run_id: RunId) -> Graph:
 def read_diagnosis(session: SessionDep, store: StoreDep, run_id: RunId) -> Diagnosis:
     """Why the run is not running (or what it is doing): queues, live workers, its flow, its schedule."""
     row = get_run(session, run_id)
-    counts = session.exec(
-        select(TaskRun.state, func.count())
-        .where(or_(col(TaskRun.flow_run_id) == run_id, col(TaskRun.root_id) == run_id))
-        .group_by(col(TaskRun.state))
-    ).all()
+    in_tree = or_(col(TaskRun.flow_run_id) == run_id, col(TaskRun.root_id) == run_id)
+    counts = session.exec(select(TaskRun.state, func.count()).where(in_tree).group_by(col(TaskRun.state))).all()
     fleet = Fleet.read(store, {row.queue or "default"})
     deployment = session.get(Deployment, row.deployment_id) if row.deployment_id else None
     paused = deployment.name if deployment is not None and deployment.paused else None
     waiting = session.exec(
-        select(TaskRun.id)
-        .where(or_(col(TaskRun.flow_run_id) == run_id, col(TaskRun.root_id) == run_id))
-        .where(TaskRun.state == StateType.AWAITING_CONCURRENCY_SLOT.value)
-        .limit(100)
+        select(TaskRun.id).where(in_tree).where(TaskRun.state == StateType.AWAITING_CONCURRENCY_SLOT.value).limit(100)
     ).all()
     states = {state: int(n) for state, n in counts}
     # the run tree's own count of task runs not final yet, planned ones that never reported included
