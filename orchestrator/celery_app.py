@@ -15,6 +15,7 @@ from celery.backends.redis import RedisBackend
 
 from .settings import Settings, get_settings
 from .store import outage_retry
+from .tls import redis_tls_options, uses_tls
 
 
 class SendOnlyRedisBackend(RedisBackend):  # type: ignore[misc]
@@ -72,9 +73,16 @@ def make_celery_app(
     receives them.
     """
     s = settings or get_settings()
-    backend = s.result_backend_url or s.redis_url
-    backend = _send_only(backend) if send_only else _outage_tolerant(backend)
-    app = Celery(main, broker=s.broker_url or s.redis_url, backend=backend)
+    backend_url = s.result_backend_url or s.redis_url
+    broker_url = s.broker_url or s.redis_url
+    backend = _send_only(backend_url) if send_only else _outage_tolerant(backend_url)
+    app = Celery(main, broker=broker_url, backend=backend)
+    # rediss://: the broker and the result backend verify Redis's certificate as the run store does
+    # (kombu alone would connect with CERT_NONE, and Celery's backend refuse to start).
+    if uses_tls(broker_url):
+        app.conf.broker_use_ssl = redis_tls_options(s)
+    if uses_tls(backend_url):
+        app.conf.redis_backend_use_ssl = redis_tls_options(s)
     app.conf.update(
         task_serializer="json",
         result_serializer="json",

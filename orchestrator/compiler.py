@@ -26,6 +26,7 @@ from celery.canvas import Signature, _chain, chain, chord, group
 from .errors import DefinitionError
 from .plan import Node, Plan
 from .registry import get_task
+from .serialization import PICKLE_TAG
 
 EXPAND_MAP_TASK = "orchestrator.expand_map"
 COLLECT_MAP_TASK = "orchestrator.collect_map"
@@ -76,9 +77,15 @@ def make_signature(
 
 
 def inline_or_stored(inputs: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
-    """(inputs to put in the message, JSON to store in Redis instead): one of them is None."""
+    """(inputs to put in the message, JSON to store in Redis instead): one of them is None.
+
+    Large inputs are stored to keep messages small; inputs carrying a pickle payload are always
+    stored, because workers load pickle only from the run store, never from a message (whose
+    content anyone who can reach the broker or Flower's task API chooses).
+    """
     text = json.dumps(inputs, separators=(",", ":"))
-    return (None, text) if len(text) > INLINE_INPUTS_LIMIT else (inputs, None)
+    keep = len(text) > INLINE_INPUTS_LIMIT or f'"{PICKLE_TAG}"' in text
+    return (None, text) if keep else (inputs, None)
 
 
 def option_overrides(node: Node) -> dict[str, Any]:

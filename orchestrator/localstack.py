@@ -21,6 +21,8 @@ from pathlib import Path
 import redis
 
 from .errors import ConnectionProblem
+from .settings import get_settings
+from .tls import redis_tls_options, uses_tls
 
 
 def free_port() -> int:
@@ -186,7 +188,8 @@ def worker(
 
 def wait_for_worker(redis_url: str, proc: subprocess.Popen[bytes], queue: str, timeout: float = 60) -> None:
     """Block until the worker has started consuming ``queue`` (its kombu binding exists)."""
-    client = redis.Redis.from_url(redis_url)
+    tls = redis_tls_options(get_settings()) if uses_tls(redis_url) else {}
+    client = redis.Redis.from_url(redis_url, **tls)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

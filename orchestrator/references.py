@@ -44,11 +44,18 @@ def resolve(
     *,
     allow_pickle: bool,
     where: str,
+    inline_pickle: bool = False,
     failed_as_none: frozenset[str] = frozenset(),
     prefetched: dict[str, str | None] | None = None,
 ) -> Any:
     """Decode ``template`` and replace every reference by the stored result.
 
+    ``allow_pickle`` lets referenced results stored pickled be loaded: only a task that opted
+    into pickle writes them, and only such a task (or the SDK reading a run's own outcome) may
+    read them. ``inline_pickle`` lets a pickle payload written in ``template`` itself be loaded;
+    pass True only for a template read from the run store, never for one a broker message
+    carried: anyone who can post a message (the broker, Flower's task API) chooses its content,
+    while the compiler always keeps pickled inputs in the run store (see ``inline_or_stored``).
     ``failed_as_none`` lists upstreams whose failure was allowed: they resolve to None.
     ``prefetched`` holds results already read (by the start script); the rest are read here.
     """
@@ -57,7 +64,7 @@ def resolve(
         if REF in data:
             return _Ref(data[REF], list(data.get("path", [])))
         if PICKLE_TAG in data:
-            return unpickle(data, allow_pickle, where)
+            return unpickle(data, allow_pickle and inline_pickle, where)
         return data
 
     decoded = from_jsonable(template, hook)

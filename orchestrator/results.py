@@ -8,13 +8,36 @@ costs nothing extra.
 
 from __future__ import annotations
 
+import os
+import re
+
 import fsspec
 
+from .errors import RunError
 from .settings import get_settings
+
+# A task run id as the SDK makes them: a UUID, with "-<n>" per map level for mapped runs
+# (letters, digits, '-' and '_' leave room for ids given by hand). No '/', '.' or backslash: an id
+# is a file name inside the storage, never a path, whoever chose it (a crafted message
+# chooses its own task id).
+_TASK_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,199}")
 
 
 def _path(task_run_id: str) -> str:
-    return f"{get_settings().result_storage.rstrip('/')}/{task_run_id}.json"
+    """Where a task run's result is kept; refuses an id that could leave the storage folder."""
+    if not _TASK_RUN_ID.fullmatch(task_run_id):
+        raise RunError(
+            f"result storage: task run id {task_run_id[:80]!r} is not well formed (letters, digits, '-' and '_', "
+            "at most 200); its result is neither written nor read. Task run ids come from the orchestrator: "
+            "send runs through it rather than crafting Celery task ids."
+        )
+    root = get_settings().result_storage.rstrip("/")
+    path = f"{root}/{task_run_id}.json"
+    if "://" not in root or root.startswith("file://"):  # a local folder: the resolved path stays inside it
+        folder = os.path.realpath(root.removeprefix("file://"))
+        if os.path.commonpath([folder, os.path.realpath(path.removeprefix("file://"))]) != folder:
+            raise RunError(f"result storage: the result of task run {task_run_id!r} would be written outside {root}.")
+    return path
 
 
 def persist(task_run_id: str, text: str) -> None:

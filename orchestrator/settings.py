@@ -28,6 +28,19 @@ class Settings(BaseSettings):
     result_backend_url: str | None = Field(
         default=None, description="Celery result backend (chord counting); defaults to redis_url."
     )
+    redis_tls_ca_file: str | None = Field(
+        default=None,
+        description="rediss:// only: the CA file that signed Redis's certificate (default: the system's CAs).",
+    )
+    redis_tls_cert_file: str | None = Field(
+        default=None, description="rediss:// only: a client certificate, when Redis asks for one."
+    )
+    redis_tls_key_file: str | None = Field(default=None, description="rediss:// only: the client certificate's key.")
+    redis_tls_verify: bool = Field(
+        default=True,
+        description="rediss:// only: verify Redis's certificate and host name (run store, broker and result "
+        "backend alike). false is for a test server only.",
+    )
     default_queue: str = Field(default="default", description="Queue of flows that name none.")
     flow_modules: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

@@ -23,6 +23,7 @@ from . import keys
 from .errors import ConnectionProblem
 from .settings import get_settings
 from .states import FAILED_STATES, FINAL_STATES, StateType
+from .tls import redis_tls_options, uses_tls
 
 JSON_FIELDS = frozenset({"returns", "deciders", "parameters", "result_refs"})  # always stored as JSON text
 
@@ -244,7 +245,8 @@ def _registered(client: Any, source: str) -> Any:
 def _client(url: str) -> Any:
     """One client (and pool) per URL; ``Any`` because decode_responses=True makes every
     reply a ``str`` while redis-py's annotations say ``bytes | str``."""
-    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30, **outage_retry())
+    tls = redis_tls_options(get_settings()) if uses_tls(url) else {}  # verified like the broker's
+    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30, **outage_retry(), **tls)
 
 
 def now() -> float:

@@ -15,6 +15,7 @@ from orchestrator import (
     get_run_logger,
     rename_flow_run,
     task,
+    unmapped,
     wait,
 )
 from orchestrator.context import current_run
@@ -181,6 +182,25 @@ def unsendable_flow() -> object:
 @flow
 def pickle_flow() -> str:
     return describe_value.submit(pickled_value.submit())  # type: ignore[no-any-return]
+
+
+@task(result_serializer="pickle")
+def pickled_values() -> list[complex]:
+    return [complex(1, 2), complex(3, 4)]
+
+
+@task(result_serializer="pickle")
+def scale(value: complex, factor: complex) -> complex:
+    return value * factor
+
+
+@flow
+def pickle_map_flow() -> tuple[list[complex], str]:
+    """Pickled inputs on every path: a map of a pickle task over a pickled upstream result with a
+    pickled constant beside it, and a pickled constant given straight to a task (both ride in the
+    run store, never in a message)."""
+    scaled = scale.map(pickled_values.submit(), unmapped(complex(0, 1)))
+    return scaled, describe_value.submit(complex(5, 6))  # type: ignore[return-value]
 
 
 @flow

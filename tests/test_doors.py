@@ -360,7 +360,8 @@ def test_a_pickle_payload_for_a_task_that_did_not_opt_in_is_refused_and_never_un
     - json_sink-0 (JSON) gets a reference to make_bomb-0's result, stored pickled;
     - json_sink-1 (JSON) gets a crafted message whose input is an inline pickle payload;
     - pickle_sink-0 (opted into pickle) gets the same kind of payload: the control, proving
-      the payload does fire when it is unpickled.
+      the payload does fire when it is unpickled (from the run store, where the compiler puts
+      every pickled input).
     """
     markers = {name: tmp_path / f"{name}.marker" for name in ("reference", "inline", "control")}
     store = RunStore(stack.redis_url)
@@ -374,7 +375,10 @@ def test_a_pickle_payload_for_a_task_that_did_not_opt_in_is_refused_and_never_un
     # The crafted messages: the same inputs a pickle task's message carries, given to a JSON task.
     nodes["json_sink-1"].inputs = {"value": pickled(door_flows.PickleBomb(str(markers["inline"])))}
     nodes["pickle_sink-0"].inputs = {"value": pickled(door_flows.PickleBomb(str(markers["control"])))}
-    assert inline_or_stored(nodes["json_sink-1"].inputs)[0] is not None  # it rides in the Celery message itself
+    # The compiler keeps any pickled input in the run store, never in the message (a crafted
+    # message carrying one inline is the next test's).
+    assert inline_or_stored(nodes["json_sink-1"].inputs)[1] is not None
+    assert inline_or_stored(nodes["pickle_sink-0"].inputs)[1] is not None
     prepared.compiled = compile_plan(prepared.plan, app)
     record: dict[str, Any] = {"id": run_id, "flow": "door-sinks", "name": f"door-sinks-{run_id[:8]}", "root": run_id}
     record |= {"queue": "default", "parameters": parameters, "created": now()}
@@ -442,3 +446,51 @@ def test_parameters_with_reserved_or_malformed_tags_end_the_run_failed(stack: St
         assert run["state"] == "Failed", (case, run)
         assert expected in run["state_message"] and "reserved" in run["state_message"], (case, run)
     assert not marker.exists()
+
+
+def test_no_task_unpickles_a_value_its_message_carries(stack: Stack, tmp_path: Path) -> None:
+    """Anyone who can put a message on the broker (or post one through Flower's task API) names a
+    task and hands it a pickle payload inline: the subflow end (``inputs.returns``), the map
+    expansion of a pickle task (``inputs.mapped``), and a user task that opted into pickle.
+    Each ends its task run Failed, saying why, and the payload never fires: pickle is loaded
+    only from the run store (the previous test's control shows that path still works)."""
+    store = RunStore(stack.redis_url)
+    app = make_celery_app("doors-client", Settings(redis_url=stack.redis_url), send_only=True)
+    markers = {name: tmp_path / f"{name}.marker" for name in ("subflow", "map", "task")}
+    crafted = {
+        "subflow": (
+            "orchestrator.finish_subflow",
+            {
+                "child_run_id": str(uuid.uuid4()),
+                "inputs": {"returns": pickled(door_flows.PickleBomb(str(markers["subflow"])))},
+            },
+        ),
+        "map": (
+            "orchestrator.expand_map",
+            {
+                "task": "tests.door_flows.pickle_sink",
+                "queue": "default",
+                "inputs": {"static": {}, "mapped": {"value": [pickled(door_flows.PickleBomb(str(markers["map"])))]}},
+            },
+        ),
+        "task": (
+            "tests.door_flows.pickle_sink",
+            {"inputs": {"value": pickled(door_flows.PickleBomb(str(markers["task"])))}},
+        ),
+    }
+    sent: dict[str, str] = {}
+    for name, (task_name, kwargs) in crafted.items():
+        run_id, trid = str(uuid.uuid4()), str(uuid.uuid4())
+        run = {"flow_run_id": run_id, "label": f"crafted-{name}"}
+        app.send_task(task_name, kwargs={"run": run, **kwargs}, queue="default", task_id=trid)
+        sent[name] = trid
+
+    def ended(trid: str) -> bool:
+        return store.read_task_run(trid).get("state") in FINAL
+
+    for name, trid in sent.items():
+        eventually(lambda trid=trid: ended(trid), 60, what=f"the crafted {name} message was handled")
+        row = store.read_task_run(trid)
+        assert row["state"] == "Failed", (name, row)
+        assert "refused a pickle payload" in row["message"], (name, row)
+    assert not [name for name, marker in markers.items() if marker.exists()]

@@ -145,6 +145,11 @@ def test_pickle_is_used_only_by_tasks_that_opt_in() -> None:
     assert run.result(timeout=30) == "(1+2j)"
 
 
+def test_pickled_inputs_reach_pickle_tasks_through_the_run_store() -> None:
+    run = flows.pickle_map_flow.delay()
+    assert run.result(timeout=30) == ([complex(-2, 1), complex(-4, 3)], "(5+6j)")
+
+
 def test_failure_marks_downstream_upstream_failed_and_fails_the_run() -> None:
     run = flows.failing_flow.delay()
     assert run.wait(timeout=30) is StateType.FAILED

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from orchestrator import keys
 from orchestrator.errors import RunError
 from orchestrator.store import get_store
 from tests import flows
+from tests.api_support import eventually
 
 pytestmark = pytest.mark.usefixtures("fleet")
 
@@ -41,3 +43,27 @@ def test_a_result_that_was_not_kept_says_how_to_keep_it() -> None:
     forget_results(run.id)
     with pytest.raises(RunError, match="persist_result=True"):
         run.result(timeout=5)
+
+
+def test_a_crafted_task_run_id_never_reaches_outside_the_result_storage(tmp_path: Path) -> None:
+    """A message names its own task id (the broker, Flower's task API): ``../../x`` for a task
+    that persists its result must not write (or read) a file outside the storage folder."""
+    from orchestrator.celery_app import make_celery_app
+    from orchestrator.results import read_persisted
+    from orchestrator.settings import Settings
+
+    storage = Path(os.environ["ORCHESTRATOR_RESULT_STORAGE"])
+    escape = f"escape-{os.getpid()}-{tmp_path.name}"
+    crafted = f"../../{escape}"
+    outside = (storage / f"{crafted}.json").resolve()
+    app = make_celery_app("results-client", Settings(redis_url=os.environ["ORCHESTRATOR_REDIS_URL"]), send_only=True)
+    run = {"flow_run_id": str(uuid.uuid4()), "label": "kept-0"}
+    app.send_task("tests.flows.kept", kwargs={"run": run, "inputs": {"value": 4}}, queue="default", task_id=crafted)
+    store = get_store()
+    eventually(lambda: store.read_task_run(crafted).get("state") in ("Completed", "Failed"), 30, what="the task ended")
+    row = store.read_task_run(crafted)
+    assert row["state"] == "Failed", row
+    assert "is not well formed" in row["message"], row
+    assert not outside.exists(), outside
+    with pytest.raises(RunError, match="is not well formed"):
+        read_persisted([crafted])

@@ -35,6 +35,7 @@ from orchestrator.compiler import (
     FLOW_DEADLINE_TASK,
     RETRY_FLOW_RUN_TASK,
     START_FLOW_RUN_TASK,
+    inline_or_stored,
     make_signature,
     message_run,
 )
@@ -255,12 +256,14 @@ def register_builtin_tasks(app: Celery) -> None:
         )
         if started is None:
             return
+        from_store = inputs is None  # pickle payloads are loaded only from the run store
         inputs = inputs if inputs is not None else started.stored_inputs or {}
         where = f"map {run.get('label')} of task {task!r}"
         target = registry.get_task(task)
         serializer = target.result_serializer if target else "json"
         try:
-            mapped = resolve(inputs["mapped"], store, allow_pickle=serializer == "pickle", where=where)
+            pickled = serializer == "pickle"
+            mapped = resolve(inputs["mapped"], store, allow_pickle=pickled, inline_pickle=from_store, where=where)
             runs = zip_mapped({k: list(v) for k, v in mapped.items()}, where)
             children = [
                 inputs["static"] | {k: to_template(v, where, serializer, lambda _: False) for k, v in one.items()}
@@ -283,6 +286,13 @@ def register_builtin_tasks(app: Celery) -> None:
             pipe.expire(keys.downstream(child), store.ttl)
         for run_id in {run["flow_run_id"], run["root"]}:
             pipe.sadd(keys.flow_tasks(run_id), *ids)
+        carried: list[dict[str, Any] | None] = []  # what each child's message carries
+        for child, inputs_i in zip(ids, children, strict=True):
+            inline, text = inline_or_stored(inputs_i)  # pickled or large inputs wait in the run store
+            carried.append(inline)
+            if text is not None:
+                pipe.hset(keys.inputs(run["root"]), child, text)
+                pipe.expire(keys.inputs(run["root"]), store.ttl)
         pipe.execute()
         header = [
             make_signature(
@@ -295,7 +305,7 @@ def register_builtin_tasks(app: Celery) -> None:
                 task_id=child,
                 app=self.app,
             )
-            for i, (child, inputs_i) in enumerate(zip(ids, children, strict=True))
+            for i, (child, inputs_i) in enumerate(zip(ids, carried, strict=True))
         ]
         collect = make_signature(COLLECT_MAP_TASK, {"run": run, "children": ids}, queue=queue, app=self.app)
         raise self.replace(chord(group(header, app=self.app), collect, app=self.app))
@@ -334,8 +344,15 @@ def register_builtin_tasks(app: Celery) -> None:
         state, message = flow_outcome(store, run["root"], child_run_id)
         if state is StateType.COMPLETED:
             where = f"subflow run {child_run_id} return value"
-            value = resolve(inputs["returns"], store, allow_pickle=True, where=where)
-            text = dumps(value, "pickle" if any_pickled(store, inputs["returns"]) else "json", where)
+            # A subflow's return template is JSON with references: a pickled value comes only
+            # from a referenced result a pickle task stored, never from this message.
+            try:
+                value = resolve(inputs["returns"], store, allow_pickle=True, inline_pickle=False, where=where)
+                text = dumps(value, "pickle" if any_pickled(store, inputs["returns"]) else "json", where)
+            except Exception as exc:  # a refused or missing value ends the subflow, never leaves it Running
+                end_flow_run(store, child_run_id, StateType.FAILED, str(exc))
+                end_failed(store, run, attempt.worker, StateType.FAILED, str(exc), send=attempt.send)
+                raise
             end_flow_run(store, child_run_id, state)
             end_completed(store, run, attempt, text)
             return

@@ -233,6 +233,7 @@ def _run_holding_slots(
     if started.stale:  # the crash detector sent a newer attempt; that one carries the run on
         log.warning("task run %s: attempt %s is stale (a newer one was sent); not run", trid, attempt.number)
         return Ending.STOPPED
+    from_store = inputs is None  # pickle payloads are loaded only from the run store
     if inputs is None:
         inputs = started.stored_inputs or {}
     where = f"task {run.get('label', task.name)} ({task.name}) of flow run {run['flow_run_id']}"
@@ -242,6 +243,7 @@ def _run_holding_slots(
             inputs,
             store,
             allow_pickle=task.result_serializer == "pickle",
+            inline_pickle=from_store,
             where=where,
             failed_as_none=allowed,
             prefetched=started.results,
