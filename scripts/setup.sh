@@ -19,6 +19,16 @@ if ! command -v redis-server >/dev/null 2>&1; then
   # The package starts a system-wide service; the project starts its own servers.
 fi
 
+if [[ -n "$extras" ]] && ! command -v openssl >/dev/null 2>&1; then
+  # The TLS tests (tests/test_tls.py) make their own CA and certificates with openssl.
+  echo "setup: installing openssl with apt-get"
+  sudo_cmd=""
+  [[ "$(id -u)" != "0" ]] && sudo_cmd="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo_cmd apt-get update -qq
+  $sudo_cmd apt-get install -y -qq openssl >/dev/null
+fi
+
 python_bin=""
 for candidate in python3.13 python3.12 python3.11 python3; do
   if command -v "$candidate" >/dev/null 2>&1 &&

@@ -28,8 +28,6 @@ from orchestrator.settings import Settings, reset_settings
 from orchestrator.store import RunStore
 from tests import flows
 
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is installed by scripts/setup.sh")
-
 
 @dataclass
 class Pki:
