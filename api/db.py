@@ -17,6 +17,7 @@ from alembic.config import Config
 from sqlalchemy import Engine, event, text
 from sqlmodel import Session, create_engine
 
+from orchestrator.redaction import mask_urls_in
 from orchestrator.settings import get_settings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -83,10 +84,10 @@ def migrate(url: str | None = None) -> None:
 
 
 def database_ok() -> tuple[bool, str]:
-    """Whether the database answers a trivial query, and the error if not."""
+    """Whether the database answers a trivial query, and the error if not (any URL in it masked)."""
     try:
         with get_engine().connect() as connection:
             connection.execute(text("SELECT 1"))
         return True, ""
     except Exception as exc:
-        return False, f"{type(exc).__name__}: {exc}"
+        return False, mask_urls_in(f"{type(exc).__name__}: {exc}")

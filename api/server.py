@@ -13,6 +13,7 @@ import sys
 
 import uvicorn
 
+from orchestrator.redaction import mask_urls_in, masked_url
 from orchestrator.settings import get_settings
 
 from .app import create_app
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     settings = get_settings()
-    if not is_loopback(args.host) and not settings.api_key:
+    if not is_loopback(args.host) and settings.api_key is None:
         print(
             f"refusing to listen on {args.host}: without ORCHESTRATOR_API_KEY anyone on the network could submit "
             "and cancel runs. Set ORCHESTRATOR_API_KEY=<a secret> (clients send it as a Bearer token), or bind "
@@ -45,7 +46,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    migrate(settings.database_url)
+    try:
+        migrate(settings.database_url)
+    except Exception as exc:  # a traceback would quote what the driver said, the URL included
+        print(
+            f"cannot prepare the database at {masked_url(settings.database_url)}: {mask_urls_in(str(exc))}\n"
+            "Check that it runs and that ORCHESTRATOR_DATABASE_URL names it (user, password, host, database).",
+            file=sys.stderr,
+        )
+        return 2
     print(f"orchestrator API on http://{args.host}:{args.port}{settings.api_root_path}/api (docs at /docs)", flush=True)
     uvicorn.run(create_app(), host=args.host, port=args.port, log_level=args.log_level, access_log=False)
     return 0

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 
 from .errors import ApiError, ConnectionProblem
+from .redaction import mask_urls_in, masked_url
 from .settings import get_settings
 
 
@@ -22,7 +23,8 @@ class ApiClient:
     def __init__(self, url: str | None = None, api_key: str | None = None, timeout: float = 15.0) -> None:
         settings = get_settings()
         self.url = (url or settings.api_url).rstrip("/")
-        key = api_key if api_key is not None else settings.api_key
+        configured = settings.api_key.get_secret_value() if settings.api_key is not None else None
+        key = api_key if api_key is not None else configured
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
@@ -32,8 +34,8 @@ class ApiClient:
             response = self.http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
             raise ConnectionProblem(
-                f"cannot reach the API at {self.url} ({exc}); start it with 'orchestrator server start' "
-                "or set ORCHESTRATOR_API_URL to where it runs."
+                f"cannot reach the API at {masked_url(self.url)} ({mask_urls_in(str(exc))}); start it with "
+                "'orchestrator server start' or set ORCHESTRATOR_API_URL to where it runs."
             ) from exc
         if response.status_code >= 400:
             try:
@@ -42,7 +44,8 @@ class ApiClient:
                 detail = response.text
             if isinstance(detail, list):  # validation errors: one line each
                 detail = "; ".join(str(d.get("msg", d)) if isinstance(d, dict) else str(d) for d in detail)
-            raise ApiError(f"{method} {path}: {response.status_code}: {detail}", response.status_code)
+            # Masked here too: an older or foreign server may quote a URL with its password.
+            raise ApiError(mask_urls_in(f"{method} {path}: {response.status_code}: {detail}"), response.status_code)
         return response.json() if response.content else None
 
     def create_run(

@@ -7,12 +7,15 @@ environment variable changes behaviour everywhere at once.
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .redaction import masked_url
 
 
 class Settings(BaseSettings):
@@ -78,9 +81,17 @@ class Settings(BaseSettings):
     api_url: str = Field(
         default="http://127.0.0.1:4200/api", description="Where the CLI finds the API (with the /api prefix)."
     )
-    api_key: str | None = Field(
+    api_key: SecretStr | None = Field(
         default=None,
-        description="When set, every API request needs 'Authorization: Bearer <key>'; the CLI sends it.",
+        description="When set, every API request needs 'Authorization: Bearer <key>'; the CLI sends it. "
+        "A secret: repr, logs and dumps show '**********' (read it with .get_secret_value()).",
+    )
+    api_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated Host names the API answers to besides localhost, 127.0.0.1 and [::1] "
+        "(a proxy's or a container's name; '.example.com' for its subdomains, '*' for any). Empty: loopback "
+        "names only without an API key (no web page can reach the API through a DNS name it controls), any "
+        "name with a key.",
     )
     api_root_path: str = Field(
         default="", description="Path prefix when the API sits behind a reverse proxy (e.g. /orchestrator)."
@@ -107,13 +118,25 @@ class Settings(BaseSettings):
         description="Consumer name of this API's recorder in the event stream's consumer group.",
     )
 
-    @field_validator("flow_modules", mode="before")
+    @field_validator("flow_modules", "api_allowed_hosts", mode="before")
     @classmethod
     def _split_modules(cls, value: Any) -> Any:
         """Accept ``a.flows,b.flows`` as well as a list."""
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, value: Any) -> Any:
+        """``ORCHESTRATOR_API_KEY=`` (empty, as a compose file or .env leaves it) means no key."""
+        return None if isinstance(value, str) and not value.strip() else value
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """repr() shows every URL masked (redis_url, database_url, an fsspec result_storage...):
+        a password never reaches a log through a printed Settings."""
+        for name, value in super().__repr_args__():
+            yield name, masked_url(value) if isinstance(value, str) else value
 
     @property
     def crash_window_seconds(self) -> float:

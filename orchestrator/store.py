@@ -21,6 +21,7 @@ from redis.retry import Retry
 
 from . import keys
 from .errors import ConnectionProblem
+from .redaction import mask_urls_in, masked_url
 from .settings import get_settings
 from .states import FAILED_STATES, FINAL_STATES, StateType
 from .tls import redis_tls_options, uses_tls
@@ -276,9 +277,10 @@ class RunStore:
         return _registered(self.redis, source)
 
     def unreachable(self, exc: Exception) -> ConnectionProblem:
-        """The error to raise when Redis does not answer: it names the URL and the fix."""
+        """The error to raise when Redis does not answer: it names the URL (its password masked:
+        this text reaches 503 bodies, health answers, CLI output and logs) and the fix."""
         return ConnectionProblem(
-            f"cannot reach Redis at {self.url} ({exc}); start redis-server or set "
+            f"cannot reach Redis at {masked_url(self.url)} ({mask_urls_in(str(exc))}); start redis-server or set "
             "ORCHESTRATOR_REDIS_URL to a Redis that is running."
         )
 
