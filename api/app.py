@@ -17,12 +17,13 @@ from fastapi import APIRouter, Depends, FastAPI, Request, status
 from fastapi.responses import JSONResponse
 
 from orchestrator.errors import ConnectionProblem, RunError
+from orchestrator.redaction import mask_urls_in
 from orchestrator.settings import get_settings
 from orchestrator.store import get_store
 
 from .db import get_engine
 from .routes import concurrency_limits, deployments, flow_runs, flows, health, workers
-from .security import BodySizeLimit, RefuseNulInUrl, require_api_key
+from .security import ApiKeyGate, BodySizeLimit, HostCheck, RefuseNulInUrl, require_api_key
 from .services import background_services
 from .submit import ParameterProblem, Submitter
 
@@ -72,10 +73,21 @@ def create_app(*, services: bool | None = None) -> FastAPI:
     guarded.include_router(concurrency_limits.router)
     app.include_router(guarded)
     app.include_router(health.router, prefix="/api")
-    app.add_middleware(BodySizeLimit, limit=settings.api_max_body_bytes)
-    app.add_middleware(RefuseNulInUrl)
+    install_doors(app)
     install_error_handlers(app)
     return app
+
+
+def install_doors(app: FastAPI) -> None:
+    """The checks every request passes before a route sees it (see api.security), outermost last
+    here: the Host and Origin, a NUL in the URL, the key (before any body is read), the body size."""
+    settings = get_settings()
+    app.add_middleware(BodySizeLimit, limit=settings.api_max_body_bytes)
+    documents = (app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)
+    open_paths = {"/api/health", *(path for path in documents if path)}  # hold no data
+    app.add_middleware(ApiKeyGate, key=settings.api_key, open_paths=open_paths)
+    app.add_middleware(RefuseNulInUrl)
+    app.add_middleware(HostCheck, allowed=settings.api_allowed_hosts, keyless=settings.api_key is None)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -89,7 +101,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def redis_away(_: Request, exc: ConnectionProblem) -> JSONResponse:
         return JSONResponse(
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-            content={"detail": f"{exc} Nothing was created; try again once Redis answers."},
+            content={"detail": mask_urls_in(f"{exc} Nothing was created; try again once Redis answers.")},
         )
 
     @app.exception_handler(redis.ConnectionError)
@@ -98,7 +110,9 @@ def install_error_handlers(app: FastAPI) -> None:
         problem = get_store().unreachable(exc)
         return JSONResponse(
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-            content={"detail": f"{problem} Nothing was created or changed; try again once Redis answers."},
+            content={
+                "detail": mask_urls_in(f"{problem} Nothing was created or changed; try again once Redis answers.")
+            },
         )
 
     @app.exception_handler(RunError)

@@ -233,13 +233,33 @@ class WorkerPublic(BaseModel):
     extra: dict[str, Any] = Field(default_factory=dict)
 
 
-class Health(BaseModel):
-    """Whether the API's dependencies answer."""
+PartState = Literal["ok", "unavailable"]
 
-    status: str
+
+class HealthDetails(BaseModel):
+    """What went wrong, in words (URLs masked); only for a caller allowed to use the rest of the API."""
+
     database: str
     redis: str
     recorder: str
+
+
+class Health(BaseModel):
+    """Whether the API's dependencies answer: state words only, safe to show to anyone (a probe
+    needs no key), so no error text or URL; ``details`` holds those for a caller with the key."""
+
+    status: PartState
+    database: PartState
+    redis: PartState
+    recorder: Literal["ok", "failing", "not running"] = Field(
+        description="The event recorder of this process ('not running': it runs elsewhere, "
+        "ORCHESTRATOR_API_SERVICES=false)."
+    )
+    details: HealthDetails | None = Field(
+        default=None,
+        description="The errors behind each state (URLs masked); null unless the request carries the API key "
+        "(or the server has none and answers loopback callers only).",
+    )
 
 
 LatePolicy = Literal["run_all", "newest_only", "cancel_older_than"]

@@ -1,37 +1,239 @@
-"""Safe defaults at the door: the API key check and the request size limit.
+"""Safe defaults at the door: who may talk to the API, the API key check and the size limit.
 
-With ``ORCHESTRATOR_API_KEY`` set, every route needs ``Authorization: Bearer <key>``
-except the health probe and the OpenAPI documents (which hold no data). Bodies
-larger than ``ORCHESTRATOR_API_MAX_BODY_BYTES`` are refused with 413 before they
-are read in full.
+Outermost first (``api.app.create_app`` installs them in this order):
+
+1. :class:`HostCheck`: an API without ``ORCHESTRATOR_API_KEY`` (it listens on loopback only)
+   answers only requests whose Host header is a loopback name, so a web page cannot reach it
+   through a DNS name its site controls (DNS rebinding), and refuses a state-changing request a
+   browser sent from another site (its ``Origin``). ``ORCHESTRATOR_API_ALLOWED_HOSTS`` adds names
+   (a proxy's, a container's), also with a key.
+2. :class:`RefuseNulInUrl`: 400 for a NUL in the URL.
+3. :class:`ApiKeyGate`: with ``ORCHESTRATOR_API_KEY`` set, every request but the health probe and
+   the OpenAPI documents (which hold no data) needs ``Authorization: Bearer <key>``, checked from
+   the headers before anything reads the body: a client without the key makes the server parse
+   nothing.
+4. :class:`BodySizeLimit`: bodies larger than ``ORCHESTRATOR_API_MAX_BODY_BYTES`` are refused with
+   413 before they are read in full.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import secrets
+from collections.abc import Collection, Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import HTTPException, Security, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import SecretStr
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator.settings import get_settings
 
 bearer = HTTPBearer(auto_error=False, description="The API key (ORCHESTRATOR_API_KEY), when the server has one.")
+MISSING_KEY = "missing or wrong API key: send 'Authorization: Bearer <ORCHESTRATOR_API_KEY>'."
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def key_matches(authorization: str | None, expected: SecretStr) -> bool:
+    """Whether an ``Authorization`` header value is ``Bearer <expected>`` (compared in constant time)."""
+    if not authorization:
+        return False
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return secrets.compare_digest(token.strip().encode(), expected.get_secret_value().encode())
+
+
+def may_use_the_api(authorization: str | None) -> bool:
+    """Whether a request with this ``Authorization`` header gets past the key check: the right key,
+    or a server without one (which :class:`HostCheck` keeps to loopback callers)."""
+    expected = get_settings().api_key
+    return expected is None or key_matches(authorization, expected)
 
 
 def require_api_key(credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
-    """Refuse a request without the right key when the server has one."""
+    """The key check as a route dependency: it puts the Bearer scheme into the OpenAPI document.
+
+    :class:`ApiKeyGate` enforces the same check earlier (before the body is read); this one
+    stays as a second lock for a route mounted without the middleware.
+    """
     expected = get_settings().api_key
-    if not expected:
+    if expected is None:
         return
-    if credentials is None or not secrets.compare_digest(credentials.credentials.encode(), expected.encode()):
+    if credentials is None or not key_matches(f"Bearer {credentials.credentials}", expected):
         raise HTTPException(
-            status_code=status.HTTP_401_UNAUTHORIZED,
-            detail="missing or wrong API key: send 'Authorization: Bearer <ORCHESTRATOR_API_KEY>'.",
-            headers={"WWW-Authenticate": "Bearer"},
+            status_code=status.HTTP_401_UNAUTHORIZED, detail=MISSING_KEY, headers={"WWW-Authenticate": "Bearer"}
         )
+
+
+async def answer(send: Send, status_code: int, detail: str, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
+    """Send a whole JSON ``{"detail": ...}`` response from a middleware (the app never runs)."""
+    body = json.dumps({"detail": detail}).encode()
+    start: dict[str, Any] = {
+        "type": "http.response.start",
+        "status": status_code,
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            *headers,
+        ],
+    }
+    await send(start)
+    await send({"type": "http.response.body", "body": body})
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    """The first value of a request header (``name`` in lower case), or None."""
+    for key, value in scope.get("headers") or []:
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+def route_path(scope: Scope) -> str:
+    """The path the routes see: without the root path when the proxy did not strip it."""
+    path: str = scope.get("path", "")
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root + "/"):
+        return path[len(root) :]
+    return path
+
+
+class ApiKeyGate:
+    """ASGI middleware: 401 for a request without the key, from its headers alone.
+
+    FastAPI reads and parses a route's body before it runs the route's dependencies, so a key
+    check done as a dependency let a client without the key make the server read and parse up
+    to the body limit (and learn from a 422 what the route expects). This answers before the
+    body is received: it never calls ``receive``.
+    """
+
+    def __init__(self, app: ASGIApp, key: SecretStr | None, open_paths: Collection[str]) -> None:
+        self.app = app
+        self.key = key
+        self.open_paths = frozenset(open_paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or self.key is None
+            or route_path(scope) in self.open_paths
+            or key_matches(header(scope, b"authorization"), self.key)
+        ):
+            await self.app(scope, receive, send)
+            return
+        await answer(send, 401, MISSING_KEY, [(b"www-authenticate", b"Bearer")])
+
+
+def host_name(value: str) -> str:
+    """The name in a Host header, lower case, without its port: ``[::1]:4200`` -> ``::1``;
+    ``""`` for a value that is not ``name[:port]``."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        name, bracket, rest = value[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else rest
+        return name if bracket and (not rest or (rest.startswith(":") and port.isdigit())) else ""
+    name, colon, port = value.partition(":")
+    if colon and not port.isdigit():
+        return ""
+    return name.rstrip(".")  # 'localhost.' is 'localhost'
+
+
+def is_loopback_name(name: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1): names no other site can own."""
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _allows(pattern: str, name: str) -> bool:
+    """``*`` allows any name, ``.example.com`` it and its subdomains, anything else itself."""
+    pattern = host_name(pattern) if not pattern.startswith((".", "*")) else pattern.lower()
+    if pattern == "*":
+        return True
+    if pattern.startswith("."):
+        return name == pattern[1:] or name.endswith(pattern)
+    return name == pattern
+
+
+class HostCheck:
+    """ASGI middleware: refuse a Host this API does not answer to, and cross-site writes without a key.
+
+    Without a key (``keyless``), anyone who can reach the port may use the API; the server only
+    listens on loopback for that reason. A web page can still get there: through a DNS name of
+    its own that it makes resolve to 127.0.0.1 (its requests then carry that name as Host), or
+    with a plain cross-site form POST (no body needed to pause a deployment) that carries the
+    page's ``Origin``. So, without a key, a Host must be a loopback name or one of ``allowed``
+    (400 otherwise), and a state-changing request with an ``Origin`` must come from this very
+    origin (403 otherwise; scripts and the CLI send no Origin). With a key, a page cannot send
+    it (a browser adds no Authorization header by itself), so only ``allowed``, when given,
+    limits the Host (behind a proxy, its public name).
+    """
+
+    def __init__(self, app: ASGIApp, allowed: Collection[str], keyless: bool) -> None:
+        self.app = app
+        self.allowed = tuple(allowed)
+        self.keyless = keyless
+        self.check_host = (keyless or bool(self.allowed)) and "*" not in self.allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        host = header(scope, b"host") or ""
+        if self.check_host and not self.answers_to(host_name(host)):
+            await answer(send, 400, self.foreign_host(host))
+            return
+        origin = header(scope, b"origin")
+        method = str(scope.get("method", "GET")).upper()
+        if self.keyless and origin is not None and method not in SAFE_METHODS and not same_origin(origin, host):
+            await answer(send, 403, cross_site(method, origin))
+            return
+        await self.app(scope, receive, send)
+
+    def answers_to(self, name: str) -> bool:
+        return bool(name) and (is_loopback_name(name) or any(_allows(p, name) for p in self.allowed))
+
+    def foreign_host(self, host: str) -> str:
+        names = ", ".join([*LOOPBACK_NAMES, *self.allowed])
+        shown = host[:200] if host else "(none)"
+        why = (
+            "without ORCHESTRATOR_API_KEY it answers only to names no other site can own, so that a web page "
+            "cannot reach it through a DNS name of its own that points here (DNS rebinding)"
+            if self.keyless
+            else "ORCHESTRATOR_API_ALLOWED_HOSTS limits the names it answers to"
+        )
+        return (
+            f"refused: this API does not answer to the host name {shown!r} (the request's Host header), only to "
+            f"{names}; {why}. Nothing was done. If that name is yours (a proxy's, a container's), add it to "
+            "ORCHESTRATOR_API_ALLOWED_HOSTS (comma-separated names; '.example.com' allows its subdomains) where "
+            "the API server runs, and restart it."
+        )
+
+
+def same_origin(origin: str, host: str) -> bool:
+    """Whether an ``Origin`` header names the site the request was sent to (its Host)."""
+    try:
+        parts = urlsplit(origin.strip())
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.netloc) and parts.netloc.lower() == host.strip().lower()
+
+
+def cross_site(method: str, origin: str) -> str:
+    return (
+        f"refused: a {method} sent by a web page of {origin[:200]!r}, another site, to this API, which has no "
+        "ORCHESTRATOR_API_KEY and so cannot tell a page you opened from you; nothing was done. Scripts and the "
+        "CLI send no Origin and are not affected, nor is the API's own page (/docs). With ORCHESTRATOR_API_KEY "
+        "set, every request needs the key instead and this check is off."
+    )
 
 
 class BodySizeLimit:
@@ -94,14 +296,7 @@ class BodySizeLimit:
             "or URL), or raise the limit: set ORCHESTRATOR_API_MAX_BODY_BYTES=<bytes> where the API server runs "
             "and restart it."
         )
-        body = json.dumps({"detail": detail}).encode()
-        start: dict[str, Any] = {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-        await send(start)
-        await send({"type": "http.response.body", "body": body})
+        await answer(send, 413, detail)
 
 
 class _TooLarge(Exception):
@@ -120,14 +315,6 @@ class RefuseNulInUrl:
             or b"%00" in scope.get("query_string", b"")
             or b"\x00" in scope.get("query_string", b"")
         ):
-            body = json.dumps({"detail": "the URL contains a NUL character (%00); remove it."}).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 400,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+            await answer(send, 400, "the URL contains a NUL character (%00); remove it.")
             return
         await self.app(scope, receive, send)
