@@ -10,7 +10,8 @@ import typer
 from rich.table import Table
 
 from .api_client import ApiClient
-from .cli_runs import calling, console
+from .cli_runs import calling, console, print_error
+from .cli_text import user_line, user_text
 from .errors import OrchestratorError
 from .serialization import to_jsonable, to_plain
 
@@ -44,7 +45,7 @@ def deploy_command(
             k: to_plain(to_jsonable(v, f"parameter {k!r}")) for k, v in parse_parameters(flow, param or []).items()
         }
     except OrchestratorError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        print_error(exc)
         raise typer.Exit(2) from None
     body: dict[str, Any] = {
         "name": name,
@@ -61,7 +62,11 @@ def deploy_command(
     }
     created = calling(lambda: ApiClient().deploy(body))
     upcoming = ", ".join(created["next_runs"][:3]) or "none yet (the scheduler plans them within a second)"
-    console.print(f"deployment [bold]{created['name']}[/bold] of flow {created['flow_name']}; next runs: {upcoming}")
+    console.print(
+        user_line(
+            "deployment ", user_text(created["name"], "bold"), f" of flow {created['flow_name']}; next runs: {upcoming}"
+        )
+    )
 
 
 @deployment_app.command("ls")
@@ -75,7 +80,8 @@ def deployment_ls() -> None:
             f"every {row['interval_seconds']:g}s" if row["interval_seconds"] else "manual"
         )
         nxt = row["next_runs"][0] if row["next_runs"] else ""
-        table.add_row(row["name"], row["flow_name"], row["queue"] or "", schedule, str(row["paused"]), nxt)
+        cells = (row["name"], row["flow_name"], row["queue"] or "", schedule, row["paused"], nxt)
+        table.add_row(*map(user_text, cells))
     console.print(table)
 
 
@@ -83,11 +89,11 @@ def deployment_ls() -> None:
 def deployment_pause(name: Annotated[str, typer.Argument(help="Deployment name.")]) -> None:
     """Stop sending its runs."""
     calling(lambda: ApiClient().pause(name, True))
-    console.print(f"deployment {name} paused")
+    console.print(user_line("deployment ", name, " paused"))
 
 
 @deployment_app.command("resume")
 def deployment_resume(name: Annotated[str, typer.Argument(help="Deployment name.")]) -> None:
     """Send its runs again."""
     calling(lambda: ApiClient().pause(name, False))
-    console.print(f"deployment {name} resumed")
+    console.print(user_line("deployment ", name, " resumed"))

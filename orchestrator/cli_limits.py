@@ -9,6 +9,7 @@ from rich.table import Table
 
 from .api_client import ApiClient
 from .cli_runs import calling, console
+from .cli_text import user_line, user_text
 
 limits_app = typer.Typer(
     help="Concurrency limits: at most N task runs with a tag run at once, on all workers.", no_args_is_help=True
@@ -18,11 +19,14 @@ Tag = Annotated[str, typer.Argument(help="The tag, as in @task(tags=['db']).")]
 
 
 def _show(limit: dict[str, Any]) -> None:
-    console.print(f"concurrency limit [bold]{limit['tag']}[/bold]: {limit['active']} of {limit['limit']} slots held")
+    held = f": {limit['active']} of {limit['limit']} slots held"
+    console.print(user_line("concurrency limit ", user_text(limit["tag"], "bold"), held))
     for holder in limit["holders"]:
         console.print(
-            f"  {holder['label'] or holder['task_run_id']} ({holder['task']}) of flow run {holder['flow_run_id']} "
-            f"on {holder['worker'] or '?'}: {holder['state']}"
+            user_text(
+                f"  {holder['label'] or holder['task_run_id']} ({holder['task']}) of flow run {holder['flow_run_id']} "
+                f"on {holder['worker'] or '?'}: {holder['state']}"
+            )
         )
 
 
@@ -42,7 +46,7 @@ def ls() -> None:
         table.add_column(column)
     for row in calling(lambda: ApiClient().limits()):
         holders = ", ".join(h["label"] or h["task_run_id"] for h in row["holders"][:5])
-        table.add_row(row["tag"], str(row["limit"]), str(row["active"]), holders)
+        table.add_row(*map(user_text, (row["tag"], row["limit"], row["active"], holders)))
     console.print(table)
 
 
@@ -56,4 +60,4 @@ def inspect(tag: Tag) -> None:
 def delete(tag: Tag) -> None:
     """Remove the limit: tasks with the tag no longer wait."""
     calling(lambda: ApiClient().delete_limit(tag))
-    console.print(f"concurrency limit {tag} deleted")
+    console.print(user_line("concurrency limit ", tag, " deleted"))

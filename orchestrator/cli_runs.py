@@ -13,9 +13,12 @@ import typer
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from .api_client import ApiClient
+from .cli_text import user_json, user_line, user_text
 from .errors import OrchestratorError
+from .redaction import mask_urls_in
 from .states import StateType
 
 console = Console()
@@ -25,12 +28,17 @@ flow_run_app = typer.Typer(help="Read and act on flow runs through the API.", no
 T = TypeVar("T")
 
 
+def print_error(exc: Exception) -> None:
+    """``error: <what happened>`` in one line; the text (often the API's, quoting user input) as text."""
+    console.print(user_line(Text("error:", style="red"), " ", mask_urls_in(str(exc))))
+
+
 def calling(action: Callable[[], T]) -> T:
     """Run an API call; an error is printed in one line and ends the command with status 2."""
     try:
         return action()
     except OrchestratorError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        print_error(exc)
         raise typer.Exit(2) from None
 
 
@@ -74,17 +82,18 @@ def parse_pairs(pairs: list[str]) -> dict[str, Any]:
 
 def task_table(run: dict[str, Any], tasks: list[dict[str, Any]]) -> Table:
     """The run's task runs as a table (used by ``run --watch`` and ``inspect``)."""
-    table = Table(title=f"{run['name']} ({run['id']}): {run['state']} {run.get('state_message') or ''}".strip())
+    title = f"{run['name']} ({run['id']}): {run['state']} {run.get('state_message') or ''}".strip()
+    table = Table(title=user_text(title))
     for column in ("task run", "task", "state", "attempts", "worker", "message"):
         table.add_column(column)
     for task in tasks:
         table.add_row(
-            task["label"],
-            task["task_name"].rsplit(".", 1)[-1],
-            task["state"],
-            str(task["attempts"]),
-            task["worker"],
-            (task["state_message"] or "")[:80],
+            user_text(task["label"]),
+            user_text(task["task_name"].rsplit(".", 1)[-1]),
+            user_text(task["state"]),
+            user_text(task["attempts"]),
+            user_text(task["worker"]),
+            user_text((task["state_message"] or "")[:80]),
         )
     return table
 
@@ -111,12 +120,13 @@ def flow_run_ls(
 ) -> None:
     """List flow runs, newest first."""
     page = calling(lambda: ApiClient().list_runs(flow=flow, state=state, name=name, limit=limit))
-    table = Table(title=f"{len(page['items'])} of {page['total']} flow runs")
+    table = Table(title=user_text(f"{len(page['items'])} of {page['total']} flow runs"))
     for column in ("id", "name", "flow", "state", "created", "message"):
         table.add_column(column)
     for run in page["items"]:
         created = (run["created"] or "")[:19]
-        table.add_row(run["id"], run["name"], run["flow_name"], run["state"], created, run["state_message"][:60])
+        cells = (run["id"], run["name"], run["flow_name"], run["state"], created, run["state_message"][:60])
+        table.add_row(*map(user_text, cells))
     console.print(table)
 
 
@@ -125,7 +135,7 @@ def flow_run_inspect(run_id: Annotated[str, typer.Argument(help="Flow run id.")]
     """A run's record, its task runs and its full state history."""
     client = ApiClient()
     run = calling(lambda: client.get_run(run_id))
-    console.print_json(json.dumps(run))
+    console.print(user_json(run))
     console.print(task_table(run, calling(lambda: client.task_runs(run_id))))
     history = Table(title="state history")
     for column in ("time", "run", "state", "cause", "message"):
@@ -133,7 +143,8 @@ def flow_run_inspect(run_id: Annotated[str, typer.Argument(help="Flow run id.")]
     for item in calling(lambda: client.states(run_id)):
         who = "flow" if item["run_id"] == run_id else item["run_id"][:12]
         state = item["state"] if item["applied"] else f"{item['state']} (ignored)"
-        history.add_row((item["time"] or "")[11:23], who, state, item["cause"], item["message"][:60])
+        cells = ((item["time"] or "")[11:23], who, state, item["cause"], item["message"][:60])
+        history.add_row(*map(user_text, cells))
     console.print(history)
 
 
@@ -152,7 +163,8 @@ def flow_run_logs(
         for line in calling(lambda: client.logs(run_id, since)):
             after = line["seq"]
             where = f" [{line['task_run_id'][:12]}]" if line["task_run_id"] else ""
-            console.print(f"{(line['time'] or '')[11:23]} {line['level']:<7}{where} {line['message']}", markup=False)
+            text = user_text(f"{(line['time'] or '')[11:23]} {line['level']:<7}{where} {line['message']}")
+            console.print(text, soft_wrap=True)  # one record, one line: Rich adds no line break of its own
 
     while True:
         print_new()
@@ -169,9 +181,9 @@ def flow_run_logs(
 def flow_run_why(run_id: Annotated[str, typer.Argument(help="Flow run id.")]) -> None:
     """Why a run is not running (or what it is doing), in plain words."""
     found = calling(lambda: ApiClient().diagnosis(run_id))
-    console.print(f"flow run {run_id} is [bold]{found['state']}[/bold]:")
+    console.print(user_line("flow run ", run_id, " is ", user_text(found["state"], "bold"), ":"))
     for reason in found["reasons"]:
-        console.print(f"- {reason}", markup=False)
+        console.print(user_line("- ", reason))
 
 
 @flow_run_app.command("cleanup-late")
@@ -185,19 +197,21 @@ def flow_run_cleanup_late(
     """Clear a backlog of Late runs with a policy instead of letting it stampede the fleet."""
     body = {"policy": policy, "max_age_seconds": max_age, "deployment": deployment, "flow": flow, "queue": queue}
     done = calling(lambda: ApiClient().cleanup_late({k: v for k, v in body.items() if v is not None}))
-    console.print(f"{done['late']} late runs: {done['cancelled']} cancelled, {done['kept']} kept ({done['policy']})")
+    console.print(
+        user_text(f"{done['late']} late runs: {done['cancelled']} cancelled, {done['kept']} kept ({done['policy']})")
+    )
 
 
 @flow_run_app.command("cancel")
 def flow_run_cancel(run_id: Annotated[str, typer.Argument(help="Flow run id.")]) -> None:
     """Cancel a run: queued tasks never start, running ones are terminated."""
-    console.print(calling(lambda: ApiClient().cancel(run_id))["detail"])
+    console.print(user_text(calling(lambda: ApiClient().cancel(run_id))["detail"]))
 
 
 @flow_run_app.command("retry")
 def flow_run_retry(run_id: Annotated[str, typer.Argument(help="Flow run id.")]) -> None:
     """Run a failed run again: only its task runs that did not complete."""
-    console.print(calling(lambda: ApiClient().retry(run_id))["detail"])
+    console.print(user_text(calling(lambda: ApiClient().retry(run_id))["detail"]))
 
 
 def run_command(
@@ -212,10 +226,10 @@ def run_command(
     client = ApiClient()
     parameters = parse_pairs(param or [])
     run = calling(lambda: client.create_run(flow, parameters, name=name, queue=queue))
-    console.print(f"flow run [bold]{run['name']}[/bold] ({run['id']}) {run['state']}")
+    console.print(user_line("flow run ", user_text(run["name"], "bold"), f" ({run['id']}) {run['state']}"))
     if not watch:
         return
     run = calling(lambda: watch_run(client, run["id"], timeout))
     if run["state"] != StateType.COMPLETED.value:
-        console.print(f"[red]{run['state']}[/red]: {run['state_message']}")
+        console.print(user_line(user_text(run["state"], "red"), ": ", run["state_message"]))
         raise typer.Exit(1)
