@@ -10,11 +10,13 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .cli_deploy import deploy_command, deployment_app
 from .cli_dev import dev_command
 from .cli_limits import limits_app
-from .cli_runs import flow_run_app, run_command, server_app, services_app
+from .cli_runs import flow_run_app, print_error, run_command, server_app, services_app
+from .cli_text import user_line, user_text, visible
 from .errors import OrchestratorError
 
 app = typer.Typer(help="Prefect-style flows on Celery and Redis.", no_args_is_help=True)
@@ -83,11 +85,11 @@ def plan(
             traced = flow.plan(**parameters)
         except DynamicFlowRequired as signal:
             message = f"dynamic: {signal}; the body runs on a worker and submits tasks as it goes."
-            print(json.dumps({"mode": "dynamic", "reason": str(signal)}) if as_json else message)
+            print(json.dumps({"mode": "dynamic", "reason": str(signal)}) if as_json else visible(message))
             return
         compiled = compile_plan(traced)
     except OrchestratorError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        print_error(exc)
         raise typer.Exit(2) from None
     labels = {n.id: n.label for n in traced.nodes.values()}
     if as_json:
@@ -98,18 +100,18 @@ def plan(
         }
         print(json.dumps(out, indent=2, default=str))
         return
-    table = Table(title=f"flow {flow.name}: {len(traced.nodes)} task runs")
+    table = Table(title=user_text(f"flow {flow.name}: {len(traced.nodes)} task runs"))
     for column in ("task run", "kind", "task", "queue", "waits for"):
         table.add_column(column)
     for node in traced.nodes.values():
         ups = ", ".join(labels[u] for u in node.upstream)
-        table.add_row(node.label, node.kind, node.name, node.queue, ups)
+        table.add_row(*map(user_text, (node.label, node.kind, node.name, node.queue, ups)))
     console.print(table)
     console.print("[bold]Celery canvas[/bold]")
-    print(describe_canvas(compiled.canvas, labels))
+    print("\n".join(map(visible, describe_canvas(compiled.canvas, labels).split("\n"))))
     if compiled.join_pending:
         joined = ", ".join(labels[k] for k in compiled.join_pending)
-        console.print(f"[bold]Started by Redis joins[/bold] (not series-parallel): {joined}")
+        console.print(user_line(Text("Started by Redis joins", style="bold"), " (not series-parallel): ", joined))
 
 
 def main() -> None:
