@@ -36,10 +36,34 @@ app.add_typer(limits_app, name="concurrency-limit")
 def flower_command(
     ctx: typer.Context,
     port: Annotated[int, typer.Option(help="Port Flower listens on.")] = 5555,
+    address: Annotated[
+        str | None, typer.Option(help="Interface to listen on (default 127.0.0.1; another needs --basic-auth).")
+    ] = None,
+    basic_auth: Annotated[
+        str | None,
+        typer.Option("--basic-auth", help="user:password every page and API call asks for (or FLOWER_BASIC_AUTH)."),
+    ] = None,
+    task_api: Annotated[
+        bool,
+        typer.Option(
+            "--task-api", help="Open the API routes that run, revoke or limit tasks and control workers (needs auth)."
+        ),
+    ] = False,
 ) -> None:
-    """Start Flower on the orchestrator's broker (any other Flower option passes through)."""
-    cmd = [sys.executable, "-m", "celery", "-A", "workers.app", "flower", f"--port={port}", *ctx.args]
-    os.execvp(cmd[0], cmd)
+    """Start Flower on the orchestrator's broker (any other Flower option passes through).
+
+    It runs workers.flower, which refuses an address beyond loopback without credentials
+    and keeps the task API and cross-site writes out. The credentials reach Flower in
+    FLOWER_BASIC_AUTH, never on its command line (where ps would show them).
+    """
+    cmd = [sys.executable, "-m", "workers.flower", f"--port={port}"]
+    if address is not None:
+        cmd.append(f"--address={address}")
+    if task_api:
+        cmd.append("--task-api")
+    cmd += list(ctx.args)
+    env = dict(os.environ) | ({"FLOWER_BASIC_AUTH": basic_auth} if basic_auth is not None else {})
+    os.execvpe(cmd[0], cmd, env)
 
 
 console = Console()

@@ -4,12 +4,17 @@ A Redis (the configured one if it answers, else a local ``redis-server`` whose d
 stay in the project's ``.orchestrator/`` folder), the API with its services on an
 SQLite file in the same folder, one worker and Flower. Ctrl-C (or TERM) stops every
 child, each in its own process group, so nothing is left behind.
+
+Flower asks for a password generated for each start and printed in the banner, and its
+task API (the routes that run tasks) stays off unless ``--flower-task-api`` asks for it:
+any web page open in the developer's browser could otherwise post a task to it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import sys
 import threading
@@ -24,10 +29,12 @@ from .api_client import ApiClient
 from .cli_runs import calling, parse_pairs, watch_run
 from .client import FlowRun
 from .localstack import ApiProcess, flower, free_port, redis_answers, redis_server, worker
+from .redaction import masked_url
 from .settings import get_settings, reset_settings
 from .states import StateType
 
 console = Console()
+FLOWER_USER = "orchestrator"
 
 
 @contextlib.contextmanager
@@ -35,11 +42,12 @@ def dev_redis(data_dir: Path) -> Iterator[str]:
     """The configured Redis if it answers, else a local one keeping its data in ``data_dir``."""
     configured = get_settings().redis_url
     if redis_answers(configured):
-        console.print(f"redis:  {configured} (already running)")
+        console.print(f"redis:  {masked_url(configured)} (already running)")
         yield configured
         return
     with redis_server(data_dir=data_dir / "redis") as url:
-        console.print(f"redis:  {url} (started here, data in {data_dir / 'redis'}; {configured} did not answer)")
+        where = f"data in {data_dir / 'redis'}; {masked_url(configured)} did not answer"
+        console.print(f"redis:  {masked_url(url)} (started here, {where})")
         yield url
 
 
@@ -62,6 +70,9 @@ def dev_command(
     exit_after_run: Annotated[bool, typer.Option("--exit", help="Stop the stack once the --run run ends.")] = False,
     api_port: Annotated[int, typer.Option(help="API port (0: any free port).")] = 4200,
     flower_port: Annotated[int, typer.Option(help="Flower port (0: any free port).")] = 5555,
+    flower_task_api: Annotated[
+        bool, typer.Option("--flower-task-api", help="Open Flower's API routes that run and control tasks.")
+    ] = False,
     concurrency: Annotated[int, typer.Option("-c", help="Worker processes.")] = 2,
     data_dir: Annotated[Path, typer.Option(help="Where Redis data, the database and logs are kept.")] = Path(
         ".orchestrator"
@@ -86,8 +97,15 @@ def dev_command(
             console.print(f"api:    {api.url}  (docs: http://127.0.0.1:{api_port}/docs, log: {logs / 'api.log'})")
             with worker(redis_url, modules, concurrency=concurrency, log_path=logs / "worker.log"):
                 console.print(f"worker: queue default, flows from {', '.join(modules) or '(none)'}")
-                with flower(redis_url, port=flower_port, log_path=logs / "flower.log") as flower_url:
-                    console.print(f"flower: {flower_url}")
+                login = f"{FLOWER_USER}:{secrets.token_urlsafe(18)}"
+                with flower(
+                    redis_url,
+                    port=flower_port,
+                    log_path=logs / "flower.log",
+                    basic_auth=login,
+                    task_api=flower_task_api,
+                ) as flower_url:
+                    console.print(f"flower: {flower_url}  (login {login}, {flower_api_note(flower_task_api)})")
                     os.environ["ORCHESTRATOR_API_URL"] = api.url
                     reset_settings()
                     if run:
@@ -99,6 +117,11 @@ def dev_command(
             api.stop()
     console.print("stopped: redis (if started here), api, worker, flower")
     raise typer.Exit(code)
+
+
+def flower_api_note(task_api: bool) -> str:
+    """What the banner says about Flower's task API."""
+    return "task API on" if task_api else "task API off: --flower-task-api opens it"
 
 
 def run_once(client: ApiClient, flow: str, pairs: list[str]) -> int:

@@ -294,19 +294,30 @@ def wait_for_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) 
 
 
 @contextlib.contextmanager
-def flower(redis_url: str, port: int | None = None, log_path: Path | None = None) -> Iterator[str]:
-    """Run Flower (``celery -A workers.app flower``) on the broker; yield its URL.
+def flower(
+    redis_url: str,
+    port: int | None = None,
+    log_path: Path | None = None,
+    basic_auth: str | None = None,
+    task_api: bool = False,
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[str]:
+    """Run Flower (``python -m workers.flower``) on the broker, on 127.0.0.1; yield its URL.
 
-    It listens on 127.0.0.1 only, so its HTTP API is left open (FLOWER_UNAUTHENTICATED_API)
-    for scripts and tests on this machine; expose Flower with its own --basic-auth instead.
+    Without ``basic_auth`` (``user:password``) it shows its pages to this machine only and
+    has no HTTP API: a web page open in a browser here must not be able to use it. Scripts
+    and tests that read the API pass credentials, and ``task_api=True`` besides to run tasks
+    through it. The credentials go in FLOWER_BASIC_AUTH, not on the command line.
     """
     port = port or free_port()
-    env = os.environ.copy() | {
-        "ORCHESTRATOR_REDIS_URL": redis_url,
-        "PYTHONUNBUFFERED": "1",
-        "FLOWER_UNAUTHENTICATED_API": "true",
-    }
-    cmd = [sys.executable, "-m", "celery", "-A", "workers.app", "flower", f"--port={port}", "--address=127.0.0.1"]
+    env = (
+        os.environ.copy()
+        | {"ORCHESTRATOR_REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1"}
+        | ({"FLOWER_BASIC_AUTH": basic_auth} if basic_auth else {})
+        | (extra_env or {})
+    )
+    cmd = [sys.executable, "-m", "workers.flower", f"--port={port}", "--address=127.0.0.1"]
+    cmd += ["--task-api"] if task_api else []
     log_file = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -27,21 +28,22 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_flower_shows_every_task_by_name_with_its_flow_run_id(
     redis_url: str, fleet: subprocess.Popen[bytes], worker_logs: Path
 ) -> None:
-    with flower(redis_url, log_path=worker_logs / "flower.log") as url:
+    login = ("ops", uuid.uuid4().hex)  # Flower's API answers only with credentials
+    with flower(redis_url, log_path=worker_logs / "flower.log", basic_auth=":".join(login)) as url:
         time.sleep(1.0)  # Flower subscribes to the event stream when it starts
         run = flows.chain_flow.delay(x=3)
         assert run.wait(30).value == "Completed"
         ids = {row["id"]: row for row in run.task_runs()}
 
         def seen() -> dict[str, dict[str, str]]:
-            tasks = httpx.get(f"{url}/api/tasks", params={"limit": 1000}).json()
+            tasks = httpx.get(f"{url}/api/tasks", params={"limit": 1000}, auth=login).json()
             return {k: v for k, v in tasks.items() if k in ids and v.get("state") == "SUCCESS"}
 
         shown = eventually(lambda: len(seen()) == len(ids) and seen(), 20, what="Flower shows the run's tasks")
         for task_id, task in shown.items():
             assert task["name"] == ids[task_id]["name"]  # its own name, e.g. tests.flows.inc
             assert run.id in task["kwargs"]  # the flow run id is in the message
-        queues = httpx.get(f"{url}/api/queues/length").json()
+        queues = httpx.get(f"{url}/api/queues/length", auth=login).json()
         assert "default" in [q["name"] for q in queues["active_queues"]]
 
 
