@@ -201,16 +201,27 @@ class GraphNode(BaseModel):
     upstream: list[str]
     state: str
     mapped: list[dict[str, str]] = Field(
-        default_factory=list, description="A map's expanded task runs and their states."
+        default_factory=list,
+        description="A runtime map's expanded task runs and their states, in index order (at most `limit` "
+        "entries per page in all; the rest are on /task-runs).",
     )
+    mapped_total: int = Field(default=0, description="How many expanded task runs the map has recorded.")
 
 
 class Graph(BaseModel):
-    """The task graph a flow run was compiled to (empty for a dynamic run until its tasks run)."""
+    """One page of the task graph a flow run was compiled to (empty for a dynamic run until its tasks run).
+
+    Nodes are in plan order; each lists all its upstream node ids, which may be on other pages
+    (every edge is listed once, on its downstream node).
+    """
 
     flow_run_id: str
     mode: str
     nodes: list[GraphNode]
+    total: int = Field(default=0, description="Nodes in the whole graph.")
+    limit: int = Field(default=0, description="The most nodes this page could hold.")
+    offset: int = Field(default=0, description="Nodes before this page.")
+    next_offset: int | None = Field(default=None, description="The offset of the next page; null on the last.")
 
 
 class FlowPublic(BaseModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Query, status
+from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 from sqlalchemy import func, or_
 from sqlmodel import Session, col, select
 
@@ -16,8 +16,10 @@ from orchestrator.states import StateType
 from ..cancel import cancel_run
 from ..db import get_engine
 from ..diagnosis import Fleet, diagnose, slot_waits
+from ..graph import graph_page
 from ..late import cleanup_late
 from ..models import Deployment, FlowRun, LogLine, StateEvent, TaskRun
+from ..paging import LIMIT_DEFAULT, PAGED, Limit, Offset, announce
 from ..schemas import (
     Accepted,
     Diagnosis,
@@ -25,7 +27,6 @@ from ..schemas import (
     FlowRunPublic,
     FlowRunUpdate,
     Graph,
-    GraphNode,
     LateCleanup,
     LateCleanupResult,
     LogLinePublic,
@@ -39,16 +40,27 @@ router = APIRouter(prefix="/flow-runs", tags=["flow runs"])
 RunId = Annotated[str, Path(min_length=1, max_length=64, description="The flow run's id.")]
 
 
+def no_run(run_id: str) -> HTTPException:
+    """The 404 for a run id the database does not hold, saying where to look."""
+    return HTTPException(
+        status_code=status.HTTP_404_NOT_FOUND,
+        detail=f"no flow run {run_id!r} is recorded; GET /api/flow-runs lists them (a run sent moments ago "
+        "appears once the recorder has read its first event).",
+    )
+
+
 def get_run(session: Session, run_id: str) -> FlowRun:
     """The flow run or a 404 that says where to look."""
     row = session.get(FlowRun, run_id)
     if row is None:
-        raise HTTPException(
-            status_code=status.HTTP_404_NOT_FOUND,
-            detail=f"no flow run {run_id!r} is recorded; GET /api/flow-runs lists them (a run sent moments ago "
-            "appears once the recorder has read its first event).",
-        )
+        raise no_run(run_id)
     return row
+
+
+def require_run(session: Session, run_id: str) -> None:
+    """A 404 unless the run is recorded, without loading its row (a large run's plan is megabytes)."""
+    if session.exec(select(FlowRun.id).where(FlowRun.id == run_id)).first() is None:
+        raise no_run(run_id)
 
 
 @router.get("", response_model=FlowRunPage)
@@ -123,83 +135,73 @@ def rename_flow_run(session: SessionDep, store: StoreDep, run_id: RunId, body: F
     return shown
 
 
-@router.get("/{run_id}/task-runs", response_model=list[TaskRunPublic])
-def list_task_runs(session: SessionDep, run_id: RunId) -> list[TaskRunPublic]:
-    """The run's task runs (for a top-level run: its subflows' too), by start time."""
-    get_run(session, run_id)
+@router.get("/{run_id}/task-runs", response_model=list[TaskRunPublic], responses=PAGED)
+def list_task_runs(
+    session: SessionDep, response: Response, run_id: RunId, limit: Limit = LIMIT_DEFAULT, offset: Offset = 0
+) -> list[TaskRunPublic]:
+    """The run's task runs (for a top-level run: its subflows' too), by start time, one page at a time.
+
+    At most ``limit`` from ``offset``; X-Total-Count says how many there are, and X-Next-Offset
+    (and a ``Link: rel="next"``) where the next page starts, when one follows. Pages of a run
+    still running can shift as task runs start (their start time changes their place).
+    """
+    require_run(session, run_id)
+    in_tree = or_(col(TaskRun.flow_run_id) == run_id, col(TaskRun.root_id) == run_id)
+    total = session.exec(select(func.count()).select_from(TaskRun).where(in_tree)).one()
     rows = session.exec(
         select(TaskRun)
-        .where(or_(col(TaskRun.flow_run_id) == run_id, col(TaskRun.root_id) == run_id))
-        .order_by(col(TaskRun.started), col(TaskRun.created), col(TaskRun.label))
+        .where(in_tree)
+        .order_by(col(TaskRun.started), col(TaskRun.created), col(TaskRun.label), col(TaskRun.id))
+        .offset(offset)
+        .limit(limit)
     ).all()
+    announce(response, total, offset, limit, len(rows))
     return [TaskRunPublic.of(r) for r in rows]
 
 
-@router.get("/{run_id}/states", response_model=list[StateEventPublic])
+@router.get("/{run_id}/states", response_model=list[StateEventPublic], responses=PAGED)
 def list_states(
     session: SessionDep,
+    response: Response,
     run_id: RunId,
     tasks: Annotated[bool, Query(description="Include the transitions of its task runs.")] = True,
+    limit: Limit = LIMIT_DEFAULT,
+    offset: Offset = 0,
 ) -> list[StateEventPublic]:
-    """Every transition of the run (and its task runs) in the order it happened, with time, message and cause."""
-    get_run(session, run_id)
+    """Every transition of the run (and its task runs) in the order it happened, with time, message and cause.
+
+    One page at a time: at most ``limit`` from ``offset``, with the X-Total-Count, X-Next-Offset
+    and Link headers of /task-runs. New transitions only ever add to the end.
+    """
+    require_run(session, run_id)
     condition = col(StateEvent.run_id) == run_id
     if tasks:
         condition = or_(condition, col(StateEvent.flow_run_id) == run_id)
-    rows = session.exec(select(StateEvent).where(condition).order_by(col(StateEvent.seq))).all()
+    total = session.exec(select(func.count()).select_from(StateEvent).where(condition)).one()
+    rows = session.exec(
+        select(StateEvent).where(condition).order_by(col(StateEvent.seq)).offset(offset).limit(limit)
+    ).all()
+    announce(response, total, offset, limit, len(rows), tasks=tasks)
     return [StateEventPublic.of(r) for r in rows]
 
 
-@router.get("/{run_id}/graph", response_model=Graph)
-def read_graph(session: SessionDep, run_id: RunId) -> Graph:
-    """The compiled task graph with each node's current state (a dynamic run: its task runs so far)."""
-    row = get_run(session, run_id)
-    root = session.get(FlowRun, row.root_id or row.id) or row
-    tasks = {
-        t.id: t
-        for t in session.exec(
-            select(TaskRun).where(or_(col(TaskRun.root_id) == root.id, col(TaskRun.flow_run_id) == run_id))
-        ).all()
-    }
-    nodes: list[GraphNode] = []
-    if root.plan:
-        for node in root.plan.get("nodes", []):
-            if row.id != root.id and node.get("flow_run_id") != row.id:
-                continue
-            mapped = [
-                {"id": t.id, "label": t.label, "state": t.state}
-                for t in tasks.values()
-                if node.get("kind") == "map" and t.id.startswith(f"{node['id']}-")
-            ]
-            task = tasks.get(node["id"])
-            nodes.append(
-                GraphNode(
-                    id=node["id"],
-                    kind=node.get("kind") or "task",
-                    name=node.get("name") or "",
-                    label=node.get("label") or "",
-                    flow_run_id=node.get("flow_run_id") or "",
-                    upstream=list(node.get("upstream") or []),
-                    state=task.state if task else StateType.PENDING.value,
-                    mapped=mapped,
-                )
-            )
-    else:
-        for task in sorted(tasks.values(), key=lambda t: (t.created, t.label)):
-            if task.flow_run_id != run_id:
-                continue
-            nodes.append(
-                GraphNode(
-                    id=task.id,
-                    kind="task",
-                    name=task.task_name,
-                    label=task.label,
-                    flow_run_id=task.flow_run_id,
-                    upstream=[],
-                    state=task.state,
-                )
-            )
-    return Graph(flow_run_id=run_id, mode=row.mode, nodes=nodes)
+@router.get("/{run_id}/graph", response_model=Graph, responses=PAGED)
+def read_graph(
+    session: SessionDep, response: Response, run_id: RunId, limit: Limit = LIMIT_DEFAULT, offset: Offset = 0
+) -> Graph:
+    """The compiled task graph with each node's current state (a dynamic run: its task runs so far), by pages.
+
+    At most ``limit`` nodes from ``offset``, in plan order; the body's ``total`` and ``next_offset``
+    (null on the last page) and the X-Total-Count, X-Next-Offset and Link headers say what follows.
+    Each node lists all its upstream ids (which may be on other pages: every edge appears once,
+    on its downstream node). A page lists at most ``limit`` expanded task runs of runtime maps
+    in all (``mapped``, in index order); ``mapped_total`` is how many a map has.
+    """
+    found = graph_page(session, run_id, limit, offset)
+    if found is None:
+        raise no_run(run_id)
+    announce(response, found.total, offset, limit, len(found.nodes))
+    return found
 
 
 @router.get("/{run_id}/diagnosis", response_model=Diagnosis)
