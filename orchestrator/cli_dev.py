@@ -27,6 +27,7 @@ from rich.console import Console
 
 from .api_client import ApiClient
 from .cli_runs import calling, parse_pairs, watch_run
+from .cli_text import user_line, user_text
 from .client import FlowRun
 from .localstack import ApiProcess, flower, free_port, redis_answers, redis_server, worker
 from .redaction import masked_url
@@ -127,13 +128,15 @@ def flower_api_note(task_api: bool) -> str:
 def run_once(client: ApiClient, flow: str, pairs: list[str]) -> int:
     """Submit one run through the API, show it live, print its outcome; 0 if it completed."""
     created = calling(lambda: client.create_run(flow, parse_pairs(pairs)))
-    console.print(f"flow run [bold]{created['name']}[/bold] ({created['id']}) sent through the API")
+    name = user_text(created["name"], "bold")
+    console.print(user_line("flow run ", name, f" ({created['id']}) sent through the API"))
     final = calling(lambda: watch_run(client, created["id"], timeout=300))
     history = [s for s in calling(lambda: client.states(created["id"])) if s["applied"]]
     retries = sum(1 for s in history if s["state"] == StateType.AWAITING_RETRY.value)
     console.print()
-    console.print(f"outcome: [bold]{final['state']}[/bold] {final['state_message']}".rstrip())
+    message = f" {final['state_message']}" if final["state_message"] else ""
+    console.print(user_line("outcome: ", user_text(final["state"], "bold"), message))
     if final["state"] == StateType.COMPLETED.value:
-        console.print(f"result: [bold]{FlowRun(created['id']).result(timeout=10)}[/bold]")
+        console.print(user_line("result: ", user_text(FlowRun(created["id"]).result(timeout=10), "bold")))
     console.print(f"{len(history)} recorded transitions, {retries} retries or sensor pokes waited in Redis")
     return 0 if final["state"] == StateType.COMPLETED.value else 1
