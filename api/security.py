@@ -1,6 +1,6 @@
 """Safe defaults at the door: who may talk to the API, the API key check and the size limit.
 
-Outermost first (``api.app.create_app`` installs them in this order):
+Outermost first (``api.app.install_doors`` installs them in this order):
 
 1. :class:`HostCheck`: an API without ``ORCHESTRATOR_API_KEY`` (it listens on loopback only)
    answers only requests whose Host header is a loopback name, so a web page cannot reach it
@@ -50,7 +50,7 @@ def key_matches(authorization: str | None, expected: SecretStr) -> bool:
 
 def may_use_the_api(authorization: str | None) -> bool:
     """Whether a request with this ``Authorization`` header gets past the key check: the right key,
-    or a server without one (which :class:`HostCheck` keeps to loopback callers)."""
+    or a server without one (which :class:`HostCheck` keeps to loopback names and the allowed hosts)."""
     expected = get_settings().api_key
     return expected is None or key_matches(authorization, expected)
 
@@ -184,7 +184,7 @@ class HostCheck:
         self.check_host = (keyless or bool(self.allowed)) and "*" not in self.allowed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
+        if scope["type"] != "http":  # no websocket routes: Starlette closes those itself
             await self.app(scope, receive, send)
             return
         host = header(scope, b"host") or ""
