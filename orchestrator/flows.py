@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import reprlib
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
@@ -11,6 +12,8 @@ from .definitions import check_callable, why_not_importable
 from .engine import bind_arguments
 from .errors import DefinitionError, ParameterError
 from .hooks import Hook, collect_hooks
+from .limits import depth_problems, queue_problem
+from .naming import run_name_problem
 from .registry import register_flow
 
 if TYPE_CHECKING:
@@ -49,6 +52,8 @@ class Flow(Generic[P, R]):
         check_callable(fn, "flow")
         self.fn = fn
         self.name = name or fn.__name__.replace("_", "-")
+        if queue is not None and (problem := queue_problem(queue)):
+            raise DefinitionError(f"flow {self.name!r}: {problem}.")
         self.queue = queue
         self.flow_run_name = flow_run_name
         self.description = description or inspect.getdoc(fn) or ""
@@ -102,18 +107,29 @@ class Flow(Generic[P, R]):
             )
 
     def run_name(self, parameters: dict[str, Any], run_id: str) -> str:
-        """The run's name: the ``flow_run_name`` template filled in, or flow name + id."""
+        """The run's name: the ``flow_run_name`` template filled in, or flow name + id.
+
+        A made name passes the same check as a given one (:func:`run_name_problem`).
+        """
         template = self.flow_run_name
         if template is None:
             return f"{self.name}-{run_id[:8]}"
         if callable(template):
-            return str(template())
-        try:
-            return template.format(**parameters)
-        except (KeyError, IndexError) as exc:
+            name = str(template())
+        else:
+            try:
+                name = template.format(**parameters)
+            except (KeyError, IndexError) as exc:
+                raise ParameterError(
+                    f"flow {self.name!r}: flow_run_name {template!r} names {exc}, which is not a parameter of the flow."
+                ) from None
+        problem = run_name_problem(name)
+        if problem:
             raise ParameterError(
-                f"flow {self.name!r}: flow_run_name {template!r} names {exc}, which is not a parameter of the flow."
-            ) from None
+                f"flow {self.name!r}: flow_run_name {reprlib.repr(template)} made a name that cannot be used: "
+                f"{problem}. Pass parameters that make a valid name, or give the run a name."
+            )
+        return name
 
     @property
     def hooks_set(self) -> bool:
@@ -159,7 +175,14 @@ class Flow(Generic[P, R]):
 
         params = dict(parameters or {})
         self.check_parameter_names(params)
+        if queue is not None and (problem := queue_problem(queue)):
+            raise ParameterError(f"flow {self.name!r}: {problem}.")
+        if name is not None and (problem := run_name_problem(name)):
+            raise ParameterError(f"flow {self.name!r}: run name {reprlib.repr(name)}: {problem}.")
         bound = self.bind_parameters((), params)
+        too_deep = depth_problems(bound)
+        if too_deep:
+            raise ParameterError(f"flow {self.name!r}: " + "; ".join(too_deep.values()) + ".")
         return submit_flow_run(self, bound, queue=queue, name=name)
 
     def plan(self, *args: P.args, **kwargs: P.kwargs) -> Plan:

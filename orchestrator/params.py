@@ -11,6 +11,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from .errors import DefinitionError, ParameterError
 from .flows import Flow
+from .limits import MAX_NESTING, depth_problem
 
 
 def load_flow(target: str) -> Flow:
@@ -46,6 +47,14 @@ def parse_parameters(flow: Flow, pairs: list[str]) -> dict[str, Any]:
             value = json.loads(text)
         except ValueError:
             pass
+        except RecursionError:  # nested too deep for the JSON parser itself
+            raise ParameterError(
+                f"parameter {name!r} is nested too deeply to read; at most {MAX_NESTING} levels of lists and "
+                "objects are accepted."
+            ) from None
+        problem = depth_problem(name, value)
+        if problem:
+            raise ParameterError(f"{problem}.")
         hint = hints.get(name)
         if hint is not None:
             try:

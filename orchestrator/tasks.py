@@ -13,6 +13,7 @@ from .context import current_engine
 from .definitions import check_callable, why_not_importable
 from .errors import DefinitionError, OrchestratorError
 from .hooks import Hook, collect_hooks
+from .limits import queue_problem
 from .registry import register_task
 from .serialization import check_serializer
 from .triggers import DEFAULT_TRIGGER, check_trigger
@@ -40,6 +41,13 @@ def _delays(value: RetryDelay, where: str, retries: int = 1) -> list[float]:
     if not delays or any(d < 0 for d in delays):
         raise DefinitionError(f"{where}: retry_delay_seconds must be >= 0 (got {value!r}).")
     return delays
+
+
+def _checked_queue(queue: str | None, where: str) -> str | None:
+    """The queue, once it is a name Redis keeps for queues only (see :func:`queue_problem`)."""
+    if queue is not None and (problem := queue_problem(queue)):
+        raise DefinitionError(f"{where}: {problem}.")
+    return queue
 
 
 # Options that travel with a message when task.with_options(...) changes them.
@@ -117,7 +125,7 @@ class Task(Generic[P, R]):
         self.log_prints = log_prints  # None: as the flow says
         self.persist_result = persist_result  # also write the result to ORCHESTRATOR_RESULT_STORAGE
         self.tags = list(tags)
-        self.queue = queue
+        self.queue = _checked_queue(queue, where)
         self.result_serializer = check_serializer(result_serializer, where)
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
         if why_not_importable(fn) is None:
@@ -181,7 +189,9 @@ class Task(Generic[P, R]):
                 clone.retry_delays = _delays(value, f"task {self.name!r}")
             elif key == "trigger":
                 clone.trigger = check_trigger(value, f"task {self.name!r}")
-            elif key in {*MESSAGE_OPTIONS, "queue", "retry_on", "retry_condition_fn"}:
+            elif key == "queue":
+                clone.queue = _checked_queue(value, f"task {self.name!r}")
+            elif key in {*MESSAGE_OPTIONS, "retry_on", "retry_condition_fn"}:
                 setattr(clone, key, value)
             else:
                 raise DefinitionError(f"task {self.name!r}: unknown option {key!r}.")
