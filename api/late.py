@@ -11,7 +11,8 @@ import time
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import Engine, func, update
+from sqlalchemy import Engine, String, func, literal, update
+from sqlalchemy import select as sql_select  # typed for window columns (sqlmodel's select is not)
 from sqlmodel import Session, col, select
 
 from orchestrator.states import StateType
@@ -20,6 +21,7 @@ from orchestrator.store import RunStore
 from .cancel import cancel_run
 from .diagnosis import Fleet, waiting_reasons
 from .models import Deployment, FlowRun
+from .schemas import MAX_CANCELLED_PER_CLEANUP
 from .submit import api_event
 
 NOT_STARTED = [StateType.SCHEDULED.value, StateType.PENDING.value]
@@ -69,6 +71,7 @@ def cleanup_late(
     deployment_id: str | None = None,
     flow: str | None = None,
     queue: str | None = None,
+    limit: int = MAX_CANCELLED_PER_CLEANUP,
 ) -> dict[str, Any]:
     """Apply a late-run policy to the Late runs that match the filters; say what it did.
 
@@ -76,31 +79,47 @@ def cleanup_late(
     - ``newest_only``: per deployment (or per flow, for runs of no deployment), keep the
       newest late run and cancel the others.
     - ``cancel_older_than``: cancel those whose start time is more than ``max_age_seconds`` ago.
+
+    At most ``limit`` runs are cancelled per call, oldest first, so one request stays short
+    however large the backlog; ``remaining`` says how many the policy would still cancel.
+    The runs are chosen and counted in SQL, never loaded all at once.
     """
     now = time.time()
     start = func.coalesce(FlowRun.scheduled_start, FlowRun.created)
+    matching = [col(FlowRun.state) == StateType.LATE.value, col(FlowRun.parent_id).is_(None)]
+    if deployment_id:
+        matching.append(col(FlowRun.deployment_id) == deployment_id)
+    if flow:
+        matching.append(col(FlowRun.flow_name) == flow)
+    if queue:
+        matching.append(col(FlowRun.queue) == queue)
     with Session(engine) as session:
-        query = select(FlowRun).where(FlowRun.state == StateType.LATE.value, col(FlowRun.parent_id).is_(None))
-        if deployment_id:
-            query = query.where(FlowRun.deployment_id == deployment_id)
-        if flow:
-            query = query.where(FlowRun.flow_name == flow)
-        if queue:
-            query = query.where(FlowRun.queue == queue)
-        rows = session.exec(query.order_by(start.desc())).all()
-        doomed: list[FlowRun] = []
+        late = int(session.exec(select(func.count()).select_from(FlowRun).where(*matching)).one())
         if policy == "newest_only":
-            seen: set[str] = set()
-            for row in rows:
-                group = row.deployment_id or f"flow:{row.flow_name}"
-                if group in seen:
-                    doomed.append(row)
-                seen.add(group)
+            group = func.coalesce(col(FlowRun.deployment_id), literal("flow:", String) + col(FlowRun.flow_name))
+            rank = func.row_number().over(partition_by=group, order_by=(start.desc(), col(FlowRun.id).desc()))
+            ranked = (
+                sql_select(col(FlowRun.id).label("id"), start.label("start"), rank.label("rank"))
+                .where(*matching)
+                .subquery()
+            )
+            doomed = select(ranked.c.id, ranked.c.start).where(ranked.c.rank > 1).subquery()
         elif policy == "cancel_older_than" and max_age_seconds is not None:
-            doomed = [r for r in rows if (r.scheduled_start or r.created) < now - max_age_seconds]
+            older = start < now - max_age_seconds
+            doomed = select(col(FlowRun.id).label("id"), start.label("start")).where(*matching, older).subquery()
+        else:
+            return {"policy": policy, "late": late, "cancelled": 0, "kept": late, "remaining": 0}
+        total = int(session.exec(select(func.count()).select_from(doomed)).one())
+        page = session.exec(select(doomed.c.id).order_by(doomed.c.start, doomed.c.id).limit(limit)).all()
         why = f"late-run cleanup ({policy})"
-        cancelled = sum(1 for row in doomed if cancel_run(session, store, app, row.id, why) is not None)
-    return {"policy": policy, "late": len(rows), "cancelled": cancelled, "kept": len(rows) - cancelled}
+        cancelled = sum(1 for run_id in page if cancel_run(session, store, app, run_id, why) is not None)
+    return {
+        "policy": policy,
+        "late": late,
+        "cancelled": cancelled,
+        "kept": late - cancelled,
+        "remaining": max(total - len(page), 0),
+    }
 
 
 def apply_deployment_policies(engine: Engine, store: RunStore, app: Celery) -> int:

@@ -4,6 +4,11 @@ The scheduler creates each deployment's runs ahead of time (Scheduled, with thei
 start time) so they can be seen, diagnosed and cancelled before they are due; the
 dispatcher sends each when it is due. A unique (deployment, start time) key makes
 the scheduler idempotent: two API processes never create a run twice.
+
+A schedule is checked when the deployment is created: cron takes the 5 standard fields
+(so it fires at most once a minute) and must fire within a few years, and an interval is
+at least ``MIN_INTERVAL_SECONDS``. A deployment that fails in the scheduler anyway (stored
+before these checks) is logged once, not on every pass.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -24,26 +29,56 @@ from orchestrator.settings import get_settings
 from orchestrator.states import StateType
 
 from .models import Deployment, FlowRun
+from .schemas import MIN_INTERVAL_SECONDS
 from .submit import api_event
 
 log = logging.getLogger("orchestrator.scheduler")
 
 AHEAD_RUNS = 3  # runs kept scheduled ahead per deployment
 AHEAD_SECONDS = 3600.0  # ... but never further ahead than this
+CRON_HORIZON_YEARS = 5  # a cron that does not fire within this long never will, in practice (29 February does)
+CRON_FIELDS = 5  # minute hour day-of-month month day-of-week: no seconds, no year
+
+_reported: dict[str, str] = {}  # deployment id -> the scheduler error last logged for it
 
 
 def check_schedule(cron: str | None, interval_seconds: float | None, timezone: str) -> str | None:
     """What is wrong with a schedule, or None when it is fine."""
     if cron and interval_seconds:
         return "give either cron or interval_seconds, not both"
-    if cron and not croniter.is_valid(cron):
-        return f"cron {cron!r} is not a valid cron expression (e.g. '0 2 * * *': 02:00 every day)"
-    if interval_seconds is not None and interval_seconds <= 0:
-        return "interval_seconds must be > 0"
     try:
-        ZoneInfo(timezone)
+        zone = ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError):
         return f"timezone {timezone!r} is unknown; use an IANA name such as Europe/Paris or UTC"
+    if cron:
+        return cron_problem(cron, zone)
+    if interval_seconds is not None and not interval_seconds >= MIN_INTERVAL_SECONDS:
+        return f"interval_seconds must be at least {MIN_INTERVAL_SECONDS:g} (got {interval_seconds:g})"
+    return None
+
+
+def cron_problem(cron: str, zone: ZoneInfo) -> str | None:
+    """Why a cron expression cannot be a schedule: not cron, not 5 fields, or no start within a few years."""
+    example = "e.g. '0 2 * * *': 02:00 every day"
+    if not croniter.is_valid(cron):
+        return f"cron {cron!r} is not a valid cron expression ({example})"
+    fields = len(cron.split())
+    if not cron.startswith("@") and fields != CRON_FIELDS:
+        return (
+            f"cron {cron!r} has {fields} fields; give the 5 fields minute hour day-of-month month day-of-week "
+            f"({example}): a seconds field is not supported (a cron schedule fires at most once a minute; "
+            f"interval_seconds goes down to {MIN_INTERVAL_SECONDS:g}), nor a year field"
+        )
+    now = datetime.now(zone)
+    try:
+        first = croniter(cron, now).get_next(datetime)
+    except (CroniterError, ValueError, OverflowError):
+        first = None
+    if first is None or (first - now).days > CRON_HORIZON_YEARS * 366:
+        return (
+            f"cron {cron!r} never fires (no start within {CRON_HORIZON_YEARS} years, e.g. a 31 February); "
+            f"check its day and month fields ({example})"
+        )
     return None
 
 
@@ -99,13 +134,32 @@ def schedule_runs(engine: Engine) -> int:
         for deployment in deployments:
             if not (deployment.cron or deployment.interval_seconds):
                 continue
+            deployment_id, name = deployment.id, deployment.name
             try:
                 created += _schedule_one(session, deployment, now)
-            except Exception:  # one broken deployment must not stop the others
-                log.exception("scheduler: deployment %s could not be scheduled", deployment.name)
+            except Exception as exc:  # one broken deployment must not stop the others
+                _report_once(deployment_id, name, exc)
                 session.rollback()
+            else:
+                _reported.pop(deployment_id, None)
         session.commit()
     return created
+
+
+def _report_once(deployment_id: str, name: str, exc: Exception) -> None:
+    """Log a deployment's scheduler error with its traceback the first time, not on every pass (each second)."""
+    text = f"{type(exc).__name__}: {exc}"
+    if _reported.get(deployment_id) == text:
+        log.debug("scheduler: deployment %s still cannot be scheduled: %s", name, text)
+        return
+    _reported[deployment_id] = text
+    log.error(
+        "scheduler: deployment %s cannot be scheduled (%s); it is skipped until it is deployed again "
+        "with a schedule that works (logged once)",
+        name,
+        text,
+        exc_info=exc,
+    )
 
 
 def _schedule_one(session: Session, deployment: Deployment, now: float) -> int:

@@ -11,9 +11,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from orchestrator.limits import MAX_NESTING, MAX_QUEUE_LENGTH, queue_problem, shown_parameters
+from orchestrator.naming import MAX_RUN_NAME, run_name_problem
+
 from .models import FlowRun, LogLine, StateEvent, TaskRun
 
 NAME_PATTERN = r"^[A-Za-z0-9_.:@\-]+$"
+QUEUE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # the schema's view of orchestrator.limits.queue_problem
 
 
 def when(ts: float | None) -> datetime | None:
@@ -28,23 +32,58 @@ def no_nul(value: str | None) -> str | None:
     return value
 
 
+def valid_run_name(value: str | None) -> str | None:
+    """A run name passes the one rule of :func:`orchestrator.naming.run_name_problem` (also used for made names)."""
+    if value is not None and (problem := run_name_problem(value)):
+        raise ValueError(problem)
+    return value
+
+
+def valid_queue(value: str | None) -> str | None:
+    """A queue is a Redis key: only names that cannot reach another key (:func:`orchestrator.limits.queue_problem`)."""
+    if value is not None and (problem := queue_problem(value)):
+        raise ValueError(problem)
+    return value
+
+
+def valid_start(value: datetime | None) -> datetime | None:
+    """A start time that exists in UTC (year 9999 at -23:59 does not): refused here, not a 500 later."""
+    if value is None:
+        return value
+    try:
+        when(value.timestamp())
+    except (ValueError, OverflowError, OSError):
+        raise ValueError(
+            f"{value.isoformat()} falls outside the years 1-9999 once converted to UTC; give a start time within them"
+        ) from None
+    return value
+
+
 class FlowRunCreate(BaseModel):
     """Body of ``POST /api/flows/{name}/runs``."""
 
     model_config = ConfigDict(extra="forbid")
 
-    parameters: dict[str, Any] = Field(default_factory=dict, description="Flow parameters by name (JSON values).")
+    parameters: dict[str, Any] = Field(
+        default_factory=dict, description=f"Flow parameters by name (JSON values, at most {MAX_NESTING} levels deep)."
+    )
     name: str | None = Field(
-        default=None, min_length=1, max_length=500, description="Run name; default: the flow's flow_run_name."
+        default=None, min_length=1, max_length=MAX_RUN_NAME, description="Run name; default: the flow's flow_run_name."
     )
     queue: str | None = Field(
-        default=None, min_length=1, max_length=200, pattern=NAME_PATTERN, description="Queue; default: the flow's."
+        default=None,
+        min_length=1,
+        max_length=MAX_QUEUE_LENGTH,
+        pattern=QUEUE_PATTERN,
+        description="Queue; default: the flow's. Letters, digits, '.', '_', '-' (a queue is a Redis key).",
     )
     scheduled_start: datetime | None = Field(
         default=None, description="Start no earlier than this (ISO 8601); default: now."
     )
 
-    _check_name = field_validator("name")(no_nul)
+    _check_name = field_validator("name")(valid_run_name)
+    _check_queue = field_validator("queue", mode="before")(valid_queue)
+    _check_start = field_validator("scheduled_start")(valid_start)
 
 
 class FlowRunUpdate(BaseModel):
@@ -52,9 +91,9 @@ class FlowRunUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=500, description="The run's new name.")
+    name: str = Field(min_length=1, max_length=MAX_RUN_NAME, description="The run's new name.")
 
-    _check_name = field_validator("name")(no_nul)
+    _check_name = field_validator("name")(valid_run_name)
 
 
 class FlowRunPublic(BaseModel):
@@ -89,7 +128,7 @@ class FlowRunPublic(BaseModel):
             parent_id=row.parent_id,
             root_id=row.root_id,
             queue=row.queue,
-            parameters=row.parameters or {},
+            parameters=shown_parameters(row.parameters),
             mode=row.mode,
             attempt=row.attempt,
             created=when(row.created),
@@ -275,6 +314,8 @@ class Health(BaseModel):
 
 LatePolicy = Literal["run_all", "newest_only", "cancel_older_than"]
 MAX_AGE = 10 * 366 * 86400.0  # ten years: anything larger is a mistake
+MIN_INTERVAL_SECONDS = 10.0  # a deployment runs at most this often (cron: once a minute)
+MAX_CANCELLED_PER_CLEANUP = 500  # Late runs one cleanup request cancels; the answer says how many remain
 
 
 class DeploymentCreate(BaseModel):
@@ -284,10 +325,17 @@ class DeploymentCreate(BaseModel):
 
     name: str = Field(min_length=1, max_length=200, pattern=NAME_PATTERN)
     flow_name: str = Field(min_length=1, max_length=200)
-    queue: str | None = Field(default=None, min_length=1, max_length=200, pattern=NAME_PATTERN)
+    queue: str | None = Field(default=None, min_length=1, max_length=MAX_QUEUE_LENGTH, pattern=QUEUE_PATTERN)
     parameters: dict[str, Any] = Field(default_factory=dict)
-    cron: str | None = Field(default=None, min_length=1, max_length=200, description="e.g. '0 2 * * *'")
-    interval_seconds: float | None = Field(default=None, ge=1, le=366 * 86400)
+    cron: str | None = Field(
+        default=None, min_length=1, max_length=200, description="5 fields, e.g. '0 2 * * *' (02:00 every day)"
+    )
+    interval_seconds: float | None = Field(
+        default=None,
+        le=366 * 86400,
+        description=f"Seconds between runs, at least {MIN_INTERVAL_SECONDS:g}.",
+        json_schema_extra={"minimum": MIN_INTERVAL_SECONDS},
+    )
     timezone: str = Field(
         default="UTC", min_length=1, max_length=64, description="IANA name for cron, e.g. Europe/Paris"
     )
@@ -299,6 +347,18 @@ class DeploymentCreate(BaseModel):
     )
 
     _check_text = field_validator("name", "flow_name", "cron", "timezone")(no_nul)
+    _check_queue = field_validator("queue", mode="before")(valid_queue)
+
+    @field_validator("interval_seconds")
+    @classmethod
+    def _floor(cls, value: float | None) -> float | None:
+        """Refuse schedules that would start a run more often than every MIN_INTERVAL_SECONDS."""
+        if value is not None and not value >= MIN_INTERVAL_SECONDS:
+            raise ValueError(
+                f"interval_seconds must be at least {MIN_INTERVAL_SECONDS:g} (got {value:g}): a deployment "
+                f"starts at most one run every {MIN_INTERVAL_SECONDS:g} s; for more, submit the runs yourself"
+            )
+        return value
 
 
 class DeploymentPublic(BaseModel):
@@ -338,6 +398,15 @@ class LateCleanup(BaseModel):
     deployment: str | None = Field(default=None, max_length=200)
     flow: str | None = Field(default=None, max_length=200)
     queue: str | None = Field(default=None, max_length=200)
+    all_flows: bool = Field(
+        default=False, description="Apply the policy to every flow's Late runs (needed when no filter is given)."
+    )
+    limit: int = Field(
+        default=MAX_CANCELLED_PER_CLEANUP,
+        ge=1,
+        le=MAX_CANCELLED_PER_CLEANUP,
+        description="Cancel at most this many runs in this request; `remaining` says how many are left.",
+    )
 
     _check_text = field_validator("deployment", "flow", "queue")(no_nul)
 
@@ -346,9 +415,10 @@ class LateCleanupResult(BaseModel):
     """What a late-run cleanup did."""
 
     policy: str
-    late: int
-    cancelled: int
-    kept: int
+    late: int = Field(description="Late runs matching the filters when the request came.")
+    cancelled: int = Field(description="Runs this request cancelled.")
+    kept: int = Field(description="Late runs left (late - cancelled), those still to cancel included.")
+    remaining: int = Field(description="Runs the policy would still cancel: send the request again for them.")
 
 
 class Diagnosis(BaseModel):

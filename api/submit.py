@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import queue
+import reprlib
 import threading
 import time
 import uuid
@@ -21,16 +23,21 @@ from typing import Any
 from celery import Celery
 from jsonschema import Draft202012Validator
 from sqlalchemy import Engine, insert
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlmodel import Session
 
 from orchestrator.celery_app import make_celery_app
 from orchestrator.client import NamedRun, send_named_runs
+from orchestrator.limits import depth_problems, holds_key
+from orchestrator.naming import run_name_problem
 from orchestrator.serialization import PICKLE_TAG
 from orchestrator.settings import get_settings
 from orchestrator.states import StateType
 
 from .models import FlowRun, StateEvent
 from .schemas import FlowRunCreate
+
+log = logging.getLogger("orchestrator.api")
 
 DUE_SLACK_SECONDS = 0.5  # a start time this close to now is "now"
 
@@ -43,8 +50,29 @@ class ParameterProblem(ValueError):
         self.errors = errors
 
 
+def check_structure(parameters: dict[str, Any]) -> None:
+    """Refuse what no flow takes, known or not: values nested too deep, pickle payloads.
+
+    Walked without recursion, and before anything recursive (the schema check, the
+    database's JSON, the response's serializer) meets the values.
+    """
+    problems = [_problem(name, "depth", text) for name, text in depth_problems(parameters).items()]
+    if problems:
+        raise ParameterProblem(problems)
+    for name, value in parameters.items():
+        if holds_key(value, PICKLE_TAG):
+            text = (
+                f"parameter {name!r} holds a {PICKLE_TAG!r} payload; the API takes JSON values only "
+                "(pickled values never cross the HTTP door)"
+            )
+            problems.append(_problem(name, "type", text))
+    if problems:
+        raise ParameterProblem(problems)
+
+
 def check_parameters(flow: dict[str, Any], parameters: dict[str, Any]) -> None:
-    """Refuse missing, unknown and ill-typed parameters, each named (the flow's JSON Schema)."""
+    """Refuse too deep, pickled, missing, unknown and ill-typed parameters, each named (the flow's JSON Schema)."""
+    check_structure(parameters)
     schema = flow.get("parameters") or {"type": "object"}
     problems: list[dict[str, Any]] = []
     for error in sorted(validator_for(json.dumps(schema, sort_keys=True)).iter_errors(parameters), key=_path):
@@ -60,24 +88,8 @@ def check_parameters(flow: dict[str, Any], parameters: dict[str, Any]) -> None:
         else:
             name = str(error.path[0]) if error.path else "parameters"
             problems.append(_problem(name, "type", f"parameter {name!r}: {error.message}"))
-    for name, value in parameters.items():
-        if _holds_pickle(value):
-            text = (
-                f"parameter {name!r} holds a {PICKLE_TAG!r} payload; the API takes JSON values only "
-                "(pickled values never cross the HTTP door)"
-            )
-            problems.append(_problem(name, "type", text))
     if problems:
         raise ParameterProblem(problems)
-
-
-def _holds_pickle(value: Any) -> bool:
-    """Whether a JSON value has a pickle-tagged object anywhere inside it."""
-    if isinstance(value, dict):
-        return PICKLE_TAG in value or any(_holds_pickle(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_holds_pickle(v) for v in value)
-    return False
 
 
 @lru_cache(maxsize=256)
@@ -95,15 +107,29 @@ def _problem(name: str, kind: str, message: str) -> dict[str, Any]:
 
 
 def run_name(flow: dict[str, Any], parameters: dict[str, Any], run_id: str, given: str | None) -> str:
-    """The given name, else the flow's template filled in, else flow name + short id."""
+    """The given name, else the flow's template filled in, else flow name + short id.
+
+    A name the template makes passes the rule a given one does (checked by the request's
+    schema), so a bad one is a 422 for this request, never a row the database refuses.
+    """
     if given:
         return given
     template = flow.get("name_template")
     if template:
         try:
-            return str(template.format(**parameters))
-        except (KeyError, IndexError, ValueError):
-            pass  # names a parameter with a callable default: the worker names it at start
+            name = str(template.format(**parameters))
+        except (KeyError, IndexError, ValueError, AttributeError, TypeError):
+            name = None  # names a parameter with a callable default: the worker names it at start
+        if name is not None:
+            problem = run_name_problem(name)
+            if problem:
+                text = (
+                    f"flow {flow['name']!r} names its runs with flow_run_name {reprlib.repr(template)}, which made a "
+                    f"name that cannot be used: {problem}; pass parameters that make a valid name, or give the run "
+                    "a name"
+                )
+                raise ParameterProblem([{"loc": ["body", "name"], "msg": text, "type": "run_name"}])
+            return name
     return f"{flow['name']}-{run_id[:8]}"
 
 
@@ -158,11 +184,22 @@ def sender_app() -> Celery:
     return make_celery_app("orchestrator-api", send_only=True, sent_events=False)
 
 
+class RowsRefused(Exception):
+    """The database refused a batch's rows before anything was sent; ``__cause__`` is its error."""
+
+
 def write_and_send(session: Session, rows: list[dict[str, Any]]) -> None:
-    """Insert the rows, send those due now, then commit: a Redis failure rolls everything back."""
-    session.execute(insert(FlowRun), rows)
+    """Insert the rows, send those due now, then commit: a Redis failure rolls everything back.
+
+    Raises RowsRefused when the database refuses the rows themselves (nothing is sent then).
+    """
     history = [api_event(r["id"], StateType(r["state"]), "created over HTTP", r["created"]) for r in rows]
-    session.execute(insert(StateEvent), [h.model_dump(exclude={"seq"}) for h in history])
+    try:
+        session.execute(insert(FlowRun), rows)
+        session.execute(insert(StateEvent), [h.model_dump(exclude={"seq"}) for h in history])
+    except (DataError, IntegrityError) as exc:
+        session.rollback()
+        raise RowsRefused(str(exc)) from exc
     send_named_runs([named_run(r) for r in rows if r["dispatched"]], sender_app())
     session.commit()
 
@@ -218,11 +255,19 @@ class Submitter:
             self._flush(batch)
 
     def _flush(self, batch: list[_Pending]) -> None:
+        """Write and send one batch; rows the database refuses are tried one by one, so only the bad one fails."""
         error: BaseException | None = None
         try:
             with Session(self.engine) as session:
                 write_and_send(session, [p.row for p in batch])
-        except BaseException as exc:  # every waiting request learns of it
+        except RowsRefused as refused:
+            if len(batch) > 1:
+                log.warning("submitter: the database refused a batch of %d runs; writing them one by one", len(batch))
+                for pending in batch:
+                    self._flush([pending])
+                return
+            error = refused.__cause__ or refused
+        except BaseException as exc:  # every waiting request learns of it (Redis away: nothing was created)
             error = exc
         for pending in batch:
             pending.loop.call_soon_threadsafe(_settle, pending.future, pending.row, error)

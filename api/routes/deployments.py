@@ -10,13 +10,14 @@ from fastapi import APIRouter, HTTPException, Path, Request, status
 from sqlmodel import Session, col, select
 
 from orchestrator import keys
+from orchestrator.limits import queue_problem, shown_parameters
 from orchestrator.states import StateType
 
 from ..db import get_engine
 from ..models import Deployment, FlowRun
 from ..scheduling import check_schedule
 from ..schemas import DeploymentCreate, DeploymentPublic, DeploymentRunCreate, FlowRunCreate, FlowRunPublic, when
-from ..submit import check_parameters, new_flow_run
+from ..submit import check_parameters, check_structure, new_flow_run
 from .deps import SessionDep, StoreDep
 from .flows import find_flow
 
@@ -33,7 +34,8 @@ def public(session: Session, row: Deployment) -> DeploymentPublic:
         .limit(10)
     ).all()
     return DeploymentPublic(
-        **row.model_dump(exclude={"created", "updated", "scheduled_until"}),
+        **row.model_dump(exclude={"created", "updated", "scheduled_until", "parameters"}),
+        parameters=shown_parameters(row.parameters),  # a row stored too deep must not break the listing
         created=when(row.created),
         next_runs=[w for w in (when(s) for s in upcoming) if w is not None],
     )
@@ -58,6 +60,8 @@ def create_deployment(body: DeploymentCreate, session: SessionDep, store: StoreD
         flow = find_flow(store, body.flow_name)
         check_parameters(flow, body.parameters)
         body.queue = body.queue or flow.get("queue")
+    else:  # its schema is checked when it runs; what no flow takes is refused now
+        check_structure(body.parameters)
     now = time.time()
     row = session.exec(select(Deployment).where(Deployment.name == body.name)).first()
     if row is None:
@@ -117,6 +121,8 @@ async def run_deployment(
     with Session(get_engine()) as session:
         deployment = get_deployment(session, name)
     flow = find_flow(store, deployment.flow_name)
+    if deployment.queue and (problem := queue_problem(deployment.queue)):  # stored before queues were checked
+        raise HTTPException(status.HTTP_409_CONFLICT, f"deployment {name!r}: {problem}; deploy it again with another.")
     create = FlowRunCreate(parameters=deployment.parameters | body.parameters, queue=deployment.queue)
     row = new_flow_run(flow, create) | {"deployment_id": deployment.id}
     if deployment.concurrency_limit is not None:  # the dispatcher sends it when a slot is free

@@ -96,9 +96,20 @@ def list_flow_runs(
 
 @router.post("/late/cleanup", response_model=LateCleanupResult)
 def cleanup_late_runs(session: SessionDep, store: StoreDep, app: CeleryDep, body: LateCleanup) -> LateCleanupResult:
-    """Clear a backlog of Late runs with a policy (newest_only, cancel_older_than, run_all), with filters."""
+    """Clear a backlog of Late runs with a policy (newest_only, cancel_older_than, run_all), with filters.
+
+    Name the runs (deployment, flow or queue), or say ``all_flows: true``: an empty body's
+    policy never reaches every flow by accident. At most ``limit`` runs are cancelled per
+    request; ``remaining`` says how many are left for the next one.
+    """
     if body.policy == "cancel_older_than" and body.max_age_seconds is None:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "cancel_older_than needs max_age_seconds.")
+    if not (body.deployment or body.flow or body.queue or body.all_flows):
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            "name the Late runs to clean up with deployment, flow or queue, or send all_flows: true to apply "
+            "the policy to the Late runs of every flow.",
+        )
     deployment_id = None
     if body.deployment:
         found = session.exec(select(Deployment).where(Deployment.name == body.deployment)).first()
@@ -114,6 +125,7 @@ def cleanup_late_runs(session: SessionDep, store: StoreDep, app: CeleryDep, body
         deployment_id=deployment_id,
         flow=body.flow,
         queue=body.queue,
+        limit=body.limit,
     )
     return LateCleanupResult.model_validate(done)
 
