@@ -344,9 +344,13 @@ def test_dev_flower_asks_for_a_generated_secret_and_keeps_its_task_api_off(tmp_p
             proc.send_signal(signal.SIGINT)
             assert proc.wait(60) == 0, dev_output(tmp_path)
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
+            if proc.poll() is None:  # TERM lets dev stop the API, worker and Flower it started
+                proc.terminate()
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(10)
     assert not marker.exists()
 
 
