@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -30,6 +31,23 @@ class ApiClient:
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """Send one request; return the decoded JSON body or raise with the API's message."""
+        response = self.send(method, path, **kwargs)
+        return response.json() if response.content else None
+
+    def every_page(self, path: str, params: dict[str, Any] | None = None) -> list[Any]:
+        """All items of a paged list route, following its ``X-Next-Offset`` header page by page."""
+        items: list[Any] = []
+        query = dict(params or {})
+        while True:
+            response = self.send("GET", path, params=query)
+            items.extend(response.json())
+            following = response.headers.get("X-Next-Offset")
+            if following is None or int(following) <= int(query.get("offset", 0)):
+                return items
+            query["offset"] = int(following)
+
+    def send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """Send one request; return the response (headers too) or raise with the API's message."""
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
@@ -46,7 +64,7 @@ class ApiClient:
                 detail = "; ".join(str(d.get("msg", d)) if isinstance(d, dict) else str(d) for d in detail)
             # Masked here too: an older or foreign server may quote a URL with its password.
             raise ApiError(mask_urls_in(f"{method} {path}: {response.status_code}: {detail}"), response.status_code)
-        return response.json() if response.content else None
+        return response
 
     def create_run(
         self,
@@ -64,22 +82,24 @@ class ApiClient:
             body["queue"] = queue
         if scheduled_start:
             body["scheduled_start"] = scheduled_start.isoformat()
-        return dict(self.request("POST", f"/flows/{flow}/runs", json=body))
+        return dict(self.request("POST", f"/flows/{segment(flow)}/runs", json=body))
 
     def list_runs(self, **filters: Any) -> dict[str, Any]:
         return dict(self.request("GET", "/flow-runs", params={k: v for k, v in filters.items() if v is not None}))
 
     def get_run(self, run_id: str) -> dict[str, Any]:
-        return dict(self.request("GET", f"/flow-runs/{run_id}"))
+        return dict(self.request("GET", f"/flow-runs/{segment(run_id)}"))
 
-    def task_runs(self, run_id: str) -> list[dict[str, Any]]:
-        return list(self.request("GET", f"/flow-runs/{run_id}/task-runs"))
+    def task_runs(self, run_id: str, *, first_page_only: bool = False) -> list[dict[str, Any]]:
+        """The run's task runs: every page, or only the first (a live view of a big run)."""
+        path = f"/flow-runs/{segment(run_id)}/task-runs"
+        return list(self.request("GET", path)) if first_page_only else self.every_page(path)
 
     def states(self, run_id: str, tasks: bool = True) -> list[dict[str, Any]]:
-        return list(self.request("GET", f"/flow-runs/{run_id}/states", params={"tasks": tasks}))
+        return self.every_page(f"/flow-runs/{segment(run_id)}/states", {"tasks": tasks})
 
     def logs(self, run_id: str, after: int = 0) -> list[dict[str, Any]]:
-        return list(self.request("GET", f"/flow-runs/{run_id}/logs", params={"after": after}))
+        return list(self.request("GET", f"/flow-runs/{segment(run_id)}/logs", params={"after": after}))
 
     def deploy(self, body: dict[str, Any]) -> dict[str, Any]:
         return dict(self.request("POST", "/deployments", json=body))
@@ -88,19 +108,19 @@ class ApiClient:
         return list(self.request("GET", "/deployments"))
 
     def pause(self, name: str, paused: bool) -> dict[str, Any]:
-        return dict(self.request("POST", f"/deployments/{name}/{'pause' if paused else 'resume'}"))
+        return dict(self.request("POST", f"/deployments/{segment(name)}/{'pause' if paused else 'resume'}"))
 
     def cleanup_late(self, body: dict[str, Any]) -> dict[str, Any]:
         return dict(self.request("POST", "/flow-runs/late/cleanup", json=body))
 
     def diagnosis(self, run_id: str) -> dict[str, Any]:
-        return dict(self.request("GET", f"/flow-runs/{run_id}/diagnosis"))
+        return dict(self.request("GET", f"/flow-runs/{segment(run_id)}/diagnosis"))
 
     def cancel(self, run_id: str) -> dict[str, Any]:
-        return dict(self.request("POST", f"/flow-runs/{run_id}/cancel"))
+        return dict(self.request("POST", f"/flow-runs/{segment(run_id)}/cancel"))
 
     def retry(self, run_id: str) -> dict[str, Any]:
-        return dict(self.request("POST", f"/flow-runs/{run_id}/retry"))
+        return dict(self.request("POST", f"/flow-runs/{segment(run_id)}/retry"))
 
     def set_limit(self, tag: str, limit: int) -> dict[str, Any]:
         return dict(self.request("POST", "/concurrency-limits", json={"tag": tag, "limit": limit}))
@@ -109,7 +129,13 @@ class ApiClient:
         return list(self.request("GET", "/concurrency-limits"))
 
     def limit(self, tag: str) -> dict[str, Any]:
-        return dict(self.request("GET", f"/concurrency-limits/{tag}"))
+        return dict(self.request("GET", f"/concurrency-limits/{segment(tag)}"))
 
     def delete_limit(self, tag: str) -> None:
-        self.request("DELETE", f"/concurrency-limits/{tag}")
+        self.request("DELETE", f"/concurrency-limits/{segment(tag)}")
+
+
+def segment(value: str) -> str:
+    """``value`` as one path segment: a ``/``, ``?`` or ``#`` in a name or id stays in it instead
+    of sending the request to another route."""
+    return quote(value, safe="")

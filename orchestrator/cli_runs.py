@@ -105,7 +105,7 @@ def watch_run(client: ApiClient, run_id: str, timeout: float | None) -> dict[str
     with Live(task_table(run, []), console=console, refresh_per_second=4) as live:
         while True:
             run = client.get_run(run_id)
-            live.update(task_table(run, client.task_runs(run_id)))
+            live.update(task_table(run, client.task_runs(run_id, first_page_only=True)))
             if StateType(run["state"]).is_final or (deadline is not None and time.monotonic() > deadline):
                 return run
             time.sleep(0.5)
