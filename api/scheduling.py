@@ -7,7 +7,7 @@ the scheduler idempotent: two API processes never create a run twice.
 
 A schedule is checked when the deployment is created: cron takes the 5 standard fields
 (so it fires at most once a minute) and must fire within a few years, and an interval is
-at least ``MIN_INTERVAL_SECONDS``. A deployment that fails in the scheduler anyway (stored
+at least ``ORCHESTRATOR_SCHEDULE_MIN_INTERVAL_SECONDS``. A deployment that fails in the scheduler anyway (stored
 before these checks) is logged once, not on every pass.
 """
 
@@ -29,7 +29,7 @@ from orchestrator.settings import get_settings
 from orchestrator.states import StateType
 
 from .models import Deployment, FlowRun
-from .schemas import MIN_INTERVAL_SECONDS
+from .schemas import min_interval_seconds
 from .submit import api_event
 
 log = logging.getLogger("orchestrator.scheduler")
@@ -52,8 +52,9 @@ def check_schedule(cron: str | None, interval_seconds: float | None, timezone: s
         return f"timezone {timezone!r} is unknown; use an IANA name such as Europe/Paris or UTC"
     if cron:
         return cron_problem(cron, zone)
-    if interval_seconds is not None and not interval_seconds >= MIN_INTERVAL_SECONDS:
-        return f"interval_seconds must be at least {MIN_INTERVAL_SECONDS:g} (got {interval_seconds:g})"
+    floor = min_interval_seconds()
+    if interval_seconds is not None and not interval_seconds >= floor:
+        return f"interval_seconds must be at least {floor:g} (got {interval_seconds:g})"
     return None
 
 
@@ -67,7 +68,7 @@ def cron_problem(cron: str, zone: ZoneInfo) -> str | None:
         return (
             f"cron {cron!r} has {fields} fields; give the 5 fields minute hour day-of-month month day-of-week "
             f"({example}): a seconds field is not supported (a cron schedule fires at most once a minute; "
-            f"interval_seconds goes down to {MIN_INTERVAL_SECONDS:g}), nor a year field"
+            f"interval_seconds goes down to {min_interval_seconds():g}), nor a year field"
         )
     now = datetime.now(zone)
     try:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from orchestrator.limits import MAX_NESTING, MAX_QUEUE_LENGTH, queue_problem, shown_parameters
 from orchestrator.naming import MAX_RUN_NAME, run_name_problem
+from orchestrator.settings import get_settings
 
 from .models import FlowRun, LogLine, StateEvent, TaskRun
 
@@ -314,7 +315,13 @@ class Health(BaseModel):
 
 LatePolicy = Literal["run_all", "newest_only", "cancel_older_than"]
 MAX_AGE = 10 * 366 * 86400.0  # ten years: anything larger is a mistake
-MIN_INTERVAL_SECONDS = 10.0  # a deployment runs at most this often (cron: once a minute)
+
+
+def min_interval_seconds() -> float:
+    """How often a deployment may run at most (ORCHESTRATOR_SCHEDULE_MIN_INTERVAL_SECONDS; cron: once a minute)."""
+    return get_settings().schedule_min_interval_seconds
+
+
 MAX_CANCELLED_PER_CLEANUP = 500  # Late runs one cleanup request cancels; the answer says how many remain
 
 
@@ -333,8 +340,7 @@ class DeploymentCreate(BaseModel):
     interval_seconds: float | None = Field(
         default=None,
         le=366 * 86400,
-        description=f"Seconds between runs, at least {MIN_INTERVAL_SECONDS:g}.",
-        json_schema_extra={"minimum": MIN_INTERVAL_SECONDS},
+        description="Seconds between runs, at least ORCHESTRATOR_SCHEDULE_MIN_INTERVAL_SECONDS (default 10).",
     )
     timezone: str = Field(
         default="UTC", min_length=1, max_length=64, description="IANA name for cron, e.g. Europe/Paris"
@@ -352,11 +358,12 @@ class DeploymentCreate(BaseModel):
     @field_validator("interval_seconds")
     @classmethod
     def _floor(cls, value: float | None) -> float | None:
-        """Refuse schedules that would start a run more often than every MIN_INTERVAL_SECONDS."""
-        if value is not None and not value >= MIN_INTERVAL_SECONDS:
+        """Refuse schedules that would start a run more often than the configured floor."""
+        floor = min_interval_seconds()
+        if value is not None and not value >= floor:
             raise ValueError(
-                f"interval_seconds must be at least {MIN_INTERVAL_SECONDS:g} (got {value:g}): a deployment "
-                f"starts at most one run every {MIN_INTERVAL_SECONDS:g} s; for more, submit the runs yourself"
+                f"interval_seconds must be at least {floor:g} (got {value:g}): a deployment starts at most one "
+                f"run every {floor:g} s (ORCHESTRATOR_SCHEDULE_MIN_INTERVAL_SECONDS); for more, submit runs yourself"
             )
         return value
 

@@ -78,6 +78,12 @@ def worker_start(
     hostname: Annotated[str | None, typer.Option("-n", "--hostname")] = None,
 ) -> None:
     """Start a Celery worker; any other Celery worker option passes through."""
+    from .limits import queues_problem
+
+    problem = queues_problem(queues.split(","))
+    if problem:
+        print_error(problem)
+        raise typer.Exit(2)
     env = dict(os.environ)
     if flows:
         env["ORCHESTRATOR_FLOW_MODULES"] = flows

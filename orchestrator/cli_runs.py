@@ -28,7 +28,7 @@ flow_run_app = typer.Typer(help="Read and act on flow runs through the API.", no
 T = TypeVar("T")
 
 
-def print_error(exc: Exception) -> None:
+def print_error(exc: Exception | str) -> None:
     """``error: <what happened>`` in one line; the text (often the API's, quoting user input) as text."""
     console.print(user_line(Text("error:", style="red"), " ", mask_urls_in(str(exc))))
 
@@ -193,13 +193,26 @@ def flow_run_cleanup_late(
     deployment: Annotated[str | None, typer.Option(help="Only runs of this deployment.")] = None,
     flow: Annotated[str | None, typer.Option(help="Only runs of this flow.")] = None,
     queue: Annotated[str | None, typer.Option(help="Only runs on this queue.")] = None,
+    all_flows: Annotated[
+        bool, typer.Option("--all-flows", help="Apply the policy to the Late runs of every flow (no filter).")
+    ] = False,
 ) -> None:
-    """Clear a backlog of Late runs with a policy instead of letting it stampede the fleet."""
-    body = {"policy": policy, "max_age_seconds": max_age, "deployment": deployment, "flow": flow, "queue": queue}
-    done = calling(lambda: ApiClient().cleanup_late({k: v for k, v in body.items() if v is not None}))
-    console.print(
-        user_text(f"{done['late']} late runs: {done['cancelled']} cancelled, {done['kept']} kept ({done['policy']})")
-    )
+    """Clear a backlog of Late runs with a policy instead of letting it stampede the fleet.
+
+    The API cancels at most a page of runs per request; this command asks again until none
+    remain, so one command clears any backlog.
+    """
+    given = {"policy": policy, "max_age_seconds": max_age, "deployment": deployment, "flow": flow, "queue": queue}
+    body: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    if all_flows:
+        body["all_flows"] = True
+    client = ApiClient()
+    done = calling(lambda: client.cleanup_late(body))
+    late, cancelled = done["late"], done["cancelled"]
+    while done.get("remaining") and done["cancelled"]:
+        done = calling(lambda: client.cleanup_late(body))
+        cancelled += done["cancelled"]
+    console.print(user_text(f"{late} late runs: {cancelled} cancelled, {late - cancelled} kept ({done['policy']})"))
 
 
 @flow_run_app.command("cancel")

@@ -109,6 +109,11 @@ class Settings(BaseSettings):
         description="How often a task waiting for a concurrency-limit slot asks again (it waits in Redis, "
         "not in a worker slot).",
     )
+    schedule_min_interval_seconds: float = Field(
+        default=10,
+        ge=1,
+        description="The shortest interval a deployment's schedule may have (cron's floor is one run a minute).",
+    )
     late_after_seconds: float = Field(
         default=15, description="A run not started this long after its start time becomes Late (with the reason)."
     )

@@ -19,6 +19,9 @@ from orchestrator.localstack import ApiProcess, redis_server, worker
 from orchestrator.settings import reset_settings
 
 FLOW_MODULES = ["tests.flows"]
+# Schedule tests run deployments every second or two: every API the tests start allows it
+# (tests/test_input_limits.py gives its API the production floor of 10 s back).
+os.environ["ORCHESTRATOR_SCHEDULE_MIN_INTERVAL_SECONDS"] = "1"
 
 
 def _point_client_at(url: str) -> None:

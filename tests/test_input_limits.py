@@ -60,7 +60,7 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     if request.param == "postgresql" and not admin_url:
         pytest.skip("ORCHESTRATOR_TEST_DATABASE_URL is not set (a PostgreSQL URL to create test databases from)")
     folder = tmp_path_factory.mktemp(f"limits-{request.param}")
-    env = {"ORCHESTRATOR_LATE_AFTER_SECONDS": "1"}
+    env = {"ORCHESTRATOR_LATE_AFTER_SECONDS": "1", "ORCHESTRATOR_SCHEDULE_MIN_INTERVAL_SECONDS": "10"}
     with (
         redis_server() as url,
         worker(url, ["tests.limit_flows"], concurrency=1, name=f"limits{free_port()}@%h", log_path=folder / "w.log"),
@@ -409,3 +409,24 @@ def test_late_cleanup_needs_a_filter_and_cancels_at_most_one_page_per_request(st
     assert last["cancelled"] >= 1 and last["remaining"] == 0, last  # every flow's Late runs: ours and any other
     assert http.get("/flow-runs", params={"name": tag, "state": "Cancelled"}).json()["total"] == 5
     assert http.post("/flow-runs/late/cleanup", json=policy | {"limit": 0, "all_flows": True}).status_code == 422
+
+
+@pytest.mark.parametrize("how", ["orchestrator worker start", "celery worker"])
+def test_a_worker_refuses_to_consume_a_queue_that_is_another_key(how: str) -> None:
+    """``-Q default,orc:events`` would consume the event stream (and kill the worker with a
+    Redis type error): both ways of starting a worker stop first, naming the queue."""
+    import subprocess
+    import sys
+
+    with redis_server() as url:
+        env = os.environ | {"ORCHESTRATOR_REDIS_URL": url, "ORCHESTRATOR_FLOW_MODULES": "tests.limit_flows"}
+        if how == "celery worker":
+            cmd = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", "default,orc:events", "-c", "1"]
+        else:
+            cmd = [sys.executable, "-m", "orchestrator.cli", "worker", "start", "-Q", "default,orc:events", "-c", "1"]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        output = done.stdout + done.stderr
+        assert done.returncode != 0, output
+        assert "orc:events" in output and "queue" in output, output
+        client = redis.Redis.from_url(url)
+        assert not client.exists("_kombu.binding.orc:events")  # it never started consuming

@@ -9,6 +9,7 @@ ones imported later), and imports the flow modules named by
 from __future__ import annotations
 
 import importlib
+import logging
 import socket
 import sys
 from typing import Any
@@ -18,6 +19,7 @@ from celery import signals
 from orchestrator import registry
 from orchestrator.celery_app import make_celery_app, tolerate_redis_outages
 from orchestrator.errors import DefinitionError
+from orchestrator.limits import queues_problem
 from orchestrator.settings import get_settings
 from orchestrator.store import ride_out_outages
 
@@ -32,6 +34,7 @@ from .visibility import KeepVisible, refresh_interval
 # calls: a task ending meanwhile records its end, sends what follows and counts its chord part
 # once Redis is back, instead of failing and leaving its flow run Running forever.
 REDIS_OUTAGE_SECONDS = 60.0
+log = logging.getLogger(__name__)
 app = make_celery_app("workers")
 log_shipper = install_log_shipper()
 register_builtin_tasks(app)
@@ -57,6 +60,18 @@ def _ride_out_redis_outages(**_: object) -> None:
     ride_out_outages(REDIS_OUTAGE_SECONDS)
     tolerate_redis_outages(app, REDIS_OUTAGE_SECONDS)
     survive_lost_redis()  # neither exit nor give back the messages of running tasks when Redis is lost
+
+
+@signals.celeryd_after_setup.connect
+def _refuse_reserved_queues(sender: Any = None, instance: Any = None, **_: object) -> None:
+    """Stop before consuming when ``-Q`` names a queue whose Redis key belongs to someone else
+    (``orc:events`` is the event stream, ``orc:frdone:<id>`` a run's completion latch): consuming
+    it would eat another part's data or kill the worker with a Redis type error."""
+    names = list(getattr(getattr(getattr(instance, "app", None), "amqp", None), "queues", {}) or [])
+    problem = queues_problem(names)
+    if problem:
+        log.critical("worker %s: %s", sender, problem)
+        raise SystemExit(f"worker {sender}: {problem}")  # a signal handler's Exception would only be logged
 
 
 @signals.worker_ready.connect
