@@ -567,9 +567,14 @@ def chatty(lines: int) -> int:
     return lines
 
 
-@task
+@task(retries=1)
 def chatty_then_killed() -> str:
-    """Killed with its process on the first execution; the redelivered one completes."""
+    """Killed with its process on the first execution; the next one completes.
+
+    Which path runs it again is a race on a loaded machine: Celery's pool requeues the message
+    when it notices the dead process, and an API's crash detector (1 s heartbeats in the tests:
+    a 3 s window) may declare the task Crashed first. The one retry lets either win, so the
+    tests judge what they are about (the logs kept up to the kill), not the race."""
     if _stamp("chatty_then_killed") == 1:
         get_run_logger().warning("about to be killed")
         time.sleep(1.5)  # the shipper flushes every 0.5 s

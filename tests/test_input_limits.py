@@ -350,6 +350,9 @@ def test_schedules_that_never_fire_or_fire_too_often_and_impossible_start_times_
     for start in ("9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+23:59"):
         response = http.post("/flows/limit-echo/runs", json={"scheduled_start": start})
         assert response.status_code == 422 and "scheduled_start" in response.text, (start, response.text[:300])
+        for bound in ("since", "until"):  # the listing's time filters too
+            listed = http.get("/flow-runs", params={bound: start})
+            assert listed.status_code == 422 and bound in listed.text, (bound, start, listed.text[:300])
     assert http.get("/flow-runs").status_code == 200
 
 

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query, Response, status
+from pydantic import AfterValidator
 from sqlalchemy import func, or_
 from sqlmodel import Session, col, select
 
@@ -32,6 +33,7 @@ from ..schemas import (
     LogLinePublic,
     StateEventPublic,
     TaskRunPublic,
+    valid_start,
 )
 from .deps import CeleryDep, SessionDep, StoreDep
 
@@ -70,8 +72,12 @@ def list_flow_runs(
     state: Annotated[list[StateType] | None, Query(description="Only runs in these states.")] = None,
     name: Annotated[str | None, Query(max_length=500, description="Runs whose name contains this.")] = None,
     parent: Annotated[str | None, Query(max_length=64, description="Only subflow runs of this run.")] = None,
-    since: Annotated[datetime | None, Query(description="Created at or after this time.")] = None,
-    until: Annotated[datetime | None, Query(description="Created before this time.")] = None,
+    since: Annotated[
+        datetime | None, Query(description="Created at or after this time."), AfterValidator(valid_start)
+    ] = None,
+    until: Annotated[
+        datetime | None, Query(description="Created before this time."), AfterValidator(valid_start)
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> FlowRunPage:
