@@ -18,7 +18,6 @@ Outermost first (``api.app.install_doors`` installs them in this order):
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import secrets
 from collections.abc import Collection, Iterable
@@ -30,11 +29,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from orchestrator.loopback import LOOPBACK_NAMES, is_loopback
 from orchestrator.settings import get_settings
 
 bearer = HTTPBearer(auto_error=False, description="The API key (ORCHESTRATOR_API_KEY), when the server has one.")
 MISSING_KEY = "missing or wrong API key: send 'Authorization: Bearer <ORCHESTRATOR_API_KEY>'."
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -143,16 +142,6 @@ def host_name(value: str) -> str:
     return name.rstrip(".")  # 'localhost.' is 'localhost'
 
 
-def is_loopback_name(name: str) -> bool:
-    """``localhost`` or a loopback address (127.0.0.0/8, ::1): names no other site can own."""
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
 def _allows(pattern: str, name: str) -> bool:
     """``*`` allows any name, ``.example.com`` it and its subdomains, anything else itself."""
     pattern = host_name(pattern) if not pattern.startswith((".", "*")) else pattern.lower()
@@ -199,7 +188,7 @@ class HostCheck:
         await self.app(scope, receive, send)
 
     def answers_to(self, name: str) -> bool:
-        return bool(name) and (is_loopback_name(name) or any(_allows(p, name) for p in self.allowed))
+        return bool(name) and (is_loopback(name) or any(_allows(p, name) for p in self.allowed))
 
     def foreign_host(self, host: str) -> str:
         names = ", ".join([*LOOPBACK_NAMES, *self.allowed])

@@ -7,27 +7,17 @@ server started on a laptop is never open to the network by accident.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import sys
 
 import uvicorn
 
+from orchestrator.loopback import is_loopback
 from orchestrator.redaction import mask_urls_in, masked_url
 from orchestrator.settings import get_settings
 
 from .app import create_app
 from .db import migrate
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` only listens on this machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,10 +15,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from orchestrator.celery_app import client_app
 from orchestrator.localstack import ApiProcess
+from orchestrator.settings import reset_settings
 
 T = TypeVar("T")
 FINAL = {"Completed", "Failed", "TimedOut", "Crashed", "UpstreamFailed", "Skipped", "Cancelled"}
@@ -89,3 +92,21 @@ def cli(api: ApiProcess, *args: str, timeout: float = 90) -> subprocess.Complete
     return subprocess.run(
         [sys.executable, "-m", "orchestrator.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+@contextlib.contextmanager
+def sdk_settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> Iterator[None]:
+    """This process's SDK reads ``env`` (``ORCHESTRATOR_*`` variables) until the block ends.
+
+    Settings and the client's Celery app are cached per process, so they are dropped on the
+    way in and again on the way out (the next test reads the environment it restores)."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    reset_settings()
+    client_app.cache_clear()
+    try:
+        yield
+    finally:
+        monkeypatch.undo()
+        reset_settings()
+        client_app.cache_clear()

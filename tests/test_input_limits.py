@@ -32,11 +32,9 @@ import redis
 from sqlmodel import Session
 
 from orchestrator import flow, keys, task
-from orchestrator.celery_app import client_app
 from orchestrator.errors import DefinitionError, ParameterError
 from orchestrator.localstack import ApiProcess, api_server, free_port, redis_server, worker
-from orchestrator.settings import reset_settings
-from tests.api_support import api_database, cli, eventually
+from tests.api_support import api_database, cli, eventually, sdk_settings
 from tests.limit_flows import limit_echo, limit_named, limit_sink
 
 FAR_AHEAD = (dt.datetime.now(dt.UTC) + dt.timedelta(days=30)).isoformat()  # a run due then is never sent
@@ -75,13 +73,8 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 @pytest.fixture
 def client_on_stack(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Point this process's SDK (``.delay()``) at the module's Redis, never at a default one."""
-    monkeypatch.setenv("ORCHESTRATOR_REDIS_URL", stack.redis_url)
-    reset_settings()
-    client_app.cache_clear()
-    yield
-    monkeypatch.undo()
-    reset_settings()
-    client_app.cache_clear()
+    with sdk_settings(monkeypatch, ORCHESTRATOR_REDIS_URL=stack.redis_url):
+        yield
 
 
 def nested(depth: int) -> str:

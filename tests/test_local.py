@@ -11,24 +11,18 @@ from collections.abc import Iterator
 import pytest
 
 from orchestrator import as_completed, flow, task, wait
-from orchestrator.celery_app import client_app
 from orchestrator.errors import ConnectionProblem, FlowRunFailed, OrchestratorError, ParameterError
-from orchestrator.settings import reset_settings
 from orchestrator.signals import FAIL, RETRY, SKIP
 from tests import flows
+from tests.api_support import sdk_settings
 
 
 @pytest.fixture(autouse=True)
 def no_redis(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Point Redis at a closed port: a local run must never need it. Settings are cached,
     so they are re-read here and again after the test (other modules use the real Redis)."""
-    monkeypatch.setenv("ORCHESTRATOR_REDIS_URL", "redis://127.0.0.1:1/0")
-    reset_settings()
-    client_app.cache_clear()
-    yield
-    monkeypatch.undo()
-    reset_settings()
-    client_app.cache_clear()
+    with sdk_settings(monkeypatch, ORCHESTRATOR_REDIS_URL="redis://127.0.0.1:1/0"):
+        yield
 
 
 def test_chain_fan_out_and_diamond_return_their_values() -> None:

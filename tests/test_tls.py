@@ -21,12 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.celery_app import client_app, make_celery_app
+from orchestrator.celery_app import make_celery_app
 from orchestrator.errors import ConnectionProblem
 from orchestrator.localstack import free_port, stop_process, worker
-from orchestrator.settings import Settings, reset_settings
+from orchestrator.settings import Settings
 from orchestrator.store import RunStore
 from tests import flows
+from tests.api_support import sdk_settings
 
 
 @dataclass
@@ -98,16 +99,8 @@ def port_open(port: int) -> bool:
 @contextlib.contextmanager
 def client_of(url: str, ca: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     """This process (and the workers it starts) use ``url`` and trust only the CA ``ca``."""
-    monkeypatch.setenv("ORCHESTRATOR_REDIS_URL", url)
-    monkeypatch.setenv("ORCHESTRATOR_REDIS_TLS_CA_FILE", str(ca))
-    reset_settings()
-    client_app.cache_clear()
-    try:
+    with sdk_settings(monkeypatch, ORCHESTRATOR_REDIS_URL=url, ORCHESTRATOR_REDIS_TLS_CA_FILE=str(ca)):
         yield Settings()
-    finally:
-        monkeypatch.undo()
-        reset_settings()
-        client_app.cache_clear()
 
 
 def test_a_flow_run_travels_over_tls_through_a_real_worker(

@@ -28,7 +28,6 @@ Everything else on the command line passes through to Flower (``--port``, ``--ur
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import sys
@@ -40,6 +39,7 @@ from urllib.parse import urlsplit
 import tornado.web
 from tornado.httputil import HTTPServerRequest
 
+from orchestrator.loopback import is_loopback
 from orchestrator.redaction import mask_urls_in
 
 TASK_API_FLAG = "--task-api"
@@ -48,7 +48,6 @@ UNAUTHENTICATED_API_ENV = "FLOWER_UNAUTHENTICATED_API"
 MIN_PASSWORD_LENGTH = 12
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 MUTATING_METHODS = ("post", "put", "patch", "delete")
-LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 TASK_API_OFF = (
     "Flower's task API is off: this route runs or changes tasks or workers. Start Flower with "
     f"{TASK_API_FLAG} (or {TASK_API_ENV}=true) and credentials (--basic-auth=user:password) to open it.\n"
@@ -86,17 +85,6 @@ def truthy(value: str, name: str) -> bool:
     if value in ("1", "true", "yes", "on", "y", "t"):
         return True
     raise FlowerRefused(f"{name}={value!r} is not a boolean; use true or false")
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (an address or a name, without port) only reaches this machine."""
-    host = host.strip("[]").lower()
-    if host in LOOPBACK_NAMES or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_options(options: Any, doors: Doors) -> None:
