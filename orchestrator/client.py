@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import reprlib
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,9 @@ from celery import Celery, Signature
 from . import keys
 from .celery_app import client_app
 from .compiler import START_FLOW_RUN_TASK, Compiled, compile_plan, make_signature
-from .errors import FlowRunFailed, OrchestratorError, RunTimeout
+from .errors import FlowRunFailed, OrchestratorError, ParameterError, RunTimeout
+from .limits import queue_problem
+from .naming import run_name_problem
 from .plan import Plan
 from .references import resolve
 from .runs import launch_static, list_task_runs
@@ -264,9 +267,17 @@ def submit_by_name(
     name: str | None = None,
     run_id: str | None = None,
 ) -> FlowRun:
-    """Send one run of a flow this process has no code for (see :func:`send_named_runs`)."""
+    """Send one run of a flow this process has no code for (see :func:`send_named_runs`).
+
+    The queue and the name get the checks ``apply_async`` gives them (a queue such as
+    ``orc:events`` would push onto another part's Redis key); the parameters are checked by
+    the worker that has the flow."""
     run_id = run_id or str(uuid.uuid4())
     queue = queue or get_settings().default_queue
+    if problem := queue_problem(queue):
+        raise ParameterError(f"flow {flow_name!r}: {problem}.")
+    if name is not None and (problem := run_name_problem(name)):
+        raise ParameterError(f"flow {flow_name!r}: run name {reprlib.repr(name)}: {problem}.")
     run = NamedRun(flow_name, run_id, parameters, queue, name or f"{flow_name}-{run_id[:8]}", name is not None)
     send_named_runs([run])
     return FlowRun(run_id)

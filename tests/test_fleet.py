@@ -15,7 +15,7 @@ from celery import Celery
 from orchestrator import FlowRun, StateType
 from orchestrator.celery_app import SendOnlyRedisBackend, client_app
 from orchestrator.client import submit_by_name
-from orchestrator.errors import FlowRunFailed
+from orchestrator.errors import FlowRunFailed, ParameterError
 from orchestrator.localstack import worker
 from tests import flows
 from workers.app import app as celery_app
@@ -253,6 +253,9 @@ def test_a_run_sent_by_name_binds_callable_defaults_and_refuses_bad_parameters()
     assert "no parameter 'nope'" in bad.info["message"]
     dated = submit_by_name("dated-flow", {})
     assert dated.result(timeout=30) == dt.date.today().isoformat()
+    for queue in ("orc:events", "default two"):  # another Redis key, or no name at all: nothing is sent
+        with pytest.raises(ParameterError, match="queue"):
+            submit_by_name("chain-flow", {"x": 1}, queue=queue)
 
 
 def test_a_long_chain_runs_in_segments_and_in_order() -> None:
