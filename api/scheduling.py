@@ -29,7 +29,7 @@ from orchestrator.settings import get_settings
 from orchestrator.states import StateType
 
 from .models import Deployment, FlowRun
-from .schemas import min_interval_seconds
+from .schemas import interval_problem, min_interval_seconds
 from .submit import api_event
 
 log = logging.getLogger("orchestrator.scheduler")
@@ -52,10 +52,7 @@ def check_schedule(cron: str | None, interval_seconds: float | None, timezone: s
         return f"timezone {timezone!r} is unknown; use an IANA name such as Europe/Paris or UTC"
     if cron:
         return cron_problem(cron, zone)
-    floor = min_interval_seconds()
-    if interval_seconds is not None and not interval_seconds >= floor:
-        return f"interval_seconds must be at least {floor:g} (got {interval_seconds:g})"
-    return None
+    return interval_problem(interval_seconds)
 
 
 def cron_problem(cron: str, zone: ZoneInfo) -> str | None:

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from orchestrator import limits
 from orchestrator.limits import MAX_NESTING, MAX_QUEUE_LENGTH, queue_problem, shown_parameters
 from orchestrator.naming import MAX_RUN_NAME, run_name_problem
 from orchestrator.settings import get_settings
@@ -18,7 +19,7 @@ from orchestrator.settings import get_settings
 from .models import FlowRun, LogLine, StateEvent, TaskRun
 
 NAME_PATTERN = r"^[A-Za-z0-9_.:@\-]+$"
-QUEUE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # the schema's view of orchestrator.limits.queue_problem
+QUEUE_PATTERN = f"^{limits.QUEUE_PATTERN.pattern}$"  # the schema's view of orchestrator.limits.queue_problem
 
 
 def when(ts: float | None) -> datetime | None:
@@ -322,6 +323,17 @@ def min_interval_seconds() -> float:
     return get_settings().schedule_min_interval_seconds
 
 
+def interval_problem(value: float | None) -> str | None:
+    """Why ``interval_seconds`` would start runs more often than the configured floor, or None."""
+    floor = min_interval_seconds()
+    if value is None or value >= floor:
+        return None
+    return (
+        f"interval_seconds must be at least {floor:g} (got {value:g}): a deployment starts at most one "
+        f"run every {floor:g} s (ORCHESTRATOR_SCHEDULE_MIN_INTERVAL_SECONDS); for more, submit runs yourself"
+    )
+
+
 MAX_CANCELLED_PER_CLEANUP = 500  # Late runs one cleanup request cancels; the answer says how many remain
 
 
@@ -359,12 +371,8 @@ class DeploymentCreate(BaseModel):
     @classmethod
     def _floor(cls, value: float | None) -> float | None:
         """Refuse schedules that would start a run more often than the configured floor."""
-        floor = min_interval_seconds()
-        if value is not None and not value >= floor:
-            raise ValueError(
-                f"interval_seconds must be at least {floor:g} (got {value:g}): a deployment starts at most one "
-                f"run every {floor:g} s (ORCHESTRATOR_SCHEDULE_MIN_INTERVAL_SECONDS); for more, submit runs yourself"
-            )
+        if problem := interval_problem(value):
+            raise ValueError(problem)
         return value
 
 

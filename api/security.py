@@ -22,19 +22,17 @@ import json
 import secrets
 from collections.abc import Collection, Iterable
 from typing import Any
-from urllib.parse import urlsplit
 
 from fastapi import HTTPException, Security, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from orchestrator.loopback import LOOPBACK_NAMES, is_loopback
+from orchestrator.hosts import LOOPBACK_NAMES, SAFE_METHODS, host_name, is_loopback, same_origin
 from orchestrator.settings import get_settings
 
 bearer = HTTPBearer(auto_error=False, description="The API key (ORCHESTRATOR_API_KEY), when the server has one.")
 MISSING_KEY = "missing or wrong API key: send 'Authorization: Bearer <ORCHESTRATOR_API_KEY>'."
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def key_matches(authorization: str | None, expected: SecretStr) -> bool:
@@ -128,20 +126,6 @@ class ApiKeyGate:
         await answer(send, 401, MISSING_KEY, [(b"www-authenticate", b"Bearer")])
 
 
-def host_name(value: str) -> str:
-    """The name in a Host header, lower case, without its port: ``[::1]:4200`` -> ``::1``;
-    ``""`` for a value that is not ``name[:port]``."""
-    value = value.strip().lower()
-    if value.startswith("["):
-        name, bracket, rest = value[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else rest
-        return name if bracket and (not rest or (rest.startswith(":") and port.isdigit())) else ""
-    name, colon, port = value.partition(":")
-    if colon and not port.isdigit():
-        return ""
-    return name.rstrip(".")  # 'localhost.' is 'localhost'
-
-
 def _allows(pattern: str, name: str) -> bool:
     """``*`` allows any name, ``.example.com`` it and its subdomains, anything else itself."""
     pattern = host_name(pattern) if not pattern.startswith((".", "*")) else pattern.lower()
@@ -205,15 +189,6 @@ class HostCheck:
             "ORCHESTRATOR_API_ALLOWED_HOSTS (comma-separated names; '.example.com' allows its subdomains) where "
             "the API server runs, and restart it."
         )
-
-
-def same_origin(origin: str, host: str) -> bool:
-    """Whether an ``Origin`` header names the site the request was sent to (its Host)."""
-    try:
-        parts = urlsplit(origin.strip())
-    except ValueError:
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.netloc) and parts.netloc.lower() == host.strip().lower()
 
 
 def cross_site(method: str, origin: str) -> str:

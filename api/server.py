@@ -12,7 +12,7 @@ import sys
 
 import uvicorn
 
-from orchestrator.loopback import is_loopback
+from orchestrator.hosts import is_loopback
 from orchestrator.redaction import mask_urls_in, masked_url
 from orchestrator.settings import get_settings
 

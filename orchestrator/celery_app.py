@@ -15,7 +15,7 @@ from celery.backends.redis import RedisBackend
 
 from .settings import Settings, get_settings
 from .store import outage_retry
-from .tls import redis_tls_options, uses_tls
+from .tls import tls_options_for
 
 
 class SendOnlyRedisBackend(RedisBackend):  # type: ignore[misc]
@@ -79,10 +79,10 @@ def make_celery_app(
     app = Celery(main, broker=broker_url, backend=backend)
     # rediss://: the broker and the result backend verify Redis's certificate as the run store does
     # (kombu alone would connect with CERT_NONE, and Celery's backend refuse to start).
-    if uses_tls(broker_url):
-        app.conf.broker_use_ssl = redis_tls_options(s)
-    if uses_tls(backend_url):
-        app.conf.redis_backend_use_ssl = redis_tls_options(s)
+    if broker_tls := tls_options_for(broker_url, s):
+        app.conf.broker_use_ssl = broker_tls
+    if backend_tls := tls_options_for(backend_url, s):
+        app.conf.redis_backend_use_ssl = backend_tls
     app.conf.update(
         task_serializer="json",
         result_serializer="json",

@@ -22,7 +22,7 @@ import redis
 
 from .errors import ConnectionProblem
 from .settings import get_settings
-from .tls import redis_tls_options, uses_tls
+from .tls import tls_options_for
 
 
 def free_port() -> int:
@@ -188,8 +188,7 @@ def worker(
 
 def wait_for_worker(redis_url: str, proc: subprocess.Popen[bytes], queue: str, timeout: float = 60) -> None:
     """Block until the worker has started consuming ``queue`` (its kombu binding exists)."""
-    tls = redis_tls_options(get_settings()) if uses_tls(redis_url) else {}
-    client = redis.Redis.from_url(redis_url, **tls)
+    client = redis.Redis.from_url(redis_url, **tls_options_for(redis_url, get_settings()))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -109,6 +109,11 @@ class Settings(BaseSettings):
         description="How often a task waiting for a concurrency-limit slot asks again (it waits in Redis, "
         "not in a worker slot).",
     )
+    flower_task_api: bool = Field(
+        default=False,
+        description="Open Flower's task routes (run, send, revoke tasks; control workers); Flower refuses it "
+        "without credentials.",
+    )
     schedule_min_interval_seconds: float = Field(
         default=10,
         ge=1,
@@ -136,6 +141,12 @@ class Settings(BaseSettings):
     def _empty_key_is_none(cls, value: Any) -> Any:
         """``ORCHESTRATOR_API_KEY=`` (empty, as a compose file or .env leaves it) means no key."""
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("flower_task_api", mode="before")
+    @classmethod
+    def _empty_is_off(cls, value: Any) -> Any:
+        """``ORCHESTRATOR_FLOWER_TASK_API=`` (empty) leaves the task API closed."""
+        return False if isinstance(value, str) and not value.strip() else value
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         """repr() shows every URL masked (redis_url, database_url, an fsspec result_storage...):

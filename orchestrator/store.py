@@ -24,7 +24,7 @@ from .errors import ConnectionProblem
 from .redaction import mask_urls_in, masked_url
 from .settings import get_settings
 from .states import FAILED_STATES, FINAL_STATES, StateType
-from .tls import redis_tls_options, uses_tls
+from .tls import tls_options_for
 
 JSON_FIELDS = frozenset({"returns", "deciders", "parameters", "result_refs"})  # always stored as JSON text
 
@@ -246,7 +246,7 @@ def _registered(client: Any, source: str) -> Any:
 def _client(url: str) -> Any:
     """One client (and pool) per URL; ``Any`` because decode_responses=True makes every
     reply a ``str`` while redis-py's annotations say ``bytes | str``."""
-    tls = redis_tls_options(get_settings()) if uses_tls(url) else {}  # verified like the broker's
+    tls = tls_options_for(url, get_settings())  # verified like the broker's
     return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30, **outage_retry(), **tls)
 
 

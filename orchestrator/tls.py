@@ -48,3 +48,9 @@ def redis_tls_options(settings: Settings) -> dict[str, Any]:
         "ssl_check_hostname": settings.redis_tls_verify,
     }
     return {k: v for k, v in options.items() if v is not None}
+
+
+def tls_options_for(url: str | None, settings: Settings) -> dict[str, Any]:
+    """:func:`redis_tls_options` for a ``rediss://`` URL, nothing for any other: what every Redis
+    client of the product adds to its connection (run store, broker, result backend, test helpers)."""
+    return redis_tls_options(settings) if uses_tls(url) else {}

@@ -34,19 +34,19 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import tornado.web
+from pydantic import ValidationError
 from tornado.httputil import HTTPServerRequest
 
-from orchestrator.loopback import is_loopback
+from orchestrator.hosts import SAFE_METHODS, host_name, is_loopback, same_origin
 from orchestrator.redaction import mask_urls_in
+from orchestrator.settings import get_settings
 
 TASK_API_FLAG = "--task-api"
 TASK_API_ENV = "ORCHESTRATOR_FLOWER_TASK_API"
 UNAUTHENTICATED_API_ENV = "FLOWER_UNAUTHENTICATED_API"
 MIN_PASSWORD_LENGTH = 12
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 MUTATING_METHODS = ("post", "put", "patch", "delete")
 TASK_API_OFF = (
     "Flower's task API is off: this route runs or changes tasks or workers. Start Flower with "
@@ -74,24 +74,26 @@ class Doors:
     @classmethod
     def from_environment(cls, args: Iterable[str]) -> Doors:
         """The doors ``--task-api`` in ``args`` or ORCHESTRATOR_FLOWER_TASK_API ask for."""
-        return cls(task_api=TASK_API_FLAG in args or truthy(os.environ.get(TASK_API_ENV, ""), TASK_API_ENV))
+        return cls(task_api=TASK_API_FLAG in args or get_settings().flower_task_api)
 
 
-def truthy(value: str, name: str) -> bool:
-    """``value`` of the variable ``name`` read as a boolean (an empty value is false)."""
-    value = value.strip().lower()
-    if value in ("", "0", "false", "no", "off", "n", "f"):
-        return False
-    if value in ("1", "true", "yes", "on", "y", "t"):
-        return True
-    raise FlowerRefused(f"{name}={value!r} is not a boolean; use true or false")
+def unauthenticated_api_asked() -> bool:
+    """Whether FLOWER_UNAUTHENTICATED_API asks to open Flower's API to anyone, read as Flower reads it
+    (``flower.utils.strtobool``); a value Flower would not read is refused too."""
+    from flower.utils import strtobool
+
+    value = os.environ.get(UNAUTHENTICATED_API_ENV) or "false"
+    try:
+        return bool(strtobool(value))
+    except ValueError:
+        raise FlowerRefused(f"{UNAUTHENTICATED_API_ENV}={value!r} is not a boolean; use true or false") from None
 
 
 def check_options(options: Any, doors: Doors) -> None:
     """Refuse an open door in Flower's parsed ``options`` (command line, FLOWER_* and its config
     file all land there); default the address to 127.0.0.1, Flower's own default being every
     interface."""
-    if truthy(os.environ.get(UNAUTHENTICATED_API_ENV, ""), UNAUTHENTICATED_API_ENV):
+    if unauthenticated_api_asked():
         raise FlowerRefused(
             f"refusing {UNAUTHENTICATED_API_ENV}: it lets anyone who reaches the port, and any web page "
             "open in a browser on this machine, run tasks through Flower's API. Unset it; scripts that "
@@ -148,28 +150,10 @@ def cross_site(request: HTTPServerRequest) -> str | None:
         return f"a {request.method} from another site (Sec-Fetch-Site: {site})"
     origin = request.headers.get("Origin")
     source = origin if origin is not None else request.headers.get("Referer")
-    if source is None or is_own_origin(source, request.host):
+    if source is None or same_origin(source, request.host):
         return None
     header = "Origin" if origin is not None else "Referer"
     return f"a {request.method} from another origin ({header}: {mask_urls_in(source)[:200]})"
-
-
-def is_own_origin(source: str, host: str) -> bool:
-    """Whether an Origin or Referer value names the host (and port) the request was sent to."""
-    try:
-        parts = urlsplit(source.strip())
-    except ValueError:
-        return False
-    if not parts.scheme or not parts.netloc:
-        return False  # "null" (sandboxed pages, some redirects) or garbage
-    return parts.netloc.lower() == host.lower()
-
-
-def host_name(host: str) -> str:
-    """The name part of a Host header (``[::1]:5555`` -> ``::1``, ``localhost:5555`` -> ``localhost``)."""
-    if host.startswith("["):
-        return host[1:].split("]", 1)[0]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
 class Refused(tornado.web.RequestHandler):
@@ -237,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         celery.main(args=["-A", "workers.app", "flower", *flower_args], prog_name="celery", auto_envvar_prefix="CELERY")
     except FlowerRefused as refused:
         print(f"orchestrator flower: {refused}", file=sys.stderr)
+        return 2
+    except ValidationError as invalid:  # an ORCHESTRATOR_* variable that is not what it should be
+        print(f"orchestrator flower: {invalid}", file=sys.stderr)
         return 2
     return 0
 
