@@ -16,16 +16,15 @@ import redis
 from fastapi import APIRouter, Depends, FastAPI, Request, status
 from fastapi.responses import JSONResponse
 
+from api.db import get_engine
+from api.routes import concurrency_limits, deployments, flow_runs, flows, health, workers
+from api.security import ApiKeyGate, BodySizeLimit, HostCheck, RefuseNulInUrl, require_api_key
+from api.services.runner import background_services
+from api.submit import ParameterProblem, Submitter
+from orchestrator.config.settings import get_settings
 from orchestrator.errors import ConnectionProblem, RunError
-from orchestrator.redaction import mask_urls_in
-from orchestrator.settings import get_settings
-from orchestrator.store import get_store
-
-from .db import get_engine
-from .routes import concurrency_limits, deployments, flow_runs, flows, health, workers
-from .security import ApiKeyGate, BodySizeLimit, HostCheck, RefuseNulInUrl, require_api_key
-from .services import background_services
-from .submit import ParameterProblem, Submitter
+from orchestrator.guards.redaction import mask_urls_in
+from orchestrator.runstate.store import get_store
 
 log = logging.getLogger("orchestrator.api")
 

@@ -11,12 +11,11 @@ from celery import Celery
 from sqlalchemy import update
 from sqlmodel import Session, col
 
-from orchestrator.runs import stop_flow_run
+from api.models import FlowRun
+from api.submit import api_event
+from orchestrator.runs.lifecycle import stop_flow_run
+from orchestrator.runstate.store import RunStore
 from orchestrator.states import StateType
-from orchestrator.store import RunStore
-
-from .models import FlowRun
-from .submit import api_event
 
 
 def cancel_run(session: Session, store: RunStore, app: Celery, run_id: str, why: str) -> str | None:

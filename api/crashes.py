@@ -23,11 +23,12 @@ from typing import Any
 import redis
 from celery import Celery
 
-from orchestrator import concurrency, keys
-from orchestrator.runs import end_task_run, send_signatures
-from orchestrator.settings import get_settings
+from orchestrator.config.settings import get_settings
+from orchestrator.runs.lifecycle import end_task_run, send_signatures
+from orchestrator.runstate import keys
+from orchestrator.runstate import slots as concurrency
+from orchestrator.runstate.store import RunStore
 from orchestrator.states import StateType
-from orchestrator.store import RunStore
 
 log = logging.getLogger("orchestrator.crashes")
 

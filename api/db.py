@@ -17,8 +17,8 @@ from alembic.config import Config
 from sqlalchemy import Engine, event, text
 from sqlmodel import Session, create_engine
 
-from orchestrator.redaction import mask_urls_in
-from orchestrator.settings import get_settings
+from orchestrator.config.settings import get_settings
+from orchestrator.guards.redaction import mask_urls_in
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 

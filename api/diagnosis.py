@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from orchestrator import concurrency, keys
-from orchestrator.fleet import live_workers
+from api.models import FlowRun
+from orchestrator.runstate import keys
+from orchestrator.runstate import slots as concurrency
+from orchestrator.runstate.fleet import live_workers
+from orchestrator.runstate.store import RunStore
 from orchestrator.states import StateType
-from orchestrator.store import RunStore
-
-from .models import FlowRun
 
 
 @dataclass

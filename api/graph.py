@@ -25,11 +25,10 @@ from typing import Any
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
+from api.models import FlowRun, TaskRun
+from api.paging import next_offset
+from api.schemas import Graph, GraphNode
 from orchestrator.states import StateType
-
-from .models import FlowRun, TaskRun
-from .paging import next_offset
-from .schemas import Graph, GraphNode
 
 CHUNK = 500  # ids per IN (...) list: far below every database's limit on bound parameters
 Mapped = list[dict[str, str]]

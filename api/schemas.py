@@ -11,15 +11,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from orchestrator import limits
-from orchestrator.limits import MAX_NESTING, MAX_QUEUE_LENGTH, queue_problem, shown_parameters
-from orchestrator.naming import MAX_RUN_NAME, run_name_problem
-from orchestrator.settings import get_settings
-
-from .models import FlowRun, LogLine, StateEvent, TaskRun
+from api.models import FlowRun, LogLine, StateEvent, TaskRun
+from orchestrator.authoring.naming import MAX_RUN_NAME, run_name_problem
+from orchestrator.config.settings import get_settings
+from orchestrator.guards import limits
+from orchestrator.guards.limits import MAX_NESTING, MAX_QUEUE_LENGTH, queue_problem, shown_parameters
 
 NAME_PATTERN = r"^[A-Za-z0-9_.:@\-]+$"
-QUEUE_PATTERN = f"^{limits.QUEUE_PATTERN.pattern}$"  # the schema's view of orchestrator.limits.queue_problem
+QUEUE_PATTERN = f"^{limits.QUEUE_PATTERN.pattern}$"  # the schema's view of orchestrator.guards.limits.queue_problem
 
 
 def when(ts: float | None) -> datetime | None:
@@ -35,14 +34,14 @@ def no_nul(value: str | None) -> str | None:
 
 
 def valid_run_name(value: str | None) -> str | None:
-    """A run name passes the one rule of :func:`orchestrator.naming.run_name_problem` (also used for made names)."""
+    """A run name passes the one rule of :func:`~orchestrator.authoring.naming.run_name_problem`."""
     if value is not None and (problem := run_name_problem(value)):
         raise ValueError(problem)
     return value
 
 
 def valid_queue(value: str | None) -> str | None:
-    """A queue is a Redis key: only names that cannot reach another key (:func:`orchestrator.limits.queue_problem`)."""
+    """A queue is a Redis key: no name that reaches another (:func:`~orchestrator.guards.limits.queue_problem`)."""
     if value is not None and (problem := queue_problem(value)):
         raise ValueError(problem)
     return value

@@ -28,8 +28,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from orchestrator.hosts import LOOPBACK_NAMES, SAFE_METHODS, host_name, is_loopback, same_origin
-from orchestrator.settings import get_settings
+from orchestrator.config.settings import get_settings
+from orchestrator.guards.hosts import LOOPBACK_NAMES, SAFE_METHODS, host_name, is_loopback, same_origin
 
 bearer = HTTPBearer(auto_error=False, description="The API key (ORCHESTRATOR_API_KEY), when the server has one.")
 MISSING_KEY = "missing or wrong API key: send 'Authorization: Bearer <ORCHESTRATOR_API_KEY>'."

@@ -12,12 +12,11 @@ import sys
 
 import uvicorn
 
-from orchestrator.hosts import is_loopback
-from orchestrator.redaction import mask_urls_in, masked_url
-from orchestrator.settings import get_settings
-
-from .app import create_app
-from .db import migrate
+from api.app import create_app
+from api.db import migrate
+from orchestrator.config.settings import get_settings
+from orchestrator.guards.hosts import is_loopback
+from orchestrator.guards.redaction import mask_urls_in, masked_url
 
 
 def main(argv: list[str] | None = None) -> int:

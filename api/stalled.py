@@ -17,13 +17,12 @@ import time
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from orchestrator import keys
-from orchestrator.runs import finish_flow_run
-from orchestrator.settings import get_settings
+from api.models import FlowRun
+from orchestrator.config.settings import get_settings
+from orchestrator.runs.lifecycle import finish_flow_run
+from orchestrator.runstate import keys
+from orchestrator.runstate.store import RunStore
 from orchestrator.states import StateType
-from orchestrator.store import RunStore
-
-from .models import FlowRun
 
 log = logging.getLogger("orchestrator.stalled")
 

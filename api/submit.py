@@ -26,16 +26,15 @@ from sqlalchemy import Engine, insert
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlmodel import Session
 
-from orchestrator.celery_app import make_celery_app
-from orchestrator.client import NamedRun, send_named_runs
-from orchestrator.limits import depth_problems, holds_key
-from orchestrator.naming import run_name_problem
-from orchestrator.serialization import PICKLE_TAG
-from orchestrator.settings import get_settings
+from api.models import FlowRun, StateEvent
+from api.schemas import FlowRunCreate
+from orchestrator.authoring.naming import run_name_problem
+from orchestrator.config.settings import get_settings
+from orchestrator.data.serialization import PICKLE_TAG
+from orchestrator.guards.limits import depth_problems, holds_key
+from orchestrator.runs.handle import NamedRun, send_named_runs
 from orchestrator.states import StateType
-
-from .models import FlowRun, StateEvent
-from .schemas import FlowRunCreate
+from orchestrator.transport.celery_app import make_celery_app
 
 log = logging.getLogger("orchestrator.api")
 

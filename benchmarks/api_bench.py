@@ -35,8 +35,8 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import create_engine, text
 
-from orchestrator.localstack import ApiProcess, redis_server, worker
-from orchestrator.settings import reset_settings
+from orchestrator.config.settings import reset_settings
+from orchestrator.devstack.localstack import ApiProcess, redis_server, worker
 
 RESULTS = Path(__file__).parent / "results"
 FLOW = "bench-api-five"
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                 w3 = w3_independent.delay(n=args.w3)
                 print(f"W3: {args.w3} tasks sent as flow run {w3.id}", flush=True)
                 w3_state = w3.wait(timeout=900)
-                from orchestrator.client import FlowRun
+                from orchestrator.runs.handle import FlowRun
 
                 for run_id in ids:
                     FlowRun(run_id).wait(timeout=900)

@@ -36,8 +36,8 @@ from typing import Any
 import httpx
 from sqlalchemy import create_engine, text
 
-from orchestrator.localstack import api_server, redis_server, worker
-from orchestrator.settings import reset_settings
+from orchestrator.config.settings import reset_settings
+from orchestrator.devstack.localstack import api_server, redis_server, worker
 
 RESULTS = Path(__file__).parent / "results"
 FLOW = "bench-graph-map"

@@ -31,9 +31,9 @@ import redis
 from celery.backends.redis import RedisBackend
 from celery.result import ResultSet
 
-from orchestrator.celery_app import client_app
-from orchestrator.localstack import redis_server, worker
-from orchestrator.settings import reset_settings
+from orchestrator.config.settings import reset_settings
+from orchestrator.devstack.localstack import redis_server, worker
+from orchestrator.transport.celery_app import client_app
 
 RESULTS = Path(__file__).parent / "results"
 RATIO_TARGET = 1.3
@@ -66,7 +66,7 @@ def make_sides(timeout: float) -> dict[str, Sides]:
     # orchestrator's own client app uses the send-only backend). The worker app's backend is
     # Celery's plus retries on a lost Redis, which only a running worker switches on.
     from benchmarks import workloads as w
-    from orchestrator.celery_app import SendOnlyRedisBackend
+    from orchestrator.transport.celery_app import SendOnlyRedisBackend
 
     backend = w.raw_noop.backend
     if not isinstance(backend, RedisBackend) or isinstance(backend, SendOnlyRedisBackend):

@@ -6,8 +6,8 @@ import datetime as dt
 import time
 
 from orchestrator import flow, get_run_logger, task
-from orchestrator.context import current_run
-from orchestrator.signals import RETRY
+from orchestrator.runtime.context import current_run
+from orchestrator.runtime.signals import RETRY
 
 
 @task(retries=2, retry_delay_seconds=1)

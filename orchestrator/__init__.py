@@ -3,13 +3,13 @@
 The public surface is what ``__all__`` lists; everything else may change.
 """
 
-from .client import FlowRun
-from .flows import Flow, flow
-from .futures import Future, allow_failure, as_completed, unmapped, wait
-from .logging import get_run_logger
-from .naming import rename_flow_run
-from .states import StateType
-from .tasks import Task, exponential_backoff, task
+from orchestrator.authoring.flows import Flow, flow
+from orchestrator.authoring.naming import rename_flow_run
+from orchestrator.authoring.tasks import Task, exponential_backoff, task
+from orchestrator.runs.handle import FlowRun
+from orchestrator.runtime.futures import Future, allow_failure, as_completed, unmapped, wait
+from orchestrator.runtime.run_logger import get_run_logger
+from orchestrator.states import StateType
 
 __all__ = [
     "Flow",

@@ -19,9 +19,9 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from orchestrator.celery_app import client_app
-from orchestrator.localstack import ApiProcess
-from orchestrator.settings import reset_settings
+from orchestrator.config.settings import reset_settings
+from orchestrator.devstack.localstack import ApiProcess
+from orchestrator.transport.celery_app import client_app
 
 T = TypeVar("T")
 FINAL = {"Completed", "Failed", "TimedOut", "Crashed", "UpstreamFailed", "Skipped", "Cancelled"}

@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from orchestrator.celery_app import client_app
-from orchestrator.localstack import ApiProcess, redis_server, worker
-from orchestrator.settings import reset_settings
+from orchestrator.config.settings import reset_settings
+from orchestrator.devstack.localstack import ApiProcess, redis_server, worker
+from orchestrator.transport.celery_app import client_app
 
 FLOW_MODULES = ["tests.flows"]
 # Schedule tests run deployments every second or two: every API the tests start allows it

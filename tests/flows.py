@@ -18,9 +18,9 @@ from orchestrator import (
     unmapped,
     wait,
 )
-from orchestrator.context import current_run
-from orchestrator.signals import FAIL, RETRY, SKIP
-from orchestrator.store import get_store
+from orchestrator.runstate.store import get_store
+from orchestrator.runtime.context import current_run
+from orchestrator.runtime.signals import FAIL, RETRY, SKIP
 from workers.app import app as celery_app
 
 

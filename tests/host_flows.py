@@ -14,8 +14,8 @@ import time
 from typing import Any
 
 from orchestrator import flow, task
-from orchestrator.context import current_run
-from orchestrator.store import get_store
+from orchestrator.runstate.store import get_store
+from orchestrator.runtime.context import current_run
 
 HOST_ENV = "ORCHESTRATOR_TEST_HOST"
 

@@ -11,8 +11,8 @@ import signal
 import time
 
 from orchestrator import flow, get_run_logger, task
-from orchestrator.context import current_run
-from orchestrator.store import get_store
+from orchestrator.runstate.store import get_store
+from orchestrator.runtime.context import current_run
 
 
 @task

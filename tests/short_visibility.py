@@ -9,9 +9,9 @@ from __future__ import annotations
 import time
 
 from orchestrator import flow, task
-from orchestrator.context import current_run
-from orchestrator.signals import RETRY
-from orchestrator.store import get_store
+from orchestrator.runstate.store import get_store
+from orchestrator.runtime.context import current_run
+from orchestrator.runtime.signals import RETRY
 from workers.app import app
 
 app.conf.broker_transport_options = dict(app.conf.broker_transport_options) | {

@@ -23,9 +23,9 @@ import random
 import time
 
 from orchestrator import flow, task
-from orchestrator.context import RunInfo, current_run
-from orchestrator.signals import FAIL, RETRY
-from orchestrator.store import get_store
+from orchestrator.runstate.store import get_store
+from orchestrator.runtime.context import RunInfo, current_run
+from orchestrator.runtime.signals import FAIL, RETRY
 from workers.app import app
 
 app.conf.broker_transport_options = dict(app.conf.broker_transport_options) | {

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from orchestrator.fleet import live_workers, parameters_schema, registered_flows
-from orchestrator.localstack import worker
-from orchestrator.store import get_store
+from orchestrator.devstack.localstack import worker
+from orchestrator.runstate.fleet import live_workers, parameters_schema, registered_flows
+from orchestrator.runstate.store import get_store
 from tests import flows
 
 pytestmark = pytest.mark.usefixtures("fleet")

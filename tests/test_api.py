@@ -21,8 +21,8 @@ import httpx
 import pytest
 import redis
 
-from orchestrator import keys
-from orchestrator.localstack import ApiProcess, api_server, redis_server, worker
+from orchestrator.devstack.localstack import ApiProcess, api_server, redis_server, worker
+from orchestrator.runstate import keys
 from tests.api_support import api_database, cli, eventually, submit, wait_final
 
 
@@ -238,7 +238,7 @@ def test_logs_of_a_run_reach_the_api(http: httpx.Client) -> None:
 
 def test_api_killed_mid_run_loses_no_event(http: httpx.Client, api: ApiProcess) -> None:
     created = [submit(http, "api-sleepy-flow", parameters={"seconds": 2, "width": 4}) for _ in range(3)]
-    from orchestrator.client import FlowRun
+    from orchestrator.runs.handle import FlowRun
 
     api.kill()  # while the tasks run: their events wait in the stream
     for run in created:
@@ -405,7 +405,7 @@ def test_a_retry_reads_a_persisted_result_redis_no_longer_has(redis_url: str, ht
     client.delete(keys.result(kept["id"]))  # expired, or lost with a Redis that kept nothing on disk
     client.set(f"test:fixed:{label}", 1)
     assert http.post(f"/flow-runs/{created['id']}/retry").status_code == 202
-    from orchestrator.client import FlowRun
+    from orchestrator.runs.handle import FlowRun
 
     assert FlowRun(created["id"]).result(timeout=60) == 50  # the retried task read 50 from the result storage
 
@@ -580,7 +580,7 @@ def test_a_worker_killed_mid_task_gives_crashed_then_a_retry_that_completes(
         with worker(redis_url, ["tests.flows"], queues="crashy", concurrency=1, log_path=worker_logs / "rescue.log"):
             run = wait_final(http, created["id"], timeout=60)
     assert run["state"] == "Completed"
-    from orchestrator.client import FlowRun
+    from orchestrator.runs.handle import FlowRun
 
     assert FlowRun(created["id"]).result(timeout=5) == "attempt 2"
     (task,) = http.get(f"/flow-runs/{created['id']}/task-runs").json()

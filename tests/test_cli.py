@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from orchestrator.localstack import free_port, stop_process, wait_for_worker
+from orchestrator.devstack.localstack import free_port, stop_process, wait_for_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "orchestrator.cli"]

@@ -24,8 +24,8 @@ from sqlmodel import Session
 
 from api.db import engine_for
 from api.models import FlowRun
-from orchestrator.localstack import ApiProcess, api_server, free_port, redis_server, worker
-from orchestrator.naming import run_name_problem
+from orchestrator.authoring.naming import run_name_problem
+from orchestrator.devstack.localstack import ApiProcess, api_server, free_port, redis_server, worker
 from tests.api_support import api_database, eventually, wait_final
 from tests.cli_text_flows import FLOW_NAME
 
@@ -137,7 +137,7 @@ def assert_safe(out: subprocess.CompletedProcess[str], colour: bool = False, sty
     ],
 )
 def test_visible_escapes_control_and_bidi_characters_and_keeps_other_text(raw: str, shown: str) -> None:
-    from orchestrator.cli_text import user_text, visible
+    from orchestrator.cli.text import user_text, visible
 
     assert visible(raw) == shown
     made = user_text(raw, style="bold")
@@ -145,7 +145,7 @@ def test_visible_escapes_control_and_bidi_characters_and_keeps_other_text(raw: s
 
 
 def test_user_text_takes_any_value() -> None:
-    from orchestrator.cli_text import user_text
+    from orchestrator.cli.text import user_text
 
     assert user_text(None).plain == "" and user_text(3).plain == "3"
     assert user_text(ValueError("x\x1by")).plain == r"x\x1by"

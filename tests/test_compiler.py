@@ -8,10 +8,16 @@ import pytest
 from celery.canvas import Signature, _chain, chord, group
 
 from orchestrator import flow, task
-from orchestrator.compiler import CHAIN_SEGMENT, EXPAND_MAP_TASK, FINISH_SUBFLOW_TASK, canvas_tree, compile_plan
 from orchestrator.errors import DefinitionError, PlanError, SerializationError
-from orchestrator.plan import Plan
-from orchestrator.tracer import DynamicFlowRequired
+from orchestrator.planning.compiler import (
+    CHAIN_SEGMENT,
+    EXPAND_MAP_TASK,
+    FINISH_SUBFLOW_TASK,
+    canvas_tree,
+    compile_plan,
+)
+from orchestrator.planning.plan import Plan
+from orchestrator.planning.tracer import DynamicFlowRequired
 from tests import flows
 
 

@@ -28,9 +28,9 @@ import httpx
 import pytest
 import redis
 
-from orchestrator import concurrency
-from orchestrator.localstack import ApiProcess, api_server, worker
-from orchestrator.store import RunStore
+from orchestrator.devstack.localstack import ApiProcess, api_server, worker
+from orchestrator.runstate import slots as concurrency
+from orchestrator.runstate.store import RunStore
 from tests.api_support import FINAL, cli, eventually, submit, wait_final
 
 LATE_AFTER = 2.0  # seconds; this module's API marks runs Late quickly

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from orchestrator import StateType
-from orchestrator.localstack import api_server, redis_server, worker
-from orchestrator.store import get_store
+from orchestrator.devstack.localstack import api_server, redis_server, worker
+from orchestrator.runstate.store import get_store
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_a_crashed_workers_message_redelivered_after_the_visibility_timeout_neve
     del redis_url  # the session's settings (1 s heartbeats), not its Redis
     import httpx
 
-    from orchestrator.store import RunStore
+    from orchestrator.runstate.store import RunStore
     from tests.api_support import eventually, submit, wait_final
 
     marker = uuid.uuid4().hex[:8]
@@ -106,8 +106,8 @@ def test_a_delayed_message_scheduled_again_while_it_is_being_sent_is_kept() -> N
     """A task waiting for a concurrency slot asks again with the very same message; if it does so
     before the dispatcher has forgotten the copy it just sent, the new entry must survive (it was
     removed, and the task run waited in AwaitingConcurrencySlot forever)."""
-    from orchestrator import keys
-    from orchestrator.store import RunStore
+    from orchestrator.runstate import keys
+    from orchestrator.runstate.store import RunStore
 
     with redis_server() as url:  # its own: claiming must not delay other tests' messages
         _scheduled_again_is_kept(RunStore(url), keys.DELAYED)

@@ -33,15 +33,15 @@ import httpx
 import pytest
 import redis
 
-from orchestrator import keys
-from orchestrator.celery_app import make_celery_app
-from orchestrator.client import launch_prepared, prepare_run
-from orchestrator.compiler import compile_plan, inline_or_stored
-from orchestrator.localstack import ApiProcess, api_server, free_port, redis_server, worker
-from orchestrator.serialization import PICKLE_TAG, dumps
-from orchestrator.settings import Settings
+from orchestrator.config.settings import Settings
+from orchestrator.data.serialization import PICKLE_TAG, dumps
+from orchestrator.devstack.localstack import ApiProcess, api_server, free_port, redis_server, worker
+from orchestrator.planning.compiler import compile_plan, inline_or_stored
+from orchestrator.runs.handle import launch_prepared, prepare_run
+from orchestrator.runstate import keys
+from orchestrator.runstate.store import RunStore, now
 from orchestrator.states import StateType
-from orchestrator.store import RunStore, now
+from orchestrator.transport.celery_app import make_celery_app
 from tests import door_flows
 from tests.api_support import api_database, eventually
 

@@ -11,8 +11,9 @@ from collections.abc import Iterator
 import pytest
 from celery import Celery
 
-from orchestrator import StateType, keys
-from orchestrator.store import get_store
+from orchestrator import StateType
+from orchestrator.runstate import keys
+from orchestrator.runstate.store import get_store
 from tests import flows
 
 pytestmark = pytest.mark.usefixtures("fleet")

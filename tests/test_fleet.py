@@ -13,10 +13,10 @@ import pytest
 from celery import Celery
 
 from orchestrator import FlowRun, StateType
-from orchestrator.celery_app import SendOnlyRedisBackend, client_app
-from orchestrator.client import submit_by_name
+from orchestrator.devstack.localstack import worker
 from orchestrator.errors import FlowRunFailed, ParameterError
-from orchestrator.localstack import worker
+from orchestrator.runs.handle import submit_by_name
+from orchestrator.transport.celery_app import SendOnlyRedisBackend, client_app
 from tests import flows
 from workers.app import app as celery_app
 
@@ -286,7 +286,7 @@ def test_rename_flow_run_from_inside_a_task() -> None:
 
 def test_a_redelivered_message_finishes_what_a_crash_left(redis_url: str, worker_logs: Path) -> None:
     """A worker that died right after recording a failure never stopped the downstream."""
-    from orchestrator.store import get_store, now
+    from orchestrator.runstate.store import get_store, now
 
     run = flows.failing_flow.apply_async(queue="parked")  # nobody consumes it yet
     rows = runs_by_label(run)

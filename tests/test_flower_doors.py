@@ -36,10 +36,10 @@ import httpx
 import pytest
 import yaml
 
-from orchestrator.celery_app import make_celery_app
-from orchestrator.localstack import flower, free_port, redis_server, stop_process, wait_for_http, worker
-from orchestrator.redaction import masked_url
-from orchestrator.settings import Settings
+from orchestrator.config.settings import Settings
+from orchestrator.devstack.localstack import flower, free_port, redis_server, stop_process, wait_for_http, worker
+from orchestrator.guards.redaction import masked_url
+from orchestrator.transport.celery_app import make_celery_app
 from tests.api_support import eventually
 from tests.flower_flows import MARKER_TASK
 

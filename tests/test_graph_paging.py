@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from orchestrator.localstack import ApiProcess, api_server
+from orchestrator.devstack.localstack import ApiProcess, api_server
 from tests.api_support import api_database, eventually, submit, wait_final
 
 N = 2500  # mapped items of the large run: 2,501 task runs, 5,005 state events

@@ -28,10 +28,10 @@ import httpx
 import pytest
 import redis
 
-from orchestrator import keys
-from orchestrator.client import FlowRun
-from orchestrator.localstack import ApiProcess, redis_server, worker
-from orchestrator.store import RunStore
+from orchestrator.devstack.localstack import ApiProcess, redis_server, worker
+from orchestrator.runs.handle import FlowRun
+from orchestrator.runstate import keys
+from orchestrator.runstate.store import RunStore
 from tests import netns
 from tests.api_support import api_database, eventually
 from tests.host_flows import HOST_ENV, release_key, returned_key, started_key

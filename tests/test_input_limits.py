@@ -31,9 +31,10 @@ import pytest
 import redis
 from sqlmodel import Session
 
-from orchestrator import flow, keys, task
+from orchestrator import flow, task
+from orchestrator.devstack.localstack import ApiProcess, api_server, free_port, redis_server, worker
 from orchestrator.errors import DefinitionError, ParameterError
-from orchestrator.localstack import ApiProcess, api_server, free_port, redis_server, worker
+from orchestrator.runstate import keys
 from tests.api_support import api_database, cli, eventually, sdk_settings
 from tests.limit_flows import limit_echo, limit_named, limit_sink
 
@@ -189,7 +190,7 @@ def test_a_deep_run_stored_before_the_limit_does_not_break_the_listing_for_every
 
 
 def test_delay_and_the_cli_refuse_deep_parameters_before_sending_anything(stack: Stack, client_on_stack: None) -> None:
-    from orchestrator.params import parse_parameters
+    from orchestrator.authoring.params import parse_parameters
 
     with pytest.raises(ParameterError, match=r"'config' is nested 40 levels deep.*at most 32"):
         limit_echo.delay(config=deep(40))

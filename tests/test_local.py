@@ -12,7 +12,7 @@ import pytest
 
 from orchestrator import as_completed, flow, task, wait
 from orchestrator.errors import ConnectionProblem, FlowRunFailed, OrchestratorError, ParameterError
-from orchestrator.signals import FAIL, RETRY, SKIP
+from orchestrator.runtime.signals import FAIL, RETRY, SKIP
 from tests import flows
 from tests.api_support import sdk_settings
 

@@ -18,7 +18,15 @@ import httpx
 import pytest
 import yaml
 
-from orchestrator.localstack import ApiProcess, api_server, flower, free_port, redis_server, stop_process, worker
+from orchestrator.devstack.localstack import (
+    ApiProcess,
+    api_server,
+    flower,
+    free_port,
+    redis_server,
+    stop_process,
+    worker,
+)
 from tests import flows
 from tests.api_support import eventually
 

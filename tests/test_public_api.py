@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import orchestrator
-from orchestrator import signals
+from orchestrator.runtime import signals
 
 
 def test_exported_members() -> None:

@@ -25,8 +25,8 @@ import httpx
 import pytest
 import redis
 
-from orchestrator import keys
-from orchestrator.localstack import ApiProcess, api_server, free_port, stop_process, worker
+from orchestrator.devstack.localstack import ApiProcess, api_server, free_port, stop_process, worker
+from orchestrator.runstate import keys
 from tests.api_support import api_database, eventually
 
 FLOW_MODULES = ["tests.reliability_flows"]
@@ -296,8 +296,8 @@ def test_the_worker_app_sends_and_counts_chord_parts_through_a_redis_restart(tmp
     defaults fail (publishing after about 0.6 s, the result backend at once)."""
     from kombu.exceptions import OperationalError
 
-    from orchestrator.celery_app import make_celery_app, tolerate_redis_outages
-    from orchestrator.settings import Settings
+    from orchestrator.config.settings import Settings
+    from orchestrator.transport.celery_app import make_celery_app, tolerate_redis_outages
 
     server = RestartableRedis(tmp_path / "redis", "everysec")
     try:
@@ -402,7 +402,7 @@ def test_api_killed_mid_flow_loses_no_log_line_and_records_none_twice(
     """2 runs of 2 tasks each logging 10 lines 0.3 s apart; the API is killed (SIGKILL) once the
     first lines are recorded, the runs end without it, and it is started again: every line of
     the 40 is in the database exactly once, and every state too."""
-    from orchestrator.client import FlowRun
+    from orchestrator.runs.handle import FlowRun
 
     marker = uuid.uuid4().hex[:8]
     queue = f"rel-api-{marker}"

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import keys
 from orchestrator.errors import RunError
-from orchestrator.store import get_store
+from orchestrator.runstate import keys
+from orchestrator.runstate.store import get_store
 from tests import flows
 from tests.api_support import eventually
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("fleet")
 def forget_results(run_id: str) -> None:
     """What an expired result TTL (or a Redis restart without persistence) does to a run's results."""
     store = get_store()
-    from orchestrator.client import FlowRun
+    from orchestrator.runs.handle import FlowRun
 
     for row in FlowRun(run_id).task_runs():
         store.redis.delete(keys.result(row["id"]))
@@ -48,9 +48,9 @@ def test_a_result_that_was_not_kept_says_how_to_keep_it() -> None:
 def test_a_crafted_task_run_id_never_reaches_outside_the_result_storage(tmp_path: Path) -> None:
     """A message names its own task id (the broker, Flower's task API): ``../../x`` for a task
     that persists its result must not write (or read) a file outside the storage folder."""
-    from orchestrator.celery_app import make_celery_app
-    from orchestrator.results import read_persisted
-    from orchestrator.settings import Settings
+    from orchestrator.config.settings import Settings
+    from orchestrator.data.results import read_persisted
+    from orchestrator.transport.celery_app import make_celery_app
 
     storage = Path(os.environ["ORCHESTRATOR_RESULT_STORAGE"])
     escape = f"escape-{os.getpid()}-{tmp_path.name}"

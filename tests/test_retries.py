@@ -11,11 +11,12 @@ import time
 
 import pytest
 
-from orchestrator import StateType, flow, keys
+from orchestrator import StateType, flow
+from orchestrator.authoring.hooks import HookState
+from orchestrator.authoring.tasks import exponential_backoff, task
 from orchestrator.errors import DefinitionError, FlowRunFailed
-from orchestrator.hooks import HookState
-from orchestrator.store import get_store
-from orchestrator.tasks import exponential_backoff, task
+from orchestrator.runstate import keys
+from orchestrator.runstate.store import get_store
 from tests import flows
 
 pytestmark = pytest.mark.usefixtures("fleet")

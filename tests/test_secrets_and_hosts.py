@@ -30,11 +30,11 @@ from urllib.parse import quote
 import httpx
 import pytest
 
+from orchestrator.config.settings import Settings
+from orchestrator.devstack.localstack import ApiProcess, api_server, free_port, redis_server, worker
 from orchestrator.errors import ConnectionProblem
-from orchestrator.localstack import ApiProcess, api_server, free_port, redis_server, worker
-from orchestrator.redaction import mask_urls_in, masked_url
-from orchestrator.settings import Settings
-from orchestrator.store import RunStore
+from orchestrator.guards.redaction import mask_urls_in, masked_url
+from orchestrator.runstate.store import RunStore
 from tests.api_support import api_database, cli
 
 MARK = uuid.uuid4().hex[:10]  # in every secret below: its absence is what the tests check

@@ -8,8 +8,8 @@ from decimal import Decimal
 
 import pytest
 
+from orchestrator.data.serialization import dumps, loads
 from orchestrator.errors import SerializationError
-from orchestrator.serialization import dumps, loads
 
 
 @pytest.mark.parametrize(

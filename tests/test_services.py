@@ -9,14 +9,14 @@ from pathlib import Path
 
 from sqlmodel import Session, select
 
-from orchestrator.celery_app import client_app
-from orchestrator.store import RunStore
+from orchestrator.runstate.store import RunStore
+from orchestrator.transport.celery_app import client_app
 
 
 def test_a_deployments_newest_only_policy_cancels_all_but_its_newest_late_run(redis_url: str, tmp_path: Path) -> None:
     from api.db import engine_for, migrate
-    from api.late import apply_deployment_policies
     from api.models import Deployment, FlowRun
+    from api.services.late import apply_deployment_policies
 
     url = f"sqlite:///{tmp_path / 'svc.db'}"
     migrate(url)
@@ -62,7 +62,7 @@ def test_cron_in_a_time_zone_and_intervals_give_the_right_next_starts() -> None:
     from zoneinfo import ZoneInfo
 
     from api.models import Deployment
-    from api.scheduling import check_schedule, next_starts
+    from api.services.scheduling import check_schedule, next_starts
 
     paris = ZoneInfo("Europe/Paris")
     after = datetime(2026, 3, 28, 12, 0, tzinfo=paris).timestamp()  # the day before the clocks go forward

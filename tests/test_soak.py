@@ -60,8 +60,8 @@ import pytest
 import redis
 from sqlalchemy import create_engine, text
 
-from orchestrator import keys
-from orchestrator.localstack import ApiProcess, worker
+from orchestrator.devstack.localstack import ApiProcess, worker
+from orchestrator.runstate import keys
 from tests import soak_flows as sf
 from tests.api_support import FINAL, api_database, eventually
 

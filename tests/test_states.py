@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session, select
 
+from orchestrator.runstate.store import RunStore
 from orchestrator.states import StateType as S
 from orchestrator.states import can_transition
-from orchestrator.store import RunStore
 
 
 @pytest.mark.parametrize(
@@ -44,7 +44,7 @@ def test_transitions(current: S | None, new: S, reopen: bool, allowed: bool) -> 
 def test_recorder_applies_each_event_once_and_refuses_regressions(redis_url: str, tmp_path: Path) -> None:
     from api.db import engine_for, migrate
     from api.models import FlowRun, StateEvent, TaskRun
-    from api.recorder import Event, Recorder
+    from api.services.recorder import Event, Recorder
 
     url = f"sqlite:///{tmp_path / 'rec.db'}"
     migrate(url)

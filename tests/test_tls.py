@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.celery_app import make_celery_app
+from orchestrator.config.settings import Settings
+from orchestrator.devstack.localstack import free_port, stop_process, worker
 from orchestrator.errors import ConnectionProblem
-from orchestrator.localstack import free_port, stop_process, worker
-from orchestrator.settings import Settings
-from orchestrator.store import RunStore
+from orchestrator.runstate.store import RunStore
+from orchestrator.transport.celery_app import make_celery_app
 from tests import flows
 from tests.api_support import sdk_settings
 

@@ -34,9 +34,9 @@ def test_each_trigger_rule_and_allow_failure_on_the_fleet() -> None:
 
 
 def test_allow_failure_passes_none_on_the_fleet() -> None:
-    from orchestrator.client import FlowRun
-    from orchestrator.references import resolve
-    from orchestrator.store import get_store
+    from orchestrator.data.references import resolve
+    from orchestrator.runs.handle import FlowRun
+    from orchestrator.runstate.store import get_store
 
     run = flows.trigger_flow.delay()
     run.wait(timeout=30)
@@ -91,7 +91,7 @@ def test_a_subflow_is_decided_by_its_returned_futures_like_in_process() -> None:
 
 
 def test_a_revoked_chord_header_still_ends_the_run() -> None:
-    from orchestrator.celery_app import client_app
+    from orchestrator.transport.celery_app import client_app
 
     run = flows.revocable_chord.delay()
     rows: dict[str, dict[str, str]] = {}

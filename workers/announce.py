@@ -7,9 +7,10 @@ import os
 import socket
 from typing import Any
 
-from orchestrator import keys, registry
-from orchestrator.fleet import ALIVE_SECONDS, describe_flow
-from orchestrator.store import get_store, now
+from orchestrator.authoring import registry
+from orchestrator.runstate import keys
+from orchestrator.runstate.fleet import ALIVE_SECONDS, describe_flow
+from orchestrator.runstate.store import get_store, now
 
 
 class Announcer:

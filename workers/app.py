@@ -16,12 +16,12 @@ from typing import Any
 
 from celery import signals
 
-from orchestrator import registry
-from orchestrator.celery_app import make_celery_app, tolerate_redis_outages
+from orchestrator.authoring import registry
+from orchestrator.config.settings import get_settings
 from orchestrator.errors import DefinitionError
-from orchestrator.limits import queues_problem
-from orchestrator.settings import get_settings
-from orchestrator.store import ride_out_outages
+from orchestrator.guards.limits import queues_problem
+from orchestrator.runstate.store import ride_out_outages
+from orchestrator.transport.celery_app import make_celery_app, tolerate_redis_outages
 
 from .announce import Announcer
 from .celery_tasks import record_revoked, record_unknown, register_builtin_tasks, register_user_task

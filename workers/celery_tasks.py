@@ -26,9 +26,14 @@ from celery.canvas import chord, group
 from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.worker.request import Request
 
-from orchestrator import keys, registry
-from orchestrator.client import encode_parameters, launch_prepared, prepare_run
-from orchestrator.compiler import (
+from orchestrator.authoring import registry
+from orchestrator.authoring.hooks import call_hooks
+from orchestrator.authoring.params import coerce_parameters
+from orchestrator.authoring.tasks import Task
+from orchestrator.data.references import any_pickled, resolve
+from orchestrator.data.serialization import dumps, from_jsonable
+from orchestrator.errors import OrchestratorError, RunError
+from orchestrator.planning.compiler import (
     COLLECT_MAP_TASK,
     EXPAND_MAP_TASK,
     FINISH_SUBFLOW_TASK,
@@ -39,13 +44,9 @@ from orchestrator.compiler import (
     make_signature,
     message_run,
 )
-from orchestrator.context import RunInfo
-from orchestrator.engine import zip_mapped
-from orchestrator.errors import OrchestratorError, RunError
-from orchestrator.hooks import call_hooks
-from orchestrator.params import coerce_parameters
-from orchestrator.references import any_pickled, resolve
-from orchestrator.runs import (
+from orchestrator.planning.templates import to_template
+from orchestrator.runs.handle import encode_parameters, launch_prepared, prepare_run
+from orchestrator.runs.lifecycle import (
     end_flow_run,
     flow_outcome,
     relaunch_static,
@@ -53,11 +54,11 @@ from orchestrator.runs import (
     stop_flow_run,
     task_record,
 )
-from orchestrator.serialization import dumps, from_jsonable
+from orchestrator.runstate import keys
+from orchestrator.runstate.store import get_store, now
+from orchestrator.runtime.context import RunInfo
+from orchestrator.runtime.engine import zip_mapped
 from orchestrator.states import StateType
-from orchestrator.store import get_store, now
-from orchestrator.tasks import Task
-from orchestrator.templates import to_template
 
 from .driver import start_driver
 from .executor import Ending, end_completed, end_failed, full_run, gate, run_task, start_record

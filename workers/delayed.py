@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 from celery import Celery
 
-from orchestrator.store import get_store
+from orchestrator.runstate.store import get_store
 
 log = logging.getLogger(__name__)
 BEAT_SECONDS = 5.0

@@ -20,25 +20,16 @@ from typing import Any
 
 from celery import Celery
 
-from orchestrator import keys
-from orchestrator.attempts import describe
-from orchestrator.compiler import inline_or_stored, make_signature, message_run
-from orchestrator.context import RunInfo, using
-from orchestrator.engine import (
-    Engine,
-    bind_arguments,
-    check_wait_for,
-    replace_futures,
-    split_map_arguments,
-    zip_mapped,
-)
+from orchestrator.authoring.flows import Flow
+from orchestrator.authoring.tasks import Task
+from orchestrator.authoring.triggers import DEFAULT_TRIGGER
+from orchestrator.config.settings import get_settings
+from orchestrator.data.references import resolve
 from orchestrator.errors import FlowRunFailed, RunTimeout, TaskRunFailed
-from orchestrator.flows import Flow
-from orchestrator.futures import DoneAndNotDone, Future
-from orchestrator.logging import prints_logged
-from orchestrator.plan import REF, make_ref, refs_in
-from orchestrator.references import resolve
-from orchestrator.runs import (
+from orchestrator.planning.compiler import inline_or_stored, make_signature, message_run
+from orchestrator.planning.plan import REF, make_ref, refs_in
+from orchestrator.planning.templates import allowed_failures, to_template
+from orchestrator.runs.lifecycle import (
     after_final,
     deciders,
     end_flow_run,
@@ -47,12 +38,21 @@ from orchestrator.runs import (
     send_signatures,
     task_record,
 )
-from orchestrator.settings import get_settings
+from orchestrator.runstate import keys
+from orchestrator.runstate.store import RunStore, get_store, now
+from orchestrator.runtime.attempts import describe
+from orchestrator.runtime.context import RunInfo, using
+from orchestrator.runtime.engine import (
+    Engine,
+    bind_arguments,
+    check_wait_for,
+    replace_futures,
+    split_map_arguments,
+    zip_mapped,
+)
+from orchestrator.runtime.futures import DoneAndNotDone, Future
+from orchestrator.runtime.run_logger import prints_logged
 from orchestrator.states import StateType
-from orchestrator.store import RunStore, get_store, now
-from orchestrator.tasks import Task
-from orchestrator.templates import allowed_failures, to_template
-from orchestrator.triggers import DEFAULT_TRIGGER
 
 from .executor import end_failed, full_run
 

@@ -14,23 +14,24 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Any, NoReturn, Protocol
 
-from orchestrator import concurrency, keys
-from orchestrator.attempts import Outcome, decide, describe, format_traceback
-from orchestrator.context import RunInfo, using
+from orchestrator.authoring.hooks import call_hooks
+from orchestrator.authoring.tasks import Task
+from orchestrator.authoring.triggers import verdict
+from orchestrator.config.settings import get_settings
+from orchestrator.data.references import resolve
+from orchestrator.data.results import persist
+from orchestrator.data.serialization import dumps
 from orchestrator.errors import SerializationError
-from orchestrator.hooks import call_hooks
-from orchestrator.logging import prints_logged
-from orchestrator.plan import refs_in
-from orchestrator.references import resolve
-from orchestrator.results import persist
-from orchestrator.runs import after_final, end_task_run, finish_flow_run, propagate_failure
-from orchestrator.serialization import dumps
-from orchestrator.settings import get_settings
-from orchestrator.signals import RETRY
+from orchestrator.planning.plan import refs_in
+from orchestrator.runs.lifecycle import after_final, end_task_run, finish_flow_run, propagate_failure
+from orchestrator.runstate import keys
+from orchestrator.runstate import slots as concurrency
+from orchestrator.runstate.store import RunStore, get_store, now
+from orchestrator.runtime.attempts import Outcome, decide, describe, format_traceback
+from orchestrator.runtime.context import RunInfo, using
+from orchestrator.runtime.run_logger import prints_logged
+from orchestrator.runtime.signals import RETRY
 from orchestrator.states import StateType
-from orchestrator.store import RunStore, get_store, now
-from orchestrator.tasks import Task
-from orchestrator.triggers import verdict
 
 from .heartbeat import HEARTBEATS
 

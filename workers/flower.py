@@ -39,9 +39,9 @@ import tornado.web
 from pydantic import ValidationError
 from tornado.httputil import HTTPServerRequest
 
-from orchestrator.hosts import SAFE_METHODS, host_name, is_loopback, same_origin
-from orchestrator.redaction import mask_urls_in
-from orchestrator.settings import get_settings
+from orchestrator.config.settings import get_settings
+from orchestrator.guards.hosts import SAFE_METHODS, host_name, is_loopback, same_origin
+from orchestrator.guards.redaction import mask_urls_in
 
 TASK_API_FLAG = "--task-api"
 TASK_API_ENV = "ORCHESTRATOR_FLOWER_TASK_API"

@@ -18,9 +18,10 @@ import threading
 import time
 from typing import Any
 
-from orchestrator import concurrency, keys
-from orchestrator.settings import get_settings
-from orchestrator.store import get_store, now
+from orchestrator.config.settings import get_settings
+from orchestrator.runstate import keys
+from orchestrator.runstate import slots as concurrency
+from orchestrator.runstate.store import get_store, now
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import os
 import threading
 from typing import Any
 
-from orchestrator import keys
-from orchestrator.store import get_store
+from orchestrator.runstate import keys
+from orchestrator.runstate.store import get_store
 
 RUN_LOGGER = "orchestrator.runs"
 

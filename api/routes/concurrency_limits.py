@@ -8,14 +8,13 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Response, status
 from sqlmodel import Session, col, select
 
-from orchestrator import concurrency
-from orchestrator.store import RunStore
-
-from ..db import get_engine
-from ..dispatcher import publish_limits
-from ..models import ConcurrencyLimit
-from ..schemas import ConcurrencyLimitCreate, ConcurrencyLimitPublic, SlotHolder, when
-from .deps import SessionDep, StoreDep
+from api.db import get_engine
+from api.models import ConcurrencyLimit
+from api.routes.deps import SessionDep, StoreDep
+from api.schemas import ConcurrencyLimitCreate, ConcurrencyLimitPublic, SlotHolder, when
+from api.services.loop import publish_limits
+from orchestrator.runstate import slots as concurrency
+from orchestrator.runstate.store import RunStore
 
 router = APIRouter(prefix="/concurrency-limits", tags=["concurrency limits"])
 

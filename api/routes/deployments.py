@@ -9,17 +9,16 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Request, status
 from sqlmodel import Session, col, select
 
-from orchestrator import keys
-from orchestrator.limits import queue_problem, shown_parameters
+from api.db import get_engine
+from api.models import Deployment, FlowRun
+from api.routes.deps import SessionDep, StoreDep
+from api.routes.flows import find_flow
+from api.schemas import DeploymentCreate, DeploymentPublic, DeploymentRunCreate, FlowRunCreate, FlowRunPublic, when
+from api.services.scheduling import check_schedule
+from api.submit import check_parameters, check_structure, new_flow_run
+from orchestrator.guards.limits import queue_problem, shown_parameters
+from orchestrator.runstate import keys
 from orchestrator.states import StateType
-
-from ..db import get_engine
-from ..models import Deployment, FlowRun
-from ..scheduling import check_schedule
-from ..schemas import DeploymentCreate, DeploymentPublic, DeploymentRunCreate, FlowRunCreate, FlowRunPublic, when
-from ..submit import check_parameters, check_structure, new_flow_run
-from .deps import SessionDep, StoreDep
-from .flows import find_flow
 
 router = APIRouter(prefix="/deployments", tags=["deployments"])
 

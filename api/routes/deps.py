@@ -8,10 +8,9 @@ from celery import Celery
 from fastapi import Depends
 from sqlmodel import Session
 
-from orchestrator.celery_app import client_app
-from orchestrator.store import RunStore, get_store
-
-from ..db import get_session
+from api.db import get_session
+from orchestrator.runstate.store import RunStore, get_store
+from orchestrator.transport.celery_app import client_app
 
 SessionDep = Annotated[Session, Depends(get_session)]
 

@@ -10,18 +10,14 @@ from pydantic import AfterValidator
 from sqlalchemy import func, or_
 from sqlmodel import Session, col, select
 
-from orchestrator import keys
-from orchestrator.runs import retry_final_run
-from orchestrator.states import StateType
-
-from ..cancel import cancel_run
-from ..db import get_engine
-from ..diagnosis import Fleet, diagnose, slot_waits
-from ..graph import graph_page
-from ..late import cleanup_late
-from ..models import Deployment, FlowRun, LogLine, StateEvent, TaskRun
-from ..paging import LIMIT_DEFAULT, PAGED, Limit, Offset, announce
-from ..schemas import (
+from api.cancel import cancel_run
+from api.db import get_engine
+from api.diagnosis import Fleet, diagnose, slot_waits
+from api.graph import graph_page
+from api.models import Deployment, FlowRun, LogLine, StateEvent, TaskRun
+from api.paging import LIMIT_DEFAULT, PAGED, Limit, Offset, announce
+from api.routes.deps import CeleryDep, SessionDep, StoreDep
+from api.schemas import (
     Accepted,
     Diagnosis,
     FlowRunPage,
@@ -35,7 +31,10 @@ from ..schemas import (
     TaskRunPublic,
     valid_start,
 )
-from .deps import CeleryDep, SessionDep, StoreDep
+from api.services.late import cleanup_late
+from orchestrator.runs.lifecycle import retry_final_run
+from orchestrator.runstate import keys
+from orchestrator.states import StateType
 
 router = APIRouter(prefix="/flow-runs", tags=["flow runs"])
 

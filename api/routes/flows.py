@@ -8,13 +8,12 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Path, Request, status
 
-from orchestrator import keys
-from orchestrator.fleet import registered_flows
-
-from ..models import FlowRun
-from ..schemas import FlowPublic, FlowRunCreate, FlowRunPublic
-from ..submit import new_flow_run
-from .deps import StoreDep
+from api.models import FlowRun
+from api.routes.deps import StoreDep
+from api.schemas import FlowPublic, FlowRunCreate, FlowRunPublic
+from api.submit import new_flow_run
+from orchestrator.runstate import keys
+from orchestrator.runstate.fleet import registered_flows
 
 router = APIRouter(prefix="/flows", tags=["flows"])
 

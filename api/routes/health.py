@@ -11,13 +11,12 @@ from typing import Literal
 
 from fastapi import APIRouter, Request, Response, status
 
+from api.db import database_ok
+from api.routes.deps import StoreDep
+from api.schemas import Health, HealthDetails
+from api.security import may_use_the_api
 from orchestrator.errors import ConnectionProblem
-from orchestrator.redaction import mask_urls_in
-
-from ..db import database_ok
-from ..schemas import Health, HealthDetails
-from ..security import may_use_the_api
-from .deps import StoreDep
+from orchestrator.guards.redaction import mask_urls_in
 
 router = APIRouter(tags=["health"])
 

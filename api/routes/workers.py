@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from orchestrator.fleet import live_workers
-
-from ..schemas import WorkerPublic
-from .deps import StoreDep
+from api.routes.deps import StoreDep
+from api.schemas import WorkerPublic
+from orchestrator.runstate.fleet import live_workers
 
 router = APIRouter(prefix="/workers", tags=["workers"])
 

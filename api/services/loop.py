@@ -1,0 +1,149 @@
+"""The periodic services: send Scheduled flow runs when their start time comes, mark late ones.
+
+Each due run is claimed with a conditional UPDATE (``dispatched`` false → true),
+so two API processes never send the same run twice; a send that fails (Redis
+away) releases the claim and the run is tried again on the next pass. Due runs are
+held back while no live worker consumes their queue, and while their deployment's
+concurrency limit is full (``deployment_limits``). Each pass also mirrors the tag
+concurrency limits to Redis, where workers take their slots.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from redis.exceptions import LockError
+from sqlalchemy import Engine, func, update
+from sqlmodel import Session, col, select
+
+from api.crashes import detect_crashes
+from api.models import ConcurrencyLimit, Deployment, FlowRun
+from api.services.deployment_limits import DeploymentLimits
+from api.services.late import apply_deployment_policies, mark_late
+from api.services.scheduling import schedule_runs
+from api.stalled import StalledRuns
+from api.submit import dispatch, sender_app
+from orchestrator.config.settings import get_settings
+from orchestrator.errors import ConnectionProblem
+from orchestrator.runstate import keys
+from orchestrator.runstate import slots as concurrency
+from orchestrator.runstate.fleet import live_workers
+from orchestrator.runstate.store import RunStore, get_store
+from orchestrator.states import StateType
+
+log = logging.getLogger("orchestrator.dispatcher")
+
+
+DISPATCH_LOCK = f"{keys.PREFIX}:lock:dispatcher"
+WAITING = [StateType.SCHEDULED.value, StateType.LATE.value, StateType.AWAITING_CONCURRENCY_SLOT.value]
+QUEUE = func.coalesce(func.nullif(FlowRun.queue, ""), "default")  # a run's queue; empty means default
+
+
+def dispatch_due(engine: Engine, store: RunStore | None = None, limit: int = 200) -> int:
+    """Send the runs whose start time has come; returns how many were sent.
+
+    Only one dispatcher works at a time (a Redis lock), so a deployment's
+    concurrency limit is never overrun by two API processes counting at once.
+    """
+    store = store or get_store()
+    lock = store.redis.lock(DISPATCH_LOCK, timeout=60)
+    if not lock.acquire(blocking=False):
+        return 0  # another API process is dispatching right now
+    try:
+        return _dispatch_due(engine, store, limit)
+    finally:
+        try:
+            lock.release()
+        except LockError:
+            pass  # expired during a very slow pass; the next pass takes it again
+
+
+def _dispatch_due(engine: Engine, store: RunStore, limit: int) -> int:
+    """One pass: hold back what cannot go yet, send the rest oldest first.
+
+    A run whose queue no live worker consumes stays where it is (Scheduled, then
+    Late with the reason): its message would only pile up in Redis, and when the
+    workers come back the deployment's late-run policy, not a stampede of stale
+    messages, decides what runs. Neither kind of held-back run is in the query that
+    picks what to send, so a large backlog never blocks runs behind it.
+    """
+    now = time.time()
+    live_queues = sorted({q for w in live_workers(store) for q in w.get("queues", [])})
+    paused = select(Deployment.id).where(col(Deployment.paused).is_(True))
+    due = (
+        select(FlowRun.id, FlowRun.deployment_id)
+        .where(col(FlowRun.state).in_(WAITING))
+        .where(col(FlowRun.dispatched).is_(False))
+        .where(col(FlowRun.scheduled_start) <= now)
+        .where(col(FlowRun.deployment_id).is_(None) | col(FlowRun.deployment_id).not_in(paused))
+        .order_by(col(FlowRun.scheduled_start))
+        .limit(limit)
+    )
+    sent = 0
+    with Session(engine) as session:
+        limits = DeploymentLimits(session)
+        full = limits.full()
+        if full:
+            limits.hold(session.exec(due.where(col(FlowRun.deployment_id).in_(full))).all())
+        ready = due.where(QUEUE.in_(live_queues))
+        if full:
+            ready = ready.where(col(FlowRun.deployment_id).is_(None) | col(FlowRun.deployment_id).not_in(full))
+        for run_id, deployment_id in session.exec(ready).all():
+            if not limits.has_slot(deployment_id):
+                limits.hold([(run_id, deployment_id)])  # filled during this pass
+                continue
+            claimed = session.execute(
+                update(FlowRun)
+                .where(col(FlowRun.id) == run_id, col(FlowRun.dispatched).is_(False))
+                .values(dispatched=True)
+            )
+            session.commit()
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                continue  # cancelled meanwhile
+            row = session.get(FlowRun, run_id)
+            if row is None:
+                continue
+            try:
+                dispatch(row)
+            except ConnectionProblem as exc:
+                log.warning("dispatcher: %s; flow run %s will be sent on a later pass", exc, run_id)
+                session.execute(update(FlowRun).where(col(FlowRun.id) == run_id).values(dispatched=False))
+                session.commit()
+                break
+            sent += 1
+            limits.took_slot(deployment_id)
+            limits.sent(row)
+    return sent
+
+
+def publish_limits(engine: Engine, store: RunStore) -> None:
+    """Keep Redis's copy of the tag concurrency limits equal to the table (after a Redis restart, say)."""
+    with Session(engine) as session:
+        rows = session.exec(select(ConcurrencyLimit)).all()
+        concurrency.publish_limits(store, {row.tag: row.slots for row in rows})
+
+
+def run_services(engine: Engine, store: RunStore, stop: threading.Event, interval: float = 1.0) -> None:
+    """The periodic services, once a second until ``stop``: send due runs, mark overdue ones Late.
+
+    A failing pass is logged, never fatal.
+    """
+    late_after = get_settings().late_after_seconds
+    stalled = StalledRuns()
+    while not stop.is_set():
+        for service in (
+            lambda: schedule_runs(engine),
+            lambda: publish_limits(engine, store),
+            lambda: dispatch_due(engine, store),
+            lambda: mark_late(engine, store, late_after),
+            lambda: apply_deployment_policies(engine, store, sender_app()),
+            lambda: detect_crashes(store, sender_app()),
+            lambda: stalled(engine, store),
+        ):
+            try:
+                service()
+            except Exception:
+                log.exception("services pass failed")
+        stop.wait(interval)

@@ -1,0 +1,453 @@
+"""The recorder: reads state and log events from the Redis stream and writes them to the database.
+
+Workers append every state change and log line to one Redis stream. The recorder
+reads it with a consumer group, applies a batch in one transaction, and only then
+acknowledges it: an API killed mid-batch leaves the batch pending, and the next
+recorder reads it again. Each event is applied once (its stream id is a unique key)
+and through the one state machine of :mod:`orchestrator.states`, so a duplicate or
+late event never moves a run backwards. Only one recorder is active at a time (a
+lease in Redis) so that the events of a run are applied in the order they happened.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from sqlalchemy import Engine
+from sqlalchemy.exc import DataError, IntegrityError, ProgrammingError
+from sqlmodel import Session, col, select
+
+from api.models import FlowRun, LogLine, StateEvent, TaskRun
+from orchestrator.data.serialization import to_plain
+from orchestrator.runstate import keys
+from orchestrator.runstate.store import RunStore
+from orchestrator.states import StateType, can_transition
+
+log = logging.getLogger("orchestrator.recorder")
+
+GROUP = "recorder"
+LEASE_KEY = f"{keys.PREFIX}:recorder-lease"
+LEASE_SECONDS = 15
+CLAIM_IDLE_MS = 30_000  # events a dead consumer read but never acknowledged are taken over after this
+CHUNK = 500  # ids per IN (...) query
+DEAD = f"{keys.PREFIX}:events:dead"  # events the database refused, kept for a person to look at
+
+
+@dataclass
+class Event:
+    """One parsed stream entry."""
+
+    stream_id: str
+    data: dict[str, Any]
+
+    @property
+    def kind(self) -> str:
+        return str(self.data.get("kind", ""))
+
+    @property
+    def run_id(self) -> str:
+        return str(self.data.get("id", ""))
+
+    @property
+    def record(self) -> dict[str, Any]:
+        rec = self.data.get("record")
+        return rec if isinstance(rec, dict) else {}
+
+
+def parse(entries: Iterable[tuple[str, dict[str, str]]]) -> list[Event]:
+    """Stream entries as events; an entry that is not JSON is logged and skipped (still acknowledged)."""
+    events = []
+    for stream_id, fields in entries:
+        try:
+            data = json.loads(fields.get("event", ""))
+        except ValueError:
+            log.warning("event %s is not JSON; skipped: %r", stream_id, fields)
+            continue
+        if isinstance(data, dict):
+            events.append(Event(stream_id, data))
+    return events
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return float(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _json(value: Any, default: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return default
+    return value if value is not None else default
+
+
+def merge_flow_record(row: FlowRun, rec: dict[str, Any]) -> None:
+    """Copy the descriptive fields an event carries onto the flow run row."""
+    if rec.get("flow"):
+        row.flow_name = str(rec["flow"])
+    if rec.get("name") and not row.renamed:
+        row.name = str(rec["name"])
+    if rec.get("parent"):
+        row.parent_id = str(rec["parent"])
+    if rec.get("root"):
+        row.root_id = str(rec["root"])
+    if rec.get("queue"):
+        row.queue = str(rec["queue"])
+    if "parameters" in rec:
+        params = _json(rec["parameters"], {})
+        row.parameters = to_plain(params) if isinstance(params, dict) else {}
+    if rec.get("mode"):
+        row.mode = str(rec["mode"])
+    if rec.get("attempt"):
+        row.attempt = int(float(rec["attempt"]))
+    if "result_refs" in rec:
+        row.result_refs = list(_json(rec["result_refs"], []))
+    created = _float(rec.get("created"))
+    if created is not None:
+        row.created = min(row.created, created) if row.created else created
+
+
+def merge_task_record(row: TaskRun, rec: dict[str, Any]) -> None:
+    """Copy the descriptive fields an event carries onto the task run row."""
+    for source, target in (("flow_run_id", "flow_run_id"), ("root", "root_id"), ("label", "label")):
+        if rec.get(source):
+            setattr(row, target, str(rec[source]))
+    if rec.get("name"):
+        row.task_name = str(rec["name"])
+    if rec.get("worker"):
+        row.worker = str(rec["worker"])
+    if rec.get("attempts"):
+        row.attempts = int(float(rec["attempts"]))
+    created = _float(rec.get("created"))
+    if created is not None and not row.created:
+        row.created = created
+
+
+def cause_of(event: Event) -> str:
+    """Who or what made the change, for the history."""
+    rec = event.record
+    if event.data.get("cause") or rec.get("cause"):
+        return str(event.data.get("cause") or rec.get("cause"))
+    if event.data.get("reopen"):
+        return "retry requested"
+    if rec.get("worker"):
+        return f"worker {rec['worker']}"
+    return "fleet"
+
+
+@dataclass
+class Batch:
+    """What one batch of events changes, built in memory and written in one transaction."""
+
+    flows: dict[str, FlowRun] = field(default_factory=dict)
+    tasks: dict[str, TaskRun] = field(default_factory=dict)
+    stateless: set[tuple[str, str]] = field(default_factory=set)  # rows created here, no state applied yet
+    history: list[StateEvent] = field(default_factory=list)
+    logs: list[LogLine] = field(default_factory=list)
+    plans_wanted: set[str] = field(default_factory=set)
+
+
+class Recorder:
+    """Moves events from the Redis stream into the database, batch by batch."""
+
+    def __init__(self, store: RunStore, engine: Engine, consumer: str, batch_size: int = 2000) -> None:
+        self.store = store
+        self.redis: Any = store.redis
+        self.engine = engine
+        self.consumer = consumer
+        self.batch_size = batch_size
+        self.recorded = 0
+        self.last_error = ""
+
+    # -- the stream -----------------------------------------------------------------
+    def ensure_group(self) -> None:
+        """Create the consumer group at the stream's start: events sent while no API ran are recorded too."""
+        try:
+            self.redis.xgroup_create(keys.EVENTS_STREAM, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def hold_lease(self) -> bool:
+        """Take or renew the single-recorder lease; False while another recorder holds it."""
+        if self.redis.set(LEASE_KEY, self.consumer, nx=True, ex=LEASE_SECONDS):
+            return True
+        if self.redis.get(LEASE_KEY) == self.consumer:
+            self.redis.expire(LEASE_KEY, LEASE_SECONDS)
+            return True
+        return False
+
+    def release_lease(self) -> None:
+        try:
+            if self.redis.get(LEASE_KEY) == self.consumer:
+                self.redis.delete(LEASE_KEY)
+        except redis.RedisError:
+            pass
+
+    def read(self, block_ms: int) -> list[tuple[str, dict[str, str]]]:
+        """Our own unacknowledged events first, then those a dead consumer left, then new ones."""
+        own = self.redis.xreadgroup(GROUP, self.consumer, {keys.EVENTS_STREAM: "0"}, count=self.batch_size)
+        if own and own[0][1]:
+            return list(own[0][1])
+        claimed = self.redis.xautoclaim(
+            keys.EVENTS_STREAM, GROUP, self.consumer, CLAIM_IDLE_MS, "0-0", count=self.batch_size
+        )
+        if claimed and claimed[1]:
+            return [entry for entry in claimed[1] if entry[1] is not None]
+        fresh = self.redis.xreadgroup(
+            GROUP, self.consumer, {keys.EVENTS_STREAM: ">"}, count=self.batch_size, block=block_ms
+        )
+        return list(fresh[0][1]) if fresh else []
+
+    def step(self, block_ms: int = 1000) -> int:
+        """Read, apply and acknowledge one batch; returns how many entries it handled."""
+        entries = self.read(block_ms)
+        if not entries:
+            return 0
+        events = parse(entries)
+        if not self.apply_retrying(events):
+            log.warning("recorder: a batch was refused; applying its events one by one")
+            self.apply_each(events)
+        self.redis.xack(keys.EVENTS_STREAM, GROUP, *[stream_id for stream_id, _ in entries])
+        self.recorded += len(entries)
+        return len(entries)
+
+    def apply_retrying(self, events: list[Event], attempts: int = 4) -> bool:
+        """Apply a batch; False if the database keeps refusing it (a bad event, not an outage).
+
+        An IntegrityError is first taken for a race: the API was creating one of these
+        runs in a transaction not committed when the batch was read; read again once
+        that commit is done.
+        """
+        for attempt in range(attempts):
+            try:
+                self.apply(events)
+                return True
+            except IntegrityError:
+                time.sleep(0.05 * (attempt + 1))
+            except (DataError, ProgrammingError):
+                return False
+        return False
+
+    def apply_each(self, events: list[Event]) -> None:
+        """Apply events one at a time; one the database refuses goes to the dead-letter list, named in the log."""
+        for event in events:
+            try:
+                self.apply([event])
+            except (DataError, IntegrityError, ProgrammingError) as exc:
+                log.error("recorder: event %s refused by the database (%s); kept in %s", event.stream_id, exc, DEAD)
+                self.redis.rpush(DEAD, json.dumps({"id": event.stream_id, "event": event.data, "error": str(exc)}))
+
+    def run(self, stop: threading.Event) -> None:
+        """Loop until ``stop`` is set; Redis or database outages are waited out, never fatal."""
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                self.ensure_group()
+                if not self.hold_lease():
+                    stop.wait(2)
+                    continue
+                self.step()
+                backoff = 0.5
+                self.last_error = ""
+            except Exception as exc:  # keep the events pending; try again after a pause
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("recorder: %s; retrying in %.1fs", self.last_error, backoff)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+        self.release_lease()
+
+    # -- applying a batch -----------------------------------------------------------
+    def apply(self, events: list[Event]) -> None:
+        """Apply events in stream order in one transaction (a no-op for events seen before)."""
+        if not events:
+            return
+        with Session(self.engine) as session:
+            seen = self._seen(session, events)
+            fresh = [e for e in events if e.stream_id not in seen]
+            batch = self._load(session, fresh)
+            recorded = time.time()
+            for event in fresh:
+                if event.kind == "flow_run":
+                    self._flow_event(batch, event, recorded)
+                elif event.kind == "task_run":
+                    self._task_event(batch, event, recorded)
+                elif event.kind == "flow_run_rename":
+                    row = batch.flows.get(event.run_id)
+                    if row is not None and event.data.get("name"):
+                        row.name = str(event.data["name"])
+                        row.renamed = True
+                        row.updated = recorded
+                elif event.kind == "log":
+                    batch.logs.append(self._log_line(event))
+            self._attach_plans(batch)
+            for item in (*batch.flows.values(), *batch.tasks.values(), *batch.history, *batch.logs):
+                scrub(item)
+            written = time.time()  # what the history calls "recorded": just before the commit
+            for entry in batch.history:
+                entry.recorded = written
+            session.add_all(batch.flows.values())
+            session.add_all(batch.tasks.values())
+            session.add_all(batch.history)
+            session.add_all(batch.logs)
+            session.commit()
+
+    def _seen(self, session: Session, events: list[Event]) -> set[str]:
+        ids = [e.stream_id for e in events]
+        seen: set[str] = set()
+        for part in _chunks(ids):
+            seen.update(session.exec(select(StateEvent.event_id).where(col(StateEvent.event_id).in_(part))).all())
+            seen.update(session.exec(select(LogLine.event_id).where(col(LogLine.event_id).in_(part))).all())
+        return seen
+
+    def _load(self, session: Session, events: list[Event]) -> Batch:
+        """Rows of the runs the batch touches; runs the database lacks get their record from Redis."""
+        batch = Batch()
+        flow_ids = {e.run_id for e in events if e.kind in ("flow_run", "flow_run_rename")}
+        task_ids = {e.run_id for e in events if e.kind == "task_run" and not e.run_id.startswith("body:")}
+        for part in _chunks(sorted(flow_ids)):
+            for row in session.exec(select(FlowRun).where(col(FlowRun.id).in_(part))).all():
+                batch.flows[row.id] = row
+        for part in _chunks(sorted(task_ids)):
+            for task in session.exec(select(TaskRun).where(col(TaskRun.id).in_(part))).all():
+                batch.tasks[task.id] = task
+        described = {e.run_id for e in events if e.record.get("flow")}
+        missing_flows = sorted(i for i in flow_ids if i not in batch.flows and i not in described)
+        missing_tasks = sorted(i for i in task_ids if i not in batch.tasks)
+        for run_id, rec in zip(missing_flows, self._hashes(keys.flow_run, missing_flows), strict=True):
+            row = FlowRun(id=run_id, created=_float(rec.get("created")) or time.time())
+            merge_flow_record(row, rec)
+            batch.flows[run_id] = row
+            batch.stateless.add(("flow_run", run_id))
+        for trid, rec in zip(missing_tasks, self._hashes(keys.task_run, missing_tasks), strict=True):
+            task = TaskRun(id=trid, created=_float(rec.get("created")) or 0.0)
+            merge_task_record(task, rec)
+            batch.tasks[trid] = task
+            batch.stateless.add(("task_run", trid))
+        return batch
+
+    def _hashes(self, key: Any, ids: list[str]) -> list[dict[str, str]]:
+        if not ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for run_id in ids:
+            pipe.hgetall(key(run_id))
+        return list(pipe.execute())
+
+    def _flow_event(self, batch: Batch, event: Event, recorded: float) -> None:
+        row = batch.flows.get(event.run_id)
+        if row is None:
+            row = FlowRun(
+                id=event.run_id, created=_float(event.record.get("created")) or event.data.get("ts", recorded)
+            )
+            batch.flows[event.run_id] = row
+            batch.stateless.add(("flow_run", event.run_id))
+        merge_flow_record(row, event.record)
+        self._transition(batch, row, event, recorded, "flow_run", row.id)
+        if row.mode == "static" and row.plan is None and (row.root_id in (None, row.id)):
+            batch.plans_wanted.add(row.id)
+
+    def _task_event(self, batch: Batch, event: Event, recorded: float) -> None:
+        if event.run_id.startswith("body:"):
+            return  # a dynamic flow's body: its own flow run events tell its story
+        row = batch.tasks.get(event.run_id)
+        if row is None:
+            row = TaskRun(id=event.run_id, created=event.data.get("ts", recorded))
+            batch.tasks[event.run_id] = row
+            batch.stateless.add(("task_run", event.run_id))
+        merge_task_record(row, event.record)
+        self._transition(batch, row, event, recorded, "task_run", row.flow_run_id)
+
+    def _transition(
+        self, batch: Batch, row: FlowRun | TaskRun, event: Event, recorded: float, kind: str, flow_run_id: str
+    ) -> None:
+        """Apply one state event through the state machine and keep it in the history."""
+        try:
+            new = StateType(str(event.data.get("state")))
+        except ValueError:
+            log.warning("event %s has an unknown state %r; skipped", event.stream_id, event.data.get("state"))
+            return
+        current = None if (kind, row.id) in batch.stateless else StateType(row.state)
+        reopen = bool(event.data.get("reopen"))
+        message = str(event.data.get("message") or "")
+        ts = float(event.data.get("ts") or recorded)
+        allowed = can_transition(current, new, reopen=reopen)
+        if allowed and current is new and message == row.state_message and not reopen:
+            return  # the same state reported again: nothing to record
+        if allowed:
+            batch.stateless.discard((kind, row.id))
+            row.state = new.value
+            row.state_message = message
+            if new in (StateType.RUNNING, StateType.RETRYING) and (row.started is None or reopen):
+                row.started = _float(event.record.get("started")) or ts
+            if new.is_final:
+                row.ended = _float(event.record.get("ended")) or ts
+            elif reopen:
+                row.ended = None
+        row.updated = recorded
+        batch.history.append(
+            StateEvent(
+                event_id=event.stream_id,
+                kind=kind,
+                run_id=row.id,
+                flow_run_id=flow_run_id or "",
+                state=new.value,
+                ts=ts,
+                recorded=recorded,
+                message=message,
+                cause=cause_of(event)[:300],
+                applied=allowed,
+            )
+        )
+
+    @staticmethod
+    def _log_line(event: Event) -> LogLine:
+        data = event.data
+        return LogLine(
+            event_id=event.stream_id,
+            flow_run_id=str(data.get("flow_run_id") or ""),
+            task_run_id=data.get("task_run_id"),
+            level=str(data.get("level") or "INFO")[:16],
+            message=str(data.get("message") or ""),
+            ts=float(data.get("ts") or time.time()),
+        )
+
+    def _attach_plans(self, batch: Batch) -> None:
+        """Keep a static run tree's plan (for /graph) once, read from Redis when the run starts."""
+        wanted = sorted(batch.plans_wanted)
+        if not wanted:
+            return
+        for run_id, raw in zip(wanted, self.redis.mget([keys.plan(r) for r in wanted]), strict=True):
+            if raw:
+                batch.flows[run_id].plan = graph_of(json.loads(raw))
+
+
+def scrub(row: Any) -> None:
+    """Drop NUL characters from a row's text (PostgreSQL cannot store them; they carry nothing)."""
+    for name, value in list(vars(row).items()):
+        if isinstance(value, str) and "\x00" in value:
+            setattr(row, name, value.replace("\x00", ""))
+
+
+def graph_of(plan: dict[str, Any]) -> dict[str, Any]:
+    """The part of a plan the graph view needs: nodes and edges, not their (possibly large) inputs."""
+    nodes = [
+        {k: n.get(k) for k in ("id", "kind", "name", "label", "flow_run_id", "upstream", "queue", "trigger")}
+        for n in plan.get("nodes", [])
+    ]
+    return {"flow_name": plan.get("flow_name"), "nodes": nodes, "subflows": plan.get("subflows", [])}
+
+
+def _chunks(ids: list[str]) -> Iterable[list[str]]:
+    for i in range(0, len(ids), CHUNK):
+        yield ids[i : i + CHUNK]

@@ -1,0 +1,40 @@
+"""Checks shared by ``@task`` and ``@flow`` on the function they decorate."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from orchestrator.errors import DefinitionError
+
+
+def check_callable(fn: Any, decorator: str) -> None:
+    """Refuse what can never be a task or flow, at decoration time."""
+    if not callable(fn) or not hasattr(fn, "__qualname__"):
+        raise DefinitionError(f"@{decorator} decorates a function; got {type(fn).__name__}.")
+    if fn.__name__ == "<lambda>":
+        raise DefinitionError(
+            f"@{decorator} cannot wrap a lambda: workers find {decorator}s by module and name. "
+            "Define it with def at the top level of a module."
+        )
+    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+        raise DefinitionError(
+            f"@{decorator} on async function {fn.__qualname__}: async {decorator}s are not "
+            "supported yet; write a regular def (Celery workers run synchronous code)."
+        )
+
+
+def why_not_importable(fn: Callable[..., Any]) -> str | None:
+    """Why workers could not import ``fn`` by name, or None if they can."""
+    if "<locals>" in fn.__qualname__:
+        return (
+            f"{fn.__qualname__} is defined inside another function, so a worker cannot import it; "
+            "move it to the top level of a module"
+        )
+    if fn.__module__ == "__main__":
+        return (
+            f"{fn.__qualname__} is defined in __main__ (a script), which workers cannot import; "
+            "move it into a module and start the worker with --flows <that module>"
+        )
+    return None

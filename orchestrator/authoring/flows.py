@@ -1,0 +1,224 @@
+"""``@flow``: a function whose body wires tasks together into one run."""
+
+from __future__ import annotations
+
+import inspect
+import reprlib
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+
+from orchestrator.authoring.definitions import check_callable, why_not_importable
+from orchestrator.authoring.hooks import Hook, collect_hooks
+from orchestrator.authoring.naming import run_name_problem
+from orchestrator.authoring.registry import register_flow
+from orchestrator.errors import DefinitionError, ParameterError
+from orchestrator.guards.limits import depth_problems, queue_problem
+from orchestrator.runtime.context import current_engine
+from orchestrator.runtime.engine import bind_arguments
+
+if TYPE_CHECKING:
+    from orchestrator.planning.plan import Plan
+    from orchestrator.runs.handle import FlowRun
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _is_factory(default: Any) -> bool:
+    """A callable default is a factory, evaluated when each run is created."""
+    return callable(default) and not isinstance(default, type)
+
+
+class Flow(Generic[P, R]):
+    """A decorated flow function plus its options."""
+
+    def __init__(
+        self,
+        fn: Callable[P, R],
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        flow_run_name: str | Callable[[], str] | None = None,
+        description: str | None = None,
+        timeout_seconds: float | None = None,
+        retries: int = 0,
+        retry_delay_seconds: float = 0,
+        on_completion: Hook | Sequence[Hook] | None = None,
+        on_failure: Hook | Sequence[Hook] | None = None,
+        on_crashed: Hook | Sequence[Hook] | None = None,
+        on_cancellation: Hook | Sequence[Hook] | None = None,
+        log_prints: bool = False,
+    ) -> None:
+        check_callable(fn, "flow")
+        self.fn = fn
+        self.name = name or fn.__name__.replace("_", "-")
+        if queue is not None and (problem := queue_problem(queue)):
+            raise DefinitionError(f"flow {self.name!r}: {problem}.")
+        self.queue = queue
+        self.flow_run_name = flow_run_name
+        self.description = description or inspect.getdoc(fn) or ""
+        self.signature = inspect.signature(fn)
+        if timeout_seconds is not None and timeout_seconds <= 0:
+            raise DefinitionError(f"flow {self.name!r}: timeout_seconds must be > 0 (got {timeout_seconds}).")
+        self.timeout_seconds = timeout_seconds
+        if retries < 0 or retry_delay_seconds < 0:
+            raise DefinitionError(f"flow {self.name!r}: retries and retry_delay_seconds must be >= 0.")
+        self.retries = retries
+        self.retry_delay_seconds = retry_delay_seconds
+        self.log_prints = log_prints  # print() in the body, and in tasks that do not say, goes to the run log
+        self.hooks = collect_hooks(
+            f"flow {self.name!r}",
+            {
+                "on_completion": on_completion,
+                "on_failure": on_failure,
+                "on_crashed": on_crashed,
+                "on_cancellation": on_cancellation,
+            },
+        )
+        for param in self.signature.parameters.values():
+            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                raise DefinitionError(
+                    f"flow {self.name!r}: parameter {param.name!r} is *args/**kwargs; flow "
+                    "parameters must be named so runs can be submitted by name."
+                )
+        if why_not_importable(fn) is None:
+            register_flow(self)
+
+    def bind_parameters(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Bind a call to named parameters, evaluating callable defaults now."""
+        bound = bind_arguments(self.fn, args, kwargs, f"flow {self.name!r}")
+        params: dict[str, Any] = {}
+        for pname, param in self.signature.parameters.items():
+            if pname in bound:
+                params[pname] = bound[pname]
+            elif param.default is not param.empty:
+                default = param.default
+                params[pname] = default() if _is_factory(default) else default
+        return params
+
+    def check_parameter_names(self, parameters: dict[str, Any]) -> None:
+        """Refuse unknown or missing parameters, naming them."""
+        known = set(self.signature.parameters)
+        unknown = sorted(set(parameters) - known)
+        if unknown:
+            raise ParameterError(
+                f"flow {self.name!r} has no parameter {', '.join(map(repr, unknown))}; "
+                f"its parameters are: {', '.join(known) or '(none)'}."
+            )
+
+    def run_name(self, parameters: dict[str, Any], run_id: str) -> str:
+        """The run's name: the ``flow_run_name`` template filled in, or flow name + id.
+
+        A made name passes the same check as a given one (:func:`run_name_problem`).
+        """
+        template = self.flow_run_name
+        if template is None:
+            return f"{self.name}-{run_id[:8]}"
+        if callable(template):
+            name = str(template())
+        else:
+            try:
+                name = template.format(**parameters)
+            except (KeyError, IndexError) as exc:
+                raise ParameterError(
+                    f"flow {self.name!r}: flow_run_name {template!r} names {exc}, which is not a parameter of the flow."
+                ) from None
+        problem = run_name_problem(name)
+        if problem:
+            raise ParameterError(
+                f"flow {self.name!r}: flow_run_name {reprlib.repr(template)} made a name that cannot be used: "
+                f"{problem}. Pass parameters that make a valid name, or give the run a name."
+            )
+        return name
+
+    @property
+    def hooks_set(self) -> bool:
+        """Whether any state hook is declared on this flow."""
+        return any(self.hooks.values())
+
+    @property
+    def run_options(self) -> dict[str, Any]:
+        """Options kept on each run record, for the workers that end or retry the run."""
+        return {
+            "timeout_seconds": self.timeout_seconds or "",
+            "retries": self.retries,
+            "retry_delay_seconds": self.retry_delay_seconds,
+        }
+
+    def importable_or_raise(self) -> None:
+        """Refuse to send a flow that workers could not import."""
+        reason = why_not_importable(self.fn)
+        if reason:
+            raise DefinitionError(f"flow {self.name!r} cannot run on workers: {reason}.")
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        engine = current_engine()
+        if engine is not None:
+            return engine.call_subflow(self, args, kwargs)  # type: ignore[no-any-return]
+        from orchestrator.local.runner import run_flow_locally
+
+        return run_flow_locally(self, self.bind_parameters(args, kwargs))  # type: ignore[no-any-return]
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> FlowRun:
+        """Send a run of this flow to the fleet with these parameters."""
+        return self.apply_async(parameters=self.bind_parameters(args, kwargs))
+
+    def apply_async(
+        self,
+        parameters: dict[str, Any] | None = None,
+        *,
+        queue: str | None = None,
+        name: str | None = None,
+    ) -> FlowRun:
+        """Send a run to the fleet: ``parameters`` by name, optional queue and run name."""
+        from orchestrator.runs.handle import submit_flow_run
+
+        params = dict(parameters or {})
+        self.check_parameter_names(params)
+        if queue is not None and (problem := queue_problem(queue)):
+            raise ParameterError(f"flow {self.name!r}: {problem}.")
+        if name is not None and (problem := run_name_problem(name)):
+            raise ParameterError(f"flow {self.name!r}: run name {reprlib.repr(name)}: {problem}.")
+        bound = self.bind_parameters((), params)
+        too_deep = depth_problems(bound)
+        if too_deep:
+            raise ParameterError(f"flow {self.name!r}: " + "; ".join(too_deep.values()) + ".")
+        return submit_flow_run(self, bound, queue=queue, name=name)
+
+    def plan(self, *args: P.args, **kwargs: P.kwargs) -> Plan:
+        """Trace the body with these parameters and return the task graph (runs nothing)."""
+        from orchestrator.planning.tracer import trace_flow
+
+        return trace_flow(self, self.bind_parameters(args, kwargs), queue=self.queue)
+
+    def __repr__(self) -> str:
+        return f"<Flow {self.name}>"
+
+
+@overload
+def flow(__fn: Callable[P, R]) -> Flow[P, R]: ...
+
+
+@overload
+def flow(
+    *,
+    name: str | None = None,
+    queue: str | None = None,
+    flow_run_name: str | Callable[[], str] | None = None,
+    description: str | None = None,
+    timeout_seconds: float | None = None,
+    retries: int = 0,
+    retry_delay_seconds: float = 0,
+    on_completion: Hook | Sequence[Hook] | None = None,
+    on_failure: Hook | Sequence[Hook] | None = None,
+    on_crashed: Hook | Sequence[Hook] | None = None,
+    on_cancellation: Hook | Sequence[Hook] | None = None,
+    log_prints: bool = False,
+) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
+
+
+def flow(__fn: Callable[P, R] | None = None, **options: Any) -> Any:
+    """Declare a flow: ``@flow`` or ``@flow(name="etl", queue="etl", ...)``."""
+    if __fn is not None:
+        return Flow(__fn, **options)
+    return lambda fn: Flow(fn, **options)

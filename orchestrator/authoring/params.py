@@ -1,0 +1,94 @@
+"""Flow parameters given as text (``-p day=2026-01-02``), read with the flow's type hints."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import typing
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from orchestrator.authoring.flows import Flow
+from orchestrator.errors import DefinitionError, ParameterError
+from orchestrator.guards.limits import MAX_NESTING, depth_problem
+
+
+def load_flow(target: str) -> Flow:
+    """Import ``package.module:flow_object`` (or ``package.module:flow-name``)."""
+    module_name, _, attr = target.partition(":")
+    if not attr:
+        raise DefinitionError(f"{target!r}: name the flow as module:flow, e.g. mypkg.flows:etl.")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise DefinitionError(f"cannot import {module_name!r}: {exc}") from exc
+    found = getattr(module, attr, None)
+    if not isinstance(found, Flow):
+        found = next((v for v in vars(module).values() if isinstance(v, Flow) and v.name == attr), None)
+    if found is None:
+        raise DefinitionError(f"{module_name!r} has no @flow named {attr!r}.")
+    return found
+
+
+def parse_parameters(flow: Flow, pairs: list[str]) -> dict[str, Any]:
+    """Turn ``k=v`` strings into typed parameters; JSON values are accepted too."""
+    hints = typing.get_type_hints(flow.fn)
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep:
+            raise ParameterError(f"parameter {pair!r} must look like name=value.")
+        if name not in flow.signature.parameters:
+            known = ", ".join(flow.signature.parameters) or "(none)"
+            raise ParameterError(f"flow {flow.name!r} has no parameter {name!r}; it has: {known}.")
+        value: Any = text
+        try:
+            value = json.loads(text)
+        except ValueError:
+            pass
+        except RecursionError:  # nested too deep for the JSON parser itself
+            raise ParameterError(
+                f"parameter {name!r} is nested too deeply to read; at most {MAX_NESTING} levels of lists and "
+                "objects are accepted."
+            ) from None
+        problem = depth_problem(name, value)
+        if problem:
+            raise ParameterError(f"{problem}.")
+        hint = hints.get(name)
+        if hint is not None:
+            try:
+                value = TypeAdapter(hint).validate_python(
+                    value if not isinstance(value, (int, float)) or hint is not str else text
+                )
+            except ValidationError as exc:
+                first = exc.errors()[0]["msg"]
+                raise ParameterError(f"parameter {name!r}={text!r} is not a valid {hint}: {first}.") from None
+        params[name] = value
+    return params
+
+
+def coerce_parameters(flow: Flow, given: dict[str, Any]) -> dict[str, Any]:
+    """Read JSON parameters (from the API) with the flow's type hints: "2026-01-02" becomes a date.
+
+    A value that does not fit its hint raises ParameterError naming the parameter.
+    """
+    try:
+        hints = typing.get_type_hints(flow.fn)
+    except Exception:  # unresolvable annotations: take the values as they are
+        return dict(given)
+    out: dict[str, Any] = {}
+    for name, value in given.items():
+        hint = hints.get(name)
+        if hint is None:
+            out[name] = value
+            continue
+        try:
+            out[name] = TypeAdapter(hint).validate_python(value)
+        except ValidationError as exc:
+            first = exc.errors()[0]["msg"]
+            message = f"flow {flow.name!r} parameter {name!r}={value!r} is not a valid {hint}: {first}."
+            raise ParameterError(message) from None
+        except Exception:  # a hint pydantic cannot check
+            out[name] = value
+    return out

@@ -1,0 +1,260 @@
+"""``@task``: a Python function that runs as its own Celery task on the fleet."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import logging
+import random
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from orchestrator.authoring.definitions import check_callable, why_not_importable
+from orchestrator.authoring.hooks import Hook, collect_hooks
+from orchestrator.authoring.registry import register_task
+from orchestrator.authoring.triggers import DEFAULT_TRIGGER, check_trigger
+from orchestrator.data.serialization import check_serializer
+from orchestrator.errors import DefinitionError, OrchestratorError
+from orchestrator.guards.limits import queue_problem
+from orchestrator.runtime.context import current_engine
+
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+RetryDelay = float | Sequence[float] | Callable[[int], Sequence[float]]
+
+
+def exponential_backoff(backoff_factor: float) -> Callable[[int], list[float]]:
+    """``retry_delay_seconds=exponential_backoff(10)``: 10, 20, 40, ... seconds."""
+    if backoff_factor <= 0:
+        raise DefinitionError(f"exponential_backoff needs a factor > 0 (got {backoff_factor}).")
+    return lambda retries: [backoff_factor * 2**i for i in range(max(retries, 1))]
+
+
+def _delays(value: RetryDelay, where: str, retries: int = 1) -> list[float]:
+    """Normalize retry_delay_seconds to one delay per retry (the last one repeats)."""
+    if callable(value):
+        value = list(value(retries))
+    delays = [float(value)] if isinstance(value, (int, float)) else [float(v) for v in value]
+    if not delays or any(d < 0 for d in delays):
+        raise DefinitionError(f"{where}: retry_delay_seconds must be >= 0 (got {value!r}).")
+    return delays
+
+
+def _checked_queue(queue: str | None, where: str) -> str | None:
+    """The queue, once it is a name Redis keeps for queues only (see :func:`queue_problem`)."""
+    if queue is not None and (problem := queue_problem(queue)):
+        raise DefinitionError(f"{where}: {problem}.")
+    return queue
+
+
+# Options that travel with a message when task.with_options(...) changes them.
+MESSAGE_OPTIONS = frozenset(
+    {
+        "retries",
+        "retry_jitter_factor",
+        "poke_timeout_seconds",
+        "timeout_seconds",
+        "tags",
+        "result_serializer",
+        "log_prints",
+        "persist_result",
+    }
+)
+
+
+class Task(Generic[P, R]):
+    """A decorated function plus its run options; call, ``submit`` or ``map`` it."""
+
+    def __init__(
+        self,
+        fn: Callable[P, R],
+        *,
+        name: str | None = None,
+        retries: int = 0,
+        retry_delay_seconds: RetryDelay = 0,
+        retry_jitter_factor: float | None = None,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
+        retry_condition_fn: Callable[[Task[Any, Any], BaseException], bool] | None = None,
+        poke_timeout_seconds: float | None = None,
+        timeout_seconds: float | None = None,
+        tags: Sequence[str] = (),
+        queue: str | None = None,
+        result_serializer: str = "json",
+        trigger: str = DEFAULT_TRIGGER,
+        on_completion: Hook | Sequence[Hook] | None = None,
+        on_failure: Hook | Sequence[Hook] | None = None,
+        on_retry: Hook | Sequence[Hook] | None = None,
+        on_crashed: Hook | Sequence[Hook] | None = None,
+        on_cancellation: Hook | Sequence[Hook] | None = None,
+        log_prints: bool | None = None,
+        persist_result: bool = False,
+    ) -> None:
+        check_callable(fn, "task")
+        self.fn = fn
+        self.name = name or f"{fn.__module__}.{fn.__qualname__}"
+        where = f"task {self.name!r}"
+        if retries < 0:
+            raise DefinitionError(f"{where}: retries must be >= 0 (got {retries}).")
+        if timeout_seconds is not None and timeout_seconds <= 0:
+            raise DefinitionError(f"{where}: timeout_seconds must be > 0 (got {timeout_seconds}).")
+        if retry_jitter_factor is not None and retry_jitter_factor < 0:
+            raise DefinitionError(f"{where}: retry_jitter_factor must be >= 0 (got {retry_jitter_factor}).")
+        if poke_timeout_seconds is not None and poke_timeout_seconds <= 0:
+            raise DefinitionError(f"{where}: poke_timeout_seconds must be > 0 (got {poke_timeout_seconds}).")
+        self.retries = retries
+        self.retry_delays = _delays(retry_delay_seconds, where, retries)
+        self.retry_jitter_factor = retry_jitter_factor
+        self.retry_on = retry_on if isinstance(retry_on, tuple) or retry_on is None else (retry_on,)
+        self.retry_condition_fn = retry_condition_fn
+        self.poke_timeout_seconds = poke_timeout_seconds
+        self.trigger = check_trigger(trigger, where)
+        self.hooks = collect_hooks(
+            where,
+            {
+                "on_completion": on_completion,
+                "on_failure": on_failure,
+                "on_retry": on_retry,
+                "on_crashed": on_crashed,
+                "on_cancellation": on_cancellation,
+            },
+        )
+        self.timeout_seconds = timeout_seconds
+        self.log_prints = log_prints  # None: as the flow says
+        self.persist_result = persist_result  # also write the result to ORCHESTRATOR_RESULT_STORAGE
+        self.tags = list(tags)
+        self.queue = _checked_queue(queue, where)
+        self.result_serializer = check_serializer(result_serializer, where)
+        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+        if why_not_importable(fn) is None:
+            register_task(self)
+
+    def retry_delay(self, attempt: int) -> float:
+        """Seconds to wait before retry number ``attempt`` (from 1), jitter included."""
+        delay = self.retry_delays[min(attempt - 1, len(self.retry_delays) - 1)]
+        if self.retry_jitter_factor:
+            delay *= 1 + random.uniform(0, self.retry_jitter_factor)
+        return delay
+
+    def should_retry(self, exc: BaseException) -> bool:
+        """``retry_on`` and ``retry_condition_fn`` decide; a failing condition means no retry."""
+        if self.retry_on is not None and not isinstance(exc, self.retry_on):
+            return False
+        if self.retry_condition_fn is None:
+            return True
+        try:
+            return bool(self.retry_condition_fn(self, exc))
+        except Exception:
+            log.exception("task %s: retry_condition_fn raised; not retrying", self.name)
+            return False
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The run options, as sent with every message of this task."""
+        return {
+            "retries": self.retries,
+            "retry_delays": self.retry_delays,
+            "retry_jitter_factor": self.retry_jitter_factor,
+            "poke_timeout_seconds": self.poke_timeout_seconds,
+            "timeout_seconds": self.timeout_seconds,
+            "log_prints": self.log_prints,
+            "persist_result": self.persist_result,
+            "tags": self.tags,
+            "result_serializer": self.result_serializer,
+        }
+
+    def importable_or_raise(self) -> None:
+        """Refuse to send a task that workers could not import."""
+        reason = why_not_importable(self.fn)
+        if reason:
+            raise DefinitionError(f"task {self.name!r} cannot run on workers: {reason}.")
+
+    def with_message_options(self, options: dict[str, Any]) -> Task[P, R]:
+        """A copy with the run options a message carries (the ``options`` property's keys)."""
+        clone = copy.copy(self)
+        for key, value in options.items():
+            if key == "retry_delays":
+                clone.retry_delays = _delays(value, f"task {self.name!r}")
+            elif key in MESSAGE_OPTIONS:
+                setattr(clone, key, value)
+        return clone
+
+    def with_options(self, **options: Any) -> Task[P, R]:
+        """A copy of this task with some options changed (same Celery task name)."""
+        clone = copy.copy(self)
+        for key, value in options.items():
+            if key == "retry_delay_seconds":
+                clone.retry_delays = _delays(value, f"task {self.name!r}")
+            elif key == "trigger":
+                clone.trigger = check_trigger(value, f"task {self.name!r}")
+            elif key == "queue":
+                clone.queue = _checked_queue(value, f"task {self.name!r}")
+            elif key in {*MESSAGE_OPTIONS, "retry_on", "retry_condition_fn"}:
+                setattr(clone, key, value)
+            else:
+                raise DefinitionError(f"task {self.name!r}: unknown option {key!r}.")
+        return clone
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        engine = current_engine()
+        if engine is None:
+            return self.fn(*args, **kwargs)
+        return engine.call_task(self, args, kwargs)  # type: ignore[no-any-return]
+
+    def submit(self, *args: Any, wait_for: Sequence[Any] | None = None, **kwargs: Any) -> Any:
+        """Start this task in the current flow and return a future at once."""
+        engine = current_engine()
+        if engine is None:
+            raise OrchestratorError(
+                f"{self.name}.submit() was called outside a flow; call it inside a @flow body, "
+                "or call the task directly to run it as a plain function."
+            )
+        return engine.submit(self, args, kwargs, list(wait_for or []))
+
+    def map(self, *args: Any, wait_for: Sequence[Any] | None = None, **kwargs: Any) -> Any:
+        """Start one run per element of the iterable arguments; return their futures."""
+        engine = current_engine()
+        if engine is None:
+            raise OrchestratorError(f"{self.name}.map() was called outside a flow; call it inside a @flow body.")
+        return engine.map(self, args, kwargs, list(wait_for or []))
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name}>"
+
+
+@overload
+def task(__fn: Callable[P, R]) -> Task[P, R]: ...
+
+
+@overload
+def task(
+    *,
+    name: str | None = None,
+    retries: int = 0,
+    retry_delay_seconds: RetryDelay = 0,
+    retry_jitter_factor: float | None = None,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
+    retry_condition_fn: Callable[[Task[Any, Any], BaseException], bool] | None = None,
+    poke_timeout_seconds: float | None = None,
+    timeout_seconds: float | None = None,
+    tags: Sequence[str] = (),
+    queue: str | None = None,
+    result_serializer: str = "json",
+    trigger: str = DEFAULT_TRIGGER,
+    on_completion: Hook | Sequence[Hook] | None = None,
+    on_failure: Hook | Sequence[Hook] | None = None,
+    on_retry: Hook | Sequence[Hook] | None = None,
+    on_crashed: Hook | Sequence[Hook] | None = None,
+    on_cancellation: Hook | Sequence[Hook] | None = None,
+    log_prints: bool | None = None,
+    persist_result: bool = False,
+) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+
+def task(__fn: Callable[P, R] | None = None, **options: Any) -> Any:
+    """Declare a task: ``@task`` or ``@task(retries=3, queue="db", ...)``."""
+    if __fn is not None:
+        return Task(__fn, **options)
+    return lambda fn: Task(fn, **options)

@@ -1,0 +1,248 @@
+"""CLI commands that talk to the API: ``server start``, ``run``, ``flow-run ls|inspect|logs|cancel|retry``."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from orchestrator.cli.api_client import ApiClient
+from orchestrator.cli.text import user_json, user_line, user_text
+from orchestrator.errors import OrchestratorError
+from orchestrator.guards.redaction import mask_urls_in
+from orchestrator.states import StateType
+
+console = Console()
+server_app = typer.Typer(help="The API server (runs, history, logs).", no_args_is_help=True)
+flow_run_app = typer.Typer(help="Read and act on flow runs through the API.", no_args_is_help=True)
+
+T = TypeVar("T")
+
+
+def print_error(exc: Exception | str) -> None:
+    """``error: <what happened>`` in one line; the text (often the API's, quoting user input) as text."""
+    console.print(user_line(Text("error:", style="red"), " ", mask_urls_in(str(exc))))
+
+
+def calling(action: Callable[[], T]) -> T:
+    """Run an API call; an error is printed in one line and ends the command with status 2."""
+    try:
+        return action()
+    except OrchestratorError as exc:
+        print_error(exc)
+        raise typer.Exit(2) from None
+
+
+@server_app.command("start")
+def server_start(
+    host: Annotated[str, typer.Option(help="Interface to bind; beyond loopback needs ORCHESTRATOR_API_KEY.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 4200,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Start the API with its recorder and dispatcher (migrates the database first)."""
+    cmd = [sys.executable, "-m", "api.server", "--host", host, "--port", str(port), "--log-level", log_level]
+    os.execvp(cmd[0], cmd)
+
+
+services_app = typer.Typer(help="The API's background services, run on their own.", no_args_is_help=True)
+
+
+@services_app.command("start")
+def services_start() -> None:
+    """Run the recorder and the periodic services without the HTTP API (next to API processes
+    started with ORCHESTRATOR_API_SERVICES=false)."""
+    cmd = [sys.executable, "-m", "api.services.runner"]
+    os.execvp(cmd[0], cmd)
+
+
+def parse_pairs(pairs: list[str]) -> dict[str, Any]:
+    """``-p k=v``: v read as JSON when it is JSON (3, true, [1,2]), else as text; the API checks types."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or not name:
+            raise typer.BadParameter(f"{pair!r} must look like name=value", param_hint="-p")
+        try:
+            out[name] = json.loads(text)
+        except ValueError:
+            out[name] = text
+    return out
+
+
+def task_table(run: dict[str, Any], tasks: list[dict[str, Any]]) -> Table:
+    """The run's task runs as a table (used by ``run --watch`` and ``inspect``)."""
+    title = f"{run['name']} ({run['id']}): {run['state']} {run.get('state_message') or ''}".strip()
+    table = Table(title=user_text(title))
+    for column in ("task run", "task", "state", "attempts", "worker", "message"):
+        table.add_column(column)
+    for task in tasks:
+        table.add_row(
+            user_text(task["label"]),
+            user_text(task["task_name"].rsplit(".", 1)[-1]),
+            user_text(task["state"]),
+            user_text(task["attempts"]),
+            user_text(task["worker"]),
+            user_text((task["state_message"] or "")[:80]),
+        )
+    return table
+
+
+def watch_run(client: ApiClient, run_id: str, timeout: float | None) -> dict[str, Any]:
+    """Show a live table of the run's task states until the run is final; returns the run."""
+    deadline = time.monotonic() + timeout if timeout else None
+    run = client.get_run(run_id)
+    with Live(task_table(run, []), console=console, refresh_per_second=4) as live:
+        while True:
+            run = client.get_run(run_id)
+            live.update(task_table(run, client.task_runs(run_id, first_page_only=True)))
+            if StateType(run["state"]).is_final or (deadline is not None and time.monotonic() > deadline):
+                return run
+            time.sleep(0.5)
+
+
+@flow_run_app.command("ls")
+def flow_run_ls(
+    flow: Annotated[str | None, typer.Option(help="Only runs of this flow.")] = None,
+    state: Annotated[list[str] | None, typer.Option(help="Only runs in this state (repeatable).")] = None,
+    name: Annotated[str | None, typer.Option(help="Runs whose name contains this.")] = None,
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+) -> None:
+    """List flow runs, newest first."""
+    page = calling(lambda: ApiClient().list_runs(flow=flow, state=state, name=name, limit=limit))
+    table = Table(title=user_text(f"{len(page['items'])} of {page['total']} flow runs"))
+    for column in ("id", "name", "flow", "state", "created", "message"):
+        table.add_column(column)
+    for run in page["items"]:
+        created = (run["created"] or "")[:19]
+        cells = (run["id"], run["name"], run["flow_name"], run["state"], created, run["state_message"][:60])
+        table.add_row(*map(user_text, cells))
+    console.print(table)
+
+
+@flow_run_app.command("inspect")
+def flow_run_inspect(run_id: Annotated[str, typer.Argument(help="Flow run id.")]) -> None:
+    """A run's record, its task runs and its full state history."""
+    client = ApiClient()
+    run = calling(lambda: client.get_run(run_id))
+    console.print(user_json(run))
+    console.print(task_table(run, calling(lambda: client.task_runs(run_id))))
+    history = Table(title="state history")
+    for column in ("time", "run", "state", "cause", "message"):
+        history.add_column(column)
+    for item in calling(lambda: client.states(run_id)):
+        who = "flow" if item["run_id"] == run_id else item["run_id"][:12]
+        state = item["state"] if item["applied"] else f"{item['state']} (ignored)"
+        cells = ((item["time"] or "")[11:23], who, state, item["cause"], item["message"][:60])
+        history.add_row(*map(user_text, cells))
+    console.print(history)
+
+
+@flow_run_app.command("logs")
+def flow_run_logs(
+    run_id: Annotated[str, typer.Argument(help="Flow run id.")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines until the run ends.")] = False,
+) -> None:
+    """Print the log lines of a run and its task runs."""
+    client = ApiClient()
+    after = 0
+
+    def print_new() -> None:
+        nonlocal after
+        since = after
+        for line in calling(lambda: client.logs(run_id, since)):
+            after = line["seq"]
+            where = f" [{line['task_run_id'][:12]}]" if line["task_run_id"] else ""
+            text = user_text(f"{(line['time'] or '')[11:23]} {line['level']:<7}{where} {line['message']}")
+            console.print(text, soft_wrap=True)  # one record, one line: Rich adds no line break of its own
+
+    while True:
+        print_new()
+        if not follow:
+            return
+        if StateType(calling(lambda: client.get_run(run_id))["state"]).is_final:
+            time.sleep(1)  # the last lines of the run are shipped within a second
+            print_new()
+            return
+        time.sleep(1)
+
+
+@flow_run_app.command("why")
+def flow_run_why(run_id: Annotated[str, typer.Argument(help="Flow run id.")]) -> None:
+    """Why a run is not running (or what it is doing), in plain words."""
+    found = calling(lambda: ApiClient().diagnosis(run_id))
+    console.print(user_line("flow run ", run_id, " is ", user_text(found["state"], "bold"), ":"))
+    for reason in found["reasons"]:
+        console.print(user_line("- ", reason))
+
+
+@flow_run_app.command("cleanup-late")
+def flow_run_cleanup_late(
+    policy: Annotated[str, typer.Option(help="newest_only, cancel_older_than or run_all.")] = "newest_only",
+    max_age: Annotated[float | None, typer.Option(help="Seconds, for cancel_older_than.")] = None,
+    deployment: Annotated[str | None, typer.Option(help="Only runs of this deployment.")] = None,
+    flow: Annotated[str | None, typer.Option(help="Only runs of this flow.")] = None,
+    queue: Annotated[str | None, typer.Option(help="Only runs on this queue.")] = None,
+    all_flows: Annotated[
+        bool, typer.Option("--all-flows", help="Apply the policy to the Late runs of every flow (no filter).")
+    ] = False,
+) -> None:
+    """Clear a backlog of Late runs with a policy instead of letting it stampede the fleet.
+
+    The API cancels at most a page of runs per request; this command asks again until none
+    remain, so one command clears any backlog.
+    """
+    given = {"policy": policy, "max_age_seconds": max_age, "deployment": deployment, "flow": flow, "queue": queue}
+    body: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    if all_flows:
+        body["all_flows"] = True
+    client = ApiClient()
+    done = calling(lambda: client.cleanup_late(body))
+    late, cancelled = done["late"], done["cancelled"]
+    while done.get("remaining") and done["cancelled"]:
+        done = calling(lambda: client.cleanup_late(body))
+        cancelled += done["cancelled"]
+    console.print(user_text(f"{late} late runs: {cancelled} cancelled, {late - cancelled} kept ({done['policy']})"))
+
+
+@flow_run_app.command("cancel")
+def flow_run_cancel(run_id: Annotated[str, typer.Argument(help="Flow run id.")]) -> None:
+    """Cancel a run: queued tasks never start, running ones are terminated."""
+    console.print(user_text(calling(lambda: ApiClient().cancel(run_id))["detail"]))
+
+
+@flow_run_app.command("retry")
+def flow_run_retry(run_id: Annotated[str, typer.Argument(help="Flow run id.")]) -> None:
+    """Run a failed run again: only its task runs that did not complete."""
+    console.print(user_text(calling(lambda: ApiClient().retry(run_id))["detail"]))
+
+
+def run_command(
+    flow: Annotated[str, typer.Argument(help="Flow name, as workers registered it (orchestrator flow ls).")],
+    param: Annotated[list[str] | None, typer.Option("-p", "--param", help="name=value (repeatable).")] = None,
+    name: Annotated[str | None, typer.Option(help="Run name (default: the flow's flow_run_name).")] = None,
+    queue: Annotated[str | None, typer.Option(help="Queue (default: the flow's).")] = None,
+    watch: Annotated[bool, typer.Option("--watch", help="Show task states live until the run ends.")] = False,
+    timeout: Annotated[float | None, typer.Option(help="With --watch: stop watching after this many seconds.")] = None,
+) -> None:
+    """Submit a flow run through the API (exit status 1 if a watched run does not complete)."""
+    client = ApiClient()
+    parameters = parse_pairs(param or [])
+    run = calling(lambda: client.create_run(flow, parameters, name=name, queue=queue))
+    console.print(user_line("flow run ", user_text(run["name"], "bold"), f" ({run['id']}) {run['state']}"))
+    if not watch:
+        return
+    run = calling(lambda: watch_run(client, run["id"], timeout))
+    if run["state"] != StateType.COMPLETED.value:
+        console.print(user_line(user_text(run["state"], "red"), ": ", run["state_message"]))
+        raise typer.Exit(1)

@@ -1,0 +1,329 @@
+"""Start and stop the local pieces a laptop (or a test) needs: redis-server and workers.
+
+Used by ``orchestrator demo`` and by the test suite. Every process gets a free port
+and is stopped (its whole process group) even when the caller fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import redis
+
+from orchestrator.config.settings import get_settings
+from orchestrator.config.tls import tls_options_for
+from orchestrator.errors import ConnectionProblem
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """TERM the process group, then KILL it if it does not leave in time."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
+def redis_answers(url: str) -> bool:
+    """Whether a Redis at ``url`` answers a PING within a second."""
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+@contextlib.contextmanager
+def redis_server(
+    port: int | None = None,
+    appendonly: bool = False,
+    data_dir: Path | None = None,
+    bind: Sequence[str] = ("127.0.0.1",),
+    password: str | None = None,
+) -> Iterator[str]:
+    """Run a private redis-server on a free port; yield its URL (on the first ``bind`` address).
+
+    With ``data_dir`` its files (append-only log) are kept there across restarts;
+    otherwise they live in a temporary folder removed at the end. ``bind`` lists the
+    local addresses it listens on (loopback only by default; tests add the address of
+    a private test network so workers in network namespaces reach it). Redis answers
+    other addresses than loopback only with a ``password`` (its protected mode); the URL
+    then carries it.
+    """
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise ConnectionProblem(
+            "redis-server is not installed; run scripts/setup.sh (it installs it with apt-get) "
+            "or install Redis yourself."
+        )
+    port = port or free_port()
+    if data_dir is not None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    workdir = str(data_dir) if data_dir is not None else tempfile.mkdtemp(prefix="orc-redis-")
+    args = [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        *bind,
+        "--save",
+        "",
+        "--appendonly",
+        "yes" if appendonly or data_dir is not None else "no",
+        "--dir",
+        workdir,
+        *(["--requirepass", password] if password else []),
+    ]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"redis://{f':{password}@' if password else ''}{bind[0]}:{port}/0"
+    try:
+        client = redis.Redis.from_url(url)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise ConnectionProblem(f"redis-server on port {port} did not start") from None
+                time.sleep(0.05)
+        yield url
+    finally:
+        stop_process(proc)
+        if data_dir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def worker_command(
+    queues: str = "default", concurrency: int = 2, name: str | None = None, pool: str = "prefork"
+) -> list[str]:
+    """The celery worker command line the orchestrator uses."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.app",
+        "worker",
+        "-Q",
+        queues,
+        "-c",
+        str(concurrency),
+        "-P",
+        pool,
+        "--loglevel",
+        "INFO",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    if name:
+        cmd += ["-n", name]
+    return cmd
+
+
+@contextlib.contextmanager
+def worker(
+    redis_url: str,
+    flow_modules: list[str],
+    queues: str = "default",
+    concurrency: int = 2,
+    name: str | None = None,
+    log_path: Path | None = None,
+    extra_env: dict[str, str] | None = None,
+    pool: str = "prefork",
+    command_prefix: Sequence[str] = (),
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a Celery worker for ``flow_modules``; wait until it consumes, stop it after.
+
+    ``command_prefix`` runs the worker through another command, e.g.
+    ``["ip", "netns", "exec", "host-a"]`` to start it inside a network namespace.
+    """
+    env = (
+        os.environ.copy()
+        | {
+            "ORCHESTRATOR_REDIS_URL": redis_url,
+            "ORCHESTRATOR_FLOW_MODULES": ",".join(flow_modules),
+            "PYTHONUNBUFFERED": "1",
+        }
+        | (extra_env or {})
+    )
+    name = name or f"w{free_port()}@%h"
+    log_file = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    proc = subprocess.Popen(
+        [*command_prefix, *worker_command(queues, concurrency, name, pool)],
+        env=env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_for_worker(redis_url, proc, queues.split(",")[0])
+        yield proc
+    finally:
+        stop_process(proc, timeout=15)
+        if log_path:
+            log_file.close()  # type: ignore[union-attr]
+
+
+def wait_for_worker(redis_url: str, proc: subprocess.Popen[bytes], queue: str, timeout: float = 60) -> None:
+    """Block until the worker has started consuming ``queue`` (its kombu binding exists)."""
+    client = redis.Redis.from_url(redis_url, **tls_options_for(redis_url, get_settings()))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited with code {proc.returncode} before it was ready")
+        if client.exists(f"_kombu.binding.{queue}"):
+            time.sleep(0.3)  # binding is declared just before consuming starts
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"worker did not start consuming {queue!r} within {timeout}s")
+
+
+class ApiProcess:
+    """The API run as a user runs it (``python -m api.server``), startable and killable (tests, dev).
+
+    Started as a separate process, so the SDK never imports api/.
+    """
+
+    def __init__(
+        self,
+        redis_url: str,
+        database_url: str,
+        port: int | None = None,
+        log_path: Path | None = None,
+        extra_env: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.port = port or free_port()
+        self.host = host
+        self.log_path = log_path
+        self.env = (
+            os.environ.copy()
+            | {
+                "ORCHESTRATOR_REDIS_URL": redis_url,
+                "ORCHESTRATOR_DATABASE_URL": database_url,
+                "PYTHONUNBUFFERED": "1",
+            }
+            | (extra_env or {})
+        )
+        root = self.env.get("ORCHESTRATOR_API_ROOT_PATH", "")
+        self.url = f"http://{host}:{self.port}{root}/api"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> str:
+        """Start the server and wait until it answers; returns its base URL (with /api)."""
+        log_file = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        cmd = [sys.executable, "-m", "api.server", "--host", self.host, "--port", str(self.port)]
+        self.proc = subprocess.Popen(
+            [*cmd, "--log-level", "warning"],
+            env=self.env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        if self.log_path:
+            log_file.close()  # type: ignore[union-attr]
+        wait_for_http(f"http://{self.host}:{self.port}/api/health", self.proc)
+        return self.url
+
+    def kill(self) -> None:
+        """SIGKILL the server (a crash: no shutdown code runs)."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        """Stop the server cleanly (SIGTERM, then SIGKILL if it lingers)."""
+        if self.proc is not None:
+            stop_process(self.proc, timeout=15)
+
+
+@contextlib.contextmanager
+def api_server(
+    redis_url: str,
+    database_url: str,
+    log_path: Path | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[ApiProcess]:
+    """Run the API on a free port for the length of the block."""
+    server = ApiProcess(redis_url, database_url, log_path=log_path, extra_env=extra_env)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+def wait_for_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    """Block until ``url`` answers (any status below 500 or a 503 from a health check)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with code {proc.returncode} before it answered {url}")
+        try:
+            httpx.get(url, timeout=1.0)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+@contextlib.contextmanager
+def flower(
+    redis_url: str,
+    port: int | None = None,
+    log_path: Path | None = None,
+    basic_auth: str | None = None,
+    task_api: bool = False,
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[str]:
+    """Run Flower (``python -m workers.flower``) on the broker, on 127.0.0.1; yield its URL.
+
+    Without ``basic_auth`` (``user:password``) it shows its pages to this machine only and
+    has no HTTP API: a web page open in a browser here must not be able to use it. Scripts
+    and tests that read the API pass credentials, and ``task_api=True`` besides to run tasks
+    through it. The credentials go in FLOWER_BASIC_AUTH, not on the command line.
+    """
+    port = port or free_port()
+    env = (
+        os.environ.copy()
+        | {"ORCHESTRATOR_REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1"}
+        | ({"FLOWER_BASIC_AUTH": basic_auth} if basic_auth else {})
+        | (extra_env or {})
+    )
+    cmd = [sys.executable, "-m", "workers.flower", f"--port={port}", "--address=127.0.0.1"]
+    cmd += ["--task-api"] if task_api else []
+    log_file = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/healthcheck", proc)
+        yield url
+    finally:
+        stop_process(proc)
+        if log_path:
+            log_file.close()  # type: ignore[union-attr]

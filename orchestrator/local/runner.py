@@ -1,0 +1,263 @@
+"""Run a flow in-process, tasks in threads: no Redis, no worker, no API.
+
+This is how people unit-test flows. Submitted tasks start as soon as their own
+upstreams are done (done-callbacks, so no thread ever blocks waiting for another),
+with the same retry, signal, serialization and upstream-failure rules as the fleet.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.authoring.hooks import call_hooks
+from orchestrator.authoring.triggers import verdict
+from orchestrator.config.settings import get_settings
+from orchestrator.data.serialization import dumps
+from orchestrator.errors import FlowRunFailed, TaskRunFailed, UpstreamFailedError
+from orchestrator.runtime.attempts import decide, describe
+from orchestrator.runtime.context import RunInfo, current_run, using
+from orchestrator.runtime.engine import (
+    Engine,
+    bind_arguments,
+    check_wait_for,
+    replace_futures,
+    split_map_arguments,
+    walk_futures,
+    zip_mapped,
+)
+from orchestrator.runtime.futures import DoneAndNotDone, Future
+from orchestrator.runtime.run_logger import prints_logged
+from orchestrator.runtime.signals import RETRY
+from orchestrator.states import StateType, can_transition
+
+if TYPE_CHECKING:
+    from orchestrator.authoring.flows import Flow
+    from orchestrator.authoring.tasks import Task
+
+
+class LocalFuture(Future[Any]):
+    """A task run executing in a thread of this process."""
+
+    def __init__(self, engine: LocalEngine, label: str) -> None:
+        self.engine = engine
+        self.task_run_id = str(uuid.uuid4())
+        self.label = label
+        self.cf: cf.Future[Any] = cf.Future()
+        self._state = StateType.PENDING
+        self.history: list[tuple[StateType, float, str]] = [(StateType.PENDING, time.time(), "")]
+
+    def set_state(self, state: StateType, message: str = "") -> None:
+        """Move to ``state`` if the shared state machine allows it (the recorder uses the same rule)."""
+        if not can_transition(self._state, state):
+            return
+        self._state = state
+        self.history.append((state, time.time(), message))
+
+    @property
+    def state(self) -> StateType:
+        return self._state
+
+    def wait(self, timeout: float | None = None) -> StateType:
+        cf.wait([self.cf], timeout=timeout)
+        return self._state
+
+    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> Any:
+        try:
+            return self.cf.result(timeout=timeout)
+        except cf.TimeoutError:
+            raise
+        except Exception as exc:
+            if raise_on_failure:
+                raise
+            return exc
+
+
+class LocalEngine(Engine):
+    """Executes one flow run's task calls in a shared thread pool."""
+
+    def __init__(self, flow: Flow, run_id: str, pool: cf.ThreadPoolExecutor) -> None:
+        self.flow = flow
+        self.run_id = run_id
+        self.pool = pool
+        self.futures: list[LocalFuture] = []
+        self.has_downstream: set[str] = set()
+        self._lock = threading.Lock()
+
+    # -- submitting -----------------------------------------------------------------
+    def submit(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any]) -> LocalFuture:
+        bound = bind_arguments(task.fn, args, kwargs, f"task {task.name!r}")
+        return self._submit_bound(task, bound, wait_for)
+
+    def _submit_bound(self, task: Task, bound: dict[str, Any], wait_for: list[Any]) -> LocalFuture:
+        future = LocalFuture(self, f"{task.fn.__name__}-{len(self.futures)}")
+        upstream = list(walk_futures(bound))
+        for item in check_wait_for(wait_for, task.name):
+            upstream.extend(walk_futures(item))
+        with self._lock:
+            self.futures.append(future)
+            self.has_downstream.update(up.task_run_id for up, _ in upstream)
+        remaining = [len(upstream)]
+        lock = threading.Lock()
+
+        def upstream_done(_: object) -> None:
+            with lock:
+                remaining[0] -= 1
+                ready = remaining[0] == 0
+            if ready:
+                self.pool.submit(self._execute, future, task, bound, upstream)
+
+        if not upstream:
+            self.pool.submit(self._execute, future, task, bound, upstream)
+        for up, _ in upstream:
+            up.cf.add_done_callback(upstream_done)  # type: ignore[attr-defined]
+        return future
+
+    def map(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any]) -> list[LocalFuture]:
+        what = f"task {task.name!r}"
+        mapped, static = split_map_arguments(bind_arguments(task.fn, args, kwargs, what), what)
+        lists: dict[str, list[Any]] = {}
+        for name, value in mapped.items():
+            if isinstance(value, Future):
+                if value.wait() is not StateType.COMPLETED:
+                    return [self._upstream_failed_map(task, value)]
+                value = value.result()
+            lists[name] = list(value)
+        return [self._submit_bound(task, static | one, wait_for) for one in zip_mapped(lists, what)]
+
+    def _upstream_failed_map(self, task: Task, upstream: Future[Any]) -> LocalFuture:
+        future = LocalFuture(self, f"{task.fn.__name__}-map")
+        with self._lock:
+            self.futures.append(future)
+        message = f"not run: the mapped upstream {upstream.label} did not complete"
+        future.set_state(StateType.UPSTREAM_FAILED, message)
+        future.cf.set_exception(UpstreamFailedError(message))
+        return future
+
+    def call_task(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return self.submit(task, args, kwargs, []).result()
+
+    def call_subflow(self, flow: Flow, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        resolved_args = replace_futures(args, lambda f, _: f.result())
+        resolved_kwargs = replace_futures(kwargs, lambda f, _: f.result())
+        params = flow.bind_parameters(resolved_args, resolved_kwargs)
+        return run_flow_locally(flow, params, pool=self.pool)
+
+    # -- waiting --------------------------------------------------------------------
+    def wait(self, futures: list[Future[Any]], timeout: float | None) -> DoneAndNotDone:
+        by_cf = {f.cf: f for f in futures if isinstance(f, LocalFuture)}
+        done, not_done = cf.wait(list(by_cf), timeout=timeout)
+        return DoneAndNotDone({by_cf[d] for d in done}, {by_cf[n] for n in not_done})
+
+    def as_completed(self, futures: list[Future[Any]], timeout: float | None) -> Iterator[Future[Any]]:
+        by_cf = {f.cf: f for f in futures if isinstance(f, LocalFuture)}
+        for done in cf.as_completed(list(by_cf), timeout=timeout):
+            yield by_cf[done]
+
+    def drain(self) -> None:
+        """Wait for every task run this flow started, including ones started later."""
+        seen = 0
+        while True:
+            with self._lock:
+                batch = self.futures[seen:]
+                seen = len(self.futures)
+            if not batch:
+                return
+            cf.wait([f.cf for f in batch])
+
+    # -- running one task -------------------------------------------------------------
+    def _execute(
+        self,
+        future: LocalFuture,
+        task: Task,
+        bound: dict[str, Any],
+        upstream: list[tuple[Future[Any], bool]],
+    ) -> None:
+        states = {up.task_run_id: (up.label, up.state) for up, _ in upstream}
+        allowed = {up.task_run_id for up, tolerated in upstream if tolerated}
+        decision = verdict(task.trigger, states, allowed)
+        if not decision.run:
+            future.set_state(decision.state, decision.message)
+            future.cf.set_exception(UpstreamFailedError(f"task {future.label}: {decision.message}"))
+            return
+        # An upstream that did not complete (tolerated, or under a trigger rule) passes None.
+        inputs = replace_futures(bound, lambda f, _: f.result() if f.state == StateType.COMPLETED else None)
+        self._attempts(future, task, inputs)
+
+    def _attempts(self, future: LocalFuture, task: Task, inputs: dict[str, Any]) -> None:
+        retries_used = 0
+        attempt = 1
+        first_poke: float | None = None
+        while True:
+            future.set_state(StateType.RUNNING if attempt == 1 else StateType.RETRYING)
+            run = RunInfo(self.run_id, self.flow.name, future.task_run_id, task.name, attempt, extra={"local": True})
+            try:
+                log_prints = task.log_prints if task.log_prints is not None else self.flow.log_prints
+                with using(None, run), prints_logged(log_prints):
+                    value = task.fn(**inputs)
+                dumps(value, task.result_serializer, f"task {task.name!r} ({future.label})")
+            except Exception as exc:
+                if isinstance(exc, RETRY) and first_poke is None:
+                    first_poke = time.time()
+                outcome = decide(task, exc, retries_used, time.time() - first_poke if first_poke else 0.0)
+                call_hooks(task, task.hooks, run, outcome.state, outcome.message)
+                if outcome.state is StateType.AWAITING_RETRY:
+                    future.set_state(StateType.AWAITING_RETRY, outcome.message)
+                    retries_used += outcome.uses_retry
+                    attempt += 1
+                    time.sleep(outcome.delay)
+                    continue
+                future.set_state(outcome.state, outcome.message)
+                error = TaskRunFailed(f"task {future.label} ended {outcome.state.value}: {outcome.message}")
+                error.__cause__ = exc
+                future.cf.set_exception(error)
+                return
+            future.set_state(StateType.COMPLETED)
+            call_hooks(task, task.hooks, run, StateType.COMPLETED)
+            future.cf.set_result(value)
+            return
+
+    def failed_runs(self, returned: list[Future[Any]]) -> list[LocalFuture]:
+        """The task runs that decide this flow failed: returned futures, else the leaves."""
+        deciders = [f for f in returned if isinstance(f, LocalFuture)]
+        if not deciders:
+            deciders = [f for f in self.futures if f.task_run_id not in self.has_downstream]
+        return [f for f in deciders if f.state.is_failed]
+
+
+def run_flow_locally(flow: Flow, parameters: dict[str, Any], pool: cf.ThreadPoolExecutor | None = None) -> Any:
+    """Run ``flow`` in this process and return its value; raise if it failed."""
+    own_pool = pool is None
+    workers = get_settings().local_max_workers
+    pool = pool or cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"flow-{flow.name}")
+    run_id = str(uuid.uuid4())
+    engine = LocalEngine(flow, run_id, pool)
+    parent = current_run()
+    info = RunInfo(
+        run_id, flow.name, extra={"parent_flow_run_id": parent.flow_run_id if parent else None, "local": True}
+    )
+    try:
+        try:
+            with using(engine, info), prints_logged(flow.log_prints):
+                value = flow.fn(**parameters)
+        except Exception as exc:
+            call_hooks(flow, flow.hooks, info, StateType.FAILED, describe(exc))
+            raise
+        engine.drain()
+        returned = [f for f, _ in walk_futures(value)]
+        failed = engine.failed_runs(returned)
+        if failed:
+            message = "; ".join(f"{f.label} ({f.state.value}: {f.history[-1][2]})" for f in failed)
+            call_hooks(flow, flow.hooks, info, StateType.FAILED, message)
+            error = FlowRunFailed(f"flow run {flow.name!r} ({run_id}) failed: task runs {message}.")
+            raise error from failed[0].cf.exception()
+        result = replace_futures(value, lambda f, _: f.result())
+        call_hooks(flow, flow.hooks, info, StateType.COMPLETED)
+        return result
+    finally:
+        if own_pool:
+            pool.shutdown(wait=True)

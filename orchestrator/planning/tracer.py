@@ -1,0 +1,272 @@
+"""Trace a flow body into a :class:`~orchestrator.planning.plan.Plan` without running any task.
+
+The body runs once with its bound parameters; each task call becomes a node and
+each future passed along becomes an edge. If the body needs a task's *value* while
+it runs (``.result()``, ``if x > 5``, iterating a future), tracing stops with
+:class:`DynamicFlowRequired` and the flow runs in dynamic mode on a worker instead.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from orchestrator.config.settings import get_settings
+from orchestrator.planning.plan import REF, Node, Plan, SubflowInfo, refs_in
+from orchestrator.planning.templates import allowed_failures, to_template
+from orchestrator.runtime.context import RunInfo, using
+from orchestrator.runtime.engine import (
+    Engine,
+    bind_arguments,
+    check_wait_for,
+    split_map_arguments,
+    zip_mapped,
+)
+from orchestrator.runtime.futures import DoneAndNotDone, Future
+from orchestrator.states import StateType
+
+if TYPE_CHECKING:
+    from orchestrator.authoring.flows import Flow
+    from orchestrator.authoring.tasks import Task
+
+
+class DynamicFlowRequired(BaseException):
+    """The flow body needs task results while it runs: it must run in dynamic mode.
+
+    A BaseException so that a flow body's ``except Exception`` cannot swallow it.
+    """
+
+
+class PlannedFuture(Future[Any]):
+    """A node of the plan being traced; its value does not exist yet."""
+
+    engine: TracingEngine
+
+    def __init__(self, engine: TracingEngine, node_id: str, label: str, path: tuple[Any, ...] = ()):
+        self.engine = engine
+        self.task_run_id = node_id
+        self.label = label
+        self.path = path
+
+    def _needs_value(self, what: str) -> NoReturn:
+        self.engine.dynamic_reason = f"the flow body uses {what} of {self.label}"
+        raise DynamicFlowRequired(self.engine.dynamic_reason)
+
+    @property
+    def state(self) -> StateType:
+        self._needs_value("the state")
+
+    def wait(self, timeout: float | None = None) -> StateType:
+        self._needs_value("wait()")
+
+    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> Any:
+        self._needs_value(".result()")
+
+    def __getitem__(self, key: Any) -> PlannedFuture:
+        if not isinstance(key, (str, int)):
+            self._needs_value(f"[{key!r}]")
+        return PlannedFuture(self.engine, self.task_run_id, f"{self.label}[{key!r}]", (*self.path, key))
+
+    def __bool__(self) -> bool:
+        self._needs_value("the truth value")
+
+    def __iter__(self) -> Iterator[Any]:
+        self._needs_value("iteration")
+
+    def __len__(self) -> int:
+        self._needs_value("len()")
+
+    def __int__(self) -> int:
+        self._needs_value("int()")
+
+    def __float__(self) -> float:
+        self._needs_value("float()")
+
+    def __index__(self) -> int:
+        self._needs_value("the index value")
+
+    def __lt__(self, other: Any) -> bool:
+        self._needs_value("a comparison")
+
+    __le__ = __gt__ = __ge__ = __lt__
+
+    def __add__(self, other: Any) -> Any:
+        self._needs_value("arithmetic")
+
+    __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = __add__
+
+    def __contains__(self, item: Any) -> bool:
+        self._needs_value("'in'")
+
+    __hash__ = Future.__hash__
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+
+class TracingEngine(Engine):
+    """Records the task calls of one flow run (root or subflow) into a shared plan."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        flow_run_id: str,
+        queue: str,
+        label_counts: dict[str, int] | None = None,
+        log_prints: bool = False,
+    ) -> None:
+        self.plan = plan
+        self.log_prints = log_prints
+        self.flow_run_id = flow_run_id
+        self.queue = queue
+        self.barrier: list[str] = []
+        self.dynamic_reason: str | None = None
+        self._counts = label_counts if label_counts is not None else {}
+
+    # -- templates ------------------------------------------------------------------
+    def template(self, value: Any, where: str, serializer: str = "json") -> Any:
+        """Turn call arguments into a JSON template: planned futures become references."""
+        return to_template(
+            value, where, serializer, lambda f: isinstance(f, PlannedFuture) and f.engine.plan is self.plan
+        )
+
+    def _inputs(self, task: Task, bound: dict[str, Any]) -> dict[str, Any]:
+        where = f"task {task.name!r} argument"
+        return {k: self.template(v, f"{where} {k!r}", task.result_serializer) for k, v in bound.items()}
+
+    def _label(self, base: str) -> str:
+        count = self._counts.get(base, 0)
+        self._counts[base] = count + 1
+        return f"{base}-{count}"
+
+    def _add(self, node: Node) -> PlannedFuture:
+        node.allow = list(dict.fromkeys([*node.allow, *allowed_failures(node.inputs)]))
+        self.plan.add(node)
+        return PlannedFuture(self, node.id, node.label)
+
+    def _wait_ids(self, wait_for: list[Any], task_name: str) -> tuple[list[str], list[str]]:
+        """(ids to wait for, those of them whose failure is tolerated).
+
+        ``wait()`` only waits: like Prefect, tasks after it run whatever the waited
+        futures' states, so barrier edges are tolerated too.
+        """
+        ids: list[str] = []
+        allow: list[str] = []
+        for item in check_wait_for(wait_for, task_name):
+            ref = self.template(item, f"task {task_name!r} wait_for")
+            ids.append(ref[REF])
+            if ref.get("allow_failure"):
+                allow.append(ref[REF])
+        barrier = [b for b in self.barrier if b not in ids]
+        return ids + barrier, allow + barrier
+
+    def _task_node(
+        self, task: Task, inputs: dict[str, Any], waits: tuple[list[str], list[str]], kind: str = "task"
+    ) -> Node:
+        wait_ids, allow = waits
+        return Node(
+            id=str(uuid.uuid4()),
+            kind=kind,  # type: ignore[arg-type]
+            name=task.name,
+            label=self._label(task.fn.__name__),
+            flow_run_id=self.flow_run_id,
+            inputs=inputs,
+            wait_for=wait_ids,
+            queue=task.queue or self.queue,
+            options=task.options | {"importable_error": _import_error(task), **self._inherited(task)},
+            trigger=task.trigger,
+            allow=allow,
+        )
+
+    def _inherited(self, task: Task) -> dict[str, Any]:
+        """Options a task takes from its flow when it does not say (log_prints)."""
+        return {"log_prints": True} if task.log_prints is None and self.log_prints else {}
+
+    # -- Engine ---------------------------------------------------------------------
+    def submit(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any]) -> PlannedFuture:
+        bound = bind_arguments(task.fn, args, kwargs, f"task {task.name!r}")
+        return self._add(self._task_node(task, self._inputs(task, bound), self._wait_ids(wait_for, task.name)))
+
+    def map(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any]) -> Any:
+        where = f"task {task.name!r}"
+        mapped, static = split_map_arguments(bind_arguments(task.fn, args, kwargs, where), where)
+        waits = self._wait_ids(wait_for, task.name)
+        if not any(isinstance(v, Future) for v in mapped.values()):
+            runs = zip_mapped({k: list(v) for k, v in mapped.items()}, where)
+            return [self._add(self._task_node(task, self._inputs(task, static | one), waits)) for one in runs]
+        inputs = {"mapped": self._inputs(task, mapped), "static": self._inputs(task, static)}
+        return self._add(self._task_node(task, inputs, waits, kind="map"))
+
+    def call_task(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> PlannedFuture:
+        return self.submit(task, args, kwargs, [])
+
+    def call_subflow(self, flow: Flow, args: tuple[Any, ...], kwargs: dict[str, Any]) -> PlannedFuture:
+        params = flow.bind_parameters(args, kwargs)
+        child_id = str(uuid.uuid4())
+        where = f"subflow {flow.name!r}"
+        info = SubflowInfo(
+            run_id=child_id,
+            name=flow.name,
+            parent_run_id=self.flow_run_id,
+            parameters={k: self.template(v, f"{where} parameter {k!r}") for k, v in params.items()},
+        )
+        self.plan.subflows[child_id] = info
+        child = TracingEngine(self.plan, child_id, flow.queue or self.queue, self._counts, flow.log_prints)
+        child.barrier = list(self.barrier)
+        try:
+            with using(child, RunInfo(child_id, flow.name, extra={"parent_flow_run_id": self.flow_run_id})):
+                value = flow.fn(**params)
+        finally:
+            self.dynamic_reason = self.dynamic_reason or child.dynamic_reason
+        returns = child.template(value, f"{where} return value")
+        returned = refs_in(returns)
+        side_leaves = [n for n in self.plan.leaves(child_id) if n not in returned]
+        end = Node(
+            id=str(uuid.uuid4()),
+            kind="subflow",
+            name=flow.name,
+            label=self._label(f"subflow-{flow.name}"),
+            flow_run_id=self.flow_run_id,
+            inputs={"returns": returns},
+            wait_for=side_leaves + list(self.barrier),
+            queue=self.queue,
+            options={"child_run_id": child_id},
+            # A child that returns futures is decided by them (as in-process): its side
+            # tasks are waited for, but their failure is tolerated.
+            allow=(side_leaves if returned else []) + list(self.barrier),
+        )
+        info.end_node = end.id
+        return self._add(end)
+
+    def wait(self, futures: list[Future[Any]], timeout: float | None) -> DoneAndNotDone:
+        """Traced wait: later task calls wait for these futures (a barrier, no blocking)."""
+        for future in futures:
+            ref = self.template(future, "wait()")
+            if ref[REF] not in self.barrier:
+                self.barrier.append(ref[REF])
+        return DoneAndNotDone(set(futures), set())
+
+    def as_completed(self, futures: list[Future[Any]], timeout: float | None) -> Iterator[Future[Any]]:
+        self.dynamic_reason = "the flow body uses as_completed()"
+        raise DynamicFlowRequired(self.dynamic_reason)
+
+
+def _import_error(task: Task) -> str | None:
+    from orchestrator.authoring.definitions import why_not_importable
+
+    return why_not_importable(task.fn)
+
+
+def trace_flow(flow: Flow, parameters: dict[str, Any], *, run_id: str | None = None, queue: str | None = None) -> Plan:
+    """Trace ``flow`` with ``parameters`` into a plan; raises DynamicFlowRequired if needed."""
+    run_id = run_id or str(uuid.uuid4())
+    plan = Plan(flow.name, run_id, queue or flow.queue or get_settings().default_queue)
+    engine = TracingEngine(plan, run_id, plan.queue, log_prints=flow.log_prints)
+    with using(engine, RunInfo(run_id, flow.name)):
+        value = flow.fn(**parameters)
+    if engine.dynamic_reason:  # the body caught our signal; it still needs values
+        raise DynamicFlowRequired(engine.dynamic_reason)
+    plan.returns = engine.template(value, f"flow {flow.name!r} return value")
+    plan.topological_order()
+    return plan

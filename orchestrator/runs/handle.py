@@ -1,0 +1,283 @@
+"""Send flow runs to the fleet from Python and follow them: ``etl.delay(...)``.
+
+The client traces the flow here (it has the code), compiles the plan and sends the
+canvas itself: one hop fewer than asking a worker to do it. A flow that needs task
+results while it runs is sent to a worker of its queue to be driven there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import reprlib
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import redis
+from celery import Celery, Signature
+
+from orchestrator.authoring.naming import run_name_problem
+from orchestrator.config.settings import get_settings
+from orchestrator.data.references import resolve
+from orchestrator.data.serialization import to_jsonable
+from orchestrator.errors import FlowRunFailed, OrchestratorError, ParameterError, RunTimeout
+from orchestrator.guards.limits import queue_problem
+from orchestrator.planning.compiler import START_FLOW_RUN_TASK, Compiled, compile_plan, make_signature
+from orchestrator.planning.plan import Plan
+from orchestrator.planning.tracer import DynamicFlowRequired, trace_flow
+from orchestrator.runs.lifecycle import launch_static, list_task_runs
+from orchestrator.runstate import keys
+from orchestrator.runstate.store import RunStore, get_store, now
+from orchestrator.states import StateType
+from orchestrator.transport.celery_app import client_app
+
+if TYPE_CHECKING:
+    from orchestrator.authoring.flows import Flow
+
+
+class FlowRun:
+    """A handle on a flow run sent to the fleet."""
+
+    def __init__(self, run_id: str, store: RunStore | None = None) -> None:
+        self.id = run_id
+        self.store = store or get_store()
+
+    @property
+    def state(self) -> StateType | None:
+        """The run's current state (None if Redis does not know the run)."""
+        return self.store.flow_state(self.id)
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """The run record: name, flow, queue, state, timestamps, message."""
+        return {k: _maybe_json(v) for k, v in self.store.read_flow_run(self.id).items()}
+
+    def wait(self, timeout: float | None = None) -> StateType:
+        """Block until the run is final; raise RunTimeout after ``timeout`` seconds."""
+        state = self.store.wait_flow_final(self.id, timeout)
+        if state is None or not state.is_final:
+            raise RunTimeout(
+                f"flow run {self.id} is still {state.value if state else 'unknown'} after "
+                f"{timeout}s; it goes on. Check that a worker consumes its queue "
+                f"({self.info.get('queue')})."
+            )
+        return state
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The flow's return value; raises FlowRunFailed if the run did not complete."""
+        state = self.wait(timeout)
+        record, results = self.store.read_outcome(self.id)
+        if state is not StateType.COMPLETED:
+            raise FlowRunFailed(
+                f"flow run {record.get('name', self.id)} ({self.id}) ended {state.value}: {record.get('message', '')}"
+            )
+        returns = json.loads(record.get("returns", "null"))
+        return resolve(returns, self.store, allow_pickle=True, where=f"flow run {self.id} result", prefetched=results)
+
+    def logs(self) -> list[dict[str, Any]]:
+        """Log lines of this flow run and its task runs, oldest first (shipped every ~0.5 s)."""
+        return [json.loads(line) for line in self.store.redis.lrange(keys.flow_logs(self.id), 0, -1)]
+
+    def task_runs(self) -> list[dict[str, Any]]:
+        """Every task run of this flow run (a root: of its subflows too), by start time."""
+        rows = list_task_runs(self.store, self.id)
+        return sorted(rows, key=lambda r: (float(r.get("started") or r.get("created") or 0), r.get("label", "")))
+
+    def __repr__(self) -> str:
+        return f"<FlowRun {self.id} {self.state}>"
+
+
+def _maybe_json(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def encode_parameters(flow: Flow, parameters: dict[str, Any]) -> dict[str, Any]:
+    """Parameters as JSON data; an unsendable one is named in the error."""
+    return {name: to_jsonable(value, f"flow {flow.name!r} parameter {name!r}") for name, value in parameters.items()}
+
+
+@dataclass
+class PreparedRun:
+    """A traced and compiled run, or the reason it cannot be compiled statically."""
+
+    run_id: str
+    queue: str
+    plan: Plan | None = None
+    compiled: Compiled | None = None
+    dynamic_reason: str | None = None
+    body_error: str | None = None
+
+
+def prepare_run(flow: Flow, parameters: dict[str, Any], *, run_id: str, queue: str, app: Celery) -> PreparedRun:
+    """Trace and compile a run without writing anything.
+
+    Bad definitions and unsendable arguments raise here, before any record exists.
+    A body that needs task values is marked dynamic; a body that raises while traced
+    is kept as the run's error.
+    """
+    prepared = PreparedRun(run_id, queue)
+    try:
+        prepared.plan = trace_flow(flow, parameters, run_id=run_id, queue=queue)
+    except DynamicFlowRequired as signal:
+        prepared.dynamic_reason = str(signal)
+        return prepared
+    except OrchestratorError:
+        raise
+    except Exception as exc:
+        prepared.body_error = f"the flow body raised while it was planned: {type(exc).__name__}: {exc}"
+        return prepared
+    prepared.compiled = compile_plan(prepared.plan, app)
+    return prepared
+
+
+def start_signature(app: Celery, flow_name: str, run_id: str, queue: str, *, dynamic: bool) -> Signature:
+    """The message that asks a worker of ``queue`` to start (trace, or drive) a flow run whose record exists."""
+    kwargs = {"flow": flow_name, "run_id": run_id, "dynamic": dynamic}
+    return make_signature(START_FLOW_RUN_TASK, kwargs, queue=queue, task_id=f"start-{run_id}", app=app)
+
+
+def send_start(app: Celery, flow_name: str, run_id: str, queue: str, *, dynamic: bool) -> None:
+    """Send :func:`start_signature`."""
+    start_signature(app, flow_name, run_id, queue, dynamic=dynamic).apply_async()
+
+
+def launch_prepared(
+    prepared: PreparedRun,
+    flow_name: str,
+    *,
+    store: RunStore,
+    app: Celery,
+    record: dict[str, Any],
+    pipe: Any = None,
+) -> None:
+    """Start a prepared run whose record is written (or queued in ``pipe``)."""
+    run_id = prepared.run_id
+    pipe = pipe if pipe is not None else store.redis.pipeline(transaction=False)
+    if prepared.plan is not None and prepared.compiled is not None:
+        launch_static(store, prepared.plan, prepared.compiled, record, pipe)
+        return
+    if prepared.body_error:
+        fields = {"state": StateType.FAILED.value, "ended": now(), "message": prepared.body_error}
+        store.write_flow_run(run_id, fields, pipe)
+        pipe.execute()
+        return
+    store.write_flow_run(run_id, {"mode": "dynamic", "mode_reason": prepared.dynamic_reason or ""}, pipe)
+    pipe.execute()
+    send_start(app, flow_name, run_id, prepared.queue, dynamic=True)
+
+
+def submit_flow_run(
+    flow: Flow, parameters: dict[str, Any], *, queue: str | None = None, name: str | None = None
+) -> FlowRun:
+    """Create a flow run record and send it; nothing is written if the input is bad."""
+    flow.importable_or_raise()
+    settings = get_settings()
+    run_id = str(uuid.uuid4())
+    queue = queue or flow.queue or settings.default_queue
+    encoded = encode_parameters(flow, parameters)
+    run_name = name or flow.run_name(parameters, run_id)
+    store = get_store()
+    app = client_app()
+    prepared = prepare_run(flow, parameters, run_id=run_id, queue=queue, app=app)
+    record = {
+        "id": run_id,
+        "flow": flow.name,
+        "name": run_name,
+        "root": run_id,
+        "queue": queue,
+        "parameters": encoded,
+        **flow.run_options,
+        "created": now(),
+    }
+    pipe = store.redis.pipeline(transaction=False)
+    if prepared.plan is not None:  # launched in this pipeline: the record is written Running
+        store.emit_flow_event(run_id, StateType.PENDING, pipe, record)
+    else:
+        store.write_flow_run(run_id, record | {"state": StateType.PENDING.value}, pipe)
+    try:
+        launch_prepared(prepared, flow.name, store=store, app=app, record=record, pipe=pipe)
+    except redis.ConnectionError as exc:
+        raise store.unreachable(exc) from exc
+    return FlowRun(run_id, store)
+
+
+@dataclass
+class NamedRun:
+    """A run of a flow this process has no code for (the API's path), ready to send."""
+
+    flow: str
+    run_id: str
+    parameters: dict[str, Any]
+    queue: str
+    name: str
+    name_given: bool = False  # else the worker names it from the flow's flow_run_name
+    record: dict[str, Any] | None = None
+
+
+def publish_batch(producer: Any) -> contextlib.AbstractContextManager[Any]:
+    """kombu >= 5.7 sends the messages published in this block in one Redis pipeline; older: one by one."""
+    batch = getattr(producer, "batch", None)
+    return batch() if batch is not None else contextlib.nullcontext()
+
+
+def send_named_runs(runs: list[NamedRun], app: Celery | None = None) -> None:
+    """Write the records of many runs in one Redis round trip, then send their start messages.
+
+    ``parameters`` must be JSON data already. A worker of each run's queue that imported
+    the flow traces and compiles it; a worker without it ends the run Failed, saying so.
+    Raises ConnectionProblem when Redis does not answer (before any start message is sent).
+    """
+    if not runs:
+        return
+    store = get_store()
+    app = app or client_app()
+    try:
+        pipe = store.redis.pipeline(transaction=False)
+        for run in runs:
+            fields = {
+                "id": run.run_id,
+                "flow": run.flow,
+                "name": run.name,
+                "name_given": "1" if run.name_given else "0",
+                "root": run.run_id,
+                "queue": run.queue,
+                "parameters": run.parameters,
+                "created": now(),
+                **(run.record or {}),
+                "state": StateType.PENDING.value,
+            }
+            store.write_flow_run(run.run_id, fields, pipe)
+        pipe.execute()
+        with app.producer_or_acquire() as producer, publish_batch(producer):
+            for run in runs:
+                start_signature(app, run.flow, run.run_id, run.queue, dynamic=False).apply_async(producer=producer)
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        raise store.unreachable(exc) from exc
+
+
+def submit_by_name(
+    flow_name: str,
+    parameters: dict[str, Any],
+    *,
+    queue: str | None = None,
+    name: str | None = None,
+    run_id: str | None = None,
+) -> FlowRun:
+    """Send one run of a flow this process has no code for (see :func:`send_named_runs`).
+
+    The queue and the name get the checks ``apply_async`` gives them (a queue such as
+    ``orc:events`` would push onto another part's Redis key); the parameters are checked by
+    the worker that has the flow."""
+    run_id = run_id or str(uuid.uuid4())
+    queue = queue or get_settings().default_queue
+    if problem := queue_problem(queue):
+        raise ParameterError(f"flow {flow_name!r}: {problem}.")
+    if name is not None and (problem := run_name_problem(name)):
+        raise ParameterError(f"flow {flow_name!r}: run name {reprlib.repr(name)}: {problem}.")
+    run = NamedRun(flow_name, run_id, parameters, queue, name or f"{flow_name}-{run_id[:8]}", name is not None)
+    send_named_runs([run])
+    return FlowRun(run_id)

@@ -1,0 +1,403 @@
+"""The life of a run tree in Redis: launch a plan, fail downstream, end the flow.
+
+A run tree (a root flow run and its subflows) keeps a count of task runs not yet
+final. Every task run becomes final exactly once (see :mod:`orchestrator.runstate.store`);
+the one that brings the count to zero decides the flow runs' final states. This is
+why a flow that returns before its futures are done still ends correctly, and why
+a failed chord header never leaves a run hanging.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from celery import Celery
+
+from orchestrator.authoring.hooks import call_hooks
+from orchestrator.authoring.registry import all_flows, get_flow
+from orchestrator.errors import RunError
+from orchestrator.planning.compiler import (
+    FLOW_DEADLINE_TASK,
+    RETRY_FLOW_RUN_TASK,
+    Compiled,
+    compile_plan,
+    make_signature,
+)
+from orchestrator.planning.plan import Plan, refs_in
+from orchestrator.runstate import keys
+from orchestrator.runstate.store import Finished, RunStore, now
+from orchestrator.runtime.context import RunInfo
+from orchestrator.states import StateType
+
+
+def task_record(node_id: str, label: str, name: str, flow_run_id: str, root: str) -> dict[str, str]:
+    """The fields a task run starts with (state Pending)."""
+    return {
+        "id": node_id,
+        "label": label,
+        "name": name,
+        "flow_run_id": flow_run_id,
+        "root": root,
+        "state": StateType.PENDING.value,
+        "created": str(now()),
+    }
+
+
+def _write_tree(store: RunStore, plan: Plan, compiled: Compiled, pipe: Any) -> None:
+    """Task records (Pending), edges, counts and join tables of the nodes about to run."""
+    root = plan.root_run_id
+    ttl = store.ttl
+    pipe.set(keys.remaining(root), len(plan.nodes), ex=ttl)
+    by_flow: dict[str, list[str]] = {}
+    for node in plan.nodes.values():
+        by_flow.setdefault(node.flow_run_id, []).append(node.id)
+        pipe.hset(keys.task_run(node.id), mapping=task_record(node.id, node.label, node.name, node.flow_run_id, root))
+        pipe.expire(keys.task_run(node.id), ttl)
+        for up in node.upstream:
+            pipe.sadd(keys.downstream(up), node.id)
+            pipe.expire(keys.downstream(up), ttl)
+    if plan.subflows:  # the root's set holds the whole tree, a subflow's its own
+        by_flow[root] = list(plan.nodes)
+    for run_id, ids in by_flow.items():
+        pipe.sadd(keys.flow_tasks(run_id), *ids)
+        pipe.expire(keys.flow_tasks(run_id), ttl)
+    if compiled.join_pending:
+        pipe.hset(keys.join_pending(root), mapping=compiled.join_pending)
+        pipe.hset(keys.join_signature(root), mapping={k: json.dumps(v) for k, v in compiled.join_signatures.items()})
+        pipe.expire(keys.join_pending(root), ttl)
+        pipe.expire(keys.join_signature(root), ttl)
+    if compiled.tolerant:
+        pipe.sadd(keys.tolerant(root), *compiled.tolerant)
+        pipe.expire(keys.tolerant(root), ttl)
+    if compiled.stored_inputs:
+        pipe.hset(keys.inputs(root), mapping=compiled.stored_inputs)
+        pipe.expire(keys.inputs(root), ttl)
+
+
+def _apply(store: RunStore, plan: Plan, compiled: Compiled) -> None:
+    if not plan.nodes:
+        finish_flow_run(store, plan.root_run_id)
+    elif compiled.canvas is not None:
+        compiled.canvas.apply_async(ignore_result=True)
+
+
+def launch_static(store: RunStore, plan: Plan, compiled: Compiled, fields: dict[str, Any], pipe: Any = None) -> None:
+    """Write the run tree's records (in ``pipe`` if given), then apply the compiled canvas."""
+    root = plan.root_run_id
+    ttl = store.ttl
+    pipe = pipe if pipe is not None else store.redis.pipeline(transaction=False)
+    _write_tree(store, plan, compiled, pipe)
+    pipe.set(keys.plan(root), json.dumps(plan.to_dict()), ex=ttl)
+    for child in plan.subflows.values():
+        pipe.hset(keys.subflow_ends(root), child.end_node, child.run_id)
+        returns = plan.nodes[child.end_node].inputs["returns"]
+        store.write_flow_run(
+            child.run_id,
+            {
+                "id": child.run_id,
+                "flow": child.name,
+                "name": f"{child.name}-{child.run_id[:8]}",
+                "parent": child.parent_run_id,
+                "root": root,
+                "state": StateType.RUNNING.value,
+                "started": now(),
+                "mode": "static",
+                "parameters": child.parameters,
+                "returns": returns,
+                "result_refs": refs_in(returns),
+                "deciders": deciders(returns, plan.leaves(child.run_id)),
+            },
+            pipe,
+        )
+    pipe.expire(keys.subflow_ends(root), ttl)
+    schedule_deadline(store, root, fields.get("timeout_seconds"), plan.queue, pipe)
+    store.write_flow_run(
+        root,
+        fields
+        | {
+            "state": StateType.RUNNING.value,
+            "started": now(),
+            "mode": "static",
+            "returns": plan.returns,
+            "deciders": deciders(plan.returns, plan.leaves(root)),
+            "result_refs": refs_in(plan.returns),
+        },
+        pipe,
+    )
+    pipe.execute()
+    _apply(store, plan, compiled)
+
+
+def relaunch_static(store: RunStore, app: Celery, root: str, attempt: int) -> None:
+    """Run again only the task runs of a static run tree that did not complete (flow retries).
+
+    Completed task runs keep their results; the rest (and whatever a map expanded
+    into) are made non-final, recompiled as a partial plan, and sent.
+    """
+    raw = store.redis.get(keys.plan(root))
+    if raw is None:
+        raise RunError(f"flow run {root}: its plan has expired from Redis; it cannot be retried.")
+    full = Plan.from_dict(json.loads(raw))
+    finals = store.redis.hgetall(keys.finals(root))
+    again = {nid for nid in full.nodes if finals.get(nid) != StateType.COMPLETED.value}
+    pipe = store.redis.pipeline(transaction=False)
+    for nid in again:
+        expanded = store.redis.get(keys.expanded(nid)) if full.nodes[nid].kind == "map" else None
+        if expanded:
+            pipe.delete(keys.expanded(nid))
+            pipe.hdel(keys.finals(root), *[f"{nid}-{i}" for i in range(int(expanded))])
+    if again:
+        pipe.hdel(keys.finals(root), *again)
+    part = full.rerun(again)
+    compiled = compile_plan(part, app)
+    _write_tree(store, part, compiled, pipe)
+    reopened = [
+        store.event("task_run", node.id, StateType.PENDING.value, reopen=True, message=f"flow run attempt {attempt}")
+        for node in part.nodes.values()
+    ]
+    store.emit_task_events(reopened, pipe)
+    for child in part.subflows.values():
+        store.write_flow_run(
+            child.run_id, {"state": StateType.RETRYING.value, "ended": "", "message": ""}, pipe, reopen=True
+        )
+    fields = {"state": StateType.RETRYING.value, "attempt": str(attempt), "ended": "", "message": ""}
+    store.write_flow_run(root, fields, pipe, reopen=True)
+    pipe.execute()
+    _apply(store, part, compiled)
+
+
+def schedule_flow_retry(store: RunStore, root: str, why: str) -> bool:
+    """If the flow has retries left, make it AwaitingRetry and schedule the next attempt."""
+    record = store.read_flow_run(root)
+    attempt = int(record.get("attempt") or 1)
+    retries = int(record.get("retries") or 0)
+    if attempt > retries:
+        return False
+    delay = float(record.get("retry_delay_seconds") or 0)
+    message = f"attempt {attempt} failed ({why}); retry {attempt} of {retries} in {delay:g}s"
+    store.write_flow_run(root, {"state": StateType.AWAITING_RETRY.value, "message": message, "retry_at": now() + delay})
+    sig = make_signature(
+        RETRY_FLOW_RUN_TASK, {"run_id": root, "attempt": attempt + 1}, queue=record.get("queue") or "default"
+    )
+    store.schedule(json.dumps(dict(sig)), now() + delay)
+    return True
+
+
+def flow_outcome(store: RunStore, root: str, run_id: str) -> tuple[StateType, str]:
+    """A flow run's final state: its returned futures decide, else its leaf task runs."""
+    record = store.read_flow_run(run_id)
+    if record.get("body_error"):
+        return StateType.FAILED, record["body_error"]
+    states = store.final_states(root, json.loads(record.get("deciders", "[]")))
+    failed = [t for t, s in states.items() if s is None or s.is_failed]
+    if not failed:
+        return StateType.COMPLETED, ""
+    labels = []
+    for trid in failed[:5]:
+        info = store.read_task_run(trid)
+        labels.append(f"{info.get('label', trid)} ({info.get('state', 'unknown')}: {info.get('message', '')})")
+    more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
+    return StateType.FAILED, f"task runs did not complete: {'; '.join(labels)}{more}"
+
+
+def schedule_deadline(store: RunStore, run_id: str, timeout: float | None, queue: str, pipe: Any = None) -> None:
+    """Have a worker of ``queue`` end the run TimedOut ``timeout`` seconds from now, unless final."""
+    if not timeout:
+        return
+    sig = make_signature(FLOW_DEADLINE_TASK, {"run_id": run_id, "timeout": timeout}, queue=queue)
+    store.schedule(json.dumps(dict(sig)), now() + float(timeout), pipe)
+
+
+def end_flow_run(store: RunStore, run_id: str, state: StateType, message: str = "", *, write: bool = True) -> None:
+    """Record a flow run's final state (unless already written) and call its hooks here.
+
+    Hooks run in the process that ends the run, if it imported the flow (workers do).
+    """
+    if write:
+        store.write_flow_run(run_id, {"state": state.value, "ended": now(), "message": message})
+    if not any(flow.hooks_set for flow in all_flows()):  # the common case costs no round trip
+        return
+    name = store.redis.hget(keys.flow_run(run_id), "flow")
+    definition = get_flow(name) if name else None
+    if definition is not None and definition.hooks:
+        call_hooks(definition, definition.hooks, RunInfo(run_id, definition.name), state, message)
+
+
+def finish_flow_run(store: RunStore, root: str) -> StateType:
+    """Decide and record the root flow run's final state (all its task runs are final).
+
+    A failed run with flow retries left is retried instead (AwaitingRetry).
+    """
+    state, message = flow_outcome(store, root, root)
+    if state is StateType.FAILED and schedule_flow_retry(store, root, message):
+        return StateType.AWAITING_RETRY
+    end_flow_run(store, root, state, message)
+    return state
+
+
+def deciders(returns: Any, leaves: list[str]) -> list[str]:
+    """The task runs whose states decide a flow run's: its returned futures, else its leaves."""
+    return refs_in(returns) or leaves
+
+
+def after_final(store: RunStore, root: str, finished: Finished) -> None:
+    """Called after a task run became final: the last one ends the flow run.
+
+    A run that completed was already ended inside the same Lua script; this records
+    why one did not. Deciding must never leave the run hanging: if it fails, the run
+    ends Crashed with the error, and the error is raised for the worker's log.
+    """
+    if finished.flow_completed:
+        end_flow_run(store, root, StateType.COMPLETED, write=False)
+    if not finished.needs_decision:
+        return
+    try:
+        finish_flow_run(store, root)
+    except Exception as exc:
+        message = f"internal error while ending the flow run: {type(exc).__name__}: {exc}"
+        store.write_flow_run(root, {"state": StateType.CRASHED.value, "ended": now(), "message": message})
+        raise
+
+
+def end_task_run(
+    store: RunStore,
+    root: str,
+    trid: str,
+    state: StateType,
+    fields: dict[str, Any],
+    label: str,
+    send: Callable[[list[dict[str, Any]]], None],
+    hooks: Callable[[], None] | None = None,
+) -> None:
+    """Make a task run final in a failed or skipped state and stop its downstream.
+
+    ``hooks`` runs once the task run is final and before its flow run can end, so a
+    task's hooks always come before its flow's. ``send`` sends tolerant downstream
+    tasks (trigger rules) that this made ready.
+    """
+    finished = store.task_finished(root, trid, state, fields)
+    if finished.left is None:
+        return
+    send(finished.ready)
+    if hooks:
+        hooks()
+    propagate_failure(store, root, trid, state, label, send)
+    after_final(store, root, finished)
+
+
+def propagate_failure(
+    store: RunStore,
+    root: str,
+    trid: str,
+    state: StateType,
+    label: str,
+    send: Callable[[list[dict[str, Any]]], None],
+) -> None:
+    """Mark every task run downstream of ``trid`` UpstreamFailed (Skipped after a skip).
+
+    They will never be sent (canvas stops at a raised task; joins never reach zero),
+    so they are made final here and the run tree can still end. A tolerant task
+    (trigger rule, allow_failure, wait()) is left alone: its join sends it once its
+    upstreams are final, and it decides for itself; ``send`` sends those that became
+    ready on the way.
+    """
+    down_state = StateType.SKIPPED if state is StateType.SKIPPED else StateType.UPSTREAM_FAILED
+    message = f"not run: upstream {label} ended {state.value}"
+    queue: deque[str] = deque(store.downstream_of(trid))
+    seen: set[str] = set()
+    while queue:
+        node = queue.popleft()
+        if node in seen or store.is_tolerant(root, node):
+            continue
+        seen.add(node)
+        finished = store.task_finished(root, node, down_state, {"ended": now(), "message": message})
+        if finished.left is None:
+            continue
+        send(finished.ready)
+        child = store.redis.hget(keys.subflow_ends(root), node)
+        if child:
+            end_flow_run(store, child, StateType.FAILED, message)
+        after_final(store, root, finished)
+        queue.extend(store.downstream_of(node))
+
+
+def stop_flow_run(store: RunStore, app: Celery, run_id: str, state: StateType, message: str) -> bool:
+    """End a run tree now (cancel, timeout): unfinished task runs Cancelled, running ones terminated.
+
+    The final state is set on the record first, without an event, so that the last
+    task run made final here cannot "decide" the run; a Cancelling event tells the
+    history what is under way; the final event comes last, after the task runs are
+    cancelled, so whoever waits sees them cancelled already. Returns False if the
+    run was already final.
+    """
+    current = store.flow_state(run_id)
+    if current is None or current.is_final:
+        return False
+    store.redis.hset(keys.flow_run(run_id), "state", state.value)
+    pipe = store.redis.pipeline(transaction=False)
+    store.emit_flow_event(run_id, StateType.CANCELLING, pipe, {"cause": message})
+    pipe.execute()
+    running: list[str] = []
+    for row in list_task_runs(store, run_id):
+        if StateType(row.get("state", "Pending")).is_final:
+            continue
+        if row.get("state") in (StateType.RUNNING.value, StateType.RETRYING.value):
+            running.append(row["id"])
+        fields = {
+            "ended": now(),
+            "message": f"cancelled: flow run {run_id} {message}",
+            "flow_run_id": row.get("flow_run_id", ""),
+        }
+        store.task_finished(run_id, row["id"], StateType.CANCELLED, fields)
+    if running:  # stop the work itself, not just the records
+        app.control.revoke(running, terminate=True)
+    for child in set(store.redis.hvals(keys.subflow_ends(run_id))):
+        child_state = store.flow_state(child)
+        if child_state is not None and not child_state.is_final:
+            end_flow_run(store, child, StateType.CANCELLED, f"parent flow run {run_id} {message}")
+    end_flow_run(store, run_id, state, message)
+    return True
+
+
+def retry_final_run(store: RunStore, app: Celery, run_id: str) -> int:
+    """Run a finished, unsuccessful flow run again (the API's retry); returns the new attempt.
+
+    A static run re-runs only the task runs that did not complete, so completed ones
+    keep their results; a dynamic run re-runs its body on a worker of its queue.
+    """
+    record = store.read_flow_run(run_id)
+    if not record:
+        raise RunError(f"flow run {run_id} is not in Redis (expired after result_ttl_seconds?); it cannot be retried.")
+    state = StateType(record.get("state", "Pending"))
+    if not state.is_final or state is StateType.COMPLETED:
+        raise RunError(f"flow run {run_id} is {state.value}; only a run that ended without completing can be retried.")
+    if record.get("parent"):
+        raise RunError(f"flow run {run_id} is a subflow run; retry its parent flow run {record['parent']} instead.")
+    attempt = int(record.get("attempt") or 1) + 1
+    store.redis.delete(keys.flow_done(run_id))
+    if record.get("mode") != "dynamic":
+        relaunch_static(store, app, run_id, attempt)
+        return attempt
+    fields = {"state": StateType.AWAITING_RETRY.value, "message": "retry requested", "retry_at": now()}
+    store.write_flow_run(run_id, fields, reopen=True)
+    queue = record.get("queue") or "default"
+    make_signature(RETRY_FLOW_RUN_TASK, {"run_id": run_id, "attempt": attempt}, queue=queue, app=app).apply_async()
+    return attempt
+
+
+def list_task_runs(store: RunStore, run_id: str) -> list[dict[str, str]]:
+    """Every task run record of a flow run (a root: of its whole tree), in no set order."""
+    ids = sorted(store.redis.smembers(keys.flow_tasks(run_id)))
+    pipe = store.redis.pipeline(transaction=False)
+    for trid in ids:
+        pipe.hgetall(keys.task_run(trid))
+    return [row for row in pipe.execute() if row]
+
+
+def send_signatures(app: Celery, signatures: list[dict[str, Any]]) -> None:
+    """Send join signatures (tasks or whole canvas segments) that became ready."""
+    for data in signatures:
+        app.signature(data).apply_async(ignore_result=True)

@@ -1,0 +1,144 @@
+"""What every engine (local threads, tracer, dynamic driver) must provide.
+
+Decorated tasks and flows delegate to the engine of the flow body they are called
+in; this keeps ``@task``/``@flow`` free of any knowledge of threads or Celery.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.errors import ParameterError
+from orchestrator.runtime.futures import AllowFailure, DoneAndNotDone, Future, Unmapped
+
+if TYPE_CHECKING:
+    from orchestrator.authoring.flows import Flow
+    from orchestrator.authoring.tasks import Task
+
+
+class Engine(ABC):
+    """Runs (or records) the task calls a flow body makes."""
+
+    @abstractmethod
+    def submit(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any]) -> Future[Any]:
+        """Start ``task`` once its upstreams are done; return its future at once."""
+
+    @abstractmethod
+    def map(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any]) -> Any:
+        """Start one run of ``task`` per element of the mapped arguments."""
+
+    @abstractmethod
+    def call_task(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """A task called like a function inside a flow body."""
+
+    @abstractmethod
+    def call_subflow(self, flow: Flow, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """A flow called inside another flow's body: a child flow run."""
+
+    @abstractmethod
+    def wait(self, futures: list[Future[Any]], timeout: float | None) -> DoneAndNotDone:
+        """Block until the futures are final."""
+
+    @abstractmethod
+    def as_completed(self, futures: list[Future[Any]], timeout: float | None) -> Iterator[Future[Any]]:
+        """Yield futures in the order they finish."""
+
+
+@functools.lru_cache(maxsize=4096)
+def _signature(fn: Callable[..., Any]) -> inspect.Signature:
+    """inspect.signature is slow; functions do not change their signature."""
+    return inspect.signature(fn)
+
+
+def bind_arguments(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], what: str) -> dict[str, Any]:
+    """Bind a call to ``fn``'s signature, naming the missing or unknown argument on error."""
+    try:
+        bound = _signature(fn).bind(*args, **kwargs)
+    except TypeError as exc:
+        raise ParameterError(f"{what}: {exc}; check the arguments of the call.") from None
+    return dict(bound.arguments)
+
+
+def check_wait_for(wait_for: list[Any], task_name: str) -> list[Any]:
+    """Refuse a wait_for entry that is not a future (or allow_failure of one)."""
+    for item in wait_for:
+        if not isinstance(item, (Future, AllowFailure)):
+            raise ParameterError(
+                f"task {task_name!r}: wait_for takes futures returned by submit()/map(), got "
+                f"{type(item).__name__}; pass the future, not its value."
+            )
+    return wait_for
+
+
+def walk_futures(value: Any) -> Iterator[tuple[Future[Any], bool]]:
+    """Every future inside ``value`` (lists, tuples, sets, dicts), with its allow-failure flag."""
+    if isinstance(value, Future):
+        yield value, False
+    elif isinstance(value, AllowFailure):
+        yield value.future, True
+    elif isinstance(value, Unmapped):
+        yield from walk_futures(value.value)
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        for item in value:
+            yield from walk_futures(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from walk_futures(item)
+
+
+def replace_futures(value: Any, resolve: Callable[[Future[Any], bool], Any]) -> Any:
+    """Copy ``value`` with each future replaced by ``resolve(future, allow_failure)``."""
+    if isinstance(value, Future):
+        return resolve(value, False)
+    if isinstance(value, AllowFailure):
+        return resolve(value.future, True)
+    if isinstance(value, Unmapped):
+        return replace_futures(value.value, resolve)
+    if isinstance(value, list):
+        return [replace_futures(v, resolve) for v in value]
+    if isinstance(value, tuple):
+        return tuple(replace_futures(v, resolve) for v in value)
+    if isinstance(value, (set, frozenset)):
+        return type(value)(replace_futures(v, resolve) for v in value)
+    if isinstance(value, dict):
+        return {k: replace_futures(v, resolve) for k, v in value.items()}
+    return value
+
+
+def split_map_arguments(bound: dict[str, Any], what: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split bound map arguments into (mapped iterables, static values).
+
+    Lists, tuples, sets and futures are mapped; ``unmapped(x)``, strings, dicts and
+    scalars are passed whole to every run.
+    """
+    mapped: dict[str, Any] = {}
+    static: dict[str, Any] = {}
+    for name, value in bound.items():
+        if isinstance(value, Unmapped):
+            static[name] = value.value
+        elif isinstance(value, (list, tuple, set, frozenset, Future)):
+            mapped[name] = value
+        else:
+            static[name] = value
+    if not mapped:
+        raise ParameterError(
+            f"{what}: map() needs at least one iterable argument (a list, tuple or future); "
+            "use submit() for a single run."
+        )
+    return mapped, static
+
+
+def zip_mapped(mapped: dict[str, list[Any]], what: str) -> list[dict[str, Any]]:
+    """Zip equal-length mapped lists into one argument dict per run."""
+    lengths = {name: len(values) for name, values in mapped.items()}
+    if len(set(lengths.values())) > 1:
+        raise ParameterError(
+            f"{what}: map() arguments have different lengths {lengths}; "
+            "make them equal or wrap the constant ones in unmapped()."
+        )
+    count = next(iter(lengths.values()))
+    return [{name: values[i] for name, values in mapped.items()} for i in range(count)]

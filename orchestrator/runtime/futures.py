@@ -1,0 +1,96 @@
+"""Futures returned by ``task.submit`` and ``task.map``, and the helpers around them.
+
+Each engine has its own future class; they share this interface so a flow body
+reads the same whatever runs it. ``wait`` and ``as_completed`` follow Prefect 3.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
+
+from orchestrator.states import StateType
+
+if TYPE_CHECKING:
+    from orchestrator.runtime.engine import Engine
+
+R = TypeVar("R")
+
+
+class Future(Generic[R]):
+    """The result-to-be of one task run."""
+
+    engine: Engine
+    task_run_id: str
+    label: str
+
+    @property
+    def state(self) -> StateType:
+        """The task run's current state."""
+        raise NotImplementedError
+
+    def wait(self, timeout: float | None = None) -> StateType:
+        """Block until the task run is final (or ``timeout``); return its state."""
+        raise NotImplementedError
+
+    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> R:
+        """The task's return value; raises the run's error if it did not complete."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.label} {self.task_run_id}>"
+
+
+class AllowFailure:
+    """Marks an upstream whose failure must not stop the downstream (Prefect 3)."""
+
+    def __init__(self, future: Future[Any]) -> None:
+        if not isinstance(future, Future):
+            raise TypeError(f"allow_failure() takes a future, got {type(future).__name__}")
+        self.future = future
+
+
+def allow_failure(future: Future[Any]) -> AllowFailure:
+    """Let a downstream run even if ``future`` fails; it receives None for that input."""
+    return AllowFailure(future)
+
+
+class Unmapped:
+    """Marks an argument of ``task.map`` that is passed whole to every mapped run."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def unmapped(value: Any) -> Unmapped:
+    """Pass ``value`` as it is to every run of ``task.map`` instead of iterating it."""
+    return Unmapped(value)
+
+
+class DoneAndNotDone(NamedTuple):
+    """What :func:`wait` returns, as in concurrent.futures and Prefect 3."""
+
+    done: set[Future[Any]]
+    not_done: set[Future[Any]]
+
+
+def _engine_of(futures: list[Future[Any]]) -> Engine | None:
+    return futures[0].engine if futures else None
+
+
+def wait(futures: Iterable[Future[Any]], timeout: float | None = None) -> DoneAndNotDone:
+    """Wait until every future is final (or ``timeout``); return (done, not_done)."""
+    items = list(futures)
+    engine = _engine_of(items)
+    if engine is None:
+        return DoneAndNotDone(set(), set())
+    return engine.wait(items, timeout)
+
+
+def as_completed(futures: Iterable[Future[Any]], timeout: float | None = None) -> Iterator[Future[Any]]:
+    """Yield futures as their task runs become final, first finished first."""
+    items = list(futures)
+    engine = _engine_of(items)
+    if engine is None:
+        return iter(())
+    return engine.as_completed(items, timeout)

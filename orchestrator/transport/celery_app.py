@@ -1,0 +1,130 @@
+"""The Celery configuration a careful operator would choose, in one place.
+
+Clients use :func:`client_app` to send messages by task name; the worker app in
+``workers.app`` is built by the same :func:`make_celery_app`, so both sides always
+agree on serializers, acks and routing.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from celery import Celery
+from celery.backends.redis import RedisBackend
+
+from orchestrator.config.settings import Settings, get_settings
+from orchestrator.config.tls import tls_options_for
+from orchestrator.runstate.store import outage_retry
+
+
+class SendOnlyRedisBackend(RedisBackend):  # type: ignore[misc]
+    """Redis result backend for a process that sends canvas but never waits on Celery results.
+
+    Celery's client side subscribes to the result channel of every chord header it
+    sends (and of every task whose result is not ignored) so that ``.get()`` works.
+    The orchestrator client reads run state from its own keys, so those subscriptions
+    would only cost time and connections. Only :func:`client_app` uses this backend;
+    the worker app keeps Celery's usual one, so plain Celery tasks there behave as ever.
+    """
+
+    def on_task_call(self, producer: Any, task_id: str) -> None:
+        return None
+
+    def add_pending_result(self, result: Any, weak: bool = False, start_drainer: bool = True) -> Any:
+        return result
+
+    def remove_pending_result(self, result: Any) -> Any:
+        return result
+
+
+class OutageTolerantRedisBackend(RedisBackend):  # type: ignore[misc]
+    """Redis result backend that can ride out a Redis restart (the worker app's).
+
+    Celery counts a chord's finished parts here (``on_chord_part_return``); a count that fails
+    because Redis is restarting marks the chord failed, and the body (the task after a
+    fan-in) never runs, so the flow run would wait forever. After :func:`tolerate_redis_outages`
+    its connections retry like the worker's run store (:func:`orchestrator.runstate.store.ride_out_outages`);
+    until then it is Celery's Redis backend, unchanged.
+    """
+
+    def _create_client(self, **params: Any) -> Any:
+        seconds = float(self.app.conf.get("orchestrator_outage_seconds") or 0)
+        return super()._create_client(**params, **outage_retry(seconds))
+
+
+def _send_only(url: str) -> str:
+    """Route a redis:// or rediss:// backend URL to :class:`SendOnlyRedisBackend`."""
+    return f"{__name__}:SendOnlyRedisBackend+{url}" if url.startswith(("redis://", "rediss://")) else url
+
+
+def _outage_tolerant(url: str) -> str:
+    """Route a redis:// or rediss:// backend URL to :class:`OutageTolerantRedisBackend`."""
+    return f"{__name__}:OutageTolerantRedisBackend+{url}" if url.startswith(("redis://", "rediss://")) else url
+
+
+def make_celery_app(
+    main: str = "orchestrator", settings: Settings | None = None, *, send_only: bool = False, sent_events: bool = True
+) -> Celery:
+    """A Celery app configured for the orchestrator (JSON only, late acks, events on).
+
+    ``sent_events=False`` skips the task-sent event (one Redis PUBLISH per message): the
+    API uses it for start messages, which Flower then shows from the moment a worker
+    receives them.
+    """
+    s = settings or get_settings()
+    backend_url = s.result_backend_url or s.redis_url
+    broker_url = s.broker_url or s.redis_url
+    backend = _send_only(backend_url) if send_only else _outage_tolerant(backend_url)
+    app = Celery(main, broker=broker_url, backend=backend)
+    # rediss://: the broker and the result backend verify Redis's certificate as the run store does
+    # (kombu alone would connect with CERT_NONE, and Celery's backend refuse to start).
+    if broker_tls := tls_options_for(broker_url, s):
+        app.conf.broker_use_ssl = broker_tls
+    if backend_tls := tls_options_for(backend_url, s):
+        app.conf.redis_backend_use_ssl = backend_tls
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_acks_late=True,  # a task lost with its worker is redelivered
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,  # long tasks do not sit behind each other
+        worker_send_task_events=True,  # Flower sees every task
+        task_send_sent_event=sent_events,
+        task_default_queue=s.default_queue,
+        task_create_missing_queues=True,
+        result_expires=3600,  # orchestrator tasks ignore results (they live in our own keys);
+        # plain Celery tasks on the same app keep Celery's usual result behaviour
+        broker_transport_options={"visibility_timeout": s.visibility_timeout_seconds},
+        result_backend_transport_options={"visibility_timeout": s.visibility_timeout_seconds},
+        broker_connection_retry_on_startup=True,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        enable_utc=True,
+    )
+    return app
+
+
+def tolerate_redis_outages(app: Celery, seconds: float) -> None:
+    """Make ``app`` wait up to about ``seconds`` for a restarting Redis when it sends a message
+    (the next task of a chain, a join, a retry) or counts a chord part, instead of failing.
+
+    A running worker calls it (``workers/app.py``, with the run store's
+    :func:`orchestrator.runstate.store.ride_out_outages`), before it sends or counts anything: a task
+    that ends during a Redis restart still starts what comes after it. Celery's defaults give
+    up on sending after about 0.6 s and on counting at once.
+    """
+    app.conf.orchestrator_outage_seconds = seconds  # read by OutageTolerantRedisBackend
+    app.conf.task_publish_retry_policy = {
+        "max_retries": int(seconds) + 3,
+        "interval_start": 0,
+        "interval_step": 0.2,
+        "interval_max": 1,
+    }
+
+
+@lru_cache(maxsize=1)
+def client_app() -> Celery:
+    """The app a client process uses to send runs (no tasks registered)."""
+    return make_celery_app("orchestrator-client", send_only=True)
