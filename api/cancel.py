@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 
-from celery import Celery
 from sqlalchemy import update
 from sqlmodel import Session, col
 
@@ -16,9 +15,10 @@ from api.submit import api_event
 from orchestrator.runs.lifecycle import stop_flow_run
 from orchestrator.runstate.store import RunStore
 from orchestrator.states import StateType
+from orchestrator.transport.messaging import Messaging
 
 
-def cancel_run(session: Session, store: RunStore, app: Celery, run_id: str, why: str) -> str | None:
+def cancel_run(session: Session, store: RunStore, messaging: Messaging, run_id: str, why: str) -> str | None:
     """Cancel one run; returns what was done, or None if it had ended meanwhile.
 
     A run never sent is cancelled in the database, atomically against the dispatcher.
@@ -31,7 +31,7 @@ def cancel_run(session: Session, store: RunStore, app: Celery, run_id: str, why:
     if store.flow_state(run_id) is None:
         end_unknown_run(session, run_id, why)
         return "cancelled; Redis had no record of the run."
-    if not stop_flow_run(store, app, run_id, StateType.CANCELLED, why):
+    if not stop_flow_run(store, messaging, run_id, StateType.CANCELLED, why):
         return None
     return "the run is being cancelled; its states will show Cancelled."
 

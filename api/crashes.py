@@ -21,14 +21,14 @@ import time
 from typing import Any
 
 import redis
-from celery import Celery
 
 from orchestrator.config.settings import get_settings
-from orchestrator.runs.lifecycle import end_task_run, send_signatures
+from orchestrator.runs.lifecycle import end_task_run
 from orchestrator.runstate import keys
 from orchestrator.runstate import slots as concurrency
 from orchestrator.runstate.store import RunStore
 from orchestrator.states import StateType
+from orchestrator.transport.messaging import Messaging
 
 log = logging.getLogger("orchestrator.crashes")
 
@@ -81,16 +81,16 @@ class OutageWatch:
 OUTAGES = OutageWatch()
 
 
-def detect_crashes(store: RunStore, app: Celery) -> int:
+def detect_crashes(store: RunStore, messaging: Messaging) -> int:
     """Handle every task run whose heartbeat stopped; returns how many were marked Crashed."""
     try:
-        return _detect_crashes(store, app)
+        return _detect_crashes(store, messaging)
     except (redis.ConnectionError, redis.TimeoutError):
         OUTAGES.lost()
         raise
 
 
-def _detect_crashes(store: RunStore, app: Celery) -> int:
+def _detect_crashes(store: RunStore, messaging: Messaging) -> int:
     silent_for = get_settings().crash_window_seconds
     if OUTAGES.blind(store, silent_for):
         return 0  # Redis was away lately: the heartbeats it missed prove nothing yet
@@ -111,12 +111,12 @@ def _detect_crashes(store: RunStore, app: Celery) -> int:
         concurrency.release(store, task_run_id, concurrency.held_tags(record))  # its slots are free now
         if store.final_states(record["root"], [task_run_id]).get(task_run_id) is not None:
             continue  # it ended; only the worker's last clean-up beat was missing
-        crash(store, app, task_run_id, record, silent_for)
+        crash(store, messaging, task_run_id, record, silent_for)
         crashed += 1
     return crashed
 
 
-def crash(store: RunStore, app: Celery, task_run_id: str, record: dict[str, Any], silent_for: float) -> None:
+def crash(store: RunStore, messaging: Messaging, task_run_id: str, record: dict[str, Any], silent_for: float) -> None:
     """Mark one task run Crashed; run it again if it has retries left."""
     message = (
         f"worker {record.get('worker')} (pid {record.get('pid')}) stopped heartbeating for {silent_for:g}s while "
@@ -144,7 +144,7 @@ def crash(store: RunStore, app: Celery, task_run_id: str, record: dict[str, Any]
         ]
         store.emit_task_events(events, pipe)
         pipe.execute()
-        app.signature(again).apply_async()
+        messaging.send_signature(again)
         log.warning("task run %s crashed on %s; sent again", task_run_id, record.get("worker"))
         return
     end_task_run(
@@ -154,6 +154,6 @@ def crash(store: RunStore, app: Celery, task_run_id: str, record: dict[str, Any]
         StateType.CRASHED,
         fields | {"ended": time.time(), "message": message},
         record.get("label") or task_run_id,
-        lambda sigs: send_signatures(app, sigs),
+        messaging.send_signatures,
     )
     log.warning("task run %s crashed on %s; no retries left", task_run_id, record.get("worker"))

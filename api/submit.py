@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from celery import Celery
 from jsonschema import Draft202012Validator
 from sqlalchemy import Engine, insert
 from sqlalchemy.exc import DataError, IntegrityError
@@ -34,7 +33,7 @@ from orchestrator.data.serialization import PICKLE_TAG
 from orchestrator.guards.limits import depth_problems, holds_key
 from orchestrator.runs.handle import NamedRun, send_named_runs
 from orchestrator.states import StateType
-from orchestrator.transport.celery_app import make_celery_app
+from orchestrator.transport.messaging import sender_messaging
 
 log = logging.getLogger("orchestrator.api")
 
@@ -177,12 +176,6 @@ def named_run(row: dict[str, Any]) -> NamedRun:
     )
 
 
-@lru_cache(maxsize=1)
-def sender_app() -> Celery:
-    """The Celery app the API sends start messages with (no task-sent events: one round trip less)."""
-    return make_celery_app("orchestrator-api", send_only=True, sent_events=False)
-
-
 class RowsRefused(Exception):
     """The database refused a batch's rows before anything was sent; ``__cause__`` is its error."""
 
@@ -199,7 +192,7 @@ def write_and_send(session: Session, rows: list[dict[str, Any]]) -> None:
     except (DataError, IntegrityError) as exc:
         session.rollback()
         raise RowsRefused(str(exc)) from exc
-    send_named_runs([named_run(r) for r in rows if r["dispatched"]], sender_app())
+    send_named_runs([named_run(r) for r in rows if r["dispatched"]], sender_messaging())
     session.commit()
 
 
@@ -283,7 +276,7 @@ def _settle(future: asyncio.Future[dict[str, Any]], row: dict[str, Any], error: 
 
 def dispatch(row: FlowRun) -> None:
     """Send one scheduled run to its queue through Redis (raises ConnectionProblem when Redis is away)."""
-    send_named_runs([named_run(row.model_dump())], sender_app())
+    send_named_runs([named_run(row.model_dump())], sender_messaging())
 
 
 def api_event(run_id: str, state: StateType, message: str, ts: float, cause: str = "api") -> StateEvent:

@@ -15,7 +15,6 @@ import contextlib
 import json
 import logging
 import socket
-from functools import partial
 from typing import Any, NoReturn
 
 import redis
@@ -50,7 +49,6 @@ from orchestrator.runs.lifecycle import (
     end_flow_run,
     flow_outcome,
     relaunch_static,
-    send_signatures,
     stop_flow_run,
     task_record,
 )
@@ -59,6 +57,7 @@ from orchestrator.runstate.store import get_store, now
 from orchestrator.runtime.context import RunInfo
 from orchestrator.runtime.engine import zip_mapped
 from orchestrator.states import StateType
+from orchestrator.transport.messaging import CeleryMessaging
 
 from .driver import start_driver
 from .executor import Ending, end_completed, end_failed, full_run, gate, run_task, start_record
@@ -84,7 +83,7 @@ class CeleryAttempt:
         self._later(self.again(retries_used), delay, f"next attempt in {delay:g}s")
 
     def send(self, signatures: list[dict[str, Any]]) -> None:
-        send_signatures(self.celery_task.app, signatures)
+        CeleryMessaging(self.celery_task.app).send_signatures(signatures)
 
     def again(self, retries_used: int) -> dict[str, Any]:
         """The next attempt's message: same task id and queue, one more Celery retry."""
@@ -178,7 +177,7 @@ def end_unexecuted(
             info = RunInfo(run["flow_run_id"], "", run["task_run_id"], task.name)
             call_hooks(task, task.hooks, info, state, message)
 
-    end_failed(get_store(), run, worker, state, message, hooks=hooks, send=partial(send_signatures, app))
+    end_failed(get_store(), run, worker, state, message, hooks=hooks, send=CeleryMessaging(app).send_signatures)
 
 
 def record_revoked(app: Celery, request: Any, terminated: bool) -> None:
@@ -365,7 +364,7 @@ def register_builtin_tasks(app: Celery) -> None:
     def flow_deadline(self: CeleryTask, run_id: str, timeout: float) -> None:
         """The flow run's timeout_seconds passed: end it TimedOut and stop its tasks."""
         message = f"ran past timeout_seconds={timeout:g}; its unfinished task runs were cancelled"
-        stop_flow_run(get_store(), self.app, run_id, StateType.TIMED_OUT, message)
+        stop_flow_run(get_store(), CeleryMessaging(self.app), run_id, StateType.TIMED_OUT, message)
 
     @app.task(name=RETRY_FLOW_RUN_TASK, bind=True, ignore_result=True)
     def retry_flow_run(self: CeleryTask, run_id: str, attempt: int) -> None:
@@ -375,7 +374,7 @@ def register_builtin_tasks(app: Celery) -> None:
         if record.get("state") != StateType.AWAITING_RETRY.value:
             return  # cancelled meanwhile, or a redelivered message
         if record.get("mode") != "dynamic":
-            relaunch_static(store, self.app, run_id, attempt)
+            relaunch_static(store, CeleryMessaging(self.app), run_id, attempt)
             return
         definition = registry.get_flow(record.get("flow", ""))
         if definition is None:
@@ -419,9 +418,10 @@ def register_builtin_tasks(app: Celery) -> None:
             if record.get("name_given") != "1":
                 resolved["name"] = definition.run_name(parameters, run_id)
             if not dynamic:
-                prepared = prepare_run(definition, parameters, run_id=run_id, queue=queue, app=self.app)
+                messaging = CeleryMessaging(self.app)
+                prepared = prepare_run(definition, parameters, run_id=run_id, queue=queue, messaging=messaging)
                 if prepared.dynamic_reason is None:
-                    launch_prepared(prepared, flow, store=store, app=self.app, record=resolved)
+                    launch_prepared(prepared, flow, store=store, messaging=messaging, record=resolved)
                     return
             store.write_flow_run(run_id, resolved | {"state": StateType.PENDING.value})  # the API learns them
         except OrchestratorError as exc:  # bad parameters or definition: say so, never stay Pending

@@ -15,7 +15,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from functools import partial
 from typing import Any
 
 from celery import Celery
@@ -35,7 +34,6 @@ from orchestrator.runs.lifecycle import (
     end_flow_run,
     flow_outcome,
     schedule_deadline,
-    send_signatures,
     task_record,
 )
 from orchestrator.runstate import keys
@@ -53,6 +51,7 @@ from orchestrator.runtime.engine import (
 from orchestrator.runtime.futures import DoneAndNotDone, Future
 from orchestrator.runtime.run_logger import prints_logged
 from orchestrator.states import StateType
+from orchestrator.transport.messaging import CeleryMessaging
 
 from .executor import end_failed, full_run
 
@@ -196,7 +195,7 @@ class DynamicEngine(Engine):
                 "driver",
                 state,
                 f"not run: upstream {up_label} ended {up_state}",
-                send=partial(send_signatures, self.app),
+                send=CeleryMessaging(self.app).send_signatures,
             )
         elif count_or_up == "0":
             sig.apply_async()

@@ -1,16 +1,15 @@
-"""Shared route dependencies: the database session, the run store, a Celery client app."""
+"""Shared route dependencies: the database session, the run store, the messaging that sends to the fleet."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from celery import Celery
 from fastapi import Depends
 from sqlmodel import Session
 
 from api.db import get_session
 from orchestrator.runstate.store import RunStore, get_store
-from orchestrator.transport.celery_app import client_app
+from orchestrator.transport.messaging import Messaging, client_messaging
 
 SessionDep = Annotated[Session, Depends(get_session)]
 
@@ -20,10 +19,10 @@ def store_dep() -> RunStore:
     return get_store()
 
 
-def app_dep() -> Celery:
-    """A Celery app that only sends (revokes, retries)."""
-    return client_app()
+def messaging_dep() -> Messaging:
+    """The client's messaging (revokes, retries)."""
+    return client_messaging()
 
 
 StoreDep = Annotated[RunStore, Depends(store_dep)]
-CeleryDep = Annotated[Celery, Depends(app_dep)]
+MessagingDep = Annotated[Messaging, Depends(messaging_dep)]

@@ -16,7 +16,7 @@ from api.diagnosis import Fleet, diagnose, slot_waits
 from api.graph import graph_page
 from api.models import Deployment, FlowRun, LogLine, StateEvent, TaskRun
 from api.paging import LIMIT_DEFAULT, PAGED, Limit, Offset, announce
-from api.routes.deps import CeleryDep, SessionDep, StoreDep
+from api.routes.deps import MessagingDep, SessionDep, StoreDep
 from api.schemas import (
     Accepted,
     Diagnosis,
@@ -100,7 +100,9 @@ def list_flow_runs(
 
 
 @router.post("/late/cleanup", response_model=LateCleanupResult)
-def cleanup_late_runs(session: SessionDep, store: StoreDep, app: CeleryDep, body: LateCleanup) -> LateCleanupResult:
+def cleanup_late_runs(
+    session: SessionDep, store: StoreDep, messaging: MessagingDep, body: LateCleanup
+) -> LateCleanupResult:
     """Clear a backlog of Late runs with a policy (newest_only, cancel_older_than, run_all), with filters.
 
     Name the runs (deployment, flow or queue), or say ``all_flows: true``: an empty body's
@@ -124,7 +126,7 @@ def cleanup_late_runs(session: SessionDep, store: StoreDep, app: CeleryDep, body
     done = cleanup_late(
         get_engine(),
         store,
-        app,
+        messaging,
         body.policy,
         max_age_seconds=body.max_age_seconds,
         deployment_id=deployment_id,
@@ -266,7 +268,7 @@ def list_logs(
 
 
 @router.post("/{run_id}/cancel", response_model=Accepted, status_code=status.HTTP_202_ACCEPTED)
-def cancel_flow_run(session: SessionDep, store: StoreDep, app: CeleryDep, run_id: RunId) -> Accepted:
+def cancel_flow_run(session: SessionDep, store: StoreDep, messaging: MessagingDep, run_id: RunId) -> Accepted:
     """Cancel a run: queued task runs never start, running ones are terminated, the run ends Cancelled."""
     row = get_run(session, run_id)
     if StateType(row.state).is_final:
@@ -277,15 +279,15 @@ def cancel_flow_run(session: SessionDep, store: StoreDep, app: CeleryDep, run_id
         raise HTTPException(
             status.HTTP_409_CONFLICT, f"flow run {run_id} is a subflow run; cancel its parent {row.parent_id}."
         )
-    outcome = cancel_run(session, store, app, run_id, "cancelled by request")
+    outcome = cancel_run(session, store, messaging, run_id, "cancelled by request")
     if outcome is None:
         raise HTTPException(status.HTTP_409_CONFLICT, f"flow run {run_id} ended meanwhile; nothing to cancel.")
     return Accepted(id=run_id, action="cancel", detail=outcome)
 
 
 @router.post("/{run_id}/retry", response_model=Accepted, status_code=status.HTTP_202_ACCEPTED)
-def retry_flow_run(session: SessionDep, store: StoreDep, app: CeleryDep, run_id: RunId) -> Accepted:
+def retry_flow_run(session: SessionDep, store: StoreDep, messaging: MessagingDep, run_id: RunId) -> Accepted:
     """Run a failed (or cancelled, crashed, timed out) run again: only its task runs that did not complete."""
     row = get_run(session, run_id)
-    attempt = retry_final_run(store, app, run_id)
+    attempt = retry_final_run(store, messaging, run_id)
     return Accepted(id=row.id, action="retry", detail=f"attempt {attempt} started.")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from celery import Celery
 from sqlalchemy import Engine, String, func, literal, update
 from sqlalchemy import select as sql_select  # typed for window columns (sqlmodel's select is not)
 from sqlmodel import Session, col, select
@@ -22,6 +21,7 @@ from api.schemas import MAX_CANCELLED_PER_CLEANUP
 from api.submit import api_event
 from orchestrator.runstate.store import RunStore
 from orchestrator.states import StateType
+from orchestrator.transport.messaging import Messaging
 
 NOT_STARTED = [StateType.SCHEDULED.value, StateType.PENDING.value]
 
@@ -63,7 +63,7 @@ def mark_late(engine: Engine, store: RunStore, late_after: float, limit: int = 5
 def cleanup_late(
     engine: Engine,
     store: RunStore,
-    app: Celery,
+    messaging: Messaging,
     policy: str,
     *,
     max_age_seconds: float | None = None,
@@ -111,7 +111,7 @@ def cleanup_late(
         total = int(session.exec(select(func.count()).select_from(doomed)).one())
         page = session.exec(select(doomed.c.id).order_by(doomed.c.start, doomed.c.id).limit(limit)).all()
         why = f"late-run cleanup ({policy})"
-        cancelled = sum(1 for run_id in page if cancel_run(session, store, app, run_id, why) is not None)
+        cancelled = sum(1 for run_id in page if cancel_run(session, store, messaging, run_id, why) is not None)
     return {
         "policy": policy,
         "late": late,
@@ -121,7 +121,7 @@ def cleanup_late(
     }
 
 
-def apply_deployment_policies(engine: Engine, store: RunStore, app: Celery) -> int:
+def apply_deployment_policies(engine: Engine, store: RunStore, messaging: Messaging) -> int:
     """Each deployment's own late-run policy, applied to its Late runs; returns how many were cancelled."""
     with Session(engine) as session:
         deployments = session.exec(select(Deployment).where(Deployment.late_policy != "run_all")).all()
@@ -130,7 +130,7 @@ def apply_deployment_policies(engine: Engine, store: RunStore, app: Celery) -> i
         done = cleanup_late(
             engine,
             store,
-            app,
+            messaging,
             deployment.late_policy,
             max_age_seconds=deployment.late_max_age_seconds,
             deployment_id=deployment.id,

@@ -24,7 +24,7 @@ from api.services.deployment_limits import DeploymentLimits
 from api.services.late import apply_deployment_policies, mark_late
 from api.services.scheduling import schedule_runs
 from api.stalled import StalledRuns
-from api.submit import dispatch, sender_app
+from api.submit import dispatch
 from orchestrator.config.settings import get_settings
 from orchestrator.errors import ConnectionProblem
 from orchestrator.runstate import keys
@@ -32,6 +32,7 @@ from orchestrator.runstate import slots as concurrency
 from orchestrator.runstate.fleet import live_workers
 from orchestrator.runstate.store import RunStore, get_store
 from orchestrator.states import StateType
+from orchestrator.transport.messaging import sender_messaging
 
 log = logging.getLogger("orchestrator.dispatcher")
 
@@ -138,8 +139,8 @@ def run_services(engine: Engine, store: RunStore, stop: threading.Event, interva
             lambda: publish_limits(engine, store),
             lambda: dispatch_due(engine, store),
             lambda: mark_late(engine, store, late_after),
-            lambda: apply_deployment_policies(engine, store, sender_app()),
-            lambda: detect_crashes(store, sender_app()),
+            lambda: apply_deployment_policies(engine, store, sender_messaging()),
+            lambda: detect_crashes(store, sender_messaging()),
             lambda: stalled(engine, store),
         ):
             try:

@@ -7,7 +7,6 @@ results while it runs is sent to a worker of its queue to be driven there.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import reprlib
 import uuid
@@ -15,7 +14,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import redis
-from celery import Celery, Signature
 
 from orchestrator.authoring.naming import run_name_problem
 from orchestrator.config.settings import get_settings
@@ -23,14 +21,14 @@ from orchestrator.data.references import resolve
 from orchestrator.data.serialization import to_jsonable
 from orchestrator.errors import FlowRunFailed, OrchestratorError, ParameterError, RunTimeout
 from orchestrator.guards.limits import queue_problem
-from orchestrator.planning.compiler import START_FLOW_RUN_TASK, Compiled, compile_plan, make_signature
+from orchestrator.planning.compiler import Compiled
 from orchestrator.planning.plan import Plan
 from orchestrator.planning.tracer import DynamicFlowRequired, trace_flow
 from orchestrator.runs.lifecycle import launch_static, list_task_runs
 from orchestrator.runstate import keys
 from orchestrator.runstate.store import RunStore, get_store, now
 from orchestrator.states import StateType
-from orchestrator.transport.celery_app import client_app
+from orchestrator.transport.messaging import Messaging, Start, client_messaging
 
 if TYPE_CHECKING:
     from orchestrator.authoring.flows import Flow
@@ -112,7 +110,9 @@ class PreparedRun:
     body_error: str | None = None
 
 
-def prepare_run(flow: Flow, parameters: dict[str, Any], *, run_id: str, queue: str, app: Celery) -> PreparedRun:
+def prepare_run(
+    flow: Flow, parameters: dict[str, Any], *, run_id: str, queue: str, messaging: Messaging
+) -> PreparedRun:
     """Trace and compile a run without writing anything.
 
     Bad definitions and unsendable arguments raise here, before any record exists.
@@ -130,19 +130,8 @@ def prepare_run(flow: Flow, parameters: dict[str, Any], *, run_id: str, queue: s
     except Exception as exc:
         prepared.body_error = f"the flow body raised while it was planned: {type(exc).__name__}: {exc}"
         return prepared
-    prepared.compiled = compile_plan(prepared.plan, app)
+    prepared.compiled = messaging.compile(prepared.plan)
     return prepared
-
-
-def start_signature(app: Celery, flow_name: str, run_id: str, queue: str, *, dynamic: bool) -> Signature:
-    """The message that asks a worker of ``queue`` to start (trace, or drive) a flow run whose record exists."""
-    kwargs = {"flow": flow_name, "run_id": run_id, "dynamic": dynamic}
-    return make_signature(START_FLOW_RUN_TASK, kwargs, queue=queue, task_id=f"start-{run_id}", app=app)
-
-
-def send_start(app: Celery, flow_name: str, run_id: str, queue: str, *, dynamic: bool) -> None:
-    """Send :func:`start_signature`."""
-    start_signature(app, flow_name, run_id, queue, dynamic=dynamic).apply_async()
 
 
 def launch_prepared(
@@ -150,7 +139,7 @@ def launch_prepared(
     flow_name: str,
     *,
     store: RunStore,
-    app: Celery,
+    messaging: Messaging,
     record: dict[str, Any],
     pipe: Any = None,
 ) -> None:
@@ -158,7 +147,7 @@ def launch_prepared(
     run_id = prepared.run_id
     pipe = pipe if pipe is not None else store.redis.pipeline(transaction=False)
     if prepared.plan is not None and prepared.compiled is not None:
-        launch_static(store, prepared.plan, prepared.compiled, record, pipe)
+        launch_static(store, messaging, prepared.plan, prepared.compiled, record, pipe)
         return
     if prepared.body_error:
         fields = {"state": StateType.FAILED.value, "ended": now(), "message": prepared.body_error}
@@ -167,7 +156,7 @@ def launch_prepared(
         return
     store.write_flow_run(run_id, {"mode": "dynamic", "mode_reason": prepared.dynamic_reason or ""}, pipe)
     pipe.execute()
-    send_start(app, flow_name, run_id, prepared.queue, dynamic=True)
+    messaging.send_start(flow_name, run_id, prepared.queue, dynamic=True)
 
 
 def submit_flow_run(
@@ -181,8 +170,8 @@ def submit_flow_run(
     encoded = encode_parameters(flow, parameters)
     run_name = name or flow.run_name(parameters, run_id)
     store = get_store()
-    app = client_app()
-    prepared = prepare_run(flow, parameters, run_id=run_id, queue=queue, app=app)
+    messaging = client_messaging()
+    prepared = prepare_run(flow, parameters, run_id=run_id, queue=queue, messaging=messaging)
     record = {
         "id": run_id,
         "flow": flow.name,
@@ -199,7 +188,7 @@ def submit_flow_run(
     else:
         store.write_flow_run(run_id, record | {"state": StateType.PENDING.value}, pipe)
     try:
-        launch_prepared(prepared, flow.name, store=store, app=app, record=record, pipe=pipe)
+        launch_prepared(prepared, flow.name, store=store, messaging=messaging, record=record, pipe=pipe)
     except redis.ConnectionError as exc:
         raise store.unreachable(exc) from exc
     return FlowRun(run_id, store)
@@ -218,13 +207,7 @@ class NamedRun:
     record: dict[str, Any] | None = None
 
 
-def publish_batch(producer: Any) -> contextlib.AbstractContextManager[Any]:
-    """kombu >= 5.7 sends the messages published in this block in one Redis pipeline; older: one by one."""
-    batch = getattr(producer, "batch", None)
-    return batch() if batch is not None else contextlib.nullcontext()
-
-
-def send_named_runs(runs: list[NamedRun], app: Celery | None = None) -> None:
+def send_named_runs(runs: list[NamedRun], messaging: Messaging | None = None) -> None:
     """Write the records of many runs in one Redis round trip, then send their start messages.
 
     ``parameters`` must be JSON data already. A worker of each run's queue that imported
@@ -234,7 +217,7 @@ def send_named_runs(runs: list[NamedRun], app: Celery | None = None) -> None:
     if not runs:
         return
     store = get_store()
-    app = app or client_app()
+    messaging = messaging or client_messaging()
     try:
         pipe = store.redis.pipeline(transaction=False)
         for run in runs:
@@ -252,9 +235,7 @@ def send_named_runs(runs: list[NamedRun], app: Celery | None = None) -> None:
             }
             store.write_flow_run(run.run_id, fields, pipe)
         pipe.execute()
-        with app.producer_or_acquire() as producer, publish_batch(producer):
-            for run in runs:
-                start_signature(app, run.flow, run.run_id, run.queue, dynamic=False).apply_async(producer=producer)
+        messaging.send_starts([Start(run.flow, run.run_id, run.queue) for run in runs])
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
         raise store.unreachable(exc) from exc
 

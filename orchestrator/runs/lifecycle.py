@@ -14,23 +14,16 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from celery import Celery
-
 from orchestrator.authoring.hooks import call_hooks
 from orchestrator.authoring.registry import all_flows, get_flow
 from orchestrator.errors import RunError
-from orchestrator.planning.compiler import (
-    FLOW_DEADLINE_TASK,
-    RETRY_FLOW_RUN_TASK,
-    Compiled,
-    compile_plan,
-    make_signature,
-)
+from orchestrator.planning.compiler import Compiled
 from orchestrator.planning.plan import Plan, refs_in
 from orchestrator.runstate import keys
 from orchestrator.runstate.store import Finished, RunStore, now
 from orchestrator.runtime.context import RunInfo
 from orchestrator.states import StateType
+from orchestrator.transport.messaging import Messaging, flow_deadline_message, retry_flow_run_message
 
 
 def task_record(node_id: str, label: str, name: str, flow_run_id: str, root: str) -> dict[str, str]:
@@ -77,15 +70,22 @@ def _write_tree(store: RunStore, plan: Plan, compiled: Compiled, pipe: Any) -> N
         pipe.expire(keys.inputs(root), ttl)
 
 
-def _apply(store: RunStore, plan: Plan, compiled: Compiled) -> None:
+def _apply(store: RunStore, messaging: Messaging, plan: Plan, compiled: Compiled) -> None:
     if not plan.nodes:
         finish_flow_run(store, plan.root_run_id)
     elif compiled.canvas is not None:
-        compiled.canvas.apply_async(ignore_result=True)
+        messaging.send_canvas(compiled.canvas)
 
 
-def launch_static(store: RunStore, plan: Plan, compiled: Compiled, fields: dict[str, Any], pipe: Any = None) -> None:
-    """Write the run tree's records (in ``pipe`` if given), then apply the compiled canvas."""
+def launch_static(
+    store: RunStore,
+    messaging: Messaging,
+    plan: Plan,
+    compiled: Compiled,
+    fields: dict[str, Any],
+    pipe: Any = None,
+) -> None:
+    """Write the run tree's records (in ``pipe`` if given), then send the compiled canvas."""
     root = plan.root_run_id
     ttl = store.ttl
     pipe = pipe if pipe is not None else store.redis.pipeline(transaction=False)
@@ -128,10 +128,10 @@ def launch_static(store: RunStore, plan: Plan, compiled: Compiled, fields: dict[
         pipe,
     )
     pipe.execute()
-    _apply(store, plan, compiled)
+    _apply(store, messaging, plan, compiled)
 
 
-def relaunch_static(store: RunStore, app: Celery, root: str, attempt: int) -> None:
+def relaunch_static(store: RunStore, messaging: Messaging, root: str, attempt: int) -> None:
     """Run again only the task runs of a static run tree that did not complete (flow retries).
 
     Completed task runs keep their results; the rest (and whatever a map expanded
@@ -152,7 +152,7 @@ def relaunch_static(store: RunStore, app: Celery, root: str, attempt: int) -> No
     if again:
         pipe.hdel(keys.finals(root), *again)
     part = full.rerun(again)
-    compiled = compile_plan(part, app)
+    compiled = messaging.compile(part)
     _write_tree(store, part, compiled, pipe)
     reopened = [
         store.event("task_run", node.id, StateType.PENDING.value, reopen=True, message=f"flow run attempt {attempt}")
@@ -166,7 +166,7 @@ def relaunch_static(store: RunStore, app: Celery, root: str, attempt: int) -> No
     fields = {"state": StateType.RETRYING.value, "attempt": str(attempt), "ended": "", "message": ""}
     store.write_flow_run(root, fields, pipe, reopen=True)
     pipe.execute()
-    _apply(store, part, compiled)
+    _apply(store, messaging, part, compiled)
 
 
 def schedule_flow_retry(store: RunStore, root: str, why: str) -> bool:
@@ -179,10 +179,8 @@ def schedule_flow_retry(store: RunStore, root: str, why: str) -> bool:
     delay = float(record.get("retry_delay_seconds") or 0)
     message = f"attempt {attempt} failed ({why}); retry {attempt} of {retries} in {delay:g}s"
     store.write_flow_run(root, {"state": StateType.AWAITING_RETRY.value, "message": message, "retry_at": now() + delay})
-    sig = make_signature(
-        RETRY_FLOW_RUN_TASK, {"run_id": root, "attempt": attempt + 1}, queue=record.get("queue") or "default"
-    )
-    store.schedule(json.dumps(dict(sig)), now() + delay)
+    retry = retry_flow_run_message(root, attempt + 1, record.get("queue") or "default")
+    store.schedule(json.dumps(retry), now() + delay)
     return True
 
 
@@ -207,8 +205,7 @@ def schedule_deadline(store: RunStore, run_id: str, timeout: float | None, queue
     """Have a worker of ``queue`` end the run TimedOut ``timeout`` seconds from now, unless final."""
     if not timeout:
         return
-    sig = make_signature(FLOW_DEADLINE_TASK, {"run_id": run_id, "timeout": timeout}, queue=queue)
-    store.schedule(json.dumps(dict(sig)), now() + float(timeout), pipe)
+    store.schedule(json.dumps(flow_deadline_message(run_id, timeout, queue)), now() + float(timeout), pipe)
 
 
 def end_flow_run(store: RunStore, run_id: str, state: StateType, message: str = "", *, write: bool = True) -> None:
@@ -324,7 +321,7 @@ def propagate_failure(
         queue.extend(store.downstream_of(node))
 
 
-def stop_flow_run(store: RunStore, app: Celery, run_id: str, state: StateType, message: str) -> bool:
+def stop_flow_run(store: RunStore, messaging: Messaging, run_id: str, state: StateType, message: str) -> bool:
     """End a run tree now (cancel, timeout): unfinished task runs Cancelled, running ones terminated.
 
     The final state is set on the record first, without an event, so that the last
@@ -353,7 +350,7 @@ def stop_flow_run(store: RunStore, app: Celery, run_id: str, state: StateType, m
         }
         store.task_finished(run_id, row["id"], StateType.CANCELLED, fields)
     if running:  # stop the work itself, not just the records
-        app.control.revoke(running, terminate=True)
+        messaging.revoke(running, terminate=True)
     for child in set(store.redis.hvals(keys.subflow_ends(run_id))):
         child_state = store.flow_state(child)
         if child_state is not None and not child_state.is_final:
@@ -362,7 +359,7 @@ def stop_flow_run(store: RunStore, app: Celery, run_id: str, state: StateType, m
     return True
 
 
-def retry_final_run(store: RunStore, app: Celery, run_id: str) -> int:
+def retry_final_run(store: RunStore, messaging: Messaging, run_id: str) -> int:
     """Run a finished, unsuccessful flow run again (the API's retry); returns the new attempt.
 
     A static run re-runs only the task runs that did not complete, so completed ones
@@ -379,12 +376,11 @@ def retry_final_run(store: RunStore, app: Celery, run_id: str) -> int:
     attempt = int(record.get("attempt") or 1) + 1
     store.redis.delete(keys.flow_done(run_id))
     if record.get("mode") != "dynamic":
-        relaunch_static(store, app, run_id, attempt)
+        relaunch_static(store, messaging, run_id, attempt)
         return attempt
     fields = {"state": StateType.AWAITING_RETRY.value, "message": "retry requested", "retry_at": now()}
     store.write_flow_run(run_id, fields, reopen=True)
-    queue = record.get("queue") or "default"
-    make_signature(RETRY_FLOW_RUN_TASK, {"run_id": run_id, "attempt": attempt}, queue=queue, app=app).apply_async()
+    messaging.send_retry_flow_run(run_id, attempt, record.get("queue") or "default")
     return attempt
 
 
@@ -395,9 +391,3 @@ def list_task_runs(store: RunStore, run_id: str) -> list[dict[str, str]]:
     for trid in ids:
         pipe.hgetall(keys.task_run(trid))
     return [row for row in pipe.execute() if row]
-
-
-def send_signatures(app: Celery, signatures: list[dict[str, Any]]) -> None:
-    """Send join signatures (tasks or whole canvas segments) that became ready."""
-    for data in signatures:
-        app.signature(data).apply_async(ignore_result=True)

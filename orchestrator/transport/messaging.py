@@ -1,0 +1,168 @@
+"""The one seam that owns messaging: what the product sends to the fleet, and the Celery that sends it.
+
+Run logic (``orchestrator.runs``) and the API speak to the fleet through a
+:class:`Messaging`: send a run's start message, a compiled canvas, tasks that
+became ready, a flow retry; revoke running tasks. :class:`CeleryMessaging` is its
+one implementation; only this package, the compiler (which builds canvas) and the
+workers' Celery glue import Celery.
+
+Delayed sends (a flow's deadline, its next attempt after ``retry_delay_seconds``)
+wait in Redis as serialized messages (``RunStore.schedule``) until a worker's
+delayed dispatcher sends them; :func:`flow_deadline_message` and
+:func:`retry_flow_run_message` make those messages, so their format is written here
+too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from celery import Celery
+
+from orchestrator.planning.compiler import (
+    FLOW_DEADLINE_TASK,
+    RETRY_FLOW_RUN_TASK,
+    START_FLOW_RUN_TASK,
+    Compiled,
+    compile_plan,
+    make_signature,
+)
+from orchestrator.transport.celery_app import client_app, make_celery_app
+
+if TYPE_CHECKING:
+    from orchestrator.planning.plan import Plan
+
+Canvas = Any
+"""A compiled canvas (``Compiled.canvas``): opaque outside the seam, sent with :meth:`Messaging.send_canvas`."""
+
+SignatureData = dict[str, Any]
+"""One message as JSON data (a serialized Celery signature: a task, or a whole canvas segment)."""
+
+
+@dataclass(frozen=True)
+class Start:
+    """The start message of one flow run whose record exists: a worker of ``queue`` traces or drives it."""
+
+    flow: str
+    run_id: str
+    queue: str
+    dynamic: bool = False
+
+
+@runtime_checkable
+class Messaging(Protocol):
+    """What the product sends to the fleet (see the module's docstring)."""
+
+    def compile(self, plan: Plan) -> Compiled:
+        """Compile ``plan`` into canvas this messaging sends (``Compiled.canvas`` goes to :meth:`send_canvas`)."""
+        ...
+
+    def send_start(self, flow_name: str, run_id: str, queue: str, *, dynamic: bool) -> None:
+        """Ask a worker of ``queue`` to start a flow run (task id ``start-<run id>``)."""
+        ...
+
+    def send_starts(self, starts: Sequence[Start]) -> None:
+        """Send many start messages at once (one connection; one Redis pipeline where kombu can)."""
+        ...
+
+    def send_canvas(self, canvas: Canvas) -> None:
+        """Send a compiled canvas (results ignored: they live in the run store)."""
+        ...
+
+    def send_signature(self, data: SignatureData) -> None:
+        """Send one serialized message with exactly the options it carries (a crashed task's next attempt)."""
+        ...
+
+    def send_signatures(self, signatures: Iterable[SignatureData]) -> None:
+        """Send serialized messages that became ready (joins, tolerant downstream tasks), results ignored."""
+        ...
+
+    def send_retry_flow_run(self, run_id: str, attempt: int, queue: str) -> None:
+        """Ask a worker of ``queue`` to run attempt ``attempt`` of a flow run now."""
+        ...
+
+    def revoke(self, task_ids: list[str], *, terminate: bool) -> None:
+        """Revoke tasks by id (``terminate``: stop them where they run)."""
+        ...
+
+
+def publish_batch(producer: Any) -> contextlib.AbstractContextManager[Any]:
+    """kombu >= 5.7 sends the messages published in this block in one Redis pipeline; older: one by one."""
+    batch = getattr(producer, "batch", None)
+    return batch() if batch is not None else contextlib.nullcontext()
+
+
+class CeleryMessaging:
+    """:class:`Messaging` over a Celery app (the client's, the API's or a worker's own)."""
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+
+    def __repr__(self) -> str:
+        return f"<CeleryMessaging {self.app.main}>"
+
+    def compile(self, plan: Plan) -> Compiled:
+        return compile_plan(plan, self.app)
+
+    def start_signature(self, flow_name: str, run_id: str, queue: str, *, dynamic: bool) -> Any:
+        """The start message of a flow run (a Celery signature)."""
+        kwargs = {"flow": flow_name, "run_id": run_id, "dynamic": dynamic}
+        return make_signature(START_FLOW_RUN_TASK, kwargs, queue=queue, task_id=f"start-{run_id}", app=self.app)
+
+    def send_start(self, flow_name: str, run_id: str, queue: str, *, dynamic: bool) -> None:
+        self.start_signature(flow_name, run_id, queue, dynamic=dynamic).apply_async()
+
+    def send_starts(self, starts: Sequence[Start]) -> None:
+        if not starts:
+            return
+        with self.app.producer_or_acquire() as producer, publish_batch(producer):
+            for start in starts:
+                sig = self.start_signature(start.flow, start.run_id, start.queue, dynamic=start.dynamic)
+                sig.apply_async(producer=producer)
+
+    def send_canvas(self, canvas: Canvas) -> None:
+        canvas.apply_async(ignore_result=True)
+
+    def send_signature(self, data: SignatureData) -> None:
+        self.app.signature(data).apply_async()
+
+    def send_signatures(self, signatures: Iterable[SignatureData]) -> None:
+        for data in signatures:
+            self.app.signature(data).apply_async(ignore_result=True)
+
+    def send_retry_flow_run(self, run_id: str, attempt: int, queue: str) -> None:
+        kwargs = {"run_id": run_id, "attempt": attempt}
+        make_signature(RETRY_FLOW_RUN_TASK, kwargs, queue=queue, app=self.app).apply_async()
+
+    def revoke(self, task_ids: list[str], *, terminate: bool) -> None:
+        self.app.control.revoke(task_ids, terminate=terminate)
+
+
+def flow_deadline_message(run_id: str, timeout: float, queue: str) -> SignatureData:
+    """The message that ends a flow run TimedOut (sent by a worker of ``queue`` when it is due)."""
+    return dict(make_signature(FLOW_DEADLINE_TASK, {"run_id": run_id, "timeout": timeout}, queue=queue))
+
+
+def retry_flow_run_message(run_id: str, attempt: int, queue: str) -> SignatureData:
+    """The message that starts attempt ``attempt`` of a flow run (sent by a worker of ``queue`` when it is due)."""
+    return dict(make_signature(RETRY_FLOW_RUN_TASK, {"run_id": run_id, "attempt": attempt}, queue=queue))
+
+
+@lru_cache(maxsize=1)
+def _client_messaging(app: Celery) -> CeleryMessaging:
+    return CeleryMessaging(app)
+
+
+def client_messaging() -> CeleryMessaging:
+    """The messaging a client process sends runs with (over :func:`client_app`, and cached with it)."""
+    return _client_messaging(client_app())
+
+
+@lru_cache(maxsize=1)
+def sender_messaging() -> CeleryMessaging:
+    """The API's messaging: start messages without task-sent events (one round trip less), like revokes and resends."""
+    return CeleryMessaging(make_celery_app("orchestrator-api", send_only=True, sent_events=False))

@@ -1,0 +1,172 @@
+"""The messaging seam: only it talks Celery, and what it sends is what the product always sent.
+
+The messages are read back from the real broker (a private redis-server): the task each
+names, its task id, its queue, its keyword arguments and whether its result is ignored.
+No worker consumes the queues used here, so every message sent is still there to read.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from orchestrator.config.settings import Settings
+from orchestrator.planning.compiler import FLOW_DEADLINE_TASK, RETRY_FLOW_RUN_TASK, START_FLOW_RUN_TASK
+from orchestrator.planning.tracer import trace_flow
+from orchestrator.transport.celery_app import make_celery_app
+from orchestrator.transport.messaging import (
+    CeleryMessaging,
+    Messaging,
+    Start,
+    flow_deadline_message,
+    retry_flow_run_message,
+)
+from tests import flows
+
+ROOT = Path(__file__).resolve().parent.parent
+SEAM = ("orchestrator/transport/", "orchestrator/planning/compiler.py")  # the compiler builds canvas
+
+
+def celery_imports(path: Path) -> list[str]:
+    """Every import of celery (or of the seam's Celery app module) in one file, also under TYPE_CHECKING."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        for name in names:
+            if name == "celery" or name.startswith("celery.") or name == "orchestrator.transport.celery_app":
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {name}")
+    return found
+
+
+def test_only_the_seam_imports_celery() -> None:
+    offending = [
+        hit
+        for package in ("orchestrator", "api")
+        for path in sorted((ROOT / package).rglob("*.py"))
+        if not str(path.relative_to(ROOT)).startswith(SEAM)
+        for hit in celery_imports(path)
+    ]
+    assert offending == []
+    # the rule looks where imports are: the seam itself is seen to import celery
+    assert celery_imports(ROOT / "orchestrator/transport/messaging.py")
+
+
+@pytest.fixture
+def messaging(redis_url: str) -> CeleryMessaging:
+    return CeleryMessaging(make_celery_app("messaging-test", Settings(redis_url=redis_url), send_only=True))
+
+
+@pytest.fixture
+def queue(redis_url: str) -> Iterator[str]:
+    """A queue of its own that no worker consumes; emptied afterwards."""
+    name = f"messaging-{uuid.uuid4().hex[:8]}"
+    yield name
+    redis.Redis.from_url(redis_url).delete(name)
+
+
+def sent(redis_url: str, queue: str) -> list[dict[str, Any]]:
+    """The messages waiting in ``queue``, oldest first: task, id, queue, kwargs, ignore_result."""
+    out = []
+    for raw in reversed(redis.Redis.from_url(redis_url).lrange(queue, 0, -1)):  # kombu LPUSHes
+        message = json.loads(raw)
+        headers = message["headers"]
+        _, kwargs, _ = json.loads(base64.b64decode(message["body"]))
+        out.append(
+            {
+                "task": headers["task"],
+                "id": headers["id"],
+                "queue": message["properties"]["delivery_info"]["routing_key"],
+                "kwargs": kwargs,
+                "ignore_result": headers["ignore_result"],
+            }
+        )
+    return out
+
+
+def counting(acquire: Callable[..., AbstractContextManager[Any]], calls: list[int]) -> Callable[..., Any]:
+    """``app.producer_or_acquire`` that counts the producers it acquires (not those it is handed back)."""
+
+    @contextmanager
+    def wrapped(producer: Any = None) -> Iterator[Any]:
+        if producer is None:
+            calls.append(1)
+        with acquire(producer) as acquired:
+            yield acquired
+
+    return wrapped
+
+
+def test_start_messages_carry_their_run_ids_and_a_batch_shares_one_producer(
+    messaging: CeleryMessaging, queue: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert isinstance(messaging, Messaging)
+    runs = [str(uuid.uuid4()) for _ in range(3)]
+    calls: list[int] = []
+    monkeypatch.setattr(messaging.app, "producer_or_acquire", counting(messaging.app.producer_or_acquire, calls))
+    messaging.send_starts([Start("etl", runs[0], queue), Start("etl", runs[1], queue, dynamic=True)])
+    assert len(calls) == 1  # one producer (one connection, one pipeline) for the whole batch
+    messaging.send_start("other", runs[2], queue, dynamic=False)
+    messaging.send_starts([])
+    assert sent(redis_url, queue) == [
+        {
+            "task": START_FLOW_RUN_TASK,
+            "id": f"start-{run_id}",  # a start message sent twice is one task id: a worker starts the run once
+            "queue": queue,
+            "kwargs": {"flow": flow, "run_id": run_id, "dynamic": dynamic},
+            "ignore_result": True,
+        }
+        for flow, run_id, dynamic in (("etl", runs[0], False), ("etl", runs[1], True), ("other", runs[2], False))
+    ]
+
+
+def test_retries_deadlines_resends_and_canvas_go_out_as_before(
+    messaging: CeleryMessaging, queue: str, redis_url: str
+) -> None:
+    run_id = str(uuid.uuid4())
+    messaging.send_retry_flow_run(run_id, 3, queue)
+    # Delayed messages wait in Redis as JSON until a worker sends them as they are (workers/delayed.py).
+    deadline = flow_deadline_message(run_id, 2.5, queue)
+    retry = retry_flow_run_message(run_id, 4, queue)
+    for data in (deadline, retry):
+        assert data["immutable"] is True and data["options"] == {"queue": queue, "ignore_result": True}
+        messaging.send_signature(json.loads(json.dumps(data)))
+    # A resent message keeps the options it carries; messages that became ready never keep a result.
+    carried = {
+        "task": "tests.messaging.unregistered",
+        "kwargs": {"x": 1},
+        "options": {"queue": queue, "task_id": "keep"},
+    }
+    messaging.send_signature(carried)
+    ready = [dict(carried, options={"queue": queue, "task_id": f"ready-{i}"}) for i in range(2)]
+    messaging.send_signatures(ready)
+    plan = trace_flow(flows.diamond_flow, {"x": 1}, run_id=run_id, queue=queue)
+    compiled = messaging.compile(plan)
+    messaging.send_canvas(compiled.canvas)
+    first = next(node for node in plan.nodes.values() if not node.upstream)
+
+    messages = sent(redis_url, queue)
+    assert [(m["task"], m["queue"], m["kwargs"], m["ignore_result"]) for m in messages[:6]] == [
+        (RETRY_FLOW_RUN_TASK, queue, {"run_id": run_id, "attempt": 3}, True),
+        (FLOW_DEADLINE_TASK, queue, {"run_id": run_id, "timeout": 2.5}, True),
+        (RETRY_FLOW_RUN_TASK, queue, {"run_id": run_id, "attempt": 4}, True),
+        ("tests.messaging.unregistered", queue, {"x": 1}, None),  # the sender's default: Celery's
+        ("tests.messaging.unregistered", queue, {"x": 1}, True),
+        ("tests.messaging.unregistered", queue, {"x": 1}, True),
+    ]
+    assert [m["id"] for m in messages[3:6]] == ["keep", "ready-0", "ready-1"]
+    canvas = messages[6:]
+    assert [m["id"] for m in canvas] == [first.id]  # the diamond's first task; the rest follow it
+    assert canvas[0]["task"] == first.name and canvas[0]["queue"] == queue and canvas[0]["ignore_result"] is True
