@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import redis
 from fastapi import APIRouter, Depends, FastAPI, Request, status
 from fastapi.responses import JSONResponse
 
@@ -24,6 +23,7 @@ from api.submit import ParameterProblem, Submitter
 from orchestrator.config.settings import get_settings
 from orchestrator.errors import ConnectionProblem, RunError
 from orchestrator.guards.redaction import mask_urls_in
+from orchestrator.runstate.connection import RedisUnavailable
 from orchestrator.runstate.store import get_store
 
 log = logging.getLogger("orchestrator.api")
@@ -103,9 +103,7 @@ def install_error_handlers(app: FastAPI) -> None:
             content={"detail": mask_urls_in(f"{exc} Nothing was created; try again once Redis answers.")},
         )
 
-    @app.exception_handler(redis.ConnectionError)
-    @app.exception_handler(redis.TimeoutError)
-    async def redis_lost(_: Request, exc: redis.RedisError) -> JSONResponse:
+    async def redis_lost(_: Request, exc: Exception) -> JSONResponse:
         problem = get_store().unreachable(exc)
         return JSONResponse(
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
@@ -113,6 +111,9 @@ def install_error_handlers(app: FastAPI) -> None:
                 "detail": mask_urls_in(f"{problem} Nothing was created or changed; try again once Redis answers.")
             },
         )
+
+    for lost in RedisUnavailable:  # Redis away mid-request (a refused command is a bug, not a 503)
+        app.add_exception_handler(lost, redis_lost)
 
     @app.exception_handler(RunError)
     async def conflict(_: Request, exc: RunError) -> JSONResponse:

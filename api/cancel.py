@@ -28,7 +28,7 @@ def cancel_run(session: Session, store: RunStore, messaging: Messaging, run_id: 
     """
     if cancel_unsent(session, run_id, why):
         return "cancelled before it was sent."
-    if store.flow_state(run_id) is None:
+    if store.flow_runs.state(run_id) is None:
         end_unknown_run(session, run_id, why)
         return "cancelled; Redis had no record of the run."
     if not stop_flow_run(store, messaging, run_id, StateType.CANCELLED, why):

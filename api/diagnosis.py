@@ -12,9 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from api.models import FlowRun
-from orchestrator.runstate import keys
 from orchestrator.runstate import slots as concurrency
-from orchestrator.runstate.fleet import live_workers
 from orchestrator.runstate.store import RunStore
 from orchestrator.states import StateType
 
@@ -29,13 +27,7 @@ class Fleet:
     @classmethod
     def read(cls, store: RunStore, queues: set[str]) -> Fleet:
         names = sorted(queues)
-        lengths = {}
-        if names:
-            pipe = store.redis.pipeline(transaction=False)
-            for name in names:
-                pipe.llen(name)  # kombu keeps a Redis queue's messages in a list named after it
-            lengths = dict(zip(names, pipe.execute(), strict=True))
-        return cls(live_workers(store), lengths)
+        return cls(store.fleet.live_workers(), store.fleet.queue_lengths(names))
 
     def consumers(self, queue: str) -> list[dict[str, Any]]:
         return [w for w in self.workers if queue in w.get("queues", [])]
@@ -94,11 +86,10 @@ def slot_waits(store: RunStore, task_run_ids: list[str]) -> list[str]:
     """For task runs waiting for a concurrency slot: which limit, and who holds its slots now."""
     if not task_run_ids:
         return []
-    pipe = store.redis.pipeline(transaction=False)
-    for trid in task_run_ids:
-        pipe.hmget(keys.task_run(trid), "slot_tag", "label")
     waits: dict[str, list[str]] = {}
-    for trid, (tag, label) in zip(task_run_ids, pipe.execute(), strict=True):
+    for trid, (tag, label) in zip(
+        task_run_ids, store.task_runs.fields_of(task_run_ids, "slot_tag", "label"), strict=True
+    ):
         waits.setdefault(tag or "", []).append(label or trid)
     limits = concurrency.read_limits(store)
     out = []

@@ -1,15 +1,22 @@
 """Prefect-style flows and tasks, compiled to Celery canvas and run over Redis.
 
 The public surface is what ``__all__`` lists; everything else may change.
+``import orchestrator`` loads neither Celery nor Redis: a flow called in-process runs
+without them. :class:`FlowRun` (the handle of a run sent to the fleet) is imported
+on first use, with the run store and the Celery seam behind it.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.authoring.flows import Flow, flow
 from orchestrator.authoring.naming import rename_flow_run
 from orchestrator.authoring.tasks import Task, exponential_backoff, task
-from orchestrator.runs.handle import FlowRun
 from orchestrator.runtime.futures import Future, allow_failure, as_completed, unmapped, wait
 from orchestrator.runtime.run_logger import get_run_logger
 from orchestrator.states import StateType
+
+if TYPE_CHECKING:
+    from orchestrator.runs.handle import FlowRun
 
 __all__ = [
     "Flow",
@@ -27,3 +34,12 @@ __all__ = [
     "unmapped",
     "wait",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The names that bring the fleet's machinery with them, loaded when first asked for."""
+    if name == "FlowRun":
+        from orchestrator.runs.handle import FlowRun
+
+        return FlowRun
+    raise AttributeError(f"module 'orchestrator' has no attribute {name!r}")

@@ -8,6 +8,8 @@ scripts/setup.sh --dev
 echo "test: ruff"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check orchestrator workers api tests examples benchmarks
+echo "test: import rules (pyproject.toml [tool.importlinter], docs/architecture.md)"
+.venv/bin/lint-imports --no-cache
 echo "test: mypy"
 .venv/bin/mypy
 echo "test: pytest"

@@ -7,8 +7,9 @@ import time
 
 import pytest
 
+from orchestrator.authoring.schema import parameters_schema
 from orchestrator.devstack.localstack import worker
-from orchestrator.runstate.fleet import live_workers, parameters_schema, registered_flows
+from orchestrator.runstate.fleet import live_workers, registered_flows
 from orchestrator.runstate.store import get_store
 from tests import flows
 

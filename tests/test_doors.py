@@ -383,13 +383,13 @@ def test_a_pickle_payload_for_a_task_that_did_not_opt_in_is_refused_and_never_un
     record: dict[str, Any] = {"id": run_id, "flow": "door-sinks", "name": f"door-sinks-{run_id[:8]}", "root": run_id}
     record |= {"queue": "default", "parameters": parameters, "created": now()}
     pipe = store.redis.pipeline(transaction=False)
-    store.emit_flow_event(run_id, StateType.PENDING, pipe, record)
+    store.flow_runs.emit_state(run_id, StateType.PENDING, pipe, record)
     launch_prepared(prepared, "door-sinks", store=store, app=app, record=record, pipe=pipe)
 
-    assert store.wait_flow_final(run_id, 60) is StateType.FAILED
-    rows = {label: store.read_task_run(node.id) for label, node in nodes.items()}
+    assert store.flow_runs.wait_final(run_id, 60) is StateType.FAILED
+    rows = {label: store.task_runs.read(node.id) for label, node in nodes.items()}
     assert rows["make_bomb-0"]["state"] == "Completed"
-    bomb_result = store.results([nodes["make_bomb-0"].id])[nodes["make_bomb-0"].id]
+    bomb_result = store.task_runs.results([nodes["make_bomb-0"].id])[nodes["make_bomb-0"].id]
     assert bomb_result is not None and bomb_result.startswith('{"' + PICKLE_TAG)  # stored with the pickle tag
     assert rows["pickle_sink-0"]["state"] == "Completed"
     assert markers["control"].exists()  # the payload fires where pickle was opted into...
@@ -486,11 +486,11 @@ def test_no_task_unpickles_a_value_its_message_carries(stack: Stack, tmp_path: P
         sent[name] = trid
 
     def ended(trid: str) -> bool:
-        return store.read_task_run(trid).get("state") in FINAL
+        return store.task_runs.read(trid).get("state") in FINAL
 
     for name, trid in sent.items():
         eventually(lambda trid=trid: ended(trid), 60, what=f"the crafted {name} message was handled")
-        row = store.read_task_run(trid)
+        row = store.task_runs.read(trid)
         assert row["state"] == "Failed", (name, row)
         assert "refused a pickle payload" in row["message"], (name, row)
     assert not [name for name, marker in markers.items() if marker.exists()]

@@ -60,8 +60,8 @@ def test_a_crafted_task_run_id_never_reaches_outside_the_result_storage(tmp_path
     run = {"flow_run_id": str(uuid.uuid4()), "label": "kept-0"}
     app.send_task("tests.flows.kept", kwargs={"run": run, "inputs": {"value": 4}}, queue="default", task_id=crafted)
     store = get_store()
-    eventually(lambda: store.read_task_run(crafted).get("state") in ("Completed", "Failed"), 30, what="the task ended")
-    row = store.read_task_run(crafted)
+    eventually(lambda: store.task_runs.read(crafted).get("state") in ("Completed", "Failed"), 30, what="the task ended")
+    row = store.task_runs.read(crafted)
     assert row["state"] == "Failed", row
     assert "is not well formed" in row["message"], row
     assert not outside.exists(), outside

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session, select
 
+from orchestrator.runstate.events import from_wire
 from orchestrator.runstate.store import RunStore
 from orchestrator.states import StateType as S
 from orchestrator.states import can_transition
@@ -54,7 +55,8 @@ def test_recorder_applies_each_event_once_and_refuses_regressions(redis_url: str
     task = {"name": "mod.work", "label": "work", "flow_run_id": run_id, "root": run_id, "worker": "w1"}
 
     def ev(n: int, kind: str, rid: str, state: str, rec: dict[str, object], **extra: object) -> Event:
-        return Event(f"{n}-0", {"kind": kind, "id": rid, "state": state, "ts": 1000.0 + n, "record": rec, **extra})
+        wire = {"kind": kind, "id": rid, "state": state, "ts": 1000.0 + n, "record": rec, **extra}
+        return Event(f"{n}-0", from_wire(wire))
 
     events = [
         ev(1, "flow_run", run_id, "Pending", record),

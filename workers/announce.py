@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from typing import Any
 
 from orchestrator.authoring import registry
-from orchestrator.runstate import keys
-from orchestrator.runstate.fleet import ALIVE_SECONDS, describe_flow
+from orchestrator.authoring.schema import describe_flow
 from orchestrator.runstate.store import get_store, now
 
 
@@ -31,20 +29,14 @@ class Announcer:
             "pid": os.getpid(),
             "started": now(),
         }
-        store = get_store()
-        pipe = store.redis.pipeline(transaction=False)
-        if flows:
-            pipe.hset(keys.FLOWS, mapping={f.name: json.dumps(describe_flow(f)) for f in flows})
-        pipe.hset(keys.WORKERS, hostname, json.dumps(self.record))
-        pipe.set(keys.worker_alive(hostname), repr(now()), ex=ALIVE_SECONDS)
-        pipe.execute()
+        get_store().fleet.announce(hostname, self.record, {f.name: describe_flow(f) for f in flows})
 
     def beat(self) -> None:
         """Keep the alive key fresh (called every few seconds)."""
         if self.record:
-            get_store().redis.set(keys.worker_alive(self.hostname), repr(now()), ex=ALIVE_SECONDS)
+            get_store().fleet.still_alive(self.hostname)
 
     def leave(self) -> None:
         """A worker shutting down is no longer live."""
         if self.record:
-            get_store().redis.delete(keys.worker_alive(self.hostname))
+            get_store().fleet.leave(self.hostname)

@@ -17,7 +17,6 @@ import logging
 import socket
 from typing import Any, NoReturn
 
-import redis
 from billiard.exceptions import WorkerLostError
 from celery import Celery
 from celery import Task as CeleryTask
@@ -50,9 +49,9 @@ from orchestrator.runs.lifecycle import (
     flow_outcome,
     relaunch_static,
     stop_flow_run,
-    task_record,
 )
-from orchestrator.runstate import keys
+from orchestrator.runstate.connection import RedisUnavailable
+from orchestrator.runstate.records import NewTaskRun
 from orchestrator.runstate.store import get_store, now
 from orchestrator.runtime.context import RunInfo
 from orchestrator.runtime.engine import zip_mapped
@@ -61,7 +60,6 @@ from orchestrator.transport.messaging import CeleryMessaging
 
 from .driver import start_driver
 from .executor import Ending, end_completed, end_failed, full_run, gate, run_task, start_record
-from .heartbeat import forget as forget_heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +95,7 @@ class CeleryAttempt:
 
     def _later(self, message: dict[str, Any], delay: float, why: str) -> NoReturn:
         """Keep ``message`` in Redis until ``delay`` has passed (not as a broker ETA); end this execution."""
-        get_store().schedule(json.dumps(message), now() + delay)
+        get_store().delayed.schedule(json.dumps(message), now() + delay)
         raise Retry(why, when=delay)  # Celery and Flower show RETRY
 
     def is_timeout(self, exc: BaseException) -> bool:
@@ -133,14 +131,12 @@ def requeued_after_worker_lost(task_run_id: str, kwargs: Any, why: str, worker: 
         return  # not one of ours
     run = full_run(kwargs["run"], task_run_id)
     store = get_store()
-    pipe = store.redis.pipeline(transaction=False)
-    forget_heartbeat(pipe, task_run_id)
-    pipe.execute()
-    if store.final_states(run["root"], [task_run_id]).get(task_run_id) is not None:
+    store.leases.forget_now(task_run_id)
+    if store.task_runs.final_states(run["root"], [task_run_id]).get(task_run_id) is not None:
         return  # it had ended before its process died
     message = f"its worker process died ({why}); Celery put the message back on its queue and it runs again"
     fields = {"state": StateType.RUNNING.value, "message": message, "flow_run_id": run["flow_run_id"]}
-    store.task_progress(task_run_id, fields | {"root": run["root"], "worker": worker})
+    store.task_runs.progress(task_run_id, fields | {"root": run["root"], "worker": worker})
     log.warning("task run %s: %s", task_run_id, message)
 
 
@@ -251,7 +247,7 @@ def register_builtin_tasks(app: Celery) -> None:
         run = full_run(run, self.request.id)
         if gate(store, run, attempt.worker, attempt.send) is None:
             raise Ignore()
-        started = store.task_started(
+        started = store.task_runs.started(
             run["root"], run["task_run_id"], start_record(run, task, attempt), stored_inputs=inputs is None
         )
         if started is None:
@@ -276,23 +272,19 @@ def register_builtin_tasks(app: Celery) -> None:
             end_completed(store, run, attempt, "[]")
             return
         ids = [f"{run['task_run_id']}-{i}" for i in range(len(children))]
-        first = store.claim_expansion(run["root"], run["task_run_id"], len(ids))
-        pipe = store.redis.pipeline(transaction=False)
-        for i, child in enumerate(ids if first else []):  # a redelivered expansion only re-sends
-            label = f"{run.get('label')}[{i}]"
-            pipe.hset(keys.task_run(child), mapping=task_record(child, label, task, run["flow_run_id"], run["root"]))
-            pipe.expire(keys.task_run(child), store.ttl)
-            pipe.sadd(keys.downstream(child), run["task_run_id"])
-            pipe.expire(keys.downstream(child), store.ttl)
-        for run_id in {run["flow_run_id"], run["root"]}:
-            pipe.sadd(keys.flow_tasks(run_id), *ids)
+        first = store.task_runs.claim_expansion(run["root"], run["task_run_id"], len(ids))
+        pipe = store.task_runs.pipeline()
         carried: list[dict[str, Any] | None] = []  # what each child's message carries
-        for child, inputs_i in zip(ids, children, strict=True):
+        for i, (child, inputs_i) in enumerate(zip(ids, children, strict=True)):
             inline, text = inline_or_stored(inputs_i)  # pickled or large inputs wait in the run store
             carried.append(inline)
-            if text is not None:
-                pipe.hset(keys.inputs(run["root"]), child, text)
-                pipe.expire(keys.inputs(run["root"]), store.ttl)
+            if first:  # a redelivered expansion only re-sends
+                label = f"{run.get('label')}[{i}]"
+                new = NewTaskRun(child, label, task, run["flow_run_id"], run["root"])
+                in_flows = (run["flow_run_id"], run["root"])
+                store.task_runs.add(pipe, new, in_flows=in_flows, downstream=[run["task_run_id"]], stored_input=text)
+            elif text is not None:
+                store.task_runs.keep_input(pipe, run["root"], child, text)
         pipe.execute()
         header = [
             make_signature(
@@ -314,7 +306,7 @@ def register_builtin_tasks(app: Celery) -> None:
     def collect_map(self: CeleryTask, run: dict[str, Any], children: list[str]) -> None:
         """All mapped runs completed: the map's result is the list of their results."""
         store = get_store()
-        texts = store.results(children)
+        texts = store.task_runs.results(children)
         missing = [c for c, t in texts.items() if t is None]
         attempt = CeleryAttempt(self)
         if missing:
@@ -335,7 +327,7 @@ def register_builtin_tasks(app: Celery) -> None:
         store = get_store()
         attempt = CeleryAttempt(self)
         run = full_run(run, self.request.id)
-        started = store.task_started(
+        started = store.task_runs.started(
             run["root"], run["task_run_id"], start_record(run, "subflow", attempt), stored_inputs=inputs is None
         )
         if started is None:
@@ -370,7 +362,7 @@ def register_builtin_tasks(app: Celery) -> None:
     def retry_flow_run(self: CeleryTask, run_id: str, attempt: int) -> None:
         """Next attempt of a failed flow run: re-run what did not complete (static) or the body."""
         store = get_store()
-        record = store.read_flow_run(run_id)
+        record = store.flow_runs.read(run_id)
         if record.get("state") != StateType.AWAITING_RETRY.value:
             return  # cancelled meanwhile, or a redelivered message
         if record.get("mode") != "dynamic":
@@ -382,14 +374,14 @@ def register_builtin_tasks(app: Celery) -> None:
             end_flow_run(store, run_id, StateType.FAILED, message + "; start it with --flows.")
             return
         parameters = definition.bind_parameters((), from_jsonable(json.loads(record.get("parameters", "{}"))))
-        store.write_flow_run(run_id, {"attempt": str(attempt), "body_error": ""})
+        store.flow_runs.write(run_id, {"attempt": str(attempt), "body_error": ""})
         start_driver(self.app, definition, run_id, parameters, record.get("queue") or "default", retrying=True)
 
     @app.task(name=START_FLOW_RUN_TASK, bind=True, ignore_result=True)
     def start_flow_run(self: CeleryTask, flow: str, run_id: str, dynamic: bool = False) -> None:
         """Start a flow run whose record exists: trace and compile it, or drive it."""
         store = get_store()
-        record = store.read_flow_run(run_id)
+        record = store.flow_runs.read(run_id)
         if not record:
             log.error("start_flow_run: no record for flow run %s; nothing to start", run_id)
             return
@@ -398,7 +390,7 @@ def register_builtin_tasks(app: Celery) -> None:
         definition = registry.get_flow(flow)
         if definition is None:
             known = ", ".join(sorted(f.name for f in registry.all_flows())) or "none"
-            store.write_flow_run(
+            store.flow_runs.write(
                 run_id,
                 {
                     "state": StateType.FAILED.value,
@@ -409,7 +401,7 @@ def register_builtin_tasks(app: Celery) -> None:
             )
             return
         queue = record.get("queue") or self.request.delivery_info.get("routing_key") or "default"
-        store.write_flow_run(run_id, definition.run_options)
+        store.flow_runs.write(run_id, definition.run_options)
         try:
             given = from_jsonable(json.loads(record.get("parameters", "{}")))
             definition.check_parameter_names(given)
@@ -423,15 +415,15 @@ def register_builtin_tasks(app: Celery) -> None:
                 if prepared.dynamic_reason is None:
                     launch_prepared(prepared, flow, store=store, messaging=messaging, record=resolved)
                     return
-            store.write_flow_run(run_id, resolved | {"state": StateType.PENDING.value})  # the API learns them
+            store.flow_runs.write(run_id, resolved | {"state": StateType.PENDING.value})  # the API learns them
         except OrchestratorError as exc:  # bad parameters or definition: say so, never stay Pending
-            store.write_flow_run(run_id, {"state": StateType.FAILED.value, "ended": now(), "message": str(exc)})
+            store.flow_runs.write(run_id, {"state": StateType.FAILED.value, "ended": now(), "message": str(exc)})
             return
-        except (redis.ConnectionError, redis.TimeoutError):
+        except RedisUnavailable:
             raise  # Redis is away: the message is not acknowledged and runs again once it is back
         except Exception as exc:  # the flow body raised while it was traced, say: the run must still end
             log.exception("flow run %s could not start", run_id)
             message = f"the worker could not start this run: {type(exc).__name__}: {exc}"
-            store.write_flow_run(run_id, {"state": StateType.FAILED.value, "ended": now(), "message": message})
+            store.flow_runs.write(run_id, {"state": StateType.FAILED.value, "ended": now(), "message": message})
             return
         start_driver(self.app, definition, run_id, parameters, queue)

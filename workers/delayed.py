@@ -52,14 +52,14 @@ class DelayedDispatcher:
         """Send every message that is due now; return how many were sent."""
         store = get_store()
         sent = 0
-        claimed_until, due = store.claim_due()
+        claimed_until, due = store.delayed.claim_due()
         for message in due:
             try:
                 self.app.signature(json.loads(message)).apply_async()
             except Exception:  # stays claimed; comes due again when its lease ends
                 log.exception("could not send a delayed message; it will be retried")
                 continue
-            store.sent(message, claimed_until)
+            store.delayed.sent(message, claimed_until)
             sent += 1
         return sent
 

@@ -34,9 +34,8 @@ from orchestrator.runs.lifecycle import (
     end_flow_run,
     flow_outcome,
     schedule_deadline,
-    task_record,
 )
-from orchestrator.runstate import keys
+from orchestrator.runstate.records import NewTaskRun, body_task_run_id
 from orchestrator.runstate.store import RunStore, get_store, now
 from orchestrator.runtime.attempts import describe
 from orchestrator.runtime.context import RunInfo, using
@@ -86,10 +85,10 @@ class RemoteFuture(Future[Any]):
 
     @property
     def state(self) -> StateType:
-        final = self.engine.store.final_states(self.engine.root, [self.task_run_id])[self.task_run_id]
+        final = self.engine.store.task_runs.final_states(self.engine.root, [self.task_run_id])[self.task_run_id]
         if final is not None:
             return final
-        return StateType(self.engine.store.read_task_run(self.task_run_id).get("state", "Pending"))
+        return StateType(self.engine.store.task_runs.read(self.task_run_id).get("state", "Pending"))
 
     def wait(self, timeout: float | None = None) -> StateType:
         _done, _ = self.engine.wait([self], timeout)
@@ -101,7 +100,7 @@ class RemoteFuture(Future[Any]):
             raise RunTimeout(f"task run {self.label} ({self.task_run_id}) is still {state.value} after {timeout}s.")
         if state is StateType.COMPLETED:
             return resolve(make_ref(self.task_run_id), self.engine.store, allow_pickle=True, where=self.label)
-        message = self.engine.store.read_task_run(self.task_run_id).get("message", "")
+        message = self.engine.store.task_runs.read(self.task_run_id).get("message", "")
         error = TaskRunFailed(f"task run {self.label} ({self.task_run_id}) ended {state.value}: {message}")
         if raise_on_failure:
             raise error
@@ -141,7 +140,7 @@ class DynamicEngine(Engine):
 
     def submit(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any]) -> RemoteFuture:
         task.importable_or_raise()
-        state = self.store.flow_state(self.root)
+        state = self.store.flow_runs.state(self.root)
         if state is not None and state.is_final:
             raise FlowRunFailed(f"flow run {self.root} already ended {state.value}; {task.name} was not submitted.")
         where = f"task {task.name!r}"
@@ -169,26 +168,17 @@ class DynamicEngine(Engine):
             task_id=trid,
             app=self.app,
         )
-        pipe = self.store.redis.pipeline(transaction=False)
-        pipe.incr(keys.remaining(self.root))
-        if stored is not None:
-            pipe.hset(keys.inputs(self.root), trid, stored)
-            pipe.expire(keys.inputs(self.root), self.store.ttl)
-        pipe.hset(keys.task_run(trid), mapping=task_record(trid, label, task.name, self.flow_run_id, self.root))
-        pipe.expire(keys.task_run(trid), self.store.ttl)
-        for run_id in {self.flow_run_id, self.root}:  # the root's set holds the whole tree
-            pipe.sadd(keys.flow_tasks(run_id), trid)
-            pipe.expire(keys.flow_tasks(run_id), self.store.ttl)
-        pipe.execute()
+        new = NewTaskRun(trid, label, task.name, self.flow_run_id, self.root)
+        self.store.task_runs.add_to_dynamic_tree(new, stored)  # the root's set holds the whole tree
         future = RemoteFuture(self, trid, label)
         self.futures.append(future)
         self.has_downstream.update(upstream)
-        status, count_or_up, up_state = self.store.register_waiting(
+        status, count_or_up, up_state = self.store.task_runs.register_waiting(
             self.root, trid, upstream, json.dumps(dict(sig)), tolerant
         )
         if status == "blocked":
             state = StateType.SKIPPED if up_state == StateType.SKIPPED.value else StateType.UPSTREAM_FAILED
-            up_label = self.store.read_task_run(count_or_up or "").get("label", count_or_up)
+            up_label = self.store.task_runs.read(count_or_up or "").get("label", count_or_up)
             end_failed(
                 self.store,
                 full_run(run, trid),
@@ -215,7 +205,7 @@ class DynamicEngine(Engine):
             replace_futures(args, lambda f, _: f.result()), replace_futures(kwargs, lambda f, _: f.result())
         )
         child_id = str(uuid.uuid4())
-        self.store.write_flow_run(
+        self.store.flow_runs.write(
             child_id,
             {
                 "id": child_id,
@@ -235,11 +225,11 @@ class DynamicEngine(Engine):
             child.wait(list(child.futures), None)
             returns = child.template(value, f"subflow {flow.name!r} return value")
         except Exception as exc:
-            self.store.write_flow_run(
+            self.store.flow_runs.write(
                 child_id, {"state": StateType.FAILED.value, "ended": now(), "message": describe(exc)}
             )
             raise
-        self.store.write_flow_run(
+        self.store.flow_runs.write(
             child_id,
             {"returns": returns, "deciders": deciders(returns, child.leaves()), "result_refs": refs_in(returns)},
         )
@@ -255,7 +245,7 @@ class DynamicEngine(Engine):
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = 0.005
         while pending:
-            finals = self.store.final_states(self.root, list(pending))
+            finals = self.store.task_runs.final_states(self.root, list(pending))
             for trid, state in finals.items():
                 if state is not None:
                     yield pending.pop(trid)
@@ -278,11 +268,10 @@ def drive(app: Celery, flow: Flow, run_id: str, parameters: dict[str, Any], queu
     A retry runs the whole body again (new task runs), like Prefect's flow retries.
     """
     store = get_store()
-    store.redis.set(keys.remaining(run_id), 1, ex=store.ttl)  # the body itself
-    store.redis.hdel(keys.finals(run_id), keys.body_node(run_id))
+    store.flow_runs.start_dynamic_body(run_id)  # the body itself is the one task run its tree waits for
     schedule_deadline(store, run_id, flow.timeout_seconds, queue)
     state = StateType.RETRYING if retrying else StateType.RUNNING
-    store.write_flow_run(run_id, {"state": state.value, "started": now(), "mode": "dynamic"})
+    store.flow_runs.write(run_id, {"state": state.value, "started": now(), "mode": "dynamic"})
     engine = DynamicEngine(app, store, run_id, run_id, queue)
     returns: Any = None
     body_error = ""
@@ -293,7 +282,7 @@ def drive(app: Celery, flow: Flow, run_id: str, parameters: dict[str, Any], queu
     except Exception as exc:
         log.exception("flow run %s (%s): the flow body raised", run_id, flow.name)
         body_error = f"the flow body raised {describe(exc)}"
-    store.write_flow_run(
+    store.flow_runs.write(
         run_id,
         {
             "returns": returns,
@@ -303,7 +292,7 @@ def drive(app: Celery, flow: Flow, run_id: str, parameters: dict[str, Any], queu
         },
     )
     body_state = StateType.FAILED if body_error else StateType.COMPLETED
-    after_final(store, run_id, store.task_finished(run_id, keys.body_node(run_id), body_state, {"ended": now()}))
+    after_final(store, run_id, store.task_runs.finished(run_id, body_task_run_id(run_id), body_state, {"ended": now()}))
 
 
 def start_driver(

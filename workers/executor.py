@@ -24,7 +24,6 @@ from orchestrator.data.serialization import dumps
 from orchestrator.errors import SerializationError
 from orchestrator.planning.plan import refs_in
 from orchestrator.runs.lifecycle import after_final, end_task_run, finish_flow_run, propagate_failure
-from orchestrator.runstate import keys
 from orchestrator.runstate import slots as concurrency
 from orchestrator.runstate.store import RunStore, get_store, now
 from orchestrator.runtime.attempts import Outcome, decide, describe, format_traceback
@@ -113,12 +112,12 @@ def finish_what_a_crash_left(
     Returns whether the task run had completed (else the canvas must stop here).
     """
     root, trid = run["root"], run["task_run_id"]
-    state = store.final_states(root, [trid])[trid]
+    state = store.task_runs.final_states(root, [trid])[trid]
     if state is not None and state is not StateType.COMPLETED:
         propagate_failure(store, root, trid, state, run.get("label", trid), send)
-    flow_state = store.flow_state(root)
+    flow_state = store.flow_runs.state(root)
     waiting = flow_state is not None and not flow_state.is_final and flow_state is not StateType.AWAITING_RETRY
-    if waiting and store.redis.get(keys.remaining(root)) == "0":
+    if waiting and store.flow_runs.remaining(root) == 0:
         finish_flow_run(store, root)
     return state is StateType.COMPLETED
 
@@ -135,8 +134,8 @@ def gate(
     if "trigger" not in run:
         return frozenset()
     ups: list[str] = run.get("ups", [])
-    states = store.final_states(run["root"], ups)
-    labels = store.labels(ups)
+    states = store.task_runs.final_states(run["root"], ups)
+    labels = store.task_runs.labels(ups)
     upstream = {u: (labels[u], s or StateType.PENDING) for u, s in states.items()}
     decision = verdict(run["trigger"], upstream, set(run.get("allow", [])))
     if not decision.run:
@@ -150,7 +149,9 @@ def end_completed(
 ) -> Ending:
     """Make a task run Completed with its result; send joins that became ready."""
     root, trid = run["root"], run["task_run_id"]
-    finished = store.task_finished(root, trid, StateType.COMPLETED, {"ended": now(), "worker": attempt.worker}, text)
+    finished = store.task_runs.finished(
+        root, trid, StateType.COMPLETED, {"ended": now(), "worker": attempt.worker}, text
+    )
     if finished.left is None:
         return Ending.DUPLICATE
     attempt.send(finished.ready)
@@ -204,7 +205,7 @@ def take_slots(store: RunStore, task: Task, run: dict[str, Any], attempt: Attemp
                 "name": task.name,
                 "label": run.get("label", ""),
             }
-            store.task_progress(trid, fields)
+            store.task_runs.progress(trid, fields)
         poll = get_settings().slot_poll_seconds
         attempt.wait(poll * (1 + random.random() / 2), message)
     return got
@@ -221,7 +222,7 @@ def _run_holding_slots(
     held: list[str],
 ) -> Ending:
     root, trid = run["root"], run["task_run_id"]
-    started = store.task_started(
+    started = store.task_runs.started(
         root,
         trid,
         start_record(run, task.name, attempt),
@@ -259,10 +260,10 @@ def _run_holding_slots(
         if task.persist_result:
             persist(trid, text)  # before Completed: a completed persisted result is always on storage
     except Exception as exc:
-        poking_for = now() - store.first_poke(trid) if isinstance(exc, RETRY) else 0.0
+        poking_for = now() - store.task_runs.first_poke(trid) if isinstance(exc, RETRY) else 0.0
         outcome = _outcome(task, exc, retries_used, attempt, poking_for)
         if outcome.state is StateType.AWAITING_RETRY:
-            store.task_progress(
+            store.task_runs.progress(
                 trid, {"state": outcome.state.value, "message": outcome.message, "retry_at": now() + outcome.delay}
             )
             call_hooks(task, task.hooks, info, outcome.state, outcome.message)

@@ -11,7 +11,6 @@ never touches Redis, so short tasks pay nothing. The API's crash detector
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -19,9 +18,8 @@ import time
 from typing import Any
 
 from orchestrator.config.settings import get_settings
-from orchestrator.runstate import keys
 from orchestrator.runstate import slots as concurrency
-from orchestrator.runstate.store import get_store, now
+from orchestrator.runstate.store import get_store
 
 log = logging.getLogger(__name__)
 
@@ -77,24 +75,10 @@ class Heartbeats:
             finished, self._finished = self._finished, set()
         if not running and not finished:
             return
-        store = get_store()
-        pipe = store.redis.pipeline(transaction=False)
-        if running:
-            pipe.zadd(keys.HEARTBEATS, dict.fromkeys(running, now()))
-            concurrency.renew(pipe, {t: r["slots"] for t, r in running.items() if r.get("slots")})
-        if new:
-            pipe.hset(keys.HEARTBEAT_RECORDS, mapping={t: json.dumps(r, default=str) for t, r in new.items()})
-        if finished:
-            forget(pipe, *finished)
-        pipe.execute()
+        held = {t: r["slots"] for t, r in running.items() if r.get("slots")}
+        get_store().leases.beat(running, new, finished, lambda pipe: concurrency.renew(pipe, held))
         with self._lock:
             self._announced |= {t for t in new if t in self._running}
-
-
-def forget(pipe: Any, *task_run_ids: str) -> None:
-    """Take task runs off the heartbeat set, with their crash records (in ``pipe``)."""
-    pipe.zrem(keys.HEARTBEATS, *task_run_ids)
-    pipe.hdel(keys.HEARTBEAT_RECORDS, *task_run_ids)
 
 
 HEARTBEATS = Heartbeats()

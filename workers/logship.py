@@ -8,13 +8,11 @@ A task killed mid-run has therefore shipped everything up to its last flush.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
-from typing import Any
 
-from orchestrator.runstate import keys
+from orchestrator.runstate.events import LogLine
 from orchestrator.runstate.store import get_store
 
 RUN_LOGGER = "orchestrator.runs"
@@ -27,7 +25,7 @@ class RunLogShipper(logging.Handler):
         super().__init__(level=logging.INFO)
         self.interval = interval
         self.capacity = capacity
-        self._buffer: list[dict[str, Any]] = []
+        self._buffer: list[LogLine] = []
         self._lock = threading.Lock()
         self._pid = 0
 
@@ -46,15 +44,13 @@ class RunLogShipper(logging.Handler):
         flow_run_id = getattr(record, "flow_run_id", None)
         if not flow_run_id:
             return
-        item = {
-            "kind": "log",
-            "id": getattr(record, "task_run_id", None) or flow_run_id,
-            "flow_run_id": flow_run_id,
-            "task_run_id": getattr(record, "task_run_id", None),
-            "level": record.levelname,
-            "message": record.getMessage(),
-            "ts": record.created,
-        }
+        item = LogLine(
+            flow_run_id=flow_run_id,
+            task_run_id=getattr(record, "task_run_id", None),
+            level=record.levelname,
+            message=record.getMessage(),
+            ts=record.created,
+        )
         self._ensure_timer()
         with self._lock:
             self._buffer.append(item)
@@ -68,14 +64,7 @@ class RunLogShipper(logging.Handler):
         if not batch:
             return
         try:
-            store = get_store()
-            pipe = store.redis.pipeline(transaction=False)
-            for item in batch:
-                text = json.dumps(item)
-                pipe.xadd(keys.EVENTS_STREAM, {"event": text}, maxlen=store.maxlen, approximate=True)
-                pipe.rpush(keys.flow_logs(item["flow_run_id"]), text)
-                pipe.expire(keys.flow_logs(item["flow_run_id"]), store.ttl)
-            pipe.execute()
+            get_store().events.ship_logs(batch)
         except Exception:  # Redis away: put the lines back for the next flush
             with self._lock:
                 self._buffer = batch[-10_000:] + self._buffer

@@ -17,7 +17,6 @@ from api.schemas import DeploymentCreate, DeploymentPublic, DeploymentRunCreate,
 from api.services.scheduling import check_schedule
 from api.submit import check_parameters, check_structure, new_flow_run
 from orchestrator.guards.limits import queue_problem, shown_parameters
-from orchestrator.runstate import keys
 from orchestrator.states import StateType
 
 router = APIRouter(prefix="/deployments", tags=["deployments"])
@@ -55,7 +54,9 @@ def create_deployment(body: DeploymentCreate, session: SessionDep, store: StoreD
     problem = check_schedule(body.cron, body.interval_seconds, body.timezone)
     if problem:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, problem)
-    if store.redis.hexists(keys.FLOWS, body.flow_name):  # parameters checked now when a worker told us the flow
+    if (
+        store.fleet.flow_description(body.flow_name) is not None
+    ):  # parameters checked now when a worker told us the flow
         flow = find_flow(store, body.flow_name)
         check_parameters(flow, body.parameters)
         body.queue = body.queue or flow.get("queue")

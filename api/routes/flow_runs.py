@@ -33,7 +33,6 @@ from api.schemas import (
 )
 from api.services.late import cleanup_late
 from orchestrator.runs.lifecycle import retry_final_run
-from orchestrator.runstate import keys
 from orchestrator.states import StateType
 
 router = APIRouter(prefix="/flow-runs", tags=["flow runs"])
@@ -148,7 +147,7 @@ def rename_flow_run(session: SessionDep, store: StoreDep, run_id: RunId, body: F
     """Rename a flow run (also while it runs)."""
     row = get_run(session, run_id)
     store.ping()
-    store.rename_flow_run(run_id, body.name, cause="api")  # the recorder applies it, in order with the run's events
+    store.flow_runs.rename(run_id, body.name, cause="api")  # the recorder applies it, in order with the run's events
     shown = FlowRunPublic.of(row)
     shown.name = body.name
     return shown
@@ -237,14 +236,14 @@ def read_diagnosis(session: SessionDep, store: StoreDep, run_id: RunId) -> Diagn
     ).all()
     states = {state: int(n) for state, n in counts}
     # the run tree's own count of task runs not final yet, planned ones that never reported included
-    left = store.redis.get(keys.remaining(run_id)) if not row.parent_id else None
+    left = store.flow_runs.remaining(run_id) if not row.parent_id else None
     found = diagnose(
         row,
         fleet,
         states,
         paused_deployment=paused,
         waiting_for_slots=slot_waits(store, list(waiting)),
-        not_final=int(left) if left is not None else None,
+        not_final=left,
     )
     return Diagnosis.model_validate(found)
 

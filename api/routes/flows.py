@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -12,7 +11,6 @@ from api.models import FlowRun
 from api.routes.deps import StoreDep
 from api.schemas import FlowPublic, FlowRunCreate, FlowRunPublic
 from api.submit import new_flow_run
-from orchestrator.runstate import keys
 from orchestrator.runstate.fleet import registered_flows
 
 router = APIRouter(prefix="/flows", tags=["flows"])
@@ -29,9 +27,9 @@ def find_flow(store: Any, name: str) -> dict[str, Any]:
     cached = _flow_cache.get(name)
     if cached is not None and cached[0] > time.monotonic():
         return cached[1]
-    found = store.redis.hget(keys.FLOWS, name)
+    found = store.fleet.flow_description(name)
     if found:
-        flow = dict(json.loads(found))
+        flow = dict(found)
         _flow_cache[name] = (time.monotonic() + FLOW_CACHE_SECONDS, flow)
         return flow
     raise HTTPException(

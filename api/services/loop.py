@@ -14,30 +14,28 @@ import logging
 import threading
 import time
 
-from redis.exceptions import LockError
 from sqlalchemy import Engine, func, update
 from sqlmodel import Session, col, select
 
-from api.crashes import detect_crashes
 from api.models import ConcurrencyLimit, Deployment, FlowRun
 from api.services.deployment_limits import DeploymentLimits
 from api.services.late import apply_deployment_policies, mark_late
 from api.services.scheduling import schedule_runs
-from api.stalled import StalledRuns
 from api.submit import dispatch
 from orchestrator.config.settings import get_settings
 from orchestrator.errors import ConnectionProblem
-from orchestrator.runstate import keys
 from orchestrator.runstate import slots as concurrency
 from orchestrator.runstate.fleet import live_workers
+from orchestrator.runstate.leases import SERVICES_LOCK
 from orchestrator.runstate.store import RunStore, get_store
 from orchestrator.states import StateType
+from orchestrator.supervision.crashes import detect_crashes
+from orchestrator.supervision.stalled import StalledRuns
 from orchestrator.transport.messaging import sender_messaging
 
 log = logging.getLogger("orchestrator.dispatcher")
 
 
-DISPATCH_LOCK = f"{keys.PREFIX}:lock:dispatcher"
 WAITING = [StateType.SCHEDULED.value, StateType.LATE.value, StateType.AWAITING_CONCURRENCY_SLOT.value]
 QUEUE = func.coalesce(func.nullif(FlowRun.queue, ""), "default")  # a run's queue; empty means default
 
@@ -49,16 +47,13 @@ def dispatch_due(engine: Engine, store: RunStore | None = None, limit: int = 200
     concurrency limit is never overrun by two API processes counting at once.
     """
     store = store or get_store()
-    lock = store.redis.lock(DISPATCH_LOCK, timeout=60)
-    if not lock.acquire(blocking=False):
+    lock = store.leases.try_lock(SERVICES_LOCK, timeout=60)
+    if lock is None:
         return 0  # another API process is dispatching right now
     try:
         return _dispatch_due(engine, store, limit)
     finally:
-        try:
-            lock.release()
-        except LockError:
-            pass  # expired during a very slow pass; the next pass takes it again
+        store.leases.release_lock(lock)  # expired during a very slow pass: the next pass takes it again
 
 
 def _dispatch_due(engine: Engine, store: RunStore, limit: int) -> int:
@@ -126,6 +121,19 @@ def publish_limits(engine: Engine, store: RunStore) -> None:
         concurrency.publish_limits(store, {row.tag: row.slots for row in rows})
 
 
+def running_roots(engine: Engine, limit: int = 2000) -> list[str]:
+    """Root flow runs recorded Running, least recently updated first (the stalled-run candidates)."""
+    with Session(engine) as session:
+        return list(
+            session.exec(
+                select(FlowRun.id)
+                .where(FlowRun.state == StateType.RUNNING.value, col(FlowRun.parent_id).is_(None))
+                .order_by(col(FlowRun.updated))
+                .limit(limit)
+            ).all()
+        )
+
+
 def run_services(engine: Engine, store: RunStore, stop: threading.Event, interval: float = 1.0) -> None:
     """The periodic services, once a second until ``stop``: send due runs, mark overdue ones Late.
 
@@ -141,7 +149,7 @@ def run_services(engine: Engine, store: RunStore, stop: threading.Event, interva
             lambda: mark_late(engine, store, late_after),
             lambda: apply_deployment_policies(engine, store, sender_messaging()),
             lambda: detect_crashes(store, sender_messaging()),
-            lambda: stalled(engine, store),
+            lambda: stalled(store, lambda: running_roots(engine)),
         ):
             try:
                 service()

@@ -19,59 +19,52 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
 from sqlalchemy import Engine
 from sqlalchemy.exc import DataError, IntegrityError, ProgrammingError
 from sqlmodel import Session, col, select
 
 from api.models import FlowRun, LogLine, StateEvent, TaskRun
 from orchestrator.data.serialization import to_plain
-from orchestrator.runstate import keys
+from orchestrator.runstate import events as stream
+from orchestrator.runstate.event_stream import DEAD_LETTERS, Entry
+from orchestrator.runstate.leases import RECORDER_LEASE
 from orchestrator.runstate.store import RunStore
 from orchestrator.states import StateType, can_transition
 
 log = logging.getLogger("orchestrator.recorder")
 
-GROUP = "recorder"
-LEASE_KEY = f"{keys.PREFIX}:recorder-lease"
 LEASE_SECONDS = 15
-CLAIM_IDLE_MS = 30_000  # events a dead consumer read but never acknowledged are taken over after this
 CHUNK = 500  # ids per IN (...) query
-DEAD = f"{keys.PREFIX}:events:dead"  # events the database refused, kept for a person to look at
 
 
 @dataclass
 class Event:
-    """One parsed stream entry."""
+    """One stream entry: its id (the event's unique key in the database) and the typed event."""
 
     stream_id: str
-    data: dict[str, Any]
+    body: stream.StreamEvent
 
     @property
     def kind(self) -> str:
-        return str(self.data.get("kind", ""))
+        return self.body.kind
 
     @property
     def run_id(self) -> str:
-        return str(self.data.get("id", ""))
+        return self.body.id
 
     @property
     def record(self) -> dict[str, Any]:
-        rec = self.data.get("record")
-        return rec if isinstance(rec, dict) else {}
+        return self.body.record if isinstance(self.body, stream.StateChange) else {}
 
 
-def parse(entries: Iterable[tuple[str, dict[str, str]]]) -> list[Event]:
-    """Stream entries as events; an entry that is not JSON is logged and skipped (still acknowledged)."""
+def parse(entries: Iterable[Entry]) -> list[Event]:
+    """Stream entries as events; an entry that is no event is logged and skipped (still acknowledged)."""
     events = []
     for stream_id, fields in entries:
         try:
-            data = json.loads(fields.get("event", ""))
-        except ValueError:
-            log.warning("event %s is not JSON; skipped: %r", stream_id, fields)
-            continue
-        if isinstance(data, dict):
-            events.append(Event(stream_id, data))
+            events.append(Event(stream_id, stream.decode(fields.get("event", ""))))
+        except stream.EventFormatError as exc:
+            log.warning("event %s skipped (%s): %r", stream_id, exc, fields)
     return events
 
 
@@ -136,9 +129,11 @@ def merge_task_record(row: TaskRun, rec: dict[str, Any]) -> None:
 def cause_of(event: Event) -> str:
     """Who or what made the change, for the history."""
     rec = event.record
-    if event.data.get("cause") or rec.get("cause"):
-        return str(event.data.get("cause") or rec.get("cause"))
-    if event.data.get("reopen"):
+    body = event.body
+    cause = body.cause if isinstance(body, stream.StateChange | stream.Renamed) else ""
+    if cause or rec.get("cause"):
+        return str(cause or rec.get("cause"))
+    if isinstance(body, stream.StateChange) and body.reopen:
         return "retry requested"
     if rec.get("worker"):
         return f"worker {rec['worker']}"
@@ -162,7 +157,7 @@ class Recorder:
 
     def __init__(self, store: RunStore, engine: Engine, consumer: str, batch_size: int = 2000) -> None:
         self.store = store
-        self.redis: Any = store.redis
+        self.stream = store.events
         self.engine = engine
         self.consumer = consumer
         self.batch_size = batch_size
@@ -172,42 +167,18 @@ class Recorder:
     # -- the stream -----------------------------------------------------------------
     def ensure_group(self) -> None:
         """Create the consumer group at the stream's start: events sent while no API ran are recorded too."""
-        try:
-            self.redis.xgroup_create(keys.EVENTS_STREAM, GROUP, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        self.stream.ensure_group()
 
     def hold_lease(self) -> bool:
         """Take or renew the single-recorder lease; False while another recorder holds it."""
-        if self.redis.set(LEASE_KEY, self.consumer, nx=True, ex=LEASE_SECONDS):
-            return True
-        if self.redis.get(LEASE_KEY) == self.consumer:
-            self.redis.expire(LEASE_KEY, LEASE_SECONDS)
-            return True
-        return False
+        return self.store.leases.hold(RECORDER_LEASE, self.consumer, LEASE_SECONDS)
 
     def release_lease(self) -> None:
-        try:
-            if self.redis.get(LEASE_KEY) == self.consumer:
-                self.redis.delete(LEASE_KEY)
-        except redis.RedisError:
-            pass
+        self.store.leases.release(RECORDER_LEASE, self.consumer)
 
-    def read(self, block_ms: int) -> list[tuple[str, dict[str, str]]]:
+    def read(self, block_ms: int) -> list[Entry]:
         """Our own unacknowledged events first, then those a dead consumer left, then new ones."""
-        own = self.redis.xreadgroup(GROUP, self.consumer, {keys.EVENTS_STREAM: "0"}, count=self.batch_size)
-        if own and own[0][1]:
-            return list(own[0][1])
-        claimed = self.redis.xautoclaim(
-            keys.EVENTS_STREAM, GROUP, self.consumer, CLAIM_IDLE_MS, "0-0", count=self.batch_size
-        )
-        if claimed and claimed[1]:
-            return [entry for entry in claimed[1] if entry[1] is not None]
-        fresh = self.redis.xreadgroup(
-            GROUP, self.consumer, {keys.EVENTS_STREAM: ">"}, count=self.batch_size, block=block_ms
-        )
-        return list(fresh[0][1]) if fresh else []
+        return self.stream.read(self.consumer, self.batch_size, block_ms)
 
     def step(self, block_ms: int = 1000) -> int:
         """Read, apply and acknowledge one batch; returns how many entries it handled."""
@@ -218,7 +189,7 @@ class Recorder:
         if not self.apply_retrying(events):
             log.warning("recorder: a batch was refused; applying its events one by one")
             self.apply_each(events)
-        self.redis.xack(keys.EVENTS_STREAM, GROUP, *[stream_id for stream_id, _ in entries])
+        self.stream.acknowledge([stream_id for stream_id, _ in entries])
         self.recorded += len(entries)
         return len(entries)
 
@@ -245,8 +216,10 @@ class Recorder:
             try:
                 self.apply([event])
             except (DataError, IntegrityError, ProgrammingError) as exc:
-                log.error("recorder: event %s refused by the database (%s); kept in %s", event.stream_id, exc, DEAD)
-                self.redis.rpush(DEAD, json.dumps({"id": event.stream_id, "event": event.data, "error": str(exc)}))
+                log.error(
+                    "recorder: event %s refused by the database (%s); kept in %s", event.stream_id, exc, DEAD_LETTERS
+                )
+                self.stream.keep_refused(event.stream_id, stream.to_wire(event.body), str(exc))
 
     def run(self, stop: threading.Event) -> None:
         """Loop until ``stop`` is set; Redis or database outages are waited out, never fatal."""
@@ -282,14 +255,14 @@ class Recorder:
                     self._flow_event(batch, event, recorded)
                 elif event.kind == "task_run":
                     self._task_event(batch, event, recorded)
-                elif event.kind == "flow_run_rename":
+                elif isinstance(event.body, stream.Renamed):
                     row = batch.flows.get(event.run_id)
-                    if row is not None and event.data.get("name"):
-                        row.name = str(event.data["name"])
+                    if row is not None and event.body.name:
+                        row.name = event.body.name
                         row.renamed = True
                         row.updated = recorded
-                elif event.kind == "log":
-                    batch.logs.append(self._log_line(event))
+                elif isinstance(event.body, stream.LogLine):
+                    batch.logs.append(self._log_line(event.stream_id, event.body))
             self._attach_plans(batch)
             for item in (*batch.flows.values(), *batch.tasks.values(), *batch.history, *batch.logs):
                 scrub(item)
@@ -324,32 +297,22 @@ class Recorder:
         described = {e.run_id for e in events if e.record.get("flow")}
         missing_flows = sorted(i for i in flow_ids if i not in batch.flows and i not in described)
         missing_tasks = sorted(i for i in task_ids if i not in batch.tasks)
-        for run_id, rec in zip(missing_flows, self._hashes(keys.flow_run, missing_flows), strict=True):
+        for run_id, rec in zip(missing_flows, self.store.flow_runs.read_many(missing_flows), strict=True):
             row = FlowRun(id=run_id, created=_float(rec.get("created")) or time.time())
             merge_flow_record(row, rec)
             batch.flows[run_id] = row
             batch.stateless.add(("flow_run", run_id))
-        for trid, rec in zip(missing_tasks, self._hashes(keys.task_run, missing_tasks), strict=True):
+        for trid, rec in zip(missing_tasks, self.store.task_runs.read_many(missing_tasks), strict=True):
             task = TaskRun(id=trid, created=_float(rec.get("created")) or 0.0)
             merge_task_record(task, rec)
             batch.tasks[trid] = task
             batch.stateless.add(("task_run", trid))
         return batch
 
-    def _hashes(self, key: Any, ids: list[str]) -> list[dict[str, str]]:
-        if not ids:
-            return []
-        pipe = self.redis.pipeline(transaction=False)
-        for run_id in ids:
-            pipe.hgetall(key(run_id))
-        return list(pipe.execute())
-
     def _flow_event(self, batch: Batch, event: Event, recorded: float) -> None:
         row = batch.flows.get(event.run_id)
         if row is None:
-            row = FlowRun(
-                id=event.run_id, created=_float(event.record.get("created")) or event.data.get("ts", recorded)
-            )
+            row = FlowRun(id=event.run_id, created=_float(event.record.get("created")) or event.body.ts)
             batch.flows[event.run_id] = row
             batch.stateless.add(("flow_run", event.run_id))
         merge_flow_record(row, event.record)
@@ -362,7 +325,7 @@ class Recorder:
             return  # a dynamic flow's body: its own flow run events tell its story
         row = batch.tasks.get(event.run_id)
         if row is None:
-            row = TaskRun(id=event.run_id, created=event.data.get("ts", recorded))
+            row = TaskRun(id=event.run_id, created=event.body.ts)
             batch.tasks[event.run_id] = row
             batch.stateless.add(("task_run", event.run_id))
         merge_task_record(row, event.record)
@@ -372,15 +335,17 @@ class Recorder:
         self, batch: Batch, row: FlowRun | TaskRun, event: Event, recorded: float, kind: str, flow_run_id: str
     ) -> None:
         """Apply one state event through the state machine and keep it in the history."""
+        change = event.body
+        assert isinstance(change, stream.StateChange)  # only state changes reach here
         try:
-            new = StateType(str(event.data.get("state")))
+            new = StateType(change.state)
         except ValueError:
-            log.warning("event %s has an unknown state %r; skipped", event.stream_id, event.data.get("state"))
+            log.warning("event %s has an unknown state %r; skipped", event.stream_id, change.state)
             return
         current = None if (kind, row.id) in batch.stateless else StateType(row.state)
-        reopen = bool(event.data.get("reopen"))
-        message = str(event.data.get("message") or "")
-        ts = float(event.data.get("ts") or recorded)
+        reopen = change.reopen
+        message = change.message
+        ts = change.ts or recorded
         allowed = can_transition(current, new, reopen=reopen)
         if allowed and current is new and message == row.state_message and not reopen:
             return  # the same state reported again: nothing to record
@@ -411,15 +376,14 @@ class Recorder:
         )
 
     @staticmethod
-    def _log_line(event: Event) -> LogLine:
-        data = event.data
+    def _log_line(stream_id: str, line: stream.LogLine) -> LogLine:
         return LogLine(
-            event_id=event.stream_id,
-            flow_run_id=str(data.get("flow_run_id") or ""),
-            task_run_id=data.get("task_run_id"),
-            level=str(data.get("level") or "INFO")[:16],
-            message=str(data.get("message") or ""),
-            ts=float(data.get("ts") or time.time()),
+            event_id=stream_id,
+            flow_run_id=line.flow_run_id,
+            task_run_id=line.task_run_id,
+            level=line.level[:16],
+            message=line.message,
+            ts=line.ts,
         )
 
     def _attach_plans(self, batch: Batch) -> None:
@@ -427,7 +391,7 @@ class Recorder:
         wanted = sorted(batch.plans_wanted)
         if not wanted:
             return
-        for run_id, raw in zip(wanted, self.redis.mget([keys.plan(r) for r in wanted]), strict=True):
+        for run_id, raw in zip(wanted, self.store.flow_runs.plan_texts(wanted), strict=True):
             if raw:
                 batch.flows[run_id].plan = graph_of(json.loads(raw))
 

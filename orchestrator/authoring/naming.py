@@ -48,4 +48,4 @@ def rename_flow_run(name: str) -> None:
         return
     from orchestrator.runstate.store import get_store
 
-    get_store().rename_flow_run(run.flow_run_id, name, cause="rename_flow_run()")
+    get_store().flow_runs.rename(run.flow_run_id, name, cause="rename_flow_run()")

@@ -70,7 +70,7 @@ def resolve(
     decoded = from_jsonable(template, hook)
     ids = [i for i in refs_in(template) if i not in failed_as_none]
     texts = {i: t for i, t in (prefetched or {}).items() if i in ids}
-    texts |= store.results([i for i in ids if i not in texts])
+    texts |= store.task_runs.results([i for i in ids if i not in texts])
     missing = [i for i, t in texts.items() if t is None]
     if missing:  # gone from Redis: a result kept with persist_result=True is read from storage
         texts |= {i: t for i, t in read_persisted(missing).items() if t is not None}
@@ -88,5 +88,5 @@ def resolve(
 
 def any_pickled(store: RunStore, template: Any) -> bool:
     """Whether any referenced result was stored with pickle."""
-    texts = store.results(refs_in(template))
+    texts = store.task_runs.results(refs_in(template))
     return any(t is not None and t.startswith('{"' + PICKLE_TAG) for t in texts.values())

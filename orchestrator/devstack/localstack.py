@@ -18,11 +18,9 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import redis
-
-from orchestrator.config.settings import get_settings
-from orchestrator.config.tls import tls_options_for
 from orchestrator.errors import ConnectionProblem
+from orchestrator.runstate import connection
+from orchestrator.runstate.store import RunStore
 
 
 def free_port() -> int:
@@ -48,10 +46,7 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
 
 def redis_answers(url: str) -> bool:
     """Whether a Redis at ``url`` answers a PING within a second."""
-    try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping())
-    except (redis.RedisError, OSError):
-        return False
+    return connection.answers(url)
 
 
 @contextlib.contextmanager
@@ -98,16 +93,11 @@ def redis_server(
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"redis://{f':{password}@' if password else ''}{bind[0]}:{port}/0"
     try:
-        client = redis.Redis.from_url(url)
         deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise ConnectionProblem(f"redis-server on port {port} did not start") from None
-                time.sleep(0.05)
+        while not connection.answers(url, timeout=0.5):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise ConnectionProblem(f"redis-server on port {port} did not start") from None
+            time.sleep(0.05)
         yield url
     finally:
         stop_process(proc)
@@ -188,12 +178,12 @@ def worker(
 
 def wait_for_worker(redis_url: str, proc: subprocess.Popen[bytes], queue: str, timeout: float = 60) -> None:
     """Block until the worker has started consuming ``queue`` (its kombu binding exists)."""
-    client = redis.Redis.from_url(redis_url, **tls_options_for(redis_url, get_settings()))
+    fleet = RunStore(redis_url).fleet
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"worker exited with code {proc.returncode} before it was ready")
-        if client.exists(f"_kombu.binding.{queue}"):
+        if fleet.queue_bound(queue):
             time.sleep(0.3)  # binding is declared just before consuming starts
             return
         time.sleep(0.1)

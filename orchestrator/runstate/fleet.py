@@ -1,4 +1,4 @@
-"""What the fleet announces about itself: live workers, their queues, the flows they run.
+"""The fleet repository: live workers, their queues, the flows they announced.
 
 Workers write these records when they start and refresh a short-lived "alive" key
 while they run (``workers.announce``); the API reads them here to list flows, show
@@ -7,75 +7,78 @@ workers and explain why a run waits. No flow code is needed to read them.
 
 from __future__ import annotations
 
-import inspect
 import json
-import typing
 from typing import TYPE_CHECKING, Any
 
-from pydantic import TypeAdapter
-
-from orchestrator.data.serialization import to_jsonable
 from orchestrator.runstate import keys
-from orchestrator.runstate.store import RunStore
+from orchestrator.runstate.connection import now
 
 if TYPE_CHECKING:
-    from orchestrator.authoring.flows import Flow
+    from orchestrator.runstate.store import RunStore
 
 ALIVE_SECONDS = 15  # a worker not heard from for this long is not live
 
 
-def parameters_schema(flow: Flow) -> dict[str, Any]:
-    """The flow's parameters as a JSON Schema object (types from hints, defaults as data).
+class Fleet:
+    """Worker and flow announcements."""
 
-    A callable default is not evaluated here (it is evaluated per run); it is named
-    under ``x-default-factory`` instead.
-    """
-    try:
-        hints = typing.get_type_hints(flow.fn)
-    except Exception:  # unresolvable annotations: fall back to untyped
-        hints = {}
-    properties: dict[str, Any] = {}
-    required: list[str] = []
-    for name, param in flow.signature.parameters.items():
-        try:
-            schema = TypeAdapter(hints.get(name, Any)).json_schema()
-        except Exception:  # a type pydantic cannot describe
-            schema = {}
-        if param.default is inspect.Parameter.empty:
-            required.append(name)
-        elif callable(param.default) and not isinstance(param.default, type):
-            schema["x-default-factory"] = getattr(param.default, "__qualname__", repr(param.default))
-        else:
-            try:
-                schema["default"] = to_jsonable(param.default, f"flow {flow.name!r} default {name!r}")
-            except Exception:
-                schema["x-default-repr"] = repr(param.default)
-        properties[name] = schema
-    return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
+    def __init__(self, store: RunStore) -> None:
+        self._redis = store.redis
 
+    def announce(self, hostname: str, record: dict[str, Any], flows: dict[str, dict[str, Any]]) -> None:
+        """Record a worker that is ready and the flows it imported (name -> description), and mark it alive."""
+        pipe = self._redis.pipeline(transaction=False)
+        if flows:
+            pipe.hset(keys.FLOWS, mapping={name: json.dumps(description) for name, description in flows.items()})
+        pipe.hset(keys.WORKERS, hostname, json.dumps(record))
+        pipe.set(keys.worker_alive(hostname), repr(now()), ex=ALIVE_SECONDS)
+        pipe.execute()
 
-def describe_flow(flow: Flow) -> dict[str, Any]:
-    """The record a worker announces for one flow."""
-    return {
-        "name": flow.name,
-        "queue": flow.queue,
-        "description": flow.description,
-        "name_template": flow.flow_run_name if isinstance(flow.flow_run_name, str) else None,
-        "module": flow.fn.__module__,
-        "parameters": parameters_schema(flow),
-    }
+    def still_alive(self, hostname: str) -> None:
+        """Keep a worker's alive key fresh."""
+        self._redis.set(keys.worker_alive(hostname), repr(now()), ex=ALIVE_SECONDS)
+
+    def leave(self, hostname: str) -> None:
+        """A worker shutting down is no longer live."""
+        self._redis.delete(keys.worker_alive(hostname))
+
+    def live_workers(self) -> list[dict[str, Any]]:
+        """Workers whose alive key exists, with their queues and flows."""
+        records = self._redis.hgetall(keys.WORKERS)
+        names = sorted(records)
+        if not names:
+            return []
+        alive = self._redis.mget([keys.worker_alive(n) for n in names])
+        return [json.loads(records[n]) for n, ok in zip(names, alive, strict=True) if ok]
+
+    def registered_flows(self) -> list[dict[str, Any]]:
+        """Every flow some worker has announced (the newest announcement wins)."""
+        return [json.loads(v) for _, v in sorted(self._redis.hgetall(keys.FLOWS).items())]
+
+    def queue_lengths(self, queues: list[str]) -> dict[str, int]:
+        """Messages waiting in each broker queue (kombu keeps a Redis queue's messages in a list named after it)."""
+        if not queues:
+            return {}
+        pipe = self._redis.pipeline(transaction=False)
+        for name in queues:
+            pipe.llen(name)
+        return dict(zip(queues, pipe.execute(), strict=True))
+
+    def queue_bound(self, queue: str) -> bool:
+        """Whether some worker has declared that it consumes ``queue`` (kombu's binding key exists)."""
+        return bool(self._redis.exists(f"_kombu.binding.{queue}"))
+
+    def flow_description(self, name: str) -> dict[str, Any] | None:
+        """What a worker announced for one flow (None: no worker ever did)."""
+        found = self._redis.hget(keys.FLOWS, name)
+        return json.loads(found) if found else None
 
 
 def live_workers(store: RunStore) -> list[dict[str, Any]]:
-    """Workers whose alive key exists, with their queues and flows."""
-    records = store.redis.hgetall(keys.WORKERS)
-    names = sorted(records)
-    if not names:
-        return []
-    alive = store.redis.mget([keys.worker_alive(n) for n in names])
-    return [json.loads(records[n]) for n, ok in zip(names, alive, strict=True) if ok]
+    """Workers whose alive key exists (see :meth:`Fleet.live_workers`)."""
+    return store.fleet.live_workers()
 
 
 def registered_flows(store: RunStore) -> list[dict[str, Any]]:
-    """Every flow some worker has announced (the newest announcement wins)."""
-    return [json.loads(v) for _, v in sorted(store.redis.hgetall(keys.FLOWS).items())]
+    """Every flow some worker has announced (see :meth:`Fleet.registered_flows`)."""
+    return store.fleet.registered_flows()

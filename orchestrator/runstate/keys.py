@@ -105,8 +105,3 @@ def flow_tasks(run_id: str) -> str:
 def subflow_ends(root: str) -> str:
     """Hash end-node task run id -> child flow run id, for the subflows of a tree."""
     return f"{PREFIX}:ends:{root}"
-
-
-def body_node(run_id: str) -> str:
-    """Pseudo task run id standing for a dynamic flow's body in the remaining count."""
-    return f"body:{run_id}"

@@ -20,40 +20,13 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.config.settings import get_settings
 from orchestrator.runstate import keys
-from orchestrator.runstate.store import RunStore
 
-# KEYS: limits hash, finals hash of the run tree, task run hash
-# ARGV: task run id, now, lease expiry, slots-key prefix, tags...
-# Returns {-1} when the task run is already final, {0, tag, limit, state, holders...} when
-# a limit is full (nothing taken), else {1, limited tags taken...}.
-_ACQUIRE = """
-if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return {-1} end
-local taken = {}
-for i = 5, #ARGV do
-  local tag = ARGV[i]
-  local limit = redis.call('HGET', KEYS[1], tag)
-  if limit then
-    local key = ARGV[4] .. tag
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[2])
-    if (not redis.call('ZSCORE', key, ARGV[1])) and redis.call('ZCARD', key) >= tonumber(limit) then
-      local out = {0, tag, limit, redis.call('HGET', KEYS[3], 'state') or ''}
-      for _, holder in ipairs(redis.call('ZRANGE', key, 0, 9)) do table.insert(out, holder) end
-      return out
-    end
-    table.insert(taken, tag)
-  end
-end
-local out = {1}
-for _, tag in ipairs(taken) do
-  redis.call('ZADD', ARGV[4] .. tag, ARGV[3], ARGV[1])
-  table.insert(out, tag)
-end
-return out
-"""
+if TYPE_CHECKING:
+    from orchestrator.runstate.store import RunStore
 
 
 @dataclass(frozen=True)
@@ -87,7 +60,7 @@ def acquire(store: RunStore, root: str, task_run_id: str, tags: Sequence[str]) -
     first full limit.
     """
     now = time.time()
-    out = store.script(_ACQUIRE)(
+    out = store.scripts["acquire_slots"](  # lua/acquire_slots.lua
         keys=[keys.CONCURRENCY_LIMITS, keys.finals(root), keys.task_run(task_run_id)],
         args=[task_run_id, repr(now), repr(now + lease_seconds()), keys.SLOTS_PREFIX, *tags],
     )
@@ -141,10 +114,7 @@ def describe(store: RunStore, task_run_ids: Sequence[str]) -> list[dict[str, Any
     """Who holds slots: each task run's label, task, flow run and worker, from its Redis record."""
     if not task_run_ids:
         return []
-    pipe = store.redis.pipeline(transaction=False)
-    for trid in task_run_ids:
-        pipe.hmget(keys.task_run(trid), "label", "name", "flow_run_id", "worker", "state")
-    rows = pipe.execute()
+    rows = store.task_runs.fields_of(task_run_ids, "label", "name", "flow_run_id", "worker", "state")
     return [
         {
             "task_run_id": trid,

@@ -7,20 +7,17 @@ Running, until Redis gives the dead worker's message back after the visibility t
 This service notices such a run (a static run whose tree counter is 0 while it is still
 Running), waits one crash window to be sure no worker is ending it right now, and ends
 it the way that worker would have. Flow hooks do not run here (the API has no flow code).
+The API's services loop runs it with the runs its database has recorded Running.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
-from sqlalchemy import Engine
-from sqlmodel import Session, col, select
-
-from api.models import FlowRun
 from orchestrator.config.settings import get_settings
 from orchestrator.runs.lifecycle import finish_flow_run
-from orchestrator.runstate import keys
 from orchestrator.runstate.store import RunStore
 from orchestrator.states import StateType
 
@@ -35,34 +32,24 @@ class StalledRuns:
         self.last_pass = 0.0
         self.first_seen: dict[str, float] = {}
 
-    def __call__(self, engine: Engine, store: RunStore, limit: int = 2000) -> int:
-        """One pass (at most every ``every`` seconds); returns how many runs it ended."""
+    def __call__(self, store: RunStore, running_roots: Callable[[], list[str]]) -> int:
+        """One pass (at most every ``every`` seconds); returns how many runs it ended.
+
+        ``running_roots`` names the root flow runs the API has recorded Running, oldest
+        update first (the candidates; the run store then says which of them are stalled).
+        """
         now = time.time()
         if now - self.last_pass < self.every:
             return 0
         self.last_pass = now
         patience = get_settings().crash_window_seconds
-        with Session(engine) as session:
-            running = list(
-                session.exec(
-                    select(FlowRun.id)
-                    .where(FlowRun.state == StateType.RUNNING.value, col(FlowRun.parent_id).is_(None))
-                    .order_by(col(FlowRun.updated))
-                    .limit(limit)
-                ).all()
-            )
+        running = running_roots()
         if not running:
             self.first_seen.clear()
             return 0
-        pipe = store.redis.pipeline(transaction=False)
-        for run_id in running:
-            pipe.hmget(keys.flow_run(run_id), "state", "mode")
-            pipe.get(keys.remaining(run_id))
-        replies = pipe.execute()
         stalled = set()
-        for i, run_id in enumerate(running):
-            (state, mode), left = replies[2 * i], replies[2 * i + 1]
-            if state == StateType.RUNNING.value and mode == "static" and left == "0":
+        for run_id, (state, mode, left) in zip(running, store.flow_runs.progress(running), strict=True):
+            if state == StateType.RUNNING.value and mode == "static" and left == 0:
                 stalled.add(run_id)  # a dynamic run's body may still submit tasks
         seen = {r: self.first_seen.get(r, now) for r in stalled}
         due = [r for r, since in seen.items() if now - since >= patience]

@@ -15,42 +15,20 @@ next attempt.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
 
-import redis
-
 from orchestrator.config.settings import get_settings
 from orchestrator.runs.lifecycle import end_task_run
-from orchestrator.runstate import keys
 from orchestrator.runstate import slots as concurrency
+from orchestrator.runstate.connection import RedisUnavailable
+from orchestrator.runstate.events import task_run_event
 from orchestrator.runstate.store import RunStore
 from orchestrator.states import StateType
 from orchestrator.transport.messaging import Messaging
 
 log = logging.getLogger("orchestrator.crashes")
-
-
-# KEYS: heartbeats, heartbeat records, the task run's hash; ARGV: task run id, stale cutoff
-# Claims one stale entry (or nothing: fresh again, or another detector took it). Returns
-# {'restarted', record} when an execution began after the one that went silent (a redelivered
-# message: it heartbeats for itself), else {'crashed', record}, having made every message of that
-# attempt or an older one stale, so none of them starts beside the next attempt.
-_CLAIM = """
-local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if (not score) or tonumber(score) > tonumber(ARGV[2]) then return false end
-redis.call('ZREM', KEYS[1], ARGV[1])
-local raw = redis.call('HGET', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
-if not raw then return false end
-local record = cjson.decode(raw)
-local starts = tonumber(redis.call('HGET', KEYS[3], 'starts') or '0')
-if type(record['start']) == 'number' and starts > record['start'] then return {'restarted', raw} end
-redis.call('HSET', KEYS[3], 'min_attempt', (tonumber(record['attempt']) or 1) + 1)
-return {'crashed', raw}
-"""
 
 
 class OutageWatch:
@@ -74,7 +52,7 @@ class OutageWatch:
         now = time.time()
         if self.was_lost:
             self.back_at, self.was_lost = now, False
-        uptime = float(store.redis.info("server").get("uptime_in_seconds", window))
+        uptime = store.leases.redis_uptime(window)
         return now - self.back_at < window or uptime < window
 
 
@@ -85,7 +63,7 @@ def detect_crashes(store: RunStore, messaging: Messaging) -> int:
     """Handle every task run whose heartbeat stopped; returns how many were marked Crashed."""
     try:
         return _detect_crashes(store, messaging)
-    except (redis.ConnectionError, redis.TimeoutError):
+    except RedisUnavailable:
         OUTAGES.lost()
         raise
 
@@ -95,21 +73,17 @@ def _detect_crashes(store: RunStore, messaging: Messaging) -> int:
     if OUTAGES.blind(store, silent_for):
         return 0  # Redis was away lately: the heartbeats it missed prove nothing yet
     cutoff = time.time() - silent_for
-    stale = store.redis.zrangebyscore(keys.HEARTBEATS, "-inf", cutoff, start=0, num=200)
-    claim = store.script(_CLAIM)
     crashed = 0
-    for task_run_id in stale:
-        claimed = claim(keys=[keys.HEARTBEATS, keys.HEARTBEAT_RECORDS, keys.task_run(task_run_id)],
-                        args=[task_run_id, repr(cutoff)])  # fmt: skip
-        if not claimed:
+    for task_run_id in store.leases.silent_since(cutoff):
+        claimed = store.leases.claim_crash(task_run_id, cutoff)
+        if claimed is None:
             continue  # beating again, or another detector took it
-        verdict, raw = claimed
-        record = json.loads(raw)
+        verdict, record = claimed
         if verdict == "restarted":
             log.info("task run %s went silent on %s but runs again elsewhere", task_run_id, record.get("worker"))
             continue  # its slots are held by the new execution now
         concurrency.release(store, task_run_id, concurrency.held_tags(record))  # its slots are free now
-        if store.final_states(record["root"], [task_run_id]).get(task_run_id) is not None:
+        if store.task_runs.final_states(record["root"], [task_run_id]).get(task_run_id) is not None:
             continue  # it ended; only the worker's last clean-up beat was missing
         crash(store, messaging, task_run_id, record, silent_for)
         crashed += 1
@@ -126,14 +100,11 @@ def crash(store: RunStore, messaging: Messaging, task_run_id: str, record: dict[
     fields = {"flow_run_id": record["flow_run_id"], "root": record["root"], "worker": record.get("worker", "")}
     again = record.get("again")
     if again:
-        pipe = store.redis.pipeline(transaction=False)
         used, allowed = int(record.get("retries_used", 0)) + 1, record.get("retries")
         state = {"state": StateType.AWAITING_RETRY.value, "message": message}
-        pipe.hset(keys.task_run(task_run_id), mapping=state)
         events = [
-            store.event("task_run", task_run_id, StateType.CRASHED.value, message=message, record=fields),
-            store.event(
-                "task_run",
+            task_run_event(task_run_id, StateType.CRASHED.value, message=message, record=fields),
+            task_run_event(
                 task_run_id,
                 StateType.AWAITING_RETRY.value,
                 message=f"retry {used} of {allowed} after the crash",
@@ -142,8 +113,7 @@ def crash(store: RunStore, messaging: Messaging, task_run_id: str, record: dict[
                 cause="crash detector",
             ),
         ]
-        store.emit_task_events(events, pipe)
-        pipe.execute()
+        store.task_runs.set_fields(task_run_id, state, events)
         messaging.send_signature(again)
         log.warning("task run %s crashed on %s; sent again", task_run_id, record.get("worker"))
         return

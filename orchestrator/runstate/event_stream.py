@@ -1,0 +1,92 @@
+"""The event stream repository: where every state change and log line goes, and how the recorder reads it.
+
+Producers append typed events (:mod:`orchestrator.runstate.events`) to one capped
+Redis stream; the API's recorder reads it with a consumer group and acknowledges a
+batch only after its database commit, so an API killed mid-batch loses nothing:
+the next recorder reads the unacknowledged entries again (its own first, then those
+a dead consumer left, after :data:`CLAIM_IDLE_MS`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from orchestrator.runstate import keys
+from orchestrator.runstate.events import LogLine, StreamEvent, encode
+
+if TYPE_CHECKING:
+    from orchestrator.runstate.store import RunStore
+
+RECORDER_GROUP = "recorder"
+CLAIM_IDLE_MS = 30_000  # events a dead consumer read but never acknowledged are taken over after this
+DEAD_LETTERS = f"{keys.PREFIX}:events:dead"  # events the database refused, kept for a person to look at
+
+Entry = tuple[str, dict[str, str]]  # a stream id and the entry's fields
+
+
+class EventStream:
+    """Appends events and hands them to the recorder."""
+
+    def __init__(self, store: RunStore) -> None:
+        self._store = store
+        self._redis = store.redis
+
+    # -- producing ------------------------------------------------------------------------
+    def append(self, pipe: Any, event: StreamEvent | str) -> None:
+        """Queue one event (typed, or text made by :func:`~orchestrator.runstate.events.encode`) in ``pipe``."""
+        text = event if isinstance(event, str) else encode(event)
+        pipe.xadd(keys.EVENTS_STREAM, {"event": text}, maxlen=self._store.maxlen, approximate=True)
+
+    def append_all(self, pipe: Any, events: Iterable[StreamEvent | str]) -> None:
+        """Queue several events in ``pipe``, in order."""
+        for event in events:
+            self.append(pipe, event)
+
+    def ship_logs(self, lines: list[LogLine]) -> None:
+        """Append log lines to the stream and to each flow run's log list, in one round trip."""
+        pipe = self._redis.pipeline(transaction=False)
+        for line in lines:
+            text = encode(line)
+            self.append(pipe, text)
+            pipe.rpush(keys.flow_logs(line.flow_run_id), text)
+            pipe.expire(keys.flow_logs(line.flow_run_id), self._store.ttl)
+        pipe.execute()
+
+    def logs_of(self, flow_run_id: str) -> list[dict[str, Any]]:
+        """The log lines of a flow run still in Redis (as their JSON objects), oldest first."""
+        return [json.loads(line) for line in self._redis.lrange(keys.flow_logs(flow_run_id), 0, -1)]
+
+    # -- the recorder's side -------------------------------------------------------------
+    def ensure_group(self) -> None:
+        """Create the recorder's consumer group at the stream's start: events sent while no API ran are recorded too."""
+        try:
+            self._redis.xgroup_create(keys.EVENTS_STREAM, RECORDER_GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def read(self, consumer: str, count: int, block_ms: int) -> list[Entry]:
+        """Our own unacknowledged entries first, then those a dead consumer left, then new ones."""
+        own = self._redis.xreadgroup(RECORDER_GROUP, consumer, {keys.EVENTS_STREAM: "0"}, count=count)
+        if own and own[0][1]:
+            return list(own[0][1])
+        claimed = self._redis.xautoclaim(
+            keys.EVENTS_STREAM, RECORDER_GROUP, consumer, CLAIM_IDLE_MS, "0-0", count=count
+        )
+        if claimed and claimed[1]:
+            return [entry for entry in claimed[1] if entry[1] is not None]
+        fresh = self._redis.xreadgroup(RECORDER_GROUP, consumer, {keys.EVENTS_STREAM: ">"}, count=count, block=block_ms)
+        return list(fresh[0][1]) if fresh else []
+
+    def acknowledge(self, stream_ids: list[str]) -> None:
+        """The entries are in the database: never hand them out again."""
+        if stream_ids:
+            self._redis.xack(keys.EVENTS_STREAM, RECORDER_GROUP, *stream_ids)
+
+    def keep_refused(self, stream_id: str, event: dict[str, Any], error: str) -> None:
+        """Keep an event the database refused in the dead-letter list, for a person to look at."""
+        self._redis.rpush(DEAD_LETTERS, json.dumps({"id": stream_id, "event": event, "error": error}, default=str))

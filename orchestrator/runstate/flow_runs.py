@@ -1,0 +1,171 @@
+"""The flow-runs repository: a flow run's record, its end latch, its plan and its counts in Redis.
+
+A flow run's record is a hash (:mod:`orchestrator.runstate.records` says how it is
+encoded); every state written also goes out as an event for the API, and a final
+state pushes one item on the run's latch list, which ``FlowRun.wait`` blocks on.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.runstate import keys
+from orchestrator.runstate.events import Renamed, flow_run_event
+from orchestrator.runstate.records import FlowRunRecord, body_task_run_id, describe_record, flow_fields_to_redis
+from orchestrator.states import StateType
+
+if TYPE_CHECKING:
+    from orchestrator.runstate.store import RunStore
+
+
+class FlowRuns:
+    """Flow run records and what hangs off them."""
+
+    def __init__(self, store: RunStore) -> None:
+        self._store = store
+        self._redis = store.redis
+        self._scripts = store.scripts
+
+    def write(self, run_id: str, fields: dict[str, Any], pipe: Any = None, *, reopen: bool = False) -> None:
+        """Create or update a flow run record; a state field also emits an event.
+
+        The event carries the record's descriptive fields, so the API can record a
+        run it has never seen (one sent with ``.delay()``). ``reopen`` marks an
+        explicit retry of a final run (the only way the state machine leaves a final state).
+        """
+        target = pipe if pipe is not None else self._redis.pipeline(transaction=False)
+        target.hset(keys.flow_run(run_id), mapping=flow_fields_to_redis(fields))
+        target.expire(keys.flow_run(run_id), self._store.ttl)
+        if "state" in fields:
+            event = flow_run_event(
+                run_id,
+                fields["state"],
+                message=fields.get("message", ""),
+                record=describe_record(fields),
+                reopen=reopen,
+            )
+            self._store.events.append(target, event)
+            if StateType(fields["state"]).is_final:
+                target.lpush(keys.flow_done(run_id), fields["state"])
+                target.expire(keys.flow_done(run_id), self._store.ttl)
+        if pipe is None:
+            target.execute()
+
+    def emit_state(self, run_id: str, state: StateType, pipe: Any, record: dict[str, Any] | None = None) -> None:
+        """Only the event of a state the record passes through at once (Pending before Running)."""
+        event = flow_run_event(run_id, state.value, record=describe_record(record or {}))
+        self._store.events.append(pipe, event)
+
+    def rename(self, run_id: str, name: str, cause: str = "") -> None:
+        """Rename a run: its record (``name_given`` so a retry keeps it) and a rename event for the API."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hset(keys.flow_run(run_id), mapping={"name": name, "name_given": "1"})
+        self._store.events.append(pipe, Renamed(run_id, name, cause))
+        pipe.execute()
+
+    def read_outcome(self, run_id: str) -> tuple[dict[str, str], dict[str, str | None]]:
+        """A flow run's record and the results its return value refers to, in one round trip."""
+        out = self._scripts["read_outcome"](keys=[keys.flow_run(run_id)], args=[keys.result("")])
+        flat = out[0]
+        record = dict(zip(flat[::2], flat[1::2], strict=True))
+        refs = json.loads(record.get("result_refs", "[]"))
+        return record, dict(zip(refs, out[1:], strict=False))
+
+    def read(self, run_id: str) -> dict[str, str]:
+        """The raw flow run record (empty if unknown)."""
+        return self._redis.hgetall(keys.flow_run(run_id))  # type: ignore[no-any-return]
+
+    def record(self, run_id: str) -> FlowRunRecord | None:
+        """The typed flow run record (None if unknown)."""
+        return FlowRunRecord.from_redis(run_id, self.read(run_id))
+
+    def read_many(self, run_ids: Sequence[str]) -> list[dict[str, str]]:
+        """Raw records of several flow runs in one round trip (empty where unknown)."""
+        if not run_ids:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for run_id in run_ids:
+            pipe.hgetall(keys.flow_run(run_id))
+        return list(pipe.execute())
+
+    def field(self, run_id: str, name: str) -> str | None:
+        """One field of a flow run record."""
+        return self._redis.hget(keys.flow_run(run_id), name)  # type: ignore[no-any-return]
+
+    def state(self, run_id: str) -> StateType | None:
+        """A flow run's state, or None if Redis has no such run."""
+        state = self._redis.hget(keys.flow_run(run_id), "state")
+        return StateType(state) if state else None
+
+    def set_state_only(self, run_id: str, state: StateType) -> None:
+        """Write a state into the record without an event (the event goes out with its cause elsewhere)."""
+        self._redis.hset(keys.flow_run(run_id), "state", state.value)
+
+    def wait_final(self, run_id: str, timeout: float | None) -> StateType | None:
+        """Block until the flow run is final or ``timeout`` passes; return its state.
+
+        The run's latch list gets one item when it ends; BLMOVE onto itself waits for it
+        and leaves it in place for other waiters, in one round trip.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        latch = keys.flow_done(run_id)
+        while True:
+            left = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
+            item = self._redis.blmove(latch, latch, max(left, 0.01), "RIGHT", "LEFT") if left > 0 else None
+            if item:
+                return StateType(item)
+            state = self.state(run_id)
+            if (state is not None and state.is_final) or (deadline is not None and time.monotonic() >= deadline):
+                return state
+
+    def reopen_latch(self, run_id: str) -> None:
+        """Forget that a run ended (it is about to run again)."""
+        self._redis.delete(keys.flow_done(run_id))
+
+    # -- a run tree's counts and plan ----------------------------------------------------
+    def remaining(self, root: str) -> int | None:
+        """Task runs of a run tree not final yet (None: Redis has no count for it)."""
+        left = self._redis.get(keys.remaining(root))
+        return int(left) if left is not None else None
+
+    def progress(self, run_ids: Sequence[str]) -> list[tuple[str | None, str | None, int | None]]:
+        """(state, mode, task runs not final) of several run trees, in one round trip."""
+        if not run_ids:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for run_id in run_ids:
+            pipe.hmget(keys.flow_run(run_id), "state", "mode")
+            pipe.get(keys.remaining(run_id))
+        replies = pipe.execute()
+        out = []
+        for i in range(len(run_ids)):
+            state, mode = replies[2 * i]
+            left = replies[2 * i + 1]
+            out.append((state, mode, int(left) if left is not None else None))
+        return out
+
+    def plan_text(self, root: str) -> str | None:
+        """A static run tree's plan as stored (JSON text), None if gone."""
+        return self._redis.get(keys.plan(root))  # type: ignore[no-any-return]
+
+    def plan_texts(self, roots: Sequence[str]) -> list[str | None]:
+        """Several plans in one round trip."""
+        return list(self._redis.mget([keys.plan(r) for r in roots])) if roots else []
+
+    def start_dynamic_body(self, run_id: str) -> None:
+        """A dynamic body (re)starts: it is the one task run its tree waits for, not final yet."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.set(keys.remaining(run_id), 1, ex=self._store.ttl)
+        pipe.hdel(keys.finals(run_id), body_task_run_id(run_id))
+        pipe.execute()
+
+    def subflow_of_end(self, root: str, end_node: str) -> str | None:
+        """The subflow run a static tree's end node finishes."""
+        return self._redis.hget(keys.subflow_ends(root), end_node)  # type: ignore[no-any-return]
+
+    def subflows(self, root: str) -> set[str]:
+        """The subflow runs of a static run tree."""
+        return set(self._redis.hvals(keys.subflow_ends(root)))

@@ -1,0 +1,54 @@
+-- FAILED and FINAL are tables of state names, defined by runstate.scripts from orchestrator.states.
+-- KEYS: task hash, finals, events, remaining, result, join pending, join sigs, root flow run, root latch,
+--       tolerant set
+-- ARGV: trid, ttl, maxlen, fields json, event json, state, result text ('' = none), downstream key,
+--       now, root run id, the Completed event of the root flow run (text of runstate.events.encode)
+-- Returns {left, flow, ready signatures...}: left = task runs of the tree not final (-1: this one
+-- already was), flow = 'completed' when this call ended the root flow run Completed, 'decide'
+-- when the tree is done but the run did not complete (Python writes the detailed message).
+if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[6]) == 0 then return {-1, ''} end
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+if ARGV[7] ~= '' then redis.call('SET', KEYS[5], ARGV[7], 'EX', ARGV[2]) end
+local fields = cjson.decode(ARGV[4])
+for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'event', ARGV[5])
+local left = redis.call('DECR', KEYS[4])
+local out = {left, ''}
+for _, d in ipairs(redis.call('SMEMBERS', ARGV[8])) do
+  if redis.call('HEXISTS', KEYS[6], d) == 1 then
+    if redis.call('HINCRBY', KEYS[6], d, -1) == 0 then
+      -- after a failure only tolerant tasks are sent (they decide); the rest are marked
+      if redis.call('HEXISTS', KEYS[2], d) == 0 and
+         (ARGV[6] == 'Completed' or redis.call('SISMEMBER', KEYS[10], d) == 1) then
+        table.insert(out, redis.call('HGET', KEYS[7], d))
+      end
+    end
+  end
+end
+local current = redis.call('HGET', KEYS[8], 'state')
+if left == 0 and FINAL[current] then
+  out[2] = 'final'  -- ended already (timed out, cancelled): never overwritten
+elseif left == 0 then
+  out[2] = 'decide'
+  local body_error = redis.call('HGET', KEYS[8], 'body_error')
+  if (not body_error) or body_error == '' then
+    local ok = true
+    local raw = redis.call('HGET', KEYS[8], 'deciders')
+    if raw then
+      for _, d in ipairs(cjson.decode(raw)) do
+        local st = redis.call('HGET', KEYS[2], d)
+        if (not st) or FAILED[st] then ok = false break end
+      end
+    end
+    if ok then
+      redis.call('HSET', KEYS[8], 'state', 'Completed', 'ended', ARGV[9], 'message', '')
+      redis.call('EXPIRE', KEYS[8], ARGV[2])
+      redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'event', ARGV[11])
+      redis.call('LPUSH', KEYS[9], 'Completed')
+      redis.call('EXPIRE', KEYS[9], ARGV[2])
+      out[2] = 'completed'
+    end
+  end
+end
+return out

@@ -1,0 +1,16 @@
+-- KEYS: task hash, finals, events, stored inputs ; ARGV: trid, ttl, maxlen, fields json, event json,
+--       '1' to fetch stored inputs, result keys to prefetch...
+-- Returns 0 when the task run is already final, -1 when a newer attempt was sent (this message is
+-- stale: the crash detector ran the task again), else {start number, stored inputs or nil, results...}
+-- (the start number counts every execution that began, redeliveries too; the crash detector compares it).
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 0 end
+local fields = cjson.decode(ARGV[4])
+local newest = redis.call('HGET', KEYS[1], 'min_attempt')
+if newest and tonumber(fields['attempts']) < tonumber(newest) then return -1 end
+for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'event', ARGV[5])
+local out = {redis.call('HINCRBY', KEYS[1], 'starts', 1), false}
+if ARGV[6] == '1' then out[2] = redis.call('HGET', KEYS[4], ARGV[1]) end
+for i = 7, #ARGV do table.insert(out, redis.call('GET', ARGV[i])) end
+return out

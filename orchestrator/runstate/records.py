@@ -1,0 +1,166 @@
+"""The records of the run-state core: a flow run and a task run, each with one way to and from Redis.
+
+A run's record is a Redis hash of text fields. Which fields hold JSON, which ones
+ride along in events (the descriptive ones) and which stay internal (how the run
+decides its end) is written down here once; the repositories of
+:mod:`orchestrator.runstate` and the supervisors read and write records only
+through these types.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.runstate.connection import now
+from orchestrator.states import StateType
+
+JSON_FIELDS = frozenset({"returns", "deciders", "parameters", "result_refs"})  # always stored as JSON text
+INTERNAL_FIELDS = frozenset({"state", "message", "returns", "deciders", "body_error"})  # never sent in events
+
+
+def describe_record(fields: dict[str, Any]) -> dict[str, Any]:
+    """The descriptive part of a run record that rides along in its events (not its internals)."""
+    return {k: v for k, v in fields.items() if k not in INTERNAL_FIELDS}
+
+
+def flow_fields_to_redis(fields: dict[str, Any]) -> dict[str, str]:
+    """Flow-run fields as hash values: JSON fields always JSON text, other strings as they are."""
+    return {k: v if isinstance(v, str) and k not in JSON_FIELDS else json.dumps(v) for k, v in fields.items()}
+
+
+def task_fields_to_redis(fields: dict[str, Any]) -> dict[str, str]:
+    """Task-run fields as hash values (every value as text)."""
+    return {k: str(v) for k, v in fields.items()}
+
+
+def default_run_name(flow_name: str, run_id: str) -> str:
+    """The name a run gets when nobody gave one: its flow's name and the start of its id."""
+    return f"{flow_name}-{run_id[:8]}"
+
+
+def body_task_run_id(run_id: str) -> str:
+    """The pseudo task run standing for a dynamic flow's body in its tree's count of task runs not final."""
+    return f"body:{run_id}"
+
+
+def _json(value: str | None, default: Any) -> Any:
+    if not value:
+        return default
+    try:
+        return json.loads(value)
+    except ValueError:
+        return default
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class FlowRunRecord:
+    """A flow run as the run store holds it (read side; unknown fields stay in ``raw``)."""
+
+    id: str
+    flow: str
+    name: str
+    state: StateType | None
+    root: str
+    parent: str
+    queue: str
+    mode: str
+    attempt: int
+    message: str
+    parameters: dict[str, Any]
+    created: float | None
+    raw: dict[str, str] = field(repr=False, default_factory=dict)
+
+    @property
+    def is_root(self) -> bool:
+        """Whether this run is the root of its run tree (not a subflow)."""
+        return not self.parent
+
+    @classmethod
+    def from_redis(cls, run_id: str, raw: dict[str, str]) -> FlowRunRecord | None:
+        """The record of a hash (None for an empty one: Redis has no such run)."""
+        if not raw:
+            return None
+        state = raw.get("state")
+        return cls(
+            id=raw.get("id") or run_id,
+            flow=raw.get("flow", ""),
+            name=raw.get("name", ""),
+            state=StateType(state) if state else None,
+            root=raw.get("root") or run_id,
+            parent=raw.get("parent", ""),
+            queue=raw.get("queue", ""),
+            mode=raw.get("mode", ""),
+            attempt=int(float(raw.get("attempt") or 1)),
+            message=raw.get("message", ""),
+            parameters=_json(raw.get("parameters"), {}),
+            created=_float(raw.get("created")),
+            raw=raw,
+        )
+
+
+@dataclass(frozen=True)
+class NewTaskRun:
+    """A task run about to exist: the fields it starts with (state Pending)."""
+
+    id: str
+    label: str
+    name: str
+    flow_run_id: str
+    root: str
+    created: float = field(default_factory=now)
+
+    def to_redis(self) -> dict[str, str]:
+        """The hash a new task run is written as."""
+        return {
+            "id": self.id,
+            "label": self.label,
+            "name": self.name,
+            "flow_run_id": self.flow_run_id,
+            "root": self.root,
+            "state": StateType.PENDING.value,
+            "created": str(self.created),
+        }
+
+
+@dataclass(frozen=True)
+class TaskRunRecord:
+    """A task run as the run store holds it (read side; unknown fields stay in ``raw``)."""
+
+    id: str
+    label: str
+    name: str
+    flow_run_id: str
+    root: str
+    state: StateType | None
+    worker: str
+    attempts: int
+    message: str
+    raw: dict[str, str] = field(repr=False, default_factory=dict)
+
+    @classmethod
+    def from_redis(cls, task_run_id: str, raw: dict[str, str]) -> TaskRunRecord | None:
+        """The record of a hash (None for an empty one: Redis has no such task run)."""
+        if not raw:
+            return None
+        state = raw.get("state")
+        return cls(
+            id=raw.get("id") or task_run_id,
+            label=raw.get("label") or task_run_id,
+            name=raw.get("name", ""),
+            flow_run_id=raw.get("flow_run_id", ""),
+            root=raw.get("root", ""),
+            state=StateType(state) if state else None,
+            worker=raw.get("worker", ""),
+            attempts=int(float(raw.get("attempts") or 0)),
+            message=raw.get("message", ""),
+            raw=raw,
+        )

@@ -1,0 +1,297 @@
+"""The task-runs repository: a task run's record, its start and end, and its place in a run tree.
+
+The hot paths (a task run starting, a task run ending) are one Lua script each
+(``lua/start_task_run.lua``, ``lua/finish_task_run.lua``): one round trip, atomic,
+and idempotent when Celery redelivers a message. A task run becomes final exactly
+once (the ``finals`` hash of its run tree); the end that brings the tree's count of
+task runs not yet final to zero decides the root flow run's end.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.runstate import keys
+from orchestrator.runstate.connection import now
+from orchestrator.runstate.events import StreamEvent, encode, flow_run_event, task_run_event
+from orchestrator.runstate.records import NewTaskRun, TaskRunRecord, describe_record, task_fields_to_redis
+from orchestrator.states import StateType
+
+if TYPE_CHECKING:
+    from orchestrator.runstate.store import RunStore
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What making a task run final reports."""
+
+    left: int | None  # task runs of the tree not final yet; None: it already was final
+    flow_completed: bool  # this call ended the root flow run Completed (in the same script)
+    flow_was_final: bool  # the tree is done but the root run had already ended (timed out, ...)
+    ready: list[dict[str, Any]]  # join signatures that became ready to send
+
+    @property
+    def needs_decision(self) -> bool:
+        """The tree is done but the root run did not complete: Python records why."""
+        return self.left == 0 and not self.flow_completed and not self.flow_was_final
+
+
+@dataclass(frozen=True)
+class Started:
+    """What recording a start fetched on the way."""
+
+    stored_inputs: dict[str, Any] | None  # inputs kept in Redis instead of the message
+    results: dict[str, str | None]  # prefetched results of upstream task runs
+    stale: bool = False  # a newer attempt was sent: this message must do nothing
+    start: int = 0  # how many executions of this task run have begun, this one included
+
+
+STALE = Started(None, {}, stale=True)
+
+
+class TaskRuns:
+    """Task run records, their starts and ends, and the run tree's joins."""
+
+    def __init__(self, store: RunStore) -> None:
+        self._store = store
+        self._redis = store.redis
+        self._scripts = store.scripts
+
+    # -- creating ----------------------------------------------------------------------------
+    def add(
+        self,
+        pipe: Any,
+        run: NewTaskRun,
+        *,
+        in_flows: Iterable[str] = (),
+        downstream: Iterable[str] = (),
+        stored_input: str | None = None,
+    ) -> None:
+        """Queue a new task run in ``pipe``: its record (Pending), the flow runs whose sets list it,
+        the task runs that wait for it, and its inputs kept in the run store (if any)."""
+        ttl = self._store.ttl
+        pipe.hset(keys.task_run(run.id), mapping=run.to_redis())
+        pipe.expire(keys.task_run(run.id), ttl)
+        for waiting in downstream:
+            pipe.sadd(keys.downstream(run.id), waiting)
+            pipe.expire(keys.downstream(run.id), ttl)
+        for flow_run_id in dict.fromkeys(in_flows):
+            pipe.sadd(keys.flow_tasks(flow_run_id), run.id)
+            pipe.expire(keys.flow_tasks(flow_run_id), ttl)
+        if stored_input is not None:
+            self.keep_input(pipe, run.root, run.id, stored_input)
+
+    def keep_input(self, pipe: Any, root: str, trid: str, text: str) -> None:
+        """Queue a task run's inputs kept in the run store (not its message) in ``pipe``."""
+        pipe.hset(keys.inputs(root), trid, text)
+        pipe.expire(keys.inputs(root), self._store.ttl)
+
+    def add_to_dynamic_tree(self, run: NewTaskRun, stored_input: str | None) -> None:
+        """A dynamic body submitted a task: one more task run its tree waits for, in one round trip."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.incr(keys.remaining(run.root))
+        self.add(pipe, run, in_flows=(run.flow_run_id, run.root), stored_input=stored_input)
+        pipe.execute()
+
+    def pipeline(self) -> Any:
+        """A pipeline to queue several writes in (``execute()`` sends them in one round trip)."""
+        return self._redis.pipeline(transaction=False)
+
+    # -- starting and ending -------------------------------------------------------------------
+    def started(
+        self,
+        root: str,
+        trid: str,
+        fields: dict[str, Any],
+        *,
+        stored_inputs: bool = False,
+        prefetch: Sequence[str] = (),
+    ) -> Started | None:
+        """Record a start; None when the task run is already final (a redelivery), :data:`STALE`
+        when the crash detector has sent a newer attempt than this message's.
+
+        In the same round trip it fetches the run's stored inputs (if asked) and the
+        results of the ``prefetch`` task runs.
+        """
+        event = encode(task_run_event(trid, fields["state"], record=describe_record(fields)))
+        out = self._scripts["start_task_run"](
+            keys=[keys.task_run(trid), keys.finals(root), keys.EVENTS_STREAM, keys.inputs(root)],
+            args=[
+                trid,
+                self._store.ttl,
+                self._store.maxlen,
+                json.dumps(fields),
+                event,
+                "1" if stored_inputs else "0",
+                *[keys.result(t) for t in prefetch],
+            ],
+        )
+        if out == -1:
+            return STALE
+        if not out:
+            return None
+        stored = json.loads(out[1]) if out[1] else None
+        return Started(stored, dict(zip(prefetch, out[2:], strict=True)), start=int(out[0]))
+
+    def first_poke(self, trid: str) -> float:
+        """When a sensor first asked to be poked again (recorded on its first RETRY)."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hsetnx(keys.task_run(trid), "first_poke", repr(now()))
+        pipe.hget(keys.task_run(trid), "first_poke")
+        return float(pipe.execute()[1])
+
+    def progress(self, trid: str, fields: dict[str, Any], pipe: Any = None) -> None:
+        """Record a non-final state change (AwaitingRetry) without the final guard."""
+        target = pipe if pipe is not None else self._redis.pipeline(transaction=False)
+        target.hset(keys.task_run(trid), mapping=task_fields_to_redis(fields))
+        target.expire(keys.task_run(trid), self._store.ttl)
+        event = task_run_event(trid, fields["state"], message=fields.get("message", ""), record=describe_record(fields))
+        self._store.events.append(target, event)
+        if pipe is None:
+            target.execute()
+
+    def set_fields(self, trid: str, fields: dict[str, Any], events: Iterable[StreamEvent]) -> None:
+        """Write fields of a task run and send events about it, in one round trip (no final guard)."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hset(keys.task_run(trid), mapping=task_fields_to_redis(fields))
+        self._store.events.append_all(pipe, events)
+        pipe.execute()
+
+    def finished(
+        self,
+        root: str,
+        trid: str,
+        state: StateType,
+        fields: dict[str, Any],
+        result_text: str | None = None,
+    ) -> Finished:
+        """Make a task run final exactly once (see :class:`Finished` for what comes back)."""
+        fields = fields | {"state": state.value}
+        event = encode(
+            task_run_event(trid, state.value, message=fields.get("message", ""), record=describe_record(fields))
+        )
+        at = now()
+        completed = encode(flow_run_event(root, StateType.COMPLETED.value, ts=at))
+        out = self._scripts["finish_task_run"](
+            keys=[
+                keys.task_run(trid),
+                keys.finals(root),
+                keys.EVENTS_STREAM,
+                keys.remaining(root),
+                keys.result(trid),
+                keys.join_pending(root),
+                keys.join_signature(root),
+                keys.flow_run(root),
+                keys.flow_done(root),
+                keys.tolerant(root),
+            ],
+            args=[
+                trid,
+                self._store.ttl,
+                self._store.maxlen,
+                json.dumps(task_fields_to_redis(fields)),
+                event,
+                state.value,
+                result_text or "",
+                keys.downstream(trid),
+                repr(at),
+                root,
+                completed,
+            ],
+        )
+        left = int(out[0])
+        if left == -1:
+            return Finished(None, False, False, [])
+        return Finished(left, out[1] == "completed", out[1] == "final", [json.loads(sig) for sig in out[2:]])
+
+    # -- reading ---------------------------------------------------------------------------
+    def read(self, trid: str) -> dict[str, str]:
+        """The raw task run record (empty if unknown)."""
+        return self._redis.hgetall(keys.task_run(trid))  # type: ignore[no-any-return]
+
+    def record(self, trid: str) -> TaskRunRecord | None:
+        """The typed task run record (None if unknown)."""
+        return TaskRunRecord.from_redis(trid, self.read(trid))
+
+    def read_many(self, trids: Sequence[str]) -> list[dict[str, str]]:
+        """Raw records of several task runs in one round trip (empty where unknown)."""
+        if not trids:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for trid in trids:
+            pipe.hgetall(keys.task_run(trid))
+        return list(pipe.execute())
+
+    def fields_of(self, trids: Sequence[str], *names: str) -> list[list[str | None]]:
+        """Some fields of several task runs in one round trip."""
+        if not trids:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for trid in trids:
+            pipe.hmget(keys.task_run(trid), *names)
+        return list(pipe.execute())
+
+    def of_flow(self, run_id: str) -> list[dict[str, str]]:
+        """Every task run of a flow run (a root's: of its whole tree), sorted by id."""
+        ids = sorted(self._redis.smembers(keys.flow_tasks(run_id)))
+        return [record for record in self.read_many(ids) if record]
+
+    def labels(self, trids: list[str]) -> dict[str, str]:
+        """Human labels of task runs (their ids where unknown), in one round trip."""
+        labels = [row[0] for row in self.fields_of(trids, "label")]
+        return {trid: label or trid for trid, label in zip(trids, labels, strict=True)}
+
+    def final_states(self, root: str, trids: list[str]) -> dict[str, StateType | None]:
+        """Final state of each task run, None where it is not final yet."""
+        if not trids:
+            return {}
+        values = self._redis.hmget(keys.finals(root), trids)
+        return {t: StateType(v) if v else None for t, v in zip(trids, values, strict=True)}
+
+    def all_final(self, root: str) -> dict[str, str]:
+        """Every final task run of a run tree and its state."""
+        return self._redis.hgetall(keys.finals(root))  # type: ignore[no-any-return]
+
+    def results(self, trids: list[str]) -> dict[str, str | None]:
+        """Serialized results of task runs (None where missing)."""
+        if not trids:
+            return {}
+        values = self._redis.mget([keys.result(t) for t in trids])
+        return dict(zip(trids, values, strict=True))
+
+    def is_tolerant(self, root: str, trid: str) -> bool:
+        """Whether a task run decides for itself after an upstream failure (trigger rules)."""
+        return bool(self._redis.sismember(keys.tolerant(root), trid))
+
+    def downstream_of(self, trid: str) -> set[str]:
+        """Task runs registered as depending on ``trid``."""
+        return self._redis.smembers(keys.downstream(trid))  # type: ignore[no-any-return]
+
+    # -- joins and maps ---------------------------------------------------------------------
+    def claim_expansion(self, root: str, trid: str, children: int) -> bool:
+        """Add a map's children to the run tree's count, once; False on a redelivery."""
+        return bool(
+            self._scripts["claim_expansion"](
+                keys=[keys.expanded(trid), keys.remaining(root)], args=[children, self._store.ttl]
+            )
+        )
+
+    def register_waiting(
+        self, root: str, trid: str, upstream: list[str], signature: str, tolerant: bool = False
+    ) -> tuple[str, str | None, str | None]:
+        """Register a task to be sent when its upstreams are done.
+
+        Returns ("ok", count, None): count upstreams still running (0: send it now);
+        or ("blocked", upstream id, its state) when an upstream already failed and
+        the task is not ``tolerant`` (a trigger rule or tolerated upstreams decide later).
+        """
+        out = self._scripts["register_waiting"](
+            keys=[keys.finals(root), keys.join_pending(root), keys.join_signature(root), keys.tolerant(root)],
+            args=[trid, signature, keys.downstream(""), "1" if tolerant else "0", *upstream],
+        )
+        if out[0] == "blocked":
+            return "blocked", out[1], out[2]
+        return "ok", out[1], None
