@@ -19,55 +19,31 @@ from orchestrator.authoring.registry import all_flows, get_flow
 from orchestrator.errors import RunError
 from orchestrator.planning.compiler import Compiled
 from orchestrator.planning.plan import Plan, refs_in
-from orchestrator.runstate import keys
+from orchestrator.runstate.events import task_run_event
+from orchestrator.runstate.records import NewTaskRun, default_run_name
 from orchestrator.runstate.store import Finished, RunStore, now
 from orchestrator.runtime.context import RunInfo
 from orchestrator.states import StateType
 from orchestrator.transport.messaging import Messaging, flow_deadline_message, retry_flow_run_message
 
 
-def task_record(node_id: str, label: str, name: str, flow_run_id: str, root: str) -> dict[str, str]:
-    """The fields a task run starts with (state Pending)."""
-    return {
-        "id": node_id,
-        "label": label,
-        "name": name,
-        "flow_run_id": flow_run_id,
-        "root": root,
-        "state": StateType.PENDING.value,
-        "created": str(now()),
-    }
-
-
 def _write_tree(store: RunStore, plan: Plan, compiled: Compiled, pipe: Any) -> None:
     """Task records (Pending), edges, counts and join tables of the nodes about to run."""
     root = plan.root_run_id
-    ttl = store.ttl
-    pipe.set(keys.remaining(root), len(plan.nodes), ex=ttl)
-    by_flow: dict[str, list[str]] = {}
-    for node in plan.nodes.values():
-        by_flow.setdefault(node.flow_run_id, []).append(node.id)
-        pipe.hset(keys.task_run(node.id), mapping=task_record(node.id, node.label, node.name, node.flow_run_id, root))
-        pipe.expire(keys.task_run(node.id), ttl)
-        for up in node.upstream:
-            pipe.sadd(keys.downstream(up), node.id)
-            pipe.expire(keys.downstream(up), ttl)
-    if plan.subflows:  # the root's set holds the whole tree, a subflow's its own
-        by_flow[root] = list(plan.nodes)
-    for run_id, ids in by_flow.items():
-        pipe.sadd(keys.flow_tasks(run_id), *ids)
-        pipe.expire(keys.flow_tasks(run_id), ttl)
-    if compiled.join_pending:
-        pipe.hset(keys.join_pending(root), mapping=compiled.join_pending)
-        pipe.hset(keys.join_signature(root), mapping={k: json.dumps(v) for k, v in compiled.join_signatures.items()})
-        pipe.expire(keys.join_pending(root), ttl)
-        pipe.expire(keys.join_signature(root), ttl)
-    if compiled.tolerant:
-        pipe.sadd(keys.tolerant(root), *compiled.tolerant)
-        pipe.expire(keys.tolerant(root), ttl)
-    if compiled.stored_inputs:
-        pipe.hset(keys.inputs(root), mapping=compiled.stored_inputs)
-        pipe.expire(keys.inputs(root), ttl)
+    runs = [
+        (NewTaskRun(node.id, node.label, node.name, node.flow_run_id, root), node.upstream)
+        for node in plan.nodes.values()
+    ]
+    store.task_runs.write_tree(
+        pipe,
+        root,
+        runs,
+        whole_tree_in_root=bool(plan.subflows),
+        join_pending=compiled.join_pending,
+        join_signatures=compiled.join_signatures,
+        tolerant=compiled.tolerant,
+        stored_inputs=compiled.stored_inputs,
+    )
 
 
 def _apply(store: RunStore, messaging: Messaging, plan: Plan, compiled: Compiled) -> None:
@@ -87,19 +63,18 @@ def launch_static(
 ) -> None:
     """Write the run tree's records (in ``pipe`` if given), then send the compiled canvas."""
     root = plan.root_run_id
-    ttl = store.ttl
-    pipe = pipe if pipe is not None else store.redis.pipeline(transaction=False)
+    pipe = pipe if pipe is not None else store.pipeline()
     _write_tree(store, plan, compiled, pipe)
-    pipe.set(keys.plan(root), json.dumps(plan.to_dict()), ex=ttl)
+    ends = {child.end_node: child.run_id for child in plan.subflows.values()}
+    store.flow_runs.keep_plan(pipe, root, plan.to_dict(), ends)
     for child in plan.subflows.values():
-        pipe.hset(keys.subflow_ends(root), child.end_node, child.run_id)
         returns = plan.nodes[child.end_node].inputs["returns"]
-        store.write_flow_run(
+        store.flow_runs.write(
             child.run_id,
             {
                 "id": child.run_id,
                 "flow": child.name,
-                "name": f"{child.name}-{child.run_id[:8]}",
+                "name": default_run_name(child.name, child.run_id),
                 "parent": child.parent_run_id,
                 "root": root,
                 "state": StateType.RUNNING.value,
@@ -112,9 +87,8 @@ def launch_static(
             },
             pipe,
         )
-    pipe.expire(keys.subflow_ends(root), ttl)
     schedule_deadline(store, root, fields.get("timeout_seconds"), plan.queue, pipe)
-    store.write_flow_run(
+    store.flow_runs.write(
         root,
         fields
         | {
@@ -137,65 +111,61 @@ def relaunch_static(store: RunStore, messaging: Messaging, root: str, attempt: i
     Completed task runs keep their results; the rest (and whatever a map expanded
     into) are made non-final, recompiled as a partial plan, and sent.
     """
-    raw = store.redis.get(keys.plan(root))
+    raw = store.flow_runs.plan_text(root)
     if raw is None:
         raise RunError(f"flow run {root}: its plan has expired from Redis; it cannot be retried.")
     full = Plan.from_dict(json.loads(raw))
-    finals = store.redis.hgetall(keys.finals(root))
+    finals = store.task_runs.all_final(root)
     again = {nid for nid in full.nodes if finals.get(nid) != StateType.COMPLETED.value}
-    pipe = store.redis.pipeline(transaction=False)
-    for nid in again:
-        expanded = store.redis.get(keys.expanded(nid)) if full.nodes[nid].kind == "map" else None
-        if expanded:
-            pipe.delete(keys.expanded(nid))
-            pipe.hdel(keys.finals(root), *[f"{nid}-{i}" for i in range(int(expanded))])
-    if again:
-        pipe.hdel(keys.finals(root), *again)
+    pipe = store.pipeline()
+    store.task_runs.make_not_final(pipe, root, again, {nid for nid in again if full.nodes[nid].kind == "map"})
     part = full.rerun(again)
     compiled = messaging.compile(part)
     _write_tree(store, part, compiled, pipe)
     reopened = [
-        store.event("task_run", node.id, StateType.PENDING.value, reopen=True, message=f"flow run attempt {attempt}")
+        task_run_event(node.id, StateType.PENDING.value, reopen=True, message=f"flow run attempt {attempt}")
         for node in part.nodes.values()
     ]
-    store.emit_task_events(reopened, pipe)
+    store.events.append_all(pipe, reopened)
     for child in part.subflows.values():
-        store.write_flow_run(
+        store.flow_runs.write(
             child.run_id, {"state": StateType.RETRYING.value, "ended": "", "message": ""}, pipe, reopen=True
         )
     fields = {"state": StateType.RETRYING.value, "attempt": str(attempt), "ended": "", "message": ""}
-    store.write_flow_run(root, fields, pipe, reopen=True)
+    store.flow_runs.write(root, fields, pipe, reopen=True)
     pipe.execute()
     _apply(store, messaging, part, compiled)
 
 
 def schedule_flow_retry(store: RunStore, root: str, why: str) -> bool:
     """If the flow has retries left, make it AwaitingRetry and schedule the next attempt."""
-    record = store.read_flow_run(root)
+    record = store.flow_runs.read(root)
     attempt = int(record.get("attempt") or 1)
     retries = int(record.get("retries") or 0)
     if attempt > retries:
         return False
     delay = float(record.get("retry_delay_seconds") or 0)
     message = f"attempt {attempt} failed ({why}); retry {attempt} of {retries} in {delay:g}s"
-    store.write_flow_run(root, {"state": StateType.AWAITING_RETRY.value, "message": message, "retry_at": now() + delay})
+    store.flow_runs.write(
+        root, {"state": StateType.AWAITING_RETRY.value, "message": message, "retry_at": now() + delay}
+    )
     retry = retry_flow_run_message(root, attempt + 1, record.get("queue") or "default")
-    store.schedule(json.dumps(retry), now() + delay)
+    store.delayed.schedule(json.dumps(retry), now() + delay)
     return True
 
 
 def flow_outcome(store: RunStore, root: str, run_id: str) -> tuple[StateType, str]:
     """A flow run's final state: its returned futures decide, else its leaf task runs."""
-    record = store.read_flow_run(run_id)
+    record = store.flow_runs.read(run_id)
     if record.get("body_error"):
         return StateType.FAILED, record["body_error"]
-    states = store.final_states(root, json.loads(record.get("deciders", "[]")))
+    states = store.task_runs.final_states(root, json.loads(record.get("deciders", "[]")))
     failed = [t for t, s in states.items() if s is None or s.is_failed]
     if not failed:
         return StateType.COMPLETED, ""
     labels = []
     for trid in failed[:5]:
-        info = store.read_task_run(trid)
+        info = store.task_runs.read(trid)
         labels.append(f"{info.get('label', trid)} ({info.get('state', 'unknown')}: {info.get('message', '')})")
     more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
     return StateType.FAILED, f"task runs did not complete: {'; '.join(labels)}{more}"
@@ -205,7 +175,7 @@ def schedule_deadline(store: RunStore, run_id: str, timeout: float | None, queue
     """Have a worker of ``queue`` end the run TimedOut ``timeout`` seconds from now, unless final."""
     if not timeout:
         return
-    store.schedule(json.dumps(flow_deadline_message(run_id, timeout, queue)), now() + float(timeout), pipe)
+    store.delayed.schedule(json.dumps(flow_deadline_message(run_id, timeout, queue)), now() + float(timeout), pipe)
 
 
 def end_flow_run(store: RunStore, run_id: str, state: StateType, message: str = "", *, write: bool = True) -> None:
@@ -214,10 +184,10 @@ def end_flow_run(store: RunStore, run_id: str, state: StateType, message: str = 
     Hooks run in the process that ends the run, if it imported the flow (workers do).
     """
     if write:
-        store.write_flow_run(run_id, {"state": state.value, "ended": now(), "message": message})
+        store.flow_runs.write(run_id, {"state": state.value, "ended": now(), "message": message})
     if not any(flow.hooks_set for flow in all_flows()):  # the common case costs no round trip
         return
-    name = store.redis.hget(keys.flow_run(run_id), "flow")
+    name = store.flow_runs.field(run_id, "flow")
     definition = get_flow(name) if name else None
     if definition is not None and definition.hooks:
         call_hooks(definition, definition.hooks, RunInfo(run_id, definition.name), state, message)
@@ -255,7 +225,7 @@ def after_final(store: RunStore, root: str, finished: Finished) -> None:
         finish_flow_run(store, root)
     except Exception as exc:
         message = f"internal error while ending the flow run: {type(exc).__name__}: {exc}"
-        store.write_flow_run(root, {"state": StateType.CRASHED.value, "ended": now(), "message": message})
+        store.flow_runs.write(root, {"state": StateType.CRASHED.value, "ended": now(), "message": message})
         raise
 
 
@@ -275,7 +245,7 @@ def end_task_run(
     task's hooks always come before its flow's. ``send`` sends tolerant downstream
     tasks (trigger rules) that this made ready.
     """
-    finished = store.task_finished(root, trid, state, fields)
+    finished = store.task_runs.finished(root, trid, state, fields)
     if finished.left is None:
         return
     send(finished.ready)
@@ -303,22 +273,22 @@ def propagate_failure(
     """
     down_state = StateType.SKIPPED if state is StateType.SKIPPED else StateType.UPSTREAM_FAILED
     message = f"not run: upstream {label} ended {state.value}"
-    queue: deque[str] = deque(store.downstream_of(trid))
+    queue: deque[str] = deque(store.task_runs.downstream_of(trid))
     seen: set[str] = set()
     while queue:
         node = queue.popleft()
-        if node in seen or store.is_tolerant(root, node):
+        if node in seen or store.task_runs.is_tolerant(root, node):
             continue
         seen.add(node)
-        finished = store.task_finished(root, node, down_state, {"ended": now(), "message": message})
+        finished = store.task_runs.finished(root, node, down_state, {"ended": now(), "message": message})
         if finished.left is None:
             continue
         send(finished.ready)
-        child = store.redis.hget(keys.subflow_ends(root), node)
+        child = store.flow_runs.subflow_of_end(root, node)
         if child:
             end_flow_run(store, child, StateType.FAILED, message)
         after_final(store, root, finished)
-        queue.extend(store.downstream_of(node))
+        queue.extend(store.task_runs.downstream_of(node))
 
 
 def stop_flow_run(store: RunStore, messaging: Messaging, run_id: str, state: StateType, message: str) -> bool:
@@ -330,12 +300,12 @@ def stop_flow_run(store: RunStore, messaging: Messaging, run_id: str, state: Sta
     cancelled, so whoever waits sees them cancelled already. Returns False if the
     run was already final.
     """
-    current = store.flow_state(run_id)
+    current = store.flow_runs.state(run_id)
     if current is None or current.is_final:
         return False
-    store.redis.hset(keys.flow_run(run_id), "state", state.value)
-    pipe = store.redis.pipeline(transaction=False)
-    store.emit_flow_event(run_id, StateType.CANCELLING, pipe, {"cause": message})
+    store.flow_runs.set_state_only(run_id, state)
+    pipe = store.pipeline()
+    store.flow_runs.emit_state(run_id, StateType.CANCELLING, pipe, {"cause": message})
     pipe.execute()
     running: list[str] = []
     for row in list_task_runs(store, run_id):
@@ -348,11 +318,11 @@ def stop_flow_run(store: RunStore, messaging: Messaging, run_id: str, state: Sta
             "message": f"cancelled: flow run {run_id} {message}",
             "flow_run_id": row.get("flow_run_id", ""),
         }
-        store.task_finished(run_id, row["id"], StateType.CANCELLED, fields)
+        store.task_runs.finished(run_id, row["id"], StateType.CANCELLED, fields)
     if running:  # stop the work itself, not just the records
         messaging.revoke(running, terminate=True)
-    for child in set(store.redis.hvals(keys.subflow_ends(run_id))):
-        child_state = store.flow_state(child)
+    for child in store.flow_runs.subflows(run_id):
+        child_state = store.flow_runs.state(child)
         if child_state is not None and not child_state.is_final:
             end_flow_run(store, child, StateType.CANCELLED, f"parent flow run {run_id} {message}")
     end_flow_run(store, run_id, state, message)
@@ -365,7 +335,7 @@ def retry_final_run(store: RunStore, messaging: Messaging, run_id: str) -> int:
     A static run re-runs only the task runs that did not complete, so completed ones
     keep their results; a dynamic run re-runs its body on a worker of its queue.
     """
-    record = store.read_flow_run(run_id)
+    record = store.flow_runs.read(run_id)
     if not record:
         raise RunError(f"flow run {run_id} is not in Redis (expired after result_ttl_seconds?); it cannot be retried.")
     state = StateType(record.get("state", "Pending"))
@@ -374,20 +344,16 @@ def retry_final_run(store: RunStore, messaging: Messaging, run_id: str) -> int:
     if record.get("parent"):
         raise RunError(f"flow run {run_id} is a subflow run; retry its parent flow run {record['parent']} instead.")
     attempt = int(record.get("attempt") or 1) + 1
-    store.redis.delete(keys.flow_done(run_id))
+    store.flow_runs.reopen_latch(run_id)
     if record.get("mode") != "dynamic":
         relaunch_static(store, messaging, run_id, attempt)
         return attempt
     fields = {"state": StateType.AWAITING_RETRY.value, "message": "retry requested", "retry_at": now()}
-    store.write_flow_run(run_id, fields, reopen=True)
+    store.flow_runs.write(run_id, fields, reopen=True)
     messaging.send_retry_flow_run(run_id, attempt, record.get("queue") or "default")
     return attempt
 
 
 def list_task_runs(store: RunStore, run_id: str) -> list[dict[str, str]]:
     """Every task run record of a flow run (a root: of its whole tree), in no set order."""
-    ids = sorted(store.redis.smembers(keys.flow_tasks(run_id)))
-    pipe = store.redis.pipeline(transaction=False)
-    for trid in ids:
-        pipe.hgetall(keys.task_run(trid))
-    return [row for row in pipe.execute() if row]
+    return store.task_runs.of_flow(run_id)

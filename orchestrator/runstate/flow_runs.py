@@ -155,6 +155,14 @@ class FlowRuns:
         """Several plans in one round trip."""
         return list(self._redis.mget([keys.plan(r) for r in roots])) if roots else []
 
+    def keep_plan(self, pipe: Any, root: str, plan: dict[str, Any], subflow_ends: dict[str, str]) -> None:
+        """Queue a static run tree's plan (for retries and the graph) and which end node finishes
+        which subflow run, in ``pipe``."""
+        pipe.set(keys.plan(root), json.dumps(plan), ex=self._store.ttl)
+        for end_node, run_id in subflow_ends.items():
+            pipe.hset(keys.subflow_ends(root), end_node, run_id)
+        pipe.expire(keys.subflow_ends(root), self._store.ttl)
+
     def start_dynamic_body(self, run_id: str) -> None:
         """A dynamic body (re)starts: it is the one task run its tree waits for, not final yet."""
         pipe = self._redis.pipeline(transaction=False)

@@ -89,6 +89,60 @@ class TaskRuns:
         pipe.hset(keys.inputs(root), trid, text)
         pipe.expire(keys.inputs(root), self._store.ttl)
 
+    def write_tree(
+        self,
+        pipe: Any,
+        root: str,
+        runs: Sequence[tuple[NewTaskRun, Sequence[str]]],
+        *,
+        whole_tree_in_root: bool,
+        join_pending: dict[str, int],
+        join_signatures: dict[str, Any],
+        tolerant: Iterable[str],
+        stored_inputs: dict[str, str],
+    ) -> None:
+        """Queue a static run tree's task runs in ``pipe``: each record (Pending) with the task runs
+        it waits for, the tree's count, each flow run's set of task runs (the root's holds the whole
+        tree when there are subflows), the join tables, the tolerant set and the kept inputs."""
+        ttl = self._store.ttl
+        pipe.set(keys.remaining(root), len(runs), ex=ttl)
+        by_flow: dict[str, list[str]] = {}
+        for run, upstream in runs:
+            by_flow.setdefault(run.flow_run_id, []).append(run.id)
+            pipe.hset(keys.task_run(run.id), mapping=run.to_redis())
+            pipe.expire(keys.task_run(run.id), ttl)
+            for up in upstream:
+                pipe.sadd(keys.downstream(up), run.id)
+                pipe.expire(keys.downstream(up), ttl)
+        if whole_tree_in_root:
+            by_flow[root] = [run.id for run, _ in runs]
+        for flow_run_id, ids in by_flow.items():
+            pipe.sadd(keys.flow_tasks(flow_run_id), *ids)
+            pipe.expire(keys.flow_tasks(flow_run_id), ttl)
+        if join_pending:
+            pipe.hset(keys.join_pending(root), mapping=join_pending)
+            pipe.hset(keys.join_signature(root), mapping={k: json.dumps(v) for k, v in join_signatures.items()})
+            pipe.expire(keys.join_pending(root), ttl)
+            pipe.expire(keys.join_signature(root), ttl)
+        tolerant = list(tolerant)
+        if tolerant:
+            pipe.sadd(keys.tolerant(root), *tolerant)
+            pipe.expire(keys.tolerant(root), ttl)
+        if stored_inputs:
+            pipe.hset(keys.inputs(root), mapping=stored_inputs)
+            pipe.expire(keys.inputs(root), ttl)
+
+    def make_not_final(self, pipe: Any, root: str, trids: set[str], maps: set[str]) -> None:
+        """Queue in ``pipe`` what lets task runs run again (a flow retry): they, and the children
+        the ``maps`` among them expanded into, are no longer final, and the maps expand anew."""
+        for trid in maps:
+            expanded = self._redis.get(keys.expanded(trid))
+            if expanded:
+                pipe.delete(keys.expanded(trid))
+                pipe.hdel(keys.finals(root), *[f"{trid}-{i}" for i in range(int(expanded))])
+        if trids:
+            pipe.hdel(keys.finals(root), *trids)
+
     def add_to_dynamic_tree(self, run: NewTaskRun, stored_input: str | None) -> None:
         """A dynamic body submitted a task: one more task run its tree waits for, in one round trip."""
         pipe = self._redis.pipeline(transaction=False)
