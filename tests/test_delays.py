@@ -58,48 +58,75 @@ def test_a_crashed_workers_message_redelivered_after_the_visibility_timeout_neve
     (attempt 1) comes back when the visibility timeout (10 s from its delivery) passes, while
     attempt 2 runs: it must not run.
 
+    Attempt 2 waits for a gate (tests/gated_retry_flows.py) that the test opens only once the
+    rescue worker has refused the old message as stale, or once that message has run the body
+    (a third execution): however slow the machine, the old message comes back beside the retry,
+    and the test never guesses how long that takes. Then the broker must hold nothing more (every
+    message acknowledged), and the body have run exactly twice.
+
     On a Redis of its own: any worker restores every unacked message older than its own
     visibility timeout, and this module's other worker (2 s) would redeliver attempt 2 too."""
     del redis_url  # the session's settings (1 s heartbeats), not its Redis
     import httpx
 
     from orchestrator.runstate.store import RunStore
+    from tests import gated_retry_flows as flows
     from tests.api_support import eventually, submit, wait_final
 
     marker = uuid.uuid4().hex[:8]
     env = {"ORCHESTRATOR_VISIBILITY_TIMEOUT_SECONDS": "10"}
-    modules = ["tests.short_visibility"]
+    modules = ["tests.gated_retry_flows"]
     database = f"sqlite:///{tmp_path / 'api.db'}"
+    rescue_log = worker_logs / f"vis-rescue-{marker}.log"
     with (
         redis_server() as own_url,
-        api_server(own_url, database, log_path=worker_logs / "vis-api.log") as api,
+        api_server(own_url, database, log_path=worker_logs / f"vis-api-{marker}.log") as api,
         httpx.Client(base_url=api.url, timeout=15) as http,
     ):
         redis = RunStore(own_url).redis
+
+        def executions() -> int:
+            return int(redis.get(flows.executions_key(marker)) or 0)
+
         with worker(
             own_url, modules, queues="vis-crash", concurrency=1, name=f"doomed-{marker}@%h",
-            log_path=worker_logs / "vis-doomed.log", extra_env=env,
+            log_path=worker_logs / f"vis-doomed-{marker}.log", extra_env=env,
         ) as doomed:  # fmt: skip
-            created = submit(http, "killed-then-slow-flow", parameters={"marker": marker})
-            eventually(lambda: redis.get(f"test:crashy:{marker}"), 30, what="execution 1 running")
+            created = submit(http, "killed-then-gated-flow", parameters={"marker": marker})
+            eventually(lambda: redis.get(flows.running_key(marker)), 30, what="execution 1 running")
             time.sleep(2.5)  # it has heartbeated
             os.killpg(doomed.pid, signal.SIGKILL)
             with worker(
                 own_url, modules, queues="vis-crash", concurrency=2, name=f"rescue-{marker}@%h",
-                log_path=worker_logs / "vis-rescue.log", extra_env=env,
+                log_path=rescue_log, extra_env=env,
             ):  # fmt: skip
+                eventually(lambda: executions() >= 2, 60, what="attempt 2 running (the crash detector sent it)")
+                (task,) = http.get(f"/flow-runs/{created['id']}/task-runs").json()
+                refused = f"task run {task['id']}: attempt 1 is stale"
+                # the old message comes back within the visibility timeout (and a restore interval)
+                # of its delivery: refused (the log line), or run (a third execution)
+                eventually(
+                    lambda: refused in rescue_log.read_text() or executions() >= 3,
+                    60,
+                    what="the dead worker's message redelivered while attempt 2 runs",
+                )
+                redis.set(flows.gate_key(marker), 1)  # attempt 2 may end now
                 run = wait_final(http, created["id"], timeout=90)
-                time.sleep(3)  # a stale execution, had one started, would have counted itself by now
+                # settled: no message left in the queue, none delivered and not acknowledged
+                eventually(
+                    lambda: redis.llen("vis-crash") == 0 and redis.hlen("unacked") == 0,
+                    30,
+                    what="every message of the run acknowledged",
+                )
         assert run["state"] == "Completed", run
-        assert redis.get(f"test:executions:killed_then_slow:{marker}") == "2"  # killed once, run once more
-        (task,) = http.get(f"/flow-runs/{created['id']}/task-runs").json()
+        assert executions() == 2  # killed once, run once more: the redelivered message never ran the body
         states = [
             s["state"]
             for s in http.get(f"/flow-runs/{created['id']}/states").json()
             if s["run_id"] == task["id"] and s["applied"]
         ]
         assert states == ["Running", "Crashed", "AwaitingRetry", "Retrying", "Completed"], states
-    assert "is stale" in (worker_logs / "vis-rescue.log").read_text()  # the old message came back and was refused
+    assert rescue_log.read_text().count(refused) == 1  # the old message came back once and was refused
 
 
 def test_a_delayed_message_scheduled_again_while_it_is_being_sent_is_kept() -> None:
