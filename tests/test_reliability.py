@@ -4,16 +4,21 @@ api.server``) and every fault a real signal. Each task counts its executions in 
 (tests/reliability_flows.py), so what really ran is checked next to what was recorded.
 
 That the API killed mid-run loses no state event is proved by
-tests/test_api.py::test_api_killed_mid_run_loses_no_event; here its log lines are.
+tests/test_api.py::test_api_killed_mid_run_loses_no_event; here its log lines are. A kill at
+some moment of a run rarely lands between the recorder's read, its commit and its
+acknowledgement; an API whose recorder dies at exactly those points (tests/crashing_api.py)
+shows that replaying the batch it held loses nothing and records nothing twice.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -25,8 +30,9 @@ import httpx
 import pytest
 import redis
 
-from orchestrator.devstack.localstack import ApiProcess, api_server, free_port, stop_process, worker
+from orchestrator.devstack.localstack import ApiProcess, api_server, free_port, redis_server, stop_process, worker
 from orchestrator.runstate import keys
+from orchestrator.runstate.event_stream import DEAD_LETTERS, RECORDER_GROUP
 from tests.api_support import api_database, eventually
 
 FLOW_MODULES = ["tests.reliability_flows"]
@@ -439,3 +445,120 @@ def test_api_killed_mid_flow_loses_no_log_line_and_records_none_twice(
             assert got == expected[i]  # every line, none twice
             assert len(client.lrange(keys.flow_logs(run_id), 0, -1)) == 2 * lines  # what the workers shipped
     assert [count(client, f"{marker}-{i}-{side}") for i in (0, 1) for side in ("a", "b")] == [1, 1, 1, 1]
+
+
+# -- the recorder killed between reading a batch and acknowledging it ----------------------------
+RECORDER_BATCH = 7  # events per transaction: the runs' events fill several batches
+CRASH_AT = 3  # the batch the crashing API dies in
+
+
+def recorded_event_ids(database_url: str) -> list[str]:
+    """The stream ids of every state event and log line the database holds (with repeats, if any)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(text("SELECT event_id FROM state_event UNION ALL SELECT event_id FROM log_line"))
+            return [str(row[0]) for row in rows]
+    finally:
+        engine.dispose()
+
+
+def recorder_settled(client: redis.Redis) -> bool:
+    """The recorder has read every event in the stream and acknowledged each one."""
+    groups = [g for g in client.xinfo_groups(keys.EVENTS_STREAM) if g["name"] == RECORDER_GROUP]
+    last = client.xinfo_stream(keys.EVENTS_STREAM)["last-generated-id"]
+    return bool(groups) and groups[0]["pending"] == 0 and groups[0]["last-delivered-id"] == last
+
+
+@pytest.mark.parametrize("moment", ["after-commit", "before-commit"])
+def test_the_recorder_killed_between_reading_a_batch_and_acknowledging_it_loses_no_event_and_records_none_twice(
+    redis_url: str, tmp_path: Path, worker_logs: Path, monkeypatch: pytest.MonkeyPatch, moment: str
+) -> None:
+    """2 runs of 2 tasks each logging 10 lines end while no API runs: their events (states and
+    log lines) wait in the stream. An API whose recorder applies them 7 at a time dies in batch 3
+    (tests/crashing_api.py): once that batch is committed but not acknowledged, or once it is
+    read and written but not committed. A new API replays what was left: every log line and every
+    state in the database exactly once, the histories as if nothing had happened, no event
+    refused as a duplicate.
+
+    The crash is not a race with a kill: it happens at the same point of the recorder's loop
+    every time (between the commit and the acknowledgement, or between the read and the commit),
+    which a SIGKILL at some moment of a run almost never hits."""
+    del redis_url  # the session's environment (result storage), not its Redis: the recorder has one of its own
+    from tests import reliability_flows
+    from tests.api_support import sdk_settings
+    from tests.crashing_api import CRASH_EXIT
+
+    marker = uuid.uuid4().hex[:8]
+    queue = f"rel-rec-{marker}"
+    lines = 10
+    expected = {
+        i: sorted(f"{marker}-{i}-{side} line {n} of {lines}" for side in ("a", "b") for n in range(1, lines + 1))
+        for i in (0, 1)
+    }
+    logs = worker_logs / f"recorder-{moment}-{marker}"
+    admin_url = os.environ.get("ORCHESTRATOR_TEST_DATABASE_URL")
+    with (
+        redis_server() as own_url,
+        api_database(tmp_path, admin_url) as database,
+        sdk_settings(monkeypatch, ORCHESTRATOR_REDIS_URL=own_url),
+    ):
+        client = redis.Redis.from_url(own_url, decode_responses=True)
+        with worker(
+            own_url, FLOW_MODULES, queues=queue, concurrency=2, log_path=logs.with_suffix(".worker.log"),
+            extra_env=SLOWER_BEATS,
+        ):  # fmt: skip
+            runs = [
+                reliability_flows.reliable_talk.apply_async(
+                    {"marker": f"{marker}-{i}", "lines": lines, "pause": 0.05}, queue=queue
+                )
+                for i in (0, 1)
+            ]
+            for run in runs:
+                assert run.wait(60).value == "Completed"  # no API: every event waits in the stream
+        stream = [(sid, json.loads(fields["event"])) for sid, fields in client.xrange(keys.EVENTS_STREAM)]
+        assert len(stream) > RECORDER_BATCH * CRASH_AT, stream  # the doomed batch is full, events follow it
+        log_ids = {sid for sid, event in stream if event.get("kind") == "log"}
+        assert len(log_ids) == 4 * lines
+
+        crashing = ApiProcess(
+            own_url,
+            database,
+            extra_env=SLOWER_BEATS
+            | {
+                "ORCHESTRATOR_RECORDER_BATCH_SIZE": str(RECORDER_BATCH),
+                "TEST_RECORDER_CRASH": moment,
+                "TEST_RECORDER_CRASH_AT": str(CRASH_AT),
+            },
+        )
+        with open(logs.with_suffix(".crashing-api.log"), "wb") as out:
+            server = subprocess.Popen(
+                [sys.executable, "-m", "tests.crashing_api", "--host", crashing.host, "--port", str(crashing.port),
+                 "--log-level", "warning"],
+                env=crashing.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+            try:
+                assert server.wait(90) == CRASH_EXIT  # it died where it was told to, not elsewhere
+            finally:
+                stop_process(server, timeout=5)
+        # what the dead recorder left in the database: its batches before the doomed one, and the
+        # doomed one too if it died after the commit
+        committed_batches = CRASH_AT if moment == "after-commit" else CRASH_AT - 1
+        head = {sid for sid, _ in stream[: RECORDER_BATCH * committed_batches]}
+        left = recorded_event_ids(database)
+        assert sorted(left) == sorted(head), moment  # each event of this flow is one row
+
+        with (
+            api_server(own_url, database, log_path=logs.with_suffix(".api.log"), extra_env=SLOWER_BEATS) as api,
+            httpx.Client(base_url=api.url, timeout=15) as http,
+        ):
+            eventually(lambda: recorder_settled(client), 60, what="every event read and acknowledged again")
+            for i, run in enumerate(runs):
+                assert wait_final(http, run.id)["state"] == "Completed"
+                assert_completed_once(http, run.id, tasks=2)  # each state once in each history
+                got = http.get(f"/flow-runs/{run.id}/logs", params={"limit": 10_000}).json()
+                assert sorted(line["message"].split("] ", 1)[-1] for line in got) == expected[i]  # each line once
+        assert sorted(recorded_event_ids(database)) == sorted(sid for sid, _ in stream)  # every event, none twice
+        assert client.llen(DEAD_LETTERS) == 0, client.lrange(DEAD_LETTERS, 0, -1)  # no event refused on the way
