@@ -142,17 +142,17 @@ def test_a_delayed_message_scheduled_again_while_it_is_being_sent_is_kept() -> N
 
 def _scheduled_again_is_kept(store: Any, delayed_key: str) -> None:
     message = f'{{"task": "test.same-message", "id": "{uuid.uuid4()}"}}'
-    store.schedule(message, time.time() - 1)
-    claimed_until, due = store.claim_due(limit=1000)
+    store.delayed.schedule(message, time.time() - 1)
+    claimed_until, due = store.delayed.claim_due(limit=1000)
     assert message in due
-    store.schedule(message, time.time() + 1)  # the sent task already ran and asked again
-    store.sent(message, claimed_until)
+    store.delayed.schedule(message, time.time() + 1)  # the sent task already ran and asked again
+    store.delayed.sent(message, claimed_until)
     assert store.redis.zscore(delayed_key, message) is not None
-    claimed_until, due = store.claim_due(limit=1000)  # not due yet
+    claimed_until, due = store.delayed.claim_due(limit=1000)  # not due yet
     assert message not in due
     store.redis.zadd(delayed_key, {message: time.time() - 1})
-    claimed_until, due = store.claim_due(limit=1000)
-    store.sent(message, claimed_until)  # nothing scheduled it again: forgotten
+    claimed_until, due = store.delayed.claim_due(limit=1000)
+    store.delayed.sent(message, claimed_until)  # nothing scheduled it again: forgotten
     assert store.redis.zscore(delayed_key, message) is None
 
 

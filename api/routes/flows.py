@@ -11,7 +11,6 @@ from api.models import FlowRun
 from api.routes.deps import StoreDep
 from api.schemas import FlowPublic, FlowRunCreate, FlowRunPublic
 from api.submit import new_flow_run
-from orchestrator.runstate.fleet import registered_flows
 
 router = APIRouter(prefix="/flows", tags=["flows"])
 
@@ -42,7 +41,7 @@ def find_flow(store: Any, name: str) -> dict[str, Any]:
 @router.get("", response_model=list[FlowPublic])
 def list_flows(store: StoreDep) -> list[FlowPublic]:
     """Every flow a worker has registered, with its parameters as JSON Schema and its queue."""
-    return [FlowPublic.model_validate(f) for f in registered_flows(store)]
+    return [FlowPublic.model_validate(f) for f in store.fleet.registered_flows()]
 
 
 @router.get("/{name}", response_model=FlowPublic)

@@ -6,7 +6,6 @@ from fastapi import APIRouter
 
 from api.routes.deps import StoreDep
 from api.schemas import WorkerPublic
-from orchestrator.runstate.fleet import live_workers
 
 router = APIRouter(prefix="/workers", tags=["workers"])
 
@@ -15,7 +14,7 @@ router = APIRouter(prefix="/workers", tags=["workers"])
 def list_workers(store: StoreDep) -> list[WorkerPublic]:
     """Workers heard from in the last few seconds, with their queues and flows."""
     out = []
-    for record in live_workers(store):
+    for record in store.fleet.live_workers():
         known = {"hostname", "queues", "flows"}
         out.append(
             WorkerPublic(

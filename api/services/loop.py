@@ -25,7 +25,6 @@ from api.submit import dispatch
 from orchestrator.config.settings import get_settings
 from orchestrator.errors import ConnectionProblem
 from orchestrator.runstate import slots as concurrency
-from orchestrator.runstate.fleet import live_workers
 from orchestrator.runstate.leases import SERVICES_LOCK
 from orchestrator.runstate.store import RunStore, get_store
 from orchestrator.states import StateType
@@ -66,7 +65,7 @@ def _dispatch_due(engine: Engine, store: RunStore, limit: int) -> int:
     picks what to send, so a large backlog never blocks runs behind it.
     """
     now = time.time()
-    live_queues = sorted({q for w in live_workers(store) for q in w.get("queues", [])})
+    live_queues = sorted({q for w in store.fleet.live_workers() for q in w.get("queues", [])})
     paused = select(Deployment.id).where(col(Deployment.paused).is_(True))
     due = (
         select(FlowRun.id, FlowRun.deployment_id)

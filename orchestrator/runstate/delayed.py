@@ -8,21 +8,19 @@ them come due again, and none is sent twice by two senders.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from orchestrator.runstate import keys
 from orchestrator.runstate.connection import now
-
-if TYPE_CHECKING:
-    from orchestrator.runstate.store import RunStore
+from orchestrator.runstate.scripts import Scripts
 
 
 class DelayedMessages:
     """Messages kept until they are due."""
 
-    def __init__(self, store: RunStore) -> None:
-        self._redis = store.redis
-        self._scripts = store.scripts
+    def __init__(self, redis: Any, scripts: Scripts) -> None:
+        self._redis = redis
+        self._scripts = scripts
 
     def schedule(self, message: str, due: float, pipe: Any = None) -> None:
         """Keep a message (a signature as JSON) in Redis until ``due``, instead of a broker ETA."""

@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
 
 from orchestrator.runstate import keys
 from orchestrator.runstate.events import LogLine, StreamEvent, encode
-
-if TYPE_CHECKING:
-    from orchestrator.runstate.store import RunStore
 
 RECORDER_GROUP = "recorder"
 CLAIM_IDLE_MS = 30_000  # events a dead consumer read but never acknowledged are taken over after this
@@ -31,15 +28,16 @@ Entry = tuple[str, dict[str, str]]  # a stream id and the entry's fields
 class EventStream:
     """Appends events and hands them to the recorder."""
 
-    def __init__(self, store: RunStore) -> None:
-        self._store = store
-        self._redis = store.redis
+    def __init__(self, redis: Any, ttl: int, maxlen: int) -> None:
+        self._redis = redis
+        self._ttl = ttl
+        self._maxlen = maxlen
 
     # -- producing ------------------------------------------------------------------------
     def append(self, pipe: Any, event: StreamEvent | str) -> None:
         """Queue one event (typed, or text made by :func:`~orchestrator.runstate.events.encode`) in ``pipe``."""
         text = event if isinstance(event, str) else encode(event)
-        pipe.xadd(keys.EVENTS_STREAM, {"event": text}, maxlen=self._store.maxlen, approximate=True)
+        pipe.xadd(keys.EVENTS_STREAM, {"event": text}, maxlen=self._maxlen, approximate=True)
 
     def append_all(self, pipe: Any, events: Iterable[StreamEvent | str]) -> None:
         """Queue several events in ``pipe``, in order."""
@@ -53,7 +51,7 @@ class EventStream:
             text = encode(line)
             self.append(pipe, text)
             pipe.rpush(keys.flow_logs(line.flow_run_id), text)
-            pipe.expire(keys.flow_logs(line.flow_run_id), self._store.ttl)
+            pipe.expire(keys.flow_logs(line.flow_run_id), self._ttl)
         pipe.execute()
 
     def logs_of(self, flow_run_id: str) -> list[dict[str, Any]]:

@@ -8,13 +8,10 @@ workers and explain why a run waits. No flow code is needed to read them.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from orchestrator.runstate import keys
 from orchestrator.runstate.connection import now
-
-if TYPE_CHECKING:
-    from orchestrator.runstate.store import RunStore
 
 ALIVE_SECONDS = 15  # a worker not heard from for this long is not live
 
@@ -22,8 +19,8 @@ ALIVE_SECONDS = 15  # a worker not heard from for this long is not live
 class Fleet:
     """Worker and flow announcements."""
 
-    def __init__(self, store: RunStore) -> None:
-        self._redis = store.redis
+    def __init__(self, redis: Any) -> None:
+        self._redis = redis
 
     def announce(self, hostname: str, record: dict[str, Any], flows: dict[str, dict[str, Any]]) -> None:
         """Record a worker that is ready and the flows it imported (name -> description), and mark it alive."""
@@ -72,13 +69,3 @@ class Fleet:
         """What a worker announced for one flow (None: no worker ever did)."""
         found = self._redis.hget(keys.FLOWS, name)
         return json.loads(found) if found else None
-
-
-def live_workers(store: RunStore) -> list[dict[str, Any]]:
-    """Workers whose alive key exists (see :meth:`Fleet.live_workers`)."""
-    return store.fleet.live_workers()
-
-
-def registered_flows(store: RunStore) -> list[dict[str, Any]]:
-    """Every flow some worker has announced (see :meth:`Fleet.registered_flows`)."""
-    return store.fleet.registered_flows()

@@ -10,24 +10,24 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from orchestrator.runstate import keys
+from orchestrator.runstate.event_stream import EventStream
 from orchestrator.runstate.events import Renamed, flow_run_event
 from orchestrator.runstate.records import FlowRunRecord, body_task_run_id, describe_record, flow_fields_to_redis
+from orchestrator.runstate.scripts import Scripts
 from orchestrator.states import StateType
-
-if TYPE_CHECKING:
-    from orchestrator.runstate.store import RunStore
 
 
 class FlowRuns:
     """Flow run records and what hangs off them."""
 
-    def __init__(self, store: RunStore) -> None:
-        self._store = store
-        self._redis = store.redis
-        self._scripts = store.scripts
+    def __init__(self, redis: Any, scripts: Scripts, ttl: int, events: EventStream) -> None:
+        self._redis = redis
+        self._scripts = scripts
+        self._ttl = ttl
+        self._events = events
 
     def write(self, run_id: str, fields: dict[str, Any], pipe: Any = None, *, reopen: bool = False) -> None:
         """Create or update a flow run record; a state field also emits an event.
@@ -38,7 +38,7 @@ class FlowRuns:
         """
         target = pipe if pipe is not None else self._redis.pipeline(transaction=False)
         target.hset(keys.flow_run(run_id), mapping=flow_fields_to_redis(fields))
-        target.expire(keys.flow_run(run_id), self._store.ttl)
+        target.expire(keys.flow_run(run_id), self._ttl)
         if "state" in fields:
             event = flow_run_event(
                 run_id,
@@ -47,23 +47,23 @@ class FlowRuns:
                 record=describe_record(fields),
                 reopen=reopen,
             )
-            self._store.events.append(target, event)
+            self._events.append(target, event)
             if StateType(fields["state"]).is_final:
                 target.lpush(keys.flow_done(run_id), fields["state"])
-                target.expire(keys.flow_done(run_id), self._store.ttl)
+                target.expire(keys.flow_done(run_id), self._ttl)
         if pipe is None:
             target.execute()
 
     def emit_state(self, run_id: str, state: StateType, pipe: Any, record: dict[str, Any] | None = None) -> None:
         """Only the event of a state the record passes through at once (Pending before Running)."""
         event = flow_run_event(run_id, state.value, record=describe_record(record or {}))
-        self._store.events.append(pipe, event)
+        self._events.append(pipe, event)
 
     def rename(self, run_id: str, name: str, cause: str = "") -> None:
         """Rename a run: its record (``name_given`` so a retry keeps it) and a rename event for the API."""
         pipe = self._redis.pipeline(transaction=False)
         pipe.hset(keys.flow_run(run_id), mapping={"name": name, "name_given": "1"})
-        self._store.events.append(pipe, Renamed(run_id, name, cause))
+        self._events.append(pipe, Renamed(run_id, name, cause))
         pipe.execute()
 
     def read_outcome(self, run_id: str) -> tuple[dict[str, str], dict[str, str | None]]:
@@ -158,15 +158,15 @@ class FlowRuns:
     def keep_plan(self, pipe: Any, root: str, plan: dict[str, Any], subflow_ends: dict[str, str]) -> None:
         """Queue a static run tree's plan (for retries and the graph) and which end node finishes
         which subflow run, in ``pipe``."""
-        pipe.set(keys.plan(root), json.dumps(plan), ex=self._store.ttl)
+        pipe.set(keys.plan(root), json.dumps(plan), ex=self._ttl)
         for end_node, run_id in subflow_ends.items():
             pipe.hset(keys.subflow_ends(root), end_node, run_id)
-        pipe.expire(keys.subflow_ends(root), self._store.ttl)
+        pipe.expire(keys.subflow_ends(root), self._ttl)
 
     def start_dynamic_body(self, run_id: str) -> None:
         """A dynamic body (re)starts: it is the one task run its tree waits for, not final yet."""
         pipe = self._redis.pipeline(transaction=False)
-        pipe.set(keys.remaining(run_id), 1, ex=self._store.ttl)
+        pipe.set(keys.remaining(run_id), 1, ex=self._ttl)
         pipe.hdel(keys.finals(run_id), body_task_run_id(run_id))
         pipe.execute()
 

@@ -10,16 +10,14 @@ detector needs if it goes silent.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
 from redis.exceptions import LockError
 
 from orchestrator.runstate import keys
 from orchestrator.runstate.connection import now
-
-if TYPE_CHECKING:
-    from orchestrator.runstate.store import RunStore
+from orchestrator.runstate.scripts import Scripts
 
 RECORDER_LEASE = f"{keys.PREFIX}:recorder-lease"
 SERVICES_LOCK = f"{keys.PREFIX}:lock:dispatcher"  # the services loop's lock (the key name predates the loop's name)
@@ -28,9 +26,9 @@ SERVICES_LOCK = f"{keys.PREFIX}:lock:dispatcher"  # the services loop's lock (th
 class Leases:
     """Singleton jobs across API processes, and the heartbeats of running task runs."""
 
-    def __init__(self, store: RunStore) -> None:
-        self._redis = store.redis
-        self._scripts = store.scripts
+    def __init__(self, redis: Any, scripts: Scripts) -> None:
+        self._redis = redis
+        self._scripts = scripts
 
     # -- singleton jobs ------------------------------------------------------------------
     def hold(self, name: str, owner: str, seconds: int) -> bool:

@@ -73,12 +73,12 @@ class RunStore:
         self.ttl = settings.result_ttl_seconds
         self.maxlen = settings.events_maxlen
         self.scripts = Scripts(self.redis)
-        self.events = EventStream(self)
-        self.flow_runs = FlowRuns(self)
-        self.task_runs = TaskRuns(self)
-        self.delayed = DelayedMessages(self)
-        self.fleet = Fleet(self)
-        self.leases = Leases(self)
+        self.events = EventStream(self.redis, self.ttl, self.maxlen)
+        self.flow_runs = FlowRuns(self.redis, self.scripts, self.ttl, self.events)
+        self.task_runs = TaskRuns(self.redis, self.scripts, self.ttl, self.maxlen, self.events)
+        self.delayed = DelayedMessages(self.redis, self.scripts)
+        self.fleet = Fleet(self.redis)
+        self.leases = Leases(self.redis, self.scripts)
 
     def pipeline(self) -> Any:
         """A pipeline that queues writes of several repositories for one round trip (``execute()``)."""

@@ -12,16 +12,15 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from orchestrator.runstate import keys
 from orchestrator.runstate.connection import now
+from orchestrator.runstate.event_stream import EventStream
 from orchestrator.runstate.events import StreamEvent, encode, flow_run_event, task_run_event
 from orchestrator.runstate.records import NewTaskRun, TaskRunRecord, describe_record, task_fields_to_redis
+from orchestrator.runstate.scripts import Scripts
 from orchestrator.states import StateType
-
-if TYPE_CHECKING:
-    from orchestrator.runstate.store import RunStore
 
 
 @dataclass(frozen=True)
@@ -55,10 +54,12 @@ STALE = Started(None, {}, stale=True)
 class TaskRuns:
     """Task run records, their starts and ends, and the run tree's joins."""
 
-    def __init__(self, store: RunStore) -> None:
-        self._store = store
-        self._redis = store.redis
-        self._scripts = store.scripts
+    def __init__(self, redis: Any, scripts: Scripts, ttl: int, maxlen: int, events: EventStream) -> None:
+        self._redis = redis
+        self._scripts = scripts
+        self._ttl = ttl
+        self._maxlen = maxlen
+        self._events = events
 
     # -- creating ----------------------------------------------------------------------------
     def add(
@@ -72,7 +73,7 @@ class TaskRuns:
     ) -> None:
         """Queue a new task run in ``pipe``: its record (Pending), the flow runs whose sets list it,
         the task runs that wait for it, and its inputs kept in the run store (if any)."""
-        ttl = self._store.ttl
+        ttl = self._ttl
         pipe.hset(keys.task_run(run.id), mapping=run.to_redis())
         pipe.expire(keys.task_run(run.id), ttl)
         for waiting in downstream:
@@ -87,7 +88,7 @@ class TaskRuns:
     def keep_input(self, pipe: Any, root: str, trid: str, text: str) -> None:
         """Queue a task run's inputs kept in the run store (not its message) in ``pipe``."""
         pipe.hset(keys.inputs(root), trid, text)
-        pipe.expire(keys.inputs(root), self._store.ttl)
+        pipe.expire(keys.inputs(root), self._ttl)
 
     def write_tree(
         self,
@@ -104,7 +105,7 @@ class TaskRuns:
         """Queue a static run tree's task runs in ``pipe``: each record (Pending) with the task runs
         it waits for, the tree's count, each flow run's set of task runs (the root's holds the whole
         tree when there are subflows), the join tables, the tolerant set and the kept inputs."""
-        ttl = self._store.ttl
+        ttl = self._ttl
         pipe.set(keys.remaining(root), len(runs), ex=ttl)
         by_flow: dict[str, list[str]] = {}
         for run, upstream in runs:
@@ -175,8 +176,8 @@ class TaskRuns:
             keys=[keys.task_run(trid), keys.finals(root), keys.EVENTS_STREAM, keys.inputs(root)],
             args=[
                 trid,
-                self._store.ttl,
-                self._store.maxlen,
+                self._ttl,
+                self._maxlen,
                 json.dumps(fields),
                 event,
                 "1" if stored_inputs else "0",
@@ -201,9 +202,9 @@ class TaskRuns:
         """Record a non-final state change (AwaitingRetry) without the final guard."""
         target = pipe if pipe is not None else self._redis.pipeline(transaction=False)
         target.hset(keys.task_run(trid), mapping=task_fields_to_redis(fields))
-        target.expire(keys.task_run(trid), self._store.ttl)
+        target.expire(keys.task_run(trid), self._ttl)
         event = task_run_event(trid, fields["state"], message=fields.get("message", ""), record=describe_record(fields))
-        self._store.events.append(target, event)
+        self._events.append(target, event)
         if pipe is None:
             target.execute()
 
@@ -211,7 +212,7 @@ class TaskRuns:
         """Write fields of a task run and send events about it, in one round trip (no final guard)."""
         pipe = self._redis.pipeline(transaction=False)
         pipe.hset(keys.task_run(trid), mapping=task_fields_to_redis(fields))
-        self._store.events.append_all(pipe, events)
+        self._events.append_all(pipe, events)
         pipe.execute()
 
     def finished(
@@ -244,8 +245,8 @@ class TaskRuns:
             ],
             args=[
                 trid,
-                self._store.ttl,
-                self._store.maxlen,
+                self._ttl,
+                self._maxlen,
                 json.dumps(task_fields_to_redis(fields)),
                 event,
                 state.value,
@@ -329,7 +330,7 @@ class TaskRuns:
         """Add a map's children to the run tree's count, once; False on a redelivery."""
         return bool(
             self._scripts["claim_expansion"](
-                keys=[keys.expanded(trid), keys.remaining(root)], args=[children, self._store.ttl]
+                keys=[keys.expanded(trid), keys.remaining(root)], args=[children, self._ttl]
             )
         )
 
