@@ -335,22 +335,22 @@ def retry_final_run(store: RunStore, messaging: Messaging, run_id: str) -> int:
     A static run re-runs only the task runs that did not complete, so completed ones
     keep their results; a dynamic run re-runs its body on a worker of its queue.
     """
-    record = store.flow_runs.read(run_id)
-    if not record:
+    record = store.flow_runs.record(run_id)
+    if record is None:
         raise RunError(f"flow run {run_id} is not in Redis (expired after result_ttl_seconds?); it cannot be retried.")
-    state = StateType(record.get("state", "Pending"))
+    state = record.state or StateType.PENDING
     if not state.is_final or state is StateType.COMPLETED:
         raise RunError(f"flow run {run_id} is {state.value}; only a run that ended without completing can be retried.")
-    if record.get("parent"):
-        raise RunError(f"flow run {run_id} is a subflow run; retry its parent flow run {record['parent']} instead.")
-    attempt = int(record.get("attempt") or 1) + 1
+    if record.parent:
+        raise RunError(f"flow run {run_id} is a subflow run; retry its parent flow run {record.parent} instead.")
+    attempt = record.attempt + 1
     store.flow_runs.reopen_latch(run_id)
-    if record.get("mode") != "dynamic":
+    if record.mode != "dynamic":
         relaunch_static(store, messaging, run_id, attempt)
         return attempt
     fields = {"state": StateType.AWAITING_RETRY.value, "message": "retry requested", "retry_at": now()}
     store.flow_runs.write(run_id, fields, reopen=True)
-    messaging.send_retry_flow_run(run_id, attempt, record.get("queue") or "default")
+    messaging.send_retry_flow_run(run_id, attempt, record.queue or "default")
     return attempt
 
 
