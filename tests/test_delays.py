@@ -131,7 +131,7 @@ def test_a_crashed_workers_message_redelivered_after_the_visibility_timeout_neve
 
 def test_a_delayed_message_scheduled_again_while_it_is_being_sent_is_kept() -> None:
     """A task waiting for a concurrency slot asks again with the very same message; if it does so
-    before the dispatcher has forgotten the copy it just sent, the new entry must survive (it was
+    before the delayed-message sender has forgotten the copy it just sent, the new entry must survive (it was
     removed, and the task run waited in AwaitingConcurrencySlot forever)."""
     from orchestrator.runstate import keys
     from orchestrator.runstate.store import RunStore

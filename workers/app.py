@@ -25,7 +25,7 @@ from orchestrator.transport.celery_app import make_celery_app, tolerate_redis_ou
 
 from .announce import Announcer
 from .celery_tasks import record_revoked, record_unknown, register_builtin_tasks, register_user_task
-from .delayed import BEAT_SECONDS, DelayedDispatcher
+from .delayed import BEAT_SECONDS, DelayedSender
 from .logship import install as install_log_shipper
 from .redis_transport import survive_lost_redis
 from .visibility import KeepVisible, refresh_interval
@@ -41,7 +41,7 @@ register_builtin_tasks(app)
 registry.on_task_registered(lambda task: register_user_task(app, task))
 _announcer = Announcer()
 _held_messages = KeepVisible()
-_dispatcher = DelayedDispatcher(
+_delayed_sender = DelayedSender(
     app,
     periodic=[
         (BEAT_SECONDS, _announcer.beat),
@@ -75,12 +75,12 @@ def _refuse_reserved_queues(sender: Any = None, instance: Any = None, **_: objec
 
 
 @signals.worker_ready.connect
-def _start_delayed_dispatcher(sender: Any = None, **_: object) -> None:
+def _start_delayed_sender(sender: Any = None, **_: object) -> None:
     """Announce this worker (queues, flows), then send due retries and pokes and keep alive."""
     _held_messages.consumer = sender  # from now on, the messages it holds are kept from ageing
     queues = [q.name for q in getattr(getattr(sender, "task_consumer", None), "queues", [])]
     _announcer.announce(str(getattr(sender, "hostname", "") or socket.gethostname()), queues)
-    _dispatcher.start()
+    _delayed_sender.start()
 
 
 @signals.task_revoked.connect
@@ -96,8 +96,8 @@ def _record_unknown(sender: Any = None, message: Any = None, name: str = "", id:
 
 
 @signals.worker_shutdown.connect
-def _stop_delayed_dispatcher(**_: object) -> None:
-    _dispatcher.stop()
+def _stop_delayed_sender(**_: object) -> None:
+    _delayed_sender.stop()
     log_shipper.flush()
     _announcer.leave()
 

@@ -3,7 +3,7 @@
 A broker ETA would keep the message unacknowledged inside a worker for the whole
 delay; with Redis as broker, a delay longer than ``visibility_timeout`` then gets the
 message redelivered and the task run twice. Instead the message waits in Redis (see
-``RunStore.schedule``) and every worker runs this small dispatcher thread; claiming
+``store.delayed.schedule``) and every worker runs this small sender thread; claiming
 is atomic, so each message is sent once however many workers there are.
 """
 
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 BEAT_SECONDS = 5.0
 
 
-class DelayedDispatcher:
+class DelayedSender:
     """A daemon thread that sends due messages every ``interval`` seconds.
 
     It also runs the worker's other small periodic jobs (``periodic``: seconds, job), each

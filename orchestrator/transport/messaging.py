@@ -8,7 +8,7 @@ workers' Celery glue import Celery.
 
 Delayed sends (a flow's deadline, its next attempt after ``retry_delay_seconds``)
 wait in Redis as serialized messages (``RunStore.schedule``) until a worker's
-delayed dispatcher sends them; :func:`flow_deadline_message` and
+delayed-message sender (workers/delayed.py) sends them; :func:`flow_deadline_message` and
 :func:`retry_flow_run_message` make those messages, so their format is written here
 too.
 """
