@@ -771,3 +771,14 @@ def body_raises_flow(n: int = 1) -> int:
 def slow_then_quick_flow(seconds: float = 3.0) -> int:
     """``inc`` cannot start before ``sleepy`` ends: a planned task run that has not reported yet."""
     return inc.submit(sleepy.submit(seconds, 1))  # type: ignore[no-any-return]
+
+
+@task(queue="db")
+def query_db() -> int:
+    return 1
+
+
+@flow(queue="etl")
+def routed_flow() -> int:
+    """A task on its own queue feeding a task on the flow's queue (tests/test_compiler.py)."""
+    return inc.submit(query_db.submit())  # type: ignore[no-any-return]

@@ -106,16 +106,12 @@ def test_messages_carry_flow_run_and_task_run_ids_and_the_queue() -> None:
 
 
 def test_task_queue_overrides_flow_queue() -> None:
-    @task(queue="db")
-    def query() -> int:
-        return 1
-
-    @flow(queue="etl")
-    def routed() -> None:
-        flows.inc.submit(query.submit())
-
-    plan = routed.plan()
+    plan = flows.routed_flow.plan()
     assert [n.queue for n in plan.nodes.values()] == ["db", "etl"]
+    canvas = compile_plan(plan).canvas  # the queues the messages are sent to
+    assert isinstance(canvas, _chain)
+    sent = [(s.task, s.options["queue"]) for s in canvas.tasks]
+    assert sent == [("tests.flows.query_db", "db"), ("tests.flows.inc", "etl")]
 
 
 def test_inputs_are_references_not_values() -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import json
 import socket
 import subprocess
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +19,10 @@ from orchestrator import FlowRun, StateType
 from orchestrator.devstack.localstack import worker
 from orchestrator.errors import FlowRunFailed, ParameterError
 from orchestrator.runs.handle import submit_by_name
+from orchestrator.runstate.store import get_store
 from orchestrator.transport.celery_app import SendOnlyRedisBackend, client_app
 from tests import flows
+from tests.api_support import eventually
 from workers.app import app as celery_app
 
 pytestmark = pytest.mark.usefixtures("fleet")
@@ -188,11 +193,38 @@ def test_every_task_is_a_celery_task_under_its_own_name_and_messages_carry_run_i
     run.wait(timeout=30)
 
 
-def test_queue_override_from_apply_async(redis_url: str) -> None:
-    run = flows.chain_flow.apply_async(parameters={"x": 1}, queue="nobody-listens")
-    with pytest.raises(TimeoutError):
-        run.wait(timeout=1.5)
-    assert run.info["queue"] == "nobody-listens"
+def test_queue_override_from_apply_async(redis_url: str, worker_logs: Path) -> None:
+    queue = f"nobody-listens-{uuid.uuid4().hex[:6]}"
+    run = flows.chain_flow.apply_async(parameters={"x": 1}, queue=queue)
+    assert run.info["queue"] == queue
+    rows = runs_by_label(run)
+    # The start message went to that queue's Redis list (where no worker of the fleet looks), naming the first task
+    # run; every later message of the chain is to be sent there too.
+    redis = get_store().redis
+    (raw,) = redis.lrange(queue, 0, -1)
+    message = json.loads(raw)
+    assert message["headers"]["id"] == rows["inc-0"]["id"] and message["headers"]["task"] == "tests.flows.inc"
+    assert message["properties"]["delivery_info"]["routing_key"] == queue
+    _, _, embed = json.loads(base64.b64decode(message["body"]))
+    assert [(s["task"], s["options"]["queue"]) for s in embed["chain"]] == [
+        ("tests.flows.double", queue),
+        ("tests.flows.inc", queue),
+    ]
+    assert {r["state"] for r in rows.values()} == {"Pending"} and not any("started" in r for r in rows.values())
+    name = f"override-{uuid.uuid4().hex[:6]}"
+    log = worker_logs / f"{name}.log"
+    with worker(redis_url, ["tests.flows"], queues=queue, concurrency=1, name=f"{name}@%h", log_path=log):
+        assert run.result(timeout=30) == 6
+
+        def drained() -> bool:  # every message of the queue taken and acknowledged (acks are late)
+            return redis.llen(queue) == 0 and not any(queue in m for m in redis.hvals("unacked"))
+
+        eventually(drained, 15, interval=0.1, what=f"queue {queue} drained")
+    assert {label: r["worker"].split("@")[0] for label, r in runs_by_label(run).items()} == {
+        "inc-0": name,
+        "inc-1": name,
+        "double-0": name,
+    }
 
 
 def test_retries_on_the_fleet_record_each_attempt() -> None:

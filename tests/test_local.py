@@ -92,8 +92,11 @@ def test_signals_fail_skip_and_retry() -> None:
             raise RETRY("file not there yet", delay=0.01)
         return len(pokes)
 
-    @task(retries=5)
+    hopeless_attempts: list[int] = []
+
+    @task(retries=5, retry_delay_seconds=0.01)
     def hopeless() -> None:
+        hopeless_attempts.append(1)
         raise FAIL("bad config")
 
     @task
@@ -115,6 +118,8 @@ def test_signals_fail_skip_and_retry() -> None:
 
     with pytest.raises(FlowRunFailed, match="bad config"):
         failing()
+    assert calls == [1]  # the flow body ran once
+    assert len(hopeless_attempts) == 1, "FAIL ends the task run at once: none of its 5 retries is used"
 
     @flow
     def skipping() -> None:

@@ -2,32 +2,52 @@
 
 from __future__ import annotations
 
+import enum
+import inspect
+import types
+
 import orchestrator
-from orchestrator.runtime import signals
+from orchestrator import states
+from orchestrator.authoring import flows, naming, tasks
+from orchestrator.runs import handle
+from orchestrator.runtime import futures, run_logger, signals
+
+# Each public name: the module that defines it, and whether it is a class or a function.
+PUBLIC: dict[str, tuple[types.ModuleType, str]] = {
+    "Flow": (flows, "class"),
+    "FlowRun": (handle, "class"),
+    "Future": (futures, "class"),
+    "StateType": (states, "class"),
+    "Task": (tasks, "class"),
+    "allow_failure": (futures, "function"),
+    "as_completed": (futures, "function"),
+    "exponential_backoff": (tasks, "function"),
+    "flow": (flows, "function"),
+    "get_run_logger": (run_logger, "function"),
+    "rename_flow_run": (naming, "function"),
+    "task": (tasks, "function"),
+    "unmapped": (futures, "function"),
+    "wait": (futures, "function"),
+}
 
 
 def test_exported_members() -> None:
-    assert sorted(orchestrator.__all__) == sorted(
-        [
-            "Flow",
-            "FlowRun",
-            "Future",
-            "StateType",
-            "Task",
-            "allow_failure",
-            "as_completed",
-            "exponential_backoff",
-            "flow",
-            "get_run_logger",
-            "rename_flow_run",
-            "task",
-            "unmapped",
-            "wait",
-        ]
-    )
-    for name in orchestrator.__all__:
-        assert getattr(orchestrator, name) is not None
+    assert sorted(orchestrator.__all__) == sorted(PUBLIC)
+    assert len(orchestrator.__all__) == len(set(orchestrator.__all__))  # no name listed twice
+    for name, (module, kind) in PUBLIC.items():
+        exported = getattr(orchestrator, name)
+        assert exported is getattr(module, name), f"orchestrator.{name} is not {module.__name__}.{name}"
+        assert exported.__module__ == module.__name__, f"{name} is defined in {exported.__module__}"
+        assert exported.__name__ == name, f"orchestrator.{name} is {exported.__name__}"
+        if kind == "class":
+            assert inspect.isclass(exported), f"{name} is not a class: {exported!r}"
+        else:
+            assert inspect.isfunction(exported), f"{name} is not a function: {exported!r}"
+    assert issubclass(orchestrator.StateType, enum.Enum)
+    assert orchestrator.StateType("Completed") is orchestrator.StateType.COMPLETED
 
 
 def test_signals_contract() -> None:
     assert {"RETRY", "FAIL", "SKIP"} <= set(dir(signals))
+    for name in ("RETRY", "FAIL", "SKIP"):
+        assert issubclass(getattr(signals, name), Exception), f"signals.{name} is not an exception class"

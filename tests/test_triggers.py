@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import collections
 import time
+from typing import Any
 
 import pytest
 
 from orchestrator import StateType
 from orchestrator.errors import FlowRunFailed
+from orchestrator.local import runner
 from tests import flows
 
 pytestmark = pytest.mark.usefixtures("fleet")
@@ -35,14 +38,16 @@ def test_each_trigger_rule_and_allow_failure_on_the_fleet() -> None:
 
 def test_allow_failure_passes_none_on_the_fleet() -> None:
     from orchestrator.data.references import resolve
-    from orchestrator.runs.handle import FlowRun
     from orchestrator.runstate.store import get_store
 
     run = flows.trigger_flow.delay()
-    run.wait(timeout=30)
-    show = next(r for r in run.task_runs() if r["label"] == "show-0")
-    assert resolve({"__ref__": show["id"], "path": []}, get_store(), allow_pickle=False, where="t") == "None"
-    assert isinstance(run, FlowRun)
+    assert run.wait(timeout=30) is StateType.FAILED
+    rows = {r["label"]: r for r in run.task_runs()}
+    assert rows["explode-0"]["state"] == "Failed"  # the tolerated upstream did fail
+    assert rows["show-0"]["state"] == "Completed", rows["show-0"]  # and its downstream ran anyway
+    assert float(rows["show-0"]["started"]) >= float(rows["explode-0"]["ended"])  # after the failure, not before
+    assert resolve({"__ref__": rows["show-0"]["id"], "path": []}, get_store(), allow_pickle=False, where="t") == "None"
+    assert rows["inc-1"]["state"] == "UpstreamFailed"  # the same upstream, not tolerated
 
 
 def test_a_failed_chord_header_ends_the_run() -> None:
@@ -73,12 +78,55 @@ def test_wait_only_waits_it_does_not_make_later_tasks_depend_on_success() -> Non
     assert float(rows["inc-0"]["started"]) >= float(rows["explode-0"]["ended"])
 
 
-def test_the_same_rules_locally() -> None:
+@pytest.fixture
+def local_engines(monkeypatch: pytest.MonkeyPatch) -> list[runner.LocalEngine]:
+    """Every engine the in-process runner makes from now on (one per flow run, subflows too)."""
+    made: list[runner.LocalEngine] = []
+
+    class Recorded(runner.LocalEngine):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(runner, "LocalEngine", Recorded)
+    return made
+
+
+def local_runs(engines: list[runner.LocalEngine]) -> dict[str, runner.LocalFuture]:
+    """The task runs of the one local flow run, by the label the fleet gives them (``<task>-<n>``, n per task
+    in submission order; the local runner numbers all its task runs together)."""
+    (engine,) = engines
+    seen: collections.Counter[str] = collections.Counter()
+    out: dict[str, runner.LocalFuture] = {}
+    for future in engine.futures:
+        name = future.label.rsplit("-", 1)[0]
+        out[f"{name}-{seen[name]}"] = future
+        seen[name] += 1
+    return out
+
+
+def test_the_same_rules_locally(local_engines: list[runner.LocalEngine]) -> None:
     with pytest.raises(FlowRunFailed):
         flows.trigger_flow()
+    runs = local_runs(local_engines)
+    assert {label: f.state.value for label, f in runs.items()} == EXPECTED
+    assert "trigger all_failed" in runs["all_failed_task-1"].history[-1][2]
+    assert runs["show-0"].result() == "None"  # allow_failure: ran with None
+
+    local_engines.clear()
     with pytest.raises(FlowRunFailed, match="explode"):
         flows.chord_header_fails()
+    assert {label: f.state.value for label, f in local_runs(local_engines).items()} == {
+        "double-0": "Completed",
+        "explode-0": "Failed",
+        "double-1": "Completed",
+        "total-0": "UpstreamFailed",
+    }
+
+    local_engines.clear()
     flows.skip_then_cleanup()
+    states = {label: f.state.value for label, f in local_runs(local_engines).items()}
+    assert states == {"skip_me-0": "Skipped", "inc-0": "Skipped", "cleanup-0": "Completed"}
 
 
 def test_a_subflow_is_decided_by_its_returned_futures_like_in_process() -> None:
