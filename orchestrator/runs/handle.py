@@ -44,16 +44,16 @@ class FlowRun:
     @property
     def state(self) -> StateType | None:
         """The run's current state (None if Redis does not know the run)."""
-        return self.store.flow_state(self.id)
+        return self.store.flow_runs.state(self.id)
 
     @property
     def info(self) -> dict[str, Any]:
         """The run record: name, flow, queue, state, timestamps, message."""
-        return {k: _maybe_json(v) for k, v in self.store.read_flow_run(self.id).items()}
+        return {k: _maybe_json(v) for k, v in self.store.flow_runs.read(self.id).items()}
 
     def wait(self, timeout: float | None = None) -> StateType:
         """Block until the run is final; raise RunTimeout after ``timeout`` seconds."""
-        state = self.store.wait_flow_final(self.id, timeout)
+        state = self.store.flow_runs.wait_final(self.id, timeout)
         if state is None or not state.is_final:
             raise RunTimeout(
                 f"flow run {self.id} is still {state.value if state else 'unknown'} after "
@@ -65,7 +65,7 @@ class FlowRun:
     def result(self, timeout: float | None = None) -> Any:
         """The flow's return value; raises FlowRunFailed if the run did not complete."""
         state = self.wait(timeout)
-        record, results = self.store.read_outcome(self.id)
+        record, results = self.store.flow_runs.read_outcome(self.id)
         if state is not StateType.COMPLETED:
             raise FlowRunFailed(
                 f"flow run {record.get('name', self.id)} ({self.id}) ended {state.value}: {record.get('message', '')}"
@@ -151,10 +151,10 @@ def launch_prepared(
         return
     if prepared.body_error:
         fields = {"state": StateType.FAILED.value, "ended": now(), "message": prepared.body_error}
-        store.write_flow_run(run_id, fields, pipe)
+        store.flow_runs.write(run_id, fields, pipe)
         pipe.execute()
         return
-    store.write_flow_run(run_id, {"mode": "dynamic", "mode_reason": prepared.dynamic_reason or ""}, pipe)
+    store.flow_runs.write(run_id, {"mode": "dynamic", "mode_reason": prepared.dynamic_reason or ""}, pipe)
     pipe.execute()
     messaging.send_start(flow_name, run_id, prepared.queue, dynamic=True)
 
@@ -184,9 +184,9 @@ def submit_flow_run(
     }
     pipe = store.redis.pipeline(transaction=False)
     if prepared.plan is not None:  # launched in this pipeline: the record is written Running
-        store.emit_flow_event(run_id, StateType.PENDING, pipe, record)
+        store.flow_runs.emit_state(run_id, StateType.PENDING, pipe, record)
     else:
-        store.write_flow_run(run_id, record | {"state": StateType.PENDING.value}, pipe)
+        store.flow_runs.write(run_id, record | {"state": StateType.PENDING.value}, pipe)
     try:
         launch_prepared(prepared, flow.name, store=store, messaging=messaging, record=record, pipe=pipe)
     except redis.ConnectionError as exc:
@@ -233,7 +233,7 @@ def send_named_runs(runs: list[NamedRun], messaging: Messaging | None = None) ->
                 **(run.record or {}),
                 "state": StateType.PENDING.value,
             }
-            store.write_flow_run(run.run_id, fields, pipe)
+            store.flow_runs.write(run.run_id, fields, pipe)
         pipe.execute()
         messaging.send_starts([Start(run.flow, run.run_id, run.queue) for run in runs])
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
