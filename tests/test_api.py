@@ -556,14 +556,48 @@ def test_a_backlog_of_1000_late_runs_is_cleared_by_policy_not_by_a_stampede(
     kept = http.get("/flow-runs", params={"name": f"{tag}-0", "state": "Late"}).json()["items"]
     assert [r["name"] for r in kept] == [f"{tag}-0"]  # the newest
 
-    with worker(redis_url, ["tests.flows"], queues=queue, concurrency=2, log_path=worker_logs / "backlog.log"):
+    import socket
+
+    from orchestrator.transport.celery_app import client_app
+
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+
+    def waiting() -> int:
+        """Messages in the queue's Redis lists (its priority lists too)."""
+        return sum(client.llen(k) for k in client.scan_iter(match=f"{queue}*") if client.type(k) == "list")
+
+    assert waiting() == 1000  # every start message waits for the workers: none consumed or lost yet
+    name = f"{tag}@{socket.gethostname()}"
+    log = worker_logs / "backlog.log"
+    with worker(redis_url, ["tests.flows"], queues=queue, concurrency=2, name=name, log_path=log):
         assert wait_final(http, kept[0]["id"])["state"] == "Completed"  # the workers are back: only it runs
-        time.sleep(2)  # the 999 start messages are consumed meanwhile, and do nothing
+        inspector = client_app().control.inspect(destination=[name], timeout=2)
+
+        def settled() -> bool:
+            """Every start message taken and acknowledged, the worker idle, every event recorded."""
+            if waiting() or any(queue in m for m in client.hvals("unacked")):
+                return False
+            active, reserved = inspector.active(), inspector.reserved()
+            if active is None or reserved is None or any(active.values()) or any(reserved.values()):
+                return False  # no answer yet, or something still running or held
+            last = client.xinfo_stream(keys.EVENTS_STREAM)["last-generated-id"]
+            groups = [g for g in client.xinfo_groups(keys.EVENTS_STREAM) if g["name"] == "recorder"]
+            return bool(groups) and groups[0]["pending"] == 0 and groups[0]["last-delivered-id"] == last
+
+        eventually(settled, 120, interval=0.5, what="the 999 start messages consumed and the worker idle")
     page = http.get("/flow-runs", params={"name": tag, "state": "Completed"}).json()
     assert page["total"] == 1 and page["items"][0]["id"] == kept[0]["id"]
-    cancelled = http.get("/flow-runs", params={"name": tag, "state": "Cancelled", "limit": 5}).json()["items"]
-    for run in cancelled:
+    page = http.get("/flow-runs", params={"name": tag, "state": "Cancelled", "limit": 1000}).json()
+    assert page["total"] == 999
+    cancelled = page["items"]
+    for run in cancelled[:5]:
         assert http.get(f"/flow-runs/{run['id']}/task-runs").json() == []  # never ran a task
+    pipe = client.pipeline(transaction=False)
+    for run_id in [kept[0]["id"], *(r["id"] for r in cancelled)]:
+        pipe.exists(keys.plan(run_id), keys.flow_tasks(run_id))
+    started = pipe.execute()
+    assert started[0] == 2  # the kept run was planned and has task runs: the check sees a started run
+    assert [r["id"] for r, n in zip(cancelled, started[1:], strict=True) if n] == []  # no cancelled run started
 
 
 def test_a_worker_killed_mid_task_gives_crashed_then_a_retry_that_completes(

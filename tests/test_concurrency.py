@@ -29,6 +29,7 @@ import pytest
 import redis
 
 from orchestrator.devstack.localstack import ApiProcess, api_server, worker
+from orchestrator.runstate import keys
 from orchestrator.runstate import slots as concurrency
 from orchestrator.runstate.store import RunStore
 from tests.api_support import FINAL, cli, eventually, submit, wait_final
@@ -44,6 +45,17 @@ def api(
     env = {"ORCHESTRATOR_LATE_AFTER_SECONDS": str(LATE_AFTER)}
     with api_server(redis_url, database, log_path=worker_logs / "limits-api.log", extra_env=env) as server:
         yield server
+
+
+def lease_expiry(store: RunStore, tag: str, task_run_id: str) -> float | None:
+    """When ``task_run_id``'s lease on a slot of ``tag`` ends (epoch seconds), or None if it holds none."""
+    score = store.redis.zscore(keys.slots(tag), task_run_id)
+    return None if score is None else float(score)
+
+
+def stamp(state: dict[str, Any]) -> float:
+    """When a state event happened (epoch seconds)."""
+    return dt.datetime.fromisoformat(state["time"]).timestamp()
 
 
 def history(http: httpx.Client, flow_run_id: str) -> list[dict[str, Any]]:
@@ -110,9 +122,19 @@ def test_a_killed_workers_slot_frees_itself_and_the_waiting_task_runs(
 
             eventually(waiting, 30, what="the second task waiting for the only slot")
             assert http.get(f"/flow-runs/{taker['id']}").json()["state"] == "Running"
-            time.sleep(2.5)  # the holder has heartbeated (renewing its lease) while the other waited
+            store = RunStore(redis_url)
+            first_expiry = lease_expiry(store, "test-lease", slot["task_run_id"])
+            assert first_expiry is not None
+
+            def kept_past_its_first_lease() -> bool:  # only a heartbeat renewing it keeps it that long
+                return time.time() > first_expiry + 0.5 and slot["task_run_id"] in concurrency.live_holders(
+                    store, "test-lease"
+                )
+
+            eventually(kept_past_its_first_lease, 30, interval=0.1, what="the holder's lease renewed by heartbeats")
             (slot,) = http.get("/concurrency-limits/test-lease").json()["holders"]
-            assert slot["flow_run_id"] == holder["id"]
+            assert slot["flow_run_id"] == holder["id"]  # the waiting task did not get it meanwhile
+            assert http.get(f"/flow-runs/{taker['id']}/task-runs").json()[0]["state"] == "AwaitingConcurrencySlot"
             os.killpg(doomed.pid, signal.SIGKILL)  # the holder dies without giving its slot back
 
         run = wait_final(http, taker["id"], timeout=60)
@@ -135,9 +157,19 @@ def test_a_slot_lease_nobody_renews_expires_by_itself(redis_url: str, http: http
         assert concurrency.acquire(store, root, "first", [tag, "unlimited-tag"]) == [tag]
         full = concurrency.acquire(store, root, "second", [tag])
         assert isinstance(full, concurrency.LimitFull) and full.holders == ["first"] and full.limit == 1
+        asked_at = time.time()
         assert concurrency.acquire(store, root, "first", [tag]) == [tag]  # asking again while holding it is fine
-        time.sleep(concurrency.lease_seconds() + 0.5)  # "first" died: no heartbeat renews its lease
-        assert concurrency.acquire(store, root, "second", [tag]) == [tag]
+        expiry = lease_expiry(store, tag, "first")
+        lease = concurrency.lease_seconds()
+        assert expiry is not None and asked_at + lease <= expiry <= time.time() + lease  # a lease from now
+        # "first" died: no heartbeat renews its lease. "second" asks until it gets the slot, not before the lease ends.
+        eventually(
+            lambda: concurrency.acquire(store, root, "second", [tag]) == [tag],
+            lease + 10,
+            interval=0.1,
+            what="the slot free once the unrenewed lease ended",
+        )
+        assert time.time() >= expiry
         assert concurrency.live_holders(store, tag) == ["second"]
     finally:
         assert http.delete(f"/concurrency-limits/{tag}").status_code == 204
@@ -199,8 +231,25 @@ def test_a_deployment_on_a_queue_with_no_worker_sends_nothing_and_its_policy_cle
         assert client.llen(queue) == 0  # nothing was sent to a queue no worker consumes
         late = http.get("/flow-runs", params={"name": name, "state": "Late"}).json()["items"]
         assert len(late) <= 1  # newest_only keeps one
-        if late:
-            assert f"no live worker consumes queue {queue!r}" in late[0]["state_message"]
+        # Unconditionally (not only if one happens to be Late right now): every run cancelled went Late first, for
+        # the reason that no worker consumes its queue, and was cancelled while a newer late run was kept.
+        runs = http.get("/flow-runs", params={"name": name, "limit": 500}).json()["items"]
+        events = {r["id"]: history(http, r["id"]) for r in runs}
+        late_at = {
+            r["id"]: next(stamp(s) for s in events[r["id"]] if s["state"] == "Late")
+            for r in runs
+            if any(s["state"] == "Late" for s in events[r["id"]])
+        }
+        due = {r["id"]: dt.datetime.fromisoformat(r["scheduled_start"]) for r in runs}
+        cancelled = [r["id"] for r in runs if r["state"] == "Cancelled"]
+        assert len(cancelled) >= 3
+        for run_id in cancelled:
+            assert run_id in late_at, f"run {run_id} was cancelled without having been Late: {events[run_id]}"
+            (was_late,) = [s for s in events[run_id] if s["state"] == "Late"]
+            assert f"no live worker consumes queue {queue!r}" in was_late["message"], was_late
+            cancelled_at = next(stamp(s) for s in events[run_id] if s["state"] == "Cancelled")
+            kept = [k for k, at in late_at.items() if due[k] > due[run_id] and at <= cancelled_at]
+            assert kept, f"run {run_id} was cancelled while no newer run was Late: newest_only keeps the newest"
         back_at = time.time()
         with worker(redis_url, ["tests.flows"], queues=queue, concurrency=1, log_path=worker_logs / "outage.log"):
 

@@ -6,18 +6,21 @@ import itertools
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 
 import pytest
 
-from orchestrator import StateType, flow
+from orchestrator import FlowRun, StateType, flow
 from orchestrator.authoring.hooks import HookState
 from orchestrator.authoring.tasks import exponential_backoff, task
 from orchestrator.errors import DefinitionError, FlowRunFailed
 from orchestrator.runstate import keys
 from orchestrator.runstate.store import get_store
+from orchestrator.transport.celery_app import client_app
 from tests import flows
+from tests.api_support import eventually
 
 pytestmark = pytest.mark.usefixtures("fleet")
 
@@ -137,8 +140,31 @@ def test_a_flow_past_its_timeout_ends_timed_out_and_its_tasks_are_cancelled() ->
     assert "timeout_seconds=1" in run.info["message"]
     states = {r["label"]: r["state"] for r in run.task_runs()}
     assert states == {"sleepy-0": "Cancelled", "inc-0": "Cancelled"}
-    time.sleep(1)
-    assert run.state is StateType.TIMED_OUT  # nothing that ends later rewrites it
+    wait_until_the_fleet_is_done_with(run)  # sleepy(6) would otherwise still end, about 5 s from now
+    assert run.state is StateType.TIMED_OUT  # nothing that ended later rewrote it
+    assert {r["label"]: r["state"] for r in run.task_runs()} == states
+
+
+def wait_until_the_fleet_is_done_with(run: FlowRun, timeout: float = 30) -> None:
+    """Until no message of ``run`` (its task runs' or its own) is queued, unacknowledged or delayed in Redis,
+    and the fleet worker runs, holds or has scheduled none: from then on nothing of it can still end."""
+    ids = {run.id} | {r["id"] for r in run.task_runs()}
+    inspector = client_app().control.inspect(destination=[f"fleet@{socket.gethostname()}"], timeout=2)
+    redis = get_store().redis
+
+    def done() -> bool:
+        waiting = [*redis.lrange("default", 0, -1), *redis.hvals("unacked"), *redis.zrange(keys.DELAYED, 0, -1)]
+        if any(i in message for message in waiting for i in ids):
+            return False
+        for ask in (inspector.active, inspector.reserved, inspector.scheduled):
+            replies = ask()
+            if not replies:  # no answer: not known to be idle
+                return False
+            if any(t["id"] in ids or run.id in str(t.get("kwargs")) for ts in replies.values() for t in ts):
+                return False
+        return True
+
+    eventually(done, timeout, what=f"the fleet done with flow run {run.id}")
 
 
 def flow_states(run_id: str) -> list[str]:
