@@ -29,7 +29,12 @@ Afterwards, reading the API's database directly once everything is final and qui
   timeout): at most one such repeat per task run, at most one per process of the killed worker in
   all. Map and subflow nodes run no user code;
 - no applied state history regresses (nothing applied after a final state, except AwaitingRetry or
-  Retrying right after Crashed), and no task run is Completed twice.
+  Retrying right after Crashed), and no task run is Completed twice;
+- the kill hit running work: it is sent at a moment when a task surely executes on ``doomed`` (a nap
+  with time left, or a short task inside its body, judged by the clock just after the kill), and every
+  task run executing then went Crashed or was run again. At most CONCURRENCY task runs are hit (Crashed
+  or repeated), and at most CONCURRENCY flow runs are let off their seeded course: the killed worker
+  executed at most that many at once, and the messages it had only reserved come back whole.
 
 The worker's Redis visibility timeout is 15 s here: a task killed before its first heartbeat, and
 the messages the killed worker had reserved, come back only through it (README, "Not there yet");
@@ -77,6 +82,7 @@ SUBMIT_RATE = 20.0  # runs a second: about what 2 workers of concurrency 2 get t
 KILL_AFTER_EXECUTIONS = 700  # of about 2,350 in all
 FLOW_MODULES = ["tests.soak_flows"]
 REOPEN_AFTER_CRASH = {"AwaitingRetry", "Retrying"}
+NAP_SECONDS = 1.5  # what soak_slow's nap sleeps (tests/soak_flows.py)
 
 
 # -- what the seeds predict -------------------------------------------------------------------------
@@ -209,6 +215,38 @@ def wait_for_kill_moment(client: redis.Redis, marker: str) -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class Kill:
+    """The SIGKILL of the doomed worker, and the task runs it surely cut off mid-way."""
+
+    on_plan: bool  # at the planned moment (see wait_for_kill_moment)
+    running: dict[str, str]  # task run id -> task: executing on ``doomed`` when the kill had been sent
+    executed_before: int  # executions counted before the kill
+
+
+def kill_mid_task(client: redis.Redis, marker: str, doomed: subprocess.Popen[bytes]) -> Kill:
+    """Kill the doomed worker's whole process group at the planned moment, or else at the next moment when it is
+    surely running a task: a nap with a good part of its sleep left, or a short task that has just begun (its body
+    lasts at least TASK_SECONDS after it counts itself). What ran is read just before the kill, and kept only if the
+    clock just after the kill shows it still inside its body then (the planned moment is one such moment)."""
+    on_plan = wait_for_kill_moment(client, marker)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        naps = {trid: float(t) for trid, t in client.hgetall(sf.napping_key(marker, "doomed")).items()}
+        trid, what, began = str(client.get(sf.last_start_key(marker, "doomed")) or "||0").split("|")
+        napping = any(time.time() - t < NAP_SECONDS - 0.3 for t in naps.values())
+        if on_plan or napping or time.time() - float(began or 0) < sf.TASK_SECONDS / 3:
+            executed = client.llen(sf.log_key(marker))
+            os.killpg(doomed.pid, signal.SIGKILL)
+            sent = time.time()
+            running = {t: "nap" for t, at in naps.items() if sent - at < NAP_SECONDS - 0.05}
+            if trid and what != "nap" and sent - float(began) < sf.TASK_SECONDS - 0.002:
+                running[trid] = what
+            return Kill(on_plan, running, executed)
+        time.sleep(0.001)
+    raise AssertionError("the doomed worker was never seen running a task in 60 s: the kill would hit nothing")
+
+
 def quiet(client: redis.Redis, queue: str) -> bool:
     """Nothing of ``queue`` is queued, reserved (unacknowledged) or delayed, and the recorder has read
     and acknowledged every event."""
@@ -301,6 +339,7 @@ class Verdict:
     duplicated: list[str] = field(default_factory=list)
     wrong: list[str] = field(default_factory=list)
     repeats_after_kill: list[str] = field(default_factory=list)  # cut off on the killed worker, run again
+    repeated: list[str] = field(default_factory=list)  # the task run ids of repeats_after_kill
     crashed: list[str] = field(default_factory=list)  # task runs with an applied Crashed
     unpredictable: list[str] = field(default_factory=list)  # flow runs a crash took off their seeded course
 
@@ -338,6 +377,7 @@ def check_executions(trid: str, row: dict[str, Any], expect: Expect, facts: Fact
         first = next(role for role, a in runs if a == attempt)
         if n == 2 and first == "doomed":
             verdict.repeats_after_kill.append(f"{trid} ({row['label']}) attempt {attempt}: {runs}")
+            verdict.repeated.append(trid)
         else:
             verdict.duplicated.append(f"{trid} ({row['label']}): attempt {attempt} executed {n} times: {runs}")
 
@@ -399,6 +439,21 @@ def judge(planned: list[Planned], ids: list[str], facts: Facts) -> Verdict:
             f"{len(verdict.repeats_after_kill)} executions cut off by the kill and repeated, but the killed "
             f"worker ran only {CONCURRENCY} at a time: {verdict.repeats_after_kill}"
         )
+    # The exemptions. A task run is Crashed or repeated only if it was executing on the killed worker when it died
+    # (messages it had only reserved come back whole, and run as predicted), and a prefork worker of concurrency
+    # CONCURRENCY executes at most CONCURRENCY task runs at once: at most that many hit, each exempting at most its
+    # own flow run from the seeds' prediction.
+    hit = sorted(set(verdict.crashed) | set(verdict.repeated))
+    if len(hit) > CONCURRENCY:
+        verdict.wrong.append(
+            f"{len(hit)} task runs were cut off by the kill (Crashed or run again), but the killed worker ran only "
+            f"{CONCURRENCY} at a time: {hit}"
+        )
+    if len(verdict.unpredictable) > CONCURRENCY:
+        verdict.wrong.append(
+            f"{len(verdict.unpredictable)} flow runs exempted from their seeded course after the kill, more than "
+            f"the {CONCURRENCY} task runs the killed worker could run at once: {verdict.unpredictable}"
+        )
     return verdict
 
 
@@ -442,9 +497,8 @@ def test_soak_500_mixed_runs_with_a_worker_killed_mid_load(
         pool = ThreadPoolExecutor(5)
         stack.callback(pool.shutdown, wait=True, cancel_futures=True)
         submitted = submit_all(http, queue, planned, pool)
-        on_plan = wait_for_kill_moment(client, marker)
-        executed_at_kill = client.llen(sf.log_key(marker))
-        os.killpg(doomed.pid, signal.SIGKILL)
+        kill = kill_mid_task(client, marker, doomed)
+        on_plan, executed_at_kill = kill.on_plan, kill.executed_before
         doomed.wait(10)
         killed_at = time.monotonic() - load_began
         start("spare")
@@ -469,7 +523,8 @@ def test_soak_500_mixed_runs_with_a_worker_killed_mid_load(
         f"their seeded course: {completed} completed, {predicted['Completed']} predicted) "
         f"task_runs={len(facts.tasks)} executions={executions} attempts={attempts} "
         f"faults: seeded_failures={seeded_failures} failing_for_good={MIX['broken']} sensor_pokes={pokes} "
-        f"kill=1 (at {killed_at:.1f}s, {executed_at_kill} executions in, at the planned moment: {on_plan}) "
+        f"kill=1 (at {killed_at:.1f}s, {executed_at_kill} executions in, at the planned moment: {on_plan}, "
+        f"running then: {sorted(kill.running.values())}) "
         f"crashed={len(verdict.crashed)} repeated_after_kill={len(verdict.repeats_after_kill)} "
         f"refused_events={facts.refused} duplicates={len(verdict.duplicated)} lost={len(verdict.lost)} "
         f"wrong={len(verdict.wrong)} settled={settled} load={load_seconds:.1f}s wall={time.monotonic() - began:.1f}s"
@@ -493,6 +548,13 @@ def test_soak_500_mixed_runs_with_a_worker_killed_mid_load(
         )
     )  # fmt: skip
 
+    hit = set(verdict.crashed) | set(verdict.repeated)
+    assert kill.running, "the kill was sent while no task run was surely running on the doomed worker"
+    missed = {trid: what for trid, what in kill.running.items() if trid not in hit}
+    assert not missed, (
+        f"task runs executing on the doomed worker when it was killed were neither Crashed nor run again: {missed} "
+        f"(crashed: {verdict.crashed}, repeated: {verdict.repeats_after_kill})"
+    )
     assert not verdict.lost, verdict.lost[:20]
     assert not verdict.duplicated, verdict.duplicated[:20]
     assert not verdict.wrong, verdict.wrong[:20]
