@@ -324,7 +324,7 @@ def test_a_redelivered_message_finishes_what_a_crash_left(redis_url: str, worker
     rows = runs_by_label(run)
     explode = rows["explode-0"]
     store = get_store()
-    store.task_finished(run.id, explode["id"], StateType.FAILED, {"ended": now(), "message": "ValueError: boom"})
+    store.task_runs.finished(run.id, explode["id"], StateType.FAILED, {"ended": now(), "message": "ValueError: boom"})
     assert run.state is StateType.RUNNING  # the crash: inc-0 never marked, the run never ended
     with worker(
         redis_url,
