@@ -13,8 +13,6 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import redis
-
 from orchestrator.authoring.naming import run_name_problem
 from orchestrator.config.settings import get_settings
 from orchestrator.data.references import resolve
@@ -25,7 +23,7 @@ from orchestrator.planning.compiler import Compiled
 from orchestrator.planning.plan import Plan
 from orchestrator.planning.tracer import DynamicFlowRequired, trace_flow
 from orchestrator.runs.lifecycle import launch_static, list_task_runs
-from orchestrator.runstate import keys
+from orchestrator.runstate.connection import RedisConnectionError, RedisUnavailable
 from orchestrator.runstate.store import RunStore, get_store, now
 from orchestrator.states import StateType
 from orchestrator.transport.messaging import Messaging, Start, client_messaging
@@ -75,7 +73,7 @@ class FlowRun:
 
     def logs(self) -> list[dict[str, Any]]:
         """Log lines of this flow run and its task runs, oldest first (shipped every ~0.5 s)."""
-        return [json.loads(line) for line in self.store.redis.lrange(keys.flow_logs(self.id), 0, -1)]
+        return self.store.events.logs_of(self.id)
 
     def task_runs(self) -> list[dict[str, Any]]:
         """Every task run of this flow run (a root: of its subflows too), by start time."""
@@ -145,7 +143,7 @@ def launch_prepared(
 ) -> None:
     """Start a prepared run whose record is written (or queued in ``pipe``)."""
     run_id = prepared.run_id
-    pipe = pipe if pipe is not None else store.redis.pipeline(transaction=False)
+    pipe = pipe if pipe is not None else store.pipeline()
     if prepared.plan is not None and prepared.compiled is not None:
         launch_static(store, messaging, prepared.plan, prepared.compiled, record, pipe)
         return
@@ -182,14 +180,14 @@ def submit_flow_run(
         **flow.run_options,
         "created": now(),
     }
-    pipe = store.redis.pipeline(transaction=False)
+    pipe = store.pipeline()
     if prepared.plan is not None:  # launched in this pipeline: the record is written Running
         store.flow_runs.emit_state(run_id, StateType.PENDING, pipe, record)
     else:
         store.flow_runs.write(run_id, record | {"state": StateType.PENDING.value}, pipe)
     try:
         launch_prepared(prepared, flow.name, store=store, messaging=messaging, record=record, pipe=pipe)
-    except redis.ConnectionError as exc:
+    except RedisConnectionError as exc:
         raise store.unreachable(exc) from exc
     return FlowRun(run_id, store)
 
@@ -219,7 +217,7 @@ def send_named_runs(runs: list[NamedRun], messaging: Messaging | None = None) ->
     store = get_store()
     messaging = messaging or client_messaging()
     try:
-        pipe = store.redis.pipeline(transaction=False)
+        pipe = store.pipeline()
         for run in runs:
             fields = {
                 "id": run.run_id,
@@ -236,7 +234,7 @@ def send_named_runs(runs: list[NamedRun], messaging: Messaging | None = None) ->
             store.flow_runs.write(run.run_id, fields, pipe)
         pipe.execute()
         messaging.send_starts([Start(run.flow, run.run_id, run.queue) for run in runs])
-    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+    except (*RedisUnavailable, OSError) as exc:
         raise store.unreachable(exc) from exc
 
 
