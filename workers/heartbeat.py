@@ -6,7 +6,7 @@ them every ``heartbeat_interval_seconds`` with one pipelined round trip: a score
 again (its message, and whether retries are left); the same round trip renews the
 leases on concurrency-limit slots the task runs hold. A task shorter than one interval
 never touches Redis, so short tasks pay nothing. The API's crash detector
-(``api/crashes.py``) reads the set.
+(``orchestrator/supervision/crashes.py``) reads the set.
 """
 
 from __future__ import annotations
