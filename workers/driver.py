@@ -35,7 +35,7 @@ from orchestrator.runs.lifecycle import (
     flow_outcome,
     schedule_deadline,
 )
-from orchestrator.runstate.records import NewTaskRun, body_task_run_id
+from orchestrator.runstate.records import NewTaskRun, body_task_run_id, default_run_name
 from orchestrator.runstate.store import RunStore, get_store, now
 from orchestrator.runtime.attempts import describe
 from orchestrator.runtime.context import RunInfo, using
@@ -210,7 +210,7 @@ class DynamicEngine(Engine):
             {
                 "id": child_id,
                 "flow": flow.name,
-                "name": f"{flow.name}-{child_id[:8]}",
+                "name": default_run_name(flow.name, child_id),
                 "parent": self.flow_run_id,
                 "root": self.root,
                 "state": StateType.RUNNING.value,

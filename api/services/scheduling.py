@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -27,8 +26,8 @@ from sqlmodel import Session, col, select
 
 from api.models import Deployment, FlowRun
 from api.schemas import interval_problem, min_interval_seconds
-from api.submit import api_event
-from orchestrator.config.settings import get_settings
+from api.submit import api_event, flow_run_row
+from orchestrator.runs.create import FlowSpec, new_flow_run
 from orchestrator.states import StateType
 
 log = logging.getLogger("orchestrator.scheduler")
@@ -102,24 +101,21 @@ def next_starts(deployment: Deployment, after: float, until: float, limit: int) 
 
 
 def run_row(deployment: Deployment, start: float, now: float, parameters: dict[str, Any] | None = None) -> FlowRun:
-    """A Scheduled run of ``deployment`` starting at ``start``."""
-    run_id = str(uuid.uuid4())
+    """A Scheduled run of ``deployment`` starting at ``start``, named by the deployment (a name that is kept).
+
+    Its parameters were checked against the flow's schema when the deployment was made (when a
+    worker had announced the flow); the worker that starts the run checks them again.
+    """
     stamp = datetime.fromtimestamp(start, UTC).strftime("%Y%m%d-%H%M%S")
-    return FlowRun(
-        id=run_id,
-        flow_name=deployment.flow_name,
+    run = new_flow_run(
+        FlowSpec(deployment.flow_name),
+        deployment.parameters | (parameters or {}),
+        queue=deployment.queue,
         name=f"{deployment.name}-{stamp}",
-        renamed=True,  # the deployment's name for it is kept
-        state=StateType.SCHEDULED.value,
-        root_id=run_id,
-        queue=deployment.queue or get_settings().default_queue,
-        parameters=deployment.parameters | (parameters or {}),
         created=now,
         scheduled_start=start,
-        dispatched=False,
-        updated=now,
-        deployment_id=deployment.id,
-    )
+    ).record
+    return FlowRun(**flow_run_row(run, state=StateType.SCHEDULED, dispatched=False) | {"deployment_id": deployment.id})
 
 
 def schedule_runs(engine: Engine) -> int:

@@ -12,7 +12,7 @@ from orchestrator.authoring.hooks import Hook, collect_hooks
 from orchestrator.authoring.naming import run_name_problem
 from orchestrator.authoring.registry import register_flow
 from orchestrator.errors import DefinitionError, ParameterError
-from orchestrator.guards.limits import depth_problems, queue_problem
+from orchestrator.guards.limits import queue_problem
 from orchestrator.runtime.context import current_engine
 from orchestrator.runtime.engine import bind_arguments
 
@@ -113,7 +113,9 @@ class Flow(Generic[P, R]):
         """
         template = self.flow_run_name
         if template is None:
-            return f"{self.name}-{run_id[:8]}"
+            from orchestrator.runstate.records import default_run_name  # on use: an in-process run loads no Redis
+
+            return default_run_name(self.name, run_id)
         if callable(template):
             name = str(template())
         else:
@@ -161,7 +163,7 @@ class Flow(Generic[P, R]):
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> FlowRun:
         """Send a run of this flow to the fleet with these parameters."""
-        return self.apply_async(parameters=self.bind_parameters(args, kwargs))
+        return self.apply_async(parameters=bind_arguments(self.fn, args, kwargs, f"flow {self.name!r}"))
 
     def apply_async(
         self,
@@ -170,20 +172,14 @@ class Flow(Generic[P, R]):
         queue: str | None = None,
         name: str | None = None,
     ) -> FlowRun:
-        """Send a run to the fleet: ``parameters`` by name, optional queue and run name."""
-        from orchestrator.runs.handle import submit_flow_run
+        """Send a run to the fleet: ``parameters`` by name, optional queue and run name.
 
-        params = dict(parameters or {})
-        self.check_parameter_names(params)
-        if queue is not None and (problem := queue_problem(queue)):
-            raise ParameterError(f"flow {self.name!r}: {problem}.")
-        if name is not None and (problem := run_name_problem(name)):
-            raise ParameterError(f"flow {self.name!r}: run name {reprlib.repr(name)}: {problem}.")
-        bound = self.bind_parameters((), params)
-        too_deep = depth_problems(bound)
-        if too_deep:
-            raise ParameterError(f"flow {self.name!r}: " + "; ".join(too_deep.values()) + ".")
-        return submit_flow_run(self, bound, queue=queue, name=name)
+        The parameters get the check the API gives a run sent over HTTP (the flow's JSON
+        Schema, with its messages): bad ones raise ParameterError and nothing is sent.
+        """
+        from orchestrator.runs.create import create_flow_run
+
+        return create_flow_run(self, dict(parameters or {}), queue=queue, name=name)
 
     def plan(self, *args: P.args, **kwargs: P.kwargs) -> Plan:
         """Trace the body with these parameters and return the task graph (runs nothing)."""

@@ -1,32 +1,27 @@
-"""Send flow runs to the fleet from Python and follow them: ``etl.delay(...)``.
+"""Follow flow runs sent to the fleet (:class:`FlowRun`), and prepare and launch a run whose record is written.
 
-The client traces the flow here (it has the code), compiles the plan and sends the
-canvas itself: one hop fewer than asking a worker to do it. A flow that needs task
-results while it runs is sent to a worker of its queue to be driven there.
+Runs are created in :mod:`orchestrator.runs.create` (``etl.delay(...)``, the API,
+deployments). A client that has the flow's code traces it here, compiles the plan and
+sends the canvas itself: one hop fewer than asking a worker to do it. A flow that needs
+task results while it runs is sent to a worker of its queue to be driven there.
 """
 
 from __future__ import annotations
 
 import json
-import reprlib
-import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.authoring.naming import run_name_problem
-from orchestrator.config.settings import get_settings
 from orchestrator.data.references import resolve
 from orchestrator.data.serialization import to_jsonable
-from orchestrator.errors import FlowRunFailed, OrchestratorError, ParameterError, RunTimeout
-from orchestrator.guards.limits import queue_problem
+from orchestrator.errors import FlowRunFailed, OrchestratorError, RunTimeout
 from orchestrator.planning.compiler import Compiled
 from orchestrator.planning.plan import Plan
 from orchestrator.planning.tracer import DynamicFlowRequired, trace_flow
 from orchestrator.runs.lifecycle import launch_static, list_task_runs
-from orchestrator.runstate.connection import RedisConnectionError, RedisUnavailable
 from orchestrator.runstate.store import RunStore, get_store, now
 from orchestrator.states import StateType
-from orchestrator.transport.messaging import Messaging, Start, client_messaging
+from orchestrator.transport.messaging import Messaging
 
 if TYPE_CHECKING:
     from orchestrator.authoring.flows import Flow
@@ -157,106 +152,10 @@ def launch_prepared(
     messaging.send_start(flow_name, run_id, prepared.queue, dynamic=True)
 
 
-def submit_flow_run(
-    flow: Flow, parameters: dict[str, Any], *, queue: str | None = None, name: str | None = None
-) -> FlowRun:
-    """Create a flow run record and send it; nothing is written if the input is bad."""
-    flow.importable_or_raise()
-    settings = get_settings()
-    run_id = str(uuid.uuid4())
-    queue = queue or flow.queue or settings.default_queue
-    encoded = encode_parameters(flow, parameters)
-    run_name = name or flow.run_name(parameters, run_id)
-    store = get_store()
-    messaging = client_messaging()
-    prepared = prepare_run(flow, parameters, run_id=run_id, queue=queue, messaging=messaging)
-    record = {
-        "id": run_id,
-        "flow": flow.name,
-        "name": run_name,
-        "root": run_id,
-        "queue": queue,
-        "parameters": encoded,
-        **flow.run_options,
-        "created": now(),
-    }
-    pipe = store.pipeline()
-    if prepared.plan is not None:  # launched in this pipeline: the record is written Running
-        store.flow_runs.emit_state(run_id, StateType.PENDING, pipe, record)
-    else:
-        store.flow_runs.write(run_id, record | {"state": StateType.PENDING.value}, pipe)
-    try:
-        launch_prepared(prepared, flow.name, store=store, messaging=messaging, record=record, pipe=pipe)
-    except RedisConnectionError as exc:
-        raise store.unreachable(exc) from exc
-    return FlowRun(run_id, store)
+def __getattr__(name: str) -> Any:
+    """``submit_by_name`` moved to :mod:`orchestrator.runs.create` with the rest of run creation; kept importable."""
+    if name == "submit_by_name":
+        from orchestrator.runs import create
 
-
-@dataclass
-class NamedRun:
-    """A run of a flow this process has no code for (the API's path), ready to send."""
-
-    flow: str
-    run_id: str
-    parameters: dict[str, Any]
-    queue: str
-    name: str
-    name_given: bool = False  # else the worker names it from the flow's flow_run_name
-    record: dict[str, Any] | None = None
-
-
-def send_named_runs(runs: list[NamedRun], messaging: Messaging | None = None) -> None:
-    """Write the records of many runs in one Redis round trip, then send their start messages.
-
-    ``parameters`` must be JSON data already. A worker of each run's queue that imported
-    the flow traces and compiles it; a worker without it ends the run Failed, saying so.
-    Raises ConnectionProblem when Redis does not answer (before any start message is sent).
-    """
-    if not runs:
-        return
-    store = get_store()
-    messaging = messaging or client_messaging()
-    try:
-        pipe = store.pipeline()
-        for run in runs:
-            fields = {
-                "id": run.run_id,
-                "flow": run.flow,
-                "name": run.name,
-                "name_given": "1" if run.name_given else "0",
-                "root": run.run_id,
-                "queue": run.queue,
-                "parameters": run.parameters,
-                "created": now(),
-                **(run.record or {}),
-                "state": StateType.PENDING.value,
-            }
-            store.flow_runs.write(run.run_id, fields, pipe)
-        pipe.execute()
-        messaging.send_starts([Start(run.flow, run.run_id, run.queue) for run in runs])
-    except (*RedisUnavailable, OSError) as exc:
-        raise store.unreachable(exc) from exc
-
-
-def submit_by_name(
-    flow_name: str,
-    parameters: dict[str, Any],
-    *,
-    queue: str | None = None,
-    name: str | None = None,
-    run_id: str | None = None,
-) -> FlowRun:
-    """Send one run of a flow this process has no code for (see :func:`send_named_runs`).
-
-    The queue and the name get the checks ``apply_async`` gives them (a queue such as
-    ``orc:events`` would push onto another part's Redis key); the parameters are checked by
-    the worker that has the flow."""
-    run_id = run_id or str(uuid.uuid4())
-    queue = queue or get_settings().default_queue
-    if problem := queue_problem(queue):
-        raise ParameterError(f"flow {flow_name!r}: {problem}.")
-    if name is not None and (problem := run_name_problem(name)):
-        raise ParameterError(f"flow {flow_name!r}: run name {reprlib.repr(name)}: {problem}.")
-    run = NamedRun(flow_name, run_id, parameters, queue, name or f"{flow_name}-{run_id[:8]}", name is not None)
-    send_named_runs([run])
-    return FlowRun(run_id)
+        return create.submit_by_name
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

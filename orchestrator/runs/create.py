@@ -1,0 +1,359 @@
+"""Creating a flow run: the one use case behind ``.delay()``, ``apply_async``, the API (so the CLI too) and deployments.
+
+Every door goes through :func:`new_flow_run`: the parameters get the one check (nesting
+depth, then the flow's JSON Schema: the one workers announce and the API publishes, with
+the API's messages), the queue and the name are chosen, and the one record
+(:class:`~orchestrator.runs.new_run.NewFlowRun`) is built. What happens to the record then
+depends on where the flow's code is:
+
+- ``.delay()`` / ``apply_async`` (:func:`create_flow_run`): this process has the code; it
+  traces and compiles the run, writes the record with its first event (:func:`write_new`)
+  and sends the canvas (a dynamic flow: its start message);
+- the API (``api.submit``) and deployments (``api.services.scheduling``) keep the record as a
+  database row; when the run is due :func:`send_new_runs` writes it with its first event
+  and sends its start message, and a worker that has the code traces it
+  (:func:`submit_by_name` does the same from Python).
+
+Python values given to ``.delay()`` are checked in the JSON form they would have over HTTP
+(:func:`json_view`): tuples and sets as arrays, datetimes and dates as ISO text, UUIDs as
+text, Decimals as numbers, bytes as text. A value JSON has no form for (an object such as
+a pydantic model or a dataclass instance, a dict with keys that are not text) is not judged
+by the schema; the encoder refuses it by name as before (flow parameters travel as JSON).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import reprlib
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from jsonschema import Draft202012Validator
+
+from orchestrator.authoring.naming import run_name_problem
+from orchestrator.authoring.schema import parameters_schema
+from orchestrator.config.settings import get_settings
+from orchestrator.errors import ParameterError
+from orchestrator.guards.limits import depth_problems, queue_problem
+from orchestrator.runs.handle import FlowRun, encode_parameters, launch_prepared, prepare_run
+from orchestrator.runs.new_run import NewFlowRun
+from orchestrator.runstate.connection import RedisConnectionError, RedisUnavailable
+from orchestrator.runstate.records import default_run_name
+from orchestrator.runstate.store import RunStore, get_store, now
+from orchestrator.states import StateType
+from orchestrator.transport.messaging import Messaging, Start, client_messaging
+
+if TYPE_CHECKING:
+    from orchestrator.authoring.flows import Flow
+
+Problem = dict[str, Any]  # one refused parameter, as the API's 422 lists it: loc, msg, type
+
+
+class ParameterProblem(ParameterError):
+    """Parameters the flow does not take; ``errors`` name each one (the API answers them as its 422)."""
+
+    def __init__(self, errors: list[Problem]) -> None:
+        super().__init__("; ".join(e["msg"] for e in errors))
+        self.errors = errors
+
+
+def parameter_problem(name: str, kind: str, message: str) -> Problem:
+    """One problem with parameter ``name`` (``kind``: depth, type, missing, unknown)."""
+    return {"loc": ["body", "parameters", name], "msg": message, "type": f"parameter_{kind}"}
+
+
+# -- the one parameter check -----------------------------------------------------------------------
+def check_parameters(
+    flow_name: str,
+    schema: dict[str, Any] | None,
+    parameters: dict[str, Any],
+    *,
+    door: Callable[[dict[str, Any]], None] | None = None,
+    view: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> None:
+    """Refuse parameters nested too deep, then (``schema``, when known) missing, unknown and ill-typed ones.
+
+    The depth is measured first, without recursion, before anything recursive meets the
+    values. ``door`` adds the checks of one entry (the API refuses pickle payloads) after it;
+    ``view`` gives the JSON form the schema judges (:func:`json_view` for Python values).
+    """
+    too_deep = [parameter_problem(name, "depth", text) for name, text in depth_problems(parameters).items()]
+    if too_deep:
+        raise ParameterProblem(too_deep)
+    if door is not None:
+        door(parameters)
+    if schema is None:
+        return
+    problems = schema_problems(flow_name, schema, view(parameters) if view is not None else parameters)
+    if problems:
+        raise ParameterProblem(problems)
+
+
+UNJUDGED = object()  # a value the schema cannot judge (JSON has no form for it)
+
+
+def schema_problems(flow_name: str, schema: dict[str, Any], parameters: dict[str, Any]) -> list[Problem]:
+    """The flow's parameter schema applied to ``parameters``, each problem named: unknown, missing, then by path.
+
+    Each parameter is judged against its own schema, which is a whole JSON Schema document
+    (a pydantic model's ``$defs`` sit inside it); a value that is :data:`UNJUDGED` is skipped.
+    """
+    properties: dict[str, Any] = schema.get("properties", {})
+    problems: list[Problem] = []
+    if schema.get("additionalProperties") is False:
+        known = ", ".join(properties) or "(none)"
+        for name in sorted(set(parameters) - set(properties)):
+            text = f"flow {flow_name!r} has no parameter {name!r}; its parameters are: {known}"
+            problems.append(parameter_problem(name, "unknown", text))
+    for name in schema.get("required", []):
+        if name not in parameters:
+            problems.append(parameter_problem(name, "missing", f"parameter {name!r} is required by flow {flow_name!r}"))
+    typed: list[tuple[list[str], Problem]] = []
+    for name, value in parameters.items():
+        if name not in properties or value is UNJUDGED:
+            continue
+        for error in validator_for(json.dumps(properties[name], sort_keys=True)).iter_errors(value):
+            path = [name, *(str(p) for p in error.path)]
+            typed.append((path, parameter_problem(name, "type", f"parameter {name!r}: {error.message}")))
+    return problems + [p for _, p in sorted(typed, key=lambda t: t[0])]
+
+
+@lru_cache(maxsize=1024)
+def validator_for(schema_text: str) -> Draft202012Validator:
+    """One compiled validator per distinct schema."""
+    return Draft202012Validator(json.loads(schema_text))
+
+
+class _NoJsonForm(Exception):
+    pass
+
+
+def json_view(parameters: dict[str, Any]) -> dict[str, Any]:
+    """Python parameter values as the JSON data the schema judges; :data:`UNJUDGED` where JSON has no form."""
+    out: dict[str, Any] = {}
+    for name, value in parameters.items():
+        try:
+            out[name] = _json_form(value)
+        except _NoJsonForm:
+            out[name] = UNJUDGED
+    return out
+
+
+def _json_form(value: Any) -> Any:
+    """``value`` as it would be sent over HTTP (see the module's docstring); nested no deeper than checked."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_json_form(v) for v in value]
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            raise _NoJsonForm
+        return {k: _json_form(v) for k, v in value.items()}
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    raise _NoJsonForm
+
+
+# -- what a door knows of the flow -----------------------------------------------------------------
+@lru_cache(maxsize=512)
+def _schema_of(flow: Flow) -> dict[str, Any]:
+    return parameters_schema(flow)
+
+
+@dataclass(frozen=True)
+class FlowSpec:
+    """What creating a run needs to know of its flow: from its code (:meth:`of`), from what a worker
+    announced (:meth:`announced`), or only its name (the parameters are then checked for depth only;
+    the worker that starts the run judges the rest)."""
+
+    name: str
+    queue: str | None = None
+    schema: dict[str, Any] | None = None
+    name_template: str | None = None
+    code: Flow | None = None
+
+    @classmethod
+    def of(cls, flow: Flow) -> FlowSpec:
+        return cls(flow.name, flow.queue, _schema_of(flow), code=flow)
+
+    @classmethod
+    def announced(cls, description: dict[str, Any]) -> FlowSpec:
+        """From a flow's announced record (``orchestrator.authoring.schema.describe_flow``)."""
+        schema = description.get("parameters") or {"type": "object"}
+        return cls(description["name"], description.get("queue"), schema, description.get("name_template"))
+
+    def view(self, given: dict[str, Any]) -> dict[str, Any]:
+        """What the schema judges: Python values in their JSON form where the code is, else the JSON given."""
+        return json_view(given) if self.code is not None else given
+
+    def complete(self, given: dict[str, Any]) -> dict[str, Any]:
+        """The run's parameters: where the code is, the defaults filled in (callable ones evaluated now)."""
+        return self.code.bind_parameters((), given) if self.code is not None else dict(given)
+
+    def encoded(self, values: dict[str, Any]) -> dict[str, Any]:
+        """The parameters as the record keeps them (JSON data; Python values encoded where the code is)."""
+        return encode_parameters(self.code, values) if self.code is not None else values
+
+    def run_name(self, values: dict[str, Any], run_id: str) -> str:
+        """The name of a run nobody named: the flow's ``flow_run_name``, else :func:`default_run_name`.
+
+        Where the code is not, a template the parameters cannot fill (one naming a parameter with
+        a callable default) leaves the default name; the worker names the run when it starts it.
+        A name a template makes passes the rule a given one does: else the run is refused.
+        """
+        if self.code is not None:
+            return self.code.run_name(values, run_id)
+        template = self.name_template
+        if template:
+            try:
+                name = str(template.format(**values))
+            except (KeyError, IndexError, ValueError, AttributeError, TypeError):
+                name = None
+            if name is not None:
+                problem = run_name_problem(name)
+                if problem:
+                    text = (
+                        f"flow {self.name!r} names its runs with flow_run_name {reprlib.repr(template)}, which made "
+                        f"a name that cannot be used: {problem}; pass parameters that make a valid name, or give "
+                        "the run a name"
+                    )
+                    raise ParameterProblem([{"loc": ["body", "name"], "msg": text, "type": "run_name"}])
+                return name
+        return default_run_name(self.name, run_id)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return self.code.run_options if self.code is not None else {}
+
+
+@dataclass(frozen=True)
+class CreatedRun:
+    """A new run's record, and its parameters as this process holds them (what its body is traced with)."""
+
+    record: NewFlowRun
+    values: dict[str, Any]
+
+
+# -- the use case ----------------------------------------------------------------------------------
+def new_flow_run(
+    spec: FlowSpec,
+    given: dict[str, Any],
+    *,
+    queue: str | None = None,
+    name: str | None = None,
+    run_id: str | None = None,
+    created: float | None = None,
+    scheduled_start: float | None = None,
+    door: Callable[[dict[str, Any]], None] | None = None,
+) -> CreatedRun:
+    """Check ``given`` (the parameters as the caller gave them) and build the run's one record.
+
+    Nothing is written or sent here; a refused run raises :class:`ParameterProblem` (or the
+    encoder's SerializationError for a value JSON cannot carry).
+    """
+    check_parameters(spec.name, spec.schema, given, door=door, view=spec.view)
+    run_id = run_id or str(uuid.uuid4())
+    values = spec.complete(given)
+    parameters = spec.encoded(values)
+    record = NewFlowRun(
+        id=run_id,
+        flow=spec.name,
+        name=name or spec.run_name(values, run_id),
+        name_given=name is not None,
+        queue=queue or spec.queue or get_settings().default_queue,
+        parameters=parameters,
+        created=now() if created is None else created,
+        scheduled_start=scheduled_start,
+        options=spec.options,
+    )
+    return CreatedRun(record, values)
+
+
+def write_new(store: RunStore, run: NewFlowRun, pipe: Any) -> None:
+    """Write a new run's record in ``pipe`` with its first event: Pending."""
+    store.flow_runs.write(run.id, run.to_redis() | {"state": StateType.PENDING.value}, pipe)
+
+
+def door_problem(flow_name: str, queue: str | None, name: str | None) -> str | None:
+    """What is wrong with a queue or a run name given from Python (the API's request schema says the same)."""
+    if queue is not None and (problem := queue_problem(queue)):
+        return f"flow {flow_name!r}: {problem}."
+    if name is not None and (problem := run_name_problem(name)):
+        return f"flow {flow_name!r}: run name {reprlib.repr(name)}: {problem}."
+    return None
+
+
+def create_flow_run(
+    flow: Flow, parameters: dict[str, Any], *, queue: str | None = None, name: str | None = None
+) -> FlowRun:
+    """``.delay()`` and ``apply_async``: create a run of ``flow`` and send it; nothing is written if it is refused."""
+    if problem := door_problem(flow.name, queue, name):
+        raise ParameterError(problem)
+    created = new_flow_run(FlowSpec.of(flow), parameters, queue=queue, name=name)
+    flow.importable_or_raise()
+    run = created.record
+    store = get_store()
+    messaging = client_messaging()
+    prepared = prepare_run(flow, created.values, run_id=run.id, queue=run.queue, messaging=messaging)
+    record = run.to_redis()
+    pipe = store.pipeline()
+    write_new(store, run, pipe)
+    try:
+        launch_prepared(prepared, flow.name, store=store, messaging=messaging, record=record, pipe=pipe)
+    except RedisConnectionError as exc:
+        raise store.unreachable(exc) from exc
+    return FlowRun(run.id, store)
+
+
+def send_new_runs(runs: list[NewFlowRun], messaging: Messaging | None = None) -> None:
+    """Write the records of many runs (and their first events) in one Redis round trip, then send their start messages.
+
+    A worker of each run's queue that imported the flow traces and compiles it; a worker
+    without it ends the run Failed, saying so. Raises ConnectionProblem when Redis does not
+    answer (before any start message is sent).
+    """
+    if not runs:
+        return
+    store = get_store()
+    messaging = messaging or client_messaging()
+    try:
+        pipe = store.pipeline()
+        for run in runs:
+            write_new(store, run, pipe)
+        pipe.execute()
+        messaging.send_starts([Start(run.flow, run.id, run.queue) for run in runs])
+    except (*RedisUnavailable, OSError) as exc:
+        raise store.unreachable(exc) from exc
+
+
+def submit_by_name(
+    flow_name: str,
+    parameters: dict[str, Any],
+    *,
+    queue: str | None = None,
+    name: str | None = None,
+    run_id: str | None = None,
+) -> FlowRun:
+    """Send one run of a flow this process has no code for (see :func:`send_new_runs`).
+
+    The queue and the name get the checks ``apply_async`` gives them (a queue such as
+    ``orc:events`` would push onto another part's Redis key); the parameters are checked for
+    depth here, and against the flow's schema by the worker that has the flow."""
+    queue = queue or get_settings().default_queue
+    if problem := door_problem(flow_name, queue, name):
+        raise ParameterError(problem)
+    created = new_flow_run(FlowSpec(flow_name), parameters, queue=queue, name=name, run_id=run_id)
+    send_new_runs([created.record])
+    return FlowRun(created.record.id)

@@ -1,0 +1,153 @@
+"""One "create a flow run" use case: ``.delay()``/``apply_async`` and the API check parameters alike.
+
+A real Redis, a real worker that imports ``tests.create_flows`` (and so announces their
+JSON Schemas) and the API on it. A refused ``.delay()`` must leave no trace: no flow run
+record, no event, no message on the broker; the control beside each negative check shows
+the probe sees what a created run writes and sends.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from orchestrator.devstack.localstack import ApiProcess, api_server, worker
+from orchestrator.errors import ParameterError, SerializationError
+from orchestrator.runstate import keys
+from tests import create_flows, flows
+from tests.api_support import api_database, wait_final
+
+
+@pytest.fixture(scope="module")
+def create_worker(redis_url: str, worker_logs: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with worker(
+        redis_url,
+        ["tests.create_flows"],
+        queues=create_flows.QUEUE,
+        concurrency=2,
+        name="create@%h",
+        log_path=worker_logs / "create.log",
+    ) as proc:
+        yield proc
+
+
+@pytest.fixture(scope="module")
+def api(
+    redis_url: str,
+    fleet: subprocess.Popen[bytes],
+    create_worker: subprocess.Popen[bytes],
+    worker_logs: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ApiProcess]:
+    database = api_database(tmp_path_factory.mktemp("create-db"), None)
+    with database as url, api_server(redis_url, url, log_path=worker_logs / "create-api.log") as server:
+        yield server
+
+
+class Trace:
+    """What a flow leaves in the run store and on the broker after :meth:`mark`: records, events, messages.
+
+    Only what names ``flow`` counts, so a run of another flow still going on cannot make a check pass
+    or fail; the first event of a run carries its flow's name (the API creates its row from it).
+    """
+
+    def __init__(self, redis_url: str, flow: str, queue: str) -> None:
+        self.client = redis.Redis.from_url(redis_url, decode_responses=True)
+        self.flow, self.queue = flow, queue
+        self.mark()
+
+    def mark(self) -> None:
+        self.records = set(self.client.scan_iter(match=keys.flow_run("*"), count=1000))
+        last = self.client.xrevrange(keys.EVENTS_STREAM, count=1)
+        self.last_event = last[0][0] if last else "0-0"
+
+    def records_since(self) -> set[str]:
+        new = set(self.client.scan_iter(match=keys.flow_run("*"), count=1000)) - self.records
+        return {key for key in new if self.client.hget(key, "flow") == self.flow}
+
+    def events_since(self) -> int:
+        entries = self.client.xrange(keys.EVENTS_STREAM, min=f"({self.last_event}")
+        return sum(1 for _, fields in entries if self.flow in str(fields))
+
+    def messages_waiting(self) -> int:
+        return int(self.client.llen(self.queue))
+
+
+def api_text(http: httpx.Client, flow: str, parameters: dict[str, Any]) -> str:
+    """The API's 422 for these parameters, as one sentence (its problems' messages joined)."""
+    response = http.post(f"/flows/{flow}/runs", json={"parameters": parameters})
+    assert response.status_code == 422, response.text
+    return "; ".join(problem["msg"] for problem in response.json()["detail"])
+
+
+def test_delay_refuses_an_ill_typed_parameter_in_the_apis_words_and_leaves_no_trace(
+    redis_url: str, http: httpx.Client
+) -> None:
+    nobody = f"create-nobody-{uuid.uuid4().hex[:8]}"  # no worker consumes it: whatever is sent stays there
+    trace = Trace(redis_url, "chain-flow", nobody)
+    with pytest.raises(ParameterError) as delayed:
+        flows.chain_flow.delay(x="x")  # chain_flow(x: int = 1)
+    with pytest.raises(ParameterError) as sent:
+        flows.chain_flow.apply_async({"x": "x"}, queue=nobody)
+    # refused before any I/O: nothing can still be on its way
+    assert (trace.records_since(), trace.events_since(), trace.messages_waiting()) == (set(), 0, 0)
+    assert str(delayed.value) == str(sent.value) == "parameter 'x': 'x' is not of type 'integer'"
+    assert isinstance(delayed.value, ValueError)
+    assert api_text(http, "chain-flow", {"x": "x"}) == str(delayed.value)  # the API's 422, word for word
+
+    good = flows.chain_flow.apply_async({"x": 2}, queue=nobody)  # the control: the probe sees a created run
+    assert trace.records_since() == {keys.flow_run(good.id)}
+    assert trace.events_since() >= 1 and trace.messages_waiting() == 1
+    trace.client.delete(nobody)
+    assert flows.chain_flow.delay(x=2).result(timeout=60) == 8  # a good call still runs: (2+1+1)*2
+
+
+def test_every_kind_of_bad_parameter_gets_the_same_words_from_python_and_from_http(http: httpx.Client) -> None:
+    cases: list[dict[str, Any]] = [
+        {},  # n is required
+        {"n": 1, "colour": "red"},  # no such parameter
+        {"n": 1.5, "days": ["2026-01-02", 3]},  # not an integer; a list item not a date
+        {"n": 1, "segment": {"start": {"x": "left"}, "end": {}}},  # inside a model of models ($defs)
+    ]
+    for parameters in cases:
+        with pytest.raises(ParameterError) as refused:
+            create_flows.typed_flow.apply_async(parameters)
+        assert str(refused.value) == api_text(http, "typed-flow", parameters), parameters
+    assert str(refused.value) == (
+        "parameter 'segment': {'start': {'x': 'left'}, 'end': {}} is not valid under any of the given schemas"
+    )
+
+
+def test_what_python_passes_is_judged_in_its_json_form_and_what_json_cannot_carry_is_refused_as_before(
+    redis_url: str, http: httpx.Client
+) -> None:
+    days = [dt.date(2026, 1, 2), dt.date(2026, 1, 3)]
+    segment = {"start": {"x": 1}, "end": {"x": 2}}
+    run = create_flows.typed_flow.delay(3, segment=segment, days=days)  # dates: "2026-01-02" to the schema
+    assert run.result(timeout=60) == [3, segment, days]
+    with pytest.raises(ParameterError, match=r"parameter 'days': \['2026-01-02', 4\] is not valid"):
+        create_flows.typed_flow.delay(3, days=[dt.date(2026, 1, 2), 4])
+
+    trace = Trace(redis_url, "typed-flow", create_flows.QUEUE)
+    model = create_flows.Segment.model_validate(segment)  # no JSON form of its own: the encoder decides
+    with pytest.raises(SerializationError, match=r"parameter 'segment': a value of type tests\.create_flows\.Segment"):
+        create_flows.typed_flow.delay(3, segment=model)
+    assert (trace.records_since(), trace.events_since()) == (set(), 0)
+
+
+def test_a_name_given_from_python_is_kept_by_the_worker_that_starts_a_dynamic_run(http: httpx.Client) -> None:
+    name = f"kept-{uuid.uuid4().hex[:8]}"
+    given = create_flows.named_dynamic_flow.apply_async({"n": 4}, name=name)
+    unnamed = create_flows.named_dynamic_flow.delay(5)
+    assert given.result(timeout=60) == 4 and unnamed.result(timeout=60) == 5
+    assert given.info["name"] == name
+    assert unnamed.info["name"] == f"named-dynamic-flow-{unnamed.id[:8]}"
+    assert wait_final(http, given.id)["name"] == name
