@@ -42,6 +42,7 @@ from orchestrator.runstate import keys
 from orchestrator.runstate.store import RunStore, now
 from orchestrator.states import StateType
 from orchestrator.transport.celery_app import make_celery_app
+from orchestrator.transport.messaging import CeleryMessaging
 from tests import door_flows
 from tests.api_support import api_database, eventually
 
@@ -366,9 +367,10 @@ def test_a_pickle_payload_for_a_task_that_did_not_opt_in_is_refused_and_never_un
     markers = {name: tmp_path / f"{name}.marker" for name in ("reference", "inline", "control")}
     store = RunStore(stack.redis_url)
     app = make_celery_app("doors-client", Settings(redis_url=stack.redis_url), send_only=True)
+    messaging = CeleryMessaging(app)
     run_id = str(uuid.uuid4())
     parameters = {"path": str(markers["reference"])}
-    prepared = prepare_run(door_flows.door_sinks, parameters, run_id=run_id, queue="default", app=app)
+    prepared = prepare_run(door_flows.door_sinks, parameters, run_id=run_id, queue="default", messaging=messaging)
     assert prepared.plan is not None
     nodes = {node.label: node for node in prepared.plan.nodes.values()}
     assert sorted(nodes) == ["json_sink-0", "json_sink-1", "make_bomb-0", "pickle_sink-0"]
@@ -384,7 +386,7 @@ def test_a_pickle_payload_for_a_task_that_did_not_opt_in_is_refused_and_never_un
     record |= {"queue": "default", "parameters": parameters, "created": now()}
     pipe = store.redis.pipeline(transaction=False)
     store.flow_runs.emit_state(run_id, StateType.PENDING, pipe, record)
-    launch_prepared(prepared, "door-sinks", store=store, app=app, record=record, pipe=pipe)
+    launch_prepared(prepared, "door-sinks", store=store, messaging=messaging, record=record, pipe=pipe)
 
     assert store.flow_runs.wait_final(run_id, 60) is StateType.FAILED
     rows = {label: store.task_runs.read(node.id) for label, node in nodes.items()}

@@ -1,1 +1,1 @@
-"""authoring."""
+"""What a user writes: ``@flow``, ``@task``, hooks, trigger rules, parameters and run names."""

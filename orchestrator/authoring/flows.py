@@ -113,7 +113,7 @@ class Flow(Generic[P, R]):
         """
         template = self.flow_run_name
         if template is None:
-            from orchestrator.runstate.records import default_run_name  # on use: an in-process run loads no Redis
+            from orchestrator.runstate.records import default_run_name  # on use: authoring needs no run store
 
             return default_run_name(self.name, run_id)
         if callable(template):

@@ -1,1 +1,1 @@
-"""config."""
+"""Settings (``ORCHESTRATOR_*``) and the TLS options every Redis client uses."""

@@ -1,1 +1,1 @@
-"""devstack."""
+"""Local servers for ``orchestrator dev`` and the tests: redis-server, workers, the API and Flower on free ports."""

@@ -1,1 +1,1 @@
-"""local."""
+"""The in-process runner: a flow called like a function runs here, without Celery or Redis."""

@@ -309,7 +309,10 @@ def create_flow_run(
     prepared = prepare_run(flow, created.values, run_id=run.id, queue=run.queue, messaging=messaging)
     record = run.to_redis()
     pipe = store.pipeline()
-    write_new(store, run, pipe)
+    if prepared.plan is not None:  # launched in this pipeline (the record written Running): Pending is its first event
+        store.flow_runs.emit_state(run.id, StateType.PENDING, pipe, record)
+    else:
+        write_new(store, run, pipe)
     try:
         launch_prepared(prepared, flow.name, store=store, messaging=messaging, record=record, pipe=pipe)
     except RedisConnectionError as exc:

@@ -10,10 +10,10 @@ through these types.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.runstate.connection import now
 from orchestrator.states import StateType
 
 JSON_FIELDS = frozenset({"returns", "deciders", "parameters", "result_refs"})  # always stored as JSON text
@@ -116,7 +116,7 @@ class NewTaskRun:
     name: str
     flow_run_id: str
     root: str
-    created: float = field(default_factory=now)
+    created: float = field(default_factory=time.time)
 
     def to_redis(self) -> dict[str, str]:
         """The hash a new task run is written as."""
