@@ -18,7 +18,7 @@ from celery import Celery
 from orchestrator import FlowRun, StateType
 from orchestrator.devstack.localstack import worker
 from orchestrator.errors import FlowRunFailed, ParameterError
-from orchestrator.runs.handle import submit_by_name
+from orchestrator.runs.create import submit_by_name
 from orchestrator.runstate.store import get_store
 from orchestrator.transport.celery_app import SendOnlyRedisBackend, client_app
 from tests import flows

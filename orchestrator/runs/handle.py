@@ -150,12 +150,3 @@ def launch_prepared(
     store.flow_runs.write(run_id, {"mode": "dynamic", "mode_reason": prepared.dynamic_reason or ""}, pipe)
     pipe.execute()
     messaging.send_start(flow_name, run_id, prepared.queue, dynamic=True)
-
-
-def __getattr__(name: str) -> Any:
-    """``submit_by_name`` moved to :mod:`orchestrator.runs.create` with the rest of run creation; kept importable."""
-    if name == "submit_by_name":
-        from orchestrator.runs import create
-
-        return create.submit_by_name
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
