@@ -30,7 +30,7 @@ from orchestrator.data.serialization import PICKLE_TAG
 from orchestrator.guards.limits import holds_key
 from orchestrator.runs import create
 from orchestrator.runs.create import FlowSpec, ParameterProblem, parameter_problem, send_new_runs
-from orchestrator.runs.new_run import NewFlowRun
+from orchestrator.runstate.records import NewFlowRun
 from orchestrator.states import StateType
 from orchestrator.transport.messaging import sender_messaging
 

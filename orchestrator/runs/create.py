@@ -3,7 +3,7 @@
 Every door goes through :func:`new_flow_run`: the parameters get the one check (nesting
 depth, then the flow's JSON Schema: the one workers announce and the API publishes, with
 the API's messages), the queue and the name are chosen, and the one record
-(:class:`~orchestrator.runs.new_run.NewFlowRun`) is built. What happens to the record then
+(:class:`~orchestrator.runstate.records.NewFlowRun`) is built. What happens to the record then
 depends on where the flow's code is:
 
 - ``.delay()`` / ``apply_async`` (:func:`create_flow_run`): this process has the code; it
@@ -42,9 +42,8 @@ from orchestrator.config.settings import get_settings
 from orchestrator.errors import ParameterError
 from orchestrator.guards.limits import depth_problems, queue_problem
 from orchestrator.runs.handle import FlowRun, encode_parameters, launch_prepared, prepare_run
-from orchestrator.runs.new_run import NewFlowRun
 from orchestrator.runstate.connection import RedisConnectionError, RedisUnavailable
-from orchestrator.runstate.records import default_run_name
+from orchestrator.runstate.records import NewFlowRun, default_run_name
 from orchestrator.runstate.store import RunStore, get_store, now
 from orchestrator.states import StateType
 from orchestrator.transport.messaging import Messaging, Start, client_messaging

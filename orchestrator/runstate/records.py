@@ -1,5 +1,9 @@
 """The records of the run-state core: a flow run and a task run, each with one way to and from Redis.
 
+A new flow run is a :class:`NewFlowRun` whichever door created it (``.delay()``, the API,
+a deployment: :mod:`orchestrator.runs.create`); a new task run a :class:`NewTaskRun`;
+what the store holds reads back as a :class:`FlowRunRecord` or a :class:`TaskRunRecord`.
+
 A run's record is a Redis hash of text fields. Which fields hold JSON, which ones
 ride along in events (the descriptive ones) and which stay internal (how the run
 decides its end) is written down here once; the repositories of
@@ -105,6 +109,38 @@ class FlowRunRecord:
             created=_float(raw.get("created")),
             raw=raw,
         )
+
+
+@dataclass(frozen=True)
+class NewFlowRun:
+    """A root flow run about to exist: what every door knows when it creates one."""
+
+    id: str
+    flow: str
+    name: str
+    name_given: bool  # else the worker that starts it names it from the flow's flow_run_name
+    queue: str
+    parameters: dict[str, Any]  # JSON data
+    created: float
+    scheduled_start: float | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # timeout and retries, where the flow's code is known
+
+    def to_redis(self) -> dict[str, Any]:
+        """The run store's fields of the record (its state is written with its first event)."""
+        fields: dict[str, Any] = {
+            "id": self.id,
+            "flow": self.flow,
+            "name": self.name,
+            "name_given": "1" if self.name_given else "0",
+            "root": self.id,
+            "queue": self.queue,
+            "parameters": self.parameters,
+            **self.options,
+            "created": self.created,
+        }
+        if self.scheduled_start is not None:
+            fields["scheduled_start"] = self.scheduled_start
+        return fields
 
 
 @dataclass(frozen=True)
