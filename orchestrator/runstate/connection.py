@@ -65,6 +65,16 @@ def answers(url: str, timeout: float = 1.0) -> bool:
         return False
 
 
+def read_hashes(client: Any, names: list[str]) -> list[dict[str, str]]:
+    """Several hashes in one round trip (empty where a key does not exist)."""
+    if not names:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.hgetall(name)
+    return list(pipe.execute())
+
+
 def now() -> float:
     """Wall-clock time stamp used in every record (seconds since the epoch)."""
     return time.time()

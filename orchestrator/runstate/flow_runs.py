@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from orchestrator.runstate import keys
+from orchestrator.runstate.connection import read_hashes
 from orchestrator.runstate.event_stream import EventStream
 from orchestrator.runstate.events import Renamed, flow_run_event
 from orchestrator.runstate.records import FlowRunRecord, body_task_run_id, describe_record, flow_fields_to_redis
@@ -84,12 +85,7 @@ class FlowRuns:
 
     def read_many(self, run_ids: Sequence[str]) -> list[dict[str, str]]:
         """Raw records of several flow runs in one round trip (empty where unknown)."""
-        if not run_ids:
-            return []
-        pipe = self._redis.pipeline(transaction=False)
-        for run_id in run_ids:
-            pipe.hgetall(keys.flow_run(run_id))
-        return list(pipe.execute())
+        return read_hashes(self._redis, [keys.flow_run(run_id) for run_id in run_ids])
 
     def field(self, run_id: str, name: str) -> str | None:
         """One field of a flow run record."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.runstate import keys
-from orchestrator.runstate.connection import now
+from orchestrator.runstate.connection import now, read_hashes
 from orchestrator.runstate.event_stream import EventStream
 from orchestrator.runstate.events import StreamEvent, encode, flow_run_event, task_run_event
 from orchestrator.runstate.records import NewTaskRun, TaskRunRecord, describe_record, task_fields_to_redis
@@ -273,12 +273,7 @@ class TaskRuns:
 
     def read_many(self, trids: Sequence[str]) -> list[dict[str, str]]:
         """Raw records of several task runs in one round trip (empty where unknown)."""
-        if not trids:
-            return []
-        pipe = self._redis.pipeline(transaction=False)
-        for trid in trids:
-            pipe.hgetall(keys.task_run(trid))
-        return list(pipe.execute())
+        return read_hashes(self._redis, [keys.task_run(trid) for trid in trids])
 
     def fields_of(self, trids: Sequence[str], *names: str) -> list[list[str | None]]:
         """Some fields of several task runs in one round trip."""
