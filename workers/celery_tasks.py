@@ -373,7 +373,7 @@ def register_builtin_tasks(app: Celery) -> None:
             message = f"worker {self.request.hostname} cannot retry flow {record.get('flow')!r}: it does not import it"
             end_flow_run(store, run_id, StateType.FAILED, message + "; start it with --flows.")
             return
-        parameters = definition.bind_parameters((), from_jsonable(json.loads(record.get("parameters", "{}"))))
+        parameters = definition.complete_parameters(from_jsonable(json.loads(record.get("parameters", "{}"))))
         store.flow_runs.write(run_id, {"attempt": str(attempt), "body_error": ""})
         start_driver(self.app, definition, run_id, parameters, record.get("queue") or "default", retrying=True)
 
@@ -405,7 +405,7 @@ def register_builtin_tasks(app: Celery) -> None:
         try:
             given = from_jsonable(json.loads(record.get("parameters", "{}")))
             definition.check_parameter_names(given)
-            parameters = definition.bind_parameters((), coerce_parameters(definition, given))  # callable defaults: now
+            parameters = definition.complete_parameters(coerce_parameters(definition, given))  # callable defaults: now
             resolved = definition.run_options | {"parameters": encode_parameters(definition, parameters)}
             if record.get("name_given") != "1":
                 resolved["name"] = definition.run_name(parameters, run_id)

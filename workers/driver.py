@@ -42,6 +42,7 @@ from orchestrator.runtime.context import RunInfo, using
 from orchestrator.runtime.engine import (
     Engine,
     bind_arguments,
+    call_bound,
     check_wait_for,
     replace_futures,
     split_map_arguments,
@@ -221,7 +222,7 @@ class DynamicEngine(Engine):
         child = DynamicEngine(self.app, self.store, self.root, child_id, flow.queue or self.queue, self._counts)
         try:
             with using(child, RunInfo(child_id, flow.name, extra={"parent_flow_run_id": self.flow_run_id})):
-                value = flow.fn(**params)
+                value = call_bound(flow.fn, params)
             child.wait(list(child.futures), None)
             returns = child.template(value, f"subflow {flow.name!r} return value")
         except Exception as exc:
@@ -277,7 +278,7 @@ def drive(app: Celery, flow: Flow, run_id: str, parameters: dict[str, Any], queu
     body_error = ""
     try:
         with using(engine, RunInfo(run_id, flow.name)), prints_logged(flow.log_prints):
-            value = flow.fn(**parameters)
+            value = call_bound(flow.fn, parameters)
         returns = engine.template(value, f"flow {flow.name!r} return value")
     except Exception as exc:
         log.exception("flow run %s (%s): the flow body raised", run_id, flow.name)

@@ -28,6 +28,7 @@ from orchestrator.runstate import slots as concurrency
 from orchestrator.runstate.store import RunStore, get_store, now
 from orchestrator.runtime.attempts import Outcome, decide, describe, format_traceback
 from orchestrator.runtime.context import RunInfo, using
+from orchestrator.runtime.engine import call_bound
 from orchestrator.runtime.run_logger import prints_logged
 from orchestrator.runtime.signals import RETRY
 from orchestrator.states import StateType
@@ -253,7 +254,7 @@ def _run_holding_slots(
         HEARTBEATS.begin(trid, crash_record(run, task, attempt, retries_used) | {"slots": held, "start": started.start})
         try:
             with using(None, info), prints_logged(task.log_prints):
-                value = task.fn(**kwargs)
+                value = call_bound(task.fn, kwargs)
         finally:
             HEARTBEATS.end(trid)
         text = dumps(value, task.result_serializer, where)

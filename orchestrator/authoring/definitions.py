@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -38,3 +39,22 @@ def why_not_importable(fn: Callable[..., Any]) -> str | None:
             "move it into a module and start the worker with --flows <that module>"
         )
     return None
+
+
+def parameter_hints(fn: Callable[..., Any]) -> dict[str, Any]:
+    """The type each parameter's value has once bound by name: ``*args: T`` holds ``tuple[T, ...]``
+    and ``**kwargs: T`` holds ``dict[str, T]`` (what the run record, the schema and coercion see).
+
+    Empty when the annotations cannot be resolved (the values are then taken as they are).
+    """
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:
+        return {}
+    hints.pop("return", None)
+    for name, param in inspect.signature(fn).parameters.items():
+        if param.kind is inspect.Parameter.VAR_POSITIONAL:
+            hints[name] = tuple[hints.get(name, Any), ...]  # type: ignore[misc]
+        elif param.kind is inspect.Parameter.VAR_KEYWORD:
+            hints[name] = dict[str, hints.get(name, Any)]  # type: ignore[misc]
+    return hints

@@ -14,7 +14,7 @@ from orchestrator.authoring.registry import register_flow
 from orchestrator.errors import DefinitionError, ParameterError
 from orchestrator.guards.limits import queue_problem
 from orchestrator.runtime.context import current_engine
-from orchestrator.runtime.engine import bind_arguments
+from orchestrator.runtime.engine import as_call, bind_arguments
 
 if TYPE_CHECKING:
     from orchestrator.planning.plan import Plan
@@ -75,12 +75,6 @@ class Flow(Generic[P, R]):
                 "on_cancellation": on_cancellation,
             },
         )
-        for param in self.signature.parameters.values():
-            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-                raise DefinitionError(
-                    f"flow {self.name!r}: parameter {param.name!r} is *args/**kwargs; flow "
-                    "parameters must be named so runs can be submitted by name."
-                )
         if why_not_importable(fn) is None:
             register_flow(self)
 
@@ -95,6 +89,12 @@ class Flow(Generic[P, R]):
                 default = param.default
                 params[pname] = default() if _is_factory(default) else default
         return params
+
+    def complete_parameters(self, given: dict[str, Any]) -> dict[str, Any]:
+        """Parameters given by name (a run record, the API, ``-p``): checked and completed like a call
+        (``*args`` and ``**kwargs`` given under their own names), callable defaults evaluated now."""
+        args, kwargs = as_call(self.fn, given)
+        return self.bind_parameters(args, kwargs)
 
     def check_parameter_names(self, parameters: dict[str, Any]) -> None:
         """Refuse unknown or missing parameters, naming them."""

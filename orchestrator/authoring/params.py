@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import importlib
 import json
-import typing
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from orchestrator.authoring.definitions import parameter_hints
 from orchestrator.authoring.flows import Flow
 from orchestrator.errors import DefinitionError, ParameterError
 from orchestrator.guards.limits import MAX_NESTING, depth_problem
@@ -33,7 +33,7 @@ def load_flow(target: str) -> Flow:
 
 def parse_parameters(flow: Flow, pairs: list[str]) -> dict[str, Any]:
     """Turn ``k=v`` strings into typed parameters; JSON values are accepted too."""
-    hints = typing.get_type_hints(flow.fn)
+    hints = parameter_hints(flow.fn)
     params: dict[str, Any] = {}
     for pair in pairs:
         name, sep, text = pair.partition("=")
@@ -73,10 +73,7 @@ def coerce_parameters(flow: Flow, given: dict[str, Any]) -> dict[str, Any]:
 
     A value that does not fit its hint raises ParameterError naming the parameter.
     """
-    try:
-        hints = typing.get_type_hints(flow.fn)
-    except Exception:  # unresolvable annotations: take the values as they are
-        return dict(given)
+    hints = parameter_hints(flow.fn)  # unresolvable annotations: the values are taken as they are
     out: dict[str, Any] = {}
     for name, value in given.items():
         hint = hints.get(name)

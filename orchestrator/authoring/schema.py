@@ -8,11 +8,11 @@ hints, so it needs the flow's code (a worker has it and announces it).
 from __future__ import annotations
 
 import inspect
-import typing
 from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter
 
+from orchestrator.authoring.definitions import parameter_hints
 from orchestrator.data.serialization import to_jsonable
 
 if TYPE_CHECKING:
@@ -25,10 +25,7 @@ def parameters_schema(flow: Flow) -> dict[str, Any]:
     A callable default is not evaluated here (it is evaluated per run); it is named
     under ``x-default-factory`` instead.
     """
-    try:
-        hints = typing.get_type_hints(flow.fn)
-    except Exception:  # unresolvable annotations: fall back to untyped
-        hints = {}
+    hints = parameter_hints(flow.fn)  # unresolvable annotations: untyped; *args an array, **kwargs an object
     properties: dict[str, Any] = {}
     required: list[str] = []
     for name, param in flow.signature.parameters.items():
@@ -36,7 +33,9 @@ def parameters_schema(flow: Flow) -> dict[str, Any]:
             schema = TypeAdapter(hints.get(name, Any)).json_schema()
         except Exception:  # a type pydantic cannot describe
             schema = {}
-        if param.default is inspect.Parameter.empty:
+        if param.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+            pass  # may be left out: no extra positionals, no extra keywords
+        elif param.default is inspect.Parameter.empty:
             required.append(name)
         elif callable(param.default) and not isinstance(param.default, type):
             schema["x-default-factory"] = getattr(param.default, "__qualname__", repr(param.default))

@@ -110,7 +110,7 @@ def plan(
     sys.path.insert(0, os.getcwd())
     try:
         flow = load_flow(target)
-        parameters = flow.bind_parameters((), parse_parameters(flow, param or []))
+        parameters = flow.complete_parameters(parse_parameters(flow, param or []))
         try:
             traced = flow.plan(**parameters)
         except DynamicFlowRequired as signal:

@@ -24,6 +24,7 @@ from orchestrator.runtime.context import RunInfo, current_run, using
 from orchestrator.runtime.engine import (
     Engine,
     bind_arguments,
+    call_bound,
     check_wait_for,
     replace_futures,
     split_map_arguments,
@@ -198,7 +199,7 @@ class LocalEngine(Engine):
             try:
                 log_prints = task.log_prints if task.log_prints is not None else self.flow.log_prints
                 with using(None, run), prints_logged(log_prints):
-                    value = task.fn(**inputs)
+                    value = call_bound(task.fn, inputs)
                 dumps(value, task.result_serializer, f"task {task.name!r} ({future.label})")
             except Exception as exc:
                 if isinstance(exc, RETRY) and first_poke is None:
@@ -243,7 +244,7 @@ def run_flow_locally(flow: Flow, parameters: dict[str, Any], pool: cf.ThreadPool
     try:
         try:
             with using(engine, info), prints_logged(flow.log_prints):
-                value = flow.fn(**parameters)
+                value = call_bound(flow.fn, parameters)
         except Exception as exc:
             call_hooks(flow, flow.hooks, info, StateType.FAILED, describe(exc))
             raise

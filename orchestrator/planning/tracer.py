@@ -19,6 +19,7 @@ from orchestrator.runtime.context import RunInfo, using
 from orchestrator.runtime.engine import (
     Engine,
     bind_arguments,
+    call_bound,
     check_wait_for,
     split_map_arguments,
     zip_mapped,
@@ -216,7 +217,7 @@ class TracingEngine(Engine):
         child.barrier = list(self.barrier)
         try:
             with using(child, RunInfo(child_id, flow.name, extra={"parent_flow_run_id": self.flow_run_id})):
-                value = flow.fn(**params)
+                value = call_bound(flow.fn, params)
         finally:
             self.dynamic_reason = self.dynamic_reason or child.dynamic_reason
         returns = child.template(value, f"{where} return value")
@@ -264,7 +265,7 @@ def trace_flow(flow: Flow, parameters: dict[str, Any], *, run_id: str | None = N
     plan = Plan(flow.name, run_id, queue or flow.queue or get_settings().default_queue)
     engine = TracingEngine(plan, run_id, plan.queue, log_prints=flow.log_prints)
     with using(engine, RunInfo(run_id, flow.name)):
-        value = flow.fn(**parameters)
+        value = call_bound(flow.fn, parameters)
     if engine.dynamic_reason:  # the body caught our signal; it still needs values
         raise DynamicFlowRequired(engine.dynamic_reason)
     plan.returns = engine.template(value, f"flow {flow.name!r} return value")

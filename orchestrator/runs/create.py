@@ -199,7 +199,7 @@ class FlowSpec:
 
     def complete(self, given: dict[str, Any]) -> dict[str, Any]:
         """The run's parameters: where the code is, the defaults filled in (callable ones evaluated now)."""
-        return self.code.bind_parameters((), given) if self.code is not None else dict(given)
+        return self.code.complete_parameters(given) if self.code is not None else dict(given)
 
     def encoded(self, values: dict[str, Any]) -> dict[str, Any]:
         """The parameters as the record keeps them (JSON data; Python values encoded where the code is)."""

@@ -63,6 +63,26 @@ def bind_arguments(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[s
     return dict(bound.arguments)
 
 
+def call_bound(fn: Callable[..., Any], arguments: dict[str, Any]) -> Any:
+    """Call ``fn`` with arguments bound by name (:func:`bind_arguments`, or read back from a message).
+
+    A ``*args`` parameter's value (a tuple, or a list after JSON) is spread as positionals and a
+    ``**kwargs`` one as keywords; positional-only parameters are passed by position. Calling
+    ``fn(**arguments)`` instead would pass ``args=(...)`` by name and fail.
+    """
+    args, kwargs = as_call(fn, arguments)
+    return fn(*args, **kwargs)
+
+
+def as_call(fn: Callable[..., Any], arguments: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The positionals and keywords a call to ``fn`` with these by-name arguments passes (see
+    :func:`call_bound`); a name ``fn`` does not have stays a keyword, so the call refuses it."""
+    signature = _signature(fn)
+    bound = inspect.BoundArguments(signature, dict(arguments))  # type: ignore[arg-type]
+    unknown = {name: value for name, value in arguments.items() if name not in signature.parameters}
+    return bound.args, bound.kwargs | unknown
+
+
 def check_wait_for(wait_for: list[Any], task_name: str) -> list[Any]:
     """Refuse a wait_for entry that is not a future (or allow_failure of one)."""
     for item in wait_for:
