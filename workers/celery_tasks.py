@@ -273,7 +273,7 @@ def register_builtin_tasks(app: Celery) -> None:
             return
         ids = [f"{run['task_run_id']}-{i}" for i in range(len(children))]
         first = store.task_runs.claim_expansion(run["root"], run["task_run_id"], len(ids))
-        pipe = store.task_runs.pipeline()
+        pipe = store.pipeline()
         carried: list[dict[str, Any] | None] = []  # what each child's message carries
         for i, (child, inputs_i) in enumerate(zip(ids, children, strict=True)):
             inline, text = inline_or_stored(inputs_i)  # pickled or large inputs wait in the run store

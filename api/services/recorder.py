@@ -28,6 +28,7 @@ from orchestrator.data.serialization import to_plain
 from orchestrator.runstate import events as stream
 from orchestrator.runstate.event_stream import DEAD_LETTERS, Entry
 from orchestrator.runstate.leases import RECORDER_LEASE
+from orchestrator.runstate.records import parse_float, parse_json
 from orchestrator.runstate.store import RunStore
 from orchestrator.states import StateType, can_transition
 
@@ -68,22 +69,6 @@ def parse(entries: Iterable[Entry]) -> list[Event]:
     return events
 
 
-def _float(value: Any) -> float | None:
-    try:
-        return float(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
-        return None
-
-
-def _json(value: Any, default: Any) -> Any:
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return default
-    return value if value is not None else default
-
-
 def merge_flow_record(row: FlowRun, rec: dict[str, Any]) -> None:
     """Copy the descriptive fields an event carries onto the flow run row."""
     if rec.get("flow"):
@@ -97,15 +82,15 @@ def merge_flow_record(row: FlowRun, rec: dict[str, Any]) -> None:
     if rec.get("queue"):
         row.queue = str(rec["queue"])
     if "parameters" in rec:
-        params = _json(rec["parameters"], {})
+        params = parse_json(rec["parameters"], {})
         row.parameters = to_plain(params) if isinstance(params, dict) else {}
     if rec.get("mode"):
         row.mode = str(rec["mode"])
     if rec.get("attempt"):
         row.attempt = int(float(rec["attempt"]))
     if "result_refs" in rec:
-        row.result_refs = list(_json(rec["result_refs"], []))
-    created = _float(rec.get("created"))
+        row.result_refs = list(parse_json(rec["result_refs"], []))
+    created = parse_float(rec.get("created"))
     if created is not None:
         row.created = min(row.created, created) if row.created else created
 
@@ -121,7 +106,7 @@ def merge_task_record(row: TaskRun, rec: dict[str, Any]) -> None:
         row.worker = str(rec["worker"])
     if rec.get("attempts"):
         row.attempts = int(float(rec["attempts"]))
-    created = _float(rec.get("created"))
+    created = parse_float(rec.get("created"))
     if created is not None and not row.created:
         row.created = created
 
@@ -298,12 +283,12 @@ class Recorder:
         missing_flows = sorted(i for i in flow_ids if i not in batch.flows and i not in described)
         missing_tasks = sorted(i for i in task_ids if i not in batch.tasks)
         for run_id, rec in zip(missing_flows, self.store.flow_runs.read_many(missing_flows), strict=True):
-            row = FlowRun(id=run_id, created=_float(rec.get("created")) or time.time())
+            row = FlowRun(id=run_id, created=parse_float(rec.get("created")) or time.time())
             merge_flow_record(row, rec)
             batch.flows[run_id] = row
             batch.stateless.add(("flow_run", run_id))
         for trid, rec in zip(missing_tasks, self.store.task_runs.read_many(missing_tasks), strict=True):
-            task = TaskRun(id=trid, created=_float(rec.get("created")) or 0.0)
+            task = TaskRun(id=trid, created=parse_float(rec.get("created")) or 0.0)
             merge_task_record(task, rec)
             batch.tasks[trid] = task
             batch.stateless.add(("task_run", trid))
@@ -312,7 +297,7 @@ class Recorder:
     def _flow_event(self, batch: Batch, event: Event, recorded: float) -> None:
         row = batch.flows.get(event.run_id)
         if row is None:
-            row = FlowRun(id=event.run_id, created=_float(event.record.get("created")) or event.body.ts)
+            row = FlowRun(id=event.run_id, created=parse_float(event.record.get("created")) or event.body.ts)
             batch.flows[event.run_id] = row
             batch.stateless.add(("flow_run", event.run_id))
         merge_flow_record(row, event.record)
@@ -354,9 +339,9 @@ class Recorder:
             row.state = new.value
             row.state_message = message
             if new in (StateType.RUNNING, StateType.RETRYING) and (row.started is None or reopen):
-                row.started = _float(event.record.get("started")) or ts
+                row.started = parse_float(event.record.get("started")) or ts
             if new.is_final:
-                row.ended = _float(event.record.get("ended")) or ts
+                row.ended = parse_float(event.record.get("ended")) or ts
             elif reopen:
                 row.ended = None
         row.updated = recorded

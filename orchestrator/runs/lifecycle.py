@@ -20,7 +20,7 @@ from orchestrator.errors import RunError
 from orchestrator.planning.compiler import Compiled
 from orchestrator.planning.plan import Plan, refs_in
 from orchestrator.runstate.events import task_run_event
-from orchestrator.runstate.records import NewTaskRun, default_run_name
+from orchestrator.runstate.records import NewTaskRun, TaskRunRecord, default_run_name
 from orchestrator.runstate.store import Finished, RunStore, now
 from orchestrator.runtime.context import RunInfo
 from orchestrator.states import StateType
@@ -309,16 +309,20 @@ def stop_flow_run(store: RunStore, messaging: Messaging, run_id: str, state: Sta
     pipe.execute()
     running: list[str] = []
     for row in list_task_runs(store, run_id):
-        if StateType(row.get("state", "Pending")).is_final:
+        task_run = TaskRunRecord.from_redis(row["id"], row)
+        if task_run is None:
             continue
-        if row.get("state") in (StateType.RUNNING.value, StateType.RETRYING.value):
-            running.append(row["id"])
+        now_in = task_run.state or StateType.PENDING
+        if now_in.is_final:
+            continue
+        if now_in in (StateType.RUNNING, StateType.RETRYING):
+            running.append(task_run.id)
         fields = {
             "ended": now(),
             "message": f"cancelled: flow run {run_id} {message}",
-            "flow_run_id": row.get("flow_run_id", ""),
+            "flow_run_id": task_run.flow_run_id,
         }
-        store.task_runs.finished(run_id, row["id"], StateType.CANCELLED, fields)
+        store.task_runs.finished(run_id, task_run.id, StateType.CANCELLED, fields)
     if running:  # stop the work itself, not just the records
         messaging.revoke(running, terminate=True)
     for child in store.flow_runs.subflows(run_id):

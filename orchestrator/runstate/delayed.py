@@ -39,8 +39,3 @@ class DelayedMessages:
         has another due time and must stay.
         """
         self._scripts["forget_sent"](keys=[keys.DELAYED], args=[message, repr(claimed_until)])
-
-    def due_time(self, message: str) -> float | None:
-        """When a kept message is due (None: not kept)."""
-        score = self._redis.zscore(keys.DELAYED, message)
-        return float(score) if score is not None else None

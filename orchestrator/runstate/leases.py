@@ -10,6 +10,7 @@ detector needs if it goes silent.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -62,7 +63,13 @@ class Leases:
             pass
 
     # -- heartbeats of running task runs -----------------------------------------------------
-    def beat(self, running: dict[str, Any], new: dict[str, dict[str, Any]], finished: set[str], slots: Any) -> None:
+    def beat(
+        self,
+        running: dict[str, Any],
+        new: dict[str, dict[str, Any]],
+        finished: set[str],
+        slots: Callable[[Any], None],
+    ) -> None:
         """One round trip for a worker process: refresh the running task runs (``slots``: their
         concurrency leases, a callable that renews them in a pipeline), record the new ones' crash
         records, forget the finished ones."""

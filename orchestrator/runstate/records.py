@@ -49,20 +49,22 @@ def body_task_run_id(run_id: str) -> str:
     return f"body:{run_id}"
 
 
-def _json(value: str | None, default: Any) -> Any:
-    if not value:
-        return default
+def parse_float(value: Any) -> float | None:
+    """A record's number field (text in Redis, a value in an event); None where empty or not a number."""
     try:
-        return json.loads(value)
-    except ValueError:
-        return default
-
-
-def _float(value: str | None) -> float | None:
-    try:
-        return float(value) if value else None
-    except ValueError:
+        return float(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
         return None
+
+
+def parse_json(value: Any, default: Any) -> Any:
+    """A record's JSON field: text is parsed (``default`` if it is not JSON), a value is taken as it is."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return default
+    return value if value is not None else default
 
 
 @dataclass(frozen=True)
@@ -105,8 +107,8 @@ class FlowRunRecord:
             mode=raw.get("mode", ""),
             attempt=int(float(raw.get("attempt") or 1)),
             message=raw.get("message", ""),
-            parameters=_json(raw.get("parameters"), {}),
-            created=_float(raw.get("created")),
+            parameters=parse_json(raw.get("parameters"), {}),
+            created=parse_float(raw.get("created")),
             raw=raw,
         )
 

@@ -18,7 +18,7 @@ from orchestrator.runstate import keys
 from orchestrator.runstate.connection import now, read_hashes
 from orchestrator.runstate.event_stream import EventStream
 from orchestrator.runstate.events import StreamEvent, encode, flow_run_event, task_run_event
-from orchestrator.runstate.records import NewTaskRun, TaskRunRecord, describe_record, task_fields_to_redis
+from orchestrator.runstate.records import NewTaskRun, describe_record, task_fields_to_redis
 from orchestrator.runstate.scripts import Scripts
 from orchestrator.states import StateType
 
@@ -151,10 +151,6 @@ class TaskRuns:
         self.add(pipe, run, in_flows=(run.flow_run_id, run.root), stored_input=stored_input)
         pipe.execute()
 
-    def pipeline(self) -> Any:
-        """A pipeline to queue several writes in (``execute()`` sends them in one round trip)."""
-        return self._redis.pipeline(transaction=False)
-
     # -- starting and ending -------------------------------------------------------------------
     def started(
         self,
@@ -266,10 +262,6 @@ class TaskRuns:
     def read(self, trid: str) -> dict[str, str]:
         """The raw task run record (empty if unknown)."""
         return self._redis.hgetall(keys.task_run(trid))  # type: ignore[no-any-return]
-
-    def record(self, trid: str) -> TaskRunRecord | None:
-        """The typed task run record (None if unknown)."""
-        return TaskRunRecord.from_redis(trid, self.read(trid))
 
     def read_many(self, trids: Sequence[str]) -> list[dict[str, str]]:
         """Raw records of several task runs in one round trip (empty where unknown)."""
