@@ -238,12 +238,16 @@ class RestartableRedis:
 def stack_on(
     server: RestartableRedis, tmp_path: Path, logs: Path, queue: str, env: dict[str, str]
 ) -> Iterator[httpx.Client]:
-    """Redis, an API with its own database and one worker (concurrency 2), all on ``server``."""
-    api = ApiProcess(
-        server.url, f"sqlite:///{tmp_path / 'api.db'}", log_path=logs.with_suffix(".api.log"), extra_env=env
-    )
+    """Redis, an API with its own database and one worker (concurrency 2), all on ``server``.
+
+    The API picks its free port once Redis listens on its own: picked before, both could get the same one.
+    """
+    api: ApiProcess | None = None
     try:
         server.start()
+        api = ApiProcess(
+            server.url, f"sqlite:///{tmp_path / 'api.db'}", log_path=logs.with_suffix(".api.log"), extra_env=env
+        )
         api.start()
         with (
             worker(
@@ -258,7 +262,8 @@ def stack_on(
         ):
             yield http
     finally:
-        api.stop()
+        if api is not None:
+            api.stop()
         server.close()
 
 
