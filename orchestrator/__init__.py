@@ -8,6 +8,7 @@ on first use, with the run store and the Celery seam behind it.
 
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.authoring.caching import FLOW_PARAMETERS, INPUTS, NO_CACHE, RUN_ID, TASK_SOURCE, CachePolicy
 from orchestrator.authoring.flows import Flow, flow
 from orchestrator.authoring.naming import rename_flow_run
 from orchestrator.authoring.tasks import Task, exponential_backoff, task
@@ -19,6 +20,12 @@ if TYPE_CHECKING:
     from orchestrator.runs.handle import FlowRun
 
 __all__ = [
+    "FLOW_PARAMETERS",
+    "INPUTS",
+    "NO_CACHE",
+    "RUN_ID",
+    "TASK_SOURCE",
+    "CachePolicy",
     "Flow",
     "FlowRun",
     "Future",

@@ -6,6 +6,7 @@ Every message says what happened, to which flow or task run, and what to do::
     ├── DefinitionError (+ TypeError)     a flow or task is declared in a way we cannot run
     ├── ParameterError (+ ValueError)     flow parameters do not bind or cannot be carried
     ├── SerializationError (+ TypeError)  a value JSON (or the opted-in pickle) cannot carry
+    │   └── CacheKeyError                 a task input a cache policy cannot hash
     ├── PlanError                         the traced graph cannot be compiled (cycles, ...)
     ├── RunError                          something happened to a run
     │   ├── TaskRunFailed                 a task run ended in a failed state
@@ -33,6 +34,16 @@ class ParameterError(OrchestratorError, ValueError):
 
 class SerializationError(OrchestratorError, TypeError):
     """A value cannot be serialized with the serializer its task or flow uses."""
+
+
+class CacheKeyError(SerializationError):
+    """A cache key cannot be computed for a task run: an input has no JSON form to hash, or
+    ``cache_key_fn`` returned something other than a string. Deterministic: never retried."""
+
+    def __init__(self, message: str, task_name: str = "", parameter: str | None = None) -> None:
+        super().__init__(message)
+        self.task_name = task_name
+        self.parameter = parameter
 
 
 class PlanError(OrchestratorError):

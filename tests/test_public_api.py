@@ -8,12 +8,18 @@ import types
 
 import orchestrator
 from orchestrator import states
-from orchestrator.authoring import flows, naming, tasks
+from orchestrator.authoring import caching, flows, naming, tasks
 from orchestrator.runs import handle
 from orchestrator.runtime import futures, run_logger, signals
 
-# Each public name: the module that defines it, and whether it is a class or a function.
+# Each public name: the module that defines it, and whether it is a class, a function or a constant.
 PUBLIC: dict[str, tuple[types.ModuleType, str]] = {
+    "CachePolicy": (caching, "class"),
+    "FLOW_PARAMETERS": (caching, "constant"),
+    "INPUTS": (caching, "constant"),
+    "NO_CACHE": (caching, "constant"),
+    "RUN_ID": (caching, "constant"),
+    "TASK_SOURCE": (caching, "constant"),
     "Flow": (flows, "class"),
     "FlowRun": (handle, "class"),
     "Future": (futures, "class"),
@@ -37,6 +43,9 @@ def test_exported_members() -> None:
     for name, (module, kind) in PUBLIC.items():
         exported = getattr(orchestrator, name)
         assert exported is getattr(module, name), f"orchestrator.{name} is not {module.__name__}.{name}"
+        if kind == "constant":  # a cache policy, Prefect 3's names (prefect.cache_policies)
+            assert isinstance(exported, caching.CachePolicy), f"{name} is not a cache policy: {exported!r}"
+            continue
         assert exported.__module__ == module.__name__, f"{name} is defined in {exported.__module__}"
         assert exported.__name__ == name, f"orchestrator.{name} is {exported.__name__}"
         if kind == "class":

@@ -33,6 +33,7 @@ from orchestrator.runtime.run_logger import prints_logged
 from orchestrator.runtime.signals import RETRY
 from orchestrator.states import StateType
 
+from .caching import open_cache
 from .heartbeat import HEARTBEATS
 
 log = logging.getLogger(__name__)
@@ -146,12 +147,17 @@ def gate(
 
 
 def end_completed(
-    store: RunStore, run: dict[str, Any], attempt: Attempt, text: str, hooks: Callable[[], None] | None = None
+    store: RunStore,
+    run: dict[str, Any],
+    attempt: Attempt,
+    text: str,
+    hooks: Callable[[], None] | None = None,
+    fields: dict[str, str] | None = None,
 ) -> Ending:
-    """Make a task run Completed with its result; send joins that became ready."""
+    """Make a task run Completed with its result (``fields`` added to its record); send joins that became ready."""
     root, trid = run["root"], run["task_run_id"]
     finished = store.task_runs.finished(
-        root, trid, StateType.COMPLETED, {"ended": now(), "worker": attempt.worker}, text
+        root, trid, StateType.COMPLETED, {"ended": now(), "worker": attempt.worker} | (fields or {}), text
     )
     if finished.left is None:
         return Ending.DUPLICATE
@@ -251,15 +257,23 @@ def _run_holding_slots(
             failed_as_none=allowed,
             prefetched=started.results,
         )
-        HEARTBEATS.begin(trid, crash_record(run, task, attempt, retries_used) | {"slots": held, "start": started.start})
-        try:
-            with using(None, info), prints_logged(task.log_prints):
-                value = call_bound(task.fn, kwargs)
-        finally:
-            HEARTBEATS.end(trid)
-        text = dumps(value, task.result_serializer, where)
+        cache = open_cache(store, task, info, kwargs) if task.cache is not None else None
+        if cache is not None and cache.hit is not None:  # cached: the function does not run
+            text = cache.hit
+        else:
+            HEARTBEATS.begin(
+                trid, crash_record(run, task, attempt, retries_used) | {"slots": held, "start": started.start}
+            )
+            try:
+                with using(None, info), prints_logged(task.log_prints):
+                    value = call_bound(task.fn, kwargs)
+            finally:
+                HEARTBEATS.end(trid)
+            text = dumps(value, task.result_serializer, where)
         if task.persist_result:
             persist(trid, text)  # before Completed: a completed persisted result is always on storage
+        if cache is not None:
+            cache.keep(text)
     except Exception as exc:
         poking_for = now() - store.task_runs.first_poke(trid) if isinstance(exc, RETRY) else 0.0
         outcome = _outcome(task, exc, retries_used, attempt, poking_for)
@@ -282,7 +296,10 @@ def _run_holding_slots(
         if outcome.state is StateType.SKIPPED:
             return Ending.STOPPED
         raise
-    return end_completed(store, run, attempt, text, lambda: call_hooks(task, task.hooks, info, StateType.COMPLETED))
+    fields = cache.fields() if cache is not None else None
+    return end_completed(
+        store, run, attempt, text, lambda: call_hooks(task, task.hooks, info, StateType.COMPLETED), fields
+    )
 
 
 def crash_record(run: dict[str, Any], task: Task, attempt: Attempt, retries_used: int) -> dict[str, Any]:

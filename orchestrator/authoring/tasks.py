@@ -7,8 +7,10 @@ import functools
 import logging
 import random
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
+from orchestrator.authoring.caching import CACHE_OPTIONS, CacheKeyFn, CachePolicy, CacheSettings, cache_settings
 from orchestrator.authoring.definitions import check_callable, why_not_importable
 from orchestrator.authoring.hooks import Hook, collect_hooks
 from orchestrator.authoring.registry import register_task
@@ -91,6 +93,10 @@ class Task(Generic[P, R]):
         on_cancellation: Hook | Sequence[Hook] | None = None,
         log_prints: bool | None = None,
         persist_result: bool = False,
+        cache_policy: CachePolicy | None = None,
+        cache_key_fn: CacheKeyFn | None = None,
+        cache_expiration: timedelta | float | None = None,
+        refresh_cache: bool = False,
     ) -> None:
         check_callable(fn, "task")
         self.fn = fn
@@ -127,6 +133,13 @@ class Task(Generic[P, R]):
         self.tags = list(tags)
         self.queue = _checked_queue(queue, where)
         self.result_serializer = check_serializer(result_serializer, where)
+        self.cache: CacheSettings | None = cache_settings(  # None: no caching (see authoring/caching.py)
+            where,
+            cache_policy=cache_policy,
+            cache_key_fn=cache_key_fn,
+            cache_expiration=cache_expiration,
+            refresh_cache=refresh_cache,
+        )
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
         if why_not_importable(fn) is None:
             register_task(self)
@@ -163,6 +176,7 @@ class Task(Generic[P, R]):
             "persist_result": self.persist_result,
             "tags": self.tags,
             "result_serializer": self.result_serializer,
+            **({"cache": self.cache.spec()} if self.cache is not None else {}),
         }
 
     def importable_or_raise(self) -> None:
@@ -177,6 +191,8 @@ class Task(Generic[P, R]):
         for key, value in options.items():
             if key == "retry_delays":
                 clone.retry_delays = _delays(value, f"task {self.name!r}")
+            elif key == "cache":
+                clone.cache = CacheSettings.from_spec(value) if value else None
             elif key in MESSAGE_OPTIONS:
                 setattr(clone, key, value)
         return clone
@@ -184,6 +200,8 @@ class Task(Generic[P, R]):
     def with_options(self, **options: Any) -> Task[P, R]:
         """A copy of this task with some options changed (same Celery task name)."""
         clone = copy.copy(self)
+        if caching := {k: options.pop(k) for k in CACHE_OPTIONS if k in options}:
+            clone.cache = cache_settings(f"task {self.name!r}", self.cache, **caching)
         for key, value in options.items():
             if key == "retry_delay_seconds":
                 clone.retry_delays = _delays(value, f"task {self.name!r}")
@@ -250,6 +268,10 @@ def task(
     on_cancellation: Hook | Sequence[Hook] | None = None,
     log_prints: bool | None = None,
     persist_result: bool = False,
+    cache_policy: CachePolicy | None = None,
+    cache_key_fn: CacheKeyFn | None = None,
+    cache_expiration: timedelta | float | None = None,
+    refresh_cache: bool = False,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 

@@ -19,6 +19,7 @@ from orchestrator.authoring.triggers import verdict
 from orchestrator.config.settings import get_settings
 from orchestrator.data.serialization import dumps
 from orchestrator.errors import FlowRunFailed, TaskRunFailed, UpstreamFailedError
+from orchestrator.local.cache import LocalCacheUse, open_local_cache
 from orchestrator.runtime.attempts import decide, describe
 from orchestrator.runtime.context import RunInfo, current_run, using
 from orchestrator.runtime.engine import (
@@ -81,9 +82,12 @@ class LocalFuture(Future[Any]):
 class LocalEngine(Engine):
     """Executes one flow run's task calls in a shared thread pool."""
 
-    def __init__(self, flow: Flow, run_id: str, pool: cf.ThreadPoolExecutor) -> None:
+    def __init__(
+        self, flow: Flow, run_id: str, pool: cf.ThreadPoolExecutor, parameters: dict[str, Any] | None = None
+    ) -> None:
         self.flow = flow
         self.run_id = run_id
+        self.parameters = parameters or {}  # the flow run's, for the FLOW_PARAMETERS cache policy
         self.pool = pool
         self.futures: list[LocalFuture] = []
         self.has_downstream: set[str] = set()
@@ -187,9 +191,12 @@ class LocalEngine(Engine):
             return
         # An upstream that did not complete (tolerated, or under a trigger rule) passes None.
         inputs = replace_futures(bound, lambda f, _: f.result() if f.state == StateType.COMPLETED else None)
-        self._attempts(future, task, inputs)
+        cache = open_local_cache(self, future, task, inputs) if task.cache is not None else None
+        if cache is not None and cache.answered:  # a cached result (or a key that cannot be computed)
+            return
+        self._attempts(future, task, inputs, cache)
 
-    def _attempts(self, future: LocalFuture, task: Task, inputs: dict[str, Any]) -> None:
+    def _attempts(self, future: LocalFuture, task: Task, inputs: dict[str, Any], cache: LocalCacheUse | None) -> None:
         retries_used = 0
         attempt = 1
         first_poke: float | None = None
@@ -200,7 +207,7 @@ class LocalEngine(Engine):
                 log_prints = task.log_prints if task.log_prints is not None else self.flow.log_prints
                 with using(None, run), prints_logged(log_prints):
                     value = call_bound(task.fn, inputs)
-                dumps(value, task.result_serializer, f"task {task.name!r} ({future.label})")
+                text = dumps(value, task.result_serializer, f"task {task.name!r} ({future.label})")
             except Exception as exc:
                 if isinstance(exc, RETRY) and first_poke is None:
                     first_poke = time.time()
@@ -217,6 +224,8 @@ class LocalEngine(Engine):
                 error.__cause__ = exc
                 future.cf.set_exception(error)
                 return
+            if cache is not None:
+                cache.keep(text)
             future.set_state(StateType.COMPLETED)
             call_hooks(task, task.hooks, run, StateType.COMPLETED)
             future.cf.set_result(value)
@@ -236,7 +245,7 @@ def run_flow_locally(flow: Flow, parameters: dict[str, Any], pool: cf.ThreadPool
     workers = get_settings().local_max_workers
     pool = pool or cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"flow-{flow.name}")
     run_id = str(uuid.uuid4())
-    engine = LocalEngine(flow, run_id, pool)
+    engine = LocalEngine(flow, run_id, pool, parameters)
     parent = current_run()
     info = RunInfo(
         run_id, flow.name, extra={"parent_flow_run_id": parent.flow_run_id if parent else None, "local": True}

@@ -105,3 +105,11 @@ def flow_tasks(run_id: str) -> str:
 def subflow_ends(root: str) -> str:
     """Hash end-node task run id -> child flow run id, for the subflows of a tree."""
     return f"{PREFIX}:ends:{root}"
+
+
+def task_cache(task_name: str, cache_key: str) -> str:
+    """Hash: a cached task result (its text, or where result storage keeps it) under one task's cache key.
+
+    Its TTL is the entry's expiration. Not under a run tree's root: an entry outlives the run that made it.
+    """
+    return f"{PREFIX}:cache:{task_name}:{cache_key}"
