@@ -97,6 +97,8 @@ class TaskRun(SQLModel, table=True):
     started: float | None = None
     ended: float | None = None
     updated: float = 0.0
+    cached: bool = False  # completed from the task cache: its function did not run
+    cache_key: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
 
 
 class StateEvent(SQLModel, table=True):

@@ -164,6 +164,8 @@ class TaskRunPublic(BaseModel):
     created: datetime | None
     started: datetime | None
     ended: datetime | None
+    cached: bool = False  # its result came from the task cache: the function did not run
+    cache_key: str = ""  # the key of a task with a cache policy ('' otherwise)
 
     @classmethod
     def of(cls, row: TaskRun) -> TaskRunPublic:
@@ -179,6 +181,8 @@ class TaskRunPublic(BaseModel):
             created=when(row.created),
             started=when(row.started),
             ended=when(row.ended),
+            cached=row.cached,
+            cache_key=row.cache_key,
         )
 
 

@@ -106,6 +106,9 @@ def merge_task_record(row: TaskRun, rec: dict[str, Any]) -> None:
         row.worker = str(rec["worker"])
     if rec.get("attempts"):
         row.attempts = int(float(rec["attempts"]))
+    if rec.get("cache_key"):  # a task with a cache policy: the key, and whether its result came from the cache
+        row.cache_key = str(rec["cache_key"])
+        row.cached = str(rec.get("cached")) == "1"
     created = parse_float(rec.get("created"))
     if created is not None and not row.created:
         row.created = created
