@@ -8,7 +8,15 @@ on first use, with the run store and the Celery seam behind it.
 
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.authoring.caching import FLOW_PARAMETERS, INPUTS, NO_CACHE, RUN_ID, TASK_SOURCE, CachePolicy
+from orchestrator.authoring.caching import (
+    FLOW_PARAMETERS,
+    INPUTS,
+    NO_CACHE,
+    RUN_ID,
+    TASK_SOURCE,
+    CachePolicy,
+    task_input_hash,
+)
 from orchestrator.authoring.flows import Flow, flow
 from orchestrator.authoring.naming import rename_flow_run
 from orchestrator.authoring.tasks import Task, exponential_backoff, task
@@ -38,6 +46,7 @@ __all__ = [
     "get_run_logger",
     "rename_flow_run",
     "task",
+    "task_input_hash",
     "unmapped",
     "wait",
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from orchestrator import INPUTS, NO_CACHE, RUN_ID, TASK_SOURCE, flow, task
+from orchestrator import FLOW_PARAMETERS, INPUTS, NO_CACHE, RUN_ID, TASK_SOURCE, flow, task, task_input_hash
 from orchestrator.authoring.caching import CacheContext
 from orchestrator.runstate.store import get_store
 
@@ -91,6 +91,17 @@ def shared(token: str, x: int) -> int:
     return x * 10
 
 
+@task(cache_policy=FLOW_PARAMETERS)
+def by_flow_parameters(token: str) -> int:
+    return executed(token)
+
+
+@task(cache_key_fn=task_input_hash)
+def prefect_style(token: str, x: int) -> int:
+    executed(token)
+    return x
+
+
 class Opaque:
     """A value that has no JSON form (it travels pickled)."""
 
@@ -103,7 +114,7 @@ def make_opaque(n: int) -> Opaque:
     return Opaque(n)
 
 
-@task(cache_policy=INPUTS, result_serializer="pickle")
+@task(cache_policy=INPUTS, result_serializer="pickle", retries=2)  # a key error is never retried
 def takes_opaque(token: str, obj: Any) -> int:
     executed(token)
     return int(getattr(obj, "n", 0))
@@ -177,6 +188,17 @@ def shared_on_a(token: str, x: int) -> int:
 @flow(name="cache-shared-b", queue=OTHER_QUEUE)
 def shared_on_b(token: str, x: int) -> int:
     return shared.submit(token, x)  # type: ignore[no-any-return]
+
+
+@flow(name="cache-flow-parameters", queue=QUEUE)
+def flow_parameters_flow(token: str, day: str, scale: int = 1) -> int:
+    """Its task takes only the token: FLOW_PARAMETERS keys it by the day and the scale too."""
+    return by_flow_parameters.submit(token)  # type: ignore[no-any-return]
+
+
+@flow(name="cache-prefect-style", queue=QUEUE)
+def prefect_style_flow(token: str, x: int) -> int:
+    return prefect_style.submit(token, x)  # type: ignore[no-any-return]
 
 
 @flow(name="cache-opaque", queue=QUEUE)

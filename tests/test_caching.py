@@ -34,7 +34,7 @@ from orchestrator.errors import CacheKeyError, DefinitionError, TaskRunFailed
 from orchestrator.local.cache import clear_local_cache
 from orchestrator.runstate.store import get_store
 from tests import cache_flows as cf
-from tests.api_support import eventually, wait_final
+from tests.api_support import cli, eventually, wait_final
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +171,16 @@ def test_cache_key_fn_gives_the_key_and_none_means_not_cached(cache_worker: subp
     assert "cache_key" not in only(rows, cf.keyed.name)
 
 
+def test_flow_parameters_and_prefects_task_input_hash(cache_worker: subprocess.Popen[bytes]) -> None:
+    tok = token()
+    assert [run(cf.flow_parameters_flow, tok, day)[0] for day in ("mon", "mon", "tue")] == [1, 1, 2]
+    assert run(cf.flow_parameters_flow, tok, "mon", scale=2)[0] == 3  # another parameter, another key
+    hashed = token()
+    for x in (1, 1, 2):
+        run(cf.prefect_style_flow, hashed, x)
+    assert executions(hashed) == 2
+
+
 def test_an_entry_expires_after_cache_expiration(cache_worker: subprocess.Popen[bytes]) -> None:
     tok = token()
     first, rows, _ = run(cf.short_lived_flow, tok)
@@ -237,7 +247,7 @@ def test_an_input_with_no_json_form_fails_the_task_run_naming_the_parameter_and_
     assert value == 7 and executions(tok) == 1
 
 
-def test_the_api_shows_the_cached_marker_and_the_key(api: ApiProcess) -> None:
+def test_the_api_and_the_cli_show_the_cached_marker_and_the_key(api: ApiProcess) -> None:
     tok = token()
     run(cf.inputs_flow, tok, 6)
     _, rows, run_id = run(cf.inputs_flow, tok, 6)
@@ -252,6 +262,8 @@ def test_the_api_shows_the_cached_marker_and_the_key(api: ApiProcess) -> None:
         shown_row = eventually(shown, what="the cached task run in the API")
     assert shown_row["cached"] is True and shown_row["cache_key"] == expected["cache_key"]
     assert shown_row["state_message"].startswith("cached result (key ")
+    inspected = cli(api, "flow-run", "inspect", run_id)  # the CLI's task table says it too
+    assert inspected.returncode == 0 and "Completed (cached)" in inspected.stdout, inspected.stdout + inspected.stderr
 
 
 # -- in-process ---------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ PUBLIC: dict[str, tuple[types.ModuleType, str]] = {
     "get_run_logger": (run_logger, "function"),
     "rename_flow_run": (naming, "function"),
     "task": (tasks, "function"),
+    "task_input_hash": (caching, "function"),
     "unmapped": (futures, "function"),
     "wait": (futures, "function"),
 }

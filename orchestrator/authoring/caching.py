@@ -321,6 +321,15 @@ FLOW_PARAMETERS = FlowParameters()
 NO_CACHE = NoCache()
 
 
+def task_input_hash(context: CacheContext, arguments: dict[str, Any]) -> str | None:
+    """A ``cache_key_fn`` of Prefect's (``prefect.tasks.task_input_hash``): the inputs and the task's source.
+
+    ``@task(cache_key_fn=task_input_hash)`` is ``cache_policy=INPUTS + TASK_SOURCE`` for code
+    written for Prefect 2; an input with no JSON form fails the task run with the same error.
+    """
+    return digest(source_digest(context.task.fn), INPUTS.compute_key(context, arguments) or "")
+
+
 def unhashable(task_name: str, parameter: str, value: Any) -> CacheKeyError:
     """The error for an input a cache key cannot be computed from: it names the parameter and the fixes."""
     kind = f"{type(value).__module__}.{type(value).__qualname__}"

@@ -90,7 +90,7 @@ def task_table(run: dict[str, Any], tasks: list[dict[str, Any]]) -> Table:
         table.add_row(
             user_text(task["label"]),
             user_text(task["task_name"].rsplit(".", 1)[-1]),
-            user_text(task["state"]),
+            user_text(task["state"] + (" (cached)" if task.get("cached") else "")),
             user_text(task["attempts"]),
             user_text(task["worker"]),
             user_text((task["state_message"] or "")[:80]),
