@@ -8,7 +8,8 @@ a call answered from the cache leaves that count unchanged, and its task run say
 - TASK_SOURCE ignores the inputs; RUN_ID shares within one flow run only; NO_CACHE never;
 - INPUTS + TASK_SOURCE, ``INPUTS - "note"``, ``cache_key_fn`` (and its None);
 - ``cache_expiration``: after it passes, the task executes again; ``refresh_cache`` runs and overwrites;
-- two worker processes share the cache (it lives in Redis); a persisted result is cached by reference;
+- two worker processes share the cache (it lives in Redis); a persisted result's cache lives in result
+  storage too (Redis holds a pointer);
 - an input with no JSON form fails the task run with a message naming the parameter and the fixes;
 - keys are the same in every process (hash randomization does not change them).
 """
@@ -215,7 +216,7 @@ def test_two_worker_processes_share_the_cache(
     assert cached["cached"] == "1" and cached["cached_from"] == executed["id"]
 
 
-def test_a_persisted_result_is_cached_by_reference_to_result_storage(cache_worker: subprocess.Popen[bytes]) -> None:
+def test_a_persisted_result_is_cached_in_result_storage(cache_worker: subprocess.Popen[bytes]) -> None:
     tok = token()
     first, rows, _ = run(cf.persisted_flow, tok, 3)
     executed = only(rows, cf.persisted.name)
@@ -226,9 +227,13 @@ def test_a_persisted_result_is_cached_by_reference_to_result_storage(cache_worke
     second, rows, _ = run(cf.persisted_flow, tok, 3)
     assert first == second == {"x": 3, "square": 9} and executions(tok) == 1
     assert only(rows, cf.persisted.name)["cached"] == "1"
-    stored.unlink()  # the result storage lost it: the entry leads nowhere, and the task runs again
-    third, _, _ = run(cf.persisted_flow, tok, 3)
-    assert third == first and executions(tok) == 2
+    get_store().task_cache.forget(cf.persisted.name, executed["cache_key"])  # Redis lost it (TTL, a flush)
+    third, rows, _ = run(cf.persisted_flow, tok, 3)
+    assert third == first and executions(tok) == 1  # the result storage keeps the entry too
+    assert only(rows, cf.persisted.name)["cached_from"] == executed["id"]
+    stored.unlink()  # the result storage lost the result: the entry leads nowhere, and the task runs again
+    fourth, _, _ = run(cf.persisted_flow, tok, 3)
+    assert fourth == first and executions(tok) == 2
 
 
 def test_an_input_with_no_json_form_fails_the_task_run_naming_the_parameter_and_the_fix(

@@ -7,7 +7,8 @@ Completed with the cached result and says so in its record (``cached`` = "1", ``
 then :meth:`CacheUse.keep` stores the result under the key for the next caller, on any
 worker: the cache lives in Redis (``store.task_cache``). A task with ``persist_result=True``
 keeps only a pointer in Redis; the text stays in the result storage, under the task run
-that executed.
+that executed, and the entry is written there too (``cache-<hash>.json``, with its expiry),
+so the cache of persisted results outlives Redis's TTL or a flushed Redis.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.authoring.caching import CacheContext
+from orchestrator.authoring.caching import CacheContext, digest
 from orchestrator.authoring.tasks import Task
-from orchestrator.data.results import read_persisted
+from orchestrator.data.results import persist, read_persisted
 from orchestrator.runstate.connection import RedisError
-from orchestrator.runstate.store import RunStore
+from orchestrator.runstate.store import RunStore, now
 from orchestrator.runtime.context import RunInfo
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,13 @@ class CacheUse:
             )
         except RedisError:
             log.warning("task run %s: its result could not be cached under key %s", self.task_run_id, self.key)
+        if persisted:
+            expires = now() + settings.expiration if settings.expiration else None
+            entry = {"task": self.task.name, "key": self.key, "task_run_id": self.task_run_id, "expires": expires}
+            try:
+                persist(storage_name(self.task.name, self.key), json.dumps(entry))
+            except Exception:  # fsspec backends raise many types; the result itself is stored already
+                log.warning("task run %s: its cache entry could not be written to result storage", self.task_run_id)
 
 
 def open_cache(store: RunStore, task: Task[Any, Any], info: RunInfo, inputs: dict[str, Any]) -> CacheUse | None:
@@ -87,12 +95,41 @@ def open_cache(store: RunStore, task: Task[Any, Any], info: RunInfo, inputs: dic
     if settings.refresh:
         return use  # run anyway; keep() overwrites the entry
     entry = store.task_cache.get(task.name, key)
-    if entry is None:
+    if entry is not None and not entry.persisted:
+        use.hit, use.source = entry.text, entry.task_run_id
         return use
-    text = entry.text if not entry.persisted else read_persisted([entry.task_run_id])[entry.task_run_id]
-    if text is not None:  # a persisted result gone from its storage is a miss: the task runs again
-        use.hit, use.source = text, entry.task_run_id
+    source = entry.task_run_id if entry is not None else _source_in_storage(task, key)
+    text = read_persisted([source])[source] if source else None
+    if text is not None and source:  # a persisted result gone from its storage is a miss: the task runs again
+        use.hit, use.source = text, source
     return use
+
+
+def storage_name(task_name: str, key: str) -> str:
+    """The name a persisted task's cache entry has in the result storage (a result-like id)."""
+    return f"cache-{digest(task_name, key)}"
+
+
+def _source_in_storage(task: Task[Any, Any], key: str) -> str | None:
+    """The task run whose persisted result the result storage's cache entry names, unless it expired.
+
+    Only for ``persist_result=True`` tasks whose Redis entry is gone (its TTL, a flushed Redis):
+    their cache lives as long as the result storage keeps it, as in Prefect.
+    """
+    if not task.persist_result:
+        return None
+    text = read_persisted([storage_name(task.name, key)])[storage_name(task.name, key)]
+    try:
+        entry = json.loads(text) if text else None
+    except ValueError:
+        return None
+    if not isinstance(entry, dict) or entry.get("task") != task.name or entry.get("key") != key:
+        return None
+    expires = entry.get("expires")
+    if isinstance(expires, (int, float)) and expires <= now():
+        return None
+    source = entry.get("task_run_id")
+    return source if isinstance(source, str) and source else None
 
 
 def _flow_parameters(store: RunStore, flow_run_id: str) -> dict[str, Any]:
