@@ -16,6 +16,7 @@ from orchestrator.runtime.run_logger import get_run_logger
 from orchestrator.states import StateType
 
 if TYPE_CHECKING:
+    from orchestrator.runs.deployments import run_deployment
     from orchestrator.runs.handle import FlowRun
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "flow",
     "get_run_logger",
     "rename_flow_run",
+    "run_deployment",
     "task",
     "unmapped",
     "wait",
@@ -42,4 +44,8 @@ def __getattr__(name: str) -> Any:
         from orchestrator.runs.handle import FlowRun
 
         return FlowRun
+    if name == "run_deployment":
+        from orchestrator.runs.deployments import run_deployment
+
+        return run_deployment
     raise AttributeError(f"module 'orchestrator' has no attribute {name!r}")

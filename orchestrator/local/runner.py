@@ -8,6 +8,7 @@ with the same retry, signal, serialization and upstream-failure rules as the fle
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextvars
 import threading
 import time
 import uuid
@@ -147,6 +148,28 @@ class LocalEngine(Engine):
         resolved_kwargs = replace_futures(kwargs, lambda f, _: f.result())
         params = flow.bind_parameters(resolved_args, resolved_kwargs)
         return run_flow_locally(flow, params, pool=self.pool)
+
+    def submit_subflow(self, flow: Flow, args: tuple[Any, ...], kwargs: dict[str, Any]) -> LocalFuture:
+        """``child.submit(...)``: the child runs in a thread of its own (its tasks use the shared pool,
+        so a pool filled with waiting children cannot deadlock); its future gives its value."""
+        future = LocalFuture(self, f"subflow-{flow.name}-{len(self.futures)}")
+        with self._lock:
+            self.futures.append(future)
+        context = contextvars.copy_context()  # the parent's run and engine: the child links to them
+
+        def run_child() -> None:
+            future.set_state(StateType.RUNNING)
+            try:
+                value = context.run(self.call_subflow, flow, args, kwargs)
+            except Exception as exc:
+                future.set_state(StateType.FAILED, describe(exc))
+                future.cf.set_exception(exc)
+                return
+            future.set_state(StateType.COMPLETED)
+            future.cf.set_result(value)
+
+        threading.Thread(target=run_child, name=f"subflow-{flow.name}", daemon=True).start()
+        return future
 
     # -- waiting --------------------------------------------------------------------
     def wait(self, futures: list[Future[Any]], timeout: float | None) -> DoneAndNotDone:

@@ -105,3 +105,13 @@ def flow_tasks(run_id: str) -> str:
 def subflow_ends(root: str) -> str:
     """Hash end-node task run id -> child flow run id, for the subflows of a tree."""
     return f"{PREFIX}:ends:{root}"
+
+
+def waiters(run_id: str) -> str:
+    """List of messages to send when a flow run ends (the parent nodes that wait for it)."""
+    return f"{PREFIX}:waiters:{run_id}"
+
+
+def linked_children(parent_run_id: str) -> str:
+    """Set of the flow runs a flow run started as runs of their own (subflow nodes, triggers)."""
+    return f"{PREFIX}:children:{parent_run_id}"

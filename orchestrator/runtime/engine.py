@@ -39,6 +39,19 @@ class Engine(ABC):
     def call_subflow(self, flow: Flow, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """A flow called inside another flow's body: a child flow run."""
 
+    def submit_subflow(self, flow: Flow, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[Any]:
+        """``child.submit(...)``: a child flow run started at once; its future gives its value."""
+        raise NotImplementedError(f"{type(self).__name__} cannot submit subflows")
+
+    def trigger_flow(self, flow: Flow, parameters: dict[str, Any], *, queue: str | None, name: str | None) -> Any:
+        """``child.delay()`` / ``apply_async`` inside a body: what it returns there, or None to send it as
+        from outside a flow (an in-process run sends it to the fleet)."""
+        return None
+
+    def run_deployment(self, deployment: str, parameters: dict[str, Any], *, wait: bool) -> Any:
+        """``run_deployment`` inside a body: what it returns there, or None to ask the API as from outside."""
+        return None
+
     @abstractmethod
     def wait(self, futures: list[Future[Any]], timeout: float | None) -> DoneAndNotDone:
         """Block until the futures are final."""
