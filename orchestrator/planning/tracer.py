@@ -296,7 +296,11 @@ class TracingEngine(Engine):
                 "link": link,
                 "wait": wait,
                 "deployment": deployment,
-                "run_queue": queue or (flow.queue if flow is not None else None),
+                # a subflow runs on its parent's queue unless its flow names one; a triggered run
+                # goes where .delay() from anywhere sends it (a deployment: where it says)
+                "run_queue": queue
+                or (flow.queue if flow is not None else None)
+                or (self.queue if link == "subflow" else None),
                 "run_name": name,
             },
             allow=waits[1],
