@@ -83,6 +83,36 @@ def w3_independent(n: int = 5000) -> Any:
     return [noop.submit(i) for i in range(n)]
 
 
+@flow(name="bench-w4-child")
+def w4_child(start: int) -> Any:
+    """W4's subflow: a chain of 10 increments from ``start`` (it only wires tasks: traced inline)."""
+    x = inc.submit(start)
+    for _ in range(9):
+        x = inc.submit(x)
+    return x
+
+
+@flow(name="bench-w4-subflows")
+def w4_subflows(n: int = 20) -> Any:
+    """W4: n concurrent subflows of 10 tasks each; the parent returns their results."""
+    return [w4_child(i) for i in range(n)]
+
+
+@flow(name="bench-w4l-child")
+def w4l_child(start: int) -> Any:
+    """W4L's subflow: computes with its input, so each one is a flow run of its own."""
+    x = inc.submit(start + 0)
+    for _ in range(9):
+        x = inc.submit(x)
+    return x
+
+
+@flow(name="bench-w4l-subflows")
+def w4l_subflows(n: int = 20) -> Any:
+    """W4L: W4 with subflows that compute with their inputs: n child runs started by plan nodes."""
+    return [w4l_child(noop.submit(i)) for i in range(n)]
+
+
 @flow(name="bench-api-five")
 def api_five(x: int = 1) -> Any:
     """The API benchmark's flow: 5 tasks (a source, three in parallel, a reduce)."""
@@ -147,6 +177,24 @@ def raw_w3(n: int = 5000) -> Signature:
     return group(raw_noop.si(i) for i in range(n))
 
 
+def raw_w4(n: int = 20) -> Signature:
+    """W4: n chains of 10 increments side by side, in a group (what the subflows compile to)."""
+    return group(chain(raw_inc.s(i), *(raw_inc.s() for _ in range(9))) for i in range(n))
+
+
+def raw_w4l(n: int = 20) -> Signature:
+    """W4L: each chain starts from a task's result, as each child run starts from its node's input."""
+    return group(chain(raw_noop.si(i), raw_inc.s(), *(raw_inc.s() for _ in range(9))) for i in range(n))
+
+
 def expected(workload: str, n: int) -> Any:
     """The value both sides must return for ``workload`` of size ``n``."""
-    return {"W0": 1, "W1": sum(range(n)), "W2": n, "W3": list(range(n))}[workload]
+    table = {
+        "W0": 1,
+        "W1": sum(range(n)),
+        "W2": n,
+        "W3": list(range(n)),
+        "W4": [i + 10 for i in range(n)],
+        "W4L": [i + 10 for i in range(n)],
+    }
+    return table[workload]
