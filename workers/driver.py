@@ -39,12 +39,12 @@ from orchestrator.runs.lifecycle import (
 )
 from orchestrator.runstate.records import NewTaskRun, body_task_run_id, default_run_name
 from orchestrator.runstate.store import RunStore, get_store, now
+from orchestrator.runtime import aio
 from orchestrator.runtime.attempts import describe
 from orchestrator.runtime.context import RunInfo, using
 from orchestrator.runtime.engine import (
     Engine,
     bind_arguments,
-    call_bound,
     check_wait_for,
     replace_futures,
     split_map_arguments,
@@ -255,7 +255,7 @@ class DynamicEngine(Engine):
         child = DynamicEngine(self.app, self.store, self.root, child_id, flow.queue or self.queue, self._counts)
         try:
             with using(child, RunInfo(child_id, flow.name, extra={"parent_flow_run_id": self.flow_run_id})):
-                value = call_bound(flow.fn, params)
+                value = aio.call(flow.fn, params)
             child.wait(list(child.futures), None)
             returns = child.template(value, f"subflow {flow.name!r} return value")
         except Exception as exc:
@@ -351,7 +351,7 @@ def drive(app: Celery, flow: Flow, run_id: str, parameters: dict[str, Any], queu
     body_error = ""
     try:
         with using(engine, RunInfo(run_id, flow.name)), prints_logged(flow.log_prints):
-            value = call_bound(flow.fn, parameters)
+            value = aio.call(flow.fn, parameters)
         returns = engine.template(_values_of_children(value), f"flow {flow.name!r} return value")
     except Exception as exc:
         log.exception("flow run %s (%s): the flow body raised", run_id, flow.name)

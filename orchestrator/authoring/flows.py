@@ -52,6 +52,7 @@ class Flow(Generic[P, R]):
     ) -> None:
         check_callable(fn, "flow")
         self.fn = fn
+        self.is_async = inspect.iscoroutinefunction(fn)  # its body is a coroutine (runtime/aio.py runs it)
         self.name = name or fn.__name__.replace("_", "-")
         if queue is not None and (problem := queue_problem(queue)):
             raise DefinitionError(f"flow {self.name!r}: {problem}.")
@@ -156,6 +157,12 @@ class Flow(Generic[P, R]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         engine = current_engine()
+        if self.is_async:  # as in Prefect: a coroutine, awaited for the flow's value
+            from orchestrator.runtime import aio
+
+            if engine is not None:
+                return aio.subflow_call(engine, self, args, kwargs)  # type: ignore[return-value]
+            return aio.flow_call(self, self.bind_parameters(args, kwargs))  # type: ignore[return-value]
         if engine is not None:
             return engine.call_subflow(self, args, kwargs)  # type: ignore[no-any-return]
         from orchestrator.local.runner import run_flow_locally

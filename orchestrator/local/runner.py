@@ -7,12 +7,13 @@ with the same retry, signal, serialization and upstream-failure rules as the fle
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures as cf
 import contextvars
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.authoring.hooks import call_hooks
@@ -20,12 +21,12 @@ from orchestrator.authoring.triggers import verdict
 from orchestrator.config.settings import get_settings
 from orchestrator.data.serialization import dumps
 from orchestrator.errors import FlowRunFailed, TaskRunFailed, UpstreamFailedError
+from orchestrator.runtime import aio
 from orchestrator.runtime.attempts import decide, describe
 from orchestrator.runtime.context import RunInfo, current_run, using
 from orchestrator.runtime.engine import (
     Engine,
     bind_arguments,
-    call_bound,
     check_wait_for,
     replace_futures,
     split_map_arguments,
@@ -67,6 +68,10 @@ class LocalFuture(Future[Any]):
     def wait(self, timeout: float | None = None) -> StateType:
         cf.wait([self.cf], timeout=timeout)
         return self._state
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        """``await future``: the loop is woken when the task's thread sets the result."""
+        return asyncio.wrap_future(self.cf).__await__()
 
     def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> Any:
         try:
@@ -222,7 +227,7 @@ class LocalEngine(Engine):
             try:
                 log_prints = task.log_prints if task.log_prints is not None else self.flow.log_prints
                 with using(None, run), prints_logged(log_prints):
-                    value = call_bound(task.fn, inputs)
+                    value = aio.call(task.fn, inputs)
                 dumps(value, task.result_serializer, f"task {task.name!r} ({future.label})")
             except Exception as exc:
                 if isinstance(exc, RETRY) and first_poke is None:
@@ -267,7 +272,7 @@ def run_flow_locally(flow: Flow, parameters: dict[str, Any], pool: cf.ThreadPool
     try:
         try:
             with using(engine, info), prints_logged(flow.log_prints):
-                value = call_bound(flow.fn, parameters)
+                value = aio.call(flow.fn, parameters)
         except Exception as exc:
             call_hooks(flow, flow.hooks, info, StateType.FAILED, describe(exc))
             raise

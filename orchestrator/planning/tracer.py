@@ -9,17 +9,17 @@ it runs (``.result()``, ``if x > 5``, iterating a future), tracing stops with
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from orchestrator.config.settings import get_settings
 from orchestrator.planning.plan import REF, Node, Plan, SubflowInfo, refs_in
 from orchestrator.planning.templates import allowed_failures, to_template
+from orchestrator.runtime import aio
 from orchestrator.runtime.context import RunInfo, using
 from orchestrator.runtime.engine import (
     Engine,
     bind_arguments,
-    call_bound,
     check_wait_for,
     split_map_arguments,
     zip_mapped,
@@ -63,6 +63,11 @@ class PlannedFuture(Future[Any]):
 
     def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> Any:
         self._needs_value(".result()")
+
+    def __await__(self) -> Generator[Any, None, PlannedFuture]:
+        """``await future`` while tracing gives the stand-in itself, as ``task(x)`` in a sync body does."""
+        return self
+        yield  # a generator that returns at once: nothing is waited for
 
     def __getitem__(self, key: Any) -> PlannedFuture:
         if not isinstance(key, (str, int)):
@@ -108,6 +113,8 @@ class PlannedFuture(Future[Any]):
 
 class TracingEngine(Engine):
     """Records the task calls of one flow run (root or subflow) into a shared plan."""
+
+    subflows_in_threads = False  # one subflow at a time, so the plan's nodes keep their order
 
     def __init__(
         self,
@@ -227,7 +234,7 @@ class TracingEngine(Engine):
         child.barrier = list(self.barrier)
         try:
             with using(child, RunInfo(child_id, flow.name, extra={"parent_flow_run_id": self.flow_run_id})):
-                value = call_bound(flow.fn, params)
+                value = aio.call(flow.fn, params)
             needs_values = self.root.dynamic_reason != reason_before  # the body caught our signal
         except DynamicFlowRequired:
             needs_values = True
@@ -350,7 +357,7 @@ def trace_flow(flow: Flow, parameters: dict[str, Any], *, run_id: str | None = N
     plan = Plan(flow.name, run_id, queue or flow.queue or get_settings().default_queue)
     engine = TracingEngine(plan, run_id, plan.queue, log_prints=flow.log_prints)
     with using(engine, RunInfo(run_id, flow.name)):
-        value = call_bound(flow.fn, parameters)
+        value = aio.call(flow.fn, parameters)
     if engine.dynamic_reason:  # the body caught our signal; it still needs values
         raise DynamicFlowRequired(engine.dynamic_reason)
     plan.returns = engine.template(value, f"flow {flow.name!r} return value")

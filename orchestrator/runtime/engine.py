@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 class Engine(ABC):
     """Runs (or records) the task calls a flow body makes."""
 
+    # Whether ``await async_subflow(...)`` may run the subflow in a thread (see runtime.aio.subflow_call).
+    subflows_in_threads = True
+
     @abstractmethod
     def submit(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any]) -> Future[Any]:
         """Start ``task`` once its upstreams are done; return its future at once."""
