@@ -200,6 +200,13 @@ def test_an_async_body_that_only_wires_tasks_runs_static_on_the_fleet(async_work
     assert nested.result(timeout=60) == 7
     assert nested.info["mode"] == "static"
 
+    async def send_from_async_code() -> Any:
+        return af.wired.delay(2)  # traced beside the running loop
+
+    from_a_loop = asyncio.run(send_from_async_code())
+    assert from_a_loop.result(timeout=60) == (17, 8)
+    assert from_a_loop.info["mode"] == "static"
+
 
 def test_a_dynamic_async_body_gathers_task_calls_that_run_concurrently(async_workers: None) -> None:
     run = af.overlapping.delay(1.0)
