@@ -9,6 +9,7 @@ from typing import Any
 
 from orchestrator import flow, task
 from orchestrator.runtime.context import current_run
+from orchestrator.runtime.futures import Future
 
 QUEUE = "async"  # the module's worker with concurrency 2
 SOLO = "async-solo"  # its worker with concurrency 1: every task runs in the same process and thread
@@ -105,6 +106,16 @@ async def overlapping(seconds: float) -> dict[str, Any]:
     total = first["n"] + second["n"]  # a value: dynamic
     doubled = await double.submit(total)  # await of a future
     return {"first": first, "second": second, "result": inc(doubled)}  # a sync task call blocks, as in sync bodies
+
+
+@flow(name="async-kinds", queue=QUEUE)
+async def kinds() -> dict[str, bool]:
+    """What an async task's submit and call give inside an async body (Prefect 3's answers)."""
+    future, call = double.submit(1), double(1)
+    kinds = {"submit gives a future": isinstance(future, Future), "a call gives a coroutine": asyncio.iscoroutine(call)}
+    await call
+    await future
+    return kinds
 
 
 @flow(name="async-child", queue=QUEUE)

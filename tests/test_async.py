@@ -181,6 +181,10 @@ def test_async_flows_run_in_process() -> None:
     assert asyncio.run(from_a_running_loop()) == [3, 5]
 
 
+def test_in_an_async_body_submit_gives_a_future_and_a_call_a_coroutine() -> None:
+    assert asyncio.run(af.kinds()) == {"submit gives a future": True, "a call gives a coroutine": True}
+
+
 def test_an_async_task_called_outside_a_flow_is_a_coroutine() -> None:
     call = af.double(2)
     assert asyncio.iscoroutine(call)
