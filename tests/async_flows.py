@@ -129,6 +129,19 @@ async def parent(x: int) -> Any:
     return inc.submit(value)
 
 
+@flow(name="async-computing-child", queue=QUEUE)
+async def computing_child(a: int, b: int) -> Any:
+    """Computes with its inputs: traced inside a parent it needs values, so it is a run of its own."""
+    return await double(a + b)
+
+
+@flow(name="async-linked-parent", queue=QUEUE)
+async def linked_parent(a: int) -> Any:
+    x = double.submit(a)
+    y = await computing_child(x, 1)
+    return inc.submit(y)
+
+
 @flow(name="async-retried", queue=QUEUE)
 async def retried(x: int) -> Any:
     return fails_first.submit(x)

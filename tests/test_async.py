@@ -204,6 +204,11 @@ def test_an_async_body_that_only_wires_tasks_runs_static_on_the_fleet(async_work
     assert nested.result(timeout=60) == 7
     assert nested.info["mode"] == "static"
 
+    linked = af.linked_parent.delay(3)  # an async child that computes with its inputs: a run of its own
+    assert sorted(n.kind for n in af.linked_parent.plan(3).nodes.values()) == ["flow_run", "task", "task"]
+    assert linked.result(timeout=60) == 15  # inc(double(double(3) + 1))
+    assert linked.info["mode"] == "static"
+
     async def send_from_async_code() -> Any:
         return af.wired.delay(2)  # traced beside the running loop
 
