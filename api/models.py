@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, Text
-from sqlmodel import Field, SQLModel
+from sqlalchemy import JSON, Column, ColumnElement, Index, Text, or_
+from sqlmodel import Field, SQLModel, col
 
 
 class Deployment(SQLModel, table=True):
@@ -137,3 +137,10 @@ class LogLine(SQLModel, table=True):
     level: str = Field(default="INFO", max_length=16)
     message: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     ts: float
+
+
+def is_tree_root() -> ColumnElement[bool]:
+    """Rows of flow runs that are the root of their run tree: no parent, or a run of its own a
+    parent's plan node started (it has a parent, and is its own root). Subflows traced into their
+    parent's tree are not: their parent's tree decides, stops and times them."""
+    return or_(col(FlowRun.parent_id).is_(None), col(FlowRun.root_id) == col(FlowRun.id))

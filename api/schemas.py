@@ -404,6 +404,16 @@ class DeploymentRunCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     parameters: dict[str, Any] = Field(default_factory=dict)
+    idempotency_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="The same key gives the same run: a second request answers the run the first one made.",
+    )
+    parent_flow_run_id: str | None = Field(
+        default=None, max_length=64, description="The flow run that starts this one (run_deployment in a flow body)."
+    )
+    parent_task_run_id: str | None = Field(default=None, max_length=200, description="That flow run's node.")
 
 
 class LateCleanup(BaseModel):

@@ -64,7 +64,9 @@ def check_parameters(flow: dict[str, Any], parameters: dict[str, Any]) -> None:
     create.check_parameters(spec.name, spec.schema, parameters, door=refuse_pickled)
 
 
-def new_flow_run(flow: dict[str, Any], body: FlowRunCreate) -> dict[str, Any]:
+def new_flow_run(
+    flow: dict[str, Any], body: FlowRunCreate, *, run_id: str | None = None, parent: str | None = None
+) -> dict[str, Any]:
     """The row (as column values) of a run to create, Scheduled or Pending, after checking its parameters."""
     now = time.time()
     due = body.scheduled_start.timestamp() if body.scheduled_start else now
@@ -77,9 +79,10 @@ def new_flow_run(flow: dict[str, Any], body: FlowRunCreate) -> dict[str, Any]:
         created=now,
         scheduled_start=due,
         door=refuse_pickled,
+        run_id=run_id,
     ).record
     state = StateType.SCHEDULED if later else StateType.PENDING
-    return flow_run_row(run, state=state, dispatched=not later)
+    return flow_run_row(run, state=state, dispatched=not later) | {"parent_id": parent}
 
 
 def flow_run_row(run: NewFlowRun, *, state: StateType, dispatched: bool) -> dict[str, Any]:
@@ -120,6 +123,7 @@ def named_run(row: dict[str, Any]) -> NewFlowRun:
         parameters=row["parameters"],
         created=row["created"],
         scheduled_start=row["scheduled_start"],
+        parent=row.get("parent_id") or "",
     )
 
 

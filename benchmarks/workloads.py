@@ -11,6 +11,9 @@ set it before the first import.
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from collections.abc import Coroutine
 from typing import Any
 
 from celery.canvas import Signature, chain, chord, group
@@ -83,6 +86,62 @@ def w3_independent(n: int = 5000) -> Any:
     return [noop.submit(i) for i in range(n)]
 
 
+@flow(name="bench-w4-child")
+def w4_child(start: int) -> Any:
+    """W4's subflow: a chain of 10 increments from ``start`` (it only wires tasks: traced inline)."""
+    x = inc.submit(start)
+    for _ in range(9):
+        x = inc.submit(x)
+    return x
+
+
+@flow(name="bench-w4-subflows")
+def w4_subflows(n: int = 20) -> Any:
+    """W4: n concurrent subflows of 10 tasks each; the parent returns their results."""
+    return [w4_child(i) for i in range(n)]
+
+
+@flow(name="bench-w4l-child")
+def w4l_child(start: int) -> Any:
+    """W4L's subflow: computes with its input, so each one is a flow run of its own."""
+    x = inc.submit(start + 0)
+    for _ in range(9):
+        x = inc.submit(x)
+    return x
+
+
+@flow(name="bench-w4l-subflows")
+def w4l_subflows(n: int = 20) -> Any:
+    """W4L: W4 with subflows that compute with their inputs: n child runs started by plan nodes."""
+    return [w4l_child(noop.submit(i)) for i in range(n)]
+
+
+@task
+async def async_source() -> int:
+    """W5's fan-out upstream: an async task."""
+    return 0
+
+
+@task
+async def async_work(i: int) -> int:
+    """One branch of W5's fan-out: an async task."""
+    return i
+
+
+@task
+async def async_reduce_sum(parts: list[int]) -> int:
+    """W5's fan-in: an async task."""
+    return sum(parts)
+
+
+@flow(name="bench-w5-async-fan")
+async def w5_async_fan(n: int = 500) -> Any:
+    """W5: W1 written with async tasks (and an async body, traced into the same plan)."""
+    src = async_source.submit()
+    parts = [async_work.submit(i, wait_for=[src]) for i in range(n)]
+    return async_reduce_sum.submit(parts)
+
+
 @flow(name="bench-api-five")
 def api_five(x: int = 1) -> Any:
     """The API benchmark's flow: 5 tasks (a source, three in parallel, a reduce)."""
@@ -124,6 +183,50 @@ def raw_inc(x: int) -> int:
     return x + 1
 
 
+# Celery has no async tasks: a raw task runs its coroutine itself. Like the orchestrator's
+# executor, it keeps one event loop per thread (asyncio.run per task would build a loop each
+# time, a cost that is not orchestration), so W5 compares like with like.
+_raw_loops = threading.local()
+
+
+def _run_raw(coro: Coroutine[Any, Any, int]) -> int:
+    """Run ``coro`` on this thread's loop, made on first use."""
+    loop = getattr(_raw_loops, "loop", None)
+    if loop is None:
+        loop = _raw_loops.loop = asyncio.new_event_loop()
+    return loop.run_until_complete(coro)
+
+
+async def _async_source() -> int:
+    return 0
+
+
+async def _async_work(i: int) -> int:
+    return i
+
+
+async def _async_reduce(parts: list[int]) -> int:
+    return sum(parts)
+
+
+@app.task(name="bench.raw.async_source")
+def raw_async_source() -> int:
+    """W5's fan-out upstream, async inside."""
+    return _run_raw(_async_source())
+
+
+@app.task(name="bench.raw.async_work")
+def raw_async_work(i: int) -> int:
+    """One branch of W5's fan-out, async inside."""
+    return _run_raw(_async_work(i))
+
+
+@app.task(name="bench.raw.async_reduce")
+def raw_async_reduce(parts: list[int]) -> int:
+    """W5's fan-in, async inside."""
+    return _run_raw(_async_reduce(parts))
+
+
 # -- raw canvas, hand-written: what a Celery user would write ----------------------------
 
 
@@ -147,6 +250,30 @@ def raw_w3(n: int = 5000) -> Signature:
     return group(raw_noop.si(i) for i in range(n))
 
 
+def raw_w4(n: int = 20) -> Signature:
+    """W4: n chains of 10 increments side by side, in a group (what the subflows compile to)."""
+    return group(chain(raw_inc.s(i), *(raw_inc.s() for _ in range(9))) for i in range(n))
+
+
+def raw_w4l(n: int = 20) -> Signature:
+    """W4L: each chain starts from a task's result, as each child run starts from its node's input."""
+    return group(chain(raw_noop.si(i), raw_inc.s(), *(raw_inc.s() for _ in range(9))) for i in range(n))
+
+
+def raw_w5(n: int = 500) -> Signature:
+    """W5: W1's canvas of tasks that run a coroutine each."""
+    return chain(raw_async_source.si(), chord(group(raw_async_work.si(i) for i in range(n)), raw_async_reduce.s()))
+
+
 def expected(workload: str, n: int) -> Any:
     """The value both sides must return for ``workload`` of size ``n``."""
-    return {"W0": 1, "W1": sum(range(n)), "W2": n, "W3": list(range(n))}[workload]
+    table = {
+        "W0": 1,
+        "W1": sum(range(n)),
+        "W2": n,
+        "W3": list(range(n)),
+        "W4": [i + 10 for i in range(n)],
+        "W4L": [i + 10 for i in range(n)],
+        "W5": sum(range(n)),
+    }
+    return table[workload]

@@ -25,6 +25,7 @@ from orchestrator.runtime.run_logger import get_run_logger
 from orchestrator.states import StateType
 
 if TYPE_CHECKING:
+    from orchestrator.runs.deployments import run_deployment
     from orchestrator.runs.handle import FlowRun
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "flow",
     "get_run_logger",
     "rename_flow_run",
+    "run_deployment",
     "task",
     "task_input_hash",
     "unmapped",
@@ -58,4 +60,8 @@ def __getattr__(name: str) -> Any:
         from orchestrator.runs.handle import FlowRun
 
         return FlowRun
+    if name == "run_deployment":
+        from orchestrator.runs.deployments import run_deployment
+
+        return run_deployment
     raise AttributeError(f"module 'orchestrator' has no attribute {name!r}")

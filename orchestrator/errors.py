@@ -13,6 +13,7 @@ Every message says what happened, to which flow or task run, and what to do::
     │   ├── FlowRunFailed                 a flow run ended in a failed state
     │   └── UpstreamFailedError           a task did not run because an upstream failed
     ├── RunTimeout (+ TimeoutError)       waiting for a run took longer than asked
+    ├── TaskTimedOut (+ TimeoutError)     an async task ran past its timeout_seconds (cancelled)
     ├── ConnectionProblem (+ ConnectionError)  Redis, the broker or the API cannot be reached
     └── ApiError                          the API refused a request (the message is its answer)
 """
@@ -80,3 +81,7 @@ class ApiError(OrchestratorError):
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
         self.status = status
+
+
+class TaskTimedOut(OrchestratorError, TimeoutError):
+    """An ``async def`` task ran past its ``timeout_seconds``: its coroutine was cancelled (it ends TimedOut)."""

@@ -154,14 +154,15 @@ def test_branching_iterating_and_caught_signals_are_detected() -> None:
             body.plan()
 
 
-def test_lambda_and_async_are_refused_when_decorated() -> None:
+def test_lambda_and_async_generators_are_refused_when_decorated() -> None:
     with pytest.raises(DefinitionError, match="lambda"):
         task(lambda x: x)
 
-    async def coro() -> None: ...
+    async def agen() -> Any:
+        yield 1
 
-    with pytest.raises(DefinitionError, match="async"):
-        task(coro)
+    with pytest.raises(DefinitionError, match="async generator"):
+        task(agen)
 
 
 def test_closures_run_locally_but_are_refused_when_compiled_for_workers() -> None:

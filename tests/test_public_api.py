@@ -9,7 +9,7 @@ import types
 import orchestrator
 from orchestrator import states
 from orchestrator.authoring import caching, flows, naming, tasks
-from orchestrator.runs import handle
+from orchestrator.runs import deployments, handle
 from orchestrator.runtime import futures, run_logger, signals
 
 # Each public name: the module that defines it, and whether it is a class, a function or a constant.
@@ -31,6 +31,7 @@ PUBLIC: dict[str, tuple[types.ModuleType, str]] = {
     "flow": (flows, "function"),
     "get_run_logger": (run_logger, "function"),
     "rename_flow_run": (naming, "function"),
+    "run_deployment": (deployments, "function"),
     "task": (tasks, "function"),
     "task_input_hash": (caching, "function"),
     "unmapped": (futures, "function"),

@@ -37,6 +37,7 @@ from orchestrator.planning.compiler import (
     FINISH_SUBFLOW_TASK,
     FLOW_DEADLINE_TASK,
     RETRY_FLOW_RUN_TASK,
+    RUN_LINKED_FLOW_TASK,
     START_FLOW_RUN_TASK,
     inline_or_stored,
     make_signature,
@@ -60,6 +61,7 @@ from orchestrator.transport.messaging import CeleryMessaging
 
 from .driver import start_driver
 from .executor import Ending, end_completed, end_failed, full_run, gate, run_task, start_record
+from .linked_runs import run_linked_flow as start_linked_flow
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +105,18 @@ class CeleryAttempt:
 
     def wait(self, delay: float, why: str) -> NoReturn:
         """Send this same attempt again later; Celery and Flower show RETRY with why."""
-        self._later(self._message(dict(self.celery_task.request.kwargs or {}), self.number - 1), delay, why)
+        self._later(self.resume_message(), delay, why)
+
+    def resume_message(self) -> dict[str, Any]:
+        """This same attempt's message (same id, queue, chain and chord), to be sent again on an event."""
+        return self._message(dict(self.celery_task.request.kwargs or {}), self.number - 1)
+
+    def hold(self, why: str) -> NoReturn:
+        """End this execution without an outcome: its :meth:`resume_message`, kept elsewhere, carries it on.
+
+        Celery and Flower show RETRY with why; the worker slot is free meanwhile.
+        """
+        raise Retry(why)
 
 
 class OrchestratorRequest(Request):  # type: ignore[misc]
@@ -351,6 +364,14 @@ def register_builtin_tasks(app: Celery) -> None:
         end_flow_run(store, child_run_id, state, message)
         end_failed(store, run, attempt.worker, StateType.FAILED, message, send=attempt.send)
         raise RunError(f"subflow run {child_run_id} failed: {message}")
+
+    @app.task(name=RUN_LINKED_FLOW_TASK, bind=True, ignore_result=True)
+    def run_linked_flow(
+        self: CeleryTask, run: dict[str, Any], flow: str, inputs: dict[str, Any] | None, link: dict[str, Any]
+    ) -> None:
+        """A plan node that starts a flow run of its own (see :mod:`workers.linked_runs`)."""
+        if not start_linked_flow(CeleryAttempt(self), run, self.request.id, flow, inputs, link):
+            raise Ignore()
 
     @app.task(name=FLOW_DEADLINE_TASK, bind=True, ignore_result=True)
     def flow_deadline(self: CeleryTask, run_id: str, timeout: float) -> None:

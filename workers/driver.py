@@ -28,6 +28,8 @@ from orchestrator.errors import FlowRunFailed, RunTimeout, TaskRunFailed
 from orchestrator.planning.compiler import inline_or_stored, make_signature, message_run
 from orchestrator.planning.plan import REF, make_ref, refs_in
 from orchestrator.planning.templates import allowed_failures, to_template
+from orchestrator.runs.create import FlowSpec, start_linked_run
+from orchestrator.runs.handle import FlowRun
 from orchestrator.runs.lifecycle import (
     after_final,
     deciders,
@@ -37,12 +39,12 @@ from orchestrator.runs.lifecycle import (
 )
 from orchestrator.runstate.records import NewTaskRun, body_task_run_id, default_run_name
 from orchestrator.runstate.store import RunStore, get_store, now
+from orchestrator.runtime import aio
 from orchestrator.runtime.attempts import describe
 from orchestrator.runtime.context import RunInfo, using
 from orchestrator.runtime.engine import (
     Engine,
     bind_arguments,
-    call_bound,
     check_wait_for,
     replace_futures,
     split_map_arguments,
@@ -108,6 +110,37 @@ class RemoteFuture(Future[Any]):
         return error
 
 
+class LinkedRunFuture(Future[Any]):
+    """A child flow run a dynamic body started as a run of its own (``child.submit(...)``)."""
+
+    engine: DynamicEngine
+
+    def __init__(self, engine: DynamicEngine, run_id: str, label: str) -> None:
+        self.engine = engine
+        self.task_run_id = run_id  # the child flow run's id: what wait() and as_completed() follow
+        self.label = label
+
+    @property
+    def state(self) -> StateType:
+        return self.engine.store.flow_runs.state(self.task_run_id) or StateType.PENDING
+
+    def wait(self, timeout: float | None = None) -> StateType:
+        return self.engine.store.flow_runs.wait_final(self.task_run_id, timeout) or StateType.PENDING
+
+    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> Any:
+        try:
+            return FlowRun(self.task_run_id, self.engine.store).result(timeout)
+        except FlowRunFailed as exc:
+            if raise_on_failure:
+                raise
+            return exc
+
+
+def _values_of_children(value: Any) -> Any:
+    """``value`` with every child-run future replaced by the child's value (waiting for it)."""
+    return replace_futures(value, lambda f, _: f.result() if isinstance(f, LinkedRunFuture) else f)
+
+
 class DynamicEngine(Engine):
     """Submits a flow body's task calls to the fleet one by one, as the body runs."""
 
@@ -145,7 +178,7 @@ class DynamicEngine(Engine):
         if state is not None and state.is_final:
             raise FlowRunFailed(f"flow run {self.root} already ended {state.value}; {task.name} was not submitted.")
         where = f"task {task.name!r}"
-        bound = bind_arguments(task.fn, args, kwargs, where)
+        bound = _values_of_children(bind_arguments(task.fn, args, kwargs, where))
         inputs = {k: self.template(v, f"{where} argument {k!r}", task.result_serializer) for k, v in bound.items()}
         upstream = refs_in(inputs)
         allow = list(allowed_failures(inputs))
@@ -222,7 +255,7 @@ class DynamicEngine(Engine):
         child = DynamicEngine(self.app, self.store, self.root, child_id, flow.queue or self.queue, self._counts)
         try:
             with using(child, RunInfo(child_id, flow.name, extra={"parent_flow_run_id": self.flow_run_id})):
-                value = call_bound(flow.fn, params)
+                value = aio.call(flow.fn, params)
             child.wait(list(child.futures), None)
             returns = child.template(value, f"subflow {flow.name!r} return value")
         except Exception as exc:
@@ -240,13 +273,53 @@ class DynamicEngine(Engine):
             raise FlowRunFailed(f"subflow run {flow.name} ({child_id}) failed: {message}")
         return resolve(returns, self.store, allow_pickle=True, where=f"subflow {flow.name!r}")
 
+    def submit_subflow(self, flow: Flow, args: tuple[Any, ...], kwargs: dict[str, Any]) -> LinkedRunFuture:
+        """``child.submit(...)``: the child starts now as a run of its own (linked to this one), traced on
+        a worker with these values, compiled when it can be; several run at once."""
+        flow.importable_or_raise()
+        resolved = replace_futures((args, kwargs), lambda f, _: f.result())
+        params = flow.bind_parameters(*resolved)
+        run_id = str(uuid.uuid4())
+        queue = flow.queue or self.queue
+        start_linked_run(
+            FlowSpec.of(flow),
+            params,
+            run_id=run_id,
+            parent=self.flow_run_id,
+            parent_task_run="",
+            tree=self.root,
+            queue=queue,
+        )
+        return LinkedRunFuture(self, run_id, f"subflow-{flow.name}")
+
+    def trigger_flow(self, flow: Flow, parameters: dict[str, Any], *, queue: str | None, name: str | None) -> FlowRun:
+        """``child.delay()`` in a dynamic body: a run of its own, linked to this flow run."""
+        flow.importable_or_raise()
+        run_id = str(uuid.uuid4())
+        start_linked_run(
+            FlowSpec.of(flow),
+            _values_of_children(parameters),
+            run_id=run_id,
+            parent=self.flow_run_id,
+            parent_task_run="",
+            tree=self.root,
+            queue=queue,
+            name=name,
+        )
+        return FlowRun(run_id, self.store)
+
     def _poll(self, futures: list[Future[Any]], timeout: float | None) -> Iterator[Future[Any]]:
-        """Yield futures as they become final; stop at ``timeout``."""
+        """Yield futures as they become final (task runs, and child runs of their own); stop at ``timeout``."""
         pending = {f.task_run_id: f for f in futures}
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = 0.005
         while pending:
-            finals = self.store.task_runs.final_states(self.root, list(pending))
+            tasks = [trid for trid, f in pending.items() if not isinstance(f, LinkedRunFuture)]
+            finals: dict[str, StateType | None] = dict(self.store.task_runs.final_states(self.root, tasks))
+            for trid, f in pending.items():
+                if isinstance(f, LinkedRunFuture):
+                    state = self.store.flow_runs.state(trid)
+                    finals[trid] = state if state is not None and state.is_final else None
             for trid, state in finals.items():
                 if state is not None:
                     yield pending.pop(trid)
@@ -278,8 +351,8 @@ def drive(app: Celery, flow: Flow, run_id: str, parameters: dict[str, Any], queu
     body_error = ""
     try:
         with using(engine, RunInfo(run_id, flow.name)), prints_logged(flow.log_prints):
-            value = call_bound(flow.fn, parameters)
-        returns = engine.template(value, f"flow {flow.name!r} return value")
+            value = aio.call(flow.fn, parameters)
+        returns = engine.template(_values_of_children(value), f"flow {flow.name!r} return value")
     except Exception as exc:
         log.exception("flow run %s (%s): the flow body raised", run_id, flow.name)
         body_error = f"the flow body raised {describe(exc)}"

@@ -21,11 +21,12 @@ from orchestrator.config.settings import get_settings
 from orchestrator.data.references import resolve
 from orchestrator.data.results import persist
 from orchestrator.data.serialization import dumps
-from orchestrator.errors import SerializationError
+from orchestrator.errors import SerializationError, TaskTimedOut
 from orchestrator.planning.plan import refs_in
 from orchestrator.runs.lifecycle import after_final, end_task_run, finish_flow_run, propagate_failure
 from orchestrator.runstate import slots as concurrency
 from orchestrator.runstate.store import RunStore, get_store, now
+from orchestrator.runtime import aio
 from orchestrator.runtime.attempts import Outcome, decide, describe, format_traceback
 from orchestrator.runtime.context import RunInfo, using
 from orchestrator.runtime.engine import call_bound
@@ -267,6 +268,8 @@ def _run_holding_slots(
             try:
                 with using(None, info), prints_logged(task.log_prints):
                     value = call_bound(task.fn, kwargs)
+                    if task.is_async:  # a coroutine: run it on this thread's loop, cancelled at timeout_seconds
+                        value = aio.run(value, task.timeout_seconds)
             finally:
                 HEARTBEATS.end(trid)
             text = dumps(value, task.result_serializer, where)
@@ -321,6 +324,6 @@ def crash_record(run: dict[str, Any], task: Task, attempt: Attempt, retries_used
 def _outcome(task: Task, exc: BaseException, retries_used: int, attempt: Attempt, poking_for: float) -> Outcome:
     if isinstance(exc, SerializationError):  # deterministic: retrying cannot help
         return Outcome(StateType.FAILED, str(exc))
-    if attempt.is_timeout(exc):
+    if attempt.is_timeout(exc) or isinstance(exc, TaskTimedOut):
         return Outcome(StateType.TIMED_OUT, f"ran past timeout_seconds={task.timeout_seconds} ({describe(exc)})")
     return decide(task, exc, retries_used, poking_for)

@@ -123,8 +123,15 @@ async def run_deployment(
     flow = find_flow(store, deployment.flow_name)
     if deployment.queue and (problem := queue_problem(deployment.queue)):  # stored before queues were checked
         raise HTTPException(status.HTTP_409_CONFLICT, f"deployment {name!r}: {problem}; deploy it again with another.")
+    run_id = None
+    if body.idempotency_key is not None:  # the same key answers the run it made (a redelivered node)
+        run_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"orchestrator:deployment-run:{name}:{body.idempotency_key}"))
+        with Session(get_engine()) as session:
+            existing = session.get(FlowRun, run_id)
+        if existing is not None:
+            return FlowRunPublic.of(existing)
     create = FlowRunCreate(parameters=deployment.parameters | body.parameters, queue=deployment.queue)
-    row = new_flow_run(flow, create) | {"deployment_id": deployment.id}
+    row = new_flow_run(flow, create, run_id=run_id, parent=body.parent_flow_run_id) | {"deployment_id": deployment.id}
     if deployment.concurrency_limit is not None:  # the dispatcher sends it when a slot is free
         row |= {"state": StateType.SCHEDULED.value, "dispatched": False}
     return FlowRunPublic.of(FlowRun.model_construct(**await request.app.state.submitter.submit(row)))

@@ -236,7 +236,7 @@ def read_diagnosis(session: SessionDep, store: StoreDep, run_id: RunId) -> Diagn
     ).all()
     states = {state: int(n) for state, n in counts}
     # the run tree's own count of task runs not final yet, planned ones that never reported included
-    left = store.flow_runs.remaining(run_id) if not row.parent_id else None
+    left = store.flow_runs.remaining(run_id) if not row.parent_id or row.root_id == row.id else None
     found = diagnose(
         row,
         fleet,
@@ -274,7 +274,7 @@ def cancel_flow_run(session: SessionDep, store: StoreDep, messaging: MessagingDe
         raise HTTPException(
             status.HTTP_409_CONFLICT, f"flow run {run_id} already ended {row.state}; nothing to cancel."
         )
-    if row.parent_id:
+    if row.parent_id and row.root_id != row.id:
         raise HTTPException(
             status.HTTP_409_CONFLICT, f"flow run {run_id} is a subflow run; cancel its parent {row.parent_id}."
         )

@@ -16,7 +16,7 @@ from sqlmodel import Session, col, select
 
 from api.cancel import cancel_run
 from api.diagnosis import Fleet, waiting_reasons
-from api.models import Deployment, FlowRun
+from api.models import Deployment, FlowRun, is_tree_root
 from api.schemas import MAX_CANCELLED_PER_CLEANUP
 from api.submit import api_event
 from orchestrator.runstate.store import RunStore
@@ -33,7 +33,7 @@ def mark_late(engine: Engine, store: RunStore, late_after: float, limit: int = 5
     with Session(engine) as session:
         rows = session.exec(
             select(FlowRun)
-            .where(col(FlowRun.state).in_(NOT_STARTED), col(FlowRun.parent_id).is_(None), start < now - late_after)
+            .where(col(FlowRun.state).in_(NOT_STARTED), is_tree_root(), start < now - late_after)
             .order_by(start)
             .limit(limit)
         ).all()
@@ -85,7 +85,7 @@ def cleanup_late(
     """
     now = time.time()
     start = func.coalesce(FlowRun.scheduled_start, FlowRun.created)
-    matching = [col(FlowRun.state) == StateType.LATE.value, col(FlowRun.parent_id).is_(None)]
+    matching = [col(FlowRun.state) == StateType.LATE.value, is_tree_root()]
     if deployment_id:
         matching.append(col(FlowRun.deployment_id) == deployment_id)
     if flow:

@@ -17,7 +17,7 @@ import time
 from sqlalchemy import Engine, func, update
 from sqlmodel import Session, col, select
 
-from api.models import ConcurrencyLimit, Deployment, FlowRun
+from api.models import ConcurrencyLimit, Deployment, FlowRun, is_tree_root
 from api.services.deployment_limits import DeploymentLimits
 from api.services.late import apply_deployment_policies, mark_late
 from api.services.scheduling import schedule_runs
@@ -126,7 +126,7 @@ def running_roots(engine: Engine, limit: int = 2000) -> list[str]:
         return list(
             session.exec(
                 select(FlowRun.id)
-                .where(FlowRun.state == StateType.RUNNING.value, col(FlowRun.parent_id).is_(None))
+                .where(FlowRun.state == StateType.RUNNING.value, is_tree_root())
                 .order_by(col(FlowRun.updated))
                 .limit(limit)
             ).all()

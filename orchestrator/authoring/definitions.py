@@ -19,10 +19,10 @@ def check_callable(fn: Any, decorator: str) -> None:
             f"@{decorator} cannot wrap a lambda: workers find {decorator}s by module and name. "
             "Define it with def at the top level of a module."
         )
-    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+    if inspect.isasyncgenfunction(fn):
         raise DefinitionError(
-            f"@{decorator} on async function {fn.__qualname__}: async {decorator}s are not "
-            "supported yet; write a regular def (Celery workers run synchronous code)."
+            f"@{decorator} on async generator {fn.__qualname__}: a {decorator} returns one value; "
+            "collect the items and return a list instead of yielding (async def without yield is fine)."
         )
 
 

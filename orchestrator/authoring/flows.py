@@ -11,7 +11,7 @@ from orchestrator.authoring.definitions import check_callable, why_not_importabl
 from orchestrator.authoring.hooks import Hook, collect_hooks
 from orchestrator.authoring.naming import run_name_problem
 from orchestrator.authoring.registry import register_flow
-from orchestrator.errors import DefinitionError, ParameterError
+from orchestrator.errors import DefinitionError, OrchestratorError, ParameterError
 from orchestrator.guards.limits import queue_problem
 from orchestrator.runtime.context import current_engine
 from orchestrator.runtime.engine import as_call, bind_arguments
@@ -19,6 +19,7 @@ from orchestrator.runtime.engine import as_call, bind_arguments
 if TYPE_CHECKING:
     from orchestrator.planning.plan import Plan
     from orchestrator.runs.handle import FlowRun
+    from orchestrator.runtime.futures import Future
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -51,6 +52,7 @@ class Flow(Generic[P, R]):
     ) -> None:
         check_callable(fn, "flow")
         self.fn = fn
+        self.is_async = inspect.iscoroutinefunction(fn)  # its body is a coroutine (runtime/aio.py runs it)
         self.name = name or fn.__name__.replace("_", "-")
         if queue is not None and (problem := queue_problem(queue)):
             raise DefinitionError(f"flow {self.name!r}: {problem}.")
@@ -155,14 +157,36 @@ class Flow(Generic[P, R]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         engine = current_engine()
+        if self.is_async:  # as in Prefect: a coroutine, awaited for the flow's value
+            from orchestrator.runtime import aio
+
+            if engine is not None:
+                return aio.subflow_call(engine, self, args, kwargs)  # type: ignore[return-value]
+            return aio.flow_call(self, self.bind_parameters(args, kwargs))  # type: ignore[return-value]
         if engine is not None:
             return engine.call_subflow(self, args, kwargs)  # type: ignore[no-any-return]
         from orchestrator.local.runner import run_flow_locally
 
         return run_flow_locally(self, self.bind_parameters(args, kwargs))  # type: ignore[no-any-return]
 
+    def submit(self, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
+        """Inside a flow body: start this flow as a child run now and return a future of its value,
+        so several children run at once (``child(...)`` waits for its value)."""
+        engine = current_engine()
+        if engine is None:
+            raise OrchestratorError(
+                f"{self.name}.submit() was called outside a flow; call it inside a @flow body, "
+                "or use .delay() to send a run to the fleet."
+            )
+        return engine.submit_subflow(self, args, kwargs)
+
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> FlowRun:
-        """Send a run of this flow to the fleet with these parameters."""
+        """Send a run of this flow to the fleet with these parameters.
+
+        Inside a flow body the run is linked to that flow run as its child; in a body traced
+        into a plan it is a node of the plan (nothing starts while tracing), whose value is the
+        new run's id.
+        """
         return self.apply_async(parameters=bind_arguments(self.fn, args, kwargs, f"flow {self.name!r}"))
 
     def apply_async(
@@ -177,6 +201,11 @@ class Flow(Generic[P, R]):
         The parameters get the check the API gives a run sent over HTTP (the flow's JSON
         Schema, with its messages): bad ones raise ParameterError and nothing is sent.
         """
+        engine = current_engine()
+        if engine is not None:
+            started = engine.trigger_flow(self, dict(parameters or {}), queue=queue, name=name)
+            if started is not None:
+                return started  # type: ignore[no-any-return]
         from orchestrator.runs.create import create_flow_run
 
         return create_flow_run(self, dict(parameters or {}), queue=queue, name=name)

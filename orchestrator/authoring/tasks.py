@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import logging
 import random
 from collections.abc import Callable, Sequence
@@ -100,6 +101,7 @@ class Task(Generic[P, R]):
     ) -> None:
         check_callable(fn, "task")
         self.fn = fn
+        self.is_async = inspect.iscoroutinefunction(fn)  # its call returns a coroutine (runtime/aio.py runs it)
         self.name = name or f"{fn.__module__}.{fn.__qualname__}"
         where = f"task {self.name!r}"
         if retries < 0:
@@ -219,6 +221,10 @@ class Task(Generic[P, R]):
         engine = current_engine()
         if engine is None:
             return self.fn(*args, **kwargs)
+        if self.is_async:  # in a flow, as in Prefect: a coroutine that gives the value when awaited
+            from orchestrator.runtime.aio import task_call
+
+            return task_call(engine, self, args, kwargs)  # type: ignore[return-value]
         return engine.call_task(self, args, kwargs)  # type: ignore[no-any-return]
 
     def submit(self, *args: Any, wait_for: Sequence[Any] | None = None, **kwargs: Any) -> Any:

@@ -9,11 +9,11 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from orchestrator.cli.api_client import ApiClient
 from orchestrator.cli.runs import calling, console, print_error
 from orchestrator.cli.text import user_line, user_text
 from orchestrator.data.serialization import to_jsonable, to_plain
 from orchestrator.errors import OrchestratorError
+from orchestrator.runs.api_client import ApiClient
 
 deployment_app = typer.Typer(help="Deployments: flows with parameters and a schedule.", no_args_is_help=True)
 

@@ -25,12 +25,12 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from orchestrator.cli.api_client import ApiClient
 from orchestrator.cli.runs import calling, parse_pairs, watch_run
 from orchestrator.cli.text import user_line, user_text
 from orchestrator.config.settings import get_settings, reset_settings
 from orchestrator.devstack.localstack import ApiProcess, flower, free_port, redis_answers, redis_server, worker
 from orchestrator.guards.redaction import masked_url
+from orchestrator.runs.api_client import ApiClient
 from orchestrator.runs.handle import FlowRun
 from orchestrator.states import StateType
 

@@ -7,9 +7,9 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from orchestrator.cli.api_client import ApiClient
 from orchestrator.cli.runs import calling, console
 from orchestrator.cli.text import user_line, user_text
+from orchestrator.runs.api_client import ApiClient
 
 limits_app = typer.Typer(
     help="Concurrency limits: at most N task runs with a tag run at once, on all workers.", no_args_is_help=True

@@ -15,10 +15,10 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.cli.api_client import ApiClient
 from orchestrator.cli.text import user_json, user_line, user_text
 from orchestrator.errors import OrchestratorError
 from orchestrator.guards.redaction import mask_urls_in
+from orchestrator.runs.api_client import ApiClient
 from orchestrator.states import StateType
 
 console = Console()

@@ -7,11 +7,13 @@ with the same retry, signal, serialization and upstream-failure rules as the fle
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures as cf
+import contextvars
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.authoring.hooks import call_hooks
@@ -20,12 +22,12 @@ from orchestrator.config.settings import get_settings
 from orchestrator.data.serialization import dumps
 from orchestrator.errors import FlowRunFailed, TaskRunFailed, UpstreamFailedError
 from orchestrator.local.cache import LocalCacheUse, open_local_cache
+from orchestrator.runtime import aio
 from orchestrator.runtime.attempts import decide, describe
 from orchestrator.runtime.context import RunInfo, current_run, using
 from orchestrator.runtime.engine import (
     Engine,
     bind_arguments,
-    call_bound,
     check_wait_for,
     replace_futures,
     split_map_arguments,
@@ -67,6 +69,10 @@ class LocalFuture(Future[Any]):
     def wait(self, timeout: float | None = None) -> StateType:
         cf.wait([self.cf], timeout=timeout)
         return self._state
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        """``await future``: the loop is woken when the task's thread sets the result."""
+        return asyncio.wrap_future(self.cf).__await__()
 
     def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> Any:
         try:
@@ -152,6 +158,28 @@ class LocalEngine(Engine):
         params = flow.bind_parameters(resolved_args, resolved_kwargs)
         return run_flow_locally(flow, params, pool=self.pool)
 
+    def submit_subflow(self, flow: Flow, args: tuple[Any, ...], kwargs: dict[str, Any]) -> LocalFuture:
+        """``child.submit(...)``: the child runs in a thread of its own (its tasks use the shared pool,
+        so a pool filled with waiting children cannot deadlock); its future gives its value."""
+        future = LocalFuture(self, f"subflow-{flow.name}-{len(self.futures)}")
+        with self._lock:
+            self.futures.append(future)
+        context = contextvars.copy_context()  # the parent's run and engine: the child links to them
+
+        def run_child() -> None:
+            future.set_state(StateType.RUNNING)
+            try:
+                value = context.run(self.call_subflow, flow, args, kwargs)
+            except Exception as exc:
+                future.set_state(StateType.FAILED, describe(exc))
+                future.cf.set_exception(exc)
+                return
+            future.set_state(StateType.COMPLETED)
+            future.cf.set_result(value)
+
+        threading.Thread(target=run_child, name=f"subflow-{flow.name}", daemon=True).start()
+        return future
+
     # -- waiting --------------------------------------------------------------------
     def wait(self, futures: list[Future[Any]], timeout: float | None) -> DoneAndNotDone:
         by_cf = {f.cf: f for f in futures if isinstance(f, LocalFuture)}
@@ -206,7 +234,7 @@ class LocalEngine(Engine):
             try:
                 log_prints = task.log_prints if task.log_prints is not None else self.flow.log_prints
                 with using(None, run), prints_logged(log_prints):
-                    value = call_bound(task.fn, inputs)
+                    value = aio.call(task.fn, inputs)
                 text = dumps(value, task.result_serializer, f"task {task.name!r} ({future.label})")
             except Exception as exc:
                 if isinstance(exc, RETRY) and first_poke is None:
@@ -253,7 +281,7 @@ def run_flow_locally(flow: Flow, parameters: dict[str, Any], pool: cf.ThreadPool
     try:
         try:
             with using(engine, info), prints_logged(flow.log_prints):
-                value = call_bound(flow.fn, parameters)
+                value = aio.call(flow.fn, parameters)
         except Exception as exc:
             call_hooks(flow, flow.hooks, info, StateType.FAILED, describe(exc))
             raise

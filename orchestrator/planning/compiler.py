@@ -31,6 +31,7 @@ from orchestrator.planning.plan import Node, Plan
 EXPAND_MAP_TASK = "orchestrator.expand_map"
 COLLECT_MAP_TASK = "orchestrator.collect_map"
 FINISH_SUBFLOW_TASK = "orchestrator.finish_subflow"
+RUN_LINKED_FLOW_TASK = "orchestrator.run_linked_flow"
 START_FLOW_RUN_TASK = "orchestrator.start_flow_run"
 FLOW_DEADLINE_TASK = "orchestrator.flow_deadline"
 RETRY_FLOW_RUN_TASK = "orchestrator.retry_flow_run"
@@ -121,6 +122,9 @@ def node_signature(
     elif node.kind == "map":
         name = EXPAND_MAP_TASK
         kwargs = {"run": run, "task": node.name, "inputs": inputs, "queue": node.queue}
+    elif node.kind == "flow_run":
+        name = RUN_LINKED_FLOW_TASK
+        kwargs = {"run": run, "flow": node.name, "inputs": inputs, "link": node.options}
     else:
         name = FINISH_SUBFLOW_TASK
         kwargs = {"run": run, "child_run_id": node.options["child_run_id"], "inputs": inputs}

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from orchestrator.errors import PlanError
 
-NodeKind = Literal["task", "map", "subflow"]
+NodeKind = Literal["task", "map", "subflow", "flow_run"]
 REF = "__ref__"
 
 
@@ -44,7 +44,13 @@ def refs_in(template: Any) -> list[str]:
 
 @dataclass
 class Node:
-    """One task run to be: a task call, a runtime map expansion, or a subflow's end."""
+    """One task run to be: a task call, a runtime map expansion, a subflow's end, or a flow run of its own.
+
+    A ``flow_run`` node starts a child run once its inputs (``{"parameters": ...}``) are ready:
+    a subflow whose body needs its actual parameters, ``child.delay()`` in a body, or
+    ``run_deployment``; ``options`` say which flow or deployment and whether the node waits
+    for the child's end (its value is then the child's result, else the child's run id).
+    """
 
     id: str
     kind: NodeKind

@@ -9,17 +9,17 @@ it runs (``.result()``, ``if x > 5``, iterating a future), tracing stops with
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from orchestrator.config.settings import get_settings
 from orchestrator.planning.plan import REF, Node, Plan, SubflowInfo, refs_in
 from orchestrator.planning.templates import allowed_failures, to_template
+from orchestrator.runtime import aio
 from orchestrator.runtime.context import RunInfo, using
 from orchestrator.runtime.engine import (
     Engine,
     bind_arguments,
-    call_bound,
     check_wait_for,
     split_map_arguments,
     zip_mapped,
@@ -51,8 +51,8 @@ class PlannedFuture(Future[Any]):
         self.path = path
 
     def _needs_value(self, what: str) -> NoReturn:
-        self.engine.dynamic_reason = f"the flow body uses {what} of {self.label}"
-        raise DynamicFlowRequired(self.engine.dynamic_reason)
+        reason = self.engine.root.dynamic_reason = f"the flow body uses {what} of {self.label}"
+        raise DynamicFlowRequired(reason)
 
     @property
     def state(self) -> StateType:
@@ -63,6 +63,11 @@ class PlannedFuture(Future[Any]):
 
     def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> Any:
         self._needs_value(".result()")
+
+    def __await__(self) -> Generator[Any, None, PlannedFuture]:
+        """``await future`` while tracing gives the stand-in itself, as ``task(x)`` in a sync body does."""
+        return self
+        yield  # a generator that returns at once: nothing is waited for
 
     def __getitem__(self, key: Any) -> PlannedFuture:
         if not isinstance(key, (str, int)):
@@ -109,6 +114,8 @@ class PlannedFuture(Future[Any]):
 class TracingEngine(Engine):
     """Records the task calls of one flow run (root or subflow) into a shared plan."""
 
+    subflows_in_threads = False  # one subflow at a time, so the plan's nodes keep their order
+
     def __init__(
         self,
         plan: Plan,
@@ -116,8 +123,10 @@ class TracingEngine(Engine):
         queue: str,
         label_counts: dict[str, int] | None = None,
         log_prints: bool = False,
+        root: TracingEngine | None = None,
     ) -> None:
         self.plan = plan
+        self.root: TracingEngine = root or self  # the root flow's engine holds the trace's dynamic reason
         self.log_prints = log_prints
         self.flow_run_id = flow_run_id
         self.queue = queue
@@ -203,23 +212,36 @@ class TracingEngine(Engine):
         return self.submit(task, args, kwargs, [])
 
     def call_subflow(self, flow: Flow, args: tuple[Any, ...], kwargs: dict[str, Any]) -> PlannedFuture:
+        """A subflow call: traced inline when its body only wires tasks, else a node that starts it.
+
+        Inline, the child's task runs are nodes of this plan (one run tree, compiled together,
+        siblings concurrent). A child whose body needs values (computes with its inputs, reads
+        a result) cannot be traced with planned futures: it becomes a ``flow_run`` node that
+        starts the child as a run of its own, traced with its actual parameters once they exist.
+        The parent stays compiled either way.
+        """
         params = flow.bind_parameters(args, kwargs)
         child_id = str(uuid.uuid4())
         where = f"subflow {flow.name!r}"
-        info = SubflowInfo(
-            run_id=child_id,
-            name=flow.name,
-            parent_run_id=self.flow_run_id,
-            parameters={k: self.template(v, f"{where} parameter {k!r}") for k, v in params.items()},
-        )
+        parameters = {k: self.template(v, f"{where} parameter {k!r}") for k, v in params.items()}
+        info = SubflowInfo(run_id=child_id, name=flow.name, parent_run_id=self.flow_run_id, parameters=parameters)
+        before = (set(self.plan.nodes), set(self.plan.subflows), dict(self._counts))
+        reason_before = self.root.dynamic_reason
         self.plan.subflows[child_id] = info
-        child = TracingEngine(self.plan, child_id, flow.queue or self.queue, self._counts, flow.log_prints)
+        child = TracingEngine(
+            self.plan, child_id, flow.queue or self.queue, self._counts, flow.log_prints, root=self.root
+        )
         child.barrier = list(self.barrier)
         try:
             with using(child, RunInfo(child_id, flow.name, extra={"parent_flow_run_id": self.flow_run_id})):
-                value = call_bound(flow.fn, params)
-        finally:
-            self.dynamic_reason = self.dynamic_reason or child.dynamic_reason
+                value = aio.call(flow.fn, params)
+            needs_values = self.root.dynamic_reason != reason_before  # the body caught our signal
+        except DynamicFlowRequired:
+            needs_values = True
+        if needs_values:  # undo what the child added; it runs as a run of its own
+            self.root.dynamic_reason = reason_before
+            self._forget_since(before)
+            return self.start_flow_run(flow, parameters, wait=True, link="subflow")
         returns = child.template(value, f"{where} return value")
         returned = refs_in(returns)
         side_leaves = [n for n in self.plan.leaves(child_id) if n not in returned]
@@ -240,6 +262,76 @@ class TracingEngine(Engine):
         info.end_node = end.id
         return self._add(end)
 
+    def _forget_since(self, before: tuple[set[str], set[str], dict[str, int]]) -> None:
+        """Drop the nodes and subflows added since ``before`` (a child that will run on its own)."""
+        nodes, subflows, counts = before
+        for nid in set(self.plan.nodes) - nodes:
+            del self.plan.nodes[nid]
+        for sid in set(self.plan.subflows) - subflows:
+            del self.plan.subflows[sid]
+        self._counts.clear()
+        self._counts.update(counts)
+
+    def start_flow_run(
+        self,
+        flow: Flow | None,
+        parameters: dict[str, Any],
+        *,
+        wait: bool,
+        link: str,
+        deployment: str | None = None,
+        queue: str | None = None,
+        name: str | None = None,
+    ) -> PlannedFuture:
+        """A ``flow_run`` node: start a run of its own (linked to this one) once ``parameters`` are ready.
+
+        ``parameters`` are templates already. Its value is the child's result when ``wait``,
+        else the child's run id. Nothing starts while tracing (``orchestrator plan`` included).
+        """
+        target = deployment or (flow.name if flow is not None else "")
+        waits = self._wait_ids([], target)
+        node = Node(
+            id=str(uuid.uuid4()),
+            kind="flow_run",
+            name=flow.name if flow is not None else target.split("/", 1)[0],
+            label=self._label(f"{link}-{target.replace('/', '-')}"),
+            flow_run_id=self.flow_run_id,
+            inputs={"parameters": parameters},
+            wait_for=waits[0],
+            queue=self.queue,
+            options={
+                "link": link,
+                "wait": wait,
+                "deployment": deployment,
+                # a subflow runs on its parent's queue unless its flow names one; a triggered run
+                # goes where .delay() from anywhere sends it (a deployment: where it says)
+                "run_queue": queue
+                or (flow.queue if flow is not None else None)
+                or (self.queue if link == "subflow" else None),
+                "run_name": name,
+            },
+            allow=waits[1],
+        )
+        return self._add(node)
+
+    def submit_subflow(self, flow: Flow, args: tuple[Any, ...], kwargs: dict[str, Any]) -> PlannedFuture:
+        """``child.submit(...)`` while tracing: the same node a call makes (its value is the child's)."""
+        return self.call_subflow(flow, args, kwargs)
+
+    def trigger_flow(
+        self, flow: Flow, parameters: dict[str, Any], *, queue: str | None, name: str | None
+    ) -> PlannedFuture:
+        """``child.delay()`` / ``apply_async`` in a traced body: a node whose value is the new run's id."""
+        where = f"flow {flow.name!r} triggered by flow run {self.flow_run_id}"
+        templates = {k: self.template(v, f"{where}: parameter {k!r}") for k, v in parameters.items()}
+        return self.start_flow_run(flow, templates, wait=False, link="trigger", queue=queue, name=name)
+
+    def run_deployment(self, deployment: str, parameters: dict[str, Any], *, wait: bool) -> PlannedFuture:
+        """``run_deployment(...)`` in a traced body: a node that asks the API for the deployment's run."""
+        where = f"deployment {deployment!r} run by flow run {self.flow_run_id}"
+        templates = {k: self.template(v, f"{where}: parameter {k!r}") for k, v in parameters.items()}
+        return self.start_flow_run(None, templates, wait=wait, link="deployment", deployment=deployment)
+
     def wait(self, futures: list[Future[Any]], timeout: float | None) -> DoneAndNotDone:
         """Traced wait: later task calls wait for these futures (a barrier, no blocking)."""
         for future in futures:
@@ -249,8 +341,8 @@ class TracingEngine(Engine):
         return DoneAndNotDone(set(futures), set())
 
     def as_completed(self, futures: list[Future[Any]], timeout: float | None) -> Iterator[Future[Any]]:
-        self.dynamic_reason = "the flow body uses as_completed()"
-        raise DynamicFlowRequired(self.dynamic_reason)
+        self.root.dynamic_reason = "the flow body uses as_completed()"
+        raise DynamicFlowRequired(self.root.dynamic_reason)
 
 
 def _import_error(task: Task) -> str | None:
@@ -265,7 +357,7 @@ def trace_flow(flow: Flow, parameters: dict[str, Any], *, run_id: str | None = N
     plan = Plan(flow.name, run_id, queue or flow.queue or get_settings().default_queue)
     engine = TracingEngine(plan, run_id, plan.queue, log_prints=flow.log_prints)
     with using(engine, RunInfo(run_id, flow.name)):
-        value = call_bound(flow.fn, parameters)
+        value = aio.call(flow.fn, parameters)
     if engine.dynamic_reason:  # the body caught our signal; it still needs values
         raise DynamicFlowRequired(engine.dynamic_reason)
     plan.returns = engine.template(value, f"flow {flow.name!r} return value")

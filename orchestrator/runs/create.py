@@ -29,7 +29,7 @@ import json
 import reprlib
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -46,7 +46,7 @@ from orchestrator.runstate.connection import RedisConnectionError, RedisUnavaila
 from orchestrator.runstate.records import NewFlowRun, default_run_name
 from orchestrator.runstate.store import RunStore, get_store, now
 from orchestrator.states import StateType
-from orchestrator.transport.messaging import Messaging, Start, client_messaging
+from orchestrator.transport.messaging import Messaging, Start, client_messaging, start_flow_run_message
 
 if TYPE_CHECKING:
     from orchestrator.authoring.flows import Flow
@@ -359,3 +359,46 @@ def submit_by_name(
     created = new_flow_run(FlowSpec(flow_name), parameters, queue=queue, name=name, run_id=run_id)
     send_new_runs([created.record])
     return FlowRun(created.record.id)
+
+
+# -- runs of their own that a flow run starts (plan nodes, dynamic bodies) ------------------------
+def linked_run_id(node_task_run_id: str, attempt: int) -> str:
+    """The id of the child run a node starts: the same for every delivery of one attempt's message,
+    another for the next attempt of the parent (a retried parent starts the child again)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"orchestrator:linked:{node_task_run_id}:{attempt}"))
+
+
+def start_linked_run(
+    spec: FlowSpec,
+    parameters: dict[str, Any],
+    *,
+    run_id: str,
+    parent: str,
+    parent_task_run: str,
+    tree: str | None = None,
+    queue: str | None = None,
+    name: str | None = None,
+    waiter: dict[str, Any] | None = None,
+) -> bool:
+    """Create and start a child run of ``parent`` once (False: it existed already).
+
+    The parameters get the check every run gets; a worker of the child's queue traces it with
+    them (compiled when it can be, driven when its body needs values). ``waiter`` (the parent
+    node's message) is sent again when the child ends. Stopping ``tree`` (the parent's root
+    run, by default the parent) stops the child too.
+    """
+    if problem := door_problem(spec.name, queue, name):
+        raise ParameterError(problem)
+    store = get_store()
+    if store.flow_runs.state(run_id) is not None:
+        return False
+    created = new_flow_run(spec, parameters, queue=queue, name=name, run_id=run_id)
+    run = replace(created.record, parent=parent, parent_task_run=parent_task_run)
+    start = json.dumps(start_flow_run_message(run.flow, run.id, run.queue))
+    return store.linked.create_once(
+        run.id,
+        run.to_redis(),
+        tree=tree or parent,
+        start=start,
+        waiter=json.dumps(waiter) if waiter is not None else None,
+    )

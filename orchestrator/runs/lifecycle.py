@@ -329,6 +329,8 @@ def stop_flow_run(store: RunStore, messaging: Messaging, run_id: str, state: Sta
         child_state = store.flow_runs.state(child)
         if child_state is not None and not child_state.is_final:
             end_flow_run(store, child, StateType.CANCELLED, f"parent flow run {run_id} {message}")
+    for linked in store.linked.children(run_id):  # runs of their own it started: stopped with it
+        stop_flow_run(store, messaging, linked, StateType.CANCELLED, f"was stopped with its parent flow run {run_id}")
     end_flow_run(store, run_id, state, message)
     return True
 
@@ -345,7 +347,7 @@ def retry_final_run(store: RunStore, messaging: Messaging, run_id: str) -> int:
     state = record.state or StateType.PENDING
     if not state.is_final or state is StateType.COMPLETED:
         raise RunError(f"flow run {run_id} is {state.value}; only a run that ended without completing can be retried.")
-    if record.parent:
+    if not record.is_root:
         raise RunError(f"flow run {run_id} is a subflow run; retry its parent flow run {record.parent} instead.")
     attempt = record.attempt + 1
     store.flow_runs.reopen_latch(run_id)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from orchestrator.runstate import keys
-from orchestrator.runstate.connection import read_hashes
+from orchestrator.runstate.connection import now, read_hashes
 from orchestrator.runstate.event_stream import EventStream
 from orchestrator.runstate.events import Renamed, flow_run_event
 from orchestrator.runstate.records import FlowRunRecord, body_task_run_id, describe_record, flow_fields_to_redis
@@ -52,8 +52,22 @@ class FlowRuns:
             if StateType(fields["state"]).is_final:
                 target.lpush(keys.flow_done(run_id), fields["state"])
                 target.expire(keys.flow_done(run_id), self._ttl)
+                self.release_waiters(run_id, target)
         if pipe is None:
             target.execute()
+
+    def release_waiters(self, run_id: str, pipe: Any = None) -> None:
+        """Make the messages waiting for this run's end due now (the delayed sender sends them).
+
+        A plan node that started a run of its own (:mod:`orchestrator.runstate.linked_runs`) waits
+        for it this way, holding no worker slot. Every final state a record is written with comes
+        here; a run the finishing script completes moves them in that script.
+        """
+        self._scripts["release_waiters"](
+            keys=[keys.waiters(run_id), keys.DELAYED],
+            args=[repr(now())],
+            client=pipe if pipe is not None else self._redis,
+        )
 
     def emit_state(self, run_id: str, state: StateType, pipe: Any, record: dict[str, Any] | None = None) -> None:
         """Only the event of a state the record passes through at once (Pending before Running)."""

@@ -113,3 +113,13 @@ def task_cache(task_name: str, cache_key: str) -> str:
     Its TTL is the entry's expiration. Not under a run tree's root: an entry outlives the run that made it.
     """
     return f"{PREFIX}:cache:{task_name}:{cache_key}"
+
+
+def waiters(run_id: str) -> str:
+    """List of messages to send when a flow run ends (the parent nodes that wait for it)."""
+    return f"{PREFIX}:waiters:{run_id}"
+
+
+def linked_children(parent_run_id: str) -> str:
+    """Set of the flow runs a flow run started as runs of their own (subflow nodes, triggers)."""
+    return f"{PREFIX}:children:{parent_run_id}"

@@ -87,8 +87,11 @@ class FlowRunRecord:
 
     @property
     def is_root(self) -> bool:
-        """Whether this run is the root of its run tree (not a subflow)."""
-        return not self.parent
+        """Whether this run is the root of its run tree (not a subflow traced into its parent's tree).
+
+        A run a plan node started as a run of its own has a parent and is a root all the same.
+        """
+        return not self.parent or self.root == self.id
 
     @classmethod
     def from_redis(cls, run_id: str, raw: dict[str, str]) -> FlowRunRecord | None:
@@ -126,6 +129,8 @@ class NewFlowRun:
     created: float
     scheduled_start: float | None = None
     options: dict[str, Any] = field(default_factory=dict)  # timeout and retries, where the flow's code is known
+    parent: str = ""  # the flow run that started it as a run of its own (a plan node), if any
+    parent_task_run: str = ""  # that node's task run
 
     def to_redis(self) -> dict[str, Any]:
         """The run store's fields of the record (its state is written with its first event)."""
@@ -142,6 +147,8 @@ class NewFlowRun:
         }
         if self.scheduled_start is not None:
             fields["scheduled_start"] = self.scheduled_start
+        if self.parent:
+            fields |= {"parent": self.parent, "parent_task_run": self.parent_task_run}
         return fields
 
 

@@ -10,6 +10,7 @@ repositories a store holds, each named after what it keeps:
 - ``fleet`` (:mod:`~orchestrator.runstate.fleet`): live workers and the flows they announced;
 - ``leases`` (:mod:`~orchestrator.runstate.leases`): singleton jobs and the heartbeats of running task runs;
 - ``task_cache`` (:mod:`~orchestrator.runstate.task_cache`): cached task results by task and cache key;
+- ``linked`` (:mod:`~orchestrator.runstate.linked_runs`): child runs of their own, and who waits for them;
 
 Tag concurrency limits (slots held as leases) are :mod:`~orchestrator.runstate.slots`.
 
@@ -34,6 +35,7 @@ from orchestrator.runstate.event_stream import EventStream
 from orchestrator.runstate.fleet import Fleet
 from orchestrator.runstate.flow_runs import FlowRuns
 from orchestrator.runstate.leases import Leases
+from orchestrator.runstate.linked_runs import LinkedRuns
 from orchestrator.runstate.records import JSON_FIELDS, describe_record
 from orchestrator.runstate.scripts import Scripts
 from orchestrator.runstate.task_cache import TaskCache
@@ -82,6 +84,7 @@ class RunStore:
         self.fleet = Fleet(self.redis)
         self.leases = Leases(self.redis, self.scripts)
         self.task_cache = TaskCache(self.redis, self.ttl)
+        self.linked = LinkedRuns(self.redis, self.flow_runs, self.ttl)
 
     def pipeline(self) -> Any:
         """A pipeline that queues writes of several repositories for one round trip (``execute()``)."""

@@ -238,6 +238,8 @@ class TaskRuns:
                 keys.flow_run(root),
                 keys.flow_done(root),
                 keys.tolerant(root),
+                keys.waiters(root),
+                keys.DELAYED,
             ],
             args=[
                 trid,

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 class Engine(ABC):
     """Runs (or records) the task calls a flow body makes."""
 
+    # Whether ``await async_subflow(...)`` may run the subflow in a thread (see runtime.aio.subflow_call).
+    subflows_in_threads = True
+
     @abstractmethod
     def submit(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any]) -> Future[Any]:
         """Start ``task`` once its upstreams are done; return its future at once."""
@@ -38,6 +41,19 @@ class Engine(ABC):
     @abstractmethod
     def call_subflow(self, flow: Flow, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """A flow called inside another flow's body: a child flow run."""
+
+    def submit_subflow(self, flow: Flow, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[Any]:
+        """``child.submit(...)``: a child flow run started at once; its future gives its value."""
+        raise NotImplementedError(f"{type(self).__name__} cannot submit subflows")
+
+    def trigger_flow(self, flow: Flow, parameters: dict[str, Any], *, queue: str | None, name: str | None) -> Any:
+        """``child.delay()`` / ``apply_async`` inside a body: what it returns there, or None to send it as
+        from outside a flow (an in-process run sends it to the fleet)."""
+        return None
+
+    def run_deployment(self, deployment: str, parameters: dict[str, Any], *, wait: bool) -> Any:
+        """``run_deployment`` inside a body: what it returns there, or None to ask the API as from outside."""
+        return None
 
     @abstractmethod
     def wait(self, futures: list[Future[Any]], timeout: float | None) -> DoneAndNotDone:

@@ -6,7 +6,7 @@ reads the same whatever runs it. ``wait`` and ``as_completed`` follow Prefect 3.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 from orchestrator.states import StateType
@@ -36,6 +36,12 @@ class Future(Generic[R]):
     def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> R:
         """The task's return value; raises the run's error if it did not complete."""
         raise NotImplementedError
+
+    def __await__(self) -> Generator[Any, None, R]:
+        """``await future`` in an async flow body: its result, waited for without blocking the loop."""
+        from orchestrator.runtime.aio import result_of  # on use: aio imports the engine, which imports us
+
+        return result_of(self).__await__()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.label} {self.task_run_id}>"

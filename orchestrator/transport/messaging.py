@@ -147,6 +147,13 @@ def flow_deadline_message(run_id: str, timeout: float, queue: str) -> SignatureD
     return dict(make_signature(FLOW_DEADLINE_TASK, {"run_id": run_id, "timeout": timeout}, queue=queue))
 
 
+def start_flow_run_message(flow_name: str, run_id: str, queue: str) -> SignatureData:
+    """The start message of a flow run whose record exists, to send later through the delayed set
+    (a child run a plan node starts: written in the same transaction as the child's record)."""
+    kwargs = {"flow": flow_name, "run_id": run_id, "dynamic": False}
+    return dict(make_signature(START_FLOW_RUN_TASK, kwargs, queue=queue, task_id=f"start-{run_id}"))
+
+
 def retry_flow_run_message(run_id: str, attempt: int, queue: str) -> SignatureData:
     """The message that starts attempt ``attempt`` of a flow run (sent by a worker of ``queue`` when it is due)."""
     return dict(make_signature(RETRY_FLOW_RUN_TASK, {"run_id": run_id, "attempt": attempt}, queue=queue))

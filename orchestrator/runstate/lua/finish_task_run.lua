@@ -1,6 +1,6 @@
 -- FAILED and FINAL are tables of state names, defined by runstate.scripts from orchestrator.states.
 -- KEYS: task hash, finals, events, remaining, result, join pending, join sigs, root flow run, root latch,
---       tolerant set
+--       tolerant set, waiters of the root flow run, delayed messages
 -- ARGV: trid, ttl, maxlen, fields json, event json, state, result text ('' = none), downstream key,
 --       now, root run id, the Completed event of the root flow run (text of runstate.events.encode)
 -- Returns {left, flow, ready signatures...}: left = task runs of the tree not final (-1: this one
@@ -47,6 +47,9 @@ elseif left == 0 then
       redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'event', ARGV[11])
       redis.call('LPUSH', KEYS[9], 'Completed')
       redis.call('EXPIRE', KEYS[9], ARGV[2])
+      -- parent nodes waiting for this run (a run of its own started by a plan node) are due now
+      for _, m in ipairs(redis.call('LRANGE', KEYS[11], 0, -1)) do redis.call('ZADD', KEYS[12], ARGV[9], m) end
+      redis.call('DEL', KEYS[11])
       out[2] = 'completed'
     end
   end

@@ -1,4 +1,4 @@
-"""A small HTTP client for the API (used by the CLI; usable from scripts).
+"""A small HTTP client for the API (the CLI, run_deployment, and scripts use it).
 
 It finds the API at ``ORCHESTRATOR_API_URL`` and sends ``ORCHESTRATOR_API_KEY`` as
 a Bearer token when set. Every failure becomes an :class:`ApiError` carrying the

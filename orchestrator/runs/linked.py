@@ -1,0 +1,44 @@
+"""What a parent sees of a run of its own it started: its state, and its result as a node's value.
+
+A ``flow_run`` node that waits for its child ends with the child's return value (the parent's
+downstream tasks fetch it by reference like any task result); one that does not wait ends with
+the child's run id. A dynamic body's future on a child reads the same outcome.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from orchestrator.data.references import any_pickled, resolve
+from orchestrator.data.serialization import dumps
+from orchestrator.runstate.store import RunStore
+from orchestrator.states import StateType
+
+
+@dataclass(frozen=True)
+class LinkedOutcome:
+    """A child run's final state, why, and (Completed) its return value as stored result text."""
+
+    state: StateType
+    message: str
+    result_text: str | None
+
+
+def linked_outcome(store: RunStore, run_id: str) -> LinkedOutcome | None:
+    """The child's outcome once it is final (None before). A result that cannot be read fails the outcome."""
+    record, results = store.flow_runs.read_outcome(run_id)
+    state = StateType(record["state"]) if record.get("state") else None
+    if state is None or not state.is_final:
+        return None
+    message = record.get("message", "")
+    if state is not StateType.COMPLETED:
+        return LinkedOutcome(state, message, None)
+    returns = json.loads(record.get("returns") or "null")
+    where = f"flow run {run_id} result"
+    try:
+        value = resolve(returns, store, allow_pickle=True, inline_pickle=False, where=where, prefetched=results)
+        text = dumps(value, "pickle" if any_pickled(store, returns) else "json", where)
+    except Exception as exc:  # expired or refused: the parent must learn why, not hang
+        return LinkedOutcome(StateType.FAILED, f"its result cannot be read: {exc}", None)
+    return LinkedOutcome(state, message, text)
