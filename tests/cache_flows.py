@@ -102,6 +102,12 @@ def prefect_style(token: str, x: int) -> int:
     return x
 
 
+@task(cache_policy=INPUTS)
+async def async_cached(token: str, x: int) -> int:
+    executed(token)
+    return x + 100
+
+
 class Opaque:
     """A value that has no JSON form (it travels pickled)."""
 
@@ -199,6 +205,12 @@ def flow_parameters_flow(token: str, day: str, scale: int = 1) -> int:
 @flow(name="cache-prefect-style", queue=QUEUE)
 def prefect_style_flow(token: str, x: int) -> int:
     return prefect_style.submit(token, x)  # type: ignore[no-any-return]
+
+
+@flow(name="cache-async", queue=QUEUE)
+def async_flow(token: str, x: int) -> list[int]:
+    first = async_cached.submit(token, x)
+    return [first, async_cached.submit(token, x, wait_for=[first])]  # type: ignore[list-item]
 
 
 @flow(name="cache-opaque", queue=QUEUE)

@@ -112,6 +112,15 @@ def test_a_dynamic_body_calling_a_cached_task_twice_executes_it_once(cache_worke
     assert sorted(r["cached"] for r in rows if r["name"] == cf.by_inputs.name) == ["0", "1"]
 
 
+def test_an_async_task_is_cached_like_a_sync_one(cache_worker: subprocess.Popen[bytes]) -> None:
+    tok = token()
+    value, rows, _ = run(cf.async_flow, tok, 1)
+    assert value == [101, 101] and executions(tok) == 1
+    assert sorted(r["cached"] for r in rows) == ["0", "1"]
+    local = token()
+    assert cf.async_flow(local, 2) == [102, 102] and executions(local) == 1  # in-process too
+
+
 def test_task_source_ignores_the_inputs(cache_worker: subprocess.Popen[bytes]) -> None:
     first, second = token(), token()
     run(cf.source_flow, first)  # maybe cached by an earlier session's test: the count says
