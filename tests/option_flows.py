@@ -97,6 +97,11 @@ def timeout_dynamic(seconds: float) -> float:
 
 
 @flow(queue=QUEUE)
+def timeout_mapped(seconds: float) -> list[float]:
+    return sleeper.with_options(timeout_seconds=1).map(ident.submit([seconds]))  # type: ignore[no-any-return]
+
+
+@flow(queue=QUEUE)
 def timeout_on_retry(marker: str, seconds: float) -> str:
     changed = fails_then_sleeps.with_options(retries=1, retry_delay_seconds=0.5, timeout_seconds=1)
     return changed.submit(marker, seconds)  # type: ignore[no-any-return]

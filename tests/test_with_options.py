@@ -89,6 +89,25 @@ def test_a_task_run_name_naming_an_unknown_parameter_is_refused_at_decoration() 
         of.load.with_options(task_run_name="x-{tabel}")
 
 
+def test_a_name_made_from_literal_arguments_is_in_the_message_flower_shows() -> None:
+    plan = of.named_runs.plan("users")
+    compiled = compile_plan(plan)
+    labels = {n.label for n in plan.nodes.values()}
+    assert {"load-users", "load-1", "load-2"} <= labels  # the others need an upstream's value or the run context
+    node = next(n for n in plan.nodes.values() if n.label == "load-users")
+    message = next(s for s in _signatures(compiled.canvas) if s.options.get("task_id") == node.id)
+    assert message.kwargs["run"]["label"] == "load-users"
+
+
+def _signatures(sig: Any) -> Iterator[Any]:
+    tasks = getattr(sig, "tasks", None)
+    if tasks is None:
+        yield sig
+        return
+    for item in tasks:
+        yield from _signatures(item)
+
+
 def test_a_lambda_hook_is_refused_when_the_task_is_sent_to_workers_and_runs_in_process() -> None:
     with pytest.raises(DefinitionError, match=r"with_options\(hooks=...\).*lambda.*cannot be sent to workers"):
         compile_plan(of.lambda_hooked.plan(1))
@@ -124,12 +143,14 @@ def test_task_run_names_in_process() -> None:
 
 
 # -- on the fleet --------------------------------------------------------------------------------
-@pytest.mark.parametrize("flow_", [of.timeout_static, of.timeout_dynamic], ids=["static", "dynamic"])
+@pytest.mark.parametrize(
+    "flow_", [of.timeout_static, of.timeout_dynamic, of.timeout_mapped], ids=["static", "dynamic", "mapped"]
+)
 def test_a_changed_timeout_stops_the_task_on_the_fleet(option_workers: None, flow_: Any) -> None:
     run = flow_.delay(4)
     assert run.wait(timeout=30) is StateType.FAILED
-    (row,) = by_task(run, "sleeper")
-    assert row["state"] == "TimedOut" and "ran past timeout_seconds=1" in row["message"]
+    row = next(r for r in by_task(run, "sleeper") if r["state"] == "TimedOut")  # (a map: its one mapped run)
+    assert "ran past timeout_seconds=1" in row["message"]
     assert float(row["ended"]) - float(row["started"]) < 3  # stopped at about 1 s, not after the 4 s sleep
 
 
