@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from orchestrator import task
-from orchestrator.authoring.options import resolve_reference
+from orchestrator.authoring.options import resolve_reference, time_limits
 from orchestrator.data.results import read_persisted
 from orchestrator.devstack.localstack import ApiProcess, api_server, worker
 from orchestrator.errors import DefinitionError, FlowRunFailed
@@ -112,6 +112,20 @@ def test_a_lambda_hook_is_refused_when_the_task_is_sent_to_workers_and_runs_in_p
     with pytest.raises(DefinitionError, match=r"with_options\(hooks=...\).*lambda.*cannot be sent to workers"):
         compile_plan(of.lambda_hooked.plan(1))
     assert of.lambda_hooked(1) == 1
+
+
+def test_a_flow_copy_with_changed_hooks_is_refused_for_a_run_sent_to_workers() -> None:
+    changed = of.child.with_options(on_completion=of.record_hook)
+    with pytest.raises(DefinitionError, match=r"with_options\(on_completion=...\) holds in-process only"):
+        changed.delay(1)  # refused before anything is written or sent
+    assert changed.hooks["on_completion"] == [of.record_hook] and not of.child.hooks["on_completion"]
+
+
+def test_a_changed_timeout_becomes_celerys_per_message_limits() -> None:
+    assert time_limits({}) == {}
+    assert time_limits({"timeout_seconds": 2}) == {"soft_time_limit": 2.0, "time_limit": 7.0}
+    unlimited = time_limits({"timeout_seconds": None})  # None would mean "the registered limit" to Celery
+    assert unlimited["soft_time_limit"] == unlimited["time_limit"] >= 10**8
 
 
 def test_a_message_never_makes_a_worker_import_a_module() -> None:
