@@ -169,7 +169,11 @@ class DynamicEngine(Engine):
         inline, stored = inline_or_stored(inputs)
         message: dict[str, Any] = {"run": run, "inputs": inline}
         declared = registry.get_task(task.name)
-        overrides = message_overrides(task.name, task.options, declared.options if declared is not None else None)
+        overrides = (
+            {}  # the registered task itself: nothing changed
+            if declared is task
+            else message_overrides(task.name, task.options, declared.options if declared is not None else None)
+        )
         if overrides:  # task.with_options(...) in the body: the worker applies these (as in a compiled plan)
             message["options"] = overrides
         sig = make_signature(
