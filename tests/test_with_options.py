@@ -136,6 +136,7 @@ def test_a_message_never_makes_a_worker_import_a_module() -> None:
     with pytest.raises(DefinitionError, match="plain module-level function"):
         resolve_reference("os:environ")  # not a function
     assert resolve_reference("tests.option_flows:record_hook") is of.record_hook
+    assert resolve_reference("builtins:ValueError") is ValueError  # retry_on's exception classes
 
 
 # -- in-process ----------------------------------------------------------------------------------
