@@ -27,7 +27,7 @@ from orchestrator.runs.lifecycle import after_final, end_task_run, finish_flow_r
 from orchestrator.runstate import slots as concurrency
 from orchestrator.runstate.store import RunStore, get_store, now
 from orchestrator.runtime import aio
-from orchestrator.runtime.attempts import Outcome, decide, describe, format_traceback
+from orchestrator.runtime.attempts import Outcome, decide, format_traceback, timed_out_message
 from orchestrator.runtime.context import RunInfo, using
 from orchestrator.runtime.engine import call_bound
 from orchestrator.runtime.run_logger import prints_logged
@@ -35,6 +35,7 @@ from orchestrator.runtime.signals import RETRY
 from orchestrator.states import StateType
 
 from .heartbeat import HEARTBEATS
+from .naming import named_run
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +253,8 @@ def _run_holding_slots(
             failed_as_none=allowed,
             prefetched=started.results,
         )
+        if task.task_run_name is not None:  # the name is made from the resolved arguments
+            run = named_run(store, task, run, kwargs, info)
         HEARTBEATS.begin(trid, crash_record(run, task, attempt, retries_used) | {"slots": held, "start": started.start})
         try:
             with using(None, info), prints_logged(task.log_prints):
@@ -308,5 +311,5 @@ def _outcome(task: Task, exc: BaseException, retries_used: int, attempt: Attempt
     if isinstance(exc, SerializationError):  # deterministic: retrying cannot help
         return Outcome(StateType.FAILED, str(exc))
     if attempt.is_timeout(exc) or isinstance(exc, TaskTimedOut):
-        return Outcome(StateType.TIMED_OUT, f"ran past timeout_seconds={task.timeout_seconds} ({describe(exc)})")
+        return Outcome(StateType.TIMED_OUT, timed_out_message(task, exc))
     return decide(task, exc, retries_used, poking_for)

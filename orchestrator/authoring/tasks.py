@@ -12,7 +12,15 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from orchestrator.authoring.definitions import check_callable, why_not_importable
 from orchestrator.authoring.hooks import Hook, collect_hooks
+from orchestrator.authoring.options import (
+    apply_callable_options,
+    callable_options,
+    given_options,
+    registering,
+    task_with_options,
+)
 from orchestrator.authoring.registry import register_task
+from orchestrator.authoring.task_run_names import TaskRunName, check_task_run_name
 from orchestrator.authoring.triggers import DEFAULT_TRIGGER, check_trigger
 from orchestrator.data.serialization import check_serializer
 from orchestrator.errors import DefinitionError, OrchestratorError
@@ -92,7 +100,9 @@ class Task(Generic[P, R]):
         on_cancellation: Hook | Sequence[Hook] | None = None,
         log_prints: bool | None = None,
         persist_result: bool = False,
+        task_run_name: TaskRunName | None = None,
     ) -> None:
+        self.options_given = given_options(locals())  # what with_options starts from
         check_callable(fn, "task")
         self.fn = fn
         self.is_async = inspect.iscoroutinefunction(fn)  # its call returns a coroutine (runtime/aio.py runs it)
@@ -129,9 +139,16 @@ class Task(Generic[P, R]):
         self.tags = list(tags)
         self.queue = _checked_queue(queue, where)
         self.result_serializer = check_serializer(result_serializer, where)
+        self.task_run_name = check_task_run_name(task_run_name, fn, where)
+        self.display_name: str | None = None  # with_options(name=...): labels its task runs
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
-        if why_not_importable(fn) is None:
+        if why_not_importable(fn) is None and registering():
             register_task(self)
+
+    @property
+    def label_base(self) -> str:
+        """What this task's run labels start with: its display name, else its function's name."""
+        return self.display_name or self.fn.__name__
 
     def retry_delay(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (from 1), jitter included."""
@@ -165,6 +182,7 @@ class Task(Generic[P, R]):
             "persist_result": self.persist_result,
             "tags": self.tags,
             "result_serializer": self.result_serializer,
+            **callable_options(self),
         }
 
     def importable_or_raise(self) -> None:
@@ -181,23 +199,12 @@ class Task(Generic[P, R]):
                 clone.retry_delays = _delays(value, f"task {self.name!r}")
             elif key in MESSAGE_OPTIONS:
                 setattr(clone, key, value)
+        apply_callable_options(clone, options)
         return clone
 
     def with_options(self, **options: Any) -> Task[P, R]:
-        """A copy of this task with some options changed (same Celery task name)."""
-        clone = copy.copy(self)
-        for key, value in options.items():
-            if key == "retry_delay_seconds":
-                clone.retry_delays = _delays(value, f"task {self.name!r}")
-            elif key == "trigger":
-                clone.trigger = check_trigger(value, f"task {self.name!r}")
-            elif key == "queue":
-                clone.queue = _checked_queue(value, f"task {self.name!r}")
-            elif key in {*MESSAGE_OPTIONS, "retry_on", "retry_condition_fn"}:
-                setattr(clone, key, value)
-            else:
-                raise DefinitionError(f"task {self.name!r}: unknown option {key!r}.")
-        return clone
+        """A copy of this task with some ``@task`` options changed (same Celery task name; see docs/options.md)."""
+        return task_with_options(self, options)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         engine = current_engine()
@@ -256,6 +263,7 @@ def task(
     on_cancellation: Hook | Sequence[Hook] | None = None,
     log_prints: bool | None = None,
     persist_result: bool = False,
+    task_run_name: TaskRunName | None = None,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 
