@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import socket
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from billiard.exceptions import WorkerLostError
@@ -26,7 +27,7 @@ from celery.worker.request import Request
 
 from orchestrator.authoring import registry
 from orchestrator.authoring.hooks import call_hooks
-from orchestrator.authoring.options import flow_from_record, time_limits
+from orchestrator.authoring.options import flow_from_record, registered_time_limits, time_limits
 from orchestrator.authoring.params import coerce_parameters
 from orchestrator.authoring.tasks import Task
 from orchestrator.data.references import any_pickled, resolve
@@ -63,6 +64,7 @@ from orchestrator.transport.messaging import CeleryMessaging
 from .driver import start_driver
 from .executor import Ending, end_completed, end_failed, full_run, gate, run_task, start_record
 from .linked_runs import run_linked_flow as start_linked_flow
+from .time_limits import hold_off_soft_limit
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,16 @@ class CeleryAttempt:
         self.celery_task = celery_task
         self.number = int(celery_task.request.retries or 0) + 1
         self.worker = celery_task.request.hostname or socket.gethostname()
+        self._restore_limit: Callable[[], None] | None = None
+
+    def hold_off_time_limit(self) -> None:
+        if self._restore_limit is None:
+            self._restore_limit = hold_off_soft_limit()
+
+    def restore_time_limit(self) -> None:
+        if self._restore_limit is not None:
+            self._restore_limit()
+            self._restore_limit = None
 
     def retry(self, delay: float, retries_used: int) -> NoReturn:
         """Schedule the next attempt; a delayed one waits in Redis, not as a broker ETA."""
@@ -227,9 +239,7 @@ def register_user_task(app: Celery, task: Task) -> None:
     """Register ``task`` as a Celery task under its own name."""
     if task.name in app.tasks:
         return
-    limits: dict[str, Any] = {}
-    if task.timeout_seconds:
-        limits = {"soft_time_limit": task.timeout_seconds, "time_limit": task.timeout_seconds + 5}
+    limits = registered_time_limits(task.timeout_seconds, is_async=task.is_async)
 
     def entry(
         self: CeleryTask,
@@ -322,7 +332,7 @@ def register_builtin_tasks(app: Celery) -> None:
                 queue=queue,
                 task_id=child,
                 app=self.app,
-                limits=time_limits(options or {}),
+                limits=time_limits(options or {}, is_async=target is not None and target.is_async),
             )
             for i, (child, inputs_i) in enumerate(zip(ids, carried, strict=True))
         ]

@@ -215,7 +215,7 @@ class DynamicEngine(Engine):
             queue=task.queue or self.queue,
             task_id=trid,
             app=self.app,
-            limits=time_limits(overrides),
+            limits=time_limits(overrides, is_async=task.is_async),
         )
         new = NewTaskRun(trid, label, task.name, self.flow_run_id, self.root)
         self.store.task_runs.add_to_dynamic_tree(new, stored)  # the root's set holds the whole tree

@@ -69,6 +69,12 @@ class Attempt(Protocol):
     def wait(self, delay: float, why: str) -> NoReturn:
         """Send this same attempt again in ``delay`` seconds, from Redis (raises to end this execution)."""
 
+    def hold_off_time_limit(self) -> None:
+        """The task's function has ended: a time limit arriving now must not interrupt recording its end."""
+
+    def restore_time_limit(self) -> None:
+        """The attempt is over: time limits apply again (to the next task this process runs)."""
+
 
 def full_run(run: dict[str, Any], message_id: str) -> dict[str, Any]:
     """Complete a message's compact run ids: the message id is the task run id."""
@@ -180,6 +186,8 @@ def run_task(
     try:
         return _run_holding_slots(store, task, run, inputs, attempt, retries_used, allowed, held)
     finally:
+        if task.timeout_seconds:
+            attempt.restore_time_limit()
         concurrency.release(store, run["task_run_id"], held)
 
 
@@ -263,6 +271,8 @@ def _run_holding_slots(
                     value = aio.run(value, task.timeout_seconds)
         finally:
             HEARTBEATS.end(trid)
+            if task.timeout_seconds:  # ended (or timed out): a late soft limit must not cut the bookkeeping
+                attempt.hold_off_time_limit()
         text = dumps(value, task.result_serializer, where)
         if task.persist_result:
             persist(trid, text)  # before Completed: a completed persisted result is always on storage

@@ -199,18 +199,29 @@ def _flatten(value: Any) -> Iterator[Any]:
         yield value
 
 
-def time_limits(overrides: dict[str, Any]) -> dict[str, Any]:
+def time_limits(overrides: dict[str, Any], *, is_async: bool = False) -> dict[str, Any]:
     """Celery's per-message soft and hard time limits for a changed ``timeout_seconds`` (else none).
 
     A worker fixes a task's limits when it registers it; a message's own limits win. None
     cannot say "no limit" (Celery then uses the registered one), so it becomes a very long one.
+    An async task gets no soft limit: its own loop cancels it at the timeout (a signal landing
+    in the loop's machinery could be swallowed there), and the hard limit stays the backstop.
     """
     if "timeout_seconds" not in overrides:
         return {}
     timeout = overrides["timeout_seconds"]
     if not timeout:
         return {"soft_time_limit": NO_TIME_LIMIT, "time_limit": NO_TIME_LIMIT}
-    return {"soft_time_limit": float(timeout), "time_limit": float(timeout) + HARD_LIMIT_MARGIN}
+    soft = NO_TIME_LIMIT if is_async else float(timeout)
+    return {"soft_time_limit": soft, "time_limit": float(timeout) + HARD_LIMIT_MARGIN}
+
+
+def registered_time_limits(timeout: float | None, *, is_async: bool) -> dict[str, Any]:
+    """The limits a worker registers a task with (see :func:`time_limits`)."""
+    if not timeout:
+        return {}
+    hard = {"time_limit": float(timeout) + HARD_LIMIT_MARGIN}
+    return hard if is_async else {"soft_time_limit": float(timeout)} | hard
 
 
 def _resolved(task_name: str, option: str, ref: str) -> Any:

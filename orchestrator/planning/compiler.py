@@ -130,7 +130,8 @@ def node_signature(
         overrides = option_overrides(node)
         if overrides:  # task.with_options(...) in the flow: the worker applies these
             kwargs["options"] = overrides
-            limits = time_limits(overrides)
+            declared = get_task(node.name)
+            limits = time_limits(overrides, is_async=declared is not None and declared.is_async)
     elif node.kind == "map":
         name = EXPAND_MAP_TASK
         kwargs = {"run": run, "task": node.name, "inputs": inputs, "queue": node.queue}
