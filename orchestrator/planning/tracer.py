@@ -321,6 +321,8 @@ class TracingEngine(Engine):
                 or (flow.queue if flow is not None else None)
                 or (self.queue if link == "subflow" else None),
                 "run_name": name,
+                # what with_options changed on the flow (the worker re-imports it by name)
+                "flow_options": flow.run_options.get("flow_options") if flow is not None else None,
             },
             allow=waits[1],
         )
