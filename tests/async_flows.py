@@ -164,7 +164,7 @@ async def probe() -> Any:
 
 @flow(name="async-overrun", queue=SOLO)
 async def overrun(seconds: float, via_options: bool = False) -> Any:
-    """Celery's soft time limit ends overruns; asyncio's timeout ends the with_options one (no Celery limit)."""
+    """A declared timeout ends overruns; a with_options one ends marks_and_sleeps (both by the task's own loop)."""
     if via_options:
         return marks_and_sleeps.with_options(timeout_seconds=1).submit(seconds)
     return overruns.submit(seconds)

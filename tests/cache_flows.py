@@ -229,3 +229,11 @@ def dynamic_flow(token: str) -> int:
 def lock_flow(token: str) -> int:
     """In-process only: a lock has no JSON form, so INPUTS cannot hash it."""
     return takes_opaque(token, threading.Lock())  # type: ignore[no-any-return]
+
+
+@flow(name="cache-dynamic-refresh", queue=QUEUE)
+def dynamic_refresh_flow(token: str) -> int:
+    """A dynamic body: its with_options(refresh_cache=True) copy travels in the driver's message."""
+    first = stamped(token)
+    second = stamped.with_options(refresh_cache=True)(token)
+    return first + 10 * second

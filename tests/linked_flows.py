@@ -145,3 +145,9 @@ def dynamic_parent(n: int) -> list[int]:
 @flow(queue=QUEUE)
 def runs_a_deployment(deployment: str, wait: bool) -> Any:
     return run_deployment(deployment, {"value": 41}, wait=wait)
+
+
+@flow(queue=QUEUE)
+def names_its_child() -> dict[str, Any]:
+    """A with_options subflow that computes with its inputs: its run of its own keeps the options."""
+    return total.with_options(flow_run_name="sum-of-{a}-and-{b}")(add(1, 0), 2)  # type: ignore[return-value]

@@ -245,8 +245,7 @@ def test_log_prints_of_an_async_task_reach_the_run_log(async_workers: None) -> N
 
 def test_the_loop_of_a_worker_is_reused_and_survives_timeouts(async_workers: None) -> None:
     """On a one-process worker every task runs in the same thread: the same loop object each time,
-    also after a task that ran past its timeout (Celery's soft limit, or asyncio's own for a
-    timeout given with with_options)."""
+    also after a task that ran past its timeout (one declared, and one given with with_options)."""
     first = af.probe.delay().result(timeout=60)
     for via_options in (False, True):
         run = af.overrun.delay(30, via_options)

@@ -30,6 +30,7 @@ import pytest
 
 from orchestrator import INPUTS, NO_CACHE, RUN_ID, TASK_SOURCE, task
 from orchestrator.authoring.caching import CacheContext, CacheSettings, policy_from_spec
+from orchestrator.authoring.options import message_overrides
 from orchestrator.devstack.localstack import ApiProcess, api_server, worker
 from orchestrator.errors import CacheKeyError, DefinitionError, TaskRunFailed
 from orchestrator.local.cache import clear_local_cache
@@ -213,6 +214,12 @@ def test_refresh_cache_executes_and_overwrites_the_entry(cache_worker: subproces
     assert executions(tok) == 2
 
 
+def test_refresh_cache_given_with_options_holds_in_a_dynamic_body(cache_worker: subprocess.Popen[bytes]) -> None:
+    tok = token()
+    assert run(cf.dynamic_refresh_flow, tok)[0] == 1 + 10 * 2  # executed, then refreshed: executed again
+    assert executions(tok) == 2
+
+
 def test_two_worker_processes_share_the_cache(
     cache_worker: subprocess.Popen[bytes], other_worker: subprocess.Popen[bytes]
 ) -> None:
@@ -352,9 +359,16 @@ def test_cache_options_travel_in_messages_and_are_checked_at_declaration() -> No
     assert CacheSettings.from_spec(spec) == changed.cache
     assert cf.by_inputs.with_message_options({"cache": spec}).cache == changed.cache  # what the worker rebuilds
     assert "cache" not in cf.make_opaque.options  # a task without cache options sends nothing more
-    unsendable = policy_from_spec(cf.by_inputs.with_options(cache_key_fn=lambda c, p: "k").options["cache"]["policy"])
-    with pytest.raises(CacheKeyError, match="lambda"):
-        unsendable.compute_key(CacheContext(cf.by_inputs, "tr", "fr"), {})
+    with_lambda = cf.by_inputs.with_options(cache_key_fn=lambda c, p: "k")  # fine in-process, refused on the way out
+    with pytest.raises(DefinitionError, match="cannot be sent to workers"):
+        message_overrides(with_lambda.name, with_lambda.options, cf.by_inputs.options)
+    named = cf.by_inputs.with_options(cache_key_fn=cf.key_by_x)  # by name: the worker finds it in its module
+    assert named.with_message_options(message_overrides(named.name, named.options, cf.by_inputs.options)).cache == (
+        named.cache
+    )
+    unknown = policy_from_spec({"kind": "key_fn", "fn": "tests.cache_flows:no_such_function"})
+    with pytest.raises(CacheKeyError, match="no_such_function"):  # fails the task run, saying why
+        unknown.compute_key(CacheContext(cf.by_inputs, "tr", "fr"), {})
     with pytest.raises(DefinitionError, match="not both"):
         task(cache_policy=INPUTS, cache_key_fn=cf.key_by_x)(_plain)
     with pytest.raises(DefinitionError, match="no cache_policy"):

@@ -106,6 +106,13 @@ def test_retrying_a_parent_reruns_only_the_child_that_failed(
     assert children[0]["id"] != children[1]["id"]
 
 
+def test_a_with_options_child_run_keeps_its_options(linked_worker: subprocess.Popen[bytes]) -> None:
+    run = linked_flows.names_its_child.delay()
+    assert run.result(timeout=60)["value"] == 3
+    (child,) = children_of(get_store(), run.id)
+    assert child["name"] == "sum-of-1-and-2"
+
+
 def test_delay_in_a_body_is_a_planned_node_whose_value_is_the_linked_run_id(
     linked_worker: subprocess.Popen[bytes],
 ) -> None:

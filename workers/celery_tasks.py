@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import socket
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from billiard.exceptions import WorkerLostError
@@ -26,6 +27,7 @@ from celery.worker.request import Request
 
 from orchestrator.authoring import registry
 from orchestrator.authoring.hooks import call_hooks
+from orchestrator.authoring.options import flow_from_record, registered_time_limits, time_limits
 from orchestrator.authoring.params import coerce_parameters
 from orchestrator.authoring.tasks import Task
 from orchestrator.data.references import any_pickled, resolve
@@ -62,6 +64,7 @@ from orchestrator.transport.messaging import CeleryMessaging
 from .driver import start_driver
 from .executor import Ending, end_completed, end_failed, full_run, gate, run_task, start_record
 from .linked_runs import run_linked_flow as start_linked_flow
+from .time_limits import hold_off_soft_limit
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,16 @@ class CeleryAttempt:
         self.celery_task = celery_task
         self.number = int(celery_task.request.retries or 0) + 1
         self.worker = celery_task.request.hostname or socket.gethostname()
+        self._restore_limit: Callable[[], None] | None = None
+
+    def hold_off_time_limit(self) -> None:
+        if self._restore_limit is None:
+            self._restore_limit = hold_off_soft_limit()
+
+    def restore_time_limit(self) -> None:
+        if self._restore_limit is not None:
+            self._restore_limit()
+            self._restore_limit = None
 
     def retry(self, delay: float, retries_used: int) -> NoReturn:
         """Schedule the next attempt; a delayed one waits in Redis, not as a broker ETA."""
@@ -226,9 +239,7 @@ def register_user_task(app: Celery, task: Task) -> None:
     """Register ``task`` as a Celery task under its own name."""
     if task.name in app.tasks:
         return
-    limits: dict[str, Any] = {}
-    if task.timeout_seconds:
-        limits = {"soft_time_limit": task.timeout_seconds, "time_limit": task.timeout_seconds + 5}
+    limits = registered_time_limits(task.timeout_seconds, is_async=task.is_async)
 
     def entry(
         self: CeleryTask,
@@ -253,8 +264,18 @@ def register_builtin_tasks(app: Celery) -> None:
     """The node kinds that are not user code: map expansion, map join, subflow end, start."""
 
     @app.task(name=EXPAND_MAP_TASK, bind=True, ignore_result=True)
-    def expand_map(self: CeleryTask, run: dict[str, Any], task: str, inputs: dict[str, Any] | None, queue: str) -> None:
-        """Expand a map over an upstream result into one task run per element, then join."""
+    def expand_map(
+        self: CeleryTask,
+        run: dict[str, Any],
+        task: str,
+        inputs: dict[str, Any] | None,
+        queue: str,
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        """Expand a map over an upstream result into one task run per element, then join.
+
+        ``options``: the mapped task's with_options changes, carried on to each mapped run.
+        """
         store = get_store()
         attempt = CeleryAttempt(self)
         run = full_run(run, self.request.id)
@@ -299,16 +320,19 @@ def register_builtin_tasks(app: Celery) -> None:
             elif text is not None:
                 store.task_runs.keep_input(pipe, run["root"], child, text)
         pipe.execute()
+        changed = {"options": options} if options else {}
         header = [
             make_signature(
                 task,
                 {
                     "run": message_run(run["root"], run["flow_run_id"], f"{run.get('label')}[{i}]"),
                     "inputs": inputs_i,
+                    **changed,
                 },
                 queue=queue,
                 task_id=child,
                 app=self.app,
+                limits=time_limits(options or {}, is_async=target is not None and target.is_async),
             )
             for i, (child, inputs_i) in enumerate(zip(ids, carried, strict=True))
         ]
@@ -394,6 +418,7 @@ def register_builtin_tasks(app: Celery) -> None:
             message = f"worker {self.request.hostname} cannot retry flow {record.get('flow')!r}: it does not import it"
             end_flow_run(store, run_id, StateType.FAILED, message + "; start it with --flows.")
             return
+        definition = flow_from_record(definition, record.get("flow_options"))
         parameters = definition.complete_parameters(from_jsonable(json.loads(record.get("parameters", "{}"))))
         store.flow_runs.write(run_id, {"attempt": str(attempt), "body_error": ""})
         start_driver(self.app, definition, run_id, parameters, record.get("queue") or "default", retrying=True)
@@ -422,6 +447,7 @@ def register_builtin_tasks(app: Celery) -> None:
             )
             return
         queue = record.get("queue") or self.request.delivery_info.get("routing_key") or "default"
+        definition = flow_from_record(definition, record.get("flow_options"))  # a with_options flow sent by .delay()
         store.flow_runs.write(run_id, definition.run_options)
         try:
             given = from_jsonable(json.loads(record.get("parameters", "{}")))

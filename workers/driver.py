@@ -19,7 +19,10 @@ from typing import Any
 
 from celery import Celery
 
+from orchestrator.authoring import registry
 from orchestrator.authoring.flows import Flow
+from orchestrator.authoring.options import message_overrides, time_limits
+from orchestrator.authoring.task_run_names import planned_name
 from orchestrator.authoring.tasks import Task
 from orchestrator.authoring.triggers import DEFAULT_TRIGGER
 from orchestrator.config.settings import get_settings
@@ -187,20 +190,32 @@ class DynamicEngine(Engine):
             upstream.append(ref[REF])
             if ref.get("allow_failure"):
                 allow.append(ref[REF])
-        count = self._counts.get(task.fn.__name__, 0)
-        self._counts[task.fn.__name__] = count + 1
-        trid, label = str(uuid.uuid4()), f"{task.fn.__name__}-{count}"
+        count = self._counts.get(task.label_base, 0)
+        self._counts[task.label_base] = count + 1
+        trid, label = str(uuid.uuid4()), f"{task.label_base}-{count}"
+        if task.task_run_name is not None:
+            label = planned_name(task.task_run_name, bound, inputs, where) or label
         run = message_run(self.root, self.flow_run_id, label)
         tolerant = task.trigger != DEFAULT_TRIGGER or bool(allow)
         if tolerant:
             run |= {"ups": upstream, "allow": allow, "trigger": task.trigger}
         inline, stored = inline_or_stored(inputs)
+        message: dict[str, Any] = {"run": run, "inputs": inline}
+        declared = registry.get_task(task.name)
+        overrides = (
+            {}  # the registered task itself: nothing changed
+            if declared is task
+            else message_overrides(task.name, task.options, declared.options if declared is not None else None)
+        )
+        if overrides:  # task.with_options(...) in the body: the worker applies these (as in a compiled plan)
+            message["options"] = overrides
         sig = make_signature(
             task.name,
-            {"run": run, "inputs": inline},
+            message,
             queue=task.queue or self.queue,
             task_id=trid,
             app=self.app,
+            limits=time_limits(overrides, is_async=task.is_async),
         )
         new = NewTaskRun(trid, label, task.name, self.flow_run_id, self.root)
         self.store.task_runs.add_to_dynamic_tree(new, stored)  # the root's set holds the whole tree

@@ -27,7 +27,7 @@ from orchestrator.runs.lifecycle import after_final, end_task_run, finish_flow_r
 from orchestrator.runstate import slots as concurrency
 from orchestrator.runstate.store import RunStore, get_store, now
 from orchestrator.runtime import aio
-from orchestrator.runtime.attempts import Outcome, decide, describe, format_traceback
+from orchestrator.runtime.attempts import Outcome, decide, format_traceback, timed_out_message
 from orchestrator.runtime.context import RunInfo, using
 from orchestrator.runtime.engine import call_bound
 from orchestrator.runtime.run_logger import prints_logged
@@ -36,6 +36,7 @@ from orchestrator.states import StateType
 
 from .caching import open_cache
 from .heartbeat import HEARTBEATS
+from .naming import named_run
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,12 @@ class Attempt(Protocol):
 
     def wait(self, delay: float, why: str) -> NoReturn:
         """Send this same attempt again in ``delay`` seconds, from Redis (raises to end this execution)."""
+
+    def hold_off_time_limit(self) -> None:
+        """The task's function has ended: a time limit arriving now must not interrupt recording its end."""
+
+    def restore_time_limit(self) -> None:
+        """The attempt is over: time limits apply again (to the next task this process runs)."""
 
 
 def full_run(run: dict[str, Any], message_id: str) -> dict[str, Any]:
@@ -185,6 +192,8 @@ def run_task(
     try:
         return _run_holding_slots(store, task, run, inputs, attempt, retries_used, allowed, held)
     finally:
+        if task.timeout_seconds:
+            attempt.restore_time_limit()
         concurrency.release(store, run["task_run_id"], held)
 
 
@@ -258,6 +267,8 @@ def _run_holding_slots(
             failed_as_none=allowed,
             prefetched=started.results,
         )
+        if task.task_run_name is not None:  # the name is made from the resolved arguments
+            run = named_run(store, task, run, kwargs, info)
         cache = open_cache(store, task, info, kwargs) if task.cache is not None else None
         if cache is not None and cache.hit is not None:  # cached: the function does not run
             text = cache.hit
@@ -272,6 +283,8 @@ def _run_holding_slots(
                         value = aio.run(value, task.timeout_seconds)
             finally:
                 HEARTBEATS.end(trid)
+                if task.timeout_seconds:  # ended (or timed out): a late soft limit must not cut the bookkeeping
+                    attempt.hold_off_time_limit()
             text = dumps(value, task.result_serializer, where)
         if task.persist_result:
             persist(trid, text)  # before Completed: a completed persisted result is always on storage
@@ -325,5 +338,5 @@ def _outcome(task: Task, exc: BaseException, retries_used: int, attempt: Attempt
     if isinstance(exc, SerializationError):  # deterministic: retrying cannot help
         return Outcome(StateType.FAILED, str(exc))
     if attempt.is_timeout(exc) or isinstance(exc, TaskTimedOut):
-        return Outcome(StateType.TIMED_OUT, f"ran past timeout_seconds={task.timeout_seconds} ({describe(exc)})")
+        return Outcome(StateType.TIMED_OUT, timed_out_message(task, exc))
     return decide(task, exc, retries_used, poking_for)

@@ -20,6 +20,7 @@ import logging
 from typing import Any, NoReturn, Protocol
 
 from orchestrator.authoring import registry
+from orchestrator.authoring.options import flow_from_record
 from orchestrator.data.references import resolve
 from orchestrator.errors import OrchestratorError, RunError
 from orchestrator.runs.api_client import ApiClient
@@ -105,6 +106,8 @@ def _start_child(
         else:
             child_id = linked_run_id(trid, attempt_number)
             definition = registry.get_flow(flow)
+            if definition is not None and link.get("flow_options"):  # a with_options flow called as a subflow
+                definition = flow_from_record(definition, link["flow_options"])
             spec = FlowSpec.of(definition) if definition is not None else FlowSpec(flow)
             start_linked_run(
                 spec,

@@ -27,7 +27,6 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
-import importlib
 import inspect
 import json
 import marshal
@@ -35,7 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.authoring.definitions import why_not_importable
+from orchestrator.authoring.options import UNREFERABLE, reference, resolve_reference
 from orchestrator.data.serialization import to_jsonable
 from orchestrator.errors import CacheKeyError, DefinitionError, SerializationError
 
@@ -43,7 +42,6 @@ if TYPE_CHECKING:
     from orchestrator.authoring.tasks import Task
 
 CacheKeyFn = Callable[["CacheContext", dict[str, Any]], "str | None"]
-CACHE_OPTIONS = frozenset({"cache_policy", "cache_key_fn", "cache_expiration", "refresh_cache"})
 _SET_TAG = "__orc__"
 
 
@@ -123,14 +121,11 @@ class CachePolicy:
     def spec(self) -> dict[str, Any]:
         """The policy as JSON data: how ``task.with_options(cache_policy=...)`` reaches the workers.
 
-        A policy of your own has no such form: declared on ``@task`` it is the worker's own
-        (the message carries nothing); given with ``with_options`` it fails the task run, saying so.
+        A policy class of your own has no such form: declared on ``@task`` it is the worker's
+        own (the message carries nothing); given with ``with_options`` it is refused when the
+        task is sent to workers (the marker below), and works in-process.
         """
-        why = (
-            f"cache policy {self!r} is a class of your own, which a message cannot carry: declare it on "
-            "@task(cache_policy=...) in the module the workers import instead of task.with_options(...)"
-        )
-        return {"kind": "unsendable", "why": why}
+        return {"kind": "custom", "policy": f"{UNREFERABLE}{self!r}"}
 
     @classmethod
     def from_cache_key_fn(cls, cache_key_fn: CacheKeyFn) -> CacheKeyFnPolicy:
@@ -258,18 +253,8 @@ class CacheKeyFnPolicy(CachePolicy):
         return key
 
     def spec(self) -> dict[str, Any]:
-        fn = self.cache_key_fn
-        name = getattr(fn, "__qualname__", repr(fn))
-        reason = why_not_importable(fn) if inspect.isfunction(fn) else f"{fn!r} is not a plain function"
-        if reason is None and fn.__name__ == "<lambda>":
-            reason = "it is a lambda, which has no name to import"
-        if reason:
-            why = (
-                f"cache_key_fn {name} given with task.with_options(...) cannot reach the workers: {reason}. "
-                "Define it at the top level of a module the workers import, or give it to @task(cache_key_fn=...)"
-            )
-            return {"kind": "unsendable", "why": why, "fn": name}
-        return {"kind": "key_fn", "fn": f"{fn.__module__}:{fn.__qualname__}"}
+        # "module:qualname"; a lambda or a nested function gets the marker that refuses it on the way out
+        return {"kind": "key_fn", "fn": reference(self.cache_key_fn)}
 
     def __repr__(self) -> str:
         return f"CacheKeyFnPolicy({getattr(self.cache_key_fn, '__qualname__', self.cache_key_fn)!r})"
@@ -357,7 +342,7 @@ class Unusable(CachePolicy):
         raise CacheKeyError(f"task {context.task.name!r}: {self.why}.", context.task.name)
 
     def spec(self) -> dict[str, Any]:
-        return {"kind": "unsendable", "why": self.why}
+        return {"kind": "unusable", "why": self.why}
 
 
 def policy_from_spec(spec: dict[str, Any]) -> CachePolicy:
@@ -377,25 +362,19 @@ def policy_from_spec(spec: dict[str, Any]) -> CachePolicy:
     }
     if kind in simple:
         return simple[str(kind)]
-    if kind == "unsendable":
-        return Unusable(str(spec.get("why", "its cache policy cannot travel in a message")))
-    return Unusable(f"its message names cache policy {spec!r}, which this worker does not know (older code?)")
+    return Unusable(f"its message names cache policy {spec!r}, which this worker cannot use (other code?)")
 
 
-def _imported_key_fn(path: str) -> CachePolicy:
-    """The policy of the function at ``module:qualname`` (a with_options cache_key_fn, on a worker)."""
-    module, _, qualname = path.partition(":")
+def _imported_key_fn(ref: str) -> CachePolicy:
+    """The policy of the function a message names (a with_options cache_key_fn, on a worker).
+
+    Found only in a module the worker has already imported (never imported because a
+    message says so): see :func:`~orchestrator.authoring.options.resolve_reference`.
+    """
     try:
-        found: Any = importlib.import_module(module)
-        for part in qualname.split("."):
-            found = getattr(found, part)
-    except (ImportError, AttributeError) as exc:
-        why = (
-            f"cache_key_fn {path!r} given with task.with_options(...) cannot be imported on this worker ({exc}); "
-            "start the worker with --flows <the module defining it>"
-        )
-        return Unusable(why)
-    return CacheKeyFnPolicy(found)
+        return CacheKeyFnPolicy(resolve_reference(ref))
+    except DefinitionError as exc:
+        return Unusable(f"cache_key_fn given with task.with_options(...) cannot be used on this worker: {exc}")
 
 
 # -- a task's cache options -------------------------------------------------------------
@@ -431,13 +410,13 @@ def _seconds(value: Any, where: str) -> float | None:
 
 def cache_settings(
     where: str,
-    current: CacheSettings | None = None,
     *,
     cache_policy: CachePolicy | None = None,
     cache_key_fn: CacheKeyFn | None = None,
-    **rest: Any,
+    cache_expiration: dt.timedelta | float | None = None,
+    refresh_cache: bool = False,
 ) -> CacheSettings | None:
-    """A task's cache options from ``@task(...)`` (or ``with_options``, changing ``current``).
+    """A task's cache options from ``@task(...)`` (``with_options`` builds its copy the same way).
 
     None when the task does not cache at all: the executor then checks one attribute and
     goes on. ``cache_key_fn`` is a policy of its own (as in Prefect); giving both is refused.
@@ -452,12 +431,7 @@ def cache_settings(
     if cache_key_fn is not None and not callable(cache_key_fn):
         raise DefinitionError(f"{where}: cache_key_fn must be a function (context, parameters) -> str | None.")
     policy = cache_policy or (CacheKeyFnPolicy(cache_key_fn) if cache_key_fn is not None else None)
-    if policy is None and current is not None:
-        policy = current.policy
-    expiration = _seconds(rest["cache_expiration"], where) if "cache_expiration" in rest else None
-    if "cache_expiration" not in rest and current is not None:
-        expiration = current.expiration
-    refresh = bool(rest.get("refresh_cache", current.refresh if current else False))
+    expiration = _seconds(cache_expiration, where)
     if policy is None:
         if expiration is not None:
             raise DefinitionError(
@@ -465,5 +439,18 @@ def cache_settings(
                 "default here. Add cache_policy=INPUTS + TASK_SOURCE + RUN_ID for what Prefect 3 does by default, "
                 "or another policy."
             )
-        return None if not refresh else CacheSettings(NO_CACHE, None, refresh)
-    return CacheSettings(policy, expiration, refresh)
+        return None if not refresh_cache else CacheSettings(NO_CACHE, None, True)
+    return CacheSettings(policy, expiration, bool(refresh_cache))
+
+
+def exclusive_cache_options(options: dict[str, Any]) -> dict[str, Any]:
+    """``with_options``: a new ``cache_policy`` replaces a declared ``cache_key_fn``, and the other way round.
+
+    A copy is built from the declared options plus the changed ones; without this, changing
+    one of the two on a task declared with the other would give both (refused).
+    """
+    if "cache_policy" in options and "cache_key_fn" not in options:
+        return options | {"cache_key_fn": None}
+    if "cache_key_fn" in options and "cache_policy" not in options:
+        return options | {"cache_policy": None}
+    return options

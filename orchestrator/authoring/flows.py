@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 from orchestrator.authoring.definitions import check_callable, why_not_importable
 from orchestrator.authoring.hooks import Hook, collect_hooks
 from orchestrator.authoring.naming import run_name_problem
+from orchestrator.authoring.options import flow_record_options, flow_with_options, given_options, registering
 from orchestrator.authoring.registry import register_flow
 from orchestrator.errors import DefinitionError, OrchestratorError, ParameterError
 from orchestrator.guards.limits import queue_problem
@@ -50,6 +51,9 @@ class Flow(Generic[P, R]):
         on_cancellation: Hook | Sequence[Hook] | None = None,
         log_prints: bool = False,
     ) -> None:
+        self.options_given = given_options(locals())  # what with_options starts from
+        self.display_name: str | None = None  # with_options(name=...): names its runs
+        self.changed_options: dict[str, Any] = {}  # with_options(...) on the registered flow: kept on .delay() runs
         check_callable(fn, "flow")
         self.fn = fn
         self.is_async = inspect.iscoroutinefunction(fn)  # its body is a coroutine (runtime/aio.py runs it)
@@ -77,8 +81,12 @@ class Flow(Generic[P, R]):
                 "on_cancellation": on_cancellation,
             },
         )
-        if why_not_importable(fn) is None:
+        if why_not_importable(fn) is None and registering():
             register_flow(self)
+
+    def with_options(self, **options: Any) -> Flow[P, R]:
+        """A copy of this flow with some ``@flow`` options changed (same registered name; see docs/options.md)."""
+        return flow_with_options(self, options)
 
     def bind_parameters(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """Bind a call to named parameters, evaluating callable defaults now."""
@@ -117,7 +125,7 @@ class Flow(Generic[P, R]):
         if template is None:
             from orchestrator.runstate.records import default_run_name  # on use: authoring needs no run store
 
-            return default_run_name(self.name, run_id)
+            return default_run_name(self.display_name or self.name, run_id)
         if callable(template):
             name = str(template())
         else:
@@ -147,6 +155,7 @@ class Flow(Generic[P, R]):
             "timeout_seconds": self.timeout_seconds or "",
             "retries": self.retries,
             "retry_delay_seconds": self.retry_delay_seconds,
+            **flow_record_options(self),
         }
 
     def importable_or_raise(self) -> None:

@@ -11,10 +11,24 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from orchestrator.authoring.caching import CACHE_OPTIONS, CacheKeyFn, CachePolicy, CacheSettings, cache_settings
+from orchestrator.authoring.caching import (
+    CacheKeyFn,
+    CachePolicy,
+    CacheSettings,
+    cache_settings,
+    exclusive_cache_options,
+)
 from orchestrator.authoring.definitions import check_callable, why_not_importable
 from orchestrator.authoring.hooks import Hook, collect_hooks
+from orchestrator.authoring.options import (
+    apply_callable_options,
+    callable_options,
+    given_options,
+    registering,
+    task_with_options,
+)
 from orchestrator.authoring.registry import register_task
+from orchestrator.authoring.task_run_names import TaskRunName, check_task_run_name
 from orchestrator.authoring.triggers import DEFAULT_TRIGGER, check_trigger
 from orchestrator.data.serialization import check_serializer
 from orchestrator.errors import DefinitionError, OrchestratorError
@@ -94,11 +108,13 @@ class Task(Generic[P, R]):
         on_cancellation: Hook | Sequence[Hook] | None = None,
         log_prints: bool | None = None,
         persist_result: bool = False,
+        task_run_name: TaskRunName | None = None,
         cache_policy: CachePolicy | None = None,
         cache_key_fn: CacheKeyFn | None = None,
         cache_expiration: timedelta | float | None = None,
         refresh_cache: bool = False,
     ) -> None:
+        self.options_given = given_options(locals())  # what with_options starts from
         check_callable(fn, "task")
         self.fn = fn
         self.is_async = inspect.iscoroutinefunction(fn)  # its call returns a coroutine (runtime/aio.py runs it)
@@ -135,6 +151,8 @@ class Task(Generic[P, R]):
         self.tags = list(tags)
         self.queue = _checked_queue(queue, where)
         self.result_serializer = check_serializer(result_serializer, where)
+        self.task_run_name = check_task_run_name(task_run_name, fn, where)
+        self.display_name: str | None = None  # with_options(name=...): labels its task runs
         self.cache: CacheSettings | None = cache_settings(  # None: no caching (see authoring/caching.py)
             where,
             cache_policy=cache_policy,
@@ -143,8 +161,13 @@ class Task(Generic[P, R]):
             refresh_cache=refresh_cache,
         )
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
-        if why_not_importable(fn) is None:
+        if why_not_importable(fn) is None and registering():
             register_task(self)
+
+    @property
+    def label_base(self) -> str:
+        """What this task's run labels start with: its display name, else its function's name."""
+        return self.display_name or self.fn.__name__
 
     def retry_delay(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (from 1), jitter included."""
@@ -178,6 +201,7 @@ class Task(Generic[P, R]):
             "persist_result": self.persist_result,
             "tags": self.tags,
             "result_serializer": self.result_serializer,
+            **callable_options(self),
             **({"cache": self.cache.spec()} if self.cache is not None else {}),
         }
 
@@ -197,25 +221,12 @@ class Task(Generic[P, R]):
                 clone.cache = CacheSettings.from_spec(value) if value else None
             elif key in MESSAGE_OPTIONS:
                 setattr(clone, key, value)
+        apply_callable_options(clone, options)
         return clone
 
     def with_options(self, **options: Any) -> Task[P, R]:
-        """A copy of this task with some options changed (same Celery task name)."""
-        clone = copy.copy(self)
-        if caching := {k: options.pop(k) for k in CACHE_OPTIONS if k in options}:
-            clone.cache = cache_settings(f"task {self.name!r}", self.cache, **caching)
-        for key, value in options.items():
-            if key == "retry_delay_seconds":
-                clone.retry_delays = _delays(value, f"task {self.name!r}")
-            elif key == "trigger":
-                clone.trigger = check_trigger(value, f"task {self.name!r}")
-            elif key == "queue":
-                clone.queue = _checked_queue(value, f"task {self.name!r}")
-            elif key in {*MESSAGE_OPTIONS, "retry_on", "retry_condition_fn"}:
-                setattr(clone, key, value)
-            else:
-                raise DefinitionError(f"task {self.name!r}: unknown option {key!r}.")
-        return clone
+        """A copy of this task with some ``@task`` options changed (same Celery task name; see docs/options.md)."""
+        return task_with_options(self, exclusive_cache_options(options))
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         engine = current_engine()
@@ -274,6 +285,7 @@ def task(
     on_cancellation: Hook | Sequence[Hook] | None = None,
     log_prints: bool | None = None,
     persist_result: bool = False,
+    task_run_name: TaskRunName | None = None,
     cache_policy: CachePolicy | None = None,
     cache_key_fn: CacheKeyFn | None = None,
     cache_expiration: timedelta | float | None = None,

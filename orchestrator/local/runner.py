@@ -21,9 +21,11 @@ from orchestrator.authoring.triggers import verdict
 from orchestrator.config.settings import get_settings
 from orchestrator.data.serialization import dumps
 from orchestrator.errors import FlowRunFailed, TaskRunFailed, UpstreamFailedError
-from orchestrator.local.cache import LocalCacheUse, open_local_cache
+from orchestrator.local.cache import open_local_cache
+from orchestrator.local.naming import local_run_name
+from orchestrator.local.timeouts import LocalTimeout, call_with_timeout
 from orchestrator.runtime import aio
-from orchestrator.runtime.attempts import decide, describe
+from orchestrator.runtime.attempts import Outcome, decide, describe, timed_out_message
 from orchestrator.runtime.context import RunInfo, current_run, using
 from orchestrator.runtime.engine import (
     Engine,
@@ -105,7 +107,7 @@ class LocalEngine(Engine):
         return self._submit_bound(task, bound, wait_for)
 
     def _submit_bound(self, task: Task, bound: dict[str, Any], wait_for: list[Any]) -> LocalFuture:
-        future = LocalFuture(self, f"{task.fn.__name__}-{len(self.futures)}")
+        future = LocalFuture(self, f"{task.label_base}-{len(self.futures)}")
         upstream = list(walk_futures(bound))
         for item in check_wait_for(wait_for, task.name):
             upstream.extend(walk_futures(item))
@@ -141,7 +143,7 @@ class LocalEngine(Engine):
         return [self._submit_bound(task, static | one, wait_for) for one in zip_mapped(lists, what)]
 
     def _upstream_failed_map(self, task: Task, upstream: Future[Any]) -> LocalFuture:
-        future = LocalFuture(self, f"{task.fn.__name__}-map")
+        future = LocalFuture(self, f"{task.label_base}-map")
         with self._lock:
             self.futures.append(future)
         message = f"not run: the mapped upstream {upstream.label} did not complete"
@@ -219,12 +221,14 @@ class LocalEngine(Engine):
             return
         # An upstream that did not complete (tolerated, or under a trigger rule) passes None.
         inputs = replace_futures(bound, lambda f, _: f.result() if f.state == StateType.COMPLETED else None)
+        self._attempts(future, task, inputs)
+
+    def _attempts(self, future: LocalFuture, task: Task, inputs: dict[str, Any]) -> None:
+        if task.task_run_name is not None:
+            future.label = local_run_name(task, future, self.run_id, self.flow.name, inputs)
         cache = open_local_cache(self, future, task, inputs) if task.cache is not None else None
         if cache is not None and cache.answered:  # a cached result (or a key that cannot be computed)
             return
-        self._attempts(future, task, inputs, cache)
-
-    def _attempts(self, future: LocalFuture, task: Task, inputs: dict[str, Any], cache: LocalCacheUse | None) -> None:
         retries_used = 0
         attempt = 1
         first_poke: float | None = None
@@ -233,13 +237,23 @@ class LocalEngine(Engine):
             run = RunInfo(self.run_id, self.flow.name, future.task_run_id, task.name, attempt, extra={"local": True})
             try:
                 log_prints = task.log_prints if task.log_prints is not None else self.flow.log_prints
-                with using(None, run), prints_logged(log_prints):
-                    value = aio.call(task.fn, inputs)
+
+                def call(run: RunInfo = run, log_prints: bool = log_prints) -> Any:
+                    with using(None, run), prints_logged(log_prints):
+                        return aio.call(task.fn, inputs)
+
+                if task.timeout_seconds:  # a thread cannot be killed: it is abandoned at the deadline
+                    value = call_with_timeout(call, task.timeout_seconds, f"task {future.label}")
+                else:
+                    value = call()
                 text = dumps(value, task.result_serializer, f"task {task.name!r} ({future.label})")
             except Exception as exc:
                 if isinstance(exc, RETRY) and first_poke is None:
                     first_poke = time.time()
-                outcome = decide(task, exc, retries_used, time.time() - first_poke if first_poke else 0.0)
+                if isinstance(exc, LocalTimeout):  # as on a worker: TimedOut, not retried
+                    outcome = Outcome(StateType.TIMED_OUT, timed_out_message(task, exc))
+                else:
+                    outcome = decide(task, exc, retries_used, time.time() - first_poke if first_poke else 0.0)
                 call_hooks(task, task.hooks, run, outcome.state, outcome.message)
                 if outcome.state is StateType.AWAITING_RETRY:
                     future.set_state(StateType.AWAITING_RETRY, outcome.message)
@@ -278,14 +292,28 @@ def run_flow_locally(flow: Flow, parameters: dict[str, Any], pool: cf.ThreadPool
     info = RunInfo(
         run_id, flow.name, extra={"parent_flow_run_id": parent.flow_run_id if parent else None, "local": True}
     )
+    abandoned = False
     try:
         try:
-            with using(engine, info), prints_logged(flow.log_prints):
-                value = aio.call(flow.fn, parameters)
+
+            def body() -> Any:
+                with using(engine, info), prints_logged(flow.log_prints):
+                    value = aio.call(flow.fn, parameters)
+                engine.drain()
+                return value
+
+            if flow.timeout_seconds:  # the body and its task runs, abandoned at the deadline (see timeouts.py)
+                value = call_with_timeout(body, flow.timeout_seconds, f"flow run {flow.name!r} ({run_id})")
+            else:
+                value = body()
+        except LocalTimeout as exc:
+            abandoned = True
+            message = f"ran past timeout_seconds={flow.timeout_seconds:g} ({describe(exc)})"
+            call_hooks(flow, flow.hooks, info, StateType.TIMED_OUT, message)
+            raise FlowRunFailed(f"flow run {flow.name!r} ({run_id}) ended TimedOut: {message}.") from exc
         except Exception as exc:
             call_hooks(flow, flow.hooks, info, StateType.FAILED, describe(exc))
             raise
-        engine.drain()
         returned = [f for f, _ in walk_futures(value)]
         failed = engine.failed_runs(returned)
         if failed:
@@ -298,4 +326,4 @@ def run_flow_locally(flow: Flow, parameters: dict[str, Any], pool: cf.ThreadPool
         return result
     finally:
         if own_pool:
-            pool.shutdown(wait=True)
+            pool.shutdown(wait=not abandoned, cancel_futures=abandoned)

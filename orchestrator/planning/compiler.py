@@ -23,6 +23,7 @@ from typing import Any
 from celery import Celery
 from celery.canvas import Signature, _chain, chain, chord, group
 
+from orchestrator.authoring.options import message_overrides, time_limits
 from orchestrator.authoring.registry import get_task
 from orchestrator.data.serialization import PICKLE_TAG
 from orchestrator.errors import DefinitionError
@@ -68,12 +69,24 @@ def message_run(root: str, flow_run_id: str, label: str) -> dict[str, Any]:
 
 
 def make_signature(
-    name: str, kwargs: dict[str, Any], *, queue: str, task_id: str | None = None, app: Celery | None = None
+    name: str,
+    kwargs: dict[str, Any],
+    *,
+    queue: str,
+    task_id: str | None = None,
+    app: Celery | None = None,
+    limits: dict[str, Any] | None = None,
 ) -> Signature:
-    """An immutable signature that Celery sends without subscribing to its result."""
+    """An immutable signature that Celery sends without subscribing to its result.
+
+    ``limits`` are per-message time limits (:func:`~orchestrator.authoring.options.time_limits`):
+    Celery keeps them in the message, also when the task retries or is sent again from Redis.
+    """
     options: dict[str, Any] = {"queue": queue, "ignore_result": True}
     if task_id:
         options["task_id"] = task_id
+    if limits:
+        options.update(limits)
     return Signature(name, kwargs=kwargs, options=options, immutable=True, app=app)
 
 
@@ -92,10 +105,7 @@ def inline_or_stored(inputs: dict[str, Any]) -> tuple[dict[str, Any] | None, str
 def option_overrides(node: Node) -> dict[str, Any]:
     """Run options of a task node that differ from the task as workers register it."""
     declared = get_task(node.name)
-    options = {k: v for k, v in node.options.items() if k != "importable_error"}
-    if declared is None:
-        return options
-    return {k: v for k, v in options.items() if declared.options.get(k) != v}
+    return message_overrides(node.name, node.options, declared.options if declared is not None else None)
 
 
 def node_signature(
@@ -110,6 +120,7 @@ def node_signature(
         stored[node.id] = text
     elif text is not None:
         inputs = node.inputs
+    limits: dict[str, Any] | None = None
     if node.kind == "task":
         error = node.options.get("importable_error")
         if error:
@@ -119,16 +130,21 @@ def node_signature(
         overrides = option_overrides(node)
         if overrides:  # task.with_options(...) in the flow: the worker applies these
             kwargs["options"] = overrides
+            declared = get_task(node.name)
+            limits = time_limits(overrides, is_async=declared is not None and declared.is_async)
     elif node.kind == "map":
         name = EXPAND_MAP_TASK
         kwargs = {"run": run, "task": node.name, "inputs": inputs, "queue": node.queue}
+        overrides = option_overrides(node)
+        if overrides:  # the mapped runs get them (see workers.celery_tasks.expand_map)
+            kwargs["options"] = overrides
     elif node.kind == "flow_run":
         name = RUN_LINKED_FLOW_TASK
         kwargs = {"run": run, "flow": node.name, "inputs": inputs, "link": node.options}
     else:
         name = FINISH_SUBFLOW_TASK
         kwargs = {"run": run, "child_run_id": node.options["child_run_id"], "inputs": inputs}
-    return make_signature(name, kwargs, queue=node.queue, task_id=node.id, app=app)
+    return make_signature(name, kwargs, queue=node.queue, task_id=node.id, app=app, limits=limits)
 
 
 # -- series-parallel decomposition ----------------------------------------------------

@@ -172,14 +172,22 @@ class TracingEngine(Engine):
         return ids + barrier, allow + barrier
 
     def _task_node(
-        self, task: Task, inputs: dict[str, Any], waits: tuple[list[str], list[str]], kind: str = "task"
+        self,
+        task: Task,
+        inputs: dict[str, Any],
+        waits: tuple[list[str], list[str]],
+        kind: str = "task",
+        bound: dict[str, Any] | None = None,
     ) -> Node:
         wait_ids, allow = waits
+        label = self._label(task.label_base)
+        if task.task_run_name is not None and kind == "task":
+            label = _planned_name(task, bound or {}, inputs) or label
         return Node(
             id=str(uuid.uuid4()),
             kind=kind,  # type: ignore[arg-type]
             name=task.name,
-            label=self._label(task.fn.__name__),
+            label=label,
             flow_run_id=self.flow_run_id,
             inputs=inputs,
             wait_for=wait_ids,
@@ -196,7 +204,8 @@ class TracingEngine(Engine):
     # -- Engine ---------------------------------------------------------------------
     def submit(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any]) -> PlannedFuture:
         bound = bind_arguments(task.fn, args, kwargs, f"task {task.name!r}")
-        return self._add(self._task_node(task, self._inputs(task, bound), self._wait_ids(wait_for, task.name)))
+        waits = self._wait_ids(wait_for, task.name)
+        return self._add(self._task_node(task, self._inputs(task, bound), waits, bound=bound))
 
     def map(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any]) -> Any:
         where = f"task {task.name!r}"
@@ -204,7 +213,10 @@ class TracingEngine(Engine):
         waits = self._wait_ids(wait_for, task.name)
         if not any(isinstance(v, Future) for v in mapped.values()):
             runs = zip_mapped({k: list(v) for k, v in mapped.items()}, where)
-            return [self._add(self._task_node(task, self._inputs(task, static | one), waits)) for one in runs]
+            return [
+                self._add(self._task_node(task, self._inputs(task, static | one), waits, bound=static | one))
+                for one in runs
+            ]
         inputs = {"mapped": self._inputs(task, mapped), "static": self._inputs(task, static)}
         return self._add(self._task_node(task, inputs, waits, kind="map"))
 
@@ -309,6 +321,8 @@ class TracingEngine(Engine):
                 or (flow.queue if flow is not None else None)
                 or (self.queue if link == "subflow" else None),
                 "run_name": name,
+                # what with_options changed on the flow (the worker re-imports it by name)
+                "flow_options": flow.run_options.get("flow_options") if flow is not None else None,
             },
             allow=waits[1],
         )
@@ -343,6 +357,13 @@ class TracingEngine(Engine):
     def as_completed(self, futures: list[Future[Any]], timeout: float | None) -> Iterator[Future[Any]]:
         self.root.dynamic_reason = "the flow body uses as_completed()"
         raise DynamicFlowRequired(self.root.dynamic_reason)
+
+
+def _planned_name(task: Task, bound: dict[str, Any], inputs: dict[str, Any]) -> str | None:
+    from orchestrator.authoring.task_run_names import planned_name
+
+    assert task.task_run_name is not None
+    return planned_name(task.task_run_name, bound, inputs, f"task {task.name!r}")
 
 
 def _import_error(task: Task) -> str | None:

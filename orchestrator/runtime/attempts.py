@@ -60,6 +60,12 @@ def decide(task: Task, exc: BaseException, retries_used: int, poking_for: float 
     return Outcome(StateType.FAILED, describe(exc))
 
 
+def timed_out_message(task: Task, exc: BaseException) -> str:
+    """Why an attempt ended TimedOut: the same words on a worker and in-process."""
+    limit = f"{task.timeout_seconds:g}" if task.timeout_seconds else str(task.timeout_seconds)
+    return f"ran past timeout_seconds={limit} ({describe(exc)})"
+
+
 def format_traceback(exc: BaseException) -> str:
     """The traceback of ``exc`` as text, for the run record."""
     return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
