@@ -28,6 +28,19 @@ if TYPE_CHECKING:
     from orchestrator.runs.deployments import run_deployment
     from orchestrator.runs.handle import FlowRun
 
+
+def _installed_version() -> str:
+    """The installed distribution's version (``orchestrator.__version__``); "0+unknown" when not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("celery-orchestrator")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+__version__ = _installed_version()
+
 __all__ = [
     "FLOW_PARAMETERS",
     "INPUTS",

@@ -9,8 +9,15 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from orchestrator.authoring.definitions import check_callable, why_not_importable
 from orchestrator.authoring.hooks import Hook, collect_hooks
+from orchestrator.authoring.keywords import check_keywords, target_name
 from orchestrator.authoring.naming import run_name_problem
-from orchestrator.authoring.options import flow_record_options, flow_with_options, given_options, registering
+from orchestrator.authoring.options import (
+    flow_option_names,
+    flow_record_options,
+    flow_with_options,
+    given_options,
+    registering,
+)
 from orchestrator.authoring.registry import register_flow
 from orchestrator.errors import DefinitionError, OrchestratorError, ParameterError
 from orchestrator.guards.limits import queue_problem
@@ -50,8 +57,10 @@ class Flow(Generic[P, R]):
         on_crashed: Hook | Sequence[Hook] | None = None,
         on_cancellation: Hook | Sequence[Hook] | None = None,
         log_prints: bool = False,
+        version: str | None = None,
     ) -> None:
         self.options_given = given_options(locals())  # what with_options starts from
+        self.version = version  # shown, never interpreted (as in Prefect)
         self.display_name: str | None = None  # with_options(name=...): names its runs
         self.changed_options: dict[str, Any] = {}  # with_options(...) on the registered flow: kept on .delay() runs
         check_callable(fn, "flow")
@@ -248,11 +257,18 @@ def flow(
     on_crashed: Hook | Sequence[Hook] | None = None,
     on_cancellation: Hook | Sequence[Hook] | None = None,
     log_prints: bool = False,
+    version: str | None = None,
 ) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
 
 
 def flow(__fn: Callable[P, R] | None = None, **options: Any) -> Any:
-    """Declare a flow: ``@flow`` or ``@flow(name="etl", queue="etl", ...)``."""
-    if __fn is not None:
-        return Flow(__fn, **options)
-    return lambda fn: Flow(fn, **options)
+    """Declare a flow: ``@flow`` or ``@flow(name="etl", queue="etl", ...)``.
+
+    A keyword ``@flow`` does not take is refused by name, with what to do instead.
+    """
+
+    def declare(fn: Callable[P, R]) -> Flow[P, R]:
+        check_keywords("flow", target_name(fn), options, flow_option_names())
+        return Flow(fn, **options)
+
+    return declare(__fn) if __fn is not None else declare

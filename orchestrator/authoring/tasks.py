@@ -20,11 +20,13 @@ from orchestrator.authoring.caching import (
 )
 from orchestrator.authoring.definitions import check_callable, why_not_importable
 from orchestrator.authoring.hooks import Hook, collect_hooks
+from orchestrator.authoring.keywords import check_keywords, target_name
 from orchestrator.authoring.options import (
     apply_callable_options,
     callable_options,
     given_options,
     registering,
+    task_option_names,
     task_with_options,
 )
 from orchestrator.authoring.registry import register_task
@@ -113,9 +115,15 @@ class Task(Generic[P, R]):
         cache_key_fn: CacheKeyFn | None = None,
         cache_expiration: timedelta | float | None = None,
         refresh_cache: bool = False,
+        description: str | None = None,
+        version: str | None = None,
+        viz_return_value: Any = None,
     ) -> None:
         self.options_given = given_options(locals())  # what with_options starts from
         check_callable(fn, "task")
+        self.description = description or inspect.getdoc(fn) or ""
+        self.version = version  # shown, never interpreted (as in Prefect)
+        # viz_return_value only feeds Prefect's graph visualisation: accepted, and unused here
         self.fn = fn
         self.is_async = inspect.iscoroutinefunction(fn)  # its call returns a coroutine (runtime/aio.py runs it)
         self.name = name or f"{fn.__module__}.{fn.__qualname__}"
@@ -290,11 +298,20 @@ def task(
     cache_key_fn: CacheKeyFn | None = None,
     cache_expiration: timedelta | float | None = None,
     refresh_cache: bool = False,
+    description: str | None = None,
+    version: str | None = None,
+    viz_return_value: Any = None,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 
 def task(__fn: Callable[P, R] | None = None, **options: Any) -> Any:
-    """Declare a task: ``@task`` or ``@task(retries=3, queue="db", ...)``."""
-    if __fn is not None:
-        return Task(__fn, **options)
-    return lambda fn: Task(fn, **options)
+    """Declare a task: ``@task`` or ``@task(retries=3, queue="db", ...)``.
+
+    A keyword ``@task`` does not take is refused by name, with what to do instead.
+    """
+
+    def declare(fn: Callable[P, R]) -> Task[P, R]:
+        check_keywords("task", target_name(fn), options, task_option_names())
+        return Task(fn, **options)
+
+    return declare(__fn) if __fn is not None else declare
