@@ -13,6 +13,7 @@ from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from orchestrator.config.settings import get_settings
+from orchestrator.errors import OrchestratorError
 from orchestrator.planning.plan import REF, Node, Plan, SubflowInfo, refs_in
 from orchestrator.planning.templates import allowed_failures, to_template
 from orchestrator.runtime import aio
@@ -100,7 +101,28 @@ class PlannedFuture(Future[Any]):
     def __add__(self, other: Any) -> Any:
         self._needs_value("arithmetic")
 
-    __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = __add__
+    # every operator needs the value: the body then runs in dynamic mode, with real values
+    __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = __rtruediv__ = __add__
+    __floordiv__ = __rfloordiv__ = __mod__ = __rmod__ = __pow__ = __rpow__ = __divmod__ = __add__
+    __rdivmod__ = __matmul__ = __rmatmul__ = __and__ = __rand__ = __or__ = __ror__ = __add__
+    __xor__ = __rxor__ = __lshift__ = __rlshift__ = __rshift__ = __rrshift__ = __add__
+
+    def __neg__(self) -> Any:
+        self._needs_value("arithmetic")
+
+    __pos__ = __abs__ = __invert__ = __round__ = __trunc__ = __floor__ = __ceil__ = __complex__ = __neg__
+
+    def __str__(self) -> str:
+        self._needs_value("str() (or print, or an f-string)")
+
+    def __format__(self, spec: str) -> str:
+        self._needs_value("formatting (an f-string or format())")
+
+    def __getattr__(self, name: str) -> Any:
+        """An attribute of the value (``x.upper()``, ``x.items()``); Python's own dunder probes stay errors."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        self._needs_value(f"the attribute {name!r}")
 
     def __contains__(self, item: Any) -> bool:
         self._needs_value("'in'")
@@ -108,7 +130,13 @@ class PlannedFuture(Future[Any]):
     __hash__ = Future.__hash__
 
     def __eq__(self, other: object) -> bool:
-        return self is other
+        """Futures compare by identity (sets and dicts of them); against a value, the value is needed."""
+        if isinstance(other, Future):
+            return self is other
+        self._needs_value("a comparison")
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
 
 
 class TracingEngine(Engine):
@@ -249,6 +277,10 @@ class TracingEngine(Engine):
                 value = aio.call(flow.fn, params)
             needs_values = self.root.dynamic_reason != reason_before  # the body caught our signal
         except DynamicFlowRequired:
+            needs_values = True
+        except OrchestratorError:
+            raise  # a wiring or definition error: the same with any values
+        except Exception:  # what it did with a planned input may be what failed: run it with values
             needs_values = True
         if needs_values:  # undo what the child added; it runs as a run of its own
             self.root.dynamic_reason = reason_before

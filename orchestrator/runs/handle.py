@@ -19,7 +19,7 @@ from orchestrator.planning.compiler import Compiled
 from orchestrator.planning.plan import Plan
 from orchestrator.planning.tracer import DynamicFlowRequired, trace_flow
 from orchestrator.runs.lifecycle import launch_static, list_task_runs
-from orchestrator.runstate.store import RunStore, get_store, now
+from orchestrator.runstate.store import RunStore, get_store
 from orchestrator.states import StateType
 from orchestrator.transport.messaging import Messaging
 
@@ -100,7 +100,6 @@ class PreparedRun:
     plan: Plan | None = None
     compiled: Compiled | None = None
     dynamic_reason: str | None = None
-    body_error: str | None = None
 
 
 def prepare_run(
@@ -109,8 +108,10 @@ def prepare_run(
     """Trace and compile a run without writing anything.
 
     Bad definitions and unsendable arguments raise here, before any record exists.
-    A body that needs task values is marked dynamic; a body that raises while traced
-    is kept as the run's error.
+    A body that needs task values is marked dynamic. So is a body that raises while traced:
+    what it did with a planned future may be what failed (``isinstance(x, int)``, a library
+    that read the value), and with real values on a worker it either runs or fails with its
+    own error there.
     """
     prepared = PreparedRun(run_id, queue)
     try:
@@ -121,7 +122,9 @@ def prepare_run(
     except OrchestratorError:
         raise
     except Exception as exc:
-        prepared.body_error = f"the flow body raised while it was planned: {type(exc).__name__}: {exc}"
+        prepared.dynamic_reason = (
+            f"the flow body raised {type(exc).__name__} ({exc}) while it was planned; it runs with the tasks' values"
+        )
         return prepared
     prepared.compiled = messaging.compile(prepared.plan)
     return prepared
@@ -141,11 +144,6 @@ def launch_prepared(
     pipe = pipe if pipe is not None else store.pipeline()
     if prepared.plan is not None and prepared.compiled is not None:
         launch_static(store, messaging, prepared.plan, prepared.compiled, record, pipe)
-        return
-    if prepared.body_error:
-        fields = {"state": StateType.FAILED.value, "ended": now(), "message": prepared.body_error}
-        store.flow_runs.write(run_id, fields, pipe)
-        pipe.execute()
         return
     store.flow_runs.write(run_id, {"mode": "dynamic", "mode_reason": prepared.dynamic_reason or ""}, pipe)
     pipe.execute()
