@@ -36,6 +36,7 @@ from orchestrator.data.serialization import check_serializer
 from orchestrator.errors import DefinitionError, OrchestratorError
 from orchestrator.guards.limits import queue_problem
 from orchestrator.runtime.context import current_engine
+from orchestrator.runtime.futures import FutureList
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -240,11 +241,16 @@ class Task(Generic[P, R]):
         engine = current_engine()
         if engine is None:
             return self.fn(*args, **kwargs)
+        wait_for = _pop_wait_for(self.fn, kwargs)
         if self.is_async:  # in a flow, as in Prefect: a coroutine that gives the value when awaited
             from orchestrator.runtime.aio import task_call
 
+            if wait_for:
+                raise OrchestratorError(
+                    f"{self.name}(..., wait_for=...) on an async task: use {self.name}.submit(..., wait_for=...)."
+                )
             return task_call(engine, self, args, kwargs)  # type: ignore[return-value]
-        return engine.call_task(self, args, kwargs)  # type: ignore[no-any-return]
+        return engine.call_task(self, args, kwargs, wait_for)  # type: ignore[no-any-return]
 
     def submit(self, *args: Any, wait_for: Sequence[Any] | None = None, **kwargs: Any) -> Any:
         """Start this task in the current flow and return a future at once."""
@@ -261,10 +267,19 @@ class Task(Generic[P, R]):
         engine = current_engine()
         if engine is None:
             raise OrchestratorError(f"{self.name}.map() was called outside a flow; call it inside a @flow body.")
-        return engine.map(self, args, kwargs, list(wait_for or []))
+        futures = engine.map(self, args, kwargs, list(wait_for or []))
+        return FutureList(futures) if isinstance(futures, list) else futures  # a map planned over a future: one node
 
     def __repr__(self) -> str:
         return f"<Task {self.name}>"
+
+
+def _pop_wait_for(fn: Callable[..., Any], kwargs: dict[str, Any]) -> list[Any]:
+    """``task(x, wait_for=[...])`` in a flow (as in Prefect): the waits, taken out of the call's
+    arguments, unless the function has a parameter of that name itself."""
+    if "wait_for" not in kwargs or "wait_for" in inspect.signature(fn).parameters:
+        return []
+    return list(kwargs.pop("wait_for") or [])
 
 
 @overload

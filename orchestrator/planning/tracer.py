@@ -248,8 +248,10 @@ class TracingEngine(Engine):
         inputs = {"mapped": self._inputs(task, mapped), "static": self._inputs(task, static)}
         return self._add(self._task_node(task, inputs, waits, kind="map"))
 
-    def call_task(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> PlannedFuture:
-        return self.submit(task, args, kwargs, [])
+    def call_task(
+        self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any] | None = None
+    ) -> PlannedFuture:
+        return self.submit(task, args, kwargs, wait_for or [])
 
     def call_subflow(self, flow: Flow, args: tuple[Any, ...], kwargs: dict[str, Any]) -> PlannedFuture:
         """A subflow call: traced inline when its body only wires tasks, else a node that starts it.

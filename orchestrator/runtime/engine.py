@@ -35,8 +35,10 @@ class Engine(ABC):
         """Start one run of ``task`` per element of the mapped arguments."""
 
     @abstractmethod
-    def call_task(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """A task called like a function inside a flow body."""
+    def call_task(
+        self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any] | None = None
+    ) -> Any:
+        """A task called like a function inside a flow body (``wait_for``: as ``submit`` takes it)."""
 
     @abstractmethod
     def call_subflow(self, flow: Flow, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

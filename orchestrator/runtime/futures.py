@@ -100,3 +100,19 @@ def as_completed(futures: Iterable[Future[Any]], timeout: float | None = None) -
     if engine is None:
         return iter(())
     return engine.as_completed(items, timeout)
+
+
+class FutureList(list[Any]):
+    """What ``task.map(...)`` returns: the futures, in order, which can also be waited for and read at once.
+
+    Prefect 3's map gives such a list, and code calls ``.result()`` / ``.wait()`` on it; it is a
+    plain list otherwise (pass it on, index it, iterate it).
+    """
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until every future is final (or ``timeout`` passes)."""
+        wait([f for f in self if isinstance(f, Future)], timeout)
+
+    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> list[Any]:
+        """Every future's result, in order (the first failure raises, unless ``raise_on_failure=False``)."""
+        return [f.result(timeout, raise_on_failure) if isinstance(f, Future) else f for f in self]
