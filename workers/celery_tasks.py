@@ -30,8 +30,8 @@ from orchestrator.authoring.hooks import call_hooks
 from orchestrator.authoring.options import flow_from_record, registered_time_limits, time_limits
 from orchestrator.authoring.params import coerce_parameters
 from orchestrator.authoring.tasks import Task
-from orchestrator.data.references import any_pickled, resolve
-from orchestrator.data.serialization import dumps, from_jsonable
+from orchestrator.data.references import resolve, returns_text
+from orchestrator.data.serialization import from_jsonable
 from orchestrator.errors import OrchestratorError, RunError
 from orchestrator.planning.compiler import (
     COLLECT_MAP_TASK,
@@ -372,12 +372,8 @@ def register_builtin_tasks(app: Celery) -> None:
         inputs = inputs if inputs is not None else started.stored_inputs or {}
         state, message = flow_outcome(store, run["root"], child_run_id)
         if state is StateType.COMPLETED:
-            where = f"subflow run {child_run_id} return value"
-            # A subflow's return template is JSON with references: a pickled value comes only
-            # from a referenced result a pickle task stored, never from this message.
             try:
-                value = resolve(inputs["returns"], store, allow_pickle=True, inline_pickle=False, where=where)
-                text = dumps(value, "pickle" if any_pickled(store, inputs["returns"]) else "json", where)
+                text = returns_text(store, inputs["returns"], f"subflow run {child_run_id} return value")
             except Exception as exc:  # a refused or missing value ends the subflow, never leaves it Running
                 end_flow_run(store, child_run_id, StateType.FAILED, str(exc))
                 end_failed(store, run, attempt.worker, StateType.FAILED, str(exc), send=attempt.send)

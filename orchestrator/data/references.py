@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator.data.results import read_persisted
-from orchestrator.data.serialization import PICKLE_TAG, from_jsonable, loads, unpickle
+from orchestrator.data.serialization import PICKLE_TAG, dumps, from_jsonable, loads, unpickle
 from orchestrator.errors import RunError
 from orchestrator.planning.plan import REF, refs_in
 from orchestrator.runstate.store import RunStore
@@ -90,3 +90,14 @@ def any_pickled(store: RunStore, template: Any) -> bool:
     """Whether any referenced result was stored with pickle."""
     texts = store.task_runs.results(refs_in(template))
     return any(t is not None and t.startswith('{"' + PICKLE_TAG) for t in texts.values())
+
+
+def returns_text(store: RunStore, returns: Any, where: str, prefetched: dict[str, str | None] | None = None) -> str:
+    """A flow's return template as one stored result text: what a node standing for the flow
+    (a subflow's end, a run of its own waited for) ends with.
+
+    The template is JSON with references: a pickled value comes only from a referenced result a
+    pickle task stored, never from a message; the text is pickled only when such a result is in it.
+    """
+    value = resolve(returns, store, allow_pickle=True, inline_pickle=False, where=where, prefetched=prefetched)
+    return dumps(value, "pickle" if any_pickled(store, returns) else "json", where)

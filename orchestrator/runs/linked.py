@@ -10,8 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from orchestrator.data.references import any_pickled, resolve
-from orchestrator.data.serialization import dumps
+from orchestrator.data.references import returns_text
 from orchestrator.runstate.store import RunStore
 from orchestrator.states import StateType
 
@@ -35,10 +34,8 @@ def linked_outcome(store: RunStore, run_id: str) -> LinkedOutcome | None:
     if state is not StateType.COMPLETED:
         return LinkedOutcome(state, message, None)
     returns = json.loads(record.get("returns") or "null")
-    where = f"flow run {run_id} result"
     try:
-        value = resolve(returns, store, allow_pickle=True, inline_pickle=False, where=where, prefetched=results)
-        text = dumps(value, "pickle" if any_pickled(store, returns) else "json", where)
+        text = returns_text(store, returns, f"flow run {run_id} result", prefetched=results)
     except Exception as exc:  # expired or refused: the parent must learn why, not hang
         return LinkedOutcome(StateType.FAILED, f"its result cannot be read: {exc}", None)
     return LinkedOutcome(state, message, text)
