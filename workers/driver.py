@@ -246,11 +246,6 @@ class DynamicEngine(Engine):
         lists = {k: list(v.result() if isinstance(v, Future) else v) for k, v in mapped.items()}
         return [self.submit(task, (), static | one, wait_for) for one in zip_mapped(lists, where)]
 
-    def call_task(
-        self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any] | None = None
-    ) -> Any:
-        return self.submit(task, args, kwargs, wait_for or []).result()
-
     def call_subflow(self, flow: Flow, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         params = flow.bind_parameters(
             replace_futures(args, lambda f, _: f.result()), replace_futures(kwargs, lambda f, _: f.result())

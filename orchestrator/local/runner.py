@@ -151,11 +151,6 @@ class LocalEngine(Engine):
         future.cf.set_exception(UpstreamFailedError(message))
         return future
 
-    def call_task(
-        self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any] | None = None
-    ) -> Any:
-        return self.submit(task, args, kwargs, wait_for or []).result()
-
     def call_subflow(self, flow: Flow, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         resolved_args = replace_futures(args, lambda f, _: f.result())
         resolved_kwargs = replace_futures(kwargs, lambda f, _: f.result())

@@ -34,11 +34,12 @@ class Engine(ABC):
     def map(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any]) -> Any:
         """Start one run of ``task`` per element of the mapped arguments."""
 
-    @abstractmethod
     def call_task(
         self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any] | None = None
     ) -> Any:
-        """A task called like a function inside a flow body (``wait_for``: as ``submit`` takes it)."""
+        """A task called like a function inside a flow body (``wait_for``: as ``submit`` takes it):
+        its value, once it has one (a tracer gives the planned future instead)."""
+        return self.submit(task, args, kwargs, wait_for or []).result()
 
     @abstractmethod
     def call_subflow(self, flow: Flow, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
