@@ -36,9 +36,9 @@ def hold_off_soft_limit() -> Callable[[], None] | None:
     previous = signal.getsignal(signal_number)
     if not callable(previous):
         return None
-    signal.signal(SOFT_LIMIT_SIGNAL, _late)
+    signal.signal(signal_number, _late)
 
     def restore() -> None:
-        signal.signal(SOFT_LIMIT_SIGNAL, previous)
+        signal.signal(signal_number, previous)
 
     return restore

@@ -390,8 +390,6 @@ def start_linked_run(
     if problem := door_problem(spec.name, queue, name):
         raise ParameterError(problem)
     store = get_store()
-    if store.flow_runs.state(run_id) is not None:
-        return False
     created = new_flow_run(spec, parameters, queue=queue, name=name, run_id=run_id)
     run = replace(created.record, parent=parent, parent_task_run=parent_task_run)
     start = json.dumps(start_flow_run_message(run.flow, run.id, run.queue))

@@ -47,8 +47,7 @@ class LinkedRuns:
                     return False
                 pipe.multi()
                 self._flow_runs.write(run_id, fields | {"state": StateType.PENDING.value}, pipe)
-                pipe.sadd(keys.linked_children(tree), run_id)
-                pipe.expire(keys.linked_children(tree), self._ttl)
+                self._link(pipe, tree, run_id)
                 if waiter is not None:
                     pipe.rpush(keys.waiters(run_id), waiter)
                     pipe.expire(keys.waiters(run_id), self._ttl)
@@ -77,9 +76,12 @@ class LinkedRuns:
     def link(self, tree: str, run_id: str) -> None:
         """Record that run tree ``tree`` started ``run_id`` (stopping the tree stops it)."""
         pipe = self._redis.pipeline(transaction=False)
+        self._link(pipe, tree, run_id)
+        pipe.execute()
+
+    def _link(self, pipe: Any, tree: str, run_id: str) -> None:
         pipe.sadd(keys.linked_children(tree), run_id)
         pipe.expire(keys.linked_children(tree), self._ttl)
-        pipe.execute()
 
     def children(self, tree: str) -> set[str]:
         """The runs of their own run tree ``tree`` started."""
