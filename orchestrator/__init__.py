@@ -22,7 +22,7 @@ from orchestrator.authoring.naming import rename_flow_run
 from orchestrator.authoring.tasks import Task, exponential_backoff, task
 from orchestrator.runtime.futures import Future, allow_failure, as_completed, unmapped, wait
 from orchestrator.runtime.run_logger import get_run_logger
-from orchestrator.states import StateType
+from orchestrator.states import Cancelled, Completed, Crashed, Failed, Pending, Running, Scheduled, State, StateType
 
 if TYPE_CHECKING:
     from orchestrator.runs.deployments import run_deployment
@@ -48,9 +48,17 @@ __all__ = [
     "RUN_ID",
     "TASK_SOURCE",
     "CachePolicy",
+    "Cancelled",
+    "Completed",
+    "Crashed",
+    "Failed",
     "Flow",
     "FlowRun",
     "Future",
+    "Pending",
+    "Running",
+    "Scheduled",
+    "State",
     "StateType",
     "Task",
     "allow_failure",

@@ -11,6 +11,7 @@ Every message says what happened, to which flow or task run, and what to do::
     ├── RunError                          something happened to a run
     │   ├── TaskRunFailed                 a task run ended in a failed state
     │   ├── FlowRunFailed                 a flow run ended in a failed state
+    │   ├── FailedRun                     the result of a failed State was asked for (Prefect's name)
     │   └── UpstreamFailedError           a task did not run because an upstream failed
     ├── RunTimeout (+ TimeoutError)       waiting for a run took longer than asked
     ├── TaskTimedOut (+ TimeoutError)     an async task ran past its timeout_seconds (cancelled)
@@ -64,7 +65,18 @@ class UpstreamFailedError(RunError):
 
 
 class FlowRunFailed(RunError):
-    """A flow run ended in a failed state; the message names the task runs that failed."""
+    """A flow run ended in a failed state; the message names the task runs that failed.
+
+    ``original_type`` and ``original_message`` name the exception a task raised first (the
+    root cause), when one did: ``FlowRun.result()`` keeps this error type but carries them.
+    """
+
+    original_type: str | None = None
+    original_message: str | None = None
+
+
+class FailedRun(RunError):
+    """``state.result()`` of a state that did not complete and carries no exception (Prefect's name)."""
 
 
 class RunTimeout(OrchestratorError, TimeoutError):

@@ -374,7 +374,7 @@ def timeout_flow(hard: bool = False) -> None:
 # -- hooks ---------------------------------------------------------------------------------
 def record_hook(obj: Any, run: Any, state: Any) -> None:
     """Append "<task or flow name>:<state>" to a list per flow run."""
-    get_store().redis.rpush(f"test:hooks:{run.flow_run_id}", f"{obj.name.rsplit('.', 1)[-1]}:{state.type.value}")
+    get_store().redis.rpush(f"test:hooks:{run.flow_run_id}", f"{obj.name.rsplit('.', 1)[-1]}:{state.name}")
 
 
 def broken_hook(obj: Any, run: Any, state: Any) -> None:

@@ -70,7 +70,7 @@ def talker(marker: str) -> str:
 
 def record_hook(obj: Any, run: RunInfo, state: Any) -> None:
     """A module-level hook: workers that import this module resolve it by name."""
-    get_store().redis.set(f"test:opt:hook:{run.task_run_id}", f"{state.type.value}:{obj.name}")
+    get_store().redis.set(f"test:opt:hook:{run.task_run_id}", f"{state.name}:{obj.name}")
 
 
 def run_parameters() -> str:

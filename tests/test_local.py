@@ -11,7 +11,13 @@ from collections.abc import Iterator
 import pytest
 
 from orchestrator import as_completed, flow, task, wait
-from orchestrator.errors import ConnectionProblem, FlowRunFailed, OrchestratorError, ParameterError
+from orchestrator.errors import (
+    ConnectionProblem,
+    OrchestratorError,
+    ParameterError,
+    SerializationError,
+    TaskRunFailed,
+)
 from orchestrator.runtime.signals import FAIL, RETRY, SKIP
 from tests import flows
 from tests.api_support import sdk_settings
@@ -75,11 +81,14 @@ def test_retries_then_success() -> None:
     assert len(attempts) == 3
 
 
-def test_failure_raises_flow_run_failed_with_the_task_error_as_cause() -> None:
-    with pytest.raises(FlowRunFailed) as caught:
+def test_failure_raises_the_tasks_own_exception_naming_the_runs() -> None:
+    """As in Prefect: ``except ValueError`` around the flow call catches what the task raised, even
+    when the task that decides the flow is a downstream one (UpstreamFailed); notes name the runs."""
+    with pytest.raises(ValueError, match="boom") as caught:
         flows.failing_flow()
-    assert "inc-1" in str(caught.value) or "UpstreamFailed" in str(caught.value)
-    assert caught.value.__cause__ is not None
+    notes = "\n".join(caught.value.__notes__)
+    assert "task run explode-0" in notes and "inc-1 (UpstreamFailed" in notes
+    assert caught.value.task_run_id and caught.value.flow_run_id  # type: ignore[attr-defined]
 
 
 def test_signals_fail_skip_and_retry() -> None:
@@ -116,7 +125,7 @@ def test_signals_fail_skip_and_retry() -> None:
         calls.append(1)
         hopeless.submit()
 
-    with pytest.raises(FlowRunFailed, match="bad config"):
+    with pytest.raises(FAIL, match="bad config"):
         failing()
     assert calls == [1]  # the flow body ran once
     assert len(hopeless_attempts) == 1, "FAIL ends the task run at once: none of its 5 retries is used"
@@ -129,9 +138,8 @@ def test_signals_fail_skip_and_retry() -> None:
 
 
 def test_non_json_return_fails_locally_like_on_the_fleet() -> None:
-    with pytest.raises(FlowRunFailed) as caught:
+    with pytest.raises(SerializationError, match='result_serializer="pickle"'):
         flows.unsendable_flow()
-    assert 'result_serializer="pickle"' in str(caught.value.__cause__.__cause__)  # type: ignore[union-attr]
     assert flows.pickle_flow() == "(1+2j)"
 
 
@@ -252,14 +260,14 @@ def test_retry_condition_and_poke_timeout_locally() -> None:
     def sensing() -> None:
         never_ready.submit()
 
-    with pytest.raises(FlowRunFailed):
+    with pytest.raises(OSError, match="permanent"):
         picky_flow("permanent")
     assert calls == ["permanent"]
     calls.clear()
-    with pytest.raises(FlowRunFailed):
+    with pytest.raises(OSError, match="transient"):
         picky_flow("transient")
     assert calls == ["transient"] * 4
-    with pytest.raises(FlowRunFailed, match=r"poke_timeout_seconds=0\.3"):
+    with pytest.raises(TaskRunFailed, match=r"poke_timeout_seconds=0\.3"):
         sensing()
 
 

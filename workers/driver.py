@@ -27,7 +27,7 @@ from orchestrator.authoring.tasks import Task
 from orchestrator.authoring.triggers import DEFAULT_TRIGGER
 from orchestrator.config.settings import get_settings
 from orchestrator.data.references import resolve
-from orchestrator.errors import FlowRunFailed, RunTimeout, TaskRunFailed
+from orchestrator.errors import FlowRunFailed, RunTimeout
 from orchestrator.planning.compiler import inline_or_stored, make_signature, message_run
 from orchestrator.planning.plan import REF, make_ref, refs_in
 from orchestrator.planning.templates import allowed_failures, to_template
@@ -55,7 +55,8 @@ from orchestrator.runtime.engine import (
 )
 from orchestrator.runtime.futures import DoneAndNotDone, Future
 from orchestrator.runtime.run_logger import prints_logged
-from orchestrator.states import StateType
+from orchestrator.runtime.task_errors import remote_task_error
+from orchestrator.states import State, StateType
 from orchestrator.transport.messaging import CeleryMessaging
 
 from .executor import end_failed, full_run
@@ -90,24 +91,31 @@ class RemoteFuture(Future[Any]):
         self.label = label
 
     @property
-    def state(self) -> StateType:
+    def state_type(self) -> StateType:
         final = self.engine.store.task_runs.final_states(self.engine.root, [self.task_run_id])[self.task_run_id]
         if final is not None:
             return final
         return StateType(self.engine.store.task_runs.read(self.task_run_id).get("state", "Pending"))
 
+    def state_message(self) -> str:
+        return str(self.engine.store.task_runs.read(self.task_run_id).get("message", ""))
+
     def wait(self, timeout: float | None = None) -> StateType:
         _done, _ = self.engine.wait([self], timeout)
-        return self.state
+        return self.state_type
 
     def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> Any:
+        """The task's value; a failed task run raises its own exception, rebuilt (see runtime/task_errors.py)."""
         state = self.wait(timeout)
         if not state.is_final:
             raise RunTimeout(f"task run {self.label} ({self.task_run_id}) is still {state.value} after {timeout}s.")
         if state is StateType.COMPLETED:
             return resolve(make_ref(self.task_run_id), self.engine.store, allow_pickle=True, where=self.label)
-        message = self.engine.store.task_runs.read(self.task_run_id).get("message", "")
-        error = TaskRunFailed(f"task run {self.label} ({self.task_run_id}) ended {state.value}: {message}")
+        self.failure_seen = True
+        record = self.engine.store.task_runs.read(self.task_run_id)
+        error = remote_task_error(
+            record, task_run_id=self.task_run_id, flow_run_id=self.engine.flow_run_id, label=self.label, state=state
+        )
         if raise_on_failure:
             raise error
         return error
@@ -124,8 +132,11 @@ class LinkedRunFuture(Future[Any]):
         self.label = label
 
     @property
-    def state(self) -> StateType:
+    def state_type(self) -> StateType:
         return self.engine.store.flow_runs.state(self.task_run_id) or StateType.PENDING
+
+    def state_message(self) -> str:
+        return str(self.engine.store.flow_runs.read(self.task_run_id).get("message", ""))
 
     def wait(self, timeout: float | None = None) -> StateType:
         return self.engine.store.flow_runs.wait_final(self.task_run_id, timeout) or StateType.PENDING
@@ -172,8 +183,8 @@ class DynamicEngine(Engine):
         )
 
     def leaves(self) -> list[str]:
-        """Task runs of this flow run that nothing in it waited for."""
-        return [f.task_run_id for f in self.futures if f.task_run_id not in self.has_downstream]
+        """Task runs of this flow run that nothing in it waited for (nor saw fail: the body handled those)."""
+        return [f.task_run_id for f in self.futures if f.task_run_id not in self.has_downstream and not f.failure_seen]
 
     def submit(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any]) -> RemoteFuture:
         task.importable_or_raise()
@@ -267,7 +278,9 @@ class DynamicEngine(Engine):
         child = DynamicEngine(self.app, self.store, self.root, child_id, flow.queue or self.queue, self._counts)
         try:
             with using(child, RunInfo(child_id, flow.name, extra={"parent_flow_run_id": self.flow_run_id})):
-                value = aio.call(flow.fn, params)
+                value, decided = returned_state(aio.call(flow.fn, params))
+            if decided:
+                raise FlowRunFailed(f"subflow run {flow.name} ({child_id}): {decided}")
             child.wait(list(child.futures), None)
             returns = child.template(value, f"subflow {flow.name!r} return value")
         except Exception as exc:
@@ -348,6 +361,17 @@ class DynamicEngine(Engine):
         return self._poll(futures, timeout)
 
 
+def returned_state(value: Any) -> tuple[Any, str]:
+    """A body's return value, and why its run fails if the body returned a state that did not
+    complete (as in Prefect, a returned state decides the run's end); a Completed state gives its data."""
+    if not isinstance(value, State):
+        return value, ""
+    if value.is_completed():
+        return value.data, ""
+    said = f": {value.message}" if value.message else ""
+    return None, f"the flow returned a {value.name} state{said}"
+
+
 def drive(app: Celery, flow: Flow, run_id: str, parameters: dict[str, Any], queue: str, retrying: bool = False) -> None:
     """Run a dynamic flow body to its end; the run ends when its last task run does.
 
@@ -363,7 +387,7 @@ def drive(app: Celery, flow: Flow, run_id: str, parameters: dict[str, Any], queu
     body_error = ""
     try:
         with using(engine, RunInfo(run_id, flow.name)), prints_logged(flow.log_prints):
-            value = aio.call(flow.fn, parameters)
+            value, body_error = returned_state(aio.call(flow.fn, parameters))
         returns = engine.template(_values_of_children(value), f"flow {flow.name!r} return value")
     except Exception as exc:
         log.exception("flow run %s (%s): the flow body raised", run_id, flow.name)

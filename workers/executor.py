@@ -32,6 +32,7 @@ from orchestrator.runtime.context import RunInfo, using
 from orchestrator.runtime.engine import call_bound
 from orchestrator.runtime.run_logger import prints_logged
 from orchestrator.runtime.signals import RETRY
+from orchestrator.runtime.task_errors import type_name
 from orchestrator.states import StateType
 
 from .caching import open_cache
@@ -105,10 +106,17 @@ def end_failed(
     tb: str = "",
     hooks: Callable[[], None] | None = None,
     send: Callable[[list[dict[str, Any]]], None] = lambda _: None,
+    error: BaseException | None = None,
 ) -> None:
-    """A task run of ``run`` ends in a failed or skipped state (see :func:`end_task_run`)."""
+    """A task run of ``run`` ends in a failed or skipped state (see :func:`end_task_run`).
+
+    ``error``, the exception the task raised, is recorded by class and text so that a dynamic
+    body reading this run's result raises the same type (``runtime/task_errors.py``).
+    """
     trid = run["task_run_id"]
     fields = {"ended": now(), "message": message, "worker": worker, "traceback": tb}
+    if error is not None:
+        fields |= {"error_type": type_name(error), "error_text": str(error)}
     end_task_run(store, run["root"], trid, state, fields, run.get("label", trid), send, hooks)
 
 
@@ -256,7 +264,9 @@ def _run_holding_slots(
     if inputs is None:
         inputs = started.stored_inputs or {}
     where = f"task {run.get('label', task.name)} ({task.name}) of flow run {run['flow_run_id']}"
-    info = RunInfo(run["flow_run_id"], run.get("flow_name", ""), trid, task.name, attempt.number)
+    info = RunInfo(
+        run["flow_run_id"], run.get("flow_name", ""), trid, task.name, attempt.number, run_name=run.get("label") or None
+    )
     try:
         kwargs = resolve(
             inputs,
@@ -308,6 +318,7 @@ def _run_holding_slots(
             format_traceback(exc),
             lambda: call_hooks(task, task.hooks, info, outcome.state, outcome.message),
             attempt.send,
+            exc,
         )
         if outcome.state is StateType.SKIPPED:
             return Ending.STOPPED

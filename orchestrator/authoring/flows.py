@@ -23,6 +23,7 @@ from orchestrator.errors import DefinitionError, OrchestratorError, ParameterErr
 from orchestrator.guards.limits import queue_problem
 from orchestrator.runtime.context import current_engine
 from orchestrator.runtime.engine import as_call, bind_arguments
+from orchestrator.states import state_of_awaitable
 
 if TYPE_CHECKING:
     from orchestrator.planning.plan import Plan
@@ -174,18 +175,30 @@ class Flow(Generic[P, R]):
             raise DefinitionError(f"flow {self.name!r} cannot run on workers: {reason}.")
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the flow: in-process outside any flow, as a subflow inside one. Its value, or with
+        ``return_state=True`` its final State (which never raises; ``state.result()`` does)."""
+        from orchestrator.authoring.tasks import pop_call_keyword
+
+        return_state = bool(pop_call_keyword(self.fn, kwargs, "return_state", False))
         engine = current_engine()
         if self.is_async:  # as in Prefect: a coroutine, awaited for the flow's value
             from orchestrator.runtime import aio
 
             if engine is not None:
-                return aio.subflow_call(engine, self, args, kwargs)  # type: ignore[return-value]
-            return aio.flow_call(self, self.bind_parameters(args, kwargs))  # type: ignore[return-value]
+                call = aio.subflow_call(engine, self, args, kwargs)
+                if return_state:
+                    engine.needs_values(f"{self.name}(..., return_state=True)")
+                    return state_of_awaitable(call)  # type: ignore[return-value]
+                return call  # type: ignore[return-value]
+            return aio.flow_call(self, self.bind_parameters(args, kwargs), return_state)  # type: ignore[return-value]
         if engine is not None:
+            if return_state:
+                return engine.subflow_state(self, args, kwargs)  # type: ignore[return-value]
             return engine.call_subflow(self, args, kwargs)  # type: ignore[no-any-return]
         from orchestrator.local.runner import run_flow_locally
 
-        return run_flow_locally(self, self.bind_parameters(args, kwargs))  # type: ignore[no-any-return]
+        parameters = self.bind_parameters(args, kwargs)
+        return run_flow_locally(self, parameters, return_state=return_state)  # type: ignore[no-any-return]
 
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
         """Inside a flow body: start this flow as a child run now and return a future of its value,

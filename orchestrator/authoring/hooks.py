@@ -1,7 +1,7 @@
 """State hooks on tasks and flows: ``on_completion``, ``on_failure``, ``on_retry``, ...
 
 A hook is called as ``hook(task_or_flow, run, state)`` where ``run`` is the
-:class:`~orchestrator.runtime.context.RunInfo` and ``state`` a :class:`HookState`. A hook that
+:class:`~orchestrator.runtime.context.RunInfo` and ``state`` a :class:`~orchestrator.states.State`. A hook that
 raises is logged and never changes the run's outcome.
 """
 
@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.errors import DefinitionError
 from orchestrator.runtime.context import RunInfo
-from orchestrator.states import StateType
+from orchestrator.states import State, StateType
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +30,9 @@ _HOOK_OF_STATE = {
 }
 
 
-@dataclass(frozen=True)
-class HookState:
-    """The state a hook is called for."""
-
-    type: StateType
-    message: str = ""
+# What a hook receives: the state object Prefect's hooks get (``state.name``, ``state.type``,
+# ``state.message``, ``state.is_failed()``); the name is kept for code written against it.
+HookState = State
 
 
 def collect_hooks(owner: str, given: dict[str, Hook | Sequence[Hook] | None]) -> dict[str, list[Hook]]:
@@ -56,6 +52,6 @@ def call_hooks(owner: Any, hooks: dict[str, list[Hook]], run: RunInfo, state: St
     name = _HOOK_OF_STATE.get(state)
     for hook in hooks.get(name, []) if name else []:
         try:
-            hook(owner, run, HookState(state, message))
+            hook(owner, run, State.of(state, message))
         except Exception:
             log.exception("%s hook %r of %r raised; the run's outcome is unchanged", name, hook, owner)

@@ -37,6 +37,7 @@ from orchestrator.errors import DefinitionError, OrchestratorError
 from orchestrator.guards.limits import queue_problem
 from orchestrator.runtime.context import current_engine
 from orchestrator.runtime.futures import FutureList
+from orchestrator.states import state_of_awaitable, state_of_call
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -238,18 +239,29 @@ class Task(Generic[P, R]):
         return task_with_options(self, exclusive_cache_options(options))
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Called in a flow: a task run, and its value (``return_state=True``: its final State).
+        Outside any flow: the plain function."""
+        return_state = pop_call_keyword(self.fn, kwargs, "return_state", False)
         engine = current_engine()
         if engine is None:
+            if return_state:
+                if self.is_async:
+                    return state_of_awaitable(self.fn(*args, **kwargs))  # type: ignore[arg-type, return-value]
+                return state_of_call(lambda: self.fn(*args, **kwargs))  # type: ignore[return-value]
             return self.fn(*args, **kwargs)
-        wait_for = _pop_wait_for(self.fn, kwargs)
+        wait_for = list(pop_call_keyword(self.fn, kwargs, "wait_for", None) or [])
         if self.is_async:  # in a flow, as in Prefect: a coroutine that gives the value when awaited
-            from orchestrator.runtime.aio import task_call
+            from orchestrator.runtime.aio import task_call, task_state_call
 
             if wait_for:
                 raise OrchestratorError(
                     f"{self.name}(..., wait_for=...) on an async task: use {self.name}.submit(..., wait_for=...)."
                 )
+            if return_state:
+                return task_state_call(engine, self, args, kwargs)  # type: ignore[return-value]
             return task_call(engine, self, args, kwargs)  # type: ignore[return-value]
+        if return_state:
+            return engine.task_state(self, args, kwargs, wait_for)  # type: ignore[return-value]
         return engine.call_task(self, args, kwargs, wait_for)  # type: ignore[no-any-return]
 
     def submit(self, *args: Any, wait_for: Sequence[Any] | None = None, **kwargs: Any) -> Any:
@@ -274,12 +286,12 @@ class Task(Generic[P, R]):
         return f"<Task {self.name}>"
 
 
-def _pop_wait_for(fn: Callable[..., Any], kwargs: dict[str, Any]) -> list[Any]:
-    """``task(x, wait_for=[...])`` in a flow (as in Prefect): the waits, taken out of the call's
-    arguments, unless the function has a parameter of that name itself."""
-    if "wait_for" not in kwargs or "wait_for" in inspect.signature(fn).parameters:
-        return []
-    return list(kwargs.pop("wait_for") or [])
+def pop_call_keyword(fn: Callable[..., Any], kwargs: dict[str, Any], name: str, default: Any) -> Any:
+    """A keyword of the call itself (Prefect's ``wait_for=``, ``return_state=``), taken out of the
+    call's arguments, unless the function has a parameter of that name itself."""
+    if name not in kwargs or name in inspect.signature(fn).parameters:
+        return default
+    return kwargs.pop(name)
 
 
 @overload

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import contextvars
+import logging
 import threading
 import time
 import uuid
@@ -37,9 +38,10 @@ from orchestrator.runtime.engine import (
     zip_mapped,
 )
 from orchestrator.runtime.futures import DoneAndNotDone, Future
-from orchestrator.runtime.run_logger import prints_logged
+from orchestrator.runtime.run_logger import prints_logged, show_run_logs_on_terminal
 from orchestrator.runtime.signals import RETRY
-from orchestrator.states import StateType, can_transition
+from orchestrator.runtime.task_errors import annotate
+from orchestrator.states import State, StateType, can_transition
 
 if TYPE_CHECKING:
     from orchestrator.authoring.flows import Flow
@@ -65,8 +67,11 @@ class LocalFuture(Future[Any]):
         self.history.append((state, time.time(), message))
 
     @property
-    def state(self) -> StateType:
+    def state_type(self) -> StateType:
         return self._state
+
+    def state_message(self) -> str:
+        return self.history[-1][2]
 
     def wait(self, timeout: float | None = None) -> StateType:
         cf.wait([self.cf], timeout=timeout)
@@ -82,6 +87,7 @@ class LocalFuture(Future[Any]):
         except cf.TimeoutError:
             raise
         except Exception as exc:
+            self.failure_seen = True
             if raise_on_failure:
                 raise
             return exc
@@ -157,6 +163,12 @@ class LocalEngine(Engine):
         params = flow.bind_parameters(resolved_args, resolved_kwargs)
         return run_flow_locally(flow, params, pool=self.pool)
 
+    def subflow_state(self, flow: Flow, args: tuple[Any, ...], kwargs: dict[str, Any]) -> State:
+        """``child(x, return_state=True)``: the child's own final state (TimedOut stays TimedOut)."""
+        resolved_args = replace_futures(args, lambda f, _: f.result())
+        resolved_kwargs = replace_futures(kwargs, lambda f, _: f.result())
+        return flow_state_locally(flow, flow.bind_parameters(resolved_args, resolved_kwargs), pool=self.pool)
+
     def submit_subflow(self, flow: Flow, args: tuple[Any, ...], kwargs: dict[str, Any]) -> LocalFuture:
         """``child.submit(...)``: the child runs in a thread of its own (its tasks use the shared pool,
         so a pool filled with waiting children cannot deadlock); its future gives its value."""
@@ -209,7 +221,7 @@ class LocalEngine(Engine):
         bound: dict[str, Any],
         upstream: list[tuple[Future[Any], bool]],
     ) -> None:
-        states = {up.task_run_id: (up.label, up.state) for up, _ in upstream}
+        states = {up.task_run_id: (up.label, up.state_type) for up, _ in upstream}
         allowed = {up.task_run_id for up, tolerated in upstream if tolerated}
         decision = verdict(task.trigger, states, allowed)
         if not decision.run:
@@ -217,7 +229,7 @@ class LocalEngine(Engine):
             future.cf.set_exception(UpstreamFailedError(f"task {future.label}: {decision.message}"))
             return
         # An upstream that did not complete (tolerated, or under a trigger rule) passes None.
-        inputs = replace_futures(bound, lambda f, _: f.result() if f.state == StateType.COMPLETED else None)
+        inputs = replace_futures(bound, lambda f, _: f.result() if f.state_type == StateType.COMPLETED else None)
         self._attempts(future, task, inputs)
 
     def _attempts(self, future: LocalFuture, task: Task, inputs: dict[str, Any]) -> None:
@@ -231,7 +243,9 @@ class LocalEngine(Engine):
         first_poke: float | None = None
         while True:
             future.set_state(StateType.RUNNING if attempt == 1 else StateType.RETRYING)
-            run = RunInfo(self.run_id, self.flow.name, future.task_run_id, task.name, attempt, extra={"local": True})
+            run = RunInfo(
+                self.run_id, self.flow.name, future.task_run_id, task.name, attempt, {"local": True}, future.label
+            )
             try:
                 log_prints = task.log_prints if task.log_prints is not None else self.flow.log_prints
 
@@ -259,9 +273,7 @@ class LocalEngine(Engine):
                     time.sleep(outcome.delay)
                     continue
                 future.set_state(outcome.state, outcome.message)
-                error = TaskRunFailed(f"task {future.label} ended {outcome.state.value}: {outcome.message}")
-                error.__cause__ = exc
-                future.cf.set_exception(error)
+                future.cf.set_exception(self.task_error(exc, future, outcome.state, outcome.message))
                 return
             if cache is not None:
                 cache.keep(text)
@@ -270,57 +282,133 @@ class LocalEngine(Engine):
             future.cf.set_result(value)
             return
 
+    def task_error(self, exc: BaseException, future: LocalFuture, state: StateType, message: str) -> BaseException:
+        """What ``future.result()`` raises: the task's own exception with its run ids (a skipped task has none)."""
+        if state is StateType.SKIPPED or isinstance(
+            exc, RETRY
+        ):  # a skip, or a sensor that gave up: no error of its own
+            exc = TaskRunFailed(f"task {future.label} ended {state.value}: {message}")
+        return annotate(exc, task_run_id=future.task_run_id, flow_run_id=self.run_id, label=future.label, state=state)
+
     def failed_runs(self, returned: list[Future[Any]]) -> list[LocalFuture]:
         """The task runs that decide this flow failed: returned futures, else the leaves."""
         deciders = [f for f in returned if isinstance(f, LocalFuture)]
-        if not deciders:
-            deciders = [f for f in self.futures if f.task_run_id not in self.has_downstream]
-        return [f for f in deciders if f.state.is_failed]
+        if not deciders:  # the leaves, but for those whose failure the body saw and handled
+            deciders = [f for f in self.futures if f.task_run_id not in self.has_downstream and not f.failure_seen]
+        return [f for f in deciders if f.state_type.is_failed]
 
 
-def run_flow_locally(flow: Flow, parameters: dict[str, Any], pool: cf.ThreadPoolExecutor | None = None) -> Any:
-    """Run ``flow`` in this process and return its value; raise if it failed."""
+def run_flow_locally(
+    flow: Flow, parameters: dict[str, Any], pool: cf.ThreadPoolExecutor | None = None, *, return_state: bool = False
+) -> Any:
+    """Run ``flow`` in this process and return its value; raise what made it fail.
+
+    ``return_state=True`` gives the run's final :class:`State` instead, and never raises.
+    """
+    state = flow_state_locally(flow, parameters, pool)
+    return state if return_state else state.result()
+
+
+def flow_state_locally(flow: Flow, parameters: dict[str, Any], pool: cf.ThreadPoolExecutor | None = None) -> State:
+    """Run ``flow`` in this process, with its retries, and return its final state.
+
+    A failed attempt runs the whole body again after ``retry_delay_seconds`` (there is no
+    stored state to resume from in-process); the hooks see the final state only.
+    """
+    show_run_logs_on_terminal()
     own_pool = pool is None
     workers = get_settings().local_max_workers
     pool = pool or cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"flow-{flow.name}")
     run_id = str(uuid.uuid4())
-    engine = LocalEngine(flow, run_id, pool, parameters)
     parent = current_run()
-    info = RunInfo(
-        run_id, flow.name, extra={"parent_flow_run_id": parent.flow_run_id if parent else None, "local": True}
-    )
+    run_name = flow.run_name(parameters, run_id)
     abandoned = False
     try:
-        try:
-
-            def body() -> Any:
-                with using(engine, info), prints_logged(flow.log_prints):
-                    value = aio.call(flow.fn, parameters)
-                engine.drain()
-                return value
-
-            if flow.timeout_seconds:  # the body and its task runs, abandoned at the deadline (see timeouts.py)
-                value = call_with_timeout(body, flow.timeout_seconds, f"flow run {flow.name!r} ({run_id})")
-            else:
-                value = body()
-        except LocalTimeout as exc:
-            abandoned = True
-            message = f"ran past timeout_seconds={flow.timeout_seconds:g} ({describe(exc)})"
-            call_hooks(flow, flow.hooks, info, StateType.TIMED_OUT, message)
-            raise FlowRunFailed(f"flow run {flow.name!r} ({run_id}) ended TimedOut: {message}.") from exc
-        except Exception as exc:
-            call_hooks(flow, flow.hooks, info, StateType.FAILED, describe(exc))
-            raise
-        returned = [f for f, _ in walk_futures(value)]
-        failed = engine.failed_runs(returned)
-        if failed:
-            message = "; ".join(f"{f.label} ({f.state.value}: {f.history[-1][2]})" for f in failed)
-            call_hooks(flow, flow.hooks, info, StateType.FAILED, message)
-            error = FlowRunFailed(f"flow run {flow.name!r} ({run_id}) failed: task runs {message}.")
-            raise error from failed[0].cf.exception()
-        result = replace_futures(value, lambda f, _: f.result())
-        call_hooks(flow, flow.hooks, info, StateType.COMPLETED)
-        return result
+        for attempt in range(1, flow.retries + 2):
+            extra = {"parent_flow_run_id": parent.flow_run_id if parent else None, "local": True}
+            info = RunInfo(run_id, flow.name, attempt=attempt, extra=extra, run_name=run_name)
+            state, abandoned = _flow_attempt(flow, parameters, pool, info)
+            if state.is_completed() or attempt > flow.retries:
+                break
+            logging.getLogger("orchestrator.runs").info(
+                "[%s %s] attempt %d ended %s (%s); retrying in %gs",
+                flow.name,
+                run_id,
+                attempt,
+                state.name,
+                state.message,
+                flow.retry_delay_seconds,
+            )
+            time.sleep(flow.retry_delay_seconds)
+        call_hooks(flow, flow.hooks, info, state.detail, state.message or "")
+        return state
     finally:
         if own_pool:
             pool.shutdown(wait=not abandoned, cancel_futures=abandoned)
+
+
+def _flow_attempt(
+    flow: Flow, parameters: dict[str, Any], pool: cf.ThreadPoolExecutor, info: RunInfo
+) -> tuple[State, bool]:
+    """One attempt of an in-process run: (its final state, whether its threads were abandoned)."""
+    run_id = info.flow_run_id
+    engine = LocalEngine(flow, run_id, pool, parameters)
+
+    def body() -> Any:
+        with using(engine, info), prints_logged(flow.log_prints):
+            value = aio.call(flow.fn, parameters)
+        engine.drain()
+        return value
+
+    try:
+        if flow.timeout_seconds:  # the body and its task runs, abandoned at the deadline (see timeouts.py)
+            value = call_with_timeout(body, flow.timeout_seconds, f"flow run {flow.name!r} ({run_id})")
+        else:
+            value = body()
+    except LocalTimeout as exc:
+        message = f"ran past timeout_seconds={flow.timeout_seconds:g} ({describe(exc)})"
+        error = FlowRunFailed(f"flow run {flow.name!r} ({run_id}) ended TimedOut: {message}.")
+        error.__cause__ = exc
+        return State.of(StateType.TIMED_OUT, message, data=error), True
+    except Exception as exc:
+        return State.of(StateType.FAILED, describe(exc), data=exc), False
+    if isinstance(value, State):  # the body decided its own final state (as in Prefect)
+        return _returned_state(flow, run_id, value), False
+    failed = engine.failed_runs([f for f, _ in walk_futures(value)])
+    if failed:
+        message = "; ".join(f"{f.label} ({f.state_type.value}: {f.history[-1][2]})" for f in failed)
+        return State.of(StateType.FAILED, message, data=_flow_error(flow, run_id, engine, failed, message)), False
+    return State.of(StateType.COMPLETED, data=replace_futures(value, lambda f, _: f.result())), False
+
+
+def _returned_state(flow: Flow, run_id: str, returned: State) -> State:
+    """The final state of a run whose body returned ``returned``: a completed one's data is its value,
+    a failed one's result raises its exception (or FlowRunFailed with its message)."""
+    if returned.is_completed():
+        return State.of(returned.detail, returned.message, data=replace_futures(returned.data, lambda f, _: f.result()))
+    error = returned.data if isinstance(returned.data, BaseException) else None
+    if error is None:
+        said = f": {returned.message}" if returned.message else ""
+        error = FlowRunFailed(f"flow run {flow.name!r} ({run_id}) returned a {returned.name} state{said}")
+    return State(returned.type, returned.name, returned.message, error)
+
+
+def _flow_error(flow: Flow, run_id: str, engine: LocalEngine, failed: list[LocalFuture], message: str) -> BaseException:
+    """What a failed in-process run raises: the exception of the task run that failed first (as
+    Prefect raises it), with a note naming the run; FlowRunFailed if no task raised one."""
+    root_cause = next((f for f in failed if f.state_type in _RAISED), None) or next(
+        (f for f in engine.futures if f.state_type in _RAISED), None
+    )
+    error = root_cause.cf.exception() if root_cause is not None else None
+    summary = f"flow run {flow.name!r} ({run_id}) failed: task runs {message}."
+    if error is None:
+        error = FlowRunFailed(summary)
+        error.__cause__ = failed[0].cf.exception()
+        return error
+    if summary not in getattr(error, "__notes__", ()):
+        error.add_note(summary)
+    return error
+
+
+# The states in which a task run's future holds the exception its task raised.
+_RAISED = frozenset({StateType.FAILED, StateType.TIMED_OUT})

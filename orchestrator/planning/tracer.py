@@ -26,7 +26,7 @@ from orchestrator.runtime.engine import (
     zip_mapped,
 )
 from orchestrator.runtime.futures import DoneAndNotDone, Future
-from orchestrator.states import StateType
+from orchestrator.states import State, StateType
 
 if TYPE_CHECKING:
     from orchestrator.authoring.flows import Flow
@@ -56,7 +56,11 @@ class PlannedFuture(Future[Any]):
         raise DynamicFlowRequired(reason)
 
     @property
-    def state(self) -> StateType:
+    def state_type(self) -> StateType:
+        self._needs_value("the state")
+
+    @property
+    def state(self) -> State:
         self._needs_value("the state")
 
     def wait(self, timeout: float | None = None) -> StateType:
@@ -230,6 +234,11 @@ class TracingEngine(Engine):
         return {"log_prints": True} if task.log_prints is None and self.log_prints else {}
 
     # -- Engine ---------------------------------------------------------------------
+    def needs_values(self, reason: str) -> NoReturn:
+        """A call that reads a run's real outcome: the body runs in dynamic mode."""
+        self.root.dynamic_reason = f"the flow body uses {reason}"
+        raise DynamicFlowRequired(self.root.dynamic_reason)
+
     def submit(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any]) -> PlannedFuture:
         bound = bind_arguments(task.fn, args, kwargs, f"task {task.name!r}")
         waits = self._wait_ids(wait_for, task.name)
@@ -277,7 +286,8 @@ class TracingEngine(Engine):
         try:
             with using(child, RunInfo(child_id, flow.name, extra={"parent_flow_run_id": self.flow_run_id})):
                 value = aio.call(flow.fn, params)
-            needs_values = self.root.dynamic_reason != reason_before  # the body caught our signal
+            # the body caught our signal, or decides its own final state (a run of its own honours it)
+            needs_values = self.root.dynamic_reason != reason_before or isinstance(value, State)
         except DynamicFlowRequired:
             needs_values = True
         except OrchestratorError:
@@ -415,6 +425,8 @@ def trace_flow(flow: Flow, parameters: dict[str, Any], *, run_id: str | None = N
         value = aio.call(flow.fn, parameters)
     if engine.dynamic_reason:  # the body caught our signal; it still needs values
         raise DynamicFlowRequired(engine.dynamic_reason)
+    if isinstance(value, State):  # it decides its own final state: the driver honours that
+        engine.needs_values("a returned state")
     plan.returns = engine.template(value, f"flow {flow.name!r} return value")
     plan.topological_order()
     return plan

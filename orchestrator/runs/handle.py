@@ -60,11 +60,21 @@ class FlowRun:
         state = self.wait(timeout)
         record, results = self.store.flow_runs.read_outcome(self.id)
         if state is not StateType.COMPLETED:
-            raise FlowRunFailed(
+            error = FlowRunFailed(
                 f"flow run {record.get('name', self.id)} ({self.id}) ended {state.value}: {record.get('message', '')}"
             )
+            error.original_type, error.original_message = self._root_cause()
+            raise error
         returns = json.loads(record.get("returns", "null"))
         return resolve(returns, self.store, allow_pickle=True, where=f"flow run {self.id} result", prefetched=results)
+
+    def _root_cause(self) -> tuple[str | None, str | None]:
+        """The exception the first task run to fail raised (class ``module:qualname``, text), if any."""
+        raised = [row for row in self.task_runs() if row.get("error_type")]
+        if not raised:
+            return None, None
+        first = min(raised, key=lambda row: float(row.get("ended") or 0))
+        return str(first["error_type"]), str(first.get("error_text", ""))
 
     def logs(self) -> list[dict[str, Any]]:
         """Log lines of this flow run and its task runs, oldest first (shipped every ~0.5 s)."""

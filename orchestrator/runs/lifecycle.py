@@ -190,7 +190,9 @@ def end_flow_run(store: RunStore, run_id: str, state: StateType, message: str = 
     name = store.flow_runs.field(run_id, "flow")
     definition = get_flow(name) if name else None
     if definition is not None and definition.hooks:
-        call_hooks(definition, definition.hooks, RunInfo(run_id, definition.name), state, message)
+        run_name = store.flow_runs.field(run_id, "name") or None  # Prefect's flow_run.name in a hook
+        info = RunInfo(run_id, definition.name, run_name=run_name)
+        call_hooks(definition, definition.hooks, info, state, message)
 
 
 def finish_flow_run(store: RunStore, root: str) -> StateType:

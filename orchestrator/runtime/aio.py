@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from orchestrator.authoring.tasks import Task
     from orchestrator.runtime.engine import Engine
     from orchestrator.runtime.futures import Future
+    from orchestrator.states import State
 
 SETTLE_SECONDS = 2.0  # how long a cancelled coroutine may take to finish before its loop is replaced
 
@@ -188,6 +189,18 @@ async def task_call(engine: Engine, task: Task, args: tuple[Any, ...], kwargs: d
     return await future
 
 
+async def task_state_call(engine: Engine, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> State:
+    """``await my_async_task(x, return_state=True)``: the task run's final state, waited for without
+    blocking the loop (its ``result()`` gives the value or raises the task's exception)."""
+    engine.needs_values(f"{task.name}(..., return_state=True)")
+    future = engine.submit(task, args, kwargs, [])
+    try:
+        await future
+    except Exception:  # the state carries it
+        pass
+    return future.state
+
+
 async def subflow_call(engine: Engine, flow: Flow, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """``await my_async_flow(x)`` inside a flow: a subflow run, as the engine runs subflows.
 
@@ -200,7 +213,7 @@ async def subflow_call(engine: Engine, flow: Flow, args: tuple[Any, ...], kwargs
     return await asyncio.to_thread(engine.call_subflow, flow, args, kwargs)
 
 
-async def flow_call(flow: Flow, parameters: dict[str, Any]) -> Any:
+async def flow_call(flow: Flow, parameters: dict[str, Any], return_state: bool = False) -> Any:
     """``await my_async_flow(x)`` outside any flow: an in-process run, in a thread.
 
     The local runner is synchronous (it waits on its task threads); in a thread it leaves
@@ -208,13 +221,13 @@ async def flow_call(flow: Flow, parameters: dict[str, Any]) -> Any:
     """
     from orchestrator.local.runner import run_flow_locally  # on use: the runner imports the engines
 
-    return await asyncio.to_thread(run_flow_locally, flow, parameters)
+    return await asyncio.to_thread(run_flow_locally, flow, parameters, return_state=return_state)
 
 
 async def result_of(future: Future[Any], first_pause: float = 0.005, longest_pause: float = 0.1) -> Any:
     """``await future``: poll its state without blocking the loop, then return its result."""
     pause = first_pause
-    while not future.state.is_final:
+    while not future.state_type.is_final:
         await asyncio.sleep(pause)
         pause = min(pause * 1.5, longest_pause)
     return future.result()

@@ -27,6 +27,17 @@ class RunInfo:
     task_name: str | None = None
     attempt: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
+    run_name: str | None = None  # the run's own name, where the engine knows it
+
+    @property
+    def id(self) -> str:
+        """The id of this run (Prefect's ``flow_run.id`` / ``task_run.id`` in a hook)."""
+        return self.task_run_id or self.flow_run_id
+
+    @property
+    def name(self) -> str:
+        """The name of this run (Prefect's ``flow_run.name`` in a hook): its own, else its flow's or task's."""
+        return self.run_name or (self.task_name if self.task_run_id else self.flow_name) or ""
 
 
 _engine: contextvars.ContextVar[Engine | None] = contextvars.ContextVar("orchestrator_engine", default=None)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import ParameterError
 from orchestrator.runtime.futures import AllowFailure, DoneAndNotDone, Future, Unmapped
+from orchestrator.states import State, state_of_call
 
 if TYPE_CHECKING:
     from orchestrator.authoring.flows import Flow
@@ -41,9 +42,29 @@ class Engine(ABC):
         its value, once it has one (a tracer gives the planned future instead)."""
         return self.submit(task, args, kwargs, wait_for or []).result()
 
+    def needs_values(self, reason: str) -> None:
+        """The body is about to read a run's real outcome (``return_state=True``, a returned state):
+        engines that run tasks have it; the tracer stops and the body runs in dynamic mode."""
+        return None
+
+    def task_state(
+        self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any] | None = None
+    ) -> State:
+        """``task(x, return_state=True)``: the task run's final state (its ``result()`` gives the value
+        or raises the task's exception) instead of its value."""
+        self.needs_values(f"{task.name}(..., return_state=True)")
+        future = self.submit(task, args, kwargs, wait_for or [])
+        future.wait()
+        return future.state
+
     @abstractmethod
     def call_subflow(self, flow: Flow, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """A flow called inside another flow's body: a child flow run."""
+
+    def subflow_state(self, flow: Flow, args: tuple[Any, ...], kwargs: dict[str, Any]) -> State:
+        """``child(x, return_state=True)`` in a body: the child run's final state instead of its value."""
+        self.needs_values(f"{flow.name}(..., return_state=True)")
+        return state_of_call(lambda: self.call_subflow(flow, args, kwargs))
 
     def submit_subflow(self, flow: Flow, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[Any]:
         """``child.submit(...)``: a child flow run started at once; its future gives its value."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
-from orchestrator.states import StateType
+from orchestrator.states import State, StateType
 
 if TYPE_CHECKING:
     from orchestrator.runtime.engine import Engine
@@ -23,11 +23,28 @@ class Future(Generic[R]):
     engine: Engine
     task_run_id: str
     label: str
+    # The body saw this run fail (its result() raised into the body, or it read its failed state):
+    # it handled the failure, so this run no longer decides its flow's end as a leaf (as in Prefect).
+    failure_seen: bool = False
 
     @property
-    def state(self) -> StateType:
-        """The task run's current state."""
+    def state_type(self) -> StateType:
+        """The task run's current precise state (what the engines compare)."""
         raise NotImplementedError
+
+    def state_message(self) -> str:
+        """Why the task run is in its state (empty when there is nothing to say)."""
+        return ""
+
+    @property
+    def state(self) -> State:
+        """The task run's current state, as Prefect code reads it (``.is_completed()``, ``.name``,
+        ``.result()``: the value, or the task's own exception)."""
+        precise = self.state_type
+        message = self.state_message() if precise.is_final else ""
+        if precise.is_failed:
+            self.failure_seen = True
+        return State.of(precise, message, resolve=lambda raise_on_failure: self.result(0, raise_on_failure))
 
     def wait(self, timeout: float | None = None) -> StateType:
         """Block until the task run is final (or ``timeout``); return its state."""

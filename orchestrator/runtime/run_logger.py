@@ -105,3 +105,29 @@ def prints_logged(enabled: bool | None) -> Iterator[None]:
     finally:
         router.flush()
         _capturing.reset(token)
+
+
+_terminal_lock = threading.Lock()
+_terminal_handler: logging.Handler | None = None
+
+
+def show_run_logs_on_terminal() -> None:
+    """Show run-logger lines (and ``log_prints`` output) on stderr for a flow called in-process,
+    unless the program configured logging itself.
+
+    Python drops INFO lines of an unconfigured program; Prefect shows its run logs anyway, and
+    a script that calls a flow expects to see them. Nothing is added when any handler exists on
+    the run logger or above it (a program's own ``logging.basicConfig``, pytest's capture), or
+    when this was done already. Workers configure logging through Celery and never get here.
+    """
+    global _terminal_handler
+    logger = logging.getLogger("orchestrator.runs")
+    with _terminal_lock:
+        if _terminal_handler is not None or logger.hasHandlers():
+            return
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s.%(msecs)03d | %(levelname)-7s | %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.INFO)
+        _terminal_handler = handler
