@@ -318,7 +318,7 @@ def _run_holding_slots(
             format_traceback(exc),
             lambda: call_hooks(task, task.hooks, info, outcome.state, outcome.message),
             attempt.send,
-            exc,
+            None if isinstance(exc, RETRY) else exc,  # a sensor that gave up raised no error of its own
         )
         if outcome.state is StateType.SKIPPED:
             return Ending.STOPPED

@@ -284,9 +284,7 @@ class LocalEngine(Engine):
 
     def task_error(self, exc: BaseException, future: LocalFuture, state: StateType, message: str) -> BaseException:
         """What ``future.result()`` raises: the task's own exception with its run ids (a skipped task has none)."""
-        if state is StateType.SKIPPED or isinstance(
-            exc, RETRY
-        ):  # a skip, or a sensor that gave up: no error of its own
+        if state is StateType.SKIPPED or isinstance(exc, RETRY):  # skipped, or a sensor gave up: no error of its own
             exc = TaskRunFailed(f"task {future.label} ended {state.value}: {message}")
         return annotate(exc, task_run_id=future.task_run_id, flow_run_id=self.run_id, label=future.label, state=state)
 
