@@ -76,3 +76,27 @@ def returns_failed_directly() -> Any:
 def fails_with_own_exception(x: int) -> int:
     """Leaves the failure unhandled: the run fails, and its error names QuotaExceeded."""
     return over_quota.submit(x)  # type: ignore[return-value]
+
+
+PLANNED_HERE: list[str] = []  # what bodies planned in this process appended (the test's process)
+
+
+@flow(queue=QUEUE, log_prints=True)
+def wires_and_logs(x: int) -> Any:
+    """A body that only wires tasks, and logs and prints while it is planned."""
+    from orchestrator import get_run_logger
+
+    PLANNED_HERE.append("wires_and_logs")
+    get_run_logger().info("planning with x=%s", x)
+    print(f"printed while planned {x}")
+    return double.submit(x)
+
+
+@flow(queue=QUEUE, log_prints=True, plan_on_worker=True)
+def planned_on_a_worker(x: int) -> Any:
+    """The same body, planned by a worker of its queue (its side effects happen there)."""
+    from orchestrator import get_run_logger
+
+    PLANNED_HERE.append("planned_on_a_worker")
+    get_run_logger().info("planning on a worker with x=%s", x)
+    return double.submit(x)

@@ -180,3 +180,34 @@ def test_a_returned_state_decides_a_fleet_run(states_worker: subprocess.Popen[by
     direct = sf.returns_failed_directly.delay()
     assert direct.wait(timeout=60) is StateType.FAILED
     assert "nothing to do today" in direct.info["message"]
+
+
+def _logged(run: object, fragment: str, timeout: float = 10) -> list[str]:
+    """The run's log messages once one contains ``fragment`` (lines are shipped every half second)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        messages = [line["message"] for line in run.logs()]  # type: ignore[attr-defined]
+        if any(fragment in m for m in messages) or time.monotonic() > deadline:
+            return messages
+        time.sleep(0.1)
+
+
+def test_what_a_body_logs_while_planned_is_in_its_runs_logs(states_worker: subprocess.Popen[bytes]) -> None:
+    sf.PLANNED_HERE.clear()
+    run = sf.wires_and_logs.delay(5)
+    assert run.result(timeout=60) == 10
+    assert run.info["mode"] != "dynamic"
+    assert sf.PLANNED_HERE == ["wires_and_logs"]  # planned in this process
+    messages = _logged(run, "printed while planned 5")
+    assert any("planning with x=5" in m for m in messages)
+    assert any("printed while planned 5" in m for m in messages)
+
+
+def test_plan_on_worker_plans_the_body_there(states_worker: subprocess.Popen[bytes]) -> None:
+    sf.PLANNED_HERE.clear()
+    run = sf.planned_on_a_worker.delay(6)
+    assert run.result(timeout=60) == 12
+    assert sf.PLANNED_HERE == []  # nothing of the body ran in this process
+    assert any("planning on a worker with x=6" in m for m in _logged(run, "planning on a worker"))

@@ -59,6 +59,7 @@ class Flow(Generic[P, R]):
         on_cancellation: Hook | Sequence[Hook] | None = None,
         log_prints: bool = False,
         version: str | None = None,
+        plan_on_worker: bool = False,
     ) -> None:
         self.options_given = given_options(locals())  # what with_options starts from
         self.version = version  # shown, never interpreted (as in Prefect)
@@ -82,6 +83,9 @@ class Flow(Generic[P, R]):
         self.retries = retries
         self.retry_delay_seconds = retry_delay_seconds
         self.log_prints = log_prints  # print() in the body, and in tasks that do not say, goes to the run log
+        # .delay() plans a body that only wires tasks in the caller's process (one hop fewer); a body with
+        # side effects of its own (prints, sleeps, reads) can ask for a worker of its queue to plan it
+        self.plan_on_worker = plan_on_worker
         self.hooks = collect_hooks(
             f"flow {self.name!r}",
             {
@@ -271,6 +275,7 @@ def flow(
     on_cancellation: Hook | Sequence[Hook] | None = None,
     log_prints: bool = False,
     version: str | None = None,
+    plan_on_worker: bool = False,
 ) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
 
 

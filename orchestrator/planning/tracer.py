@@ -26,6 +26,7 @@ from orchestrator.runtime.engine import (
     zip_mapped,
 )
 from orchestrator.runtime.futures import DoneAndNotDone, Future
+from orchestrator.runtime.run_logger import prints_logged
 from orchestrator.states import State, StateType
 
 if TYPE_CHECKING:
@@ -421,7 +422,7 @@ def trace_flow(flow: Flow, parameters: dict[str, Any], *, run_id: str | None = N
     run_id = run_id or str(uuid.uuid4())
     plan = Plan(flow.name, run_id, queue or flow.queue or get_settings().default_queue)
     engine = TracingEngine(plan, run_id, plan.queue, log_prints=flow.log_prints)
-    with using(engine, RunInfo(run_id, flow.name)):
+    with using(engine, RunInfo(run_id, flow.name)), prints_logged(flow.log_prints):
         value = aio.call(flow.fn, parameters)
     if engine.dynamic_reason:  # the body caught our signal; it still needs values
         raise DynamicFlowRequired(engine.dynamic_reason)

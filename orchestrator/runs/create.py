@@ -305,7 +305,10 @@ def create_flow_run(
     run = created.record
     store = get_store()
     messaging = client_messaging()
-    prepared = prepare_run(flow, created.values, run_id=run.id, queue=run.queue, messaging=messaging)
+    if flow.plan_on_worker:  # a worker of its queue plans it, as a run created over HTTP
+        send_new_runs([run], messaging)
+        return FlowRun(run.id, store)
+    prepared = prepare_run(flow, created.values, run_id=run.id, queue=run.queue, messaging=messaging, keep_logs=True)
     record = run.to_redis()
     pipe = store.pipeline()
     if prepared.plan is not None:  # launched in this pipeline (the record written Running): Pending is its first event

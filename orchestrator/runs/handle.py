@@ -8,8 +8,10 @@ task results while it runs is sent to a worker of its queue to be driven there.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.data.references import resolve
@@ -19,7 +21,9 @@ from orchestrator.planning.compiler import Compiled
 from orchestrator.planning.plan import Plan
 from orchestrator.planning.tracer import DynamicFlowRequired, trace_flow
 from orchestrator.runs.lifecycle import launch_static, list_task_runs
+from orchestrator.runstate.events import LogLine
 from orchestrator.runstate.store import RunStore, get_store
+from orchestrator.runtime.run_logger import run_logs_kept
 from orchestrator.states import StateType
 from orchestrator.transport.messaging import Messaging
 
@@ -89,6 +93,17 @@ class FlowRun:
         return f"<FlowRun {self.id} {self.state}>"
 
 
+def log_line(record: logging.LogRecord) -> LogLine:
+    """A run-logger record as the log line a worker would ship."""
+    return LogLine(
+        flow_run_id=record.flow_run_id,  # type: ignore[attr-defined]
+        task_run_id=getattr(record, "task_run_id", None),
+        level=record.levelname,
+        message=record.getMessage(),
+        ts=record.created,
+    )
+
+
 def _maybe_json(value: str) -> Any:
     try:
         return json.loads(value)
@@ -110,10 +125,17 @@ class PreparedRun:
     plan: Plan | None = None
     compiled: Compiled | None = None
     dynamic_reason: str | None = None
+    log_lines: list[LogLine] = field(default_factory=list)  # what the body logged while planned here
 
 
 def prepare_run(
-    flow: Flow, parameters: dict[str, Any], *, run_id: str, queue: str, messaging: Messaging
+    flow: Flow,
+    parameters: dict[str, Any],
+    *,
+    run_id: str,
+    queue: str,
+    messaging: Messaging,
+    keep_logs: bool = False,
 ) -> PreparedRun:
     """Trace and compile a run without writing anything.
 
@@ -122,10 +144,17 @@ def prepare_run(
     what it did with a planned future may be what failed (``isinstance(x, int)``, a library
     that read the value), and with real values on a worker it either runs or fails with its
     own error there.
+
+    ``keep_logs``: what the body logs while traced is kept for :func:`launch_prepared` to ship
+    with the run (a worker ships its own lines; a body that turns out dynamic logs them again
+    on the worker, so those are dropped).
     """
     prepared = PreparedRun(run_id, queue)
+    records: list[logging.LogRecord] = []
     try:
-        prepared.plan = trace_flow(flow, parameters, run_id=run_id, queue=queue)
+        with run_logs_kept(records) if keep_logs else contextlib.nullcontext():
+            prepared.plan = trace_flow(flow, parameters, run_id=run_id, queue=queue)
+        prepared.log_lines = [log_line(record) for record in records]
     except DynamicFlowRequired as signal:
         prepared.dynamic_reason = str(signal)
         return prepared
@@ -154,6 +183,8 @@ def launch_prepared(
     pipe = pipe if pipe is not None else store.pipeline()
     if prepared.plan is not None and prepared.compiled is not None:
         launch_static(store, messaging, prepared.plan, prepared.compiled, record, pipe)
+        if prepared.log_lines:
+            store.events.ship_logs(prepared.log_lines)
         return
     store.flow_runs.write(run_id, {"mode": "dynamic", "mode_reason": prepared.dynamic_reason or ""}, pipe)
     pipe.execute()

@@ -131,3 +131,32 @@ def show_run_logs_on_terminal() -> None:
         if logger.level == logging.NOTSET:
             logger.setLevel(logging.INFO)
         _terminal_handler = handler
+
+
+@contextlib.contextmanager
+def run_logs_kept(into: list[logging.LogRecord]) -> Iterator[None]:
+    """Within the block, keep the run-logger lines this thread writes (with their run ids) in ``into``.
+
+    ``.delay()`` plans a flow body in the caller's process; what the body logs there belongs to
+    the run's logs like what it logs on a worker. The run logger is enabled for INFO during the
+    block if the program left it below that (the lines would not exist otherwise).
+    """
+    logger = logging.getLogger("orchestrator.runs")
+    thread = threading.get_ident()
+
+    class Keeper(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.thread == thread and getattr(record, "flow_run_id", None):
+                into.append(record)
+
+    keeper = Keeper(level=logging.INFO)
+    raised = logger.getEffectiveLevel() > logging.INFO and logger.level == logging.NOTSET
+    logger.addHandler(keeper)
+    if raised:
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(keeper)
+        if raised:
+            logger.setLevel(logging.NOTSET)
