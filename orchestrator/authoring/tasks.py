@@ -37,7 +37,7 @@ from orchestrator.errors import DefinitionError, OrchestratorError
 from orchestrator.guards.limits import queue_problem
 from orchestrator.runtime.context import current_engine
 from orchestrator.runtime.futures import FutureList
-from orchestrator.states import state_of_awaitable, state_of_call
+from orchestrator.states import Failed, state_of_awaitable, state_of_call
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -45,6 +45,8 @@ R = TypeVar("R")
 
 
 RetryDelay = float | Sequence[float] | Callable[[int], Sequence[float]]
+# ``(task, exc)``, or Prefect 3's ``(task, task_run, state)``: True to retry
+RetryCondition = Callable[..., bool]
 
 
 def exponential_backoff(backoff_factor: float) -> Callable[[int], list[float]]:
@@ -98,7 +100,7 @@ class Task(Generic[P, R]):
         retry_delay_seconds: RetryDelay = 0,
         retry_jitter_factor: float | None = None,
         retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
-        retry_condition_fn: Callable[[Task[Any, Any], BaseException], bool] | None = None,
+        retry_condition_fn: RetryCondition | None = None,
         poke_timeout_seconds: float | None = None,
         timeout_seconds: float | None = None,
         tags: Sequence[str] = (),
@@ -193,6 +195,11 @@ class Task(Generic[P, R]):
         if self.retry_condition_fn is None:
             return True
         try:
+            if _takes_three(self.retry_condition_fn):  # Prefect 3's form: (task, task_run, state)
+                from orchestrator.runtime.context import current_run
+
+                failed = Failed(message=f"{type(exc).__name__}: {exc}", data=exc)
+                return bool(self.retry_condition_fn(self, current_run(), failed))  # type: ignore[call-arg]
             return bool(self.retry_condition_fn(self, exc))
         except Exception:
             log.exception("task %s: retry_condition_fn raised; not retrying", self.name)
@@ -286,6 +293,18 @@ class Task(Generic[P, R]):
         return f"<Task {self.name}>"
 
 
+@functools.lru_cache(maxsize=1024)
+def _takes_three(fn: Callable[..., Any]) -> bool:
+    """Whether a ``retry_condition_fn`` is written as Prefect 3's ``(task, task_run, state)``
+    (``state.result()`` raises the attempt's exception) rather than ``(task, exc)``."""
+    try:
+        parameters = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 3
+
+
 def pop_call_keyword(fn: Callable[..., Any], kwargs: dict[str, Any], name: str, default: Any) -> Any:
     """A keyword of the call itself (Prefect's ``wait_for=``, ``return_state=``), taken out of the
     call's arguments, unless the function has a parameter of that name itself."""
@@ -306,7 +325,7 @@ def task(
     retry_delay_seconds: RetryDelay = 0,
     retry_jitter_factor: float | None = None,
     retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
-    retry_condition_fn: Callable[[Task[Any, Any], BaseException], bool] | None = None,
+    retry_condition_fn: RetryCondition | None = None,
     poke_timeout_seconds: float | None = None,
     timeout_seconds: float | None = None,
     tags: Sequence[str] = (),

@@ -364,6 +364,8 @@ def _flow_attempt(
         else:
             value = body()
     except LocalTimeout as exc:
+        if getattr(exc, "task_run_id", None) is not None:  # a task's timeout, raised into the body by result()
+            return State.of(StateType.FAILED, describe(exc), data=exc), False
         message = f"ran past timeout_seconds={flow.timeout_seconds:g} ({describe(exc)})"
         error = FlowRunFailed(f"flow run {flow.name!r} ({run_id}) ended TimedOut: {message}.")
         error.__cause__ = exc

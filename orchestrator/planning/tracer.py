@@ -8,8 +8,12 @@ it runs (``.result()``, ``if x > 5``, iterating a future), tracing stops with
 
 from __future__ import annotations
 
+import ast
+import functools
+import inspect
+import textwrap
 import uuid
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from orchestrator.config.settings import get_settings
@@ -135,9 +139,12 @@ class PlannedFuture(Future[Any]):
     __hash__ = Future.__hash__
 
     def __eq__(self, other: object) -> bool:
-        """Futures compare by identity (sets and dicts of them); against a value, the value is needed."""
-        if isinstance(other, Future):
-            return self is other
+        """A future equals itself (sets and dicts of futures); against a value or another task's
+        future (``a == b`` compares their values, as in Prefect), the value is needed."""
+        if other is self or (
+            isinstance(other, PlannedFuture) and (other.task_run_id, other.path) == (self.task_run_id, self.path)
+        ):
+            return True
         self._needs_value("a comparison")
 
     def __ne__(self, other: object) -> bool:
@@ -285,6 +292,8 @@ class TracingEngine(Engine):
         )
         child.barrier = list(self.barrier)
         try:
+            if catches_errors(flow.fn):  # its except clauses need the tasks' real errors: a run of its own
+                raise DynamicFlowRequired(f"subflow {flow.name!r} catches exceptions")
             with using(child, RunInfo(child_id, flow.name, extra={"parent_flow_run_id": self.flow_run_id})):
                 value = aio.call(flow.fn, params)
             # the body caught our signal, or decides its own final state (a run of its own honours it)
@@ -417,8 +426,37 @@ def _import_error(task: Task) -> str | None:
     return why_not_importable(task.fn)
 
 
+@functools.lru_cache(maxsize=1024)
+def catches_errors(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn``'s own body has a ``try`` with ``except`` clauses.
+
+    A planned call never raises, so an ``except`` around a task call could not take effect
+    in a compiled plan: such a body runs in dynamic mode, where the task's own exception
+    reaches the clause (``try: load(x) except ValueError: ...``, as in Prefect). Nested
+    functions are not looked into; a body whose source cannot be read is planned as usual.
+    """
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+    except (OSError, TypeError, SyntaxError):
+        return False
+    function = tree.body[0] if tree.body else None
+    if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return False
+    pending: list[ast.AST] = list(function.body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            continue
+        if isinstance(node, (ast.Try, ast.TryStar)) and node.handlers:
+            return True
+        pending.extend(ast.iter_child_nodes(node))
+    return False
+
+
 def trace_flow(flow: Flow, parameters: dict[str, Any], *, run_id: str | None = None, queue: str | None = None) -> Plan:
     """Trace ``flow`` with ``parameters`` into a plan; raises DynamicFlowRequired if needed."""
+    if catches_errors(flow.fn):
+        raise DynamicFlowRequired("the flow body catches exceptions (try/except): its tasks' errors must reach it")
     run_id = run_id or str(uuid.uuid4())
     plan = Plan(flow.name, run_id, queue or flow.queue or get_settings().default_queue)
     engine = TracingEngine(plan, run_id, plan.queue, log_prints=flow.log_prints)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import ParameterError
@@ -181,8 +181,8 @@ def replace_futures(value: Any, resolve: Callable[[Future[Any], bool], Any]) -> 
 def split_map_arguments(bound: dict[str, Any], what: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split bound map arguments into (mapped iterables, static values).
 
-    Lists, tuples, sets and futures are mapped; ``unmapped(x)``, strings, dicts and
-    scalars are passed whole to every run.
+    Lists, tuples, sets, futures and other iterables (``range``, generators) are mapped;
+    ``unmapped(x)``, strings, bytes, dicts and scalars are passed whole to every run.
     """
     mapped: dict[str, Any] = {}
     static: dict[str, Any] = {}
@@ -191,6 +191,8 @@ def split_map_arguments(bound: dict[str, Any], what: str) -> tuple[dict[str, Any
             static[name] = value.value
         elif isinstance(value, (list, tuple, set, frozenset, Future)):
             mapped[name] = value
+        elif isinstance(value, Iterable) and not isinstance(value, (str, bytes, bytearray, Mapping)):
+            mapped[name] = list(value)  # range, a generator, dict views, ...: as Prefect maps them
         else:
             static[name] = value
     if not mapped:
