@@ -26,7 +26,8 @@ from sqlmodel import Session
 
 from api.models import FlowRun, StateEvent
 from api.schemas import FlowRunCreate
-from orchestrator.data.serialization import PICKLE_TAG
+from orchestrator.data import classes
+from orchestrator.data.serialization import PICKLE_TAG, TAG
 from orchestrator.guards.limits import holds_key
 from orchestrator.runs import create
 from orchestrator.runs.create import FlowSpec, ParameterProblem, parameter_problem, send_new_runs
@@ -40,13 +41,25 @@ DUE_SLACK_SECONDS = 0.5  # a start time this close to now is "now"
 
 
 def refuse_pickled(parameters: dict[str, Any]) -> None:
-    """The HTTP door's own rule: no pickle payloads (checked after the depth, before the schema)."""
+    """The HTTP door's own rule: no pickle payloads, no value naming a class (checked after the depth, before
+    the schema).
+
+    Both make a worker run code to read them. Over HTTP a dataclass or model parameter is a plain
+    object: the flow's type hint makes it an instance on the worker, so naming the class is never needed.
+    """
     problems = []
     for name, value in parameters.items():
         if holds_key(value, PICKLE_TAG):
             text = (
                 f"parameter {name!r} holds a {PICKLE_TAG!r} payload; the API takes JSON values only "
                 "(pickled values never cross the HTTP door)"
+            )
+            problems.append(parameter_problem(name, "type", text))
+        elif holds_key(value, TAG, classes.KINDS):
+            text = (
+                f"parameter {name!r} holds a value tagged {{{TAG!r}: 'dataclass' or 'model'}}, which names a class; "
+                "the API takes JSON values only: send the object's fields as a plain object (a parameter "
+                "annotated with a dataclass or a pydantic model becomes an instance of it on the worker)"
             )
             problems.append(parameter_problem(name, "type", text))
     if problems:

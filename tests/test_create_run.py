@@ -131,15 +131,19 @@ def test_what_python_passes_is_judged_in_its_json_form_and_what_json_cannot_carr
 ) -> None:
     days = [dt.date(2026, 1, 2), dt.date(2026, 1, 3)]
     segment = {"start": {"x": 1}, "end": {"x": 2}}
+    model = create_flows.Segment.model_validate(segment)
     run = create_flows.typed_flow.delay(3, segment=segment, days=days)  # dates: "2026-01-02" to the schema
-    assert run.result(timeout=60) == [3, segment, days]
+    assert run.result(timeout=60) == [3, model, days]  # the dict given for a model parameter became the model
+    assert create_flows.typed_flow.delay(3, segment=model).result(timeout=60) == [3, model, None]
     with pytest.raises(ParameterError, match=r"parameter 'days': \['2026-01-02', 4\] is not valid"):
         create_flows.typed_flow.delay(3, days=[dt.date(2026, 1, 2), 4])
+    wrong = create_flows.Segment.model_construct(start={"x": "left"}, end={"x": 2})  # judged in its JSON form
+    with pytest.raises(ParameterError, match=r"parameter 'segment'"):
+        create_flows.typed_flow.delay(3, segment=wrong)
 
     trace = Trace(redis_url, "typed-flow", create_flows.QUEUE)
-    model = create_flows.Segment.model_validate(segment)  # no JSON form of its own: the encoder decides
-    with pytest.raises(SerializationError, match=r"parameter 'segment': a value of type tests\.create_flows\.Segment"):
-        create_flows.typed_flow.delay(3, segment=model)
+    with pytest.raises(SerializationError, match=r"parameter 'days': a value of type builtins\.object"):
+        create_flows.typed_flow.delay(3, days=[object()])  # no JSON form: the encoder refuses it by name
     assert (trace.records_since(), trace.events_since()) == (set(), 0)
 
 

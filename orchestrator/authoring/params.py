@@ -1,12 +1,14 @@
-"""Flow parameters given as text (``-p day=2026-01-02``), read with the flow's type hints."""
+"""Flow parameters given as text (``-p day=2026-01-02``) or JSON, read with the flow's type hints."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
+import typing
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from orchestrator.authoring.definitions import parameter_hints
 from orchestrator.authoring.flows import Flow
@@ -89,3 +91,24 @@ def coerce_parameters(flow: Flow, given: dict[str, Any]) -> dict[str, Any]:
         except Exception:  # a hint pydantic cannot check
             out[name] = value
     return out
+
+
+def coerce_class_parameters(flow: Flow, given: dict[str, Any]) -> dict[str, Any]:
+    """Parameters annotated with a dataclass or a pydantic model (also in ``list[...]``, ``X | None``)
+    made instances of it; the others as given.
+
+    Where the flow's code is (``.delay()``), the body is traced with these values: a plain dict
+    given for ``cfg: Config`` must reach it as a ``Config``, as it does when a worker starts a
+    run sent over HTTP (:func:`coerce_parameters`). Other parameters are left alone: ``.delay()``
+    has always passed them as given.
+    """
+    hints = parameter_hints(flow.fn)
+    typed = {name: value for name, value in given.items() if _names_a_class(hints.get(name))}
+    return given | coerce_parameters(flow, typed) if typed else given
+
+
+def _names_a_class(hint: Any) -> bool:
+    """Whether a type hint is, or holds, a dataclass or a pydantic model."""
+    if isinstance(hint, type) and (dataclasses.is_dataclass(hint) or issubclass(hint, BaseModel)):
+        return True
+    return any(_names_a_class(arg) for arg in typing.get_args(hint))

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import TypeAdapter
 
 from orchestrator.authoring.definitions import parameter_hints
-from orchestrator.data.serialization import to_jsonable
+from orchestrator.data.classes import kind_of
+from orchestrator.data.serialization import to_jsonable, to_plain
 
 if TYPE_CHECKING:
     from orchestrator.authoring.flows import Flow
@@ -41,11 +42,18 @@ def parameters_schema(flow: Flow) -> dict[str, Any]:
             schema["x-default-factory"] = getattr(param.default, "__qualname__", repr(param.default))
         else:
             try:
-                schema["default"] = to_jsonable(param.default, f"flow {flow.name!r} default {name!r}")
+                schema["default"] = _default_data(param.default, f"flow {flow.name!r} default {name!r}")
             except Exception:
                 schema["x-default-repr"] = repr(param.default)
         properties[name] = schema
     return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
+
+
+def _default_data(default: Any, where: str) -> Any:
+    """A default as the schema shows it: a dataclass or model as the plain object of its fields
+    (what a client would send), not the tagged form that names its class; other values as encoded."""
+    data = to_jsonable(default, where)
+    return to_plain(data) if kind_of(default) is not None else data
 
 
 def describe_flow(flow: Flow) -> dict[str, Any]:

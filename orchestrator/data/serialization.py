@@ -2,8 +2,13 @@
 
 JSON keeps messages readable in Flower and safe to load anywhere. A handful of
 everyday Python types that JSON lacks (datetime, date, UUID, Decimal, tuple, set,
-bytes) are carried as small tagged objects so they come back as the same type.
-Anything else fails with an error that names the run, the type and the fix.
+bytes) are carried as small tagged objects so they come back as the same type; so are
+dataclass instances and pydantic models, by class name and fields, under the rules of
+:mod:`orchestrator.data.classes` (which classes a message may name). Anything else fails
+with an error that names the run, the type and the fix.
+
+Plain JSON values take the first branches and never reach the tagged ones: the hot path
+(every task's arguments and result) pays nothing for the rarer types.
 """
 
 from __future__ import annotations
@@ -17,11 +22,13 @@ import uuid
 from decimal import Decimal
 from typing import Any, Literal
 
+from orchestrator.data import classes
 from orchestrator.errors import SerializationError
 
 Serializer = Literal["json", "pickle"]
 SERIALIZERS: tuple[str, ...] = ("json", "pickle")
 _TAG = "__orc__"
+TAG = _TAG  # the key of every tagged value (the API's door looks for it)
 PICKLE_TAG = "__pickle__"
 
 
@@ -58,12 +65,24 @@ def _encode(value: Any, where: str) -> Any:
         return {_TAG: "decimal", "v": str(value)}
     if isinstance(value, bytes):
         return {_TAG: "bytes", "v": base64.b64encode(value).decode()}
+    kind = classes.kind_of(value)
+    if kind is not None:
+        return _encode_instance(value, kind, where)
     raise SerializationError(
         f"{where}: a value of type {type(value).__module__}.{type(value).__qualname__} cannot be "
         "sent as JSON. Return or pass plain data (dict, list, str, int, float, bool, None, "
-        "datetime, date, UUID, Decimal, tuple, set, bytes), or opt the task into pickle with "
-        '@task(result_serializer="pickle").'
+        "datetime, date, UUID, Decimal, tuple, set, bytes, a dataclass or a pydantic model defined at the top "
+        'level of a module), or opt the task into pickle with @task(result_serializer="pickle").'
     )
+
+
+def _encode_instance(value: Any, kind: str, where: str) -> dict[str, Any]:
+    """A dataclass or model as its class name and its fields, each encoded like any value."""
+    cls = type(value)
+    name = classes.class_name(cls, kind, where)
+    fields = classes.field_values(value, kind)
+    encoded = {field: _encode(item, f"{where}, field {cls.__qualname__}.{field}") for field, item in fields.items()}
+    return {_TAG: kind, "cls": name, "v": encoded}
 
 
 _DECODERS: dict[str, Any] = {
@@ -100,11 +119,13 @@ def _decode_tagged(tag: Any, data: dict[str, Any], hook: Any) -> Any:
     expect from bad input: a flow run whose parameters hold one would never leave Pending.
     """
     decoder = _DECODERS.get(tag) if isinstance(tag, str) else None
+    if decoder is None and tag in classes.KINDS:  # after the everyday tags: a date costs no more than before
+        return _decode_instance(tag, data, hook)
     reserved = f"The dict keys {_TAG!r} and {PICKLE_TAG!r} are reserved: rename that key, or send the plain value."
     if decoder is None or "v" not in data:
         raise SerializationError(
             f"a value tagged {{{_TAG!r}: {reprlib.repr(tag)}}} is not one this product writes (known tags: "
-            f"{', '.join(_DECODERS)}, each with its value under 'v'). {reserved}"
+            f"{', '.join([*_DECODERS, *classes.KINDS])}, each with its value under 'v'). {reserved}"
         )
     try:
         return decoder(_decode(data["v"], hook))
@@ -113,6 +134,15 @@ def _decode_tagged(tag: Any, data: dict[str, Any], hook: Any) -> Any:
             f"a value tagged {{{_TAG!r}: {tag!r}}} holds {reprlib.repr(data['v'])}, which is not a valid {tag} "
             f"({exc}). {reserved}"
         ) from exc
+
+
+def _decode_instance(kind: str, data: dict[str, Any], hook: Any) -> Any:
+    """A tagged dataclass or model: the class is resolved (or refused) before any field is decoded."""
+    cls = classes.resolve_class(data.get("cls"), kind)
+    fields = data.get("v")
+    if isinstance(fields, dict):
+        fields = {name: _decode(item, hook) for name, item in fields.items()}
+    return classes.build(cls, kind, fields)
 
 
 def to_jsonable(value: Any, where: str) -> Any:
@@ -173,7 +203,8 @@ def check_serializer(name: str, where: str) -> str:
 
 def to_plain(data: Any) -> Any:
     """Tagged JSON shown as plain JSON (for people and the API): a date becomes its ISO text,
-    a tuple or set a list, a pickled value the text "<pickled>"."""
+    a tuple or set a list, a dataclass or model the object of its fields, a pickled value the
+    text "<pickled>"."""
     if isinstance(data, list):
         return [to_plain(v) for v in data]
     if isinstance(data, dict):
@@ -182,6 +213,8 @@ def to_plain(data: Any) -> Any:
         tag = data.get(_TAG)
         if tag in ("tuple", "set"):
             return [to_plain(v) for v in data.get("v", [])]
+        if tag in classes.KINDS:  # a dataclass or model: its fields, as the object JSON would have
+            return to_plain(data.get("v"))
         if tag is not None:
             return data.get("v")
         return {k: to_plain(v) for k, v in data.items()}

@@ -89,12 +89,13 @@ def depth_problems(parameters: Mapping[str, Any], limit: int = MAX_NESTING) -> d
     return {name: problem for name, problem in found.items() if problem}
 
 
-def holds_key(value: Any, key: str) -> bool:
-    """Whether an object anywhere inside JSON data ``value`` has the key ``key`` (walked without recursion)."""
+def holds_key(value: Any, key: str, values: tuple[Any, ...] | None = None) -> bool:
+    """Whether an object anywhere inside JSON data ``value`` has the key ``key`` (with one of ``values``
+    under it, when given), walked without recursion."""
     stack = [value]
     while stack:
         item = stack.pop()
-        if isinstance(item, Mapping) and key in item:
+        if isinstance(item, Mapping) and key in item and (values is None or item[key] in values):
             return True
         children = _children(item)
         if children is not None:

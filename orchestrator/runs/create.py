@@ -16,9 +16,10 @@ depends on where the flow's code is:
 
 Python values given to ``.delay()`` are checked in the JSON form they would have over HTTP
 (:func:`json_view`): tuples and sets as arrays, datetimes and dates as ISO text, UUIDs as
-text, Decimals as numbers, bytes as text. A value JSON has no form for (an object such as
-a pydantic model or a dataclass instance, a dict with keys that are not text) is not judged
-by the schema; the encoder refuses it by name as before (flow parameters travel as JSON).
+text, Decimals as numbers, bytes as text, a dataclass instance or a pydantic model as the
+object pydantic dumps for it. A value JSON has no form for (any other object, a dict with
+keys that are not text) is not judged by the schema; the encoder refuses it by name as
+before (flow parameters travel as JSON).
 """
 
 from __future__ import annotations
@@ -35,10 +36,13 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from jsonschema import Draft202012Validator
+from pydantic import TypeAdapter
 
 from orchestrator.authoring.naming import run_name_problem
+from orchestrator.authoring.params import coerce_class_parameters
 from orchestrator.authoring.schema import parameters_schema
 from orchestrator.config.settings import get_settings
+from orchestrator.data.classes import kind_of
 from orchestrator.errors import ParameterError
 from orchestrator.guards.limits import depth_problems, queue_problem
 from orchestrator.runs.handle import FlowRun, encode_parameters, launch_prepared, prepare_run
@@ -162,7 +166,24 @@ def _json_form(value: Any) -> Any:
         return float(value)
     if isinstance(value, bytes):
         return base64.b64encode(value).decode()
+    if kind_of(value) is not None:
+        return _object_form(value)
     raise _NoJsonForm
+
+
+def _object_form(value: Any) -> Any:
+    """A dataclass instance or a pydantic model as the JSON object its schema describes (aliases included)."""
+    try:
+        cls: Any = type(value)
+        return _adapter(cls).dump_python(value, mode="json", by_alias=True, warnings=False)  # only judged here
+    except Exception as exc:  # a field pydantic cannot dump: the encoder decides
+        raise _NoJsonForm from exc
+
+
+@lru_cache(maxsize=256)
+def _adapter(cls: Any) -> TypeAdapter[Any]:
+    """One pydantic adapter per class (building one costs far more than using it)."""
+    return TypeAdapter(cls)
 
 
 # -- what a door knows of the flow -----------------------------------------------------------------
@@ -198,8 +219,11 @@ class FlowSpec:
         return json_view(given) if self.code is not None else given
 
     def complete(self, given: dict[str, Any]) -> dict[str, Any]:
-        """The run's parameters: where the code is, the defaults filled in (callable ones evaluated now)."""
-        return self.code.complete_parameters(given) if self.code is not None else dict(given)
+        """The run's parameters: where the code is, the defaults filled in (callable ones evaluated now) and
+        a dict given for a dataclass or model parameter made an instance of it (what the body is traced with)."""
+        if self.code is None:
+            return dict(given)
+        return self.code.complete_parameters(coerce_class_parameters(self.code, given))
 
     def encoded(self, values: dict[str, Any]) -> dict[str, Any]:
         """The parameters as the record keeps them (JSON data; Python values encoded where the code is)."""
