@@ -67,11 +67,14 @@ class Flow(Generic[P, R]):
         on_cancellation: Hook | Sequence[Hook] | None = None,
         log_prints: bool = False,
         version: str | None = None,
+        validate_parameters: bool = True,
     ) -> None:
         self.options_given = given_options(locals())  # what with_options starts from
         self.version = version  # shown, never interpreted (as in Prefect)
         self.display_name: str | None = None  # with_options(name=...): names its runs
         self.changed_options: dict[str, Any] = {}  # with_options(...) on the registered flow: kept on .delay() runs
+        # a call in-process checks and converts its arguments by their annotations (authoring/params.py)
+        self.validate_parameters = validate_parameters
         fn, self.is_static = unwrap_function(fn, "flow")  # a staticmethod is never bound (see methods.py)
         self.bound_to: Any = None  # the instance of obj.method (set on the copy Flow.__get__ makes)
         check_callable(fn, "flow")
@@ -117,8 +120,14 @@ class Flow(Generic[P, R]):
         return bound_copy(self, instance)
 
     def _in_process_parameters(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-        """The parameters of a call run in this process: bound, the instance first for a method."""
-        return self.bind_parameters(direct_args(self, args), kwargs)
+        """The parameters of a call run in this process: bound (the instance first for a method), and
+        checked and converted by their annotations unless ``validate_parameters=False``."""
+        args = direct_args(self, args)
+        if not self.validate_parameters:
+            return self.bind_parameters(args, kwargs)
+        from orchestrator.authoring.params import validated_call  # on use: pydantic is loaded by the first call
+
+        return validated_call(self, args, kwargs)
 
     def bind_parameters(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """Bind a call to named parameters, evaluating callable defaults now."""
@@ -284,6 +293,7 @@ def flow(
     on_cancellation: Hook | Sequence[Hook] | None = None,
     log_prints: bool = False,
     version: str | None = None,
+    validate_parameters: bool = True,
 ) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
 
 
