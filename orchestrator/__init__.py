@@ -19,7 +19,9 @@ from orchestrator.authoring.caching import (
 )
 from orchestrator.authoring.flows import Flow, flow
 from orchestrator.authoring.naming import rename_flow_run
+from orchestrator.authoring.tags import tags
 from orchestrator.authoring.tasks import Task, exponential_backoff, task
+from orchestrator.runtime.annotations import opaque, quote
 from orchestrator.runtime.futures import Future, allow_failure, as_completed, unmapped, wait
 from orchestrator.runtime.run_logger import get_run_logger
 from orchestrator.states import Cancelled, Completed, Crashed, Failed, Pending, Running, Scheduled, State, StateType
@@ -66,8 +68,11 @@ __all__ = [
     "exponential_backoff",
     "flow",
     "get_run_logger",
+    "opaque",
+    "quote",
     "rename_flow_run",
     "run_deployment",
+    "tags",
     "task",
     "task_input_hash",
     "unmapped",

@@ -8,9 +8,9 @@ import types
 
 import orchestrator
 from orchestrator import states
-from orchestrator.authoring import caching, flows, naming, tasks
+from orchestrator.authoring import caching, flows, naming, tags, tasks
 from orchestrator.runs import deployments, handle
-from orchestrator.runtime import futures, run_logger, signals
+from orchestrator.runtime import annotations, futures, run_logger, signals
 
 # Each public name: the module that defines it, and whether it is a class, a function or a constant.
 PUBLIC: dict[str, tuple[types.ModuleType, str]] = {
@@ -30,8 +30,11 @@ PUBLIC: dict[str, tuple[types.ModuleType, str]] = {
     "exponential_backoff": (tasks, "function"),
     "flow": (flows, "function"),
     "get_run_logger": (run_logger, "function"),
+    "opaque": (annotations, "function"),
+    "quote": (annotations, "function"),
     "rename_flow_run": (naming, "function"),
     "run_deployment": (deployments, "function"),
+    "tags": (tags, "function"),
     "task": (tasks, "function"),
     "task_input_hash": (caching, "function"),
     "unmapped": (futures, "function"),

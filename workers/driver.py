@@ -151,8 +151,9 @@ class LinkedRunFuture(Future[Any]):
 
 
 def _values_of_children(value: Any) -> Any:
-    """``value`` with every child-run future replaced by the child's value (waiting for it)."""
-    return replace_futures(value, lambda f, _: f.result() if isinstance(f, LinkedRunFuture) else f)
+    """``value`` with every child-run future replaced by the child's value (waiting for it); ``quote()``,
+    ``opaque()`` and a method's instance stay marked for the templates that encode them."""
+    return replace_futures(value, lambda f, _: f.result() if isinstance(f, LinkedRunFuture) else f, unwrap_quoted=False)
 
 
 class DynamicEngine(Engine):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import reprlib
 from collections.abc import Callable, Sequence
@@ -10,6 +11,14 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 from orchestrator.authoring.definitions import check_callable, why_not_importable
 from orchestrator.authoring.hooks import Hook, collect_hooks
 from orchestrator.authoring.keywords import check_keywords, target_name
+from orchestrator.authoring.methods import (
+    bound_copy,
+    carry_binding,
+    direct_args,
+    engine_args,
+    refuse_bound,
+    unwrap_function,
+)
 from orchestrator.authoring.naming import run_name_problem
 from orchestrator.authoring.options import (
     flow_option_names,
@@ -60,11 +69,16 @@ class Flow(Generic[P, R]):
         log_prints: bool = False,
         version: str | None = None,
         plan_on_worker: bool = False,
+        validate_parameters: bool = True,
     ) -> None:
         self.options_given = given_options(locals())  # what with_options starts from
         self.version = version  # shown, never interpreted (as in Prefect)
         self.display_name: str | None = None  # with_options(name=...): names its runs
         self.changed_options: dict[str, Any] = {}  # with_options(...) on the registered flow: kept on .delay() runs
+        # a call in-process checks and converts its arguments by their annotations (authoring/params.py)
+        self.validate_parameters = validate_parameters
+        fn, self.is_static = unwrap_function(fn, "flow")  # a staticmethod is never bound (see methods.py)
+        self.bound_to: Any = None  # the instance of obj.method (set on the copy Flow.__get__ makes)
         check_callable(fn, "flow")
         self.fn = fn
         self.is_async = inspect.iscoroutinefunction(fn)  # its body is a coroutine (runtime/aio.py runs it)
@@ -95,12 +109,30 @@ class Flow(Generic[P, R]):
                 "on_cancellation": on_cancellation,
             },
         )
+        # inspect.signature(), __doc__, __name__, __wrapped__ as for a decorated function (Prefect does the same)
+        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
         if why_not_importable(fn) is None and registering():
             register_flow(self)
 
     def with_options(self, **options: Any) -> Flow[P, R]:
         """A copy of this flow with some ``@flow`` options changed (same registered name; see docs/options.md)."""
-        return flow_with_options(self, options)
+        return carry_binding(self, flow_with_options(self, options))
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Flow[P, R]:
+        """``obj.method``: a copy bound to ``obj``, passed as the first argument (Prefect's flows on methods)."""
+        if instance is None or self.is_static:
+            return self
+        return bound_copy(self, instance)
+
+    def _in_process_parameters(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The parameters of a call run in this process: bound (the instance first for a method), and
+        checked and converted by their annotations unless ``validate_parameters=False``."""
+        args = direct_args(self, args)
+        if not self.validate_parameters:
+            return self.bind_parameters(args, kwargs)
+        from orchestrator.authoring.params import validated_call  # on use: pydantic is loaded by the first call
+
+        return validated_call(self, args, kwargs)
 
     def bind_parameters(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """Bind a call to named parameters, evaluating callable defaults now."""
@@ -173,7 +205,8 @@ class Flow(Generic[P, R]):
         }
 
     def importable_or_raise(self) -> None:
-        """Refuse to send a flow that workers could not import."""
+        """Refuse to send a flow that workers could not import (or a method bound to an instance)."""
+        refuse_bound(self, "flow", "a run of its own (child.submit(), .delay() in a body)")
         reason = why_not_importable(self.fn)
         if reason:
             raise DefinitionError(f"flow {self.name!r} cannot run on workers: {reason}.")
@@ -189,19 +222,20 @@ class Flow(Generic[P, R]):
             from orchestrator.runtime import aio
 
             if engine is not None:
-                call = aio.subflow_call(engine, self, args, kwargs)
+                call = aio.subflow_call(engine, self, engine_args(self, args), kwargs)
                 if return_state:
                     engine.needs_values(f"{self.name}(..., return_state=True)")
                     return state_of_awaitable(call)  # type: ignore[return-value]
                 return call  # type: ignore[return-value]
-            return aio.flow_call(self, self.bind_parameters(args, kwargs), return_state)  # type: ignore[return-value]
+            parameters = self._in_process_parameters(args, kwargs)
+            return aio.flow_call(self, parameters, return_state)  # type: ignore[return-value]
         if engine is not None:
             if return_state:
-                return engine.subflow_state(self, args, kwargs)  # type: ignore[return-value]
-            return engine.call_subflow(self, args, kwargs)  # type: ignore[no-any-return]
+                return engine.subflow_state(self, engine_args(self, args), kwargs)  # type: ignore[return-value]
+            return engine.call_subflow(self, engine_args(self, args), kwargs)  # type: ignore[no-any-return]
         from orchestrator.local.runner import run_flow_locally
 
-        parameters = self.bind_parameters(args, kwargs)
+        parameters = self._in_process_parameters(args, kwargs)
         return run_flow_locally(self, parameters, return_state=return_state)  # type: ignore[no-any-return]
 
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
@@ -213,7 +247,7 @@ class Flow(Generic[P, R]):
                 f"{self.name}.submit() was called outside a flow; call it inside a @flow body, "
                 "or use .delay() to send a run to the fleet."
             )
-        return engine.submit_subflow(self, args, kwargs)
+        return engine.submit_subflow(self, engine_args(self, args), kwargs)
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> FlowRun:
         """Send a run of this flow to the fleet with these parameters.
@@ -222,6 +256,7 @@ class Flow(Generic[P, R]):
         into a plan it is a node of the plan (nothing starts while tracing), whose value is the
         new run's id.
         """
+        refuse_bound(self, "flow", f"{self.name}.delay()")
         return self.apply_async(parameters=bind_arguments(self.fn, args, kwargs, f"flow {self.name!r}"))
 
     def apply_async(
@@ -236,6 +271,7 @@ class Flow(Generic[P, R]):
         The parameters get the check the API gives a run sent over HTTP (the flow's JSON
         Schema, with its messages): bad ones raise ParameterError and nothing is sent.
         """
+        refuse_bound(self, "flow", f"{self.name}.apply_async()")
         engine = current_engine()
         if engine is not None:
             started = engine.trigger_flow(self, dict(parameters or {}), queue=queue, name=name)
@@ -249,7 +285,7 @@ class Flow(Generic[P, R]):
         """Trace the body with these parameters and return the task graph (runs nothing)."""
         from orchestrator.planning.tracer import trace_flow
 
-        return trace_flow(self, self.bind_parameters(args, kwargs), queue=self.queue)
+        return trace_flow(self, self.bind_parameters(direct_args(self, args), kwargs), queue=self.queue)
 
     def __repr__(self) -> str:
         return f"<Flow {self.name}>"
@@ -276,6 +312,7 @@ def flow(
     log_prints: bool = False,
     version: str | None = None,
     plan_on_worker: bool = False,
+    validate_parameters: bool = True,
 ) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
 
 

@@ -21,7 +21,6 @@ NOT_SUPPORTED: dict[str, str] = {
     "cache_result_in_memory": "results live in Redis, not in the flow's memory; there is nothing to turn off",
     "on_running": "there is no on_running hook yet; log from the task itself (get_run_logger()) when it starts",
     "task_runner": "tasks run on the Celery fleet (in threads in-process); there is no task runner to choose",
-    "validate_parameters": "parameters are always checked against the flow's signature and JSON Schema",
     "retry_condition": "the keyword is retry_condition_fn=",
     "asset_deps": "assets are not supported",
     "assets": "assets are not supported",

@@ -21,6 +21,7 @@ from orchestrator.authoring.caching import (
 from orchestrator.authoring.definitions import check_callable, why_not_importable
 from orchestrator.authoring.hooks import Hook, collect_hooks
 from orchestrator.authoring.keywords import check_keywords, target_name
+from orchestrator.authoring.methods import bound_copy, carry_binding, direct_args, engine_args, unwrap_function
 from orchestrator.authoring.options import (
     apply_callable_options,
     callable_options,
@@ -30,12 +31,15 @@ from orchestrator.authoring.options import (
     task_with_options,
 )
 from orchestrator.authoring.registry import register_task
+from orchestrator.authoring.tags import with_context_tags
 from orchestrator.authoring.task_run_names import TaskRunName, check_task_run_name
 from orchestrator.authoring.triggers import DEFAULT_TRIGGER, check_trigger
 from orchestrator.data.serialization import check_serializer
 from orchestrator.errors import DefinitionError, OrchestratorError
 from orchestrator.guards.limits import queue_problem
+from orchestrator.runtime.annotations import unwrap_arguments
 from orchestrator.runtime.context import current_engine
+from orchestrator.runtime.engine import Engine
 from orchestrator.runtime.futures import FutureList
 from orchestrator.states import Failed, state_of_awaitable, state_of_call
 
@@ -124,6 +128,8 @@ class Task(Generic[P, R]):
         viz_return_value: Any = None,
     ) -> None:
         self.options_given = given_options(locals())  # what with_options starts from
+        fn, self.is_static = unwrap_function(fn, "task")  # a staticmethod is never bound (see methods.py)
+        self.bound_to: Any = None  # the instance of obj.method (set on the copy Task.__get__ makes)
         check_callable(fn, "task")
         self.description = description or inspect.getdoc(fn) or ""
         self.version = version  # shown, never interpreted (as in Prefect)
@@ -243,19 +249,32 @@ class Task(Generic[P, R]):
 
     def with_options(self, **options: Any) -> Task[P, R]:
         """A copy of this task with some ``@task`` options changed (same Celery task name; see docs/options.md)."""
-        return task_with_options(self, exclusive_cache_options(options))
+        return carry_binding(self, task_with_options(self, exclusive_cache_options(options)))
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Task[P, R]:
+        """``obj.method``: a copy bound to ``obj``, passed as the first argument (Prefect's tasks on methods)."""
+        if instance is None or self.is_static:
+            return self
+        return bound_copy(self, instance)
+
+    def _for_engine(self, args: tuple[Any, ...]) -> tuple[Task[P, R], tuple[Any, ...]]:
+        """What an engine gets for a call: this task with the enclosing ``tags()`` blocks' tags, and
+        the arguments with a bound instance first (see authoring/tags.py and authoring/methods.py)."""
+        return with_context_tags(self), engine_args(self, args)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Called in a flow: a task run, and its value (``return_state=True``: its final State).
         Outside any flow: the plain function."""
         return_state = pop_call_keyword(self.fn, kwargs, "return_state", False)
         engine = current_engine()
-        if engine is None:
+        if engine is None:  # outside a flow, or inside a task: a plain call of the function
+            call_args, call_kwargs = unwrap_arguments(direct_args(self, args), kwargs)
             if return_state:
                 if self.is_async:
-                    return state_of_awaitable(self.fn(*args, **kwargs))  # type: ignore[arg-type, return-value]
-                return state_of_call(lambda: self.fn(*args, **kwargs))  # type: ignore[return-value]
-            return self.fn(*args, **kwargs)
+                    return state_of_awaitable(self.fn(*call_args, **call_kwargs))  # type: ignore[arg-type, return-value]
+                return state_of_call(lambda: self.fn(*call_args, **call_kwargs))  # type: ignore[return-value]
+            return self.fn(*call_args, **call_kwargs)
+        task, args = self._for_engine(args)  # type: ignore[assignment]
         wait_for = list(pop_call_keyword(self.fn, kwargs, "wait_for", None) or [])
         if self.is_async:  # in a flow, as in Prefect: a coroutine that gives the value when awaited
             from orchestrator.runtime.aio import task_call, task_state_call
@@ -265,28 +284,23 @@ class Task(Generic[P, R]):
                     f"{self.name}(..., wait_for=...) on an async task: use {self.name}.submit(..., wait_for=...)."
                 )
             if return_state:
-                return task_state_call(engine, self, args, kwargs)  # type: ignore[return-value]
-            return task_call(engine, self, args, kwargs)  # type: ignore[return-value]
+                return task_state_call(engine, task, args, kwargs)  # type: ignore[return-value]
+            return task_call(engine, task, args, kwargs)  # type: ignore[return-value]
         if return_state:
-            return engine.task_state(self, args, kwargs, wait_for)  # type: ignore[return-value]
-        return engine.call_task(self, args, kwargs, wait_for)  # type: ignore[no-any-return]
+            return engine.task_state(task, args, kwargs, wait_for)  # type: ignore[return-value]
+        return engine.call_task(task, args, kwargs, wait_for)  # type: ignore[no-any-return]
 
     def submit(self, *args: Any, wait_for: Sequence[Any] | None = None, **kwargs: Any) -> Any:
-        """Start this task in the current flow and return a future at once."""
-        engine = current_engine()
-        if engine is None:
-            raise OrchestratorError(
-                f"{self.name}.submit() was called outside a flow; call it inside a @flow body, "
-                "or call the task directly to run it as a plain function."
-            )
-        return engine.submit(self, args, kwargs, list(wait_for or []))
+        """Start this task in the current flow (or inside a task) and return a future at once."""
+        engine = current_engine() or _inside_a_task(self.name, "submit")
+        task, args = self._for_engine(args)
+        return engine.submit(task, args, kwargs, list(wait_for or []))
 
     def map(self, *args: Any, wait_for: Sequence[Any] | None = None, **kwargs: Any) -> Any:
         """Start one run per element of the iterable arguments; return their futures."""
-        engine = current_engine()
-        if engine is None:
-            raise OrchestratorError(f"{self.name}.map() was called outside a flow; call it inside a @flow body.")
-        futures = engine.map(self, args, kwargs, list(wait_for or []))
+        engine = current_engine() or _inside_a_task(self.name, "map")
+        task, args = self._for_engine(args)
+        futures = engine.map(task, args, kwargs, list(wait_for or []))
         return FutureList(futures) if isinstance(futures, list) else futures  # a map planned over a future: one node
 
     def __repr__(self) -> str:
@@ -311,6 +325,20 @@ def pop_call_keyword(fn: Callable[..., Any], kwargs: dict[str, Any], name: str, 
     if name not in kwargs or name in inspect.signature(fn).parameters:
         return default
     return kwargs.pop(name)
+
+
+def _inside_a_task(name: str, call: str) -> Engine:
+    """The engine for ``submit`` / ``map`` inside a task's function (threads of that process, as Prefect 3
+    allows); outside any flow or task there is none to use."""
+    from orchestrator.local.nested import inside_task_engine  # on use: the nested engine runs task code
+
+    engine = inside_task_engine()
+    if engine is None:
+        raise OrchestratorError(
+            f"{name}.{call}() was called outside a flow; call it inside a @flow body (or a task), "
+            "or call the task directly to run it as a plain function."
+        )
+    return engine
 
 
 @overload

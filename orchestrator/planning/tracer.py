@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from orchestrator.authoring.tags import no_context_tags
 from orchestrator.config.settings import get_settings
 from orchestrator.errors import OrchestratorError
 from orchestrator.planning.plan import REF, Node, Plan, SubflowInfo, refs_in
@@ -460,7 +461,7 @@ def trace_flow(flow: Flow, parameters: dict[str, Any], *, run_id: str | None = N
     run_id = run_id or str(uuid.uuid4())
     plan = Plan(flow.name, run_id, queue or flow.queue or get_settings().default_queue)
     engine = TracingEngine(plan, run_id, plan.queue, log_prints=flow.log_prints)
-    with using(engine, RunInfo(run_id, flow.name)), prints_logged(flow.log_prints):
+    with using(engine, RunInfo(run_id, flow.name)), prints_logged(flow.log_prints), no_context_tags():
         value = aio.call(flow.fn, parameters)
     if engine.dynamic_reason:  # the body caught our signal; it still needs values
         raise DynamicFlowRequired(engine.dynamic_reason)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import ParameterError
+from orchestrator.runtime.annotations import BoundInstance, Opaque, Quote
 from orchestrator.runtime.futures import AllowFailure, DoneAndNotDone, Future, Unmapped
 from orchestrator.states import State, state_of_call
 
@@ -144,11 +145,17 @@ def check_wait_for(wait_for: list[Any], task_name: str) -> list[Any]:
 
 
 def walk_futures(value: Any) -> Iterator[tuple[Future[Any], bool]]:
-    """Every future inside ``value`` (lists, tuples, sets, dicts), with its allow-failure flag."""
+    """Every future inside ``value`` (lists, tuples, sets, dicts), with its allow-failure flag.
+
+    A ``quote(...)`` is not looked into; an ``opaque(...)`` gives only a future it wraps itself.
+    """
     if isinstance(value, Future):
         yield value, False
     elif isinstance(value, AllowFailure):
         yield value.future, True
+    elif isinstance(value, Quote):
+        if isinstance(value, Opaque) and isinstance(value.value, (Future, AllowFailure)):
+            yield from walk_futures(value.value)
     elif isinstance(value, Unmapped):
         yield from walk_futures(value.value)
     elif isinstance(value, (list, tuple, set, frozenset)):
@@ -159,22 +166,33 @@ def walk_futures(value: Any) -> Iterator[tuple[Future[Any], bool]]:
             yield from walk_futures(item)
 
 
-def replace_futures(value: Any, resolve: Callable[[Future[Any], bool], Any]) -> Any:
-    """Copy ``value`` with each future replaced by ``resolve(future, allow_failure)``."""
+def replace_futures(value: Any, resolve: Callable[[Future[Any], bool], Any], *, unwrap_quoted: bool = True) -> Any:
+    """Copy ``value`` with each future replaced by ``resolve(future, allow_failure)``.
+
+    A ``quote(x)`` gives ``x`` itself (not copied, its futures untouched) and an ``opaque(x)``
+    its resolved top level; with ``unwrap_quoted=False`` the markers are kept (an engine that
+    still has to encode the value for a worker needs to know it was quoted).
+    """
     if isinstance(value, Future):
         return resolve(value, False)
     if isinstance(value, AllowFailure):
         return resolve(value.future, True)
+    if isinstance(value, Quote):
+        inner = value.value
+        if isinstance(value, Opaque) and isinstance(inner, (Future, AllowFailure)):
+            inner = replace_futures(inner, resolve)
+            return inner if unwrap_quoted else value.rewrap(inner)
+        return inner if unwrap_quoted else value
     if isinstance(value, Unmapped):
-        return replace_futures(value.value, resolve)
+        return replace_futures(value.value, resolve, unwrap_quoted=unwrap_quoted)
     if isinstance(value, list):
-        return [replace_futures(v, resolve) for v in value]
+        return [replace_futures(v, resolve, unwrap_quoted=unwrap_quoted) for v in value]
     if isinstance(value, tuple):
-        return tuple(replace_futures(v, resolve) for v in value)
+        return tuple(replace_futures(v, resolve, unwrap_quoted=unwrap_quoted) for v in value)
     if isinstance(value, (set, frozenset)):
-        return type(value)(replace_futures(v, resolve) for v in value)
+        return type(value)(replace_futures(v, resolve, unwrap_quoted=unwrap_quoted) for v in value)
     if isinstance(value, dict):
-        return {k: replace_futures(v, resolve) for k, v in value.items()}
+        return {k: replace_futures(v, resolve, unwrap_quoted=unwrap_quoted) for k, v in value.items()}
     return value
 
 
@@ -183,12 +201,20 @@ def split_map_arguments(bound: dict[str, Any], what: str) -> tuple[dict[str, Any
 
     Lists, tuples, sets, futures and other iterables (``range``, generators) are mapped;
     ``unmapped(x)``, strings, bytes, dicts and scalars are passed whole to every run.
+    ``quote([...])`` / ``opaque([...])`` of a list is mapped too, each run getting its element
+    marked the same way (as Prefect does); a method's bound instance is passed to every run.
     """
     mapped: dict[str, Any] = {}
     static: dict[str, Any] = {}
     for name, value in bound.items():
         if isinstance(value, Unmapped):
             static[name] = value.value
+        elif isinstance(value, Quote):
+            items = value.value
+            if isinstance(items, (list, tuple, set, frozenset)) and not isinstance(value, BoundInstance):
+                mapped[name] = [value.rewrap(item) for item in items]
+            else:
+                static[name] = value
         elif isinstance(value, (list, tuple, set, frozenset, Future)):
             mapped[name] = value
         elif isinstance(value, Iterable) and not isinstance(value, (str, bytes, bytearray, Mapping)):

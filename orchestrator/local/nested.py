@@ -1,0 +1,265 @@
+"""Tasks started inside a task run (Prefect 3): ``other.submit(x)`` / ``other.map(xs)`` in a task's function.
+
+A task's function runs with no flow engine in its context (the executor on a worker and the
+in-process runner both call it under ``using(None, run)``), so calling another task there
+runs its function directly, as a plain call. ``submit`` and ``map`` need futures: this
+engine runs the nested task runs in threads of the process the task runs in (a worker's
+pool process, or the in-process run's), and gives futures of
+:class:`~orchestrator.runtime.futures.Future` with ``result()``, ``wait()``, ``wait()`` /
+``as_completed()`` and a FutureList for ``map``.
+
+Kept simple on purpose: a nested task run is part of its parent task run, not a task run of
+its own. Its logs carry the parent's task run id (with its own task name), it is not
+recorded in the run store or the API, and it takes no concurrency slot (the parent holds
+the parent's). Retries, retry delays, ``retry_on`` / ``retry_condition_fn``, the signals,
+trigger rules between nested futures, ``timeout_seconds`` and state hooks hold as in an
+in-process run; the cache and ``task_run_name`` do not apply. A nested future the task
+never waits for keeps running in its thread after the task returns, and its result is dropped.
+
+Threads: one pool per nesting depth in each process (re-created after a fork). A nested
+task that itself submits and waits occupies a thread of depth *d* while its children run in
+the pool of depth *d + 1*, so no pool ever waits on itself and a full pool cannot deadlock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import contextvars
+import os
+import threading
+import time
+import uuid
+from collections.abc import Generator, Iterator
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.authoring.hooks import call_hooks
+from orchestrator.authoring.triggers import verdict
+from orchestrator.config.settings import get_settings
+from orchestrator.errors import OrchestratorError, TaskRunFailed, UpstreamFailedError
+from orchestrator.local.timeouts import LocalTimeout, call_with_timeout
+from orchestrator.runtime import aio
+from orchestrator.runtime.attempts import Outcome, decide, timed_out_message
+from orchestrator.runtime.context import RunInfo, current_engine, current_run, using
+from orchestrator.runtime.engine import (
+    Engine,
+    bind_arguments,
+    check_wait_for,
+    replace_futures,
+    split_map_arguments,
+    walk_futures,
+    zip_mapped,
+)
+from orchestrator.runtime.futures import DoneAndNotDone, Future
+from orchestrator.runtime.signals import RETRY
+from orchestrator.runtime.task_errors import annotate
+from orchestrator.states import StateType, can_transition
+
+if TYPE_CHECKING:
+    from orchestrator.authoring.flows import Flow
+    from orchestrator.authoring.tasks import Task
+
+DEPTH = "nested_depth"  # RunInfo.extra: how deep a nested task run is (the parent task run is depth 0)
+
+_pools: dict[int, cf.ThreadPoolExecutor] = {}
+_pools_pid = 0
+_pools_lock = threading.Lock()
+
+
+def _pool(depth: int) -> cf.ThreadPoolExecutor:
+    """The threads of nesting depth ``depth`` in this process (new ones after a fork)."""
+    global _pools_pid
+    with _pools_lock:
+        if _pools_pid != os.getpid():
+            _pools.clear()  # a forked child has the dict, not the threads
+            _pools_pid = os.getpid()
+        pool = _pools.get(depth)
+        if pool is None:
+            pool = _pools[depth] = cf.ThreadPoolExecutor(
+                max_workers=get_settings().local_max_workers, thread_name_prefix=f"nested-task-{depth}"
+            )
+        return pool
+
+
+def inside_task_engine() -> NestedEngine | None:
+    """The engine for ``submit`` / ``map`` in the task run this code runs in, or None outside any task run."""
+    run = current_run()
+    if run is None or run.task_run_id is None or current_engine() is not None:
+        return None
+    return NestedEngine(run)
+
+
+class NestedFuture(Future[Any]):
+    """A nested task run executing in a thread of this process."""
+
+    engine: NestedEngine
+
+    def __init__(self, engine: NestedEngine, base: str) -> None:
+        self.engine = engine
+        self.task_run_id = str(uuid.uuid4())  # its own id for wait() and as_completed(); never recorded
+        self.label = f"{base}-{self.task_run_id[:8]}"
+        self.cf: cf.Future[Any] = cf.Future()
+        self._state = StateType.PENDING
+
+    def set_state(self, state: StateType) -> None:
+        """Move to ``state`` if the shared state machine allows it."""
+        if can_transition(self._state, state):
+            self._state = state
+
+    @property
+    def state_type(self) -> StateType:
+        return self._state
+
+    def wait(self, timeout: float | None = None) -> StateType:
+        cf.wait([self.cf], timeout=timeout)
+        return self._state
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        """``await future`` in an async task: the loop is woken when the nested run's thread ends it."""
+        return asyncio.wrap_future(self.cf).__await__()
+
+    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> Any:
+        try:
+            return self.cf.result(timeout=timeout)
+        except cf.TimeoutError:
+            raise
+        except Exception as exc:
+            self.failure_seen = True
+            if raise_on_failure:
+                raise
+            return exc
+
+
+class NestedEngine(Engine):
+    """Runs the task runs a task's function submits, in this process's nested-task threads."""
+
+    def __init__(self, parent: RunInfo) -> None:
+        self.parent = parent
+        self.depth = int(parent.extra.get(DEPTH, 0)) + 1
+        self.pool = _pool(self.depth)
+
+    def _where(self, task: Task) -> str:
+        return f"task {task.name!r} submitted inside task {self.parent.task_name!r}"
+
+    # -- submitting -----------------------------------------------------------------
+    def submit(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any]) -> NestedFuture:
+        bound = bind_arguments(task.fn, args, kwargs, self._where(task))
+        return self._submit_bound(task, bound, wait_for)
+
+    def _submit_bound(self, task: Task, bound: dict[str, Any], wait_for: list[Any]) -> NestedFuture:
+        upstream = list(walk_futures(bound))
+        for item in check_wait_for(wait_for, task.name):
+            upstream.extend(walk_futures(item))
+        for up, _ in upstream:
+            if not isinstance(up, NestedFuture):
+                raise OrchestratorError(
+                    f"{self._where(task)}: it was given a future of the flow run ({up.label}); inside a task "
+                    "only futures of tasks submitted in that task can be passed on. Pass the value instead."
+                )
+        future = NestedFuture(self, task.label_base)
+        context = contextvars.copy_context()  # the submitter's tags, log_prints and its own context variables
+        remaining = [len(upstream)]
+        lock = threading.Lock()
+
+        def start() -> None:
+            self.pool.submit(context.run, self._execute, future, task, bound, upstream)
+
+        def upstream_done(_: object) -> None:
+            with lock:
+                remaining[0] -= 1
+                ready = remaining[0] == 0
+            if ready:
+                start()
+
+        if not upstream:
+            start()
+        for up, _ in upstream:
+            up.cf.add_done_callback(upstream_done)  # type: ignore[attr-defined]
+        return future
+
+    def map(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any]) -> list[NestedFuture]:
+        where = self._where(task)
+        mapped, static = split_map_arguments(bind_arguments(task.fn, args, kwargs, where), where)
+        lists = {name: list(value.result() if isinstance(value, Future) else value) for name, value in mapped.items()}
+        return [self._submit_bound(task, static | one, wait_for) for one in zip_mapped(lists, where)]
+
+    def call_subflow(self, flow: Flow, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Not reached: a flow called inside a task finds no engine in its context and runs in-process."""
+        raise OrchestratorError(f"flow {flow.name!r}: a subflow cannot be submitted from inside a task.")
+
+    # -- waiting --------------------------------------------------------------------
+    def wait(self, futures: list[Future[Any]], timeout: float | None) -> DoneAndNotDone:
+        by_cf = {f.cf: f for f in futures if isinstance(f, NestedFuture)}
+        done, not_done = cf.wait(list(by_cf), timeout=timeout)
+        return DoneAndNotDone({by_cf[d] for d in done}, {by_cf[n] for n in not_done})
+
+    def as_completed(self, futures: list[Future[Any]], timeout: float | None) -> Iterator[Future[Any]]:
+        by_cf = {f.cf: f for f in futures if isinstance(f, NestedFuture)}
+        for done in cf.as_completed(list(by_cf), timeout=timeout):
+            yield by_cf[done]
+
+    # -- running one nested task ----------------------------------------------------------
+    def _execute(
+        self, future: NestedFuture, task: Task, bound: dict[str, Any], upstream: list[tuple[Future[Any], bool]]
+    ) -> None:
+        states = {up.task_run_id: (up.label, up.state_type) for up, _ in upstream}
+        allowed = {up.task_run_id for up, tolerated in upstream if tolerated}
+        decision = verdict(task.trigger, states, allowed)
+        if not decision.run:
+            future.set_state(decision.state)
+            future.cf.set_exception(UpstreamFailedError(f"task {future.label}: {decision.message}"))
+            return
+        inputs = replace_futures(bound, lambda f, _: f.result() if f.state_type is StateType.COMPLETED else None)
+        try:
+            value = self._attempts(future, task, inputs)
+        except Exception as exc:  # the outcome is recorded; the future carries the error
+            future.cf.set_exception(exc)
+            return
+        future.set_state(StateType.COMPLETED)
+        future.cf.set_result(value)
+
+    def _attempts(self, future: NestedFuture, task: Task, inputs: dict[str, Any]) -> Any:
+        """Run the attempts the task's retry options allow; its value, or raise TaskRunFailed."""
+        parent = self.parent
+        retries_used = 0
+        attempt = 1
+        first_poke: float | None = None
+        while True:
+            future.set_state(StateType.RUNNING if attempt == 1 else StateType.RETRYING)
+            extra = parent.extra | {DEPTH: self.depth, "nested_task_run_id": future.task_run_id}
+            run = RunInfo(parent.flow_run_id, parent.flow_name, parent.task_run_id, task.name, attempt, extra=extra)
+
+            def call(run: RunInfo = run) -> Any:
+                with using(None, run):
+                    return aio.call(task.fn, inputs)
+
+            try:
+                if task.timeout_seconds:  # a thread cannot be killed: it is abandoned at the deadline
+                    value = call_with_timeout(call, task.timeout_seconds, f"task {future.label}")
+                else:
+                    value = call()
+            except Exception as exc:
+                if isinstance(exc, RETRY) and first_poke is None:
+                    first_poke = time.time()
+                if isinstance(exc, LocalTimeout):
+                    outcome = Outcome(StateType.TIMED_OUT, timed_out_message(task, exc))
+                else:
+                    outcome = decide(task, exc, retries_used, time.time() - first_poke if first_poke else 0.0)
+                call_hooks(task, task.hooks, run, outcome.state, outcome.message)
+                if outcome.state is StateType.AWAITING_RETRY:
+                    future.set_state(StateType.AWAITING_RETRY)
+                    retries_used += outcome.uses_retry
+                    attempt += 1
+                    time.sleep(outcome.delay)
+                    continue
+                future.set_state(outcome.state)
+                if outcome.state is StateType.SKIPPED or isinstance(exc, RETRY):  # no error of its own
+                    where = f"task {future.label} (inside task {parent.task_name})"
+                    raise TaskRunFailed(f"{where} ended {outcome.state.value}: {outcome.message}") from exc
+                label = f"{future.label} (inside task {parent.task_name})"
+                flow_run = parent.flow_run_id
+                raise annotate(
+                    exc, task_run_id=future.task_run_id, flow_run_id=flow_run, label=label, state=outcome.state
+                )
+            call_hooks(task, task.hooks, run, StateType.COMPLETED)
+            return value
