@@ -258,8 +258,7 @@ class NestedEngine(Engine):
                     raise TaskRunFailed(f"{where} ended {outcome.state.value}: {outcome.message}") from exc
                 label = f"{future.label} (inside task {parent.task_name})"
                 flow_run = parent.flow_run_id
-                raise annotate(
-                    exc, task_run_id=future.task_run_id, flow_run_id=flow_run, label=label, state=outcome.state
-                )
+                annotate(exc, task_run_id=future.task_run_id, flow_run_id=flow_run, label=label, state=outcome.state)
+                raise  # the task's own exception, as in-process and on the fleet
             call_hooks(task, task.hooks, run, StateType.COMPLETED)
             return value
