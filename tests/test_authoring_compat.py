@@ -34,7 +34,6 @@ from orchestrator.errors import (
     OrchestratorError,
     ParameterError,
     SerializationError,
-    TaskRunFailed,
 )
 from orchestrator.planning.compiler import option_overrides
 from orchestrator.runs.handle import FlowRun
@@ -294,11 +293,25 @@ def test_a_method_whose_instance_cannot_travel_is_refused_clearly_before_anythin
         af.Plain(2).run.apply_async({"x": 1})
     with pytest.raises(SerializationError, match=r"argument 'self': this is a method bound to a Plain instance"):
         af.json_instance.delay(1)  # traced where .delay() is called: refused before anything is written
-    with pytest.raises(DefinitionError, match=r"put @classmethod above @task"):
 
+
+def test_task_above_classmethod_binds_the_class_as_prefect_does() -> None:
+    class Catalog:
         @task
         @classmethod
-        def wrong(cls) -> None: ...
+        def describe(cls, item: str) -> str:
+            return f"{cls.__name__} lists {item}"
+
+    class Shelf(Catalog):
+        pass
+
+    @flow
+    def lists(item: str) -> list[str]:
+        return [Catalog.describe(item), Shelf.describe.submit(item).result(), Catalog().describe(item)]
+
+    assert lists("maps") == ["Catalog lists maps", "Shelf lists maps", "Catalog lists maps"]
+    assert Catalog.describe("atlases") == "Catalog lists atlases"  # outside a flow: a plain call, bound
+    assert list(inspect.signature(Catalog.describe).parameters) == ["item"]
 
 
 def test_static_methods_and_a_picklable_instance_run_on_the_fleet(authoring_worker: subprocess.Popen[bytes]) -> None:
@@ -426,7 +439,7 @@ def test_submit_and_map_inside_a_task_run_in_threads_and_give_futures() -> None:
             "retried": flaky.submit(7).result(),
             "direct": square(5),  # a plain call, as before
             "failed": repr(failed.result(raise_on_failure=False)),
-            "state": failed.state.value,
+            "state": failed.state.name,
         }
 
     @flow
@@ -486,7 +499,7 @@ def test_submit_outside_any_flow_or_task_says_what_to_do() -> None:
 
         return takes(quote(echo.submit(1)))
 
-    with pytest.raises(TaskRunFailed, match="only futures of tasks submitted in that task can be passed on"):
+    with pytest.raises(OrchestratorError, match="only futures of tasks submitted in that task can be passed on"):
         passes_a_flow_future()
 
 

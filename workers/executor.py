@@ -265,7 +265,13 @@ def _run_holding_slots(
         inputs = started.stored_inputs or {}
     where = f"task {run.get('label', task.name)} ({task.name}) of flow run {run['flow_run_id']}"
     info = RunInfo(
-        run["flow_run_id"], run.get("flow_name", ""), trid, task.name, attempt.number, run_name=run.get("label") or None
+        run["flow_run_id"],
+        run.get("flow_name", ""),
+        trid,
+        task.name,
+        attempt.number,
+        run_name=run.get("label") or None,
+        tags=list(task.tags),
     )
     try:
         kwargs = resolve(

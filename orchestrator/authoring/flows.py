@@ -12,7 +12,8 @@ from orchestrator.authoring.definitions import check_callable, why_not_importabl
 from orchestrator.authoring.hooks import Hook, collect_hooks
 from orchestrator.authoring.keywords import check_keywords, target_name
 from orchestrator.authoring.methods import (
-    bound_copy,
+    bind_on_lookup,
+    binds_class,
     carry_binding,
     direct_args,
     engine_args,
@@ -77,6 +78,7 @@ class Flow(Generic[P, R]):
         self.changed_options: dict[str, Any] = {}  # with_options(...) on the registered flow: kept on .delay() runs
         # a call in-process checks and converts its arguments by their annotations (authoring/params.py)
         self.validate_parameters = validate_parameters
+        self.binds_class = binds_class(fn)  # @flow above @classmethod: bound to the class (see methods.py)
         fn, self.is_static = unwrap_function(fn, "flow")  # a staticmethod is never bound (see methods.py)
         self.bound_to: Any = None  # the instance of obj.method (set on the copy Flow.__get__ makes)
         check_callable(fn, "flow")
@@ -120,9 +122,7 @@ class Flow(Generic[P, R]):
 
     def __get__(self, instance: Any, owner: type | None = None) -> Flow[P, R]:
         """``obj.method``: a copy bound to ``obj``, passed as the first argument (Prefect's flows on methods)."""
-        if instance is None or self.is_static:
-            return self
-        return bound_copy(self, instance)
+        return bind_on_lookup(self, instance, owner)
 
     def _in_process_parameters(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """The parameters of a call run in this process: bound (the instance first for a method), and

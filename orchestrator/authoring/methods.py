@@ -16,7 +16,8 @@ first wherever it hands its arguments on:
 A run sent with ``.delay()`` is started by a worker from the flow's name and JSON
 parameters, so a flow bound to an instance is refused there (:func:`refuse_bound`).
 ``@staticmethod`` works in either order (a staticmethod under the decorator is unwrapped and
-never bound) and ``@classmethod`` above the decorator binds the class.
+never bound), and so does ``@classmethod`` (under the decorator, it is unwrapped and the class
+it is looked up on is bound; above it, Python binds it).
 """
 
 from __future__ import annotations
@@ -46,12 +47,25 @@ def unwrap_function(fn: Any, decorator: str) -> tuple[Any, bool]:
     """The function to decorate, and whether it came as a staticmethod (never bound to an instance)."""
     if isinstance(fn, staticmethod):
         return fn.__func__, True
-    if isinstance(fn, classmethod):
-        raise DefinitionError(
-            f"@{decorator} on classmethod {fn.__func__.__qualname__}: put @classmethod above @{decorator} "
-            f"(@classmethod, then @{decorator}, then def), so the class is bound when the {decorator} is looked up."
-        )
+    if isinstance(fn, classmethod):  # bound to the class it is looked up on (see binds_class)
+        return fn.__func__, False
     return fn, False
+
+
+def binds_class(fn: Any) -> bool:
+    """Whether a decorated function came as a classmethod (``@task`` above ``@classmethod``, the order
+    Prefect's own tests use): it is bound to the class, not to an instance."""
+    return isinstance(fn, classmethod)
+
+
+def bind_on_lookup(obj: B, instance: Any, owner: type | None) -> B:
+    """What ``Task.__get__`` / ``Flow.__get__`` give: a staticmethod or a lookup on the class itself as it
+    is, a classmethod bound to the class, a method bound to the instance."""
+    if getattr(obj, "binds_class", False):
+        return bound_copy(obj, owner if owner is not None else type(instance))
+    if instance is None or obj.is_static:
+        return obj
+    return bound_copy(obj, instance)
 
 
 def bound_copy(obj: B, instance: Any) -> B:
@@ -67,6 +81,7 @@ def bound_copy(obj: B, instance: Any) -> B:
 def carry_binding(source: Bindable, clone: B) -> B:
     """A ``with_options`` copy keeps what it was made from bound to (and staticmethod-ness)."""
     clone.is_static = source.is_static
+    clone.binds_class = getattr(source, "binds_class", False)  # type: ignore[attr-defined]
     if source.bound_to is not None:
         return bound_copy(clone, source.bound_to)
     return clone

@@ -132,6 +132,13 @@ def validated_call(flow: Flow, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
     and what was expected, before anything runs.
     """
     given = bind_arguments(flow.fn, args, kwargs, f"flow {flow.name!r}")
+    return flow.complete_parameters(validated_parameters(flow, given))
+
+
+def validated_parameters(flow: Flow, given: dict[str, Any]) -> dict[str, Any]:
+    """``given`` (parameters by name, as bound) with each annotated one validated and converted as
+    :func:`validated_call` does; the one ParameterError names every bad parameter."""
+    given = dict(given)
     checkers = _checkers(flow.fn)
     problems: list[str] = []
     for name, value in given.items():
@@ -150,7 +157,7 @@ def validated_call(flow: Flow, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
             )
     if problems:
         raise ParameterError(f"flow {flow.name!r}: " + "; ".join(problems) + ".")
-    return flow.complete_parameters(given)
+    return given
 
 
 @functools.lru_cache(maxsize=1024)

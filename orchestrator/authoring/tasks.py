@@ -21,7 +21,14 @@ from orchestrator.authoring.caching import (
 from orchestrator.authoring.definitions import check_callable, why_not_importable
 from orchestrator.authoring.hooks import Hook, collect_hooks
 from orchestrator.authoring.keywords import check_keywords, target_name
-from orchestrator.authoring.methods import bound_copy, carry_binding, direct_args, engine_args, unwrap_function
+from orchestrator.authoring.methods import (
+    bind_on_lookup,
+    binds_class,
+    carry_binding,
+    direct_args,
+    engine_args,
+    unwrap_function,
+)
 from orchestrator.authoring.options import (
     apply_callable_options,
     callable_options,
@@ -128,6 +135,7 @@ class Task(Generic[P, R]):
         viz_return_value: Any = None,
     ) -> None:
         self.options_given = given_options(locals())  # what with_options starts from
+        self.binds_class = binds_class(fn)  # @task above @classmethod: bound to the class (see methods.py)
         fn, self.is_static = unwrap_function(fn, "task")  # a staticmethod is never bound (see methods.py)
         self.bound_to: Any = None  # the instance of obj.method (set on the copy Task.__get__ makes)
         check_callable(fn, "task")
@@ -253,9 +261,7 @@ class Task(Generic[P, R]):
 
     def __get__(self, instance: Any, owner: type | None = None) -> Task[P, R]:
         """``obj.method``: a copy bound to ``obj``, passed as the first argument (Prefect's tasks on methods)."""
-        if instance is None or self.is_static:
-            return self
-        return bound_copy(self, instance)
+        return bind_on_lookup(self, instance, owner)
 
     def _for_engine(self, args: tuple[Any, ...]) -> tuple[Task[P, R], tuple[Any, ...]]:
         """What an engine gets for a call: this task with the enclosing ``tags()`` blocks' tags, and

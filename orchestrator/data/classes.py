@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from typing import Any
-
-from pydantic import AliasChoices, BaseModel
-from pydantic.fields import FieldInfo
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import SerializationError
+
+if TYPE_CHECKING:  # pydantic is imported on use: ``import orchestrator`` (an in-process run) does without it
+    from pydantic import BaseModel
+    from pydantic.fields import FieldInfo
 
 DATACLASS = "dataclass"
 MODEL = "model"
@@ -49,7 +50,8 @@ def kind_of(value: Any) -> str | None:
 
     Called only for values no cheaper rule took, so plain JSON values never pay for it.
     """
-    if isinstance(value, BaseModel):
+    pydantic = sys.modules.get("pydantic")  # not imported: no value can be a model
+    if pydantic is not None and isinstance(value, pydantic.BaseModel):
         return MODEL
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return DATACLASS
@@ -145,7 +147,8 @@ def _problem(name: Any, kind: str) -> type | str:
     if (obj.__module__, obj.__qualname__) != (module_name, qualname):
         return f"{module_name}.{qualname} is a name for another class ({obj.__module__}.{obj.__qualname__})"
     cls: type = obj
-    if kind == MODEL and BaseModel in cls.__mro__:  # a real subclass: no virtual one registered with the ABC
+    pydantic = sys.modules.get("pydantic")
+    if kind == MODEL and pydantic is not None and pydantic.BaseModel in cls.__mro__:  # a real subclass, not virtual
         return cls
     if kind == DATACLASS and dataclasses.is_dataclass(cls):
         return cls
@@ -175,6 +178,8 @@ def _build_model(cls: type[BaseModel], fields: dict[str, Any]) -> BaseModel:
 def _validation_key(name: str, info: FieldInfo) -> str:
     """The key a field is read from when validated by alias (pydantic 2.7 has no ``by_name=``); a field
     validated from an ``AliasPath`` is keyed by its name (the model must then allow ``populate_by_name``)."""
+    from pydantic import AliasChoices
+
     alias = info.validation_alias
     if isinstance(alias, str):
         return alias

@@ -89,7 +89,9 @@ def open_local_cache(
     """
     settings = task.cache
     assert settings is not None
-    info = RunInfo(engine.run_id, engine.flow.name, future.task_run_id, task.name, extra={"local": True})
+    info = RunInfo(
+        engine.run_id, engine.flow.name, future.task_run_id, task.name, extra={"local": True}, tags=list(task.tags)
+    )
     parameters = engine.parameters
     context = CacheContext(
         task,

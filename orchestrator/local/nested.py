@@ -227,7 +227,15 @@ class NestedEngine(Engine):
         while True:
             future.set_state(StateType.RUNNING if attempt == 1 else StateType.RETRYING)
             extra = parent.extra | {DEPTH: self.depth, "nested_task_run_id": future.task_run_id}
-            run = RunInfo(parent.flow_run_id, parent.flow_name, parent.task_run_id, task.name, attempt, extra=extra)
+            run = RunInfo(
+                parent.flow_run_id,
+                parent.flow_name,
+                parent.task_run_id,
+                task.name,
+                attempt,
+                extra=extra,
+                tags=list(task.tags),
+            )
 
             def call(run: RunInfo = run) -> Any:
                 with using(None, run):

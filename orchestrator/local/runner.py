@@ -244,7 +244,14 @@ class LocalEngine(Engine):
         while True:
             future.set_state(StateType.RUNNING if attempt == 1 else StateType.RETRYING)
             run = RunInfo(
-                self.run_id, self.flow.name, future.task_run_id, task.name, attempt, {"local": True}, future.label
+                self.run_id,
+                self.flow.name,
+                future.task_run_id,
+                task.name,
+                attempt,
+                {"local": True},
+                future.label,
+                list(task.tags),
             )
             try:
                 log_prints = task.log_prints if task.log_prints is not None else self.flow.log_prints

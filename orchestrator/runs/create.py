@@ -39,7 +39,7 @@ from jsonschema import Draft202012Validator
 from pydantic import TypeAdapter
 
 from orchestrator.authoring.naming import run_name_problem
-from orchestrator.authoring.params import coerce_class_parameters
+from orchestrator.authoring.params import coerce_class_parameters, validated_parameters
 from orchestrator.authoring.schema import parameters_schema
 from orchestrator.config.settings import get_settings
 from orchestrator.data.classes import kind_of
@@ -218,6 +218,17 @@ class FlowSpec:
         """What the schema judges: Python values in their JSON form where the code is, else the JSON given."""
         return json_view(given) if self.code is not None else given
 
+    def converted(self, given: dict[str, Any]) -> dict[str, Any]:
+        """Where the code is (``.delay()``), Python values converted by their annotations as an in-process
+        call converts them (``"5"`` for an ``int`` is 5), unless ``validate_parameters=False``. A value that
+        does not convert is left for the schema check, which names it the way the API does."""
+        if self.code is None or not self.code.validate_parameters:
+            return given
+        try:
+            return validated_parameters(self.code, given)
+        except ParameterError:
+            return given
+
     def complete(self, given: dict[str, Any]) -> dict[str, Any]:
         """The run's parameters: where the code is, the defaults filled in (callable ones evaluated now) and
         a dict given for a dataclass or model parameter made an instance of it (what the body is traced with)."""
@@ -286,6 +297,7 @@ def new_flow_run(
     Nothing is written or sent here; a refused run raises :class:`ParameterProblem` (or the
     encoder's SerializationError for a value JSON cannot carry).
     """
+    given = spec.converted(given)
     check_parameters(spec.name, spec.schema, given, door=door, view=spec.view)
     run_id = run_id or str(uuid.uuid4())
     values = spec.complete(given)

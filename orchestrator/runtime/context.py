@@ -28,6 +28,7 @@ class RunInfo:
     attempt: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
     run_name: str | None = None  # the run's own name, where the engine knows it
+    tags: list[str] = field(default_factory=list)  # a task run's tags (its own and a tags() block's)
 
     @property
     def id(self) -> str:
