@@ -23,20 +23,19 @@ the pool of depth *d + 1*, so no pool ever waits on itself and a full pool canno
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures as cf
 import contextvars
 import os
 import threading
 import time
-import uuid
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.authoring.hooks import call_hooks
 from orchestrator.authoring.triggers import verdict
 from orchestrator.config.settings import get_settings
 from orchestrator.errors import OrchestratorError, TaskRunFailed, UpstreamFailedError
+from orchestrator.local.thread_future import ThreadFuture
 from orchestrator.local.timeouts import LocalTimeout, call_with_timeout
 from orchestrator.runtime import aio
 from orchestrator.runtime.attempts import Outcome, decide, timed_out_message
@@ -53,7 +52,7 @@ from orchestrator.runtime.engine import (
 from orchestrator.runtime.futures import DoneAndNotDone, Future
 from orchestrator.runtime.signals import RETRY
 from orchestrator.runtime.task_errors import annotate
-from orchestrator.states import StateType, can_transition
+from orchestrator.states import StateType
 
 if TYPE_CHECKING:
     from orchestrator.authoring.flows import Flow
@@ -89,45 +88,14 @@ def inside_task_engine() -> NestedEngine | None:
     return NestedEngine(run)
 
 
-class NestedFuture(Future[Any]):
-    """A nested task run executing in a thread of this process."""
+class NestedFuture(ThreadFuture):
+    """A nested task run executing in a thread of this process (labelled with a piece of its own id)."""
 
     engine: NestedEngine
 
     def __init__(self, engine: NestedEngine, base: str) -> None:
-        self.engine = engine
-        self.task_run_id = str(uuid.uuid4())  # its own id for wait() and as_completed(); never recorded
+        super().__init__(engine, base)  # its own id for wait() and as_completed(); never recorded
         self.label = f"{base}-{self.task_run_id[:8]}"
-        self.cf: cf.Future[Any] = cf.Future()
-        self._state = StateType.PENDING
-
-    def set_state(self, state: StateType) -> None:
-        """Move to ``state`` if the shared state machine allows it."""
-        if can_transition(self._state, state):
-            self._state = state
-
-    @property
-    def state_type(self) -> StateType:
-        return self._state
-
-    def wait(self, timeout: float | None = None) -> StateType:
-        cf.wait([self.cf], timeout=timeout)
-        return self._state
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        """``await future`` in an async task: the loop is woken when the nested run's thread ends it."""
-        return asyncio.wrap_future(self.cf).__await__()
-
-    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> Any:
-        try:
-            return self.cf.result(timeout=timeout)
-        except cf.TimeoutError:
-            raise
-        except Exception as exc:
-            self.failure_seen = True
-            if raise_on_failure:
-                raise
-            return exc
 
 
 class NestedEngine(Engine):

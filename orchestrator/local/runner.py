@@ -7,14 +7,13 @@ with the same retry, signal, serialization and upstream-failure rules as the fle
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures as cf
 import contextvars
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.authoring.hooks import call_hooks
@@ -24,6 +23,7 @@ from orchestrator.data.serialization import dumps
 from orchestrator.errors import FlowRunFailed, TaskRunFailed, UpstreamFailedError
 from orchestrator.local.cache import open_local_cache
 from orchestrator.local.naming import local_run_name
+from orchestrator.local.thread_future import ThreadFuture
 from orchestrator.local.timeouts import LocalTimeout, call_with_timeout
 from orchestrator.runtime import aio
 from orchestrator.runtime.attempts import Outcome, decide, describe, timed_out_message
@@ -41,56 +41,17 @@ from orchestrator.runtime.futures import DoneAndNotDone, Future
 from orchestrator.runtime.run_logger import prints_logged, show_run_logs_on_terminal
 from orchestrator.runtime.signals import RETRY
 from orchestrator.runtime.task_errors import annotate
-from orchestrator.states import State, StateType, can_transition
+from orchestrator.states import State, StateType
 
 if TYPE_CHECKING:
     from orchestrator.authoring.flows import Flow
     from orchestrator.authoring.tasks import Task
 
 
-class LocalFuture(Future[Any]):
-    """A task run executing in a thread of this process."""
+class LocalFuture(ThreadFuture):
+    """A task run of an in-process flow run, executing in a thread of this process."""
 
-    def __init__(self, engine: LocalEngine, label: str) -> None:
-        self.engine = engine
-        self.task_run_id = str(uuid.uuid4())
-        self.label = label
-        self.cf: cf.Future[Any] = cf.Future()
-        self._state = StateType.PENDING
-        self.history: list[tuple[StateType, float, str]] = [(StateType.PENDING, time.time(), "")]
-
-    def set_state(self, state: StateType, message: str = "") -> None:
-        """Move to ``state`` if the shared state machine allows it (the recorder uses the same rule)."""
-        if not can_transition(self._state, state):
-            return
-        self._state = state
-        self.history.append((state, time.time(), message))
-
-    @property
-    def state_type(self) -> StateType:
-        return self._state
-
-    def state_message(self) -> str:
-        return self.history[-1][2]
-
-    def wait(self, timeout: float | None = None) -> StateType:
-        cf.wait([self.cf], timeout=timeout)
-        return self._state
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        """``await future``: the loop is woken when the task's thread sets the result."""
-        return asyncio.wrap_future(self.cf).__await__()
-
-    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> Any:
-        try:
-            return self.cf.result(timeout=timeout)
-        except cf.TimeoutError:
-            raise
-        except Exception as exc:
-            self.failure_seen = True
-            if raise_on_failure:
-                raise
-            return exc
+    engine: LocalEngine
 
 
 class LocalEngine(Engine):
