@@ -100,3 +100,21 @@ def planned_on_a_worker(x: int) -> Any:
     PLANNED_HERE.append("planned_on_a_worker")
     get_run_logger().info("planning on a worker with x=%s", x)
     return double.submit(x)
+
+
+@task
+def countdown(n: int) -> Any:
+    """A generator task: its values are collected into a list."""
+    yield from range(n, 0, -1)
+
+
+@flow(queue=QUEUE)
+def yields_doubles(n: int) -> Any:
+    """A generator flow body: it yields futures, traced like any body; its value is the list."""
+    for value in range(n):
+        yield double.submit(value)
+
+
+@flow(queue=QUEUE)
+def counts_down(n: int) -> list[int]:
+    return countdown(n)  # type: ignore[no-any-return]

@@ -211,3 +211,11 @@ def test_plan_on_worker_plans_the_body_there(states_worker: subprocess.Popen[byt
     assert run.result(timeout=60) == 12
     assert sf.PLANNED_HERE == []  # nothing of the body ran in this process
     assert any("planning on a worker with x=6" in m for m in _logged(run, "planning on a worker"))
+
+
+def test_generator_tasks_and_flows_give_lists(states_worker: subprocess.Popen[bytes]) -> None:
+    """Their values are collected into a list, in-process and on the fleet (a stored result cannot stream)."""
+    assert sf.yields_doubles(3) == [0, 2, 4]
+    assert sf.counts_down(3) == [3, 2, 1]
+    assert sf.yields_doubles.delay(3).result(timeout=60) == [0, 2, 4]
+    assert sf.counts_down.delay(3).result(timeout=60) == [3, 2, 1]

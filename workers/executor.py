@@ -297,6 +297,8 @@ def _run_holding_slots(
                     value = call_bound(task.fn, kwargs)
                     if task.is_async:  # a coroutine: run it on this thread's loop, cancelled at timeout_seconds
                         value = aio.run(value, task.timeout_seconds)
+                    elif not task.plain_function:  # a generator's values, collected (see aio.collected)
+                        value = aio.collected(value, task.timeout_seconds)
             finally:
                 HEARTBEATS.end(trid)
                 if task.timeout_seconds:  # ended (or timed out): a late soft limit must not cut the bookkeeping

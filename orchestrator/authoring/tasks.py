@@ -144,6 +144,8 @@ class Task(Generic[P, R]):
         # viz_return_value only feeds Prefect's graph visualisation: accepted, and unused here
         self.fn = fn
         self.is_async = inspect.iscoroutinefunction(fn)  # its call returns a coroutine (runtime/aio.py runs it)
+        # neither a coroutine nor a generator function: the executor's hot path skips collecting its value
+        self.plain_function = not (self.is_async or inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn))
         self.name = name or f"{fn.__module__}.{fn.__qualname__}"
         where = f"task {self.name!r}"
         if retries < 0:

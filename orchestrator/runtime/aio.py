@@ -85,7 +85,25 @@ def call(fn: Callable[..., Any], arguments: dict[str, Any], timeout: float | Non
     value = call_bound(fn, arguments)
     if inspect.iscoroutine(value):
         return run(value, timeout)
+    return collected(value, timeout)
+
+
+def collected(value: Any, timeout: float | None = None) -> Any:
+    """A generator's values as a list (an async generator's too); any other value as it is.
+
+    A generator task's or flow's values are collected when it runs, as Prefect 2 did: a result
+    is stored and sent to the next task whole, so it cannot stream (Prefect 3 streams them
+    in-process). Collecting here also runs a generator flow body under the tracer.
+    """
+    if inspect.isgenerator(value):
+        return list(value)
+    if inspect.isasyncgen(value):
+        return run(_listed(value), timeout)
     return value
+
+
+async def _listed(values: Any) -> list[Any]:
+    return [item async for item in values]
 
 
 def run(coro: Coroutine[Any, Any, Any], timeout: float | None = None) -> Any:
