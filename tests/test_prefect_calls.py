@@ -55,3 +55,28 @@ def test_on_the_fleet_map_results_and_direct_call_waits(calls_worker: subprocess
     out = waited.result(timeout=60)
     assert waited.info["mode"] == "static"
     assert out["second"]["at"] >= out["first"]["at"]  # "at" is when each ended: the second ran after the first
+
+
+def test_wait_for_skips_values_of_work_already_done() -> None:
+    """``wait_for=[load(x)]`` after a direct call (which gave its value) and a map's list inside the
+    list: values are skipped (nothing to wait for), the futures in the list are waited for."""
+    from orchestrator import flow, task
+
+    order: list[str] = []
+
+    @task
+    def step(name: str, pause: float = 0.0) -> str:
+        import time
+
+        time.sleep(pause)
+        order.append(name)
+        return name
+
+    @flow
+    def ordered() -> str:
+        done = step("first")  # a value: its work is done
+        mapped = step.map(["m1", "m2"], pause=0.2)
+        return step("last", wait_for=[done, mapped, 42])  # type: ignore[no-any-return]
+
+    assert ordered() == "last"
+    assert order[0] == "first" and order[-1] == "last" and sorted(order[1:3]) == ["m1", "m2"]

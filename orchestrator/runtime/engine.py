@@ -134,14 +134,18 @@ def as_call(fn: Callable[..., Any], arguments: dict[str, Any]) -> tuple[tuple[An
 
 
 def check_wait_for(wait_for: list[Any], task_name: str) -> list[Any]:
-    """Refuse a wait_for entry that is not a future (or allow_failure of one)."""
+    """The futures (or ``allow_failure`` of one) to wait for, lists of them (a map's) flattened.
+
+    Anything else is the value of work already done (``wait_for=[load(x)]`` after a direct call,
+    which gave its value, or a State): nothing to wait for, so it is skipped, as Prefect does.
+    """
+    waits: list[Any] = []
     for item in wait_for:
-        if not isinstance(item, (Future, AllowFailure)):
-            raise ParameterError(
-                f"task {task_name!r}: wait_for takes futures returned by submit()/map(), got "
-                f"{type(item).__name__}; pass the future, not its value."
-            )
-    return wait_for
+        if isinstance(item, (Future, AllowFailure)):
+            waits.append(item)
+        elif isinstance(item, (list, tuple)):
+            waits.extend(check_wait_for(list(item), task_name))
+    return waits
 
 
 def walk_futures(value: Any) -> Iterator[tuple[Future[Any], bool]]:
