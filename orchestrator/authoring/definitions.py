@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import typing
 from collections.abc import Callable
@@ -41,11 +42,14 @@ def why_not_importable(fn: Callable[..., Any]) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=1024)
 def parameter_hints(fn: Callable[..., Any]) -> dict[str, Any]:
     """The type each parameter's value has once bound by name: ``*args: T`` holds ``tuple[T, ...]``
     and ``**kwargs: T`` holds ``dict[str, T]`` (what the run record, the schema and coercion see).
 
     Empty when the annotations cannot be resolved (the values are then taken as they are).
+    Computed once per function (``typing.get_type_hints`` is slow, and ``.delay()`` asks every
+    time): callers read the dict and never change it.
     """
     try:
         hints = typing.get_type_hints(fn)

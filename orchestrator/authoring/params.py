@@ -108,9 +108,15 @@ def coerce_class_parameters(flow: Flow, given: dict[str, Any]) -> dict[str, Any]
     run sent over HTTP (:func:`coerce_parameters`). Other parameters are left alone: ``.delay()``
     has always passed them as given.
     """
-    hints = parameter_hints(flow.fn)
-    typed = {name: value for name, value in given.items() if _names_a_class(hints.get(name))}
+    classes = _class_parameters(flow.fn)
+    typed = {name: value for name, value in given.items() if name in classes}
     return given | coerce_parameters(flow, typed) if typed else given
+
+
+@functools.lru_cache(maxsize=1024)
+def _class_parameters(fn: Callable[..., Any]) -> frozenset[str]:
+    """The parameters of ``fn`` annotated with (or holding) a dataclass or a pydantic model."""
+    return frozenset(name for name, hint in parameter_hints(fn).items() if _names_a_class(hint))
 
 
 def _names_a_class(hint: Any) -> bool:

@@ -14,9 +14,24 @@ from typing import Any, TextIO
 
 from orchestrator.runtime.context import current_run
 
+_kept: contextvars.ContextVar[list[logging.LogRecord] | None] = contextvars.ContextVar(
+    "orchestrator_run_logs_kept", default=None
+)
+
 
 class RunLoggerAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
     """Prefixes messages with the run's names and ids and adds them as record fields."""
+
+    def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
+        """Log as usual; inside :func:`run_logs_kept`, also keep an INFO-or-above line there."""
+        super().log(level, msg, *args, **kwargs)
+        kept = _kept.get()
+        if kept is not None and level >= logging.INFO:
+            text, options = self.process(msg, dict(kwargs))
+            record = self.logger.makeRecord(
+                self.logger.name, level, "(flow body)", 0, text, args, None, extra=options.get("extra")
+            )
+            kept.append(record)
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
         extra = dict(self.extra or {})
@@ -135,28 +150,15 @@ def show_run_logs_on_terminal() -> None:
 
 @contextlib.contextmanager
 def run_logs_kept(into: list[logging.LogRecord]) -> Iterator[None]:
-    """Within the block, keep the run-logger lines this thread writes (with their run ids) in ``into``.
+    """Within the block, keep the run-logger lines this context writes (with their run ids) in ``into``.
 
     ``.delay()`` plans a flow body in the caller's process; what the body logs there belongs to
-    the run's logs like what it logs on a worker. The run logger is enabled for INFO during the
-    block if the program left it below that (the lines would not exist otherwise).
+    the run's logs like what it logs on a worker. The lines are kept whatever the program's
+    logging levels (an unconfigured program drops INFO), and without touching its loggers: a
+    context variable, so nothing is paid on ``.delay()`` beyond setting it.
     """
-    logger = logging.getLogger("orchestrator.runs")
-    thread = threading.get_ident()
-
-    class Keeper(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if record.thread == thread and getattr(record, "flow_run_id", None):
-                into.append(record)
-
-    keeper = Keeper(level=logging.INFO)
-    raised = logger.getEffectiveLevel() > logging.INFO and logger.level == logging.NOTSET
-    logger.addHandler(keeper)
-    if raised:
-        logger.setLevel(logging.INFO)
+    token = _kept.set(into)
     try:
         yield
     finally:
-        logger.removeHandler(keeper)
-        if raised:
-            logger.setLevel(logging.NOTSET)
+        _kept.reset(token)
