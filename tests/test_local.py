@@ -211,13 +211,16 @@ def test_submit_outside_a_flow_says_what_to_do() -> None:
 def test_bad_arguments_name_the_parameter() -> None:
     with pytest.raises(ParameterError, match="x"):
         flows.chain_flow(y=1)  # type: ignore[call-arg]
-    with pytest.raises(ParameterError, match="wait_for"):
 
-        @flow
-        def bad_wait() -> None:
-            flows.inc.submit(1, wait_for=[1])
 
-        bad_wait()
+def test_wait_for_a_value_is_nothing_to_wait_for() -> None:
+    """As in Prefect: ``wait_for=[value]`` (a direct call's value: its work is done) waits for nothing."""
+
+    @flow
+    def waits_for_a_value() -> int:
+        return flows.inc.submit(1, wait_for=[1, "done"])  # type: ignore[no-any-return]
+
+    assert waits_for_a_value() == 2
 
 
 def test_submitting_without_redis_says_what_to_check() -> None:
