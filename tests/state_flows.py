@@ -118,3 +118,20 @@ def yields_doubles(n: int) -> Any:
 @flow(queue=QUEUE)
 def counts_down(n: int) -> list[int]:
     return countdown(n)  # type: ignore[no-any-return]
+
+
+@task(timeout_seconds=1)
+def oversleeps() -> None:
+    import time
+
+    time.sleep(5)
+
+
+@flow(queue=QUEUE)
+def catches_a_timeout() -> str:
+    """``except TimeoutError`` around result() catches a task that ran past its timeout_seconds."""
+    try:
+        oversleeps.submit().result()
+    except TimeoutError as exc:
+        return type(exc).__name__
+    return "not reached"

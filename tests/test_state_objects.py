@@ -219,3 +219,10 @@ def test_generator_tasks_and_flows_give_lists(states_worker: subprocess.Popen[by
     assert sf.counts_down(3) == [3, 2, 1]
     assert sf.yields_doubles.delay(3).result(timeout=60) == [0, 2, 4]
     assert sf.counts_down.delay(3).result(timeout=60) == [3, 2, 1]
+
+
+def test_a_timed_out_task_raises_a_timeout_error_where_its_result_is_read(
+    states_worker: subprocess.Popen[bytes],
+) -> None:
+    assert sf.catches_a_timeout() == "LocalTimeout"  # in-process: the thread was abandoned at the deadline
+    assert sf.catches_a_timeout.delay().result(timeout=60) == "TaskTimedOut"

@@ -50,9 +50,10 @@ class ThreadFuture(Future[Any]):
     def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> Any:
         try:
             return self.cf.result(timeout=timeout)
-        except cf.TimeoutError:
-            raise
         except Exception as exc:
+            if not self.cf.done():  # the wait ran out (cf.TimeoutError): the run goes on
+                raise
+            # the task's own exception (a task's TimeoutError too: cf.TimeoutError is TimeoutError)
             self.failure_seen = True  # the body saw it fail (see Future.failure_seen)
             if raise_on_failure:
                 raise

@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from orchestrator.errors import TaskRunFailed
+from orchestrator.errors import TaskRunFailed, TaskTimedOut
 from orchestrator.states import StateType
 
 
@@ -78,6 +78,8 @@ def remote_task_error(
     error: Exception | None = None
     if state is StateType.FAILED and error_type:
         error = rebuild(error_type, record.get("error_text", ""))
+    elif state is StateType.TIMED_OUT:  # a TimeoutError, as the same read raises in-process
+        error = TaskTimedOut(f"task run {label} ({task_run_id}) ended {state.value}: {message}")
     if error is None:
         error = TaskRunFailed(f"task run {label} ({task_run_id}) ended {state.value}: {message}")
     annotate(error, task_run_id=task_run_id, flow_run_id=flow_run_id, label=label, state=state)
