@@ -283,3 +283,17 @@ def test_log_prints_in_process(caplog: pytest.LogCaptureFixture, capsys: pytest.
     logged = [r.getMessage() for r in caplog.records]
     assert any(m.endswith("first line") for m in logged) and any(m.endswith("inherited print 3") for m in logged)
     assert "this line stays on stdout" in capsys.readouterr().out
+
+
+def test_an_in_process_subflow_gets_its_parameters_checked_and_converted() -> None:
+    @flow
+    def child(n: int) -> int:
+        return n + 1
+
+    @flow
+    def parent(given: str) -> int:
+        return child(given)  # type: ignore[arg-type]
+
+    assert parent("5") == 6  # "5" for an int is 5, as for a call from outside
+    with pytest.raises(ParameterError, match=r"parameter 'n' got 'five' \(str\), expected int"):
+        parent("five")

@@ -119,16 +119,24 @@ class LocalEngine(Engine):
         return future
 
     def call_subflow(self, flow: Flow, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return run_flow_locally(flow, self._child_parameters(flow, args, kwargs), pool=self.pool)
+
+    @staticmethod
+    def _child_parameters(flow: Flow, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """A subflow's parameters: futures given their values, bound, and checked and converted by
+        their annotations as a call from outside is (unless ``validate_parameters=False``)."""
         resolved_args = replace_futures(args, lambda f, _: f.result())
         resolved_kwargs = replace_futures(kwargs, lambda f, _: f.result())
         params = flow.bind_parameters(resolved_args, resolved_kwargs)
-        return run_flow_locally(flow, params, pool=self.pool)
+        if not flow.validate_parameters:
+            return params
+        from orchestrator.authoring.params import validated_parameters  # on use: pydantic comes with it
+
+        return validated_parameters(flow, params)
 
     def subflow_state(self, flow: Flow, args: tuple[Any, ...], kwargs: dict[str, Any]) -> State:
         """``child(x, return_state=True)``: the child's own final state (TimedOut stays TimedOut)."""
-        resolved_args = replace_futures(args, lambda f, _: f.result())
-        resolved_kwargs = replace_futures(kwargs, lambda f, _: f.result())
-        return flow_state_locally(flow, flow.bind_parameters(resolved_args, resolved_kwargs), pool=self.pool)
+        return flow_state_locally(flow, self._child_parameters(flow, args, kwargs), pool=self.pool)
 
     def submit_subflow(self, flow: Flow, args: tuple[Any, ...], kwargs: dict[str, Any]) -> LocalFuture:
         """``child.submit(...)``: the child runs in a thread of its own (its tasks use the shared pool,
