@@ -40,9 +40,9 @@ RATIO_TARGET = 1.3
 # The workloads the ratio target holds for; the others (subflows, runs of their own) are reported.
 TARGETED = frozenset({"W0", "W1", "W2", "W3"})
 W0_TARGET_MS = 30.0
-FULL_SIZES = {"W0": 50, "W1": 500, "W2": 200, "W3": 5000, "W4": 20, "W4L": 20, "W5": 500}
-QUICK_SIZES = {"W0": 20, "W1": 50, "W2": 20, "W3": 500, "W4": 5, "W4L": 5, "W5": 50}
-WARMUP_SIZES = {"W0": 5, "W1": 20, "W2": 10, "W3": 50, "W4": 2, "W4L": 2, "W5": 20}
+FULL_SIZES = {"W0": 50, "W1": 500, "W2": 200, "W3": 5000, "W4": 20, "W4L": 20, "W5": 500, "D2": 200, "D3": 5000}
+QUICK_SIZES = {"W0": 20, "W1": 50, "W2": 20, "W3": 500, "W4": 5, "W4L": 5, "W5": 50, "D2": 20, "D3": 500}
+WARMUP_SIZES = {"W0": 5, "W1": 20, "W2": 10, "W3": 50, "W4": 2, "W4L": 2, "W5": 20, "D2": 5, "D3": 50}
 TITLES = {
     "W0": "one task, submit to result (latency, ms)",
     "W1": "fan-out/fan-in: 1 source, {n} parallel, 1 reduce (s)",
@@ -51,6 +51,8 @@ TITLES = {
     "W4": "{n} concurrent subflows of 10 tasks each (s)",
     "W4L": "{n} subflows of 10 tasks that compute with their inputs: runs of their own (s)",
     "W5": "W1 with async tasks: 1 source, {n} parallel, 1 reduce (s)",
+    "D2": "dynamic: {n} sequential submit(x).result() calls (s)",
+    "D3": "dynamic: {n} tasks mapped at once, all results read (s)",
 }
 
 Runner = Callable[[int], Any]
@@ -102,6 +104,8 @@ def make_sides(timeout: float) -> dict[str, Sides]:
         "W4": Sides(raw(w.raw_w4), orc(w.w4_subflows, "n")),
         "W4L": Sides(raw(w.raw_w4l), orc(w.w4l_subflows, "n")),
         "W5": Sides(raw(w.raw_w5), orc(w.w5_async_fan, "n")),
+        "D2": Sides(lambda n: w.raw_d2(n, timeout), orc(w.d2_sequential, "n")),
+        "D3": Sides(raw(w.raw_d3), orc(w.d3_many, "n")),
     }
 
 

@@ -142,6 +142,24 @@ async def w5_async_fan(n: int = 500) -> Any:
     return async_reduce_sum.submit(parts)
 
 
+# -- orchestrator flows (dynamic: the body reads values, so a worker drives it) -----------
+
+
+@flow(name="bench-d2-sequential")
+def d2_sequential(n: int = 200) -> int:
+    """D2: n calls one after another, each waiting for its result before the next."""
+    x = 0
+    for _ in range(n):
+        x = inc.submit(x).result()
+    return x
+
+
+@flow(name="bench-d3-many")
+def d3_many(n: int = 5000) -> list[int]:
+    """D3: n tasks submitted at once (a map over a range), then all their results read."""
+    return noop.map(range(n)).result()  # type: ignore[no-any-return]
+
+
 @flow(name="bench-api-five")
 def api_five(x: int = 1) -> Any:
     """The API benchmark's flow: 5 tasks (a source, three in parallel, a reduce)."""
@@ -265,6 +283,19 @@ def raw_w5(n: int = 500) -> Signature:
     return chain(raw_async_source.si(), chord(group(raw_async_work.si(i) for i in range(n)), raw_async_reduce.s()))
 
 
+def raw_d2(n: int, timeout: float) -> int:
+    """D2 by hand: a client loop of n calls, each ``.get()`` before the next is sent."""
+    x = 0
+    for _ in range(n):
+        x = raw_inc.delay(x).get(timeout=timeout)
+    return x
+
+
+def raw_d3(n: int = 5000) -> Signature:
+    """D3 by hand: a group of n tasks, all results waited for (W3's canvas)."""
+    return raw_w3(n)
+
+
 def expected(workload: str, n: int) -> Any:
     """The value both sides must return for ``workload`` of size ``n``."""
     table = {
@@ -275,5 +306,7 @@ def expected(workload: str, n: int) -> Any:
         "W4": [i + 10 for i in range(n)],
         "W4L": [i + 10 for i in range(n)],
         "W5": sum(range(n)),
+        "D2": n,
+        "D3": list(range(n)),
     }
     return table[workload]
