@@ -17,6 +17,8 @@ Every message says what happened, to which flow or task run, and what to do::
     ├── TaskTimedOut (+ TimeoutError)     an async task ran past its timeout_seconds (cancelled)
     ├── ConnectionProblem (+ ConnectionError)  Redis, the broker or the API cannot be reached
     └── ApiError                          the API refused a request (the message is its answer)
+
+    FlowRunStopped (a BaseException)      a dynamic body's run was cancelled or timed out: it unwinds
 """
 
 from __future__ import annotations
@@ -97,3 +99,17 @@ class ApiError(OrchestratorError):
 
 class TaskTimedOut(OrchestratorError, TimeoutError):
     """An ``async def`` task ran past its ``timeout_seconds``: its coroutine was cancelled (it ends TimedOut)."""
+
+
+class FlowRunStopped(BaseException):
+    """The run a dynamic flow body belongs to was ended from outside (cancelled, timed out) while the
+    body ran: its next call into the orchestrator (submit, result, wait, a subflow) raises this.
+
+    A BaseException, like KeyboardInterrupt, so that a body's ``except Exception`` cannot swallow
+    it and go on submitting: the body unwinds (its ``finally`` blocks run) and the driver ends.
+    """
+
+    def __init__(self, run_id: str, state: str, message: str = "") -> None:
+        super().__init__(f"flow run {run_id} was stopped ({state}{': ' + message if message else ''})")
+        self.run_id = run_id
+        self.state = state

@@ -27,7 +27,7 @@ from orchestrator.authoring.tasks import Task
 from orchestrator.authoring.triggers import DEFAULT_TRIGGER
 from orchestrator.config.settings import get_settings
 from orchestrator.data.references import resolve
-from orchestrator.errors import FlowRunFailed, RunTimeout
+from orchestrator.errors import FlowRunFailed, FlowRunStopped, RunTimeout
 from orchestrator.planning.compiler import inline_or_stored, make_signature, message_run
 from orchestrator.planning.plan import REF, make_ref, refs_in
 from orchestrator.planning.templates import allowed_failures, to_template
@@ -62,6 +62,10 @@ from orchestrator.transport.messaging import CeleryMessaging
 from .executor import end_failed, full_run
 
 log = logging.getLogger(__name__)
+
+# How often a body waiting on results asks whether its run was stopped (a cancel, its timeout);
+# waits shorter than this cost no extra round trip.
+STOP_CHECK_SECONDS = 0.5
 
 _pool: cf.ThreadPoolExecutor | None = None
 _pool_pid = 0
@@ -111,6 +115,8 @@ class RemoteFuture(Future[Any]):
             raise RunTimeout(f"task run {self.label} ({self.task_run_id}) is still {state.value} after {timeout}s.")
         if state is StateType.COMPLETED:
             return resolve(make_ref(self.task_run_id), self.engine.store, allow_pickle=True, where=self.label)
+        if state is StateType.CANCELLED:  # cancelled with its run: the body stops here
+            self.engine.check_not_stopped()
         self.failure_seen = True
         record = self.engine.store.task_runs.read(self.task_run_id)
         error = remote_task_error(
@@ -187,11 +193,16 @@ class DynamicEngine(Engine):
         """Task runs of this flow run that nothing in it waited for (nor saw fail: the body handled those)."""
         return [f.task_run_id for f in self.futures if f.task_run_id not in self.has_downstream and not f.failure_seen]
 
-    def submit(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any]) -> RemoteFuture:
-        task.importable_or_raise()
+    def check_not_stopped(self) -> None:
+        """Raise FlowRunStopped if the run tree ended while the body ran (a cancel, its timeout): the
+        body's calls into the orchestrator are where it learns, and unwinds."""
         state = self.store.flow_runs.state(self.root)
         if state is not None and state.is_final:
-            raise FlowRunFailed(f"flow run {self.root} already ended {state.value}; {task.name} was not submitted.")
+            raise FlowRunStopped(self.root, state.value)
+
+    def submit(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any]) -> RemoteFuture:
+        task.importable_or_raise()
+        self.check_not_stopped()
         where = f"task {task.name!r}"
         bound = _values_of_children(bind_arguments(task.fn, args, kwargs, where))
         inputs = {k: self.template(v, f"{where} argument {k!r}", task.result_serializer) for k, v in bound.items()}
@@ -259,6 +270,7 @@ class DynamicEngine(Engine):
         return [self.submit(task, (), static | one, wait_for) for one in zip_mapped(lists, where)]
 
     def call_subflow(self, flow: Flow, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        self.check_not_stopped()
         params = flow.bind_parameters(
             replace_futures(args, lambda f, _: f.result()), replace_futures(kwargs, lambda f, _: f.result())
         )
@@ -303,6 +315,7 @@ class DynamicEngine(Engine):
         """``child.submit(...)``: the child starts now as a run of its own (linked to this one), traced on
         a worker with these values, compiled when it can be; several run at once."""
         flow.importable_or_raise()
+        self.check_not_stopped()
         resolved = replace_futures((args, kwargs), lambda f, _: f.result())
         params = flow.bind_parameters(*resolved)
         run_id = str(uuid.uuid4())
@@ -321,6 +334,7 @@ class DynamicEngine(Engine):
     def trigger_flow(self, flow: Flow, parameters: dict[str, Any], *, queue: str | None, name: str | None) -> FlowRun:
         """``child.delay()`` in a dynamic body: a run of its own, linked to this flow run."""
         flow.importable_or_raise()
+        self.check_not_stopped()
         run_id = str(uuid.uuid4())
         start_linked_run(
             FlowSpec.of(flow),
@@ -339,7 +353,11 @@ class DynamicEngine(Engine):
         pending = {f.task_run_id: f for f in futures}
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = 0.005
+        next_check = time.monotonic() + STOP_CHECK_SECONDS
         while pending:
+            if time.monotonic() >= next_check:  # a long wait: has the run been stopped meanwhile?
+                self.check_not_stopped()
+                next_check = time.monotonic() + STOP_CHECK_SECONDS
             tasks = [trid for trid, f in pending.items() if not isinstance(f, LinkedRunFuture)]
             finals: dict[str, StateType | None] = dict(self.store.task_runs.final_states(self.root, tasks))
             for trid, f in pending.items():
@@ -390,6 +408,9 @@ def drive(app: Celery, flow: Flow, run_id: str, parameters: dict[str, Any], queu
         with using(engine, RunInfo(run_id, flow.name)), prints_logged(flow.log_prints):
             value, body_error = returned_state(aio.call(flow.fn, parameters))
         returns = engine.template(_values_of_children(value), f"flow {flow.name!r} return value")
+    except FlowRunStopped as stopped:  # cancelled or timed out while it ran: it unwound, nothing to record
+        body_stopped(store, flow, run_id, stopped)
+        return
     except Exception as exc:
         log.exception("flow run %s (%s): the flow body raised", run_id, flow.name)
         body_error = f"the flow body raised {describe(exc)}"
@@ -404,6 +425,16 @@ def drive(app: Celery, flow: Flow, run_id: str, parameters: dict[str, Any], queu
     )
     body_state = StateType.FAILED if body_error else StateType.COMPLETED
     after_final(store, run_id, store.task_runs.finished(run_id, body_task_run_id(run_id), body_state, {"ended": now()}))
+
+
+def body_stopped(store: RunStore, flow: Flow, run_id: str, stopped: FlowRunStopped) -> None:
+    """A body whose run was stopped from outside has unwound: its pseudo task run ends with the run's
+    state, and the flow's hooks for that state run here, where the code is, unless the process that
+    stopped the run had the code and ran them already (``end_flow_run``: once per end)."""
+    state = StateType(stopped.state)
+    log.info("flow run %s (%s): the body stopped: the run ended %s", run_id, flow.name, state.value)
+    store.task_runs.finished(run_id, body_task_run_id(run_id), StateType.CANCELLED, {"ended": now()})
+    end_flow_run(store, run_id, state, store.flow_runs.field(run_id, "message") or "", write=False)
 
 
 def start_driver(

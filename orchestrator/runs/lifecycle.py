@@ -189,7 +189,7 @@ def end_flow_run(store: RunStore, run_id: str, state: StateType, message: str = 
         return
     name = store.flow_runs.field(run_id, "flow")
     definition = get_flow(name) if name else None
-    if definition is not None and definition.hooks:
+    if definition is not None and definition.hooks_set and store.flow_runs.claim_end_hooks(run_id):
         run_name = store.flow_runs.field(run_id, "name") or None  # Prefect's flow_run.name in a hook
         info = RunInfo(run_id, definition.name, run_name=run_name)
         call_hooks(definition, definition.hooks, info, state, message)

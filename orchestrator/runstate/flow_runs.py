@@ -20,6 +20,8 @@ from orchestrator.runstate.records import FlowRunRecord, body_task_run_id, descr
 from orchestrator.runstate.scripts import Scripts
 from orchestrator.states import StateType
 
+END_HOOKS_FIELD = "end_hooks"  # set in a run's hash by whoever runs the hooks of its end
+
 
 class FlowRuns:
     """Flow run records and what hangs off them."""
@@ -132,8 +134,16 @@ class FlowRuns:
                 return state
 
     def reopen_latch(self, run_id: str) -> None:
-        """Forget that a run ended (it is about to run again)."""
-        self._redis.delete(keys.flow_done(run_id))
+        """Forget that a run ended (it is about to run again), and that its end's hooks ran."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.delete(keys.flow_done(run_id))
+        pipe.hdel(keys.flow_run(run_id), END_HOOKS_FIELD)
+        pipe.execute()
+
+    def claim_end_hooks(self, run_id: str) -> bool:
+        """True for the one caller that may run the hooks of this run's end (a run stopped from
+        outside is ended where it is stopped and seen ended by its driver: hooks run once)."""
+        return bool(self._redis.hsetnx(keys.flow_run(run_id), END_HOOKS_FIELD, "1"))
 
     # -- a run tree's counts and plan ----------------------------------------------------
     def remaining(self, root: str) -> int | None:
