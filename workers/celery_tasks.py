@@ -30,11 +30,13 @@ from orchestrator.authoring.hooks import call_hooks
 from orchestrator.authoring.options import flow_from_record, registered_time_limits, time_limits
 from orchestrator.authoring.params import coerce_parameters
 from orchestrator.authoring.tasks import Task
+from orchestrator.config.settings import get_settings
 from orchestrator.data.references import resolve, returns_text
 from orchestrator.data.serialization import from_jsonable
 from orchestrator.errors import OrchestratorError, RunError
 from orchestrator.planning.compiler import (
     COLLECT_MAP_TASK,
+    CRASH_HOOKS_TASK,
     EXPAND_MAP_TASK,
     FINISH_SUBFLOW_TASK,
     FLOW_DEADLINE_TASK,
@@ -102,6 +104,11 @@ class CeleryAttempt:
         """The next attempt's message: same task id and queue, one more Celery retry."""
         kwargs = dict(self.celery_task.request.kwargs or {}) | {"retries_used": retries_used}
         return self._message(kwargs, self.number)
+
+    def hooks_message(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """The crash-hooks message for this task's queue (the queue this execution came from)."""
+        queue = (self.celery_task.request.delivery_info or {}).get("routing_key") or get_settings().default_queue
+        return dict(self.celery_task.app.signature(CRASH_HOOKS_TASK, kwargs=fields, queue=queue))
 
     def _message(self, kwargs: dict[str, Any], retries: int) -> dict[str, Any]:
         """This execution's message with ``kwargs`` and Celery's retry count ``retries`` (same id and queue)."""
@@ -398,6 +405,20 @@ def register_builtin_tasks(app: Celery) -> None:
         """The flow run's timeout_seconds passed: end it TimedOut and stop its tasks."""
         message = f"ran past timeout_seconds={timeout:g}; its unfinished task runs were cancelled"
         stop_flow_run(get_store(), CeleryMessaging(self.app), run_id, StateType.TIMED_OUT, message)
+
+    @app.task(name=CRASH_HOOKS_TASK, bind=True, ignore_result=True)
+    def crash_hooks(
+        self: CeleryTask, task: str, task_run_id: str, flow_run_id: str, label: str, attempt: int, message: str = ""
+    ) -> None:
+        """A task run was declared Crashed (its worker died): run its on_crashed hooks here, where the
+        code is. The crash detector sends this once per crash it claims."""
+        definition = registry.get_task(task)
+        if definition is None:
+            log.warning("task run %s crashed; worker %s cannot run its on_crashed hooks: it does not import %s",
+                        task_run_id, self.request.hostname, task)  # fmt: skip
+            return
+        info = RunInfo(flow_run_id, "", task_run_id, definition.name, attempt, run_name=label or None)
+        call_hooks(definition, definition.hooks, info, StateType.CRASHED, message)
 
     @app.task(name=RETRY_FLOW_RUN_TASK, bind=True, ignore_result=True)
     def retry_flow_run(self: CeleryTask, run_id: str, attempt: int) -> None:

@@ -68,6 +68,10 @@ class Attempt(Protocol):
     def again(self, retries_used: int) -> dict[str, Any]:
         """The message that runs the next attempt (kept for the crash detector)."""
 
+    def hooks_message(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """A message for a worker of this task's queue that runs its on_crashed hooks (kept for the
+        crash detector, which has no task code: it sends it when it declares the crash)."""
+
     def wait(self, delay: float, why: str) -> NoReturn:
         """Send this same attempt again in ``delay`` seconds, from Redis (raises to end this execution)."""
 
@@ -350,6 +354,17 @@ def crash_record(run: dict[str, Any], task: Task, attempt: Attempt, retries_used
         "retries": task.retries,
         "retries_used": retries_used,
         "again": attempt.again(retries_used + 1) if retries_used < task.retries else None,
+        "on_crashed": attempt.hooks_message(
+            {
+                "task": task.name,
+                "task_run_id": run["task_run_id"],
+                "flow_run_id": run["flow_run_id"],
+                "label": run.get("label", ""),
+                "attempt": attempt.number,
+            }
+        )
+        if task.hooks.get("on_crashed")
+        else None,
     }
 
 

@@ -36,6 +36,7 @@ RUN_LINKED_FLOW_TASK = "orchestrator.run_linked_flow"
 START_FLOW_RUN_TASK = "orchestrator.start_flow_run"
 FLOW_DEADLINE_TASK = "orchestrator.flow_deadline"
 RETRY_FLOW_RUN_TASK = "orchestrator.retry_flow_run"
+CRASH_HOOKS_TASK = "orchestrator.crash_hooks"  # a task's on_crashed hooks, on a worker of its queue
 
 # Intermediate form: ("leaf", id) | ("seq", [parts]) | ("par", [parts])
 Shape = tuple[str, Any]

@@ -91,12 +91,16 @@ def _detect_crashes(store: RunStore, messaging: Messaging) -> int:
 
 
 def crash(store: RunStore, messaging: Messaging, task_run_id: str, record: dict[str, Any], silent_for: float) -> None:
-    """Mark one task run Crashed; run it again if it has retries left."""
+    """Mark one task run Crashed; run it again if it has retries left. Its on_crashed hooks, if it has
+    any, run on a worker of its queue (the message its worker left in the crash record)."""
     message = (
         f"worker {record.get('worker')} (pid {record.get('pid')}) stopped heartbeating for {silent_for:g}s while "
         f"it ran this task (attempt {record.get('attempt')}): the process was likely killed (SIGKILL, the "
         "out-of-memory killer) or lost its network"
     )
+    hooks = record.get("on_crashed")
+    if hooks:  # once per claimed crash: claim_crash lets one detector through
+        messaging.send_signature(dict(hooks) | {"kwargs": dict(hooks.get("kwargs") or {}) | {"message": message}})
     fields = {"flow_run_id": record["flow_run_id"], "root": record["root"], "worker": record.get("worker", "")}
     again = record.get("again")
     if again:

@@ -1,0 +1,52 @@
+"""``on_crashed`` hooks of a task (issue 17, item 4): a worker killed with SIGKILL in the middle of
+the task; the API's crash detector declares the task run Crashed and a worker of the task's queue
+that has its code runs the hook, once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+from orchestrator.devstack.localstack import api_server, redis_server, worker
+from orchestrator.runstate.store import RunStore
+from tests import crash_hook_flows as flows
+from tests.api_support import eventually, submit, wait_final
+
+
+def test_a_crashed_tasks_on_crashed_hook_runs_once_on_a_worker_of_its_queue(
+    redis_url: str, worker_logs: Path, tmp_path: Path
+) -> None:
+    del redis_url  # the session's settings (1 s heartbeats), on a Redis of this test's own
+    marker = uuid.uuid4().hex[:8]
+    modules = ["tests.crash_hook_flows"]
+    with (
+        redis_server() as own_url,
+        api_server(own_url, f"sqlite:///{tmp_path / 'api.db'}", log_path=worker_logs / f"ch-api-{marker}.log") as api,
+        httpx.Client(base_url=api.url, timeout=15) as http,
+    ):
+        redis = RunStore(own_url).redis
+        with worker(
+            own_url, modules, queues=flows.QUEUE, concurrency=1, name=f"ch-doomed-{marker}@%h",
+            log_path=worker_logs / f"ch-doomed-{marker}.log",
+        ) as doomed:  # fmt: skip
+            created = submit(http, "killed-mid-task", parameters={"marker": marker})
+            eventually(lambda: redis.get(flows.running_key(marker)), 30, what="the task running")
+            time.sleep(2.5)  # it has heartbeated
+            os.killpg(doomed.pid, signal.SIGKILL)
+            with worker(
+                own_url, modules, queues=flows.QUEUE, concurrency=1, name=f"ch-rescue-{marker}@%h",
+                log_path=worker_logs / f"ch-rescue-{marker}.log",
+            ):  # fmt: skip
+                run = wait_final(http, created["id"], timeout=60)
+                assert run["state"] == "Failed"
+                (task_run,) = http.get(f"/flow-runs/{created['id']}/task-runs").json()
+                assert task_run["state"] == "Crashed"
+                calls = eventually(lambda: redis.lrange(flows.hooks_key(marker), 0, -1), 30, what="the hook called")
+                time.sleep(2)  # a second call (another detector pass, a redelivery) would land by now
+                calls = redis.lrange(flows.hooks_key(marker), 0, -1)
+                assert calls == [f"Crashed:{task_run['id']}:True"]  # once, with the detector's message
