@@ -24,6 +24,12 @@ Every message says what happened, to which flow or task run, and what to do::
 from __future__ import annotations
 
 
+def describe(exc: BaseException) -> str:
+    """One line naming an exception's type and message (run records, states, hooks)."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 class OrchestratorError(Exception):
     """Root of every error this product raises on purpose."""
 

@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from orchestrator.errors import FailedRun, RunError, describe
+
 
 class StateType(StrEnum):
     """Every state a flow run or task run can be in."""
@@ -129,9 +131,6 @@ _COARSE: dict[StateType, StateType] = {
     StateType.CANCELLED: StateType.CANCELLED,
 }
 
-# The coarse types a State may have (Prefect's StateType members; PAUSED is not a state here).
-COARSE_TYPES = frozenset(_COARSE.values())
-
 
 def coarse_type(state: StateType) -> StateType:
     """The Prefect state type ``state`` belongs to (TimedOut and UpstreamFailed are FAILED, Retrying RUNNING, ...)."""
@@ -226,13 +225,9 @@ class State:
         if self.is_completed():
             return self.data
         if not self.is_final():
-            from orchestrator.errors import RunError
-
             raise RunError(f"the state is {self.name}, not final: there is no result yet; wait for the run first.")
         error = self.data if isinstance(self.data, BaseException) else None
         if error is None:
-            from orchestrator.errors import FailedRun
-
             error = FailedRun(f"{self.name}: {self.message}" if self.message else self.name)
         if raise_on_failure:
             raise error
@@ -291,7 +286,7 @@ def state_of_call(call: Callable[[], Any]) -> State:
     try:
         value = call()
     except Exception as exc:
-        return _failed_with(exc)
+        return failed_with(exc)
     return Completed(data=value)
 
 
@@ -300,10 +295,10 @@ async def state_of_awaitable(awaitable: Awaitable[Any]) -> State:
     try:
         value = await awaitable
     except Exception as exc:
-        return _failed_with(exc)
+        return failed_with(exc)
     return Completed(data=value)
 
 
-def _failed_with(exc: Exception) -> State:
-    text = str(exc)
-    return Failed(message=f"{type(exc).__name__}: {text}" if text else type(exc).__name__, data=exc)
+def failed_with(exc: BaseException) -> State:
+    """The Failed state of an attempt that raised ``exc``: its ``result()`` raises it."""
+    return Failed(message=describe(exc), data=exc)

@@ -27,7 +27,7 @@ from orchestrator.authoring.tasks import Task
 from orchestrator.authoring.triggers import DEFAULT_TRIGGER
 from orchestrator.config.settings import get_settings
 from orchestrator.data.references import resolve
-from orchestrator.errors import FlowRunFailed, FlowRunStopped, RunTimeout
+from orchestrator.errors import FlowRunFailed, FlowRunStopped, RunTimeout, describe
 from orchestrator.planning.compiler import inline_or_stored, make_signature, message_run
 from orchestrator.planning.plan import REF, make_ref, refs_in
 from orchestrator.planning.templates import allowed_failures, to_template
@@ -43,7 +43,6 @@ from orchestrator.runs.lifecycle import (
 from orchestrator.runstate.records import NewTaskRun, body_task_run_id, default_run_name
 from orchestrator.runstate.store import RunStore, get_store, now
 from orchestrator.runtime import aio
-from orchestrator.runtime.attempts import describe
 from orchestrator.runtime.context import RunInfo, using
 from orchestrator.runtime.engine import (
     Engine,

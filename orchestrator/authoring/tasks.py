@@ -48,7 +48,7 @@ from orchestrator.runtime.annotations import unwrap_arguments
 from orchestrator.runtime.context import current_engine
 from orchestrator.runtime.engine import Engine
 from orchestrator.runtime.futures import FutureList
-from orchestrator.states import Failed, state_of_awaitable, state_of_call
+from orchestrator.states import failed_with, state_of_awaitable, state_of_call
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -214,8 +214,7 @@ class Task(Generic[P, R]):
             if _takes_three(self.retry_condition_fn):  # Prefect 3's form: (task, task_run, state)
                 from orchestrator.runtime.context import current_run
 
-                failed = Failed(message=f"{type(exc).__name__}: {exc}", data=exc)
-                return bool(self.retry_condition_fn(self, current_run(), failed))  # type: ignore[call-arg]
+                return bool(self.retry_condition_fn(self, current_run(), failed_with(exc)))  # type: ignore[call-arg]
             return bool(self.retry_condition_fn(self, exc))
         except Exception:
             log.exception("task %s: retry_condition_fn raised; not retrying", self.name)

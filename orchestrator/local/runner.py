@@ -20,13 +20,13 @@ from orchestrator.authoring.hooks import call_hooks
 from orchestrator.authoring.triggers import verdict
 from orchestrator.config.settings import get_settings
 from orchestrator.data.serialization import dumps
-from orchestrator.errors import FlowRunFailed, TaskRunFailed, UpstreamFailedError
+from orchestrator.errors import FlowRunFailed, TaskRunFailed, UpstreamFailedError, describe
 from orchestrator.local.cache import open_local_cache
 from orchestrator.local.naming import local_run_name
 from orchestrator.local.thread_future import ThreadFuture
 from orchestrator.local.timeouts import LocalTimeout, call_with_timeout
 from orchestrator.runtime import aio
-from orchestrator.runtime.attempts import Outcome, decide, describe, timed_out_message
+from orchestrator.runtime.attempts import Outcome, decide, timed_out_message
 from orchestrator.runtime.context import RunInfo, current_run, using
 from orchestrator.runtime.engine import (
     Engine,

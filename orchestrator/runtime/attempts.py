@@ -10,6 +10,7 @@ import traceback
 from dataclasses import dataclass
 
 from orchestrator.authoring.tasks import Task
+from orchestrator.errors import describe
 from orchestrator.runtime.signals import FAIL, RETRY, SKIP
 from orchestrator.states import StateType
 
@@ -22,12 +23,6 @@ class Outcome:
     message: str
     delay: float = 0.0
     uses_retry: bool = False  # False for a RETRY signal (a sensor poke)
-
-
-def describe(exc: BaseException) -> str:
-    """One line naming the exception type and message."""
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def decide(task: Task, exc: BaseException, retries_used: int, poking_for: float = 0.0) -> Outcome:
