@@ -297,3 +297,13 @@ def test_an_in_process_subflow_gets_its_parameters_checked_and_converted() -> No
     assert parent("5") == 6  # "5" for an int is 5, as for a call from outside
     with pytest.raises(ParameterError, match=r"parameter 'n' got 'five' \(str\), expected int"):
         parent("five")
+
+    @flow
+    def defaulted(n: int = None) -> str:  # type: ignore[assignment]  # noqa: RUF013  (a default that misfits its hint)
+        return repr(n)
+
+    @flow
+    def calls_defaulted() -> str:
+        return defaulted()
+
+    assert defaulted() == calls_defaulted() == "None"  # a default not given is not judged, as from outside

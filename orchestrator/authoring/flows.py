@@ -125,9 +125,12 @@ class Flow(Generic[P, R]):
         return bind_on_lookup(self, instance, owner)
 
     def _in_process_parameters(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-        """The parameters of a call run in this process: bound (the instance first for a method), and
-        checked and converted by their annotations unless ``validate_parameters=False``."""
-        args = direct_args(self, args)
+        """The parameters of a call run in this process, the instance first for a method."""
+        return self.call_parameters(direct_args(self, args), kwargs)
+
+    def call_parameters(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The parameters of an in-process call (top level or subflow): bound, the given ones checked and
+        converted by their annotations unless ``validate_parameters=False``, the defaults filled in."""
         if not self.validate_parameters:
             return self.bind_parameters(args, kwargs)
         from orchestrator.authoring.params import validated_call  # on use: pydantic is loaded by the first call

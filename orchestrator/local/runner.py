@@ -123,16 +123,10 @@ class LocalEngine(Engine):
 
     @staticmethod
     def _child_parameters(flow: Flow, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-        """A subflow's parameters: futures given their values, bound, and checked and converted by
-        their annotations as a call from outside is (unless ``validate_parameters=False``)."""
+        """A subflow's parameters: futures given their values, then as a call from outside gets them."""
         resolved_args = replace_futures(args, lambda f, _: f.result())
         resolved_kwargs = replace_futures(kwargs, lambda f, _: f.result())
-        params = flow.bind_parameters(resolved_args, resolved_kwargs)
-        if not flow.validate_parameters:
-            return params
-        from orchestrator.authoring.params import validated_parameters  # on use: pydantic comes with it
-
-        return validated_parameters(flow, params)
+        return flow.call_parameters(resolved_args, resolved_kwargs)
 
     def subflow_state(self, flow: Flow, args: tuple[Any, ...], kwargs: dict[str, Any]) -> State:
         """``child(x, return_state=True)``: the child's own final state (TimedOut stays TimedOut)."""
