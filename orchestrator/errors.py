@@ -119,3 +119,35 @@ class FlowRunStopped(BaseException):
         super().__init__(f"flow run {run_id} was stopped ({state}{': ' + message if message else ''})")
         self.run_id = run_id
         self.state = state
+
+
+class BodySuperseded(BaseException):
+    """This attempt of a dynamic body is no longer the live one: its worker was declared dead (it
+    went silent past the crash window) or it handed the body over on shutdown, and another worker
+    runs the body again. Raised at its next call into the orchestrator; it unwinds and records
+    nothing (a BaseException for the same reason as :class:`FlowRunStopped`)."""
+
+    def __init__(self, run_id: str, attempt: int, live: int) -> None:
+        super().__init__(f"flow run {run_id}: body attempt {attempt} was superseded by attempt {live}")
+        self.run_id = run_id
+
+
+class ReplayDiverged(BaseException):
+    """A resumed dynamic body asked, at a position of its sequence of calls, for something other than
+    what its earlier attempt recorded there (the code changed between attempts, or a branch depends
+    on time, randomness or outside data). The run fails with this message: replaying further could
+    run work twice or attach one call's result to another.
+
+    A BaseException so that a body's ``except Exception`` cannot swallow it.
+    """
+
+    def __init__(self, run_id: str, position: int, recorded: str, asked: str) -> None:
+        super().__init__(
+            f"the resumed flow body diverged from its earlier attempt at call #{position} (flow run {run_id}): "
+            f"the earlier attempt called {recorded}, this one called {asked}. A body must make the same "
+            "calls in the same order on every attempt: make branches depend only on parameters and task "
+            "results (not on time, randomness or files the body reads itself; put those in a task), and do "
+            "not deploy changed flow code under runs still going. Start a new run to run the changed code."
+        )
+        self.run_id = run_id
+        self.position = position

@@ -22,10 +22,12 @@ from orchestrator.errors import DefinitionError
 from orchestrator.guards.limits import queues_problem
 from orchestrator.runstate.store import ride_out_outages
 from orchestrator.transport.celery_app import make_celery_app, tolerate_redis_outages
+from orchestrator.transport.messaging import CeleryMessaging
 
 from .announce import Announcer
 from .celery_tasks import record_revoked, record_unknown, register_builtin_tasks, register_user_task
 from .delayed import BEAT_SECONDS, DelayedSender
+from .driver import hand_over_bodies
 from .logship import install as install_log_shipper
 from .redis_transport import survive_lost_redis
 from .visibility import KeepVisible, refresh_interval
@@ -95,8 +97,25 @@ def _record_unknown(sender: Any = None, message: Any = None, name: str = "", id:
     record_unknown(app, message, name, id, str(getattr(sender, "hostname", "") or socket.gethostname()))
 
 
+@signals.worker_process_shutdown.connect
+def _hand_over_bodies_of_pool_process(**_: object) -> None:
+    """A pool process exits (warm shutdown, a recycled child): its dynamic bodies resume elsewhere now."""
+    _hand_over_bodies()
+
+
+def _hand_over_bodies() -> None:
+    try:
+        handed = hand_over_bodies(CeleryMessaging(app))
+    except Exception:  # Redis away: the crash detector resumes them after the crash window instead
+        log.exception("could not hand dynamic flow bodies over; they resume after the crash window")
+        return
+    if handed:
+        log.warning("handed %d dynamic flow bodies over to other workers", handed)
+
+
 @signals.worker_shutdown.connect
 def _stop_delayed_sender(**_: object) -> None:
+    _hand_over_bodies()  # the solo and threads pools drive bodies in this process
     _delayed_sender.stop()
     log_shipper.flush()
     _announcer.leave()

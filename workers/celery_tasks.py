@@ -39,7 +39,9 @@ from orchestrator.planning.compiler import (
     CRASH_HOOKS_TASK,
     EXPAND_MAP_TASK,
     FINISH_SUBFLOW_TASK,
+    FLOW_CRASH_HOOKS_TASK,
     FLOW_DEADLINE_TASK,
+    RESUME_FLOW_BODY_TASK,
     RETRY_FLOW_RUN_TASK,
     RUN_LINKED_FLOW_TASK,
     START_FLOW_RUN_TASK,
@@ -63,7 +65,7 @@ from orchestrator.runtime.engine import zip_mapped
 from orchestrator.states import StateType
 from orchestrator.transport.messaging import CeleryMessaging
 
-from .driver import start_driver
+from .driver import BodyAttempt, start_driver
 from .executor import Ending, end_completed, end_failed, full_run, gate, run_task, start_record
 from .linked_runs import run_linked_flow as start_linked_flow
 from .time_limits import hold_off_soft_limit
@@ -438,7 +440,36 @@ def register_builtin_tasks(app: Celery) -> None:
         definition = flow_from_record(definition, record.get("flow_options"))
         parameters = definition.complete_parameters(from_jsonable(json.loads(record.get("parameters", "{}"))))
         store.flow_runs.write(run_id, {"attempt": str(attempt), "body_error": ""})
-        start_driver(self.app, definition, run_id, parameters, record.get("queue") or "default", retrying=True)
+        body = BodyAttempt(store.flow_runs.next_body_attempt(run_id), "retry", self.request.hostname or "")
+        start_driver(self.app, definition, run_id, parameters, record.get("queue") or "default", body)
+
+    @app.task(name=RESUME_FLOW_BODY_TASK, bind=True, ignore_result=True)
+    def resume_flow_body(self: CeleryTask, run_id: str, attempt: int) -> None:
+        """A dynamic body's worker died (or handed it over): drive it again here, replaying its journal.
+        Sent by the crash detector or the shutting-down worker, once per attempt."""
+        store = get_store()
+        record = store.flow_runs.read(run_id)
+        state, live = store.flow_runs.state_and_body_attempt(run_id)
+        if state is None or state.is_final or live != attempt:
+            return  # it ended meanwhile, or a newer attempt was sent
+        definition = registry.get_flow(record.get("flow", ""))
+        if definition is None:
+            message = (
+                f"worker {self.request.hostname} cannot resume flow {record.get('flow')!r} (its body's worker "
+                "died): it does not import it; start the workers of this queue with --flows <its module>."
+            )
+            stop_flow_run(store, CeleryMessaging(self.app), run_id, StateType.CRASHED, message)
+            return
+        definition = flow_from_record(definition, record.get("flow_options"))
+        parameters = definition.complete_parameters(from_jsonable(json.loads(record.get("parameters", "{}"))))
+        body = BodyAttempt(attempt, "resume", self.request.hostname or "")
+        start_driver(self.app, definition, run_id, parameters, record.get("queue") or "default", body)
+
+    @app.task(name=FLOW_CRASH_HOOKS_TASK, bind=True, ignore_result=True)
+    def flow_crash_hooks(self: CeleryTask, run_id: str, message: str = "") -> None:
+        """A flow run ended Crashed (its body's workers kept dying): run its on_crashed hooks here,
+        where the code is; once (the run's end-hooks latch)."""
+        end_flow_run(get_store(), run_id, StateType.CRASHED, message, write=False)
 
     @app.task(name=START_FLOW_RUN_TASK, bind=True, ignore_result=True)
     def start_flow_run(self: CeleryTask, flow: str, run_id: str, dynamic: bool = False) -> None:
@@ -490,4 +521,6 @@ def register_builtin_tasks(app: Celery) -> None:
             message = f"the worker could not start this run: {type(exc).__name__}: {exc}"
             store.flow_runs.write(run_id, {"state": StateType.FAILED.value, "ended": now(), "message": message})
             return
-        start_driver(self.app, definition, run_id, parameters, queue)
+        start_driver(
+            self.app, definition, run_id, parameters, queue, BodyAttempt(1, "start", self.request.hostname or "")
+        )

@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
@@ -27,8 +28,14 @@ from orchestrator.authoring.tasks import Task
 from orchestrator.authoring.triggers import DEFAULT_TRIGGER
 from orchestrator.config.settings import get_settings
 from orchestrator.data.references import resolve
-from orchestrator.errors import FlowRunFailed, FlowRunStopped, RunTimeout, describe
-from orchestrator.planning.compiler import inline_or_stored, make_signature, message_run
+from orchestrator.errors import BodySuperseded, FlowRunFailed, FlowRunStopped, ReplayDiverged, RunTimeout, describe
+from orchestrator.planning.compiler import (
+    FLOW_CRASH_HOOKS_TASK,
+    RESUME_FLOW_BODY_TASK,
+    inline_or_stored,
+    make_signature,
+    message_run,
+)
 from orchestrator.planning.plan import REF, make_ref, refs_in
 from orchestrator.planning.templates import allowed_failures, to_template
 from orchestrator.runs.create import FlowSpec, start_linked_run
@@ -40,6 +47,7 @@ from orchestrator.runs.lifecycle import (
     flow_outcome,
     schedule_deadline,
 )
+from orchestrator.runstate.journal import JournalEntry
 from orchestrator.runstate.records import NewTaskRun, body_task_run_id, default_run_name
 from orchestrator.runstate.store import RunStore, get_store, now
 from orchestrator.runtime import aio
@@ -56,9 +64,10 @@ from orchestrator.runtime.futures import DoneAndNotDone, Future
 from orchestrator.runtime.run_logger import prints_logged
 from orchestrator.runtime.task_errors import remote_task_error
 from orchestrator.states import State, StateType
-from orchestrator.transport.messaging import CeleryMessaging
+from orchestrator.transport.messaging import CeleryMessaging, Messaging
 
 from .executor import end_failed, full_run
+from .heartbeat import HEARTBEATS
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +181,9 @@ class DynamicEngine(Engine):
         flow_run_id: str,
         queue: str,
         label_counts: dict[str, int] | None = None,
+        *,
+        attempt: int = 1,
+        replay: bool = False,
     ) -> None:
         self.app = app
         self.store = store
@@ -181,6 +193,9 @@ class DynamicEngine(Engine):
         self.futures: list[RemoteFuture] = []
         self.has_downstream: set[str] = set()
         self._counts = label_counts if label_counts is not None else {}  # shared by the run tree
+        self.attempt = attempt  # the root body's attempt: a newer live one supersedes this engine
+        self._journal = store.journal.read(flow_run_id) if replay else {}  # what an earlier attempt did
+        self._position = 0  # the body's next call, counted in the order it makes them
 
     def template(self, value: Any, where: str, serializer: str = "json") -> Any:
         """Encode arguments; futures of this run tree become references."""
@@ -193,11 +208,28 @@ class DynamicEngine(Engine):
         return [f.task_run_id for f in self.futures if f.task_run_id not in self.has_downstream and not f.failure_seen]
 
     def check_not_stopped(self) -> None:
-        """Raise FlowRunStopped if the run tree ended while the body ran (a cancel, its timeout): the
-        body's calls into the orchestrator are where it learns, and unwinds."""
-        state = self.store.flow_runs.state(self.root)
+        """Raise FlowRunStopped if the run tree ended while the body ran (a cancel, its timeout), or
+        BodySuperseded if another attempt of the body took over (this worker was declared dead, or
+        handed the body over): the body's calls into the orchestrator are where it learns, and unwinds."""
+        state, live = self.store.flow_runs.state_and_body_attempt(self.root)
         if state is not None and state.is_final:
             raise FlowRunStopped(self.root, state.value)
+        if live != self.attempt:
+            raise BodySuperseded(self.root, self.attempt, live)
+
+    def next_call(self, asked: JournalEntry) -> tuple[int, JournalEntry | None]:
+        """The position of the body's next call, and what an earlier attempt recorded there (None: a
+        call never made before). A recorded call that differs from ``asked`` stops the replay."""
+        position = self._position
+        self._position += 1
+        recorded = self._journal.get(position)
+        if recorded is not None and (recorded.kind, recorded.name, recorded.label) != (
+            asked.kind,
+            asked.name,
+            asked.label,
+        ):
+            raise ReplayDiverged(self.flow_run_id, position, recorded.describe(), asked.describe())
+        return position, recorded
 
     def submit(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any]) -> RemoteFuture:
         task.importable_or_raise()
@@ -214,9 +246,11 @@ class DynamicEngine(Engine):
                 allow.append(ref[REF])
         count = self._counts.get(task.label_base, 0)
         self._counts[task.label_base] = count + 1
-        trid, label = str(uuid.uuid4()), f"{task.label_base}-{count}"
+        label = f"{task.label_base}-{count}"
         if task.task_run_name is not None:
             label = planned_name(task.task_run_name, bound, inputs, where) or label
+        position, recorded = self.next_call(JournalEntry("task", task.name, label))
+        trid = recorded.id if recorded is not None else str(uuid.uuid4())
         run = message_run(self.root, self.flow_run_id, label)
         tolerant = task.trigger != DEFAULT_TRIGGER or bool(allow)
         if tolerant:
@@ -239,11 +273,26 @@ class DynamicEngine(Engine):
             app=self.app,
             limits=time_limits(overrides, is_async=task.is_async),
         )
-        new = NewTaskRun(trid, label, task.name, self.flow_run_id, self.root)
-        self.store.task_runs.add_to_dynamic_tree(new, stored)  # the root's set holds the whole tree
         future = RemoteFuture(self, trid, label)
         self.futures.append(future)
         self.has_downstream.update(upstream)
+        if recorded is not None:  # replayed: it ran, runs, or waits already; sent again only if it never began
+            resend = self.store.journal.claim_resend(self.root, trid)
+            if resend:
+                sig.set(retries=resend - 1)  # older messages of it are stale now (claim_resend)
+                self._register_and_send(sig, run, trid, upstream, tolerant)
+            return future
+        entry = JournalEntry("task", task.name, label, id=trid)
+        new = NewTaskRun(trid, label, task.name, self.flow_run_id, self.root)
+        self.store.task_runs.add_to_dynamic_tree(  # the root's set holds the whole tree
+            new, stored, lambda pipe: self.store.journal.record(self.flow_run_id, position, entry, pipe)
+        )
+        self._register_and_send(sig, run, trid, upstream, tolerant)
+        return future
+
+    def _register_and_send(self, sig: Any, run: dict[str, Any], trid: str, upstream: list[str], tolerant: bool) -> None:
+        """Send a task run's message now, or leave it to be sent when its upstreams end (or end it
+        UpstreamFailed/Skipped at once, when one of them already failed)."""
         status, count_or_up, up_state = self.store.task_runs.register_waiting(
             self.root, trid, upstream, json.dumps(dict(sig)), tolerant
         )
@@ -260,7 +309,6 @@ class DynamicEngine(Engine):
             )
         elif count_or_up == "0":
             sig.apply_async()
-        return future
 
     def map(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any]) -> list[RemoteFuture]:
         where = f"task {task.name!r}"
@@ -273,21 +321,36 @@ class DynamicEngine(Engine):
         params = flow.bind_parameters(
             replace_futures(args, lambda f, _: f.result()), replace_futures(kwargs, lambda f, _: f.result())
         )
-        child_id = str(uuid.uuid4())
-        self.store.flow_runs.write(
+        position, recorded = self.next_call(JournalEntry("subflow", flow.name))
+        child_id = recorded.id if recorded is not None else str(uuid.uuid4())
+        if recorded is not None and self.store.flow_runs.state(child_id) is StateType.COMPLETED:
+            return self._recorded_subflow_value(flow, child_id)  # replayed: it completed, its body runs no more
+        if recorded is None:
+            self.store.journal.record(self.flow_run_id, position, JournalEntry("subflow", flow.name, id=child_id))
+        if recorded is None or self.store.flow_runs.state(child_id) is None:
+            self.store.flow_runs.write(
+                child_id,
+                {
+                    "id": child_id,
+                    "flow": flow.name,
+                    "name": default_run_name(flow.name, child_id),
+                    "parent": self.flow_run_id,
+                    "root": self.root,
+                    "state": StateType.RUNNING.value,
+                    "started": now(),
+                    "mode": "dynamic",
+                },
+            )
+        child = DynamicEngine(
+            self.app,
+            self.store,
+            self.root,
             child_id,
-            {
-                "id": child_id,
-                "flow": flow.name,
-                "name": default_run_name(flow.name, child_id),
-                "parent": self.flow_run_id,
-                "root": self.root,
-                "state": StateType.RUNNING.value,
-                "started": now(),
-                "mode": "dynamic",
-            },
+            flow.queue or self.queue,
+            self._counts,
+            attempt=self.attempt,
+            replay=recorded is not None,
         )
-        child = DynamicEngine(self.app, self.store, self.root, child_id, flow.queue or self.queue, self._counts)
         try:
             with using(child, RunInfo(child_id, flow.name, extra={"parent_flow_run_id": self.flow_run_id})):
                 value, decided = returned_state(aio.call(flow.fn, params))
@@ -310,6 +373,11 @@ class DynamicEngine(Engine):
             raise FlowRunFailed(f"subflow run {flow.name} ({child_id}) failed: {message}")
         return resolve(returns, self.store, allow_pickle=True, where=f"subflow {flow.name!r}")
 
+    def _recorded_subflow_value(self, flow: Flow, child_id: str) -> Any:
+        """A completed in-process subflow's value, from its record (a replay does not run it again)."""
+        returns = json.loads(self.store.flow_runs.field(child_id, "returns") or "null")
+        return resolve(returns, self.store, allow_pickle=True, where=f"subflow {flow.name!r}")
+
     def submit_subflow(self, flow: Flow, args: tuple[Any, ...], kwargs: dict[str, Any]) -> LinkedRunFuture:
         """``child.submit(...)``: the child starts now as a run of its own (linked to this one), traced on
         a worker with these values, compiled when it can be; several run at once."""
@@ -317,7 +385,9 @@ class DynamicEngine(Engine):
         self.check_not_stopped()
         resolved = replace_futures((args, kwargs), lambda f, _: f.result())
         params = flow.bind_parameters(*resolved)
-        run_id = str(uuid.uuid4())
+        run_id, started = self._linked_run_id(flow)
+        if started:  # replayed: the recorded run started already
+            return LinkedRunFuture(self, run_id, f"subflow-{flow.name}")
         queue = flow.queue or self.queue
         start_linked_run(
             FlowSpec.of(flow),
@@ -334,7 +404,9 @@ class DynamicEngine(Engine):
         """``child.delay()`` in a dynamic body: a run of its own, linked to this flow run."""
         flow.importable_or_raise()
         self.check_not_stopped()
-        run_id = str(uuid.uuid4())
+        run_id, started = self._linked_run_id(flow)
+        if started:  # replayed: the recorded run started already
+            return FlowRun(run_id, self.store)
         start_linked_run(
             FlowSpec.of(flow),
             _values_of_children(parameters),
@@ -346,6 +418,16 @@ class DynamicEngine(Engine):
             name=name,
         )
         return FlowRun(run_id, self.store)
+
+    def _linked_run_id(self, flow: Flow) -> tuple[str, bool]:
+        """The id of a run of its own the body starts here (recorded before it starts), and whether
+        it started already (a replayed call: the earlier attempt started it)."""
+        position, recorded = self.next_call(JournalEntry("run", flow.name))
+        if recorded is not None:  # if its record is missing, the worker died before starting it
+            return recorded.id, self.store.flow_runs.state(recorded.id) is not None
+        run_id = str(uuid.uuid4())
+        self.store.journal.record(self.flow_run_id, position, JournalEntry("run", flow.name, id=run_id))
+        return run_id, False
 
     def _poll(self, futures: list[Future[Any]], timeout: float | None) -> Iterator[Future[Any]]:
         """Yield futures as they become final (task runs, and child runs of their own); stop at ``timeout``."""
@@ -372,11 +454,44 @@ class DynamicEngine(Engine):
             pause = min(pause * 1.5, 0.1)
 
     def wait(self, futures: list[Future[Any]], timeout: float | None) -> DoneAndNotDone:
-        done = set(self._poll(futures, timeout))
+        if timeout is None:  # all of them: the same on every attempt, nothing to record
+            done = set(self._poll(futures, None))
+        else:  # which ended in time depends on timing: a replay gives back what the first attempt saw
+            done = set(self._ordered(futures, timeout, "wait", complete_when_recorded=True))
         return DoneAndNotDone(done, set(futures) - done)
 
     def as_completed(self, futures: list[Future[Any]], timeout: float | None) -> Iterator[Future[Any]]:
-        return self._poll(futures, timeout)
+        return self._ordered(futures, timeout, "as_completed", complete_when_recorded=False)
+
+    def _ordered(
+        self, futures: list[Future[Any]], timeout: float | None, what: str, *, complete_when_recorded: bool
+    ) -> Iterator[Future[Any]]:
+        """Futures as they become final, each recorded in the journal as it is given back, so that a
+        replayed body gets them in the order the earlier attempt saw (its later calls may depend on
+        that order). A recorded ``wait`` is complete: none but the recorded ones were done in time."""
+        position, recorded = self.next_call(JournalEntry("order", f"{what} of {len(futures)} futures"))
+        if recorded is None:
+            self.store.journal.record(
+                self.flow_run_id, position, JournalEntry("order", f"{what} of {len(futures)} futures")
+            )
+        replayed = list(recorded.ids) if recorded is not None else []
+        return self._given_in_order(futures, timeout, position, replayed, complete_when_recorded and bool(recorded))
+
+    def _given_in_order(
+        self, futures: list[Future[Any]], timeout: float | None, position: int, replayed: list[str], complete: bool
+    ) -> Iterator[Future[Any]]:
+        by_id = {f.task_run_id: f for f in futures}
+        for trid in replayed:
+            future = by_id.pop(trid, None)
+            if future is not None:
+                yield future  # final already: it was when the earlier attempt got it
+        index = len(replayed)
+        if complete:
+            return
+        for future in self._poll(list(by_id.values()), timeout):
+            self.store.journal.record_given(self.flow_run_id, position, index, future.task_run_id)
+            index += 1
+            yield future
 
 
 def returned_state(value: Any) -> tuple[Any, str]:
@@ -390,17 +505,24 @@ def returned_state(value: Any) -> tuple[Any, str]:
     return None, f"the flow returned a {value.name} state{said}"
 
 
-def drive(app: Celery, flow: Flow, run_id: str, parameters: dict[str, Any], queue: str, retrying: bool = False) -> None:
+def drive(app: Celery, flow: Flow, run_id: str, parameters: dict[str, Any], queue: str, body: BodyAttempt) -> None:
     """Run a dynamic flow body to its end; the run ends when its last task run does.
 
-    A retry runs the whole body again (new task runs), like Prefect's flow retries.
+    A retry runs the whole body again (new task runs), like Prefect's flow retries. A resumed
+    attempt (its worker died, or handed it over) replays: the calls its journal recorded get
+    their recorded runs back, and only calls never made before run.
     """
     store = get_store()
-    store.flow_runs.start_dynamic_body(run_id)  # the body itself is the one task run its tree waits for
-    schedule_deadline(store, run_id, flow.timeout_seconds, queue)
-    state = StateType.RETRYING if retrying else StateType.RUNNING
-    store.flow_runs.write(run_id, {"state": state.value, "started": now(), "mode": "dynamic"})
-    engine = DynamicEngine(app, store, run_id, run_id, queue)
+    if body.kind == "resume":
+        log.info("flow run %s (%s): body attempt %d resumes, replaying its journal", run_id, flow.name, body.attempt)
+    else:
+        store.flow_runs.start_dynamic_body(run_id)  # the body itself is the one task run its tree waits for
+        if body.kind == "retry":
+            store.journal.clear(run_id)  # a retry runs the body from the start: nothing to replay
+        schedule_deadline(store, run_id, flow.timeout_seconds, queue)
+        state = StateType.RETRYING if body.kind == "retry" else StateType.RUNNING
+        store.flow_runs.write(run_id, {"state": state.value, "started": now(), "mode": "dynamic"})
+    engine = DynamicEngine(app, store, run_id, run_id, queue, attempt=body.attempt, replay=body.kind == "resume")
     returns: Any = None
     body_error = ""
     try:
@@ -410,6 +532,12 @@ def drive(app: Celery, flow: Flow, run_id: str, parameters: dict[str, Any], queu
     except FlowRunStopped as stopped:  # cancelled or timed out while it ran: it unwound, nothing to record
         body_stopped(store, flow, run_id, stopped)
         return
+    except BodySuperseded as superseded:  # another attempt drives it now: this one leaves without a trace
+        log.info("flow run %s (%s): %s; this attempt stops", run_id, flow.name, superseded)
+        return
+    except ReplayDiverged as diverged:
+        log.error("flow run %s (%s): %s", run_id, flow.name, diverged)
+        body_error = str(diverged)
     except Exception as exc:
         log.exception("flow run %s (%s): the flow body raised", run_id, flow.name)
         body_error = f"the flow body raised {describe(exc)}"
@@ -436,15 +564,132 @@ def body_stopped(store: RunStore, flow: Flow, run_id: str, stopped: FlowRunStopp
     end_flow_run(store, run_id, state, store.flow_runs.field(run_id, "message") or "", write=False)
 
 
+@dataclass(frozen=True)
+class BodyAttempt:
+    """Which attempt of a dynamic body a worker takes, and why: ``start`` (the run's first),
+    ``retry`` (a flow retry: the body from the start) or ``resume`` (replay after its worker died
+    or handed it over)."""
+
+    attempt: int = 1
+    kind: str = "start"
+    worker: str = ""
+
+    @property
+    def heartbeat_id(self) -> str:
+        """What this attempt heartbeats as (one per attempt: a superseded attempt that stops forgets
+        its own heartbeat, never the live attempt's)."""
+        return f"{BODY_HEARTBEAT_PREFIX}{self.attempt}"
+
+
+BODY_HEARTBEAT_PREFIX = "@"
+
+
+class LiveBodies:
+    """The bodies this process drives or holds for a driver thread (handed over on shutdown)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._bodies: dict[str, tuple[str, dict[str, Any]]] = {}  # run id -> (heartbeat id, crash record)
+
+    def add(self, run_id: str, heartbeat_id: str, record: dict[str, Any]) -> int:
+        """Returns how many bodies this process holds now."""
+        with self._lock:
+            self._bodies[run_id] = (heartbeat_id, record)
+            return len(self._bodies)
+
+    def remove(self, run_id: str) -> None:
+        with self._lock:
+            self._bodies.pop(run_id, None)
+
+    def take_all(self) -> dict[str, tuple[str, dict[str, Any]]]:
+        with self._lock:
+            bodies, self._bodies = self._bodies, {}
+            return bodies
+
+
+LIVE_BODIES = LiveBodies()
+
+
+def body_crash_record(
+    app: Celery, flow: Flow, run_id: str, queue: str, body: BodyAttempt, hooks_queue: str
+) -> dict[str, Any]:
+    """What the crash detector needs if this body's worker dies: its resume message (it adds the
+    attempt), and the flow's on_crashed hooks message for when it stops resuming it."""
+    return {
+        "body": True,
+        "root": run_id,
+        "flow_run_id": run_id,
+        "label": "body",
+        "task": flow.name,
+        "worker": body.worker,
+        "pid": os.getpid(),
+        "attempt": body.attempt,
+        "again": dict(app.signature(RESUME_FLOW_BODY_TASK, kwargs={"run_id": run_id}, queue=queue)),
+        "on_crashed": dict(app.signature(FLOW_CRASH_HOOKS_TASK, kwargs={"run_id": run_id}, queue=hooks_queue))
+        if flow.hooks.get("on_crashed")
+        else None,
+    }
+
+
 def start_driver(
-    app: Celery, flow: Flow, run_id: str, parameters: dict[str, Any], queue: str, retrying: bool = False
+    app: Celery, flow: Flow, run_id: str, parameters: dict[str, Any], queue: str, body: BodyAttempt
 ) -> None:
-    """Hand a dynamic flow body to this process's driver threads and return at once."""
+    """Take an attempt of a dynamic body and hand it to this process's driver threads; return at once.
+
+    From the moment it is taken the body heartbeats (queued for a thread too), so a worker that
+    dies with it, or never gets to it, is noticed within the crash window and the body resumes
+    elsewhere. A redelivered start or resume message finds the attempt taken and does nothing.
+    """
+    store = get_store()
+    record = body_crash_record(app, flow, run_id, queue, body, queue)
+    hb = f"{body_task_run_id(run_id)}{body.heartbeat_id}"
+    if not store.leases.claim_body(run_id, body.attempt, hb, record):
+        log.info("flow run %s: body attempt %d is taken, ended or superseded; nothing to do", run_id, body.attempt)
+        return
+    HEARTBEATS.begin(hb, record, announced=True)
+    held = LIVE_BODIES.add(run_id, hb, record)
+    limit = get_settings().max_dynamic_flows_per_process
+    if held > limit:
+        store.flow_runs.write(
+            run_id,
+            {
+                "body_status": f"its body waits for a driver thread on {body.worker} (pid {os.getpid()}): all {limit} "
+                "drive other bodies; raise ORCHESTRATOR_MAX_DYNAMIC_FLOWS_PER_PROCESS or add workers"
+            },
+        )
 
     def guarded() -> None:
         try:
-            drive(app, flow, run_id, parameters, queue, retrying)
+            if held > limit:
+                store.flow_runs.write(run_id, {"body_status": ""})
+            drive(app, flow, run_id, parameters, queue, body)
         except Exception:  # never lose a driver silently
             log.exception("flow run %s: the dynamic driver failed", run_id)
+        finally:
+            HEARTBEATS.end(hb)
+            LIVE_BODIES.remove(run_id)
 
     _driver_pool().submit(guarded)
+
+
+def hand_over_bodies(messaging: Messaging) -> int:
+    """This worker is shutting down: every body it drives or holds resumes elsewhere now, as its
+    next attempt, instead of waiting out the crash window; the attempts here stop at their next
+    call into the orchestrator. Returns how many were handed over."""
+    bodies = LIVE_BODIES.take_all()
+    if not bodies:
+        return 0
+    store = get_store()
+    handed = 0
+    for run_id, (hb, record) in bodies.items():
+        state, live = store.flow_runs.state_and_body_attempt(run_id)
+        HEARTBEATS.end(hb)
+        if state is None or state.is_final or live != record["attempt"]:
+            continue
+        attempt = store.flow_runs.next_body_attempt(run_id)
+        message = f"worker {record.get('worker')} is shutting down; body attempt {attempt} resumes on another worker"
+        store.flow_runs.write(run_id, {"body_status": message})
+        messaging.send_signature(dict(record["again"]) | {"kwargs": {"run_id": run_id, "attempt": attempt}})
+        log.warning("flow run %s: %s", run_id, message)
+        handed += 1
+    return handed

@@ -34,12 +34,15 @@ class Heartbeats:
         self._finished: set[str] = set()  # beaten once, now done: to remove on the next beat
         self._pid = 0
 
-    def begin(self, task_run_id: str, record: dict[str, Any]) -> None:
-        """A task run starts in this process (costs no round trip)."""
+    def begin(self, task_run_id: str, record: dict[str, Any], *, announced: bool = False) -> None:
+        """A task run starts in this process (costs no round trip). ``announced``: its crash record
+        is in Redis already (a dynamic body writes it when it takes the body: see ``claim_body``)."""
+        self._ensure_thread()
         with self._lock:
             self._running[task_run_id] = record  # serialized only if it lives to its first beat
             self._finished.discard(task_run_id)
-        self._ensure_thread()
+            if announced:
+                self._announced.add(task_run_id)
 
     def end(self, task_run_id: str) -> None:
         """The task run ended here, one way or another."""

@@ -65,6 +65,12 @@ class Settings(BaseSettings):
     max_dynamic_flows_per_process: int = Field(
         default=32, description="Dynamic flow bodies one worker process drives at once."
     )
+    max_body_resumes: int = Field(
+        default=3,
+        ge=0,
+        description="Times a dynamic flow body is resumed on another worker after its worker died; one more "
+        "and the run ends Crashed (a body that kills its worker every time, by memory say, stops there).",
+    )
     local_max_workers: int = Field(
         default=16, description="Threads that run submitted tasks when a flow is called in-process."
     )

@@ -37,6 +37,8 @@ START_FLOW_RUN_TASK = "orchestrator.start_flow_run"
 FLOW_DEADLINE_TASK = "orchestrator.flow_deadline"
 RETRY_FLOW_RUN_TASK = "orchestrator.retry_flow_run"
 CRASH_HOOKS_TASK = "orchestrator.crash_hooks"  # a task's on_crashed hooks, on a worker of its queue
+FLOW_CRASH_HOOKS_TASK = "orchestrator.flow_crash_hooks"  # a flow's on_crashed hooks, on a worker of its queue
+RESUME_FLOW_BODY_TASK = "orchestrator.resume_flow_body"  # a dynamic body again, replaying (its worker died)
 
 # Intermediate form: ("leaf", id) | ("seq", [parts]) | ("par", [parts])
 Shape = tuple[str, Any]

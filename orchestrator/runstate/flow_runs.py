@@ -21,6 +21,7 @@ from orchestrator.runstate.scripts import Scripts
 from orchestrator.states import StateType
 
 END_HOOKS_FIELD = "end_hooks"  # set in a run's hash by whoever runs the hooks of its end
+BODY_ATTEMPT_FIELD = "body_attempt"  # the live attempt of a dynamic body (see state_and_body_attempt)
 
 
 class FlowRuns:
@@ -144,6 +145,24 @@ class FlowRuns:
         """True for the one caller that may run the hooks of this run's end (a run stopped from
         outside is ended where it is stopped and seen ended by its driver: hooks run once)."""
         return bool(self._redis.hsetnx(keys.flow_run(run_id), END_HOOKS_FIELD, "1"))
+
+    # -- a dynamic body's attempts ----------------------------------------------------------------
+    def state_and_body_attempt(self, run_id: str) -> tuple[StateType | None, int]:
+        """A flow run's state and which attempt of its dynamic body is the live one, in one round trip
+        (a body that is no longer the live attempt was handed over or declared crashed: it stops)."""
+        state, attempt = self._redis.hmget(keys.flow_run(run_id), "state", BODY_ATTEMPT_FIELD)
+        return (StateType(state) if state else None), int(attempt or 1)
+
+    def next_body_attempt(self, run_id: str) -> int:
+        """Make the next attempt of a dynamic body the live one; returns its number."""
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hsetnx(keys.flow_run(run_id), BODY_ATTEMPT_FIELD, 1)  # a first attempt never writes its number
+        pipe.hincrby(keys.flow_run(run_id), BODY_ATTEMPT_FIELD, 1)
+        return int(pipe.execute()[1])
+
+    def count_body_crash(self, run_id: str) -> int:
+        """One more time a dynamic body's worker died under it; returns how many times so far."""
+        return int(self._redis.hincrby(keys.flow_run(run_id), "body_crashes", 1))
 
     # -- a run tree's counts and plan ----------------------------------------------------
     def remaining(self, root: str) -> int | None:

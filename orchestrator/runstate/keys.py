@@ -123,3 +123,8 @@ def waiters(run_id: str) -> str:
 def linked_children(parent_run_id: str) -> str:
     """Set of the flow runs a flow run started as runs of their own (subflow nodes, triggers)."""
     return f"{PREFIX}:children:{parent_run_id}"
+
+
+def journal(flow_run_id: str) -> str:
+    """Hash call position -> the call a dynamic body made there (JSON), which a resumed body replays."""
+    return f"{PREFIX}:journal:{flow_run_id}"

@@ -114,6 +114,16 @@ class Leases:
         verdict, raw = claimed
         return str(verdict), json.loads(raw)
 
+    def claim_body(self, run_id: str, attempt: int, body_task_run_id: str, record: dict[str, Any]) -> bool:
+        """Take an attempt of a dynamic body and put it under the crash detector, in one step
+        (``lua/claim_body.lua``); False if the run ended, a newer attempt is live, or it was taken."""
+        return bool(
+            self._scripts["claim_body"](
+                keys=[keys.flow_run(run_id), keys.HEARTBEATS, keys.HEARTBEAT_RECORDS],
+                args=[attempt, body_task_run_id, json.dumps(record, default=str), repr(now())],
+            )
+        )
+
     def redis_uptime(self, default: float) -> float:
         """How long Redis has been up (a restarted Redis silenced every heartbeat with it)."""
         return float(self._redis.info("server").get("uptime_in_seconds", default))

@@ -34,6 +34,7 @@ from orchestrator.runstate.delayed import DelayedMessages
 from orchestrator.runstate.event_stream import EventStream
 from orchestrator.runstate.fleet import Fleet
 from orchestrator.runstate.flow_runs import FlowRuns
+from orchestrator.runstate.journal import Journal
 from orchestrator.runstate.leases import Leases
 from orchestrator.runstate.linked_runs import LinkedRuns
 from orchestrator.runstate.records import JSON_FIELDS, describe_record
@@ -85,6 +86,7 @@ class RunStore:
         self.leases = Leases(self.redis, self.scripts)
         self.task_cache = TaskCache(self.redis, self.ttl)
         self.linked = LinkedRuns(self.redis, self.flow_runs, self.ttl)
+        self.journal = Journal(self.redis, self.scripts, self.ttl)
 
     def pipeline(self) -> Any:
         """A pipeline that queues writes of several repositories for one round trip (``execute()``)."""

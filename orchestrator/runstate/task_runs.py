@@ -10,7 +10,7 @@ task runs not yet final to zero decides the root flow run's end.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,11 +144,16 @@ class TaskRuns:
         if trids:
             pipe.hdel(keys.finals(root), *trids)
 
-    def add_to_dynamic_tree(self, run: NewTaskRun, stored_input: str | None) -> None:
-        """A dynamic body submitted a task: one more task run its tree waits for, in one round trip."""
+    def add_to_dynamic_tree(
+        self, run: NewTaskRun, stored_input: str | None, journal: Callable[[Any], None] | None = None
+    ) -> None:
+        """A dynamic body submitted a task: one more task run its tree waits for, in one round trip
+        (with the body's journal entry for the call, ``journal`` queueing it in the pipeline)."""
         pipe = self._redis.pipeline(transaction=False)
         pipe.incr(keys.remaining(run.root))
         self.add(pipe, run, in_flows=(run.flow_run_id, run.root), stored_input=stored_input)
+        if journal is not None:
+            journal(pipe)
         pipe.execute()
 
     # -- starting and ending -------------------------------------------------------------------

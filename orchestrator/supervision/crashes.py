@@ -26,6 +26,7 @@ from orchestrator.runstate.connection import RedisUnavailable
 from orchestrator.runstate.events import task_run_event
 from orchestrator.runstate.store import RunStore
 from orchestrator.states import StateType
+from orchestrator.supervision.bodies import resume_body
 from orchestrator.transport.messaging import Messaging
 
 log = logging.getLogger("orchestrator.crashes")
@@ -82,6 +83,9 @@ def _detect_crashes(store: RunStore, messaging: Messaging) -> int:
         if verdict == "restarted":
             log.info("task run %s went silent on %s but runs again elsewhere", task_run_id, record.get("worker"))
             continue  # its slots are held by the new execution now
+        if record.get("body"):  # a dynamic body: it resumes on another worker, replaying its journal
+            crashed += resume_body(store, messaging, record, _silence(record, silent_for))
+            continue
         concurrency.release(store, task_run_id, concurrency.held_tags(record))  # its slots are free now
         if store.task_runs.final_states(record["root"], [task_run_id]).get(task_run_id) is not None:
             continue  # it ended; only the worker's last clean-up beat was missing
@@ -90,14 +94,19 @@ def _detect_crashes(store: RunStore, messaging: Messaging) -> int:
     return crashed
 
 
+def _silence(record: dict[str, Any], silent_for: float) -> str:
+    what = "drove this flow's body" if record.get("body") else "ran this task"
+    return (
+        f"worker {record.get('worker')} (pid {record.get('pid')}) stopped heartbeating for {silent_for:g}s while "
+        f"it {what} (attempt {record.get('attempt')}): the process was likely killed (SIGKILL, the "
+        "out-of-memory killer) or lost its network"
+    )
+
+
 def crash(store: RunStore, messaging: Messaging, task_run_id: str, record: dict[str, Any], silent_for: float) -> None:
     """Mark one task run Crashed; run it again if it has retries left. Its on_crashed hooks, if it has
     any, run on a worker of its queue (the message its worker left in the crash record)."""
-    message = (
-        f"worker {record.get('worker')} (pid {record.get('pid')}) stopped heartbeating for {silent_for:g}s while "
-        f"it ran this task (attempt {record.get('attempt')}): the process was likely killed (SIGKILL, the "
-        "out-of-memory killer) or lost its network"
-    )
+    message = _silence(record, silent_for)
     hooks = record.get("on_crashed")
     if hooks:  # once per claimed crash: claim_crash lets one detector through
         messaging.send_signature(dict(hooks) | {"kwargs": dict(hooks.get("kwargs") or {}) | {"message": message}})

@@ -10,6 +10,7 @@ local raw = redis.call('HGET', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
 if not raw then return false end
 local record = cjson.decode(raw)
+if record['body'] then return {'crashed', raw} end  -- a dynamic body: no task run hash, no message to fence
 local starts = tonumber(redis.call('HGET', KEYS[3], 'starts') or '0')
 if type(record['start']) == 'number' and starts > record['start'] then return {'restarted', raw} end
 redis.call('HSET', KEYS[3], 'min_attempt', (tonumber(record['attempt']) or 1) + 1)

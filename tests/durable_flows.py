@@ -1,0 +1,55 @@
+"""Dynamic flow bodies whose worker is killed or stopped mid-body (tests/test_durable_bodies.py).
+
+The bodies run on one queue and their tasks on another, so a test can kill the worker that
+drives a body while the task the body waits for goes on running elsewhere (and is re-attached
+to, never started again). Every execution of a step counts itself in the test's Redis.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from orchestrator import flow, task
+from orchestrator.runstate.store import get_store
+
+BODIES = "durable-bodies"
+STEPS = "durable-steps"
+
+
+def executions_key(marker: str) -> str:
+    """Hash: step index -> how many times a step with that index began executing."""
+    return f"test:durable:executions:{marker}"
+
+
+@task(queue=STEPS)
+def step(marker: str, i: int, seconds: float) -> int:
+    get_store().redis.hincrby(executions_key(marker), str(i), 1)
+    time.sleep(seconds)
+    return i * 2
+
+
+@task(queue=STEPS)
+def other_step(marker: str, i: int, seconds: float) -> int:
+    get_store().redis.hincrby(executions_key(marker), f"other-{i}", 1)
+    time.sleep(seconds)
+    return i
+
+
+@flow(queue=BODIES)
+def long_loop(marker: str, n: int, seconds: float = 0.3) -> int:
+    """n steps one after another, each result read before the next is sent."""
+    total = 0
+    for i in range(n):
+        total += step.submit(marker, i, seconds).result()
+    return total
+
+
+@flow(queue=BODIES)
+def fickle(marker: str, n: int, switch: str) -> int:
+    """Which task it calls depends on a file the body reads itself: not deterministic on replay."""
+    total = 0
+    for i in range(n):
+        chosen = step if Path(switch).read_text() == "steps" else other_step
+        total += chosen.submit(marker, i, 0.3).result()
+    return total

@@ -1,0 +1,156 @@
+"""Durable dynamic bodies (issue 17): a body whose worker dies (``kill -9``) or is stopped (SIGTERM)
+resumes on another worker of its queue and replays its journal: a task that completed is not
+run again, a task still running is re-attached to, and a body that asks for something else
+at a recorded call fails with the non-determinism message.
+
+Each test runs its own Redis, API (whose services run the crash detector; 1 s heartbeats, so a
+3 s crash window) and workers: one for the steps, and the workers that drive the bodies.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from orchestrator.devstack.localstack import api_server, redis_server, worker
+from orchestrator.runs.handle import FlowRun
+from orchestrator.runstate.store import RunStore
+from tests import durable_flows as flows
+from tests.api_support import eventually, submit, wait_final
+
+MODULES = ["tests.durable_flows"]
+
+
+class Stack:
+    """A test's own Redis, API and steps worker, and a way to start body workers."""
+
+    def __init__(self, stack: ExitStack, url: str, http: httpx.Client, logs: Path, marker: str) -> None:
+        self.stack, self.url, self.http, self.logs, self.marker = stack, url, http, logs, marker
+        self.store = RunStore(url)
+        self.redis = self.store.redis
+
+    def body_worker(self, name: str) -> Any:
+        return self.stack.enter_context(
+            worker(
+                self.url,
+                MODULES,
+                queues=flows.BODIES,
+                concurrency=1,
+                name=f"{name}-{self.marker}@%h",
+                log_path=self.logs / f"durable-{name}-{self.marker}.log",
+            )
+        )
+
+    def executions(self) -> dict[str, int]:
+        return {k: int(v) for k, v in self.redis.hgetall(flows.executions_key(self.marker)).items()}
+
+    def body_field(self, run_id: str, name: str) -> str | None:
+        return self.store.flow_runs.field(run_id, name)
+
+    def result(self, run_id: str) -> Any:
+        return FlowRun(run_id, self.store).result(10)
+
+
+@contextmanager
+def durable_stack(worker_logs: Path, tmp_path: Path) -> Iterator[Stack]:
+    marker = uuid.uuid4().hex[:8]
+    with ExitStack() as stack:
+        url = stack.enter_context(redis_server())
+        api = stack.enter_context(
+            api_server(url, f"sqlite:///{tmp_path / 'api.db'}", log_path=worker_logs / f"durable-api-{marker}.log")
+        )
+        http = stack.enter_context(httpx.Client(base_url=api.url, timeout=15))
+        stack.enter_context(
+            worker(
+                url,
+                MODULES,
+                queues=flows.STEPS,
+                concurrency=2,
+                name=f"steps-{marker}@%h",
+                log_path=worker_logs / f"durable-steps-{marker}.log",
+            )
+        )
+        yield Stack(stack, url, http, worker_logs, marker)
+
+
+def kill_when_steps_began(env: Stack, doomed: Any, at_least: int) -> None:
+    """SIGKILL the whole worker (main and pool processes) once ``at_least`` steps began."""
+    eventually(lambda: len(env.executions()) >= at_least or None, 60, 0.05, what=f"{at_least} steps begun")
+    os.killpg(doomed.pid, signal.SIGKILL)
+    doomed.wait(10)
+
+
+@pytest.fixture
+def env(redis_url: str, worker_logs: Path, tmp_path: Path) -> Iterator[Stack]:
+    del redis_url  # the session's settings (1 s heartbeats), on a Redis of this test's own
+    with durable_stack(worker_logs, tmp_path) as stack:
+        yield stack
+
+
+def test_a_body_killed_mid_run_resumes_elsewhere_and_nothing_completed_runs_twice(env: Stack) -> None:
+    doomed = env.body_worker("doomed")
+    n = 12
+    created = submit(env.http, "long-loop", parameters={"marker": env.marker, "n": n, "seconds": 0.4})
+    kill_when_steps_began(env, doomed, 5)  # step 4 is running on the steps worker: it is re-attached to
+    env.body_worker("rescue")
+    run = wait_final(env.http, created["id"], timeout=90)
+    assert run["state"] == "Completed", run
+    assert env.result(created["id"]) == sum(2 * i for i in range(n))
+    assert env.executions() == {str(i): 1 for i in range(n)}  # each step began exactly once in all
+    assert "resumes" in (env.body_field(created["id"], "body_status") or "")
+    assert env.body_field(created["id"], "body_attempt") == "2"
+
+
+def test_a_body_killed_again_while_it_resumes_still_completes_once(env: Stack) -> None:
+    first = env.body_worker("first")
+    n = 10
+    created = submit(env.http, "long-loop", parameters={"marker": env.marker, "n": n, "seconds": 0.4})
+    kill_when_steps_began(env, first, 3)
+    second = env.body_worker("second")
+    eventually(lambda: env.body_field(created["id"], "body_taken") == "2" or None, 60, 0.02, what="attempt 2 taken")
+    os.killpg(second.pid, signal.SIGKILL)  # killed as it replays
+    second.wait(10)
+    env.body_worker("third")
+    run = wait_final(env.http, created["id"], timeout=90)
+    assert run["state"] == "Completed", run
+    assert env.executions() == {str(i): 1 for i in range(n)}
+    assert env.body_field(created["id"], "body_attempt") == "3"
+
+
+def test_a_body_that_asks_for_something_else_on_replay_fails_with_the_recorded_call(env: Stack, tmp_path: Path) -> None:
+    switch = tmp_path / "switch"
+    switch.write_text("steps")
+    doomed = env.body_worker("doomed")
+    created = submit(env.http, "fickle", parameters={"marker": env.marker, "n": 8, "switch": str(switch)})
+    kill_when_steps_began(env, doomed, 3)
+    switch.write_text("other")  # the replayed body now calls other_step where step was recorded
+    env.body_worker("rescue")
+    run = wait_final(env.http, created["id"], timeout=90)
+    assert run["state"] == "Failed", run
+    message = run["state_message"]
+    assert "diverged from its earlier attempt at call #0" in message, message
+    assert "'tests.durable_flows.step'" in message and "'tests.durable_flows.other_step'" in message, message
+    assert "same order on every attempt" in message
+    assert not any(k.startswith("other-") for k in env.executions())  # the diverging call never ran
+
+
+def test_a_worker_stopped_with_sigterm_hands_its_body_over_without_the_crash_window(env: Stack) -> None:
+    leaving = env.body_worker("leaving")
+    n = 10
+    created = submit(env.http, "long-loop", parameters={"marker": env.marker, "n": n, "seconds": 0.4})
+    eventually(lambda: len(env.executions()) >= 3 or None, 60, 0.05, what="3 steps begun")
+    env.body_worker("staying")
+    leaving.send_signal(signal.SIGTERM)  # warm shutdown of the main process, as systemd or Kubernetes stop it
+    run = wait_final(env.http, created["id"], timeout=90)
+    assert run["state"] == "Completed", run
+    assert env.executions() == {str(i): 1 for i in range(n)}
+    assert "shutting down" in (env.body_field(created["id"], "body_status") or "")
+    assert env.body_field(created["id"], "body_crashes") is None  # handed over, not declared dead
