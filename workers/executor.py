@@ -25,7 +25,7 @@ from orchestrator.errors import SerializationError, TaskTimedOut
 from orchestrator.planning.plan import refs_in
 from orchestrator.runs.lifecycle import after_final, end_task_run, finish_flow_run, propagate_failure
 from orchestrator.runstate import slots as concurrency
-from orchestrator.runstate.store import RunStore, get_store, now
+from orchestrator.runstate.store import RunStore, Started, get_store, now
 from orchestrator.runtime import aio
 from orchestrator.runtime.attempts import Outcome, decide, format_traceback, timed_out_message
 from orchestrator.runtime.context import RunInfo, using
@@ -251,12 +251,14 @@ def _run_holding_slots(
     held: list[str],
 ) -> Ending:
     root, trid = run["root"], run["task_run_id"]
+    record = crash_record(run, task, attempt, retries_used) | {"slots": held}
     started = store.task_runs.started(
         root,
         trid,
         start_record(run, task.name, attempt),
         stored_inputs=inputs is None,
         prefetch=[] if inputs is None else [r for r in refs_in(inputs) if r not in allowed],
+        crash_record=record,  # under the crash detector from this moment, in the same round trip
     )
     if started is None:  # already final: a redelivery, maybe after a crash mid-way
         completed = finish_what_a_crash_left(store, run, attempt.send)
@@ -264,6 +266,24 @@ def _run_holding_slots(
     if started.stale:  # the crash detector sent a newer attempt; that one carries the run on
         log.warning("task run %s: attempt %s is stale (a newer one was sent); not run", trid, attempt.number)
         return Ending.STOPPED
+    HEARTBEATS.begin(trid, record | {"start": started.start}, announced=True)
+    try:
+        return _run_started(store, task, run, inputs, attempt, retries_used, allowed, started)
+    finally:
+        HEARTBEATS.end(trid)  # the next beat takes it off the detector's set
+
+
+def _run_started(
+    store: RunStore,
+    task: Task,
+    run: dict[str, Any],
+    inputs: dict[str, Any] | None,
+    attempt: Attempt,
+    retries_used: int,
+    allowed: frozenset[str],
+    started: Started,
+) -> Ending:
+    trid = run["task_run_id"]
     from_store = inputs is None  # pickle payloads are loaded only from the run store
     if inputs is None:
         inputs = started.stored_inputs or {}
@@ -293,9 +313,6 @@ def _run_holding_slots(
         if cache is not None and cache.hit is not None:  # cached: the function does not run
             text = cache.hit
         else:
-            HEARTBEATS.begin(
-                trid, crash_record(run, task, attempt, retries_used) | {"slots": held, "start": started.start}
-            )
             try:
                 with using(None, info), prints_logged(task.log_prints):
                     value = call_bound(task.fn, kwargs)
@@ -304,7 +321,6 @@ def _run_holding_slots(
                     elif not task.plain_function:  # a generator's values, collected (see aio.collected)
                         value = aio.collected(value, task.timeout_seconds)
             finally:
-                HEARTBEATS.end(trid)
                 if task.timeout_seconds:  # ended (or timed out): a late soft limit must not cut the bookkeeping
                     attempt.hold_off_time_limit()
             text = dumps(value, task.result_serializer, where)

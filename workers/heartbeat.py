@@ -1,12 +1,13 @@
 """Heartbeats of running task runs, so a worker that dies mid-task is noticed.
 
-Each worker process keeps the task runs it is running in memory. A thread beats for
-them every ``heartbeat_interval_seconds`` with one pipelined round trip: a score in the
-``orc:heartbeats`` sorted set, plus, on its first beat, what is needed to run the task
-again (its message, and whether retries are left); the same round trip renews the
-leases on concurrency-limit slots the task runs hold. A task shorter than one interval
-never touches Redis, so short tasks pay nothing. The API's crash detector
-(``orchestrator/supervision/crashes.py``) reads the set.
+A task run is under the crash detector from its first moment: the start script, in the
+round trip that records the start, puts its score in the ``orc:heartbeats`` sorted set
+with what is needed to run it again (its message, when retries are left). Each worker
+process keeps the task runs it is running in memory, and a thread beats for them every
+``heartbeat_interval_seconds`` with one pipelined round trip: their scores, the leases
+on concurrency-limit slots they hold, and taking the ones that ended since the last beat
+off the set. Short tasks add no round trip of their own: their entries leave in the next
+beat, batched. The API's crash detector (``orchestrator/supervision/crashes.py``) reads the set.
 """
 
 from __future__ import annotations

@@ -165,16 +165,25 @@ class TaskRuns:
         *,
         stored_inputs: bool = False,
         prefetch: Sequence[str] = (),
+        crash_record: dict[str, Any] | None = None,
     ) -> Started | None:
         """Record a start; None when the task run is already final (a redelivery), :data:`STALE`
         when the crash detector has sent a newer attempt than this message's.
 
         In the same round trip it fetches the run's stored inputs (if asked) and the
-        results of the ``prefetch`` task runs.
+        results of the ``prefetch`` task runs, and, given a ``crash_record``, puts the
+        execution under the crash detector (a heartbeat now; the worker's beats renew it).
         """
         event = encode(task_run_event(trid, fields["state"], record=describe_record(fields)))
         out = self._scripts["start_task_run"](
-            keys=[keys.task_run(trid), keys.finals(root), keys.EVENTS_STREAM, keys.inputs(root)],
+            keys=[
+                keys.task_run(trid),
+                keys.finals(root),
+                keys.EVENTS_STREAM,
+                keys.inputs(root),
+                keys.HEARTBEATS,
+                keys.HEARTBEAT_RECORDS,
+            ],
             args=[
                 trid,
                 self._ttl,
@@ -182,6 +191,8 @@ class TaskRuns:
                 json.dumps(fields),
                 event,
                 "1" if stored_inputs else "0",
+                json.dumps(crash_record, default=str) if crash_record else "",
+                repr(now()),
                 *[keys.result(t) for t in prefetch],
             ],
         )
