@@ -114,6 +114,7 @@ def diagnose(
     paused_deployment: str | None = None,
     waiting_for_slots: list[str] | None = None,
     not_final: int | None = None,
+    body_status: str | None = None,
 ) -> dict[str, Any]:
     """The diagnosis of one run: a summary sentence, the reasons, and the facts behind them."""
     now = now or time.time()
@@ -121,6 +122,8 @@ def diagnose(
     reasons: list[str]
     if state.is_final:
         reasons = [f"it ended {state.value}" + (f": {row.state_message}" if row.state_message else ".")]
+    elif state is StateType.PENDING and body_status:  # a worker took its dynamic body: it waits for a thread
+        reasons = [body_status + "."]
     elif state in (StateType.SCHEDULED, StateType.PENDING, StateType.LATE):
         reasons = waiting_reasons(row, fleet, now, paused_deployment)
     elif state is StateType.AWAITING_RETRY:
@@ -132,6 +135,8 @@ def diagnose(
         total = sum(task_states.values())
         detail = ", ".join(f"{n} {s}" for s, n in sorted(task_states.items()))
         reasons = [f"it is {state.value}: {done} of {total} task runs are final ({detail or 'none reported yet'})."]
+        if body_status:  # a dynamic body resumed after its worker died
+            reasons.append(body_status + ".")
         unreported = (not_final or 0) - (total - done)
         if unreported > 0:
             reasons.append(

@@ -37,7 +37,7 @@ class Stack:
         self.store = RunStore(url)
         self.redis = self.store.redis
 
-    def body_worker(self, name: str) -> Any:
+    def body_worker(self, name: str, extra_env: dict[str, str] | None = None) -> Any:
         return self.stack.enter_context(
             worker(
                 self.url,
@@ -46,11 +46,12 @@ class Stack:
                 concurrency=1,
                 name=f"{name}-{self.marker}@%h",
                 log_path=self.logs / f"durable-{name}-{self.marker}.log",
+                extra_env=extra_env,
             )
         )
 
-    def executions(self) -> dict[str, int]:
-        return {k: int(v) for k, v in self.redis.hgetall(flows.executions_key(self.marker)).items()}
+    def executions(self, marker: str | None = None) -> dict[str, int]:
+        return {k: int(v) for k, v in self.redis.hgetall(flows.executions_key(marker or self.marker)).items()}
 
     def body_field(self, run_id: str, name: str) -> str | None:
         return self.store.flow_runs.field(run_id, name)
@@ -154,3 +155,31 @@ def test_a_worker_stopped_with_sigterm_hands_its_body_over_without_the_crash_win
     assert env.executions() == {str(i): 1 for i in range(n)}
     assert "shutting down" in (env.body_field(created["id"], "body_status") or "")
     assert env.body_field(created["id"], "body_crashes") is None  # handed over, not declared dead
+
+
+def test_bodies_beyond_the_driver_limit_wait_visibly_and_are_not_lost_with_their_worker(env: Stack) -> None:
+    crowded = env.body_worker("crowded", extra_env={"ORCHESTRATOR_MAX_DYNAMIC_FLOWS_PER_PROCESS": "1"})
+    markers = [f"{env.marker}-a", f"{env.marker}-b"]
+    n = 6
+    runs = [
+        submit(env.http, "long-loop", parameters={"marker": m, "n": n, "seconds": 0.4})["id"] for m in markers
+    ]
+
+    def told_to_wait() -> str | None:
+        for run_id in runs:
+            reasons = env.http.get(f"/flow-runs/{run_id}/diagnosis").json()["reasons"]
+            waiting = [r for r in reasons if "waits for a driver thread" in r]
+            if waiting:
+                return waiting[0]
+        return None
+
+    reason = eventually(told_to_wait, 30, 0.1, what="a body waiting for a driver thread, in the diagnosis")
+    assert "all 1 drive other bodies" in reason and "ORCHESTRATOR_MAX_DYNAMIC_FLOWS_PER_PROCESS" in reason
+    eventually(lambda: any(len(env.executions(m)) >= 2 for m in markers) or None, 60, 0.05, what="2 steps begun")
+    os.killpg(crowded.pid, signal.SIGKILL)  # with one body driven and one waiting for a thread
+    crowded.wait(10)
+    env.body_worker("rescue")
+    for run_id in runs:
+        assert wait_final(env.http, run_id, timeout=90)["state"] == "Completed"
+    for m in markers:
+        assert env.executions(m) == {str(i): 1 for i in range(n)}

@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from celery import Celery
@@ -513,8 +513,13 @@ def drive(app: Celery, flow: Flow, run_id: str, parameters: dict[str, Any], queu
     their recorded runs back, and only calls never made before run.
     """
     store = get_store()
+    if body.kind == "resume":  # a body that waited for a thread and never began has nothing to replay
+        never_began = {StateType.PENDING: "start", StateType.AWAITING_RETRY: "retry"}
+        body = replace(body, kind=never_began.get(store.flow_runs.state(run_id) or StateType.RUNNING, "resume"))
     if body.kind == "resume":
         log.info("flow run %s (%s): body attempt %d resumes, replaying its journal", run_id, flow.name, body.attempt)
+        status = f"its body is driven by {body.worker} (attempt {body.attempt}, resumed: {body.why})"
+        store.flow_runs.write(run_id, {"body_status": status})
     else:
         store.flow_runs.start_dynamic_body(run_id)  # the body itself is the one task run its tree waits for
         if body.kind == "retry":
@@ -573,6 +578,7 @@ class BodyAttempt:
     attempt: int = 1
     kind: str = "start"
     worker: str = ""
+    why: str = ""  # a resumed attempt: what the crash detector or the worker that handed it over said
 
     @property
     def heartbeat_id(self) -> str:
@@ -647,6 +653,8 @@ def start_driver(
         log.info("flow run %s: body attempt %d is taken, ended or superseded; nothing to do", run_id, body.attempt)
         return
     HEARTBEATS.begin(hb, record, announced=True)
+    if body.kind == "resume":
+        body = replace(body, why=store.flow_runs.field(run_id, "body_status") or "")
     held = LIVE_BODIES.add(run_id, hb, record)
     limit = get_settings().max_dynamic_flows_per_process
     if held > limit:

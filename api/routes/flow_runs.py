@@ -244,6 +244,7 @@ def read_diagnosis(session: SessionDep, store: StoreDep, run_id: RunId) -> Diagn
         paused_deployment=paused,
         waiting_for_slots=slot_waits(store, list(waiting)),
         not_final=left,
+        body_status=store.flow_runs.field(run_id, "body_status"),  # dynamic bodies only
     )
     return Diagnosis.model_validate(found)
 
