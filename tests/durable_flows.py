@@ -53,3 +53,23 @@ def fickle(marker: str, n: int, switch: str) -> int:
         chosen = step if Path(switch).read_text() == "steps" else other_step
         total += chosen.submit(marker, i, 0.3).result()
     return total
+
+
+def flow_crashed_key(marker: str) -> str:
+    """A list the flow's on_crashed hook appends to, once per call."""
+    return f"test:durable:flow-crashed:{marker}"
+
+
+def remember_flow_crash(flow_: object, flow_run: object, state: object) -> None:
+    """The flow's on_crashed hook: which state and run it was called for."""
+    marker = str(getattr(flow_run, "name", "")).removeprefix("unlucky-")
+    get_store().redis.rpush(flow_crashed_key(marker), f"{getattr(state, 'name', '')}:{getattr(flow_run, 'id', '')}")
+
+
+@flow(queue=BODIES, on_crashed=[remember_flow_crash], flow_run_name="unlucky-{marker}")
+def unlucky(marker: str, n: int) -> int:
+    """A body whose worker dies more often than the services resume it."""
+    total = 0
+    for i in range(n):
+        total += step.submit(marker, i, 0.4).result()
+    return total

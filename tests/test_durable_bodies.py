@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -61,12 +62,17 @@ class Stack:
 
 
 @contextmanager
-def durable_stack(worker_logs: Path, tmp_path: Path) -> Iterator[Stack]:
+def durable_stack(worker_logs: Path, tmp_path: Path, api_env: dict[str, str] | None = None) -> Iterator[Stack]:
     marker = uuid.uuid4().hex[:8]
     with ExitStack() as stack:
         url = stack.enter_context(redis_server())
         api = stack.enter_context(
-            api_server(url, f"sqlite:///{tmp_path / 'api.db'}", log_path=worker_logs / f"durable-api-{marker}.log")
+            api_server(
+                url,
+                f"sqlite:///{tmp_path / 'api.db'}",
+                log_path=worker_logs / f"durable-api-{marker}.log",
+                extra_env=api_env,
+            )
         )
         http = stack.enter_context(httpx.Client(base_url=api.url, timeout=15))
         stack.enter_context(
@@ -108,6 +114,20 @@ def test_a_body_killed_mid_run_resumes_elsewhere_and_nothing_completed_runs_twic
     assert env.executions() == {str(i): 1 for i in range(n)}  # each step began exactly once in all
     assert "resumes" in (env.body_field(created["id"], "body_status") or "")
     assert env.body_field(created["id"], "body_attempt") == "2"
+
+
+def test_two_hundred_calls_killed_after_the_hundred_and_twentieth_run_each_task_once(env: Stack) -> None:
+    """The issue's own figure: a dynamic run of 200 tasks whose body's worker is killed once 120 began."""
+    doomed = env.body_worker("doomed")
+    n = 200
+    created = submit(env.http, "long-loop", parameters={"marker": env.marker, "n": n, "seconds": 0.01})
+    kill_when_steps_began(env, doomed, 120)
+    env.body_worker("rescue")
+    run = wait_final(env.http, created["id"], timeout=120)
+    assert run["state"] == "Completed", run
+    assert env.result(created["id"]) == sum(2 * i for i in range(n))
+    executions = env.executions()
+    assert executions == {str(i): 1 for i in range(n)}, {k: v for k, v in executions.items() if v != 1}
 
 
 def test_a_body_killed_again_while_it_resumes_still_completes_once(env: Stack) -> None:
@@ -161,9 +181,7 @@ def test_bodies_beyond_the_driver_limit_wait_visibly_and_are_not_lost_with_their
     crowded = env.body_worker("crowded", extra_env={"ORCHESTRATOR_MAX_DYNAMIC_FLOWS_PER_PROCESS": "1"})
     markers = [f"{env.marker}-a", f"{env.marker}-b"]
     n = 6
-    runs = [
-        submit(env.http, "long-loop", parameters={"marker": m, "n": n, "seconds": 0.4})["id"] for m in markers
-    ]
+    runs = [submit(env.http, "long-loop", parameters={"marker": m, "n": n, "seconds": 0.4})["id"] for m in markers]
 
     def told_to_wait() -> str | None:
         for run_id in runs:
@@ -183,3 +201,24 @@ def test_bodies_beyond_the_driver_limit_wait_visibly_and_are_not_lost_with_their
         assert wait_final(env.http, run_id, timeout=90)["state"] == "Completed"
     for m in markers:
         assert env.executions(m) == {str(i): 1 for i in range(n)}
+
+
+def test_a_body_whose_worker_dies_too_often_ends_crashed_and_its_flows_on_crashed_hook_runs_once(
+    redis_url: str, worker_logs: Path, tmp_path: Path
+) -> None:
+    del redis_url
+    with durable_stack(worker_logs, tmp_path, api_env={"ORCHESTRATOR_MAX_BODY_RESUMES": "0"}) as env:
+        doomed = env.body_worker("doomed")
+        created = submit(env.http, "unlucky", parameters={"marker": env.marker, "n": 20})
+        kill_when_steps_began(env, doomed, 2)
+        env.body_worker("hooks")  # a worker of the body's queue that has the flow's code
+        run = wait_final(env.http, created["id"], timeout=60)
+        assert run["state"] == "Crashed", run
+        assert "its body's worker died 1 time (last: worker doomed-" in run["state_message"]
+        assert "stopped heartbeating" in run["state_message"]
+        calls = eventually(lambda: env.redis.lrange(flows.flow_crashed_key(env.marker), 0, -1), 30, what="hook")
+        time.sleep(2)  # a second call (another detector pass, a redelivery) would land by now
+        assert env.redis.lrange(flows.flow_crashed_key(env.marker), 0, -1) == [f"Crashed:{created['id']}"]
+        assert calls
+        task_states = {t["state"] for t in env.http.get(f"/flow-runs/{created['id']}/task-runs").json()}
+        assert task_states <= {"Completed", "Cancelled"}, task_states  # its unfinished task runs were stopped

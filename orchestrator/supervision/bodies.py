@@ -34,7 +34,8 @@ def resume_body(store: RunStore, messaging: Messaging, record: dict[str, Any], w
     resumes = get_settings().max_body_resumes
     if store.flow_runs.count_body_crash(run_id) > resumes:
         message = (
-            f"its body's worker died {resumes + 1} times (last: {why}); the body itself may be what "
+            f"its body's worker died {resumes + 1} time{'s' if resumes else ''} (last: {why}); the body itself "
+            "may be what "
             "kills it (memory?). It is not resumed again: see the workers' logs, fix, and start a new run "
             "(or raise ORCHESTRATOR_MAX_BODY_RESUMES)."
         )
