@@ -74,6 +74,10 @@ log = logging.getLogger(__name__)
 # How often a body waiting on results asks whether its run was stopped (a cancel, its timeout);
 # waits shorter than this cost no extra round trip.
 STOP_CHECK_SECONDS = 0.5
+# A wait on at most this many task runs blocks until one of its tree's task runs ends; a wait on
+# more polls with a growing pause (each wake-up reads every pending state: many at once would
+# make a wide wait quadratic in Redis reads).
+WAKE_UP_MAX = 16
 
 _pool: cf.ThreadPoolExecutor | None = None
 _pool_pid = 0
@@ -450,8 +454,14 @@ class DynamicEngine(Engine):
                     yield pending.pop(trid)
             if not pending or (deadline is not None and time.monotonic() >= deadline):
                 return
-            time.sleep(pause)
-            pause = min(pause * 1.5, 0.1)
+            if len(pending) <= WAKE_UP_MAX and not any(isinstance(f, LinkedRunFuture) for f in pending.values()):
+                # a few task runs: wait for one of the tree's task runs to end (woken at once), until
+                # the next stop check at the latest
+                until = next_check if deadline is None else min(next_check, deadline)
+                self.store.task_runs.await_a_finish(self.root, until - time.monotonic())
+            else:  # many: poll on a timer (each wake-up would read them all)
+                time.sleep(pause)
+                pause = min(pause * 1.5, 0.1)
 
     def wait(self, futures: list[Future[Any]], timeout: float | None) -> DoneAndNotDone:
         if timeout is None:  # all of them: the same on every attempt, nothing to record

@@ -128,3 +128,8 @@ def linked_children(parent_run_id: str) -> str:
 def journal(flow_run_id: str) -> str:
     """Hash call position -> the call a dynamic body made there (JSON), which a resumed body replays."""
     return f"{PREFIX}:journal:{flow_run_id}"
+
+
+def wakeups(root: str) -> str:
+    """List: task runs of a dynamic run tree that just ended, to wake its body's waits (BLPOP)."""
+    return f"{PREFIX}:wake:{root}"

@@ -256,6 +256,7 @@ class TaskRuns:
                 keys.tolerant(root),
                 keys.waiters(root),
                 keys.DELAYED,
+                keys.wakeups(root),
             ],
             args=[
                 trid,
@@ -303,6 +304,12 @@ class TaskRuns:
         """Human labels of task runs (their ids where unknown), in one round trip."""
         labels = [row[0] for row in self.fields_of(trids, "label")]
         return {trid: label or trid for trid, label in zip(trids, labels, strict=True)}
+
+    def await_a_finish(self, root: str, timeout: float) -> None:
+        """Block until a task run of a dynamic run tree ends or ``timeout`` passes. The finishing script
+        keeps one wake-up in the tree's list (however many ended since): the caller reads the states it
+        waits for after this, so an end it needs is never missed."""
+        self._redis.blpop([keys.wakeups(root)], timeout=max(timeout, 0.001))
 
     def final_states(self, root: str, trids: list[str]) -> dict[str, StateType | None]:
         """Final state of each task run, None where it is not final yet."""

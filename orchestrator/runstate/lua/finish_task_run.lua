@@ -1,6 +1,6 @@
 -- FAILED and FINAL are tables of state names, defined by runstate.scripts from orchestrator.states.
 -- KEYS: task hash, finals, events, remaining, result, join pending, join sigs, root flow run, root latch,
---       tolerant set, waiters of the root flow run, delayed messages
+--       tolerant set, waiters of the root flow run, delayed messages, the root's wake-up list
 -- ARGV: trid, ttl, maxlen, fields json, event json, state, result text ('' = none), downstream key,
 --       now, root run id, the Completed event of the root flow run (text of runstate.events.encode)
 -- Returns {left, flow, ready signatures...}: left = task runs of the tree not final (-1: this one
@@ -26,7 +26,13 @@ for _, d in ipairs(redis.call('SMEMBERS', ARGV[8])) do
     end
   end
 end
-local current = redis.call('HGET', KEYS[8], 'state')
+local root = redis.call('HMGET', KEYS[8], 'state', 'mode')
+local current = root[1]
+if root[2] == 'dynamic' then  -- wake a dynamic body that may wait for this task run (BLPOP)
+  redis.call('LPUSH', KEYS[13], ARGV[1])
+  redis.call('LTRIM', KEYS[13], 0, 0)  -- one wake-up is enough: the body reads the states it waits for
+  redis.call('EXPIRE', KEYS[13], ARGV[2])
+end
 if left == 0 and FINAL[current] then
   out[2] = 'final'  -- ended already (timed out, cancelled): never overwritten
 elseif left == 0 then
