@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from orchestrator import flow, task
+from orchestrator import as_completed, flow, task
 from orchestrator.runstate.store import get_store
 
 BODIES = "durable-bodies"
@@ -73,3 +73,27 @@ def unlucky(marker: str, n: int) -> int:
     for i in range(n):
         total += step.submit(marker, i, 0.4).result()
     return total
+
+
+@flow(queue=BODIES)
+def inner(marker: str, base: int) -> int:
+    """An in-process subflow whose body reads values (dynamic): two steps, one after the other."""
+    return step.submit(marker, base, 0.3).result() + step.submit(marker, base + 1, 0.3).result()
+
+
+@flow(queue=BODIES)
+def own_run(marker: str, base: int) -> int:
+    """Started with ``.submit()`` from a body: a run of its own."""
+    return step(marker, base, 0.3)  # type: ignore[no-any-return]
+
+
+@flow(queue=BODIES)
+def mixed(marker: str) -> int:
+    """Every kind of call a journal records: subflows in-process, a run of its own, tasks, an
+    as_completed order; the test kills the body's worker in the middle."""
+    first = inner(marker, 0)
+    linked = own_run.submit(marker, 10)
+    futures = [step.submit(marker, 20 + i, 0.3 * (3 - i)) for i in range(3)]
+    seen = [f.result() for f in as_completed(futures)]
+    second = inner(marker, 30)
+    return first + linked.result() + sum(seen) + second

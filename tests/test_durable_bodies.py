@@ -130,6 +130,23 @@ def test_two_hundred_calls_killed_after_the_hundred_and_twentieth_run_each_task_
     assert executions == {str(i): 1 for i in range(n)}, {k: v for k, v in executions.items() if v != 1}
 
 
+def test_a_body_with_subflows_a_run_of_its_own_and_as_completed_replays_each_call_once(env: Stack) -> None:
+    doomed = env.body_worker("doomed")
+    created = submit(env.http, "mixed", parameters={"marker": env.marker})
+    eventually(lambda: "21" in env.executions() or None, 60, 0.05, what="step 21 begun")
+    os.killpg(doomed.pid, signal.SIGKILL)  # after the subflow, the run of its own and during as_completed
+    doomed.wait(10)
+    env.body_worker("rescue")
+    run = wait_final(env.http, created["id"], timeout=90)
+    assert run["state"] == "Completed", run["state_message"]
+    assert env.result(created["id"]) == (0 + 2) + 20 + (40 + 42 + 44) + (60 + 62)
+    assert env.executions() == {k: 1 for k in ["0", "1", "10", "20", "21", "22", "30", "31"]}
+    own_runs = [
+        r for r in env.http.get("/flow-runs", params={"limit": 50}).json()["items"] if r["flow_name"] == "own-run"
+    ]
+    assert len(own_runs) == 1, own_runs  # the replay re-attached to it, never started a second one
+
+
 def test_a_body_killed_again_while_it_resumes_still_completes_once(env: Stack) -> None:
     first = env.body_worker("first")
     n = 10

@@ -327,7 +327,8 @@ class DynamicEngine(Engine):
         )
         position, recorded = self.next_call(JournalEntry("subflow", flow.name))
         child_id = recorded.id if recorded is not None else str(uuid.uuid4())
-        if recorded is not None and self.store.flow_runs.state(child_id) is StateType.COMPLETED:
+        if recorded is not None and self.store.flow_runs.state(child_id) is StateType.COMPLETED and recorded.counts:
+            self._counts.update(recorded.counts)  # as if its body ran again: later labels come out the same
             return self._recorded_subflow_value(flow, child_id)  # replayed: it completed, its body runs no more
         if recorded is None:
             self.store.journal.record(self.flow_run_id, position, JournalEntry("subflow", flow.name, id=child_id))
@@ -375,6 +376,8 @@ class DynamicEngine(Engine):
         end_flow_run(self.store, child_id, state, message)
         if state is not StateType.COMPLETED:
             raise FlowRunFailed(f"subflow run {flow.name} ({child_id}) failed: {message}")
+        done = JournalEntry("subflow", flow.name, id=child_id, counts=dict(self._counts))
+        self.store.journal.record(self.flow_run_id, position, done)  # a replay need not run its body again
         return resolve(returns, self.store, allow_pickle=True, where=f"subflow {flow.name!r}")
 
     def _recorded_subflow_value(self, flow: Flow, child_id: str) -> Any:

@@ -21,13 +21,16 @@ from orchestrator.runstate.scripts import Scripts
 @dataclass(frozen=True)
 class JournalEntry:
     """One recorded call: ``kind`` is task, subflow (in-process), run (a run of its own) or order
-    (the futures an ``as_completed``/``wait`` gave back, in order)."""
+    (the futures an ``as_completed``/``wait`` gave back, in order). A completed in-process subflow
+    also records the run tree's label counts after it: its body is not replayed, and the labels of
+    the calls after it must come out the same."""
 
     kind: str
     name: str
     label: str = ""
     id: str = ""
     ids: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)  # a completed subflow: the tree's label counts after it
 
     def to_json(self) -> str:
         return json.dumps({k: v for k, v in asdict(self).items() if v})
