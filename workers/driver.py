@@ -117,8 +117,11 @@ class RemoteFuture(Future[Any]):
         return str(self.engine.store.task_runs.read(self.task_run_id).get("message", ""))
 
     def wait(self, timeout: float | None = None) -> StateType:
-        _done, _ = self.engine.wait([self], timeout)
-        return self.state_type
+        done, _ = self.engine.wait([self], timeout)
+        if done:
+            return self.state_type
+        now_in = self.state_type  # not done in time (on a replay: not when the earlier attempt waited)
+        return now_in if not now_in.is_final else StateType.RUNNING
 
     def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> Any:
         """The task's value; a failed task run raises its own exception, rebuilt (see runtime/task_errors.py)."""
@@ -467,31 +470,33 @@ class DynamicEngine(Engine):
                 pause = min(pause * 1.5, 0.1)
 
     def wait(self, futures: list[Future[Any]], timeout: float | None) -> DoneAndNotDone:
-        if timeout is None:  # all of them: the same on every attempt, nothing to record
-            done = set(self._poll(futures, None))
-        else:  # which ended in time depends on timing: a replay gives back what the first attempt saw
-            done = set(self._ordered(futures, timeout, "wait", complete_when_recorded=True))
+        # all of them (timeout None) is the same on every attempt; which ended in time is recorded
+        done = set(self._poll(futures, None)) if timeout is None else self._done_in_time(futures, timeout)
         return DoneAndNotDone(done, set(futures) - done)
 
-    def as_completed(self, futures: list[Future[Any]], timeout: float | None) -> Iterator[Future[Any]]:
-        return self._ordered(futures, timeout, "as_completed", complete_when_recorded=False)
+    def _done_in_time(self, futures: list[Future[Any]], timeout: float) -> set[Future[Any]]:
+        """The futures final within ``timeout``, recorded once the wait is over (a wait cut short by
+        a crash is not recorded: the replay waits again, for the whole timeout)."""
+        asked = JournalEntry("order", f"wait of {len(futures)} futures")
+        position, recorded = self.next_call(asked)
+        if recorded is not None:
+            return {f for f in futures if f.task_run_id in set(recorded.ids)}
+        done = list(self._poll(futures, timeout))
+        self.store.journal.record(self.flow_run_id, position, replace(asked, ids=[f.task_run_id for f in done]))
+        return set(done)
 
-    def _ordered(
-        self, futures: list[Future[Any]], timeout: float | None, what: str, *, complete_when_recorded: bool
-    ) -> Iterator[Future[Any]]:
-        """Futures as they become final, each recorded in the journal as it is given back, so that a
-        replayed body gets them in the order the earlier attempt saw (its later calls may depend on
-        that order). A recorded ``wait`` is complete: none but the recorded ones were done in time."""
-        position, recorded = self.next_call(JournalEntry("order", f"{what} of {len(futures)} futures"))
+    def as_completed(self, futures: list[Future[Any]], timeout: float | None) -> Iterator[Future[Any]]:
+        """Futures as they become final, each recorded as it is given back, so that a replayed body
+        gets them in the order the earlier attempt saw (its later calls may depend on that order);
+        after the recorded ones, a replay goes on live."""
+        asked = JournalEntry("order", f"as_completed of {len(futures)} futures")
+        position, recorded = self.next_call(asked)
         if recorded is None:
-            self.store.journal.record(
-                self.flow_run_id, position, JournalEntry("order", f"{what} of {len(futures)} futures")
-            )
-        replayed = list(recorded.ids) if recorded is not None else []
-        return self._given_in_order(futures, timeout, position, replayed, complete_when_recorded and bool(recorded))
+            self.store.journal.record(self.flow_run_id, position, asked)
+        return self._given_in_order(futures, timeout, position, list(recorded.ids) if recorded is not None else [])
 
     def _given_in_order(
-        self, futures: list[Future[Any]], timeout: float | None, position: int, replayed: list[str], complete: bool
+        self, futures: list[Future[Any]], timeout: float | None, position: int, replayed: list[str]
     ) -> Iterator[Future[Any]]:
         by_id = {f.task_run_id: f for f in futures}
         for trid in replayed:
@@ -499,8 +504,6 @@ class DynamicEngine(Engine):
             if future is not None:
                 yield future  # final already: it was when the earlier attempt got it
         index = len(replayed)
-        if complete:
-            return
         for future in self._poll(list(by_id.values()), timeout):
             self.store.journal.record_given(self.flow_run_id, position, index, future.task_run_id)
             index += 1
