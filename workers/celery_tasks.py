@@ -59,7 +59,7 @@ from orchestrator.runs.lifecycle import (
 )
 from orchestrator.runstate.connection import RedisUnavailable
 from orchestrator.runstate.records import NewTaskRun
-from orchestrator.runstate.store import get_store, now
+from orchestrator.runstate.store import RunStore, get_store, now
 from orchestrator.runtime.context import RunInfo
 from orchestrator.runtime.engine import zip_mapped
 from orchestrator.states import StateType
@@ -269,6 +269,54 @@ def register_user_task(app: Celery, task: Task) -> None:
     app.task(name=task.name, bind=True, ignore_result=True, base=OrchestratorTask, **limits)(entry)
 
 
+def expand_and_send(
+    celery_task: CeleryTask,
+    store: RunStore,
+    attempt: CeleryAttempt,
+    run: dict[str, Any],
+    task: str,
+    children: list[dict[str, Any]],
+    queue: str,
+    options: dict[str, Any] | None,
+    target: Task | None,
+) -> NoReturn:
+    """Record a map's runs once and replace the expansion with their chord (raises Ignore)."""
+    ids = [f"{run['task_run_id']}-{i}" for i in range(len(children))]
+    first = store.task_runs.claim_expansion(run["root"], run["task_run_id"], len(ids))
+    pipe = store.pipeline()
+    carried: list[dict[str, Any] | None] = []  # what each child's message carries
+    for i, (child, inputs_i) in enumerate(zip(ids, children, strict=True)):
+        inline, text = inline_or_stored(inputs_i)  # pickled or large inputs wait in the run store
+        carried.append(inline)
+        if first:  # a redelivered expansion only re-sends
+            label = f"{run.get('label')}[{i}]"
+            new = NewTaskRun(child, label, task, run["flow_run_id"], run["root"])
+            in_flows = (run["flow_run_id"], run["root"])
+            store.task_runs.add(pipe, new, in_flows=in_flows, downstream=[run["task_run_id"]], stored_input=text)
+        elif text is not None:
+            store.task_runs.keep_input(pipe, run["root"], child, text)
+    pipe.execute()
+    changed = {"options": options} if options else {}
+    header = [
+        make_signature(
+            task,
+            {
+                "run": message_run(run["root"], run["flow_run_id"], f"{run.get('label')}[{i}]"),
+                "inputs": inputs_i,
+                **changed,
+            },
+            queue=queue,
+            task_id=child,
+            app=celery_task.app,
+            limits=time_limits(options or {}, is_async=target is not None and target.is_async),
+        )
+        for i, (child, inputs_i) in enumerate(zip(ids, carried, strict=True))
+    ]
+    # the count, not the ids: Celery copies a chord's body into each of its n header messages
+    collect = make_signature(COLLECT_MAP_TASK, {"run": run, "count": len(ids)}, queue=queue, app=celery_task.app)
+    raise celery_task.replace(chord(group(header, app=celery_task.app), collect, app=celery_task.app))
+
+
 def register_builtin_tasks(app: Celery) -> None:
     """The node kinds that are not user code: map expansion, map join, subflow end, start."""
 
@@ -314,44 +362,23 @@ def register_builtin_tasks(app: Celery) -> None:
         if not children:
             end_completed(store, run, attempt, "[]")
             return
-        ids = [f"{run['task_run_id']}-{i}" for i in range(len(children))]
-        first = store.task_runs.claim_expansion(run["root"], run["task_run_id"], len(ids))
-        pipe = store.pipeline()
-        carried: list[dict[str, Any] | None] = []  # what each child's message carries
-        for i, (child, inputs_i) in enumerate(zip(ids, children, strict=True)):
-            inline, text = inline_or_stored(inputs_i)  # pickled or large inputs wait in the run store
-            carried.append(inline)
-            if first:  # a redelivered expansion only re-sends
-                label = f"{run.get('label')}[{i}]"
-                new = NewTaskRun(child, label, task, run["flow_run_id"], run["root"])
-                in_flows = (run["flow_run_id"], run["root"])
-                store.task_runs.add(pipe, new, in_flows=in_flows, downstream=[run["task_run_id"]], stored_input=text)
-            elif text is not None:
-                store.task_runs.keep_input(pipe, run["root"], child, text)
-        pipe.execute()
-        changed = {"options": options} if options else {}
-        header = [
-            make_signature(
-                task,
-                {
-                    "run": message_run(run["root"], run["flow_run_id"], f"{run.get('label')}[{i}]"),
-                    "inputs": inputs_i,
-                    **changed,
-                },
-                queue=queue,
-                task_id=child,
-                app=self.app,
-                limits=time_limits(options or {}, is_async=target is not None and target.is_async),
-            )
-            for i, (child, inputs_i) in enumerate(zip(ids, carried, strict=True))
-        ]
-        collect = make_signature(COLLECT_MAP_TASK, {"run": run, "children": ids}, queue=queue, app=self.app)
-        raise self.replace(chord(group(header, app=self.app), collect, app=self.app))
+        try:
+            expand_and_send(self, store, attempt, run, task, children, queue, options, target)
+        except (Ignore, *RedisUnavailable):
+            raise  # Ignore: replaced by the chord (sent); Redis away: the message runs again once it is back
+        except Exception as exc:  # Redis out of memory, a message too large: the run ends, never hangs
+            message = f"map {run.get('label')} could not send its {len(children)} runs: {type(exc).__name__}: {exc}"
+            log.exception("flow run %s: %s", run["root"], message)
+            end_failed(store, run, attempt.worker, StateType.FAILED, message, send=attempt.send)
+            stop_flow_run(store, CeleryMessaging(self.app), run["root"], StateType.FAILED, message)
+            raise
 
     @app.task(name=COLLECT_MAP_TASK, bind=True, ignore_result=True)
-    def collect_map(self: CeleryTask, run: dict[str, Any], children: list[str]) -> None:
-        """All mapped runs completed: the map's result is the list of their results."""
+    def collect_map(self: CeleryTask, run: dict[str, Any], count: int = 0, children: list[str] | None = None) -> None:
+        """All mapped runs completed: the map's result is the list of their results. The runs are
+        ``<map's task run id>-<i>`` for i below ``count`` (``children``: messages sent before that)."""
         store = get_store()
+        children = children if children is not None else [f"{run['task_run_id']}-{i}" for i in range(count)]
         texts = store.task_runs.results(children)
         missing = [c for c, t in texts.items() if t is None]
         attempt = CeleryAttempt(self)
