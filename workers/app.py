@@ -25,9 +25,9 @@ from orchestrator.transport.celery_app import make_celery_app, tolerate_redis_ou
 from orchestrator.transport.messaging import CeleryMessaging
 
 from .announce import Announcer
+from .body_admission import hand_over_bodies
 from .celery_tasks import record_revoked, record_unknown, register_builtin_tasks, register_user_task
 from .delayed import BEAT_SECONDS, DelayedSender
-from .driver import hand_over_bodies
 from .logship import install as install_log_shipper
 from .redis_transport import survive_lost_redis
 from .visibility import KeepVisible, refresh_interval

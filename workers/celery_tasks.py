@@ -65,7 +65,8 @@ from orchestrator.runtime.engine import zip_mapped
 from orchestrator.states import StateType
 from orchestrator.transport.messaging import CeleryMessaging
 
-from .driver import BodyAttempt, start_driver
+from .body_admission import start_driver
+from .body_attempts import BodyAttempt
 from .executor import Ending, end_completed, end_failed, full_run, gate, run_task, start_record
 from .linked_runs import run_linked_flow as start_linked_flow
 from .time_limits import hold_off_soft_limit
