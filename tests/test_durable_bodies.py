@@ -57,6 +57,23 @@ class Stack:
     def body_field(self, run_id: str, name: str) -> str | None:
         return self.store.flow_runs.field(run_id, name)
 
+    def final(self, run_id: str, timeout: float = 90) -> dict[str, Any]:
+        """The run once final in the database; if it is not in time, fail with what Redis and the
+        workers' logs say about it (a flaky failure must explain itself)."""
+        try:
+            return wait_final(self.http, run_id, timeout=timeout)
+        except AssertionError as exc:
+            record = {k: v for k, v in self.store.flow_runs.read(run_id).items() if k not in ("parameters", "returns")}
+            journal = self.store.journal.read(run_id)
+            tails = {
+                log.name: log.read_text(errors="replace").splitlines()[-8:]
+                for log in sorted(self.logs.glob(f"durable-*-{self.marker}.log"))
+            }
+            left = self.store.flow_runs.remaining(run_id)
+            raise AssertionError(
+                f"{exc}\nrecord: {record}\nremaining: {left}\njournal: {journal}\nlogs: {tails}"
+            ) from None
+
     def result(self, run_id: str) -> Any:
         return FlowRun(run_id, self.store).result(10)
 
@@ -108,7 +125,7 @@ def test_a_body_killed_mid_run_resumes_elsewhere_and_nothing_completed_runs_twic
     created = submit(env.http, "long-loop", parameters={"marker": env.marker, "n": n, "seconds": 0.4})
     kill_when_steps_began(env, doomed, 5)  # step 4 is running on the steps worker: it is re-attached to
     env.body_worker("rescue")
-    run = wait_final(env.http, created["id"], timeout=90)
+    run = env.final(created["id"], timeout=90)
     assert run["state"] == "Completed", run
     assert env.result(created["id"]) == sum(2 * i for i in range(n))
     assert env.executions() == {str(i): 1 for i in range(n)}  # each step began exactly once in all
@@ -123,7 +140,7 @@ def test_two_hundred_calls_killed_after_the_hundred_and_twentieth_run_each_task_
     created = submit(env.http, "long-loop", parameters={"marker": env.marker, "n": n, "seconds": 0.01})
     kill_when_steps_began(env, doomed, 120)
     env.body_worker("rescue")
-    run = wait_final(env.http, created["id"], timeout=120)
+    run = env.final(created["id"], timeout=120)
     assert run["state"] == "Completed", run
     assert env.result(created["id"]) == sum(2 * i for i in range(n))
     executions = env.executions()
@@ -137,7 +154,7 @@ def test_a_body_with_subflows_a_run_of_its_own_and_as_completed_replays_each_cal
     os.killpg(doomed.pid, signal.SIGKILL)  # after the subflow, the run of its own and during as_completed
     doomed.wait(10)
     env.body_worker("rescue")
-    run = wait_final(env.http, created["id"], timeout=90)
+    run = env.final(created["id"], timeout=90)
     assert run["state"] == "Completed", run["state_message"]
     assert env.result(created["id"]) == (0 + 2) + 20 + (40 + 42 + 44) + (60 + 62)
     assert env.executions() == {k: 1 for k in ["0", "1", "10", "20", "21", "22", "30", "31"]}
@@ -157,7 +174,7 @@ def test_a_body_killed_again_while_it_resumes_still_completes_once(env: Stack) -
     os.killpg(second.pid, signal.SIGKILL)  # killed as it replays
     second.wait(10)
     env.body_worker("third")
-    run = wait_final(env.http, created["id"], timeout=90)
+    run = env.final(created["id"], timeout=90)
     assert run["state"] == "Completed", run
     assert env.executions() == {str(i): 1 for i in range(n)}
     assert env.body_field(created["id"], "body_attempt") == "3"
@@ -171,7 +188,7 @@ def test_a_body_that_asks_for_something_else_on_replay_fails_with_the_recorded_c
     kill_when_steps_began(env, doomed, 3)
     switch.write_text("other")  # the replayed body now calls other_step where step was recorded
     env.body_worker("rescue")
-    run = wait_final(env.http, created["id"], timeout=90)
+    run = env.final(created["id"], timeout=90)
     assert run["state"] == "Failed", run
     message = run["state_message"]
     assert "diverged from its earlier attempt at call #0" in message, message
@@ -187,7 +204,7 @@ def test_a_worker_stopped_with_sigterm_hands_its_body_over_without_the_crash_win
     eventually(lambda: len(env.executions()) >= 3 or None, 60, 0.05, what="3 steps begun")
     env.body_worker("staying")
     leaving.send_signal(signal.SIGTERM)  # warm shutdown of the main process, as systemd or Kubernetes stop it
-    run = wait_final(env.http, created["id"], timeout=90)
+    run = env.final(created["id"], timeout=90)
     assert run["state"] == "Completed", run
     assert env.executions() == {str(i): 1 for i in range(n)}
     assert "shutting down" in (env.body_field(created["id"], "body_status") or "")
@@ -215,7 +232,7 @@ def test_bodies_beyond_the_driver_limit_wait_visibly_and_are_not_lost_with_their
     crowded.wait(10)
     env.body_worker("rescue")
     for run_id in runs:
-        assert wait_final(env.http, run_id, timeout=90)["state"] == "Completed"
+        assert env.final(run_id, timeout=90)["state"] == "Completed"
     for m in markers:
         assert env.executions(m) == {str(i): 1 for i in range(n)}
 
@@ -229,7 +246,7 @@ def test_a_body_whose_worker_dies_too_often_ends_crashed_and_its_flows_on_crashe
         created = submit(env.http, "unlucky", parameters={"marker": env.marker, "n": 20})
         kill_when_steps_began(env, doomed, 2)
         env.body_worker("hooks")  # a worker of the body's queue that has the flow's code
-        run = wait_final(env.http, created["id"], timeout=60)
+        run = env.final(created["id"], timeout=60)
         assert run["state"] == "Crashed", run
         assert "its body's worker died 1 time (last: worker doomed-" in run["state_message"]
         assert "stopped heartbeating" in run["state_message"]

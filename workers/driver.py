@@ -509,6 +509,12 @@ def drive(app: Celery, flow: Flow, run_id: str, parameters: dict[str, Any], queu
     if body.kind == "resume":  # a body that waited for a thread and never began has nothing to replay
         never_began = {StateType.PENDING: "start", StateType.AWAITING_RETRY: "retry"}
         body = replace(body, kind=never_began.get(store.flow_runs.state(run_id) or StateType.RUNNING, "resume"))
+    if (
+        body.kind == "resume"
+        and store.task_runs.final_states(run_id, [body_task_run_id(run_id)])[body_task_run_id(run_id)]
+    ):
+        log.info("flow run %s: its body had ended before its worker stopped; nothing to resume", run_id)
+        return  # its task runs go on and end the run
     if body.kind == "resume":
         log.info("flow run %s (%s): body attempt %d resumes, replaying its journal", run_id, flow.name, body.attempt)
         status = f"its body is driven by {body.worker} (attempt {body.attempt}, resumed: {body.why})"
