@@ -18,9 +18,17 @@ from typing import Any
 
 import pytest
 import redis
+import redis.connection
+from celery import group
+from celery.utils.saferepr import saferepr
 
 from orchestrator.config.settings import Settings
-from orchestrator.planning.compiler import FLOW_DEADLINE_TASK, RETRY_FLOW_RUN_TASK, START_FLOW_RUN_TASK
+from orchestrator.planning.compiler import (
+    FLOW_DEADLINE_TASK,
+    RETRY_FLOW_RUN_TASK,
+    START_FLOW_RUN_TASK,
+    make_signature,
+)
 from orchestrator.planning.tracer import trace_flow
 from orchestrator.transport.celery_app import make_celery_app
 from orchestrator.transport.messaging import (
@@ -170,3 +178,36 @@ def test_retries_deadlines_resends_and_canvas_go_out_as_before(
     canvas = messages[6:]
     assert [m["id"] for m in canvas] == [first.id]  # the diamond's first task; the rest follow it
     assert canvas[0]["task"] == first.name and canvas[0]["queue"] == queue and canvas[0]["ignore_result"] is True
+
+
+def test_a_group_goes_out_in_a_few_round_trips_with_the_argument_text_celery_would_write(
+    messaging: CeleryMessaging, queue: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Celery sends a group's messages (and their task-sent events) one round trip each; the
+    seam pipelines them. Each message still carries the text of its arguments that Flower and
+    the worker's log show, the same text Celery's ``saferepr`` gives."""
+    writes: list[int] = []
+    send = redis.connection.AbstractConnection.send_packed_command
+
+    def counted(self: Any, command: Any, check_health: bool = True) -> None:
+        writes.append(1)
+        send(self, command, check_health)
+
+    plan = trace_flow(flows.fan_flow, {"n": 300}, run_id=str(uuid.uuid4()), queue=queue)
+    canvas = group(messaging.compile(plan).canvas.tasks, app=messaging.app)  # the chord's header: 300 tasks
+    messaging.send_canvas(group([], app=messaging.app))  # connect first: a connection's setup is not the sending
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
+    messaging.send_canvas(canvas)
+    monkeypatch.undo()
+    assert len(writes) <= 4  # one pipeline per 1,000 operations (300 messages, 300 events)
+
+    raw = [json.loads(m) for m in redis.Redis.from_url(redis_url).lrange(queue, 0, -1)]
+    assert len(raw) == 300
+    for message in raw:
+        _, kwargs, _ = json.loads(base64.b64decode(message["body"]))
+        assert message["headers"]["kwargsrepr"] == saferepr(kwargs, 1024)
+        assert message["headers"]["argsrepr"] == "()"
+    long_text = {"run": {"flow_run_id": "r", "label": "x"}, "inputs": {"text": "y" * 900}, "options": {"z": "w" * 900}}
+    messaging.send_signature(dict(make_signature("tests.messaging.unregistered", long_text, queue=queue)))
+    newest = json.loads(redis.Redis.from_url(redis_url).lindex(queue, 0) or b"{}")
+    assert len(newest["headers"]["kwargsrepr"]) == 1024 and newest["headers"]["kwargsrepr"].endswith("...")

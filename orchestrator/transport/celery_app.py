@@ -11,6 +11,7 @@ from functools import lru_cache
 from typing import Any
 
 from celery import Celery
+from celery.app.amqp import AMQP
 from celery.backends.redis import RedisBackend
 
 from orchestrator.config.settings import Settings, get_settings
@@ -53,6 +54,31 @@ class OutageTolerantRedisBackend(RedisBackend):  # type: ignore[misc]
         return super()._create_client(**params, **outage_retry(seconds))
 
 
+class JsonArgumentsAMQP(AMQP):  # type: ignore[misc]
+    """Celery's message builder for apps that send only orchestrator messages (client and API).
+
+    Every message carries a text of its arguments for Flower and the worker's log; Celery
+    makes it with ``saferepr``, which guards against arbitrary objects and was the largest
+    single cost of sending a group (1.0 s of the client's 5.9 s for 5,000 tasks). An
+    orchestrator message's arguments are plain JSON data, so the builtin ``repr`` gives the
+    same text, cut at the same length. The worker app also serves plain Celery tasks and
+    keeps Celery's builder.
+    """
+
+    def as_task_v2(
+        self, task_id: str, name: str, args: Any = None, kwargs: Any = None, *more: Any, **options: Any
+    ) -> Any:
+        if options.get("argsrepr") is None:
+            options["argsrepr"] = _cut(repr(tuple(args or ())), self.argsrepr_maxsize)
+        if options.get("kwargsrepr") is None:
+            options["kwargsrepr"] = _cut(repr(dict(kwargs or {})), self.kwargsrepr_maxsize)
+        return super().as_task_v2(task_id, name, args, kwargs, *more, **options)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _send_only(url: str) -> str:
     """Route a redis:// or rediss:// backend URL to :class:`SendOnlyRedisBackend`."""
     return f"{__name__}:SendOnlyRedisBackend+{url}" if url.startswith(("redis://", "rediss://")) else url
@@ -76,7 +102,7 @@ def make_celery_app(
     backend_url = s.result_backend_url or s.redis_url
     broker_url = s.broker_url or s.redis_url
     backend = _send_only(backend_url) if send_only else _outage_tolerant(backend_url)
-    app = Celery(main, broker=broker_url, backend=backend)
+    app = Celery(main, broker=broker_url, backend=backend, amqp=JsonArgumentsAMQP if send_only else None)
     # rediss://: the broker and the result backend verify Redis's certificate as the run store does
     # (kombu alone would connect with CERT_NONE, and Celery's backend refuse to start).
     if broker_tls := tls_options_for(broker_url, s):
