@@ -1,6 +1,7 @@
 """Compare the orchestrator with hand-written Celery canvas on the same worker.
 
     .venv/bin/python -m benchmarks.run [--quick] [--repeat N] [--concurrency C] [--only W0,W2]
+    .venv/bin/python -m benchmarks.run --scale [--quick]    # the growth table (benchmarks/scale.py)
 
 Starts one private redis-server and one worker (``benchmarks.workloads``), warms up,
 runs every workload both ways (alternating which side goes first), prints a table
@@ -99,6 +100,7 @@ def make_sides(timeout: float) -> dict[str, Sides]:
         # W0 is one task whatever n is: n only counts samples.
         "W0": Sides(raw(lambda _n: w.raw_w0(1)), orc(w.w0_single, "x")),
         "W1": Sides(raw(w.raw_w1), orc(w.w1_fan, "n")),
+        "W1M": Sides(raw(w.raw_w1m), orc(w.w1m_map, "n")),  # the growth table's (benchmarks.scale)
         "W2": Sides(raw(w.raw_w2), orc(w.w2_chain, "n")),
         "W3": Sides(raw(w.raw_w3), orc(w.w3_independent, "n")),
         "W4": Sides(raw(w.raw_w4), orc(w.w4_subflows, "n")),
@@ -236,6 +238,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", default=",".join(FULL_SIZES), help="comma-separated workloads to run")
     parser.add_argument("--timeout", type=float, default=600, help="seconds one run may take")
     parser.add_argument("--output", type=Path, default=None, help="default results/latest.json (quick.json)")
+    parser.add_argument(
+        "--scale", action="store_true", help="the growth table instead (benchmarks/scale.py; about 20 minutes)"
+    )
     args = parser.parse_args(argv)
     args.only = [k.strip().upper() for k in args.only.split(",") if k.strip()]
     if not args.only or set(args.only) - set(FULL_SIZES):
@@ -246,6 +251,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop redis and the worker on TERM too
+    if args.scale:
+        from benchmarks import scale
+
+        return scale.main(args.quick, args.timeout, args.concurrency, args.output)
     load_start = round(os.getloadavg()[0], 2)
     sizes = QUICK_SIZES if args.quick else FULL_SIZES
     repeat = args.repeat or (2 if args.quick else 5)

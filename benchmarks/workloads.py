@@ -142,6 +142,18 @@ async def w5_async_fan(n: int = 500) -> Any:
     return async_reduce_sum.submit(parts)
 
 
+@task
+def numbers(n: int) -> list[int]:
+    """W1M's upstream: the items to map over, known only when it has run."""
+    return list(range(n))
+
+
+@flow(name="bench-w1m-map")
+def w1m_map(n: int = 500) -> Any:
+    """W1M: a map over an upstream task's result (expanded on a worker), then one reduce."""
+    return reduce_sum.submit(work.map(numbers.submit(n)))
+
+
 # -- orchestrator flows (dynamic: the body reads values, so a worker drives it) -----------
 
 
@@ -248,6 +260,18 @@ def raw_async_reduce(parts: list[int]) -> int:
 # -- raw canvas, hand-written: what a Celery user would write ----------------------------
 
 
+@app.task(name="bench.raw.numbers")
+def raw_numbers(n: int) -> list[int]:
+    """W1M's upstream, by hand."""
+    return list(range(n))
+
+
+@app.task(name="bench.raw.expand", bind=True)
+def raw_expand(self: Any, items: list[int]) -> Any:
+    """W1M by hand: replace this task with a chord over the upstream's items (Celery's way)."""
+    return self.replace(chord(group(raw_work.si(i) for i in items), raw_reduce.s()))
+
+
 def raw_w0(x: int = 1) -> Signature:
     """W0: one task."""
     return raw_noop.s(x)
@@ -291,6 +315,11 @@ def raw_d2(n: int, timeout: float) -> int:
     return x
 
 
+def raw_w1m(n: int = 500) -> Signature:
+    """W1M: the upstream's list goes to a task that expands it into a chord."""
+    return chain(raw_numbers.si(n), raw_expand.s())
+
+
 def raw_d3(n: int = 5000) -> Signature:
     """D3 by hand: a group of n tasks, all results waited for (W3's canvas)."""
     return raw_w3(n)
@@ -301,6 +330,7 @@ def expected(workload: str, n: int) -> Any:
     table = {
         "W0": 1,
         "W1": sum(range(n)),
+        "W1M": sum(range(n)),
         "W2": n,
         "W3": list(range(n)),
         "W4": [i + 10 for i in range(n)],
