@@ -37,6 +37,15 @@ def test_a_persisted_result_is_read_back_after_redis_lost_it() -> None:
     assert run.result(timeout=5) == 40  # from the result storage
 
 
+def test_a_result_is_read_in_the_wait_and_after_redis_forgot_its_scripts() -> None:
+    """The client reads a run's outcome in the same round trip as its wait (a script queued
+    behind BLMOVE); a Redis that lost its scripts (a restart) makes it read the usual way."""
+    run = flows.not_kept_flow.delay(n=4)
+    assert run.result(timeout=30) == 5
+    get_store().redis.script_flush()
+    assert run.result(timeout=5) == 5
+
+
 def test_a_result_that_was_not_kept_says_how_to_keep_it() -> None:
     run = flows.not_kept_flow.delay(n=4)
     assert run.result(timeout=30) == 5

@@ -50,7 +50,9 @@ class FlowRun:
 
     def wait(self, timeout: float | None = None) -> StateType:
         """Block until the run is final; raise RunTimeout after ``timeout`` seconds."""
-        state = self.store.flow_runs.wait_final(self.id, timeout)
+        return self._final(self.store.flow_runs.wait_final(self.id, timeout), timeout)
+
+    def _final(self, state: StateType | None, timeout: float | None) -> StateType:
         if state is None or not state.is_final:
             raise RunTimeout(
                 f"flow run {self.id} is still {state.value if state else 'unknown'} after "
@@ -61,8 +63,8 @@ class FlowRun:
 
     def result(self, timeout: float | None = None) -> Any:
         """The flow's return value; raises FlowRunFailed if the run did not complete."""
-        state = self.wait(timeout)
-        record, results = self.store.flow_runs.read_outcome(self.id)
+        waited, record, results = self.store.flow_runs.wait_outcome(self.id, timeout)
+        state = self._final(waited, timeout)
         if state is not StateType.COMPLETED:
             error = FlowRunFailed(
                 f"flow run {record.get('name', self.id)} ({self.id}) ended {state.value}: {record.get('message', '')}"
