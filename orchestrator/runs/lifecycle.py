@@ -47,10 +47,21 @@ def _write_tree(store: RunStore, plan: Plan, compiled: Compiled, pipe: Any) -> N
 
 
 def _apply(store: RunStore, messaging: Messaging, plan: Plan, compiled: Compiled) -> None:
+    """Send the run tree, recorded Running just before: a send that fails (Redis out of memory,
+    a message refused) ends the run Failed with that error instead of leaving it Running with
+    nothing (or part of it) sent; the caller still gets the error."""
     if not plan.nodes:
         finish_flow_run(store, plan.root_run_id)
     elif compiled.canvas is not None:
-        messaging.send_canvas(compiled.canvas)
+        try:
+            messaging.send_canvas(compiled.canvas)
+        except Exception as exc:
+            message = f"sending the run's {len(plan.nodes)} task messages failed: {type(exc).__name__}: {exc}"
+            try:
+                stop_flow_run(store, messaging, plan.root_run_id, StateType.FAILED, message)
+            except Exception as stop_error:  # Redis refuses that too: the error that matters is the first
+                exc.add_note(f"and ending the run Failed failed too: {type(stop_error).__name__}: {stop_error}")
+            raise
 
 
 def launch_static(
