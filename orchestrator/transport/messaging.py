@@ -134,8 +134,11 @@ class CeleryMessaging:
         self.app.signature(data).apply_async()
 
     def send_signatures(self, signatures: Iterable[SignatureData]) -> None:
+        ready = list(signatures)
+        if not ready:  # the usual case: every task's end asks, few have anything to send
+            return
         with self.app.producer_or_acquire() as producer, publish_batch(producer):
-            for data in signatures:
+            for data in ready:
                 self.app.signature(data).apply_async(ignore_result=True, producer=producer)
 
     def send_retry_flow_run(self, run_id: str, attempt: int, queue: str) -> None:
