@@ -35,8 +35,27 @@ def flow_fields_to_redis(fields: dict[str, Any]) -> dict[str, str]:
 
 
 def task_fields_to_redis(fields: dict[str, Any]) -> dict[str, str]:
-    """Task-run fields as hash values (every value as text)."""
-    return {k: str(v) for k, v in fields.items()}
+    """Task-run fields as hash values (every value as text), without what a read restores (:func:`slim_task_fields`)."""
+    return {k: str(v) for k, v in slim_task_fields(fields).items()}
+
+
+def slim_task_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """The fields a task run's hash keeps: not ``id`` (its key names it), and ``root`` only where it is
+    not the task run's own flow run (a task of a subflow traced into its parent's tree).
+
+    A task run's hash stays in Redis as long as its run; these two ids were about 85 of its 470
+    bytes. :func:`full_task_record` gives them back on every read.
+    """
+    if "id" not in fields and ("root" not in fields or fields["root"] != fields.get("flow_run_id")):
+        return fields
+    return {k: v for k, v in fields.items() if k != "id" and (k != "root" or v != fields.get("flow_run_id"))}
+
+
+def full_task_record(task_run_id: str, raw: dict[str, str]) -> dict[str, str]:
+    """A task run's hash as read, with the fields :func:`slim_task_fields` left out (empty: no such task run)."""
+    if not raw:
+        return raw
+    return {"id": task_run_id, "root": raw.get("flow_run_id", "")} | raw
 
 
 def default_run_name(flow_name: str, run_id: str) -> str:
@@ -164,16 +183,18 @@ class NewTaskRun:
     created: float = field(default_factory=time.time)
 
     def to_redis(self) -> dict[str, str]:
-        """The hash a new task run is written as."""
-        return {
-            "id": self.id,
-            "label": self.label,
-            "name": self.name,
-            "flow_run_id": self.flow_run_id,
-            "root": self.root,
-            "state": StateType.PENDING.value,
-            "created": str(self.created),
-        }
+        """The hash a new task run is written as (its id and root as :func:`slim_task_fields` keeps them)."""
+        return slim_task_fields(
+            {
+                "id": self.id,
+                "label": self.label,
+                "name": self.name,
+                "flow_run_id": self.flow_run_id,
+                "root": self.root,
+                "state": StateType.PENDING.value,
+                "created": str(self.created),
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -202,7 +223,7 @@ class TaskRunRecord:
             label=raw.get("label") or task_run_id,
             name=raw.get("name", ""),
             flow_run_id=raw.get("flow_run_id", ""),
-            root=raw.get("root", ""),
+            root=raw.get("root") or raw.get("flow_run_id", ""),
             state=StateType(state) if state else None,
             worker=raw.get("worker", ""),
             attempts=int(float(raw.get("attempts") or 0)),
