@@ -3,12 +3,15 @@ whole, in fewer bytes (benchmarks/redis_bytes.py measures them per key family)."
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from orchestrator.runstate import keys
 from orchestrator.runstate.records import TaskRunRecord
 from orchestrator.runstate.store import get_store
 from tests import flows
+from tests.api_support import eventually
 
 pytestmark = pytest.mark.usefixtures("fleet")
 
@@ -42,3 +45,21 @@ def test_a_finished_plain_task_run_leaves_under_400_bytes_in_its_hash() -> None:
         key = keys.task_run(row["id"])
         assert redis.object("encoding", key) == "listpack"
         assert redis.memory_usage(key, samples=0) < 400, (row, redis.memory_usage(key, samples=0))
+
+
+@pytest.mark.parametrize("flow", [flows.fan_flow, flows.diamond_flow, flows.dynamic_fan_flow], ids=lambda f: f.name)
+def test_a_finished_run_tree_keeps_none_of_the_edges_that_routed_its_ends(flow: Any) -> None:
+    """Each task run's downstream set, the join tables, the tolerant set and the kept inputs only
+    route ends to waiting task runs: the tree's last end removes them (a retry writes its own)."""
+    run = flow.delay()
+    assert run.wait(60).is_final  # dynamic-fan-flow ends Failed on purpose
+    redis = get_store().redis
+    tree = [row["id"] for row in run.task_runs()]
+    assert tree
+    per_tree = [keys.join_pending(run.id), keys.join_signature(run.id), keys.tolerant(run.id), keys.inputs(run.id)]
+
+    def left() -> list[str]:
+        names = [keys.downstream(trid) for trid in tree] + per_tree
+        return [name for name, there in zip(names, [redis.exists(n) for n in names], strict=True) if there]
+
+    eventually(lambda: not left(), 10, what=f"the edges of {flow.name} removed")

@@ -218,7 +218,12 @@ def after_final(store: RunStore, root: str, finished: Finished) -> None:
     A run that completed was already ended inside the same Lua script; this records
     why one did not. Deciding must never leave the run hanging: if it fails, the run
     ends Crashed with the error, and the error is raised for the worker's log.
+
+    The tree's edges go first, before anything is decided: a retry the decision schedules
+    writes anew those it needs, and must not find them removed behind it.
     """
+    if finished.left == 0:
+        store.task_runs.forget_edges(root)
     if finished.flow_completed:
         end_flow_run(store, root, StateType.COMPLETED, write=False)
     if not finished.needs_decision:

@@ -283,6 +283,25 @@ class TaskRuns:
             return Finished(None, False, False, [])
         return Finished(left, out[1] == "completed", out[1] == "final", [json.loads(sig) for sig in out[2:]])
 
+    def forget_edges(self, root: str) -> int:
+        """A run tree whose task runs are all final: drop what only routes ends to waiting task runs
+        (each task run's downstream set, the join tables, the tolerant set, inputs kept for a start),
+        about 350 bytes per task run of a fan-in. Call it before the tree's end is decided: a flow
+        retry that the decision schedules writes those of the task runs it runs again anew.
+        Returns how many keys it removed."""
+        return int(
+            self._scripts["forget_tree_edges"](
+                keys=[
+                    keys.flow_tasks(root),
+                    keys.join_pending(root),
+                    keys.join_signature(root),
+                    keys.tolerant(root),
+                    keys.inputs(root),
+                ],
+                args=[keys.downstream("")],
+            )
+        )
+
     # -- reading ---------------------------------------------------------------------------
     def read(self, trid: str) -> dict[str, str]:
         """The raw task run record, with its id and root (empty if unknown)."""
