@@ -3,13 +3,15 @@ whole, in fewer bytes (benchmarks/redis_bytes.py measures them per key family)."
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
 from orchestrator.runstate import keys
-from orchestrator.runstate.records import TaskRunRecord
+from orchestrator.runstate.records import DECIDERS_ARE_REFS, PACKED, TaskRunRecord
 from orchestrator.runstate.store import get_store
+from orchestrator.states import StateType
 from tests import flows
 from tests.api_support import eventually
 
@@ -63,3 +65,20 @@ def test_a_finished_run_tree_keeps_none_of_the_edges_that_routed_its_ends(flow: 
         return [name for name, there in zip(names, [redis.exists(n) for n in names], strict=True) if there]
 
     eventually(lambda: not left(), 10, what=f"the edges of {flow.name} removed")
+
+
+def test_a_flow_returning_many_futures_keeps_its_return_template_packed_and_its_deciders_once() -> None:
+    """A flow run's record names its returned futures once (``deciders`` says "the result_refs") and
+    keeps a long return template packed; the run still completes with its value, and fails when one
+    of the returned futures fails (the finishing script reads the deciders through result_refs)."""
+    redis = get_store().redis
+    run = flows.many_returned_flow.delay(n=12)
+    assert run.result(timeout=30) == [2 * i for i in range(12)]
+    stored = redis.hgetall(keys.flow_run(run.id))
+    assert stored["deciders"] == DECIDERS_ARE_REFS and len(json.loads(stored["result_refs"])) == 12
+    assert stored["returns"].startswith(PACKED)
+    assert json.loads(get_store().flow_runs.read(run.id)["returns"])[0]["__ref__"] in stored["result_refs"]
+
+    failed = flows.many_returned_flow.delay(n=12, fail_at=5)
+    assert failed.wait(30) is StateType.FAILED
+    assert "explode" in (failed.info.get("message") or ""), failed.info

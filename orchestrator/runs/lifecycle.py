@@ -20,7 +20,7 @@ from orchestrator.errors import RunError
 from orchestrator.planning.compiler import Compiled
 from orchestrator.planning.plan import Plan, refs_in
 from orchestrator.runstate.events import task_run_event
-from orchestrator.runstate.records import NewTaskRun, TaskRunRecord, default_run_name
+from orchestrator.runstate.records import NewTaskRun, TaskRunRecord, deciders_of, default_run_name
 from orchestrator.runstate.store import Finished, RunStore, now
 from orchestrator.runtime.context import RunInfo
 from orchestrator.states import StateType
@@ -159,7 +159,7 @@ def flow_outcome(store: RunStore, root: str, run_id: str) -> tuple[StateType, st
     record = store.flow_runs.read(run_id)
     if record.get("body_error"):
         return StateType.FAILED, record["body_error"]
-    states = store.task_runs.final_states(root, json.loads(record.get("deciders", "[]")))
+    states = store.task_runs.final_states(root, deciders_of(record))
     failed = [t for t, s in states.items() if s is None or s.is_failed]
     if not failed:
         return StateType.COMPLETED, ""

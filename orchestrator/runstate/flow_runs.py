@@ -19,7 +19,13 @@ from orchestrator.runstate import keys
 from orchestrator.runstate.connection import now, read_hashes
 from orchestrator.runstate.event_stream import EventStream
 from orchestrator.runstate.events import Renamed, flow_run_event
-from orchestrator.runstate.records import FlowRunRecord, body_task_run_id, describe_record, flow_fields_to_redis
+from orchestrator.runstate.records import (
+    FlowRunRecord,
+    body_task_run_id,
+    describe_record,
+    flow_fields_to_redis,
+    full_flow_record,
+)
 from orchestrator.runstate.scripts import Scripts
 from orchestrator.states import StateType
 
@@ -92,13 +98,13 @@ class FlowRuns:
         """A flow run's record and the results its return value refers to, in one round trip."""
         out = self._scripts["read_outcome"](keys=[keys.flow_run(run_id)], args=[keys.result("")])
         flat = out[0]
-        record = dict(zip(flat[::2], flat[1::2], strict=True))
+        record = full_flow_record(dict(zip(flat[::2], flat[1::2], strict=True)))
         refs = json.loads(record.get("result_refs", "[]"))
         return record, dict(zip(refs, out[1:], strict=False))
 
     def read(self, run_id: str) -> dict[str, str]:
-        """The raw flow run record (empty if unknown)."""
-        return self._redis.hgetall(keys.flow_run(run_id))  # type: ignore[no-any-return]
+        """The raw flow run record (empty if unknown; deciders as written: :func:`~.records.deciders_of`)."""
+        return full_flow_record(self._redis.hgetall(keys.flow_run(run_id)))
 
     def record(self, run_id: str) -> FlowRunRecord | None:
         """The typed flow run record (None if unknown)."""
@@ -106,11 +112,12 @@ class FlowRuns:
 
     def read_many(self, run_ids: Sequence[str]) -> list[dict[str, str]]:
         """Raw records of several flow runs in one round trip (empty where unknown)."""
-        return read_hashes(self._redis, [keys.flow_run(run_id) for run_id in run_ids])
+        return [full_flow_record(raw) for raw in read_hashes(self._redis, [keys.flow_run(r) for r in run_ids])]
 
     def field(self, run_id: str, name: str) -> str | None:
         """One field of a flow run record."""
-        return self._redis.hget(keys.flow_run(run_id), name)  # type: ignore[no-any-return]
+        value = self._redis.hget(keys.flow_run(run_id), name)
+        return full_flow_record({name: value}).get(name) if value is not None else None
 
     def state(self, run_id: str) -> StateType | None:
         """A flow run's state, or None if Redis has no such run."""
