@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from orchestrator.runstate import keys
+from orchestrator.runstate.events import decode, encode, task_run_event
 from orchestrator.runstate.records import DECIDERS_ARE_REFS, PACKED, TaskRunRecord
 from orchestrator.runstate.store import get_store
 from orchestrator.states import StateType
@@ -82,3 +83,15 @@ def test_a_flow_returning_many_futures_keeps_its_return_template_packed_and_its_
     failed = flows.many_returned_flow.delay(n=12, fail_at=5)
     assert failed.wait(30) is StateType.FAILED
     assert "explode" in (failed.info.get("message") or ""), failed.info
+
+
+def test_an_event_leaves_out_what_is_empty_and_reads_back_the_same_also_as_older_versions_wrote_it() -> None:
+    """An event waits in the stream until it is recorded (with no API, up to the stream's cap): its
+    text has no spaces and no empty message or record; the decoder reads both forms alike."""
+    started = task_run_event("t1", "Running", ts=1.5, record={"worker": "w1", "attempts": 1})
+    ended = task_run_event("t1", "Completed", ts=2.5)
+    assert encode(ended) == '{"kind":"task_run","id":"t1","state":"Completed","ts":2.5}'
+    for event in (started, ended, task_run_event("t1", "Failed", ts=3.5, message="boom", cause="worker w1")):
+        assert decode(encode(event)) == event
+    older = '{"kind": "task_run", "id": "t1", "state": "Completed", "ts": 2.5, "message": "", "record": {}}'
+    assert decode(older) == ended
