@@ -5,6 +5,7 @@ and the few calls every API test makes (submit a run, wait for it to end, run th
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -16,11 +17,13 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+import redis
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from orchestrator.config.settings import reset_settings
 from orchestrator.devstack.localstack import ApiProcess
+from orchestrator.runstate import keys
 from orchestrator.transport.celery_app import client_app
 
 T = TypeVar("T")
@@ -77,6 +80,37 @@ def wait_final(http: httpx.Client, run_id: str, timeout: float = 60) -> dict[str
         return None
 
     return eventually(final, timeout, what=f"flow run {run_id} final in the database")
+
+
+class HeldEvents:
+    """The events appended to the run-state stream from now on, kept for the test to read.
+
+    The API's recorder trims what it has recorded up to the oldest entry any consumer group
+    still needs; a group of our own that reads nothing keeps every later entry in the stream
+    until :meth:`close` (a ``with`` block) removes the group. A probe that says "no event was
+    sent" would otherwise see nothing because the recorder was quick, not because nothing was sent.
+    """
+
+    def __init__(self, redis_url: str) -> None:
+        self.client: Any = redis.Redis.from_url(redis_url, decode_responses=True)
+        self.group = f"test-held-{uuid.uuid4().hex[:8]}"
+        self.client.xgroup_create(keys.EVENTS_STREAM, self.group, id="$", mkstream=True)
+        self.since = self.client.xinfo_stream(keys.EVENTS_STREAM)["last-generated-id"]
+
+    def events(self) -> list[dict[str, Any]]:
+        """Every event appended since this object was made, oldest first (as JSON objects)."""
+        entries = self.client.xrange(keys.EVENTS_STREAM, f"({self.since}", "+")
+        return [json.loads(fields["event"]) for _, fields in entries]
+
+    def close(self) -> None:
+        self.client.xgroup_destroy(keys.EVENTS_STREAM, self.group)
+        self.client.close()
+
+    def __enter__(self) -> HeldEvents:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def submit(http: httpx.Client, flow: str, **body: Any) -> dict[str, Any]:

@@ -210,6 +210,12 @@ def failing_flow() -> int:
 
 
 @flow
+def many_returned_flow(n: int = 12, fail_at: int = -1) -> list[int]:
+    """Returns n futures: a record with a long return template; one of them fails if ``fail_at`` says."""
+    return [explode.submit("boom") if i == fail_at else double.submit(i) for i in range(n)]  # type: ignore[misc]
+
+
+@flow
 def barrier_flow() -> int:
     first = sleepy.submit(0.3, 1)
     wait([first])

@@ -7,6 +7,7 @@ back over HTTP from what the recorder wrote to the database.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import signal
 import subprocess
@@ -99,6 +100,15 @@ def test_http_run_is_recorded_with_task_runs_history_and_graph(redis_url: str, h
     by_label = {n["label"]: n for n in graph["nodes"]}
     fixed = next(n for n in graph["nodes"] if n["name"].endswith("fails_until_fixed"))
     assert len(fixed["upstream"]) == 1 and fixed["upstream"][0] in {n["id"] for n in by_label.values()}
+    ids = {run["id"], *(t["id"] for t in tasks)}
+    eventually(lambda: not events_in_stream(redis_url, ids), 10, what="the recorded events gone from the stream")
+
+
+def events_in_stream(redis_url: str, run_ids: set[str]) -> list[dict[str, Any]]:
+    """The events about these runs still in the event stream (the recorder trims what it has recorded)."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    events = [json.loads(fields["event"]) for _, fields in client.xrange(keys.EVENTS_STREAM)]
+    return [event for event in events if event.get("id") in run_ids or event.get("flow_run_id") in run_ids]
 
 
 def test_bad_parameters_get_422_naming_them_and_create_nothing(http: httpx.Client) -> None:
@@ -236,13 +246,16 @@ def test_logs_of_a_run_reach_the_api(http: httpx.Client) -> None:
     assert len(after) == len(logs) - 1
 
 
-def test_api_killed_mid_run_loses_no_event(http: httpx.Client, api: ApiProcess) -> None:
+def test_api_killed_mid_run_loses_no_event(redis_url: str, http: httpx.Client, api: ApiProcess) -> None:
+    """The events of runs that go on while the API is down wait in the stream; once the API is
+    back, each is recorded once, and then trimmed from the stream."""
     created = [submit(http, "api-sleepy-flow", parameters={"seconds": 2, "width": 4}) for _ in range(3)]
     from orchestrator.runs.handle import FlowRun
 
     api.kill()  # while the tasks run: their events wait in the stream
     for run in created:
         assert FlowRun(run["id"]).wait(60).value == "Completed"  # runs go on without the API
+        assert events_in_stream(redis_url, {run["id"]})  # nobody recorded them: they are kept
     api.start()
     for run in created:
         recorded = wait_final(http, run["id"])
@@ -253,6 +266,8 @@ def test_api_killed_mid_run_loses_no_event(http: httpx.Client, api: ApiProcess) 
         assert [s["state"] for s in states if s["run_id"] == run["id"]] == ["Pending", "Running", "Completed"]
         for task in tasks:
             assert [s["state"] for s in states if s["run_id"] == task["id"]] == ["Running", "Completed"]
+        ids = {run["id"], *(t["id"] for t in tasks)}
+        eventually(lambda ids=ids: not events_in_stream(redis_url, ids), 10, what="recorded events out of the stream")
 
 
 def test_api_key_root_path_and_body_limit(redis_url: str, database_url: str, worker_logs: Path) -> None:

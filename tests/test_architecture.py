@@ -114,8 +114,13 @@ def test_events_written_before_the_types_are_read_the_same() -> None:
     assert events.decode(old_rename) == events.Renamed("r", "n", "c", 12.0)
     assert events.decode(old_log) == events.LogLine("r", "t", "INFO", "m", 13.0)
     assert events.decode(old_completed) == events.flow_run_event("r", "Completed", ts=14.0)
-    for text in (old_state, old_reopen, old_rename, old_log):  # and what we write now reads like them
-        assert json.loads(events.encode(events.decode(text))) == json.loads(text)
+    for text in (old_state, old_reopen, old_rename, old_log):  # and what we write now reads like them:
+        # the same object less a state change's empty message and record, which every decoder
+        # (the previous release's too) reads as empty when they are missing
+        old = json.loads(text)
+        if old["kind"] in ("flow_run", "task_run"):
+            old = {k: v for k, v in old.items() if not (k in ("message", "record") and not v)}
+        assert json.loads(events.encode(events.decode(text))) == old
 
 
 @pytest.mark.parametrize("text", ["not json", "[1, 2]", '{"kind": "mystery", "id": "x"}'])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from orchestrator.devstack.localstack import ApiProcess, api_server, worker
 from orchestrator.errors import ParameterError, SerializationError
 from orchestrator.runstate import keys
 from tests import create_flows, flows
-from tests.api_support import api_database, wait_final
+from tests.api_support import HeldEvents, api_database, wait_final
 
 
 @pytest.fixture(scope="module")
@@ -57,28 +57,50 @@ class Trace:
 
     Only what names ``flow`` counts, so a run of another flow still going on cannot make a check pass
     or fail; the first event of a run carries its flow's name (the API creates its row from it).
+    The events are kept from the API's recorder, which trims what it has recorded (:class:`HeldEvents`).
     """
 
     def __init__(self, redis_url: str, flow: str, queue: str) -> None:
+        self.redis_url = redis_url
         self.client = redis.Redis.from_url(redis_url, decode_responses=True)
         self.flow, self.queue = flow, queue
+        self.held: HeldEvents | None = None
         self.mark()
 
     def mark(self) -> None:
         self.records = set(self.client.scan_iter(match=keys.flow_run("*"), count=1000))
-        last = self.client.xrevrange(keys.EVENTS_STREAM, count=1)
-        self.last_event = last[0][0] if last else "0-0"
+        self.close()
+        self.held = HeldEvents(self.redis_url)
 
     def records_since(self) -> set[str]:
         new = set(self.client.scan_iter(match=keys.flow_run("*"), count=1000)) - self.records
         return {key for key in new if self.client.hget(key, "flow") == self.flow}
 
     def events_since(self) -> int:
-        entries = self.client.xrange(keys.EVENTS_STREAM, min=f"({self.last_event}")
-        return sum(1 for _, fields in entries if self.flow in str(fields))
+        assert self.held is not None
+        return sum(1 for event in self.held.events() if self.flow in str(event))
 
     def messages_waiting(self) -> int:
         return int(self.client.llen(self.queue))
+
+    def close(self) -> None:
+        if self.held is not None:
+            self.held.close()
+            self.held = None
+
+
+@pytest.fixture
+def traces(redis_url: str) -> Iterator[Callable[[str, str], Trace]]:
+    """Make :class:`Trace` probes; their hold on the event stream ends with the test."""
+    made: list[Trace] = []
+
+    def make(flow: str, queue: str) -> Trace:
+        made.append(Trace(redis_url, flow, queue))
+        return made[-1]
+
+    yield make
+    for trace in made:
+        trace.close()
 
 
 def api_text(http: httpx.Client, flow: str, parameters: dict[str, Any]) -> str:
@@ -89,10 +111,10 @@ def api_text(http: httpx.Client, flow: str, parameters: dict[str, Any]) -> str:
 
 
 def test_delay_refuses_an_ill_typed_parameter_in_the_apis_words_and_leaves_no_trace(
-    redis_url: str, http: httpx.Client
+    http: httpx.Client, traces: Callable[[str, str], Trace]
 ) -> None:
     nobody = f"create-nobody-{uuid.uuid4().hex[:8]}"  # no worker consumes it: whatever is sent stays there
-    trace = Trace(redis_url, "chain-flow", nobody)
+    trace = traces("chain-flow", nobody)
     with pytest.raises(ParameterError) as delayed:
         flows.chain_flow.delay(x="x")  # chain_flow(x: int = 1)
     with pytest.raises(ParameterError) as sent:
@@ -127,7 +149,7 @@ def test_every_kind_of_bad_parameter_gets_the_same_words_from_python_and_from_ht
 
 
 def test_what_python_passes_is_judged_in_its_json_form_and_what_json_cannot_carry_is_refused_as_before(
-    redis_url: str, http: httpx.Client
+    http: httpx.Client, traces: Callable[[str, str], Trace]
 ) -> None:
     days = [dt.date(2026, 1, 2), dt.date(2026, 1, 3)]
     segment = {"start": {"x": 1}, "end": {"x": 2}}
@@ -141,7 +163,7 @@ def test_what_python_passes_is_judged_in_its_json_form_and_what_json_cannot_carr
     with pytest.raises(ParameterError, match=r"parameter 'segment'"):
         create_flows.typed_flow.delay(3, segment=wrong)
 
-    trace = Trace(redis_url, "typed-flow", create_flows.QUEUE)
+    trace = traces("typed-flow", create_flows.QUEUE)
     with pytest.raises(SerializationError, match=r"parameter 'days': a value of type builtins\.object"):
         create_flows.typed_flow.delay(3, days=[object()])  # no JSON form: the encoder refuses it by name
     assert (trace.records_since(), trace.events_since()) == (set(), 0)

@@ -44,7 +44,7 @@ from orchestrator.states import StateType
 from orchestrator.transport.celery_app import make_celery_app
 from orchestrator.transport.messaging import CeleryMessaging
 from tests import door_flows
-from tests.api_support import api_database, eventually
+from tests.api_support import HeldEvents, api_database, eventually
 
 API_KEY = f"door-key-{uuid.uuid4().hex}"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -239,18 +239,6 @@ def door_echo_runs(http: httpx.Client) -> dict[str, tuple[str, str]]:
     return {r["id"]: (r["name"], r["state"]) for r in page["items"]}
 
 
-def events_after(redis_url: str, last_id: str) -> list[dict[str, Any]]:
-    """Run events appended to the recorder's stream after ``last_id``."""
-    client: Any = redis.Redis.from_url(redis_url, decode_responses=True)
-    return [json.loads(f["event"]) for _, f in client.xrange(keys.EVENTS_STREAM, f"({last_id}", "+")]
-
-
-def last_event_id(redis_url: str) -> str:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    newest = client.xrevrange(keys.EVENTS_STREAM, count=1)
-    return str(newest[0][0]) if newest else "0-0"
-
-
 def test_every_mutating_route_refuses_a_request_without_the_key_and_changes_nothing(stack: Stack) -> None:
     http = stack.http
     suffix = uuid.uuid4().hex[:8]
@@ -293,20 +281,22 @@ def test_every_mutating_route_refuses_a_request_without_the_key_and_changes_noth
             "limits": {row["tag"]: row["limit"] for row in http.get("/concurrency-limits").json()},
         }
 
-    before, since = snapshot(), last_event_id(stack.redis_url)
-    refused: Counter[int] = Counter()
-    with httpx.Client(base_url=stack.origin, timeout=30) as bare:
-        for method, path, url, body in requests:
-            for headers in ({}, {"Authorization": "Bearer wrong-key"}, {"Authorization": API_KEY}):
-                response = bare.request(method, url, json=body, headers=headers)
-                assert response.status_code in (401, 403), (method, path, headers, response.status_code, response.text)
-                assert "ORCHESTRATOR_API_KEY" in response.json()["detail"]
-                refused[response.status_code] += 1
-    print(f"\nkeyless: {len(requests)} mutating operations x 3 credentials, answers {dict(refused)}")
+    before = snapshot()
+    with HeldEvents(stack.redis_url) as held:  # what the API sends, kept from its recorder's trimming
+        refused: Counter[int] = Counter()
+        with httpx.Client(base_url=stack.origin, timeout=30) as bare:
+            for method, path, url, body in requests:
+                for headers in ({}, {"Authorization": "Bearer wrong-key"}, {"Authorization": API_KEY}):
+                    response = bare.request(method, url, json=body, headers=headers)
+                    answer = (method, path, headers, response.status_code, response.text)
+                    assert response.status_code in (401, 403), answer
+                    assert "ORCHESTRATOR_API_KEY" in response.json()["detail"]
+                    refused[response.status_code] += 1
+        print(f"\nkeyless: {len(requests)} mutating operations x 3 credentials, answers {dict(refused)}")
 
-    assert snapshot() == before
-    about_us = [e for e in events_after(stack.redis_url, since) if e["id"] == run_id or e["kind"] == "flow_run_rename"]
-    assert not about_us, about_us
+        assert snapshot() == before
+        about_us = [e for e in held.events() if e["id"] == run_id or e["kind"] == "flow_run_rename"]
+        assert not about_us, about_us
     assert before["run"]["state"] == "Scheduled" and before["deployment"]["paused"] is True
     assert before["limits"][tag] == 3
 
@@ -314,26 +304,27 @@ def test_every_mutating_route_refuses_a_request_without_the_key_and_changes_noth
 # -- 2. the body size limit ----------------------------------------------------------------
 def test_oversized_parameters_get_413_that_says_the_limit_and_how_to_raise_it(stack: Stack) -> None:
     http = stack.http
-    before, since = door_echo_runs(http), last_event_id(stack.redis_url)
-    big = json.dumps({"parameters": {"value": "x" * BODY_LIMIT}}).encode()
-    json_type = {"content-type": "application/json"}
+    before = door_echo_runs(http)
+    with HeldEvents(stack.redis_url) as held:
+        big = json.dumps({"parameters": {"value": "x" * BODY_LIMIT}}).encode()
+        json_type = {"content-type": "application/json"}
 
-    def chunked(data: bytes) -> Iterator[bytes]:  # no Content-Length: the size is only seen as it streams
-        yield from (data[i : i + 1000] for i in range(0, len(data), 1000))
+        def chunked(data: bytes) -> Iterator[bytes]:  # no Content-Length: the size is only seen as it streams
+            yield from (data[i : i + 1000] for i in range(0, len(data), 1000))
 
-    declared = http.post("/flows/door-echo/runs", content=big, headers=json_type)
-    streamed = http.post("/flows/door-echo/runs", content=chunked(big), headers=json_type)
-    assert "content-length" not in streamed.request.headers
-    assert streamed.request.headers["transfer-encoding"] == "chunked"
-    for response in (declared, streamed):
-        assert response.status_code == 413, response.text
-        detail = response.json()["detail"]
-        assert f"larger than {BODY_LIMIT} bytes" in detail  # what the limit is
-        assert "ORCHESTRATOR_API_MAX_BODY_BYTES=<bytes>" in detail and "restart" in detail  # how to change it
-    print(f"\n413 detail: {declared.json()['detail']}")
+        declared = http.post("/flows/door-echo/runs", content=big, headers=json_type)
+        streamed = http.post("/flows/door-echo/runs", content=chunked(big), headers=json_type)
+        assert "content-length" not in streamed.request.headers
+        assert streamed.request.headers["transfer-encoding"] == "chunked"
+        for response in (declared, streamed):
+            assert response.status_code == 413, response.text
+            detail = response.json()["detail"]
+            assert f"larger than {BODY_LIMIT} bytes" in detail  # what the limit is
+            assert "ORCHESTRATOR_API_MAX_BODY_BYTES=<bytes>" in detail and "restart" in detail  # how to change it
+        print(f"\n413 detail: {declared.json()['detail']}")
 
-    assert door_echo_runs(http) == before  # nothing created
-    assert not [e for e in events_after(stack.redis_url, since) if e["kind"] == "flow_run"]
+        assert door_echo_runs(http) == before  # nothing created
+        assert not [e for e in held.events() if e["kind"] == "flow_run"]
     assert http.get("/health").status_code == 200
 
     # The limit is the limit: a body just under it is accepted, declared or streamed

@@ -554,6 +554,10 @@ def test_the_recorder_killed_between_reading_a_batch_and_acknowledging_it_loses_
         head = {sid for sid, _ in stream[: RECORDER_BATCH * committed_batches]}
         left = recorded_event_ids(database)
         assert sorted(left) == sorted(head), moment  # each event of this flow is one row
+        # the stream dropped the batches it acknowledged, and kept every event from the doomed batch on
+        ours = {sid for sid, _ in stream}
+        kept = [sid for sid, _ in client.xrange(keys.EVENTS_STREAM) if sid in ours]
+        assert kept == [sid for sid, _ in stream[RECORDER_BATCH * (CRASH_AT - 1) :]], moment
 
         with (
             api_server(own_url, database, log_path=logs.with_suffix(".api.log"), extra_env=SLOWER_BEATS) as api,
@@ -566,4 +570,5 @@ def test_the_recorder_killed_between_reading_a_batch_and_acknowledging_it_loses_
                 got = http.get(f"/flow-runs/{run.id}/logs", params={"limit": 10_000}).json()
                 assert sorted(line["message"].split("] ", 1)[-1] for line in got) == expected[i]  # each line once
         assert sorted(recorded_event_ids(database)) == sorted(sid for sid, _ in stream)  # every event, none twice
+        assert not [sid for sid, _ in client.xrange(keys.EVENTS_STREAM) if sid in ours]  # recorded: out of Redis
         assert client.llen(DEAD_LETTERS) == 0, client.lrange(DEAD_LETTERS, 0, -1)  # no event refused on the way

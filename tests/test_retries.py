@@ -185,6 +185,30 @@ def test_flow_retries_rerun_only_what_did_not_complete() -> None:
     assert states[-3:] == ["AwaitingRetry", "Retrying", "Completed"]
 
 
+def test_a_plan_kept_compressed_or_as_json_text_serves_a_flow_retry() -> None:
+    """A run's plan stays in Redis as long as the run, for a retry: compressed (about 55 bytes a
+    plain task node), and one kept as JSON text by an older version is read the same."""
+    run = flows.retried_flow.delay()
+    assert run.result(timeout=30) == 5  # the retry read the compressed plan
+    redis = get_store().redis
+    stored = redis.execute_command("STRLEN", keys.plan(run.id))
+    text = get_store().flow_runs.plan_text(run.id)
+    assert text is not None and json.loads(text)["root_run_id"] == run.id
+    assert stored < len(text) / 3, (stored, len(text))
+
+    older = flows.retried_flow.delay()
+    plan = get_store().flow_runs.plan_text(older.id)
+    assert plan is not None
+    redis.set(keys.plan(older.id), json.dumps(json.loads(plan)), keepttl=True)  # as versions before kept it
+    assert older.result(timeout=30) == 5  # its retry reads the JSON text
+    assert older.info["attempt"] == 2
+    assert get_store().flow_runs.plan_texts([older.id, run.id, "no-such-run"]) == [
+        get_store().flow_runs.plan_text(older.id),
+        text,
+        None,
+    ]
+
+
 def test_dynamic_flow_retries_run_the_body_again() -> None:
     run = flows.retried_dynamic_flow.delay()
     assert run.result(timeout=30) == 6

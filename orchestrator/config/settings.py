@@ -60,7 +60,8 @@ class Settings(BaseSettings):
     )
     events_maxlen: int = Field(
         default=1_000_000,
-        description="Approximate cap of the state/log event stream before old entries are trimmed.",
+        description="Approximate cap of the state/log event stream before old entries are trimmed. The API's "
+        "recorder trims what it has written to the database at once; the cap bounds what waits while no API runs.",
     )
     max_dynamic_flows_per_process: int = Field(
         default=32, description="Dynamic flow bodies one worker process drives at once."

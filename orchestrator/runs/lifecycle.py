@@ -20,7 +20,7 @@ from orchestrator.errors import RunError
 from orchestrator.planning.compiler import Compiled
 from orchestrator.planning.plan import Plan, refs_in
 from orchestrator.runstate.events import task_run_event
-from orchestrator.runstate.records import NewTaskRun, TaskRunRecord, default_run_name
+from orchestrator.runstate.records import NewTaskRun, TaskRunRecord, deciders_of, default_run_name
 from orchestrator.runstate.store import Finished, RunStore, now
 from orchestrator.runtime.context import RunInfo
 from orchestrator.states import StateType
@@ -170,7 +170,7 @@ def flow_outcome(store: RunStore, root: str, run_id: str) -> tuple[StateType, st
     record = store.flow_runs.read(run_id)
     if record.get("body_error"):
         return StateType.FAILED, record["body_error"]
-    states = store.task_runs.final_states(root, json.loads(record.get("deciders", "[]")))
+    states = store.task_runs.final_states(root, deciders_of(record))
     failed = [t for t, s in states.items() if s is None or s.is_failed]
     if not failed:
         return StateType.COMPLETED, ""
@@ -229,7 +229,12 @@ def after_final(store: RunStore, root: str, finished: Finished) -> None:
     A run that completed was already ended inside the same Lua script; this records
     why one did not. Deciding must never leave the run hanging: if it fails, the run
     ends Crashed with the error, and the error is raised for the worker's log.
+
+    The tree's edges go first, before anything is decided: a retry the decision schedules
+    writes anew those it needs, and must not find them removed behind it.
     """
+    if finished.left == 0:
+        store.task_runs.forget_edges(root)
     if finished.flow_completed:
         end_flow_run(store, root, StateType.COMPLETED, write=False)
     if not finished.needs_decision:

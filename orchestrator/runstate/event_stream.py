@@ -5,6 +5,12 @@ Redis stream; the API's recorder reads it with a consumer group and acknowledges
 batch only after its database commit, so an API killed mid-batch loses nothing:
 the next recorder reads the unacknowledged entries again (its own first, then those
 a dead consumer left, after :data:`CLAIM_IDLE_MS`).
+
+An entry the database holds has done its work: the acknowledgement also trims the
+stream up to the oldest entry a consumer group still needs (``lua/ack_events.lua``),
+in the same atomic step, so recorded events do not sit in Redis until the cap pushes
+them out (about 750 bytes per task run). With no API running nothing is acknowledged
+and nothing trimmed: the events wait, up to the cap, for a recorder to come.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import redis
 
 from orchestrator.runstate import keys
 from orchestrator.runstate.events import LogLine, StreamEvent, encode
+from orchestrator.runstate.scripts import Scripts
 
 RECORDER_GROUP = "recorder"
 CLAIM_IDLE_MS = 30_000  # events a dead consumer read but never acknowledged are taken over after this
@@ -28,8 +35,9 @@ Entry = tuple[str, dict[str, str]]  # a stream id and the entry's fields
 class EventStream:
     """Appends events and hands them to the recorder."""
 
-    def __init__(self, redis: Any, ttl: int, maxlen: int) -> None:
+    def __init__(self, redis: Any, scripts: Scripts, ttl: int, maxlen: int) -> None:
         self._redis = redis
+        self._scripts = scripts
         self._ttl = ttl
         self._maxlen = maxlen
 
@@ -80,10 +88,16 @@ class EventStream:
         fresh = self._redis.xreadgroup(RECORDER_GROUP, consumer, {keys.EVENTS_STREAM: ">"}, count=count, block=block_ms)
         return list(fresh[0][1]) if fresh else []
 
-    def acknowledge(self, stream_ids: list[str]) -> None:
-        """The entries are in the database: never hand them out again."""
-        if stream_ids:
-            self._redis.xack(keys.EVENTS_STREAM, RECORDER_GROUP, *stream_ids)
+    def acknowledge(self, stream_ids: list[str]) -> int:
+        """The entries are in the database: never hand them out again, and drop them from the stream
+        with every older entry no consumer group still needs. Returns how many entries were dropped.
+
+        One script, so a recorder that dies after its commit either acknowledged and trimmed, or did
+        neither (the next recorder reads the batch again, and the database skips what it holds).
+        """
+        if not stream_ids:
+            return 0
+        return int(self._scripts["ack_events"](keys=[keys.EVENTS_STREAM], args=[RECORDER_GROUP, *stream_ids]))
 
     def keep_refused(self, stream_id: str, event: dict[str, Any], error: str) -> None:
         """Keep an event the database refused in the dead-letter list, for a person to look at."""

@@ -85,11 +85,15 @@ def task_run_event(task_run_id: str, state: str, **fields: Any) -> StateChange:
 
 
 def to_wire(event: StreamEvent) -> dict[str, Any]:
-    """The JSON object of an event (``reopen`` and ``cause`` left out when unset, as always)."""
+    """The JSON object of an event (``message``, ``record``, ``reopen`` and ``cause`` left out when
+    empty: :func:`from_wire` reads a missing one as empty, and every event waits in Redis until it
+    is recorded, up to the stream's cap when no API runs)."""
     if isinstance(event, StateChange):
         out: dict[str, Any] = {"kind": event.kind, "id": event.id, "state": event.state, "ts": event.ts}
-        out["message"] = event.message
-        out["record"] = event.record
+        if event.message:
+            out["message"] = event.message
+        if event.record:
+            out["record"] = event.record
         if event.reopen:
             out["reopen"] = True
         if event.cause:
@@ -116,8 +120,9 @@ def to_wire(event: StreamEvent) -> dict[str, Any]:
 
 
 def encode(event: StreamEvent) -> str:
-    """An event as the text of a stream entry (``default=str`` keeps odd record values readable)."""
-    return json.dumps(to_wire(event), default=str)
+    """An event as the text of a stream entry (``default=str`` keeps odd record values readable;
+    no spaces after separators: the text waits in Redis until it is recorded)."""
+    return json.dumps(to_wire(event), default=str, separators=(",", ":"))
 
 
 def _ts(value: Any) -> float:

@@ -9,17 +9,27 @@ from __future__ import annotations
 
 import json
 import time
+import zlib
 from collections.abc import Sequence
 from typing import Any
+
+from redis.client import NEVER_DECODE
 
 from orchestrator.runstate import keys
 from orchestrator.runstate.connection import now, read_hashes
 from orchestrator.runstate.event_stream import EventStream
 from orchestrator.runstate.events import Renamed, flow_run_event
-from orchestrator.runstate.records import FlowRunRecord, body_task_run_id, describe_record, flow_fields_to_redis
+from orchestrator.runstate.records import (
+    FlowRunRecord,
+    body_task_run_id,
+    describe_record,
+    flow_fields_to_redis,
+    full_flow_record,
+)
 from orchestrator.runstate.scripts import Scripts
 from orchestrator.states import StateType
 
+RAW: dict[str, list[str]] = {NEVER_DECODE: []}  # a command option of redis-py: this reply is bytes, not decoded as text
 END_HOOKS_FIELD = "end_hooks"  # set in a run's hash by whoever runs the hooks of its end
 BODY_ATTEMPT_FIELD = "body_attempt"  # the live attempt of a dynamic body (see state_and_body_attempt)
 
@@ -120,13 +130,13 @@ class FlowRuns:
     @staticmethod
     def _outcome(out: list[Any]) -> tuple[dict[str, str], dict[str, str | None]]:
         flat = out[0]
-        record = dict(zip(flat[::2], flat[1::2], strict=True))
+        record = full_flow_record(dict(zip(flat[::2], flat[1::2], strict=True)))
         refs = json.loads(record.get("result_refs", "[]"))
         return record, dict(zip(refs, out[1:], strict=False))
 
     def read(self, run_id: str) -> dict[str, str]:
-        """The raw flow run record (empty if unknown)."""
-        return self._redis.hgetall(keys.flow_run(run_id))  # type: ignore[no-any-return]
+        """The raw flow run record (empty if unknown; deciders as written: :func:`~.records.deciders_of`)."""
+        return full_flow_record(self._redis.hgetall(keys.flow_run(run_id)))
 
     def record(self, run_id: str) -> FlowRunRecord | None:
         """The typed flow run record (None if unknown)."""
@@ -134,11 +144,12 @@ class FlowRuns:
 
     def read_many(self, run_ids: Sequence[str]) -> list[dict[str, str]]:
         """Raw records of several flow runs in one round trip (empty where unknown)."""
-        return read_hashes(self._redis, [keys.flow_run(run_id) for run_id in run_ids])
+        return [full_flow_record(raw) for raw in read_hashes(self._redis, [keys.flow_run(r) for r in run_ids])]
 
     def field(self, run_id: str, name: str) -> str | None:
         """One field of a flow run record."""
-        return self._redis.hget(keys.flow_run(run_id), name)  # type: ignore[no-any-return]
+        value = self._redis.hget(keys.flow_run(run_id), name)
+        return full_flow_record({name: value}).get(name) if value is not None else None
 
     def state(self, run_id: str) -> StateType | None:
         """A flow run's state, or None if Redis has no such run."""
@@ -219,17 +230,19 @@ class FlowRuns:
         return out
 
     def plan_text(self, root: str) -> str | None:
-        """A static run tree's plan as stored (JSON text), None if gone."""
-        return self._redis.get(keys.plan(root))  # type: ignore[no-any-return]
+        """A static run tree's plan as JSON text, None if gone."""
+        return unpack_plan(self._redis.execute_command("GET", keys.plan(root), **RAW))
 
     def plan_texts(self, roots: Sequence[str]) -> list[str | None]:
         """Several plans in one round trip."""
-        return list(self._redis.mget([keys.plan(r) for r in roots])) if roots else []
+        if not roots:
+            return []
+        return [unpack_plan(v) for v in self._redis.execute_command("MGET", *[keys.plan(r) for r in roots], **RAW)]
 
     def keep_plan(self, pipe: Any, root: str, plan: dict[str, Any], subflow_ends: dict[str, str]) -> None:
         """Queue a static run tree's plan (for retries and the graph) and which end node finishes
         which subflow run, in ``pipe``."""
-        pipe.set(keys.plan(root), json.dumps(plan), ex=self._ttl)
+        pipe.set(keys.plan(root), pack_plan(plan), ex=self._ttl)
         for end_node, run_id in subflow_ends.items():
             pipe.hset(keys.subflow_ends(root), end_node, run_id)
         pipe.expire(keys.subflow_ends(root), self._ttl)
@@ -248,3 +261,20 @@ class FlowRuns:
     def subflows(self, root: str) -> set[str]:
         """The subflow runs of a static run tree."""
         return set(self._redis.hvals(keys.subflow_ends(root)))
+
+
+def pack_plan(plan: dict[str, Any]) -> bytes:
+    """A plan as stored: zlib-compressed JSON.
+
+    A plan stays in Redis as long as its run (a retry re-reads it), and its nodes repeat the
+    same keys, task names, options and flow run id: compressed, a node of a plain task takes
+    about 55 bytes instead of about 750 (mostly its id, which does not compress).
+    """
+    return zlib.compress(json.dumps(plan, separators=(",", ":")).encode(), 6)
+
+
+def unpack_plan(stored: bytes | None) -> str | None:
+    """The JSON text of a stored plan (one stored as plain JSON, before plans were compressed, too)."""
+    if stored is None:
+        return None
+    return (stored if stored.startswith(b"{") else zlib.decompress(stored)).decode()

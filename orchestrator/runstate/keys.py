@@ -88,7 +88,7 @@ def expanded(task_run_id: str) -> str:
 
 
 def plan(root: str) -> str:
-    """String: the traced plan of a run tree as JSON (for display and the API)."""
+    """String: the traced plan of a run tree as zlib-compressed JSON (for retries and the API's graph)."""
     return f"{PREFIX}:plan:{root}"
 
 

@@ -78,7 +78,7 @@ class RunStore:
         self.ttl = settings.result_ttl_seconds
         self.maxlen = settings.events_maxlen
         self.scripts = Scripts(self.redis)
-        self.events = EventStream(self.redis, self.ttl, self.maxlen)
+        self.events = EventStream(self.redis, self.scripts, self.ttl, self.maxlen)
         self.flow_runs = FlowRuns(self.redis, self.scripts, self.ttl, self.events)
         self.task_runs = TaskRuns(self.redis, self.scripts, self.ttl, self.maxlen, self.events)
         self.delayed = DelayedMessages(self.redis, self.scripts)

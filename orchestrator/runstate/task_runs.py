@@ -18,7 +18,13 @@ from orchestrator.runstate import keys
 from orchestrator.runstate.connection import now, read_hashes
 from orchestrator.runstate.event_stream import EventStream
 from orchestrator.runstate.events import StreamEvent, encode, flow_run_event, task_run_event
-from orchestrator.runstate.records import NewTaskRun, describe_record, task_fields_to_redis
+from orchestrator.runstate.records import (
+    NewTaskRun,
+    describe_record,
+    full_task_record,
+    slim_task_fields,
+    task_fields_to_redis,
+)
 from orchestrator.runstate.scripts import Scripts
 from orchestrator.states import StateType
 
@@ -188,7 +194,7 @@ class TaskRuns:
                 trid,
                 self._ttl,
                 self._maxlen,
-                json.dumps(fields),
+                json.dumps(slim_task_fields(fields)),
                 event,
                 "1" if stored_inputs else "0",
                 json.dumps(crash_record, default=str) if crash_record else "",
@@ -277,17 +283,37 @@ class TaskRuns:
             return Finished(None, False, False, [])
         return Finished(left, out[1] == "completed", out[1] == "final", [json.loads(sig) for sig in out[2:]])
 
+    def forget_edges(self, root: str) -> int:
+        """A run tree whose task runs are all final: drop what only routes ends to waiting task runs
+        (each task run's downstream set, the join tables, the tolerant set, inputs kept for a start),
+        about 350 bytes per task run of a fan-in. Call it before the tree's end is decided: a flow
+        retry that the decision schedules writes those of the task runs it runs again anew.
+        Returns how many keys it removed."""
+        return int(
+            self._scripts["forget_tree_edges"](
+                keys=[
+                    keys.flow_tasks(root),
+                    keys.join_pending(root),
+                    keys.join_signature(root),
+                    keys.tolerant(root),
+                    keys.inputs(root),
+                ],
+                args=[keys.downstream("")],
+            )
+        )
+
     # -- reading ---------------------------------------------------------------------------
     def read(self, trid: str) -> dict[str, str]:
-        """The raw task run record (empty if unknown)."""
-        return self._redis.hgetall(keys.task_run(trid))  # type: ignore[no-any-return]
+        """The raw task run record, with its id and root (empty if unknown)."""
+        return full_task_record(trid, self._redis.hgetall(keys.task_run(trid)))
 
     def read_many(self, trids: Sequence[str]) -> list[dict[str, str]]:
-        """Raw records of several task runs in one round trip (empty where unknown)."""
-        return read_hashes(self._redis, [keys.task_run(trid) for trid in trids])
+        """Raw records of several task runs in one round trip, with their ids and roots (empty where unknown)."""
+        raws = read_hashes(self._redis, [keys.task_run(trid) for trid in trids])
+        return [full_task_record(trid, raw) for trid, raw in zip(trids, raws, strict=True)]
 
     def fields_of(self, trids: Sequence[str], *names: str) -> list[list[str | None]]:
-        """Some fields of several task runs in one round trip."""
+        """Some fields of several task runs in one round trip, as stored (``id`` and ``root``: read_many)."""
         if not trids:
             return []
         pipe = self._redis.pipeline(transaction=False)

@@ -41,6 +41,7 @@ elseif left == 0 then
   if (not body_error) or body_error == '' then
     local ok = true
     local raw = redis.call('HGET', KEYS[8], 'deciders')
+    if raw == '"result_refs"' then raw = redis.call('HGET', KEYS[8], 'result_refs') end  -- records.DECIDERS_ARE_REFS
     if raw then
       for _, d in ipairs(cjson.decode(raw)) do
         local st = redis.call('HGET', KEYS[2], d)
