@@ -14,7 +14,7 @@ from api.cancel import cancel_run
 from api.db import get_engine
 from api.diagnosis import Fleet, diagnose, slot_waits
 from api.graph import graph_page
-from api.models import Deployment, FlowRun, LogLine, StateEvent, TaskRun
+from api.models import Deployment, FlowRun, LogLine, StateEvent, TaskRun, in_run_tree
 from api.paging import LIMIT_DEFAULT, PAGED, Limit, Offset, announce
 from api.routes.deps import MessagingDep, SessionDep, StoreDep
 from api.schemas import (
@@ -164,7 +164,7 @@ def list_task_runs(
     still running can shift as task runs start (their start time changes their place).
     """
     require_run(session, run_id)
-    in_tree = or_(col(TaskRun.flow_run_id) == run_id, col(TaskRun.root_id) == run_id)
+    in_tree = in_run_tree(run_id)
     total = session.exec(select(func.count()).select_from(TaskRun).where(in_tree)).one()
     rows = session.exec(
         select(TaskRun)
@@ -226,7 +226,7 @@ def read_graph(
 def read_diagnosis(session: SessionDep, store: StoreDep, run_id: RunId) -> Diagnosis:
     """Why the run is not running (or what it is doing): queues, live workers, its flow, its schedule."""
     row = get_run(session, run_id)
-    in_tree = or_(col(TaskRun.flow_run_id) == run_id, col(TaskRun.root_id) == run_id)
+    in_tree = in_run_tree(run_id)
     counts = session.exec(select(TaskRun.state, func.count()).where(in_tree).group_by(col(TaskRun.state))).all()
     fleet = Fleet.read(store, {row.queue or "default"})
     deployment = session.get(Deployment, row.deployment_id) if row.deployment_id else None
