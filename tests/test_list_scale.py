@@ -5,14 +5,17 @@ these tests catch the regressions that would undo them:
 
 - the migrations create the indexes of the list's order and of a run tree's task runs
   (on SQLite, and on PostgreSQL when ORCHESTRATOR_TEST_DATABASE_URL names one);
-- SQLite's plan for a run tree's task runs uses them (``EXPLAIN QUERY PLAN`` does not
-  depend on how many rows there are);
-- every answer says its server time (``Server-Timing``, which the benchmark reads).
+- SQLite's plan for each list query walks one of them: no scan of the whole table and,
+  for the filters an index covers, no sort of every match (``EXPLAIN QUERY PLAN`` does
+  not depend on how many rows there are);
+- a page still comes newest first with ties by id, ``total`` counts every match, and
+  every answer says its server time (``Server-Timing``, which the benchmark reads).
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,10 +24,11 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import Connection, Select, inspect
-from sqlmodel import select
+from sqlmodel import Session, col, select
 
 from api.db import engine_for, migrate
-from api.models import TaskRun, in_run_tree
+from api.models import FlowRun, TaskRun, in_run_tree
+from api.run_list import RunFilters, count_query, page_ids_query, page_query
 from api.timing import server_ms
 from orchestrator.config.settings import reset_settings
 from tests.api_support import fresh_postgres_database
@@ -35,6 +39,19 @@ LIST_INDEXES = {
     "ix_flow_run_flow_created": ["flow_name", "created", "id"],
 }
 REPLACED = {"ix_flow_run_created", "ix_flow_run_state", "ix_flow_run_flow_name"}  # prefixes of the above
+WEEK_AGO = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+# filters -> whether the page's ids come off the index already in order (no sort of all matches)
+FILTERS = {
+    "none": (RunFilters(), True),
+    "one state": (RunFilters(states=["Failed"]), True),
+    "one flow": (RunFilters(flow="etl"), True),
+    "flow and state": (RunFilters(flow="etl", states=["Failed"]), True),
+    "since": (RunFilters(since=WEEK_AGO), True),
+    "since and until": (RunFilters(since=WEEK_AGO, until=WEEK_AGO + dt.timedelta(days=1)), True),
+    "several states": (RunFilters(states=["Running", "Pending"]), False),  # one seek per state, then a sort
+    "parent": (RunFilters(parent="p"), False),  # a parent's few subflow runs, sorted
+}
 
 
 @pytest.fixture
@@ -81,11 +98,35 @@ def whole_table_scans(plan: list[str], table: str) -> list[str]:
     return [line for line in plan if line == f"SCAN {table}" or line.startswith(f"SCAN {table} USING INDEX")]
 
 
+@pytest.mark.parametrize("case", list(FILTERS))
+def test_each_list_query_walks_an_index(database_url: str, case: str) -> None:
+    filters, in_order = FILTERS[case]
+    with engine_for(database_url).connect() as connection:
+        ids = sqlite_plan(connection, page_ids_query(filters, 100, 5000))
+        count = sqlite_plan(connection, count_query(filters))
+        page = sqlite_plan(connection, page_query(filters, 100, 5000))
+    assert not whole_table_scans(ids, "flow_run"), ids
+    if in_order:
+        assert not [line for line in ids if "TEMP B-TREE" in line], f"{case}: every match sorted: {ids}"
+    assert not whole_table_scans(count, "flow_run"), count
+    assert any("USING INDEX sqlite_autoindex_flow_run_1 (id=?)" in line for line in page), page  # rows by id
+
+
 def test_task_runs_of_a_tree_are_found_by_index(database_url: str) -> None:
     with engine_for(database_url).connect() as connection:
         plan = sqlite_plan(connection, select(TaskRun.id).where(in_run_tree("root-1")))
     assert not whole_table_scans(plan, "task_run"), plan
     assert any("ix_task_run_root_id" in line for line in plan), plan
+
+
+def add_runs(url: str, rows: list[tuple[str, str, str, float]]) -> None:
+    """Flow runs as (id, flow, state, created), with a plan each (which the list must not need)."""
+    with Session(engine_for(url)) as session:
+        for run_id, flow, state, created in rows:
+            plan = {"nodes": [{"id": f"{run_id}-t"}]}
+            name = f"{flow}-{run_id}"
+            session.add(FlowRun(id=run_id, flow_name=flow, name=name, state=state, created=created, plan=plan))
+        session.commit()
 
 
 @pytest.fixture
@@ -110,6 +151,38 @@ def get(app: Any, path: str, **params: Any) -> httpx.Response:
             return await client.get(path, params=params)
 
     return asyncio.run(call())
+
+
+def test_pages_come_newest_first_with_ties_by_id_and_count_every_match(app: Any, database_url: str) -> None:
+    base = WEEK_AGO.timestamp()
+    add_runs(
+        database_url,
+        [
+            ("b", "etl", "Completed", base + 2),
+            ("a", "etl", "Failed", base + 2),  # same time as b: a first
+            ("c", "report", "Failed", base + 3),
+            ("d", "etl", "Failed", base + 1),
+            ("e", "etl", "Running", base + 4),
+        ],
+    )
+
+    def ids(**params: Any) -> tuple[list[str], int]:
+        response = get(app, "/api/flow-runs", **params)
+        assert response.status_code == 200, response.text
+        return [item["id"] for item in response.json()["items"]], response.json()["total"]
+
+    assert ids() == (["e", "c", "a", "b", "d"], 5)
+    assert ids(limit=2, offset=2) == (["a", "b"], 5)
+    assert ids(offset=5) == ([], 5)
+    assert ids(state="Failed") == (["c", "a", "d"], 3)
+    assert ids(state=["Failed", "Running"], limit=2) == (["e", "c"], 4)
+    assert ids(flow="etl", state="Failed") == (["a", "d"], 2)
+    assert ids(since=dt.datetime.fromtimestamp(base + 2, dt.UTC).isoformat()) == (["e", "c", "a", "b"], 4)
+    item = get(app, "/api/flow-runs", flow="report").json()["items"][0]
+    assert item["name"] == "report-c" and "plan" not in item
+    with Session(engine_for(database_url)) as session:  # the rows keep their plans: only the list leaves them
+        kept = session.exec(select(FlowRun.plan).where(col(FlowRun.id) == "c")).one()
+    assert kept == {"nodes": [{"id": "c-t"}]}
 
 
 def test_every_answer_says_its_server_time(app: Any) -> None:

@@ -17,6 +17,7 @@ from api.graph import graph_page
 from api.models import Deployment, FlowRun, LogLine, StateEvent, TaskRun, in_run_tree
 from api.paging import LIMIT_DEFAULT, PAGED, Limit, Offset, announce
 from api.routes.deps import MessagingDep, SessionDep, StoreDep
+from api.run_list import RunFilters, list_runs
 from api.schemas import (
     Accepted,
     Diagnosis,
@@ -79,22 +80,16 @@ def list_flow_runs(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> FlowRunPage:
-    """Flow runs, newest first, filtered and paginated."""
-    query = select(FlowRun)
-    if flow:
-        query = query.where(FlowRun.flow_name == flow)
-    if state:
-        query = query.where(col(FlowRun.state).in_([s.value for s in state]))
-    if name:
-        query = query.where(col(FlowRun.name).contains(name, autoescape=True))
-    if parent:
-        query = query.where(FlowRun.parent_id == parent)
-    if since:
-        query = query.where(FlowRun.created >= since.timestamp())
-    if until:
-        query = query.where(FlowRun.created < until.timestamp())
-    total = session.exec(select(func.count()).select_from(query.subquery())).one()
-    rows = session.exec(query.order_by(col(FlowRun.created).desc(), col(FlowRun.id)).offset(offset).limit(limit)).all()
+    """Flow runs, newest first, filtered and paginated (``total``: how many match in all)."""
+    filters = RunFilters(
+        flow=flow,
+        states=[s.value for s in state or ()],
+        name=name,
+        parent=parent,
+        since=since,
+        until=until,
+    )
+    rows, total = list_runs(session, filters, limit, offset)
     return FlowRunPage(items=[FlowRunPublic.of(r) for r in rows], total=total, limit=limit, offset=offset)
 
 
