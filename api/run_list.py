@@ -8,7 +8,9 @@ measures them; ``tests/test_list_scale.py`` keeps them):
   ``(created DESC, id)``, and the same after ``state`` or ``flow_name``. A page walks
   one of them and stops after ``limit`` entries, instead of sorting every match.
 - A page is found on the index alone (ids only), and only its ``limit`` rows are read
-  from the table: a deep ``offset`` skips index entries, not whole rows.
+  from the table: a deep ``offset`` skips index entries, not whole rows. The newest-first
+  index also holds the name, so a search in names (a substring: no index can seek it)
+  reads that index rather than every row.
 - The rows are read without ``plan``, the graph a static run keeps for ``/graph`` (up to
   megabytes each), which a list never shows.
 

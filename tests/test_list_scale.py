@@ -34,7 +34,7 @@ from orchestrator.config.settings import reset_settings
 from tests.api_support import fresh_postgres_database
 
 LIST_INDEXES = {
-    "ix_flow_run_created_id": ["created", "id"],
+    "ix_flow_run_created_id": ["created", "id", "name"],
     "ix_flow_run_state_created": ["state", "created", "id"],
     "ix_flow_run_flow_created": ["flow_name", "created", "id"],
 }
@@ -50,6 +50,7 @@ FILTERS = {
     "since": (RunFilters(since=WEEK_AGO), True),
     "since and until": (RunFilters(since=WEEK_AGO, until=WEEK_AGO + dt.timedelta(days=1)), True),
     "several states": (RunFilters(states=["Running", "Pending"]), False),  # one seek per state, then a sort
+    "name": (RunFilters(name="nightly"), True),  # a substring: every name is read, on the index
     "parent": (RunFilters(parent="p"), False),  # a parent's few subflow runs, sorted
 }
 
