@@ -148,7 +148,10 @@ def bench_database(label: str, db_url: str, redis_url: str, args: argparse.Names
     migrate(db_url)
     engine = engine_for(db_url)
     seeded = seed(engine, args.flow_runs, args.task_runs)
-    print(f"{label}: seeded {seeded.flow_runs:,} flow runs, {seeded.task_runs:,} task runs in {seeded.seconds} s")
+    print(
+        f"{label}: seeded {seeded.flow_runs:,} flow runs, {seeded.task_runs:,} task runs in {seeded.seconds} s",
+        flush=True,
+    )
     out: dict[str, Any] = {"seeded": vars(seeded), "queries": {}}
     services_off = {"ORCHESTRATOR_API_SERVICES": "false"}
     with (
