@@ -6,8 +6,11 @@ over 90 days, two thirds of them from deployments, about 5 % subflow runs, mostl
 Completed with some Failed, Crashed, Cancelled and TimedOut, and the last few hundred
 still Running, Pending or Scheduled. Task runs belong to their flow run (a subflow's to
 its parent's tree too, as the recorder writes them) and are written run after run, as
-they would have arrived. Ids are uuid4 as the SDK makes them; the random generator is
-seeded, so two databases seeded with the same sizes hold the same rows.
+they would have arrived. Each flow run also has its own history (Pending, Running, its
+end) and one log line, so that those tables are not empty (the recorder looks up every
+event it writes in them); the task runs' history is left out, which would triple the
+rows to insert. Ids are uuid4 as the SDK makes them; the random generator is seeded, so
+two databases seeded with the same sizes hold the same rows.
 
 Rows go in with plain multi-row INSERTs through SQLAlchemy Core (``executemany`` on
 SQLite, batched ``VALUES`` lists on psycopg), after the API's own migrations, so the
@@ -151,6 +154,8 @@ def seed(engine: Engine, flow_runs: int, task_runs: int, seed_value: int = 18) -
     facts: dict[str, Any] = {"largest": ("", -1), "typical": "", "parent": ""}
     flows_out: list[dict[str, Any]] = []
     tasks_out: list[dict[str, Any]] = []
+    history_out: list[dict[str, Any]] = []
+    logs_out: list[dict[str, Any]] = []
     recent_roots: dict[str, str] = {}  # flow -> its last root run, the parent of a subflow run
     children: dict[str, int] = {}
     with engine.begin() as connection:
@@ -168,6 +173,9 @@ def seed(engine: Engine, flow_runs: int, task_runs: int, seed_value: int = 18) -
                 recent_roots[shape.name] = run["id"]
             flows_out.append(run)
             tasks_out.extend(tasks)
+            history_out.extend(history_rows(run, i))
+            if run["started"] is not None:
+                logs_out.append(log_row(run, i))
             if count > facts["largest"][1]:
                 facts["largest"] = (run["id"], count)
             if (
@@ -180,13 +188,18 @@ def seed(engine: Engine, flow_runs: int, task_runs: int, seed_value: int = 18) -
             if len(flows_out) >= BATCH // 5:
                 connection.execute(insert(TABLES["flow_run"]), flows_out)
                 flows_out.clear()
-            if len(tasks_out) >= BATCH:
-                connection.execute(insert(TABLES["task_run"]), tasks_out)
-                tasks_out.clear()
-        if flows_out:
-            connection.execute(insert(TABLES["flow_run"]), flows_out)
-        if tasks_out:
-            connection.execute(insert(TABLES["task_run"]), tasks_out)
+            for table, rows in (("task_run", tasks_out), ("state_event", history_out), ("log_line", logs_out)):
+                if len(rows) >= BATCH:
+                    connection.execute(insert(TABLES[table]), rows)
+                    rows.clear()
+        for table, rows in (
+            ("flow_run", flows_out),
+            ("task_run", tasks_out),
+            ("state_event", history_out),
+            ("log_line", logs_out),
+        ):
+            if rows:
+                connection.execute(insert(TABLES[table]), rows)
     settle(engine)
     largest, largest_tasks = facts["largest"]
     return Seeded(
@@ -198,6 +211,43 @@ def seed(engine: Engine, flow_runs: int, task_runs: int, seed_value: int = 18) -
         largest_tasks=largest_tasks,
         subflow_parent=max(children, key=lambda k: children[k]) if children else largest,
     )
+
+
+def history_rows(run: dict[str, Any], i: int) -> list[dict[str, Any]]:
+    """The ``i``-th flow run's transitions as the recorder keeps them; event ids look like stream
+    ids (milliseconds, then a sequence number that the run's index keeps unique)."""
+    steps = [("Pending", run["created"]), ("Running", run["started"]), (run["state"], run["ended"])]
+    rows = []
+    for n, (state, at) in enumerate(steps):
+        if at is None or (n and state == rows[-1]["state"]):
+            continue
+        rows.append(
+            {
+                "event_id": f"{int(at * 1000)}-{i * 4 + n}",
+                "kind": "flow_run",
+                "run_id": run["id"],
+                "flow_run_id": run["id"],
+                "state": state,
+                "ts": at,
+                "recorded": at + 0.01,
+                "message": run["state_message"] if n == 2 else "",
+                "cause": "worker celery@worker-0",
+                "applied": True,
+            }
+        )
+    return rows
+
+
+def log_row(run: dict[str, Any], i: int) -> dict[str, Any]:
+    """The ``i``-th flow run's first log line."""
+    return {
+        "event_id": f"{int(run['started'] * 1000)}-{i * 4 + 3}",
+        "flow_run_id": run["id"],
+        "task_run_id": None,
+        "level": "INFO",
+        "message": f"{run['flow_name']}: started with {run['parameters']}",
+        "ts": run["started"],
+    }
 
 
 def settle(engine: Engine) -> None:
