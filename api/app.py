@@ -20,6 +20,7 @@ from api.routes import concurrency_limits, deployments, flow_runs, flows, health
 from api.security import ApiKeyGate, BodySizeLimit, HostCheck, RefuseNulInUrl, require_api_key
 from api.services.runner import background_services
 from api.submit import ParameterProblem, Submitter
+from api.timing import ServerTiming
 from orchestrator.config.settings import get_settings
 from orchestrator.errors import ConnectionProblem, RunError
 from orchestrator.guards.redaction import mask_urls_in
@@ -79,7 +80,8 @@ def create_app(*, services: bool | None = None) -> FastAPI:
 
 def install_doors(app: FastAPI) -> None:
     """The checks every request passes before a route sees it (see api.security), outermost last
-    here: the Host and Origin, a NUL in the URL, the key (before any body is read), the body size."""
+    here: the Host and Origin, a NUL in the URL, the key (before any body is read), the body size.
+    Outside them all, the Server-Timing header (api.timing) times every answer, refusals included."""
     settings = get_settings()
     app.add_middleware(BodySizeLimit, limit=settings.api_max_body_bytes)
     documents = (app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)
@@ -87,6 +89,7 @@ def install_doors(app: FastAPI) -> None:
     app.add_middleware(ApiKeyGate, key=settings.api_key, open_paths=open_paths)
     app.add_middleware(RefuseNulInUrl)
     app.add_middleware(HostCheck, allowed=settings.api_allowed_hosts, keyless=settings.api_key is None)
+    app.add_middleware(ServerTiming)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -57,10 +57,10 @@ class FlowRun(SQLModel, table=True):
     )
 
     id: str = Field(primary_key=True, max_length=64)
-    flow_name: str = Field(default="", index=True, max_length=200)
+    flow_name: str = Field(default="", max_length=200)  # indexed with created (below)
     name: str = Field(default="", index=True, max_length=500)
     renamed: bool = False  # renamed by request or by rename_flow_run(): later records do not rename it back
-    state: str = Field(default="Pending", index=True, max_length=32)
+    state: str = Field(default="Pending", max_length=32)  # indexed with created (below)
     state_message: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     parent_id: str | None = Field(default=None, index=True, max_length=64)
     root_id: str | None = Field(default=None, max_length=64)
@@ -68,7 +68,7 @@ class FlowRun(SQLModel, table=True):
     parameters: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     mode: str = Field(default="", max_length=16)
     attempt: int = 1
-    created: float = Field(index=True)
+    created: float  # indexed newest first (below)
     scheduled_start: float | None = None
     dispatched: bool = True
     started: float | None = None
@@ -79,6 +79,14 @@ class FlowRun(SQLModel, table=True):
     deployment_id: str | None = Field(default=None, max_length=64)
 
 
+# The run list's order (newest first, ties by id), alone and after its two common filters: a page
+# walks one of these and stops after `limit` entries (api/run_list.py; migration 0005). The first
+# also holds the name, so that a search in names reads this index, not every row.
+Index("ix_flow_run_created_id", col(FlowRun.created).desc(), col(FlowRun.id), col(FlowRun.name))
+Index("ix_flow_run_state_created", col(FlowRun.state), col(FlowRun.created).desc(), col(FlowRun.id))
+Index("ix_flow_run_flow_created", col(FlowRun.flow_name), col(FlowRun.created).desc(), col(FlowRun.id))
+
+
 class TaskRun(SQLModel, table=True):
     """One task run (one attempt counter per run; retries keep the same row)."""
 
@@ -86,7 +94,7 @@ class TaskRun(SQLModel, table=True):
 
     id: str = Field(primary_key=True, max_length=100)
     flow_run_id: str = Field(default="", index=True, max_length=64)
-    root_id: str = Field(default="", max_length=64)
+    root_id: str = Field(default="", index=True, max_length=64)  # a run tree's task runs (/task-runs of a root)
     task_name: str = Field(default="", max_length=300)
     label: str = Field(default="", max_length=300)
     state: str = Field(default="Pending", max_length=32)
@@ -137,6 +145,12 @@ class LogLine(SQLModel, table=True):
     level: str = Field(default="INFO", max_length=16)
     message: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     ts: float
+
+
+def in_run_tree(run_id: str) -> ColumnElement[bool]:
+    """Rows of the task runs of a flow run, and of its whole tree when it is a root (its subflows'
+    task runs carry its id as their root): served by the indexes on flow_run_id and root_id."""
+    return or_(col(TaskRun.flow_run_id) == run_id, col(TaskRun.root_id) == run_id)
 
 
 def is_tree_root() -> ColumnElement[bool]:

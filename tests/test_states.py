@@ -93,3 +93,35 @@ def test_recorder_applies_each_event_once_and_refuses_regressions(redis_url: str
         ("7-0", "Pending", False),
     ]
     assert json.dumps(flow.parameters)  # plain JSON for the API
+
+
+def test_recorder_writes_history_and_log_lines_in_stream_order_without_nul(redis_url: str, tmp_path: Path) -> None:
+    from api.db import engine_for, migrate
+    from api.models import LogLine, StateEvent
+    from api.services.recorder import Event, Recorder
+
+    url = f"sqlite:///{tmp_path / 'rows.db'}"
+    migrate(url)
+    recorder = Recorder(RunStore(redis_url), engine_for(url), consumer="unit")
+    run_id = str(uuid.uuid4())
+    record = {"flow": "f", "name": "f-1", "root": run_id}
+    wires = [
+        {"kind": "flow_run", "id": run_id, "state": "Pending", "ts": 1.0, "record": record},
+        {"kind": "log", "flow_run_id": run_id, "level": "INFO", "message": "first\x00", "ts": 2.0},
+        {"kind": "flow_run", "id": run_id, "state": "Running", "ts": 3.0, "message": "go\x00", "record": {}},
+        {"kind": "log", "flow_run_id": run_id, "level": "INFO", "message": "second", "ts": 4.0},
+        {"kind": "flow_run", "id": run_id, "state": "Completed", "ts": 5.0, "record": {}},
+    ]
+    events = [Event(f"{n + 1}-0", from_wire(wire)) for n, wire in enumerate(wires)]
+    recorder.apply(events[:2])
+    recorder.apply(events)  # the first two again: written once
+    with Session(engine_for(url)) as session:
+        history = session.exec(select(StateEvent).order_by(StateEvent.seq)).all()  # type: ignore[arg-type]
+        lines = session.exec(select(LogLine).order_by(LogLine.seq)).all()  # type: ignore[arg-type]
+    assert [(h.event_id, h.state, h.message) for h in history] == [
+        ("1-0", "Pending", ""),
+        ("3-0", "Running", "go"),
+        ("5-0", "Completed", ""),
+    ]
+    assert len({h.recorded for h in history[1:]}) == 1  # stamped once, just before the batch's commit
+    assert [(line.event_id, line.message) for line in lines] == [("2-0", "first"), ("4-0", "second")]

@@ -14,9 +14,10 @@ from api.cancel import cancel_run
 from api.db import get_engine
 from api.diagnosis import Fleet, diagnose, slot_waits
 from api.graph import graph_page
-from api.models import Deployment, FlowRun, LogLine, StateEvent, TaskRun
+from api.models import Deployment, FlowRun, LogLine, StateEvent, TaskRun, in_run_tree
 from api.paging import LIMIT_DEFAULT, PAGED, Limit, Offset, announce
 from api.routes.deps import MessagingDep, SessionDep, StoreDep
+from api.run_list import RunFilters, list_runs
 from api.schemas import (
     Accepted,
     Diagnosis,
@@ -79,22 +80,16 @@ def list_flow_runs(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> FlowRunPage:
-    """Flow runs, newest first, filtered and paginated."""
-    query = select(FlowRun)
-    if flow:
-        query = query.where(FlowRun.flow_name == flow)
-    if state:
-        query = query.where(col(FlowRun.state).in_([s.value for s in state]))
-    if name:
-        query = query.where(col(FlowRun.name).contains(name, autoescape=True))
-    if parent:
-        query = query.where(FlowRun.parent_id == parent)
-    if since:
-        query = query.where(FlowRun.created >= since.timestamp())
-    if until:
-        query = query.where(FlowRun.created < until.timestamp())
-    total = session.exec(select(func.count()).select_from(query.subquery())).one()
-    rows = session.exec(query.order_by(col(FlowRun.created).desc(), col(FlowRun.id)).offset(offset).limit(limit)).all()
+    """Flow runs, newest first, filtered and paginated (``total``: how many match in all)."""
+    filters = RunFilters(
+        flow=flow,
+        states=[s.value for s in state or ()],
+        name=name,
+        parent=parent,
+        since=since,
+        until=until,
+    )
+    rows, total = list_runs(session, filters, limit, offset)
     return FlowRunPage(items=[FlowRunPublic.of(r) for r in rows], total=total, limit=limit, offset=offset)
 
 
@@ -164,7 +159,7 @@ def list_task_runs(
     still running can shift as task runs start (their start time changes their place).
     """
     require_run(session, run_id)
-    in_tree = or_(col(TaskRun.flow_run_id) == run_id, col(TaskRun.root_id) == run_id)
+    in_tree = in_run_tree(run_id)
     total = session.exec(select(func.count()).select_from(TaskRun).where(in_tree)).one()
     rows = session.exec(
         select(TaskRun)
@@ -226,7 +221,7 @@ def read_graph(
 def read_diagnosis(session: SessionDep, store: StoreDep, run_id: RunId) -> Diagnosis:
     """Why the run is not running (or what it is doing): queues, live workers, its flow, its schedule."""
     row = get_run(session, run_id)
-    in_tree = or_(col(TaskRun.flow_run_id) == run_id, col(TaskRun.root_id) == run_id)
+    in_tree = in_run_tree(run_id)
     counts = session.exec(select(TaskRun.state, func.count()).where(in_tree).group_by(col(TaskRun.state))).all()
     fleet = Fleet.read(store, {row.queue or "default"})
     deployment = session.get(Deployment, row.deployment_id) if row.deployment_id else None

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, insert
 from sqlalchemy.exc import DataError, IntegrityError, ProgrammingError
 from sqlmodel import Session, col, select
 
@@ -135,8 +135,8 @@ class Batch:
     flows: dict[str, FlowRun] = field(default_factory=dict)
     tasks: dict[str, TaskRun] = field(default_factory=dict)
     stateless: set[tuple[str, str]] = field(default_factory=set)  # rows created here, no state applied yet
-    history: list[StateEvent] = field(default_factory=list)
-    logs: list[LogLine] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)  # state_event rows (insert-only: no ORM objects)
+    logs: list[dict[str, Any]] = field(default_factory=list)  # log_line rows
     plans_wanted: set[str] = field(default_factory=set)
 
 
@@ -252,15 +252,18 @@ class Recorder:
                 elif isinstance(event.body, stream.LogLine):
                     batch.logs.append(self._log_line(event.stream_id, event.body))
             self._attach_plans(batch)
-            for item in (*batch.flows.values(), *batch.tasks.values(), *batch.history, *batch.logs):
+            for item in (*batch.flows.values(), *batch.tasks.values()):
                 scrub(item)
             written = time.time()  # what the history calls "recorded": just before the commit
             for entry in batch.history:
-                entry.recorded = written
+                entry["recorded"] = written
             session.add_all(batch.flows.values())
             session.add_all(batch.tasks.values())
-            session.add_all(batch.history)
-            session.add_all(batch.logs)
+            # History and log lines are only ever inserted: as plain rows they skip building an ORM
+            # object each (about a third of a batch's CPU time), in the same transaction, in stream order.
+            for model, rows in ((StateEvent, batch.history), (LogLine, batch.logs)):
+                if rows:
+                    session.execute(insert(model), [scrubbed(row) for row in rows])
             session.commit()
 
     def _seen(self, session: Session, events: list[Event]) -> set[str]:
@@ -349,30 +352,31 @@ class Recorder:
                 row.ended = None
         row.updated = recorded
         batch.history.append(
-            StateEvent(
-                event_id=event.stream_id,
-                kind=kind,
-                run_id=row.id,
-                flow_run_id=flow_run_id or "",
-                state=new.value,
-                ts=ts,
-                recorded=recorded,
-                message=message,
-                cause=cause_of(event)[:300],
-                applied=allowed,
-            )
+            {
+                "event_id": event.stream_id,
+                "kind": kind,
+                "run_id": row.id,
+                "flow_run_id": flow_run_id or "",
+                "state": new.value,
+                "ts": ts,
+                "recorded": recorded,
+                "message": message,
+                "cause": cause_of(event)[:300],
+                "applied": allowed,
+            }
         )
 
     @staticmethod
-    def _log_line(stream_id: str, line: stream.LogLine) -> LogLine:
-        return LogLine(
-            event_id=stream_id,
-            flow_run_id=line.flow_run_id,
-            task_run_id=line.task_run_id,
-            level=line.level[:16],
-            message=line.message,
-            ts=line.ts,
-        )
+    def _log_line(stream_id: str, line: stream.LogLine) -> dict[str, Any]:
+        """A log_line row."""
+        return {
+            "event_id": stream_id,
+            "flow_run_id": line.flow_run_id,
+            "task_run_id": line.task_run_id,
+            "level": line.level[:16],
+            "message": line.message,
+            "ts": line.ts,
+        }
 
     def _attach_plans(self, batch: Batch) -> None:
         """Keep a static run tree's plan (for /graph) once, read from Redis when the run starts."""
@@ -389,6 +393,11 @@ def scrub(row: Any) -> None:
     for name, value in list(vars(row).items()):
         if isinstance(value, str) and "\x00" in value:
             setattr(row, name, value.replace("\x00", ""))
+
+
+def scrubbed(row: dict[str, Any]) -> dict[str, Any]:
+    """A plain row without NUL characters in its text (as :func:`scrub` for ORM objects)."""
+    return {k: v.replace("\x00", "") if isinstance(v, str) and "\x00" in v else v for k, v in row.items()}
 
 
 def graph_of(plan: dict[str, Any]) -> dict[str, Any]:
