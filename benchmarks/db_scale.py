@@ -30,7 +30,6 @@ flow runs and 1,000,000 task runs. Nothing here asserts a time. Results go to
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import os
@@ -38,19 +37,18 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import create_engine, make_url, text
+from sqlalchemy import create_engine, text
 
 from api.db import engine_for, migrate
 from api.timing import server_ms
 from benchmarks.db_recorder import recorder_rate
 from benchmarks.db_seed import Seeded, seed
 from orchestrator.config.settings import reset_settings
+from orchestrator.devstack.databases import fresh_postgres_database
 from orchestrator.devstack.localstack import api_server, redis_server
 
 RESULTS = Path(__file__).parent / "results"
@@ -109,26 +107,6 @@ def time_query(http: httpx.Client, path: str, params: dict[str, Any], repeat: in
         "total": total,
         "bytes": len(response.content),
     }
-
-
-@contextlib.contextmanager
-def fresh_postgres_database(admin_url: str) -> Iterator[str]:
-    """An empty database next to ``admin_url``'s, dropped afterwards (also on error or Ctrl-C)."""
-    url = make_url(admin_url)
-    if url.drivername in ("postgresql", "postgres"):
-        url = url.set(drivername="postgresql+psycopg")
-    name = f"orc_bench_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield url.set(database=name).render_as_string(hide_password=False)
-        finally:
-            with admin.connect() as connection:
-                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
 
 
 def postgres_problem(admin_url: str) -> str | None:
@@ -212,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"postgresql: skipped, {args.postgres_url} does not answer ({problem})")
                 results["databases"]["postgresql"] = {"skipped": problem}
             else:
-                with fresh_postgres_database(args.postgres_url) as pg_url:
+                with fresh_postgres_database(args.postgres_url, prefix="orc_bench") as pg_url:
                     results["databases"]["postgresql"] = bench_database("postgresql", pg_url, redis_url, args, folder)
     for label, found in results["databases"].items():
         if "queries" in found:

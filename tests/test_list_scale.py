@@ -31,7 +31,7 @@ from api.models import FlowRun, TaskRun, in_run_tree
 from api.run_list import RunFilters, count_query, page_ids_query, page_query
 from api.timing import server_ms
 from orchestrator.config.settings import reset_settings
-from tests.api_support import fresh_postgres_database
+from orchestrator.devstack.databases import fresh_postgres_database
 
 LIST_INDEXES = {
     "ix_flow_run_created_id": ["created", "id", "name"],
