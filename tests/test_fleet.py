@@ -100,35 +100,6 @@ def test_a_map_over_an_upstream_result_sends_the_same_bytes_per_run_however_wide
     assert wide < 1.5 * narrow, (narrow, wide)  # with every id in every message: about 10x
 
 
-def test_a_run_whose_messages_redis_refuses_ends_failed_with_that_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Redis out of memory between the run's records and its messages: the client gets the
-    error and the run ends Failed saying why, never Running with nothing sent."""
-    from orchestrator.transport.messaging import CeleryMessaging
-
-    redis = get_store().redis
-    send = CeleryMessaging.send_canvas
-
-    sent: list[Any] = []
-
-    def send_with_redis_full(self: CeleryMessaging, canvas: Any) -> None:
-        sent.append(canvas)
-        redis.config_set("maxmemory", "1")  # every write refused (noeviction): OOM command not allowed
-        try:
-            send(self, canvas)
-        finally:
-            redis.config_set("maxmemory", "0")
-
-    monkeypatch.setattr(CeleryMessaging, "send_canvas", send_with_redis_full)
-    with pytest.raises(Exception, match=r"(?i)maxmemory|memory|batch") as raised:
-        flows.chain_flow.delay(x=3)
-    monkeypatch.undo()
-    run = FlowRun(sent[0].tasks[0].kwargs["run"]["flow_run_id"])  # the chain's first message names its run
-    assert run.state is StateType.FAILED
-    assert "sending the run's 3 task messages failed" in run.info["message"]
-    assert type(raised.value).__name__ in run.info["message"]
-    assert {row["state"] for row in run.task_runs()} == {"Cancelled"}
-
-
 def test_map_over_an_empty_upstream_result() -> None:
     run = flows.map_upstream_flow.delay(n=0)
     assert run.result(timeout=30) == 0

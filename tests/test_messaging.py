@@ -22,7 +22,9 @@ import redis.connection
 from celery import group
 from celery.utils.saferepr import saferepr
 
+from orchestrator import FlowRun, StateType
 from orchestrator.config.settings import Settings
+from orchestrator.devstack.localstack import redis_server
 from orchestrator.planning.compiler import (
     FLOW_DEADLINE_TASK,
     RETRY_FLOW_RUN_TASK,
@@ -30,6 +32,7 @@ from orchestrator.planning.compiler import (
     make_signature,
 )
 from orchestrator.planning.tracer import trace_flow
+from orchestrator.runstate.store import get_store
 from orchestrator.transport.celery_app import make_celery_app
 from orchestrator.transport.messaging import (
     CeleryMessaging,
@@ -39,6 +42,7 @@ from orchestrator.transport.messaging import (
     retry_flow_run_message,
 )
 from tests import flows
+from tests.api_support import sdk_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SEAM = ("orchestrator/transport/", "orchestrator/planning/compiler.py")  # the compiler builds canvas
@@ -211,3 +215,30 @@ def test_a_group_goes_out_in_a_few_round_trips_with_the_argument_text_celery_wou
     messaging.send_signature(dict(make_signature("tests.messaging.unregistered", long_text, queue=queue)))
     newest = json.loads(redis.Redis.from_url(redis_url).lindex(queue, 0) or b"{}")
     assert len(newest["headers"]["kwargsrepr"]) == 1024 and newest["headers"]["kwargsrepr"].endswith("...")
+
+
+def test_a_run_whose_messages_redis_refuses_ends_failed_with_that_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis out of memory between the run's records and its messages: the client gets the
+    error and the run ends Failed saying why, never Running with nothing sent. A Redis of its
+    own: one that refuses writes makes any worker on it stop (its acknowledgements fail)."""
+    with redis_server() as url, sdk_settings(monkeypatch, ORCHESTRATOR_REDIS_URL=url):
+        store = get_store()
+        send = CeleryMessaging.send_canvas
+        sent: list[Any] = []
+
+        def send_with_redis_full(self: CeleryMessaging, canvas: Any) -> None:
+            sent.append(canvas)
+            store.redis.config_set("maxmemory", "1")  # every write refused (noeviction): OOM
+            try:
+                send(self, canvas)
+            finally:
+                store.redis.config_set("maxmemory", "0")
+
+        monkeypatch.setattr(CeleryMessaging, "send_canvas", send_with_redis_full)
+        with pytest.raises(Exception, match=r"(?i)maxmemory|memory|batch") as raised:
+            flows.chain_flow.delay(x=3)
+        run = FlowRun(sent[0].tasks[0].kwargs["run"]["flow_run_id"])  # the chain's first message names its run
+        assert run.state is StateType.FAILED
+        assert "sending the run's 3 task messages failed" in run.info["message"]
+        assert type(raised.value).__name__ in run.info["message"]
+        assert {row["state"] for row in run.task_runs()} == {"Cancelled"}
