@@ -114,7 +114,7 @@ class FlowRuns:
             left = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
             if left <= 0:
                 record, refs = self.read_outcome(run_id)
-                return (StateType(record["state"]) if record.get("state") else None), record, refs
+                return _state_in(record), record, refs
             pipe = self._redis.pipeline(transaction=False)
             pipe.blmove(latch, latch, max(left, 0.01), "RIGHT", "LEFT")
             pipe.evalsha(script.sha, 1, record_key, results)
@@ -123,8 +123,12 @@ class FlowRuns:
                 raise item
             # NOSCRIPT (Redis restarted since the script was loaded): read it the usual way, which loads it
             record, refs = self.read_outcome(run_id) if isinstance(out, Exception) else self._outcome(out)
-            state = StateType(item) if item else (StateType(record["state"]) if record.get("state") else None)
-            if item or (state is not None and state.is_final) or (deadline and time.monotonic() >= deadline):
+            state = StateType(item) if item else _state_in(record)
+            if (
+                item
+                or (state is not None and state.is_final)
+                or (deadline is not None and time.monotonic() >= deadline)
+            ):
                 return state, record, refs
 
     @staticmethod
@@ -261,6 +265,11 @@ class FlowRuns:
     def subflows(self, root: str) -> set[str]:
         """The subflow runs of a static run tree."""
         return set(self._redis.hvals(keys.subflow_ends(root)))
+
+
+def _state_in(record: dict[str, str]) -> StateType | None:
+    """The state a flow run record holds (None for an empty record)."""
+    return StateType(record["state"]) if record.get("state") else None
 
 
 def pack_plan(plan: dict[str, Any]) -> bytes:

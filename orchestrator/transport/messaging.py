@@ -16,7 +16,7 @@ too.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -90,10 +90,15 @@ class Messaging(Protocol):
         ...
 
 
-def publish_batch(producer: Any) -> contextlib.AbstractContextManager[Any]:
-    """kombu >= 5.7 sends the messages published in this block in one Redis pipeline; older: one by one."""
-    batch = getattr(producer, "batch", None)
-    return batch() if batch is not None else contextlib.nullcontext()
+@contextlib.contextmanager
+def batched_producer(app: Celery) -> Iterator[Any]:
+    """A producer of ``app`` whose messages (and their task-sent events) kombu >= 5.7 sends in
+    pipelined batches when the block ends: a few round trips instead of two per message. Older
+    kombu sends them one by one."""
+    with app.producer_or_acquire() as producer:
+        batch = getattr(producer, "batch", None)
+        with batch() if batch is not None else contextlib.nullcontext():
+            yield producer
 
 
 class CeleryMessaging:
@@ -119,15 +124,13 @@ class CeleryMessaging:
     def send_starts(self, starts: Sequence[Start]) -> None:
         if not starts:
             return
-        with self.app.producer_or_acquire() as producer, publish_batch(producer):
+        with batched_producer(self.app) as producer:
             for start in starts:
                 sig = self.start_signature(start.flow, start.run_id, start.queue, dynamic=start.dynamic)
                 sig.apply_async(producer=producer)
 
     def send_canvas(self, canvas: Canvas) -> None:
-        # A group's messages (and their task-sent events) go out in pipelined batches: a few
-        # round trips instead of two per message.
-        with self.app.producer_or_acquire() as producer, publish_batch(producer):
+        with batched_producer(self.app) as producer:
             canvas.apply_async(ignore_result=True, producer=producer)
 
     def send_signature(self, data: SignatureData) -> None:
@@ -137,7 +140,7 @@ class CeleryMessaging:
         ready = list(signatures)
         if not ready:  # the usual case: every task's end asks, few have anything to send
             return
-        with self.app.producer_or_acquire() as producer, publish_batch(producer):
+        with batched_producer(self.app) as producer:
             for data in ready:
                 self.app.signature(data).apply_async(ignore_result=True, producer=producer)
 
