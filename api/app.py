@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request, status
 from fastapi.responses import JSONResponse
 
 from api.db import get_engine
+from api.docs_pages import DOCS_URL, REDOC_URL, asset_paths, install_docs
 from api.routes import concurrency_limits, deployments, flow_runs, flows, health, workers
 from api.security import ApiKeyGate, BodySizeLimit, HostCheck, RefuseNulInUrl, require_api_key
 from api.services.runner import background_services
@@ -62,6 +63,9 @@ def create_app(*, services: bool | None = None) -> FastAPI:
         description="Submit flows, read every run's states, task runs, graph and logs; cancel, retry, rename.",
         root_path=settings.api_root_path,
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's pages load their scripts from a CDN: install_docs serves them from the package
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,  # no OAuth2 here: the key is a Bearer token
     )
     app.state.services = services
     app.state.recorder = None
@@ -73,6 +77,7 @@ def create_app(*, services: bool | None = None) -> FastAPI:
     guarded.include_router(concurrency_limits.router)
     app.include_router(guarded)
     app.include_router(health.router, prefix="/api")
+    install_docs(app)
     install_doors(app)
     install_error_handlers(app)
     return app
@@ -84,7 +89,7 @@ def install_doors(app: FastAPI) -> None:
     Outside them all, the Server-Timing header (api.timing) times every answer, refusals included."""
     settings = get_settings()
     app.add_middleware(BodySizeLimit, limit=settings.api_max_body_bytes)
-    documents = (app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)
+    documents = (app.openapi_url, DOCS_URL, REDOC_URL, *asset_paths())
     open_paths = {"/api/health", *(path for path in documents if path)}  # hold no data
     app.add_middleware(ApiKeyGate, key=settings.api_key, open_paths=open_paths)
     app.add_middleware(RefuseNulInUrl)
