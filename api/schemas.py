@@ -191,6 +191,11 @@ class StateEventPublic(BaseModel):
 
     kind: str
     run_id: str
+    label: str = Field(
+        default="",
+        description="Who changed state, by name: the task run's label (square-0[2] for the third run of a map), "
+        "or the flow run's name.",
+    )
     state: str
     time: datetime | None
     recorded: datetime | None
@@ -199,10 +204,11 @@ class StateEventPublic(BaseModel):
     applied: bool = Field(description="False when the state machine refused it (a late or duplicate report).")
 
     @classmethod
-    def of(cls, row: StateEvent) -> StateEventPublic:
+    def of(cls, row: StateEvent, label: str = "") -> StateEventPublic:
         return cls(
             kind=row.kind,
             run_id=row.run_id,
+            label=label,
             state=row.state,
             time=when(row.ts),
             recorded=when(row.recorded),

@@ -1,13 +1,16 @@
-"""Shared route dependencies: the database session, the run store, the messaging that sends to the fleet."""
+"""Shared route dependencies: the database session, the run store, the messaging that sends to the fleet,
+and a flow run's id from the path (whole or any unique prefix)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, HTTPException, Path, status
 from sqlmodel import Session
 
 from api.db import get_session
+from api.id_prefix import MIN_PREFIX, SHOWN, resolve
+from api.models import FlowRun
 from orchestrator.runstate.store import RunStore, get_store
 from orchestrator.transport.messaging import Messaging, client_messaging
 
@@ -26,3 +29,49 @@ def messaging_dep() -> Messaging:
 
 StoreDep = Annotated[RunStore, Depends(store_dep)]
 MessagingDep = Annotated[Messaging, Depends(messaging_dep)]
+
+
+def no_run(run_id: str) -> HTTPException:
+    """The 404 for a run id the database does not hold, saying where to look."""
+    return HTTPException(
+        status_code=status.HTTP_404_NOT_FOUND,
+        detail=f"no flow run {run_id!r} is recorded; GET /api/flow-runs lists them (a run sent moments ago "
+        "appears once the recorder has read its first event).",
+    )
+
+
+def flow_run_id(
+    session: SessionDep,
+    run_id: Annotated[
+        str,
+        Path(
+            min_length=1,
+            max_length=64,
+            description=f"The flow run's id, or any unique prefix of it (at least {MIN_PREFIX} characters).",
+        ),
+    ],
+) -> str:
+    """The whole id of the flow run the path names: 404 if none, 409 naming a few if several start so.
+
+    Every route that takes a flow run's id takes it through this, so ``inspect d9d8e642``
+    works wherever the whole id does.
+    """
+    found = whole_run_id(session, run_id)
+    if found is None:
+        raise no_run(run_id)
+    return found
+
+
+def whole_run_id(session: Session, given: str) -> str | None:
+    """The flow run id ``given`` is or starts (None if none); a 409 naming a few if several start so."""
+    found = resolve(session, FlowRun, given)
+    if len(found) > 1:
+        shown = ", ".join(found[:SHOWN]) + (", ..." if len(found) > SHOWN else "")
+        raise HTTPException(
+            status_code=status.HTTP_409_CONFLICT,
+            detail=f"flow run id prefix {given!r} is ambiguous: {shown} start with it; give more of the id.",
+        )
+    return found[0] if found else None
+
+
+FlowRunId = Annotated[str, Depends(flow_run_id)]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Query, Response, status
+from fastapi import APIRouter, HTTPException, Query, Response, status
 from pydantic import AfterValidator
 from sqlalchemy import func, or_
 from sqlmodel import Session, col, select
@@ -16,7 +17,7 @@ from api.diagnosis import Fleet, diagnose, slot_waits
 from api.graph import graph_page
 from api.models import Deployment, FlowRun, LogLine, StateEvent, TaskRun, in_run_tree
 from api.paging import LIMIT_DEFAULT, PAGED, Limit, Offset, announce
-from api.routes.deps import MessagingDep, SessionDep, StoreDep
+from api.routes.deps import FlowRunId, MessagingDep, SessionDep, StoreDep, no_run, whole_run_id
 from api.run_list import RunFilters, list_runs
 from api.schemas import (
     Accepted,
@@ -38,16 +39,7 @@ from orchestrator.states import StateType
 
 router = APIRouter(prefix="/flow-runs", tags=["flow runs"])
 
-RunId = Annotated[str, Path(min_length=1, max_length=64, description="The flow run's id.")]
-
-
-def no_run(run_id: str) -> HTTPException:
-    """The 404 for a run id the database does not hold, saying where to look."""
-    return HTTPException(
-        status_code=status.HTTP_404_NOT_FOUND,
-        detail=f"no flow run {run_id!r} is recorded; GET /api/flow-runs lists them (a run sent moments ago "
-        "appears once the recorder has read its first event).",
-    )
+RunId = FlowRunId  # whole or any unique prefix: the routes below see the whole id
 
 
 def get_run(session: Session, run_id: str) -> FlowRun:
@@ -58,19 +50,15 @@ def get_run(session: Session, run_id: str) -> FlowRun:
     return row
 
 
-def require_run(session: Session, run_id: str) -> None:
-    """A 404 unless the run is recorded, without loading its row (a large run's plan is megabytes)."""
-    if session.exec(select(FlowRun.id).where(FlowRun.id == run_id)).first() is None:
-        raise no_run(run_id)
-
-
 @router.get("", response_model=FlowRunPage)
 def list_flow_runs(
     session: SessionDep,
     flow: Annotated[str | None, Query(max_length=200, description="Only runs of this flow.")] = None,
     state: Annotated[list[StateType] | None, Query(description="Only runs in these states.")] = None,
     name: Annotated[str | None, Query(max_length=500, description="Runs whose name contains this.")] = None,
-    parent: Annotated[str | None, Query(max_length=64, description="Only subflow runs of this run.")] = None,
+    parent: Annotated[
+        str | None, Query(max_length=64, description="Only subflow runs of this run (its id or a unique prefix).")
+    ] = None,
     since: Annotated[
         datetime | None, Query(description="Created at or after this time."), AfterValidator(valid_start)
     ] = None,
@@ -81,6 +69,8 @@ def list_flow_runs(
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> FlowRunPage:
     """Flow runs, newest first, filtered and paginated (``total``: how many match in all)."""
+    if parent:  # a prefix names its run; an id nothing starts lists no runs, as it always did
+        parent = whole_run_id(session, parent) or parent
     filters = RunFilters(
         flow=flow,
         states=[s.value for s in state or ()],
@@ -158,7 +148,6 @@ def list_task_runs(
     (and a ``Link: rel="next"``) where the next page starts, when one follows. Pages of a run
     still running can shift as task runs start (their start time changes their place).
     """
-    require_run(session, run_id)
     in_tree = in_run_tree(run_id)
     total = session.exec(select(func.count()).select_from(TaskRun).where(in_tree)).one()
     rows = session.exec(
@@ -186,7 +175,6 @@ def list_states(
     One page at a time: at most ``limit`` from ``offset``, with the X-Total-Count, X-Next-Offset
     and Link headers of /task-runs. New transitions only ever add to the end.
     """
-    require_run(session, run_id)
     condition = col(StateEvent.run_id) == run_id
     if tasks:
         condition = or_(condition, col(StateEvent.flow_run_id) == run_id)
@@ -195,7 +183,23 @@ def list_states(
         select(StateEvent).where(condition).order_by(col(StateEvent.seq)).offset(offset).limit(limit)
     ).all()
     announce(response, total, offset, limit, len(rows), tasks=tasks)
-    return [StateEventPublic.of(r) for r in rows]
+    names = labels_of(session, rows)
+    return [StateEventPublic.of(r, names.get(r.run_id, "")) for r in rows]
+
+
+def labels_of(session: Session, events: Sequence[StateEvent]) -> dict[str, str]:
+    """The label of each task run and the name of each flow run these events are about (two queries a page):
+    the ten children of a map differ only at the end of their ids, so a history shows their labels."""
+    task_ids = {e.run_id for e in events if e.kind == "task_run"}
+    run_ids = {e.run_id for e in events if e.kind != "task_run"}
+    names: dict[str, str] = {}
+    if task_ids:
+        found = session.exec(select(TaskRun.id, TaskRun.label).where(col(TaskRun.id).in_(task_ids))).all()
+        names.update({task_id: label for task_id, label in found if label})
+    if run_ids:
+        found = session.exec(select(FlowRun.id, FlowRun.name).where(col(FlowRun.id).in_(run_ids))).all()
+        names.update({run_id: name for run_id, name in found if name})
+    return names
 
 
 @router.get("/{run_id}/graph", response_model=Graph, responses=PAGED)
