@@ -9,8 +9,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from orchestrator.cli.runs import calling, console, print_error
-from orchestrator.cli.text import user_line, user_text
+from orchestrator.cli.runs import AsJson, calling, console, print_error
+from orchestrator.cli.text import print_json, user_line, user_text
 from orchestrator.data.serialization import to_jsonable, to_plain
 from orchestrator.errors import OrchestratorError
 from orchestrator.runs.api_client import ApiClient
@@ -70,12 +70,16 @@ def deploy_command(
 
 
 @deployment_app.command("ls")
-def deployment_ls() -> None:
+def deployment_ls(as_json: AsJson = False) -> None:
     """List deployments with their schedules and next runs."""
+    rows = calling(lambda: ApiClient().deployments())
+    if as_json:
+        print_json(rows)
+        return
     table = Table(title="deployments")
     for column in ("name", "flow", "queue", "schedule", "paused", "next run"):
         table.add_column(column)
-    for row in calling(lambda: ApiClient().deployments()):
+    for row in rows:
         schedule = (row["cron"] and f"cron {row['cron']} ({row['timezone']})") or (
             f"every {row['interval_seconds']:g}s" if row["interval_seconds"] else "manual"
         )

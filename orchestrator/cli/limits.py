@@ -7,8 +7,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from orchestrator.cli.runs import calling, console
-from orchestrator.cli.text import user_line, user_text
+from orchestrator.cli.runs import AsJson, calling, console
+from orchestrator.cli.text import print_json, user_line, user_text
 from orchestrator.runs.api_client import ApiClient
 
 limits_app = typer.Typer(
@@ -39,21 +39,29 @@ def create(
 
 
 @limits_app.command("ls")
-def ls() -> None:
+def ls(as_json: AsJson = False) -> None:
     """Every limit and how many of its slots are held."""
+    rows = calling(lambda: ApiClient().limits())
+    if as_json:
+        print_json(rows)
+        return
     table = Table(title="concurrency limits")
     for column in ("tag", "limit", "held", "holders"):
         table.add_column(column)
-    for row in calling(lambda: ApiClient().limits()):
+    for row in rows:
         holders = ", ".join(h["label"] or h["task_run_id"] for h in row["holders"][:5])
         table.add_row(*map(user_text, (row["tag"], row["limit"], row["active"], holders)))
     console.print(table)
 
 
 @limits_app.command("inspect")
-def inspect(tag: Tag) -> None:
+def inspect(tag: Tag, as_json: AsJson = False) -> None:
     """The limit and the task runs holding its slots now."""
-    _show(calling(lambda: ApiClient().limit(tag)))
+    found = calling(lambda: ApiClient().limit(tag))
+    if as_json:
+        print_json(found)
+        return
+    _show(found)
 
 
 @limits_app.command("delete")

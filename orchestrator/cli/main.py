@@ -14,6 +14,7 @@ from rich.text import Text
 
 from orchestrator.cli.deploy import deploy_command, deployment_app
 from orchestrator.cli.dev import dev_command
+from orchestrator.cli.fleet import flow_app, worker_ls
 from orchestrator.cli.limits import limits_app
 from orchestrator.cli.runs import flow_run_app, print_error, run_command, server_app, services_app
 from orchestrator.cli.text import user_line, user_text, visible
@@ -30,6 +31,8 @@ app.command("dev")(dev_command)
 app.command("deploy")(deploy_command)
 app.add_typer(deployment_app, name="deployment")
 app.add_typer(limits_app, name="concurrency-limit")
+app.add_typer(flow_app, name="flow")
+worker_app.command("ls")(worker_ls)
 
 
 @app.command("flower", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

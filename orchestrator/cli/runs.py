@@ -15,7 +15,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.cli.text import user_json, user_line, user_text
+from orchestrator.cli.text import print_json, user_json, user_line, user_text
 from orchestrator.errors import OrchestratorError
 from orchestrator.guards.redaction import mask_urls_in
 from orchestrator.runs.api_client import ApiClient
@@ -111,17 +111,31 @@ def watch_run(client: ApiClient, run_id: str, timeout: float | None) -> dict[str
             time.sleep(0.5)
 
 
+AsJson = Annotated[bool, typer.Option("--json", help="Print the API's JSON (for scripts) instead of a table.")]
+
+
+def id_column(table: Table, ids: list[str], header: str = "id") -> None:
+    """A column of whole ids: never cut or wrapped, however narrow the terminal (a cut id finds nothing);
+    the other columns give way."""
+    table.add_column(header, no_wrap=True, overflow="ignore", min_width=max(map(len, ids), default=len(header)))
+
+
 @flow_run_app.command("ls")
 def flow_run_ls(
     flow: Annotated[str | None, typer.Option(help="Only runs of this flow.")] = None,
     state: Annotated[list[str] | None, typer.Option(help="Only runs in this state (repeatable).")] = None,
     name: Annotated[str | None, typer.Option(help="Runs whose name contains this.")] = None,
     limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+    as_json: AsJson = False,
 ) -> None:
-    """List flow runs, newest first."""
+    """List flow runs, newest first (ids whole: any unique prefix of one works where an id is taken)."""
     page = calling(lambda: ApiClient().list_runs(flow=flow, state=state, name=name, limit=limit))
+    if as_json:
+        print_json(page)
+        return
     table = Table(title=user_text(f"{len(page['items'])} of {page['total']} flow runs"))
-    for column in ("id", "name", "flow", "state", "created", "message"):
+    id_column(table, [run["id"] for run in page["items"]])
+    for column in ("name", "flow", "state", "created", "message"):
         table.add_column(column)
     for run in page["items"]:
         created = (run["created"] or "")[:19]
@@ -131,17 +145,26 @@ def flow_run_ls(
 
 
 @flow_run_app.command("inspect")
-def flow_run_inspect(run_id: Annotated[str, typer.Argument(help="Flow run id.")]) -> None:
+def flow_run_inspect(
+    run_id: Annotated[str, typer.Argument(help="Flow run id, or a unique prefix of it.")], as_json: AsJson = False
+) -> None:
     """A run's record, its task runs and its full state history."""
     client = ApiClient()
     run = calling(lambda: client.get_run(run_id))
+    whole = run["id"]  # the API resolved a prefix: the rest asks by the whole id
+    tasks = calling(lambda: client.task_runs(whole))
+    states = calling(lambda: client.states(whole))
+    if as_json:
+        print_json({"run": run, "task_runs": tasks, "states": states})
+        return
     console.print(user_json(run))
-    console.print(task_table(run, calling(lambda: client.task_runs(run_id))))
+    console.print(task_table(run, tasks))
     history = Table(title="state history")
     for column in ("time", "run", "state", "cause", "message"):
-        history.add_column(column)
-    for item in calling(lambda: client.states(run_id)):
-        who = "flow" if item["run_id"] == run_id else item["run_id"][:12]
+        history.add_column(column, no_wrap=column == "run")
+    for item in states:
+        # a task run by its label (square-0[2]), not its id: a map's children differ only at the id's end
+        who = "flow" if item["run_id"] == whole else item.get("label") or item["run_id"]
         state = item["state"] if item["applied"] else f"{item['state']} (ignored)"
         cells = ((item["time"] or "")[11:23], who, state, item["cause"], item["message"][:60])
         history.add_row(*map(user_text, cells))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from typing import Any
 
 from rich.highlighter import JSONHighlighter
@@ -71,3 +72,13 @@ def user_json(data: Any) -> Text:
     text.no_wrap = True
     text.overflow = None
     return text
+
+
+def print_json(data: Any) -> None:
+    """``--json``: ``data`` as the API gave it, for programs: plain indented JSON on stdout, no Rich.
+
+    ``ensure_ascii`` escapes every non-ASCII character, so no control or bidi character of user
+    data reaches the terminal raw, and the output is the same bytes whatever the locale.
+    """
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.flush()
