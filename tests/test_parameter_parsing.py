@@ -167,6 +167,11 @@ def test_deployments_refuse_a_bad_default_date_by_the_cli_and_over_http(api: Api
     kept = cli(api, "deploy", TARGET, "--name", name, "--paused", "-p", "label=5", "-p", "day=2026-01-02")
     assert kept.returncode == 0, kept.stdout + kept.stderr  # the control
     assert http.get(f"/deployments/{name}").json()["parameters"] == {"label": "5", "day": "2026-01-02"}
+    before = runs_of_flow(http)
+    now = http.post(f"/deployments/{name}/runs", json={"parameters": {"day": "2026-02-30"}})  # run-now override
+    assert now.status_code == 422, now.text
+    assert "parameter 'day': '2026-02-30' is not a valid date" in now.text
+    assert runs_of_flow(http) == before
 
 
 def test_delay_refuses_a_bad_date_in_the_apis_words(http: httpx.Client) -> None:
