@@ -68,7 +68,8 @@ def test_an_unknown_option_is_refused_naming_it_and_the_valid_ones() -> None:
         of.sleeper.with_options(timeout=1)
     with pytest.raises(DefinitionError, match=r"unknown option 'tag'; valid options are: .*flow_run_name"):
         of.child.with_options(tag="x")
-    with pytest.raises(DefinitionError, match="timeout_seconds must be > 0"):  # the decorator's own checks hold
+    # the decorator's own checks hold
+    with pytest.raises(DefinitionError, match="timeout_seconds takes a number of seconds > 0; got 0"):
         of.sleeper.with_options(timeout_seconds=0)
 
 

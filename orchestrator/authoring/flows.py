@@ -8,6 +8,7 @@ import reprlib
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
+from orchestrator.authoring import option_checks as checks
 from orchestrator.authoring.definitions import check_callable, why_not_importable
 from orchestrator.authoring.hooks import Hook, collect_hooks
 from orchestrator.authoring.keywords import check_keywords, target_name
@@ -73,35 +74,43 @@ class Flow(Generic[P, R]):
         validate_parameters: bool = True,
     ) -> None:
         self.options_given = given_options(locals())  # what with_options starts from
-        self.version = version  # shown, never interpreted (as in Prefect)
         self.display_name: str | None = None  # with_options(name=...): names its runs
         self.changed_options: dict[str, Any] = {}  # with_options(...) on the registered flow: kept on .delay() runs
         # a call in-process checks and converts its arguments by their annotations (authoring/params.py)
-        self.validate_parameters = validate_parameters
+        where = f"flow {fn.__qualname__!r}" if callable(fn) and hasattr(fn, "__qualname__") else "flow"
+        self.validate_parameters = checks.flag(where, "validate_parameters", validate_parameters)
         self.binds_class = binds_class(fn)  # @flow above @classmethod: bound to the class (see methods.py)
         fn, self.is_static = unwrap_function(fn, "flow")  # a staticmethod is never bound (see methods.py)
         self.bound_to: Any = None  # the instance of obj.method (set on the copy Flow.__get__ makes)
         check_callable(fn, "flow")
         self.fn = fn
         self.is_async = inspect.iscoroutinefunction(fn)  # its body is a coroutine (runtime/aio.py runs it)
-        self.name = name or fn.__name__.replace("_", "-")
-        if queue is not None and (problem := queue_problem(queue)):
-            raise DefinitionError(f"flow {self.name!r}: {problem}.")
+        self.name = checks.text(where, "name", name, example="etl") or fn.__name__.replace("_", "-")
+        where = f"flow {self.name!r}"
+        if (queue := checks.queue_name(where, queue)) is not None and (problem := queue_problem(queue)):
+            raise DefinitionError(f"{where}: {problem}.")
         self.queue = queue
+        if flow_run_name is not None and not (isinstance(flow_run_name, str) or callable(flow_run_name)):
+            checks.refuse(
+                where,
+                "flow_run_name",
+                flow_run_name,
+                "a template string or a function with no arguments",
+                "e.g. flow_run_name='etl-{day}'.",
+            )
         self.flow_run_name = flow_run_name
+        description = checks.text(where, "description", description, example="Loads the day.", empty=True)
         self.description = description or inspect.getdoc(fn) or ""
+        self.version = checks.text(where, "version", version, example="1.2")  # shown, never interpreted
         self.signature = inspect.signature(fn)
-        if timeout_seconds is not None and timeout_seconds <= 0:
-            raise DefinitionError(f"flow {self.name!r}: timeout_seconds must be > 0 (got {timeout_seconds}).")
-        self.timeout_seconds = timeout_seconds
-        if retries < 0 or retry_delay_seconds < 0:
-            raise DefinitionError(f"flow {self.name!r}: retries and retry_delay_seconds must be >= 0.")
-        self.retries = retries
-        self.retry_delay_seconds = retry_delay_seconds
-        self.log_prints = log_prints  # print() in the body, and in tasks that do not say, goes to the run log
+        self.timeout_seconds = checks.seconds(where, "timeout_seconds", timeout_seconds)
+        self.retries = checks.count(where, "retries", retries)
+        self.retry_delay_seconds = checks.seconds(where, "retry_delay_seconds", retry_delay_seconds, zero=True) or 0
+        # print() in the body, and in tasks that do not say, goes to the run log
+        self.log_prints = checks.flag(where, "log_prints", log_prints)
         # .delay() plans a body that only wires tasks in the caller's process (one hop fewer); a body with
         # side effects of its own (prints, sleeps, reads) can ask for a worker of its queue to plan it
-        self.plan_on_worker = plan_on_worker
+        self.plan_on_worker = checks.flag(where, "plan_on_worker", plan_on_worker)
         self.hooks = collect_hooks(
             f"flow {self.name!r}",
             {

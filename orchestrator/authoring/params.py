@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
-import json
 import reprlib
 import types
 import typing
@@ -17,8 +16,9 @@ from pydantic import BaseModel, ConfigDict, PydanticSchemaGenerationError, TypeA
 
 from orchestrator.authoring.definitions import parameter_hints
 from orchestrator.authoring.flows import Flow
+from orchestrator.authoring.param_text import read_pairs
+from orchestrator.authoring.schema import parameters_schema
 from orchestrator.errors import DefinitionError, ParameterError
-from orchestrator.guards.limits import MAX_NESTING, depth_problem
 from orchestrator.runtime.engine import bind_arguments
 
 
@@ -40,40 +40,15 @@ def load_flow(target: str) -> Flow:
 
 
 def parse_parameters(flow: Flow, pairs: list[str]) -> dict[str, Any]:
-    """Turn ``k=v`` strings into typed parameters; JSON values are accepted too."""
-    hints = parameter_hints(flow.fn)
-    params: dict[str, Any] = {}
-    for pair in pairs:
-        name, sep, text = pair.partition("=")
-        if not sep:
-            raise ParameterError(f"parameter {pair!r} must look like name=value.")
-        if name not in flow.signature.parameters:
-            known = ", ".join(flow.signature.parameters) or "(none)"
-            raise ParameterError(f"flow {flow.name!r} has no parameter {name!r}; it has: {known}.")
-        value: Any = text
-        try:
-            value = json.loads(text)
-        except ValueError:
-            pass
-        except RecursionError:  # nested too deep for the JSON parser itself
-            raise ParameterError(
-                f"parameter {name!r} is nested too deeply to read; at most {MAX_NESTING} levels of lists and "
-                "objects are accepted."
-            ) from None
-        problem = depth_problem(name, value)
-        if problem:
-            raise ParameterError(f"{problem}.")
-        hint = hints.get(name)
-        if hint is not None:
-            try:
-                value = TypeAdapter(hint).validate_python(
-                    value if not isinstance(value, (int, float)) or hint is not str else text
-                )
-            except ValidationError as exc:
-                first = exc.errors()[0]["msg"]
-                raise ParameterError(f"parameter {name!r}={text!r} is not a valid {hint}: {first}.") from None
-        params[name] = value
-    return params
+    """``-p name=value`` texts as the flow's typed parameters (``plan``, ``deploy``): read by the one rule
+    of :mod:`orchestrator.authoring.param_text`, then checked and converted by the type hints as an
+    in-process call is (``"2026-01-02"`` becomes a date). Raises ParameterError naming what is wrong."""
+    values = read_pairs(pairs, parameters_schema(flow))
+    unknown = [name for name in values if name not in flow.signature.parameters]
+    if unknown:
+        known = ", ".join(flow.signature.parameters) or "(none)"
+        raise ParameterError(f"flow {flow.name!r} has no parameter {unknown[0]!r}; it has: {known}.")
+    return validated_parameters(flow, values)
 
 
 def coerce_parameters(flow: Flow, given: dict[str, Any]) -> dict[str, Any]:

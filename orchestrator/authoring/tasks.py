@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
+from orchestrator.authoring import option_checks as checks
 from orchestrator.authoring.caching import (
     CacheKeyFn,
     CachePolicy,
@@ -139,29 +140,27 @@ class Task(Generic[P, R]):
         fn, self.is_static = unwrap_function(fn, "task")  # a staticmethod is never bound (see methods.py)
         self.bound_to: Any = None  # the instance of obj.method (set on the copy Task.__get__ makes)
         check_callable(fn, "task")
-        self.description = description or inspect.getdoc(fn) or ""
-        self.version = version  # shown, never interpreted (as in Prefect)
         # viz_return_value only feeds Prefect's graph visualisation: accepted, and unused here
         self.fn = fn
         self.is_async = inspect.iscoroutinefunction(fn)  # its call returns a coroutine (runtime/aio.py runs it)
         # neither a coroutine nor a generator function: the executor's hot path skips collecting its value
         self.plain_function = not (self.is_async or inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn))
-        self.name = name or f"{fn.__module__}.{fn.__qualname__}"
+        self.name = checks.text(f"task {fn.__qualname__!r}", "name", name, example="load-users") or (
+            f"{fn.__module__}.{fn.__qualname__}"
+        )
         where = f"task {self.name!r}"
-        if retries < 0:
-            raise DefinitionError(f"{where}: retries must be >= 0 (got {retries}).")
-        if timeout_seconds is not None and timeout_seconds <= 0:
-            raise DefinitionError(f"{where}: timeout_seconds must be > 0 (got {timeout_seconds}).")
-        if retry_jitter_factor is not None and retry_jitter_factor < 0:
-            raise DefinitionError(f"{where}: retry_jitter_factor must be >= 0 (got {retry_jitter_factor}).")
-        if poke_timeout_seconds is not None and poke_timeout_seconds <= 0:
-            raise DefinitionError(f"{where}: poke_timeout_seconds must be > 0 (got {poke_timeout_seconds}).")
-        self.retries = retries
-        self.retry_delays = _delays(retry_delay_seconds, where, retries)
-        self.retry_jitter_factor = retry_jitter_factor
-        self.retry_on = retry_on if isinstance(retry_on, tuple) or retry_on is None else (retry_on,)
-        self.retry_condition_fn = retry_condition_fn
-        self.poke_timeout_seconds = poke_timeout_seconds
+        self.description = checks.text(where, "description", description, example="Loads users.", empty=True) or (
+            inspect.getdoc(fn) or ""
+        )
+        self.version = checks.text(where, "version", version, example="1.2")  # shown, never interpreted (as in Prefect)
+        self.retries = checks.count(where, "retries", retries)
+        self.retry_delays = _delays(checks.retry_delays(where, retry_delay_seconds), where, retries)
+        self.retry_jitter_factor = checks.factor(where, "retry_jitter_factor", retry_jitter_factor)
+        self.retry_on = checks.exception_classes(where, retry_on)
+        self.retry_condition_fn = checks.function(
+            where, "retry_condition_fn", retry_condition_fn, "(task, task_run, state) -> bool"
+        )
+        self.poke_timeout_seconds = checks.seconds(where, "poke_timeout_seconds", poke_timeout_seconds)
         self.trigger = check_trigger(trigger, where)
         self.hooks = collect_hooks(
             where,
@@ -173,12 +172,15 @@ class Task(Generic[P, R]):
                 "on_cancellation": on_cancellation,
             },
         )
-        self.timeout_seconds = timeout_seconds
-        self.log_prints = log_prints  # None: as the flow says
-        self.persist_result = persist_result  # also write the result to ORCHESTRATOR_RESULT_STORAGE
-        self.tags = list(tags)
-        self.queue = _checked_queue(queue, where)
-        self.result_serializer = check_serializer(result_serializer, where)
+        self.timeout_seconds = checks.seconds(where, "timeout_seconds", timeout_seconds)
+        self.log_prints = checks.flag(where, "log_prints", log_prints, optional=True)  # None: as the flow says
+        # also write the result to ORCHESTRATOR_RESULT_STORAGE
+        self.persist_result = checks.flag(where, "persist_result", persist_result)
+        self.tags = checks.tag_list(where, tags)  # one string is one tag
+        self.queue = _checked_queue(checks.queue_name(where, queue), where)
+        self.result_serializer = check_serializer(
+            checks.text(where, "result_serializer", result_serializer, example="json") or "", where
+        )
         self.task_run_name = check_task_run_name(task_run_name, fn, where)
         self.display_name: str | None = None  # with_options(name=...): labels its task runs
         self.cache: CacheSettings | None = cache_settings(  # None: no caching (see authoring/caching.py)
@@ -186,7 +188,7 @@ class Task(Generic[P, R]):
             cache_policy=cache_policy,
             cache_key_fn=cache_key_fn,
             cache_expiration=cache_expiration,
-            refresh_cache=refresh_cache,
+            refresh_cache=checks.flag(where, "refresh_cache", refresh_cache),
         )
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
         if why_not_importable(fn) is None and registering():

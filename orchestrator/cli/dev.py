@@ -127,7 +127,7 @@ def flower_api_note(task_api: bool) -> str:
 
 def run_once(client: ApiClient, flow: str, pairs: list[str]) -> int:
     """Submit one run through the API, show it live, print its outcome; 0 if it completed."""
-    created = calling(lambda: client.create_run(flow, parse_pairs(pairs)))
+    created = calling(lambda: client.create_run(flow, parse_pairs(client, flow, pairs)))
     name = user_text(created["name"], "bold")
     console.print(user_line("flow run ", name, f" ({created['id']}) sent through the API"))
     final = calling(lambda: watch_run(client, created["id"], timeout=300))

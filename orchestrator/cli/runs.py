@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -15,6 +14,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from orchestrator.authoring.param_text import read_pairs
 from orchestrator.cli.text import print_json, user_json, user_line, user_text
 from orchestrator.errors import OrchestratorError
 from orchestrator.guards.redaction import mask_urls_in
@@ -66,18 +66,14 @@ def services_start() -> None:
     os.execvp(cmd[0], cmd)
 
 
-def parse_pairs(pairs: list[str]) -> dict[str, Any]:
-    """``-p k=v``: v read as JSON when it is JSON (3, true, [1,2]), else as text; the API checks types."""
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        name, sep, text = pair.partition("=")
-        if not sep or not name:
-            raise typer.BadParameter(f"{pair!r} must look like name=value", param_hint="-p")
-        try:
-            out[name] = json.loads(text)
-        except ValueError:
-            out[name] = text
-    return out
+def parse_pairs(client: ApiClient, flow: str, pairs: list[str]) -> dict[str, Any]:
+    """``-p k=v`` read by the one rule of every command (:mod:`orchestrator.authoring.param_text`),
+    with the parameter types the flow's workers announced (one GET, only when ``-p`` is given);
+    the API then checks the values against the same schema."""
+    if not pairs:
+        return {}
+    schema = client.get_flow(flow).get("parameters")
+    return read_pairs(pairs, schema if isinstance(schema, dict) else None)
 
 
 def task_table(run: dict[str, Any], tasks: list[dict[str, Any]]) -> Table:
@@ -260,7 +256,7 @@ def run_command(
 ) -> None:
     """Submit a flow run through the API (exit status 1 if a watched run does not complete)."""
     client = ApiClient()
-    parameters = parse_pairs(param or [])
+    parameters = calling(lambda: parse_pairs(client, flow, param or []))
     run = calling(lambda: client.create_run(flow, parameters, name=name, queue=queue))
     console.print(user_line("flow run ", user_text(run["name"], "bold"), f" ({run['id']}) {run['state']}"))
     if not watch:

@@ -66,6 +66,10 @@ class ApiClient:
             raise ApiError(mask_urls_in(f"{method} {path}: {response.status_code}: {detail}"), response.status_code)
         return response
 
+    def get_flow(self, flow: str) -> dict[str, Any]:
+        """A flow a worker registered: its queue and its parameters' JSON Schema (404 if none did)."""
+        return dict(self.request("GET", f"/flows/{segment(flow)}"))
+
     def create_run(
         self,
         flow: str,

@@ -35,9 +35,9 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from jsonschema import Draft202012Validator
 from pydantic import TypeAdapter
 
+from orchestrator.authoring.formats import problem_message, telling, validator_for
 from orchestrator.authoring.naming import run_name_problem
 from orchestrator.authoring.params import coerce_class_parameters, validated_parameters
 from orchestrator.authoring.schema import parameters_schema
@@ -121,16 +121,11 @@ def schema_problems(flow_name: str, schema: dict[str, Any], parameters: dict[str
     for name, value in parameters.items():
         if name not in properties or value is UNJUDGED:
             continue
-        for error in validator_for(json.dumps(properties[name], sort_keys=True)).iter_errors(value):
+        for error in validator_for(properties[name]).iter_errors(value):
             path = [name, *(str(p) for p in error.path)]
-            typed.append((path, parameter_problem(name, "type", f"parameter {name!r}: {error.message}")))
+            kind = "format" if telling(error).validator == "format" else "type"
+            typed.append((path, parameter_problem(name, kind, problem_message(name, error))))
     return problems + [p for _, p in sorted(typed, key=lambda t: t[0])]
-
-
-@lru_cache(maxsize=1024)
-def validator_for(schema_text: str) -> Draft202012Validator:
-    """One compiled validator per distinct schema."""
-    return Draft202012Validator(json.loads(schema_text))
 
 
 class _NoJsonForm(Exception):
