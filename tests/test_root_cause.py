@@ -157,3 +157,17 @@ def test_the_traceback_of_every_retried_attempt_is_in_the_logs(http: httpx.Clien
     assert any("raise OSError(" in w["message"] for w in warnings)
     found = http.get(f"/flow-runs/{run['id']}/failures").json()
     assert found["root_cause"] is None and found["total"] == 0  # it completed: nothing failed in the end
+
+
+def test_the_message_counts_what_it_does_not_name() -> None:
+    from orchestrator.runs.failures import Failure, cause_order, failure_message
+
+    raw = [("b-0", "Failed", 3.0), ("up-0", "UpstreamFailed", 1.0), ("a-0", "Crashed", 2.0), ("c-0", "TimedOut", None)]
+    order = sorted(raw, key=lambda r: cause_order(r[1], r[2], r[0]))
+    assert [r[0] for r in order] == ["a-0", "b-0", "c-0", "up-0"]  # own failures by end, then the downstream
+    failures = [Failure(f"t-{n}", "Failed", f"E{n}", float(n), "run") for n in range(6)]
+    assert failure_message(failures, 7) == (
+        "t-0 ended Failed: E0; 5 more task runs failed (t-1, t-2, t-3 and 2 more); "
+        "7 downstream task runs not run (UpstreamFailed)"
+    )
+    assert failure_message(failures[:1], 0) == "t-0 ended Failed: E0"
