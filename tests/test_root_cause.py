@@ -76,6 +76,10 @@ def test_result_of_a_completed_run_is_its_json_value(http: httpx.Client) -> None
     assert response.status_code == 200 and response.json() == 8
     both = wait_final(http, submit(http, "non-sp-flow", parameters={"slow": 0.1})["id"])
     assert http.get(f"/flow-runs/{both['id']}/result").json() == {"c": "c", "d": "d"}
+    pickled = wait_final(http, submit(http, "pickle-map-flow")["id"])
+    assert pickled["state"] == "Completed", pickled
+    # a tuple as a list, and every pickled value (both tasks opt in) named, never unpickled by the API
+    assert http.get(f"/flow-runs/{pickled['id']}/result").json() == [["<pickled>", "<pickled>"], "<pickled>"]
 
 
 def test_result_of_a_run_without_one_says_why(http: httpx.Client, failed: dict[str, Any]) -> None:
