@@ -54,6 +54,13 @@ def test_a_chord_whose_header_fails_names_the_header_task(http: httpx.Client) ->
     assert "1 downstream task run not run" in run["state_message"]
 
 
+def test_a_dynamic_body_that_raised_is_followed_by_the_task_that_failed_first(http: httpx.Client) -> None:
+    run = wait_final(http, submit(http, "dynamic-reads-a-failure")["id"])
+    assert run["state"] == "Failed" and run["mode"] == "dynamic", run
+    assert run["state_message"].startswith("the flow body raised ValueError: read boom"), run
+    assert run["state_message"].endswith("; the first task run to fail: explode-0 ended Failed: ValueError: read boom")
+
+
 def test_failures_give_the_root_cause_with_its_traceback(http: httpx.Client, failed: dict[str, Any]) -> None:
     found = http.get(f"/flow-runs/{failed['id']}/failures").json()
     cause = found["root_cause"]
