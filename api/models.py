@@ -107,6 +107,9 @@ class TaskRun(SQLModel, table=True):
     updated: float = 0.0
     cached: bool = False  # completed from the task cache: its function did not run
     cache_key: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    # what its last failed attempt raised (class as module:qualname) and where: /failures shows them
+    error_type: str = Field(default="", max_length=300)
+    traceback: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
 
 
 class StateEvent(SQLModel, table=True):

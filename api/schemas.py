@@ -186,6 +186,54 @@ class TaskRunPublic(BaseModel):
         )
 
 
+class TaskFailure(BaseModel):
+    """A task run that failed on its own (not UpstreamFailed): what it raised, and where."""
+
+    task_run_id: str
+    flow_run_id: str
+    label: str
+    task_name: str
+    state: str
+    message: str = Field(description="The exception's class and text, or why it ended (a crash, a timeout).")
+    error_type: str = Field(description="The exception's class as module:qualname ('' for a crash or a signal).")
+    traceback: str = Field(description="Where its last attempt raised ('' when nothing raised: a crash).")
+    worker: str
+    attempts: int
+    ended: datetime | None
+
+    @classmethod
+    def of(cls, row: TaskRun) -> TaskFailure:
+        return cls(
+            task_run_id=row.id,
+            flow_run_id=row.flow_run_id,
+            label=row.label,
+            task_name=row.task_name,
+            state=row.state,
+            message=row.state_message,
+            error_type=row.error_type,
+            traceback=row.traceback,
+            worker=row.worker,
+            attempts=row.attempts,
+            ended=when(row.ended),
+        )
+
+
+class FlowRunFailures(BaseModel):
+    """Why a flow run failed: its root cause first, then the other task runs that failed on their own."""
+
+    flow_run_id: str
+    state: str
+    state_message: str
+    root_cause: TaskFailure | None = Field(
+        description="The task run that failed on its own first (null: none did, e.g. the run was cancelled)."
+    )
+    failures: list[TaskFailure] = Field(
+        description="Task runs that failed on their own, root cause first, then by end time (at most `limit`)."
+    )
+    total: int = Field(description="How many task runs failed on their own in all.")
+    upstream_failed: int = Field(description="Task runs not run because an upstream failed (UpstreamFailed).")
+
+
 class StateEventPublic(BaseModel):
     """One transition in a run's history."""
 

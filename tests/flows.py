@@ -788,3 +788,9 @@ def query_db() -> int:
 def routed_flow() -> int:
     """A task on its own queue feeding a task on the flow's queue (tests/test_compiler.py)."""
     return inc.submit(query_db.submit())  # type: ignore[no-any-return]
+
+
+@flow
+def dynamic_reads_a_failure() -> int:
+    """Dynamic: the body reads the result of a task that raised, so the body raises too."""
+    return inc.submit(explode.submit("read boom").result()).result()  # type: ignore[no-any-return]

@@ -332,9 +332,10 @@ def _run_started(
         poking_for = now() - store.task_runs.first_poke(trid) if isinstance(exc, RETRY) else 0.0
         outcome = _outcome(task, exc, retries_used, attempt, poking_for)
         if outcome.state is StateType.AWAITING_RETRY:
-            store.task_runs.progress(
-                trid, {"state": outcome.state.value, "message": outcome.message, "retry_at": now() + outcome.delay}
-            )
+            progress = {"state": outcome.state.value, "message": outcome.message, "retry_at": now() + outcome.delay}
+            if outcome.uses_retry:  # an attempt that raised (not a sensor's poke): its traceback is kept in the logs
+                progress["traceback"] = format_traceback(exc)
+            store.task_runs.progress(trid, progress)
             call_hooks(task, task.hooks, info, outcome.state, outcome.message)
             attempt.retry(outcome.delay, retries_used + int(outcome.uses_retry))
         end_failed(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 from pydantic import AfterValidator
@@ -22,6 +22,7 @@ from api.run_list import RunFilters, list_runs
 from api.schemas import (
     Accepted,
     Diagnosis,
+    FlowRunFailures,
     FlowRunPage,
     FlowRunPublic,
     FlowRunUpdate,
@@ -30,11 +31,14 @@ from api.schemas import (
     LateCleanupResult,
     LogLinePublic,
     StateEventPublic,
+    TaskFailure,
     TaskRunPublic,
     valid_start,
 )
 from api.services.late import cleanup_late
+from orchestrator.runs.failures import OWN_FAILURES
 from orchestrator.runs.lifecycle import retry_final_run
+from orchestrator.runs.outcome import shown_result
 from orchestrator.states import StateType
 
 router = APIRouter(prefix="/flow-runs", tags=["flow runs"])
@@ -48,6 +52,20 @@ def get_run(session: Session, run_id: str) -> FlowRun:
     if row is None:
         raise no_run(run_id)
     return row
+
+
+def require_run(session: Session, run_id: str) -> None:
+    """A 404 unless the run is recorded, without loading its row (a large run's plan is megabytes)."""
+    if session.exec(select(FlowRun.id).where(FlowRun.id == run_id)).first() is None:
+        raise no_run(run_id)
+
+
+def run_state(session: Session, run_id: str) -> tuple[StateType, str]:
+    """The run's recorded state and message or a 404, without loading its row (and its plan)."""
+    found = session.exec(select(FlowRun.state, FlowRun.state_message).where(FlowRun.id == run_id)).first()
+    if found is None:
+        raise no_run(run_id)
+    return StateType(found[0]), found[1]
 
 
 @router.get("", response_model=FlowRunPage)
@@ -246,6 +264,93 @@ def read_diagnosis(session: SessionDep, store: StoreDep, run_id: RunId) -> Diagn
         body_status=store.flow_runs.field(run_id, "body_status"),  # dynamic bodies only
     )
     return Diagnosis.model_validate(found)
+
+
+@router.get(
+    "/{run_id}/result",
+    responses={
+        404: {"description": "No such flow run."},
+        409: {"description": "The run has not completed (still under way, or it failed): no result."},
+        410: {"description": "The run completed, but its result has expired from Redis and was not persisted."},
+    },
+)
+def read_result(session: SessionDep, store: StoreDep, run_id: RunId) -> Any:
+    """The flow run's return value as JSON, once it has completed.
+
+    Read from Redis, where results stay ``ORCHESTRATOR_RESULT_TTL_SECONDS`` (and from the result
+    storage for tasks with ``persist_result=True``), and shown as plain JSON: a date as its ISO
+    text, a tuple as a list, a dataclass as the object of its fields, a pickled value as "<pickled>".
+    """
+    recorded, recorded_message = run_state(session, run_id)
+    shown = shown_result(store, run_id)
+    if shown.state is None:  # Redis has no record: not sent yet, or expired
+        if recorded is not StateType.COMPLETED:
+            raise not_completed(run_id, recorded, recorded_message)
+        raise HTTPException(
+            status.HTTP_410_GONE,
+            f"flow run {run_id} completed, but its record and result have expired from Redis (kept "
+            "ORCHESTRATOR_RESULT_TTL_SECONDS after the run); declare its tasks with persist_result=True to keep "
+            "results longer, or run it again.",
+        )
+    if shown.state is not StateType.COMPLETED:
+        raise not_completed(run_id, shown.state, shown.message)
+    if shown.expired:
+        names = ", ".join(shown.expired[:5]) + (f" and {len(shown.expired) - 5} more" if len(shown.expired) > 5 else "")
+        raise HTTPException(
+            status.HTTP_410_GONE,
+            f"flow run {run_id} completed, but the result of task run {names} has expired from Redis (kept "
+            "ORCHESTRATOR_RESULT_TTL_SECONDS) and was not persisted; declare the task with persist_result=True "
+            "to keep results in ORCHESTRATOR_RESULT_STORAGE, or run the flow again.",
+        )
+    return shown.value
+
+
+def not_completed(run_id: str, state: StateType, message: str) -> HTTPException:
+    """The 409 of /result for a run that has no result (yet), saying what it is doing or why it failed."""
+    if not state.is_final:
+        return HTTPException(
+            status.HTTP_409_CONFLICT, f"flow run {run_id} is {state.value}: it has no result until it completes."
+        )
+    why = f": {message}" if message else ""
+    return HTTPException(
+        status.HTTP_409_CONFLICT,
+        f"flow run {run_id} ended {state.value}{why}; it has no result (GET /api/flow-runs/{run_id}/failures "
+        "shows what failed, with tracebacks).",
+    )
+
+
+@router.get("/{run_id}/failures", response_model=FlowRunFailures)
+def read_failures(
+    session: SessionDep,
+    run_id: RunId,
+    limit: Annotated[int, Query(ge=1, le=1000, description="At most this many failures.")] = 100,
+) -> FlowRunFailures:
+    """Why the run failed: the task run that failed on its own first (its root cause), with what it raised
+    and its traceback, then the other task runs that failed on their own, and how many did not run because
+    of them (UpstreamFailed). A root run's tree includes its subflows' task runs."""
+    state, message = run_state(session, run_id)
+    in_tree = in_run_tree(run_id)
+    own = col(TaskRun.state).in_([s.value for s in OWN_FAILURES])
+    total = session.exec(select(func.count()).select_from(TaskRun).where(in_tree, own)).one()
+    rows = session.exec(
+        select(TaskRun)  # the order of orchestrator.runs.failures.cause_order: the earliest to end first
+        .where(in_tree, own)
+        .order_by(col(TaskRun.ended).is_(None), col(TaskRun.ended), col(TaskRun.label), col(TaskRun.id))
+        .limit(limit)
+    ).all()
+    upstream = session.exec(
+        select(func.count()).select_from(TaskRun).where(in_tree, col(TaskRun.state) == StateType.UPSTREAM_FAILED.value)
+    ).one()
+    failures = [TaskFailure.of(r) for r in rows]
+    return FlowRunFailures(
+        flow_run_id=run_id,
+        state=state.value,
+        state_message=message,
+        root_cause=failures[0] if failures else None,
+        failures=failures,
+        total=total,
+        upstream_failed=upstream,
+    )
 
 
 @router.get("/{run_id}/logs", response_model=list[LogLinePublic])

@@ -30,12 +30,14 @@ from orchestrator.runstate.event_stream import DEAD_LETTERS, Entry
 from orchestrator.runstate.leases import RECORDER_LEASE
 from orchestrator.runstate.records import parse_float, parse_json
 from orchestrator.runstate.store import RunStore
-from orchestrator.states import StateType, can_transition
+from orchestrator.states import FAILED_STATES, StateType, can_transition
 
 log = logging.getLogger("orchestrator.recorder")
 
 LEASE_SECONDS = 15
 CHUNK = 500  # ids per IN (...) query
+TRACEBACK_LOG_LINES = 200  # lines of a traceback written as log lines (the innermost ones)
+FAILED_STATE_NAMES = frozenset(state.value for state in FAILED_STATES)
 
 
 @dataclass
@@ -307,7 +309,19 @@ class Recorder:
             batch.flows[event.run_id] = row
             batch.stateless.add(("flow_run", event.run_id))
         merge_flow_record(row, event.record)
+        before = None if ("flow_run", row.id) in batch.stateless else row.state
         self._transition(batch, row, event, recorded, "flow_run", row.id)
+        if row.state != before and row.state in FAILED_STATE_NAMES:  # its end, once: in its logs, root cause first
+            batch.logs.append(
+                {
+                    "event_id": f"{event.stream_id}/end",
+                    "flow_run_id": row.id,
+                    "task_run_id": None,
+                    "level": "ERROR",
+                    "message": f"flow run {row.name or row.id} ended {row.state}: {row.state_message}",
+                    "ts": event.body.ts or recorded,
+                }
+            )
         if row.mode == "static" and row.plan is None and (row.root_id in (None, row.id)):
             batch.plans_wanted.add(row.id)
 
@@ -321,6 +335,8 @@ class Recorder:
             batch.stateless.add(("task_run", event.run_id))
         merge_task_record(row, event.record)
         self._transition(batch, row, event, recorded, "task_run", row.flow_run_id)
+        if event.record.get("traceback"):
+            self._keep_traceback(batch, row, event)
 
     def _transition(
         self, batch: Batch, row: FlowRun | TaskRun, event: Event, recorded: float, kind: str, flow_run_id: str
@@ -365,6 +381,40 @@ class Recorder:
                 "applied": allowed,
             }
         )
+
+    @staticmethod
+    def _keep_traceback(batch: Batch, row: TaskRun, event: Event) -> None:
+        """A failed attempt's traceback: kept on the task run when it ended it (``/failures``), and
+        written among the run's log lines either way (ERROR when final, WARNING before a retry), so
+        ``flow-run logs`` of a failed run shows where it failed, under the task's name.
+
+        One log line per line of the traceback, after a headline naming the task: a log line is one
+        line wherever it is shown (the CLI escapes a newline inside one rather than let it forge another).
+        """
+        change = event.body
+        assert isinstance(change, stream.StateChange)
+        text = str(event.record["traceback"])
+        final = change.state in FAILED_STATE_NAMES
+        if final:
+            row.traceback = text
+            row.error_type = str(event.record.get("error_type") or "")[:300]
+        lines = text.rstrip().splitlines()
+        if len(lines) > TRACEBACK_LOG_LINES:  # the innermost frames matter most; the whole one is on the task run
+            cut = len(lines) - TRACEBACK_LOG_LINES
+            lines = [f"({cut} lines of the traceback left out here: /failures has it whole)", *lines[cut:]]
+        headline = f"{row.label or row.id} ({row.task_name or 'task'}) {change.state}: {change.message}"
+        ts = change.ts or time.time()
+        for n, line in enumerate([headline, *lines]):
+            batch.logs.append(
+                {
+                    "event_id": f"{event.stream_id}/tb{n}",  # from the state event's id: a redelivery adds none
+                    "flow_run_id": row.flow_run_id,
+                    "task_run_id": row.id,
+                    "level": "ERROR" if final else "WARNING",
+                    "message": line,
+                    "ts": ts,
+                }
+            )
 
     @staticmethod
     def _log_line(stream_id: str, line: stream.LogLine) -> dict[str, Any]:

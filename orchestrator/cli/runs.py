@@ -1,4 +1,4 @@
-"""CLI commands that talk to the API: ``server start``, ``run``, ``flow-run ls|inspect|logs|cancel|retry``."""
+"""CLI commands that talk to the API: ``server start``, ``run``, ``flow-run ls|inspect|result|logs|cancel|retry``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from rich.text import Text
 
 from orchestrator.authoring.param_text import read_pairs
 from orchestrator.cli.text import print_json, user_json, user_line, user_text
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import ApiError, OrchestratorError
 from orchestrator.guards.redaction import mask_urls_in
 from orchestrator.runs.api_client import ApiClient
 from orchestrator.states import StateType
@@ -165,6 +165,46 @@ def flow_run_inspect(
         cells = ((item["time"] or "")[11:23], who, state, item["cause"], item["message"][:60])
         history.add_row(*map(user_text, cells))
     console.print(history)
+    print_root_cause(client, run)
+
+
+@flow_run_app.command("result")
+def flow_run_result(run_id: Annotated[str, typer.Argument(help="Flow run id.")]) -> None:
+    """Print a completed run's return value as JSON.
+
+    Exit status 1 when the run has no result: still under way, failed (the error says why), or
+    its result expired from Redis; 2 when the run is unknown or the API cannot be reached.
+    """
+    client = ApiClient()
+    try:
+        value = client.result(run_id)
+    except ApiError as exc:
+        print_error(exc)
+        raise typer.Exit(1 if exc.status in (409, 410) else 2) from None
+    except OrchestratorError as exc:
+        print_error(exc)
+        raise typer.Exit(2) from None
+    console.print(user_json(value), soft_wrap=True)
+
+
+def print_root_cause(client: ApiClient, run: dict[str, Any]) -> None:
+    """For a failed run: the task run that failed first, what it raised and its traceback (the run's
+    message, shown before, counts the rest). Nothing for a run that did not fail."""
+    if not StateType(run["state"]).is_failed:
+        return
+    try:
+        found = client.failures(run["id"])
+    except OrchestratorError as exc:  # an API older than /failures: what was printed before stands
+        console.print(user_line("(no root cause shown: ", mask_urls_in(str(exc)), ")"), soft_wrap=True)
+        return
+    cause = found["root_cause"]
+    if cause is None:
+        return
+    task = cause["task_name"].rsplit(".", 1)[-1]
+    headline = user_line(Text("root cause: ", style="bold red"), cause["label"], f" ({task}) ", cause["state"])
+    console.print(headline, user_line(": ", cause["message"]) if cause["message"] else "", sep="", soft_wrap=True)
+    for line in (cause["traceback"] or "(no traceback: nothing raised, see the message)").rstrip().splitlines():
+        console.print(user_text(line), soft_wrap=True)  # one line each: a traceback line never forges another
 
 
 @flow_run_app.command("logs")
@@ -264,4 +304,11 @@ def run_command(
     run = calling(lambda: watch_run(client, run["id"], timeout))
     if run["state"] != StateType.COMPLETED.value:
         console.print(user_line(user_text(run["state"], "red"), ": ", run["state_message"]))
+        print_root_cause(client, run)
         raise typer.Exit(1)
+    try:
+        value = client.result(run["id"])
+    except OrchestratorError as exc:  # completed, but its result expired already (or the API went away)
+        print_error(exc)
+        return
+    console.print(Text("result:", style="bold green"), user_json(value), soft_wrap=True)

@@ -105,6 +105,14 @@ class ApiClient:
     def logs(self, run_id: str, after: int = 0) -> list[dict[str, Any]]:
         return list(self.request("GET", f"/flow-runs/{segment(run_id)}/logs", params={"after": after}))
 
+    def result(self, run_id: str) -> Any:
+        """The run's return value as plain JSON; an :class:`ApiError` (status 409 or 410) when it has none."""
+        return self.request("GET", f"/flow-runs/{segment(run_id)}/result")
+
+    def failures(self, run_id: str) -> dict[str, Any]:
+        """Why the run failed: its root cause (with its traceback) first, then the other failed task runs."""
+        return dict(self.request("GET", f"/flow-runs/{segment(run_id)}/failures"))
+
     def deploy(self, body: dict[str, Any]) -> dict[str, Any]:
         return dict(self.request("POST", "/deployments", json=body))
 

@@ -19,6 +19,7 @@ from orchestrator.authoring.registry import all_flows, get_flow
 from orchestrator.errors import RunError
 from orchestrator.planning.compiler import Compiled
 from orchestrator.planning.plan import Plan, refs_in
+from orchestrator.runs.failures import failure_message, tree_failures
 from orchestrator.runstate.events import task_run_event
 from orchestrator.runstate.records import NewTaskRun, TaskRunRecord, deciders_of, default_run_name
 from orchestrator.runstate.store import Finished, RunStore, now
@@ -166,14 +167,22 @@ def schedule_flow_retry(store: RunStore, root: str, why: str) -> bool:
 
 
 def flow_outcome(store: RunStore, root: str, run_id: str) -> tuple[StateType, str]:
-    """A flow run's final state: its returned futures decide, else its leaf task runs."""
+    """A flow run's final state: its returned futures decide, else its leaf task runs.
+
+    A failed run's message names its root cause first (:mod:`orchestrator.runs.failures`).
+    """
     record = store.flow_runs.read(run_id)
-    if record.get("body_error"):
-        return StateType.FAILED, record["body_error"]
+    if record.get("body_error"):  # a dynamic body raised: its error first, then the task that failed first, if any
+        failures, _ = tree_failures(store, root, run_id)
+        first = f"; the first task run to fail: {failures[0].words()}" if failures else ""
+        return StateType.FAILED, record["body_error"] + first
     states = store.task_runs.final_states(root, deciders_of(record))
     failed = [t for t, s in states.items() if s is None or s.is_failed]
     if not failed:
         return StateType.COMPLETED, ""
+    failures, upstream_failed = tree_failures(store, root, run_id)
+    if failures:  # the task that raised first, not the downstream leaves it took down
+        return StateType.FAILED, failure_message(failures, upstream_failed)
     labels = []
     for trid in failed[:5]:
         info = store.task_runs.read(trid)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import traceback
 from dataclasses import dataclass
+from types import TracebackType
 
 from orchestrator.authoring.tasks import Task
 from orchestrator.errors import describe
@@ -61,6 +62,24 @@ def timed_out_message(task: Task, exc: BaseException) -> str:
     return f"ran past timeout_seconds={limit} ({describe(exc)})"
 
 
+_OWN_MODULES = ("orchestrator.", "workers.")  # the executor's frames above the user's function
+
+
 def format_traceback(exc: BaseException) -> str:
-    """The traceback of ``exc`` as text, for the run record."""
-    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    """The traceback of ``exc`` as text, for the run record: from the first frame of the user's code.
+
+    The frames of the executor that called the task (``workers``, ``orchestrator``) are the same for
+    every task and push the user's own lines down; they are left out in front of the first frame
+    that is not ours. An error raised in our code alone (nothing of the user's ran) keeps them all.
+    """
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb)
+        tb = tb.tb_next
+    first = next((i for i, f in enumerate(frames) if not _is_ours(f)), 0)
+    return "".join(traceback.format_exception(type(exc), exc, frames[first] if frames else None))
+
+
+def _is_ours(tb: TracebackType) -> bool:
+    return str(tb.tb_frame.f_globals.get("__name__", "")).startswith(_OWN_MODULES)
