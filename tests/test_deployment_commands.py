@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import os
 import re
 import subprocess
 import time
@@ -17,7 +18,7 @@ import httpx
 import pytest
 
 from orchestrator.devstack.localstack import ApiProcess, api_server
-from tests.api_support import cli, eventually, wait_final
+from tests.api_support import api_database, cli, eventually, wait_final
 
 HOUR = 3600  # the deployments here run hourly: the scheduler's own next run never falls inside a test
 RUN_ID = re.compile(r"\(([0-9a-f-]{36})\)")
@@ -27,8 +28,12 @@ RUN_ID = re.compile(r"\(([0-9a-f-]{36})\)")
 def api(
     redis_url: str, fleet: subprocess.Popen[bytes], worker_logs: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ApiProcess]:
-    database = f"sqlite:///{tmp_path_factory.mktemp('deployment-commands') / 'api.db'}"
-    with api_server(redis_url, database, log_path=worker_logs / "deployment-commands-api.log") as server:
+    """The API on SQLite, or on a fresh PostgreSQL database when ORCHESTRATOR_TEST_DATABASE_URL names one."""
+    folder = tmp_path_factory.mktemp("deployment-commands")
+    with (
+        api_database(folder, os.environ.get("ORCHESTRATOR_TEST_DATABASE_URL")) as database,
+        api_server(redis_url, database, log_path=worker_logs / "deployment-commands-api.log") as server,
+    ):
         yield server
 
 
