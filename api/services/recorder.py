@@ -26,6 +26,7 @@ from sqlmodel import Session, col, select
 from api.models import FlowRun, LogLine, StateEvent, TaskRun
 from api.services.outage import FIRST_WAIT, RedisOutage, next_wait
 from orchestrator.data.serialization import to_plain
+from orchestrator.errors import ConnectionProblem
 from orchestrator.guards.redaction import mask_urls_in
 from orchestrator.runstate import events as stream
 from orchestrator.runstate.connection import RedisUnavailable
@@ -241,7 +242,7 @@ class Recorder:
                 self.last_error = ""
             except Exception as exc:  # keep the events pending; try again after a pause
                 self.last_error = mask_urls_in(f"{type(exc).__name__}: {exc}")
-                if isinstance(exc, RedisUnavailable):
+                if isinstance(exc, (*RedisUnavailable, ConnectionProblem)):
                     self.outage.lost(exc)
                 else:
                     log.warning("recorder: %s; retrying in %.1fs", self.last_error, wait)
