@@ -214,6 +214,7 @@ def delete_deployment(
     """Delete the deployment: its runs not started yet (Scheduled, Late, AwaitingConcurrencySlot,
     Pending) are cancelled; its runs under way finish, and finished ones are kept with their history."""
     deployment = get_deployment(session, name)
+    store.ping()  # Redis away: 503 before anything changes (cancelling a sent run needs it)
     deployment_id = deployment.id
     session.delete(deployment)  # first: the scheduler makes no more of its runs
     session.commit()
