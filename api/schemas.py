@@ -470,6 +470,49 @@ class DeploymentRunCreate(BaseModel):
     parent_task_run_id: str | None = Field(default=None, max_length=200, description="That flow run's node.")
 
 
+def as_utc(value: datetime) -> datetime:
+    """A time without a zone is taken as UTC (the API's times are all UTC)."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+class DeploymentBackfill(BaseModel):
+    """Body of ``POST /api/deployments/{name}/backfill``: the past range to make the schedule's runs for."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: datetime = Field(description="First start time covered (included); UTC when no zone is given.")
+    end: datetime = Field(description="End of the range (excluded), at most now; UTC when no zone is given.")
+
+    @field_validator("start", "end")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        """Zoneless times are UTC; a time that does not exist in UTC is refused."""
+        return valid_start(as_utc(value)) or value
+
+
+class BackfillResult(BaseModel):
+    """What a backfill did: the schedule's start times in the range, and what became of each."""
+
+    deployment: str
+    start: datetime
+    end: datetime
+    start_times: int = Field(description="Start times of the schedule in [start, end).")
+    created: list[str] = Field(description="Ids of the runs made now (Scheduled at their start times).")
+    existing: int = Field(description="Start times that already had a run (an earlier backfill, the scheduler).")
+    skipped_by_policy: int = Field(description="Start times the deployment's late-run policy leaves out.")
+    late_policy: str
+    concurrency_limit: int | None = Field(description="The dispatcher sends at most this many at once.")
+    paused: bool = Field(description="A paused deployment's runs wait until it is resumed.")
+
+
+class DeploymentDeleted(BaseModel):
+    """What deleting a deployment did to its runs."""
+
+    name: str
+    cancelled: list[str] = Field(description="Its runs not started yet (scheduled, late, held, sent): cancelled.")
+    kept: int = Field(description="Its runs under way or finished: kept, with their history.")
+
+
 class LateCleanup(BaseModel):
     """Body of ``POST /api/flow-runs/late/cleanup``: a policy and which Late runs it applies to."""
 

@@ -1,4 +1,4 @@
-"""Deployments: a flow, its parameters, queue and schedule; pause, resume, run now."""
+"""Deployments: a flow, its parameters, queue and schedule; pause, resume, run now, backfill, delete."""
 
 from __future__ import annotations
 
@@ -6,14 +6,27 @@ import time
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Request, status
+from fastapi import APIRouter, HTTPException, Path, Query, Request, status
+from sqlalchemy import func
 from sqlmodel import Session, col, select
 
+from api.cancel import cancel_run
 from api.db import get_engine
 from api.models import Deployment, FlowRun
-from api.routes.deps import SessionDep, StoreDep
+from api.routes.deps import MessagingDep, SessionDep, StoreDep
 from api.routes.flows import find_flow
-from api.schemas import DeploymentCreate, DeploymentPublic, DeploymentRunCreate, FlowRunCreate, FlowRunPublic, when
+from api.schemas import (
+    BackfillResult,
+    DeploymentBackfill,
+    DeploymentCreate,
+    DeploymentDeleted,
+    DeploymentPublic,
+    DeploymentRunCreate,
+    FlowRunCreate,
+    FlowRunPublic,
+    when,
+)
+from api.services.backfill import BackfillProblem, backfill
 from api.services.scheduling import check_schedule
 from api.submit import check_parameters, check_structure, new_flow_run
 from orchestrator.guards.limits import queue_problem, shown_parameters
@@ -135,3 +148,80 @@ async def run_deployment(
     if deployment.concurrency_limit is not None:  # the dispatcher sends it when a slot is free
         row |= {"state": StateType.SCHEDULED.value, "dispatched": False}
     return FlowRunPublic.of(FlowRun.model_construct(**await request.app.state.submitter.submit(row)))
+
+
+NOT_STARTED = [
+    StateType.SCHEDULED.value,
+    StateType.LATE.value,
+    StateType.AWAITING_CONCURRENCY_SLOT.value,
+    StateType.PENDING.value,
+]
+
+
+@router.get("/{name}/runs", response_model=list[FlowRunPublic])
+def deployment_runs(
+    session: SessionDep,
+    name: DeploymentName,
+    limit: Annotated[int, Query(ge=1, le=200, description="How many, latest start time first.")] = 10,
+) -> list[FlowRunPublic]:
+    """Its runs past the Scheduled stage (sent, held, late, under way, finished), latest start time first.
+
+    Its Scheduled runs are the deployment's ``next_runs``."""
+    deployment = get_deployment(session, name)
+    start = func.coalesce(FlowRun.scheduled_start, FlowRun.created)
+    rows = session.exec(
+        select(FlowRun)
+        .where(FlowRun.deployment_id == deployment.id, FlowRun.state != StateType.SCHEDULED.value)
+        .order_by(start.desc())
+        .limit(limit)
+    ).all()
+    return [FlowRunPublic.of(r) for r in rows]
+
+
+@router.post("/{name}/backfill", response_model=BackfillResult, status_code=status.HTTP_201_CREATED)
+def backfill_deployment(session: SessionDep, name: DeploymentName, body: DeploymentBackfill) -> BackfillResult:
+    """Create the runs its schedule would have made in [start, end) (a past range), at their start times.
+
+    Idempotent: a start time that has a run already (an earlier backfill, the scheduler) gets no
+    other. The deployment's late-run policy decides which of them run (newest_only: the newest
+    only); the dispatcher sends them oldest first within its concurrency limit. 409 for a
+    deployment without a schedule, 422 for a range that is not in the past or holds too many.
+    """
+    deployment = get_deployment(session, name)
+    try:
+        done = backfill(session, deployment, body.start.timestamp(), body.end.timestamp())
+    except BackfillProblem as exc:
+        code = status.HTTP_409_CONFLICT if exc.conflict else status.HTTP_422_UNPROCESSABLE_CONTENT
+        raise HTTPException(code, f"cannot backfill deployment {name!r}: {exc}") from exc
+    return BackfillResult(
+        deployment=name,
+        start=body.start,
+        end=body.end,
+        start_times=len(done.starts),
+        created=done.created,
+        existing=done.existing,
+        skipped_by_policy=done.skipped,
+        late_policy=deployment.late_policy,
+        concurrency_limit=deployment.concurrency_limit,
+        paused=deployment.paused,
+    )
+
+
+@router.delete("/{name}", response_model=DeploymentDeleted)
+def delete_deployment(
+    session: SessionDep, store: StoreDep, messaging: MessagingDep, name: DeploymentName
+) -> DeploymentDeleted:
+    """Delete the deployment: its runs not started yet (Scheduled, Late, AwaitingConcurrencySlot,
+    Pending) are cancelled; its runs under way finish, and finished ones are kept with their history."""
+    deployment = get_deployment(session, name)
+    store.ping()  # Redis away: 503 before anything changes (cancelling a sent run needs it)
+    deployment_id = deployment.id
+    session.delete(deployment)  # first: the scheduler makes no more of its runs
+    session.commit()
+    waiting = session.exec(
+        select(FlowRun.id).where(FlowRun.deployment_id == deployment_id, col(FlowRun.state).in_(NOT_STARTED))
+    ).all()
+    why = f"its deployment {name!r} was deleted"
+    cancelled = [run_id for run_id in waiting if cancel_run(session, store, messaging, run_id, why) is not None]
+    kept = session.exec(select(func.count()).select_from(FlowRun).where(FlowRun.deployment_id == deployment_id)).one()
+    return DeploymentDeleted(name=name, cancelled=cancelled, kept=int(kept) - len(cancelled))

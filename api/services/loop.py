@@ -20,6 +20,7 @@ from sqlmodel import Session, col, select
 from api.models import ConcurrencyLimit, Deployment, FlowRun, is_tree_root
 from api.services.deployment_limits import DeploymentLimits
 from api.services.late import apply_deployment_policies, mark_late
+from api.services.outage import RedisOutage, next_wait
 from api.services.scheduling import schedule_runs
 from api.submit import dispatch
 from orchestrator.config.settings import get_settings
@@ -28,6 +29,7 @@ from orchestrator.runstate import slots as concurrency
 from orchestrator.runstate.leases import SERVICES_LOCK
 from orchestrator.runstate.store import RunStore, get_store
 from orchestrator.states import StateType
+from orchestrator.supervision import crashes
 from orchestrator.supervision.crashes import detect_crashes
 from orchestrator.supervision.stalled import StalledRuns
 from orchestrator.transport.messaging import sender_messaging
@@ -133,14 +135,29 @@ def running_roots(engine: Engine, limit: int = 2000) -> list[str]:
         )
 
 
-def run_services(engine: Engine, store: RunStore, stop: threading.Event, interval: float = 1.0) -> None:
+def run_services(
+    engine: Engine,
+    store: RunStore,
+    stop: threading.Event,
+    interval: float = 1.0,
+    outage: RedisOutage | None = None,
+) -> None:
     """The periodic services, once a second until ``stop``: send due runs, mark overdue ones Late.
 
-    A failing pass is logged, never fatal.
+    A failing pass is logged, never fatal. While Redis is away no service runs (each would only
+    fail again): the outage is logged once (``outage``, shared with the recorder), Redis is asked
+    again with a growing pause, and the pass that finds it back says so.
     """
     late_after = get_settings().late_after_seconds
     stalled = StalledRuns()
+    outage = outage or RedisOutage(store.url)
+    wait = interval
     while not stop.is_set():
+        if not _redis_answers(store, outage):
+            wait = next_wait(wait)
+            stop.wait(wait)
+            continue
+        wait = interval
         for service in (
             lambda: schedule_runs(engine),
             lambda: publish_limits(engine, store),
@@ -153,5 +170,19 @@ def run_services(engine: Engine, store: RunStore, stop: threading.Event, interva
             try:
                 service()
             except Exception:
+                if not _redis_answers(store, outage):
+                    break  # Redis went away mid-pass: told once, the next passes wait for it
                 log.exception("services pass failed")
         stop.wait(interval)
+
+
+def _redis_answers(store: RunStore, outage: RedisOutage) -> bool:
+    """Ping Redis; report the outage (once) or its end to ``outage``."""
+    try:
+        store.ping()
+    except ConnectionProblem as exc:
+        outage.lost(exc.__cause__ or exc)
+        crashes.OUTAGES.lost()  # heartbeats missed meanwhile prove nothing about their workers
+        return False
+    outage.back()
+    return True

@@ -24,8 +24,12 @@ from sqlalchemy.exc import DataError, IntegrityError, ProgrammingError
 from sqlmodel import Session, col, select
 
 from api.models import FlowRun, LogLine, StateEvent, TaskRun
+from api.services.outage import FIRST_WAIT, RedisOutage, next_wait
 from orchestrator.data.serialization import to_plain
+from orchestrator.errors import ConnectionProblem
+from orchestrator.guards.redaction import mask_urls_in
 from orchestrator.runstate import events as stream
+from orchestrator.runstate.connection import RedisUnavailable
 from orchestrator.runstate.event_stream import DEAD_LETTERS, Entry
 from orchestrator.runstate.leases import RECORDER_LEASE
 from orchestrator.runstate.records import parse_float, parse_json
@@ -145,8 +149,16 @@ class Batch:
 class Recorder:
     """Moves events from the Redis stream into the database, batch by batch."""
 
-    def __init__(self, store: RunStore, engine: Engine, consumer: str, batch_size: int = 2000) -> None:
+    def __init__(
+        self,
+        store: RunStore,
+        engine: Engine,
+        consumer: str,
+        batch_size: int = 2000,
+        outage: RedisOutage | None = None,
+    ) -> None:
         self.store = store
+        self.outage = outage or RedisOutage(store.url)
         self.stream = store.events
         self.engine = engine
         self.consumer = consumer
@@ -212,23 +224,36 @@ class Recorder:
                 self.stream.keep_refused(event.stream_id, stream.to_wire(event.body), str(exc))
 
     def run(self, stop: threading.Event) -> None:
-        """Loop until ``stop`` is set; Redis or database outages are waited out, never fatal."""
-        backoff = 0.5
+        """Loop until ``stop`` is set; Redis or database outages are waited out, never fatal.
+
+        Redis away is told once through ``self.outage`` (shared with the services loop), not on
+        every retry; any other error (the database away, say) is logged on each retry, with the
+        pause growing to a few seconds.
+        """
+        wait = FIRST_WAIT
         while not stop.is_set():
             try:
                 self.ensure_group()
                 if not self.hold_lease():
+                    self.outage.back()
                     stop.wait(2)
                     continue
+                self.outage.back()
                 self.step()
-                backoff = 0.5
+                wait = FIRST_WAIT
                 self.last_error = ""
             except Exception as exc:  # keep the events pending; try again after a pause
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("recorder: %s; retrying in %.1fs", self.last_error, backoff)
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
-        self.release_lease()
+                self.last_error = mask_urls_in(f"{type(exc).__name__}: {exc}")
+                if isinstance(exc, (*RedisUnavailable, ConnectionProblem)):
+                    self.outage.lost(exc)
+                else:
+                    log.warning("recorder: %s; retrying in %.1fs", self.last_error, wait)
+                stop.wait(wait)
+                wait = next_wait(wait)
+        try:
+            self.release_lease()
+        except RedisUnavailable:
+            pass  # Redis away at shutdown: the lease expires on its own within LEASE_SECONDS
 
     # -- applying a batch -----------------------------------------------------------
     def apply(self, events: list[Event]) -> None:

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 
 from api.db import get_engine, migrate
 from api.services.loop import run_services
+from api.services.outage import RedisOutage
 from api.services.recorder import Recorder
 from orchestrator.config.settings import get_settings
 from orchestrator.runstate.store import get_store
@@ -29,10 +30,13 @@ def background_services() -> Iterator[Recorder]:
     """Run the recorder and the periodic services in threads for the length of the block."""
     settings = get_settings()
     stop = threading.Event()
-    recorder = Recorder(get_store(), get_engine(), settings.recorder_name, settings.recorder_batch_size)
+    store = get_store()
+    outage = RedisOutage(store.url)  # one per process: a Redis outage is told once, not once per thread
+    recorder = Recorder(store, get_engine(), settings.recorder_name, settings.recorder_batch_size, outage)
+    services = {"engine": get_engine(), "store": store, "stop": stop, "outage": outage}
     threads = [
         threading.Thread(target=recorder.run, args=(stop,), name="recorder", daemon=True),
-        threading.Thread(target=run_services, args=(get_engine(), get_store(), stop), name="services", daemon=True),
+        threading.Thread(target=run_services, kwargs=services, name="services", daemon=True),
     ]
     for thread in threads:
         thread.start()

@@ -85,10 +85,11 @@ def next_starts(deployment: Deployment, after: float, until: float, limit: int) 
         step = deployment.interval_seconds
         anchor = deployment.created
         k = int((after - anchor) // step) + 1
-        start = anchor + k * step
-        while start <= until and len(out) < limit:
+        start = anchor + k * step  # each from its k, never by adding up steps: the scheduler and a
+        while start <= until and len(out) < limit:  # backfill must get the very same float (one key)
             out.append(start)
-            start += step
+            k += 1
+            start = anchor + k * step
     elif deployment.cron:
         zone = ZoneInfo(deployment.timezone)
         times = croniter(deployment.cron, datetime.fromtimestamp(after, zone))

@@ -219,8 +219,10 @@ class ApiProcess:
         log_path: Path | None = None,
         extra_env: dict[str, str] | None = None,
         host: str = "127.0.0.1",
+        log_level: str = "warning",
     ) -> None:
         self.port = port or free_port()
+        self.log_level = log_level  # "info" to see the services' INFO lines (Redis back, say) in the log
         self.host = host
         self.log_path = log_path
         self.env = (
@@ -241,7 +243,7 @@ class ApiProcess:
         log_file = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         cmd = [sys.executable, "-m", "api.server", "--host", self.host, "--port", str(self.port)]
         self.proc = subprocess.Popen(
-            [*cmd, "--log-level", "warning"],
+            [*cmd, "--log-level", self.log_level],
             env=self.env,
             stdout=log_file,
             stderr=subprocess.STDOUT,

@@ -122,6 +122,24 @@ class ApiClient:
     def pause(self, name: str, paused: bool) -> dict[str, Any]:
         return dict(self.request("POST", f"/deployments/{segment(name)}/{'pause' if paused else 'resume'}"))
 
+    def deployment(self, name: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/deployments/{segment(name)}"))
+
+    def deployment_runs(self, name: str, limit: int = 10) -> list[dict[str, Any]]:
+        """Its runs past the Scheduled stage, latest start time first (its Scheduled ones: ``next_runs``)."""
+        return list(self.request("GET", f"/deployments/{segment(name)}/runs", params={"limit": limit}))
+
+    def run_deployment(self, name: str, parameters: dict[str, Any]) -> dict[str, Any]:
+        """A run of the deployment now, its parameters overridden by ``parameters``."""
+        return dict(self.request("POST", f"/deployments/{segment(name)}/runs", json={"parameters": parameters}))
+
+    def backfill(self, name: str, start: datetime, end: datetime) -> dict[str, Any]:
+        body = {"start": start.isoformat(), "end": end.isoformat()}
+        return dict(self.request("POST", f"/deployments/{segment(name)}/backfill", json=body))
+
+    def delete_deployment(self, name: str) -> dict[str, Any]:
+        return dict(self.request("DELETE", f"/deployments/{segment(name)}"))
+
     def cleanup_late(self, body: dict[str, Any]) -> dict[str, Any]:
         return dict(self.request("POST", "/flow-runs/late/cleanup", json=body))
 
