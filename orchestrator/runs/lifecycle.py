@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from orchestrator.authoring.hooks import call_hooks
@@ -24,7 +24,14 @@ from orchestrator.runstate.records import NewTaskRun, TaskRunRecord, deciders_of
 from orchestrator.runstate.store import Finished, RunStore, now
 from orchestrator.runtime.context import RunInfo
 from orchestrator.states import StateType
-from orchestrator.transport.messaging import Messaging, flow_deadline_message, retry_flow_run_message
+from orchestrator.transport.messaging import Messaging, TaskRunEnd, flow_deadline_message, retry_flow_run_message
+
+Report = Callable[[Sequence[TaskRunEnd]], None]
+"""Tells the monitor (Flower) how task runs ended that Celery saw no end of (:meth:`Messaging.report_ends`)."""
+
+
+def no_report(_: Sequence[TaskRunEnd]) -> None:
+    """A :data:`Report` that tells nobody (a process with no broker to report to)."""
 
 
 def _write_tree(store: RunStore, plan: Plan, compiled: Compiled, pipe: Any) -> None:
@@ -256,12 +263,14 @@ def end_task_run(
     label: str,
     send: Callable[[list[dict[str, Any]]], None],
     hooks: Callable[[], None] | None = None,
+    report: Report = no_report,
 ) -> None:
     """Make a task run final in a failed or skipped state and stop its downstream.
 
     ``hooks`` runs once the task run is final and before its flow run can end, so a
     task's hooks always come before its flow's. ``send`` sends tolerant downstream
-    tasks (trigger rules) that this made ready.
+    tasks (trigger rules) that this made ready; ``report`` tells Flower about the
+    downstream task runs this ended (the task run itself is the caller's to report).
     """
     finished = store.task_runs.finished(root, trid, state, fields)
     if finished.left is None:
@@ -269,7 +278,7 @@ def end_task_run(
     send(finished.ready)
     if hooks:
         hooks()
-    propagate_failure(store, root, trid, state, label, send)
+    propagate_failure(store, root, trid, state, label, send, report)
     after_final(store, root, finished)
 
 
@@ -280,6 +289,7 @@ def propagate_failure(
     state: StateType,
     label: str,
     send: Callable[[list[dict[str, Any]]], None],
+    report: Report = no_report,
 ) -> None:
     """Mark every task run downstream of ``trid`` UpstreamFailed (Skipped after a skip).
 
@@ -288,11 +298,16 @@ def propagate_failure(
     (trigger rule, allow_failure, wait()) is left alone: its join sends it once its
     upstreams are final, and it decides for itself; ``send`` sends those that became
     ready on the way.
+
+    No worker ever receives the task runs ended here, so Celery never reports them:
+    ``report`` tells Flower their end (one read of their task names, one batch of events,
+    and only on this failure path).
     """
     down_state = StateType.SKIPPED if state is StateType.SKIPPED else StateType.UPSTREAM_FAILED
     message = f"not run: upstream {label} ended {state.value}"
     queue: deque[str] = deque(store.task_runs.downstream_of(trid))
     seen: set[str] = set()
+    ended: list[str] = []
     while queue:
         node = queue.popleft()
         if node in seen or store.task_runs.is_tolerant(root, node):
@@ -301,12 +316,16 @@ def propagate_failure(
         finished = store.task_runs.finished(root, node, down_state, {"ended": now(), "message": message})
         if finished.left is None:
             continue
+        ended.append(node)
         send(finished.ready)
         child = store.flow_runs.subflow_of_end(root, node)
         if child:
             end_flow_run(store, child, StateType.FAILED, message)
         after_final(store, root, finished)
         queue.extend(store.task_runs.downstream_of(node))
+    if ended and report is not no_report:
+        names = [name or "" for (name,) in store.task_runs.fields_of(ended, "name")]
+        report([TaskRunEnd(node, name, down_state, message) for node, name in zip(ended, names, strict=True)])
 
 
 def stop_flow_run(store: RunStore, messaging: Messaging, run_id: str, state: StateType, message: str) -> bool:
