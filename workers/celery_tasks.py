@@ -2,7 +2,8 @@
 
 Each stays thin: decode the message, call the executor (or the node logic), and
 translate the ending into what Celery should report (SUCCESS, RETRY, FAILURE, or
-Ignore for a skip, which also stops a chain).
+Ignore for a skip, which also stops a chain; Celery sends no event for Ignore, so
+:meth:`CeleryAttempt.stop` tells Flower the task run's final state first).
 
 All of them set ``ignore_result``: results live in the orchestrator's own keys, and the
 Redis backend still counts chord parts for ignored results (``on_chord_part_return``
