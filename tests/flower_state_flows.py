@@ -6,10 +6,19 @@ Each flow runs on its own queue so the test's worker serves them alone.
 
 from __future__ import annotations
 
+import time
+
 from orchestrator import flow, task
+from orchestrator.runstate.store import get_store
 from orchestrator.runtime.signals import RETRY, SKIP
 
 QUEUE = "flower-states"
+CRASH_QUEUE = "flower-states-crash"
+
+
+def running_key(marker: str) -> str:
+    """Set by :func:`killed` once it runs (the test kills its worker then)."""
+    return f"test:flower-states:running:{marker}"
 
 
 @task(queue=QUEUE)
@@ -78,3 +87,17 @@ def dynamic_after_failure() -> str:
     bad = breaks.submit("dynamic")
     bad.wait()  # reading a state makes the body dynamic, and the upstream final before the next call
     return after.submit(bad)  # type: ignore[no-any-return]
+
+
+@task(queue=CRASH_QUEUE)
+def killed(marker: str) -> str:
+    get_store().redis.set(running_key(marker), "1")
+    time.sleep(60)  # its worker is killed long before this ends
+    return marker
+
+
+@flow(queue=CRASH_QUEUE)
+def killed_then_after(marker: str) -> str:
+    """``killed``'s worker is killed mid-task: the crash detector ends it Crashed (no retries) and
+    ``after`` UpstreamFailed, in the API's process."""
+    return after.submit(killed.submit(marker))  # type: ignore[no-any-return]

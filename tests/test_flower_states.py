@@ -18,7 +18,10 @@ session's redis-server, a worker importing tests.flower_state_flows, and Flower.
 
 from __future__ import annotations
 
+import os
 import secrets
+import signal
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +30,11 @@ from typing import Any
 import httpx
 import pytest
 
-from orchestrator.devstack.localstack import flower, worker
+from orchestrator.devstack.localstack import api_server, flower, redis_server, worker
 from orchestrator.runstate.store import RunStore
 from orchestrator.states import StateType
 from tests import flower_state_flows as flows
-from tests.api_support import eventually
+from tests.api_support import eventually, submit, wait_final
 
 CREDENTIALS = ("ops", secrets.token_urlsafe(16))
 READY = {"SUCCESS", "FAILURE", "REVOKED"}
@@ -52,17 +55,22 @@ class Stack:
 
     def flower_tasks(self, records: dict[str, dict[str, str]]) -> dict[str, dict[str, Any]]:
         """Flower's view of each task run (by label), once Flower shows every one of them ended."""
+        return flower_tasks(self.flower_url, records)
 
-        def all_ended() -> dict[str, dict[str, Any]] | None:
-            response = httpx.get(f"{self.flower_url}/api/tasks", auth=CREDENTIALS, timeout=30)
-            response.raise_for_status()
-            tasks = response.json()
-            seen = {label: tasks.get(record["id"]) for label, record in records.items()}
-            if all(task is not None and task["state"] in READY for task in seen.values()):
-                return seen  # type: ignore[return-value]
-            return None
 
-        return eventually(all_ended, 60, interval=0.5, what=f"Flower shows {sorted(records)} ended")
+def flower_tasks(flower_url: str, records: dict[str, dict[str, str]]) -> dict[str, dict[str, Any]]:
+    """Flower's view of each task run of ``records`` (by label), once it shows every one ended."""
+
+    def all_ended() -> dict[str, dict[str, Any]] | None:
+        response = httpx.get(f"{flower_url}/api/tasks", auth=CREDENTIALS, timeout=30)
+        response.raise_for_status()
+        tasks = response.json()
+        seen = {label: tasks.get(record["id"]) for label, record in records.items()}
+        if all(task is not None and task["state"] in READY for task in seen.values()):
+            return seen  # type: ignore[return-value]
+        return None
+
+    return eventually(all_ended, 60, interval=0.5, what=f"Flower shows {sorted(records)} ended")
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +152,38 @@ def test_a_sensor_that_gave_up_ends_failure_naming_failed_not_retry(stack: Stack
     assert "RETRY(" not in sensor["exception"]
     assert sensor["exception"].startswith("TaskRunFailed('Failed: sensor gave up: still not ready after")
     assert "last poke said: the file is still not there" in sensor["exception"]
+
+
+def test_a_crashed_task_and_its_upstream_failed_downstream_end_failure_in_flower(
+    redis_url: str, worker_logs: Path, tmp_path: Path
+) -> None:
+    """The crash detector runs in the API's process: it sends the events of the task run it ends
+    Crashed (Celery last saw it STARTED on a worker that is gone) and of its downstream."""
+    del redis_url  # the session's settings (1 s heartbeats), on a Redis of this test's own
+    marker = uuid.uuid4().hex[:8]
+    with (
+        redis_server() as own_url,
+        flower(own_url, basic_auth=":".join(CREDENTIALS), log_path=worker_logs / f"fs-flower-{marker}.log") as url,
+        api_server(own_url, f"sqlite:///{tmp_path / 'api.db'}", log_path=worker_logs / f"fs-api-{marker}.log") as api,
+        httpx.Client(base_url=api.url, timeout=15) as http,
+    ):
+        store = RunStore(own_url)
+        with worker(
+            own_url, ["tests.flower_state_flows"], queues=flows.CRASH_QUEUE, concurrency=1,
+            name=f"fs-doomed-{marker}@%h", log_path=worker_logs / f"fs-doomed-{marker}.log",
+        ) as doomed:  # fmt: skip
+            created = submit(http, "killed-then-after", parameters={"marker": marker})
+            eventually(lambda: store.redis.get(flows.running_key(marker)), 30, 0.05, what="the task running")
+            os.killpg(doomed.pid, signal.SIGKILL)
+            assert wait_final(http, created["id"], timeout=60)["state"] == "Failed"
+        records = {record["label"]: record for record in store.task_runs.of_flow(created["id"])}
+        states = {label: r["state"] for label, r in records.items()}
+        assert states == {"killed-0": "Crashed", "after-0": "UpstreamFailed"}
+        seen = flower_tasks(url, records)
+        crashed = seen["killed-0"]
+        assert crashed["state"] == "FAILURE"
+        assert crashed["exception"].startswith(f"Crashed: worker fs-doomed-{marker}@"), crashed["exception"]
+        assert "stopped heartbeating" in crashed["exception"]
+        assert seen["after-0"]["state"] == "FAILURE"
+        assert seen["after-0"]["exception"] == "UpstreamFailed: not run: upstream killed-0 ended Crashed"
+        assert seen["after-0"]["name"] == name_of(flows.after)
