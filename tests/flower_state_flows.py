@@ -89,6 +89,19 @@ def dynamic_after_failure() -> str:
     return after.submit(bad)  # type: ignore[no-any-return]
 
 
+@task(queue=QUEUE)
+def slow(tag: str) -> str:
+    time.sleep(30)  # the flow's timeout cancels it long before
+    return tag
+
+
+@flow(queue=QUEUE, timeout_seconds=2)
+def timed_out_before_after() -> str:
+    """The run times out while ``slow`` runs: ``slow`` is terminated (its worker reports the revoke)
+    and ``after``, never sent, ends Cancelled."""
+    return after.submit(slow.submit("slow"))  # type: ignore[no-any-return]
+
+
 @task(queue=CRASH_QUEUE)
 def killed(marker: str) -> str:
     get_store().redis.set(running_key(marker), "1")

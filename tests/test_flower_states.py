@@ -154,6 +154,17 @@ def test_a_sensor_that_gave_up_ends_failure_naming_failed_not_retry(stack: Stack
     assert "last poke said: the file is still not there" in sensor["exception"]
 
 
+def test_a_task_run_cancelled_before_it_was_sent_ends_revoked_in_flower(stack: Stack) -> None:
+    records = stack.run(flows.timed_out_before_after)
+    assert {label: r["state"] for label, r in records.items()} == {"slow-0": "Cancelled", "after-0": "Cancelled"}
+    seen = stack.flower_tasks(records)
+    assert seen["slow-0"]["state"] == "REVOKED"  # terminated where it ran: Celery's own event
+    never_sent = seen["after-0"]
+    assert never_sent["state"] == "REVOKED"
+    assert never_sent["exception"].startswith("Cancelled: cancelled: flow run "), never_sent["exception"]
+    assert never_sent["name"] == name_of(flows.after)
+
+
 def test_a_crashed_task_and_its_upstream_failed_downstream_end_failure_in_flower(
     redis_url: str, worker_logs: Path, tmp_path: Path
 ) -> None:

@@ -345,6 +345,7 @@ def stop_flow_run(store: RunStore, messaging: Messaging, run_id: str, state: Sta
     store.flow_runs.emit_state(run_id, StateType.CANCELLING, pipe, {"cause": message})
     pipe.execute()
     running: list[str] = []
+    unsent: list[TaskRunEnd] = []  # Celery will report no end of these: Flower hears it from here
     for row in list_task_runs(store, run_id):
         task_run = TaskRunRecord.from_redis(row["id"], row)
         if task_run is None:
@@ -352,16 +353,17 @@ def stop_flow_run(store: RunStore, messaging: Messaging, run_id: str, state: Sta
         now_in = task_run.state or StateType.PENDING
         if now_in.is_final:
             continue
-        if now_in in (StateType.RUNNING, StateType.RETRYING):
+        is_running = now_in in (StateType.RUNNING, StateType.RETRYING)
+        if is_running:
             running.append(task_run.id)
-        fields = {
-            "ended": now(),
-            "message": f"cancelled: flow run {run_id} {message}",
-            "flow_run_id": task_run.flow_run_id,
-        }
-        store.task_runs.finished(run_id, task_run.id, StateType.CANCELLED, fields)
+        why = f"cancelled: flow run {run_id} {message}"
+        fields = {"ended": now(), "message": why, "flow_run_id": task_run.flow_run_id}
+        finished = store.task_runs.finished(run_id, task_run.id, StateType.CANCELLED, fields)
+        if not is_running and finished.left is not None:  # a running one: its worker reports the revoke
+            unsent.append(TaskRunEnd(task_run.id, task_run.name, StateType.CANCELLED, why))
     if running:  # stop the work itself, not just the records
         messaging.revoke(running, terminate=True)
+    messaging.report_ends(unsent, "")
     for child in store.flow_runs.subflows(run_id):
         child_state = store.flow_runs.state(child)
         if child_state is not None and not child_state.is_final:
