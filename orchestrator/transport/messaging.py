@@ -2,9 +2,9 @@
 
 Run logic (``orchestrator.runs``) and the API speak to the fleet through a
 :class:`Messaging`: send a run's start message, a compiled canvas, tasks that
-became ready, a flow retry; revoke running tasks. :class:`CeleryMessaging` is its
-one implementation; only this package, the compiler (which builds canvas) and the
-workers' Celery glue import Celery.
+became ready, a flow retry; revoke running tasks; tell Flower how task runs ended that
+Celery saw no end of. :class:`CeleryMessaging` is its one implementation; only this
+package, the compiler (which builds canvas) and the workers' Celery glue import Celery.
 
 Delayed sends (a flow's deadline, its next attempt after ``retry_delay_seconds``)
 wait in Redis as serialized messages (``RunStore.schedule``) until a worker's
@@ -120,9 +120,10 @@ class Messaging(Protocol):
 
     def report_ends(self, ends: Sequence[TaskRunEnd], hostname: str) -> None:
         """Tell the monitor (Flower, through Celery's task events) how task runs ended that Celery
-        saw no end of: ones that never ran (UpstreamFailed or Skipped downstream, sent by the
-        process that decides it) and executions that stop without an outcome (a skip).
-        ``hostname`` is the worker (or process) that decided."""
+        saw no end of, from the process that decides it: ones that never ran (UpstreamFailed or
+        Skipped downstream, Cancelled before they were sent), executions that stop without an
+        outcome (a skip) and ones whose worker died (Crashed). ``hostname`` is the worker that
+        decided ('' in another process: Celery's own name for it, which Flower lists as a worker)."""
         ...
 
 
