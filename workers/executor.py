@@ -45,6 +45,7 @@ from orchestrator.transport.messaging import TaskRunEnd
 
 from .caching import open_cache
 from .heartbeat import HEARTBEATS
+from .logship import flush_run_logs
 from .naming import named_run
 
 log = logging.getLogger(__name__)
@@ -341,6 +342,7 @@ def _run_started(
             finally:
                 if task.timeout_seconds:  # ended (or timed out): a late soft limit must not cut the bookkeeping
                     attempt.hold_off_time_limit()
+                flush_run_logs()  # its lines reach Redis before its end does: a worker stopped next loses none
             text = dumps(value, task.result_serializer, where)
         if task.persist_result:
             persist(trid, text)  # before Completed: a completed persisted result is always on storage
