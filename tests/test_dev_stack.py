@@ -191,10 +191,12 @@ def test_a_worker_dying_while_dev_runs_stops_dev(start_dev: StartDev) -> None:
 
 def test_dev_has_its_own_redis_and_prints_what_another_shell_exports(start_dev: StartDev) -> None:
     with redis_server() as configured:
-        dev = start_dev(env=dev_env(ORCHESTRATOR_REDIS_URL=configured))
+        every = {f"ORCHESTRATOR_{name}_URL": configured for name in ("REDIS", "BROKER", "RESULT_BACKEND")}
+        dev = start_dev(env=dev_env(**every))
         dev.wait_ready()
         exports = dict(re.findall(r"^\s*export (ORCHESTRATOR_\w+)=(\S+)$", dev.text(), re.MULTILINE))
         assert set(exports) == {"ORCHESTRATOR_REDIS_URL", "ORCHESTRATOR_API_URL"}, dev.text()
+        assert "unset ORCHESTRATOR_BROKER_URL ORCHESTRATOR_RESULT_BACKEND_URL" in dev.text()
         assert exports["ORCHESTRATOR_REDIS_URL"] != configured
         shell = dev_env(**exports)  # another shell with only these exports reaches the stack
         done = subprocess.run(

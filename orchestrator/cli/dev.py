@@ -42,6 +42,8 @@ from orchestrator.states import StateType
 
 console = Console(soft_wrap=True)  # a path or URL in the banner stays whole, to copy
 FLOWER_USER = "orchestrator"
+# Settings that would send the broker or the result backend to another Redis than the stack's.
+REDIS_OVERRIDES = ("ORCHESTRATOR_BROKER_URL", "ORCHESTRATOR_RESULT_BACKEND_URL")
 
 
 @contextlib.contextmanager
@@ -94,7 +96,10 @@ def dev_command(
     ),
     redis_url: Annotated[
         str | None,
-        typer.Option(help="Use this Redis instead of starting one (ORCHESTRATOR_REDIS_URL is not used)."),
+        typer.Option(
+            help="Use this Redis instead of starting one (ORCHESTRATOR_REDIS_URL, _BROKER_URL and "
+            "_RESULT_BACKEND_URL are not used)."
+        ),
     ] = None,
 ) -> None:
     """Run Redis, the API (with its services), a worker and Flower until Ctrl-C.
@@ -121,6 +126,7 @@ def dev_command(
             redis = stack.enter_context(dev_redis(redis_url, data_dir, logs))
             url = redis.url if redis else str(redis_url)
             os.environ["ORCHESTRATOR_REDIS_URL"] = url
+            unset = [name for name in REDIS_OVERRIDES if os.environ.pop(name, None) is not None]
             reset_settings()
             api = ApiProcess(url, f"sqlite:///{data_dir / 'dev.db'}", port=api_port, log_path=logs / "api.log")
             stack.callback(api.stop)
@@ -136,7 +142,7 @@ def dev_command(
             console.print(f"flower: {flower.url}  (login {login}, {flower_api_note(flower_task_api)})")
             os.environ["ORCHESTRATOR_API_URL"] = api.url
             reset_settings()
-            print_exports(url, api.url)
+            print_exports(url, api.url, unset)
             children = [c for c in (redis, api.child, Child("the worker", proc, logs / "worker.log"), flower) if c]
             code = run_and_watch(children, stop, run, param or [], api.url, exit_after_run)
         except (ChildExited, ConnectionProblem) as exc:
@@ -194,13 +200,16 @@ def print_problem(problem: Exception | str) -> None:
     console.print(line)
 
 
-def print_exports(redis_url: str, api_url: str) -> None:
-    """What another shell exports to reach this stack (the CLI, a worker, a script using the SDK)."""
+def print_exports(redis_url: str, api_url: str, unset: list[str]) -> None:
+    """What another shell exports to reach this stack (the CLI, a worker, a script using the SDK),
+    and the broker or backend settings it unsets (``unset``: those this shell had set)."""
     shown = masked_url(redis_url)
     hidden = "  # the password is hidden: use the one in --redis-url" if shown != redis_url else ""
     console.print("another shell reaches this stack with:")
     console.print(f"  export ORCHESTRATOR_REDIS_URL={shlex.quote(shown)}{hidden}", markup=False, highlight=False)
     console.print(f"  export ORCHESTRATOR_API_URL={shlex.quote(api_url)}", markup=False, highlight=False)
+    if unset:
+        console.print(f"  unset {' '.join(unset)}", markup=False, highlight=False)
 
 
 def flower_api_note(task_api: bool) -> str:
