@@ -96,6 +96,7 @@ def dev_command(
         api.start()
         try:
             console.print(f"api:    {api.url}  (docs: http://127.0.0.1:{api_port}/docs, log: {logs / 'api.log'})")
+            console.print(f"ui:     {api.url.removesuffix('/api')}/ui  (flow runs in the browser)")
             with worker(redis_url, modules, concurrency=concurrency, log_path=logs / "worker.log"):
                 console.print(f"worker: queue default, flows from {', '.join(modules) or '(none)'}")
                 login = f"{FLOWER_USER}:{secrets.token_urlsafe(18)}"
