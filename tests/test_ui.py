@@ -62,6 +62,7 @@ def browser() -> Iterator[WebDriver]:
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
     driver.set_page_load_timeout(WAIT)
+    driver.set_window_size(1280, 900)
     try:
         yield driver
     finally:
@@ -134,6 +135,14 @@ def refreshed(driver: WebDriver) -> bool:
     return text_of(driver, "live-status").startswith(("Live: updated", "The run ended"))
 
 
+def keep_screenshot(driver: WebDriver, name: str) -> None:
+    """With ORCHESTRATOR_UI_SCREENSHOTS=<folder> (docs/images for the README), save what the page shows."""
+    folder = os.environ.get("ORCHESTRATOR_UI_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(Path(folder) / name))
+
+
 def assert_no_alert(driver: WebDriver) -> None:
     try:
         alert = driver.switch_to.alert
@@ -160,6 +169,8 @@ def test_list_shows_a_finished_run_and_the_state_filter_hides_and_shows_it(
     cells = until(browser, lambda d: row_of(d, run["id"]), "the finished run in the list")
     assert cells[0] == "Completed" and cells[1] == "chain-flow" and cells[2] == name, cells
     assert cells[4] and cells[5] and cells[6] == "default" and cells[7] == "1", cells  # start, duration, queue
+    until(browser, refreshed, "a live refresh")
+    keep_screenshot(browser, "ui-runs.png")
 
     Select(browser.find_element(By.ID, "filter-state")).select_by_value("Failed")
     browser.find_element(By.ID, "filter-apply").click()
@@ -200,6 +211,17 @@ def test_a_failed_run_shows_its_root_cause_task_and_traceback_at_the_top(
     sections = [s.get_attribute("id") for s in browser.find_elements(By.CSS_SELECTOR, "#run > section")]
     assert sections.index("root-cause") == 0, sections
     until(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#task-rows tr")) == 2, "both task runs listed")
+    keep_screenshot(browser, "ui-failed-run.png")
+
+
+def test_a_run_page_takes_a_unique_prefix_and_says_when_no_run_is_recorded(api: ApiProcess, http: httpx.Client) -> None:
+    run = wait_final(http, submit(http, "chain-flow")["id"])
+    page = httpx.get(f"{site(api)}/ui/runs/{run['id'][:8]}", follow_redirects=False)
+    assert page.status_code == 303 and page.headers["location"] == f"/ui/runs/{run['id']}"
+    missing = httpx.get(f"{site(api)}/ui/runs/{uuid.uuid4()}")
+    assert missing.status_code == 404 and "No such flow run" in missing.text
+    shown = httpx.get(f"{site(api)}/ui/runs/{run['id']}")
+    assert shown.status_code == 200 and "script-src 'self'" in shown.headers["content-security-policy"]
 
 
 def test_a_running_run_turns_completed_on_the_page_without_a_reload(
