@@ -317,6 +317,12 @@ def test_with_an_api_key_the_ui_asks_for_it_once_then_shows_the_list(
         # the cookie opens reads only: no write is done on a cookie alone
         assert httpx.post(f"{api_url}/flow-runs/{run_id}/retry", cookies=jar).status_code == 401
 
+        browser.find_element(By.ID, "logout").click()  # and logging out forgets it
+        until(browser, lambda d: d.current_url.endswith("/ui/login"), "the login form after logging out")
+        assert browser.get_cookie("orchestrator_ui") is None
+        browser.get(f"{site(server)}/ui")
+        until(browser, lambda d: d.current_url.endswith("/ui/login"), "the list asking for the key again")
+
 
 class StripPrefixProxy:
     """A reverse proxy in a thread: ``/orch/...`` on its port goes to ``/...`` on the API's."""

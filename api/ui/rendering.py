@@ -19,6 +19,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
+from orchestrator.config.settings import get_settings
 from orchestrator.states import StateType
 
 HERE = Path(__file__).parent
@@ -52,7 +53,8 @@ def root_of(request: Request) -> str:
 
 def render(request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
     """A page from its template, with the root path, the state names and the safety headers."""
-    context |= {"root": root_of(request), "states": [s.value for s in StateType], "final_states": FINAL}
+    keyed = get_settings().api_key is not None  # a log-out button in the header
+    context |= {"root": root_of(request), "states": [s.value for s in StateType], "final_states": FINAL, "keyed": keyed}
     return templates.TemplateResponse(request, template, context, status_code=status_code, headers=PAGE_HEADERS)
 
 
