@@ -18,10 +18,13 @@ from fastapi.responses import JSONResponse
 from api.db import get_engine
 from api.docs_pages import DOCS_URL, REDOC_URL, asset_paths, install_docs
 from api.routes import concurrency_limits, deployments, flow_runs, flows, health, workers
-from api.security import ApiKeyGate, BodySizeLimit, HostCheck, RefuseNulInUrl, require_api_key
+from api.security import UI_LOGIN, ApiKeyGate, BodySizeLimit, HostCheck, RefuseNulInUrl, require_api_key
 from api.services.runner import background_services
 from api.submit import ParameterProblem, Submitter
 from api.timing import ServerTiming
+from api.ui import login as ui_login
+from api.ui import pages as ui_pages
+from api.ui.rendering import STATIC_FILES
 from orchestrator.config.settings import get_settings
 from orchestrator.errors import ConnectionProblem, RunError
 from orchestrator.guards.redaction import mask_urls_in
@@ -77,6 +80,9 @@ def create_app(*, services: bool | None = None) -> FastAPI:
     guarded.include_router(concurrency_limits.router)
     app.include_router(guarded)
     app.include_router(health.router, prefix="/api")
+    app.include_router(ui_pages.router)
+    app.include_router(ui_pages.assets)
+    app.include_router(ui_login.router)
     install_docs(app)
     install_doors(app)
     install_error_handlers(app)
@@ -90,7 +96,8 @@ def install_doors(app: FastAPI) -> None:
     settings = get_settings()
     app.add_middleware(BodySizeLimit, limit=settings.api_max_body_bytes)
     documents = (app.openapi_url, DOCS_URL, REDOC_URL, *asset_paths())
-    open_paths = {"/api/health", *(path for path in documents if path)}  # hold no data
+    ui_open = (UI_LOGIN, "/ui/logout", *(f"/ui/static/{name}" for name in STATIC_FILES))  # the key form, its files
+    open_paths = {"/api/health", *(path for path in documents if path), *ui_open}  # hold no data
     app.add_middleware(ApiKeyGate, key=settings.api_key, open_paths=open_paths)
     app.add_middleware(RefuseNulInUrl)
     app.add_middleware(HostCheck, allowed=settings.api_allowed_hosts, keyless=settings.api_key is None)

@@ -117,9 +117,13 @@ class FlowRunPublic(BaseModel):
     ended: datetime | None
     updated: datetime | None
     result_refs: list[str] = Field(description="Task runs whose results make up the flow's return value.")
+    deployment_id: str | None = Field(default=None, description="The deployment that created the run, if one did.")
+    deployment: str | None = Field(
+        default=None, description="That deployment's name (in the run list and a single run; null elsewhere)."
+    )
 
     @classmethod
-    def of(cls, row: FlowRun) -> FlowRunPublic:
+    def of(cls, row: FlowRun, deployment: str | None = None) -> FlowRunPublic:
         return cls(
             id=row.id,
             flow_name=row.flow_name,
@@ -138,6 +142,8 @@ class FlowRunPublic(BaseModel):
             ended=when(row.ended),
             updated=when(row.updated),
             result_refs=row.result_refs or [],
+            deployment_id=row.deployment_id,
+            deployment=deployment,
         )
 
 

@@ -11,19 +11,24 @@ Outermost first (``api.app.install_doors`` installs them in this order):
 3. :class:`ApiKeyGate`: with ``ORCHESTRATOR_API_KEY`` set, every request but the health probe and
    the OpenAPI documents (which hold no data) needs ``Authorization: Bearer <key>``, checked from
    the headers before anything reads the body: a client without the key makes the server parse
-   nothing.
+   nothing. A browser has the web UI's cookie instead (:func:`ui_token`, set by ``/ui/login``),
+   which opens reads only (GET, HEAD): a page of another site cannot make the browser send it
+   (SameSite=Strict), and no write accepts it, so it cannot carry a forged action either.
 4. :class:`BodySizeLimit`: bodies larger than ``ORCHESTRATOR_API_MAX_BODY_BYTES`` are refused with
    413 before they are read in full.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import secrets
 from collections.abc import Collection, Iterable
+from http.cookies import CookieError, SimpleCookie
 from typing import Any
 
-from fastapi import HTTPException, Security, status
+from fastapi import HTTPException, Request, Security, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -33,6 +38,38 @@ from orchestrator.guards.hosts import LOOPBACK_NAMES, SAFE_METHODS, host_name, i
 
 bearer = HTTPBearer(auto_error=False, description="The API key (ORCHESTRATOR_API_KEY), when the server has one.")
 MISSING_KEY = "missing or wrong API key: send 'Authorization: Bearer <ORCHESTRATOR_API_KEY>'."
+UI_COOKIE = "orchestrator_ui"  # the web UI's proof of the key (api.ui.login sets it)
+UI_PREFIX = "/ui"  # the web UI's pages: without the key they send the browser to the login form
+UI_LOGIN = "/ui/login"
+
+
+def ui_token(expected: SecretStr) -> str:
+    """The UI cookie's value for this key: an HMAC of a fixed text under the key, so the cookie
+    proves the key without holding it (a browser's cookie store never sees the key itself), and
+    changing the key logs every browser out."""
+    return hmac.new(expected.get_secret_value().encode(), b"orchestrator-ui-session", hashlib.sha256).hexdigest()
+
+
+def cookie_value(cookie_header: str | None, name: str) -> str | None:
+    """The value of cookie ``name`` in a ``Cookie`` header, or None (also for a header that does not parse)."""
+    if not cookie_header:
+        return None
+    jar: SimpleCookie = SimpleCookie()
+    try:
+        jar.load(cookie_header)
+    except CookieError:
+        return None
+    found = jar.get(name)
+    return found.value if found is not None else None
+
+
+def cookie_matches(cookie_header: str | None, method: str, expected: SecretStr) -> bool:
+    """Whether a request carries the UI's cookie for this key and only reads (GET, HEAD): the cookie
+    opens the pages and the JSON routes their script reads, never a write (see the module's docstring)."""
+    if method.upper() not in {"GET", "HEAD"}:
+        return False
+    given = cookie_value(cookie_header, UI_COOKIE)
+    return given is not None and secrets.compare_digest(given.encode(), ui_token(expected).encode())
 
 
 def key_matches(authorization: str | None, expected: SecretStr) -> bool:
@@ -52,7 +89,7 @@ def may_use_the_api(authorization: str | None) -> bool:
     return expected is None or key_matches(authorization, expected)
 
 
-def require_api_key(credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
+def require_api_key(request: Request, credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
     """The key check as a route dependency: it puts the Bearer scheme into the OpenAPI document.
 
     :class:`ApiKeyGate` enforces the same check earlier (before the body is read); this one
@@ -60,6 +97,8 @@ def require_api_key(credentials: HTTPAuthorizationCredentials | None = Security(
     """
     expected = get_settings().api_key
     if expected is None:
+        return
+    if cookie_matches(request.headers.get("cookie"), request.method, expected):
         return
     if credentials is None or not key_matches(f"Bearer {credentials.credentials}", expected):
         raise HTTPException(
@@ -106,7 +145,9 @@ class ApiKeyGate:
     FastAPI reads and parses a route's body before it runs the route's dependencies, so a key
     check done as a dependency let a client without the key make the server read and parse up
     to the body limit (and learn from a 422 what the route expects). This answers before the
-    body is received: it never calls ``receive``.
+    body is received: it never calls ``receive``. The key comes as a Bearer header, or, for a
+    read, as the web UI's cookie; a web UI page asked for without either is sent to the login
+    form (303) instead of answered with a JSON 401.
     """
 
     def __init__(self, app: ASGIApp, key: SecretStr | None, open_paths: Collection[str]) -> None:
@@ -120,8 +161,14 @@ class ApiKeyGate:
             or self.key is None
             or route_path(scope) in self.open_paths
             or key_matches(header(scope, b"authorization"), self.key)
+            or cookie_matches(header(scope, b"cookie"), str(scope.get("method", "GET")), self.key)
         ):
             await self.app(scope, receive, send)
+            return
+        path = route_path(scope)
+        if path == UI_PREFIX or path.startswith(UI_PREFIX + "/"):
+            login = str(scope.get("root_path", "")).rstrip("/") + UI_LOGIN
+            await answer(send, 303, "the web UI needs the API key: log in first.", [(b"location", login.encode())])
             return
         await answer(send, 401, MISSING_KEY, [(b"www-authenticate", b"Bearer")])
 

@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    print(f"orchestrator API on http://{args.host}:{args.port}{settings.api_root_path}/api (docs at /docs)", flush=True)
+    here = f"http://{args.host}:{args.port}{settings.api_root_path}"
+    print(f"orchestrator API on {here}/api (docs at /docs); web UI at {here}/ui", flush=True)
     uvicorn.run(create_app(), host=args.host, port=args.port, log_level=args.log_level, access_log=False)
     return 0
 

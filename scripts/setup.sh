@@ -29,6 +29,17 @@ if [[ -n "$extras" ]] && ! command -v openssl >/dev/null 2>&1; then
   $sudo_cmd apt-get install -y -qq openssl >/dev/null
 fi
 
+if [[ -n "$extras" ]] && { ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; }; then
+  # The web UI's tests (tests/test_ui.py) drive Debian's headless Chromium through its
+  # chromedriver, named by path: nothing downloads a browser of its own.
+  echo "setup: installing chromium and chromium-driver with apt-get"
+  sudo_cmd=""
+  [[ "$(id -u)" != "0" ]] && sudo_cmd="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo_cmd apt-get update -qq
+  $sudo_cmd apt-get install -y -qq chromium chromium-driver </dev/null >/dev/null
+fi
+
 python_bin=""
 for candidate in python3.13 python3.12 python3.11 python3; do
   if command -v "$candidate" >/dev/null 2>&1 &&

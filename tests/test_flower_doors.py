@@ -332,6 +332,7 @@ def test_dev_flower_asks_for_a_generated_secret_and_keeps_its_task_api_off(tmp_p
             assert proc.poll() is None, dev_output(tmp_path)
             text = log.read_text()
             assert password not in text and masked_url(redis_url) in text  # the Redis password stays hidden
+            assert f"ui:     http://127.0.0.1:{api_port}/ui" in text  # where to open the web UI
             found = re.search(rf"flower: http://127\.0\.0\.1:{flower_port}\s.*?login (\S+?):(\S+?)[,\s)]", text)
             assert found, dev_output(tmp_path)
             user, secret = found.groups()

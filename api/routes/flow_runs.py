@@ -97,8 +97,24 @@ def list_flow_runs(
         since=since,
         until=until,
     )
+    return run_page(session, filters, limit, offset)
+
+
+def run_page(session: Session, filters: RunFilters, limit: int, offset: int) -> FlowRunPage:
+    """One page of the run list, with each run's deployment by name: what ``GET /api/flow-runs``
+    answers and what the web UI's list shows (one data path for both)."""
     rows, total = list_runs(session, filters, limit, offset)
-    return FlowRunPage(items=[FlowRunPublic.of(r) for r in rows], total=total, limit=limit, offset=offset)
+    names = deployment_names(session, {r.deployment_id for r in rows if r.deployment_id})
+    items = [FlowRunPublic.of(r, names.get(r.deployment_id or "")) for r in rows]
+    return FlowRunPage(items=items, total=total, limit=limit, offset=offset)
+
+
+def deployment_names(session: Session, ids: set[str]) -> dict[str, str]:
+    """The name of each of these deployments (one query; a deleted deployment has none)."""
+    if not ids:
+        return {}
+    found = session.exec(select(Deployment.id, Deployment.name).where(col(Deployment.id).in_(ids))).all()
+    return dict(found)
 
 
 @router.post("/late/cleanup", response_model=LateCleanupResult)
@@ -141,8 +157,10 @@ def cleanup_late_runs(
 
 @router.get("/{run_id}", response_model=FlowRunPublic)
 def read_flow_run(session: SessionDep, run_id: RunId) -> FlowRunPublic:
-    """One flow run: state, parameters, timestamps, result reference, parent run."""
-    return FlowRunPublic.of(get_run(session, run_id))
+    """One flow run: state, parameters, timestamps, result reference, parent run, deployment."""
+    row = get_run(session, run_id)
+    names = deployment_names(session, {row.deployment_id} if row.deployment_id else set())
+    return FlowRunPublic.of(row, names.get(row.deployment_id or ""))
 
 
 @router.patch("/{run_id}", response_model=FlowRunPublic)

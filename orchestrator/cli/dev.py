@@ -132,6 +132,7 @@ def dev_command(
             stack.callback(api.stop)
             api.start()
             console.print(f"api:    {api.url}  (docs: http://127.0.0.1:{api_port}/docs, log: {logs / 'api.log'})")
+            console.print(f"ui:     {api.url.removesuffix('/api')}/ui  (flow runs in the browser)")
             proc = stack.enter_context(worker(url, modules, concurrency=concurrency, log_path=logs / "worker.log"))
             console.print(f"worker: queue default, flows from {', '.join(modules) or '(none)'}")
             login = f"{FLOWER_USER}:{secrets.token_urlsafe(18)}"
