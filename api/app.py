@@ -13,10 +13,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request, status
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.db import get_engine
 from api.docs_pages import DOCS_URL, REDOC_URL, asset_paths, install_docs
+from api.metrics import Metrics
 from api.routes import concurrency_limits, deployments, flow_runs, flows, health, workers
 from api.security import ApiKeyGate, BodySizeLimit, HostCheck, RefuseNulInUrl, require_api_key
 from api.services.runner import background_services
@@ -48,7 +50,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 @asynccontextmanager
 async def services(app: FastAPI) -> AsyncIterator[None]:
     """The recorder and the periodic services, in threads of this process."""
-    with background_services() as recorder:
+    with background_services(app.state.metrics) as recorder:
         app.state.recorder = recorder
         yield
 
@@ -69,6 +71,7 @@ def create_app(*, services: bool | None = None) -> FastAPI:
     )
     app.state.services = services
     app.state.recorder = None
+    app.state.metrics = Metrics(get_engine, get_store)  # this app's registry (docs/metrics.md)
     guarded = APIRouter(prefix="/api", dependencies=[Depends(require_api_key)])
     guarded.include_router(flows.router)
     guarded.include_router(flow_runs.router)
@@ -77,10 +80,21 @@ def create_app(*, services: bool | None = None) -> FastAPI:
     guarded.include_router(concurrency_limits.router)
     app.include_router(guarded)
     app.include_router(health.router, prefix="/api")
+    install_metrics(app)
     install_docs(app)
     install_doors(app)
     install_error_handlers(app)
     return app
+
+
+def install_metrics(app: FastAPI) -> None:
+    """``GET /metrics`` for Prometheus, beside ``/api`` (where scrapers look): with
+    ``ORCHESTRATOR_API_KEY`` set it needs the key as a Bearer token, like every route that holds data
+    (Prometheus sends one with ``authorization: {credentials: ...}`` in its scrape config)."""
+
+    @app.get("/metrics", include_in_schema=False, dependencies=[Depends(require_api_key)])
+    def metrics(request: Request) -> Response:
+        return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 def install_doors(app: FastAPI) -> None:
