@@ -8,6 +8,7 @@ the runs under way; the endpoint wants the API key as a Bearer token.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator.devstack.localstack import ApiProcess, api_server, free_port, redis_server, worker
+from orchestrator.runstate.event_stream import DEAD_LETTERS
 from tests import metrics_flows
 from tests.api_support import api_database, eventually, sdk_settings, submit, wait_final
 
@@ -44,7 +46,7 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     folder = tmp_path_factory.mktemp("metrics")
-    env = {"ORCHESTRATOR_API_KEY": API_KEY, "ORCHESTRATOR_API_ROOT_PATH": ROOT}
+    env = {"ORCHESTRATOR_API_KEY": API_KEY, "ORCHESTRATOR_API_ROOT_PATH": ROOT, "ORCHESTRATOR_LATE_AFTER_SECONDS": "2"}
     with (
         redis_server() as url,
         worker(url, ["tests.metrics_flows"], concurrency=2, name=f"metrics{free_port()}@%h", log_path=folder / "w.log"),
@@ -154,6 +156,29 @@ def test_metrics_count_the_task_runs_under_way(stack: Stack) -> None:
     )
     assert value(samples, "orchestrator_task_runs", flow="metrics-held", state="Running") is None
     assert value(samples, "orchestrator_flow_runs", flow="metrics-held", state="Running") is None
+
+
+def test_metrics_show_late_runs_and_dead_letters(stack: Stack) -> None:
+    """A run for a queue no worker consumes is held back, then marked Late; a refused event waits in the
+    dead-letter list (put there by hand: the database refuses none of the events real runs make)."""
+    url = f"{stack.origin}/metrics"
+    late = submit(stack.http, "metrics-idle", parameters={"x": 5}, queue=f"{NOBODY}-late")
+    samples = eventually(
+        lambda: (s := scrape(url)) and value(s, "orchestrator_late_flow_runs") and s, 60, what="the run counted Late"
+    )
+    assert value(samples, "orchestrator_late_flow_runs") == 1
+    assert value(samples, "orchestrator_flow_runs", flow="metrics-idle", state="Late") == 1
+    assert (value(samples, "orchestrator_late_flow_run_oldest_seconds") or 0) >= 2
+    assert value(samples, "orchestrator_queue_workers", queue=f"{NOBODY}-late") == 0
+    assert stack.http.post(f"/flow-runs/{late['id']}/cancel").status_code == 202
+    eventually(lambda: value(scrape(url), "orchestrator_late_flow_runs") == 0, 30, what="no Late run once cancelled")
+
+    client = redis.Redis.from_url(stack.redis_url)
+    client.rpush(DEAD_LETTERS, json.dumps({"id": "0-1", "event": {}, "error": "refused (by the test)"}))
+    try:
+        assert value(scrape(url), "orchestrator_dead_letter_events") == 1
+    finally:
+        client.delete(DEAD_LETTERS)
 
 
 def test_metrics_want_the_api_key_and_answer_under_the_root_path(stack: Stack) -> None:
