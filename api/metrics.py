@@ -244,10 +244,9 @@ class LiveCollector(Collector):
                 task_counts[key] = task_counts.get(key, 0) + n
             for (flow, state), n in sorted(task_counts.items()):
                 task_runs.add_metric([flow, state], n)
+            late = sum(n for (_, state), n in counts.items() if state == StateType.LATE.value)  # as the gauge above
             start = func.coalesce(FlowRun.scheduled_start, FlowRun.created)
-            late, oldest = session.exec(
-                select(func.count(), func.min(start)).where(FlowRun.state == StateType.LATE.value)
-            ).one()
+            oldest = session.exec(select(func.min(start)).where(FlowRun.state == StateType.LATE.value)).one()
             waiting_queues.update(
                 q or "default"
                 for q in session.exec(

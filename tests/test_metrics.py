@@ -9,6 +9,7 @@ the runs under way; the endpoint wants the API key as a Bearer token.
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,14 +44,18 @@ class Stack:
         return f"http://127.0.0.1:{self.api.port}"
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    folder = tmp_path_factory.mktemp("metrics")
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The module's processes, on SQLite, and again on PostgreSQL when ORCHESTRATOR_TEST_DATABASE_URL names one."""
+    admin_url = os.environ.get("ORCHESTRATOR_TEST_DATABASE_URL")
+    if request.param == "postgresql" and not admin_url:
+        pytest.skip("ORCHESTRATOR_TEST_DATABASE_URL is not set (a PostgreSQL URL to create test databases from)")
+    folder = tmp_path_factory.mktemp(f"metrics-{request.param}")
     env = {"ORCHESTRATOR_API_KEY": API_KEY, "ORCHESTRATOR_API_ROOT_PATH": ROOT, "ORCHESTRATOR_LATE_AFTER_SECONDS": "2"}
     with (
         redis_server() as url,
         worker(url, ["tests.metrics_flows"], concurrency=2, name=f"metrics{free_port()}@%h", log_path=folder / "w.log"),
-        api_database(folder, None) as database,
+        api_database(folder, admin_url if request.param == "postgresql" else None) as database,
         api_server(url, database, log_path=folder / "api.log", extra_env=env) as api,
         httpx.Client(base_url=api.url, headers=AUTH, timeout=30) as http,
     ):
@@ -95,13 +100,26 @@ def test_metrics_show_runs_by_state_and_flow_durations_workers_and_queues(
             ran[(flow, t["task_name"])] = ran.get((flow, t["task_name"]), 0) + 1
     assert sum(ran.values()) == 5  # 2 x 2 measure, 1 break_down; the measure after it never started
 
+    def durations(samples: Samples) -> dict[tuple[str, str], float]:
+        return {
+            (dict(labels)["flow"], dict(labels)["task"]): n
+            for (name, labels), n in samples.items()
+            if name == "orchestrator_task_run_duration_seconds_count"
+        }
+
     url = f"{stack.origin}/metrics"
-    samples = eventually(
-        lambda: (s := scrape(url)) and value(s, "orchestrator_flow_runs", flow="metrics-idle", state="Running") and s,
-        30,
-        what="the idle run counted Running (its canvas was sent; its task waits in the queue)",
-    )
     ends = "orchestrator_flow_runs_ended_total"
+    samples = eventually(  # counters move just after the commit that the API's answers above read
+        lambda: (
+            (s := scrape(url))
+            and value(s, "orchestrator_flow_runs", flow="metrics-idle", state="Running")
+            and value(s, ends, flow="metrics-bad", state="Failed")
+            and durations(s) == ran
+            and s
+        ),
+        30,
+        what="the idle run counted Running (its canvas was sent; its task waits in the queue), the ends recorded",
+    )
     assert value(samples, ends, flow="metrics-ok", state="Completed") == 2
     assert value(samples, ends, flow="metrics-bad", state="Failed") == 1
     assert value(samples, ends, flow="metrics-idle", state="Completed") is None
@@ -109,12 +127,7 @@ def test_metrics_show_runs_by_state_and_flow_durations_workers_and_queues(
     assert value(samples, task_ends, flow="metrics-ok", state="Completed") == 4
     assert value(samples, task_ends, flow="metrics-bad", state="Failed") == 1
     assert value(samples, task_ends, flow="metrics-bad", state="UpstreamFailed") == 1
-    durations = {
-        (dict(labels)["flow"], dict(labels)["task"]): n
-        for (name, labels), n in samples.items()
-        if name == "orchestrator_task_run_duration_seconds_count"
-    }
-    assert durations == ran  # one observation per task run that ran, by flow and task name
+    assert durations(samples) == ran  # one observation per task run that ran, by flow and task name
     assert value(samples, "orchestrator_task_runs", flow="metrics-idle", state="Pending") is None  # not reported yet
     assert value(samples, "orchestrator_flow_runs", flow="metrics-ok", state="Running") is None  # final: not a gauge
 
