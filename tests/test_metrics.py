@@ -20,6 +20,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from api.metrics import OTHER, Labels
 from orchestrator.devstack.localstack import ApiProcess, api_server, free_port, redis_server, worker
 from orchestrator.runstate.event_stream import DEAD_LETTERS
 from tests import metrics_flows
@@ -200,3 +201,10 @@ def test_metrics_want_the_api_key_and_answer_under_the_root_path(stack: Stack) -
         assert httpx.get(url, headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert httpx.get(url, headers={"Authorization": API_KEY}).status_code == 401  # not a Bearer token
         assert value(scrape(url), "orchestrator_metrics_source_up", source="database") == 1
+
+
+def test_label_values_past_the_cap_count_as_other() -> None:
+    flows = Labels(2)
+    assert [flows(name) for name in ("a", "b", "c", "a", "d")] == ["a", "b", OTHER, "a", OTHER]
+    pairs = Labels(1)
+    assert pairs(("f", "t")) == ("f", "t") and pairs(("f", "u")) == (OTHER, OTHER)
