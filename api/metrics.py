@@ -143,8 +143,17 @@ class Metrics:
         """A batch was committed at ``written``: its events' lag, and the runs it ended.
 
         Called after the commit, so a batch applied again after a failure is not counted twice
-        (its events are then skipped as already recorded and are not passed here).
+        (its events are then skipped as already recorded and are not passed here). A failure here
+        is logged and goes no further: the batch is recorded, and a metric must not make it retried.
         """
+        try:
+            self._batch_recorded(session, stamps, written, ended)
+        except Exception:
+            log.exception("metrics: a recorded batch could not be observed; the metrics miss it")
+
+    def _batch_recorded(
+        self, session: Session, stamps: Iterable[float], written: float, ended: Sequence[RunEnd]
+    ) -> None:
         for ts in stamps:
             if ts:
                 self.recorder_lag.observe(max(0.0, written - ts))
