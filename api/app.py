@@ -88,9 +88,11 @@ def create_app(*, services: bool | None = None) -> FastAPI:
 
 
 def install_metrics(app: FastAPI) -> None:
-    """``GET /metrics`` for Prometheus, beside ``/api`` (where scrapers look): with
-    ``ORCHESTRATOR_API_KEY`` set it needs the key as a Bearer token, like every route that holds data
-    (Prometheus sends one with ``authorization: {credentials: ...}`` in its scrape config)."""
+    """``GET /metrics`` for Prometheus, at the root (Prometheus's default path), not under ``/api``.
+
+    With ``ORCHESTRATOR_API_KEY`` set it needs the key as a Bearer token, like every route that holds
+    data (flow names): Prometheus sends one from ``authorization:`` in its scrape config (docs/metrics.md).
+    """
 
     @app.get("/metrics", include_in_schema=False, dependencies=[Depends(require_api_key)])
     def metrics(request: Request) -> Response:
