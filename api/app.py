@@ -13,10 +13,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request, status
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.db import get_engine
 from api.docs_pages import DOCS_URL, REDOC_URL, asset_paths, install_docs
+from api.metrics import Metrics
 from api.routes import concurrency_limits, deployments, flow_runs, flows, health, workers
 from api.security import UI_LOGIN, ApiKeyGate, BodySizeLimit, HostCheck, RefuseNulInUrl, require_api_key
 from api.services.runner import background_services
@@ -51,7 +53,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 @asynccontextmanager
 async def services(app: FastAPI) -> AsyncIterator[None]:
     """The recorder and the periodic services, in threads of this process."""
-    with background_services() as recorder:
+    with background_services(app.state.metrics) as recorder:
         app.state.recorder = recorder
         yield
 
@@ -72,6 +74,7 @@ def create_app(*, services: bool | None = None) -> FastAPI:
     )
     app.state.services = services
     app.state.recorder = None
+    app.state.metrics = Metrics(get_engine, get_store)  # this app's registry (docs/metrics.md)
     guarded = APIRouter(prefix="/api", dependencies=[Depends(require_api_key)])
     guarded.include_router(flows.router)
     guarded.include_router(flow_runs.router)
@@ -83,10 +86,23 @@ def create_app(*, services: bool | None = None) -> FastAPI:
     app.include_router(ui_pages.router)
     app.include_router(ui_pages.assets)
     app.include_router(ui_login.router)
+    install_metrics(app)
     install_docs(app)
     install_doors(app)
     install_error_handlers(app)
     return app
+
+
+def install_metrics(app: FastAPI) -> None:
+    """``GET /metrics`` for Prometheus, at the root (Prometheus's default path), not under ``/api``.
+
+    With ``ORCHESTRATOR_API_KEY`` set it needs the key as a Bearer token, like every route that holds
+    data (flow names): Prometheus sends one from ``authorization:`` in its scrape config (docs/metrics.md).
+    """
+
+    @app.get("/metrics", include_in_schema=False, dependencies=[Depends(require_api_key)])
+    def metrics(request: Request) -> Response:
+        return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 def install_doors(app: FastAPI) -> None:

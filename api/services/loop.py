@@ -17,6 +17,7 @@ import time
 from sqlalchemy import Engine, func, update
 from sqlmodel import Session, col, select
 
+from api.metrics import Metrics
 from api.models import ConcurrencyLimit, Deployment, FlowRun, is_tree_root
 from api.services.deployment_limits import DeploymentLimits
 from api.services.late import apply_deployment_policies, mark_late
@@ -141,6 +142,7 @@ def run_services(
     stop: threading.Event,
     interval: float = 1.0,
     outage: RedisOutage | None = None,
+    metrics: Metrics | None = None,
 ) -> None:
     """The periodic services, once a second until ``stop``: send due runs, mark overdue ones Late.
 
@@ -158,6 +160,7 @@ def run_services(
             stop.wait(wait)
             continue
         wait = interval
+        began = time.perf_counter()
         for service in (
             lambda: schedule_runs(engine),
             lambda: publish_limits(engine, store),
@@ -173,6 +176,8 @@ def run_services(
                 if not _redis_answers(store, outage):
                     break  # Redis went away mid-pass: told once, the next passes wait for it
                 log.exception("services pass failed")
+        if metrics is not None:
+            metrics.services_pass.observe(time.perf_counter() - began)
         stop.wait(interval)
 
 

@@ -23,6 +23,7 @@ from sqlalchemy import Engine, insert
 from sqlalchemy.exc import DataError, IntegrityError, ProgrammingError
 from sqlmodel import Session, col, select
 
+from api.metrics import Metrics, RunEnd
 from api.models import FlowRun, LogLine, StateEvent, TaskRun
 from api.services.outage import FIRST_WAIT, RedisOutage, next_wait
 from orchestrator.data.serialization import to_plain
@@ -144,6 +145,7 @@ class Batch:
     history: list[dict[str, Any]] = field(default_factory=list)  # state_event rows (insert-only: no ORM objects)
     logs: list[dict[str, Any]] = field(default_factory=list)  # log_line rows
     plans_wanted: set[str] = field(default_factory=set)
+    ended: list[RunEnd] = field(default_factory=list)  # runs this batch moved to a final state (metrics)
 
 
 class Recorder:
@@ -156,8 +158,10 @@ class Recorder:
         consumer: str,
         batch_size: int = 2000,
         outage: RedisOutage | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics  # the app's: lag, task durations, ends and dead letters observed here
         self.outage = outage or RedisOutage(store.url)
         self.stream = store.events
         self.engine = engine
@@ -222,6 +226,8 @@ class Recorder:
                     "recorder: event %s refused by the database (%s); kept in %s", event.stream_id, exc, DEAD_LETTERS
                 )
                 self.stream.keep_refused(event.stream_id, stream.to_wire(event.body), str(exc))
+                if self.metrics is not None:
+                    self.metrics.dead_lettered.inc()
 
     def run(self, stop: threading.Event) -> None:
         """Loop until ``stop`` is set; Redis or database outages are waited out, never fatal.
@@ -292,6 +298,8 @@ class Recorder:
                 if rows:
                     session.execute(insert(model), [scrubbed(row) for row in rows])
             session.commit()
+            if self.metrics is not None:
+                self.metrics.batch_recorded(session, [e.body.ts for e in fresh], written, batch.ended)
 
     def _seen(self, session: Session, events: list[Event]) -> set[str]:
         ids = [e.stream_id for e in events]
@@ -389,6 +397,8 @@ class Recorder:
                 row.started = parse_float(event.record.get("started")) or ts
             if new.is_final:
                 row.ended = parse_float(event.record.get("ended")) or ts
+                if current is not new:
+                    batch.ended.append(RunEnd.of(row))
             elif reopen:
                 row.ended = None
         row.updated = recorded

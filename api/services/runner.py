@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from api.db import get_engine, migrate
+from api.metrics import Metrics
 from api.services.loop import run_services
 from api.services.outage import RedisOutage
 from api.services.recorder import Recorder
@@ -26,14 +27,15 @@ from orchestrator.runstate.store import get_store
 
 
 @contextmanager
-def background_services() -> Iterator[Recorder]:
-    """Run the recorder and the periodic services in threads for the length of the block."""
+def background_services(metrics: Metrics | None = None) -> Iterator[Recorder]:
+    """Run the recorder and the periodic services in threads for the length of the block
+    (observing into ``metrics``, the API's, when given)."""
     settings = get_settings()
     stop = threading.Event()
     store = get_store()
     outage = RedisOutage(store.url)  # one per process: a Redis outage is told once, not once per thread
-    recorder = Recorder(store, get_engine(), settings.recorder_name, settings.recorder_batch_size, outage)
-    services = {"engine": get_engine(), "store": store, "stop": stop, "outage": outage}
+    recorder = Recorder(store, get_engine(), settings.recorder_name, settings.recorder_batch_size, outage, metrics)
+    services = {"engine": get_engine(), "store": store, "stop": stop, "outage": outage, "metrics": metrics}
     threads = [
         threading.Thread(target=recorder.run, args=(stop,), name="recorder", daemon=True),
         threading.Thread(target=run_services, kwargs=services, name="services", daemon=True),

@@ -102,3 +102,7 @@ class EventStream:
     def keep_refused(self, stream_id: str, event: dict[str, Any], error: str) -> None:
         """Keep an event the database refused in the dead-letter list, for a person to look at."""
         self._redis.rpush(DEAD_LETTERS, json.dumps({"id": stream_id, "event": event, "error": error}, default=str))
+
+    def dead_letter_count(self) -> int:
+        """How many refused events wait in the dead-letter list (the metrics read it at each scrape)."""
+        return int(self._redis.llen(DEAD_LETTERS))
