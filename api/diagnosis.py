@@ -147,6 +147,7 @@ def diagnose(
     queue = row.queue or "default"
     return {
         "flow_run_id": row.id,
+        "flow_run_name": row.name,
         "state": row.state,
         "summary": reasons[0],
         "reasons": reasons,

@@ -98,13 +98,17 @@ def watch_run(client: ApiClient, run_id: str, timeout: float | None) -> dict[str
     """Show a live table of the run's task states until the run is final; returns the run."""
     deadline = time.monotonic() + timeout if timeout else None
     run = client.get_run(run_id)
-    with Live(task_table(run, []), console=console, refresh_per_second=4) as live:
-        while True:
-            run = client.get_run(run_id)
-            live.update(task_table(run, client.task_runs(run_id, first_page_only=True)))
-            if StateType(run["state"]).is_final or (deadline is not None and time.monotonic() > deadline):
-                return run
-            time.sleep(0.5)
+    try:
+        with Live(task_table(run, []), console=console, refresh_per_second=4) as live:
+            while True:
+                run = client.get_run(run_id)
+                live.update(task_table(run, client.task_runs(run_id, first_page_only=True)))
+                if StateType(run["state"]).is_final or (deadline is not None and time.monotonic() > deadline):
+                    return run
+                time.sleep(0.5)
+    finally:
+        if not console.is_terminal:  # Rich ends the last frame with a newline only on a terminal
+            console.line()
 
 
 AsJson = Annotated[bool, typer.Option("--json", help="Print the API's JSON (for scripts) instead of a table.")]
@@ -207,6 +211,16 @@ def print_root_cause(client: ApiClient, run: dict[str, Any]) -> None:
         console.print(user_text(line), soft_wrap=True)  # one line each: a traceback line never forges another
 
 
+def log_text(line: dict[str, Any]) -> str:
+    """A log line's message without the ``[task name <whole id>]`` that ``get_run_logger()`` puts first
+    (for the worker's own log): the CLI names the task run by its label (square-0[2]) instead, or by
+    its whole id when the API sends no label."""
+    message = str(line["message"])
+    run_id = line["task_run_id"] or line["flow_run_id"]
+    end = message.find(f" {run_id}] ") if message.startswith("[") else -1
+    return message[end + len(run_id) + 3 :] if end > 0 and "\n" not in message[:end] else message
+
+
 @flow_run_app.command("logs")
 def flow_run_logs(
     run_id: Annotated[str, typer.Argument(help="Flow run id.")],
@@ -221,8 +235,8 @@ def flow_run_logs(
         since = after
         for line in calling(lambda: client.logs(run_id, since)):
             after = line["seq"]
-            where = f" [{line['task_run_id'][:12]}]" if line["task_run_id"] else ""
-            text = user_text(f"{(line['time'] or '')[11:23]} {line['level']:<7}{where} {line['message']}")
+            where = f" [{line.get('label') or line['task_run_id']}]" if line["task_run_id"] else ""
+            text = user_text(f"{(line['time'] or '')[11:23]} {line['level']:<7}{where} {log_text(line)}")
             console.print(text, soft_wrap=True)  # one record, one line: Rich adds no line break of its own
 
     while True:
@@ -240,7 +254,10 @@ def flow_run_logs(
 def flow_run_why(run_id: Annotated[str, typer.Argument(help="Flow run id.")]) -> None:
     """Why a run is not running (or what it is doing), in plain words."""
     found = calling(lambda: ApiClient().diagnosis(run_id))
-    console.print(user_line("flow run ", run_id, " is ", user_text(found["state"], "bold"), ":"))
+    # the run the API found (run_id may be a prefix): by its name and its whole id
+    name = found.get("flow_run_name")
+    who = f"{name} ({found['flow_run_id']})" if name else found["flow_run_id"]
+    console.print(user_line("flow run ", who, " is ", user_text(found["state"], "bold"), ":"))
     for reason in found["reasons"]:
         console.print(user_line("- ", reason))
 
