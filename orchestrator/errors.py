@@ -16,6 +16,7 @@ Every message says what happened, to which flow or task run, and what to do::
     ├── RunTimeout (+ TimeoutError)       waiting for a run took longer than asked
     ├── TaskTimedOut (+ TimeoutError)     an async task ran past its timeout_seconds (cancelled)
     ├── ConnectionProblem (+ ConnectionError)  Redis, the broker or the API cannot be reached
+    ├── ChildExited (+ RuntimeError)      a server or worker started here (dev, tests) stopped
     └── ApiError                          the API refused a request (the message is its answer)
 
     FlowRunStopped (a BaseException)      a dynamic body's run was cancelled or timed out: it unwinds
@@ -93,6 +94,22 @@ class RunTimeout(OrchestratorError, TimeoutError):
 
 class ConnectionProblem(OrchestratorError, ConnectionError):
     """Redis or the broker did not answer; the message says which URL to check."""
+
+
+class ChildExited(OrchestratorError, RuntimeError):
+    """A process ``orchestrator dev`` (or a test) started exited: before it was ready, or while it
+    was relied on. The message names it and quotes its log's last lines (the cause is there);
+    ``log_path`` says where the rest is."""
+
+    def __init__(self, name: str, returncode: int, when: str, reason: list[str], log_path: object = None) -> None:
+        how = f"was killed by signal {-returncode}" if returncode < 0 else f"exited with code {returncode}"
+        said = ": " + " | ".join(reason) if reason else ""
+        where = f" (log: {log_path})" if log_path else ""
+        super().__init__(f"{name} {how} {when}{said}{where}")
+        self.name = name
+        self.returncode = returncode
+        self.reason = reason
+        self.log_path = log_path
 
 
 class ApiError(OrchestratorError):

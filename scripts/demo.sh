@@ -2,7 +2,8 @@
 # The main job: install, bring up the local stack (Redis, the API with its services,
 # a worker, Flower), run the example flow (a fan-out, a retry, a sensor) through the
 # API, print its task states and outcome, and stop everything again.
-# Uses the Redis at ORCHESTRATOR_REDIS_URL if one answers, else starts its own.
+# Starts a Redis of its own (data in .orchestrator/redis): a Redis already running, on 6379 or
+# at ORCHESTRATOR_REDIS_URL, is neither used nor written to.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh

@@ -320,6 +320,7 @@ def test_dev_flower_asks_for_a_generated_secret_and_keeps_its_task_api_off(tmp_p
         env = flower_env(redis_url)
         cmd = [sys.executable, "-m", "orchestrator.cli", "dev", "--flows", "tests.flower_flows", "-c", "1"]
         cmd += ["--api-port", str(api_port), "--flower-port", str(flower_port), "--data-dir", str(tmp_path / "dev")]
+        cmd += ["--redis-url", redis_url]
         with open(log, "w") as out:
             proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:

@@ -572,3 +572,25 @@ def test_the_recorder_killed_between_reading_a_batch_and_acknowledging_it_loses_
         assert sorted(recorded_event_ids(database)) == sorted(sid for sid, _ in stream)  # every event, none twice
         assert not [sid for sid, _ in client.xrange(keys.EVENTS_STREAM) if sid in ours]  # recorded: out of Redis
         assert client.llen(DEAD_LETTERS) == 0, client.lrange(DEAD_LETTERS, 0, -1)  # no event refused on the way
+
+
+def test_a_worker_killed_right_after_its_tasks_end_has_shipped_every_line_they_logged(
+    redis_url: str, worker_logs: Path
+) -> None:
+    """Two tasks log 5 lines each with no pause, well inside the shipper's half-second timer,
+    and end; the moment the run is Completed the whole worker is killed (SIGKILL to its process
+    group: no shutdown, no atexit). Every line is in the run's logs: a task's lines are flushed
+    when its function returns, before its end is recorded, not only by the timer."""
+    from tests import reliability_flows
+
+    marker = uuid.uuid4().hex[:8]
+    queue = f"rel-flush-{marker}"
+    lines = 5
+    with worker(
+        redis_url, FLOW_MODULES, queues=queue, concurrency=2, log_path=worker_logs / f"flush-{marker}.log"
+    ) as proc:
+        run = reliability_flows.reliable_talk.apply_async({"marker": marker, "lines": lines, "pause": 0.0}, queue=queue)
+        assert run.wait(60).value == "Completed"
+        os.killpg(proc.pid, signal.SIGKILL)
+    expected = sorted(f"{marker}-{side} line {n} of {lines}" for side in ("a", "b") for n in range(1, lines + 1))
+    assert sorted(line["message"].split("] ", 1)[-1] for line in run.logs()) == expected  # after "[task run] "

@@ -2,7 +2,8 @@
 
 Each stays thin: decode the message, call the executor (or the node logic), and
 translate the ending into what Celery should report (SUCCESS, RETRY, FAILURE, or
-Ignore for a skip, which also stops a chain).
+Ignore for a skip, which also stops a chain; Celery sends no event for Ignore, so
+:meth:`CeleryAttempt.stop` tells Flower the task run's final state first).
 
 All of them set ``ignore_result``: results live in the orchestrator's own keys, and the
 Redis backend still counts chord parts for ignored results (``on_chord_part_return``
@@ -15,7 +16,7 @@ import contextlib
 import json
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from billiard.exceptions import WorkerLostError
@@ -63,7 +64,7 @@ from orchestrator.runstate.store import RunStore, get_store, now
 from orchestrator.runtime.context import RunInfo
 from orchestrator.runtime.engine import zip_mapped
 from orchestrator.states import StateType
-from orchestrator.transport.messaging import CeleryMessaging
+from orchestrator.transport.messaging import CeleryMessaging, TaskRunEnd
 
 from .body_admission import start_driver
 from .body_attempts import BodyAttempt
@@ -102,6 +103,23 @@ class CeleryAttempt:
 
     def send(self, signatures: list[dict[str, Any]]) -> None:
         CeleryMessaging(self.celery_task.app).send_signatures(signatures)
+
+    def report(self, ends: Sequence[TaskRunEnd]) -> None:
+        CeleryMessaging(self.celery_task.app).report_ends(ends, self.worker)
+
+    def stop(self, run: dict[str, Any]) -> NoReturn:
+        """End this execution with Ignore, which stops the canvas here (nothing after it is sent).
+
+        Celery sends no final event for Ignore, so Flower would show the task STARTED forever:
+        the task run's final state (Skipped, UpstreamFailed...) is reported first, read in one
+        round trip on this path only. A run that is not final (a stale attempt: a newer one
+        carries it on) is not reported.
+        """
+        with contextlib.suppress(Exception):  # telling Flower must never keep the run from stopping
+            end = get_store().task_runs.final_end(run["root"], run["task_run_id"])
+            if end is not None:
+                self.report([TaskRunEnd(run["task_run_id"], self.celery_task.name, *end)])
+        raise Ignore()
 
     def again(self, retries_used: int) -> dict[str, Any]:
         """The next attempt's message: same task id and queue, one more Celery retry."""
@@ -209,7 +227,17 @@ def end_unexecuted(
             info = RunInfo(run["flow_run_id"], "", run["task_run_id"], task.name)
             call_hooks(task, task.hooks, info, state, message)
 
-    end_failed(get_store(), run, worker, state, message, hooks=hooks, send=CeleryMessaging(app).send_signatures)
+    messaging = CeleryMessaging(app)
+    end_failed(
+        get_store(),
+        run,
+        worker,
+        state,
+        message,
+        hooks=hooks,
+        send=messaging.send_signatures,
+        report=lambda ends: messaging.report_ends(ends, worker),
+    )
 
 
 def record_revoked(app: Celery, request: Any, terminated: bool) -> None:
@@ -261,9 +289,11 @@ def register_user_task(app: Celery, task: Task) -> None:
         current = registry.get_task(task.name) or task
         if options:
             current = current.with_message_options(options)
-        ending = run_task(current, full_run(run, self.request.id), inputs, CeleryAttempt(self), retries_used)
+        run = full_run(run, self.request.id)
+        attempt = CeleryAttempt(self)
+        ending = run_task(current, run, inputs, attempt, retries_used)
         if ending is Ending.STOPPED:
-            raise Ignore()
+            attempt.stop(run)
 
     entry.__name__ = task.fn.__name__
     entry.__doc__ = task.fn.__doc__
@@ -337,8 +367,8 @@ def register_builtin_tasks(app: Celery) -> None:
         store = get_store()
         attempt = CeleryAttempt(self)
         run = full_run(run, self.request.id)
-        if gate(store, run, attempt.worker, attempt.send) is None:
-            raise Ignore()
+        if gate(store, run, attempt.worker, attempt.send, attempt.report) is None:
+            attempt.stop(run)
         started = store.task_runs.started(
             run["root"], run["task_run_id"], start_record(run, task, attempt), stored_inputs=inputs is None
         )
@@ -358,7 +388,7 @@ def register_builtin_tasks(app: Celery) -> None:
                 for one in runs
             ]
         except Exception as exc:
-            end_failed(store, run, attempt.worker, StateType.FAILED, str(exc), send=attempt.send)
+            end_failed(store, run, attempt.worker, StateType.FAILED, str(exc), send=attempt.send, report=attempt.report)
             raise
         if not children:
             end_completed(store, run, attempt, "[]")
@@ -370,7 +400,7 @@ def register_builtin_tasks(app: Celery) -> None:
         except Exception as exc:  # Redis out of memory, a message too large: the run ends, never hangs
             message = f"map {run.get('label')} could not send its {len(children)} runs: {type(exc).__name__}: {exc}"
             log.exception("flow run %s: %s", run["root"], message)
-            end_failed(store, run, attempt.worker, StateType.FAILED, message, send=attempt.send)
+            end_failed(store, run, attempt.worker, StateType.FAILED, message, send=attempt.send, report=attempt.report)
             stop_flow_run(store, CeleryMessaging(self.app), run["root"], StateType.FAILED, message)
             raise
 
@@ -413,13 +443,15 @@ def register_builtin_tasks(app: Celery) -> None:
                 text = returns_text(store, inputs["returns"], f"subflow run {child_run_id} return value")
             except Exception as exc:  # a refused or missing value ends the subflow, never leaves it Running
                 end_flow_run(store, child_run_id, StateType.FAILED, str(exc))
-                end_failed(store, run, attempt.worker, StateType.FAILED, str(exc), send=attempt.send)
+                end_failed(
+                    store, run, attempt.worker, StateType.FAILED, str(exc), send=attempt.send, report=attempt.report
+                )
                 raise
             end_flow_run(store, child_run_id, state)
             end_completed(store, run, attempt, text)
             return
         end_flow_run(store, child_run_id, state, message)
-        end_failed(store, run, attempt.worker, StateType.FAILED, message, send=attempt.send)
+        end_failed(store, run, attempt.worker, StateType.FAILED, message, send=attempt.send, report=attempt.report)
         raise RunError(f"subflow run {child_run_id} failed: {message}")
 
     @app.task(name=RUN_LINKED_FLOW_TASK, bind=True, ignore_result=True)
@@ -427,8 +459,9 @@ def register_builtin_tasks(app: Celery) -> None:
         self: CeleryTask, run: dict[str, Any], flow: str, inputs: dict[str, Any] | None, link: dict[str, Any]
     ) -> None:
         """A plan node that starts a flow run of its own (see :mod:`workers.linked_runs`)."""
-        if not start_linked_flow(CeleryAttempt(self), run, self.request.id, flow, inputs, link):
-            raise Ignore()
+        attempt = CeleryAttempt(self)
+        if not start_linked_flow(attempt, run, self.request.id, flow, inputs, link):
+            attempt.stop(full_run(run, self.request.id))
 
     @app.task(name=FLOW_DEADLINE_TASK, bind=True, ignore_result=True)
     def flow_deadline(self: CeleryTask, run_id: str, timeout: float) -> None:

@@ -14,7 +14,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -57,7 +57,7 @@ from orchestrator.runtime.futures import DoneAndNotDone, Future
 from orchestrator.runtime.run_logger import prints_logged
 from orchestrator.runtime.task_errors import remote_task_error
 from orchestrator.states import State, StateType
-from orchestrator.transport.messaging import CeleryMessaging
+from orchestrator.transport.messaging import CeleryMessaging, TaskRunEnd
 
 from .body_attempts import BodyAttempt
 from .executor import end_failed, full_run
@@ -283,14 +283,16 @@ class DynamicEngine(Engine):
         if status == "blocked":
             state = StateType.SKIPPED if up_state == StateType.SKIPPED.value else StateType.UPSTREAM_FAILED
             up_label = self.store.task_runs.read(count_or_up or "").get("label", count_or_up)
+            message = f"not run: upstream {up_label} ended {up_state}"
+            messaging = CeleryMessaging(self.app)
+
+            def report(ends: Sequence[TaskRunEnd]) -> None:  # sent by this process: Celery's own name for it
+                messaging.report_ends(ends, "")
+
             end_failed(
-                self.store,
-                full_run(run, trid),
-                "driver",
-                state,
-                f"not run: upstream {up_label} ended {up_state}",
-                send=CeleryMessaging(self.app).send_signatures,
+                self.store, full_run(run, trid), "driver", state, message, send=messaging.send_signatures, report=report
             )
+            report([TaskRunEnd(trid, str(sig.get("task") or ""), state, message)])  # never sent: Flower learns here
         elif count_or_up == "0":
             sig.apply_async()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from enum import Enum
 from typing import Any, NoReturn, Protocol
 
@@ -21,9 +21,16 @@ from orchestrator.config.settings import get_settings
 from orchestrator.data.references import resolve
 from orchestrator.data.results import persist
 from orchestrator.data.serialization import dumps
-from orchestrator.errors import SerializationError, TaskTimedOut
+from orchestrator.errors import SerializationError, TaskRunFailed, TaskTimedOut
 from orchestrator.planning.plan import refs_in
-from orchestrator.runs.lifecycle import after_final, end_task_run, finish_flow_run, propagate_failure
+from orchestrator.runs.lifecycle import (
+    Report,
+    after_final,
+    end_task_run,
+    finish_flow_run,
+    no_report,
+    propagate_failure,
+)
 from orchestrator.runstate import slots as concurrency
 from orchestrator.runstate.store import RunStore, Started, get_store, now
 from orchestrator.runtime import aio
@@ -34,9 +41,11 @@ from orchestrator.runtime.run_logger import prints_logged
 from orchestrator.runtime.signals import RETRY
 from orchestrator.runtime.task_errors import type_name
 from orchestrator.states import StateType
+from orchestrator.transport.messaging import TaskRunEnd
 
 from .caching import open_cache
 from .heartbeat import HEARTBEATS
+from .logship import flush_run_logs
 from .naming import named_run
 
 log = logging.getLogger(__name__)
@@ -61,6 +70,10 @@ class Attempt(Protocol):
 
     def send(self, signatures: list[dict[str, Any]]) -> None:
         """Send signatures that became ready (Redis joins)."""
+
+    def report(self, ends: Sequence[TaskRunEnd]) -> None:
+        """Tell Flower how task runs ended that Celery saw no end of (downstream runs this attempt's
+        failure or skip ended without running them)."""
 
     def is_timeout(self, exc: BaseException) -> bool:
         """Whether ``exc`` means the attempt ran past its time limit."""
@@ -111,8 +124,10 @@ def end_failed(
     hooks: Callable[[], None] | None = None,
     send: Callable[[list[dict[str, Any]]], None] = lambda _: None,
     error: BaseException | None = None,
+    report: Report = no_report,
 ) -> None:
-    """A task run of ``run`` ends in a failed or skipped state (see :func:`end_task_run`).
+    """A task run of ``run`` ends in a failed or skipped state (see :func:`end_task_run`; ``report``
+    tells Flower about the downstream runs that end with it).
 
     ``error``, the exception the task raised, is recorded by class and text so that a dynamic
     body reading this run's result raises the same type (``runtime/task_errors.py``).
@@ -121,11 +136,11 @@ def end_failed(
     fields = {"ended": now(), "message": message, "worker": worker, "traceback": tb}
     if error is not None:
         fields |= {"error_type": type_name(error), "error_text": str(error)}
-    end_task_run(store, run["root"], trid, state, fields, run.get("label", trid), send, hooks)
+    end_task_run(store, run["root"], trid, state, fields, run.get("label", trid), send, hooks, report)
 
 
 def finish_what_a_crash_left(
-    store: RunStore, run: dict[str, Any], send: Callable[[list[dict[str, Any]]], None]
+    store: RunStore, run: dict[str, Any], send: Callable[[list[dict[str, Any]]], None], report: Report = no_report
 ) -> bool:
     """Redo the idempotent steps after a task run became final, for a redelivered message.
 
@@ -136,7 +151,7 @@ def finish_what_a_crash_left(
     root, trid = run["root"], run["task_run_id"]
     state = store.task_runs.final_states(root, [trid])[trid]
     if state is not None and state is not StateType.COMPLETED:
-        propagate_failure(store, root, trid, state, run.get("label", trid), send)
+        propagate_failure(store, root, trid, state, run.get("label", trid), send, report)
     flow_state = store.flow_runs.state(root)
     waiting = flow_state is not None and not flow_state.is_final and flow_state is not StateType.AWAITING_RETRY
     if waiting and store.flow_runs.remaining(root) == 0:
@@ -145,7 +160,11 @@ def finish_what_a_crash_left(
 
 
 def gate(
-    store: RunStore, run: dict[str, Any], worker: str, send: Callable[[list[dict[str, Any]]], None]
+    store: RunStore,
+    run: dict[str, Any],
+    worker: str,
+    send: Callable[[list[dict[str, Any]]], None],
+    report: Report = no_report,
 ) -> frozenset[str] | None:
     """For a task with a trigger rule or tolerated upstreams: run it, or end it as its rule says.
 
@@ -161,7 +180,7 @@ def gate(
     upstream = {u: (labels[u], s or StateType.PENDING) for u, s in states.items()}
     decision = verdict(run["trigger"], upstream, set(run.get("allow", [])))
     if not decision.run:
-        end_failed(store, run, worker, decision.state, decision.message, send=send)
+        end_failed(store, run, worker, decision.state, decision.message, send=send, report=report)
         return None
     return frozenset(u for u, s in states.items() if s is not StateType.COMPLETED)
 
@@ -197,7 +216,7 @@ def run_task(
     FAILURE; raises through ``attempt.retry`` for a retry.
     """
     store = get_store()
-    allowed = gate(store, run, attempt.worker, attempt.send)
+    allowed = gate(store, run, attempt.worker, attempt.send, attempt.report)
     if allowed is None:
         return Ending.STOPPED
     held = take_slots(store, task, run, attempt)
@@ -261,7 +280,7 @@ def _run_holding_slots(
         crash_record=record,  # under the crash detector from this moment, in the same round trip
     )
     if started is None:  # already final: a redelivery, maybe after a crash mid-way
-        completed = finish_what_a_crash_left(store, run, attempt.send)
+        completed = finish_what_a_crash_left(store, run, attempt.send, attempt.report)
         return Ending.DUPLICATE if completed else Ending.STOPPED  # a chain must not go on
     if started.stale:  # the crash detector sent a newer attempt; that one carries the run on
         log.warning("task run %s: attempt %s is stale (a newer one was sent); not run", trid, attempt.number)
@@ -323,6 +342,7 @@ def _run_started(
             finally:
                 if task.timeout_seconds:  # ended (or timed out): a late soft limit must not cut the bookkeeping
                     attempt.hold_off_time_limit()
+                flush_run_logs()  # its lines reach Redis before its end does: a worker stopped next loses none
             text = dumps(value, task.result_serializer, where)
         if task.persist_result:
             persist(trid, text)  # before Completed: a completed persisted result is always on storage
@@ -348,9 +368,12 @@ def _run_started(
             lambda: call_hooks(task, task.hooks, info, outcome.state, outcome.message),
             attempt.send,
             None if isinstance(exc, RETRY) else exc,  # a sensor that gave up raised no error of its own
+            attempt.report,
         )
         if outcome.state is StateType.SKIPPED:
             return Ending.STOPPED
+        if isinstance(exc, RETRY):  # a sensor that gave up: Celery would show its last poke's RETRY
+            raise TaskRunFailed(f"{outcome.state.value}: {outcome.message}") from exc
         raise
     fields = cache.fields() if cache is not None else None
     return end_completed(

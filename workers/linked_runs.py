@@ -55,11 +55,11 @@ def run_linked_flow(
     store = get_store()
     run = full_run(run, message_id)
     trid = run["task_run_id"]
-    if gate(store, run, attempt.worker, attempt.send) is None:
+    if gate(store, run, attempt.worker, attempt.send, attempt.report) is None:
         return False
     started = store.task_runs.started(run["root"], trid, start_record(run, flow, attempt), stored_inputs=inputs is None)
     if started is None:  # final already (cancelled with its parent, or a redelivery)
-        return finish_what_a_crash_left(store, run, attempt.send)
+        return finish_what_a_crash_left(store, run, attempt.send, attempt.report)
     if started.stale:
         return False
     wait = bool(link.get("wait"))
@@ -77,7 +77,7 @@ def run_linked_flow(
         end_completed(store, run, attempt, outcome.result_text)
         return True
     message = f"flow run {child_id} ({flow}) ended {outcome.state.value}: {outcome.message}"
-    end_failed(store, run, attempt.worker, StateType.FAILED, message, send=attempt.send)
+    end_failed(store, run, attempt.worker, StateType.FAILED, message, send=attempt.send, report=attempt.report)
     raise RunError(message)
 
 
@@ -122,7 +122,7 @@ def _start_child(
             )
     except (OrchestratorError, ValueError, TypeError) as exc:
         message = f"could not start a run of {what}: {exc}"
-        end_failed(store, run, attempt.worker, StateType.FAILED, message, send=attempt.send)
+        end_failed(store, run, attempt.worker, StateType.FAILED, message, send=attempt.send, report=attempt.report)
         raise RunError(message) from exc
     fields = {
         "child_run": f"{attempt_number}:{child_id}",

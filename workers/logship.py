@@ -3,7 +3,8 @@
 Lines written with ``get_run_logger()`` carry their run ids; this handler buffers
 them and, every half second (or every 100 lines), appends them to the state/log
 event stream (for the API recorder) and to a list per flow run (``FlowRun.logs()``).
-A task killed mid-run has therefore shipped everything up to its last flush.
+A task killed mid-run has therefore shipped everything up to its last flush, and a task
+that ended has shipped all its lines before its end was recorded (:func:`flush_run_logs`).
 """
 
 from __future__ import annotations
@@ -68,6 +69,18 @@ class RunLogShipper(logging.Handler):
         except Exception:  # Redis away: put the lines back for the next flush
             with self._lock:
                 self._buffer = batch[-10_000:] + self._buffer
+
+
+def flush_run_logs() -> None:
+    """Ship the lines the run logger holds now; nothing to do (no Redis call) when it holds none.
+
+    Called when a task's function returns or raises, before its end is recorded: a worker
+    stopped (or killed) right after its last task must not take that task's last lines with it,
+    as the half-second timer alone would.
+    """
+    for handler in logging.getLogger(RUN_LOGGER).handlers:
+        if isinstance(handler, RunLogShipper):
+            handler.flush()
 
 
 def install() -> RunLogShipper:

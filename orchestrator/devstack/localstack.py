@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from orchestrator.devstack.children import Child, spawn, stop_process
 from orchestrator.errors import ConnectionProblem
 from orchestrator.runstate import connection
 from orchestrator.runstate.store import RunStore
@@ -45,20 +46,6 @@ def free_port() -> int:
     raise RuntimeError("no free TCP port that was not handed out already")
 
 
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    """TERM the process group, then KILL it if it does not leave in time."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
-
-
 def redis_answers(url: str) -> bool:
     """Whether a Redis at ``url`` answers a PING within a second."""
     return connection.answers(url)
@@ -71,6 +58,7 @@ def redis_server(
     data_dir: Path | None = None,
     bind: Sequence[str] = ("127.0.0.1",),
     password: str | None = None,
+    log_path: Path | None = None,
 ) -> Iterator[str]:
     """Run a private redis-server on a free port; yield its URL (on the first ``bind`` address).
 
@@ -81,6 +69,20 @@ def redis_server(
     other addresses than loopback only with a ``password`` (its protected mode); the URL
     then carries it.
     """
+    with redis_process(port, appendonly, data_dir, bind, password, log_path) as child:
+        yield child.url
+
+
+@contextlib.contextmanager
+def redis_process(
+    port: int | None = None,
+    appendonly: bool = False,
+    data_dir: Path | None = None,
+    bind: Sequence[str] = ("127.0.0.1",),
+    password: str | None = None,
+    log_path: Path | None = None,
+) -> Iterator[Child]:
+    """:func:`redis_server`, yielding the process (to watch it) with its URL in ``url``."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise ConnectionProblem(
@@ -105,17 +107,20 @@ def redis_server(
         workdir,
         *(["--requirepass", password] if password else []),
     ]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"redis://{f':{password}@' if password else ''}{bind[0]}:{port}/0"
+    child = spawn("redis-server", args, log_path=log_path)
+    child.url = f"redis://{f':{password}@' if password else ''}{bind[0]}:{port}/0"
     try:
         deadline = time.monotonic() + 10
-        while not connection.answers(url, timeout=0.5):
-            if proc.poll() is not None or time.monotonic() > deadline:
+        while not connection.answers(child.url, timeout=0.5):
+            failed = child.exited("before it answered")
+            if failed is not None:
+                raise failed
+            if time.monotonic() > deadline:
                 raise ConnectionProblem(f"redis-server on port {port} did not start") from None
             time.sleep(0.05)
-        yield url
+        yield child
     finally:
-        stop_process(proc)
+        child.stop()
         if data_dir is None:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -174,30 +179,29 @@ def worker(
         | (extra_env or {})
     )
     name = name or f"w{free_port()}@%h"
-    log_file = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
-    proc = subprocess.Popen(
-        [*command_prefix, *worker_command(queues, concurrency, name, pool)],
-        env=env,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    if log_path:
+        log_path.write_bytes(b"")  # one log per worker start
+    child = spawn("the worker", [*command_prefix, *worker_command(queues, concurrency, name, pool)], env, log_path)
     try:
-        wait_for_worker(redis_url, proc, queues.split(",")[0])
-        yield proc
+        wait_for_worker(redis_url, child, queues.split(",")[0])
+        yield child.proc
     finally:
-        stop_process(proc, timeout=15)
-        if log_path:
-            log_file.close()  # type: ignore[union-attr]
+        child.stop(timeout=15)
 
 
-def wait_for_worker(redis_url: str, proc: subprocess.Popen[bytes], queue: str, timeout: float = 60) -> None:
-    """Block until the worker has started consuming ``queue`` (its kombu binding exists)."""
+def wait_for_worker(redis_url: str, proc: subprocess.Popen[bytes] | Child, queue: str, timeout: float = 60) -> None:
+    """Block until the worker has started consuming ``queue`` (its kombu binding exists).
+
+    A worker that exits first raises :class:`ChildExited` with the end of its log when ``proc``
+    is a :class:`Child` (it knows its log).
+    """
+    child = proc if isinstance(proc, Child) else Child("worker", proc)
     fleet = RunStore(redis_url).fleet
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"worker exited with code {proc.returncode} before it was ready")
+        failed = child.exited("before it was ready")
+        if failed is not None:
+            raise failed
         if fleet.queue_bound(queue):
             time.sleep(0.3)  # binding is declared just before consuming starts
             return
@@ -237,21 +241,17 @@ class ApiProcess:
         root = self.env.get("ORCHESTRATOR_API_ROOT_PATH", "")
         self.url = f"http://{host}:{self.port}{root}/api"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.child: Child | None = None
 
     def start(self) -> str:
-        """Start the server and wait until it answers; returns its base URL (with /api)."""
-        log_file = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        """Start the server and wait until it answers; returns its base URL (with /api).
+
+        Raises :class:`ChildExited` (with the end of its log) if it exits before it answers.
+        """
         cmd = [sys.executable, "-m", "api.server", "--host", self.host, "--port", str(self.port)]
-        self.proc = subprocess.Popen(
-            [*cmd, "--log-level", self.log_level],
-            env=self.env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        if self.log_path:
-            log_file.close()  # type: ignore[union-attr]
-        wait_for_http(f"http://{self.host}:{self.port}/api/health", self.proc)
+        self.child = spawn("the API", [*cmd, "--log-level", self.log_level], self.env, self.log_path)
+        self.proc = self.child.proc
+        wait_for_http(f"http://{self.host}:{self.port}/api/health", self.child)
         return self.url
 
     def kill(self) -> None:
@@ -283,14 +283,20 @@ def api_server(
         server.stop()
 
 
-def wait_for_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    """Block until ``url`` answers (any status below 500 or a 503 from a health check)."""
+def wait_for_http(url: str, proc: subprocess.Popen[bytes] | Child, timeout: float = 60) -> None:
+    """Block until ``url`` answers (any status below 500 or a 503 from a health check).
+
+    A server that exits first raises :class:`ChildExited` (with the end of its log when
+    ``proc`` is a :class:`Child`).
+    """
     import httpx
 
+    child = proc if isinstance(proc, Child) else Child("server", proc)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with code {proc.returncode} before it answered {url}")
+        failed = child.exited(f"before it answered {url}")
+        if failed is not None:
+            raise failed
         try:
             httpx.get(url, timeout=1.0)
             return
@@ -315,6 +321,20 @@ def flower(
     and tests that read the API pass credentials, and ``task_api=True`` besides to run tasks
     through it. The credentials go in FLOWER_BASIC_AUTH, not on the command line.
     """
+    with flower_process(redis_url, port, log_path, basic_auth, task_api, extra_env) as child:
+        yield child.url
+
+
+@contextlib.contextmanager
+def flower_process(
+    redis_url: str,
+    port: int | None = None,
+    log_path: Path | None = None,
+    basic_auth: str | None = None,
+    task_api: bool = False,
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[Child]:
+    """:func:`flower`, yielding the process (to watch it) with its URL in ``url``."""
     port = port or free_port()
     env = (
         os.environ.copy()
@@ -324,13 +344,10 @@ def flower(
     )
     cmd = [sys.executable, "-m", "workers.flower", f"--port={port}", "--address=127.0.0.1"]
     cmd += ["--task-api"] if task_api else []
-    log_file = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
-    proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    child = spawn("Flower", cmd, env, log_path)
+    child.url = f"http://127.0.0.1:{port}"
     try:
-        wait_for_http(f"{url}/healthcheck", proc)
-        yield url
+        wait_for_http(f"{child.url}/healthcheck", child)
+        yield child
     finally:
-        stop_process(proc)
-        if log_path:
-            log_file.close()  # type: ignore[union-attr]
+        child.stop()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from orchestrator.authoring.hooks import call_hooks
@@ -25,7 +25,14 @@ from orchestrator.runstate.records import NewTaskRun, TaskRunRecord, deciders_of
 from orchestrator.runstate.store import Finished, RunStore, now
 from orchestrator.runtime.context import RunInfo
 from orchestrator.states import StateType
-from orchestrator.transport.messaging import Messaging, flow_deadline_message, retry_flow_run_message
+from orchestrator.transport.messaging import Messaging, TaskRunEnd, flow_deadline_message, retry_flow_run_message
+
+Report = Callable[[Sequence[TaskRunEnd]], None]
+"""Tells the monitor (Flower) how task runs ended that Celery saw no end of (:meth:`Messaging.report_ends`)."""
+
+
+def no_report(_: Sequence[TaskRunEnd]) -> None:
+    """A :data:`Report` that tells nobody (a process with no broker to report to)."""
 
 
 def _write_tree(store: RunStore, plan: Plan, compiled: Compiled, pipe: Any) -> None:
@@ -265,12 +272,14 @@ def end_task_run(
     label: str,
     send: Callable[[list[dict[str, Any]]], None],
     hooks: Callable[[], None] | None = None,
+    report: Report = no_report,
 ) -> None:
     """Make a task run final in a failed or skipped state and stop its downstream.
 
     ``hooks`` runs once the task run is final and before its flow run can end, so a
     task's hooks always come before its flow's. ``send`` sends tolerant downstream
-    tasks (trigger rules) that this made ready.
+    tasks (trigger rules) that this made ready; ``report`` tells Flower about the
+    downstream task runs this ended (the task run itself is the caller's to report).
     """
     finished = store.task_runs.finished(root, trid, state, fields)
     if finished.left is None:
@@ -278,7 +287,7 @@ def end_task_run(
     send(finished.ready)
     if hooks:
         hooks()
-    propagate_failure(store, root, trid, state, label, send)
+    propagate_failure(store, root, trid, state, label, send, report)
     after_final(store, root, finished)
 
 
@@ -289,6 +298,7 @@ def propagate_failure(
     state: StateType,
     label: str,
     send: Callable[[list[dict[str, Any]]], None],
+    report: Report = no_report,
 ) -> None:
     """Mark every task run downstream of ``trid`` UpstreamFailed (Skipped after a skip).
 
@@ -297,11 +307,16 @@ def propagate_failure(
     (trigger rule, allow_failure, wait()) is left alone: its join sends it once its
     upstreams are final, and it decides for itself; ``send`` sends those that became
     ready on the way.
+
+    No worker ever receives the task runs ended here, so Celery never reports them:
+    ``report`` tells Flower their end (one read of their task names, one batch of events,
+    and only on this failure path).
     """
     down_state = StateType.SKIPPED if state is StateType.SKIPPED else StateType.UPSTREAM_FAILED
     message = f"not run: upstream {label} ended {state.value}"
     queue: deque[str] = deque(store.task_runs.downstream_of(trid))
     seen: set[str] = set()
+    ended: list[str] = []
     while queue:
         node = queue.popleft()
         if node in seen or store.task_runs.is_tolerant(root, node):
@@ -310,12 +325,16 @@ def propagate_failure(
         finished = store.task_runs.finished(root, node, down_state, {"ended": now(), "message": message})
         if finished.left is None:
             continue
+        ended.append(node)
         send(finished.ready)
         child = store.flow_runs.subflow_of_end(root, node)
         if child:
             end_flow_run(store, child, StateType.FAILED, message)
         after_final(store, root, finished)
         queue.extend(store.task_runs.downstream_of(node))
+    if ended and report is not no_report:
+        names = [name or "" for (name,) in store.task_runs.fields_of(ended, "name")]
+        report([TaskRunEnd(node, name, down_state, message) for node, name in zip(ended, names, strict=True)])
 
 
 def stop_flow_run(store: RunStore, messaging: Messaging, run_id: str, state: StateType, message: str) -> bool:
@@ -335,6 +354,7 @@ def stop_flow_run(store: RunStore, messaging: Messaging, run_id: str, state: Sta
     store.flow_runs.emit_state(run_id, StateType.CANCELLING, pipe, {"cause": message})
     pipe.execute()
     running: list[str] = []
+    unsent: list[TaskRunEnd] = []  # Celery will report no end of these: Flower hears it from here
     for row in list_task_runs(store, run_id):
         task_run = TaskRunRecord.from_redis(row["id"], row)
         if task_run is None:
@@ -342,16 +362,17 @@ def stop_flow_run(store: RunStore, messaging: Messaging, run_id: str, state: Sta
         now_in = task_run.state or StateType.PENDING
         if now_in.is_final:
             continue
-        if now_in in (StateType.RUNNING, StateType.RETRYING):
+        is_running = now_in in (StateType.RUNNING, StateType.RETRYING)
+        if is_running:
             running.append(task_run.id)
-        fields = {
-            "ended": now(),
-            "message": f"cancelled: flow run {run_id} {message}",
-            "flow_run_id": task_run.flow_run_id,
-        }
-        store.task_runs.finished(run_id, task_run.id, StateType.CANCELLED, fields)
+        why = f"cancelled: flow run {run_id} {message}"
+        fields = {"ended": now(), "message": why, "flow_run_id": task_run.flow_run_id}
+        finished = store.task_runs.finished(run_id, task_run.id, StateType.CANCELLED, fields)
+        if not is_running and finished.left is not None:  # a running one: its worker reports the revoke
+            unsent.append(TaskRunEnd(task_run.id, task_run.name, StateType.CANCELLED, why))
     if running:  # stop the work itself, not just the records
         messaging.revoke(running, terminate=True)
+    messaging.report_ends(unsent, "")
     for child in store.flow_runs.subflows(run_id):
         child_state = store.flow_runs.state(child)
         if child_state is not None and not child_state.is_final:

@@ -344,6 +344,14 @@ class TaskRuns:
         values = self._redis.hmget(keys.finals(root), trids)
         return {t: StateType(v) if v else None for t, v in zip(trids, values, strict=True)}
 
+    def final_end(self, root: str, trid: str) -> tuple[StateType, str] | None:
+        """A task run's final state and its message in one round trip; None while it is not final."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hget(keys.finals(root), trid)
+        pipe.hget(keys.task_run(trid), "message")
+        state, message = pipe.execute()
+        return (StateType(state), message or "") if state else None
+
     def all_final(self, root: str) -> dict[str, str]:
         """Every final task run of a run tree and its state."""
         return self._redis.hgetall(keys.finals(root))  # type: ignore[no-any-return]

@@ -27,7 +27,7 @@ from orchestrator.runstate.events import task_run_event
 from orchestrator.runstate.store import RunStore
 from orchestrator.states import StateType
 from orchestrator.supervision.bodies import resume_body
-from orchestrator.transport.messaging import Messaging
+from orchestrator.transport.messaging import Messaging, TaskRunEnd
 
 log = logging.getLogger("orchestrator.crashes")
 
@@ -138,5 +138,8 @@ def crash(store: RunStore, messaging: Messaging, task_run_id: str, record: dict[
         fields | {"ended": time.time(), "message": message},
         record.get("label") or task_run_id,
         messaging.send_signatures,
+        report=lambda ends: messaging.report_ends(ends, ""),
     )
+    # Celery last saw it started on a worker that is gone: Flower learns the end here
+    messaging.report_ends([TaskRunEnd(task_run_id, record.get("task") or "", StateType.CRASHED, message)], "")
     log.warning("task run %s crashed on %s; no retries left", task_run_id, record.get("worker"))

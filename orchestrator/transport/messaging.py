@@ -2,9 +2,9 @@
 
 Run logic (``orchestrator.runs``) and the API speak to the fleet through a
 :class:`Messaging`: send a run's start message, a compiled canvas, tasks that
-became ready, a flow retry; revoke running tasks. :class:`CeleryMessaging` is its
-one implementation; only this package, the compiler (which builds canvas) and the
-workers' Celery glue import Celery.
+became ready, a flow retry; revoke running tasks; tell Flower how task runs ended that
+Celery saw no end of. :class:`CeleryMessaging` is its one implementation; only this
+package, the compiler (which builds canvas) and the workers' Celery glue import Celery.
 
 Delayed sends (a flow's deadline, its next attempt after ``retry_delay_seconds``)
 wait in Redis as serialized messages (``RunStore.schedule``) until a worker's
@@ -16,6 +16,7 @@ too.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -31,10 +32,13 @@ from orchestrator.planning.compiler import (
     compile_plan,
     make_signature,
 )
+from orchestrator.states import StateType
 from orchestrator.transport.celery_app import client_app, make_celery_app
 
 if TYPE_CHECKING:
     from orchestrator.planning.plan import Plan
+
+log = logging.getLogger(__name__)
 
 Canvas = Any
 """A compiled canvas (``Compiled.canvas``): opaque outside the seam, sent with :meth:`Messaging.send_canvas`."""
@@ -51,6 +55,31 @@ class Start:
     run_id: str
     queue: str
     dynamic: bool = False
+
+
+@dataclass(frozen=True)
+class TaskRunEnd:
+    """A task run that became final where Celery cannot tell (see :meth:`Messaging.report_ends`)."""
+
+    task_run_id: str  # the Celery task id
+    task_name: str  # the Celery task name ('' when unknown): Flower lists the task under it
+    state: StateType
+    message: str
+
+
+def celery_event(end: TaskRunEnd) -> tuple[str, dict[str, Any]]:
+    """The Celery task event closest to ``end``'s state, with our state named in its text.
+
+    Completed and Skipped are SUCCESS (a skip is no error; the result says "Skipped: why"),
+    Cancelled is REVOKED, every other final state FAILURE (the exception says "UpstreamFailed:
+    why", "Crashed: why"...). Flower shows the text as the task's result or exception.
+    """
+    text = f"{end.state.value}: {end.message}" if end.message else end.state.value
+    if end.state in (StateType.COMPLETED, StateType.SKIPPED):
+        return "task-succeeded", {"result": text, "runtime": 0.0}
+    if end.state is StateType.CANCELLED:
+        return "task-revoked", {"terminated": False, "signum": None, "expired": False, "exception": text}
+    return "task-failed", {"exception": text, "traceback": ""}
 
 
 @runtime_checkable
@@ -87,6 +116,14 @@ class Messaging(Protocol):
 
     def revoke(self, task_ids: list[str], *, terminate: bool) -> None:
         """Revoke tasks by id (``terminate``: stop them where they run)."""
+        ...
+
+    def report_ends(self, ends: Sequence[TaskRunEnd], hostname: str) -> None:
+        """Tell the monitor (Flower, through Celery's task events) how task runs ended that Celery
+        saw no end of, from the process that decides it: ones that never ran (UpstreamFailed or
+        Skipped downstream, Cancelled before they were sent), executions that stop without an
+        outcome (a skip) and ones whose worker died (Crashed). ``hostname`` is the worker that
+        decided ('' in another process: Celery's own name for it, which Flower lists as a worker)."""
         ...
 
 
@@ -150,6 +187,23 @@ class CeleryMessaging:
 
     def revoke(self, task_ids: list[str], *, terminate: bool) -> None:
         self.app.control.revoke(task_ids, terminate=terminate)
+
+    def report_ends(self, ends: Sequence[TaskRunEnd], hostname: str) -> None:
+        """Send one Celery task event per end (``hostname`` '': Celery names this process itself).
+
+        Only a monitor reads these: a broker that refuses them is logged, never raised, so the
+        run's own bookkeeping around the report goes on.
+        """
+        if not ends:
+            return
+        try:
+            with self.app.events.default_dispatcher(hostname=hostname or None) as dispatcher:
+                for end in ends:
+                    kind, fields = celery_event(end)
+                    named = {"name": end.task_name} if end.task_name else {}
+                    dispatcher.send(kind, uuid=end.task_run_id, **named, **fields)
+        except Exception:
+            log.warning("could not tell Flower how %d task runs ended", len(ends), exc_info=True)
 
 
 def flow_deadline_message(run_id: str, timeout: float, queue: str) -> SignatureData:
