@@ -5,8 +5,11 @@ its live table ended by a line break before what follows."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -71,3 +74,40 @@ def test_run_watch_into_a_pipe_ends_its_table_before_what_follows(api: ApiProces
     assert failed.returncode == 1, failed.stdout + failed.stderr
     after_table = [line for line in failed.stdout.splitlines() if "Failed: explode-0 ended Failed" in line]
     assert after_table and after_table[0].startswith("Failed: explode-0 ended Failed"), failed.stdout
+
+
+def test_deployment_run_watch_ends_as_run_watch_does(api: ApiProcess) -> None:
+    name = f"polish-{uuid.uuid4().hex[:6]}"
+    made = cli(api, "deploy", "tests.flows:chain_flow", "--name", name, "-p", "x=1")
+    assert made.returncode == 0, made.stdout + made.stderr
+    done = cli(api, "deployment", "run", name, "-p", "x=2", "--watch", "--timeout", "60")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.rstrip("\n").splitlines()[-1] == "result: 8", done.stdout
+
+    failing = f"polish-{uuid.uuid4().hex[:6]}"
+    made = cli(api, "deploy", "tests.flows:failing_flow", "--name", failing)
+    assert made.returncode == 0, made.stdout + made.stderr
+    failed = cli(api, "deployment", "run", failing, "--watch", "--timeout", "60")
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "root cause: explode-0 (explode) Failed: ValueError: boom" in failed.stdout, failed.stdout
+    assert "raise ValueError(message)" in failed.stdout
+
+
+def test_version_and_help_of_every_run_id_argument() -> None:
+    from orchestrator import __version__
+
+    def orchestrator(*args: str) -> subprocess.CompletedProcess[str]:
+        env = os.environ | {"COLUMNS": "200"}
+        return subprocess.run(
+            [sys.executable, "-m", "orchestrator.cli", *args], env=env, capture_output=True, text=True, timeout=60
+        )
+
+    shown = orchestrator("--version")
+    assert shown.returncode == 0 and shown.stdout == f"celery-orchestrator {__version__}\n", shown
+    for command in ("inspect", "result", "logs", "why", "cancel", "retry"):
+        helped = orchestrator("flow-run", command, "--help")
+        assert "Flow run id, or a unique prefix of it" in helped.stdout, (command, helped.stdout)
+    for command in (("worker", "start"), ("plan",)):
+        helped = orchestrator(*command, "--help")
+        options = [line for line in helped.stdout.splitlines() if line.startswith("│ ") and " --" in line]
+        assert options and all(re.search(r"<[^>]+>\s+[^\s│]", line) for line in options), helped.stdout  # a help text

@@ -112,6 +112,7 @@ def watch_run(client: ApiClient, run_id: str, timeout: float | None) -> dict[str
 
 
 AsJson = Annotated[bool, typer.Option("--json", help="Print the API's JSON (for scripts) instead of a table.")]
+RunIdArg = Annotated[str, typer.Argument(help="Flow run id, or a unique prefix of it (at least 4 characters).")]
 
 
 def id_column(table: Table, ids: list[str], header: str = "id") -> None:
@@ -145,9 +146,7 @@ def flow_run_ls(
 
 
 @flow_run_app.command("inspect")
-def flow_run_inspect(
-    run_id: Annotated[str, typer.Argument(help="Flow run id, or a unique prefix of it.")], as_json: AsJson = False
-) -> None:
+def flow_run_inspect(run_id: RunIdArg, as_json: AsJson = False) -> None:
     """A run's record, its task runs and its full state history."""
     client = ApiClient()
     run = calling(lambda: client.get_run(run_id))
@@ -173,7 +172,7 @@ def flow_run_inspect(
 
 
 @flow_run_app.command("result")
-def flow_run_result(run_id: Annotated[str, typer.Argument(help="Flow run id.")]) -> None:
+def flow_run_result(run_id: RunIdArg) -> None:
     """Print a completed run's return value as JSON.
 
     Exit status 1 when the run has no result: still under way, failed (the error says why), or
@@ -223,7 +222,7 @@ def log_text(line: dict[str, Any]) -> str:
 
 @flow_run_app.command("logs")
 def flow_run_logs(
-    run_id: Annotated[str, typer.Argument(help="Flow run id.")],
+    run_id: RunIdArg,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines until the run ends.")] = False,
 ) -> None:
     """Print the log lines of a run and its task runs."""
@@ -251,7 +250,7 @@ def flow_run_logs(
 
 
 @flow_run_app.command("why")
-def flow_run_why(run_id: Annotated[str, typer.Argument(help="Flow run id.")]) -> None:
+def flow_run_why(run_id: RunIdArg) -> None:
     """Why a run is not running (or what it is doing), in plain words."""
     found = calling(lambda: ApiClient().diagnosis(run_id))
     # the run the API found (run_id may be a prefix): by its name and its whole id
@@ -292,13 +291,13 @@ def flow_run_cleanup_late(
 
 
 @flow_run_app.command("cancel")
-def flow_run_cancel(run_id: Annotated[str, typer.Argument(help="Flow run id.")]) -> None:
+def flow_run_cancel(run_id: RunIdArg) -> None:
     """Cancel a run: queued tasks never start, running ones are terminated."""
     console.print(user_text(calling(lambda: ApiClient().cancel(run_id))["detail"]))
 
 
 @flow_run_app.command("retry")
-def flow_run_retry(run_id: Annotated[str, typer.Argument(help="Flow run id.")]) -> None:
+def flow_run_retry(run_id: RunIdArg) -> None:
     """Run a failed run again: only its task runs that did not complete."""
     console.print(user_text(calling(lambda: ApiClient().retry(run_id))["detail"]))
 
@@ -318,7 +317,13 @@ def run_command(
     console.print(user_line("flow run ", user_text(run["name"], "bold"), f" ({run['id']}) {run['state']}"))
     if not watch:
         return
-    run = calling(lambda: watch_run(client, run["id"], timeout))
+    watch_to_the_end(client, run["id"], timeout)
+
+
+def watch_to_the_end(client: ApiClient, run_id: str, timeout: float | None) -> None:
+    """``--watch`` of ``run`` and ``deployment run``: the live table, then the run's result, or its
+    state and root cause and exit status 1 when it did not complete."""
+    run = calling(lambda: watch_run(client, run_id, timeout))
     if run["state"] != StateType.COMPLETED.value:
         console.print(user_line(user_text(run["state"], "red"), ": ", run["state_message"]))
         print_root_cause(client, run)
