@@ -111,3 +111,18 @@ def test_version_and_help_of_every_run_id_argument() -> None:
         helped = orchestrator(*command, "--help")
         options = [line for line in helped.stdout.splitlines() if line.startswith("│ ") and " --" in line]
         assert options and all(re.search(r"<[^>]+>\s+[^\s│]", line) for line in options), helped.stdout  # a help text
+
+
+def test_run_takes_module_colon_flow_as_plan_does(api: ApiProcess) -> None:
+    done = cli(api, "run", "tests.flows:chain_flow", "-p", "x=2", "--watch", "--timeout", "60")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("flow run chain-flow-") and done.stdout.rstrip().endswith("result: 8"), done.stdout
+    missing = cli(api, "run", "tests.flows:no_such_flow")
+    assert missing.returncode == 2 and "'tests.flows' has no @flow named 'no_such_flow'" in missing.stdout
+
+
+def test_a_prefix_too_short_to_name_a_run_says_so(http: Any) -> None:
+    refused = http.get("/flow-runs/abc")
+    assert refused.status_code == 404
+    assert "(a prefix names a run from 4 characters on)" in refused.json()["detail"], refused.text
+    assert "characters on" not in http.get("/flow-runs/abcd").json()["detail"]

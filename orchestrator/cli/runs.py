@@ -302,8 +302,21 @@ def flow_run_retry(run_id: RunIdArg) -> None:
     console.print(user_text(calling(lambda: ApiClient().retry(run_id))["detail"]))
 
 
+def registered_name(target: str) -> str:
+    """The name workers register the flow ``module:flow`` under (imported from the current directory)."""
+    from orchestrator.authoring.params import load_flow
+
+    sys.path.insert(0, os.getcwd())
+    return load_flow(target).name
+
+
 def run_command(
-    flow: Annotated[str, typer.Argument(help="Flow name, as workers registered it (orchestrator flow ls).")],
+    flow: Annotated[
+        str,
+        typer.Argument(
+            help="Flow name, as workers registered it (orchestrator flow ls), or module:flow (as plan takes it)."
+        ),
+    ],
     param: Annotated[list[str] | None, typer.Option("-p", "--param", help="name=value (repeatable).")] = None,
     name: Annotated[str | None, typer.Option(help="Run name (default: the flow's flow_run_name).")] = None,
     queue: Annotated[str | None, typer.Option(help="Queue (default: the flow's).")] = None,
@@ -312,6 +325,8 @@ def run_command(
 ) -> None:
     """Submit a flow run through the API (exit status 1 if a watched run does not complete)."""
     client = ApiClient()
+    if ":" in flow:  # module:flow, as plan and deploy take it: the name its @flow registers
+        flow = calling(lambda: registered_name(flow))
     parameters = calling(lambda: parse_pairs(client, flow, param or []))
     run = calling(lambda: client.create_run(flow, parameters, name=name, queue=queue))
     console.print(user_line("flow run ", user_text(run["name"], "bold"), f" ({run['id']}) {run['state']}"))
