@@ -126,3 +126,18 @@ def test_a_prefix_too_short_to_name_a_run_says_so(http: Any) -> None:
     assert refused.status_code == 404
     assert "(a prefix names a run from 4 characters on)" in refused.json()["detail"], refused.text
     assert "characters on" not in http.get("/flow-runs/abcd").json()["detail"]
+
+
+def test_flow_run_ls_on_80_columns_keeps_ids_and_states_whole(api: ApiProcess, http: Any) -> None:
+    run = wait_final(http, submit(http, "chain-flow", parameters={"x": 1})["id"])
+    env = os.environ | {"ORCHESTRATOR_API_URL": api.url, "COLUMNS": "80"}
+    shown = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "flow-run", "ls", "--limit", "5"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    row = next(line for line in shown.stdout.splitlines() if run["id"] in line)
+    assert "│ Completed " in row, shown.stdout

@@ -82,8 +82,8 @@ def upcoming_runs(deployment: dict[str, Any]) -> str:
     if deployment["paused"]:
         return f"none while it is paused ('orchestrator deployment resume {name}')"
     return (
-        "none in the next hour (the API's scheduler creates a deployment's next 3 runs up to an hour ahead, "
-        "checking about once a second while it runs)"
+        "none planned yet (the API's scheduler creates a deployment's next 3 runs once they are due within "
+        "the hour, checking about once a second while it runs)"
     )
 
 

@@ -136,7 +136,12 @@ def flow_run_ls(
         return
     table = Table(title=user_text(f"{len(page['items'])} of {page['total']} flow runs"))
     id_column(table, [run["id"] for run in page["items"]])
-    for column in ("name", "flow", "state", "created", "message"):
+    states = [run["state"] for run in page["items"]]
+    table.add_column("name")
+    table.add_column("flow")
+    # whole on a narrow terminal too ("Comp…" could be Completed or nothing): the other columns give way
+    table.add_column("state", no_wrap=True, min_width=max(map(len, states), default=5))
+    for column in ("created", "message"):
         table.add_column(column)
     for run in page["items"]:
         created = (run["created"] or "")[:19]
