@@ -140,13 +140,15 @@ def diagnose(
         unreported = (not_final or 0) - (total - done)
         if unreported > 0:
             reasons.append(
-                f"{unreported} more planned task runs have not reported yet: they wait for their upstreams, in "
+                f"{unreported} more planned task {'run has' if unreported == 1 else 'runs have'} not reported yet: "
+                "they wait for their upstreams, in "
                 "their queue, or on a worker that stopped (their messages come back after the visibility timeout)."
             )
         reasons += waiting_for_slots or []
     queue = row.queue or "default"
     return {
         "flow_run_id": row.id,
+        "flow_run_name": row.name,
         "state": row.state,
         "summary": reasons[0],
         "reasons": reasons,

@@ -278,16 +278,22 @@ class LogLinePublic(BaseModel):
     seq: int
     flow_run_id: str
     task_run_id: str | None
+    label: str = Field(
+        default="",
+        description="The task run's label (square-0[2] for the third run of a map); empty for the flow run's "
+        "own lines, and for a task run not recorded (yet).",
+    )
     level: str
     message: str
     time: datetime | None
 
     @classmethod
-    def of(cls, row: LogLine) -> LogLinePublic:
+    def of(cls, row: LogLine, label: str = "") -> LogLinePublic:
         return cls(
             seq=row.seq or 0,
             flow_run_id=row.flow_run_id,
             task_run_id=row.task_run_id,
+            label=label,
             level=row.level,
             message=row.message,
             time=when(row.ts),
@@ -556,6 +562,7 @@ class Diagnosis(BaseModel):
     """Why a run is (not) running, in plain words, with the facts behind them."""
 
     flow_run_id: str
+    flow_run_name: str = Field(default="", description="The run's name (flow_run_id is its whole id).")
     state: str
     summary: str
     reasons: list[str]

@@ -594,6 +594,12 @@ def logging_flow() -> int:
 
 
 @flow
+def mapped_logging_flow(lines: list[int] = [1, 2]) -> list[int]:  # noqa: B006 (a JSON default, never mutated)
+    # a map over an upstream result expands at run time: its children are chatty-0[0], chatty-0[1], ...
+    return chatty.map(sleepy.submit(0, lines))  # type: ignore[return-value]
+
+
+@flow
 def killed_logging_flow() -> str:
     return chatty_then_killed.submit()  # type: ignore[no-any-return]
 

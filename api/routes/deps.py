@@ -33,9 +33,10 @@ MessagingDep = Annotated[Messaging, Depends(messaging_dep)]
 
 def no_run(run_id: str) -> HTTPException:
     """The 404 for a run id the database does not hold, saying where to look."""
+    short = f" (a prefix names a run from {MIN_PREFIX} characters on)" if len(run_id) < MIN_PREFIX else ""
     return HTTPException(
         status_code=status.HTTP_404_NOT_FOUND,
-        detail=f"no flow run {run_id!r} is recorded; GET /api/flow-runs lists them (a run sent moments ago "
+        detail=f"no flow run {run_id!r} is recorded{short}; GET /api/flow-runs lists them (a run sent moments ago "
         "appears once the recorder has read its first event).",
     )
 

@@ -223,15 +223,19 @@ def list_states(
     return [StateEventPublic.of(r, names.get(r.run_id, "")) for r in rows]
 
 
+def task_labels(session: Session, task_ids: set[str]) -> dict[str, str]:
+    """The label of each of these task runs that is recorded (one query): the ten children of a map
+    differ only at the end of their ids, so histories and logs name them by label (square-0[2])."""
+    if not task_ids:
+        return {}
+    found = session.exec(select(TaskRun.id, TaskRun.label).where(col(TaskRun.id).in_(task_ids))).all()
+    return {task_id: label for task_id, label in found if label}
+
+
 def labels_of(session: Session, events: Sequence[StateEvent]) -> dict[str, str]:
-    """The label of each task run and the name of each flow run these events are about (two queries a page):
-    the ten children of a map differ only at the end of their ids, so a history shows their labels."""
-    task_ids = {e.run_id for e in events if e.kind == "task_run"}
+    """The label of each task run and the name of each flow run these events are about (two queries a page)."""
     run_ids = {e.run_id for e in events if e.kind != "task_run"}
-    names: dict[str, str] = {}
-    if task_ids:
-        found = session.exec(select(TaskRun.id, TaskRun.label).where(col(TaskRun.id).in_(task_ids))).all()
-        names.update({task_id: label for task_id, label in found if label})
+    names = task_labels(session, {e.run_id for e in events if e.kind == "task_run"})
     if run_ids:
         found = session.exec(select(FlowRun.id, FlowRun.name).where(col(FlowRun.id).in_(run_ids))).all()
         names.update({run_id: name for run_id, name in found if name})
@@ -386,7 +390,8 @@ def list_logs(
         .order_by(col(LogLine.seq))
         .limit(limit)
     ).all()
-    return [LogLinePublic.of(r) for r in rows]
+    labels = task_labels(session, {r.task_run_id for r in rows if r.task_run_id})
+    return [LogLinePublic.of(r, labels.get(r.task_run_id or "", "")) for r in rows]
 
 
 @router.post("/{run_id}/cancel", response_model=Accepted, status_code=status.HTTP_202_ACCEPTED)

@@ -11,12 +11,11 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from orchestrator.cli.runs import AsJson, calling, console, parse_pairs, print_error, watch_run
+from orchestrator.cli.runs import AsJson, calling, console, parse_pairs, print_error, watch_to_the_end
 from orchestrator.cli.text import print_json, user_line, user_text
 from orchestrator.data.serialization import to_jsonable, to_plain
 from orchestrator.errors import OrchestratorError
 from orchestrator.runs.api_client import ApiClient
-from orchestrator.states import StateType
 
 deployment_app = typer.Typer(help="Deployments: flows with parameters and a schedule.", no_args_is_help=True)
 
@@ -82,7 +81,10 @@ def upcoming_runs(deployment: dict[str, Any]) -> str:
         return f"none: it has no schedule, so it runs only when asked ('orchestrator deployment run {name}')"
     if deployment["paused"]:
         return f"none while it is paused ('orchestrator deployment resume {name}')"
-    return "none yet (the API's scheduler plans them on its next pass, about once a second, while it runs)"
+    return (
+        "none planned yet (the API's scheduler creates a deployment's next 3 runs once they are due within "
+        "the hour, checking about once a second while it runs)"
+    )
 
 
 @deployment_app.command("ls")
@@ -181,12 +183,8 @@ def deployment_run(
 
     run = calling(run_now)
     console.print(user_line("flow run ", user_text(run["name"], "bold"), f" ({run['id']}) {run['state']}"))
-    if not watch:
-        return
-    run = calling(lambda: watch_run(client, run["id"], timeout))
-    if run["state"] != StateType.COMPLETED.value:
-        console.print(user_line(user_text(run["state"], "red"), ": ", run["state_message"]))
-        raise typer.Exit(1)
+    if watch:
+        watch_to_the_end(client, run["id"], timeout)
 
 
 def parse_time(text: str, option: str) -> datetime:

@@ -22,12 +22,12 @@ def listed(path: str) -> list[dict[str, Any]]:
 
 @flow_app.command("ls")
 def flow_ls(as_json: AsJson = False) -> None:
-    """Every flow a worker registered, with its queue and parameters (the names ``orchestrator run`` takes)."""
+    """Every flow a worker registered, with its queue and parameters (the names 'orchestrator run' takes)."""
     rows = listed("/flows")
     if as_json:
         print_json(rows)
         return
-    table = Table(title=f"{len(rows)} flows")
+    table = Table(title=f"{len(rows)} flow{'' if len(rows) == 1 else 's'}")
     for column in ("name", "queue", "parameters", "module"):
         table.add_column(column, no_wrap=column == "name")
     for row in rows:
@@ -42,7 +42,7 @@ def worker_ls(as_json: AsJson = False) -> None:
     if as_json:
         print_json(rows)
         return
-    table = Table(title=f"{len(rows)} live workers")
+    table = Table(title=f"{len(rows)} live worker{'' if len(rows) == 1 else 's'}")
     for column in ("worker", "queues", "flows"):
         table.add_column(column, no_wrap=column == "worker")
     for row in rows:

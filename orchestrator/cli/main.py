@@ -35,6 +35,24 @@ app.add_typer(flow_app, name="flow")
 worker_app.command("ls")(worker_ls)
 
 
+def print_version(asked: bool) -> None:
+    """``--version``: the installed package's version, then exit (before any command runs)."""
+    if asked:
+        from orchestrator import __version__
+
+        print(f"celery-orchestrator {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def options(
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", is_eager=True, callback=print_version)
+    ] = False,
+) -> None:
+    """Prefect-style flows on Celery and Redis."""
+
+
 @app.command("flower", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def flower_command(
     ctx: typer.Context,
@@ -77,8 +95,12 @@ def worker_start(
     ctx: typer.Context,
     flows: Annotated[str, typer.Option("--flows", help="Comma-separated flow modules to import.")] = "",
     queues: Annotated[str, typer.Option("-Q", "--queues", help="Queues to consume.")] = "default",
-    concurrency: Annotated[int | None, typer.Option("-c", "--concurrency")] = None,
-    hostname: Annotated[str | None, typer.Option("-n", "--hostname")] = None,
+    concurrency: Annotated[
+        int | None, typer.Option("-c", "--concurrency", help="Worker processes (default: one per CPU).")
+    ] = None,
+    hostname: Annotated[
+        str | None, typer.Option("-n", "--hostname", help="Worker name, e.g. w1@%h (default: celery@<host>).")
+    ] = None,
 ) -> None:
     """Start a Celery worker; any other Celery worker option passes through."""
     from orchestrator.guards.limits import queues_problem
@@ -102,8 +124,8 @@ def worker_start(
 @app.command()
 def plan(
     target: Annotated[str, typer.Argument(help="module:flow, e.g. mypkg.flows:etl")],
-    param: Annotated[list[str] | None, typer.Option("-p", "--param", help="name=value")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    param: Annotated[list[str] | None, typer.Option("-p", "--param", help="name=value (repeatable).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the traced graph and the canvas as JSON.")] = False,
 ) -> None:
     """Show the task graph a flow traces to and the Celery canvas it compiles to."""
     from orchestrator.authoring.params import load_flow, parse_parameters

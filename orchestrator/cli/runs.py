@@ -98,16 +98,21 @@ def watch_run(client: ApiClient, run_id: str, timeout: float | None) -> dict[str
     """Show a live table of the run's task states until the run is final; returns the run."""
     deadline = time.monotonic() + timeout if timeout else None
     run = client.get_run(run_id)
-    with Live(task_table(run, []), console=console, refresh_per_second=4) as live:
-        while True:
-            run = client.get_run(run_id)
-            live.update(task_table(run, client.task_runs(run_id, first_page_only=True)))
-            if StateType(run["state"]).is_final or (deadline is not None and time.monotonic() > deadline):
-                return run
-            time.sleep(0.5)
+    try:
+        with Live(task_table(run, []), console=console, refresh_per_second=4) as live:
+            while True:
+                run = client.get_run(run_id)
+                live.update(task_table(run, client.task_runs(run_id, first_page_only=True)))
+                if StateType(run["state"]).is_final or (deadline is not None and time.monotonic() > deadline):
+                    return run
+                time.sleep(0.5)
+    finally:
+        if not console.is_terminal:  # Rich ends the last frame with a newline only on a terminal
+            console.line()
 
 
 AsJson = Annotated[bool, typer.Option("--json", help="Print the API's JSON (for scripts) instead of a table.")]
+RunIdArg = Annotated[str, typer.Argument(help="Flow run id, or a unique prefix of it (at least 4 characters).")]
 
 
 def id_column(table: Table, ids: list[str], header: str = "id") -> None:
@@ -131,7 +136,12 @@ def flow_run_ls(
         return
     table = Table(title=user_text(f"{len(page['items'])} of {page['total']} flow runs"))
     id_column(table, [run["id"] for run in page["items"]])
-    for column in ("name", "flow", "state", "created", "message"):
+    states = [run["state"] for run in page["items"]]
+    table.add_column("name")
+    table.add_column("flow")
+    # whole on a narrow terminal too ("Comp…" could be Completed or nothing): the other columns give way
+    table.add_column("state", no_wrap=True, min_width=max(map(len, states), default=5))
+    for column in ("created", "message"):
         table.add_column(column)
     for run in page["items"]:
         created = (run["created"] or "")[:19]
@@ -141,9 +151,7 @@ def flow_run_ls(
 
 
 @flow_run_app.command("inspect")
-def flow_run_inspect(
-    run_id: Annotated[str, typer.Argument(help="Flow run id, or a unique prefix of it.")], as_json: AsJson = False
-) -> None:
+def flow_run_inspect(run_id: RunIdArg, as_json: AsJson = False) -> None:
     """A run's record, its task runs and its full state history."""
     client = ApiClient()
     run = calling(lambda: client.get_run(run_id))
@@ -169,7 +177,7 @@ def flow_run_inspect(
 
 
 @flow_run_app.command("result")
-def flow_run_result(run_id: Annotated[str, typer.Argument(help="Flow run id.")]) -> None:
+def flow_run_result(run_id: RunIdArg) -> None:
     """Print a completed run's return value as JSON.
 
     Exit status 1 when the run has no result: still under way, failed (the error says why), or
@@ -207,9 +215,19 @@ def print_root_cause(client: ApiClient, run: dict[str, Any]) -> None:
         console.print(user_text(line), soft_wrap=True)  # one line each: a traceback line never forges another
 
 
+def log_text(line: dict[str, Any]) -> str:
+    """A log line's message without the ``[task name <whole id>]`` that ``get_run_logger()`` puts first
+    (for the worker's own log): the CLI names the task run by its label (square-0[2]) instead, or by
+    its whole id when the API sends no label."""
+    message = str(line["message"])
+    run_id = line["task_run_id"] or line["flow_run_id"]
+    end = message.find(f" {run_id}] ") if message.startswith("[") else -1
+    return message[end + len(run_id) + 3 :] if end > 0 and "\n" not in message[:end] else message
+
+
 @flow_run_app.command("logs")
 def flow_run_logs(
-    run_id: Annotated[str, typer.Argument(help="Flow run id.")],
+    run_id: RunIdArg,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines until the run ends.")] = False,
 ) -> None:
     """Print the log lines of a run and its task runs."""
@@ -221,8 +239,8 @@ def flow_run_logs(
         since = after
         for line in calling(lambda: client.logs(run_id, since)):
             after = line["seq"]
-            where = f" [{line['task_run_id'][:12]}]" if line["task_run_id"] else ""
-            text = user_text(f"{(line['time'] or '')[11:23]} {line['level']:<7}{where} {line['message']}")
+            where = f" [{line.get('label') or line['task_run_id']}]" if line["task_run_id"] else ""
+            text = user_text(f"{(line['time'] or '')[11:23]} {line['level']:<7}{where} {log_text(line)}")
             console.print(text, soft_wrap=True)  # one record, one line: Rich adds no line break of its own
 
     while True:
@@ -237,10 +255,13 @@ def flow_run_logs(
 
 
 @flow_run_app.command("why")
-def flow_run_why(run_id: Annotated[str, typer.Argument(help="Flow run id.")]) -> None:
+def flow_run_why(run_id: RunIdArg) -> None:
     """Why a run is not running (or what it is doing), in plain words."""
     found = calling(lambda: ApiClient().diagnosis(run_id))
-    console.print(user_line("flow run ", run_id, " is ", user_text(found["state"], "bold"), ":"))
+    # the run the API found (run_id may be a prefix): by its name and its whole id
+    name = found.get("flow_run_name")
+    who = f"{name} ({found['flow_run_id']})" if name else found["flow_run_id"]
+    console.print(user_line("flow run ", who, " is ", user_text(found["state"], "bold"), ":"))
     for reason in found["reasons"]:
         console.print(user_line("- ", reason))
 
@@ -275,19 +296,32 @@ def flow_run_cleanup_late(
 
 
 @flow_run_app.command("cancel")
-def flow_run_cancel(run_id: Annotated[str, typer.Argument(help="Flow run id.")]) -> None:
+def flow_run_cancel(run_id: RunIdArg) -> None:
     """Cancel a run: queued tasks never start, running ones are terminated."""
     console.print(user_text(calling(lambda: ApiClient().cancel(run_id))["detail"]))
 
 
 @flow_run_app.command("retry")
-def flow_run_retry(run_id: Annotated[str, typer.Argument(help="Flow run id.")]) -> None:
+def flow_run_retry(run_id: RunIdArg) -> None:
     """Run a failed run again: only its task runs that did not complete."""
     console.print(user_text(calling(lambda: ApiClient().retry(run_id))["detail"]))
 
 
+def registered_name(target: str) -> str:
+    """The name workers register the flow ``module:flow`` under (imported from the current directory)."""
+    from orchestrator.authoring.params import load_flow
+
+    sys.path.insert(0, os.getcwd())
+    return load_flow(target).name
+
+
 def run_command(
-    flow: Annotated[str, typer.Argument(help="Flow name, as workers registered it (orchestrator flow ls).")],
+    flow: Annotated[
+        str,
+        typer.Argument(
+            help="Flow name, as workers registered it (orchestrator flow ls), or module:flow (as plan takes it)."
+        ),
+    ],
     param: Annotated[list[str] | None, typer.Option("-p", "--param", help="name=value (repeatable).")] = None,
     name: Annotated[str | None, typer.Option(help="Run name (default: the flow's flow_run_name).")] = None,
     queue: Annotated[str | None, typer.Option(help="Queue (default: the flow's).")] = None,
@@ -296,12 +330,20 @@ def run_command(
 ) -> None:
     """Submit a flow run through the API (exit status 1 if a watched run does not complete)."""
     client = ApiClient()
+    if ":" in flow:  # module:flow, as plan and deploy take it: the name its @flow registers
+        flow = calling(lambda: registered_name(flow))
     parameters = calling(lambda: parse_pairs(client, flow, param or []))
     run = calling(lambda: client.create_run(flow, parameters, name=name, queue=queue))
     console.print(user_line("flow run ", user_text(run["name"], "bold"), f" ({run['id']}) {run['state']}"))
     if not watch:
         return
-    run = calling(lambda: watch_run(client, run["id"], timeout))
+    watch_to_the_end(client, run["id"], timeout)
+
+
+def watch_to_the_end(client: ApiClient, run_id: str, timeout: float | None) -> None:
+    """``--watch`` of ``run`` and ``deployment run``: the live table, then the run's result, or its
+    state and root cause and exit status 1 when it did not complete."""
+    run = calling(lambda: watch_run(client, run_id, timeout))
     if run["state"] != StateType.COMPLETED.value:
         console.print(user_line(user_text(run["state"], "red"), ": ", run["state_message"]))
         print_root_cause(client, run)
