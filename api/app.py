@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from api.db import get_engine
 from api.docs_pages import DOCS_URL, REDOC_URL, asset_paths, install_docs
 from api.metrics import Metrics
-from api.routes import concurrency_limits, deployments, flow_runs, flows, health, workers
+from api.routes import concurrency_limits, deployments, flow_runs, flows, health, task_runs, workers
 from api.security import UI_LOGIN, ApiKeyGate, BodySizeLimit, HostCheck, RefuseNulInUrl, require_api_key
 from api.services.runner import background_services
 from api.submit import ParameterProblem, Submitter
@@ -78,6 +78,7 @@ def create_app(*, services: bool | None = None) -> FastAPI:
     guarded = APIRouter(prefix="/api", dependencies=[Depends(require_api_key)])
     guarded.include_router(flows.router)
     guarded.include_router(flow_runs.router)
+    guarded.include_router(task_runs.router)
     guarded.include_router(workers.router)
     guarded.include_router(deployments.router)
     guarded.include_router(concurrency_limits.router)

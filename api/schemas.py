@@ -272,6 +272,22 @@ class StateEventPublic(BaseModel):
         )
 
 
+class TaskRunDetail(TaskRunPublic):
+    """One task run with its state history and, when it failed on its own, what it raised and where."""
+
+    flow_run_name: str = Field(default="", description="The name of the flow run it belongs to ('' if not recorded).")
+    error_type: str = Field(
+        default="", description="The exception's class as module:qualname, when it failed on its own ('' otherwise)."
+    )
+    traceback: str = Field(
+        default="", description="Where its last attempt raised, when it failed on its own ('' otherwise)."
+    )
+    states: list[StateEventPublic] = Field(
+        default_factory=list, description="Its transitions in the order they happened (the last `limit`)."
+    )
+    states_total: int = Field(default=0, description="How many transitions it has in all.")
+
+
 class LogLinePublic(BaseModel):
     """One log record of a flow run or one of its task runs."""
 
