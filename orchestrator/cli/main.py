@@ -17,6 +17,7 @@ from orchestrator.cli.dev import dev_command
 from orchestrator.cli.fleet import flow_app, worker_ls
 from orchestrator.cli.limits import limits_app
 from orchestrator.cli.runs import flow_run_app, print_error, run_command, server_app, services_app
+from orchestrator.cli.task_runs import task_run_app
 from orchestrator.cli.text import user_line, user_text, visible
 from orchestrator.errors import OrchestratorError
 
@@ -25,6 +26,7 @@ worker_app = typer.Typer(help="Celery workers that run flows.", no_args_is_help=
 app.add_typer(worker_app, name="worker")
 app.add_typer(server_app, name="server")
 app.add_typer(flow_run_app, name="flow-run")
+app.add_typer(task_run_app, name="task-run")
 app.add_typer(services_app, name="services")
 app.command("run")(run_command)
 app.command("dev")(dev_command)

@@ -30,7 +30,7 @@ T = TypeVar("T")
 
 def print_error(exc: Exception | str) -> None:
     """``error: <what happened>`` in one line; the text (often the API's, quoting user input) as text."""
-    console.print(user_line(Text("error:", style="red"), " ", mask_urls_in(str(exc))))
+    console.print(user_line(Text("error:", style="red"), " ", mask_urls_in(str(exc))), soft_wrap=True)
 
 
 def calling(action: Callable[[], T]) -> T:
@@ -211,8 +211,13 @@ def print_root_cause(client: ApiClient, run: dict[str, Any]) -> None:
     task = cause["task_name"].rsplit(".", 1)[-1]
     headline = user_line(Text("root cause: ", style="bold red"), cause["label"], f" ({task}) ", cause["state"])
     console.print(headline, user_line(": ", cause["message"]) if cause["message"] else "", sep="", soft_wrap=True)
-    for line in (cause["traceback"] or "(no traceback: nothing raised, see the message)").rstrip().splitlines():
-        console.print(user_text(line), soft_wrap=True)  # one line each: a traceback line never forges another
+    print_traceback(cause["traceback"])
+
+
+def print_traceback(traceback: str) -> None:
+    """A failed task run's traceback, one printed line per line of it (a line in it never forges another)."""
+    for line in (traceback or "(no traceback: nothing raised, see the message)").rstrip().splitlines():
+        console.print(user_text(line), soft_wrap=True)
 
 
 def log_text(line: dict[str, Any]) -> str:
@@ -223,6 +228,13 @@ def log_text(line: dict[str, Any]) -> str:
     run_id = line["task_run_id"] or line["flow_run_id"]
     end = message.find(f" {run_id}] ") if message.startswith("[") else -1
     return message[end + len(run_id) + 3 :] if end > 0 and "\n" not in message[:end] else message
+
+
+def print_log_line(line: dict[str, Any]) -> None:
+    """One log line as ``flow-run logs`` and ``task-run logs`` print it: time, level, the task run's label, text."""
+    where = f" [{line.get('label') or line['task_run_id']}]" if line["task_run_id"] else ""
+    text = user_text(f"{(line['time'] or '')[11:23]} {line['level']:<7}{where} {log_text(line)}")
+    console.print(text, soft_wrap=True)  # one record, one line: Rich adds no line break of its own
 
 
 @flow_run_app.command("logs")
@@ -239,9 +251,7 @@ def flow_run_logs(
         since = after
         for line in calling(lambda: client.logs(run_id, since)):
             after = line["seq"]
-            where = f" [{line.get('label') or line['task_run_id']}]" if line["task_run_id"] else ""
-            text = user_text(f"{(line['time'] or '')[11:23]} {line['level']:<7}{where} {log_text(line)}")
-            console.print(text, soft_wrap=True)  # one record, one line: Rich adds no line break of its own
+            print_log_line(line)
 
     while True:
         print_new()

@@ -113,6 +113,13 @@ class ApiClient:
         """Why the run failed: its root cause (with its traceback) first, then the other failed task runs."""
         return dict(self.request("GET", f"/flow-runs/{segment(run_id)}/failures"))
 
+    def get_task_run(self, task_run_id: str) -> dict[str, Any]:
+        """One task run (by its id or a unique prefix): its record, state history and, when it failed, traceback."""
+        return dict(self.request("GET", f"/task-runs/{segment(task_run_id)}"))
+
+    def task_run_logs(self, task_run_id: str, after: int = 0) -> list[dict[str, Any]]:
+        return list(self.request("GET", f"/task-runs/{segment(task_run_id)}/logs", params={"after": after}))
+
     def deploy(self, body: dict[str, Any]) -> dict[str, Any]:
         return dict(self.request("POST", "/deployments", json=body))
 
