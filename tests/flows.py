@@ -600,6 +600,12 @@ def mapped_logging_flow(lines: list[int] = [1, 2]) -> list[int]:  # noqa: B006 (
 
 
 @flow
+def two_chatty_flow() -> list[int]:
+    """Two task runs that log, chatty-0 one line and chatty-1 two: a task run's logs are its own lines only."""
+    return [chatty.submit(1), chatty.submit(2)]  # type: ignore[list-item]
+
+
+@flow
 def killed_logging_flow() -> str:
     return chatty_then_killed.submit()  # type: ignore[no-any-return]
 
