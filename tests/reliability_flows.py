@@ -86,3 +86,17 @@ def fails_then_kills_its_worker(marker: str) -> str:
 def reliable_stall(marker: str) -> str:
     """One task that fails, then kills its worker before the flow run is ended."""
     return fails_then_kills_its_worker.submit(marker)  # type: ignore[no-any-return]
+
+
+@task(retries=1, retry_delay_seconds=8)
+def fails_once(marker: str) -> str:
+    """Raises on its first attempt (counted in Redis), returns on the second, 8 s later."""
+    if get_store().redis.incr(f"test:count:{marker}") == 1:
+        raise ValueError(f"first attempt of {marker} fails")
+    return marker
+
+
+@flow(name="reliable-retry-later")
+def reliable_retry_later(marker: str) -> str:
+    """One task whose retry waits 8 s in Redis's delayed set."""
+    return fails_once.submit(marker)  # type: ignore[no-any-return]

@@ -594,3 +594,51 @@ def test_a_worker_killed_right_after_its_tasks_end_has_shipped_every_line_they_l
         os.killpg(proc.pid, signal.SIGKILL)
     expected = sorted(f"{marker}-{side} line {n} of {lines}" for side in ("a", "b") for n in range(1, lines + 1))
     assert sorted(line["message"].split("] ", 1)[-1] for line in run.logs()) == expected  # after "[task run] "
+
+
+def test_a_worker_killed_while_its_task_waits_for_a_retry_does_not_crash_that_task_run(
+    redis_url: str, http: httpx.Client, worker_logs: Path
+) -> None:
+    """A task fails its first attempt and waits 8 s for its retry (in Redis's delayed set); the
+    moment it is AwaitingRetry its worker is SIGKILLed, well within one heartbeat (2 s here). The
+    attempt was over, so the crash detector must not declare the task run Crashed (which used up
+    its retry and counted a crash the kill never caused): a new worker runs attempt 2 as planned."""
+    from tests import reliability_flows
+
+    marker = uuid.uuid4().hex[:8]
+    queue = f"rel-retry-{marker}"
+    logs = worker_logs / f"retry-kill-{marker}"
+    with worker(
+        redis_url,
+        FLOW_MODULES,
+        queues=queue,
+        concurrency=1,
+        log_path=logs.with_suffix(".1.log"),
+        extra_env=SLOWER_BEATS,
+    ) as proc:
+        run = reliability_flows.reliable_retry_later.apply_async({"marker": marker}, queue=queue)
+
+        def waiting_for_retry() -> bool:
+            return any(t.get("state") == "AwaitingRetry" for t in run.task_runs())
+
+        eventually(waiting_for_retry, 30, interval=0.02, what="the task AwaitingRetry")
+        os.killpg(proc.pid, signal.SIGKILL)
+    time.sleep(float(SLOWER_BEATS["ORCHESTRATOR_HEARTBEAT_INTERVAL_SECONDS"]) * 4)  # past the crash window
+    with worker(
+        redis_url,
+        FLOW_MODULES,
+        queues=queue,
+        concurrency=1,
+        log_path=logs.with_suffix(".2.log"),
+        extra_env=SLOWER_BEATS,
+    ):
+        assert run.wait(60).value == "Completed"
+    [task_run] = run.task_runs()
+    assert (task_run["state"], int(task_run["attempts"])) == ("Completed", 2)
+
+    def recorded() -> list[str] | None:
+        states = [e["state"] for e in http.get(f"/flow-runs/{run.id}/states").json()]
+        return states if states[-1:] == ["Completed"] else None
+
+    states = eventually(recorded, 30, what="the run's history recorded to its end")
+    assert "Crashed" not in states, states

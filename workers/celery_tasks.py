@@ -69,6 +69,7 @@ from orchestrator.transport.messaging import CeleryMessaging, TaskRunEnd
 from .body_admission import start_driver
 from .body_attempts import BodyAttempt
 from .executor import Ending, end_completed, end_failed, full_run, gate, run_task, start_record
+from .heartbeat import HEARTBEATS
 from .linked_runs import run_linked_flow as start_linked_flow
 from .time_limits import hold_off_soft_limit
 
@@ -98,8 +99,30 @@ class CeleryAttempt:
         task, request = self.celery_task, self.celery_task.request
         if delay <= 0:
             kwargs = dict(request.kwargs or {}) | {"retries_used": retries_used}
-            raise task.retry(countdown=0, kwargs=kwargs, max_retries=None)
-        self._later(self.again(retries_used), delay, f"next attempt in {delay:g}s")
+            sent = task.retry(countdown=0, kwargs=kwargs, max_retries=None, throw=False)  # in the broker now
+            self._leave_crash_detector()
+            raise sent
+        self._later(self.again(retries_used), delay, f"next attempt in {delay:g}s", attempt_over=True)
+
+    def _task_run_id(self) -> str | None:
+        """The task run this execution runs (a message's id is its task run's, see ``full_run``)."""
+        request = self.celery_task.request
+        run = (request.kwargs or {}).get("run")
+        return (run.get("task_run_id") or request.id) if isinstance(run, dict) else None
+
+    def _leave_crash_detector(self, pipe: Any = None) -> None:
+        """This execution is over and its next one is kept (in the broker, or in ``pipe``'s write to
+        Redis): it leaves the crash detector now, not at the next heartbeat. A worker killed within
+        that beat had the detector declare Crashed (and retry again) a task run that was only waiting
+        for its next attempt. Retry paths only: a task that completes never comes here."""
+        trid = self._task_run_id()
+        if trid is None:
+            return
+        HEARTBEATS.end(trid)  # first: a beat in between must not put it back
+        if pipe is not None:
+            get_store().leases.forget(pipe, trid)
+        else:
+            get_store().leases.forget_now(trid)
 
     def send(self, signatures: list[dict[str, Any]]) -> None:
         CeleryMessaging(self.celery_task.app).send_signatures(signatures)
@@ -136,9 +159,18 @@ class CeleryAttempt:
         task = self.celery_task
         return dict(task.signature_from_request(task.request, None, kwargs, retries=retries))
 
-    def _later(self, message: dict[str, Any], delay: float, why: str) -> NoReturn:
-        """Keep ``message`` in Redis until ``delay`` has passed (not as a broker ETA); end this execution."""
-        get_store().delayed.schedule(json.dumps(message), now() + delay)
+    def _later(self, message: dict[str, Any], delay: float, why: str, *, attempt_over: bool = False) -> NoReturn:
+        """Keep ``message`` in Redis until ``delay`` has passed (not as a broker ETA); end this execution.
+
+        ``attempt_over``: the message is the next attempt (a retry), so this execution leaves the crash
+        detector in the same round trip; a wait for a concurrency slot comes before the attempt began.
+        """
+        store = get_store()
+        pipe = store.pipeline()
+        store.delayed.schedule(json.dumps(message), now() + delay, pipe)
+        if attempt_over:
+            self._leave_crash_detector(pipe)  # in the same round trip as the message it hands over to
+        pipe.execute()
         raise Retry(why, when=delay)  # Celery and Flower show RETRY
 
     def is_timeout(self, exc: BaseException) -> bool:
