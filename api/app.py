@@ -66,7 +66,6 @@ def create_app(*, services: bool | None = None) -> FastAPI:
         title="Orchestrator API",
         version="0.1.0",
         description="Submit flows, read every run's states, task runs, graph and logs; cancel, retry, rename.",
-        root_path=settings.api_root_path,
         lifespan=lifespan,
         docs_url=None,  # FastAPI's pages load their scripts from a CDN: install_docs serves them from the package
         redoc_url=None,
@@ -153,5 +152,5 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def _factory() -> Any:
-    """Entry point for ``uvicorn --factory api.app:_factory``."""
+    """Entry point for ``uvicorn --factory api.app:_factory`` (behind a prefix, give uvicorn ``--root-path``)."""
     return create_app()

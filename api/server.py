@@ -14,9 +14,17 @@ import uvicorn
 
 from api.app import create_app
 from api.db import migrate
+from api.root_path import DirectPrefixServed, root_path_of
 from orchestrator.config.settings import get_settings
 from orchestrator.guards.hosts import is_loopback
 from orchestrator.guards.redaction import mask_urls_in, masked_url
+
+
+def openable_host(host: str) -> str:
+    """The host to put in a URL a user opens: a wildcard bind (0.0.0.0, ::) is reached as 127.0.0.1 here."""
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,9 +52,11 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    here = f"http://{args.host}:{args.port}{settings.api_root_path}"
-    print(f"orchestrator API on {here}/api (docs at /docs); web UI at {here}/ui", flush=True)
-    uvicorn.run(create_app(), host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    root = root_path_of(settings.api_root_path)
+    here = f"http://{openable_host(args.host)}:{args.port}{root}"
+    print(f"orchestrator API on {here}/api, docs at {here}/docs, web UI at {here}/ui", flush=True)
+    app = DirectPrefixServed(create_app(), root)
+    uvicorn.run(app, host=args.host, port=args.port, root_path=root, log_level=args.log_level, access_log=False)
     return 0
 
 

@@ -113,11 +113,16 @@ class ChildExited(OrchestratorError, RuntimeError):
 
 
 class ApiError(OrchestratorError):
-    """The API answered with an error; ``status`` is its HTTP status, the message its explanation."""
+    """The API answered with an error; ``status`` is its HTTP status, the message its explanation.
 
-    def __init__(self, message: str, status: int) -> None:
+    ``detail`` is the API's own explanation alone (without the request and status the message
+    starts with), for a caller that words it its own way (the CLI names commands, not routes).
+    """
+
+    def __init__(self, message: str, status: int, detail: str = "") -> None:
         super().__init__(message)
         self.status = status
+        self.detail = detail
 
 
 class TaskTimedOut(OrchestratorError, TimeoutError):

@@ -292,6 +292,26 @@ def test_api_key_root_path_and_body_limit(redis_url: str, database_url: str, wor
         assert response.status_code == 413 and "ORCHESTRATOR_API_MAX_BODY_BYTES" in response.text
 
 
+def test_the_start_line_gives_the_prefixed_urls_and_the_log_has_no_root_path_warning(
+    redis_url: str, database_url: str, worker_logs: Path
+) -> None:
+    env = {"ORCHESTRATOR_API_ROOT_PATH": "/orchestrator/", "ORCHESTRATOR_API_SERVICES": "false"}
+    log = worker_logs / "api-root-path.log"
+    with api_server(redis_url, database_url, log_path=log, extra_env=env) as server:
+        here = f"http://127.0.0.1:{server.port}/orchestrator"
+        # opened as printed (no proxy in between), and as a proxy that strips the prefix sends them
+        assert httpx.get(f"{here}/api/health").status_code == 200
+        assert httpx.get(f"{here}/docs").status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{server.port}/api/health").status_code == 200
+        page = httpx.get(f"{here}/ui/", follow_redirects=True)
+        assert page.status_code == 200 and 'href="/orchestrator/ui' in page.text
+        spec = httpx.get(f"{here}/openapi.json").json()
+        assert spec["servers"] == [{"url": "/orchestrator"}]
+    text = log.read_text()
+    assert f"orchestrator API on {here}/api, docs at {here}/docs, web UI at {here}/ui" in text, text
+    assert "root_path" not in text and "Deprecat" not in text, text
+
+
 def test_server_refuses_to_listen_publicly_without_a_key(database_url: str) -> None:
     env = os.environ.copy() | {"ORCHESTRATOR_DATABASE_URL": database_url}
     env.pop("ORCHESTRATOR_API_KEY", None)

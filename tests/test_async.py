@@ -230,7 +230,7 @@ def test_an_async_task_is_retried(async_workers: None) -> None:
     run = af.retried.delay(5)
     assert run.result(timeout=60) == {"x": 5, "attempt": 2}
     (row,) = [r for r in run.task_runs() if r["name"].endswith("fails_first")]
-    assert row["attempts"] == "2" and row["state"] == "Completed"
+    assert row["attempts"] == 2 and row["state"] == "Completed"
 
 
 def test_log_prints_of_an_async_task_reach_the_run_log(async_workers: None) -> None:

@@ -98,7 +98,7 @@ def test_inputs_the_same_inputs_in_two_flow_runs_execute_once(cache_worker: subp
     assert executions(tok) == 1
     executed, cached = only(rows1, cf.by_inputs.name), only(rows2, cf.by_inputs.name)
     assert executed["state"] == cached["state"] == "Completed"
-    assert executed["cached"] == "0" and cached["cached"] == "1"
+    assert executed["cached"] is False and cached["cached"] is True
     assert cached["cache_key"] == executed["cache_key"] != ""
     assert cached["cached_from"] == executed["id"]
     assert cached["message"].startswith(f"cached result (key {cached['cache_key']})")
@@ -110,14 +110,14 @@ def test_a_dynamic_body_calling_a_cached_task_twice_executes_it_once(cache_worke
     tok = token()
     value, rows, _ = run(cf.dynamic_flow, tok)
     assert value == 12 and executions(tok) == 1
-    assert sorted(r["cached"] for r in rows if r["name"] == cf.by_inputs.name) == ["0", "1"]
+    assert sorted(r["cached"] for r in rows if r["name"] == cf.by_inputs.name) == [False, True]
 
 
 def test_an_async_task_is_cached_like_a_sync_one(cache_worker: subprocess.Popen[bytes]) -> None:
     tok = token()
     value, rows, _ = run(cf.async_flow, tok, 1)
     assert value == [101, 101] and executions(tok) == 1
-    assert sorted(r["cached"] for r in rows) == ["0", "1"]
+    assert sorted(r["cached"] for r in rows) == [False, True]
     local = token()
     assert cf.async_flow(local, 2) == [102, 102] and executions(local) == 1  # in-process too
 
@@ -128,14 +128,14 @@ def test_task_source_ignores_the_inputs(cache_worker: subprocess.Popen[bytes]) -
     value, rows, _ = run(cf.source_flow, second)
     assert value == first  # another token, the same source: the first call's result
     assert executions(first) == 1 and executions(second) == 0
-    assert only(rows, cf.by_source.name)["cached"] == "1"
+    assert only(rows, cf.by_source.name)["cached"] is True
 
 
 def test_run_id_shares_a_result_within_one_flow_run_only(cache_worker: subprocess.Popen[bytes]) -> None:
     tok = token()
     _, rows, run_id = run(cf.run_id_flow, tok)
     assert executions(tok) == 1
-    assert sorted(r["cached"] for r in rows) == ["0", "1"]
+    assert sorted(r["cached"] for r in rows) == [False, True]
     assert {r["cache_key"] for r in rows} == {run_id}  # RUN_ID's key is the flow run id
     run(cf.run_id_flow, tok)
     assert executions(tok) == 2  # another flow run: executed again (once)
@@ -209,7 +209,7 @@ def test_refresh_cache_executes_and_overwrites_the_entry(cache_worker: subproces
     assert run(cf.stamped_flow, tok)[0] == 1
     assert run(cf.stamped_flow, tok)[0] == 1  # cached
     refreshed, rows, _ = run(cf.stamped_flow, tok, refresh=True)  # with_options(refresh_cache=True)
-    assert refreshed == 2 and only(rows, cf.stamped.name)["cached"] == "0"
+    assert refreshed == 2 and only(rows, cf.stamped.name)["cached"] is False
     assert run(cf.stamped_flow, tok)[0] == 2  # the entry holds the refreshed result
     assert executions(tok) == 2
 
@@ -229,7 +229,7 @@ def test_two_worker_processes_share_the_cache(
     assert first == second == 20 and executions(tok) == 1
     executed, cached = only(rows_a, cf.shared.name), only(rows_b, cf.shared.name)
     assert executed["worker"].startswith("cache-a@") and cached["worker"].startswith("cache-b@")
-    assert cached["cached"] == "1" and cached["cached_from"] == executed["id"]
+    assert cached["cached"] is True and cached["cached_from"] == executed["id"]
 
 
 def test_a_persisted_result_is_cached_in_result_storage(cache_worker: subprocess.Popen[bytes]) -> None:
@@ -242,7 +242,7 @@ def test_a_persisted_result_is_cached_in_result_storage(cache_worker: subprocess
     assert json.loads(stored.read_text()) == {"x": 3, "square": 9}
     second, rows, _ = run(cf.persisted_flow, tok, 3)
     assert first == second == {"x": 3, "square": 9} and executions(tok) == 1
-    assert only(rows, cf.persisted.name)["cached"] == "1"
+    assert only(rows, cf.persisted.name)["cached"] is True
     get_store().task_cache.forget(cf.persisted.name, executed["cache_key"])  # Redis lost it (TTL, a flush)
     third, rows, _ = run(cf.persisted_flow, tok, 3)
     assert third == first and executions(tok) == 1  # the result storage keeps the entry too
@@ -263,7 +263,7 @@ def test_an_input_with_no_json_form_fails_the_task_run_naming_the_parameter_and_
     message = row["message"]
     assert "parameter 'obj'" in message and "tests.cache_flows.Opaque" in message
     assert 'INPUTS - "obj"' in message and "cache_key_fn" in message and "NO_CACHE" in message
-    assert row["attempts"] == "1"
+    assert row["attempts"] == 1
     value, _, _ = run(cf.opaque_flow, tok, leave_out=True)  # the fix the message names
     assert value == 7 and executions(tok) == 1
 

@@ -141,3 +141,24 @@ def test_flow_run_ls_on_80_columns_keeps_ids_and_states_whole(api: ApiProcess, h
     assert shown.returncode == 0, shown.stdout + shown.stderr
     row = next(line for line in shown.stdout.splitlines() if run["id"] in line)
     assert "│ Completed " in row, shown.stdout
+
+
+def test_cli_errors_name_cli_commands_not_http_routes(api: ApiProcess, http: Any) -> None:
+    missing = cli(api, "flow-run", "inspect", "zzzzzzzz")
+    assert missing.returncode == 2, missing.stdout + missing.stderr
+    line = missing.stdout.strip()
+    assert line.startswith("error: no flow run 'zzzzzzzz' is recorded; orchestrator flow-run ls lists them"), line
+    assert "GET" not in line and "404" not in line and "/api" not in line, line
+    no_limit = cli(api, "concurrency-limit", "inspect", "no-such-tag")
+    assert "orchestrator concurrency-limit ls lists them" in no_limit.stdout and "GET" not in no_limit.stdout
+    failed = submit(http, "failing-flow")
+    wait_final(http, failed["id"])
+    no_result = cli(api, "flow-run", "result", failed["id"])
+    assert no_result.returncode == 1, no_result.stdout + no_result.stderr
+    said = no_result.stdout.strip()
+    assert "\n" not in said, said  # one line, never wrapped: a command in it stays whole to copy
+    assert said.startswith(f"error: flow run {failed['id']} ended Failed: explode-0 ended Failed"), said
+    assert f"(orchestrator flow-run inspect {failed['id']} shows what failed, with tracebacks)" in said, said
+    assert "GET" not in said and "409" not in said, said
+    # the API's own words are unchanged: an HTTP client is pointed to routes
+    assert "GET /api/flow-runs lists them" in http.get("/flow-runs/zzzzzzzz").json()["detail"]

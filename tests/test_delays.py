@@ -45,7 +45,7 @@ def test_retry_and_sensor_delays_longer_than_the_visibility_timeout_run_once(
     assert redis.get(f"test:executions:fails_once:{run.id}") == "2"
     assert redis.get(f"test:executions:pokes_twice:{run.id}") == "2"
     rows = {r["label"]: r for r in run.task_runs()}
-    assert rows["fails_once-0"]["attempts"] == "2"
+    assert rows["fails_once-0"]["attempts"] == 2
     assert {r["state"] for r in rows.values()} == {StateType.COMPLETED.value}
     log = (worker_logs / "vis.log").read_text()
     assert "retry: Retry in 6s" in log or "next attempt in 6s" in log  # Celery saw RETRY

@@ -60,6 +60,19 @@ def test_diamond() -> None:
     assert {r["state"] for r in run.task_runs()} == {"Completed"}
 
 
+def test_task_runs_come_typed_not_as_the_text_redis_keeps() -> None:
+    run = flows.chain_flow.delay(x=3)
+    assert run.result(timeout=30) == 10
+    rows = run.task_runs()
+    assert [r["label"] for r in rows] == ["inc-0", "inc-1", "double-0"]
+    for row in rows:
+        assert row["state"] is StateType.COMPLETED
+        assert type(row["attempts"]) is int and row["attempts"] == 1
+        assert all(type(row[field]) is float for field in ("created", "started", "ended")), row
+        assert row["created"] <= row["started"] <= row["ended"]
+        assert isinstance(row["worker"], str) and row["worker"].startswith("fleet@")
+
+
 def test_non_series_parallel_graph_starts_each_task_when_its_own_upstreams_are_done() -> None:
     run = flows.non_sp_flow.delay(slow=1.5)
     assert run.result(timeout=30) == {"c": "c", "d": "d"}
@@ -184,7 +197,7 @@ def test_fail_and_skip_signals() -> None:
     assert run.wait(timeout=30) is StateType.FAILED
     rows = runs_by_label(run)
     assert rows["fail_now-0"]["state"] == "Failed"
-    assert rows["fail_now-0"]["attempts"] == "1"
+    assert rows["fail_now-0"]["attempts"] == 1
     assert rows["skip_me-0"]["state"] == "Skipped"
     assert rows["inc-0"]["state"] == "Skipped"
 
@@ -245,7 +258,7 @@ def test_retries_on_the_fleet_record_each_attempt() -> None:
     run = flows.retry_flow.delay()
     assert run.result(timeout=30) == 3
     (row,) = run.task_runs()
-    assert row["attempts"] == "3"
+    assert row["attempts"] == 3
     assert row["state"] == "Completed"
 
 
@@ -287,7 +300,7 @@ def test_with_options_travel_with_the_message() -> None:
     run = flows.with_options_flow.delay()
     assert run.wait(timeout=30) is StateType.FAILED
     (row,) = run.task_runs()
-    assert row["attempts"] == "2"
+    assert row["attempts"] == 2
     assert "attempt 2 failed" in row["message"]
 
 

@@ -41,7 +41,7 @@ def test_each_delay_form_waits_as_declared() -> None:
     exponential = gaps(stamps("flaky_exponential", run.id))
     assert exponential[0] >= 0.5 and exponential[1] >= 1.0
     rows = {r["label"]: r for r in run.task_runs()}
-    assert rows["flaky_list-0"]["attempts"] == "3"
+    assert rows["flaky_list-0"]["attempts"] == 3
 
 
 def test_retry_on_limits_which_errors_are_retried() -> None:
@@ -60,7 +60,7 @@ def test_a_sensor_frees_its_slot_between_pokes(solo_worker: subprocess.Popen[byt
     assert len(pokes) == 3
     assert pokes[0] < other < pokes[-1], "the only worker slot was held between pokes"
     rows = {r["label"]: r for r in run.task_runs()}
-    assert rows["sensor_third_time-0"]["attempts"] == "3"
+    assert rows["sensor_third_time-0"]["attempts"] == 3
 
 
 def test_a_sensor_that_never_gets_ready_times_out_with_a_message(solo_worker: subprocess.Popen[bytes]) -> None:

@@ -150,6 +150,25 @@ def test_run_logs_show_on_the_terminal_of_an_unconfigured_script(tmp_path: Path)
     assert "INFO" in out.stderr
 
 
+def test_run_logs_are_not_doubled_when_the_script_configured_logging(tmp_path: Path) -> None:
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import logging\n"
+        "logging.basicConfig(level=logging.INFO, format='MINE %(levelname)s %(message)s')\n"
+        "from orchestrator import flow, get_run_logger\n"
+        "@flow\n"
+        "def greet(name: str):\n"
+        "    get_run_logger().info('greeting %s', name)\n"
+        "greet('ada')\n"
+        "greet('bob')\n"
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=True)
+    lines = out.stderr.splitlines()
+    said = [line for line in lines if "greeting" in line]
+    assert len(said) == 2 and all(line.startswith("MINE INFO ") for line in said), out.stderr  # its format, once each
+    assert said[0].endswith("greeting ada") and said[1].endswith("greeting bob")
+
+
 # -- on the fleet ------------------------------------------------------------------------------
 def test_states_on_the_fleet(states_worker: subprocess.Popen[bytes]) -> None:
     run = sf.reads_states.delay(3)

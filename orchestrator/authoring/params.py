@@ -7,7 +7,6 @@ import dataclasses
 import functools
 import importlib
 import reprlib
-import types
 import typing
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +17,7 @@ from orchestrator.authoring.definitions import parameter_hints
 from orchestrator.authoring.flows import Flow
 from orchestrator.authoring.param_text import read_pairs
 from orchestrator.authoring.schema import parameters_schema
+from orchestrator.authoring.type_names import type_name
 from orchestrator.errors import DefinitionError, ParameterError
 from orchestrator.runtime.engine import bind_arguments
 
@@ -67,7 +67,7 @@ def coerce_parameters(flow: Flow, given: dict[str, Any]) -> dict[str, Any]:
             out[name] = TypeAdapter(hint).validate_python(value)
         except ValidationError as exc:
             first = exc.errors()[0]["msg"]
-            message = f"flow {flow.name!r} parameter {name!r}={value!r} is not a valid {hint}: {first}."
+            message = f"flow {flow.name!r} parameter {name!r}={value!r} is not a valid {type_name(hint)}: {first}."
             raise ParameterError(message) from None
         except Exception:  # a hint pydantic cannot check
             out[name] = value
@@ -150,7 +150,7 @@ def _checkers(fn: Callable[..., Any]) -> dict[str, tuple[TypeAdapter[Any], str]]
             continue
         adapter = _adapter(hint)
         if adapter is not None:
-            checkers[name] = (adapter, _type_name(hint))
+            checkers[name] = (adapter, type_name(hint))
     return checkers
 
 
@@ -166,21 +166,3 @@ def _adapter(hint: Any) -> TypeAdapter[Any] | None:
         return TypeAdapter(hint, config=ConfigDict(arbitrary_types_allowed=True))
     except Exception:
         return None
-
-
-def _type_name(hint: Any) -> str:
-    """How a message names a type: ``int``, ``list[int]``, ``Client | None`` (no module paths)."""
-    if hint is type(None):
-        return "None"
-    if hint is Ellipsis:
-        return "..."
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in args)
-    if origin is typing.Literal:
-        return f"Literal[{', '.join(map(repr, args))}]"
-    if origin is not None and args:
-        return f"{_type_name(origin)}[{', '.join(_type_name(a) for a in args)}]"
-    if isinstance(hint, type):
-        return hint.__qualname__
-    return repr(hint).replace("typing.", "")

@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator.authoring.param_text import read_pairs
+from orchestrator.cli.api_words import cli_words
 from orchestrator.cli.text import print_json, user_json, user_line, user_text
 from orchestrator.errors import ApiError, OrchestratorError
 from orchestrator.guards.redaction import mask_urls_in
@@ -29,8 +30,10 @@ T = TypeVar("T")
 
 
 def print_error(exc: Exception | str) -> None:
-    """``error: <what happened>`` in one line; the text (often the API's, quoting user input) as text."""
-    console.print(user_line(Text("error:", style="red"), " ", mask_urls_in(str(exc))), soft_wrap=True)
+    """``error: <what happened>`` in one line, never wrapped (a command in it stays whole to copy); the text
+    (often the API's, quoting user input) as text, an API error in the CLI's words (:func:`cli_words`)."""
+    text = cli_words(exc) if isinstance(exc, ApiError) else str(exc)
+    console.print(user_line(Text("error:", style="red"), " ", mask_urls_in(text)), soft_wrap=True)
 
 
 def calling(action: Callable[[], T]) -> T:

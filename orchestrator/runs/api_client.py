@@ -63,7 +63,8 @@ class ApiClient:
             if isinstance(detail, list):  # validation errors: one line each
                 detail = "; ".join(str(d.get("msg", d)) if isinstance(d, dict) else str(d) for d in detail)
             # Masked here too: an older or foreign server may quote a URL with its password.
-            raise ApiError(mask_urls_in(f"{method} {path}: {response.status_code}: {detail}"), response.status_code)
+            detail = mask_urls_in(str(detail))
+            raise ApiError(f"{method} {path}: {response.status_code}: {detail}", response.status_code, detail)
         return response
 
     def get_flow(self, flow: str) -> dict[str, Any]:

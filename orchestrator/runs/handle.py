@@ -22,6 +22,7 @@ from orchestrator.planning.plan import Plan
 from orchestrator.planning.tracer import DynamicFlowRequired, trace_flow
 from orchestrator.runs.lifecycle import launch_static, list_task_runs
 from orchestrator.runstate.events import LogLine
+from orchestrator.runstate.records import typed_task_run
 from orchestrator.runstate.store import RunStore, get_store
 from orchestrator.runtime.run_logger import run_logs_kept
 from orchestrator.states import StateType
@@ -87,9 +88,13 @@ class FlowRun:
         return self.store.events.logs_of(self.id)
 
     def task_runs(self) -> list[dict[str, Any]]:
-        """Every task run of this flow run (a root: of its subflows too), by start time."""
-        rows = list_task_runs(self.store, self.id)
-        return sorted(rows, key=lambda r: (float(r.get("started") or r.get("created") or 0), r.get("label", "")))
+        """Every task run of this flow run (a root: of its subflows too), by start time.
+
+        Values come typed (:func:`typed_task_run`): ``attempts`` an int, times floats, ``cached``
+        a bool, ``state`` a StateType; not the text Redis keeps them as.
+        """
+        rows = [typed_task_run(raw) for raw in list_task_runs(self.store, self.id)]
+        return sorted(rows, key=lambda r: (r.get("started") or r.get("created") or 0.0, r.get("label", "")))
 
     def __repr__(self) -> str:
         return f"<FlowRun {self.id} {self.state}>"

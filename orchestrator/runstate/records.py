@@ -119,6 +119,37 @@ def parse_json(value: Any, default: Any) -> Any:
     return value if value is not None else default
 
 
+TASK_RUN_TIMES = frozenset({"created", "started", "ended", "retry_at", "first_poke"})  # epoch seconds
+TASK_RUN_COUNTS = frozenset({"attempts", "starts"})
+TASK_RUN_FLAGS = frozenset({"cached"})  # "1" or "0" in the hash
+
+
+def typed_task_run(raw: dict[str, str]) -> dict[str, Any]:
+    """A task run's hash (as :func:`full_task_record` reads it) with each value as its type.
+
+    Redis keeps text only; a caller of ``FlowRun.task_runs()`` should not have to know that
+    ``attempts`` is ``"2"`` or ``cached`` is ``"1"``. Times become floats (epoch seconds, None
+    where empty), counts ints, flags bools, ``state`` a :class:`StateType` (a str enum: it still
+    equals ``"Completed"``) and JSON fields their values; other fields stay text.
+    """
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in TASK_RUN_TIMES:
+            out[key] = parse_float(value)
+        elif key in TASK_RUN_COUNTS:
+            number = parse_float(value)
+            out[key] = int(number) if number is not None else 0
+        elif key in TASK_RUN_FLAGS:
+            out[key] = value in ("1", "True", "true")
+        elif key == "state":
+            out[key] = StateType(value) if value in StateType._value2member_map_ else value
+        elif key in JSON_FIELDS:
+            out[key] = parse_json(value, value)
+        else:
+            out[key] = value
+    return out
+
+
 @dataclass(frozen=True)
 class FlowRunRecord:
     """A flow run as the run store holds it (read side; unknown fields stay in ``raw``)."""
