@@ -484,13 +484,13 @@ def test_the_diagnosis_of_a_running_run_counts_planned_task_runs_that_have_not_r
 
     def told() -> dict[str, Any] | None:
         found = http.get(f"/flow-runs/{created['id']}/diagnosis").json()
-        return dict(found) if any("1 more planned task runs" in r for r in found["reasons"]) else None
+        return dict(found) if any("1 more planned task run has" in r for r in found["reasons"]) else None
 
     found = eventually(told, 30, what="the diagnosis names the task run that has not reported")
     assert found["state"] == "Running"
     assert wait_final(http, created["id"])["state"] == "Completed"
     done = http.get(f"/flow-runs/{created['id']}/diagnosis").json()
-    assert not any("planned task runs" in r for r in done["reasons"])
+    assert not any("planned task run" in r for r in done["reasons"])
 
 
 def test_deployments_schedule_runs_pause_and_resume(redis_url: str, api: ApiProcess, http: httpx.Client) -> None:
