@@ -18,6 +18,8 @@ from fastapi import FastAPI, HTTPException, Request, status
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse
 
+from api.root_path import prefix_of
+
 DOCS_URL = "/docs"
 REDOC_URL = "/redoc"
 ASSETS_URL = "/docs-assets"
@@ -52,12 +54,9 @@ def install_docs(app: FastAPI) -> None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no docs asset {name!r}; there are {', '.join(ASSETS)}.")
         return FileResponse(folder / name)
 
-    def root(request: Request) -> str:
-        return str(request.scope.get("root_path", "")).rstrip("/")
-
     @app.get(DOCS_URL, include_in_schema=False)
     async def swagger_ui(request: Request) -> HTMLResponse:
-        here = root(request)
+        here = prefix_of(request.scope)
         return get_swagger_ui_html(
             openapi_url=here + openapi_url,
             title=f"{app.title} - Swagger UI",
@@ -69,7 +68,7 @@ def install_docs(app: FastAPI) -> None:
 
     @app.get(REDOC_URL, include_in_schema=False)
     async def redoc(request: Request) -> HTMLResponse:
-        here = root(request)
+        here = prefix_of(request.scope)
         return get_redoc_html(
             openapi_url=here + openapi_url,
             title=f"{app.title} - ReDoc",

@@ -18,6 +18,12 @@ def root_path_of(setting: str) -> str:
     return f"/{stripped}" if stripped else ""
 
 
+def prefix_of(scope: Scope) -> str:
+    """The prefix a request's links start with (its ``root_path`` without a trailing slash; '' for none):
+    the docs pages, the web UI and the UI's login redirect all build their URLs on it."""
+    return str(scope.get("root_path", "")).rstrip("/")
+
+
 class DirectPrefixServed:
     """Serves ``{root}{root}/x`` (a direct request that carried the prefix, after uvicorn added it) as ``{root}/x``."""
 

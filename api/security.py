@@ -33,6 +33,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.root_path import prefix_of
 from orchestrator.config.settings import get_settings
 from orchestrator.guards.hosts import LOOPBACK_NAMES, SAFE_METHODS, host_name, is_loopback, same_origin
 
@@ -167,7 +168,7 @@ class ApiKeyGate:
             return
         path = route_path(scope)
         if path == UI_PREFIX or path.startswith(UI_PREFIX + "/"):
-            login = str(scope.get("root_path", "")).rstrip("/") + UI_LOGIN
+            login = prefix_of(scope) + UI_LOGIN
             await answer(send, 303, "the web UI needs the API key: log in first.", [(b"location", login.encode())])
             return
         await answer(send, 401, MISSING_KEY, [(b"www-authenticate", b"Bearer")])

@@ -19,6 +19,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
+from api.root_path import prefix_of
 from orchestrator.config.settings import get_settings
 from orchestrator.states import StateType
 
@@ -48,7 +49,7 @@ templates = Jinja2Templates(env=environment)
 
 def root_of(request: Request) -> str:
     """The path prefix every link and script URL starts with (``ORCHESTRATOR_API_ROOT_PATH``, or '')."""
-    return str(request.scope.get("root_path", "")).rstrip("/")
+    return prefix_of(request.scope)
 
 
 def render(request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
