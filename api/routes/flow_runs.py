@@ -54,12 +54,6 @@ def get_run(session: Session, run_id: str) -> FlowRun:
     return row
 
 
-def require_run(session: Session, run_id: str) -> None:
-    """A 404 unless the run is recorded, without loading its row (a large run's plan is megabytes)."""
-    if session.exec(select(FlowRun.id).where(FlowRun.id == run_id)).first() is None:
-        raise no_run(run_id)
-
-
 def run_state(session: Session, run_id: str) -> tuple[StateType, str]:
     """The run's recorded state and message or a 404, without loading its row (and its plan)."""
     found = session.exec(select(FlowRun.state, FlowRun.state_message).where(FlowRun.id == run_id)).first()
