@@ -15,6 +15,7 @@ from api.models import FlowRun
 from orchestrator.runstate import slots as concurrency
 from orchestrator.runstate.store import RunStore
 from orchestrator.states import StateType
+from orchestrator.transport.broker import queue_lengths
 
 
 @dataclass
@@ -27,7 +28,7 @@ class Fleet:
     @classmethod
     def read(cls, store: RunStore, queues: set[str]) -> Fleet:
         names = sorted(queues)
-        return cls(store.fleet.live_workers(), store.fleet.queue_lengths(names))
+        return cls(store.fleet.live_workers(), queue_lengths(store, names))
 
     def consumers(self, queue: str) -> list[dict[str, Any]]:
         return [w for w in self.workers if queue in w.get("queues", [])]

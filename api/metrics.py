@@ -36,6 +36,7 @@ from sqlmodel import Session, col, select
 from api.models import FlowRun, TaskRun
 from orchestrator.runstate.store import RunStore
 from orchestrator.states import StateType
+from orchestrator.transport.broker import queue_lengths
 
 log = logging.getLogger("orchestrator.metrics")
 
@@ -279,7 +280,7 @@ class LiveCollector(Collector):
             for queue in worker.get("queues", []):
                 consumers[queue] = consumers.get(queue, 0) + 1
         queues = sorted({"default", *consumers, *waiting_queues})[:MAX_QUEUES]
-        lengths = store.fleet.queue_lengths(queues)
+        lengths = queue_lengths(store, queues)
         yield GaugeMetricFamily(
             "orchestrator_workers_live", "Workers heard from in the last seconds.", value=len(workers)
         )

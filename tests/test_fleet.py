@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import json
+import os
+import signal
 import socket
 import subprocess
 import time
@@ -20,9 +20,10 @@ from orchestrator.devstack.localstack import worker
 from orchestrator.errors import FlowRunFailed, ParameterError
 from orchestrator.runs.create import submit_by_name
 from orchestrator.runstate.store import get_store
+from orchestrator.transport.broker import broker_url, queue_lengths
 from orchestrator.transport.celery_app import SendOnlyRedisBackend, client_app
 from tests import flows
-from tests.api_support import eventually
+from tests.broker_support import waiting_messages
 from workers.app import app as celery_app
 
 pytestmark = pytest.mark.usefixtures("fleet")
@@ -225,14 +226,12 @@ def test_queue_override_from_apply_async(redis_url: str, worker_logs: Path) -> N
     run = flows.chain_flow.apply_async(parameters={"x": 1}, queue=queue)
     assert run.info["queue"] == queue
     rows = runs_by_label(run)
-    # The start message went to that queue's Redis list (where no worker of the fleet looks), naming the first task
+    # The start message went to that queue (where no worker of the fleet looks), naming the first task
     # run; every later message of the chain is to be sent there too.
-    redis = get_store().redis
-    (raw,) = redis.lrange(queue, 0, -1)
-    message = json.loads(raw)
-    assert message["headers"]["id"] == rows["inc-0"]["id"] and message["headers"]["task"] == "tests.flows.inc"
-    assert message["properties"]["delivery_info"]["routing_key"] == queue
-    _, _, embed = json.loads(base64.b64decode(message["body"]))
+    (message,) = waiting_messages(queue)
+    assert message.headers["id"] == rows["inc-0"]["id"] and message.headers["task"] == "tests.flows.inc"
+    assert message.routing_key == queue
+    _, _, embed = message.body
     assert [(s["task"], s["options"]["queue"]) for s in embed["chain"]] == [
         ("tests.flows.double", queue),
         ("tests.flows.inc", queue),
@@ -240,13 +239,13 @@ def test_queue_override_from_apply_async(redis_url: str, worker_logs: Path) -> N
     assert {r["state"] for r in rows.values()} == {"Pending"} and not any("started" in r for r in rows.values())
     name = f"override-{uuid.uuid4().hex[:6]}"
     log = worker_logs / f"{name}.log"
-    with worker(redis_url, ["tests.flows"], queues=queue, concurrency=1, name=f"{name}@%h", log_path=log):
+    with worker(redis_url, ["tests.flows"], queues=queue, concurrency=1, name=f"{name}@%h", log_path=log) as proc:
         assert run.result(timeout=30) == 6
-
-        def drained() -> bool:  # every message of the queue taken and acknowledged (acks are late)
-            return redis.llen(queue) == 0 and not any(queue in m for m in redis.hvals("unacked"))
-
-        eventually(drained, 15, interval=0.1, what=f"queue {queue} drained")
+        os.kill(proc.pid, signal.SIGTERM)  # a warm shutdown: the running task ends and is acknowledged first
+        assert proc.wait(60) == 0, log.read_text()[-3000:]
+    # Every message of the queue was taken and acknowledged (acks are late): a message still held
+    # unacknowledged would have been given back to the queue (Redis and RabbitMQ alike) as the worker left.
+    assert queue_lengths(get_store(), [queue]) == {queue: 0}, [(m.headers, m.body) for m in waiting_messages(queue)]
     assert {label: r["worker"].split("@")[0] for label, r in runs_by_label(run).items()} == {
         "inc-0": name,
         "inc-1": name,
@@ -290,7 +289,7 @@ def test_a_run_of_a_flow_no_worker_knows_fails_and_says_why() -> None:
 
 
 def test_plain_celery_tasks_on_the_worker_app_behave_as_in_celery(redis_url: str) -> None:
-    plain = Celery("plain-client", broker=redis_url, backend=redis_url)
+    plain = Celery("plain-client", broker=broker_url(), backend=redis_url)
     assert plain.send_task("tests.raw.add", (2, 3), queue="default").get(timeout=10) == 5
     assert isinstance(client_app().backend, SendOnlyRedisBackend)
     assert not isinstance(celery_app.backend, SendOnlyRedisBackend)

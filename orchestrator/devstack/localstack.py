@@ -190,8 +190,12 @@ def worker(
 
 
 def wait_for_worker(redis_url: str, proc: subprocess.Popen[bytes] | Child, queue: str, timeout: float = 60) -> None:
-    """Block until the worker has started consuming ``queue`` (its kombu binding exists).
+    """Block until the worker ``proc`` has started consuming ``queue``, on any broker.
 
+    The worker announces itself in the run store once Celery has declared its queues and
+    consumes them (``worker_ready``), with its pid and queues: that record is what is waited
+    for, not a trace of the broker (kombu's binding key exists only with Redis as broker).
+    The pid tells this worker from an earlier one of the same name whose record is still live.
     A worker that exits first raises :class:`ChildExited` with the end of its log when ``proc``
     is a :class:`Child` (it knows its log).
     """
@@ -202,8 +206,7 @@ def wait_for_worker(redis_url: str, proc: subprocess.Popen[bytes] | Child, queue
         failed = child.exited("before it was ready")
         if failed is not None:
             raise failed
-        if fleet.queue_bound(queue):
-            time.sleep(0.3)  # binding is declared just before consuming starts
+        if any(w.get("pid") == child.proc.pid and queue in w.get("queues", []) for w in fleet.live_workers()):
             return
         time.sleep(0.1)
     raise TimeoutError(f"worker did not start consuming {queue!r} within {timeout}s")

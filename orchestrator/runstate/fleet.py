@@ -61,10 +61,6 @@ class Fleet:
             pipe.llen(name)
         return dict(zip(queues, pipe.execute(), strict=True))
 
-    def queue_bound(self, queue: str) -> bool:
-        """Whether some worker has declared that it consumes ``queue`` (kombu's binding key exists)."""
-        return bool(self._redis.exists(f"_kombu.binding.{queue}"))
-
     def flow_description(self, name: str) -> dict[str, Any] | None:
         """What a worker announced for one flow (None: no worker ever did)."""
         found = self._redis.hget(keys.FLOWS, name)
