@@ -365,6 +365,8 @@ def test_compose_has_no_default_flower_credentials_and_publishes_on_loopback_onl
     assert flower_service["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
     assert not any("basic-auth" in part for part in flower_service["command"])  # not visible in ps
     assert flower_service["command"][:2] == ["orchestrator", "flower"]  # the launcher, not celery flower
+    for variant in ("docker-compose.rabbitmq.yml", "docker-compose.prometheus.yml"):
+        services |= {f"{variant}: {k}": v for k, v in yaml.safe_load((ROOT / variant).read_text())["services"].items()}
     for name, service in services.items():
         for published in service.get("ports", []):
             assert str(published).startswith("127.0.0.1:"), f"{name} publishes {published} on every interface"

@@ -134,6 +134,69 @@ def test_every_compose_service_runs_a_real_command_of_the_project() -> None:
     assert "orchestrator" in dockerfile and "server" in dockerfile
 
 
+def merged_compose(*overrides: str) -> dict[str, Any]:
+    """docker-compose.yml with override files merged in, as ``docker compose -f ... -f ...`` does
+    for what they use: mappings merged key by key, lists and values replaced."""
+
+    def merge(base: Any, extra: Any) -> Any:
+        if isinstance(base, dict) and isinstance(extra, dict):
+            return {k: merge(base[k], v) if k in base else v for k, v in extra.items()} | {
+                k: v for k, v in base.items() if k not in extra
+            }
+        return extra
+
+    compose: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    for name in overrides:
+        compose = merge(compose, yaml.safe_load((ROOT / name).read_text()))
+    return compose
+
+
+def test_the_rabbitmq_compose_variant_puts_every_celery_process_on_a_healthy_rabbitmq() -> None:
+    """docker-compose.rabbitmq.yml: the API, the workers and Flower get the same amqp:// broker, wait
+    for RabbitMQ's health check, keep Redis for the run store, and RabbitMQ's consumer_timeout
+    outlasts long late-acknowledged tasks."""
+    services = merged_compose("docker-compose.rabbitmq.yml")["services"]
+    rabbitmq = services["rabbitmq"]
+    assert "healthcheck" in rabbitmq and not rabbitmq.get("ports")  # the compose network only
+    assert rabbitmq["environment"]["RABBITMQ_DEFAULT_PASS"].startswith("${RABBITMQ_PASSWORD:?")
+    brokers = set()
+    for name in ("api", "worker", "flower"):
+        env = services[name]["environment"]
+        brokers.add(env["ORCHESTRATOR_BROKER_URL"])
+        assert env["ORCHESTRATOR_REDIS_URL"] == "redis://redis:6379/0", name  # the run store stays on Redis
+        assert env["ORCHESTRATOR_API_KEY"].startswith("${ORCHESTRATOR_API_KEY:?"), name  # merged, not replaced
+        depends = services[name]["depends_on"]
+        assert depends["rabbitmq"] == {"condition": "service_healthy"} and "redis" in depends, name
+    (broker,) = brokers
+    assert broker.startswith("amqp://orchestrator:${RABBITMQ_PASSWORD:?") and broker.endswith("@rabbitmq:5672//")
+    mounted = {v.split(":")[0]: v.split(":")[1] for v in rabbitmq["volumes"] if v.startswith("./")}
+    assert mounted["./deploy/rabbitmq.conf"].startswith("/etc/rabbitmq/conf.d/")  # read besides the image's own
+    settings = dict(
+        line.split(" = ") for line in (ROOT / "deploy/rabbitmq.conf").read_text().splitlines() if " = " in line
+    )
+    assert int(settings["consumer_timeout"]) >= 6 * 3600 * 1000  # hours, not RabbitMQ's 30 min
+
+
+def test_the_prometheus_compose_example_scrapes_the_api_with_its_key_and_loads_the_documented_alerts() -> None:
+    compose = merged_compose("docker-compose.prometheus.yml")
+    prometheus = compose["services"]["prometheus"]
+    assert prometheus["depends_on"]["api"] == {"condition": "service_healthy"}
+    assert compose["secrets"]["orchestrator-api-key"] == {"environment": "ORCHESTRATOR_API_KEY"}
+    mounts = {v.split(":")[1]: ROOT / v.split(":")[0] for v in prometheus["volumes"] if v.startswith("./")}
+    config = yaml.safe_load(mounts["/etc/prometheus/prometheus.yml"].read_text())
+    (job,) = config["scrape_configs"]
+    assert job["metrics_path"] == "/metrics" and job["static_configs"] == [{"targets": ["api:4200"]}]
+    assert job["authorization"]["credentials_file"] == "/run/secrets/orchestrator-api-key"
+    api_command = compose["services"]["api"]["command"]
+    assert api_command[api_command.index("--port") + 1] == "4200"
+    (rules,) = config["rule_files"]
+    loaded = yaml.safe_load(mounts[rules].read_text())
+    documented = (ROOT / "docs/metrics.md").read_text().split("## Sample alert rules", 1)[1]
+    documented = documented.split("```yaml\n", 1)[1].split("```", 1)[0]
+    assert loaded == yaml.safe_load(documented)  # the example loads exactly the documented rules
+    assert {r["alert"] for r in loaded["groups"][0]["rules"]} >= {"OrchestratorLateRuns", "OrchestratorRecorderLag"}
+
+
 @pytest.mark.parametrize("script", ["scripts/demo.sh", "scripts/test.sh", ".ci/run"])
 def test_scripts_are_executable_bash(script: str) -> None:
     done = subprocess.run(["bash", "-n", str(ROOT / script)], capture_output=True, text=True)

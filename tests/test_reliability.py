@@ -31,15 +31,20 @@ import pytest
 import redis
 
 from orchestrator.devstack.localstack import ApiProcess, api_server, free_port, redis_server, stop_process, worker
+from orchestrator.devstack.rabbitmq import RabbitMQServer, rabbitmq_binary
 from orchestrator.runstate import keys
 from orchestrator.runstate.event_stream import DEAD_LETTERS, RECORDER_GROUP
 from tests.api_support import api_database, eventually
+from tests.conftest import TEST_BROKER
 
 FLOW_MODULES = ["tests.reliability_flows"]
 # Heartbeats every 2 s here (the suite's 1 s otherwise): a crash window of 6 s. The faults in this
 # file are real; a test machine busy with other suites can starve a process for a few seconds, and
 # the crash detector must not add a fault of its own (a live task declared Crashed).
 SLOWER_BEATS = {"ORCHESTRATOR_HEARTBEAT_INTERVAL_SECONDS": "2"}
+# Tests of Redis as the Celery broker (its outages and lost connections); on RabbitMQ the broker
+# restart test below stands for them. The run store is on Redis either way.
+redis_broker_only = pytest.mark.skipif(TEST_BROKER != "redis", reason="the broker is not Redis in this pass")
 FINAL = {"Completed", "Failed", "TimedOut", "Crashed", "UpstreamFailed", "Skipped", "Cancelled"}
 
 
@@ -301,6 +306,7 @@ def test_redis_restarted_mid_flows_every_run_completes_and_nothing_is_lost(
         assert set(executions.values()) == {1}, executions  # 15 tasks, 15 executions
 
 
+@redis_broker_only
 def test_the_worker_app_sends_and_counts_chord_parts_through_a_redis_restart(tmp_path: Path) -> None:
     """What ``tolerate_redis_outages`` gives a running worker's app: a message sent (the next task
     of a chain, a join) and a chord part counted while Redis restarts wait for it, where Celery's
@@ -359,6 +365,7 @@ def test_a_redis_outage_longer_than_the_crash_window_does_not_crash_a_running_ta
         assert [count(client, f"{marker}-{k}") for k in ("first", "second")] == [1, 1]
 
 
+@redis_broker_only
 def test_a_connection_lost_to_a_redis_that_stays_up_runs_no_task_twice(
     redis_url: str, tmp_path: Path, worker_logs: Path
 ) -> None:
@@ -381,6 +388,49 @@ def test_a_connection_lost_to_a_redis_that_stays_up_runs_no_task_twice(
         assert [count(client, f"{marker}-{k}") for k in ("first", "second")] == [1, 1]
     log = (worker_logs / f"redis-cut-{marker}.worker.log").read_text()
     assert "Connection to broker lost" in log and "Unrecoverable error" not in log
+
+
+@pytest.mark.skipif(TEST_BROKER != "amqp", reason="RabbitMQ pass only (ORCHESTRATOR_TEST_BROKER=amqp)")
+@pytest.mark.skipif(rabbitmq_binary() is None, reason="rabbitmq-server is not installed")
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["restart", "crash"])
+def test_rabbitmq_restarted_mid_flows_every_run_completes_and_nothing_is_lost(
+    redis_url: str, tmp_path: Path, worker_logs: Path, how: signal.Signals
+) -> None:
+    """The RabbitMQ counterpart of the Redis restart above: 5 runs of 3 sleepy tasks (a chord) on one
+    worker, and a private rabbitmq-server (the shared one is not ours to stop) stopped or killed
+    while tasks run, then started again on the same port with its data. Tasks that end meanwhile
+    wait to send what follows; the broker gives back the messages that were not acknowledged and
+    the worker reconnects. Every run completes, every task ran once and is recorded once."""
+    marker = uuid.uuid4().hex[:8]
+    queue = f"rel-amqp-{marker}"
+    runs = 5
+    logs = worker_logs / f"amqp-{how.name}-{marker}"
+    broker = RabbitMQServer(tmp_path / "rabbitmq", free_port(), free_port(), logs.with_suffix(".rabbitmq.log"))
+    env = SLOWER_BEATS | {"ORCHESTRATOR_BROKER_URL": broker.url}
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        broker.start()
+        with (
+            api_server(redis_url, f"sqlite:///{tmp_path / 'api.db'}", logs.with_suffix(".api.log"), env) as api,
+            worker(redis_url, FLOW_MODULES, queues=queue, concurrency=2, log_path=logs.with_suffix(".worker.log"),
+                   extra_env=env),
+            httpx.Client(base_url=api.url, timeout=15) as http,
+        ):  # fmt: skip
+            run_ids = [
+                submit(http, "reliable-diamond", queue, marker=f"{marker}-{i}", seconds=1.0) for i in range(runs)
+            ]
+            labels = [f"{marker}-{i}-{side}" for i in range(runs) for side in ("left", "right", "last")]
+            eventually(lambda: sum(count(client, label) for label in labels) >= 3, 60, what="tasks under way")
+            broker.stop(how)
+            broker.start()
+            finished = [wait_final(http, run_id, timeout=120) for run_id in run_ids]
+            assert [run["state"] for run in finished] == ["Completed"] * runs, finished
+            for run_id in run_ids:
+                assert_completed_once(http, run_id, tasks=3)
+            executions = {label: count(client, label) for label in labels}
+            assert set(executions.values()) == {1}, executions  # 15 tasks, 15 executions
+    finally:
+        broker.close()
 
 
 def test_a_worker_killed_after_its_last_task_ended_but_before_the_flow_run_did_leaves_nothing_running(

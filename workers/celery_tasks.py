@@ -112,17 +112,20 @@ class CeleryAttempt:
 
     def _leave_crash_detector(self, pipe: Any = None) -> None:
         """This execution is over and its next one is kept (in the broker, or in ``pipe``'s write to
-        Redis): it leaves the crash detector now, not at the next heartbeat. A worker killed within
+        Redis): it leaves the crash detector now, not at the next heartbeat, and its own message is
+        stale if the broker delivers it again (its worker lost before acknowledging it). A worker killed within
         that beat had the detector declare Crashed (and retry again) a task run that was only waiting
         for its next attempt. Retry paths only: a task that completes never comes here."""
         trid = self._task_run_id()
         if trid is None:
             return
         HEARTBEATS.end(trid)  # first: a beat in between must not put it back
+        store = get_store()
+        store.task_runs.supersede(trid, self.number + 1, pipe)  # this message, redelivered, is stale
         if pipe is not None:
-            get_store().leases.forget(pipe, trid)
+            store.leases.forget(pipe, trid)
         else:
-            get_store().leases.forget_now(trid)
+            store.leases.forget_now(trid)
 
     def send(self, signatures: list[dict[str, Any]]) -> None:
         CeleryMessaging(self.celery_task.app).send_signatures(signatures)

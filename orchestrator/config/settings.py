@@ -58,6 +58,12 @@ class Settings(BaseSettings):
         "delivered again. Live workers stamp the messages they hold every few seconds, so a long task is never "
         "delivered twice, and this only has to outlast a worker that stopped answering.",
     )
+    broker_confirm_publish: bool = Field(
+        default=True,
+        description="amqp:// brokers only: every message sent waits for RabbitMQ's publisher confirm, which "
+        "comes once a persistent message is on disk, so a broker killed (not only stopped) loses no message it "
+        "took. About one broker round trip per message; false trades that for faster sends.",
+    )
     events_maxlen: int = Field(
         default=1_000_000,
         description="Approximate cap of the state/log event stream before old entries are trimmed. The API's "

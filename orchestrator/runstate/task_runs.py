@@ -216,6 +216,18 @@ class TaskRuns:
         pipe.hget(keys.task_run(trid), "first_poke")
         return float(pipe.execute()[1])
 
+    def supersede(self, trid: str, attempt: int, pipe: Any = None) -> None:
+        """Make the messages of attempts before ``attempt`` stale: the next attempt of the task run is
+        kept (in the delayed set or the broker) and carries it on.
+
+        The message of an attempt that is over is acknowledged only as its execution returns; a
+        worker lost in between has the broker deliver it again: RabbitMQ at once, Redis after the
+        visibility timeout. Without this, it would start the task run again as that old attempt,
+        beside (or before) the kept one. ``start_task_run.lua`` refuses it as stale instead.
+        """
+        target = pipe if pipe is not None else self._redis
+        target.hset(keys.task_run(trid), "min_attempt", attempt)
+
     def progress(self, trid: str, fields: dict[str, Any], pipe: Any = None) -> None:
         """Record a non-final state change (AwaitingRetry) without the final guard."""
         target = pipe if pipe is not None else self._redis.pipeline(transaction=False)

@@ -89,6 +89,11 @@ def _outage_tolerant(url: str) -> str:
     return f"{__name__}:OutageTolerantRedisBackend+{url}" if url.startswith(("redis://", "rediss://")) else url
 
 
+def _is_amqp(url: str) -> bool:
+    """Whether ``url`` names an AMQP broker (RabbitMQ): py-amqp's ``confirm_publish`` applies to it."""
+    return url.startswith(("amqp://", "amqps://", "pyamqp://"))
+
+
 def make_celery_app(
     main: str = "orchestrator", settings: Settings | None = None, *, send_only: bool = False, sent_events: bool = True
 ) -> Celery:
@@ -123,7 +128,8 @@ def make_celery_app(
         task_create_missing_queues=True,
         result_expires=3600,  # orchestrator tasks ignore results (they live in our own keys);
         # plain Celery tasks on the same app keep Celery's usual result behaviour
-        broker_transport_options={"visibility_timeout": s.visibility_timeout_seconds},
+        broker_transport_options={"visibility_timeout": s.visibility_timeout_seconds}
+        | ({"confirm_publish": True} if s.broker_confirm_publish and _is_amqp(broker_url) else {}),
         result_backend_transport_options={"visibility_timeout": s.visibility_timeout_seconds},
         broker_connection_retry_on_startup=True,
         worker_cancel_long_running_tasks_on_connection_loss=False,
