@@ -400,22 +400,28 @@ def test_rabbitmq_restarted_mid_flows_every_run_completes_and_nothing_is_lost(
     worker, and a private rabbitmq-server (the shared one is not ours to stop) stopped or killed
     while tasks run, then started again on the same port with its data. Tasks that end meanwhile
     wait to send what follows; the broker gives back the messages that were not acknowledged and
-    the worker reconnects. Every run completes, every task ran once and is recorded once."""
+    the worker reconnects. Every run completes, every task ran once and is recorded once.
+
+    On a Redis of its own: every worker and API on a run store sends what it keeps there (due
+    retries, resumed bodies) through its own broker, so the session's, on the session's broker,
+    must not share this one's run store."""
+    del redis_url  # the session's settings (heartbeats, result storage), not its Redis
     marker = uuid.uuid4().hex[:8]
     queue = f"rel-amqp-{marker}"
     runs = 5
     logs = worker_logs / f"amqp-{how.name}-{marker}"
     broker = RabbitMQServer(tmp_path / "rabbitmq", free_port(), free_port(), logs.with_suffix(".rabbitmq.log"))
     env = SLOWER_BEATS | {"ORCHESTRATOR_BROKER_URL": broker.url}
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
         broker.start()
         with (
+            redis_server() as redis_url,
             api_server(redis_url, f"sqlite:///{tmp_path / 'api.db'}", logs.with_suffix(".api.log"), env) as api,
             worker(redis_url, FLOW_MODULES, queues=queue, concurrency=2, log_path=logs.with_suffix(".worker.log"),
                    extra_env=env),
             httpx.Client(base_url=api.url, timeout=15) as http,
         ):  # fmt: skip
+            client = redis.Redis.from_url(redis_url, decode_responses=True)
             run_ids = [
                 submit(http, "reliable-diamond", queue, marker=f"{marker}-{i}", seconds=1.0) for i in range(runs)
             ]
