@@ -11,6 +11,12 @@ Here the worker's main process stamps the messages it holds (running or waiting 
 pool process) afresh every few seconds. The messages of a live worker never age, so the
 visibility timeout only has to outlast a dead worker's silence: minutes, not hours, and
 a long task is never delivered twice.
+
+With RabbitMQ as broker there is no visibility timeout and nothing to stamp (the channel has
+no unacked index, so :meth:`KeepVisible.refresh` does nothing): RabbitMQ gives a message back
+when the connection that holds it closes, at once. Its own limit is ``consumer_timeout``: a
+delivery unacknowledged longer (30 min by default) closes the channel and is delivered again,
+so it must outlast the longest task (README: Running on RabbitMQ).
 """
 
 from __future__ import annotations
