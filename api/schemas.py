@@ -332,6 +332,30 @@ class GraphNode(BaseModel):
         "entries per page in all; the rest are on /task-runs).",
     )
     mapped_total: int = Field(default=0, description="How many expanded task runs the map has recorded.")
+    child_run_id: str = Field(
+        default="",
+        description="For a node that stands for a child flow run (kind subflow or flow_run): the child run's id, "
+        "once recorded ('' otherwise).",
+    )
+
+
+class TaskStatePublic(BaseModel):
+    """A task run's current state, for following a run cheaply (``/task-states?since=``)."""
+
+    id: str
+    state: str
+    updated: float = Field(description="When the API recorded its last change (seconds since the epoch).")
+
+
+class TaskStates(BaseModel):
+    """The task runs of a run tree whose state was recorded at or after ``since``."""
+
+    flow_run_id: str
+    items: list[TaskStatePublic]
+    until: float = Field(
+        description="The latest ``updated`` among the items (``since`` when none): the next ``since`` to ask with."
+    )
+    truncated: bool = Field(default=False, description="More changed than one answer holds: ask again from ``until``.")
 
 
 class Graph(BaseModel):

@@ -16,7 +16,7 @@ from api.db import get_engine
 from api.diagnosis import Fleet, diagnose, slot_waits
 from api.graph import graph_page
 from api.models import Deployment, FlowRun, LogLine, StateEvent, TaskRun, in_run_tree
-from api.paging import LIMIT_DEFAULT, PAGED, Limit, Offset, announce
+from api.paging import LIMIT_DEFAULT, LIMIT_MAX, PAGED, Limit, Offset, announce
 from api.routes.deps import FlowRunId, MessagingDep, SessionDep, StoreDep, no_run, whole_run_id
 from api.run_list import RunFilters, list_runs
 from api.schemas import (
@@ -33,6 +33,8 @@ from api.schemas import (
     StateEventPublic,
     TaskFailure,
     TaskRunPublic,
+    TaskStatePublic,
+    TaskStates,
     valid_start,
 )
 from api.services.late import cleanup_late
@@ -77,6 +79,9 @@ def list_flow_runs(
     until: Annotated[
         datetime | None, Query(description="Created before this time."), AfterValidator(valid_start)
     ] = None,
+    deployment: Annotated[
+        str | None, Query(max_length=200, description="Only runs of this deployment (its name).")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> FlowRunPage:
@@ -90,8 +95,19 @@ def list_flow_runs(
         parent=parent,
         since=since,
         until=until,
+        deployment_id=deployment_id_of(session, deployment) if deployment else None,
     )
     return run_page(session, filters, limit, offset)
+
+
+def deployment_id_of(session: Session, name: str) -> str:
+    """The id of the deployment with this name, or a 404 naming where the names are listed."""
+    found = session.exec(select(Deployment.id).where(Deployment.name == name)).first()
+    if found is None:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"no deployment named {name!r}; GET /api/deployments lists them."
+        )
+    return found
 
 
 def run_page(session: Session, filters: RunFilters, limit: int, offset: int) -> FlowRunPage:
@@ -234,6 +250,30 @@ def labels_of(session: Session, events: Sequence[StateEvent]) -> dict[str, str]:
         found = session.exec(select(FlowRun.id, FlowRun.name).where(col(FlowRun.id).in_(run_ids))).all()
         names.update({run_id: name for run_id, name in found if name})
     return names
+
+
+@router.get("/{run_id}/task-states", response_model=TaskStates)
+def read_task_states(
+    session: SessionDep,
+    run_id: RunId,
+    since: Annotated[
+        float, Query(ge=0, le=1e11, description="Only task runs recorded at or after this time (epoch seconds).")
+    ] = 0,
+    limit: Annotated[int, Query(ge=1, le=LIMIT_MAX)] = LIMIT_MAX,
+) -> TaskStates:
+    """The states of the run tree's task runs that changed since ``since``: what a live view (the web UI's
+    run graph) polls instead of the whole graph. Ask again with ``until``; an answer may repeat a task
+    run whose change was recorded in the same instant (apply states, they are current ones)."""
+    run_state(session, run_id)
+    rows = session.exec(
+        select(TaskRun.id, TaskRun.state, TaskRun.updated)
+        .where(in_run_tree(run_id), col(TaskRun.updated) >= since)
+        .order_by(col(TaskRun.updated), col(TaskRun.id))
+        .limit(limit + 1)
+    ).all()
+    items = [TaskStatePublic(id=i, state=state, updated=updated) for i, state, updated in rows[:limit]]
+    until = max((item.updated for item in items), default=since)
+    return TaskStates(flow_run_id=run_id, items=items, until=until, truncated=len(rows) > limit)
 
 
 @router.get("/{run_id}/graph", response_model=Graph, responses=PAGED)

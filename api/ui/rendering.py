@@ -25,7 +25,7 @@ from orchestrator.states import StateType
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
-STATIC_FILES = ("ui.js", "ui.css")  # the only files /ui/static serves (nothing else of the folder)
+STATIC_FILES = ("ui.js", "ui.css", "graph.js")  # the only files /ui/static serves (nothing else of the folder)
 
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
