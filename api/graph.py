@@ -88,12 +88,11 @@ def _expanded(session: Session, maps: list[dict[str, Any]]) -> dict[str, Mapped]
 
 
 def _child_runs(session: Session, page: list[dict[str, Any]], attempts: int) -> dict[str, str]:
-    """Node id -> the child flow run it stands for: a traced subflow's end node names it in its options;
+    """Node id -> the child flow run it stands for: a traced subflow's end node names it (the recorder
+    keeps it from the node's options);
     a ``flow_run`` node's child has an id derived from the node and the parent's attempt (the latest
     attempt's recorded child wins). One query for the page."""
-    found = {
-        n["id"]: str((n.get("options") or {}).get("child_run_id") or "") for n in page if n.get("kind") == "subflow"
-    }
+    found = {n["id"]: str(n.get("child_run_id") or "") for n in page if n.get("kind") == "subflow"}
     candidates = {
         linked_run_id(n["id"], attempt): (n["id"], attempt)
         for n in page

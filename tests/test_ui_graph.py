@@ -22,6 +22,8 @@ from sqlmodel import Session
 
 from api.db import engine_for
 from api.models import FlowRun
+from api.schemas import GraphNode
+from api.ui.graph_page import LEVEL_CAP, lay_out
 from orchestrator.devstack.localstack import ApiProcess, api_server
 from tests.api_support import api_database, submit, wait_final
 from tests.test_ui import browser, click, keep_screenshot, row_of, site, text_of, texts, until
@@ -97,6 +99,12 @@ def test_a_parents_graph_links_each_child_run_to_its_page(
         "child run links",
     )
     assert linked == children, (linked, children)
+    # the subflows' end nodes name their child runs (the graph route says so too)
+    ends = [a for a in browser.find_elements(By.CSS_SELECTOR, CHILD_LINKS) if "subflow-" in a.text]
+    assert {a.get_attribute("data-child-run-id") for a in ends} == children, [a.text for a in ends]
+    nodes = http.get(f"/flow-runs/{run['id']}/graph").json()["nodes"]
+    assert {n["child_run_id"] for n in nodes if n["kind"] == "subflow"} == children
+    browser.execute_script("document.getElementById('graph-section').scrollIntoView();")
     keep_screenshot(browser, "ui-graph.png")
 
     child = sorted(children)[0]
@@ -120,6 +128,19 @@ def test_a_large_map_is_folded_into_one_box_with_counts(
     )
     assert sub == "120 Completed"
     assert len(browser.find_elements(By.CSS_SELECTOR, "#graph path.edge")) == 1  # 120 edges drawn as one
+
+
+def test_a_runtime_maps_expanded_task_runs_show_inside_its_box(
+    api: ApiProcess, http: httpx.Client, browser: WebDriver
+) -> None:
+    run = wait_final(http, submit(http, "map-upstream-flow", parameters={"n": 5})["id"])
+    assert run["state"] == "Completed", run
+
+    browser.get(f"{site(api)}/ui/runs/{run['id']}")
+    chips = "#graph g.node[data-kind='map'] rect.chip"
+    until(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, chips)) == 5, "the map's 5 task runs as chips")
+    assert {c.get_attribute("data-state") for c in browser.find_elements(By.CSS_SELECTOR, chips)} == {"Completed"}
+    assert len(box_states(browser)) == 3  # numbers, the map, total
 
 
 def test_the_timeline_shows_one_bar_per_task_run_with_its_worker(
@@ -152,6 +173,33 @@ def test_the_task_runs_table_is_paged(api: ApiProcess, http: httpx.Client, brows
     click(browser, "#task-older")
     until(browser, lambda d: text_of(d, "task-count") == "101\u2013131 of 131", "the second page")
     assert len(browser.find_elements(By.CSS_SELECTOR, "#task-rows tr")) == 31
+
+
+def plan_node(node_id: str, name: str, upstream: list[str]) -> GraphNode:
+    return GraphNode(
+        id=node_id, kind="task", name=name, label=f"{name}-0", flow_run_id="r", upstream=upstream, state="Completed"
+    )
+
+
+def test_the_layout_stays_bounded_however_large_the_plan() -> None:
+    """5,000 nodes draw as a few boxes: one task's map folds, a wide level is capped; every node is in one box."""
+    source = plan_node("s", "source", [])
+    items = [plan_node(f"i{k}", "work", ["s"]) for k in range(5000)]
+    folded = lay_out("r", "static", [source, *items, plan_node("t", "total", [i.id for i in items])], 5002, {}, 0)
+    assert [b.label for b in folded.boxes] == ["source-0", "work x5000", "total-0"]
+    assert len(folded.edges) == 2 and folded.states["i4999"] == "Completed"
+
+    wide = [
+        plan_node(f"{lvl}-{k}", f"step{lvl}_{k}", [f"{lvl - 1}-{k}"] if lvl else [])
+        for lvl in range(50)
+        for k in range(100)
+    ]
+    view = lay_out("r", "static", wide, 5000, {}, 0)
+    assert len(view.boxes) == 50 * LEVEL_CAP
+    members = [m for b in view.boxes for m in b.members]
+    assert sorted(members) == sorted(n.id for n in wide)  # each node in exactly one box
+    assert {b.label for b in view.boxes if b.kind == "fold"} == {f"{100 - LEVEL_CAP + 1} more tasks"}
+    assert all(b.y + b.h <= view.height and b.x < view.width for b in view.boxes)
 
 
 def test_graph_json_of_an_unknown_run_is_a_404(api: ApiProcess) -> None:

@@ -252,6 +252,18 @@ def labels_of(session: Session, events: Sequence[StateEvent]) -> dict[str, str]:
     return names
 
 
+def task_states(session: Session, run_id: str, since: float, limit: int) -> list[tuple[str, str, float]]:
+    """(id, state, updated) of the run tree's task runs recorded at or after ``since``, oldest change first:
+    what ``/task-states`` answers and what the web UI's graph starts from (one query for both)."""
+    rows = session.exec(
+        select(TaskRun.id, TaskRun.state, TaskRun.updated)
+        .where(in_run_tree(run_id), col(TaskRun.updated) >= since)
+        .order_by(col(TaskRun.updated), col(TaskRun.id))
+        .limit(limit)
+    ).all()
+    return [(i, state, updated) for i, state, updated in rows]
+
+
 @router.get("/{run_id}/task-states", response_model=TaskStates)
 def read_task_states(
     session: SessionDep,
@@ -265,12 +277,7 @@ def read_task_states(
     run graph) polls instead of the whole graph. Ask again with ``until``; an answer may repeat a task
     run whose change was recorded in the same instant (apply states, they are current ones)."""
     run_state(session, run_id)
-    rows = session.exec(
-        select(TaskRun.id, TaskRun.state, TaskRun.updated)
-        .where(in_run_tree(run_id), col(TaskRun.updated) >= since)
-        .order_by(col(TaskRun.updated), col(TaskRun.id))
-        .limit(limit + 1)
-    ).all()
+    rows = task_states(session, run_id, since, limit + 1)
     items = [TaskStatePublic(id=i, state=state, updated=updated) for i, state, updated in rows[:limit]]
     until = max((item.updated for item in items), default=since)
     return TaskStates(flow_run_id=run_id, items=items, until=until, truncated=len(rows) > limit)

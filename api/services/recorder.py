@@ -489,8 +489,9 @@ def graph_of(plan: dict[str, Any]) -> dict[str, Any]:
     """The part of a plan the graph view needs: nodes and edges, not their (possibly large) inputs."""
     nodes = [
         {k: n.get(k) for k in ("id", "kind", "name", "label", "flow_run_id", "upstream", "queue", "trigger")}
+        | ({"child_run_id": child} if (child := (n.get("options") or {}).get("child_run_id")) else {})
         for n in plan.get("nodes", [])
-    ]
+    ]  # a subflow's end node names its child run: the graph links to the child's page
     return {"flow_name": plan.get("flow_name"), "nodes": nodes, "subflows": plan.get("subflows", [])}
 
 

@@ -2,7 +2,7 @@
 
 ``GET /ui/runs/{id}/graph.json`` reads the whole graph through :func:`api.graph.graph_page`
 (the query behind ``GET /api/flow-runs/{id}/graph``, page after page) and the run tree's
-task-run states through :func:`api.routes.flow_runs.read_task_states` (the route the script
+task-run states through :func:`api.routes.flow_runs.task_states` (the query of the route the script
 then polls with ``since``, so that a refresh reads only what changed). The layout is done
 here, not in the browser, so that the script draws boxes at given places and nothing else:
 
@@ -12,6 +12,8 @@ here, not in the browser, so that the script draws boxes at given places and not
   summary box with counts by state: a static map over 5,000 items is one box, not 5,000;
   a runtime map is one box whose expanded task runs show as chips up to :data:`FOLD_OVER`,
   as counts beyond;
+- a level holds at most :data:`LEVEL_CAP` boxes: past them its plain task nodes fold into one
+  box ("N more tasks", with counts), so the drawing stays bounded however wide the plan;
 - boxes are ordered within a level by the mean place of their upstreams (one barycentre
   sweep: fewer crossings, no search), then stacked.
 """
@@ -28,13 +30,14 @@ from sqlmodel import Session
 from api.graph import graph_page
 from api.paging import LIMIT_MAX
 from api.routes.deps import SessionDep, whole_run_id
-from api.routes.flow_runs import read_task_states
+from api.routes.flow_runs import task_states
 from api.schemas import GraphNode
 from api.security import require_api_key
 
 router = APIRouter(prefix="/ui", include_in_schema=False, dependencies=[Depends(require_api_key)])
 
 FOLD_OVER = 40  # more nodes of one task on one level (or expanded task runs of a map) than this: counts
+LEVEL_CAP = 12  # boxes per level at most (about a screen's height): the rest of a wide level folds into one
 MAX_NODES = 200_000  # graph pages read for one drawing at most (a plan larger than this is cut, and says so)
 BOX_W, BOX_H, GAP_X, GAP_Y = 200, 44, 70, 14
 CHIP, CHIPS_PER_ROW = 12, 14  # a runtime map's expanded task runs: small squares, in rows inside its box
@@ -81,6 +84,7 @@ class _Group:
     level: int
     nodes: list[GraphNode] = field(default_factory=list)
     order: float = 0.0
+    more: bool = False  # the rest of a wide level (LEVEL_CAP), not one task's nodes
 
 
 def read_nodes(session: Session, run_id: str) -> tuple[str, list[GraphNode], int]:
@@ -117,7 +121,29 @@ def group_nodes(nodes: list[GraphNode], level: dict[str, int]) -> list[_Group]:
             groups.append(_Group(key=f"fold:{members[0].id}", level=lvl, nodes=members))
         else:
             groups.extend(_Group(key=m.id, level=lvl, nodes=[m]) for m in members)
-    return groups
+    return cap_levels(groups)
+
+
+def cap_levels(groups: list[_Group]) -> list[_Group]:
+    """At most LEVEL_CAP boxes per level: past them, a level's plain task nodes fold into one box.
+
+    5,000 distinct tasks on 50 levels would draw 5,000 boxes (a second of the browser's time);
+    capped, 50 x 12. Maps, subflows and folds keep their own boxes (they say more than a count)."""
+    by_level: dict[int, list[_Group]] = {}
+    for group in groups:
+        by_level.setdefault(group.level, []).append(group)
+    kept: list[_Group] = []
+    for lvl, members in by_level.items():
+        if len(members) <= LEVEL_CAP:
+            kept.extend(members)
+            continue
+        plain = [g for g in members if len(g.nodes) == 1 and g.nodes[0].kind == "task"]
+        others = [g for g in members if not (len(g.nodes) == 1 and g.nodes[0].kind == "task")]
+        room = max(LEVEL_CAP - len(others) - 1, 0)
+        rest = [n for g in plain[room:] for n in g.nodes]
+        kept.extend(others + plain[:room])
+        kept.append(_Group(key=f"more:{rest[0].id}", level=lvl, nodes=rest, more=True))
+    return kept
 
 
 def place(groups: list[_Group], box_of: dict[str, str]) -> dict[str, tuple[int, int]]:
@@ -138,6 +164,16 @@ def place(groups: list[_Group], box_of: dict[str, str]) -> dict[str, tuple[int, 
             row[group.key] = float(i)
             placed[group.key] = (lvl, i)
     return placed
+
+
+def label_of(group: _Group) -> str:
+    """'extract-3' for one node, 'double x5000' for one task's fold, '4970 more tasks' for a level's rest."""
+    first = group.nodes[0]
+    if group.more:
+        return f"{len(group.nodes)} more tasks"
+    if len(group.nodes) > 1:
+        return f"{LABEL_INDEX.sub('', first.label) or first.name} x{len(group.nodes)}"
+    return first.label or first.name
 
 
 def box_height(group: _Group, mapped: int) -> int:
@@ -177,9 +213,7 @@ def lay_out(
             Box(
                 id=group.key,
                 kind="fold" if folded else first.kind,
-                label=f"{LABEL_INDEX.sub('', first.label) or first.name} x{len(group.nodes)}"
-                if folded
-                else (first.label or first.name),
+                label=label_of(group),
                 x=lvl * (BOX_W + GAP_X),
                 y=y,
                 h=h,
@@ -213,7 +247,7 @@ def graph_view(session: SessionDep, run_id: str) -> GraphView:
     whole = whole_run_id(session, run_id[:64]) if len(run_id) <= 64 else None
     if whole is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no flow run {run_id!r}.")
-    changed = read_task_states(session, whole, since=0, limit=MAX_NODES)
-    states = {item.id: item.state for item in changed.items}
+    rows = task_states(session, whole, since=0, limit=MAX_NODES)
+    states = {i: state for i, state, _ in rows}
     mode, nodes, total = read_nodes(session, whole)
-    return lay_out(whole, mode, nodes, total, states, changed.until)
+    return lay_out(whole, mode, nodes, total, states, max((u for _, _, u in rows), default=0.0))

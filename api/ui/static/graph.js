@@ -19,7 +19,7 @@
   const SVG = "http://www.w3.org/2000/svg";
   const POLL_MS = 2000;
   const TIMELINE_MS = 4000;
-  const TIMELINE_MAX = 2000; // bars drawn at most (the first by start time); the page says how many more
+  const TIMELINE_MAX = 1000; // bars drawn at most (the first by start time); the page says how many more
   const BAD = new Set(["Failed", "Crashed", "TimedOut", "UpstreamFailed"]);
   const BUSY = new Set(["Running", "Retrying", "AwaitingRetry"]);
   const OVERLAP_S = 2; // ask again for the last seconds: a change recorded in the same instant is not missed
@@ -108,7 +108,7 @@
     group.appendChild(title);
     const sub = svg("text", { class: "node-state", x: 8, y: 34 });
     group.appendChild(sub);
-    group.appendChild(svg("title", {}, box.label + (link ? " (child flow run " + link + ")" : "")));
+    if (link) group.appendChild(svg("title", {}, box.label + " (child flow run " + link + ")"));
     let chips = null;
     const children = box.members.length - 1;
     if (box.kind === "map" && children > 0 && children <= view.fold_over) {
@@ -264,11 +264,7 @@
       const end = seconds(t.ended) || now;
       const row = svg("g", { class: "bar-row", "data-task-run-id": t.id, "data-state": t.state });
       row.appendChild(svg("text", { class: "bar-label", x: 0, y: y + 11 }, (t.label || t.task_name) + " · " + (t.worker || "?")));
-      const bar = svg("rect", { class: "bar", x: x(start), y: y + 2, width: Math.max(x(end) - x(start), 2), height: ROW - 4, rx: 2 });
-      bar.appendChild(
-        svg("title", {}, (t.label || t.task_name) + ": " + t.state + ", " + (end - start).toFixed(3) + " s on " + (t.worker || "an unknown worker")),
-      );
-      row.appendChild(bar);
+      row.appendChild(svg("rect", { class: "bar", x: x(start), y: y + 2, width: Math.max(x(end) - x(start), 2), height: ROW - 4, rx: 2 }));
       bars.appendChild(row);
     });
     picture.appendChild(bars);
