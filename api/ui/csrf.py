@@ -15,7 +15,7 @@ import hmac
 import secrets
 from urllib.parse import parse_qs
 
-from fastapi import HTTPException, Request, status
+from fastapi import HTTPException, Request, Response, status
 
 from orchestrator.config.settings import get_settings
 
@@ -34,6 +34,12 @@ def csrf_token(request: Request) -> str:
     """The token a page puts in its action forms (the request is the page's: kept for a per-session token)."""
     del request
     return hmac.new(_secret(), b"orchestrator-ui-csrf", hashlib.sha256).hexdigest()
+
+
+def keep_session(request: Request, response: Response) -> None:
+    """What a page's response must carry for its token to be checked: nothing here (the token is the
+    same for every browser); kept so that pages call it, as a token bound to a session cookie needs."""
+    del request, response
 
 
 async def check_csrf(request: Request) -> None:

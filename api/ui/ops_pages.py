@@ -29,7 +29,7 @@ from api.routes.flow_runs import cleanup_late_runs
 from api.routes.workers import list_workers
 from api.schemas import DeploymentPublic, DeploymentRunCreate, FlowRunPublic, LateCleanup
 from api.security import require_api_key
-from api.ui.csrf import MAX_FORM_BYTES, check_csrf, csrf_token
+from api.ui.csrf import MAX_FORM_BYTES, check_csrf, csrf_token, keep_session
 from api.ui.rendering import render, root_of
 from orchestrator.states import StateType
 
@@ -92,7 +92,7 @@ def deployments_page(
     late_total = session.exec(
         select(func.count()).select_from(FlowRun).where(col(FlowRun.state) == StateType.LATE.value)
     ).one()
-    return render(
+    page = render(
         request,
         "deployments.html",
         rows=rows,
@@ -102,6 +102,8 @@ def deployments_page(
         done=done,
         problem=problem,
     )
+    keep_session(request, page)  # a token bound to a session needs its cookie on the page
+    return page
 
 
 @router.post("/deployments/{name}/pause", dependencies=[Depends(check_csrf)])
