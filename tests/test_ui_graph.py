@@ -143,6 +143,20 @@ def test_a_runtime_maps_expanded_task_runs_show_inside_its_box(
     assert len(box_states(browser)) == 3  # numbers, the map, total
 
 
+def test_a_dynamic_runs_graph_shows_the_task_runs_it_made(
+    api: ApiProcess, http: httpx.Client, browser: WebDriver
+) -> None:
+    """A run without a plan: its own task runs are its graph (no edges), each with its final state."""
+    run = wait_final(http, submit(http, "dynamic-fan-flow", parameters={"n": 3})["id"])
+    own = [t for t in http.get(f"/flow-runs/{run['id']}/task-runs").json() if t["flow_run_id"] == run["id"]]
+    expected = {t["label"]: t["state"] for t in own}
+    assert "explode-0" in expected and len(expected) >= 5, expected
+
+    browser.get(f"{site(api)}/ui/runs/{run['id']}")
+    until(browser, lambda d: box_states(d) == expected, "every task run of the run as a box, in its state")
+    assert not browser.find_elements(By.CSS_SELECTOR, "#graph path.edge")
+
+
 def test_the_timeline_shows_one_bar_per_task_run_with_its_worker(
     api: ApiProcess, http: httpx.Client, browser: WebDriver
 ) -> None:
@@ -326,5 +340,28 @@ def test_the_workers_page_shows_the_live_worker_its_queue_and_limits(
     queue = browser.find_element(By.CSS_SELECTOR, '#queue-rows tr[data-queue="default"]')
     assert queue.find_element(By.CSS_SELECTOR, ".length").text.isdigit()
     assert browser.find_element(By.CSS_SELECTOR, f'#limit-rows tr[data-tag="{tag}"] .used').text == "0 / 2"
-    keep_screenshot(browser, "ui-workers.png")
     http.delete(f"/concurrency-limits/{tag}")
+
+
+def test_the_workers_page_names_the_task_run_holding_a_slot(
+    api: ApiProcess, http: httpx.Client, browser: WebDriver
+) -> None:
+    assert http.post("/concurrency-limits", json={"tag": "test-db", "limit": 1}).status_code == 200
+    try:
+        run_id = submit(http, "db-fan-flow", parameters={"marker": uuid.uuid4().hex[:8], "n": 12})["id"]
+
+        def holder_shown(d: WebDriver) -> list[str]:
+            d.get(f"{site(api)}/ui/workers")
+            return [
+                a.get_attribute("href")
+                for a in d.find_elements(By.CSS_SELECTOR, '#limit-rows tr[data-tag="test-db"] a')
+                if (a.text or "").startswith("uses_the_db-")
+            ]
+
+        links = until(browser, holder_shown, "a task run holding the test-db slot")
+        assert links == [f"{site(api)}/ui/runs/{run_id}"], links  # one slot, one holder, linked to its run
+        assert browser.find_element(By.CSS_SELECTOR, '#limit-rows tr[data-tag="test-db"] .used').text == "1 / 1"
+        keep_screenshot(browser, "ui-workers.png")
+        wait_final(http, run_id)
+    finally:
+        http.delete("/concurrency-limits/test-db")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import parse_qs, urlencode
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
@@ -30,7 +30,7 @@ from api.routes.workers import list_workers
 from api.schemas import DeploymentPublic, DeploymentRunCreate, FlowRunPublic, LateCleanup
 from api.security import require_api_key
 from api.ui.csrf import MAX_FORM_BYTES, check_csrf, csrf_token, keep_session
-from api.ui.rendering import render, root_of
+from api.ui.rendering import render, root_of, shown_time
 from orchestrator.states import StateType
 
 router = APIRouter(prefix="/ui", include_in_schema=False, dependencies=[Depends(require_api_key)])
@@ -160,6 +160,20 @@ async def late_cleanup(
     )
 
 
+EPOCH_FIELDS = {"started", "heartbeat", "last_seen", "ts"}  # a worker record's times, in epoch seconds
+
+
+def shown_extra(extra: dict[str, Any]) -> list[tuple[str, str]]:
+    """A worker record's other fields as text, its times in UTC rather than epoch seconds."""
+    out = []
+    for key, value in sorted(extra.items()):
+        if key in EPOCH_FIELDS and isinstance(value, int | float) and 0 < value < 1e11:
+            out.append((key, shown_time(datetime.fromtimestamp(value, UTC)) + " UTC"))
+        else:
+            out.append((key, str(value)))
+    return out
+
+
 @router.get("/workers", response_class=HTMLResponse)
 def workers_page(request: Request, session: SessionDep, store: StoreDep) -> HTMLResponse:
     """Live workers with their queues and flows, each queue's length, and the concurrency limits' holders."""
@@ -170,7 +184,7 @@ def workers_page(request: Request, session: SessionDep, store: StoreDep) -> HTML
     return render(
         request,
         "workers.html",
-        workers=workers,
+        workers=[(w, shown_extra(w.extra)) for w in workers],
         queues=[(q, fleet.queue_lengths.get(q, 0), consumers[q]) for q in sorted(queues)],
         limits=list_limits(session, store),
         now=datetime.now(UTC),
