@@ -216,6 +216,19 @@ def test_the_layout_stays_bounded_however_large_the_plan() -> None:
     assert all(b.y + b.h <= view.height and b.x < view.width for b in view.boxes)
 
 
+def test_task_states_answers_only_what_changed_since(api: ApiProcess, http: httpx.Client) -> None:
+    run = wait_final(http, submit(http, "chain-flow")["id"])
+    every = http.get(f"/flow-runs/{run['id']}/task-states").json()
+    assert sorted(i["state"] for i in every["items"]) == ["Completed"] * 3 and not every["truncated"]
+    assert every["until"] == max(i["updated"] for i in every["items"])
+    later = http.get(f"/flow-runs/{run['id']}/task-states", params={"since": every["until"] + 0.001}).json()
+    assert later["items"] == [] and later["until"] == every["until"] + 0.001  # nothing changed since
+    page = http.get(f"/flow-runs/{run['id']}/task-states", params={"limit": 2}).json()
+    assert len(page["items"]) == 2 and page["truncated"]
+    assert http.get(f"/flow-runs/{uuid.uuid4()}/task-states").status_code == 404
+    assert http.get(f"/flow-runs/{run['id']}/task-states", params={"since": -1}).status_code == 422
+
+
 def test_graph_json_of_an_unknown_run_is_a_404(api: ApiProcess) -> None:
     answer = httpx.get(f"{site(api)}/ui/runs/{uuid.uuid4()}/graph.json")
     assert answer.status_code == 404 and "no flow run" in answer.json()["detail"]
