@@ -215,6 +215,9 @@ def test_the_layout_stays_bounded_however_large_the_plan() -> None:
     assert {b.label for b in view.boxes if b.kind == "fold"} == {f"{100 - LEVEL_CAP + 1} more tasks"}
     assert all(b.y + b.h <= view.height and b.x < view.width for b in view.boxes)
 
+    maps = [plan_node(f"m{k}", f"mapped{k}", []).model_copy(update={"kind": "map"}) for k in range(LEVEL_CAP + 5)]
+    assert len(lay_out("r", "static", maps, len(maps), {}, 0).boxes) == LEVEL_CAP + 5  # maps are never folded
+
 
 def test_task_states_answers_only_what_changed_since(api: ApiProcess, http: httpx.Client) -> None:
     run = wait_final(http, submit(http, "chain-flow")["id"])

@@ -142,7 +142,8 @@ def cap_levels(groups: list[_Group]) -> list[_Group]:
         room = max(LEVEL_CAP - len(others) - 1, 0)
         rest = [n for g in plain[room:] for n in g.nodes]
         kept.extend(others + plain[:room])
-        kept.append(_Group(key=f"more:{rest[0].id}", level=lvl, nodes=rest, more=True))
+        if rest:  # (a level of maps and subflows only keeps them all)
+            kept.append(_Group(key=f"more:{rest[0].id}", level=lvl, nodes=rest, more=True))
     return kept
 
 
