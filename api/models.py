@@ -80,7 +80,7 @@ class FlowRun(SQLModel, table=True):
 
 
 # The run list's order (newest first, ties by id), alone and after its two common filters: a page
-# walks one of these and stops after `limit` entries (api/run_list.py; migrations 0005, 0007). The first
+# walks one of these and stops after `limit` entries (api/run_list.py; migrations 0005, 0009). The first
 # also holds the name, so that a search in names reads this index, not every row.
 Index("ix_flow_run_created_id", col(FlowRun.created).desc(), col(FlowRun.id), col(FlowRun.name))
 Index("ix_flow_run_state_created", col(FlowRun.state), col(FlowRun.created).desc(), col(FlowRun.id))

@@ -4,7 +4,7 @@ A database of 100,000 flow runs and 1,000,000 task runs answers the first page a
 filtered page in a few milliseconds because of three things (``benchmarks/db_scale.py``
 measures them; ``tests/test_list_scale.py`` keeps them):
 
-- The order (newest first, ties by id) is the order of the indexes of migrations 0005 and 0007:
+- The order (newest first, ties by id) is the order of the indexes of migrations 0005 and 0009:
   ``(created DESC, id)``, and the same after ``state``, ``flow_name`` or ``deployment_id``. A page walks
   one of them and stops after ``limit`` entries, instead of sorting every match.
 - A page is found on the index alone (ids only), and only its ``limit`` rows are read
