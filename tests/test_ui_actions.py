@@ -9,12 +9,14 @@ drives the pages; httpx plays the other site's page that has no token.
 
 from __future__ import annotations
 
+import enum
 import re
 import secrets
 import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import httpx
 import pytest
@@ -22,6 +24,9 @@ import redis
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
+from api.ui.flows_page import form_fields
+from orchestrator import flow
+from orchestrator.authoring.schema import parameters_schema
 from orchestrator.devstack.localstack import ApiProcess, api_server, flower
 from tests.api_support import api_database, cli, eventually, submit, wait_final
 from tests.test_ui import browser, click, keep_screenshot, refreshed, seed_run, site, text_of, texts, until
@@ -29,6 +34,25 @@ from tests.test_ui import browser, click, keep_screenshot, refreshed, seed_run, 
 __all__ = ["browser"]  # the module-scoped Chromium fixture of tests/test_ui.py, one of this module's own
 
 FLOWER_LOGIN = ("ops", secrets.token_urlsafe(16))
+
+
+class Color(enum.Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+@flow
+def every_kind(
+    n: int,
+    mode: Literal["fast", "slow"] = "fast",
+    color: Color = Color.RED,
+    on: bool = True,
+    ratio: float = 0.5,
+    tags: list[str] = ["a"],  # noqa: B006  (a default the schema shows)
+    limit: int | None = None,
+    note: str = "<b>x</b>",
+) -> None:
+    """Every kind of parameter the start form has a field for (never run: its schema is what counts)."""
 
 
 @pytest.fixture(scope="module")
@@ -306,3 +330,24 @@ def test_the_cli_renames_a_run_as_the_ui_does(api: ApiProcess, http: httpx.Clien
     eventually(lambda: http.get(f"/flow-runs/{run['id']}").json()["name"] == "renamed-by-cli", 30, what="the name")
     refused = cli(api, "flow-run", "rename", run["id"], "")
     assert refused.returncode == 2 and "the new name is empty" in refused.stdout, refused
+
+
+def test_the_start_form_gives_each_json_schema_type_its_field() -> None:
+    """The field of each kind of parameter a flow can have, from the schema the SDK announces (no services)."""
+    fields = {f.name: f for f in form_fields(parameters_schema(every_kind))}
+    shown = {name: (f.kind, f.required, f.value) for name, f in fields.items()}
+    assert shown == {
+        "n": ("integer", True, ""),
+        "mode": ("enum", False, '"fast"'),
+        "color": ("enum", False, ""),  # an Enum member is no JSON: empty means the flow's default
+        "on": ("boolean", False, "true"),
+        "ratio": ("number", False, "0.5"),
+        "tags": ("json", False, '[\n  "a"\n]'),
+        "limit": ("json", False, "null"),
+        "note": ("string", False, "<b>x</b>"),  # the template escapes it
+    }
+    assert fields["mode"].options == [('"fast"', "fast"), ('"slow"', "slow")]
+    assert "the flow's default, <Color.RED: 'red'>" in fields["color"].hint
+    assert fields["on"].options == [("true", "true"), ("false", "false")]
+    assert fields["tags"].hint == "array of string (JSON)"
+    assert fields["limit"].hint == "integer or null (JSON)"

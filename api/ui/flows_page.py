@@ -52,7 +52,10 @@ def kind_of(schema: dict[str, Any]) -> Kind:
 
 
 def shown_type(schema: dict[str, Any]) -> str:
-    """The type in words: 'integer', 'string (date)', 'array of integer', 'JSON'."""
+    """The type in words: 'integer', 'string (date)', 'array of integer (JSON)', 'integer or null (JSON)'."""
+    if isinstance(schema.get("anyOf"), list):
+        kinds = [shown_type(s).removesuffix(" (JSON)") for s in schema["anyOf"] if isinstance(s, dict)]
+        return " or ".join(kinds) + " (JSON)"
     if "enum" in schema:
         return "one of " + ", ".join(json.dumps(v) for v in schema["enum"])
     kind = schema.get("type")
@@ -86,6 +89,8 @@ def form_fields(parameters: dict[str, Any]) -> list[FormField]:
         hint = shown_type(schema)
         if "x-default-factory" in schema:
             hint += f"; empty: {schema['x-default-factory']}() when the run is created"
+        elif "x-default-repr" in schema:  # a default JSON cannot show (an Enum member, an object)
+            hint += f"; empty: the flow's default, {schema['x-default-repr']}"
         elif name not in required and not has_default:
             hint += "; optional"
         options: list[tuple[str, str]] = []
