@@ -29,7 +29,18 @@ from orchestrator import flow
 from orchestrator.authoring.schema import parameters_schema
 from orchestrator.devstack.localstack import ApiProcess, api_server, flower
 from tests.api_support import api_database, cli, eventually, submit, wait_final
-from tests.test_ui import browser, click, keep_screenshot, refreshed, seed_run, site, text_of, texts, until
+from tests.test_ui import (
+    StripPrefixProxy,
+    browser,
+    click,
+    keep_screenshot,
+    refreshed,
+    seed_run,
+    site,
+    text_of,
+    texts,
+    until,
+)
 
 __all__ = ["browser"]  # the module-scoped Chromium fixture of tests/test_ui.py, one of this module's own
 
@@ -224,6 +235,30 @@ def test_with_an_api_key_an_action_needs_the_login_cookie_and_the_token(
         assert httpx.post(f"{site(server)}{rename}", json={"name": "x"}, headers=bearer).status_code == 403
         done = browser_like.post(rename, json={"name": "renamed-with-key"}, headers={"X-CSRF-Token": token})
         assert done.status_code == 200 and done.json()["name"] == "renamed-with-key", done.text
+
+
+def test_behind_a_proxy_with_a_path_prefix_an_action_and_its_token_work(
+    redis_url: str, tmp_path: Path, worker_logs: Path, browser: WebDriver
+) -> None:
+    """The script posts under the prefix, and the session cookie's path is the prefix's."""
+    env = {"ORCHESTRATOR_API_ROOT_PATH": "/orch", "ORCHESTRATOR_API_SERVICES": "false"}
+    with (
+        api_database(tmp_path, None) as url,
+        api_server(redis_url, url, log_path=worker_logs / "ui-actions-prefix.log", extra_env=env) as server,
+        StripPrefixProxy("/orch", server.port) as proxy,
+    ):
+        run_id = seed_run(url, "before-the-rename")
+        browser.get(f"{proxy.url}/ui/runs/{run_id}")
+        browser.delete_all_cookies()  # those of the other APIs on this host (any port): a session of its own
+        browser.get(f"{proxy.url}/ui/runs/{run_id}")
+        until(browser, refreshed, "the run page's script reading the API through the proxy")
+        field = browser.find_element(By.ID, "rename-name")
+        field.clear()
+        field.send_keys("renamed-behind-a-proxy")
+        click(browser, "#action-rename")
+        until(browser, lambda d: text_of(d, "run-name") == "renamed-behind-a-proxy", "the rename done through it")
+        session = browser.get_cookie("orchestrator_csrf")
+        assert session is not None and session["path"] == "/orch/" and session["httpOnly"], session
 
 
 def test_the_start_form_refuses_a_bad_parameter_beside_its_field_and_starts_a_run_with_good_ones(
