@@ -320,6 +320,16 @@ def flow_run_retry(run_id: RunIdArg) -> None:
     console.print(user_text(calling(lambda: ApiClient().retry(run_id))["detail"]))
 
 
+@flow_run_app.command("rename")
+def flow_run_rename(run_id: RunIdArg, name: Annotated[str, typer.Argument(help="The run's new name.")]) -> None:
+    """Rename a run (also while it runs): lists, the web UI and the history show the new name."""
+    if not name.strip():
+        print_error("the new name is empty; give the run's new name (1 to 500 characters).")
+        raise typer.Exit(2)
+    renamed = calling(lambda: ApiClient().rename(run_id, name))
+    console.print(user_line("flow run ", renamed["id"], " renamed ", user_text(renamed["name"], "bold")))
+
+
 def registered_name(target: str) -> str:
     """The name workers register the flow ``module:flow`` under (imported from the current directory)."""
     from orchestrator.authoring.params import load_flow

@@ -121,6 +121,11 @@ class Settings(BaseSettings):
         description="Open Flower's task routes (run, send, revoke tasks; control workers); Flower refuses it "
         "without credentials.",
     )
+    flower_url: str | None = Field(
+        default=None,
+        description="Where a browser reaches Flower (http://127.0.0.1:5555): the web UI links each task run to "
+        "its Celery task there ({flower_url}/task/<task run id>). Unset: no links. orchestrator dev sets it.",
+    )
     schedule_min_interval_seconds: float = Field(
         default=10,
         ge=1,
@@ -154,6 +159,17 @@ class Settings(BaseSettings):
     def _empty_is_off(cls, value: Any) -> Any:
         """``ORCHESTRATOR_FLOWER_TASK_API=`` (empty) leaves the task API closed."""
         return False if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("flower_url", mode="before")
+    @classmethod
+    def _flower_base(cls, value: Any) -> Any:
+        """``ORCHESTRATOR_FLOWER_URL=`` (empty) means none; a trailing ``/`` is dropped (links add ``/task/...``)."""
+        if isinstance(value, str):
+            value = value.strip().rstrip("/")
+            if value and not value.startswith(("http://", "https://")):
+                raise ValueError(f"ORCHESTRATOR_FLOWER_URL must be an http:// or https:// URL, not {value!r}")
+            return value or None
+        return value
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         """repr() shows every URL masked (redis_url, database_url, an fsspec result_storage...):

@@ -160,6 +160,9 @@ class ApiClient:
     def retry(self, run_id: str) -> dict[str, Any]:
         return dict(self.request("POST", f"/flow-runs/{segment(run_id)}/retry"))
 
+    def rename(self, run_id: str, name: str) -> dict[str, Any]:
+        return dict(self.request("PATCH", f"/flow-runs/{segment(run_id)}", json={"name": name}))
+
     def set_limit(self, tag: str, limit: int) -> dict[str, Any]:
         return dict(self.request("POST", "/concurrency-limits", json={"tag": tag, "limit": limit}))
 
