@@ -392,6 +392,16 @@ class Health(BaseModel):
         description="The event recorder of this process ('not running': it runs elsewhere, "
         "ORCHESTRATOR_API_SERVICES=false)."
     )
+    events_backlog: int | None = Field(
+        default=None,
+        description="Events (states, log lines) waiting in the Redis stream for a recorder to write them to the "
+        "database; null when Redis did not answer. They are kept until recorded, however many.",
+    )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What works but needs a look, in words (no URL, no error text): an event backlog past "
+        "ORCHESTRATOR_EVENTS_BACKLOG_WARN. A warning leaves the status 'ok' and the answer 200.",
+    )
     details: HealthDetails | None = Field(
         default=None,
         description="The errors behind each state (URLs masked); null unless the request carries the API key "

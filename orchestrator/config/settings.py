@@ -58,10 +58,12 @@ class Settings(BaseSettings):
         "delivered again. Live workers stamp the messages they hold every few seconds, so a long task is never "
         "delivered twice, and this only has to outlast a worker that stopped answering.",
     )
-    events_maxlen: int = Field(
-        default=1_000_000,
-        description="Approximate cap of the state/log event stream before old entries are trimmed. The API's "
-        "recorder trims what it has written to the database at once; the cap bounds what waits while no API runs.",
+    events_backlog_warn: int = Field(
+        default=100_000,
+        ge=1,
+        description="Events waiting in the Redis stream for the recorder past which GET /api/health warns. The "
+        "stream has no cap (only what the recorder has written is trimmed), so an API down for long keeps every "
+        "event, in Redis memory (about 400 bytes for a state change or a short log line), until it is back.",
     )
     max_dynamic_flows_per_process: int = Field(
         default=32, description="Dynamic flow bodies one worker process drives at once."
