@@ -300,6 +300,11 @@ class LogLinePublic(BaseModel):
         "own lines, and for a task run not recorded (yet).",
     )
     level: str
+    logger: str = Field(
+        default="",
+        description="The logger that wrote the line: orchestrator.runs (get_run_logger(), log_prints, a failed "
+        "attempt's traceback), the task's module, a logger of ORCHESTRATOR_EXTRA_LOGGERS, or py.warnings.",
+    )
     message: str
     time: datetime | None
 
@@ -311,6 +316,7 @@ class LogLinePublic(BaseModel):
             task_run_id=row.task_run_id,
             label=label,
             level=row.level,
+            logger=row.logger,
             message=row.message,
             time=when(row.ts),
         )
