@@ -136,7 +136,8 @@ class StateEvent(SQLModel, table=True):
 
 
 class LogLine(SQLModel, table=True):
-    """One log record written with get_run_logger() in a flow or task run."""
+    """One log record of a flow or task run: the run logger's, a task module's own logger's, an extra
+    logger's (ORCHESTRATOR_EXTRA_LOGGERS), a warning, or a failed attempt's traceback."""
 
     __tablename__ = "log_line"
     __table_args__ = (Index("ix_log_line_flow_run", "flow_run_id", "seq"),)
@@ -146,6 +147,7 @@ class LogLine(SQLModel, table=True):
     flow_run_id: str = Field(max_length=64)
     task_run_id: str | None = Field(default=None, max_length=100)
     level: str = Field(default="INFO", max_length=16)
+    logger: str = Field(default="", max_length=200)  # the logger that wrote it ('' in rows before migration 0007)
     message: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     ts: float
 

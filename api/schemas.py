@@ -300,6 +300,11 @@ class LogLinePublic(BaseModel):
         "own lines, and for a task run not recorded (yet).",
     )
     level: str
+    logger: str = Field(
+        default="",
+        description="The logger that wrote the line: orchestrator.runs (get_run_logger(), log_prints, a failed "
+        "attempt's traceback), the task's module, a logger of ORCHESTRATOR_EXTRA_LOGGERS, or py.warnings.",
+    )
     message: str
     time: datetime | None
 
@@ -311,6 +316,7 @@ class LogLinePublic(BaseModel):
             task_run_id=row.task_run_id,
             label=label,
             level=row.level,
+            logger=row.logger,
             message=row.message,
             time=when(row.ts),
         )
@@ -391,6 +397,16 @@ class Health(BaseModel):
     recorder: Literal["ok", "failing", "not running"] = Field(
         description="The event recorder of this process ('not running': it runs elsewhere, "
         "ORCHESTRATOR_API_SERVICES=false)."
+    )
+    events_backlog: int | None = Field(
+        default=None,
+        description="Events (states, log lines) waiting in the Redis stream for a recorder to write them to the "
+        "database; null when Redis did not answer. They are kept until recorded, however many.",
+    )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What works but needs a look, in words (no URL, no error text): an event backlog past "
+        "ORCHESTRATOR_EVENTS_BACKLOG_WARN. A warning leaves the status 'ok' and the answer 200.",
     )
     details: HealthDetails | None = Field(
         default=None,

@@ -42,6 +42,7 @@ log = logging.getLogger("orchestrator.recorder")
 LEASE_SECONDS = 15
 CHUNK = 500  # ids per IN (...) query
 TRACEBACK_LOG_LINES = 200  # lines of a traceback written as log lines (the innermost ones)
+RUN_LOGGER = "orchestrator.runs"  # the logger name of the lines the recorder writes itself (ends, tracebacks)
 FAILED_STATE_NAMES = frozenset(state.value for state in FAILED_STATES)
 
 
@@ -351,6 +352,7 @@ class Recorder:
                     "flow_run_id": row.id,
                     "task_run_id": None,
                     "level": "ERROR",
+                    "logger": RUN_LOGGER,
                     "message": f"flow run {row.name or row.id} ended {row.state}: {row.state_message}",
                     "ts": event.body.ts or recorded,
                 }
@@ -420,8 +422,10 @@ class Recorder:
     @staticmethod
     def _keep_traceback(batch: Batch, row: TaskRun, event: Event) -> None:
         """A failed attempt's traceback: kept on the task run when it ended it (``/failures``), and
-        written among the run's log lines either way (ERROR when final, WARNING before a retry), so
-        ``flow-run logs`` of a failed run shows where it failed, under the task's name.
+        written among the run's log lines either way, as ERROR lines of the run logger (the attempt
+        failed, whether a retry follows or not, as Prefect logs it), so ``flow-run logs`` shows where
+        each attempt failed, under the task's name. The worker ships no copy of its own: this is the
+        one place a traceback becomes log lines.
 
         One log line per line of the traceback, after a headline naming the task: a log line is one
         line wherever it is shown (the CLI escapes a newline inside one rather than let it forge another).
@@ -445,7 +449,8 @@ class Recorder:
                     "event_id": f"{event.stream_id}/tb{n}",  # from the state event's id: a redelivery adds none
                     "flow_run_id": row.flow_run_id,
                     "task_run_id": row.id,
-                    "level": "ERROR" if final else "WARNING",
+                    "level": "ERROR",
+                    "logger": RUN_LOGGER,
                     "message": line,
                     "ts": ts,
                 }
@@ -459,6 +464,7 @@ class Recorder:
             "flow_run_id": line.flow_run_id,
             "task_run_id": line.task_run_id,
             "level": line.level[:16],
+            "logger": line.logger[:200],
             "message": line.message,
             "ts": line.ts,
         }

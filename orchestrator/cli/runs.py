@@ -27,6 +27,7 @@ server_app = typer.Typer(help="The API server (runs, history, logs).", no_args_i
 flow_run_app = typer.Typer(help="Read and act on flow runs through the API.", no_args_is_help=True)
 
 T = TypeVar("T")
+RUN_LOGGER = "orchestrator.runs"  # the logger of get_run_logger() lines: not named on each printed line
 
 
 def print_error(exc: Exception | str) -> None:
@@ -234,9 +235,12 @@ def log_text(line: dict[str, Any]) -> str:
 
 
 def print_log_line(line: dict[str, Any]) -> None:
-    """One log line as ``flow-run logs`` and ``task-run logs`` print it: time, level, the task run's label, text."""
+    """One log line as ``flow-run logs`` and ``task-run logs`` print it: time, level, the task run's label,
+    the logger when it is not the run logger (a task module's, a library's, ``py.warnings``), text."""
     where = f" [{line.get('label') or line['task_run_id']}]" if line["task_run_id"] else ""
-    text = user_text(f"{(line['time'] or '')[11:23]} {line['level']:<7}{where} {log_text(line)}")
+    logger = str(line.get("logger") or "")
+    source = f" {logger}:" if logger and logger != RUN_LOGGER else ""
+    text = user_text(f"{(line['time'] or '')[11:23]} {line['level']:<7}{where}{source} {log_text(line)}")
     console.print(text, soft_wrap=True)  # one record, one line: Rich adds no line break of its own
 
 

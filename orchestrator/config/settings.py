@@ -6,6 +6,7 @@ environment variable changes behaviour everywhere at once.
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Iterator
 from functools import lru_cache
@@ -16,6 +17,8 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from orchestrator.guards.redaction import masked_url
+
+LOGGER_NAME = re.compile(r"[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*")  # a dotted logger name: sqlalchemy.engine
 
 
 class Settings(BaseSettings):
@@ -49,6 +52,12 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Comma-separated modules a worker imports at start (its flows and tasks).",
     )
+    extra_loggers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated loggers (sqlalchemy,requests) whose lines a worker ships with the task or "
+        "flow run that logs them, as Prefect's PREFECT_LOGGING_EXTRA_LOGGERS; a logger with no level of its own "
+        "is set to INFO. The run logger, each task's module logger and Python warnings are shipped anyway.",
+    )
     result_ttl_seconds: int = Field(
         default=7 * 24 * 3600, description="How long task results and run records stay in Redis."
     )
@@ -58,10 +67,12 @@ class Settings(BaseSettings):
         "delivered again. Live workers stamp the messages they hold every few seconds, so a long task is never "
         "delivered twice, and this only has to outlast a worker that stopped answering.",
     )
-    events_maxlen: int = Field(
-        default=1_000_000,
-        description="Approximate cap of the state/log event stream before old entries are trimmed. The API's "
-        "recorder trims what it has written to the database at once; the cap bounds what waits while no API runs.",
+    events_backlog_warn: int = Field(
+        default=100_000,
+        ge=1,
+        description="Events waiting in the Redis stream for the recorder past which GET /api/health warns. The "
+        "stream has no cap (only what the recorder has written is trimmed), so an API down for long keeps every "
+        "event, in Redis memory (about 400 bytes for a state change or a short log line), until it is back.",
     )
     max_dynamic_flows_per_process: int = Field(
         default=32, description="Dynamic flow bodies one worker process drives at once."
@@ -147,6 +158,19 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("extra_loggers", mode="before")
+    @classmethod
+    def _split_logger_names(cls, value: Any) -> Any:
+        """``sqlalchemy, requests`` as well as a list; each a logger name (dotted words), not the root logger."""
+        names = [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+        for name in names if isinstance(names, list) else []:
+            if not isinstance(name, str) or not LOGGER_NAME.fullmatch(name) or name == "root":
+                raise ValueError(
+                    f"ORCHESTRATOR_EXTRA_LOGGERS: {name!r} is not a logger name; give comma-separated names of "
+                    "library loggers, such as sqlalchemy,requests (the root logger is not shipped)"
+                )
+        return names
 
     @field_validator("api_key", mode="before")
     @classmethod

@@ -76,11 +76,10 @@ class RunStore:
         self.url = url or settings.redis_url
         self.redis: Any = connection.client(self.url)  # the core's own; tests may read it, nothing else may
         self.ttl = settings.result_ttl_seconds
-        self.maxlen = settings.events_maxlen
         self.scripts = Scripts(self.redis)
-        self.events = EventStream(self.redis, self.scripts, self.ttl, self.maxlen)
+        self.events = EventStream(self.redis, self.scripts, self.ttl)
         self.flow_runs = FlowRuns(self.redis, self.scripts, self.ttl, self.events)
-        self.task_runs = TaskRuns(self.redis, self.scripts, self.ttl, self.maxlen, self.events)
+        self.task_runs = TaskRuns(self.redis, self.scripts, self.ttl, self.events)
         self.delayed = DelayedMessages(self.redis, self.scripts)
         self.fleet = Fleet(self.redis)
         self.leases = Leases(self.redis, self.scripts)
