@@ -31,6 +31,7 @@ class Deployment(SQLModel, table=True):
     late_policy: str = Field(default="run_all", max_length=32)
     late_max_age_seconds: float | None = None
     concurrency_limit: int | None = None  # flow runs of this deployment that may be under way at once
+    retention_days: float | None = None  # its finished runs are deleted this long after they end (docs/retention.md)
     created: float
     updated: float
     scheduled_until: float | None = None  # start time of the last run the scheduler created
