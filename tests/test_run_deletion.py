@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from sqlalchemy import func, or_
+from sqlalchemy import func, or_, text
 from sqlmodel import Session, col, select
 
 from api.db import engine_for
@@ -179,3 +179,28 @@ def test_redis_away_is_a_503_that_deletes_nothing(http: httpx.Client, database: 
     assert response.status_code == 503 and "cannot reach Redis" in response.text, response.text
     assert rows_of(database, run_id) == before
     assert http.get(f"/flow-runs/{run_id}/result").json() == 8
+
+
+def test_the_database_keeps_only_what_differs_and_shows_the_same(http: httpx.Client, database: str) -> None:
+    """The byte cuts (benchmarks/db_bytes.py): a plan node without the defaults a reader assumes, a task
+    run's root only on a subflow's task runs, JSON without spaces; /graph and /task-runs answer as before."""
+    parent, _ = finished(http, "parent-flow")
+    children = {r["id"] for r in http.get("/flow-runs", params={"parent": parent}).json()["items"]}
+    with Session(engine_for(database)) as session:
+        plan = session.exec(select(FlowRun.plan).where(FlowRun.id == parent)).one()
+        raw = session.execute(text("SELECT plan FROM flow_run WHERE id = :id"), {"id": parent}).scalar_one()
+        roots = dict(session.exec(select(TaskRun.id, TaskRun.root_id).where(col(TaskRun.flow_run_id) == parent)).all())
+        sub_roots = set(session.exec(select(TaskRun.root_id).where(col(TaskRun.flow_run_id).in_(children))).all())
+    assert plan is not None and '": ' not in str(raw) and '", "' not in str(raw), raw
+    assert all("queue" not in n and "trigger" not in n and n.get("kind") != "task" for n in plan["nodes"]), plan
+    assert {n.get("flow_run_id") for n in plan["nodes"]} == {None} | children, plan
+    assert roots and set(roots.values()) == {""}, roots  # its own task runs: found by flow_run_id
+    assert sub_roots == {parent}, sub_roots  # its subflows' task runs carry it as their root
+
+    tree = http.get(f"/flow-runs/{parent}/task-runs").json()
+    assert {t["flow_run_id"] for t in tree} == {parent} | children, tree
+    graph = http.get(f"/flow-runs/{parent}/graph").json()["nodes"]
+    assert {n["flow_run_id"] for n in graph} == {parent} | children and {n["kind"] for n in graph} >= {"task"}
+    assert all(n["state"] == "Completed" for n in graph), graph
+    upstream = [n for n in graph if n["upstream"]]
+    assert upstream and all(set(n["upstream"]) <= {m["id"] for m in graph} for n in upstream), graph
