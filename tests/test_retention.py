@@ -4,6 +4,7 @@ time has aged (rows and Redis keys) and counts it in /metrics."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 import uuid
@@ -23,7 +24,7 @@ from api.services.retention import Policy, apply_retention
 from orchestrator.devstack.localstack import ApiProcess, api_server
 from orchestrator.runstate import keys
 from orchestrator.runstate.store import RunStore
-from tests.api_support import eventually, submit, wait_final
+from tests.api_support import api_database, cli, eventually, submit, wait_final
 
 DAY = 86400.0
 
@@ -53,10 +54,12 @@ def new_run(
 
 
 @pytest.fixture
-def database(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'retention.db'}"
-    migrate(url)
-    return url
+def database(tmp_path: Path) -> Iterator[str]:
+    """A migrated SQLite file, or a fresh PostgreSQL database when ORCHESTRATOR_TEST_DATABASE_URL names one."""
+    with api_database(tmp_path, os.environ.get("ORCHESTRATOR_TEST_DATABASE_URL")) as url:
+        migrate(url)
+        yield url
+        engine_for(url).dispose()  # PostgreSQL: no connection left to the database being dropped
 
 
 def test_a_pass_deletes_a_batch_of_old_finished_runs_and_honours_overrides(database: str, redis_url: str) -> None:
@@ -174,3 +177,25 @@ def test_the_api_services_delete_what_has_aged_and_keep_the_rest(
     assert http.post(f"/flow-runs/{running}/cancel").status_code == 202
     wait_final(http, running, timeout=30)
     rds.close()
+
+
+def test_a_deployment_keeps_its_own_retention_and_a_bad_one_is_refused(api: ApiProcess, http: httpx.Client) -> None:
+    name = f"kept-{uuid.uuid4().hex[:6]}"
+    done = cli(api, "deploy", "tests.flows:chain_flow", "--name", name, "--retention-days", "30")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert http.get(f"/deployments/{name}").json()["retention_days"] == 30
+    shown = cli(api, "deployment", "inspect", name)
+    assert "retention: 30 days" in shown.stdout, shown.stdout
+    refused = http.post("/deployments", json={"name": name, "flow_name": "chain-flow", "retention_days": 0})
+    assert refused.status_code == 422 and "retention_days" in refused.text, refused.text
+    assert http.get(f"/deployments/{name}").json()["retention_days"] == 30
+
+
+def test_a_flow_retention_of_zero_days_is_refused_when_the_settings_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.config.settings import Settings
+
+    monkeypatch.setenv("ORCHESTRATOR_RETENTION_DAYS_BY_FLOW", '{"etl": 0}')
+    with pytest.raises(ValueError, match="retention days must be more than 0"):
+        Settings()
+    monkeypatch.setenv("ORCHESTRATOR_RETENTION_DAYS_BY_FLOW", '{"etl": 0.5}')
+    assert Settings().retention_days_by_flow == {"etl": 0.5}
