@@ -101,8 +101,9 @@ def run_tree(session: Session, run_ids: Sequence[str]) -> list[TreeRun]:
 def delete_tree(session: Session, store: RunStore, tree: Sequence[TreeRun], *, results: bool = False) -> Deletion:
     """Delete these runs (a tree from :func:`run_tree`, every run of it deletable) and all they hold.
 
-    Raises :class:`Changed` (nothing deleted) when one of them was sent or reopened meanwhile, and
-    ConnectionProblem (nothing deleted from the database) when Redis does not answer.
+    Raises :class:`Changed` (nothing deleted) when one of them was sent meanwhile, and Redis's own
+    error (the API answers 503; nothing deleted from the database) when Redis is lost mid-way: the
+    caller pings it first (``store.ping()``), so a Redis away is refused before anything starts.
     """
     ids = [r.id for r in tree]
     task_ids = [
