@@ -199,3 +199,25 @@ def test_a_flow_retention_of_zero_days_is_refused_when_the_settings_are_read(mon
         Settings()
     monkeypatch.setenv("ORCHESTRATOR_RETENTION_DAYS_BY_FLOW", '{"etl": 0.5}')
     assert Settings().retention_days_by_flow == {"etl": 0.5}
+
+
+def test_a_batch_stops_at_its_task_run_budget_but_always_takes_one_whole_tree(database: str, redis_url: str) -> None:
+    with Session(engine_for(database)) as session:
+        big = [new_run(session, "backfill", ended_days_ago=10 - i) for i in range(3)]  # oldest first
+        session.commit()
+        for run in big:
+            session.add_all(
+                TaskRun(id=f"{run.id}-{n}", flow_run_id=run.id, state="Completed", created=1) for n in range(4)
+            )
+        session.commit()
+        ids = [run.id for run in big]
+    store, policy, engine = RunStore(redis_url), Policy(days=1), engine_for(database)
+    first = apply_retention(engine, store, policy, batch=10, task_budget=6)  # 4 + 4 is past 6: one tree
+    assert (first.flow_runs, first.task_runs, first.full) == (1, 4, True), first
+    second = apply_retention(engine, store, policy, batch=10, task_budget=8)  # 4 + 4 fits: both
+    assert (second.flow_runs, second.task_runs, second.full) == (2, 8, False), second
+    tiny = apply_retention(engine, store, policy, batch=10, task_budget=1)
+    assert tiny.flow_runs == 0
+    with Session(engine) as session:
+        assert session.exec(select(FlowRun).where(col(FlowRun.id).in_(ids))).all() == []
+        assert session.exec(select(TaskRun)).all() == []

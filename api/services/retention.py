@@ -8,7 +8,8 @@ Only root runs are picked (a subflow traced into its parent's plan goes with its
 ``DELETE /api/flow-runs/{id}`` does it: :mod:`api.deletion`), and only final ones, by their end
 time; a tree with a run still under way below its root waits. At most
 ``ORCHESTRATOR_RETENTION_BATCH_SIZE`` runs (and their trees) go per transaction, oldest end
-first, so a large backlog never holds the database long: while batches come out full the next
+first, and no more trees than hold ``TASK_RUNS_PER_BATCH`` task runs (one tree always goes whole),
+so a large backlog never holds the database long: while batches come out full the next
 pass (a second later) takes the next one, else the service waits
 ``ORCHESTRATOR_RETENTION_INTERVAL_SECONDS``.
 """
@@ -19,19 +20,20 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from sqlalchemy import ColumnElement, Engine, or_, true
+from sqlalchemy import ColumnElement, Engine, func, or_, true
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
 from api.deletion import FINAL, Changed, TreeRun, delete_tree, run_tree
 from api.metrics import Metrics
-from api.models import Deployment, FlowRun, is_tree_root
+from api.models import Deployment, FlowRun, TaskRun, is_tree_root
 from orchestrator.config.settings import Settings, get_settings
 from orchestrator.runstate.store import RunStore
 
 log = logging.getLogger("orchestrator.retention")
 
 DAY = 86400.0
+TASK_RUNS_PER_BATCH = 50_000  # task runs of the trees one transaction deletes, beyond the first tree
 
 
 @dataclass(frozen=True)
@@ -92,20 +94,46 @@ def expired_roots(session: Session, policy: Policy, now: float, limit: int) -> l
     return picked
 
 
-def deletable_trees(session: Session, roots: list[str]) -> list[TreeRun]:
-    """The trees of these roots, less every tree with a run under way below its root (it waits)."""
+def deletable_trees(
+    session: Session, roots: list[str], task_budget: int = TASK_RUNS_PER_BATCH
+) -> tuple[list[TreeRun], bool]:
+    """The trees of these roots, less every tree with a run under way below its root (it waits), and
+    only as many whole trees, in order, as hold ``task_budget`` task runs (the first one always): a
+    batch of 500 backfills of 2,000 task runs each would otherwise be one transaction of a million.
+    Also whether the budget left some out (the next pass takes them at once)."""
     tree = run_tree(session, roots)
+    top_of = _tops(tree, set(roots))
+    blocked = {top_of[r.id] for r in tree if not r.deletable}
+    counts: dict[str, int] = {}
+    ids = [r.id for r in tree]
+    for i in range(0, len(ids), 500):
+        found = session.exec(
+            select(TaskRun.flow_run_id, func.count())
+            .where(col(TaskRun.flow_run_id).in_(ids[i : i + 500]))
+            .group_by(col(TaskRun.flow_run_id))
+        ).all()
+        for flow_run_id, n in found:
+            counts[top_of[flow_run_id]] = counts.get(top_of[flow_run_id], 0) + int(n)
+    chosen: set[str] = set()
+    held = 0
+    for root in roots:
+        if root in blocked:
+            continue
+        if chosen and held + counts.get(root, 0) > task_budget:
+            return [r for r in tree if top_of[r.id] in chosen], True
+        chosen.add(root)
+        held += counts.get(root, 0)
+    return [r for r in tree if top_of[r.id] in chosen], False
+
+
+def _tops(tree: list[TreeRun], roots: set[str]) -> dict[str, str]:
+    """Each run of the tree -> the root (among ``roots``) it hangs from."""
     parent = {r.id: r.parent_id for r in tree}
-    blocked: set[str] = set()
-    for run in tree:
-        if not run.deletable:
-            top = run.id
-            while top not in roots and parent.get(top) in parent:
-                top = parent[top]  # type: ignore[assignment]
-            blocked.add(top)
-    if not blocked:
-        return tree
-    return run_tree(session, [r for r in roots if r not in blocked])
+    tops: dict[str, str] = {}
+    for run in tree:  # parents come first (run_tree's order): a child's parent is resolved already
+        up = parent[run.id]
+        tops[run.id] = run.id if run.id in roots or up is None else tops.get(up, run.id)
+    return tops
 
 
 def apply_retention(
@@ -114,6 +142,7 @@ def apply_retention(
     policy: Policy,
     *,
     batch: int,
+    task_budget: int = TASK_RUNS_PER_BATCH,
     now: float | None = None,
     metrics: Metrics | None = None,
 ) -> Pass:
@@ -123,7 +152,7 @@ def apply_retention(
         roots = expired_roots(session, policy, now, batch)
         if not roots:
             return Pass()
-        tree = deletable_trees(session, roots)
+        tree, cut = deletable_trees(session, roots, task_budget)
         if not tree:
             return Pass(full=False)
         try:
@@ -135,7 +164,7 @@ def apply_retention(
     if metrics is not None:
         metrics.runs_deleted.labels("retention").inc(len(done.flow_runs))
         metrics.task_runs_deleted.labels("retention").inc(done.task_runs)
-    return Pass(len(done.flow_runs), done.task_runs, full=len(roots) >= batch)
+    return Pass(len(done.flow_runs), done.task_runs, full=len(roots) >= batch or cut)
 
 
 class Retention:
