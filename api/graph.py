@@ -58,7 +58,7 @@ def _states(session: Session, ids: list[str]) -> dict[str, str]:
     return found
 
 
-def _expanded(session: Session, maps: list[dict[str, Any]]) -> dict[str, Mapped]:
+def _expanded(session: Session, maps: list[dict[str, Any]], owner: str) -> dict[str, Mapped]:
     """Map node id -> its expanded task runs (ids ``{map id}-{i}``), in index order.
 
     One query per id length (map ids are UUIDs: one in practice) on the indexed flow_run_id,
@@ -67,7 +67,7 @@ def _expanded(session: Session, maps: list[dict[str, Any]]) -> dict[str, Mapped]
     by_length: dict[int, list[str]] = {}
     for node in maps:
         by_length.setdefault(len(node["id"]), []).append(node["id"])
-    flow_runs = sorted({str(node.get("flow_run_id") or "") for node in maps})
+    flow_runs = sorted({str(node.get("flow_run_id") or owner) for node in maps})
     found: dict[str, list[tuple[int, dict[str, str]]]] = {}
     for length, ids in by_length.items():
         for chunk in _chunks(ids):
@@ -86,12 +86,18 @@ def _expanded(session: Session, maps: list[dict[str, Any]]) -> dict[str, Mapped]
     return {map_id: [entry for _, entry in sorted(children, key=lambda c: c[0])] for map_id, children in found.items()}
 
 
-def _static_page(session: Session, nodes: list[dict[str, Any]], limit: int, offset: int) -> tuple[list[GraphNode], int]:
-    """One page of plan nodes with their states and (budgeted) mapped task runs; and the total."""
+def _static_page(
+    session: Session, nodes: list[dict[str, Any]], owner: str, limit: int, offset: int
+) -> tuple[list[GraphNode], int]:
+    """One page of plan nodes with their states and (budgeted) mapped task runs; and the total.
+
+    A node without ``flow_run_id`` is a node of ``owner``, the run whose plan it is; without ``kind``
+    a task; without ``upstream`` a node with none (the recorder keeps only what differs: ``graph_of``).
+    """
     page = nodes[offset : offset + limit]
     states = _states(session, [node["id"] for node in page])
     maps = [node for node in page if node.get("kind") == "map"]
-    children = _expanded(session, maps) if maps else {}
+    children = _expanded(session, maps, owner) if maps else {}
     budget = limit  # mapped entries this page may still list
     out: list[GraphNode] = []
     for node in page:
@@ -104,7 +110,7 @@ def _static_page(session: Session, nodes: list[dict[str, Any]], limit: int, offs
                 kind=node.get("kind") or "task",
                 name=node.get("name") or "",
                 label=node.get("label") or "",
-                flow_run_id=node.get("flow_run_id") or "",
+                flow_run_id=node.get("flow_run_id") or owner,
                 upstream=list(node.get("upstream") or []),
                 state=states.get(node["id"], StateType.PENDING.value),
                 mapped=shown,
@@ -144,7 +150,7 @@ def graph_page(session: Session, run_id: str, limit: int, offset: int) -> Graph 
     else:
         if owner != run_id:  # a subflow run: its own nodes of its root's plan
             plan = [node for node in plan if node.get("flow_run_id") == run_id]
-        nodes, total = _static_page(session, plan, limit, offset)
+        nodes, total = _static_page(session, plan, owner, limit, offset)
     return Graph(
         flow_run_id=run_id,
         mode=mode,

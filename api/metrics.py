@@ -131,6 +131,18 @@ class Metrics:
             buckets=PASS_BUCKETS,
             registry=self.registry,
         )
+        self.runs_deleted = Counter(
+            "orchestrator_flow_runs_deleted",
+            "Flow runs deleted with their task runs, history and logs, by why (retention or request).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.task_runs_deleted = Counter(
+            "orchestrator_task_runs_deleted",
+            "Task runs deleted with their flow runs, by why (retention or request).",
+            ["reason"],
+            registry=self.registry,
+        )
         self.flows = Labels(MAX_FLOWS)
         self.tasks = Labels(MAX_TASK_SERIES)
         if engine is not None and store is not None:

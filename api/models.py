@@ -31,6 +31,7 @@ class Deployment(SQLModel, table=True):
     late_policy: str = Field(default="run_all", max_length=32)
     late_max_age_seconds: float | None = None
     concurrency_limit: int | None = None  # flow runs of this deployment that may be under way at once
+    retention_days: float | None = None  # its finished runs are deleted this long after they end (docs/retention.md)
     created: float
     updated: float
     scheduled_until: float | None = None  # start time of the last run the scheduler created
@@ -94,7 +95,8 @@ class TaskRun(SQLModel, table=True):
 
     id: str = Field(primary_key=True, max_length=100)
     flow_run_id: str = Field(default="", index=True, max_length=64)
-    root_id: str = Field(default="", index=True, max_length=64)  # a run tree's task runs (/task-runs of a root)
+    # the root of a subflow's task runs (/task-runs of a root finds them by it); "" when it is flow_run_id
+    root_id: str = Field(default="", index=True, max_length=64)
     task_name: str = Field(default="", max_length=300)
     label: str = Field(default="", max_length=300)
     state: str = Field(default="Pending", max_length=32)

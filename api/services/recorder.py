@@ -108,6 +108,8 @@ def merge_task_record(row: TaskRun, rec: dict[str, Any]) -> None:
     for source, target in (("flow_run_id", "flow_run_id"), ("root", "root_id"), ("label", "label")):
         if rec.get(source):
             setattr(row, target, str(rec[source]))
+    if row.root_id == row.flow_run_id:  # kept only for a subflow's task runs: in_run_tree finds the rest by
+        row.root_id = ""  # flow_run_id, and an empty key costs the row and its index 36 bytes less
     if rec.get("name"):
         row.task_name = str(rec["name"])
     if rec.get("worker"):
@@ -476,7 +478,7 @@ class Recorder:
             return
         for run_id, raw in zip(wanted, self.store.flow_runs.plan_texts(wanted), strict=True):
             if raw:
-                batch.flows[run_id].plan = graph_of(json.loads(raw))
+                batch.flows[run_id].plan = graph_of(json.loads(raw), run_id)
 
 
 def scrub(row: Any) -> None:
@@ -491,12 +493,24 @@ def scrubbed(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v.replace("\x00", "") if isinstance(v, str) and "\x00" in v else v for k, v in row.items()}
 
 
-def graph_of(plan: dict[str, Any]) -> dict[str, Any]:
-    """The part of a plan the graph view needs: nodes and edges, not their (possibly large) inputs."""
-    nodes = [
-        {k: n.get(k) for k in ("id", "kind", "name", "label", "flow_run_id", "upstream", "queue", "trigger")}
-        for n in plan.get("nodes", [])
-    ]
+def graph_of(plan: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """The part of a plan the graph view needs (``api/graph.py``): nodes and edges, not their (possibly
+    large) inputs, and only what differs from what a reader assumes: ``kind`` when not "task",
+    ``flow_run_id`` when not the run's own (a subflow's nodes), ``upstream`` when there is one.
+
+    A plain task node takes about 160 bytes instead of 300: the run's id, "task", an empty list, the
+    queue and the trigger rule were written on every node, and nothing reads the last two.
+    """
+    nodes = []
+    for n in plan.get("nodes", []):
+        node = {k: n[k] for k in ("id", "name", "label") if n.get(k)}
+        if n.get("kind") not in (None, "task"):
+            node["kind"] = n["kind"]
+        if n.get("flow_run_id") and n["flow_run_id"] != run_id:
+            node["flow_run_id"] = n["flow_run_id"]
+        if n.get("upstream"):
+            node["upstream"] = n["upstream"]
+        nodes.append(node)
     return {"flow_name": plan.get("flow_name"), "nodes": nodes, "subflows": plan.get("subflows", [])}
 
 

@@ -1,4 +1,5 @@
-"""CLI commands that talk to the API: ``server start``, ``run``, ``flow-run ls|inspect|result|logs|cancel|retry``."""
+"""CLI commands that talk to the API: ``server start``, ``run``,
+``flow-run ls|inspect|result|logs|cancel|retry|delete``."""
 
 from __future__ import annotations
 
@@ -332,6 +333,38 @@ def flow_run_rename(run_id: RunIdArg, name: Annotated[str, typer.Argument(help="
         raise typer.Exit(2)
     renamed = calling(lambda: ApiClient().rename(run_id, name))
     console.print(user_line("flow run ", renamed["id"], " renamed ", user_text(renamed["name"], "bold")))
+
+
+@flow_run_app.command("delete")
+def flow_run_delete(
+    run_id: RunIdArg,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    results: Annotated[
+        bool, typer.Option("--results", help="Also remove the results its task runs persisted (persist_result=True).")
+    ] = False,
+) -> None:
+    """Delete a finished run for good: its subflow runs, task runs, state history, logs and Redis keys.
+
+    A run under way is refused: cancel it first. A run never sent to a worker (scheduled, late)
+    is deleted at once.
+    """
+    client = ApiClient()
+    if not yes:
+        run = calling(lambda: client.get_run(run_id))
+        what = f"flow run {run['name']} ({run['id']}), {run['state']}"
+        extra = " and their persisted results" if results else ""
+        if not typer.confirm(user_text(f"Delete {what}, with its task runs, history and logs{extra}?").plain):
+            raise typer.Exit(1)
+        run_id = run["id"]
+    done = calling(lambda: client.delete_run(run_id, results=results))
+    subflows = len(done["flow_runs"]) - 1
+    parts = [f"{done['task_runs']} task runs", f"{done['state_events']} state events", f"{done['log_lines']} log lines"]
+    if subflows:
+        parts.insert(0, f"{subflows} subflow runs")
+    parts.append(f"{done['redis_keys']} Redis keys")
+    if done["results"] is not None:
+        parts.append(f"{done['results']} persisted results")
+    console.print(user_line("flow run ", done["id"], " deleted with ", ", ".join(parts)))
 
 
 def registered_name(target: str) -> str:

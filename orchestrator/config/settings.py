@@ -150,6 +150,26 @@ class Settings(BaseSettings):
         default_factory=lambda: f"recorder-{socket.gethostname()}",
         description="Consumer name of this API's recorder in the event stream's consumer group.",
     )
+    retention_days: float | None = Field(
+        default=None,
+        gt=0,
+        description="Finished flow runs that ended more than this many days ago are deleted by the API's "
+        "services, with their task runs, history, logs and Redis keys (docs/retention.md). Unset: kept forever.",
+    )
+    retention_days_by_flow: dict[str, float] = Field(
+        default_factory=dict,
+        description='Per-flow retention in days, as JSON ({"etl": 30, "cleanup-tmp": 2}); a deployment\'s own '
+        "retention_days wins over it, and it wins over retention_days.",
+    )
+    retention_interval_seconds: float = Field(
+        default=60, gt=0, description="How often the services look for finished runs past their retention."
+    )
+    retention_batch_size: int = Field(
+        default=500,
+        ge=1,
+        le=10_000,
+        description="Flow runs (with their task runs, history and logs) deleted per database transaction.",
+    )
 
     @field_validator("flow_modules", "api_allowed_hosts", mode="before")
     @classmethod
@@ -193,6 +213,17 @@ class Settings(BaseSettings):
             if value and not value.startswith(("http://", "https://")):
                 raise ValueError(f"ORCHESTRATOR_FLOWER_URL must be an http:// or https:// URL, not {value!r}")
             return value or None
+        return value
+
+    @field_validator("retention_days_by_flow")
+    @classmethod
+    def _positive_days(cls, value: dict[str, float]) -> dict[str, float]:
+        """Every per-flow retention is a positive number of days (0 would delete a run as soon as it ends)."""
+        wrong = {flow: days for flow, days in value.items() if not days > 0}
+        if wrong:
+            raise ValueError(
+                f"retention days must be more than 0; got {wrong} (leave a flow out to use retention_days)"
+            )
         return value
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:

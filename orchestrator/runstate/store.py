@@ -11,6 +11,7 @@ repositories a store holds, each named after what it keeps:
 - ``leases`` (:mod:`~orchestrator.runstate.leases`): singleton jobs and the heartbeats of running task runs;
 - ``task_cache`` (:mod:`~orchestrator.runstate.task_cache`): cached task results by task and cache key;
 - ``linked`` (:mod:`~orchestrator.runstate.linked_runs`): child runs of their own, and who waits for them;
+- ``removal`` (:mod:`~orchestrator.runstate.removal`): every key of finished runs, removed at once;
 
 Tag concurrency limits (slots held as leases) are :mod:`~orchestrator.runstate.slots`.
 
@@ -38,6 +39,7 @@ from orchestrator.runstate.journal import Journal
 from orchestrator.runstate.leases import Leases
 from orchestrator.runstate.linked_runs import LinkedRuns
 from orchestrator.runstate.records import JSON_FIELDS, describe_record
+from orchestrator.runstate.removal import Removal
 from orchestrator.runstate.scripts import Scripts
 from orchestrator.runstate.task_cache import TaskCache
 from orchestrator.runstate.task_runs import STALE, Finished, Started, TaskRuns
@@ -86,6 +88,7 @@ class RunStore:
         self.task_cache = TaskCache(self.redis, self.ttl)
         self.linked = LinkedRuns(self.redis, self.flow_runs, self.ttl)
         self.journal = Journal(self.redis, self.scripts, self.ttl)
+        self.removal = Removal(self.redis)
 
     def pipeline(self) -> Any:
         """A pipeline that queues writes of several repositories for one round trip (``execute()``)."""
