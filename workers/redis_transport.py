@@ -57,23 +57,46 @@ class QoS(kombu_redis.QoS):  # type: ignore[misc]
         self._delivered.clear()
 
 
-class Channel(kombu_redis.Channel):  # type: ignore[misc]
+class Surviving:
+    """What :class:`Channel` and :class:`SentinelChannel` add to kombu's channels."""
+
     QoS = QoS
     _last_connparams: dict[str, Any] | None = None
+    connection: Any
 
     def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
         if getattr(self.connection, "client", None) is None and self._last_connparams is not None:
             return dict(self._last_connparams)  # collected already: connect as before, or fail plainly
-        params: dict[str, Any] = super()._connparams(asynchronous=asynchronous)
+        params: dict[str, Any] = super()._connparams(asynchronous=asynchronous)  # type: ignore[misc]
         if not asynchronous:
             self._last_connparams = dict(params)
         return params
 
 
+class Channel(Surviving, kombu_redis.Channel):  # type: ignore[misc]
+    """kombu's Redis channel with :class:`Surviving`."""
+
+
+class SentinelChannel(Surviving, kombu_redis.SentinelChannel):  # type: ignore[misc]
+    """kombu's Sentinel channel (``redis+sentinel://`` brokers) with :class:`Surviving`.
+
+    Its pool is built from the sentinel list of the connection's client, which collecting has
+    cleared by the second close: that close fails with a plain connection error instead of an
+    AttributeError, as the Redis channel's does.
+    """
+
+    def _sentinel_managed_pool(self, asynchronous: bool = False) -> Any:
+        if getattr(self.connection, "client", None) is None:
+            raise ConnectionError("the broker connection was collected; reconnecting through the sentinels")
+        return super()._sentinel_managed_pool(asynchronous)
+
+
 def survive_lost_redis() -> None:
-    """Make this process's Redis broker connections use :class:`Channel` (a worker calls it at start).
+    """Make this process's Redis broker connections use :class:`Channel` and :class:`SentinelChannel`
+    (a worker calls it at start).
 
     Only the worker's own process: Flower and the API keep kombu's transport as it is (Flower
     reads queue lengths by the transport's name).
     """
     kombu_redis.Transport.Channel = Channel
+    kombu_redis.SentinelTransport.Channel = SentinelChannel
