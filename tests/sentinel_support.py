@@ -38,11 +38,13 @@ class SentinelGroup:
     name: str = MASTER_NAME
     down_after_ms: int = 1500
     folders: list[str] = field(default_factory=list)
+    password: str | None = None
 
     @property
     def url(self) -> str:
         hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
-        return f"redis+sentinel://{hosts}/{self.name}/0"
+        userinfo = f":{self.password}@" if self.password else ""
+        return f"redis+sentinel://{userinfo}{hosts}/{self.name}/0"
 
     def sentinel(self, i: int = 0) -> redis.Redis:
         return redis.Redis(port=self.sentinel_ports[i], decode_responses=True, socket_timeout=2)
@@ -85,29 +87,42 @@ class SentinelGroup:
         def promoted() -> bool:
             if any(self.master_port_named(i) != self.replica_port for i in range(len(self.sentinel_ports))):
                 return False
-            with redis.Redis(port=self.replica_port, decode_responses=True, socket_timeout=2) as client:
+            with redis.Redis(
+                port=self.replica_port, password=self.password, decode_responses=True, socket_timeout=2
+            ) as client:
                 return str(client.role()[0]) == "master"
 
         eventually(promoted, timeout, interval=0.1, what=f"the replica on {self.replica_port} promoted")
         return time.monotonic() - started
 
 
-def _replica_linked(port: int) -> bool:
-    with redis.Redis(port=port, decode_responses=True, socket_timeout=2) as client:
+def _replica_linked(port: int, password: str | None) -> bool:
+    with redis.Redis(port=port, password=password, decode_responses=True, socket_timeout=2) as client:
         return client.info("replication").get("master_link_status") == "up"
 
 
 @contextlib.contextmanager
-def sentinel_group(logs: Path, down_after_ms: int = 1500) -> Iterator[SentinelGroup]:
-    """Start a master, a replica (linked) and three sentinels monitoring the master (quorum 2)."""
+def sentinel_group(logs: Path, down_after_ms: int = 1500, password: str | None = None) -> Iterator[SentinelGroup]:
+    """Start a master, a replica (linked) and three sentinels monitoring the master (quorum 2).
+
+    With ``password`` both servers ask for it (and the replica gives it to the master), and the
+    sentinels know it; the sentinels themselves ask for none.
+    """
+    auth = ["--masterauth", password] if password else []
     with contextlib.ExitStack() as stack:
-        master = stack.enter_context(redis_process(log_path=logs / "master.log"))
+        master = stack.enter_context(redis_process(log_path=logs / "master.log", password=password, extra_args=auth))
         master_port = int(master.url.rsplit(":", 1)[1].split("/")[0])
         replica = stack.enter_context(
-            redis_process(log_path=logs / "replica.log", extra_args=["--replicaof", "127.0.0.1", str(master_port)])
+            redis_process(
+                log_path=logs / "replica.log",
+                password=password,
+                extra_args=[*auth, "--replicaof", "127.0.0.1", str(master_port)],
+            )
         )
         replica_port = int(replica.url.rsplit(":", 1)[1].split("/")[0])
-        eventually(lambda: _replica_linked(replica_port), 20, interval=0.05, what="the replica linked to the master")
+        eventually(
+            lambda: _replica_linked(replica_port, password), 20, interval=0.05, what="the replica linked to the master"
+        )
         ports = [free_port() for _ in range(3)]
         sentinels: list[Child] = []
         folders: list[str] = []
@@ -122,13 +137,22 @@ def sentinel_group(logs: Path, down_after_ms: int = 1500) -> Iterator[SentinelGr
                 f"sentinel down-after-milliseconds {MASTER_NAME} {down_after_ms}\n"
                 f"sentinel failover-timeout {MASTER_NAME} 10000\n"
                 f"sentinel parallel-syncs {MASTER_NAME} 1\n"
+                + (f"sentinel auth-pass {MASTER_NAME} {password}\n" if password else "")
             )
             server = shutil.which("redis-server") or "redis-server"
             child = spawn(f"sentinel {i}", [server, str(conf), "--sentinel"], log_path=logs / f"sentinel-{i}.log")
             stack.callback(child.stop)
             sentinels.append(child)
         group = SentinelGroup(
-            master, replica, sentinels, ports, master_port, replica_port, down_after_ms=down_after_ms, folders=folders
+            master,
+            replica,
+            sentinels,
+            ports,
+            master_port,
+            replica_port,
+            down_after_ms=down_after_ms,
+            folders=folders,
+            password=password,
         )
         group.wait_ready()
         yield group

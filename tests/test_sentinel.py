@@ -23,9 +23,10 @@ from pydantic import ValidationError
 from orchestrator.config.redis_urls import parse_sentinel_url
 from orchestrator.config.settings import Settings
 from orchestrator.devstack.localstack import api_server, redis_server, worker
-from orchestrator.errors import ConfigurationError
+from orchestrator.errors import ConfigurationError, ConnectionProblem
 from orchestrator.runstate import keys
 from orchestrator.runstate.connection import ScriptSafeRedis, outage_retry
+from orchestrator.runstate.store import RunStore
 from orchestrator.transport.celery_app import make_celery_app
 from tests.api_support import eventually
 from tests.sentinel_flows import executions, starts
@@ -77,6 +78,22 @@ def test_one_sentinel_url_is_translated_for_kombu_and_celerys_result_backend() -
     with pytest.raises(ConfigurationError, match="the master's name is missing"):
         parse_sentinel_url("redis+sentinel://h1")
     assert "s%40cret" not in repr(Settings(redis_url=url)) and "sp" not in repr(Settings(redis_url=url)).split("?")[1]
+
+
+def test_a_password_in_the_url_reaches_the_run_store_the_broker_and_the_result_backend(tmp_path: Path) -> None:
+    """Master and replica ask for a password (the sentinels know it): the one URL carries it to
+    the three clients, and a wrong one is refused with the URL masked."""
+    secret = f"s3cret-{uuid.uuid4().hex[:8]}"
+    with sentinel_group(tmp_path, password=secret) as servers:
+        RunStore(servers.url).ping()
+        app = make_celery_app("sentinel-password", Settings(redis_url=servers.url))
+        app.send_task("tests.sentinel.nothing", queue="test-password", ignore_result=True)  # kombu
+        assert app.backend.client.incr("test:chord-part") == 1  # Celery's result backend
+        with redis.Redis(port=servers.master_port, password=secret, decode_responses=True) as master:
+            assert (master.llen("test-password"), master.get("test:chord-part")) == (1, "1")
+        with pytest.raises(ConnectionProblem) as refused:
+            RunStore(servers.url.replace(secret, "wrong-password")).ping()
+        assert "redis+sentinel://:**@" in str(refused.value) and "wrong-password" not in str(refused.value)
 
 
 # -- scripts on a server that lost them between the load and the send ----------------------------
