@@ -13,9 +13,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from orchestrator.config.redis_urls import check_redis_url
 from orchestrator.guards.redaction import masked_url
 
 LOGGER_NAME = re.compile(r"[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*")  # a dotted logger name: sqlalchemy.engine
@@ -24,15 +25,25 @@ LOGGER_NAME = re.compile(r"[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*")  # a dotted log
 class Settings(BaseSettings):
     """URLs and tunables; each field is ``ORCHESTRATOR_<FIELD>`` in the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="ORCHESTRATOR_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="ORCHESTRATOR_",
+        extra="ignore",
+        hide_input_in_errors=True,  # a URL may carry a password
+    )
 
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0",
-        description="Redis holding run state, results and the event stream.",
+        description="Redis holding run state, results and the event stream: redis://, rediss:// (TLS), or "
+        "redis+sentinel://[:password@]host1:26379,host2:26379/<master name>/<db> for a Redis behind Sentinel.",
     )
-    broker_url: str | None = Field(default=None, description="Celery broker; defaults to redis_url.")
+    broker_url: str | None = Field(
+        default=None,
+        description="Celery broker; defaults to redis_url. A redis+sentinel:// URL is turned into kombu's form.",
+    )
     result_backend_url: str | None = Field(
-        default=None, description="Celery result backend (chord counting); defaults to redis_url."
+        default=None,
+        description="Celery result backend (chord counting); defaults to redis_url. A redis+sentinel:// URL is "
+        "turned into Celery's form.",
     )
     redis_tls_ca_file: str | None = Field(
         default=None,
@@ -191,6 +202,13 @@ class Settings(BaseSettings):
                     "library loggers, such as sqlalchemy,requests (the root logger is not shipped)"
                 )
         return names
+
+    @field_validator("redis_url", "broker_url", "result_backend_url")
+    @classmethod
+    def _sentinel_form(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """A Sentinel URL in a form the product cannot use fails here, at start, naming the form to write."""
+        check_redis_url(value, f"ORCHESTRATOR_{str(info.field_name).upper()}")
+        return value
 
     @field_validator("api_key", mode="before")
     @classmethod
