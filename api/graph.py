@@ -59,7 +59,7 @@ def _states(session: Session, ids: list[str]) -> dict[str, str]:
     return found
 
 
-def _expanded(session: Session, maps: list[dict[str, Any]]) -> dict[str, Mapped]:
+def _expanded(session: Session, maps: list[dict[str, Any]], owner: str) -> dict[str, Mapped]:
     """Map node id -> its expanded task runs (ids ``{map id}-{i}``), in index order.
 
     One query per id length (map ids are UUIDs: one in practice) on the indexed flow_run_id,
@@ -68,7 +68,7 @@ def _expanded(session: Session, maps: list[dict[str, Any]]) -> dict[str, Mapped]
     by_length: dict[int, list[str]] = {}
     for node in maps:
         by_length.setdefault(len(node["id"]), []).append(node["id"])
-    flow_runs = sorted({str(node.get("flow_run_id") or "") for node in maps})
+    flow_runs = sorted({str(node.get("flow_run_id") or owner) for node in maps})
     found: dict[str, list[tuple[int, dict[str, str]]]] = {}
     for length, ids in by_length.items():
         for chunk in _chunks(ids):
@@ -109,14 +109,18 @@ def _child_runs(session: Session, page: list[dict[str, Any]], attempts: int) -> 
 
 
 def _static_page(
-    session: Session, nodes: list[dict[str, Any]], limit: int, offset: int, attempts: int = 1
+    session: Session, nodes: list[dict[str, Any]], owner: str, limit: int, offset: int, attempts: int = 1
 ) -> tuple[list[GraphNode], int]:
-    """One page of plan nodes with their states and (budgeted) mapped task runs; and the total."""
+    """One page of plan nodes with their states and (budgeted) mapped task runs; and the total.
+
+    A node without ``flow_run_id`` is a node of ``owner``, the run whose plan it is; without ``kind``
+    a task; without ``upstream`` a node with none (the recorder keeps only what differs: ``graph_of``).
+    """
     page = nodes[offset : offset + limit]
     states = _states(session, [node["id"] for node in page])
     children_runs = _child_runs(session, page, attempts)
     maps = [node for node in page if node.get("kind") == "map"]
-    children = _expanded(session, maps) if maps else {}
+    children = _expanded(session, maps, owner) if maps else {}
     budget = limit  # mapped entries this page may still list
     out: list[GraphNode] = []
     for node in page:
@@ -129,7 +133,7 @@ def _static_page(
                 kind=node.get("kind") or "task",
                 name=node.get("name") or "",
                 label=node.get("label") or "",
-                flow_run_id=node.get("flow_run_id") or "",
+                flow_run_id=node.get("flow_run_id") or owner,
                 upstream=list(node.get("upstream") or []),
                 state=states.get(node["id"], StateType.PENDING.value),
                 mapped=shown,
@@ -170,7 +174,7 @@ def graph_page(session: Session, run_id: str, limit: int, offset: int) -> Graph 
     else:
         if owner != run_id:  # a subflow run: its own nodes of its root's plan
             plan = [node for node in plan if node.get("flow_run_id") == run_id]
-        nodes, total = _static_page(session, plan, limit, offset, attempts)
+        nodes, total = _static_page(session, plan, owner, limit, offset, attempts)
     return Graph(
         flow_run_id=run_id,
         mode=mode,

@@ -6,13 +6,14 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from pydantic import AfterValidator
 from sqlalchemy import func, or_
 from sqlmodel import Session, col, select
 
 from api.cancel import cancel_run
 from api.db import get_engine
+from api.deletion import Changed, delete_tree, run_tree
 from api.diagnosis import Fleet, diagnose, slot_waits
 from api.graph import graph_page
 from api.models import Deployment, FlowRun, LogLine, StateEvent, TaskRun, in_run_tree
@@ -22,6 +23,7 @@ from api.run_list import RunFilters, list_runs
 from api.schemas import (
     Accepted,
     Diagnosis,
+    FlowRunDeleted,
     FlowRunFailures,
     FlowRunPage,
     FlowRunPublic,
@@ -459,3 +461,68 @@ def retry_flow_run(session: SessionDep, store: StoreDep, messaging: MessagingDep
     row = get_run(session, run_id)
     attempt = retry_final_run(store, messaging, run_id)
     return Accepted(id=row.id, action="retry", detail=f"attempt {attempt} started.")
+
+
+@router.delete(
+    "/{run_id}",
+    response_model=FlowRunDeleted,
+    responses={
+        404: {"description": "No such flow run."},
+        409: {"description": "The run (or one of its subflow runs) is under way: cancel it first."},
+        503: {"description": "Redis does not answer: nothing was deleted."},
+    },
+)
+def delete_flow_run(
+    request: Request,
+    session: SessionDep,
+    store: StoreDep,
+    run_id: RunId,
+    results: Annotated[
+        bool, Query(description="Also remove the results its task runs persisted (persist_result=True).")
+    ] = False,
+) -> FlowRunDeleted:
+    """Delete a finished run with its whole tree: subflow runs, task runs, state history, log lines and
+    what Redis holds of them (and, with ``results=true``, their persisted results).
+
+    A run under way is refused (409: cancel it first), except one never sent to a worker (Scheduled,
+    Late, waiting for its deployment's slot), which is deleted at once. A subflow run traced into its
+    parent's plan goes with its parent only. Redis away: 503, nothing deleted.
+    """
+    tree = run_tree(session, [run_id])
+    if not tree:
+        raise no_run(run_id)
+    run = tree[0]
+    if run.parent_id and run.root_id != run.id:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"flow run {run_id} is a subflow run traced into the plan of {run.parent_id}; it is deleted with its "
+            f"parent (DELETE /api/flow-runs/{run.parent_id}).",
+        )
+    blocking = next((r for r in tree if not r.deletable), None)
+    if blocking is not None:
+        who = f"flow run {run_id} is" if blocking is run else f"its subflow run {blocking.id} is"
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"{who} {blocking.state}, not finished: cancel it first (orchestrator flow-run cancel {blocking.id}, "
+            "or POST /api/flow-runs/{id}/cancel), then delete it once it has ended.",
+        )
+    store.ping()  # Redis away: 503 before anything changes
+    try:
+        done = delete_tree(session, store, tree, results=results)
+    except Changed as exc:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"flow run {run_id} changed while it was being deleted ({exc}); nothing was deleted: look at it again.",
+        ) from exc
+    metrics = request.app.state.metrics
+    metrics.runs_deleted.labels("request").inc(len(done.flow_runs))
+    metrics.task_runs_deleted.labels("request").inc(done.task_runs)
+    return FlowRunDeleted(
+        id=run_id,
+        flow_runs=done.flow_runs,
+        task_runs=done.task_runs,
+        state_events=done.state_events,
+        log_lines=done.log_lines,
+        redis_keys=done.redis_keys,
+        results=done.results,
+    )

@@ -28,12 +28,14 @@ from api.routes.deps import MessagingDep, SessionDep, StoreDep
 from api.routes.flow_runs import cleanup_late_runs
 from api.routes.workers import list_workers
 from api.schemas import DeploymentPublic, DeploymentRunCreate, FlowRunPublic, LateCleanup
-from api.security import require_api_key
-from api.ui.csrf import MAX_FORM_BYTES, check_csrf, csrf_token, keep_session
+from api.security import require_api_key, require_ui_key
+from api.ui.csrf import MAX_FORM_BYTES, check_csrf
 from api.ui.rendering import render, root_of, shown_time
 from orchestrator.states import StateType
 
 router = APIRouter(prefix="/ui", include_in_schema=False, dependencies=[Depends(require_api_key)])
+# the forms: the key or the UI's cookie, and in both cases the page's CSRF token (as api.ui.actions)
+actions = APIRouter(prefix="/ui", include_in_schema=False, dependencies=[Depends(require_ui_key), Depends(check_csrf)])
 
 LAST_RUNS = 5
 LATE_POLICIES = ("newest_only", "cancel_older_than", "run_all")
@@ -92,21 +94,18 @@ def deployments_page(
     late_total = session.exec(
         select(func.count()).select_from(FlowRun).where(col(FlowRun.state) == StateType.LATE.value)
     ).one()
-    page = render(
+    return render(  # with the CSRF token its forms send (and its session cookie, when new)
         request,
         "deployments.html",
         rows=rows,
         late_total=int(late_total),
         policies=LATE_POLICIES,
-        csrf=csrf_token(request),
         done=done,
         problem=problem,
     )
-    keep_session(request, page)  # a token bound to a session needs its cookie on the page
-    return page
 
 
-@router.post("/deployments/{name}/pause", dependencies=[Depends(check_csrf)])
+@actions.post("/deployments/{name}/pause")
 def pause(request: Request, session: SessionDep, name: DeploymentName) -> Response:
     """Pause the deployment from the page (as ``POST /api/deployments/{name}/pause``)."""
     try:
@@ -116,7 +115,7 @@ def pause(request: Request, session: SessionDep, name: DeploymentName) -> Respon
     return back(request, done=f"Deployment {name} paused: its runs are not sent until it is resumed.")
 
 
-@router.post("/deployments/{name}/resume", dependencies=[Depends(check_csrf)])
+@actions.post("/deployments/{name}/resume")
 def resume(request: Request, session: SessionDep, name: DeploymentName) -> Response:
     """Resume the deployment from the page (as ``POST /api/deployments/{name}/resume``)."""
     try:
@@ -126,7 +125,7 @@ def resume(request: Request, session: SessionDep, name: DeploymentName) -> Respo
     return back(request, done=f"Deployment {name} resumed.")
 
 
-@router.post("/deployments/{name}/run", dependencies=[Depends(check_csrf)])
+@actions.post("/deployments/{name}/run")
 async def run_now(request: Request, store: StoreDep, name: DeploymentName) -> Response:
     """Run the deployment now with its own parameters (as ``POST /api/deployments/{name}/runs``); to the new run."""
     try:
@@ -136,7 +135,7 @@ async def run_now(request: Request, store: StoreDep, name: DeploymentName) -> Re
     return RedirectResponse(f"{root_of(request)}/ui/runs/{run.id}", status_code=status.HTTP_303_SEE_OTHER)
 
 
-@router.post("/deployments/{name}/late-cleanup", dependencies=[Depends(check_csrf)])
+@actions.post("/deployments/{name}/late-cleanup")
 async def late_cleanup(
     request: Request, session: SessionDep, store: StoreDep, messaging: MessagingDep, name: DeploymentName
 ) -> Response:

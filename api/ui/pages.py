@@ -24,6 +24,7 @@ from api.run_list import RunFilters
 from api.schemas import FlowRunPublic
 from api.security import require_api_key
 from api.ui.rendering import STATIC, STATIC_FILES, render, root_of, shown_duration
+from orchestrator.config.settings import get_settings
 from orchestrator.states import StateType
 
 PAGE_SIZE = 50
@@ -136,4 +137,5 @@ def run_detail(request: Request, session: SessionDep, run_id: str) -> Response:
     names = deployment_names(session, {row.deployment_id} if row.deployment_id else set())
     run = FlowRunPublic.of(row, names.get(row.deployment_id or ""))
     duration = shown_duration(run.started, run.ended, datetime.now(UTC))
-    return render(request, "run.html", run=run, duration=duration)
+    flower = get_settings().flower_url or ""  # each task run links to its Celery task there
+    return render(request, "run.html", run=run, duration=duration, flower=flower)

@@ -156,6 +156,16 @@
       return run;
     }
 
+    // A task run's label, linked to its Celery task in Flower when ORCHESTRATOR_FLOWER_URL is set
+    // (a task run's id is its Celery task id).
+    const flower = article.dataset.flower || "";
+    function taskLabel(t) {
+      const label = t.label || t.task_name;
+      if (!flower) return label;
+      const href = flower + "/task/" + encodeURIComponent(t.id);
+      return el("a", label, { class: "flower-link", href: href, target: "_blank", rel: "noopener noreferrer" });
+    }
+
     async function refreshTasks() {
       const response = await getJson(base + "/task-runs?limit=" + TASKS_PER_PAGE + "&offset=" + taskOffset);
       if (!response.ok) return;
@@ -170,7 +180,7 @@
         document.getElementById("task-rows"),
         tasks.map((t) => {
           const tr = row([
-            t.label || t.task_name,
+            taskLabel(t),
             stateBadge(t.state),
             shownTime(t.started),
             shownTime(t.ended),
