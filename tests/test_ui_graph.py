@@ -381,3 +381,41 @@ def test_the_workers_page_names_the_task_run_holding_a_slot(
         wait_final(http, run_id)
     finally:
         http.delete("/concurrency-limits/test-db")
+
+
+def test_with_an_api_key_the_deployments_forms_work_after_logging_in(
+    redis_url: str, tmp_path: Path, worker_logs: Path, browser: WebDriver
+) -> None:
+    """The forms post with the UI's cookie (no Bearer key in a browser) and the page's token."""
+    env = {"ORCHESTRATOR_API_KEY": "s3cret-ops", "ORCHESTRATOR_API_SERVICES": "false"}
+    with (
+        api_database(tmp_path, None) as url,
+        api_server(redis_url, url, log_path=worker_logs / "ui-graph-key.log", extra_env=env) as server,
+        httpx.Client(base_url=server.url, headers={"Authorization": "Bearer s3cret-ops"}, timeout=15) as keyed,
+    ):
+        name = "keyed-deployment"
+        assert keyed.post("/deployments", json={"name": name, "flow_name": "chain-flow"}).status_code == 201
+        browser.get(f"{site(server)}/ui/deployments")
+        until(browser, lambda d: d.current_url.endswith("/ui/login"), "the login form")
+        browser.find_element(By.ID, "login-key").send_keys("s3cret-ops")
+        browser.find_element(By.ID, "login-submit").click()
+        until(browser, lambda d: d.current_url.endswith("/ui"), "the list after logging in")
+
+        browser.get(f"{site(server)}/ui/deployments")
+        row = f'#deployment-rows tr[data-deployment="{name}"]'
+        until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, f"{row} button.pause"), "the deployment's form")
+        browser.find_element(By.CSS_SELECTOR, f"{row} button.pause").click()
+        until(browser, lambda d: "paused" in text_of(d, "action-done"), "the pause done")
+        assert keyed.get(f"/deployments/{name}").json()["paused"] is True
+
+        cookie = browser.get_cookie("orchestrator_ui")
+        assert cookie is not None
+        forged = httpx.post(  # the login cookie alone (a forged form) does nothing
+            f"{site(server)}/ui/deployments/{name}/resume", cookies={"orchestrator_ui": cookie["value"]}
+        )
+        assert forged.status_code == 403
+        bare = httpx.post(f"{site(server)}/ui/deployments/{name}/resume")  # no key, no cookie: to the login form
+        assert bare.status_code == 303 and bare.headers["location"].endswith("/ui/login")
+        assert keyed.get(f"/deployments/{name}").json()["paused"] is True
+        browser.find_element(By.ID, "logout").click()
+        until(browser, lambda d: d.current_url.endswith("/ui/login"), "logged out")
