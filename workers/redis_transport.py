@@ -145,6 +145,7 @@ class SentinelChannel(Surviving, kombu_redis.SentinelChannel):  # type: ignore[m
 
     _last_sentinels: list[tuple[str, int]] | None = None
     master_name: str  # a transport option (redis+sentinel:// gives it), set on the channel by kombu
+    Client: Any  # the redis client class kombu chose for this channel (set in its __init__)
 
     def _sentinel_managed_pool(self, asynchronous: bool = False) -> Any:
         client = getattr(self.connection, "client", None)
@@ -165,7 +166,7 @@ class SentinelChannel(Surviving, kombu_redis.SentinelChannel):  # type: ignore[m
         else:
             self._sentinel_manager = manager
         credentials = {k: params[k] for k in ("username", "password") if k in params}
-        return manager.master_for(self.master_name, kombu_redis.redis.Redis, **credentials).connection_pool
+        return manager.master_for(self.master_name, self.Client, **credentials).connection_pool
 
 
 def _sentinel_addresses(client: Any, default_port: int) -> list[tuple[str, int]]:
