@@ -24,7 +24,11 @@ from api.security import UI_LOGIN, ApiKeyGate, BodySizeLimit, HostCheck, RefuseN
 from api.services.runner import background_services
 from api.submit import ParameterProblem, Submitter
 from api.timing import ServerTiming
+from api.ui import actions as ui_actions
+from api.ui import flows_page as ui_flows
+from api.ui import graph_page as ui_graph
 from api.ui import login as ui_login
+from api.ui import ops_pages as ui_ops
 from api.ui import pages as ui_pages
 from api.ui.rendering import STATIC_FILES
 from orchestrator.config.settings import get_settings
@@ -84,8 +88,13 @@ def create_app(*, services: bool | None = None) -> FastAPI:
     app.include_router(guarded)
     app.include_router(health.router, prefix="/api")
     app.include_router(ui_pages.router)
+    app.include_router(ui_graph.router)
+    app.include_router(ui_ops.router)
+    app.include_router(ui_ops.actions)
     app.include_router(ui_pages.assets)
     app.include_router(ui_login.router)
+    app.include_router(ui_flows.router)
+    app.include_router(ui_actions.router)
     install_metrics(app)
     install_docs(app)
     install_doors(app)

@@ -7,6 +7,7 @@ PostgreSQL is used as given (``postgresql+psycopg://...``).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
@@ -51,10 +52,18 @@ def _engine(url: str) -> Engine:
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 10}, json_serializer=compact_json
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, json_serializer=compact_json)
+
+
+def compact_json(value: Any) -> str:
+    """JSON columns (parameters, plans, result references) without the spaces ``json.dumps`` puts after
+    every ``,`` and ``:`` by default: the same values, 8-10 % fewer bytes in each row that holds them."""
+    return json.dumps(value, separators=(",", ":"))
 
 
 def get_engine() -> Engine:

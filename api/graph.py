@@ -28,6 +28,7 @@ from sqlmodel import Session, col, select
 from api.models import FlowRun, TaskRun
 from api.paging import next_offset
 from api.schemas import Graph, GraphNode
+from orchestrator.runs.create import linked_run_id
 from orchestrator.states import StateType
 
 CHUNK = 500  # ids per IN (...) list: far below every database's limit on bound parameters
@@ -58,7 +59,7 @@ def _states(session: Session, ids: list[str]) -> dict[str, str]:
     return found
 
 
-def _expanded(session: Session, maps: list[dict[str, Any]]) -> dict[str, Mapped]:
+def _expanded(session: Session, maps: list[dict[str, Any]], owner: str) -> dict[str, Mapped]:
     """Map node id -> its expanded task runs (ids ``{map id}-{i}``), in index order.
 
     One query per id length (map ids are UUIDs: one in practice) on the indexed flow_run_id,
@@ -67,7 +68,7 @@ def _expanded(session: Session, maps: list[dict[str, Any]]) -> dict[str, Mapped]
     by_length: dict[int, list[str]] = {}
     for node in maps:
         by_length.setdefault(len(node["id"]), []).append(node["id"])
-    flow_runs = sorted({str(node.get("flow_run_id") or "") for node in maps})
+    flow_runs = sorted({str(node.get("flow_run_id") or owner) for node in maps})
     found: dict[str, list[tuple[int, dict[str, str]]]] = {}
     for length, ids in by_length.items():
         for chunk in _chunks(ids):
@@ -86,12 +87,40 @@ def _expanded(session: Session, maps: list[dict[str, Any]]) -> dict[str, Mapped]
     return {map_id: [entry for _, entry in sorted(children, key=lambda c: c[0])] for map_id, children in found.items()}
 
 
-def _static_page(session: Session, nodes: list[dict[str, Any]], limit: int, offset: int) -> tuple[list[GraphNode], int]:
-    """One page of plan nodes with their states and (budgeted) mapped task runs; and the total."""
+def _child_runs(session: Session, page: list[dict[str, Any]], attempts: int) -> dict[str, str]:
+    """Node id -> the child flow run it stands for: a traced subflow's end node names it (the recorder
+    keeps it from the node's options);
+    a ``flow_run`` node's child has an id derived from the node and the parent's attempt (the latest
+    attempt's recorded child wins). One query for the page."""
+    found = {n["id"]: str(n.get("child_run_id") or "") for n in page if n.get("kind") == "subflow"}
+    candidates = {
+        linked_run_id(n["id"], attempt): (n["id"], attempt)
+        for n in page
+        if n.get("kind") == "flow_run"
+        for attempt in range(1, max(attempts, 1) + 1)
+    }
+    best: dict[str, int] = {}
+    for chunk in _chunks(list(candidates)):
+        for child_id in session.exec(select(FlowRun.id).where(col(FlowRun.id).in_(chunk))).all():
+            node_id, attempt = candidates[child_id]
+            if attempt >= best.get(node_id, 0):
+                best[node_id], found[node_id] = attempt, child_id
+    return {node_id: child for node_id, child in found.items() if child}
+
+
+def _static_page(
+    session: Session, nodes: list[dict[str, Any]], owner: str, limit: int, offset: int, attempts: int = 1
+) -> tuple[list[GraphNode], int]:
+    """One page of plan nodes with their states and (budgeted) mapped task runs; and the total.
+
+    A node without ``flow_run_id`` is a node of ``owner``, the run whose plan it is; without ``kind``
+    a task; without ``upstream`` a node with none (the recorder keeps only what differs: ``graph_of``).
+    """
     page = nodes[offset : offset + limit]
     states = _states(session, [node["id"] for node in page])
+    children_runs = _child_runs(session, page, attempts)
     maps = [node for node in page if node.get("kind") == "map"]
-    children = _expanded(session, maps) if maps else {}
+    children = _expanded(session, maps, owner) if maps else {}
     budget = limit  # mapped entries this page may still list
     out: list[GraphNode] = []
     for node in page:
@@ -104,11 +133,12 @@ def _static_page(session: Session, nodes: list[dict[str, Any]], limit: int, offs
                 kind=node.get("kind") or "task",
                 name=node.get("name") or "",
                 label=node.get("label") or "",
-                flow_run_id=node.get("flow_run_id") or "",
+                flow_run_id=node.get("flow_run_id") or owner,
                 upstream=list(node.get("upstream") or []),
                 state=states.get(node["id"], StateType.PENDING.value),
                 mapped=shown,
                 mapped_total=len(expanded),
+                child_run_id=children_runs.get(node["id"], ""),
             )
         )
     return out, len(nodes)
@@ -134,17 +164,17 @@ def _dynamic_page(session: Session, run_id: str, limit: int, offset: int) -> tup
 
 def graph_page(session: Session, run_id: str, limit: int, offset: int) -> Graph | None:
     """The page of the run's graph from ``offset``, or None when no such run is recorded."""
-    found = session.exec(select(FlowRun.root_id, FlowRun.mode).where(FlowRun.id == run_id)).first()
+    found = session.exec(select(FlowRun.root_id, FlowRun.mode, FlowRun.attempt).where(FlowRun.id == run_id)).first()
     if found is None:
         return None
-    root_id, mode = found
+    root_id, mode, attempts = found
     owner, plan = _plan_nodes(session, run_id, root_id or run_id)
     if plan is None:
         nodes, total = _dynamic_page(session, run_id, limit, offset)
     else:
         if owner != run_id:  # a subflow run: its own nodes of its root's plan
             plan = [node for node in plan if node.get("flow_run_id") == run_id]
-        nodes, total = _static_page(session, plan, limit, offset)
+        nodes, total = _static_page(session, plan, owner, limit, offset, attempts)
     return Graph(
         flow_run_id=run_id,
         mode=mode,

@@ -10,9 +10,9 @@ Two kinds, so that a scrape costs the same with ten runs in the database or ten 
 - **Read at scrape time** (:class:`LiveCollector`): runs in the states that are not final,
   by state and flow (a seek per state on the state index of migration 0005: the cost grows
   with the runs under way, not with the history), late runs, live workers, broker queue
-  lengths and the dead-letter list. Counting every run ever recorded by state and flow
-  (a scan: 170 ms at 100,000 flow runs, 1.1 s for task runs at 1,000,000 on SQLite) is
-  what the end counters replace.
+  lengths, the events waiting in the stream for the recorder, and the dead-letter list.
+  Counting every run ever recorded by state and flow (a scan: 170 ms at 100,000 flow runs,
+  1.1 s for task runs at 1,000,000 on SQLite) is what the end counters replace.
 
 Each app owns its :class:`~prometheus_client.CollectorRegistry` (not the global one), so
 several apps in one process (tests) never clash over a metric's name.
@@ -130,6 +130,18 @@ class Metrics:
             "orchestrator_services_pass_seconds",
             "Duration of one pass of the periodic services (schedule, dispatch, late runs, crash detection).",
             buckets=PASS_BUCKETS,
+            registry=self.registry,
+        )
+        self.runs_deleted = Counter(
+            "orchestrator_flow_runs_deleted",
+            "Flow runs deleted with their task runs, history and logs, by why (retention or request).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.task_runs_deleted = Counter(
+            "orchestrator_task_runs_deleted",
+            "Task runs deleted with their flow runs, by why (retention or request).",
+            ["reason"],
             registry=self.registry,
         )
         self.flows = Labels(MAX_FLOWS)
@@ -297,6 +309,18 @@ class LiveCollector(Collector):
             length.add_metric([queue], lengths.get(queue, 0))
         yield per_queue
         yield length
+        backlog = store.events.backlog()
+        yield GaugeMetricFamily(
+            "orchestrator_events_backlog",
+            "Events (states and log lines) waiting in the Redis stream for the recorder; the stream is never "
+            "trimmed past them, so an API down for long makes this grow, not lose history.",
+            value=backlog.entries,
+        )
+        yield GaugeMetricFamily(
+            "orchestrator_events_backlog_oldest_seconds",
+            "How long ago the oldest event waiting for the recorder was appended (0 with none).",
+            value=max(0.0, time.time() - backlog.oldest) if backlog.oldest is not None else 0.0,
+        )
         yield GaugeMetricFamily(
             "orchestrator_dead_letter_events",
             "Events the database refused, waiting in the dead-letter list for a person to look at.",

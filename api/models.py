@@ -31,6 +31,7 @@ class Deployment(SQLModel, table=True):
     late_policy: str = Field(default="run_all", max_length=32)
     late_max_age_seconds: float | None = None
     concurrency_limit: int | None = None  # flow runs of this deployment that may be under way at once
+    retention_days: float | None = None  # its finished runs are deleted this long after they end (docs/retention.md)
     created: float
     updated: float
     scheduled_until: float | None = None  # start time of the last run the scheduler created
@@ -80,11 +81,12 @@ class FlowRun(SQLModel, table=True):
 
 
 # The run list's order (newest first, ties by id), alone and after its two common filters: a page
-# walks one of these and stops after `limit` entries (api/run_list.py; migration 0005). The first
+# walks one of these and stops after `limit` entries (api/run_list.py; migrations 0005, 0009). The first
 # also holds the name, so that a search in names reads this index, not every row.
 Index("ix_flow_run_created_id", col(FlowRun.created).desc(), col(FlowRun.id), col(FlowRun.name))
 Index("ix_flow_run_state_created", col(FlowRun.state), col(FlowRun.created).desc(), col(FlowRun.id))
 Index("ix_flow_run_flow_created", col(FlowRun.flow_name), col(FlowRun.created).desc(), col(FlowRun.id))
+Index("ix_flow_run_deployment_created", col(FlowRun.deployment_id), col(FlowRun.created).desc(), col(FlowRun.id))
 
 
 class TaskRun(SQLModel, table=True):
@@ -94,7 +96,8 @@ class TaskRun(SQLModel, table=True):
 
     id: str = Field(primary_key=True, max_length=100)
     flow_run_id: str = Field(default="", index=True, max_length=64)
-    root_id: str = Field(default="", index=True, max_length=64)  # a run tree's task runs (/task-runs of a root)
+    # the root of a subflow's task runs (/task-runs of a root finds them by it); "" when it is flow_run_id
+    root_id: str = Field(default="", index=True, max_length=64)
     task_name: str = Field(default="", max_length=300)
     label: str = Field(default="", max_length=300)
     state: str = Field(default="Pending", max_length=32)
@@ -136,7 +139,8 @@ class StateEvent(SQLModel, table=True):
 
 
 class LogLine(SQLModel, table=True):
-    """One log record written with get_run_logger() in a flow or task run."""
+    """One log record of a flow or task run: the run logger's, a task module's own logger's, an extra
+    logger's (ORCHESTRATOR_EXTRA_LOGGERS), a warning, or a failed attempt's traceback."""
 
     __tablename__ = "log_line"
     __table_args__ = (Index("ix_log_line_flow_run", "flow_run_id", "seq"),)
@@ -146,6 +150,7 @@ class LogLine(SQLModel, table=True):
     flow_run_id: str = Field(max_length=64)
     task_run_id: str | None = Field(default=None, max_length=100)
     level: str = Field(default="INFO", max_length=16)
+    logger: str = Field(default="", max_length=200)  # the logger that wrote it ('' in rows before migration 0007)
     message: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     ts: float
 

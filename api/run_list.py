@@ -4,8 +4,8 @@ A database of 100,000 flow runs and 1,000,000 task runs answers the first page a
 filtered page in a few milliseconds because of three things (``benchmarks/db_scale.py``
 measures them; ``tests/test_list_scale.py`` keeps them):
 
-- The order (newest first, ties by id) is the order of the indexes of migration 0005:
-  ``(created DESC, id)``, and the same after ``state`` or ``flow_name``. A page walks
+- The order (newest first, ties by id) is the order of the indexes of migrations 0005 and 0009:
+  ``(created DESC, id)``, and the same after ``state``, ``flow_name`` or ``deployment_id``. A page walks
   one of them and stops after ``limit`` entries, instead of sorting every match.
 - A page is found on the index alone (ids only), and only its ``limit`` rows are read
   from the table: a deep ``offset`` skips index entries, not whole rows. The newest-first
@@ -42,6 +42,7 @@ class RunFilters:
     parent: str | None = None
     since: datetime | None = None  # created at or after
     until: datetime | None = None  # created before
+    deployment_id: str | None = None  # runs of this deployment (its id: the route resolves the name)
 
     def conditions(self) -> list[ColumnElement[bool]]:
         found: list[ColumnElement[bool]] = []
@@ -57,6 +58,8 @@ class RunFilters:
             found.append(col(FlowRun.created) >= self.since.timestamp())
         if self.until:
             found.append(col(FlowRun.created) < self.until.timestamp())
+        if self.deployment_id:
+            found.append(col(FlowRun.deployment_id) == self.deployment_id)
         return found
 
 

@@ -300,6 +300,11 @@ class LogLinePublic(BaseModel):
         "own lines, and for a task run not recorded (yet).",
     )
     level: str
+    logger: str = Field(
+        default="",
+        description="The logger that wrote the line: orchestrator.runs (get_run_logger(), log_prints, a failed "
+        "attempt's traceback), the task's module, a logger of ORCHESTRATOR_EXTRA_LOGGERS, or py.warnings.",
+    )
     message: str
     time: datetime | None
 
@@ -311,6 +316,7 @@ class LogLinePublic(BaseModel):
             task_run_id=row.task_run_id,
             label=label,
             level=row.level,
+            logger=row.logger,
             message=row.message,
             time=when(row.ts),
         )
@@ -332,6 +338,30 @@ class GraphNode(BaseModel):
         "entries per page in all; the rest are on /task-runs).",
     )
     mapped_total: int = Field(default=0, description="How many expanded task runs the map has recorded.")
+    child_run_id: str = Field(
+        default="",
+        description="For a node that stands for a child flow run (kind subflow or flow_run): the child run's id, "
+        "once recorded ('' otherwise).",
+    )
+
+
+class TaskStatePublic(BaseModel):
+    """A task run's current state, for following a run cheaply (``/task-states?since=``)."""
+
+    id: str
+    state: str
+    updated: float = Field(description="When the API recorded its last change (seconds since the epoch).")
+
+
+class TaskStates(BaseModel):
+    """The task runs of a run tree whose state was recorded at or after ``since``."""
+
+    flow_run_id: str
+    items: list[TaskStatePublic]
+    until: float = Field(
+        description="The latest ``updated`` among the items (``since`` when none): the next ``since`` to ask with."
+    )
+    truncated: bool = Field(default=False, description="More changed than one answer holds: ask again from ``until``.")
 
 
 class Graph(BaseModel):
@@ -392,6 +422,16 @@ class Health(BaseModel):
         description="The event recorder of this process ('not running': it runs elsewhere, "
         "ORCHESTRATOR_API_SERVICES=false)."
     )
+    events_backlog: int | None = Field(
+        default=None,
+        description="Events (states, log lines) waiting in the Redis stream for a recorder to write them to the "
+        "database; null when Redis did not answer. They are kept until recorded, however many.",
+    )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What works but needs a look, in words (no URL, no error text): an event backlog past "
+        "ORCHESTRATOR_EVENTS_BACKLOG_WARN. A warning leaves the status 'ok' and the answer 200.",
+    )
     details: HealthDetails | None = Field(
         default=None,
         description="The errors behind each state (URLs masked); null unless the request carries the API key "
@@ -448,6 +488,13 @@ class DeploymentCreate(BaseModel):
     concurrency_limit: int | None = Field(
         default=None, ge=0, le=100_000, description="Flow runs of this deployment under way at once (none: no limit)."
     )
+    retention_days: float | None = Field(
+        default=None,
+        gt=0,
+        le=100_000,
+        description="Its finished runs are deleted this many days after they ended (none: the flow's or the "
+        "server's retention, ORCHESTRATOR_RETENTION_DAYS_BY_FLOW / ORCHESTRATOR_RETENTION_DAYS).",
+    )
 
     _check_text = field_validator("name", "flow_name", "cron", "timezone")(no_nul)
     _check_queue = field_validator("queue", mode="before")(valid_queue)
@@ -476,6 +523,7 @@ class DeploymentPublic(BaseModel):
     late_policy: str
     late_max_age_seconds: float | None
     concurrency_limit: int | None
+    retention_days: float | None = None
     created: datetime | None
     next_runs: list[datetime] = Field(default_factory=list, description="Start times of its Scheduled runs.")
 
@@ -539,6 +587,21 @@ class DeploymentDeleted(BaseModel):
     name: str
     cancelled: list[str] = Field(description="Its runs not started yet (scheduled, late, held, sent): cancelled.")
     kept: int = Field(description="Its runs under way or finished: kept, with their history.")
+
+
+class FlowRunDeleted(BaseModel):
+    """What deleting a flow run removed (``DELETE /api/flow-runs/{id}``)."""
+
+    id: str
+    flow_runs: list[str] = Field(description="The run and its subflow runs (its whole tree), deleted.")
+    task_runs: int = Field(description="Task runs deleted with them.")
+    state_events: int = Field(description="State history rows deleted.")
+    log_lines: int = Field(description="Log lines deleted.")
+    redis_keys: int = Field(description="Keys of these runs that Redis still held, removed.")
+    results: int | None = Field(
+        description="Persisted results (persist_result=True) removed from the result storage; null when not asked "
+        "(?results=true)."
+    )
 
 
 class LateCleanup(BaseModel):

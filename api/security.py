@@ -13,7 +13,9 @@ Outermost first (``api.app.install_doors`` installs them in this order):
    the headers before anything reads the body: a client without the key makes the server parse
    nothing. A browser has the web UI's cookie instead (:func:`ui_token`, set by ``/ui/login``),
    which opens reads only (GET, HEAD): a page of another site cannot make the browser send it
-   (SameSite=Strict), and no write accepts it, so it cannot carry a forged action either.
+   (SameSite=Strict), and no ``/api`` write accepts it, so it cannot carry a forged action either.
+   The web UI's own actions (``POST /ui/...``: cancel, retry, rename, start a run) take the cookie,
+   and each also needs the page's CSRF token (:mod:`api.ui.csrf`), which no other site can read.
 4. :class:`BodySizeLimit`: bodies larger than ``ORCHESTRATOR_API_MAX_BODY_BYTES`` are refused with
    413 before they are read in full.
 """
@@ -64,10 +66,16 @@ def cookie_value(cookie_header: str | None, name: str) -> str | None:
     return found.value if found is not None else None
 
 
-def cookie_matches(cookie_header: str | None, method: str, expected: SecretStr) -> bool:
+def is_ui_path(path: str) -> bool:
+    """Whether a route path (without the root path) is one of the web UI's (``/ui``, ``/ui/...``)."""
+    return path == UI_PREFIX or path.startswith(UI_PREFIX + "/")
+
+
+def cookie_matches(cookie_header: str | None, method: str, expected: SecretStr, ui_write: bool = False) -> bool:
     """Whether a request carries the UI's cookie for this key and only reads (GET, HEAD): the cookie
-    opens the pages and the JSON routes their script reads, never a write (see the module's docstring)."""
-    if method.upper() not in {"GET", "HEAD"}:
+    opens the pages and the JSON routes their script reads, never an ``/api`` write (see the module's
+    docstring). ``ui_write``: a write to a ``/ui`` route, which checks the page's CSRF token itself."""
+    if method.upper() not in {"GET", "HEAD"} and not ui_write:
         return False
     given = cookie_value(cookie_header, UI_COOKIE)
     return given is not None and secrets.compare_digest(given.encode(), ui_token(expected).encode())
@@ -100,6 +108,21 @@ def require_api_key(request: Request, credentials: HTTPAuthorizationCredentials 
     if expected is None:
         return
     if cookie_matches(request.headers.get("cookie"), request.method, expected):
+        return
+    if credentials is None or not key_matches(f"Bearer {credentials.credentials}", expected):
+        raise HTTPException(
+            status_code=status.HTTP_401_UNAUTHORIZED, detail=MISSING_KEY, headers={"WWW-Authenticate": "Bearer"}
+        )
+
+
+def require_ui_key(request: Request, credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
+    """The key check of the web UI's actions (``POST /ui/...``): the key, or the UI's cookie for any
+    method. Only for routes that also depend on :func:`api.ui.csrf.check_csrf`: the cookie goes with
+    every request the browser makes to this server, a forged one included; the token does not."""
+    expected = get_settings().api_key
+    if expected is None:
+        return
+    if cookie_matches(request.headers.get("cookie"), request.method, expected, ui_write=True):
         return
     if credentials is None or not key_matches(f"Bearer {credentials.credentials}", expected):
         raise HTTPException(
@@ -147,8 +170,8 @@ class ApiKeyGate:
     check done as a dependency let a client without the key make the server read and parse up
     to the body limit (and learn from a 422 what the route expects). This answers before the
     body is received: it never calls ``receive``. The key comes as a Bearer header, or, for a
-    read, as the web UI's cookie; a web UI page asked for without either is sent to the login
-    form (303) instead of answered with a JSON 401.
+    read or a web UI action (which checks its CSRF token next), as the web UI's cookie; a web UI
+    page asked for without either is sent to the login form (303) instead of answered with a JSON 401.
     """
 
     def __init__(self, app: ASGIApp, key: SecretStr | None, open_paths: Collection[str]) -> None:
@@ -162,12 +185,14 @@ class ApiKeyGate:
             or self.key is None
             or route_path(scope) in self.open_paths
             or key_matches(header(scope, b"authorization"), self.key)
-            or cookie_matches(header(scope, b"cookie"), str(scope.get("method", "GET")), self.key)
+            or cookie_matches(
+                header(scope, b"cookie"), str(scope.get("method", "GET")), self.key, is_ui_path(route_path(scope))
+            )
         ):
             await self.app(scope, receive, send)
             return
         path = route_path(scope)
-        if path == UI_PREFIX or path.startswith(UI_PREFIX + "/"):
+        if is_ui_path(path):
             login = prefix_of(scope) + UI_LOGIN
             await answer(send, 303, "the web UI needs the API key: log in first.", [(b"location", login.encode())])
             return

@@ -102,16 +102,8 @@ def task_counts(rng: random.Random, shapes: list[FlowShape], total: int) -> list
 def plan_of(flow: str, task_ids: list[str], run_id: str) -> dict[str, Any]:
     """The graph part of a static run's plan, as ``api.services.recorder.graph_of`` keeps it."""
     nodes = [
-        {
-            "id": tid,
-            "kind": "task",
-            "name": f"flows.{flow}.step_{i}",
-            "label": f"step_{i}",
-            "flow_run_id": run_id,
-            "upstream": [task_ids[i - 1]] if i else [],
-            "queue": "default",
-            "trigger": "all_successful",
-        }
+        {"id": tid, "name": f"flows.{flow}.step_{i}", "label": f"step_{i}"}
+        | ({"upstream": [task_ids[i - 1]]} if i else {})
         for i, tid in enumerate(task_ids[:200])  # a big map's plan lists its map node, not every item
     ]
     return {"flow_name": flow, "nodes": nodes, "subflows": []}
@@ -318,7 +310,7 @@ def task_rows(
         yield {
             "id": tid,
             "flow_run_id": run_id,
-            "root_id": run_id,
+            "root_id": "",  # as the recorder keeps it: set only on a subflow's task runs (the root's id)
             "task_name": f"flows.{shape.name}.{label.split('[')[0]}",
             "label": label,
             "state": task_state,

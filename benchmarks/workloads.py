@@ -18,7 +18,7 @@ from typing import Any
 
 from celery.canvas import Signature, chain, chord, group
 
-from orchestrator import flow, task
+from orchestrator import flow, get_run_logger, task
 from workers.app import app
 
 # -- orchestrator tasks -----------------------------------------------------------------
@@ -178,6 +178,35 @@ def api_five(x: int = 1) -> Any:
     src = source.submit()
     parts = [work.submit(x + i, wait_for=[src]) for i in range(3)]
     return reduce_sum.submit(parts)
+
+
+@task
+def logged_source() -> int:
+    """The fan-out's upstream, saying so in one log line."""
+    get_run_logger().info("source ready")
+    return 0
+
+
+@task
+def logged_work(i: int) -> int:
+    """One branch that logs a line with its input."""
+    get_run_logger().info("working on %d", i)
+    return i
+
+
+@task
+def logged_reduce(parts: list[int]) -> int:
+    """The fan-in, logging the total."""
+    get_run_logger().info("%d parts add up", len(parts))
+    return sum(parts)
+
+
+@flow(name="bench-api-five-logged")
+def api_five_logged(x: int = 1) -> Any:
+    """``bench-api-five`` whose every task writes one log line (what the database keeps of logs)."""
+    src = logged_source.submit()
+    parts = [logged_work.submit(x + i, wait_for=[src]) for i in range(3)]
+    return logged_reduce.submit(parts)
 
 
 # -- raw Celery tasks, on the worker's own app -------------------------------------------

@@ -16,6 +16,7 @@ Every message says what happened, to which flow or task run, and what to do::
     ├── RunTimeout (+ TimeoutError)       waiting for a run took longer than asked
     ├── TaskTimedOut (+ TimeoutError)     an async task ran past its timeout_seconds (cancelled)
     ├── ConnectionProblem (+ ConnectionError)  Redis, the broker or the API cannot be reached
+    ├── ConfigurationError (+ ValueError) a setting cannot be used as written (a Redis URL's form)
     ├── ChildExited (+ RuntimeError)      a server or worker started here (dev, tests) stopped
     └── ApiError                          the API refused a request (the message is its answer)
 
@@ -94,6 +95,11 @@ class RunTimeout(OrchestratorError, TimeoutError):
 
 class ConnectionProblem(OrchestratorError, ConnectionError):
     """Redis or the broker did not answer; the message says which URL to check."""
+
+
+class ConfigurationError(OrchestratorError, ValueError):
+    """A setting is written in a form the product cannot use; the message names the setting and
+    the form to write instead."""
 
 
 class ChildExited(OrchestratorError, RuntimeError):

@@ -29,6 +29,11 @@ FLOW_MODULES = ["tests.flows"]
 # Schedule tests run deployments every second or two: every API the tests start allows it
 # (tests/test_input_limits.py gives its API the production floor of 10 s back).
 os.environ["ORCHESTRATOR_SCHEDULE_MIN_INTERVAL_SECONDS"] = "1"
+# Nothing a test runs may reach a Redis the tests did not start (a developer's own on 6379):
+# until the `redis_url` fixture points the client at a private redis-server, the run store's
+# URL is a port nothing listens on, so a test that forgot the fixture fails (or its background
+# shipper drops its lines) instead of leaving keys behind in someone else's Redis.
+os.environ["ORCHESTRATOR_REDIS_URL"] = "redis://127.0.0.1:9/0"
 
 
 def _point_client_at(url: str) -> None:

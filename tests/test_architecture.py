@@ -83,6 +83,7 @@ EXAMPLES: list[events.StreamEvent] = [
     events.task_run_event("t-1", "AwaitingRetry", ts=2.0, message="retry 1 of 3", reopen=True, cause="crash detector"),
     events.Renamed("run-1", "nightly", cause="rename_flow_run", ts=3.0),
     events.LogLine("run-1", "t-1", "WARNING", "disk almost full", ts=4.0),
+    events.LogLine("run-1", "t-1", "INFO", "connected", ts=4.5, logger="sqlalchemy.engine"),
     events.LogLine("run-1", None, "INFO", "from the body", ts=5.0),
 ]
 

@@ -104,7 +104,7 @@ def test_version_and_help_of_every_run_id_argument() -> None:
 
     shown = orchestrator("--version")
     assert shown.returncode == 0 and shown.stdout == f"celery-orchestrator {__version__}\n", shown
-    for command in ("inspect", "result", "logs", "why", "cancel", "retry"):
+    for command in ("inspect", "result", "logs", "why", "cancel", "retry", "rename"):
         helped = orchestrator("flow-run", command, "--help")
         assert "Flow run id, or a unique prefix of it" in helped.stdout, (command, helped.stdout)
     for command in (("worker", "start"), ("plan",)):

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 
@@ -209,6 +210,13 @@ def test_dev_has_its_own_redis_and_prints_what_another_shell_exports(start_dev: 
         )
         assert done.returncode == 0, done.stdout + done.stderr + dev.text()
         assert redis.Redis.from_url(exports["ORCHESTRATOR_REDIS_URL"]).dbsize() > 0
+        # the web UI links task runs to the Flower dev started (ORCHESTRATOR_FLOWER_URL in the API's environment)
+        flower_url = re.search(r"^flower: (http://127\.0\.0\.1:\d+)", dev.text(), re.MULTILINE)
+        assert flower_url, dev.text()
+        api_url = exports["ORCHESTRATOR_API_URL"]
+        run_id = httpx.get(f"{api_url}/flow-runs").json()["items"][0]["id"]
+        page = httpx.get(f"{api_url.removesuffix('/api')}/ui/runs/{run_id}").text
+        assert f'data-flower="{flower_url.group(1)}"' in page, page[:800]
         dev.proc.send_signal(signal.SIGINT)
         assert dev.wait() == 0, dev.text()
         assert redis.Redis.from_url(configured).info("keyspace") == {}, "dev wrote to the configured Redis"

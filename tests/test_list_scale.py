@@ -37,6 +37,7 @@ LIST_INDEXES = {
     "ix_flow_run_created_id": ["created", "id", "name"],
     "ix_flow_run_state_created": ["state", "created", "id"],
     "ix_flow_run_flow_created": ["flow_name", "created", "id"],
+    "ix_flow_run_deployment_created": ["deployment_id", "created", "id"],
 }
 REPLACED = {"ix_flow_run_created", "ix_flow_run_state", "ix_flow_run_flow_name"}  # prefixes of the above
 WEEK_AGO = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -52,6 +53,8 @@ FILTERS = {
     "several states": (RunFilters(states=["Running", "Pending"]), False),  # one seek per state, then a sort
     "name": (RunFilters(name="nightly"), True),  # a substring: every name is read, on the index
     "parent": (RunFilters(parent="p"), False),  # a parent's few subflow runs, sorted
+    "deployment": (RunFilters(deployment_id="d"), True),
+    "deployment since": (RunFilters(deployment_id="d", since=WEEK_AGO), True),
 }
 
 

@@ -630,6 +630,80 @@ def test_the_recorder_killed_between_reading_a_batch_and_acknowledging_it_loses_
         assert client.llen(DEAD_LETTERS) == 0, client.lrange(DEAD_LETTERS, 0, -1)  # no event refused on the way
 
 
+# -- the API down while the fleet appends more events than the stream's old cap --------------------
+OLD_CAP = 50  # ORCHESTRATOR_EVENTS_MAXLEN given to the worker: the stream trimmed itself to it at XADD
+
+
+def test_events_past_the_old_stream_cap_wait_for_the_api_and_each_is_recorded_once(
+    redis_url: str, tmp_path: Path, worker_logs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """6 runs of 2 tasks logging 20 lines each end while no API runs: about 280 events, over five
+    times the cap the worker is given (ORCHESTRATOR_EVENTS_MAXLEN=50 trimmed the oldest entries at
+    XADD, recorded or not; it is read no more). Every event waits in the stream. An API without its
+    services reports the backlog (a health warning past ORCHESTRATOR_EVENTS_BACKLOG_WARN, the
+    gauge); an API with its recorder then writes each event once: every state history complete,
+    every log line once, no stream id twice, and the stream empty afterwards."""
+    del redis_url  # the session's environment (result storage), not its Redis: the stream here starts empty
+    from tests import reliability_flows
+    from tests.api_support import sdk_settings
+
+    marker = uuid.uuid4().hex[:8]
+    queue = f"rel-cap-{marker}"
+    lines, runs_count = 20, 6
+    logs = worker_logs / f"backlog-{marker}"
+    admin_url = os.environ.get("ORCHESTRATOR_TEST_DATABASE_URL")
+    with (
+        redis_server() as own_url,
+        api_database(tmp_path, admin_url) as database,
+        sdk_settings(monkeypatch, ORCHESTRATOR_REDIS_URL=own_url),
+    ):
+        client = redis.Redis.from_url(own_url, decode_responses=True)
+        with worker(
+            own_url, FLOW_MODULES, queues=queue, concurrency=2, log_path=logs.with_suffix(".worker.log"),
+            extra_env=SLOWER_BEATS | {"ORCHESTRATOR_EVENTS_MAXLEN": str(OLD_CAP)},
+        ):  # fmt: skip
+            runs = [
+                reliability_flows.reliable_talk.apply_async(
+                    {"marker": f"{marker}-{i}", "lines": lines, "pause": 0.0}, queue=queue
+                )
+                for i in range(runs_count)
+            ]
+            for run in runs:
+                assert run.wait(60).value == "Completed"  # no API: every event waits in the stream
+        stream = [(sid, json.loads(fields["event"])) for sid, fields in client.xrange(keys.EVENTS_STREAM)]
+        log_events = [event for _, event in stream if event.get("kind") == "log"]
+        assert len(log_events) == runs_count * 2 * lines  # not one trimmed, the oldest included
+        assert (stream[0][1].get("kind"), stream[0][1].get("id")) == ("flow_run", runs[0].id)
+        assert len(stream) > 5 * OLD_CAP
+
+        warn = {"ORCHESTRATOR_EVENTS_BACKLOG_WARN": str(OLD_CAP)}
+        with api_server(
+            own_url, database, log_path=logs.with_suffix(".quiet-api.log"),
+            extra_env=SLOWER_BEATS | warn | {"ORCHESTRATOR_API_SERVICES": "false"},
+        ) as quiet:  # fmt: skip
+            health = httpx.get(f"{quiet.url}/health", timeout=15).json()
+            assert health["status"] == "ok" and health["events_backlog"] == len(stream), health
+            assert len(health["warnings"]) == 1 and "ORCHESTRATOR_EVENTS_BACKLOG_WARN=50" in health["warnings"][0]
+            scraped = httpx.get(quiet.url.removesuffix("/api") + "/metrics", timeout=15).text
+            assert f"orchestrator_events_backlog {float(len(stream))}" in scraped.splitlines(), scraped
+
+        with (
+            api_server(own_url, database, log_path=logs.with_suffix(".api.log"), extra_env=SLOWER_BEATS | warn) as api,
+            httpx.Client(base_url=api.url, timeout=15) as http,
+        ):
+            eventually(lambda: recorder_settled(client), 60, what="every event read and acknowledged")
+            for i, run in enumerate(runs):
+                assert wait_final(http, run.id)["state"] == "Completed"
+                assert_completed_once(http, run.id, tasks=2)  # each state once in each history
+                got = http.get(f"/flow-runs/{run.id}/logs", params={"limit": 10_000}).json()
+                expected = sorted(f"{marker}-{i}-{s} line {n} of {lines}" for s in "ab" for n in range(1, lines + 1))
+                assert sorted(line["message"].split("] ", 1)[-1] for line in got) == expected  # each line once
+            health = http.get("/health").json()
+            assert (health["events_backlog"], health["warnings"]) == (0, []), health
+        assert sorted(recorded_event_ids(database)) == sorted(sid for sid, _ in stream)  # every event, none twice
+        assert client.xlen(keys.EVENTS_STREAM) == 0  # recorded: out of Redis
+
+
 def test_a_worker_killed_right_after_its_tasks_end_has_shipped_every_line_they_logged(
     redis_url: str, worker_logs: Path
 ) -> None:

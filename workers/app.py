@@ -39,6 +39,7 @@ REDIS_OUTAGE_SECONDS = 60.0
 log = logging.getLogger(__name__)
 app = make_celery_app("workers")
 log_shipper = install_log_shipper()
+registry.on_task_registered(lambda task: log_shipper.follow(task.fn.__module__))  # the task module's own logger
 register_builtin_tasks(app)
 registry.on_task_registered(lambda task: register_user_task(app, task))
 _announcer = Announcer()

@@ -1,10 +1,27 @@
 """Ship the log lines of flow and task runs to Redis while they run.
 
-Lines written with ``get_run_logger()`` carry their run ids; this handler buffers
-them and, every half second (or every 100 lines), appends them to the state/log
-event stream (for the API recorder) and to a list per flow run (``FlowRun.logs()``).
-A task killed mid-run has therefore shipped everything up to its last flush, and a task
-that ended has shipped all its lines before its end was recorded (:func:`flush_run_logs`).
+One handler, attached to every logger whose lines belong with a run:
+
+- the run logger (``get_run_logger()``, ``log_prints``), whose records carry their run ids;
+- each task's own module logger (``logging.getLogger(__name__)`` in the module that defines
+  the task), followed as tasks are registered;
+- the loggers named in ``ORCHESTRATOR_EXTRA_LOGGERS`` (``sqlalchemy``, ``requests``), as
+  Prefect's ``PREFECT_LOGGING_EXTRA_LOGGERS``;
+- ``py.warnings``: a Celery worker routes Python warnings there (it calls
+  ``logging.captureWarnings(True)`` when it sets up logging).
+
+A record of any but the run logger belongs to the run current where it was logged (the run
+context is a context variable: per thread, per prefork process, per asyncio task), and is
+dropped when no run is current, so a worker's own lines, an import-time line or a line of a
+thread the task started is never given to a run. A record reaching the handler twice (a
+child logger of a followed one) is shipped once.
+
+Lines are buffered and, every half second (or every 100 lines), appended to the state/log
+event stream (for the API recorder) and to a list per flow run (``FlowRun.logs()``). A task
+killed mid-run has therefore shipped everything up to its last flush, and a task that ended
+has shipped all its lines before its end was recorded (:func:`flush_run_logs`). Nothing is
+paid while nothing is logged: a logger with no record calls no handler, and a flush with an
+empty buffer makes no Redis call.
 """
 
 from __future__ import annotations
@@ -13,10 +30,14 @@ import logging
 import os
 import threading
 
+from orchestrator.config.settings import get_settings
 from orchestrator.runstate.events import LogLine
 from orchestrator.runstate.store import get_store
+from orchestrator.runtime.context import current_run
 
 RUN_LOGGER = "orchestrator.runs"
+WARNINGS_LOGGER = "py.warnings"  # where logging.captureWarnings sends warnings.warn(...)
+_SHIPPED = "_orchestrator_shipped"  # set on a record once it is in the buffer
 
 
 class RunLogShipper(logging.Handler):
@@ -41,20 +62,40 @@ class RunLogShipper(logging.Handler):
         while not stop.wait(self.interval):
             self.flush()
 
+    def follow(self, name: str) -> None:
+        """Ship the lines of logger ``name`` (and its children) that are logged inside a run.
+
+        A logger with no level of its own gets INFO, as Prefect does for its extra loggers: it
+        would otherwise inherit the worker's level (WARNING under ``celery worker`` by default)
+        and drop its INFO lines before any handler sees them.
+        """
+        logger = logging.getLogger(name)
+        if self not in logger.handlers:
+            logger.addHandler(self)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.INFO)
+
     def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, _SHIPPED, False):
+            return  # came up again through a followed parent logger
         flow_run_id = getattr(record, "flow_run_id", None)
-        if not flow_run_id:
-            return
-        item = LogLine(
-            flow_run_id=flow_run_id,
-            task_run_id=getattr(record, "task_run_id", None),
-            level=record.levelname,
-            message=record.getMessage(),
-            ts=record.created,
-        )
+        task_run_id = getattr(record, "task_run_id", None)
+        if not flow_run_id:  # not the run logger's adapter: the run current where it was logged, if any
+            run = current_run()
+            if run is None:
+                return
+            flow_run_id, task_run_id = run.flow_run_id, run.task_run_id
+        setattr(record, _SHIPPED, True)
+        message = record.getMessage()
+        if record.name == WARNINGS_LOGGER:  # "file:line: Category: text\n  source line": its first line
+            message = message.strip().split("\n", 1)[0]
+        self.add(LogLine(flow_run_id, task_run_id, record.levelname, message, ts=record.created, logger=record.name))
+
+    def add(self, line: LogLine) -> None:
+        """Buffer one line (shipped by the timer, at the task's end, or now when the buffer is full)."""
         self._ensure_timer()
         with self._lock:
-            self._buffer.append(item)
+            self._buffer.append(line)
             full = len(self._buffer) >= self.capacity
         if full:
             self.flush()
@@ -71,25 +112,28 @@ class RunLogShipper(logging.Handler):
                 self._buffer = batch[-10_000:] + self._buffer
 
 
+_shipper: RunLogShipper | None = None
+
+
 def flush_run_logs() -> None:
-    """Ship the lines the run logger holds now; nothing to do (no Redis call) when it holds none.
+    """Ship the lines the shipper holds now; nothing to do (no Redis call) when it holds none.
 
     Called when a task's function returns or raises, before its end is recorded: a worker
     stopped (or killed) right after its last task must not take that task's last lines with it,
     as the half-second timer alone would.
     """
-    for handler in logging.getLogger(RUN_LOGGER).handlers:
-        if isinstance(handler, RunLogShipper):
-            handler.flush()
+    if _shipper is not None:
+        _shipper.flush()
 
 
 def install() -> RunLogShipper:
-    """Attach the shipper to the run logger (once) and return it."""
-    logger = logging.getLogger(RUN_LOGGER)
-    for handler in logger.handlers:
-        if isinstance(handler, RunLogShipper):
-            return handler
-    shipper = RunLogShipper()
-    logger.addHandler(shipper)
-    logger.setLevel(logging.INFO)
-    return shipper
+    """Attach the shipper (once) to the run logger, ``py.warnings`` and the extra loggers; return it.
+
+    Each task's module logger is followed as the task is registered (``workers/app.py``).
+    """
+    global _shipper
+    if _shipper is None:
+        _shipper = RunLogShipper()
+    for name in (RUN_LOGGER, WARNINGS_LOGGER, *get_settings().extra_loggers):
+        _shipper.follow(name)
+    return _shipper

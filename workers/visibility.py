@@ -25,7 +25,7 @@ import logging
 import time
 from typing import Any
 
-from .redis_transport import STILL_RUNNING
+from .redis_transport import STILL_RUNNING, UNSETTLED, settle_taken
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,10 @@ class KeepVisible:
         index = getattr(channel, "unacked_index_key", None)
         if channel is None or index is None:
             return 0
+        if UNSETTLED:  # taken off a queue while Redis went away: back in their queues now it answers
+            settled = settle_taken(channel)
+            if settled:
+                log.warning("gave back %d message(s) taken while Redis was away: they run from their queue", settled)
         tags: list[str] = []
         for _ in range(3):  # the consumer's thread may change the dict while it is copied
             try:

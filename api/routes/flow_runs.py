@@ -6,22 +6,24 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from pydantic import AfterValidator
 from sqlalchemy import func, or_
 from sqlmodel import Session, col, select
 
 from api.cancel import cancel_run
 from api.db import get_engine
+from api.deletion import Changed, delete_tree, run_tree
 from api.diagnosis import Fleet, diagnose, slot_waits
 from api.graph import graph_page
 from api.models import Deployment, FlowRun, LogLine, StateEvent, TaskRun, in_run_tree
-from api.paging import LIMIT_DEFAULT, PAGED, Limit, Offset, announce
+from api.paging import LIMIT_DEFAULT, LIMIT_MAX, PAGED, Limit, Offset, announce
 from api.routes.deps import FlowRunId, MessagingDep, SessionDep, StoreDep, no_run, whole_run_id
 from api.run_list import RunFilters, list_runs
 from api.schemas import (
     Accepted,
     Diagnosis,
+    FlowRunDeleted,
     FlowRunFailures,
     FlowRunPage,
     FlowRunPublic,
@@ -33,6 +35,8 @@ from api.schemas import (
     StateEventPublic,
     TaskFailure,
     TaskRunPublic,
+    TaskStatePublic,
+    TaskStates,
     valid_start,
 )
 from api.services.late import cleanup_late
@@ -77,6 +81,9 @@ def list_flow_runs(
     until: Annotated[
         datetime | None, Query(description="Created before this time."), AfterValidator(valid_start)
     ] = None,
+    deployment: Annotated[
+        str | None, Query(max_length=200, description="Only runs of this deployment (its name).")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> FlowRunPage:
@@ -90,8 +97,19 @@ def list_flow_runs(
         parent=parent,
         since=since,
         until=until,
+        deployment_id=deployment_id_of(session, deployment) if deployment else None,
     )
     return run_page(session, filters, limit, offset)
+
+
+def deployment_id_of(session: Session, name: str) -> str:
+    """The id of the deployment with this name, or a 404 naming where the names are listed."""
+    found = session.exec(select(Deployment.id).where(Deployment.name == name)).first()
+    if found is None:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"no deployment named {name!r}; GET /api/deployments lists them."
+        )
+    return found
 
 
 def run_page(session: Session, filters: RunFilters, limit: int, offset: int) -> FlowRunPage:
@@ -234,6 +252,37 @@ def labels_of(session: Session, events: Sequence[StateEvent]) -> dict[str, str]:
         found = session.exec(select(FlowRun.id, FlowRun.name).where(col(FlowRun.id).in_(run_ids))).all()
         names.update({run_id: name for run_id, name in found if name})
     return names
+
+
+def task_states(session: Session, run_id: str, since: float, limit: int) -> list[tuple[str, str, float]]:
+    """(id, state, updated) of the run tree's task runs recorded at or after ``since``, oldest change first:
+    what ``/task-states`` answers and what the web UI's graph starts from (one query for both)."""
+    rows = session.exec(
+        select(TaskRun.id, TaskRun.state, TaskRun.updated)
+        .where(in_run_tree(run_id), col(TaskRun.updated) >= since)
+        .order_by(col(TaskRun.updated), col(TaskRun.id))
+        .limit(limit)
+    ).all()
+    return [(i, state, updated) for i, state, updated in rows]
+
+
+@router.get("/{run_id}/task-states", response_model=TaskStates)
+def read_task_states(
+    session: SessionDep,
+    run_id: RunId,
+    since: Annotated[
+        float, Query(ge=0, le=1e11, description="Only task runs recorded at or after this time (epoch seconds).")
+    ] = 0,
+    limit: Annotated[int, Query(ge=1, le=LIMIT_MAX)] = LIMIT_MAX,
+) -> TaskStates:
+    """The states of the run tree's task runs that changed since ``since``: what a live view (the web UI's
+    run graph) polls instead of the whole graph. Ask again with ``until``; an answer may repeat a task
+    run whose change was recorded in the same instant (apply states, they are current ones)."""
+    run_state(session, run_id)
+    rows = task_states(session, run_id, since, limit + 1)
+    items = [TaskStatePublic(id=i, state=state, updated=updated) for i, state, updated in rows[:limit]]
+    until = max((item.updated for item in items), default=since)
+    return TaskStates(flow_run_id=run_id, items=items, until=until, truncated=len(rows) > limit)
 
 
 @router.get("/{run_id}/graph", response_model=Graph, responses=PAGED)
@@ -412,3 +461,68 @@ def retry_flow_run(session: SessionDep, store: StoreDep, messaging: MessagingDep
     row = get_run(session, run_id)
     attempt = retry_final_run(store, messaging, run_id)
     return Accepted(id=row.id, action="retry", detail=f"attempt {attempt} started.")
+
+
+@router.delete(
+    "/{run_id}",
+    response_model=FlowRunDeleted,
+    responses={
+        404: {"description": "No such flow run."},
+        409: {"description": "The run (or one of its subflow runs) is under way: cancel it first."},
+        503: {"description": "Redis does not answer: nothing was deleted."},
+    },
+)
+def delete_flow_run(
+    request: Request,
+    session: SessionDep,
+    store: StoreDep,
+    run_id: RunId,
+    results: Annotated[
+        bool, Query(description="Also remove the results its task runs persisted (persist_result=True).")
+    ] = False,
+) -> FlowRunDeleted:
+    """Delete a finished run with its whole tree: subflow runs, task runs, state history, log lines and
+    what Redis holds of them (and, with ``results=true``, their persisted results).
+
+    A run under way is refused (409: cancel it first), except one never sent to a worker (Scheduled,
+    Late, waiting for its deployment's slot), which is deleted at once. A subflow run traced into its
+    parent's plan goes with its parent only. Redis away: 503, nothing deleted.
+    """
+    tree = run_tree(session, [run_id])
+    if not tree:
+        raise no_run(run_id)
+    run = tree[0]
+    if run.parent_id and run.root_id != run.id:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"flow run {run_id} is a subflow run traced into the plan of {run.parent_id}; it is deleted with its "
+            f"parent (DELETE /api/flow-runs/{run.parent_id}).",
+        )
+    blocking = next((r for r in tree if not r.deletable), None)
+    if blocking is not None:
+        who = f"flow run {run_id} is" if blocking is run else f"its subflow run {blocking.id} is"
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"{who} {blocking.state}, not finished: cancel it first (orchestrator flow-run cancel {blocking.id}, "
+            "or POST /api/flow-runs/{id}/cancel), then delete it once it has ended.",
+        )
+    store.ping()  # Redis away: 503 before anything changes
+    try:
+        done = delete_tree(session, store, tree, results=results)
+    except Changed as exc:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"flow run {run_id} changed while it was being deleted ({exc}); nothing was deleted: look at it again.",
+        ) from exc
+    metrics = request.app.state.metrics
+    metrics.runs_deleted.labels("request").inc(len(done.flow_runs))
+    metrics.task_runs_deleted.labels("request").inc(done.task_runs)
+    return FlowRunDeleted(
+        id=run_id,
+        flow_runs=done.flow_runs,
+        task_runs=done.task_runs,
+        state_events=done.state_events,
+        log_lines=done.log_lines,
+        redis_keys=done.redis_keys,
+        results=done.results,
+    )

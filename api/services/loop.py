@@ -1,4 +1,5 @@
-"""The periodic services: send Scheduled flow runs when their start time comes, mark late ones.
+"""The periodic services: send Scheduled flow runs when their start time comes, mark late ones,
+delete finished runs past their retention (``retention``).
 
 Each due run is claimed with a conditional UPDATE (``dispatched`` false → true),
 so two API processes never send the same run twice; a send that fails (Redis
@@ -22,6 +23,7 @@ from api.models import ConcurrencyLimit, Deployment, FlowRun, is_tree_root
 from api.services.deployment_limits import DeploymentLimits
 from api.services.late import apply_deployment_policies, mark_late
 from api.services.outage import RedisOutage, next_wait
+from api.services.retention import Retention
 from api.services.scheduling import schedule_runs
 from api.submit import dispatch
 from orchestrator.config.settings import get_settings
@@ -144,7 +146,8 @@ def run_services(
     outage: RedisOutage | None = None,
     metrics: Metrics | None = None,
 ) -> None:
-    """The periodic services, once a second until ``stop``: send due runs, mark overdue ones Late.
+    """The periodic services, once a second until ``stop``: send due runs, mark overdue ones Late, and
+    (when due) delete a batch of finished runs past their retention.
 
     A failing pass is logged, never fatal. While Redis is away no service runs (each would only
     fail again): the outage is logged once (``outage``, shared with the recorder), Redis is asked
@@ -152,6 +155,7 @@ def run_services(
     """
     late_after = get_settings().late_after_seconds
     stalled = StalledRuns()
+    retention = Retention(metrics)
     outage = outage or RedisOutage(store.url)
     wait = interval
     while not stop.is_set():
@@ -169,6 +173,7 @@ def run_services(
             lambda: apply_deployment_policies(engine, store, sender_messaging()),
             lambda: detect_crashes(store, sender_messaging()),
             lambda: stalled(store, lambda: running_roots(engine)),
+            lambda: retention(engine, store),
         ):
             try:
                 service()

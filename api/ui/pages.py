@@ -15,13 +15,16 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from sqlmodel import col, select
 
+from api.models import Deployment
 from api.routes.deps import SessionDep, whole_run_id
-from api.routes.flow_runs import deployment_names, get_run, run_page
+from api.routes.flow_runs import deployment_id_of, deployment_names, get_run, run_page
 from api.run_list import RunFilters
 from api.schemas import FlowRunPublic
 from api.security import require_api_key
 from api.ui.rendering import STATIC, STATIC_FILES, render, root_of, shown_duration
+from orchestrator.config.settings import get_settings
 from orchestrator.states import StateType
 
 PAGE_SIZE = 50
@@ -54,6 +57,20 @@ def chosen_states(given: list[str]) -> list[str]:
     return chosen
 
 
+def utc_time(field: str, given: str) -> datetime | None:
+    """A time filter of the list form (a datetime-local field: no zone, read as UTC), or None when empty."""
+    if not given:
+        return None
+    try:
+        value = datetime.fromisoformat(given)
+    except ValueError:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"{field}={given!r} is not a time; give it as YYYY-MM-DDTHH:MM (UTC), e.g. 2026-01-31T08:00.",
+        ) from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
 @router.get("", response_class=HTMLResponse)
 def run_list(
     request: Request,
@@ -61,16 +78,29 @@ def run_list(
     flow: Annotated[str, Query(max_length=200)] = "",
     state: Annotated[list[str] | None, Query()] = None,
     name: Annotated[str, Query(max_length=500)] = "",
+    deployment: Annotated[str, Query(max_length=200)] = "",
+    since: Annotated[str, Query(max_length=40)] = "",
+    until: Annotated[str, Query(max_length=40)] = "",
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = PAGE_SIZE,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> HTMLResponse:
     """The flow runs, newest first, filtered and paged as ``GET /api/flow-runs`` does (the script refreshes it)."""
     states = chosen_states(state or [])
-    filters = RunFilters(flow=flow or None, states=states, name=name or None)
+    after, before = utc_time("since", since), utc_time("until", until)
+    filters = RunFilters(
+        flow=flow or None,
+        states=states,
+        name=name or None,
+        since=after,
+        until=before,
+        deployment_id=deployment_id_of(session, deployment) if deployment else None,
+    )
     page = run_page(session, filters, limit, offset)
     now = datetime.now(UTC)
-    query = {"flow": flow, "state": states, "name": name, "limit": limit}
-    kept = {k: v for k, v in query.items() if v}
+    query = {"flow": flow, "state": states, "name": name, "deployment": deployment, "since": since, "until": until}
+    kept = {k: v for k, v in (query | {"limit": limit}).items() if v}
+    zoned = {"since": after.isoformat() if after else "", "until": before.isoformat() if before else ""}
+    api_kept = {k: v for k, v in (kept | zoned).items() if v}  # the API reads a zone-less time as local time
 
     def link(at: int) -> str:
         return f"{root_of(request)}/ui?{urlencode({**kept, 'offset': at}, doseq=True)}"
@@ -83,9 +113,13 @@ def run_list(
         flow=flow,
         chosen=states,
         name=name,
+        deployment=deployment,
+        deployments=list(session.exec(select(Deployment.name).order_by(col(Deployment.name))).all()),
+        since=since,
+        until=until,
         limit=limit,
         offset=offset,
-        api_query=urlencode({**kept, "offset": offset}, doseq=True),
+        api_query=urlencode({**api_kept, "offset": offset}, doseq=True),
         newer=link(max(offset - limit, 0)) if offset > 0 else None,
         older=link(offset + limit) if offset + limit < page.total else None,
     )
@@ -103,4 +137,5 @@ def run_detail(request: Request, session: SessionDep, run_id: str) -> Response:
     names = deployment_names(session, {row.deployment_id} if row.deployment_id else set())
     run = FlowRunPublic.of(row, names.get(row.deployment_id or ""))
     duration = shown_duration(run.started, run.ended, datetime.now(UTC))
-    return render(request, "run.html", run=run, duration=duration)
+    flower = get_settings().flower_url or ""  # each task run links to its Celery task there
+    return render(request, "run.html", run=run, duration=duration, flower=flower)

@@ -20,12 +20,13 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
 from api.root_path import prefix_of
+from api.ui.csrf import csrf_token, keep_session
 from orchestrator.config.settings import get_settings
 from orchestrator.states import StateType
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
-STATIC_FILES = ("ui.js", "ui.css")  # the only files /ui/static serves (nothing else of the folder)
+STATIC_FILES = ("ui.js", "actions.js", "graph.js", "ui.css")  # the only files /ui/static serves (nothing else of it)
 
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
@@ -53,10 +54,14 @@ def root_of(request: Request) -> str:
 
 
 def render(request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
-    """A page from its template, with the root path, the state names and the safety headers."""
+    """A page from its template, with the root path, the state names, the CSRF token its actions send
+    (:mod:`api.ui.csrf`; its session cookie set here when new) and the safety headers."""
     keyed = get_settings().api_key is not None  # a log-out button in the header
     context |= {"root": root_of(request), "states": [s.value for s in StateType], "final_states": FINAL, "keyed": keyed}
-    return templates.TemplateResponse(request, template, context, status_code=status_code, headers=PAGE_HEADERS)
+    context["csrf"] = csrf_token(request)
+    page = templates.TemplateResponse(request, template, context, status_code=status_code, headers=PAGE_HEADERS)
+    keep_session(request, page)
+    return page
 
 
 def shown_time(value: datetime | None) -> str:

@@ -36,6 +36,10 @@ def deploy_command(
         str, typer.Option(help="Late runs: run_all, newest_only or cancel_older_than (with --late-max-age).")
     ] = "run_all",
     late_max_age: Annotated[float | None, typer.Option(help="Seconds, for cancel_older_than.")] = None,
+    retention_days: Annotated[
+        float | None,
+        typer.Option(help="Delete its finished runs this many days after they end (default: the server's)."),
+    ] = None,
 ) -> None:
     """Deploy a flow: its runs are created ahead on the schedule and sent when due."""
     from orchestrator.authoring.params import load_flow, parse_parameters
@@ -61,6 +65,7 @@ def deploy_command(
         "concurrency_limit": concurrency_limit,
         "late_policy": late_policy,
         "late_max_age_seconds": late_max_age,
+        "retention_days": retention_days,
     }
     created = calling(lambda: ApiClient().deploy(body))
     console.print(
@@ -141,6 +146,7 @@ def deployment_inspect(
         "paused": "yes" if found["paused"] else "no",
         "late runs": policy,
         "concurrency": "no limit" if limit is None else f"at most {limit} of its runs under way at once",
+        "retention": "the server's" if found.get("retention_days") is None else f"{found['retention_days']:g} days",
         "parameters": json.dumps(found["parameters"]),
         "next runs": upcoming_runs(found),
     }

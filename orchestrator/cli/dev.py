@@ -128,7 +128,9 @@ def dev_command(
             os.environ["ORCHESTRATOR_REDIS_URL"] = url
             unset = [name for name in REDIS_OVERRIDES if os.environ.pop(name, None) is not None]
             reset_settings()
-            api = ApiProcess(url, f"sqlite:///{data_dir / 'dev.db'}", port=api_port, log_path=logs / "api.log")
+            flower_link = {"ORCHESTRATOR_FLOWER_URL": f"http://127.0.0.1:{flower_port}"}  # the UI's task links
+            database = f"sqlite:///{data_dir / 'dev.db'}"
+            api = ApiProcess(url, database, port=api_port, log_path=logs / "api.log", extra_env=flower_link)
             stack.callback(api.stop)
             api.start()
             console.print(f"api:    {api.url}  (docs: http://127.0.0.1:{api_port}/docs, log: {logs / 'api.log'})")

@@ -1,4 +1,5 @@
-"""CLI commands that talk to the API: ``server start``, ``run``, ``flow-run ls|inspect|result|logs|cancel|retry``."""
+"""CLI commands that talk to the API: ``server start``, ``run``,
+``flow-run ls|inspect|result|logs|cancel|retry|delete``."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ server_app = typer.Typer(help="The API server (runs, history, logs).", no_args_i
 flow_run_app = typer.Typer(help="Read and act on flow runs through the API.", no_args_is_help=True)
 
 T = TypeVar("T")
+RUN_LOGGER = "orchestrator.runs"  # the logger of get_run_logger() lines: not named on each printed line
 
 
 def print_error(exc: Exception | str) -> None:
@@ -234,9 +236,12 @@ def log_text(line: dict[str, Any]) -> str:
 
 
 def print_log_line(line: dict[str, Any]) -> None:
-    """One log line as ``flow-run logs`` and ``task-run logs`` print it: time, level, the task run's label, text."""
+    """One log line as ``flow-run logs`` and ``task-run logs`` print it: time, level, the task run's label,
+    the logger when it is not the run logger (a task module's, a library's, ``py.warnings``), text."""
     where = f" [{line.get('label') or line['task_run_id']}]" if line["task_run_id"] else ""
-    text = user_text(f"{(line['time'] or '')[11:23]} {line['level']:<7}{where} {log_text(line)}")
+    logger = str(line.get("logger") or "")
+    source = f" {logger}:" if logger and logger != RUN_LOGGER else ""
+    text = user_text(f"{(line['time'] or '')[11:23]} {line['level']:<7}{where}{source} {log_text(line)}")
     console.print(text, soft_wrap=True)  # one record, one line: Rich adds no line break of its own
 
 
@@ -318,6 +323,48 @@ def flow_run_cancel(run_id: RunIdArg) -> None:
 def flow_run_retry(run_id: RunIdArg) -> None:
     """Run a failed run again: only its task runs that did not complete."""
     console.print(user_text(calling(lambda: ApiClient().retry(run_id))["detail"]))
+
+
+@flow_run_app.command("rename")
+def flow_run_rename(run_id: RunIdArg, name: Annotated[str, typer.Argument(help="The run's new name.")]) -> None:
+    """Rename a run (also while it runs): lists, the web UI and the history show the new name."""
+    if not name.strip():
+        print_error("the new name is empty; give the run's new name (1 to 500 characters).")
+        raise typer.Exit(2)
+    renamed = calling(lambda: ApiClient().rename(run_id, name))
+    console.print(user_line("flow run ", renamed["id"], " renamed ", user_text(renamed["name"], "bold")))
+
+
+@flow_run_app.command("delete")
+def flow_run_delete(
+    run_id: RunIdArg,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    results: Annotated[
+        bool, typer.Option("--results", help="Also remove the results its task runs persisted (persist_result=True).")
+    ] = False,
+) -> None:
+    """Delete a finished run for good: its subflow runs, task runs, state history, logs and Redis keys.
+
+    A run under way is refused: cancel it first. A run never sent to a worker (scheduled, late)
+    is deleted at once.
+    """
+    client = ApiClient()
+    if not yes:
+        run = calling(lambda: client.get_run(run_id))
+        what = f"flow run {run['name']} ({run['id']}), {run['state']}"
+        extra = " and their persisted results" if results else ""
+        if not typer.confirm(user_text(f"Delete {what}, with its task runs, history and logs{extra}?").plain):
+            raise typer.Exit(1)
+        run_id = run["id"]
+    done = calling(lambda: client.delete_run(run_id, results=results))
+    subflows = len(done["flow_runs"]) - 1
+    parts = [f"{done['task_runs']} task runs", f"{done['state_events']} state events", f"{done['log_lines']} log lines"]
+    if subflows:
+        parts.insert(0, f"{subflows} subflow runs")
+    parts.append(f"{done['redis_keys']} Redis keys")
+    if done["results"] is not None:
+        parts.append(f"{done['results']} persisted results")
+    console.print(user_line("flow run ", done["id"], " deleted with ", ", ".join(parts)))
 
 
 def registered_name(target: str) -> str:

@@ -6,30 +6,44 @@ environment variable changes behaviour everywhere at once.
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from orchestrator.config.redis_urls import check_redis_url
 from orchestrator.guards.redaction import masked_url
+
+LOGGER_NAME = re.compile(r"[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*")  # a dotted logger name: sqlalchemy.engine
 
 
 class Settings(BaseSettings):
     """URLs and tunables; each field is ``ORCHESTRATOR_<FIELD>`` in the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="ORCHESTRATOR_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="ORCHESTRATOR_",
+        extra="ignore",
+        hide_input_in_errors=True,  # a URL may carry a password
+    )
 
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0",
-        description="Redis holding run state, results and the event stream.",
+        description="Redis holding run state, results and the event stream: redis://, rediss:// (TLS), or "
+        "redis+sentinel://[:password@]host1:26379,host2:26379/<master name>/<db> for a Redis behind Sentinel.",
     )
-    broker_url: str | None = Field(default=None, description="Celery broker; defaults to redis_url.")
+    broker_url: str | None = Field(
+        default=None,
+        description="Celery broker; defaults to redis_url. A redis+sentinel:// URL is turned into kombu's form.",
+    )
     result_backend_url: str | None = Field(
-        default=None, description="Celery result backend (chord counting); defaults to redis_url."
+        default=None,
+        description="Celery result backend (chord counting); defaults to redis_url. A redis+sentinel:// URL is "
+        "turned into Celery's form.",
     )
     redis_tls_ca_file: str | None = Field(
         default=None,
@@ -49,6 +63,12 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Comma-separated modules a worker imports at start (its flows and tasks).",
     )
+    extra_loggers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated loggers (sqlalchemy,requests) whose lines a worker ships with the task or "
+        "flow run that logs them, as Prefect's PREFECT_LOGGING_EXTRA_LOGGERS; a logger with no level of its own "
+        "is set to INFO. The run logger, each task's module logger and Python warnings are shipped anyway.",
+    )
     result_ttl_seconds: int = Field(
         default=7 * 24 * 3600, description="How long task results and run records stay in Redis."
     )
@@ -64,10 +84,12 @@ class Settings(BaseSettings):
         "comes once a persistent message is on disk, so a broker killed (not only stopped) loses no message it "
         "took. About one broker round trip per message; false trades that for faster sends.",
     )
-    events_maxlen: int = Field(
-        default=1_000_000,
-        description="Approximate cap of the state/log event stream before old entries are trimmed. The API's "
-        "recorder trims what it has written to the database at once; the cap bounds what waits while no API runs.",
+    events_backlog_warn: int = Field(
+        default=100_000,
+        ge=1,
+        description="Events waiting in the Redis stream for the recorder past which GET /api/health warns. The "
+        "stream has no cap (only what the recorder has written is trimmed), so an API down for long keeps every "
+        "event, in Redis memory (about 400 bytes for a state change or a short log line), until it is back.",
     )
     max_dynamic_flows_per_process: int = Field(
         default=32, description="Dynamic flow bodies one worker process drives at once."
@@ -127,6 +149,11 @@ class Settings(BaseSettings):
         description="Open Flower's task routes (run, send, revoke tasks; control workers); Flower refuses it "
         "without credentials.",
     )
+    flower_url: str | None = Field(
+        default=None,
+        description="Where a browser reaches Flower (http://127.0.0.1:5555): the web UI links each task run to "
+        "its Celery task there ({flower_url}/task/<task run id>). Unset: no links. orchestrator dev sets it.",
+    )
     schedule_min_interval_seconds: float = Field(
         default=10,
         ge=1,
@@ -140,6 +167,26 @@ class Settings(BaseSettings):
         default_factory=lambda: f"recorder-{socket.gethostname()}",
         description="Consumer name of this API's recorder in the event stream's consumer group.",
     )
+    retention_days: float | None = Field(
+        default=None,
+        gt=0,
+        description="Finished flow runs that ended more than this many days ago are deleted by the API's "
+        "services, with their task runs, history, logs and Redis keys (docs/retention.md). Unset: kept forever.",
+    )
+    retention_days_by_flow: dict[str, float] = Field(
+        default_factory=dict,
+        description='Per-flow retention in days, as JSON ({"etl": 30, "cleanup-tmp": 2}); a deployment\'s own '
+        "retention_days wins over it, and it wins over retention_days.",
+    )
+    retention_interval_seconds: float = Field(
+        default=60, gt=0, description="How often the services look for finished runs past their retention."
+    )
+    retention_batch_size: int = Field(
+        default=500,
+        ge=1,
+        le=10_000,
+        description="Flow runs (with their task runs, history and logs) deleted per database transaction.",
+    )
 
     @field_validator("flow_modules", "api_allowed_hosts", mode="before")
     @classmethod
@@ -147,6 +194,26 @@ class Settings(BaseSettings):
         """Accept ``a.flows,b.flows`` as well as a list."""
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("extra_loggers", mode="before")
+    @classmethod
+    def _split_logger_names(cls, value: Any) -> Any:
+        """``sqlalchemy, requests`` as well as a list; each a logger name (dotted words), not the root logger."""
+        names = [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+        for name in names if isinstance(names, list) else []:
+            if not isinstance(name, str) or not LOGGER_NAME.fullmatch(name) or name == "root":
+                raise ValueError(
+                    f"ORCHESTRATOR_EXTRA_LOGGERS: {name!r} is not a logger name; give comma-separated names of "
+                    "library loggers, such as sqlalchemy,requests (the root logger is not shipped)"
+                )
+        return names
+
+    @field_validator("redis_url", "broker_url", "result_backend_url")
+    @classmethod
+    def _sentinel_form(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """A Sentinel URL in a form the product cannot use fails here, at start, naming the form to write."""
+        check_redis_url(value, f"ORCHESTRATOR_{str(info.field_name).upper()}")
         return value
 
     @field_validator("api_key", mode="before")
@@ -160,6 +227,28 @@ class Settings(BaseSettings):
     def _empty_is_off(cls, value: Any) -> Any:
         """``ORCHESTRATOR_FLOWER_TASK_API=`` (empty) leaves the task API closed."""
         return False if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("flower_url", mode="before")
+    @classmethod
+    def _flower_base(cls, value: Any) -> Any:
+        """``ORCHESTRATOR_FLOWER_URL=`` (empty) means none; a trailing ``/`` is dropped (links add ``/task/...``)."""
+        if isinstance(value, str):
+            value = value.strip().rstrip("/")
+            if value and not value.startswith(("http://", "https://")):
+                raise ValueError(f"ORCHESTRATOR_FLOWER_URL must be an http:// or https:// URL, not {value!r}")
+            return value or None
+        return value
+
+    @field_validator("retention_days_by_flow")
+    @classmethod
+    def _positive_days(cls, value: dict[str, float]) -> dict[str, float]:
+        """Every per-flow retention is a positive number of days (0 would delete a run as soon as it ends)."""
+        wrong = {flow: days for flow, days in value.items() if not days > 0}
+        if wrong:
+            raise ValueError(
+                f"retention days must be more than 0; got {wrong} (leave a flow out to use retention_days)"
+            )
+        return value
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         """repr() shows every URL masked (redis_url, database_url, an fsspec result_storage...):

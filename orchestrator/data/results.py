@@ -59,3 +59,22 @@ def read_persisted(task_run_ids: list[str]) -> dict[str, str | None]:
         except FileNotFoundError:
             out[task_run_id] = None
     return out
+
+
+def forget_persisted(task_run_ids: list[str]) -> int:
+    """Remove these task runs' persisted results from the result storage; returns how many there were.
+
+    ``DELETE /api/flow-runs/{id}?results=true`` calls it. An id that is not well formed names no
+    file of the storage (nothing was ever written under it) and is skipped."""
+    removed = 0
+    for task_run_id in task_run_ids:
+        try:
+            fs, path = fsspec.core.url_to_fs(_path(task_run_id))
+        except RunError:
+            continue
+        try:
+            fs.rm_file(path)
+        except FileNotFoundError:
+            continue
+        removed += 1
+    return removed

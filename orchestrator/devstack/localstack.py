@@ -81,8 +81,12 @@ def redis_process(
     bind: Sequence[str] = ("127.0.0.1",),
     password: str | None = None,
     log_path: Path | None = None,
+    extra_args: Sequence[str] = (),
 ) -> Iterator[Child]:
-    """:func:`redis_server`, yielding the process (to watch it) with its URL in ``url``."""
+    """:func:`redis_server`, yielding the process (to watch it) with its URL in ``url``.
+
+    ``extra_args`` are more ``redis-server`` options (``--replicaof host port`` for a replica).
+    """
     binary = shutil.which("redis-server")
     if binary is None:
         raise ConnectionProblem(
@@ -106,6 +110,7 @@ def redis_process(
         "--dir",
         workdir,
         *(["--requirepass", password] if password else []),
+        *extra_args,
     ]
     child = spawn("redis-server", args, log_path=log_path)
     child.url = f"redis://{f':{password}@' if password else ''}{bind[0]}:{port}/0"

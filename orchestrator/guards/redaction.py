@@ -17,8 +17,11 @@ MASK = "**"
 
 # scheme://[user][:password]@ : the credentials part of any URL inside a text.
 _CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^\s/@'\"<>]*)@")
-# Query parameters that carry secrets in some drivers (password=..., ?auth=...).
-_SECRET_QUERY = re.compile(r"(?i)(?P<key>[?&](?:password|passwd|pwd|auth|token|secret|api_key)=)(?P<value>[^&\s'\"]*)")
+# Query parameters that carry secrets in some drivers (password=..., ?auth=..., a redis+sentinel://
+# URL's sentinel_password=...).
+_SECRET_QUERY = re.compile(
+    r"(?i)(?P<key>[?&](?:(?:sentinel_)?password|passwd|pwd|auth|token|secret|api_key)=)(?P<value>[^&\s'\"]*)"
+)
 
 
 def _mask_userinfo(userinfo: str) -> str:

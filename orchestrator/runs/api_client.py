@@ -157,8 +157,16 @@ class ApiClient:
     def cancel(self, run_id: str) -> dict[str, Any]:
         return dict(self.request("POST", f"/flow-runs/{segment(run_id)}/cancel"))
 
+    def delete_run(self, run_id: str, *, results: bool = False) -> dict[str, Any]:
+        """Delete a finished run with its tree, history, logs and Redis keys (and persisted results if asked)."""
+        params = {"results": "true"} if results else {}
+        return dict(self.request("DELETE", f"/flow-runs/{segment(run_id)}", params=params))
+
     def retry(self, run_id: str) -> dict[str, Any]:
         return dict(self.request("POST", f"/flow-runs/{segment(run_id)}/retry"))
+
+    def rename(self, run_id: str, name: str) -> dict[str, Any]:
+        return dict(self.request("PATCH", f"/flow-runs/{segment(run_id)}", json={"name": name}))
 
     def set_limit(self, tag: str, limit: int) -> dict[str, Any]:
         return dict(self.request("POST", "/concurrency-limits", json={"tag": tag, "limit": limit}))

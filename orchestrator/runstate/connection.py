@@ -2,6 +2,12 @@
 
 Only :mod:`orchestrator.runstate` holds a Redis client (``tests/test_architecture.py``
 checks it); everything else asks the core's repositories.
+
+A ``redis+sentinel://`` URL (:mod:`orchestrator.config.redis_urls`) gives a client on the
+master that the sentinels name: after a failover its next connection asks them again, and a
+call that was cut off is retried there like one cut off by a restart (:func:`outage_retry`).
+A new master, like a restarted Redis, has no scripts loaded: :class:`ScriptSafeRedis` loads
+them again when a pipeline is sent a second time.
 """
 
 from __future__ import annotations
@@ -11,9 +17,12 @@ from functools import lru_cache
 from typing import Any
 
 import redis
+import redis.client
+import redis.sentinel
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from orchestrator.config.redis_urls import SentinelUrl, is_sentinel_url, parse_sentinel_url
 from orchestrator.config.settings import get_settings
 from orchestrator.config.tls import tls_options_for
 
@@ -45,18 +54,77 @@ def set_outage_seconds(seconds: float) -> None:
     client.cache_clear()
 
 
+class ScriptSafePipeline(redis.client.Pipeline):
+    """A pipeline whose scripts survive a pipeline sent again on another server.
+
+    redis-py loads a pipeline's scripts (SCRIPT EXISTS, SCRIPT LOAD) once, then sends it, and
+    sends it again when the connection is lost on the way (:func:`outage_retry`). When that
+    second send lands on a new master after a failover, or on a restarted Redis, the server
+    has no script cache: every EVALSHA of the batch answers NOSCRIPT and the batch's steps
+    (a task run's end, a flow run's waiters) are lost. Here each send after the first loads
+    the scripts again first, on the connection it is about to use. The first send costs
+    nothing more.
+    """
+
+    _sends = 0
+
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        self._sends = 0
+        return super().execute(raise_on_error)
+
+    def _execute_pipeline(self, connection: Any, commands: Any, raise_on_error: bool) -> Any:
+        self._reload_on_resend()
+        return super()._execute_pipeline(connection, commands, raise_on_error)
+
+    def _execute_transaction(self, connection: Any, commands: Any, raise_on_error: bool) -> Any:
+        self._reload_on_resend()
+        return super()._execute_transaction(connection, commands, raise_on_error)
+
+    def _reload_on_resend(self) -> None:
+        self._sends += 1
+        if self._sends > 1 and self.scripts:
+            self.load_scripts()
+
+
+class ScriptSafeRedis(redis.Redis):
+    """The run store's client class: redis-py's, with :class:`ScriptSafePipeline` pipelines."""
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+        return ScriptSafePipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
+
+
 @lru_cache(maxsize=8)
 def client(url: str) -> Any:
     """One client (and pool) per URL; ``Any`` because decode_responses=True makes every
     reply a ``str`` while redis-py's annotations say ``bytes | str``."""
+    options: dict[str, Any] = {"decode_responses": True, "health_check_interval": 30, **outage_retry()}
+    if is_sentinel_url(url):
+        return sentinel_master(parse_sentinel_url(url), **options)
     tls = tls_options_for(url, get_settings())  # verified like the broker's
-    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30, **outage_retry(), **tls)
+    return ScriptSafeRedis.from_url(url, **options, **tls)
+
+
+def sentinel_master(where: SentinelUrl, **options: Any) -> Any:
+    """A client on the master the sentinels of ``where`` name now, and after any failover.
+
+    Each new connection asks the sentinels (in the order given, the first that answers) for
+    the master's address; a connection to a master that became a replica is closed on its
+    first refused write (READONLY), and the call retried when ``options`` carry a retry.
+    """
+    manager = redis.sentinel.Sentinel(list(where.sentinels), sentinel_kwargs=where.sentinel_kwargs())
+    return manager.master_for(
+        where.master, redis_class=ScriptSafeRedis, db=where.db, **where.redis_credentials(), **options
+    )
 
 
 def answers(url: str, timeout: float = 1.0) -> bool:
     """Whether a Redis at ``url`` answers a PING within ``timeout`` (a throw-away client: nothing cached)."""
     try:
-        probe = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+        limits = {"socket_connect_timeout": timeout, "socket_timeout": timeout}
+        if is_sentinel_url(url):
+            probe = sentinel_master(parse_sentinel_url(url), **limits)
+        else:
+            probe = redis.Redis.from_url(url, **limits)
         try:
             return bool(probe.ping())
         finally:

@@ -1,22 +1,27 @@
 """The event stream repository: where every state change and log line goes, and how the recorder reads it.
 
-Producers append typed events (:mod:`orchestrator.runstate.events`) to one capped
-Redis stream; the API's recorder reads it with a consumer group and acknowledges a
+Producers append typed events (:mod:`orchestrator.runstate.events`) to one Redis
+stream; the API's recorder reads it with a consumer group and acknowledges a
 batch only after its database commit, so an API killed mid-batch loses nothing:
 the next recorder reads the unacknowledged entries again (its own first, then those
 a dead consumer left, after :data:`CLAIM_IDLE_MS`).
 
 An entry the database holds has done its work: the acknowledgement also trims the
 stream up to the oldest entry a consumer group still needs (``lua/ack_events.lua``),
-in the same atomic step, so recorded events do not sit in Redis until the cap pushes
-them out (about 750 bytes per task run). With no API running nothing is acknowledged
-and nothing trimmed: the events wait, up to the cap, for a recorder to come.
+in the same atomic step (about 750 bytes per task run leave Redis). That is the only
+trimming: appending has no cap (no ``MAXLEN``), because a cap drops the oldest entries
+whether or not they were recorded, and an API down long enough lost history that way.
+With no API running nothing is acknowledged and nothing trimmed: the events wait, in
+Redis memory, for a recorder to come; before the recorder's group exists (a recorder
+that never ran) no trim runs at all, and the group, made at the stream's start, reads
+them all. :meth:`EventStream.backlog` says how many wait (``/metrics``, ``/api/health``).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -32,20 +37,31 @@ DEAD_LETTERS = f"{keys.PREFIX}:events:dead"  # events the database refused, kept
 Entry = tuple[str, dict[str, str]]  # a stream id and the entry's fields
 
 
+@dataclass(frozen=True)
+class Backlog:
+    """What waits in the stream for the recorder: every entry it has not acknowledged is kept
+    (see the module's docstring), so the stream's length is the backlog."""
+
+    entries: int
+    oldest: float | None  # when the oldest entry was appended (epoch seconds, from its id); None: empty
+
+
 class EventStream:
     """Appends events and hands them to the recorder."""
 
-    def __init__(self, redis: Any, scripts: Scripts, ttl: int, maxlen: int) -> None:
+    def __init__(self, redis: Any, scripts: Scripts, ttl: int) -> None:
         self._redis = redis
         self._scripts = scripts
         self._ttl = ttl
-        self._maxlen = maxlen
 
     # -- producing ------------------------------------------------------------------------
     def append(self, pipe: Any, event: StreamEvent | str) -> None:
-        """Queue one event (typed, or text made by :func:`~orchestrator.runstate.events.encode`) in ``pipe``."""
+        """Queue one event (typed, or text made by :func:`~orchestrator.runstate.events.encode`) in ``pipe``.
+
+        No ``MAXLEN``: only the recorder's acknowledgement trims the stream (the module's docstring says why).
+        """
         text = event if isinstance(event, str) else encode(event)
-        pipe.xadd(keys.EVENTS_STREAM, {"event": text}, maxlen=self._maxlen, approximate=True)
+        pipe.xadd(keys.EVENTS_STREAM, {"event": text})
 
     def append_all(self, pipe: Any, events: Iterable[StreamEvent | str]) -> None:
         """Queue several events in ``pipe``, in order."""
@@ -98,6 +114,15 @@ class EventStream:
         if not stream_ids:
             return 0
         return int(self._scripts["ack_events"](keys=[keys.EVENTS_STREAM], args=[RECORDER_GROUP, *stream_ids]))
+
+    def backlog(self) -> Backlog:
+        """How many events wait to be recorded, and since when (one round trip: ``XLEN`` and the first id)."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.xlen(keys.EVENTS_STREAM)
+        pipe.xrange(keys.EVENTS_STREAM, "-", "+", count=1)
+        length, first = pipe.execute()
+        oldest = int(str(first[0][0]).split("-", 1)[0]) / 1000 if first else None
+        return Backlog(int(length), oldest)
 
     def keep_refused(self, stream_id: str, event: dict[str, Any], error: str) -> None:
         """Keep an event the database refused in the dead-letter list, for a person to look at."""

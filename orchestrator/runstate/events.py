@@ -56,13 +56,18 @@ class Renamed:
 
 @dataclass(frozen=True)
 class LogLine:
-    """One line a run logged (``get_run_logger()`` or a captured print)."""
+    """One line a run logged: ``get_run_logger()``, a captured print, the task module's own logger, an
+    extra logger (``ORCHESTRATOR_EXTRA_LOGGERS``), a warning, or a failed attempt's traceback.
+
+    ``logger`` names the logger that wrote it (empty in lines of workers older than the field).
+    """
 
     flow_run_id: str
     task_run_id: str | None
     level: str
     message: str
     ts: float = field(default_factory=time.time)
+    logger: str = ""
     kind: Literal["log"] = "log"
 
     @property
@@ -85,9 +90,9 @@ def task_run_event(task_run_id: str, state: str, **fields: Any) -> StateChange:
 
 
 def to_wire(event: StreamEvent) -> dict[str, Any]:
-    """The JSON object of an event (``message``, ``record``, ``reopen`` and ``cause`` left out when
-    empty: :func:`from_wire` reads a missing one as empty, and every event waits in Redis until it
-    is recorded, up to the stream's cap when no API runs)."""
+    """The JSON object of an event (``message``, ``record``, ``reopen``, ``cause`` and a log line's
+    ``logger`` left out when empty: :func:`from_wire` reads a missing one as empty, and every event
+    waits in Redis until it is recorded, however long no API runs)."""
     if isinstance(event, StateChange):
         out: dict[str, Any] = {"kind": event.kind, "id": event.id, "state": event.state, "ts": event.ts}
         if event.message:
@@ -108,7 +113,7 @@ def to_wire(event: StreamEvent) -> dict[str, Any]:
             "name": event.name,
             "cause": event.cause,
         }
-    return {
+    line: dict[str, Any] = {
         "kind": event.kind,
         "id": event.id,
         "flow_run_id": event.flow_run_id,
@@ -117,6 +122,9 @@ def to_wire(event: StreamEvent) -> dict[str, Any]:
         "message": event.message,
         "ts": event.ts,
     }
+    if event.logger:
+        line["logger"] = event.logger
+    return line
 
 
 def encode(event: StreamEvent) -> str:
@@ -161,6 +169,7 @@ def from_wire(data: Any) -> StreamEvent:
             str(data.get("level") or "INFO"),
             str(data.get("message") or ""),
             _ts(data.get("ts")),
+            str(data.get("logger") or ""),
         )
     raise EventFormatError(f"unknown event kind {kind!r}")
 

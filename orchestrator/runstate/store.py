@@ -11,6 +11,7 @@ repositories a store holds, each named after what it keeps:
 - ``leases`` (:mod:`~orchestrator.runstate.leases`): singleton jobs and the heartbeats of running task runs;
 - ``task_cache`` (:mod:`~orchestrator.runstate.task_cache`): cached task results by task and cache key;
 - ``linked`` (:mod:`~orchestrator.runstate.linked_runs`): child runs of their own, and who waits for them;
+- ``removal`` (:mod:`~orchestrator.runstate.removal`): every key of finished runs, removed at once;
 
 Tag concurrency limits (slots held as leases) are :mod:`~orchestrator.runstate.slots`.
 
@@ -38,6 +39,7 @@ from orchestrator.runstate.journal import Journal
 from orchestrator.runstate.leases import Leases
 from orchestrator.runstate.linked_runs import LinkedRuns
 from orchestrator.runstate.records import JSON_FIELDS, describe_record
+from orchestrator.runstate.removal import Removal
 from orchestrator.runstate.scripts import Scripts
 from orchestrator.runstate.task_cache import TaskCache
 from orchestrator.runstate.task_runs import STALE, Finished, Started, TaskRuns
@@ -76,17 +78,17 @@ class RunStore:
         self.url = url or settings.redis_url
         self.redis: Any = connection.client(self.url)  # the core's own; tests may read it, nothing else may
         self.ttl = settings.result_ttl_seconds
-        self.maxlen = settings.events_maxlen
         self.scripts = Scripts(self.redis)
-        self.events = EventStream(self.redis, self.scripts, self.ttl, self.maxlen)
+        self.events = EventStream(self.redis, self.scripts, self.ttl)
         self.flow_runs = FlowRuns(self.redis, self.scripts, self.ttl, self.events)
-        self.task_runs = TaskRuns(self.redis, self.scripts, self.ttl, self.maxlen, self.events)
+        self.task_runs = TaskRuns(self.redis, self.scripts, self.ttl, self.events)
         self.delayed = DelayedMessages(self.redis, self.scripts)
         self.fleet = Fleet(self.redis)
         self.leases = Leases(self.redis, self.scripts)
         self.task_cache = TaskCache(self.redis, self.ttl)
         self.linked = LinkedRuns(self.redis, self.flow_runs, self.ttl)
         self.journal = Journal(self.redis, self.scripts, self.ttl)
+        self.removal = Removal(self.redis)
 
     def pipeline(self) -> Any:
         """A pipeline that queues writes of several repositories for one round trip (``execute()``)."""

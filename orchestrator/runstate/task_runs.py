@@ -60,11 +60,10 @@ STALE = Started(None, {}, stale=True)
 class TaskRuns:
     """Task run records, their starts and ends, and the run tree's joins."""
 
-    def __init__(self, redis: Any, scripts: Scripts, ttl: int, maxlen: int, events: EventStream) -> None:
+    def __init__(self, redis: Any, scripts: Scripts, ttl: int, events: EventStream) -> None:
         self._redis = redis
         self._scripts = scripts
         self._ttl = ttl
-        self._maxlen = maxlen
         self._events = events
 
     # -- creating ----------------------------------------------------------------------------
@@ -193,7 +192,6 @@ class TaskRuns:
             args=[
                 trid,
                 self._ttl,
-                self._maxlen,
                 json.dumps(slim_task_fields(fields)),
                 event,
                 "1" if stored_inputs else "0",
@@ -279,7 +277,6 @@ class TaskRuns:
             args=[
                 trid,
                 self._ttl,
-                self._maxlen,
                 json.dumps(task_fields_to_redis(fields)),
                 event,
                 state.value,

@@ -22,6 +22,7 @@ from orchestrator.config.tls import tls_options_for
 from orchestrator.errors import ConnectionProblem
 from orchestrator.guards.redaction import masked_url
 from orchestrator.runstate.store import RunStore
+from orchestrator.transport.celery_app import celery_redis_url
 
 CONNECT_SECONDS = 3.0
 
@@ -53,11 +54,12 @@ def queue_lengths(store: RunStore, queues: list[str], settings: Settings | None 
 
 def _ask_broker(url: str, queues: list[str], settings: Settings) -> dict[str, int]:
     ssl: Any = tls_options_for(url, settings) or (True if url.startswith("amqps://") else None)
-    options: dict[str, Any] = {"connect_timeout": CONNECT_SECONDS}
+    kombu_url, transport_options = celery_redis_url(url)  # redis+sentinel:// as kombu spells it
+    options: dict[str, Any] = {"connect_timeout": CONNECT_SECONDS, "transport_options": transport_options}
     if ssl is not None:
         options["ssl"] = ssl
     try:
-        with Connection(url, **options) as connection:
+        with Connection(kombu_url, **options) as connection:
             connection.ensure_connection(max_retries=1)
             return {queue: _ready_messages(connection, queue) for queue in queues}
     except (OperationalError, OSError) as exc:

@@ -12,15 +12,16 @@ from typing import Any
 
 from celery import Celery
 from celery.app.amqp import AMQP
-from celery.backends.redis import RedisBackend
+from celery.backends.redis import RedisBackend, SentinelBackend
 
+from orchestrator.config.redis_urls import is_sentinel_url, parse_sentinel_url
 from orchestrator.config.settings import Settings, get_settings
 from orchestrator.config.tls import tls_options_for
 from orchestrator.runstate.store import outage_retry
 
 
-class SendOnlyRedisBackend(RedisBackend):  # type: ignore[misc]
-    """Redis result backend for a process that sends canvas but never waits on Celery results.
+class SendOnly:
+    """Result backend behaviour for a process that sends canvas but never waits on Celery results.
 
     Celery's client side subscribes to the result channel of every chord header it
     sends (and of every task whose result is not ignored) so that ``.get()`` works.
@@ -39,8 +40,8 @@ class SendOnlyRedisBackend(RedisBackend):  # type: ignore[misc]
         return result
 
 
-class OutageTolerantRedisBackend(RedisBackend):  # type: ignore[misc]
-    """Redis result backend that can ride out a Redis restart (the worker app's).
+class OutageTolerant:
+    """Result backend behaviour that can ride out a Redis restart or failover (the worker app's).
 
     Celery counts a chord's finished parts here (``on_chord_part_return``); a count that fails
     because Redis is restarting marks the chord failed, and the body (the task after a
@@ -49,9 +50,28 @@ class OutageTolerantRedisBackend(RedisBackend):  # type: ignore[misc]
     until then it is Celery's Redis backend, unchanged.
     """
 
+    app: Celery
+
     def _create_client(self, **params: Any) -> Any:
         seconds = float(self.app.conf.get("orchestrator_outage_seconds") or 0)
-        return super()._create_client(**params, **outage_retry(seconds))
+        return super()._create_client(**params, **outage_retry(seconds))  # type: ignore[misc]
+
+
+class SendOnlyRedisBackend(SendOnly, RedisBackend):  # type: ignore[misc]
+    """:class:`SendOnly` on one Redis."""
+
+
+class SendOnlySentinelBackend(SendOnly, SentinelBackend):  # type: ignore[misc]
+    """:class:`SendOnly` on the master a Sentinel group names."""
+
+
+class OutageTolerantRedisBackend(OutageTolerant, RedisBackend):  # type: ignore[misc]
+    """:class:`OutageTolerant` on one Redis."""
+
+
+class OutageTolerantSentinelBackend(OutageTolerant, SentinelBackend):  # type: ignore[misc]
+    """:class:`OutageTolerant` on the master a Sentinel group names: a chord part counted while the
+    sentinels fail the master over waits for the new one (its connections ask them again)."""
 
 
 class JsonArgumentsAMQP(AMQP):  # type: ignore[misc]
@@ -79,14 +99,27 @@ def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _send_only(url: str) -> str:
-    """Route a redis:// or rediss:// backend URL to :class:`SendOnlyRedisBackend`."""
-    return f"{__name__}:SendOnlyRedisBackend+{url}" if url.startswith(("redis://", "rediss://")) else url
+def _backend(url: str, behaviour: str) -> str:
+    """Route a redis://, rediss:// or (translated) sentinel:// backend URL to the ``behaviour``
+    class (``SendOnly`` or ``OutageTolerant``) of its kind; any other backend stays Celery's."""
+    if url.startswith(("redis://", "rediss://")):
+        return f"{__name__}:{behaviour}RedisBackend+{url}"
+    if url.startswith("sentinel://"):
+        return f"{__name__}:{behaviour}SentinelBackend+{url}"
+    return url
 
 
-def _outage_tolerant(url: str) -> str:
-    """Route a redis:// or rediss:// backend URL to :class:`OutageTolerantRedisBackend`."""
-    return f"{__name__}:OutageTolerantRedisBackend+{url}" if url.startswith(("redis://", "rediss://")) else url
+def celery_redis_url(url: str) -> tuple[str, dict[str, Any]]:
+    """A broker or backend URL as Celery takes it, and the transport options it needs.
+
+    ``redis+sentinel://`` (:mod:`orchestrator.config.redis_urls`) becomes kombu's
+    ``sentinel://h1:26379;sentinel://h2:26379/<db>`` with the master's name (and the sentinels'
+    own credentials) as options; every other URL is Celery's own and passes unchanged.
+    """
+    if not is_sentinel_url(url):
+        return url, {}
+    where = parse_sentinel_url(url)
+    return where.celery_url(), where.transport_options()
 
 
 def _is_amqp(url: str) -> bool:
@@ -104,9 +137,9 @@ def make_celery_app(
     receives them.
     """
     s = settings or get_settings()
-    backend_url = s.result_backend_url or s.redis_url
-    broker_url = s.broker_url or s.redis_url
-    backend = _send_only(backend_url) if send_only else _outage_tolerant(backend_url)
+    backend_url, backend_options = celery_redis_url(s.result_backend_url or s.redis_url)
+    broker_url, broker_options = celery_redis_url(s.broker_url or s.redis_url)
+    backend = _backend(backend_url, "SendOnly" if send_only else "OutageTolerant")
     app = Celery(main, broker=broker_url, backend=backend, amqp=JsonArgumentsAMQP if send_only else None)
     # rediss://: the broker and the result backend verify Redis's certificate as the run store does
     # (kombu alone would connect with CERT_NONE, and Celery's backend refuse to start).
@@ -128,9 +161,9 @@ def make_celery_app(
         task_create_missing_queues=True,
         result_expires=3600,  # orchestrator tasks ignore results (they live in our own keys);
         # plain Celery tasks on the same app keep Celery's usual result behaviour
-        broker_transport_options={"visibility_timeout": s.visibility_timeout_seconds}
+        broker_transport_options={"visibility_timeout": s.visibility_timeout_seconds, **broker_options}
         | ({"confirm_publish": True} if s.broker_confirm_publish and _is_amqp(broker_url) else {}),
-        result_backend_transport_options={"visibility_timeout": s.visibility_timeout_seconds},
+        result_backend_transport_options={"visibility_timeout": s.visibility_timeout_seconds, **backend_options},
         broker_connection_retry_on_startup=True,
         worker_cancel_long_running_tasks_on_connection_loss=False,
         enable_utc=True,

@@ -139,6 +139,8 @@
     const base = "/flow-runs/" + encodeURIComponent(runId);
     let logsAfter = 0;
     let wasFinal = false;
+    const TASKS_PER_PAGE = 100;
+    let taskOffset = 0;
 
     async function refreshRun() {
       const response = await getJson(base);
@@ -154,15 +156,31 @@
       return run;
     }
 
+    // A task run's label, linked to its Celery task in Flower when ORCHESTRATOR_FLOWER_URL is set
+    // (a task run's id is its Celery task id).
+    const flower = article.dataset.flower || "";
+    function taskLabel(t) {
+      const label = t.label || t.task_name;
+      if (!flower) return label;
+      const href = flower + "/task/" + encodeURIComponent(t.id);
+      return el("a", label, { class: "flower-link", href: href, target: "_blank", rel: "noopener noreferrer" });
+    }
+
     async function refreshTasks() {
-      const response = await getJson(base + "/task-runs?limit=1000");
+      const response = await getJson(base + "/task-runs?limit=" + TASKS_PER_PAGE + "&offset=" + taskOffset);
       if (!response.ok) return;
       const tasks = await response.json();
+      const total = Number(response.headers.get("X-Total-Count") || tasks.length);
+      document.getElementById("task-count").textContent = total
+        ? taskOffset + 1 + "–" + (taskOffset + tasks.length) + " of " + total
+        : "No task runs yet.";
+      document.getElementById("task-newer").hidden = taskOffset === 0;
+      document.getElementById("task-older").hidden = taskOffset + TASKS_PER_PAGE >= total;
       replaceRows(
         document.getElementById("task-rows"),
         tasks.map((t) => {
           const tr = row([
-            t.label || t.task_name,
+            taskLabel(t),
             stateBadge(t.state),
             shownTime(t.started),
             shownTime(t.ended),
@@ -239,6 +257,13 @@
       document.getElementById("root-cause-more").textContent = more.join("; ");
       document.getElementById("root-cause").hidden = false;
     }
+
+    function turnTasks(by) {
+      taskOffset = Math.max(taskOffset + by, 0);
+      refreshTasks().catch(() => {});
+    }
+    document.getElementById("task-newer").addEventListener("click", () => turnTasks(-TASKS_PER_PAGE));
+    document.getElementById("task-older").addEventListener("click", () => turnTasks(TASKS_PER_PAGE));
 
     every(RUN_EVERY_MS, async () => {
       const run = await refreshRun();

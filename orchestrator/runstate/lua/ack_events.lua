@@ -2,8 +2,9 @@
 -- Acknowledges the ids, then trims the stream below the oldest entry some consumer group still needs:
 -- that group's oldest pending entry (read, not acknowledged), else the first entry it has not read.
 -- Entries no group has read (no API ran) and entries read but not acknowledged (a recorder died
--- before its commit) are never trimmed here; MAXLEN at XADD still caps the stream. Returns the
--- number of entries trimmed.
+-- before its commit) are never trimmed, here or anywhere: XADD has no MAXLEN, so this is the
+-- stream's only trim and it never drops an event the recorder does not hold. Returns the number
+-- of entries trimmed.
 for i = 2, #ARGV, 1000 do
   redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
 end

@@ -1,26 +1,26 @@
 -- FAILED and FINAL are tables of state names, defined by runstate.scripts from orchestrator.states.
 -- KEYS: task hash, finals, events, remaining, result, join pending, join sigs, root flow run, root latch,
 --       tolerant set, waiters of the root flow run, delayed messages, the root's wake-up list
--- ARGV: trid, ttl, maxlen, fields json, event json, state, result text ('' = none), downstream key,
+-- ARGV: trid, ttl, fields json, event json, state, result text ('' = none), downstream key,
 --       now, root run id, the Completed event of the root flow run (text of runstate.events.encode)
 -- Returns {left, flow, ready signatures...}: left = task runs of the tree not final (-1: this one
 -- already was), flow = 'completed' when this call ended the root flow run Completed, 'decide'
 -- when the tree is done but the run did not complete (Python writes the detailed message).
-if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[6]) == 0 then return {-1, ''} end
+if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[5]) == 0 then return {-1, ''} end
 redis.call('EXPIRE', KEYS[2], ARGV[2])
-if ARGV[7] ~= '' then redis.call('SET', KEYS[5], ARGV[7], 'EX', ARGV[2]) end
-local fields = cjson.decode(ARGV[4])
+if ARGV[6] ~= '' then redis.call('SET', KEYS[5], ARGV[6], 'EX', ARGV[2]) end
+local fields = cjson.decode(ARGV[3])
 for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'event', ARGV[5])
+redis.call('XADD', KEYS[3], '*', 'event', ARGV[4])
 local left = redis.call('DECR', KEYS[4])
 local out = {left, ''}
-for _, d in ipairs(redis.call('SMEMBERS', ARGV[8])) do
+for _, d in ipairs(redis.call('SMEMBERS', ARGV[7])) do
   if redis.call('HEXISTS', KEYS[6], d) == 1 then
     if redis.call('HINCRBY', KEYS[6], d, -1) == 0 then
       -- after a failure only tolerant tasks are sent (they decide); the rest are marked
       if redis.call('HEXISTS', KEYS[2], d) == 0 and
-         (ARGV[6] == 'Completed' or redis.call('SISMEMBER', KEYS[10], d) == 1) then
+         (ARGV[5] == 'Completed' or redis.call('SISMEMBER', KEYS[10], d) == 1) then
         table.insert(out, redis.call('HGET', KEYS[7], d))
       end
     end
@@ -49,13 +49,13 @@ elseif left == 0 then
       end
     end
     if ok then
-      redis.call('HSET', KEYS[8], 'state', 'Completed', 'ended', ARGV[9], 'message', '')
+      redis.call('HSET', KEYS[8], 'state', 'Completed', 'ended', ARGV[8], 'message', '')
       redis.call('EXPIRE', KEYS[8], ARGV[2])
-      redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'event', ARGV[11])
+      redis.call('XADD', KEYS[3], '*', 'event', ARGV[10])
       redis.call('LPUSH', KEYS[9], 'Completed')
       redis.call('EXPIRE', KEYS[9], ARGV[2])
       -- parent nodes waiting for this run (a run of its own started by a plan node) are due now
-      for _, m in ipairs(redis.call('LRANGE', KEYS[11], 0, -1)) do redis.call('ZADD', KEYS[12], ARGV[9], m) end
+      for _, m in ipairs(redis.call('LRANGE', KEYS[11], 0, -1)) do redis.call('ZADD', KEYS[12], ARGV[8], m) end
       redis.call('DEL', KEYS[11])
       out[2] = 'completed'
     end

@@ -1,4 +1,4 @@
--- KEYS: task hash, finals, events, stored inputs, heartbeats, heartbeat records ; ARGV: trid, ttl, maxlen,
+-- KEYS: task hash, finals, events, stored inputs, heartbeats, heartbeat records ; ARGV: trid, ttl,
 --       fields json, event json, '1' to fetch stored inputs, crash record json ('' = none), now,
 --       result keys to prefetch...
 -- Returns 0 when the task run is already final, -1 when a newer attempt was sent (this message is
@@ -7,17 +7,17 @@
 -- A crash record puts the execution under the crash detector from its first moment (heartbeats
 -- renew it from then on), with the start number added so the detector knows which execution it is.
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 0 end
-local fields = cjson.decode(ARGV[4])
+local fields = cjson.decode(ARGV[3])
 local newest = redis.call('HGET', KEYS[1], 'min_attempt')
 if newest and tonumber(fields['attempts']) < tonumber(newest) then return -1 end
 for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'event', ARGV[5])
+redis.call('XADD', KEYS[3], '*', 'event', ARGV[4])
 local out = {redis.call('HINCRBY', KEYS[1], 'starts', 1), false}
-if ARGV[6] == '1' then out[2] = redis.call('HGET', KEYS[4], ARGV[1]) end
-if ARGV[7] ~= '' then
-  redis.call('ZADD', KEYS[5], ARGV[8], ARGV[1])
-  redis.call('HSET', KEYS[6], ARGV[1], string.sub(ARGV[7], 1, -2) .. ',"start":' .. out[1] .. '}')
+if ARGV[5] == '1' then out[2] = redis.call('HGET', KEYS[4], ARGV[1]) end
+if ARGV[6] ~= '' then
+  redis.call('ZADD', KEYS[5], ARGV[7], ARGV[1])
+  redis.call('HSET', KEYS[6], ARGV[1], string.sub(ARGV[6], 1, -2) .. ',"start":' .. out[1] .. '}')
 end
-for i = 9, #ARGV do table.insert(out, redis.call('GET', ARGV[i])) end
+for i = 8, #ARGV do table.insert(out, redis.call('GET', ARGV[i])) end
 return out
