@@ -11,6 +11,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -102,15 +103,21 @@ def test_version_and_help_of_every_run_id_argument() -> None:
             [sys.executable, "-m", "orchestrator.cli", *args], env=env, capture_output=True, text=True, timeout=60
         )
 
-    shown = orchestrator("--version")
+    run_id_commands = ("inspect", "result", "logs", "why", "cancel", "retry")
+    other_commands = (("worker", "start"), ("plan",))
+    asked = [
+        ("--version",),
+        *(("flow-run", c, "--help") for c in run_id_commands),
+        *((*c, "--help") for c in other_commands),
+    ]
+    with ThreadPoolExecutor(4) as pool:  # separate processes that only print: most of each one's second is imports
+        shown, *helps = pool.map(lambda args: orchestrator(*args), asked)
     assert shown.returncode == 0 and shown.stdout == f"celery-orchestrator {__version__}\n", shown
-    for command in ("inspect", "result", "logs", "why", "cancel", "retry"):
-        helped = orchestrator("flow-run", command, "--help")
+    for command, helped in zip(run_id_commands, helps, strict=False):
         assert "Flow run id, or a unique prefix of it" in helped.stdout, (command, helped.stdout)
-    for command in (("worker", "start"), ("plan",)):
-        helped = orchestrator(*command, "--help")
+    for command, helped in zip(other_commands, helps[len(run_id_commands) :], strict=True):
         options = [line for line in helped.stdout.splitlines() if line.startswith("│ ") and " --" in line]
-        assert options and all(re.search(r"<[^>]+>\s+[^\s│]", line) for line in options), helped.stdout  # a help text
+        assert options and all(re.search(r"<[^>]+>\s+[^\s│]", line) for line in options), (command, helped.stdout)
 
 
 def test_run_takes_module_colon_flow_as_plan_does(api: ApiProcess) -> None:

@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import httpx
@@ -45,6 +46,7 @@ HOSTILE = {
 # Any of these in the output reached the terminal raw (the newline Rich writes itself is allowed).
 RAW = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 SGR = re.compile(r"\x1b\[[0-9;]*m")  # Rich's own styling, when colour is forced
+CLI_AT_ONCE = 4  # CLI processes run at once: each spends most of its second importing, on one core
 
 
 @dataclass
@@ -106,6 +108,15 @@ def cli(stack: Stack, *args: str, colour: bool = False) -> subprocess.CompletedP
     )
 
 
+def cli_each(
+    stack: Stack, commands: list[tuple[str, ...]], colour: bool = False
+) -> list[subprocess.CompletedProcess[str]]:
+    """``cli`` for each of ``commands``, a few at a time (each is a process of its own that reads what
+    the stack holds, so the order they run in changes nothing); the results in the order given."""
+    with ThreadPoolExecutor(CLI_AT_ONCE) as pool:
+        return list(pool.map(lambda args: cli(stack, *args, colour=colour), commands))
+
+
 def assert_safe(out: subprocess.CompletedProcess[str], colour: bool = False, styled: bool = True) -> str:
     """The output holds no raw control or bidi character and no hyperlink; returns it without Rich's SGR.
 
@@ -164,8 +175,8 @@ def test_flow_run_ls_shows_hostile_names_and_messages_as_text(stack: Stack) -> N
 
 
 def test_flow_run_inspect_shows_hostile_names_and_messages_as_text(stack: Stack) -> None:
-    for raw, shown in HOSTILE.items():
-        out = cli(stack, "flow-run", "inspect", stack.runs[raw])
+    outs = cli_each(stack, [("flow-run", "inspect", stack.runs[raw]) for raw in HOSTILE])
+    for (raw, shown), out in zip(HOSTILE.items(), outs, strict=True):
         assert out.returncode == 0, out.stdout + out.stderr
         text = assert_safe(out)
         title = next(line for line in text.splitlines() if stack.runs[raw] in line and "Failed" in line)
@@ -174,8 +185,8 @@ def test_flow_run_inspect_shows_hostile_names_and_messages_as_text(stack: Stack)
 
 
 def test_flow_run_logs_show_hostile_lines_as_one_line_each(stack: Stack) -> None:
-    for raw, shown in HOSTILE.items():
-        out = cli(stack, "flow-run", "logs", stack.runs[raw])
+    outs = cli_each(stack, [("flow-run", "logs", stack.runs[raw]) for raw in HOSTILE])
+    for shown, out in zip(HOSTILE.values(), outs, strict=True):
         assert out.returncode == 0, out.stdout + out.stderr
         text = assert_safe(out)
         said = [line for line in text.splitlines() if "said: " in line]
@@ -183,14 +194,14 @@ def test_flow_run_logs_show_hostile_lines_as_one_line_each(stack: Stack) -> None
 
 
 def test_flow_run_why_shows_the_hostile_message_as_text(stack: Stack) -> None:
-    for raw, shown in HOSTILE.items():
-        out = cli(stack, "flow-run", "why", stack.runs[raw])
+    outs = cli_each(stack, [("flow-run", "why", stack.runs[raw]) for raw in HOSTILE])
+    for shown, out in zip(HOSTILE.values(), outs, strict=True):
         assert out.returncode == 0, out.stdout + out.stderr
         assert shown in assert_safe(out)
 
 
 def test_run_prints_a_hostile_name_and_its_failure_as_text(stack: Stack) -> None:
-    for raw in ("close[/oops]", "osc\x1b]8;;http://x\x07here\x1b]8;;\x07", "first\nforged-row"):
+    def check(raw: str) -> None:
         out = cli(stack, "run", FLOW_NAME, "--name", raw, "-p", f"text={raw}", "--watch", "--timeout", "60")
         if run_name_problem(raw) is not None:  # the API refuses the name: its 422 is shown as text
             assert out.returncode == 2, out.stdout + out.stderr
@@ -199,11 +210,14 @@ def test_run_prints_a_hostile_name_and_its_failure_as_text(stack: Stack) -> None
             out = cli(stack, "run", FLOW_NAME, "-p", f"text={raw}", "--watch", "--timeout", "60")
             assert out.returncode == 1, out.stdout + out.stderr  # the task fails with the hostile text
             assert HOSTILE[raw] in assert_safe(out)
-            continue
+            return
         assert out.returncode == 1, out.stdout + out.stderr  # the run failed, as its task does
         text = assert_safe(out)
         assert f"flow run {HOSTILE[raw]} (" in text and f"Failed: {FLOW_NAME}" not in text
         assert sum(HOSTILE[raw] in line for line in text.splitlines()) >= 2
+
+    with ThreadPoolExecutor(CLI_AT_ONCE) as pool:  # each watches a run of its own: they may overlap
+        list(pool.map(check, ["close[/oops]", "osc\x1b]8;;http://x\x07here\x1b]8;;\x07", "first\nforged-row"]))
 
 
 def test_error_messages_from_the_server_are_text(stack: Stack) -> None:
@@ -216,13 +230,20 @@ def test_error_messages_from_the_server_are_text(stack: Stack) -> None:
 
 def test_forced_colour_styles_the_output_but_not_the_user_data(stack: Stack) -> None:
     link = "[link=https://evil.example]click[/link]"
-    for command in ("inspect", "logs", "why"):
-        out = cli(stack, "flow-run", command, stack.runs[link], colour=True)
-        assert out.returncode == 0, out.stdout + out.stderr
-        assert link in assert_safe(out, colour=True, styled=command != "logs")  # log lines are plain text
-    listed = cli(stack, "flow-run", "ls", "--limit", "50", colour=True)
+    commands = ("inspect", "logs", "why")
+    *of_link, listed, out = cli_each(
+        stack,
+        [
+            *(("flow-run", command, stack.runs[link]) for command in commands),
+            ("flow-run", "ls", "--limit", "50"),
+            ("flow-run", "logs", stack.runs["wipe\x1b[2Jscreen"]),
+        ],
+        colour=True,
+    )
+    for command, done in zip(commands, of_link, strict=True):
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert link in assert_safe(done, colour=True, styled=command != "logs")  # log lines are plain text
     assert listed.returncode == 0, listed.stdout + listed.stderr
     text = assert_safe(listed, colour=True)
     assert all(shown in text for shown in HOSTILE.values())
-    out = cli(stack, "flow-run", "logs", stack.runs["wipe\x1b[2Jscreen"], colour=True)
     assert r"said: wipe\x1b[2Jscreen" in assert_safe(out, colour=True, styled=False)
