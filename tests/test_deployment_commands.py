@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from orchestrator.devstack.localstack import ApiProcess, api_server
-from tests.api_support import api_database, cli, eventually, wait_final
+from tests.api_support import api_database, cli, cli_each, eventually, wait_final
 
 HOUR = 3600  # the deployments here run hourly: the scheduler's own next run never falls inside a test
 RUN_ID = re.compile(r"\(([0-9a-f-]{36})\)")
@@ -78,16 +78,19 @@ def test_a_deployment_without_a_schedule_says_so_and_deployment_run_makes_a_run_
     assert "no schedule" in said and f"orchestrator deployment run {name}" in said, said
     assert "within a second" not in said
 
-    watched = ok(cli(api, "deployment", "run", name, "-p", "x=10", "--watch", "--timeout", "90"))
-    run_id = RUN_ID.search(watched).group(1)  # type: ignore[union-attr]
+    watching, printing, refused = cli_each(  # three runs of the CLI with nothing in common: at once
+        api,
+        ("deployment", "run", name, "-p", "x=10", "--watch", "--timeout", "90"),
+        ("deployment", "run", name),  # the deployment's own parameters
+        ("deployment", "run", unique("nobody")),
+    )
+    run_id = RUN_ID.search(ok(watching)).group(1)  # type: ignore[union-attr]
     run = run_of(http, run_id)
     assert run["state"] == "Completed" and run["parameters"] == {"x": 10}, run
 
-    printed = ok(cli(api, "deployment", "run", name))  # the deployment's own parameters
-    plain = RUN_ID.search(printed).group(1)  # type: ignore[union-attr]
+    plain = RUN_ID.search(ok(printing)).group(1)  # type: ignore[union-attr]
     assert wait_final(http, plain)["parameters"] == {"x": 5}
 
-    refused = cli(api, "deployment", "run", unique("nobody"))
     assert refused.returncode == 2 and "no deployment named" in refused.stdout, refused.stdout
 
 
@@ -103,7 +106,8 @@ def test_deployment_inspect_shows_schedule_policy_limit_and_next_and_last_runs(
     assert wait_final(http, run_id)["state"] == "Completed"
     eventually(lambda: http.get(f"/deployments/{name}").json()["next_runs"], 30, what="the scheduler planned runs")
 
-    shown = ok(cli(api, "deployment", "inspect", name))
+    inspected, missing = cli_each(api, ("deployment", "inspect", name), ("deployment", "inspect", unique("nobody")))
+    shown = ok(inspected)
     assert f"schedule: every {HOUR}s" in shown and "paused: no" in shown, shown
     assert "late runs: cancel_older_than (older than 600s)" in shown, shown
     assert "concurrency: at most 2 of its runs under way at once" in shown, shown
@@ -115,7 +119,6 @@ def test_deployment_inspect_shows_schedule_policy_limit_and_next_and_last_runs(
     ok(cli(api, "deployment", "pause", name))
     paused = ok(cli(api, "deployment", "inspect", name))
     assert "paused: yes" in paused, paused
-    missing = cli(api, "deployment", "inspect", unique("nobody"))
     assert missing.returncode == 2 and "no deployment named" in missing.stdout, missing.stdout
 
 
@@ -178,9 +181,15 @@ def test_backfill_makes_the_runs_of_the_range_once_and_they_complete(api: ApiPro
         stamp = dt.datetime.fromtimestamp(start_of(run), dt.UTC).strftime("%Y%m%d-%H%M%S")
         assert run["name"] == f"{name}-{stamp}"  # named as the scheduler names its runs
 
-    again = ok(cli(api, "deployment", "backfill", name, "--start", start, "--end", end))
+    again, before = map(  # both find every run they would make already there: their order changes nothing
+        ok,
+        cli_each(
+            api,
+            ("deployment", "backfill", name, "--start", start, "--end", end),
+            ("deployment", "backfill", name, "--start", start, "--end", iso(created - 1)),
+        ),
+    )
     assert "0 runs created, 5 already had one" in again, again
-    before = ok(cli(api, "deployment", "backfill", name, "--start", start, "--end", iso(created - 1)))
     assert "4 start times" in before and "0 runs created" in before, before  # a range's own start times
     assert len([r for r in runs_named(http, name) if start_of(r) < time.time()]) == 5  # nothing new
 

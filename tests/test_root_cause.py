@@ -17,7 +17,7 @@ import redis
 
 from orchestrator.devstack.localstack import ApiProcess, api_server
 from orchestrator.runstate import keys
-from tests.api_support import api_database, cli, eventually, submit, wait_final
+from tests.api_support import api_database, cli, cli_each, eventually, submit, wait_final
 
 
 @pytest.fixture(scope="module")
@@ -122,19 +122,29 @@ def test_cli_result_inspect_and_logs_show_the_value_and_the_root_cause(
     api: ApiProcess, http: httpx.Client, failed: dict[str, Any]
 ) -> None:
     chain = wait_final(http, submit(http, "chain-flow", parameters={"x": 2})["id"])
-    shown = cli(api, "flow-run", "result", chain["id"])
+
+    def errors_shipped() -> bool:  # the CLI commands below run at once: none waits for the log lines
+        errors = [x["message"] for x in http.get(f"/flow-runs/{failed['id']}/logs").json() if x["level"] == "ERROR"]
+        return any("raise ValueError(message)" in m for m in errors) and any("ended Failed: " in m for m in errors)
+
+    eventually(errors_shipped, 20, what="the failed run's error lines in its logs")
+    shown, refused, nobody, inspected, logs = cli_each(
+        api,
+        ("flow-run", "result", chain["id"]),
+        ("flow-run", "result", failed["id"]),
+        ("flow-run", "result", "no-such-run"),
+        ("flow-run", "inspect", failed["id"]),
+        ("flow-run", "logs", failed["id"]),
+    )
     assert shown.returncode == 0 and shown.stdout.strip() == "8", shown.stdout + shown.stderr
 
-    refused = cli(api, "flow-run", "result", failed["id"])
     assert refused.returncode == 1 and "explode-0 ended Failed: ValueError: boom" in refused.stdout, refused.stdout
-    assert cli(api, "flow-run", "result", "no-such-run").returncode == 2
+    assert nobody.returncode == 2
 
-    inspected = cli(api, "flow-run", "inspect", failed["id"])
     assert inspected.returncode == 0, inspected.stdout + inspected.stderr
     assert "root cause: explode-0 (explode) Failed: ValueError: boom" in inspected.stdout, inspected.stdout
     assert "raise ValueError(message)" in inspected.stdout
 
-    logs = cli(api, "flow-run", "logs", failed["id"])
     lines = logs.stdout.splitlines()
     assert any("ERROR" in line and "explode-0 (tests.flows.explode) Failed: ValueError: boom" in line for line in lines)
     assert any("ERROR" in line and "raise ValueError(message)" in line for line in lines), logs.stdout
