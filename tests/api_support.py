@@ -27,6 +27,9 @@ from orchestrator.runstate import keys
 from orchestrator.transport.celery_app import client_app
 
 T = TypeVar("T")
+# CLI processes a test runs at once when their order changes nothing: one a core (each spends most of
+# its second importing, on one core), at most 4. More than the cores only adds switching.
+CLI_AT_ONCE = min(4, os.cpu_count() or 1)
 FINAL = {"Completed", "Failed", "TimedOut", "Crashed", "UpstreamFailed", "Skipped", "Cancelled"}
 
 
@@ -110,11 +113,10 @@ def cli(api: ApiProcess, *args: str, timeout: float = 90) -> subprocess.Complete
     )
 
 
-def cli_each(api: ApiProcess, *commands: tuple[str, ...], at_once: int = 4) -> list[subprocess.CompletedProcess[str]]:
-    """:func:`cli` for each of ``commands``, a few at a time, for commands whose order changes nothing
-    (each CLI process spends most of its second importing: on two cores they overlap well); their
-    results in the order given."""
-    with ThreadPoolExecutor(at_once) as pool:
+def cli_each(api: ApiProcess, *commands: tuple[str, ...]) -> list[subprocess.CompletedProcess[str]]:
+    """:func:`cli` for each of ``commands``, :data:`CLI_AT_ONCE` at a time, for commands whose order
+    changes nothing; their results in the order given."""
+    with ThreadPoolExecutor(CLI_AT_ONCE) as pool:
         return list(pool.map(lambda args: cli(api, *args), commands))
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from orchestrator.devstack.localstack import ApiProcess, api_server
-from tests.api_support import api_database, cli, eventually, submit, wait_final
+from tests.api_support import CLI_AT_ONCE, api_database, cli, eventually, submit, wait_final
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_version_and_help_of_every_run_id_argument() -> None:
         *(("flow-run", c, "--help") for c in run_id_commands),
         *((*c, "--help") for c in other_commands),
     ]
-    with ThreadPoolExecutor(4) as pool:  # separate processes that only print: most of each one's second is imports
+    with ThreadPoolExecutor(CLI_AT_ONCE) as pool:  # separate processes that only print
         shown, *helps = pool.map(lambda args: orchestrator(*args), asked)
     assert shown.returncode == 0 and shown.stdout == f"celery-orchestrator {__version__}\n", shown
     for command, helped in zip(run_id_commands, helps, strict=False):

@@ -27,7 +27,7 @@ from api.db import engine_for
 from api.models import FlowRun
 from orchestrator.authoring.naming import run_name_problem
 from orchestrator.devstack.localstack import ApiProcess, api_server, free_port, redis_server, worker
-from tests.api_support import api_database, eventually, wait_final
+from tests.api_support import CLI_AT_ONCE, api_database, eventually, wait_final
 from tests.cli_text_flows import FLOW_NAME
 
 # What a hostile caller names a run (and passes as the text it logs and fails with) -> what the CLI shows.
@@ -46,7 +46,6 @@ HOSTILE = {
 # Any of these in the output reached the terminal raw (the newline Rich writes itself is allowed).
 RAW = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 SGR = re.compile(r"\x1b\[[0-9;]*m")  # Rich's own styling, when colour is forced
-CLI_AT_ONCE = 4  # CLI processes run at once: each spends most of its second importing, on one core
 
 
 @dataclass
