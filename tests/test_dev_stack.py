@@ -2,7 +2,7 @@
 taken, a flow module that does not import, Flower or the API refusing to run) or that dies while
 the stack runs stops ``dev`` with one line naming it, its reason and its log, and no child stays
 behind; the stack has a Redis of its own unless ``--redis-url`` names one, and the banner prints
-what another shell exports to reach it.
+what another shell exports to reach it; Ctrl-C stops the whole stack.
 
 Each test runs ``dev`` as a user does, on free ports and in a temporary data folder. Every process
 ``dev`` starts inherits a marker variable, so the test finds any that outlived it in /proc.
@@ -190,11 +190,21 @@ def test_a_worker_dying_while_dev_runs_stops_dev(start_dev: StartDev) -> None:
     dev.assert_nothing_left()  # its pool processes too, and the Redis, the API and Flower
 
 
-def test_dev_has_its_own_redis_and_prints_what_another_shell_exports(start_dev: StartDev) -> None:
+def test_dev_brings_up_a_stack_with_its_own_redis_prints_what_another_shell_exports_and_ctrl_c_leaves_nothing(
+    start_dev: StartDev,
+) -> None:
+    """One start of the whole stack for every check that needs it ready (each start costs seconds)."""
+    api_port, flower_port = free_port(), free_port()
     with redis_server() as configured:
         every = {f"ORCHESTRATOR_{name}_URL": configured for name in ("REDIS", "BROKER", "RESULT_BACKEND")}
-        dev = start_dev(env=dev_env(**every))
+        dev = start_dev("--api-port", str(api_port), "--flower-port", str(flower_port), env=dev_env(**every))
         dev.wait_ready()
+        assert f"http://127.0.0.1:{api_port}/api" in dev.text() and f"http://127.0.0.1:{flower_port}" in dev.text()
+        assert httpx.get(f"http://127.0.0.1:{api_port}/api/health").json()["redis"] == "ok"
+        assert httpx.get(f"http://127.0.0.1:{flower_port}/healthcheck").status_code == 200
+        workers = httpx.get(f"http://127.0.0.1:{api_port}/api/workers").json()
+        assert workers and "chain-flow" in workers[0]["flows"], workers
+        assert len(dev.left_behind()) >= 4  # redis-server, the API, the worker (and its pool), Flower
         exports = dict(re.findall(r"^\s*export (ORCHESTRATOR_\w+)=(\S+)$", dev.text(), re.MULTILINE))
         assert set(exports) == {"ORCHESTRATOR_REDIS_URL", "ORCHESTRATOR_API_URL"}, dev.text()
         assert "unset ORCHESTRATOR_BROKER_URL ORCHESTRATOR_RESULT_BACKEND_URL" in dev.text()
@@ -221,6 +231,7 @@ def test_dev_has_its_own_redis_and_prints_what_another_shell_exports(start_dev: 
         assert dev.wait() == 0, dev.text()
         assert redis.Redis.from_url(configured).info("keyspace") == {}, "dev wrote to the configured Redis"
     dev.assert_nothing_left()
+    assert (dev.data / "redis").is_dir()  # its own Redis kept its data in the project folder
 
 
 def test_redis_url_names_the_redis_dev_uses(start_dev: StartDev) -> None:

@@ -3,8 +3,10 @@ resumes on another worker of its queue and replays its journal: a task that comp
 run again, a task still running is re-attached to, and a body that asks for something else
 at a recorded call fails with the non-determinism message.
 
-Each test runs its own Redis, API (whose services run the crash detector; 1 s heartbeats, so a
-3 s crash window) and workers: one for the steps, and the workers that drive the bodies.
+The module shares one Redis, one API (whose services run the crash detector; 1 s heartbeats, so a
+3 s crash window) and one steps worker; each test starts the workers that drive its bodies (stopped
+when it ends) and counts its executions under a marker of its own. The test that needs an API set
+otherwise runs a stack of its own.
 """
 
 from __future__ import annotations
@@ -31,10 +33,14 @@ MODULES = ["tests.durable_flows"]
 
 
 class Stack:
-    """A test's own Redis, API and steps worker, and a way to start body workers."""
+    """A Redis, an API and a steps worker (started under ``services_marker``), and a way to start
+    body workers that stop with ``stack``; ``marker`` names this test's executions and workers."""
 
-    def __init__(self, stack: ExitStack, url: str, http: httpx.Client, logs: Path, marker: str) -> None:
+    def __init__(
+        self, stack: ExitStack, url: str, http: httpx.Client, logs: Path, marker: str, services_marker: str
+    ) -> None:
         self.stack, self.url, self.http, self.logs, self.marker = stack, url, http, logs, marker
+        self.services_marker = services_marker
         self.store = RunStore(url)
         self.redis = self.store.redis
 
@@ -67,7 +73,8 @@ class Stack:
             journal = self.store.journal.read(run_id)
             tails = {
                 log.name: log.read_text(errors="replace").splitlines()[-8:]
-                for log in sorted(self.logs.glob(f"durable-*-{self.marker}.log"))
+                for marker in {self.marker, self.services_marker}
+                for log in sorted(self.logs.glob(f"durable-*-{marker}.log"))
             }
             left = self.store.flow_runs.remaining(run_id)
             raise AssertionError(
@@ -102,7 +109,7 @@ def durable_stack(worker_logs: Path, tmp_path: Path, api_env: dict[str, str] | N
                 log_path=worker_logs / f"durable-steps-{marker}.log",
             )
         )
-        yield Stack(stack, url, http, worker_logs, marker)
+        yield Stack(stack, url, http, worker_logs, marker, marker)
 
 
 def kill_when_steps_began(env: Stack, doomed: Any, at_least: int) -> None:
@@ -112,11 +119,19 @@ def kill_when_steps_began(env: Stack, doomed: Any, at_least: int) -> None:
     doomed.wait(10)
 
 
-@pytest.fixture
-def env(redis_url: str, worker_logs: Path, tmp_path: Path) -> Iterator[Stack]:
-    del redis_url  # the session's settings (1 s heartbeats), on a Redis of this test's own
-    with durable_stack(worker_logs, tmp_path) as stack:
+@pytest.fixture(scope="module")
+def services(redis_url: str, worker_logs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    del redis_url  # the session's settings (1 s heartbeats), on a Redis of this module's own
+    with durable_stack(worker_logs, tmp_path_factory.mktemp("durable-bodies")) as stack:
         yield stack
+
+
+@pytest.fixture
+def env(services: Stack) -> Iterator[Stack]:
+    """The module's Redis, API and steps worker, with a fresh marker and body workers of the test's own:
+    they stop when it ends, so no body of one test is taken by a worker another test started."""
+    with ExitStack() as workers:
+        yield Stack(workers, services.url, services.http, services.logs, uuid.uuid4().hex[:8], services.marker)
 
 
 def test_a_body_killed_mid_run_resumes_elsewhere_and_nothing_completed_runs_twice(env: Stack) -> None:
@@ -161,7 +176,9 @@ def test_a_body_with_subflows_a_run_of_its_own_and_as_completed_replays_each_cal
     assert env.result(created["id"]) == (0 + 2) + 20 + (40 + 42 + 44) + (60 + 62)
     assert env.executions() == {k: 1 for k in ["0", "1", "10", "20", "21", "22", "30", "31"]}
     own_runs = [
-        r for r in env.http.get("/flow-runs", params={"limit": 50}).json()["items"] if r["flow_name"] == "own-run"
+        r
+        for r in env.http.get("/flow-runs", params={"limit": 500}).json()["items"]
+        if r["flow_name"] == "own-run" and r["parameters"].get("marker") == env.marker  # this test's, not another's
     ]
     assert len(own_runs) == 1, own_runs  # the replay re-attached to it, never started a second one
 

@@ -1,12 +1,11 @@
-"""Operating the stack: Flower sees our tasks, ``orchestrator dev`` starts and stops cleanly,
-the compose file's commands are real commands of the project."""
+"""Operating the stack: Flower sees our tasks, the compose file's commands are real commands of the
+project. (``orchestrator dev`` starting and stopping cleanly: tests/test_dev_stack.py.)"""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -53,63 +52,6 @@ def test_flower_shows_every_task_by_name_with_its_flow_run_id(
             assert run.id in task["kwargs"]  # the flow run id is in the message
         queues = httpx.get(f"{url}/api/queues/length", auth=login).json()
         assert "default" in [q["name"] for q in queues["active_queues"]]
-
-
-def descendants(pid: int) -> set[int]:
-    """Every process below ``pid`` (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry.name))
-    out: set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.add(child)
-            todo.append(child)
-    return out
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def test_dev_brings_the_stack_up_and_ctrl_c_leaves_nothing_behind(tmp_path: Path) -> None:
-    api_port, flower_port = free_port(), free_port()
-    env = os.environ.copy() | {"ORCHESTRATOR_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "COLUMNS": "200"}
-    cmd = [sys.executable, "-m", "orchestrator.cli", "dev", "--flows", "tests.flows", "-c", "1"]
-    cmd += ["--api-port", str(api_port), "--flower-port", str(flower_port), "--data-dir", str(tmp_path / "dev")]
-    log = tmp_path / "dev.out"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        eventually(lambda: "ready" in log.read_text(), 90, what="orchestrator dev is ready")
-        text = log.read_text()
-        assert f"http://127.0.0.1:{api_port}/api" in text and f"http://127.0.0.1:{flower_port}" in text
-        assert httpx.get(f"http://127.0.0.1:{api_port}/api/health").json()["redis"] == "ok"
-        assert httpx.get(f"http://127.0.0.1:{flower_port}/healthcheck").status_code == 200
-        workers = httpx.get(f"http://127.0.0.1:{api_port}/api/workers").json()
-        assert workers and "chain-flow" in workers[0]["flows"]
-        below = descendants(proc.pid)
-        assert len(below) >= 4  # redis-server, the API, the worker (and its pool), Flower
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(60) == 0, log.read_text()
-        left = [pid for pid in below if alive(pid)]
-        assert not left, f"processes left behind: {left}"
-        assert (tmp_path / "dev" / "redis").is_dir()  # the local Redis kept its data in the project folder
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
 
 
 def test_every_compose_service_runs_a_real_command_of_the_project() -> None:
