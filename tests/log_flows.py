@@ -34,6 +34,10 @@ def chatty(marker: str, pause: float) -> str:
     warnings.warn(f"{marker} careful", UserWarning, stacklevel=1)
     time.sleep(pause)
     get_run_logger().info("%s run logger line", marker)
+    try:
+        raise KeyError(marker)
+    except KeyError:
+        log.exception("%s handled error", marker)  # shipped with its traceback
     thread = threading.Thread(target=log.info, args=("%s line of a thread the task started (not shipped)", marker))
     thread.start()
     thread.join()

@@ -60,7 +60,7 @@ def lines_of(http: httpx.Client, run_id: str, expected: int) -> list[dict[str, A
 
 
 def shipped(line: dict[str, Any]) -> Line:
-    return line["level"], line["logger"], str(line["message"]).split("] ", 1)[-1]
+    return line["level"], line["logger"], str(line["message"]).split("] ", 1)[-1].split("\n", 1)[0]
 
 
 def chatty_lines(marker: str) -> set[Line]:
@@ -69,6 +69,7 @@ def chatty_lines(marker: str) -> set[Line]:
         ("INFO", MODULE, f"{marker} module line"),
         ("INFO", LIBRARY, f"{marker} library line"),
         ("INFO", RUNS, f"{marker} run logger line"),
+        ("ERROR", MODULE, f"{marker} handled error"),  # logger.exception: its traceback below the line
     }
 
 
@@ -87,7 +88,7 @@ def test_each_kind_of_line_reaches_the_api_with_its_task_run_level_and_logger(
         assert wait_final(http, run.id)["state"] == "Completed"
         task_runs = {t["id"]: t for t in http.get(f"/flow-runs/{run.id}/task-runs").json()}
         (failing,) = [t for t in task_runs.values() if t["label"] == "fails_once-0"]
-        got = lines_of(http, run.id, expected=4 * 4 + 3)  # 4 x 4 lines, and the traceback: headline + 2 or more
+        got = lines_of(http, run.id, expected=4 * 5 + 3)  # 4 x 5 lines, and the traceback: headline + 2 or more
 
     by_task: dict[str, set[Line]] = {}
     for line in got:
@@ -101,6 +102,9 @@ def test_each_kind_of_line_reaches_the_api_with_its_task_run_level_and_logger(
         assert lines - set(warning) == chatty_lines(f"{marker}-{i}"), lines  # its own lines, none of another's
         assert len(warning) == 1 and warning[0][0] == "WARNING", warning
         assert f"UserWarning: {marker}-{i} careful" in warning[0][2] and "log_flows.py:" in warning[0][2]
+    (handled,) = [line for line in got if f"{marker}-0 handled error" in line["message"]]
+    assert "Traceback (most recent call last)" in handled["message"], handled
+    assert handled["message"].rstrip().endswith(f"KeyError: '{marker}-0'"), handled
 
     traceback = [line for line in got if line["task_run_id"] == failing["id"]]
     assert {(line["level"], line["logger"]) for line in traceback} == {("ERROR", RUNS)}, traceback
@@ -151,8 +155,13 @@ def test_a_worker_killed_right_after_a_task_ends_loses_none_of_its_lines(
         os.killpg(proc.pid, signal.SIGKILL)
     with httpx.Client(base_url=api.url, timeout=15) as http:
         assert wait_final(http, run.id)["state"] == "Completed"
-        got = lines_of(http, run.id, expected=2 * 4 + 3)
-    kinds = {shipped(line) for line in got if line["logger"] != WARNINGS and line["level"] != "ERROR"}
+        got = lines_of(http, run.id, expected=2 * 5 + 3)
+    # not the warnings, nor fails_once's traceback (ERROR lines the recorder writes under the run logger)
+    kinds = {
+        shipped(line)
+        for line in got
+        if line["logger"] != WARNINGS and (line["level"], line["logger"]) != ("ERROR", RUNS)
+    }
     assert kinds == chatty_lines(f"{marker}-0") | chatty_lines(f"{marker}-1"), kinds
     assert sum(line["logger"] == WARNINGS for line in got) == 2, got
 

@@ -38,6 +38,7 @@ from orchestrator.runtime.context import current_run
 RUN_LOGGER = "orchestrator.runs"
 WARNINGS_LOGGER = "py.warnings"  # where logging.captureWarnings sends warnings.warn(...)
 _SHIPPED = "_orchestrator_shipped"  # set on a record once it is in the buffer
+_TRACEBACKS = logging.Formatter()  # formats the exc_info of logger.exception(...) lines
 
 
 class RunLogShipper(logging.Handler):
@@ -89,6 +90,8 @@ class RunLogShipper(logging.Handler):
         message = record.getMessage()
         if record.name == WARNINGS_LOGGER:  # "file:line: Category: text\n  source line": its first line
             message = message.strip().split("\n", 1)[0]
+        elif record.exc_info or record.exc_text:  # logger.exception(...): the traceback goes with its line
+            message = f"{message}\n{record.exc_text or _TRACEBACKS.formatException(record.exc_info)}"  # type: ignore[arg-type]
         self.add(LogLine(flow_run_id, task_run_id, record.levelname, message, ts=record.created, logger=record.name))
 
     def add(self, line: LogLine) -> None:
