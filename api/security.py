@@ -104,25 +104,23 @@ def require_api_key(request: Request, credentials: HTTPAuthorizationCredentials 
     :class:`ApiKeyGate` enforces the same check earlier (before the body is read); this one
     stays as a second lock for a route mounted without the middleware.
     """
-    expected = get_settings().api_key
-    if expected is None:
-        return
-    if cookie_matches(request.headers.get("cookie"), request.method, expected):
-        return
-    if credentials is None or not key_matches(f"Bearer {credentials.credentials}", expected):
-        raise HTTPException(
-            status_code=status.HTTP_401_UNAUTHORIZED, detail=MISSING_KEY, headers={"WWW-Authenticate": "Bearer"}
-        )
+    _check_key(request, credentials, ui_write=False)
 
 
 def require_ui_key(request: Request, credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
     """The key check of the web UI's actions (``POST /ui/...``): the key, or the UI's cookie for any
     method. Only for routes that also depend on :func:`api.ui.csrf.check_csrf`: the cookie goes with
     every request the browser makes to this server, a forged one included; the token does not."""
+    _check_key(request, credentials, ui_write=True)
+
+
+def _check_key(request: Request, credentials: HTTPAuthorizationCredentials | None, ui_write: bool) -> None:
+    """401 unless the server has no key, the request carries the UI's cookie (reads, or a UI write
+    when ``ui_write``: :func:`cookie_matches`), or it carries the key as a Bearer token."""
     expected = get_settings().api_key
     if expected is None:
         return
-    if cookie_matches(request.headers.get("cookie"), request.method, expected, ui_write=True):
+    if cookie_matches(request.headers.get("cookie"), request.method, expected, ui_write=ui_write):
         return
     if credentials is None or not key_matches(f"Bearer {credentials.credentials}", expected):
         raise HTTPException(
