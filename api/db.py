@@ -8,7 +8,7 @@ PostgreSQL is used as given (``postgresql+psycopg://...``).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,13 @@ from orchestrator.config.settings import get_settings
 from orchestrator.guards.redaction import mask_urls_in
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+CHUNK = 500  # ids per IN (...) list: far below every database's limit on bound parameters
+
+
+def chunks(ids: Sequence[str]) -> Iterator[list[str]]:
+    """``ids`` in lists of :data:`CHUNK`, one ``IN (...)`` each (the recorder, the graph, deletions)."""
+    for i in range(0, len(ids), CHUNK):
+        yield list(ids[i : i + CHUNK])
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -17,13 +17,14 @@ in the database, and a deletion cut short is repeated safely.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import ColumnElement, delete, or_
 from sqlalchemy import select as sql_select  # typed for five columns (sqlmodel's select stops at four)
 from sqlmodel import Session, col, select
 
+from api.db import chunks
 from api.models import FlowRun, LogLine, StateEvent, TaskRun
 from orchestrator.data.results import forget_persisted
 from orchestrator.runstate.store import RunStore
@@ -31,7 +32,6 @@ from orchestrator.states import StateType
 
 FINAL = [s.value for s in StateType if s.is_final]
 UNSENT = [StateType.SCHEDULED.value, StateType.LATE.value, StateType.AWAITING_CONCURRENCY_SLOT.value]
-CHUNK = 500  # ids per IN (...)
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def run_tree(session: Session, run_ids: Sequence[str]) -> list[TreeRun]:
         column = col(FlowRun.id) if first else col(FlowRun.parent_id)
         rows = [
             TreeRun(*row)
-            for part in _chunks(level)
+            for part in chunks(level)
             for row in session.execute(
                 sql_select(
                     col(FlowRun.id),
@@ -107,14 +107,14 @@ def delete_tree(session: Session, store: RunStore, tree: Sequence[TreeRun], *, r
     """
     ids = [r.id for r in tree]
     task_ids = [
-        tid for part in _chunks(ids) for tid in session.exec(select(TaskRun.id).where(_in(TaskRun.flow_run_id, part)))
+        tid for part in chunks(ids) for tid in session.exec(select(TaskRun.id).where(_in(TaskRun.flow_run_id, part)))
     ]
     states = logs = flows = 0
-    for part in _chunks(ids):
+    still = or_(col(FlowRun.state).in_(FINAL), col(FlowRun.dispatched).is_(False) & col(FlowRun.state).in_(UNSENT))
+    for part in chunks(ids):
         states += _deleted(session, StateEvent, or_(_in(StateEvent.run_id, part), _in(StateEvent.flow_run_id, part)))
         logs += _deleted(session, LogLine, _in(LogLine.flow_run_id, part))
         _deleted(session, TaskRun, _in(TaskRun.flow_run_id, part))
-        still = or_(col(FlowRun.state).in_(FINAL), col(FlowRun.dispatched).is_(False) & col(FlowRun.state).in_(UNSENT))
         flows += _deleted(session, FlowRun, _in(FlowRun.id, part) & still)
     if flows != len(ids):
         session.rollback()
@@ -136,8 +136,3 @@ def _in(column: object, values: Iterable[str]) -> ColumnElement[bool]:
 def _deleted(session: Session, table: type, where: ColumnElement[bool]) -> int:
     done = session.execute(delete(table).where(where))
     return int(done.rowcount)  # type: ignore[attr-defined]
-
-
-def _chunks(ids: Sequence[str]) -> Iterator[list[str]]:
-    for i in range(0, len(ids), CHUNK):
-        yield list(ids[i : i + CHUNK])

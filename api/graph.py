@@ -19,25 +19,19 @@ What one page holds:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
+from api.db import chunks
 from api.models import FlowRun, TaskRun
 from api.paging import next_offset
 from api.schemas import Graph, GraphNode
 from orchestrator.runs.create import linked_run_id
 from orchestrator.states import StateType
 
-CHUNK = 500  # ids per IN (...) list: far below every database's limit on bound parameters
 Mapped = list[dict[str, str]]
-
-
-def _chunks(ids: list[str]) -> Iterator[list[str]]:
-    for i in range(0, len(ids), CHUNK):
-        yield ids[i : i + CHUNK]
 
 
 def _plan_nodes(session: Session, run_id: str, root_id: str) -> tuple[str, list[dict[str, Any]] | None]:
@@ -54,7 +48,7 @@ def _plan_nodes(session: Session, run_id: str, root_id: str) -> tuple[str, list[
 def _states(session: Session, ids: list[str]) -> dict[str, str]:
     """Task run id -> state, for the task runs among ``ids`` that are recorded."""
     found: dict[str, str] = {}
-    for chunk in _chunks(ids):
+    for chunk in chunks(ids):
         found.update(session.exec(select(TaskRun.id, TaskRun.state).where(col(TaskRun.id).in_(chunk))).all())
     return found
 
@@ -71,7 +65,7 @@ def _expanded(session: Session, maps: list[dict[str, Any]], owner: str) -> dict[
     flow_runs = sorted({str(node.get("flow_run_id") or owner) for node in maps})
     found: dict[str, list[tuple[int, dict[str, str]]]] = {}
     for length, ids in by_length.items():
-        for chunk in _chunks(ids):
+        for chunk in chunks(ids):
             rows = session.exec(
                 select(TaskRun.id, TaskRun.label, TaskRun.state).where(
                     col(TaskRun.flow_run_id).in_(flow_runs),
@@ -100,7 +94,7 @@ def _child_runs(session: Session, page: list[dict[str, Any]], attempts: int) -> 
         for attempt in range(1, max(attempts, 1) + 1)
     }
     best: dict[str, int] = {}
-    for chunk in _chunks(list(candidates)):
+    for chunk in chunks(list(candidates)):
         for child_id in session.exec(select(FlowRun.id).where(col(FlowRun.id).in_(chunk))).all():
             node_id, attempt = candidates[child_id]
             if attempt >= best.get(node_id, 0):

@@ -23,6 +23,7 @@ from sqlalchemy import Engine, insert
 from sqlalchemy.exc import DataError, IntegrityError, ProgrammingError
 from sqlmodel import Session, col, select
 
+from api.db import chunks
 from api.metrics import Metrics, RunEnd
 from api.models import FlowRun, LogLine, StateEvent, TaskRun
 from api.services.outage import FIRST_WAIT, RedisOutage, next_wait
@@ -40,7 +41,6 @@ from orchestrator.states import FAILED_STATES, StateType, can_transition
 log = logging.getLogger("orchestrator.recorder")
 
 LEASE_SECONDS = 15
-CHUNK = 500  # ids per IN (...) query
 TRACEBACK_LOG_LINES = 200  # lines of a traceback written as log lines (the innermost ones)
 RUN_LOGGER = "orchestrator.runs"  # the logger name of the lines the recorder writes itself (ends, tracebacks)
 FAILED_STATE_NAMES = frozenset(state.value for state in FAILED_STATES)
@@ -307,7 +307,7 @@ class Recorder:
     def _seen(self, session: Session, events: list[Event]) -> set[str]:
         ids = [e.stream_id for e in events]
         seen: set[str] = set()
-        for part in _chunks(ids):
+        for part in chunks(ids):
             seen.update(session.exec(select(StateEvent.event_id).where(col(StateEvent.event_id).in_(part))).all())
             seen.update(session.exec(select(LogLine.event_id).where(col(LogLine.event_id).in_(part))).all())
         return seen
@@ -317,10 +317,10 @@ class Recorder:
         batch = Batch()
         flow_ids = {e.run_id for e in events if e.kind in ("flow_run", "flow_run_rename")}
         task_ids = {e.run_id for e in events if e.kind == "task_run" and not e.run_id.startswith("body:")}
-        for part in _chunks(sorted(flow_ids)):
+        for part in chunks(sorted(flow_ids)):
             for row in session.exec(select(FlowRun).where(col(FlowRun.id).in_(part))).all():
                 batch.flows[row.id] = row
-        for part in _chunks(sorted(task_ids)):
+        for part in chunks(sorted(task_ids)):
             for task in session.exec(select(TaskRun).where(col(TaskRun.id).in_(part))).all():
                 batch.tasks[task.id] = task
         described = {e.run_id for e in events if e.record.get("flow")}
@@ -515,8 +515,3 @@ def graph_of(plan: dict[str, Any], run_id: str) -> dict[str, Any]:
             node["child_run_id"] = child
         nodes.append(node)
     return {"flow_name": plan.get("flow_name"), "nodes": nodes, "subflows": plan.get("subflows", [])}
-
-
-def _chunks(ids: list[str]) -> Iterable[list[str]]:
-    for i in range(0, len(ids), CHUNK):
-        yield ids[i : i + CHUNK]

@@ -24,6 +24,7 @@ from sqlalchemy import ColumnElement, Engine, func, or_, true
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
+from api.db import chunks
 from api.deletion import FINAL, Changed, TreeRun, delete_tree, run_tree
 from api.metrics import Metrics
 from api.models import Deployment, FlowRun, TaskRun, is_tree_root
@@ -105,11 +106,10 @@ def deletable_trees(
     top_of = _tops(tree, set(roots))
     blocked = {top_of[r.id] for r in tree if not r.deletable}
     counts: dict[str, int] = {}
-    ids = [r.id for r in tree]
-    for i in range(0, len(ids), 500):
+    for part in chunks([r.id for r in tree]):
         found = session.exec(
             select(TaskRun.flow_run_id, func.count())
-            .where(col(TaskRun.flow_run_id).in_(ids[i : i + 500]))
+            .where(col(TaskRun.flow_run_id).in_(part))
             .group_by(col(TaskRun.flow_run_id))
         ).all()
         for flow_run_id, n in found:
