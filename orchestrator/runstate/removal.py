@@ -74,14 +74,15 @@ class Removal:
             tasks.update(members)
         doomed = [key for run_id in flow_run_ids for key in flow_run_keys(run_id)]
         doomed += [key for trid in sorted(tasks) for key in task_run_keys(trid)]
+        unlinks = list(_chunks(doomed))
         pipe = self._redis.pipeline(transaction=False)
-        for part in _chunks(doomed):
+        for part in unlinks:
             pipe.unlink(*part)
         for part in _chunks(sorted(tasks)):  # a crashed run's leftovers: never a live run's (it is final)
             pipe.zrem(keys.HEARTBEATS, *part)
             pipe.hdel(keys.HEARTBEAT_RECORDS, *part)
         replies = pipe.execute()
-        return sum(int(n) for n in replies[: len(range(0, len(doomed), CHUNK))])
+        return sum(int(n) for n in replies[: len(unlinks)])  # the UNLINKs' counts, not the heartbeat cleanup's
 
 
 def _chunks(items: list[str]) -> Iterator[list[str]]:
