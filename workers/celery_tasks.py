@@ -121,11 +121,11 @@ class CeleryAttempt:
             return
         HEARTBEATS.end(trid)  # first: a beat in between must not put it back
         store = get_store()
-        store.task_runs.supersede(trid, self.number + 1, pipe)  # this message, redelivered, is stale
-        if pipe is not None:
-            store.leases.forget(pipe, trid)
-        else:
-            store.leases.forget_now(trid)
+        own = store.pipeline() if pipe is None else pipe  # one round trip either way
+        store.task_runs.supersede(trid, self.number + 1, own)  # this message, redelivered, is stale
+        store.leases.forget(own, trid)
+        if pipe is None:
+            own.execute()
 
     def send(self, signatures: list[dict[str, Any]]) -> None:
         CeleryMessaging(self.celery_task.app).send_signatures(signatures)
