@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import ColumnElement, Engine, func, or_, true
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
-from sqlmodel.sql.expression import Select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from api.db import chunks
 from api.deletion import FINAL, Changed, TreeRun, delete_tree, run_tree
@@ -59,7 +59,7 @@ class Pass:
     full: bool = False
 
 
-def expired_query(cutoff: float, limit: int, *where: ColumnElement[bool]) -> Select[tuple[str]]:
+def expired_query(cutoff: float, limit: int, *where: ColumnElement[bool]) -> SelectOfScalar[str]:
     """Up to ``limit`` final root runs that ended before ``cutoff``, oldest end first: a walk of
     ``ix_flow_run_ended`` from its start that stops after ``limit`` matches, not a scan of every run."""
     child = aliased(FlowRun)
