@@ -35,7 +35,10 @@ def reliable_pair(marker: str, seconds: float = 3.0, again_seconds: float = 0.0)
     return step.submit(f"{marker}-second", 0.1, wait_for=[first])  # type: ignore[no-any-return]
 
 
-@task
+GATED_TAG = "rel-gated"  # a test may put a concurrency limit on it
+
+
+@task(tags=[GATED_TAG])
 def gated(key: str, cap: float = 240.0) -> str:
     """Count this execution and record its task run id, then wait until the test opens its gate
     (sets ``test:gate:<key>``), at most ``cap`` seconds: a task surely running through whatever the

@@ -447,9 +447,12 @@ def test_a_task_running_through_a_rabbitmq_restart_is_not_run_again_by_its_redel
     """RabbitMQ restarted while ``first`` runs (it waits for a gate the test opens, so it surely
     outlives the restart): the broker delivers its unacknowledged message again to the reconnected
     worker, which has a free pool process. That execution must see ``first`` still heartbeating and
-    not run it a second time; ``first`` then completes once and ``second`` follows.
+    not run it a second time, nor give back the concurrency slot ``first`` holds (same task run id);
+    ``first`` then completes once and ``second`` follows.
 
     A private rabbitmq-server and Redis, as the restart test above (the same reasons)."""
+    from tests import reliability_flows
+
     del redis_url  # the session's settings (heartbeats, result storage), not its Redis
     marker = uuid.uuid4().hex[:8]
     queue = f"rel-redeliver-{marker}"
@@ -466,6 +469,8 @@ def test_a_task_running_through_a_rabbitmq_restart_is_not_run_again_by_its_redel
             httpx.Client(base_url=api.url, timeout=15) as http,
         ):
             client = redis.Redis.from_url(redis_url, decode_responses=True)
+            limit = {"tag": reliability_flows.GATED_TAG, "limit": 1}
+            assert http.post("/concurrency-limits", json=limit).status_code == 200
             run_id = submit(http, "reliable-gated", queue, marker=marker)
             trid = str(eventually(lambda: client.get(f"test:trid:{marker}-first"), 60, what="first running"))
             eventually(lambda: client.zscore(keys.HEARTBEATS, trid), 30, interval=0.05, what="first heartbeating")
@@ -477,6 +482,8 @@ def test_a_task_running_through_a_rabbitmq_restart_is_not_run_again_by_its_redel
                 return refused or count(client, f"{marker}-first") > 1
 
             eventually(redelivered, 120, what="first's message delivered again to the reconnected worker")
+            time.sleep(2.0)  # the refused copy has returned: a slot it gave back would be gone (one round trip)
+            assert client.zscore(keys.slots(reliability_flows.GATED_TAG), trid) is not None, "first's slot"
             client.set(f"test:gate:{marker}-first", "1")
             run = wait_final(http, run_id, timeout=120)
             assert run["state"] == "Completed", (run["state"], run["state_message"])
