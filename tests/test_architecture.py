@@ -78,7 +78,6 @@ print("redis" in sys.modules)
     assert out.stdout.strip() == "True"
 
 
-
 def test_the_cli_loads_its_heavy_libraries_only_in_the_commands_that_use_them() -> None:
     """Every ``orchestrator`` call pays its imports (the tests make about 150): ``--help`` and the
     command table load no HTTP client, settings, Redis, Celery or JSON Schema; a command imports
@@ -95,6 +94,7 @@ print(sorted(m for m in heavy if m in sys.modules))
     out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", f"loaded by the CLI's --help: {out.stdout}"
+
 
 EXAMPLES: list[events.StreamEvent] = [
     events.flow_run_event("run-1", "Running", ts=1.5, message="", record={"flow": "etl", "name": "etl-1"}),
