@@ -81,7 +81,7 @@ class RunStore:
         self.scripts = Scripts(self.redis)
         self.events = EventStream(self.redis, self.scripts, self.ttl)
         self.flow_runs = FlowRuns(self.redis, self.scripts, self.ttl, self.events)
-        self.task_runs = TaskRuns(self.redis, self.scripts, self.ttl, self.events)
+        self.task_runs = TaskRuns(self.redis, self.scripts, self.ttl, self.events, settings.finished_grace_seconds)
         self.delayed = DelayedMessages(self.redis, self.scripts)
         self.fleet = Fleet(self.redis)
         self.leases = Leases(self.redis, self.scripts)

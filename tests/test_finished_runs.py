@@ -1,0 +1,83 @@
+"""What a finished run leaves in Redis, and that the guards of late messages hold without the rest.
+
+A completed run tree keeps its records, results, plan, latch and task set for
+``result_ttl_seconds``; its finals and its count of task runs not final only for
+``Settings.finished_grace_seconds`` (a completed run is never retried). A message delivered again
+after that still does nothing: each task run's own record says it is final. Real workers, a real
+private Redis; the redelivery is the kombu message itself, pushed back on its list as kombu
+restores an unacknowledged one.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from orchestrator import StateType
+from orchestrator.config.settings import get_settings
+from orchestrator.devstack.localstack import worker
+from orchestrator.runstate import keys
+from orchestrator.runstate.store import get_store
+from tests import flows
+from tests.api_support import eventually
+from tests.conftest import TEST_BROKER
+
+pytestmark = pytest.mark.usefixtures("fleet")
+
+
+def keys_naming(redis: object, ids: list[str]) -> set[str]:
+    """Every key whose name holds one of ``ids``."""
+    return {key for i in ids for key in redis.scan_iter(match=f"*{i}*", count=1000)}  # type: ignore[attr-defined]
+
+
+def handled(log: Path, task_id: str) -> int:
+    """How many times the worker logging to ``log`` was done with a message of ``task_id`` (run or refused)."""
+    lines = log.read_text().splitlines()
+    return sum(1 for line in lines if f"[{task_id}] succeeded" in line or f"[{task_id}] ignored" in line)
+
+
+def test_a_completed_run_keeps_its_records_for_the_ttl_and_its_bookkeeping_for_a_grace() -> None:
+    run = flows.fan_flow.delay(n=4)
+    assert run.result(timeout=60) == 12
+    store = get_store()
+    redis = store.redis
+    trids = sorted(row["id"] for row in run.task_runs())
+    assert len(trids) == 5
+    lasting = {keys.flow_run(run.id), keys.flow_done(run.id), keys.plan(run.id), keys.flow_tasks(run.id)}
+    lasting |= {keys.task_run(t) for t in trids} | {keys.result(t) for t in trids}
+    grace = {keys.finals(run.id), keys.remaining(run.id)}
+    # the edges (downstream sets, join tables) go right after the end, in the worker that ended it
+    eventually(lambda: keys_naming(redis, [run.id, *trids]) == lasting | grace, 30, what="only the designed keys left")
+    settings = get_settings()
+    assert settings.finished_grace_seconds < settings.result_ttl_seconds
+    for key in grace:
+        assert 0 < redis.ttl(key) <= settings.finished_grace_seconds, key
+    for key in lasting:
+        assert redis.ttl(key) > settings.result_ttl_seconds - 60, key
+    assert store.task_runs.all_final(run.id) == dict.fromkeys(trids, "Completed")  # the guards' view meanwhile
+
+
+@pytest.mark.skipif(TEST_BROKER != "redis", reason="pushes a kombu message back on its Redis list")
+def test_a_message_delivered_again_after_the_grace_of_a_completed_run_does_nothing(
+    redis_url: str, worker_logs: Path
+) -> None:
+    queue = f"parked-{uuid.uuid4().hex[:8]}"
+    run = flows.chain_flow.apply_async(queue=queue)  # nobody consumes it yet
+    store = get_store()
+    redis = store.redis
+    (message,) = redis.lrange(queue, 0, -1)  # the chain's first task run: the others ride in it
+    first = next(row["id"] for row in run.task_runs() if row["label"] == "inc-0")
+    log = worker_logs / f"{queue}.log"
+    with worker(redis_url, ["tests.flows"], queues=queue, concurrency=1, name=f"{queue}@%h", log_path=log):
+        assert run.result(timeout=30) == 6
+        before = {trid: redis.hgetall(keys.task_run(trid)) for trid in redis.smembers(keys.flow_tasks(run.id))}
+        redis.delete(keys.finals(run.id), keys.remaining(run.id))  # what the end of the grace does
+        redis.lpush(queue, message)  # delivered again, as kombu restores a message never acknowledged
+        eventually(lambda: handled(log, first) == 2, 30, what="the message handled again")
+    after = {trid: redis.hgetall(keys.task_run(trid)) for trid in before}
+    assert after == before  # nothing started again (no start count, times or worker rewritten)
+    assert run.state is StateType.COMPLETED
+    assert run.result(timeout=5) == 6
+    assert not redis.exists(keys.finals(run.id)) and not redis.exists(keys.remaining(run.id))  # nothing re-made final
