@@ -57,6 +57,12 @@ def test_a_completed_run_keeps_its_records_for_the_ttl_and_its_bookkeeping_for_a
     for key in lasting:
         assert redis.ttl(key) > settings.result_ttl_seconds - 60, key
     assert store.task_runs.all_final(run.id) == dict.fromkeys(trids, "Completed")  # the guards' view meanwhile
+    stored = redis.hgetall(keys.flow_run(run.id))
+    assert "id" not in stored and "root" not in stored  # the key names the run: not kept twice
+    record = store.flow_runs.read(run.id)
+    assert (record["id"], record["root"], record["state"]) == (run.id, run.id, "Completed")
+    assert store.flow_runs.field(run.id, "root") == run.id
+    assert store.flow_runs.read_many([run.id])[0]["root"] == run.id
 
 
 @pytest.mark.skipif(TEST_BROKER != "redis", reason="pushes a kombu message back on its Redis list")
@@ -81,3 +87,17 @@ def test_a_message_delivered_again_after_the_grace_of_a_completed_run_does_nothi
     assert run.state is StateType.COMPLETED
     assert run.result(timeout=5) == 6
     assert not redis.exists(keys.finals(run.id)) and not redis.exists(keys.remaining(run.id))  # nothing re-made final
+
+
+def test_a_subflow_run_traced_into_its_parents_tree_keeps_its_root_in_its_record() -> None:
+    run = flows.parent_flow.delay()
+    assert run.result(timeout=60) == {"first": 1, "second": 2, "third": 2}
+    store = get_store()
+    children = store.flow_runs.subflows(run.id)
+    assert len(children) == 3
+    for child in children:
+        stored = store.redis.hgetall(keys.flow_run(child))
+        assert "id" not in stored and stored["root"] == run.id  # its root is another run's id: kept
+        record = store.flow_runs.record(child)
+        assert record is not None and (record.id, record.root, record.is_root) == (child, run.id, False)
+        assert store.flow_runs.field(child, "root") == run.id

@@ -20,6 +20,7 @@ from orchestrator.runstate.connection import now, read_hashes
 from orchestrator.runstate.event_stream import EventStream
 from orchestrator.runstate.events import Renamed, flow_run_event
 from orchestrator.runstate.records import (
+    RESTORED_FLOW_FIELDS,
     FlowRunRecord,
     body_task_run_id,
     describe_record,
@@ -51,7 +52,7 @@ class FlowRuns:
         explicit retry of a final run (the only way the state machine leaves a final state).
         """
         target = pipe if pipe is not None else self._redis.pipeline(transaction=False)
-        target.hset(keys.flow_run(run_id), mapping=flow_fields_to_redis(fields))
+        target.hset(keys.flow_run(run_id), mapping=flow_fields_to_redis(run_id, fields))
         target.expire(keys.flow_run(run_id), self._ttl)
         if "state" in fields:
             event = flow_run_event(
@@ -96,7 +97,9 @@ class FlowRuns:
 
     def read_outcome(self, run_id: str) -> tuple[dict[str, str], dict[str, str | None]]:
         """A flow run's record and the results its return value refers to, in one round trip."""
-        return self._outcome(self._scripts["read_outcome"](keys=[keys.flow_run(run_id)], args=[keys.result("")]))
+        return self._outcome(
+            run_id, self._scripts["read_outcome"](keys=[keys.flow_run(run_id)], args=[keys.result("")])
+        )
 
     def wait_outcome(
         self, run_id: str, timeout: float | None
@@ -122,7 +125,7 @@ class FlowRuns:
             if isinstance(item, Exception):
                 raise item
             # NOSCRIPT (Redis restarted since the script was loaded): read it the usual way, which loads it
-            record, refs = self.read_outcome(run_id) if isinstance(out, Exception) else self._outcome(out)
+            record, refs = self.read_outcome(run_id) if isinstance(out, Exception) else self._outcome(run_id, out)
             state = StateType(item) if item else _state_in(record)
             if (
                 item
@@ -132,15 +135,15 @@ class FlowRuns:
                 return state, record, refs
 
     @staticmethod
-    def _outcome(out: list[Any]) -> tuple[dict[str, str], dict[str, str | None]]:
+    def _outcome(run_id: str, out: list[Any]) -> tuple[dict[str, str], dict[str, str | None]]:
         flat = out[0]
-        record = full_flow_record(dict(zip(flat[::2], flat[1::2], strict=True)))
+        record = full_flow_record(run_id, dict(zip(flat[::2], flat[1::2], strict=True)))
         refs = json.loads(record.get("result_refs", "[]"))
         return record, dict(zip(refs, out[1:], strict=False))
 
     def read(self, run_id: str) -> dict[str, str]:
         """The raw flow run record (empty if unknown; deciders as written: :func:`~.records.deciders_of`)."""
-        return full_flow_record(self._redis.hgetall(keys.flow_run(run_id)))
+        return full_flow_record(run_id, self._redis.hgetall(keys.flow_run(run_id)))
 
     def record(self, run_id: str) -> FlowRunRecord | None:
         """The typed flow run record (None if unknown)."""
@@ -148,12 +151,15 @@ class FlowRuns:
 
     def read_many(self, run_ids: Sequence[str]) -> list[dict[str, str]]:
         """Raw records of several flow runs in one round trip (empty where unknown)."""
-        return [full_flow_record(raw) for raw in read_hashes(self._redis, [keys.flow_run(r) for r in run_ids])]
+        raws = read_hashes(self._redis, [keys.flow_run(r) for r in run_ids])
+        return [full_flow_record(run_id, raw) for run_id, raw in zip(run_ids, raws, strict=True)]
 
     def field(self, run_id: str, name: str) -> str | None:
         """One field of a flow run record."""
         value = self._redis.hget(keys.flow_run(run_id), name)
-        return full_flow_record({name: value}).get(name) if value is not None else None
+        if value is None and name in RESTORED_FLOW_FIELDS:  # left out as the run's own id (flow_fields_to_redis)
+            return run_id if self._redis.exists(keys.flow_run(run_id)) else None
+        return full_flow_record(run_id, {name: value}).get(name) if value is not None else None
 
     def state(self, run_id: str) -> StateType | None:
         """A flow run's state, or None if Redis has no such run."""
