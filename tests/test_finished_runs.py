@@ -1,30 +1,44 @@
 """What a finished run leaves in Redis, and that the guards of late messages hold without the rest.
 
-A completed run tree keeps its records, results, plan, latch and task set for
-``result_ttl_seconds``; its finals and its count of task runs not final only for
-``Settings.finished_grace_seconds`` (a completed run is never retried). A message delivered again
-after that still does nothing: each task run's own record says it is final. Real workers, a real
-private Redis; the redelivery is the kombu message itself, pushed back on its list as kombu
-restores an unacknowledged one.
+A completed run tree keeps its records, results, latch and task set for ``result_ttl_seconds``;
+its finals and its count of task runs not final only for ``Settings.finished_grace_seconds`` (a
+completed run is never retried), and its plan as long once the API's database holds its graph.
+A message delivered again after that still does nothing: each task run's own record says it is
+final. Real workers, a real private Redis, a real API; the redelivery is the kombu message
+itself, pushed back on its list as kombu restores an unacknowledged one.
 """
 
 from __future__ import annotations
 
+import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from orchestrator import StateType
 from orchestrator.config.settings import get_settings
-from orchestrator.devstack.localstack import worker
+from orchestrator.devstack.localstack import ApiProcess, api_server, worker
 from orchestrator.runstate import keys
 from orchestrator.runstate.store import get_store
 from tests import flows
-from tests.api_support import eventually
+from tests.api_support import api_database, eventually
 from tests.conftest import TEST_BROKER
 
 pytestmark = pytest.mark.usefixtures("fleet")
+
+
+@pytest.fixture(scope="module")
+def api(redis_url: str, worker_logs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiProcess]:
+    """An API (its recorder) on the session's Redis."""
+    admin_url = os.environ.get("ORCHESTRATOR_TEST_DATABASE_URL")
+    with (
+        api_database(tmp_path_factory.mktemp("finished-db"), admin_url) as database_url,
+        api_server(redis_url, database_url, log_path=worker_logs / "finished-api.log") as server,
+    ):
+        yield server
 
 
 def keys_naming(redis: object, ids: list[str]) -> set[str]:
@@ -45,11 +59,12 @@ def test_a_completed_run_keeps_its_records_for_the_ttl_and_its_bookkeeping_for_a
     redis = store.redis
     trids = sorted(row["id"] for row in run.task_runs())
     assert len(trids) == 5
-    lasting = {keys.flow_run(run.id), keys.flow_done(run.id), keys.plan(run.id), keys.flow_tasks(run.id)}
+    lasting = {keys.flow_run(run.id), keys.flow_done(run.id), keys.flow_tasks(run.id)}
     lasting |= {keys.task_run(t) for t in trids} | {keys.result(t) for t in trids}
     grace = {keys.finals(run.id), keys.remaining(run.id)}
+    plan = keys.plan(run.id)  # on a grace too once an API records the run (the last test here)
     # the edges (downstream sets, join tables) go right after the end, in the worker that ended it
-    eventually(lambda: keys_naming(redis, [run.id, *trids]) == lasting | grace, 30, what="only the designed keys left")
+    eventually(lambda: keys_naming(redis, [run.id, *trids]) == lasting | grace | {plan}, 30, what="the designed keys")
     settings = get_settings()
     assert settings.finished_grace_seconds < settings.result_ttl_seconds
     for key in grace:
@@ -101,3 +116,25 @@ def test_a_subflow_run_traced_into_its_parents_tree_keeps_its_root_in_its_record
         record = store.flow_runs.record(child)
         assert record is not None and (record.id, record.root, record.is_root) == (child, run.id, False)
         assert store.flow_runs.field(child, "root") == run.id
+
+
+def test_the_plan_of_a_completed_run_goes_after_the_grace_once_the_database_holds_its_graph(
+    http: httpx.Client,
+) -> None:
+    failed = flows.failing_flow.delay()
+    done = flows.fan_flow.delay(n=3)
+    assert done.result(timeout=60) == 6
+    assert failed.wait(timeout=60) is StateType.FAILED
+    redis = get_store().redis
+    grace = get_settings().finished_grace_seconds
+
+    def recorded(run_id: str, state: str) -> bool:
+        row = http.get(f"/flow-runs/{run_id}")
+        return row.status_code == 200 and row.json()["state"] == state
+
+    eventually(lambda: recorded(done.id, "Completed") and recorded(failed.id, "Failed"), 60, what="both recorded")
+    assert len(http.get(f"/flow-runs/{done.id}/graph").json()["nodes"]) == 4  # the graph is in the database
+    eventually(lambda: 0 < redis.ttl(keys.plan(done.id)) <= grace, 30, what="the completed run's plan on a grace")
+    assert redis.ttl(keys.plan(failed.id)) > grace  # a failed run may be retried: its plan stays
+    assert http.post(f"/flow-runs/{failed.id}/retry").status_code == 202
+    assert failed.wait(timeout=60) is StateType.FAILED  # explode fails again; what completed was kept

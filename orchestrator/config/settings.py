@@ -265,15 +265,16 @@ class Settings(BaseSettings):
 
     @property
     def finished_grace_seconds(self) -> int:
-        """How long a completed run tree keeps its bookkeeping (the ``finals`` hash and the count of
-        task runs not final) before Redis drops it, instead of ``result_ttl_seconds``.
+        """How long a completed run tree keeps its bookkeeping (the ``finals`` hash, the count of task
+        runs not final and, once the API's database holds it, its plan) instead of ``result_ttl_seconds``.
 
         A completed run cannot be retried, so only a late message still looks at it: a redelivery
         (the visibility timeout), a worker's last heartbeat (the crash window). Both also find each
         task run's own record final (it keeps ``result_ttl_seconds``), so this margin is not what
         keeps them safe, only what keeps them on their usual path.
         """
-        return int(max(self.visibility_timeout_seconds, self.crash_window_seconds)) + FINISHED_GRACE_MARGIN
+        grace = int(max(self.visibility_timeout_seconds, self.crash_window_seconds)) + FINISHED_GRACE_MARGIN
+        return min(grace, self.result_ttl_seconds)  # never kept longer than the records themselves
 
 
 @lru_cache(maxsize=1)

@@ -38,10 +38,11 @@ BODY_ATTEMPT_FIELD = "body_attempt"  # the live attempt of a dynamic body (see s
 class FlowRuns:
     """Flow run records and what hangs off them."""
 
-    def __init__(self, redis: Any, scripts: Scripts, ttl: int, events: EventStream) -> None:
+    def __init__(self, redis: Any, scripts: Scripts, ttl: int, events: EventStream, grace: int) -> None:
         self._redis = redis
         self._scripts = scripts
         self._ttl = ttl
+        self._grace = grace  # what a completed run keeps its plan for once recorded (Settings.finished_grace_seconds)
         self._events = events
 
     def write(self, run_id: str, fields: dict[str, Any], pipe: Any = None, *, reopen: bool = False) -> None:
@@ -248,6 +249,16 @@ class FlowRuns:
         if not roots:
             return []
         return [unpack_plan(v) for v in self._redis.execute_command("MGET", *[keys.plan(r) for r in roots], **RAW)]
+
+    def plans_recorded(self, roots: Sequence[str]) -> None:
+        """Completed run trees whose plan the API's database now holds (its graph): in Redis, the plan
+        served only a retry, and a completed run is never retried. It goes after the grace, in one round trip."""
+        if not roots:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for root in roots:
+            pipe.expire(keys.plan(root), self._grace)
+        pipe.execute()
 
     def keep_plan(self, pipe: Any, root: str, plan: dict[str, Any], subflow_ends: dict[str, str]) -> None:
         """Queue a static run tree's plan (for retries and the graph) and which end node finishes
