@@ -10,7 +10,9 @@ itself, pushed back on its list as kombu restores an unacknowledged one.
 
 from __future__ import annotations
 
+import json
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +25,9 @@ from orchestrator.config.settings import get_settings
 from orchestrator.devstack.localstack import ApiProcess, api_server, worker
 from orchestrator.runstate import keys
 from orchestrator.runstate.store import get_store
+from orchestrator.supervision.crashes import detect_crashes
+from orchestrator.transport.celery_app import client_app
+from orchestrator.transport.messaging import CeleryMessaging
 from tests import flows
 from tests.api_support import api_database, eventually
 from tests.conftest import TEST_BROKER
@@ -102,6 +107,26 @@ def test_a_message_delivered_again_after_the_grace_of_a_completed_run_does_nothi
     assert run.state is StateType.COMPLETED
     assert run.result(timeout=5) == 6
     assert not redis.exists(keys.finals(run.id)) and not redis.exists(keys.remaining(run.id))  # nothing re-made final
+
+
+def test_the_crash_detector_leaves_a_task_run_of_a_completed_run_alone_after_the_grace() -> None:
+    """A worker that died right after a task run ended left its heartbeat behind; the detector comes
+    by after the grace (the API was down meanwhile): the record says the task run is final."""
+    run = flows.chain_flow.delay(x=2)
+    assert run.result(timeout=30) == 8
+    store = get_store()
+    row = next(r for r in run.task_runs() if r["label"] == "inc-1")
+    record = {"root": run.id, "flow_run_id": run.id, "label": "inc-1", "task": "tests.flows.inc", "worker": "gone@h",
+              "pid": 1, "attempt": 1, "retries": 0, "retries_used": 0, "again": None, "on_crashed": None,
+              "slots": [], "start": 1}  # fmt: skip
+    pipe = store.redis.pipeline(transaction=False)
+    pipe.delete(keys.finals(run.id), keys.remaining(run.id))  # the grace is over
+    pipe.zadd(keys.HEARTBEATS, {row["id"]: time.time() - 3600})  # silent for an hour
+    pipe.hset(keys.HEARTBEAT_RECORDS, row["id"], json.dumps(record))
+    pipe.execute()
+    assert detect_crashes(store, CeleryMessaging(client_app())) == 0
+    assert store.task_runs.read(row["id"])["state"] == "Completed"
+    assert store.redis.zscore(keys.HEARTBEATS, row["id"]) is None  # taken off by the detector
 
 
 def test_a_subflow_run_traced_into_its_parents_tree_keeps_its_root_in_its_record() -> None:
