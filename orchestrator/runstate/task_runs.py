@@ -62,10 +62,11 @@ RUNNING_ELSEWHERE = Started(None, {}, running_elsewhere=True)
 class TaskRuns:
     """Task run records, their starts and ends, and the run tree's joins."""
 
-    def __init__(self, redis: Any, scripts: Scripts, ttl: int, events: EventStream) -> None:
+    def __init__(self, redis: Any, scripts: Scripts, ttl: int, events: EventStream, grace: int) -> None:
         self._redis = redis
         self._scripts = scripts
         self._ttl = ttl
+        self._grace = grace  # what a completed tree keeps its finals and count for (Settings.finished_grace_seconds)
         self._events = events
 
     # -- creating ----------------------------------------------------------------------------
@@ -298,6 +299,7 @@ class TaskRuns:
                 repr(at),
                 root,
                 completed,
+                self._grace,
             ],
         )
         left = int(out[0])
@@ -365,6 +367,15 @@ class TaskRuns:
             return {}
         values = self._redis.hmget(keys.finals(root), trids)
         return {t: StateType(v) if v else None for t, v in zip(trids, values, strict=True)}
+
+    def ended(self, root: str, trid: str) -> bool:
+        """Whether a task run is final: in its tree's finals or, once a completed tree's finals are gone
+        (after ``Settings.finished_grace_seconds``), by its own record's state. One round trip."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hexists(keys.finals(root), trid)
+        pipe.hget(keys.task_run(trid), "state")
+        in_finals, state = pipe.execute()
+        return bool(in_finals) or (state in StateType._value2member_map_ and StateType(state).is_final)
 
     def final_end(self, root: str, trid: str) -> tuple[StateType, str] | None:
         """A task run's final state and its message in one round trip; None while it is not final."""

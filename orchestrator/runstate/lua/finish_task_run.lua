@@ -2,7 +2,8 @@
 -- KEYS: task hash, finals, events, remaining, result, join pending, join sigs, root flow run, root latch,
 --       tolerant set, waiters of the root flow run, delayed messages, the root's wake-up list
 -- ARGV: trid, ttl, fields json, event json, state, result text ('' = none), downstream key,
---       now, root run id, the Completed event of the root flow run (text of runstate.events.encode)
+--       now, root run id, the Completed event of the root flow run (text of runstate.events.encode),
+--       the grace (seconds) a completed tree's finals and count keep
 -- Returns {left, flow, ready signatures...}: left = task runs of the tree not final (-1: this one
 -- already was), flow = 'completed' when this call ended the root flow run Completed, 'decide'
 -- when the tree is done but the run did not complete (Python writes the detailed message).
@@ -57,6 +58,10 @@ elseif left == 0 then
       -- parent nodes waiting for this run (a run of its own started by a plan node) are due now
       for _, m in ipairs(redis.call('LRANGE', KEYS[11], 0, -1)) do redis.call('ZADD', KEYS[12], ARGV[8], m) end
       redis.call('DEL', KEYS[11])
+      -- a completed tree is never retried: its finals and count only serve late messages now, which
+      -- find each task run's record final too (start_task_run.lua); they go after a grace, not the TTL
+      redis.call('EXPIRE', KEYS[2], ARGV[11])
+      redis.call('EXPIRE', KEYS[4], ARGV[11])
       out[2] = 'completed'
     end
   end

@@ -9,9 +9,13 @@
 -- (the start number counts every execution that began, redeliveries too; the crash detector compares it).
 -- A crash record puts the execution under the crash detector from its first moment (heartbeats
 -- renew it from then on), with the start number added so the detector knows which execution it is.
+-- Final: in the tree's finals, or (once a completed tree's finals are gone: finish_task_run.lua) in the
+-- task run's own record, which keeps its final state as long as the run is kept.
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 0 end
 local fields = cjson.decode(ARGV[3])
-local newest = redis.call('HGET', KEYS[1], 'min_attempt')
+local own = redis.call('HMGET', KEYS[1], 'min_attempt', 'state')
+if own[2] and FINAL[own[2]] then return 0 end
+local newest = own[1]
 if newest and tonumber(fields['attempts']) < tonumber(newest) then return -1 end
 if ARGV[8] ~= '' then
   local beat = redis.call('ZSCORE', KEYS[5], ARGV[1])
