@@ -125,3 +125,25 @@ def fails_once(marker: str) -> str:
 def reliable_retry_later(marker: str) -> str:
     """One task whose retry waits 8 s in Redis's delayed set."""
     return fails_once.submit(marker)  # type: ignore[no-any-return]
+
+
+@task(retries=2, retry_delay_seconds=[0, 1])
+def flags_deliveries(key: str) -> str:
+    """Record whether the broker flagged this execution's message redelivered (``test:flags:<key>``,
+    "1" or "0" per execution), then fail on the first two executions: the first retries at once
+    (``task.retry(countdown=0)``), the second after a second (a message kept in Redis)."""
+    from celery import current_task
+
+    redis = get_store().redis
+    flagged = bool((current_task.request.delivery_info or {}).get("redelivered"))
+    count = redis.rpush(f"test:flags:{key}", "1" if flagged else "0")
+    if count <= 2:
+        raise RuntimeError(f"execution {count} fails, to be retried")
+    return f"{key}#{count}"
+
+
+@flow(name="reliable-redelivered-retries")
+def reliable_redelivered_retries(marker: str) -> str:
+    """:func:`flags_deliveries` on a queue of its own (``<marker>-probe``): the test flags its
+    first message redelivered before any worker consumes that queue."""
+    return flags_deliveries.with_options(queue=f"{marker}-probe").submit(marker)  # type: ignore[return-value]

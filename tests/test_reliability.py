@@ -493,6 +493,33 @@ def test_a_task_running_through_a_rabbitmq_restart_is_not_run_again_by_its_redel
         broker.close()
 
 
+@pytest.mark.skipif(TEST_BROKER != "redis", reason="flags a message in the Redis broker's list, as kombu restores it")
+def test_retries_of_a_redelivered_message_are_sent_anew_not_flagged_redelivered(
+    redis_url: str, http: httpx.Client, worker_logs: Path
+) -> None:
+    """The redelivery guard refuses a message flagged redelivered while its task run heartbeats; it
+    rests on the messages the orchestrator builds from a request (a retry at once through
+    ``task.retry``, a delayed retry kept in Redis) never carrying the flag, also when that request was
+    a redelivery. The task's first message is flagged the way kombu's Redis transport restores one
+    (``headers`` and ``delivery_info``), before a worker consumes its queue; the task fails twice
+    (retry at once, then after a second) and completes: three executions, only the first flagged.
+    A retry flagged and refused would leave the run unfinished."""
+    marker = uuid.uuid4().hex[:8]
+    queue, probe = f"rel-flags-{marker}", f"{marker}-probe"
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    logs = worker_logs / f"flags-{marker}"
+    with worker(redis_url, FLOW_MODULES, queues=queue, concurrency=1, log_path=logs.with_suffix(".flow.log")):
+        run_id = submit(http, "reliable-redelivered-retries", queue, marker=marker)
+        message = json.loads(eventually(lambda: client.lindex(probe, 0), 60, what="the task's message queued"))
+        message["headers"]["redelivered"] = True  # what kombu's Redis transport does to what it restores
+        message["properties"]["delivery_info"]["redelivered"] = True
+        client.lset(probe, 0, json.dumps(message))
+        with worker(redis_url, FLOW_MODULES, queues=probe, concurrency=1, log_path=logs.with_suffix(".task.log")):
+            run = wait_final(http, run_id, timeout=90)
+    assert run["state"] == "Completed", (run["state"], run["state_message"])
+    assert client.lrange(f"test:flags:{marker}", 0, -1) == ["1", "0", "0"]  # redelivered once, retries sent anew
+
+
 def test_a_worker_killed_after_its_last_task_ended_but_before_the_flow_run_did_leaves_nothing_running(
     redis_url: str, http: httpx.Client, worker_logs: Path
 ) -> None:
