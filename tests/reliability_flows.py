@@ -147,3 +147,29 @@ def reliable_redelivered_retries(marker: str) -> str:
     """:func:`flags_deliveries` on a queue of its own (``<marker>-probe``): the test flags its
     first message redelivered before any worker consumes that queue."""
     return flags_deliveries.with_options(queue=f"{marker}-probe").submit(marker)  # type: ignore[return-value]
+
+
+STALE_TAG = "rel-stale"  # a test puts a concurrency limit of 1 on it
+
+
+@task(tags=[STALE_TAG], retries=1)
+def fails_then_gated(key: str, cap: float = 240.0) -> str:
+    """Count this execution and record its task run id; the first fails (retried at once), a later
+    one waits for its gate as :func:`gated`, holding its slot of ``STALE_TAG`` meanwhile."""
+    redis = get_store().redis
+    count = int(redis.incr(f"test:count:{key}"))
+    run = current_run()
+    redis.set(f"test:trid:{key}", run.task_run_id if run else "")
+    if count == 1:
+        raise RuntimeError("the first attempt fails")
+    deadline = time.monotonic() + cap
+    while not redis.exists(f"test:gate:{key}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return f"{key}#{count}"
+
+
+@flow(name="reliable-stale-slot")
+def reliable_stale_slot(marker: str) -> str:
+    """:func:`fails_then_gated` on a queue of its own (``<marker>-probe``), whose first message the
+    test copies before a worker consumes that queue (to deliver it again, stale, later)."""
+    return fails_then_gated.with_options(queue=f"{marker}-probe").submit(f"{marker}-first")  # type: ignore[return-value]
