@@ -125,3 +125,51 @@ def fails_once(marker: str) -> str:
 def reliable_retry_later(marker: str) -> str:
     """One task whose retry waits 8 s in Redis's delayed set."""
     return fails_once.submit(marker)  # type: ignore[no-any-return]
+
+
+@task(retries=2, retry_delay_seconds=[0, 1])
+def flags_deliveries(key: str) -> str:
+    """Record whether the broker flagged this execution's message redelivered (``test:flags:<key>``,
+    "1" or "0" per execution), then fail on the first two executions: the first retries at once
+    (``task.retry(countdown=0)``), the second after a second (a message kept in Redis)."""
+    from celery import current_task
+
+    redis = get_store().redis
+    flagged = bool((current_task.request.delivery_info or {}).get("redelivered"))
+    count = redis.rpush(f"test:flags:{key}", "1" if flagged else "0")
+    if count <= 2:
+        raise RuntimeError(f"execution {count} fails, to be retried")
+    return f"{key}#{count}"
+
+
+@flow(name="reliable-redelivered-retries")
+def reliable_redelivered_retries(marker: str) -> str:
+    """:func:`flags_deliveries` on a queue of its own (``<marker>-probe``): the test flags its
+    first message redelivered before any worker consumes that queue."""
+    return flags_deliveries.with_options(queue=f"{marker}-probe").submit(marker)  # type: ignore[return-value]
+
+
+STALE_TAG = "rel-stale"  # a test puts a concurrency limit of 1 on it
+
+
+@task(tags=[STALE_TAG], retries=1)
+def fails_then_gated(key: str, cap: float = 240.0) -> str:
+    """Count this execution and record its task run id; the first fails (retried at once), a later
+    one waits for its gate as :func:`gated`, holding its slot of ``STALE_TAG`` meanwhile."""
+    redis = get_store().redis
+    count = int(redis.incr(f"test:count:{key}"))
+    run = current_run()
+    redis.set(f"test:trid:{key}", run.task_run_id if run else "")
+    if count == 1:
+        raise RuntimeError("the first attempt fails")
+    deadline = time.monotonic() + cap
+    while not redis.exists(f"test:gate:{key}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return f"{key}#{count}"
+
+
+@flow(name="reliable-stale-slot")
+def reliable_stale_slot(marker: str) -> str:
+    """:func:`fails_then_gated` on a queue of its own (``<marker>-probe``), whose first message the
+    test copies before a worker consumes that queue (to deliver it again, stale, later)."""
+    return fails_then_gated.with_options(queue=f"{marker}-probe").submit(f"{marker}-first")  # type: ignore[return-value]

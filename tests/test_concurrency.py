@@ -154,17 +154,18 @@ def test_a_slot_lease_nobody_renews_expires_by_itself(redis_url: str, http: http
     assert http.post("/concurrency-limits", json={"tag": tag, "limit": 1}).status_code == 200
     try:
         root = str(uuid.uuid4())
-        assert concurrency.acquire(store, root, "first", [tag, "unlimited-tag"]) == [tag]
+        assert concurrency.acquire(store, root, "first", [tag, "unlimited-tag"]) == concurrency.Taken([tag], [tag])
         full = concurrency.acquire(store, root, "second", [tag])
         assert isinstance(full, concurrency.LimitFull) and full.holders == ["first"] and full.limit == 1
         asked_at = time.time()
-        assert concurrency.acquire(store, root, "first", [tag]) == [tag]  # asking again while holding it is fine
+        again = concurrency.acquire(store, root, "first", [tag])  # asking again while holding it is fine,
+        assert again == concurrency.Taken([tag], [])  # and says the slot was held already (not to give back)
         expiry = lease_expiry(store, tag, "first")
         lease = concurrency.lease_seconds()
         assert expiry is not None and asked_at + lease <= expiry <= time.time() + lease  # a lease from now
         # "first" died: no heartbeat renews its lease. "second" asks until it gets the slot, not before the lease ends.
         eventually(
-            lambda: concurrency.acquire(store, root, "second", [tag]) == [tag],
+            lambda: concurrency.acquire(store, root, "second", [tag]) == concurrency.Taken([tag], [tag]),
             lease + 10,
             interval=0.1,
             what="the slot free once the unrenewed lease ended",

@@ -493,6 +493,75 @@ def test_a_task_running_through_a_rabbitmq_restart_is_not_run_again_by_its_redel
         broker.close()
 
 
+@pytest.mark.skipif(TEST_BROKER != "redis", reason="flags a message in the Redis broker's list, as kombu restores it")
+def test_retries_of_a_redelivered_message_are_sent_anew_not_flagged_redelivered(
+    redis_url: str, http: httpx.Client, worker_logs: Path
+) -> None:
+    """The redelivery guard refuses a message flagged redelivered while its task run heartbeats; it
+    rests on the messages the orchestrator builds from a request (a retry at once through
+    ``task.retry``, a delayed retry kept in Redis) never carrying the flag, also when that request was
+    a redelivery. The task's first message is flagged the way kombu's Redis transport restores one
+    (``headers`` and ``delivery_info``), before a worker consumes its queue; the task fails twice
+    (retry at once, then after a second) and completes: three executions, only the first flagged.
+    A retry flagged and refused would leave the run unfinished."""
+    marker = uuid.uuid4().hex[:8]
+    queue, probe = f"rel-flags-{marker}", f"{marker}-probe"
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    logs = worker_logs / f"flags-{marker}"
+    with worker(redis_url, FLOW_MODULES, queues=queue, concurrency=1, log_path=logs.with_suffix(".flow.log")):
+        run_id = submit(http, "reliable-redelivered-retries", queue, marker=marker)
+        message = json.loads(eventually(lambda: client.lindex(probe, 0), 60, what="the task's message queued"))
+        message["headers"]["redelivered"] = True  # what kombu's Redis transport does to what it restores
+        message["properties"]["delivery_info"]["redelivered"] = True
+        client.lset(probe, 0, json.dumps(message))
+        with worker(redis_url, FLOW_MODULES, queues=probe, concurrency=1, log_path=logs.with_suffix(".task.log")):
+            run = wait_final(http, run_id, timeout=90)
+    assert run["state"] == "Completed", (run["state"], run["state_message"])
+    assert client.lrange(f"test:flags:{marker}", 0, -1) == ["1", "0", "0"]  # redelivered once, retries sent anew
+
+
+@pytest.mark.skipif(TEST_BROKER != "redis", reason="delivers a copied message again through the Redis broker's list")
+def test_a_stale_message_leaves_the_slot_of_the_newer_attempt_running(
+    redis_url: str, http: httpx.Client, worker_logs: Path
+) -> None:
+    """A task tagged with a limit of 1 fails once and runs again (attempt 2, holding the slot until
+    the test opens its gate). Attempt 1's message, copied before a worker took it, is then delivered
+    again: it is stale (a newer attempt was sent) and does not run, and the slot it found held by its
+    task run id stays with attempt 2; given back, one more tagged task run would pass the limit."""
+    from tests import reliability_flows
+
+    marker = uuid.uuid4().hex[:8]
+    queue, probe = f"rel-stale-{marker}", f"{marker}-probe"
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    logs = worker_logs / f"stale-{marker}"
+    task_log = logs.with_suffix(".task.log")
+    tag = reliability_flows.STALE_TAG
+    assert http.post("/concurrency-limits", json={"tag": tag, "limit": 1}).status_code == 200
+    try:
+        with worker(redis_url, FLOW_MODULES, queues=queue, concurrency=1, log_path=logs.with_suffix(".flow.log")):
+            run_id = submit(http, "reliable-stale-slot", queue, marker=marker)
+            attempt_one = json.loads(eventually(lambda: client.lindex(probe, 0), 60, what="attempt 1 queued"))
+            with worker(redis_url, FLOW_MODULES, queues=probe, concurrency=2, log_path=task_log):
+                eventually(lambda: count(client, f"{marker}-first") == 2, 60, what="attempt 2 running")
+                trid = str(client.get(f"test:trid:{marker}-first"))
+                eventually(lambda: client.zscore(keys.slots(tag), trid), 30, what="attempt 2 holding the slot")
+                attempt_one["properties"]["delivery_tag"] = uuid.uuid4().hex  # a delivery of its own for kombu
+                client.lpush(probe, json.dumps(attempt_one))
+                eventually(
+                    lambda: f"task run {trid}: attempt 1 is stale" in task_log.read_text(),
+                    60,
+                    what="attempt 1 delivered again, stale",
+                )
+                time.sleep(1.0)  # that execution has returned: a slot it gave back would be gone (one round trip)
+                assert client.zscore(keys.slots(tag), trid) is not None, "attempt 2's slot given back by attempt 1"
+                client.set(f"test:gate:{marker}-first", "1")
+                run = wait_final(http, run_id, timeout=90)
+        assert run["state"] == "Completed", (run["state"], run["state_message"])
+        assert count(client, f"{marker}-first") == 2  # attempt 1 failed, attempt 2 ran; the stale copy did not
+    finally:
+        assert http.delete(f"/concurrency-limits/{tag}").status_code == 204
+
+
 def test_a_worker_killed_after_its_last_task_ended_but_before_the_flow_run_did_leaves_nothing_running(
     redis_url: str, http: httpx.Client, worker_logs: Path
 ) -> None:

@@ -220,16 +220,17 @@ def run_task(
     allowed = gate(store, run, attempt.worker, attempt.send, attempt.report)
     if allowed is None:
         return Ending.STOPPED
-    held = take_slots(store, task, run, attempt)
+    taken = take_slots(store, task, run, attempt)
+    held = list(taken.tags)  # what the finally gives back; a start refused narrows it to taken.fresh
     try:
-        return _run_holding_slots(store, task, run, inputs, attempt, retries_used, allowed, held)
+        return _run_holding_slots(store, task, run, inputs, attempt, retries_used, allowed, held, taken.fresh)
     finally:
         if task.timeout_seconds:
             attempt.restore_time_limit()
         concurrency.release(store, run["task_run_id"], held)
 
 
-def take_slots(store: RunStore, task: Task, run: dict[str, Any], attempt: Attempt) -> list[str]:
+def take_slots(store: RunStore, task: Task, run: dict[str, Any], attempt: Attempt) -> concurrency.Taken:
     """Take a slot of each concurrency-limited tag of ``task``, or make the task run wait for one.
 
     Waiting records AwaitingConcurrencySlot once (with who holds the slots) and ends
@@ -237,11 +238,11 @@ def take_slots(store: RunStore, task: Task, run: dict[str, Any], attempt: Attemp
     (with jitter, so waiters do not ask in step), holding no worker slot meanwhile.
     """
     if not task.tags:
-        return []
+        return concurrency.NOTHING
     trid = run["task_run_id"]
     got = concurrency.acquire(store, run["root"], trid, task.tags)
     if got is None:
-        return []  # already final: task_started sees it and handles the redelivery
+        return concurrency.NOTHING  # already final: task_started sees it and handles the redelivery
     if isinstance(got, concurrency.LimitFull):
         message = got.message(store)
         if got.state != StateType.AWAITING_CONCURRENCY_SLOT.value:
@@ -269,7 +270,15 @@ def _run_holding_slots(
     retries_used: int,
     allowed: frozenset[str],
     held: list[str],
+    fresh: list[str],
 ) -> Ending:
+    """Start the task run (one round trip) and run it, unless its start is refused.
+
+    A refused start (a stale message, or a redelivery while the task run heartbeats) gives back
+    only the slots ``fresh``, those this message took: the others it found held by its task run id,
+    i.e. by the execution that runs it (a newer attempt, or the one the broker delivered first),
+    and giving them back would let one more task run in beyond the limit.
+    """
     root, trid = run["root"], run["task_run_id"]
     record = crash_record(run, task, attempt, retries_used) | {"slots": held}
     started = store.task_runs.started(
@@ -284,11 +293,12 @@ def _run_holding_slots(
     if started is None:  # already final: a redelivery, maybe after a crash mid-way
         completed = finish_what_a_crash_left(store, run, attempt.send, attempt.report)
         return Ending.DUPLICATE if completed else Ending.STOPPED  # a chain must not go on
+    if started.stale or started.running_elsewhere:
+        held[:] = fresh  # the slots found held are the running execution's (same task run id): keep them
     if started.stale:  # the crash detector sent a newer attempt; that one carries the run on
         log.warning("task run %s: attempt %s is stale (a newer one was sent); not run", trid, attempt.number)
         return Ending.STOPPED
     if started.running_elsewhere:  # the broker gave its message back while its task still runs
-        held.clear()  # the slots are that execution's (same task run id): run_task must not release them
         log.warning(
             "task run %s: attempt %s was delivered again while its first execution still runs (it heartbeats); "
             "not run twice: that one carries the task run on, or the crash detector if it dies",

@@ -48,16 +48,27 @@ class LimitFull:
         )
 
 
+@dataclass(frozen=True)
+class Taken:
+    """The slots a task run holds once :func:`acquire` let it start."""
+
+    tags: list[str]  # every limited tag of the task run: it holds a slot of each now
+    fresh: list[str]  # those it did not hold before: what a message refused at start gives back
+
+
+NOTHING = Taken([], [])  # no limited tag
+
+
 def lease_seconds() -> float:
     """How long a slot stays held without a heartbeat renewing it."""
     return get_settings().crash_window_seconds
 
 
-def acquire(store: RunStore, root: str, task_run_id: str, tags: Sequence[str]) -> list[str] | LimitFull | None:
+def acquire(store: RunStore, root: str, task_run_id: str, tags: Sequence[str]) -> Taken | LimitFull | None:
     """Take a slot of every limited tag, or none; None when the task run is already final.
 
-    Returns the tags whose slots were taken (empty when no tag is limited), or the
-    first full limit.
+    Returns the slots held (no tag when none is limited), telling apart those this call took
+    from those the task run id held already, or the first full limit.
     """
     now = time.time()
     out = store.scripts["acquire_slots"](  # lua/acquire_slots.lua
@@ -68,7 +79,7 @@ def acquire(store: RunStore, root: str, task_run_id: str, tags: Sequence[str]) -
         return None
     if out[0] == 0:
         return LimitFull(out[1], int(out[2]), out[3], list(out[4:]))
-    return list(out[1:])
+    return Taken(list(out[2:]), list(out[2 : 2 + int(out[1])]))
 
 
 def release(store: RunStore, task_run_id: str, tags: Sequence[str]) -> None:
