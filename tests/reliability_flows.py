@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from typing import Any
 
 from orchestrator import flow, get_run_logger, task
 from orchestrator.runstate.store import get_store
@@ -38,6 +39,13 @@ def reliable_pair(marker: str, seconds: float = 3.0, again_seconds: float = 0.0)
 GATED_TAG = "rel-gated"  # a test may put a concurrency limit on it
 
 
+def wait_for_gate(redis: Any, key: str, cap: float) -> None:
+    """Wait until the test opens ``key``'s gate (sets ``test:gate:<key>``), at most ``cap`` seconds."""
+    deadline = time.monotonic() + cap
+    while not redis.exists(f"test:gate:{key}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 @task(tags=[GATED_TAG])
 def gated(key: str, cap: float = 240.0) -> str:
     """Count this execution and record its task run id, then wait until the test opens its gate
@@ -47,9 +55,7 @@ def gated(key: str, cap: float = 240.0) -> str:
     count = int(redis.incr(f"test:count:{key}"))
     run = current_run()
     redis.set(f"test:trid:{key}", run.task_run_id if run else "")
-    deadline = time.monotonic() + cap
-    while not redis.exists(f"test:gate:{key}") and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for_gate(redis, key, cap)
     return f"{key}#{count}"
 
 
@@ -162,9 +168,7 @@ def fails_then_gated(key: str, cap: float = 240.0) -> str:
     redis.set(f"test:trid:{key}", run.task_run_id if run else "")
     if count == 1:
         raise RuntimeError("the first attempt fails")
-    deadline = time.monotonic() + cap
-    while not redis.exists(f"test:gate:{key}") and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for_gate(redis, key, cap)
     return f"{key}#{count}"
 
 
