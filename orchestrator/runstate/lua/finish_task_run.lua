@@ -2,11 +2,16 @@
 -- KEYS: task hash, finals, events, remaining, result, join pending, join sigs, root flow run, root latch,
 --       tolerant set, waiters of the root flow run, delayed messages, the root's wake-up list
 -- ARGV: trid, ttl, fields json, event json, state, result text ('' = none), downstream key,
---       now, root run id, the Completed event of the root flow run (text of runstate.events.encode)
+--       now, root run id, the Completed event of the root flow run (text of runstate.events.encode),
+--       then messages sent with this end: (command, key or channel, value) triples, LPUSH or PUBLISH
 -- Returns {left, flow, ready signatures...}: left = task runs of the tree not final (-1: this one
 -- already was), flow = 'completed' when this call ended the root flow run Completed, 'decide'
--- when the tree is done but the run did not complete (Python writes the detailed message).
-if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[5]) == 0 then return {-1, ''} end
+-- when the tree is done but the run did not complete (Python writes the detailed message);
+-- {-1, 'sent'}: this same call ran before (a retry after its reply was lost) and sent its messages.
+if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[5]) == 0 then
+  if #ARGV > 10 and redis.call('HGET', KEYS[1], 'ended') == cjson.decode(ARGV[3])['ended'] then return {-1, 'sent'} end
+  return {-1, ''}
+end
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 if ARGV[6] ~= '' then redis.call('SET', KEYS[5], ARGV[6], 'EX', ARGV[2]) end
 local fields = cjson.decode(ARGV[3])
@@ -61,4 +66,5 @@ elseif left == 0 then
     end
   end
 end
+for i = 11, #ARGV, 3 do redis.call(ARGV[i], ARGV[i + 1], ARGV[i + 2]) end  -- messages sent with this end
 return out
