@@ -97,7 +97,7 @@ class RunStore:
     def server(self) -> tuple[Any, ...] | None:
         """Which Redis database this store writes to (host, port, db, unix socket), to tell whether a
         broker shares it; None when that is not known up front (a sentinel-named master)."""
-        return server_of(self.redis.connection_pool.connection_kwargs)
+        return server_of(getattr(getattr(self.redis, "connection_pool", None), "connection_kwargs", None) or {})
 
     def unreachable(self, exc: Exception) -> ConnectionProblem:
         """The error to raise when Redis does not answer: it names the URL (its password masked:
