@@ -87,6 +87,7 @@ Index("ix_flow_run_created_id", col(FlowRun.created).desc(), col(FlowRun.id), co
 Index("ix_flow_run_state_created", col(FlowRun.state), col(FlowRun.created).desc(), col(FlowRun.id))
 Index("ix_flow_run_flow_created", col(FlowRun.flow_name), col(FlowRun.created).desc(), col(FlowRun.id))
 Index("ix_flow_run_deployment_created", col(FlowRun.deployment_id), col(FlowRun.created).desc(), col(FlowRun.id))
+Index("ix_flow_run_ended", col(FlowRun.ended))  # retention walks finished runs oldest end first
 
 
 class TaskRun(SQLModel, table=True):

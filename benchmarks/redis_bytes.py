@@ -19,7 +19,9 @@ acknowledged every event), then measures ``used_memory`` and ``MEMORY USAGE key 
 of every key, grouped by family (the key's ``orc:<name>`` prefix from
 :mod:`orchestrator.runstate.keys`, or Celery's and kombu's own). Each figure is the
 difference from the snapshot before, divided by the task runs (and flow runs) the
-scenario finished. Nothing here asserts a size. Results go to
+scenario finished. ``..._after_grace`` counts only the keys whose TTL outlasts
+``Settings.finished_grace_seconds`` (what a finished run keeps for ``result_ttl_seconds``;
+a completed tree's bookkeeping goes after the grace). Nothing here asserts a size. Results go to
 ``benchmarks/results/redis_bytes.json``.
 """
 
@@ -40,7 +42,7 @@ from typing import Any
 
 import redis
 
-from orchestrator.config.settings import reset_settings
+from orchestrator.config.settings import get_settings, reset_settings
 from orchestrator.devstack.localstack import api_server, redis_server, worker
 from orchestrator.runstate import keys
 from orchestrator.transport.celery_app import client_app
@@ -66,29 +68,37 @@ def family(key: str) -> str:
 
 @dataclass
 class Snapshot:
-    """Redis's memory at one moment: ``used_memory`` and bytes (and keys) per family."""
+    """Redis's memory at one moment: ``used_memory`` and bytes (and keys) per family; ``lasting``: the
+    bytes per family of the keys that outlive the grace (no TTL, or a longer one)."""
 
     used_memory: int
     families: dict[str, int]
     counts: dict[str, int]
+    lasting: dict[str, int]
 
 
 def snapshot(client: redis.Redis) -> Snapshot:
     """Every key's exact size (``SAMPLES 0``: a stream or hash is walked whole), summed by family."""
     names = list(client.scan_iter(count=1000))
+    grace = get_settings().finished_grace_seconds
     families: dict[str, int] = {}
     counts: dict[str, int] = {}
+    lasting: dict[str, int] = {}
     for start in range(0, len(names), 500):
         part = names[start : start + 500]
         pipe = client.pipeline(transaction=False)
         for name in part:
             pipe.memory_usage(name, samples=0)
-        for name, size in zip(part, pipe.execute(), strict=True):
+            pipe.ttl(name)
+        replies = pipe.execute()
+        for name, size, ttl in zip(part, replies[::2], replies[1::2], strict=True):
             fam = family(name.decode() if isinstance(name, bytes) else name)
             families[fam] = families.get(fam, 0) + int(size or 0)  # None: expired between SCAN and MEMORY
             counts[fam] = counts.get(fam, 0) + (1 if size else 0)
+            if ttl == -1 or ttl > grace:
+                lasting[fam] = lasting.get(fam, 0) + int(size or 0)
     used = int(client.info("memory")["used_memory"])
-    return Snapshot(used, families, counts)
+    return Snapshot(used, families, counts, lasting)
 
 
 def wait_quiet(client: redis.Redis, recorder: bool, timeout: float = 300) -> None:
@@ -131,6 +141,7 @@ def diff(before: Snapshot, after: Snapshot, tasks: int, flows: int) -> dict[str,
     keys_delta = {n: after.counts.get(n, 0) - before.counts.get(n, 0) for n in names}
     delta = {n: d for n, d in delta.items() if d or keys_delta[n]}
     total = sum(delta.values())
+    kept = {n: after.lasting.get(n, 0) - before.lasting.get(n, 0) for n in delta}
     return {
         "task_runs": tasks,
         "flow_runs": flows,
@@ -140,6 +151,8 @@ def diff(before: Snapshot, after: Snapshot, tasks: int, flows: int) -> dict[str,
         "keys_bytes_per_flow_run": round(total / flows) if flows else None,
         "per_task_run": {n: round(d / tasks) for n, d in sorted(delta.items(), key=lambda kv: -kv[1])},
         "keys_added": {n: keys_delta[n] for n in delta},
+        "keys_bytes_per_task_run_after_grace": round(sum(kept.values()) / tasks),
+        "per_task_run_after_grace": {n: round(d / tasks) for n, d in sorted(kept.items(), key=lambda kv: -kv[1])},
     }
 
 
@@ -230,11 +243,13 @@ def print_scenario(phase: str, name: str, row: dict[str, Any]) -> None:
     print(
         f"[{phase}] {name}: {row['keys_bytes_per_task_run']} B per task run"
         + (f", {per_flow} B per flow run" if per_flow is not None else "")
-        + f" (used_memory {row['used_memory_per_task_run']} B per task run, {row['seconds']} s)",
+        + f" (used_memory {row['used_memory_per_task_run']} B per task run, {row['seconds']} s);"
+        + f" {row['keys_bytes_per_task_run_after_grace']} B per task run after the grace",
         flush=True,
     )
     for fam, size in row["per_task_run"].items():
-        print(f"    {fam:<24} {size:>6} B   {row['keys_added'][fam]:>6} keys", flush=True)
+        kept = row["per_task_run_after_grace"][fam]
+        print(f"    {fam:<24} {size:>6} B   {row['keys_added'][fam]:>6} keys   {kept:>6} B after the grace", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

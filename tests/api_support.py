@@ -51,6 +51,30 @@ def eventually(check: Callable[[], T | None], timeout: float = 30.0, interval: f
     raise AssertionError(f"not true after {timeout}s: {what} (last: {last!r})")
 
 
+def heartbeat_renewed(redis_url: str, flow_run_id: str, timeout: float = 30.0) -> None:
+    """Wait until a worker heartbeat has renewed a running task run of ``flow_run_id``.
+
+    The start script gives a task run its first time in the heartbeat set; only the worker's beat
+    moves it on. A test that kills a worker "once it has heartbeated" waits for that (about one
+    heartbeat interval) instead of sleeping a fixed 2.5 intervals."""
+    client: Any = redis.Redis.from_url(redis_url, decode_responses=True)
+
+    def beats() -> dict[str, float]:
+        ids = client.smembers(keys.flow_tasks(flow_run_id))
+        return {t: float(s) for t in ids if (s := client.zscore(keys.HEARTBEATS, t)) is not None}
+
+    try:
+        first = eventually(beats, timeout, 0.05, what=f"a task run of {flow_run_id} in the heartbeat set")
+        eventually(
+            lambda: any(beats().get(t, 0.0) > at for t, at in first.items()),
+            timeout,
+            0.05,
+            what=f"a worker heartbeat renewing a task run of {flow_run_id}",
+        )
+    finally:
+        client.close()
+
+
 def wait_final(http: httpx.Client, run_id: str, timeout: float = 60) -> dict[str, Any]:
     """The run once the database shows it final."""
 

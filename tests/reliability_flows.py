@@ -35,6 +35,31 @@ def reliable_pair(marker: str, seconds: float = 3.0, again_seconds: float = 0.0)
     return step.submit(f"{marker}-second", 0.1, wait_for=[first])  # type: ignore[no-any-return]
 
 
+GATED_TAG = "rel-gated"  # a test may put a concurrency limit on it
+
+
+@task(tags=[GATED_TAG])
+def gated(key: str, cap: float = 240.0) -> str:
+    """Count this execution and record its task run id, then wait until the test opens its gate
+    (sets ``test:gate:<key>``), at most ``cap`` seconds: a task surely running through whatever the
+    test does meanwhile, however long that takes."""
+    redis = get_store().redis
+    count = int(redis.incr(f"test:count:{key}"))
+    run = current_run()
+    redis.set(f"test:trid:{key}", run.task_run_id if run else "")
+    deadline = time.monotonic() + cap
+    while not redis.exists(f"test:gate:{key}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return f"{key}#{count}"
+
+
+@flow(name="reliable-gated")
+def reliable_gated(marker: str) -> str:
+    """``first`` waits for its gate, then ``second`` (a chain: a message is still sent after ``first``)."""
+    first = gated.submit(f"{marker}-first")
+    return step.submit(f"{marker}-second", 0.1, wait_for=[first])  # type: ignore[no-any-return]
+
+
 @flow(name="reliable-diamond")
 def reliable_diamond(marker: str, seconds: float = 1.0) -> str:
     """Two parallel sleepy tasks, then one that waits for both (a chord across a restart)."""

@@ -24,7 +24,7 @@ import redis
 
 from orchestrator.devstack.localstack import ApiProcess, api_server, redis_server, worker
 from orchestrator.runstate import keys
-from tests.api_support import api_database, cli, eventually, submit, wait_final
+from tests.api_support import api_database, cli, eventually, heartbeat_renewed, submit, wait_final
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -646,7 +646,7 @@ def test_a_worker_killed_mid_task_gives_crashed_then_a_retry_that_completes(
     with worker(redis_url, ["tests.flows"], queues="crashy", concurrency=1, name=f"doomed-{marker}@%h") as doomed:
         created = submit(http, "crashy-flow", parameters={"marker": marker})
         eventually(lambda: client.get(f"test:crashy:{marker}"), 30, what="the task running on the doomed worker")
-        time.sleep(2.5)  # it has heartbeated
+        heartbeat_renewed(redis_url, created["id"])  # it has heartbeated
         os.killpg(doomed.pid, signal.SIGKILL)  # the whole worker: main process and pool
         killed_at = time.time()
         with worker(redis_url, ["tests.flows"], queues="crashy", concurrency=1, log_path=worker_logs / "rescue.log"):
@@ -672,7 +672,7 @@ def test_a_crashed_task_without_retries_fails_its_flow_run(redis_url: str, http:
     with worker(redis_url, ["tests.flows"], queues="crashy", concurrency=1, name=f"doomed-{marker}@%h") as doomed:
         created = submit(http, "crashy-no-retry-flow", parameters={"marker": marker})
         eventually(lambda: client.get(f"test:crashy:{marker}"), 30, what="the task running on the doomed worker")
-        time.sleep(2.5)
+        heartbeat_renewed(redis_url, created["id"])
         os.killpg(doomed.pid, signal.SIGKILL)
         run = wait_final(http, created["id"], timeout=30)  # no other worker needed to end it
     assert run["state"] == "Failed" and "Crashed" in run["state_message"]

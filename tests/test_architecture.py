@@ -78,6 +78,24 @@ print("redis" in sys.modules)
     assert out.stdout.strip() == "True"
 
 
+def test_the_cli_loads_its_heavy_libraries_only_in_the_commands_that_use_them() -> None:
+    """Every ``orchestrator`` call pays its imports (the tests make about 150): ``--help`` and the
+    command table load no HTTP client, settings, Redis, Celery or JSON Schema; a command imports
+    what it uses when it runs (docs/architecture.md)."""
+    program = """
+import sys
+from typer.testing import CliRunner
+from orchestrator.cli.main import app
+out = CliRunner().invoke(app, ["flow-run", "ls", "--help"])
+assert out.exit_code == 0, out.output
+heavy = ("httpx", "pydantic_settings", "redis", "celery", "kombu", "jsonschema", "sqlalchemy")
+print(sorted(m for m in heavy if m in sys.modules))
+"""
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", f"loaded by the CLI's --help: {out.stdout}"
+
+
 EXAMPLES: list[events.StreamEvent] = [
     events.flow_run_event("run-1", "Running", ts=1.5, message="", record={"flow": "etl", "name": "etl-1"}),
     events.task_run_event("t-1", "AwaitingRetry", ts=2.0, message="retry 1 of 3", reopen=True, cause="crash detector"),

@@ -15,7 +15,7 @@ import httpx
 from orchestrator.devstack.localstack import api_server, redis_server, worker
 from orchestrator.runstate.store import RunStore
 from tests import crash_hook_flows as flows
-from tests.api_support import eventually, submit, wait_final
+from tests.api_support import eventually, heartbeat_renewed, submit, wait_final
 
 
 def test_a_crashed_tasks_on_crashed_hook_runs_once_on_a_worker_of_its_queue(
@@ -36,7 +36,7 @@ def test_a_crashed_tasks_on_crashed_hook_runs_once_on_a_worker_of_its_queue(
         ) as doomed:  # fmt: skip
             created = submit(http, "killed-mid-task", parameters={"marker": marker})
             eventually(lambda: redis.get(flows.running_key(marker)), 30, what="the task running")
-            time.sleep(2.5)  # it has heartbeated
+            heartbeat_renewed(own_url, created["id"])  # it has heartbeated
             os.killpg(doomed.pid, signal.SIGKILL)
             with worker(
                 own_url, modules, queues=flows.QUEUE, concurrency=1, name=f"ch-rescue-{marker}@%h",

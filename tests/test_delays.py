@@ -71,7 +71,7 @@ def test_a_crashed_workers_message_redelivered_after_the_visibility_timeout_neve
 
     from orchestrator.runstate.store import RunStore
     from tests import gated_retry_flows as flows
-    from tests.api_support import eventually, submit, wait_final
+    from tests.api_support import eventually, heartbeat_renewed, submit, wait_final
 
     marker = uuid.uuid4().hex[:8]
     env = {"ORCHESTRATOR_VISIBILITY_TIMEOUT_SECONDS": "10"}
@@ -94,7 +94,7 @@ def test_a_crashed_workers_message_redelivered_after_the_visibility_timeout_neve
         ) as doomed:  # fmt: skip
             created = submit(http, "killed-then-gated-flow", parameters={"marker": marker})
             eventually(lambda: redis.get(flows.running_key(marker)), 30, what="execution 1 running")
-            time.sleep(2.5)  # it has heartbeated
+            heartbeat_renewed(own_url, created["id"])  # it has heartbeated
             os.killpg(doomed.pid, signal.SIGKILL)
             with worker(
                 own_url, modules, queues="vis-crash", concurrency=2, name=f"rescue-{marker}@%h",

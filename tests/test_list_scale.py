@@ -38,6 +38,7 @@ LIST_INDEXES = {
     "ix_flow_run_state_created": ["state", "created", "id"],
     "ix_flow_run_flow_created": ["flow_name", "created", "id"],
     "ix_flow_run_deployment_created": ["deployment_id", "created", "id"],
+    "ix_flow_run_ended": ["ended"],  # the retention service's walk, oldest end first
 }
 REPLACED = {"ix_flow_run_created", "ix_flow_run_state", "ix_flow_run_flow_name"}  # prefixes of the above
 WEEK_AGO = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -114,6 +115,21 @@ def test_each_list_query_walks_an_index(database_url: str, case: str) -> None:
         assert not [line for line in ids if "TEMP B-TREE" in line], f"{case}: every match sorted: {ids}"
     assert not whole_table_scans(count, "flow_run"), count
     assert any("USING INDEX sqlite_autoindex_flow_run_1 (id=?)" in line for line in page), page  # rows by id
+
+
+def test_the_retention_pass_walks_finished_runs_by_their_end(database_url: str) -> None:
+    """A batch of the server-wide policy reads the oldest ends first and stops: no scan of every run,
+    no sort of every finished one (each pass of the services runs it, on a table that only grows).
+    A per-flow or per-deployment override seeks that flow's or deployment's runs, then sorts them."""
+    from api.services.retention import expired_query
+
+    with engine_for(database_url).connect() as connection:
+        plan = sqlite_plan(connection, expired_query(WEEK_AGO.timestamp(), 500))
+        by_flow = sqlite_plan(connection, expired_query(WEEK_AGO.timestamp(), 500, col(FlowRun.flow_name) == "etl"))
+    assert not whole_table_scans(plan, "flow_run"), plan
+    assert any("ix_flow_run_ended" in line for line in plan), plan
+    assert not [line for line in plan if "TEMP B-TREE" in line], plan
+    assert not whole_table_scans(by_flow, "flow_run"), by_flow
 
 
 def test_task_runs_of_a_tree_are_found_by_index(database_url: str) -> None:

@@ -439,6 +439,60 @@ def test_rabbitmq_restarted_mid_flows_every_run_completes_and_nothing_is_lost(
         broker.close()
 
 
+@pytest.mark.skipif(TEST_BROKER != "amqp", reason="RabbitMQ pass only (ORCHESTRATOR_TEST_BROKER=amqp)")
+@pytest.mark.skipif(rabbitmq_binary() is None, reason="rabbitmq-server is not installed")
+def test_a_task_running_through_a_rabbitmq_restart_is_not_run_again_by_its_redelivered_message(
+    redis_url: str, tmp_path: Path, worker_logs: Path
+) -> None:
+    """RabbitMQ restarted while ``first`` runs (it waits for a gate the test opens, so it surely
+    outlives the restart): the broker delivers its unacknowledged message again to the reconnected
+    worker, which has a free pool process. That execution must see ``first`` still heartbeating and
+    not run it a second time, nor give back the concurrency slot ``first`` holds (same task run id);
+    ``first`` then completes once and ``second`` follows.
+
+    A private rabbitmq-server and Redis, as the restart test above (the same reasons)."""
+    from tests import reliability_flows
+
+    del redis_url  # the session's settings (heartbeats, result storage), not its Redis
+    marker = uuid.uuid4().hex[:8]
+    queue = f"rel-redeliver-{marker}"
+    logs = worker_logs / f"amqp-redeliver-{marker}"
+    broker = RabbitMQServer(tmp_path / "rabbitmq", free_port(), free_port(), logs.with_suffix(".rabbitmq.log"))
+    env = SLOWER_BEATS | {"ORCHESTRATOR_BROKER_URL": broker.url}
+    worker_log = logs.with_suffix(".worker.log")
+    try:
+        broker.start()
+        with (
+            redis_server() as redis_url,
+            api_server(redis_url, f"sqlite:///{tmp_path / 'api.db'}", logs.with_suffix(".api.log"), env) as api,
+            worker(redis_url, FLOW_MODULES, queues=queue, concurrency=2, log_path=worker_log, extra_env=env),
+            httpx.Client(base_url=api.url, timeout=15) as http,
+        ):
+            client = redis.Redis.from_url(redis_url, decode_responses=True)
+            limit = {"tag": reliability_flows.GATED_TAG, "limit": 1}
+            assert http.post("/concurrency-limits", json=limit).status_code == 200
+            run_id = submit(http, "reliable-gated", queue, marker=marker)
+            trid = str(eventually(lambda: client.get(f"test:trid:{marker}-first"), 60, what="first running"))
+            eventually(lambda: client.zscore(keys.HEARTBEATS, trid), 30, interval=0.05, what="first heartbeating")
+            broker.stop(signal.SIGTERM)
+            broker.start()
+
+            def redelivered() -> bool:  # refused (this fix), or run a second time (what it prevents)
+                refused = f"task run {trid}: attempt 1 was delivered again" in worker_log.read_text()
+                return refused or count(client, f"{marker}-first") > 1
+
+            eventually(redelivered, 120, what="first's message delivered again to the reconnected worker")
+            time.sleep(2.0)  # the refused copy has returned: a slot it gave back would be gone (one round trip)
+            assert client.zscore(keys.slots(reliability_flows.GATED_TAG), trid) is not None, "first's slot"
+            client.set(f"test:gate:{marker}-first", "1")
+            run = wait_final(http, run_id, timeout=120)
+            assert run["state"] == "Completed", (run["state"], run["state_message"])
+            assert_completed_once(http, run_id, tasks=2)
+            assert [count(client, f"{marker}-{k}") for k in ("first", "second")] == [1, 1]
+    finally:
+        broker.close()
+
+
 def test_a_worker_killed_after_its_last_task_ended_but_before_the_flow_run_did_leaves_nothing_running(
     redis_url: str, http: httpx.Client, worker_logs: Path
 ) -> None:

@@ -83,6 +83,10 @@ class CeleryAttempt:
         self.celery_task = celery_task
         self.number = int(celery_task.request.retries or 0) + 1
         self.worker = celery_task.request.hostname or socket.gethostname()
+        # the broker's flag: RabbitMQ sets it on what it gives back (a lost connection, a rejected
+        # message), kombu's Redis transport on what it restores; messages sent anew (retries, resumes)
+        # never carry it
+        self.redelivered = bool((celery_task.request.delivery_info or {}).get("redelivered"))
         self._restore_limit: Callable[[], None] | None = None
 
     def hold_off_time_limit(self) -> None:

@@ -64,6 +64,7 @@ class Attempt(Protocol):
 
     number: int  # 1 for the first attempt
     worker: str
+    redelivered: bool  # the broker delivered this message before (to an execution that may still run)
 
     def retry(self, delay: float, retries_used: int) -> NoReturn:
         """Schedule the next attempt in ``delay`` seconds (raises to end this one)."""
@@ -294,12 +295,22 @@ def _run_holding_slots(
         stored_inputs=inputs is None,
         prefetch=[] if inputs is None else [r for r in refs_in(inputs) if r not in allowed],
         crash_record=record,  # under the crash detector from this moment, in the same round trip
+        alive_since=now() - get_settings().crash_window_seconds if attempt.redelivered else None,
     )
     if started is None:  # already final: a redelivery, maybe after a crash mid-way
         completed = finish_what_a_crash_left(store, run, attempt.send, attempt.report)
         return Ending.DUPLICATE if completed else Ending.STOPPED  # a chain must not go on
     if started.stale:  # the crash detector sent a newer attempt; that one carries the run on
         log.warning("task run %s: attempt %s is stale (a newer one was sent); not run", trid, attempt.number)
+        return Ending.STOPPED
+    if started.running_elsewhere:  # the broker gave its message back while its task still runs
+        held.clear()  # the slots are that execution's (same task run id): run_task must not release them
+        log.warning(
+            "task run %s: attempt %s was delivered again while its first execution still runs (it heartbeats); "
+            "not run twice: that one carries the task run on, or the crash detector if it dies",
+            trid,
+            attempt.number,
+        )
         return Ending.STOPPED
     HEARTBEATS.begin(trid, record | {"start": started.start}, announced=True)
     try:

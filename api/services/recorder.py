@@ -301,6 +301,7 @@ class Recorder:
                 if rows:
                     session.execute(insert(model), [scrubbed(row) for row in rows])
             session.commit()
+            self.store.flow_runs.plans_recorded(completed_with_graph(batch.flows.values()))
             if self.metrics is not None:
                 self.metrics.batch_recorded(session, [e.body.ts for e in fresh], written, batch.ended)
 
@@ -479,6 +480,13 @@ class Recorder:
         for run_id, raw in zip(wanted, self.store.flow_runs.plan_texts(wanted), strict=True):
             if raw:
                 batch.flows[run_id].plan = graph_of(json.loads(raw), run_id)
+
+
+def completed_with_graph(rows: Iterable[FlowRun]) -> list[str]:
+    """The completed static root runs of a batch whose graph (their plan) the database holds: Redis may
+    drop their plan after a grace (``FlowRuns.plans_recorded``)."""
+    done = StateType.COMPLETED.value
+    return [r.id for r in rows if r.state == done and r.plan is not None and r.root_id in (None, r.id)]
 
 
 def scrub(row: Any) -> None:

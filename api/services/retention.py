@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import ColumnElement, Engine, func, or_, true
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from api.db import chunks
 from api.deletion import FINAL, Changed, TreeRun, delete_tree, run_tree
@@ -58,28 +59,36 @@ class Pass:
     full: bool = False
 
 
+def expired_query(cutoff: float, limit: int, *where: ColumnElement[bool]) -> SelectOfScalar[str]:
+    """Up to ``limit`` final root runs that ended before ``cutoff``, oldest end first: a walk of
+    ``ix_flow_run_ended`` from its start that stops after ``limit`` matches, not a scan of every run."""
+    child = aliased(FlowRun)
+    busy_child = (  # a child under way keeps its tree (deeper ones are caught by deletable_trees)
+        select(child.id).where(col(child.parent_id) == col(FlowRun.id), col(child.state).not_in(FINAL)).exists()
+    )
+    # The state test is wrapped (states are never NULL) so that SQLite, which has no statistics, does
+    # not pick the state index and sort every finished run; the end time's index is the selective one.
+    final = func.coalesce(col(FlowRun.state), "").in_(FINAL)
+    finished = (final, is_tree_root(), col(FlowRun.ended).is_not(None), ~busy_child)
+    return (
+        select(FlowRun.id)
+        .where(*finished, col(FlowRun.ended) < cutoff, *where)
+        .order_by(col(FlowRun.ended))
+        .limit(limit)
+    )
+
+
 def expired_roots(session: Session, policy: Policy, now: float, limit: int) -> list[str]:
     """Up to ``limit`` final root runs past their retention, each group oldest end first."""
     overrides = session.exec(
         select(Deployment.id, Deployment.retention_days).where(col(Deployment.retention_days).is_not(None))
     ).all()
-    child = aliased(FlowRun)
-    busy_child = (  # a child under way keeps its tree (deeper ones are caught by deletable_trees)
-        select(child.id).where(col(child.parent_id) == col(FlowRun.id), col(child.state).not_in(FINAL)).exists()
-    )
-    finished = (col(FlowRun.state).in_(FINAL), is_tree_root(), col(FlowRun.ended).is_not(None), ~busy_child)
     picked: list[str] = []
 
     def take(days: float, *where: ColumnElement[bool]) -> None:
         if len(picked) >= limit:
             return
-        query = (
-            select(FlowRun.id)
-            .where(*finished, col(FlowRun.ended) < now - days * DAY, *where)
-            .order_by(col(FlowRun.ended))
-            .limit(limit - len(picked))
-        )
-        picked.extend(session.exec(query).all())
+        picked.extend(session.exec(expired_query(now - days * DAY, limit - len(picked), *where)).all())
 
     for deployment_id, days in overrides:
         take(float(days), col(FlowRun.deployment_id) == deployment_id)  # type: ignore[arg-type]

@@ -11,11 +11,10 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from orchestrator.cli.runs import AsJson, calling, console, parse_pairs, print_error, watch_to_the_end
+from orchestrator.cli.runs import AsJson, api_client, calling, console, parse_pairs, print_error, watch_to_the_end
 from orchestrator.cli.text import print_json, user_line, user_text
 from orchestrator.data.serialization import to_jsonable, to_plain
 from orchestrator.errors import OrchestratorError
-from orchestrator.runs.api_client import ApiClient
 
 deployment_app = typer.Typer(help="Deployments: flows with parameters and a schedule.", no_args_is_help=True)
 
@@ -67,7 +66,7 @@ def deploy_command(
         "late_max_age_seconds": late_max_age,
         "retention_days": retention_days,
     }
-    created = calling(lambda: ApiClient().deploy(body))
+    created = calling(lambda: api_client().deploy(body))
     console.print(
         user_line(
             "deployment ",
@@ -95,7 +94,7 @@ def upcoming_runs(deployment: dict[str, Any]) -> str:
 @deployment_app.command("ls")
 def deployment_ls(as_json: AsJson = False) -> None:
     """List deployments with their schedules and next runs."""
-    rows = calling(lambda: ApiClient().deployments())
+    rows = calling(lambda: api_client().deployments())
     if as_json:
         print_json(rows)
         return
@@ -115,14 +114,14 @@ def deployment_ls(as_json: AsJson = False) -> None:
 @deployment_app.command("pause")
 def deployment_pause(name: Annotated[str, typer.Argument(help="Deployment name.")]) -> None:
     """Stop sending its runs."""
-    calling(lambda: ApiClient().pause(name, True))
+    calling(lambda: api_client().pause(name, True))
     console.print(user_line("deployment ", name, " paused"))
 
 
 @deployment_app.command("resume")
 def deployment_resume(name: Annotated[str, typer.Argument(help="Deployment name.")]) -> None:
     """Send its runs again."""
-    calling(lambda: ApiClient().pause(name, False))
+    calling(lambda: api_client().pause(name, False))
     console.print(user_line("deployment ", name, " resumed"))
 
 
@@ -132,7 +131,7 @@ def deployment_inspect(
     last: Annotated[int, typer.Option(help="How many of its latest runs to show.")] = 10,
 ) -> None:
     """Its schedule, whether it is paused, its late-run policy and concurrency limit, its next and last runs."""
-    client = ApiClient()
+    client = api_client()
     found = calling(lambda: client.deployment(name))
     runs = calling(lambda: client.deployment_runs(name, last))
     policy = found["late_policy"]
@@ -181,7 +180,7 @@ def deployment_run(
 ) -> None:
     """Run the deployment now: its parameters, overridden by -p; prints the run's id (exit status 1 if a
     watched run does not complete). A deployment with a concurrency limit sends it when a slot is free."""
-    client = ApiClient()
+    client = api_client()
 
     def run_now() -> dict[str, Any]:
         flow = client.deployment(name)["flow_name"] if param else ""
@@ -217,7 +216,7 @@ def deployment_backfill(
     deployment's late-run policy decides which run (newest_only: only the newest), and its
     concurrency limit how many are sent at once. A deployment without a schedule is refused.
     """
-    done = calling(lambda: ApiClient().backfill(name, parse_time(start, "--start"), parse_time(end, "--end")))
+    done = calling(lambda: api_client().backfill(name, parse_time(start, "--start"), parse_time(end, "--end")))
     console.print(
         user_line(
             "deployment ",
@@ -237,7 +236,7 @@ def deployment_backfill(
 def deployment_delete(name: Annotated[str, typer.Argument(help="Deployment name.")]) -> None:
     """Delete a deployment. Its runs not started yet (scheduled, late, waiting for a slot, sent to a
     queue) are cancelled; its runs under way finish, and finished runs are kept with their history."""
-    done = calling(lambda: ApiClient().delete_deployment(name))
+    done = calling(lambda: api_client().delete_deployment(name))
     console.print(
         user_line(
             "deployment ",

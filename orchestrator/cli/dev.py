@@ -23,22 +23,21 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
-from orchestrator.cli.runs import calling, parse_pairs, watch_run
+from orchestrator.cli.runs import api_client, calling, parse_pairs, watch_run
 from orchestrator.cli.text import user_line, user_text
-from orchestrator.config.settings import get_settings, reset_settings
 from orchestrator.devstack.children import Child, port_taken
-from orchestrator.devstack.localstack import ApiProcess, flower_process, free_port, redis_answers, redis_process, worker
 from orchestrator.errors import ChildExited, ConnectionProblem
 from orchestrator.guards.redaction import mask_urls_in, masked_url
-from orchestrator.runs.api_client import ApiClient
-from orchestrator.runs.handle import FlowRun
 from orchestrator.states import StateType
+
+if TYPE_CHECKING:
+    from orchestrator.runs.api_client import ApiClient
 
 console = Console(soft_wrap=True)  # a path or URL in the banner stays whole, to copy
 FLOWER_USER = "orchestrator"
@@ -54,6 +53,8 @@ def dev_redis(given: str | None, data_dir: Path, logs: Path) -> Iterator[Child |
     one on 6379) would get the stack's keys, and the stack its leftovers. Yields the process
     when it was started here (to watch it), else None.
     """
+    from orchestrator.devstack.localstack import redis_answers, redis_process
+
     if given:
         if not redis_answers(given):
             raise ConnectionProblem(
@@ -108,6 +109,10 @@ def dev_command(
     and one line naming it, quoting the end of its log and giving the log's path; every child
     still running is stopped before the command exits.
     """
+    # imported here, not at the top: the settings, Redis and Celery cost every other command's start-up
+    from orchestrator.config.settings import get_settings, reset_settings
+    from orchestrator.devstack.localstack import ApiProcess, flower_process, free_port, worker
+
     sys.path.insert(0, os.getcwd())
     stop = stop_on_term()
     data_dir = data_dir.resolve()
@@ -164,7 +169,7 @@ def run_and_watch(
     """
     code = 0
     if flow:
-        code = run_once(ApiClient(api_url), flow, pairs)
+        code = run_once(api_client(api_url), flow, pairs)
         check_children(children)
     if flow and once:
         return code
@@ -232,6 +237,8 @@ def run_once(client: ApiClient, flow: str, pairs: list[str]) -> int:
     message = f" {final['state_message']}" if final["state_message"] else ""
     console.print(user_line("outcome: ", user_text(final["state"], "bold"), message))
     if final["state"] == StateType.COMPLETED.value:
+        from orchestrator.runs.handle import FlowRun
+
         console.print(user_line("result: ", user_text(FlowRun(created["id"]).result(timeout=10), "bold")))
     console.print(f"{len(history)} recorded transitions, {retries} retries or sensor pokes waited in Redis")
     return 0 if final["state"] == StateType.COMPLETED.value else 1

@@ -7,16 +7,15 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from orchestrator.cli.runs import AsJson, calling, console
+from orchestrator.cli.runs import AsJson, api_client, calling, console
 from orchestrator.cli.text import print_json, user_text
-from orchestrator.runs.api_client import ApiClient
 
 flow_app = typer.Typer(help="Flows the workers registered.", no_args_is_help=True)
 
 
 def listed(path: str) -> list[dict[str, Any]]:
     """A list route's items (the CLI's only caller of these two routes, so no client method of their own)."""
-    client = ApiClient()
+    client = api_client()
     return list(calling(lambda: client.request("GET", path)))
 
 

@@ -7,9 +7,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from orchestrator.cli.runs import AsJson, calling, console
+from orchestrator.cli.runs import AsJson, api_client, calling, console
 from orchestrator.cli.text import print_json, user_line, user_text
-from orchestrator.runs.api_client import ApiClient
 
 limits_app = typer.Typer(
     help="Concurrency limits: at most N task runs with a tag run at once, on all workers.", no_args_is_help=True
@@ -35,13 +34,13 @@ def create(
     tag: Tag, limit: Annotated[int, typer.Argument(help="Task runs with the tag that may run at once.")]
 ) -> None:
     """Create the tag's limit, or change it."""
-    _show(calling(lambda: ApiClient().set_limit(tag, limit)))
+    _show(calling(lambda: api_client().set_limit(tag, limit)))
 
 
 @limits_app.command("ls")
 def ls(as_json: AsJson = False) -> None:
     """Every limit and how many of its slots are held."""
-    rows = calling(lambda: ApiClient().limits())
+    rows = calling(lambda: api_client().limits())
     if as_json:
         print_json(rows)
         return
@@ -57,7 +56,7 @@ def ls(as_json: AsJson = False) -> None:
 @limits_app.command("inspect")
 def inspect(tag: Tag, as_json: AsJson = False) -> None:
     """The limit and the task runs holding its slots now."""
-    found = calling(lambda: ApiClient().limit(tag))
+    found = calling(lambda: api_client().limit(tag))
     if as_json:
         print_json(found)
         return
@@ -67,5 +66,5 @@ def inspect(tag: Tag, as_json: AsJson = False) -> None:
 @limits_app.command("delete")
 def delete(tag: Tag) -> None:
     """Remove the limit: tasks with the tag no longer wait."""
-    calling(lambda: ApiClient().delete_limit(tag))
+    calling(lambda: api_client().delete_limit(tag))
     console.print(user_line("concurrency limit ", tag, " deleted"))

@@ -7,7 +7,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -15,13 +15,14 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.authoring.param_text import read_pairs
 from orchestrator.cli.api_words import cli_words
 from orchestrator.cli.text import print_json, user_json, user_line, user_text
 from orchestrator.errors import ApiError, OrchestratorError
 from orchestrator.guards.redaction import mask_urls_in
-from orchestrator.runs.api_client import ApiClient
 from orchestrator.states import StateType
+
+if TYPE_CHECKING:
+    from orchestrator.runs.api_client import ApiClient
 
 console = Console()
 server_app = typer.Typer(help="The API server (runs, history, logs).", no_args_is_help=True)
@@ -36,6 +37,14 @@ def print_error(exc: Exception | str) -> None:
     (often the API's, quoting user input) as text, an API error in the CLI's words (:func:`cli_words`)."""
     text = cli_words(exc) if isinstance(exc, ApiError) else str(exc)
     console.print(user_line(Text("error:", style="red"), " ", mask_urls_in(text)), soft_wrap=True)
+
+
+def api_client(url: str | None = None) -> ApiClient:
+    """The API's client, imported on first use: httpx and the settings (pydantic) it loads are most of
+    a command's start-up time, and ``--help``, a usage error or ``worker start`` need neither."""
+    from orchestrator.runs.api_client import ApiClient
+
+    return ApiClient(url)
 
 
 def calling(action: Callable[[], T]) -> T:
@@ -77,6 +86,8 @@ def parse_pairs(client: ApiClient, flow: str, pairs: list[str]) -> dict[str, Any
     the API then checks the values against the same schema."""
     if not pairs:
         return {}
+    from orchestrator.authoring.param_text import read_pairs  # it loads jsonschema: only when -p is given
+
     schema = client.get_flow(flow).get("parameters")
     return read_pairs(pairs, schema if isinstance(schema, dict) else None)
 
@@ -135,7 +146,7 @@ def flow_run_ls(
     as_json: AsJson = False,
 ) -> None:
     """List flow runs, newest first (ids whole: any unique prefix of one works where an id is taken)."""
-    page = calling(lambda: ApiClient().list_runs(flow=flow, state=state, name=name, limit=limit))
+    page = calling(lambda: api_client().list_runs(flow=flow, state=state, name=name, limit=limit))
     if as_json:
         print_json(page)
         return
@@ -158,7 +169,7 @@ def flow_run_ls(
 @flow_run_app.command("inspect")
 def flow_run_inspect(run_id: RunIdArg, as_json: AsJson = False) -> None:
     """A run's record, its task runs and its full state history."""
-    client = ApiClient()
+    client = api_client()
     run = calling(lambda: client.get_run(run_id))
     whole = run["id"]  # the API resolved a prefix: the rest asks by the whole id
     tasks = calling(lambda: client.task_runs(whole))
@@ -188,7 +199,7 @@ def flow_run_result(run_id: RunIdArg) -> None:
     Exit status 1 when the run has no result: still under way, failed (the error says why), or
     its result expired from Redis; 2 when the run is unknown or the API cannot be reached.
     """
-    client = ApiClient()
+    client = api_client()
     try:
         value = client.result(run_id)
     except ApiError as exc:
@@ -251,7 +262,7 @@ def flow_run_logs(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines until the run ends.")] = False,
 ) -> None:
     """Print the log lines of a run and its task runs."""
-    client = ApiClient()
+    client = api_client()
     after = 0
 
     def print_new() -> None:
@@ -275,7 +286,7 @@ def flow_run_logs(
 @flow_run_app.command("why")
 def flow_run_why(run_id: RunIdArg) -> None:
     """Why a run is not running (or what it is doing), in plain words."""
-    found = calling(lambda: ApiClient().diagnosis(run_id))
+    found = calling(lambda: api_client().diagnosis(run_id))
     # the run the API found (run_id may be a prefix): by its name and its whole id
     name = found.get("flow_run_name")
     who = f"{name} ({found['flow_run_id']})" if name else found["flow_run_id"]
@@ -304,7 +315,7 @@ def flow_run_cleanup_late(
     body: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     if all_flows:
         body["all_flows"] = True
-    client = ApiClient()
+    client = api_client()
     done = calling(lambda: client.cleanup_late(body))
     late, cancelled = done["late"], done["cancelled"]
     while done.get("remaining") and done["cancelled"]:
@@ -316,13 +327,13 @@ def flow_run_cleanup_late(
 @flow_run_app.command("cancel")
 def flow_run_cancel(run_id: RunIdArg) -> None:
     """Cancel a run: queued tasks never start, running ones are terminated."""
-    console.print(user_text(calling(lambda: ApiClient().cancel(run_id))["detail"]))
+    console.print(user_text(calling(lambda: api_client().cancel(run_id))["detail"]))
 
 
 @flow_run_app.command("retry")
 def flow_run_retry(run_id: RunIdArg) -> None:
     """Run a failed run again: only its task runs that did not complete."""
-    console.print(user_text(calling(lambda: ApiClient().retry(run_id))["detail"]))
+    console.print(user_text(calling(lambda: api_client().retry(run_id))["detail"]))
 
 
 @flow_run_app.command("rename")
@@ -331,7 +342,7 @@ def flow_run_rename(run_id: RunIdArg, name: Annotated[str, typer.Argument(help="
     if not name.strip():
         print_error("the new name is empty; give the run's new name (1 to 500 characters).")
         raise typer.Exit(2)
-    renamed = calling(lambda: ApiClient().rename(run_id, name))
+    renamed = calling(lambda: api_client().rename(run_id, name))
     console.print(user_line("flow run ", renamed["id"], " renamed ", user_text(renamed["name"], "bold")))
 
 
@@ -348,7 +359,7 @@ def flow_run_delete(
     A run under way is refused: cancel it first. A run never sent to a worker (scheduled, late)
     is deleted at once.
     """
-    client = ApiClient()
+    client = api_client()
     if not yes:
         run = calling(lambda: client.get_run(run_id))
         what = f"flow run {run['name']} ({run['id']}), {run['state']}"
@@ -389,7 +400,7 @@ def run_command(
     timeout: Annotated[float | None, typer.Option(help="With --watch: stop watching after this many seconds.")] = None,
 ) -> None:
     """Submit a flow run through the API (exit status 1 if a watched run does not complete)."""
-    client = ApiClient()
+    client = api_client()
     if ":" in flow:  # module:flow, as plan and deploy take it: the name its @flow registers
         flow = calling(lambda: registered_name(flow))
     parameters = calling(lambda: parse_pairs(client, flow, param or []))

@@ -14,10 +14,8 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.cli.runs import AsJson, calling, console, print_json, print_log_line, print_traceback
+from orchestrator.cli.runs import AsJson, api_client, calling, console, print_json, print_log_line, print_traceback
 from orchestrator.cli.text import user_line, user_text
-from orchestrator.runs.api_client import ApiClient
-from orchestrator.runs.failures import failed_on_its_own
 
 task_run_app = typer.Typer(
     help="Read one task run through the API: its record, history and logs.", no_args_is_help=True
@@ -31,7 +29,7 @@ TaskRunIdArg = Annotated[str, typer.Argument(help="Task run id, or a unique pref
 @task_run_app.command("inspect")
 def task_run_inspect(task_run_id: TaskRunIdArg, as_json: AsJson = False) -> None:
     """A task run's record, its state history and, when it failed, its traceback."""
-    task = calling(lambda: ApiClient().get_task_run(task_run_id))
+    task = calling(lambda: api_client().get_task_run(task_run_id))
     if as_json:
         print_json(task)
         return
@@ -58,6 +56,8 @@ def task_run_inspect(task_run_id: TaskRunIdArg, as_json: AsJson = False) -> None
         shown = item["state"] if item["applied"] else f"{item['state']} (ignored)"
         history.add_row(*map(user_text, ((item["time"] or "")[11:23], shown, item["cause"], item["message"][:80])))
     console.print(history)
+    from orchestrator.runs.failures import failed_on_its_own  # it loads the run store (redis): only here
+
     if failed_on_its_own(task["state"]):  # not UpstreamFailed: it raised nothing, an upstream did
         error = f" ({task['error_type']})" if task["error_type"] else ""
         console.print(user_line(Text("traceback", style="bold red"), error, ":"))
@@ -67,7 +67,7 @@ def task_run_inspect(task_run_id: TaskRunIdArg, as_json: AsJson = False) -> None
 @task_run_app.command("logs")
 def task_run_logs(task_run_id: TaskRunIdArg) -> None:
     """Print the log lines of one task run (its traceback's among them when an attempt raised)."""
-    client = ApiClient()
+    client = api_client()
     after = 0
     while True:  # the API answers a page of lines at a time: ask from the last one until a short page
         lines = calling(partial(client.task_run_logs, task_run_id, after))

@@ -20,6 +20,7 @@ from orchestrator.config.redis_urls import check_redis_url
 from orchestrator.guards.redaction import masked_url
 
 LOGGER_NAME = re.compile(r"[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*")  # a dotted logger name: sqlalchemy.engine
+FINISHED_GRACE_MARGIN = 900  # seconds a completed run tree's bookkeeping outlives its last late message (Settings)
 
 
 class Settings(BaseSettings):
@@ -261,6 +262,19 @@ class Settings(BaseSettings):
         """How long a running task run's heartbeats may stop before it counts as crashed: the
         crash detector, slot leases and the stalled-run service all wait this long."""
         return self.heartbeat_interval_seconds * self.crash_after_heartbeats
+
+    @property
+    def finished_grace_seconds(self) -> int:
+        """How long a completed run tree keeps its bookkeeping (the ``finals`` hash, the count of task
+        runs not final and, once the API's database holds it, its plan) instead of ``result_ttl_seconds``.
+
+        A completed run cannot be retried, so only a late message still looks at it: a redelivery
+        (the visibility timeout), a worker's last heartbeat (the crash window). Both also find each
+        task run's own record final (it keeps ``result_ttl_seconds``), so this margin is not what
+        keeps them safe, only what keeps them on their usual path.
+        """
+        grace = int(max(self.visibility_timeout_seconds, self.crash_window_seconds)) + FINISHED_GRACE_MARGIN
+        return min(grace, self.result_ttl_seconds)  # never kept longer than the records themselves
 
 
 @lru_cache(maxsize=1)

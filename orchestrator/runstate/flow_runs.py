@@ -20,6 +20,7 @@ from orchestrator.runstate.connection import now, read_hashes
 from orchestrator.runstate.event_stream import EventStream
 from orchestrator.runstate.events import Renamed, flow_run_event
 from orchestrator.runstate.records import (
+    RESTORED_FLOW_FIELDS,
     FlowRunRecord,
     body_task_run_id,
     describe_record,
@@ -37,10 +38,11 @@ BODY_ATTEMPT_FIELD = "body_attempt"  # the live attempt of a dynamic body (see s
 class FlowRuns:
     """Flow run records and what hangs off them."""
 
-    def __init__(self, redis: Any, scripts: Scripts, ttl: int, events: EventStream) -> None:
+    def __init__(self, redis: Any, scripts: Scripts, ttl: int, events: EventStream, grace: int) -> None:
         self._redis = redis
         self._scripts = scripts
         self._ttl = ttl
+        self._grace = grace  # what a completed run keeps its plan for once recorded (Settings.finished_grace_seconds)
         self._events = events
 
     def write(self, run_id: str, fields: dict[str, Any], pipe: Any = None, *, reopen: bool = False) -> None:
@@ -51,7 +53,7 @@ class FlowRuns:
         explicit retry of a final run (the only way the state machine leaves a final state).
         """
         target = pipe if pipe is not None else self._redis.pipeline(transaction=False)
-        target.hset(keys.flow_run(run_id), mapping=flow_fields_to_redis(fields))
+        target.hset(keys.flow_run(run_id), mapping=flow_fields_to_redis(run_id, fields))
         target.expire(keys.flow_run(run_id), self._ttl)
         if "state" in fields:
             event = flow_run_event(
@@ -96,7 +98,9 @@ class FlowRuns:
 
     def read_outcome(self, run_id: str) -> tuple[dict[str, str], dict[str, str | None]]:
         """A flow run's record and the results its return value refers to, in one round trip."""
-        return self._outcome(self._scripts["read_outcome"](keys=[keys.flow_run(run_id)], args=[keys.result("")]))
+        return self._outcome(
+            run_id, self._scripts["read_outcome"](keys=[keys.flow_run(run_id)], args=[keys.result("")])
+        )
 
     def wait_outcome(
         self, run_id: str, timeout: float | None
@@ -122,7 +126,7 @@ class FlowRuns:
             if isinstance(item, Exception):
                 raise item
             # NOSCRIPT (Redis restarted since the script was loaded): read it the usual way, which loads it
-            record, refs = self.read_outcome(run_id) if isinstance(out, Exception) else self._outcome(out)
+            record, refs = self.read_outcome(run_id) if isinstance(out, Exception) else self._outcome(run_id, out)
             state = StateType(item) if item else _state_in(record)
             if (
                 item
@@ -132,15 +136,15 @@ class FlowRuns:
                 return state, record, refs
 
     @staticmethod
-    def _outcome(out: list[Any]) -> tuple[dict[str, str], dict[str, str | None]]:
+    def _outcome(run_id: str, out: list[Any]) -> tuple[dict[str, str], dict[str, str | None]]:
         flat = out[0]
-        record = full_flow_record(dict(zip(flat[::2], flat[1::2], strict=True)))
+        record = full_flow_record(run_id, dict(zip(flat[::2], flat[1::2], strict=True)))
         refs = json.loads(record.get("result_refs", "[]"))
         return record, dict(zip(refs, out[1:], strict=False))
 
     def read(self, run_id: str) -> dict[str, str]:
         """The raw flow run record (empty if unknown; deciders as written: :func:`~.records.deciders_of`)."""
-        return full_flow_record(self._redis.hgetall(keys.flow_run(run_id)))
+        return full_flow_record(run_id, self._redis.hgetall(keys.flow_run(run_id)))
 
     def record(self, run_id: str) -> FlowRunRecord | None:
         """The typed flow run record (None if unknown)."""
@@ -148,12 +152,15 @@ class FlowRuns:
 
     def read_many(self, run_ids: Sequence[str]) -> list[dict[str, str]]:
         """Raw records of several flow runs in one round trip (empty where unknown)."""
-        return [full_flow_record(raw) for raw in read_hashes(self._redis, [keys.flow_run(r) for r in run_ids])]
+        raws = read_hashes(self._redis, [keys.flow_run(r) for r in run_ids])
+        return [full_flow_record(run_id, raw) for run_id, raw in zip(run_ids, raws, strict=True)]
 
     def field(self, run_id: str, name: str) -> str | None:
         """One field of a flow run record."""
         value = self._redis.hget(keys.flow_run(run_id), name)
-        return full_flow_record({name: value}).get(name) if value is not None else None
+        if value is None and name in RESTORED_FLOW_FIELDS:  # left out as the run's own id (flow_fields_to_redis)
+            return run_id if self._redis.exists(keys.flow_run(run_id)) else None
+        return full_flow_record(run_id, {name: value}).get(name) if value is not None else None
 
     def state(self, run_id: str) -> StateType | None:
         """A flow run's state, or None if Redis has no such run."""
@@ -242,6 +249,16 @@ class FlowRuns:
         if not roots:
             return []
         return [unpack_plan(v) for v in self._redis.execute_command("MGET", *[keys.plan(r) for r in roots], **RAW)]
+
+    def plans_recorded(self, roots: Sequence[str]) -> None:
+        """Completed run trees whose plan the API's database now holds (its graph): in Redis, the plan
+        served only a retry, and a completed run is never retried. It goes after the grace, in one round trip."""
+        if not roots:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for root in roots:
+            pipe.expire(keys.plan(root), self._grace)
+        pipe.execute()
 
     def keep_plan(self, pipe: Any, root: str, plan: dict[str, Any], subflow_ends: dict[str, str]) -> None:
         """Queue a static run tree's plan (for retries and the graph) and which end node finishes

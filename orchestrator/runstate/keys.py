@@ -48,12 +48,15 @@ def result(task_run_id: str) -> str:
 
 
 def finals(root: str) -> str:
-    """Hash task_run_id -> final state: a task run is made final exactly once (HSETNX)."""
+    """Hash task_run_id -> final state: a task run is made final exactly once (HSETNX).
+
+    Kept for a grace (``Settings.finished_grace_seconds``), not the TTL, once the tree completed.
+    """
     return f"{PREFIX}:fin:{root}"
 
 
 def remaining(root: str) -> str:
-    """Counter of task runs of the run tree not yet final; the one reaching 0 ends the run."""
+    """Counter of task runs of the run tree not yet final; the one reaching 0 ends the run (kept as finals)."""
     return f"{PREFIX}:rem:{root}"
 
 

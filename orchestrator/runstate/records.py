@@ -36,16 +36,25 @@ PACKED = "z:"  # a long return template, zlib-compressed and base64-encoded afte
 PACK_OVER = 256  # characters of a return template's JSON above which it is kept packed
 
 
-def flow_fields_to_redis(fields: dict[str, Any]) -> dict[str, str]:
+RESTORED_FLOW_FIELDS = ("id", "root")  # not stored when they are the run's own id: its key names it
+
+
+def flow_fields_to_redis(run_id: str, fields: dict[str, Any]) -> dict[str, str]:
     """Flow-run fields as hash values: JSON fields as JSON text, other strings as they are.
 
     Two stay shorter, for as long as the run's record: deciders that are the returned futures
     (the common case) are written as :data:`DECIDERS_ARE_REFS` instead of those ids a second
     time, and a long return template (a flow returning thousands of futures) is packed.
     Together they were about 100 of the 158 bytes per task run such a flow kept in its record.
-    Read a record back through :func:`full_flow_record` and :func:`deciders_of`.
+    ``id``, and ``root`` of a root run, are left out: they are ``run_id``, which the key holds
+    (192 of a five-task flow run's 728 bytes). Read a record back through :func:`full_flow_record`
+    and :func:`deciders_of`.
     """
-    out = {k: v if isinstance(v, str) and k not in JSON_FIELDS else json.dumps(v) for k, v in fields.items()}
+    out = {
+        k: v if isinstance(v, str) and k not in JSON_FIELDS else json.dumps(v)
+        for k, v in fields.items()
+        if not (k in RESTORED_FLOW_FIELDS and v == run_id)
+    }
     if out.get("deciders", "[]") != "[]" and out["deciders"] == out.get("result_refs"):
         out["deciders"] = DECIDERS_ARE_REFS
     if len(out.get("returns", "")) > PACK_OVER:
@@ -53,12 +62,16 @@ def flow_fields_to_redis(fields: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def full_flow_record(raw: dict[str, str]) -> dict[str, str]:
-    """A flow run's hash as read, with a packed return template as its JSON text again."""
-    packed = raw.get("returns", "")
-    if not packed.startswith(PACKED):
+def full_flow_record(run_id: str, raw: dict[str, str]) -> dict[str, str]:
+    """A flow run's hash as read (empty: no such run), with its ``id`` and ``root`` where
+    :func:`flow_fields_to_redis` left them out and a packed return template as its JSON text again."""
+    if not raw:
         return raw
-    return raw | {"returns": zlib.decompress(base64.b64decode(packed[len(PACKED) :])).decode()}
+    full = {"id": run_id, "root": run_id} | raw
+    packed = full.get("returns", "")
+    if not packed.startswith(PACKED):
+        return full
+    return full | {"returns": zlib.decompress(base64.b64decode(packed[len(PACKED) :])).decode()}
 
 
 def deciders_of(raw: dict[str, str]) -> list[str]:

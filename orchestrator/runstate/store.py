@@ -80,8 +80,9 @@ class RunStore:
         self.ttl = settings.result_ttl_seconds
         self.scripts = Scripts(self.redis)
         self.events = EventStream(self.redis, self.scripts, self.ttl)
-        self.flow_runs = FlowRuns(self.redis, self.scripts, self.ttl, self.events)
-        self.task_runs = TaskRuns(self.redis, self.scripts, self.ttl, self.events)
+        grace = settings.finished_grace_seconds
+        self.flow_runs = FlowRuns(self.redis, self.scripts, self.ttl, self.events, grace)
+        self.task_runs = TaskRuns(self.redis, self.scripts, self.ttl, self.events, grace)
         self.delayed = DelayedMessages(self.redis, self.scripts)
         self.fleet = Fleet(self.redis)
         self.leases = Leases(self.redis, self.scripts)

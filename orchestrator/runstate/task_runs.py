@@ -52,19 +52,22 @@ class Started:
     stored_inputs: dict[str, Any] | None  # inputs kept in Redis instead of the message
     results: dict[str, str | None]  # prefetched results of upstream task runs
     stale: bool = False  # a newer attempt was sent: this message must do nothing
+    running_elsewhere: bool = False  # a redelivered message whose first execution still heartbeats
     start: int = 0  # how many executions of this task run have begun, this one included
 
 
 STALE = Started(None, {}, stale=True)
+RUNNING_ELSEWHERE = Started(None, {}, running_elsewhere=True)
 
 
 class TaskRuns:
     """Task run records, their starts and ends, and the run tree's joins."""
 
-    def __init__(self, redis: Any, scripts: Scripts, ttl: int, events: EventStream) -> None:
+    def __init__(self, redis: Any, scripts: Scripts, ttl: int, events: EventStream, grace: int) -> None:
         self._redis = redis
         self._scripts = scripts
         self._ttl = ttl
+        self._grace = grace  # what a completed tree keeps its finals and count for (Settings.finished_grace_seconds)
         self._events = events
 
     # -- creating ----------------------------------------------------------------------------
@@ -172,13 +175,21 @@ class TaskRuns:
         stored_inputs: bool = False,
         prefetch: Sequence[str] = (),
         crash_record: dict[str, Any] | None = None,
+        alive_since: float | None = None,
     ) -> Started | None:
         """Record a start; None when the task run is already final (a redelivery), :data:`STALE`
-        when the crash detector has sent a newer attempt than this message's.
+        when the crash detector has sent a newer attempt than this message's, :data:`RUNNING_ELSEWHERE`
+        when ``alive_since`` is given and the task run has heartbeaten since then.
 
         In the same round trip it fetches the run's stored inputs (if asked) and the
         results of the ``prefetch`` task runs, and, given a ``crash_record``, puts the
         execution under the crash detector (a heartbeat now; the worker's beats renew it).
+
+        ``alive_since`` is for a message the broker delivered again (now minus the crash window):
+        RabbitMQ gives back every unacknowledged message of a connection it lost, also those whose
+        tasks still run on a worker that reconnects. A heartbeat that recent means that execution
+        is alive, and this one must not run beside it; if it dies, the crash detector takes over as
+        for any crash. A first delivery passes None and the script reads no heartbeat.
         """
         event = encode(task_run_event(trid, fields["state"], record=describe_record(fields)))
         out = self._scripts["start_task_run"](
@@ -198,11 +209,14 @@ class TaskRuns:
                 "1" if stored_inputs else "0",
                 json.dumps(crash_record, default=str) if crash_record else "",
                 repr(now()),
+                "" if alive_since is None else repr(alive_since),
                 *[keys.result(t) for t in prefetch],
             ],
         )
         if out == -1:
             return STALE
+        if out == -2:
+            return RUNNING_ELSEWHERE
         if not out:
             return None
         stored = json.loads(out[1]) if out[1] else None
@@ -292,6 +306,7 @@ class TaskRuns:
                 repr(at),
                 root,
                 completed,
+                self._grace,
                 *[part for write in sends for part in write],
             ],
         )
@@ -361,6 +376,15 @@ class TaskRuns:
             return {}
         values = self._redis.hmget(keys.finals(root), trids)
         return {t: StateType(v) if v else None for t, v in zip(trids, values, strict=True)}
+
+    def ended(self, root: str, trid: str) -> bool:
+        """Whether a task run is final: in its tree's finals or, once a completed tree's finals are gone
+        (after ``Settings.finished_grace_seconds``), by its own record's state. One round trip."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hexists(keys.finals(root), trid)
+        pipe.hget(keys.task_run(trid), "state")
+        in_finals, state = pipe.execute()
+        return bool(in_finals) or (state in StateType._value2member_map_ and StateType(state).is_final)
 
     def final_end(self, root: str, trid: str) -> tuple[StateType, str] | None:
         """A task run's final state and its message in one round trip; None while it is not final."""

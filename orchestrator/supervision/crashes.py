@@ -87,7 +87,7 @@ def _detect_crashes(store: RunStore, messaging: Messaging) -> int:
             crashed += resume_body(store, messaging, record, _silence(record, silent_for))
             continue
         concurrency.release(store, task_run_id, concurrency.held_tags(record))  # its slots are free now
-        if store.task_runs.final_states(record["root"], [task_run_id]).get(task_run_id) is not None:
+        if store.task_runs.ended(record["root"], task_run_id):
             continue  # it ended; only the worker's last clean-up beat was missing
         crash(store, messaging, task_run_id, record, silent_for)
         crashed += 1

@@ -3,13 +3,14 @@
 --       tolerant set, waiters of the root flow run, delayed messages, the root's wake-up list
 -- ARGV: trid, ttl, fields json, event json, state, result text ('' = none), downstream key,
 --       now, root run id, the Completed event of the root flow run (text of runstate.events.encode),
+--       the grace (seconds) a completed tree's finals and count keep,
 --       then messages sent with this end: (command, key or channel, value) triples, LPUSH or PUBLISH
 -- Returns {left, flow, ready signatures...}: left = task runs of the tree not final (-1: this one
 -- already was), flow = 'completed' when this call ended the root flow run Completed, 'decide'
 -- when the tree is done but the run did not complete (Python writes the detailed message);
 -- {-1, 'sent'}: this same call ran before (a retry after its reply was lost) and sent its messages.
 if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[5]) == 0 then
-  if #ARGV > 10 and redis.call('HGET', KEYS[1], 'ended') == cjson.decode(ARGV[3])['ended'] then return {-1, 'sent'} end
+  if #ARGV > 11 and redis.call('HGET', KEYS[1], 'ended') == cjson.decode(ARGV[3])['ended'] then return {-1, 'sent'} end
   return {-1, ''}
 end
 redis.call('EXPIRE', KEYS[2], ARGV[2])
@@ -62,9 +63,13 @@ elseif left == 0 then
       -- parent nodes waiting for this run (a run of its own started by a plan node) are due now
       for _, m in ipairs(redis.call('LRANGE', KEYS[11], 0, -1)) do redis.call('ZADD', KEYS[12], ARGV[8], m) end
       redis.call('DEL', KEYS[11])
+      -- a completed tree is never retried: its finals and count only serve late messages now, which
+      -- find each task run's record final too (start_task_run.lua); they go after a grace, not the TTL
+      redis.call('EXPIRE', KEYS[2], ARGV[11])
+      redis.call('EXPIRE', KEYS[4], ARGV[11])
       out[2] = 'completed'
     end
   end
 end
-for i = 11, #ARGV, 3 do redis.call(ARGV[i], ARGV[i + 1], ARGV[i + 2]) end  -- messages sent with this end
+for i = 12, #ARGV, 3 do redis.call(ARGV[i], ARGV[i + 1], ARGV[i + 2]) end  -- messages sent with this end
 return out
