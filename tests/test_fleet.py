@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import json
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from celery import Celery
 
 from orchestrator import FlowRun, StateType
 from orchestrator.devstack.localstack import worker
 from orchestrator.errors import FlowRunFailed, ParameterError
 from orchestrator.runs.create import submit_by_name
+from orchestrator.runstate import keys
 from orchestrator.runstate.store import get_store
 from orchestrator.transport.broker import broker_url, queue_lengths
 from orchestrator.transport.celery_app import SendOnlyRedisBackend, client_app
@@ -394,3 +399,71 @@ def test_a_flow_body_that_raises_while_traced_ends_its_run_failed_with_the_error
     with pytest.raises(FlowRunFailed) as failed:
         run.result(timeout=5)
     assert "ValueError: no rows for n=3" in str(failed.value)
+
+
+def _pushed_runs(monitor_lines: list[dict[str, Any]], queue: str) -> list[tuple[str, str]]:
+    """(flow run id, who pushed it: 'lua' or 'tcp') of each orchestrator message LPUSHed to ``queue``."""
+    pushed = []
+    for line in monitor_lines:
+        parts = line["command"].split(" ", 2)
+        if parts[0].upper() != "LPUSH" or len(parts) < 3 or parts[1] != queue:
+            continue
+        _, kwargs, _ = json.loads(base64.b64decode(json.loads(parts[2])["body"]))
+        if isinstance(kwargs, dict) and isinstance(kwargs.get("run"), dict):
+            pushed.append((kwargs["run"]["flow_run_id"], line.get("client_type") or ""))
+    return pushed
+
+
+def test_a_chain_link_goes_out_inside_its_upstream_finish_script(redis_url: str, broker_url: str | None) -> None:
+    """With the run store's Redis as broker, the next link of a chain is pushed by the finish script of
+    the link before it (one round trip for the end and the send), not by Celery after the task returns;
+    the chain still runs in order and each link's start sees its upstream's result."""
+    if broker_url is not None:
+        pytest.skip("the next link is captured only when the broker is the run store's Redis")
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    lines: list[dict[str, Any]] = []
+    ready, done = threading.Event(), threading.Event()
+
+    def listen() -> None:
+        with client.monitor() as monitor:
+            ready.set()
+            for line in monitor.listen():
+                lines.append(line)
+                if done.is_set():
+                    return
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    ready.wait(5)
+    try:
+        run = flows.chain_flow.delay(x=3)
+        assert run.result(timeout=30) == 10
+    finally:
+        done.set()
+        client.ping()  # one more line, so the monitor loop sees done
+        listener.join(5)
+    pushed = [who for run_id, who in _pushed_runs(lines, "default") if run_id == run.id]
+    assert pushed == ["tcp", "lua", "lua"]  # the client sends the first link; each end sends the next
+    rows = runs_by_label(run)
+    assert times(rows["inc-0"])[1] <= times(rows["inc-1"])[0]
+    assert times(rows["inc-1"])[1] <= times(rows["double-0"])[0]
+
+
+def test_a_finish_retried_after_its_reply_was_lost_says_its_messages_went_out() -> None:
+    """The finish script runs the sends only when it makes the task run final; the same call again (a
+    retry after a lost reply: same fields) reports them sent, so Celery does not send the link twice,
+    while another end of that task run (a redelivery) does not, and Celery sends it as before."""
+    store = get_store()
+    root, trid = str(uuid.uuid4()), str(uuid.uuid4())
+    queue = f"test-finish-sends-{uuid.uuid4()}"
+    store.redis.set(keys.remaining(root), 2)
+    fields = {"ended": repr(time.time()), "worker": "w"}
+    sends = [("lpush", queue, "message")]
+    first = store.task_runs.finished(root, trid, StateType.COMPLETED, fields, "1", sends)
+    assert (first.left, first.sent) == (1, True)
+    again = store.task_runs.finished(root, trid, StateType.COMPLETED, fields, "1", sends)
+    assert (again.left, again.sent) == (None, True)
+    other = store.task_runs.finished(root, trid, StateType.COMPLETED, fields | {"ended": "1.0"}, "1", sends)
+    assert (other.left, other.sent) == (None, False)
+    assert store.redis.lrange(queue, 0, -1) == ["message"]  # sent once
+    store.redis.delete(queue)

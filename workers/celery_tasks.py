@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 from billiard.exceptions import WorkerLostError
 from celery import Celery
 from celery import Task as CeleryTask
-from celery.canvas import chord, group
+from celery.canvas import Signature, chord, group, signature
 from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.worker.request import Request
 
@@ -64,7 +64,7 @@ from orchestrator.runstate.store import RunStore, get_store, now
 from orchestrator.runtime.context import RunInfo
 from orchestrator.runtime.engine import zip_mapped
 from orchestrator.states import StateType
-from orchestrator.transport.messaging import CeleryMessaging, TaskRunEnd
+from orchestrator.transport.messaging import CeleryMessaging, TaskRunEnd, captured_sends
 
 from .body_admission import start_driver
 from .body_attempts import BodyAttempt
@@ -136,6 +136,41 @@ class CeleryAttempt:
 
     def report(self, ends: Sequence[TaskRunEnd]) -> None:
         CeleryMessaging(self.celery_task.app).report_ends(ends, self.worker)
+
+    def chained(self) -> list[tuple[str, str, Any]]:
+        """What Celery's tracer would send after this task returns (the next link of its chain, as
+        ``_dispatch_callbacks_and_chain`` builds it), captured as Redis commands; [] when the next
+        step is a group, chord or chain, the task has link callbacks, or the broker is not the run
+        store's Redis (:func:`captured_sends`)."""
+        task, request = self.celery_task, self.celery_task.request
+        chain = request.chain
+        if not chain or request.callbacks:
+            return []
+        app = task.app
+        following = signature(chain[-1], app=app)
+        if type(following) is not Signature:
+            return []
+        inherit = app.conf.task_inherit_parent_priority
+        priority = (request.delivery_info or {}).get("priority") if inherit else None
+
+        def send(producer: Any) -> None:
+            following.apply_async(
+                (None,),  # what the task returned, as Celery passes it (an orchestrator task returns None)
+                chain=chain[:-1],
+                parent_id=request.id,
+                root_id=request.root_id or request.id,
+                priority=priority,
+                producer=producer,
+            )
+
+        try:
+            return captured_sends(app, send, get_store().server()) or []
+        except Exception:  # never in the way of the task's end: Celery sends the link as before
+            log.debug("could not capture the next link of %s's chain", request.id, exc_info=True)
+            return []
+
+    def chained_sent(self) -> None:
+        self.celery_task.request.chain = None  # the tracer sends nothing after the task returns
 
     def stop(self, run: dict[str, Any]) -> NoReturn:
         """End this execution with Ignore, which stops the canvas here (nothing after it is sent).

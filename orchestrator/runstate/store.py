@@ -95,6 +95,11 @@ class RunStore:
         """A pipeline that queues writes of several repositories for one round trip (``execute()``)."""
         return self.redis.pipeline(transaction=False)
 
+    def server(self) -> tuple[Any, ...] | None:
+        """Which Redis database this store writes to (host, port, db, unix socket), to tell whether a
+        broker shares it; None when that is not known up front (a sentinel-named master)."""
+        return server_of(getattr(getattr(self.redis, "connection_pool", None), "connection_kwargs", None) or {})
+
     def unreachable(self, exc: Exception) -> ConnectionProblem:
         """The error to raise when Redis does not answer: it names the URL (its password masked:
         this text reaches 503 bodies, health answers, CLI output and logs) and the fix."""
@@ -114,6 +119,14 @@ class RunStore:
 @lru_cache(maxsize=8)
 def _store_for(url: str) -> RunStore:
     return RunStore(url)
+
+
+def server_of(connection_kwargs: dict[str, Any]) -> tuple[Any, ...] | None:
+    """(host, port, db, unix socket) from a redis-py pool's connection options; None without a host or socket."""
+    host, path = connection_kwargs.get("host"), connection_kwargs.get("path")
+    if not host and not path:
+        return None
+    return (host, int(connection_kwargs.get("port") or 6379), int(connection_kwargs.get("db") or 0), path)
 
 
 def get_store() -> RunStore:

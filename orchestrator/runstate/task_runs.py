@@ -37,6 +37,7 @@ class Finished:
     flow_completed: bool  # this call ended the root flow run Completed (in the same script)
     flow_was_final: bool  # the tree is done but the root run had already ended (timed out, ...)
     ready: list[dict[str, Any]]  # join signatures that became ready to send
+    sent: bool = False  # the messages given to send with this end were sent (by this call or its lost-reply twin)
 
     @property
     def needs_decision(self) -> bool:
@@ -264,8 +265,14 @@ class TaskRuns:
         state: StateType,
         fields: dict[str, Any],
         result_text: str | None = None,
+        sends: Sequence[tuple[str, str, Any]] = (),
     ) -> Finished:
-        """Make a task run final exactly once (see :class:`Finished` for what comes back)."""
+        """Make a task run final exactly once (see :class:`Finished` for what comes back).
+
+        ``sends``: Redis commands (LPUSH, PUBLISH) that send messages, run in the same script only if
+        this call makes the task run final: what follows it in a chain goes out with its end, in
+        the round trip the end makes anyway, and never before its result is stored.
+        """
         fields = fields | {"state": state.value}
         event = encode(
             task_run_event(trid, state.value, message=fields.get("message", ""), record=describe_record(fields))
@@ -300,12 +307,14 @@ class TaskRuns:
                 root,
                 completed,
                 self._grace,
+                *[part for write in sends for part in write],
             ],
         )
         left = int(out[0])
         if left == -1:
-            return Finished(None, False, False, [])
-        return Finished(left, out[1] == "completed", out[1] == "final", [json.loads(sig) for sig in out[2:]])
+            return Finished(None, False, False, [], sent=out[1] == "sent")
+        ready = [json.loads(sig) for sig in out[2:]]
+        return Finished(left, out[1] == "completed", out[1] == "final", ready, sent=bool(sends))
 
     def forget_edges(self, root: str) -> int:
         """A run tree whose task runs are all final: drop what only routes ends to waiting task runs

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from celery import Celery
+from kombu.transport import redis as kombu_redis
 
 from orchestrator.planning.compiler import (
     FLOW_DEADLINE_TASK,
@@ -32,6 +33,7 @@ from orchestrator.planning.compiler import (
     compile_plan,
     make_signature,
 )
+from orchestrator.runstate.store import server_of
 from orchestrator.states import StateType
 from orchestrator.transport.celery_app import client_app, make_celery_app
 
@@ -125,6 +127,72 @@ class Messaging(Protocol):
         outcome (a skip) and ones whose worker died (Crashed). ``hostname`` is the worker that
         decided ('' in another process: Celery's own name for it, which Flower lists as a worker)."""
         ...
+
+
+BrokerWrite = tuple[str, str, Any]
+"""One Redis command a message send is made of: ``('lpush', queue key, message)`` or
+``('publish', event channel, event)`` (kombu's Redis transport, see :func:`captured_sends`)."""
+
+CAPTURABLE = frozenset({"lpush", "publish"})
+
+
+class _Capture:
+    """Stands in for kombu's producer batch (kombu >= 5.7): the Redis transport hands it each
+    message's final commands (``add``) instead of running them, and nothing is sent."""
+
+    def __init__(self) -> None:
+        self.writes: list[BrokerWrite] = []
+        self.aborted = False
+
+    def publish(self, channel: Any, message: Any, **kwargs: Any) -> Any:
+        return channel.basic_publish(message, _publish_batch=self, **kwargs)
+
+    def add(self, name: str, *args: Any) -> None:
+        self.writes.append((name, *args))  # type: ignore[arg-type]
+
+    def flush(self) -> None:
+        """Nothing to send: the caller runs the writes."""
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def close(self) -> None:
+        """Nothing held."""
+
+
+def _shares_redis(channel: Any, server: tuple[Any, ...] | None) -> bool:
+    """Whether ``channel`` is kombu's plain Redis channel on the database ``server`` names, its keys
+    unprefixed: then commands a run-store call runs land where kombu would have put them."""
+    plain = isinstance(channel, kombu_redis.Channel) and not isinstance(channel, kombu_redis.SentinelChannel)
+    if server is None or not plain:
+        return False
+    if getattr(channel, "global_keyprefix", "") or not hasattr(channel, "create_publish_batch"):
+        return False
+    return server_of(channel.pool.connection_kwargs) == server
+
+
+def captured_sends(
+    app: Celery, send: Callable[[Any], None], server: tuple[Any, ...] | None
+) -> list[BrokerWrite] | None:
+    """The Redis commands ``send(producer)`` would run to send its messages (and their task-sent
+    events), captured and not run, for a caller that runs them in a round trip it makes anyway
+    (a task run's end, in ``lua/finish_task_run.lua``). None, and nothing sent, when they cannot be
+    captured: a broker other than a plain Redis on the run store's database ``server`` (see
+    :meth:`RunStore.server`), a kombu without producer batches, or a send that needs more than
+    ``LPUSH`` and ``PUBLISH`` (queue expiry, say); the caller then sends as usual."""
+    with app.producer_or_acquire() as producer:
+        local = getattr(producer, "_batch_local", None)
+        if local is None or getattr(local, "current", None) is not None or not _shares_redis(producer.channel, server):
+            return None
+        capture = _Capture()
+        local.current = capture
+        try:
+            send(producer)
+        finally:
+            del local.current
+    if capture.aborted or any(write[0] not in CAPTURABLE for write in capture.writes):
+        return None
+    return capture.writes
 
 
 @contextlib.contextmanager

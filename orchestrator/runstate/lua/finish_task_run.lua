@@ -3,11 +3,16 @@
 --       tolerant set, waiters of the root flow run, delayed messages, the root's wake-up list
 -- ARGV: trid, ttl, fields json, event json, state, result text ('' = none), downstream key,
 --       now, root run id, the Completed event of the root flow run (text of runstate.events.encode),
---       the grace (seconds) a completed tree's finals and count keep
+--       the grace (seconds) a completed tree's finals and count keep,
+--       then messages sent with this end: (command, key or channel, value) triples, LPUSH or PUBLISH
 -- Returns {left, flow, ready signatures...}: left = task runs of the tree not final (-1: this one
 -- already was), flow = 'completed' when this call ended the root flow run Completed, 'decide'
--- when the tree is done but the run did not complete (Python writes the detailed message).
-if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[5]) == 0 then return {-1, ''} end
+-- when the tree is done but the run did not complete (Python writes the detailed message);
+-- {-1, 'sent'}: this same call ran before (a retry after its reply was lost) and sent its messages.
+if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[5]) == 0 then
+  if #ARGV > 11 and redis.call('HGET', KEYS[1], 'ended') == cjson.decode(ARGV[3])['ended'] then return {-1, 'sent'} end
+  return {-1, ''}
+end
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 if ARGV[6] ~= '' then redis.call('SET', KEYS[5], ARGV[6], 'EX', ARGV[2]) end
 local fields = cjson.decode(ARGV[3])
@@ -66,4 +71,5 @@ elseif left == 0 then
     end
   end
 end
+for i = 12, #ARGV, 3 do redis.call(ARGV[i], ARGV[i + 1], ARGV[i + 2]) end  -- messages sent with this end
 return out
