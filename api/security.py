@@ -111,9 +111,7 @@ async def require_api_key(
     _check_key(request, credentials, ui_write=False)
 
 
-async def require_ui_key(
-    request: Request, credentials: HTTPAuthorizationCredentials | None = Security(bearer)
-) -> None:
+async def require_ui_key(request: Request, credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
     """The key check of the web UI's actions (``POST /ui/...``): the key, or the UI's cookie for any
     method. Only for routes that also depend on :func:`api.ui.csrf.check_csrf`: the cookie goes with
     every request the browser makes to this server, a forged one included; the token does not.
