@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import JSON, Column, ColumnElement, Index, Text, or_
+from sqlalchemy.orm import configure_mappers
 from sqlmodel import Field, SQLModel, col
 
 
@@ -167,3 +168,9 @@ def is_tree_root() -> ColumnElement[bool]:
     parent's plan node started (it has a parent, and is its own root). Subflows traced into their
     parent's tree are not: their parent's tree decides, stops and times them."""
     return or_(col(FlowRun.parent_id).is_(None), col(FlowRun.root_id) == col(FlowRun.id))
+
+
+# Set up the ORM's attributes now, not at the first ORM query: a row built with ``model_construct``
+# (what the submit routes answer from) reads them, and no ORM statement may have run before it
+# (the submitter writes with Core inserts).
+configure_mappers()

@@ -98,19 +98,24 @@ def may_use_the_api(authorization: str | None) -> bool:
     return expected is None or key_matches(authorization, expected)
 
 
-def require_api_key(request: Request, credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
+async def require_api_key(
+    request: Request, credentials: HTTPAuthorizationCredentials | None = Security(bearer)
+) -> None:
     """The key check as a route dependency: it puts the Bearer scheme into the OpenAPI document.
 
     :class:`ApiKeyGate` enforces the same check earlier (before the body is read); this one
-    stays as a second lock for a route mounted without the middleware.
+    stays as a second lock for a route mounted without the middleware. It is ``async`` although
+    it never waits: FastAPI runs a plain ``def`` dependency in its thread pool, a hand-off to
+    another thread and back on every request for a check that takes microseconds.
     """
     _check_key(request, credentials, ui_write=False)
 
 
-def require_ui_key(request: Request, credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
+async def require_ui_key(request: Request, credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
     """The key check of the web UI's actions (``POST /ui/...``): the key, or the UI's cookie for any
     method. Only for routes that also depend on :func:`api.ui.csrf.check_csrf`: the cookie goes with
-    every request the browser makes to this server, a forged one included; the token does not."""
+    every request the browser makes to this server, a forged one included; the token does not.
+    ``async`` for the reason :func:`require_api_key` is."""
     _check_key(request, credentials, ui_write=True)
 
 

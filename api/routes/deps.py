@@ -17,8 +17,12 @@ from orchestrator.transport.messaging import Messaging, client_messaging
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def store_dep() -> RunStore:
-    """The process's run store (Redis)."""
+async def store_dep() -> RunStore:
+    """The process's run store (Redis).
+
+    ``async`` although it never waits (the store is built once and connects lazily): FastAPI runs
+    a plain ``def`` dependency in its thread pool, a thread hand-off per request for a cached lookup.
+    """
     return get_store()
 
 

@@ -48,10 +48,11 @@ def mark_late(engine: Engine, store: RunStore, late_after: float, limit: int = 5
             overdue = now - (row.scheduled_start or row.created)
             why = waiting_reasons(row, fleet, now, paused.get(row.deployment_id or ""))
             reason = f"not started {overdue:.0f}s after its start time: " + " ".join(why)
-            done = session.execute(
+            done = session.execute(  # no session sync: its default matched every loaded row per UPDATE (n^2)
                 update(FlowRun)
                 .where(col(FlowRun.id) == row.id, col(FlowRun.state).in_(NOT_STARTED))
                 .values(state=StateType.LATE.value, state_message=reason, updated=now)
+                .execution_options(synchronize_session=False)
             )
             if done.rowcount == 1:  # type: ignore[attr-defined]
                 session.add(api_event(row.id, StateType.LATE, reason, now, cause="services: late runs"))
