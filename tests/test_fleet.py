@@ -467,3 +467,8 @@ def test_a_finish_retried_after_its_reply_was_lost_says_its_messages_went_out() 
     assert (other.left, other.sent) == (None, False)
     assert store.redis.lrange(queue, 0, -1) == ["message"]  # sent once
     store.redis.delete(queue)
+    other = str(uuid.uuid4())
+    with pytest.raises(redis.ResponseError, match="not a send: del"):  # the script runs sends, nothing else
+        store.task_runs.finished(root, other, StateType.COMPLETED, fields, "1", [("del", keys.remaining(root), "")])
+    assert store.redis.get(keys.remaining(root)) == "1"  # refused before any write: nothing deleted or counted
+    assert store.task_runs.final_states(root, [other]) == {other: None}

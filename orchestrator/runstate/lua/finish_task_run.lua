@@ -9,6 +9,10 @@
 -- already was), flow = 'completed' when this call ended the root flow run Completed, 'decide'
 -- when the tree is done but the run did not complete (Python writes the detailed message);
 -- {-1, 'sent'}: this same call ran before (a retry after its reply was lost) and sent its messages.
+for i = 12, #ARGV, 3 do  -- the sends are a broker push and its task-sent event, nothing else (checked before any write)
+  local command = string.lower(ARGV[i])
+  if command ~= 'lpush' and command ~= 'publish' then return redis.error_reply('finish_task_run: not a send: ' .. command) end
+end
 if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[5]) == 0 then
   if #ARGV > 11 and redis.call('HGET', KEYS[1], 'ended') == cjson.decode(ARGV[3])['ended'] then return {-1, 'sent'} end
   return {-1, ''}
