@@ -10,7 +10,7 @@ import pytest
 
 from orchestrator.runstate import keys
 from orchestrator.runstate.events import decode, encode, task_run_event
-from orchestrator.runstate.records import DECIDERS_ARE_REFS, PACKED, TaskRunRecord, typed_task_run
+from orchestrator.runstate.records import DECIDERS_ARE_REFS, PACKED, TaskRunRecord, json_text, typed_task_run
 from orchestrator.runstate.store import get_store
 from orchestrator.states import StateType
 from tests import flows
@@ -96,3 +96,37 @@ def test_an_event_leaves_out_what_is_empty_and_reads_back_the_same_also_as_older
         assert decode(encode(event)) == event
     older = '{"kind": "task_run", "id": "t1", "state": "Completed", "ts": 2.5, "message": "", "record": {}}'
     assert decode(older) == ended
+
+
+def test_a_delayed_runs_record_and_plan_read_back_as_the_trace_made_them() -> None:
+    """``.delay()`` writes the record's numbers and flags as JSON text without the encoder, keeps the
+    plan as the traced one (fields not copied), and gives a subflow-ends hash a TTL only when there is one."""
+    run = flows.diamond_flow.delay(x=3)
+    assert run.result(timeout=60) == flows.diamond_flow(x=3)
+    store = get_store()
+    stored = store.redis.hgetall(keys.flow_run(run.id))
+    assert json.loads(stored["created"]) == pytest.approx(float(stored["created"]))
+    assert stored["name_given"] == "0" and json.loads(stored["parameters"]) == {"x": 3}
+    text = store.flow_runs.plan_text(run.id)
+    assert text is not None
+    traced = flows.diamond_flow.plan(x=3)
+    kept, fresh = json.loads(text), json.loads(json.dumps(traced.to_dict()))
+    assert [n["name"] for n in kept["nodes"]] == [n["name"] for n in fresh["nodes"]]
+    assert {k for n in kept["nodes"] for k in n} == {k for n in fresh["nodes"] for k in n}
+    assert kept["nodes"][-1]["upstream"] and kept["returns"]
+    assert not store.redis.exists(keys.subflow_ends(run.id))
+    parent = flows.parent_flow.delay()
+    assert parent.result(timeout=60) == {"first": 1, "second": 2, "third": 2}
+    assert (
+        store.redis.hlen(keys.subflow_ends(parent.id)) == len(flows.parent_flow.plan().subflows) > 0
+        and store.redis.ttl(keys.subflow_ends(parent.id)) > 0
+    )
+
+
+@pytest.mark.parametrize(
+    "value",
+    [0.1, 1733550000.123456, -0.0, 1e300, float("nan"), float("inf"), 3, -7, 10**30, True, False, None, {"a": [1]}],
+)
+def test_json_text_is_json_dumps(value: Any) -> None:
+    """The record writer's shortcut for numbers and constants gives exactly the encoder's text."""
+    assert json_text(value) == json.dumps(value)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import graphlib
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from orchestrator.errors import PlanError
@@ -165,12 +165,25 @@ class Plan:
         return plan
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
+        """JSON-ready form, to be dumped: the values are the plan's own, not copies.
+
+        ``dataclasses.asdict`` deep-copies every input template and option, which was the
+        largest single cost of writing a one-task run's records (``.delay()`` waits for it).
+        """
         return {
             "flow_name": self.flow_name,
             "root_run_id": self.root_run_id,
             "queue": self.queue,
-            "nodes": [asdict(n) | {"upstream": n.upstream} for n in self.nodes.values()],
-            "subflows": [asdict(s) for s in self.subflows.values()],
+            "nodes": [_shallow(n, _NODE_FIELDS) | {"upstream": n.upstream} for n in self.nodes.values()],
+            "subflows": [_shallow(s, _SUBFLOW_FIELDS) for s in self.subflows.values()],
             "returns": self.returns,
         }
+
+
+_NODE_FIELDS = tuple(f.name for f in fields(Node))
+_SUBFLOW_FIELDS = tuple(f.name for f in fields(SubflowInfo))
+
+
+def _shallow(record: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    """A dataclass's fields by name, values not copied (they are JSON data)."""
+    return {name: getattr(record, name) for name in names}

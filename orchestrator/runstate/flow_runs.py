@@ -262,11 +262,15 @@ class FlowRuns:
 
     def keep_plan(self, pipe: Any, root: str, plan: dict[str, Any], subflow_ends: dict[str, str]) -> None:
         """Queue a static run tree's plan (for retries and the graph) and which end node finishes
-        which subflow run, in ``pipe``."""
+        which subflow run, in ``pipe``.
+
+        Called once per tree, at its first launch: with no subflows the ends' hash does not
+        exist, so there is nothing to give a TTL (one command fewer before ``.delay()`` sends)."""
         pipe.set(keys.plan(root), pack_plan(plan), ex=self._ttl)
         for end_node, run_id in subflow_ends.items():
             pipe.hset(keys.subflow_ends(root), end_node, run_id)
-        pipe.expire(keys.subflow_ends(root), self._ttl)
+        if subflow_ends:
+            pipe.expire(keys.subflow_ends(root), self._ttl)
 
     def start_dynamic_body(self, run_id: str) -> None:
         """A dynamic body (re)starts: it is the one task run its tree waits for, not final yet."""

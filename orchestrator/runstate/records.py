@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -36,6 +37,22 @@ PACKED = "z:"  # a long return template, zlib-compressed and base64-encoded afte
 PACK_OVER = 256  # characters of a return template's JSON above which it is kept packed
 
 
+_SCALAR_TEXT: dict[Any, str] = {True: "true", False: "false", None: "null"}
+
+
+def json_text(value: Any) -> str:
+    """``json.dumps(value)``, without the encoder for the plain numbers and constants most record
+    fields are (times, counts, flags): a record is written on the path of every ``.delay()``."""
+    kind = type(value)
+    if kind is float and math.isfinite(value):
+        return float.__repr__(value)
+    if kind is int:
+        return int.__repr__(value)
+    if kind is bool or value is None:
+        return _SCALAR_TEXT[value]
+    return json.dumps(value)
+
+
 RESTORED_FLOW_FIELDS = ("id", "root")  # not stored when they are the run's own id: its key names it
 
 
@@ -51,7 +68,7 @@ def flow_fields_to_redis(run_id: str, fields: dict[str, Any]) -> dict[str, str]:
     and :func:`deciders_of`.
     """
     out = {
-        k: v if isinstance(v, str) and k not in JSON_FIELDS else json.dumps(v)
+        k: v if isinstance(v, str) and k not in JSON_FIELDS else json_text(v)
         for k, v in fields.items()
         if not (k in RESTORED_FLOW_FIELDS and v == run_id)
     }
