@@ -309,7 +309,7 @@ class Recorder:
                 if rows:
                     session.execute(insert(model), [scrubbed(row) for row in rows])
             session.commit()
-            self.created.forget(known.values())
+            self.created.forget(e.run_id for e in events if flow_pending(e) is not None)  # a Pending event comes once
             self.store.flow_runs.plans_recorded(completed_with_graph(batch.flows.values()))
             if self.metrics is not None:
                 stamps = [e.body.ts for e in events if e.stream_id in known] + [e.body.ts for e in fresh]
@@ -326,12 +326,10 @@ class Recorder:
         candidates = {
             e.stream_id: e.run_id
             for e in events
-            if isinstance(e.body, stream.StateChange)
-            and e.body.kind == "flow_run"
-            and e.body.state == PENDING
-            and not e.body.reopen
-            and not e.body.message
-            and not e.body.record.keys() - AS_SUBMITTED
+            if (change := flow_pending(e)) is not None
+            and not change.reopen
+            and not change.message
+            and not change.record.keys() - AS_SUBMITTED
         }
         if not candidates:
             return {}
@@ -521,6 +519,14 @@ class Recorder:
         for run_id, raw in zip(wanted, self.store.flow_runs.plan_texts(wanted), strict=True):
             if raw:
                 batch.flows[run_id].plan = graph_of(json.loads(raw), run_id)
+
+
+def flow_pending(event: Event) -> stream.StateChange | None:
+    """The event's state change if it is a flow run's Pending one."""
+    body = event.body
+    if isinstance(body, stream.StateChange) and body.kind == "flow_run" and body.state == PENDING:
+        return body
+    return None
 
 
 def completed_with_graph(rows: Iterable[FlowRun]) -> list[str]:
