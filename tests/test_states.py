@@ -215,3 +215,44 @@ def test_recorder_skips_loading_a_run_the_submitter_just_created_and_ends_with_t
         (ids[1], "Pending", False, "fleet"),  # the full path's refused Pending of the cancelled run
         (ids[0], "Running", True, "fleet"),
     ]
+
+
+def test_recorder_batch_takes_the_same_statements_for_many_runs_as_for_one(redis_url: str, tmp_path: Path) -> None:
+    """No statement per row: reading a row after the commit (which expired it) cost one SELECT each."""
+    from sqlalchemy import event as sa_event
+
+    from api.db import engine_for, migrate
+    from api.services.recorder import Event, Recorder
+
+    url = f"sqlite:///{tmp_path / 'statements.db'}"
+    migrate(url)
+    engine = engine_for(url)
+    recorder = Recorder(RunStore(redis_url), engine, consumer="unit")
+    serial = iter(range(1, 10_000))
+
+    def batch(runs: int) -> list[Event]:
+        ids = [str(uuid.uuid4()) for _ in range(runs)]
+        events = []
+        for state in ("Pending", "Running", "Completed"):
+            for run_id in ids:
+                record = {"flow": "f", "name": "f-1", "root": run_id} if state == "Pending" else {}
+                wire = {"kind": "flow_run", "id": run_id, "state": state, "ts": 1000.0, "record": record}
+                events.append(Event(f"{next(serial)}-0", from_wire(wire)))
+        return events
+
+    def statements(events: list[Event]) -> int:
+        count = 0
+
+        def note(*args: object) -> None:
+            nonlocal count
+            count += 1
+
+        sa_event.listen(engine, "before_cursor_execute", note)
+        try:
+            recorder.apply(events[: len(events) // 3])  # created (Pending) in one batch
+            recorder.apply(events[len(events) // 3 :])  # then Running and Completed in another
+        finally:
+            sa_event.remove(engine, "before_cursor_execute", note)
+        return count
+
+    assert statements(batch(20)) == statements(batch(1))

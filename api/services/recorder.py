@@ -276,7 +276,9 @@ class Recorder:
         """Apply events in stream order in one transaction (a no-op for events seen before)."""
         if not events:
             return
-        with Session(self.engine) as session:
+        # Not expired on commit: the session ends with the batch, and reading a row's state after the commit
+        # (completed_with_graph) reloaded each row of the batch with one SELECT each (~40% of a state event's CPU).
+        with Session(self.engine, expire_on_commit=False) as session:
             known = self._known_pending(session, events)
             seen = self._seen(session, [e for e in events if e.stream_id not in known])
             fresh = [e for e in events if e.stream_id not in seen and e.stream_id not in known]
