@@ -7,6 +7,7 @@ server started on a laptop is never open to the network by accident.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 
@@ -56,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     here = f"http://{openable_host(args.host)}:{args.port}{root}"
     print(f"orchestrator API on {here}/api, docs at {here}/docs, web UI at {here}/ui", flush=True)
     app = DirectPrefixServed(create_app(), root)
+    # What start-up built (modules, the app, its routes and models) lives as long as the process: out of the
+    # collector's generations (after one collection of start-up's garbage), the collector's full passes no
+    # longer walk it while the API creates and records runs: ~0.1 ms of CPU per run created (issue 18).
+    gc.collect()
+    gc.freeze()
     uvicorn.run(app, host=args.host, port=args.port, root_path=root, log_level=args.log_level, access_log=False)
     return 0
 

@@ -26,6 +26,7 @@ from sqlmodel import Session
 
 from api.models import FlowRun, StateEvent
 from api.schemas import FlowRunCreate
+from api.services.created_runs import created_runs
 from orchestrator.data import classes
 from orchestrator.data.serialization import PICKLE_TAG, TAG
 from orchestrator.guards.limits import holds_key
@@ -180,6 +181,7 @@ class Submitter:
     def __init__(self, engine: Engine, max_batch: int = 256) -> None:
         self.engine = engine
         self.max_batch = max_batch
+        self.created = created_runs  # committed and sent: the recorder need not load them for their Pending event
         self.queue: queue.Queue[_Pending | None] = queue.Queue()
         self.thread = threading.Thread(target=self._run, name="submitter", daemon=True)
         self.thread.start()
@@ -218,6 +220,7 @@ class Submitter:
         try:
             with Session(self.engine) as session:
                 write_and_send(session, [p.row for p in batch])
+            self.created.add_all(p.row["id"] for p in batch if p.row["dispatched"])
         except RowsRefused as refused:
             if len(batch) > 1:
                 log.warning("submitter: the database refused a batch of %d runs; writing them one by one", len(batch))

@@ -125,3 +125,134 @@ def test_recorder_writes_history_and_log_lines_in_stream_order_without_nul(redis
     ]
     assert len({h.recorded for h in history[1:]}) == 1  # stamped once, just before the batch's commit
     assert [(line.event_id, line.message) for line in lines] == [("2-0", "first"), ("4-0", "second")]
+
+
+def test_recorder_skips_loading_a_run_the_submitter_just_created_and_ends_with_the_same_rows(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Its Pending event would change nothing: no row is loaded for it, and what the database holds
+    is what the full path leaves. A run cancelled before its Pending event is recorded takes the
+    full path (the event is then kept in its history, refused), as does a run the list lacks."""
+    import asyncio
+
+    import redis
+    from sqlalchemy import event as sa_event
+    from sqlalchemy import update
+
+    from api.db import engine_for, migrate
+    from api.models import FlowRun, StateEvent
+    from api.services.created_runs import CreatedRuns
+    from api.services.recorder import Event, Recorder
+    from api.submit import Submitter, flow_run_row
+    from orchestrator.runstate import keys
+    from orchestrator.runstate.events import decode
+    from orchestrator.runstate.records import NewFlowRun
+
+    url = f"sqlite:///{tmp_path / 'created.db'}"
+    migrate(url)
+    engine = engine_for(url)
+    created = CreatedRuns()
+    submitter = Submitter(engine)
+    submitter.created = created
+    queue = f"nobody-{uuid.uuid4().hex[:6]}"  # its start messages wait: no worker runs these runs
+
+    def new(n: int) -> dict[str, object]:
+        run = NewFlowRun(str(uuid.uuid4()), "f", f"f-{n}", False, queue, {"n": n}, 1000.0 + n, 1000.0 + n)
+        return flow_run_row(run, state=S.PENDING, dispatched=True) | {"parent_id": None}
+
+    async def submit_all(rows: list[dict[str, object]]) -> None:
+        await asyncio.gather(*(submitter.submit(row) for row in rows))
+
+    kept, cancelled, unlisted = new(1), new(2), new(3)
+    try:
+        asyncio.run(submit_all([kept, cancelled, unlisted]))
+    finally:
+        submitter.close()
+    ids = [str(row["id"]) for row in (kept, cancelled, unlisted)]
+    assert created.listed(ids) == set(ids)  # noted once committed
+    created.forget([ids[2]])  # as if created by another API process
+    with Session(engine) as session:  # cancelled over HTTP before the recorder got to its Pending event
+        session.execute(update(FlowRun).where(FlowRun.id == ids[1]).values(state="Cancelled", updated=1500.0))  # type: ignore[arg-type]
+        session.commit()
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    pending = [
+        Event(stream_id, decode(fields["event"]))
+        for stream_id, fields in client.xrange(keys.EVENTS_STREAM)
+        if json.loads(fields["event"]).get("id") in ids
+    ]
+    assert [(e.run_id, e.body.state) for e in pending] == [(i, "Pending") for i in ids]  # type: ignore[union-attr]
+    loads: list[str] = []
+
+    def note(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "flow_run.parameters" in statement:
+            loads.append(statement)
+
+    recorder = Recorder(RunStore(redis_url), engine, consumer="unit")
+    recorder.created = created
+    sa_event.listen(engine, "before_cursor_execute", note)
+    recorder.apply(pending[:1])
+    assert loads == []  # the kept run's row was not loaded
+    recorder.apply(pending)  # the others take the full path (the first is a no-op again)
+    sa_event.remove(engine, "before_cursor_execute", note)
+    assert loads  # ... and loaded their rows
+    assert created.listed(ids) == set()
+    running = {"kind": "flow_run", "id": ids[0], "state": "Running", "ts": 2000.0, "record": {"mode": "dynamic"}}
+    recorder.apply([Event("9999999999999-0", from_wire(running))])
+    with Session(engine) as session:
+        rows = {r.id: r for r in session.exec(select(FlowRun).where(FlowRun.id.in_(ids))).all()}  # type: ignore[attr-defined]
+        history = session.exec(select(StateEvent).where(StateEvent.run_id.in_(ids)).order_by(StateEvent.seq)).all()  # type: ignore[attr-defined,arg-type]
+    assert {i: (rows[i].state, rows[i].name, rows[i].parameters, rows[i].created) for i in ids} == {
+        ids[0]: ("Running", "f-1", {"n": 1}, 1001.0),
+        ids[1]: ("Cancelled", "f-2", {"n": 2}, 1002.0),
+        ids[2]: ("Pending", "f-3", {"n": 3}, 1003.0),
+    }
+    assert rows[ids[2]].updated == 1003.0  # a no-op Pending on the full path changes nothing either
+    by_run = [(h.run_id, h.state, h.applied, h.cause) for h in history]
+    assert by_run == [
+        (ids[0], "Pending", True, "api"),  # the submitter's own
+        (ids[1], "Pending", True, "api"),  # the submitter's own
+        (ids[2], "Pending", True, "api"),  # the submitter's own
+        (ids[1], "Pending", False, "fleet"),  # the full path's refused Pending of the cancelled run
+        (ids[0], "Running", True, "fleet"),
+    ]
+
+
+def test_recorder_batch_takes_the_same_statements_for_many_runs_as_for_one(redis_url: str, tmp_path: Path) -> None:
+    """No statement per row: reading a row after the commit (which expired it) cost one SELECT each."""
+    from sqlalchemy import event as sa_event
+
+    from api.db import engine_for, migrate
+    from api.services.recorder import Event, Recorder
+
+    url = f"sqlite:///{tmp_path / 'statements.db'}"
+    migrate(url)
+    engine = engine_for(url)
+    recorder = Recorder(RunStore(redis_url), engine, consumer="unit")
+    serial = iter(range(1, 10_000))
+
+    def batch(runs: int) -> list[Event]:
+        ids = [str(uuid.uuid4()) for _ in range(runs)]
+        events = []
+        for state in ("Pending", "Running", "Completed"):
+            for run_id in ids:
+                record = {"flow": "f", "name": "f-1", "root": run_id} if state == "Pending" else {}
+                wire = {"kind": "flow_run", "id": run_id, "state": state, "ts": 1000.0, "record": record}
+                events.append(Event(f"{next(serial)}-0", from_wire(wire)))
+        return events
+
+    def statements(events: list[Event]) -> int:
+        count = 0
+
+        def note(*args: object) -> None:
+            nonlocal count
+            count += 1
+
+        sa_event.listen(engine, "before_cursor_execute", note)
+        try:
+            recorder.apply(events[: len(events) // 3])  # created (Pending) in one batch
+            recorder.apply(events[len(events) // 3 :])  # then Running and Completed in another
+        finally:
+            sa_event.remove(engine, "before_cursor_execute", note)
+        return count
+
+    assert statements(batch(20)) == statements(batch(1))
