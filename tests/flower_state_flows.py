@@ -57,6 +57,12 @@ def never_ready() -> str:
 
 
 @flow(queue=QUEUE)
+def warm_up() -> str:
+    """One task that completes: the tests run it until Flower shows it, so Flower is listening."""
+    return fine.submit("warm-up")  # type: ignore[no-any-return]
+
+
+@flow(queue=QUEUE)
 def skip_then_after() -> str:
     """``nothing_to_do`` raises SKIP; ``after`` (chained to it) ends Skipped without running."""
     return after.submit(nothing_to_do.submit("skip"))  # type: ignore[no-any-return]
