@@ -48,8 +48,10 @@ FAILED_STATE_NAMES = frozenset(state.value for state in FAILED_STATES)
 PENDING = StateType.PENDING.value
 # The record fields of a Pending event the submitter's row already holds as the event has them (the
 # same NewFlowRun wrote both); a field outside these (mode, attempt, parent, ...) takes the full path.
-AS_SUBMITTED = frozenset({"id", "flow", "name", "name_given", "root", "queue", "parameters", "created"})
-AS_SUBMITTED |= {"scheduled_start", "state"}  # not copied onto the row by merge_flow_record
+# scheduled_start and state are not copied onto the row by merge_flow_record.
+AS_SUBMITTED = frozenset(
+    {"id", "flow", "name", "name_given", "root", "queue", "parameters", "created", "scheduled_start", "state"}
+)
 
 
 @dataclass

@@ -26,7 +26,7 @@ from orchestrator.runstate.records import (
     task_fields_to_redis,
 )
 from orchestrator.runstate.scripts import Scripts
-from orchestrator.states import StateType
+from orchestrator.states import FINAL_STATES, StateType
 
 
 @dataclass(frozen=True)
@@ -384,7 +384,7 @@ class TaskRuns:
         pipe.hexists(keys.finals(root), trid)
         pipe.hget(keys.task_run(trid), "state")
         in_finals, state = pipe.execute()
-        return bool(in_finals) or (state in StateType._value2member_map_ and StateType(state).is_final)
+        return bool(in_finals) or state in FINAL_STATES  # StrEnum members: a state's text is found
 
     def final_end(self, root: str, trid: str) -> tuple[StateType, str] | None:
         """A task run's final state and its message in one round trip; None while it is not final."""
