@@ -32,6 +32,8 @@ from orchestrator.planning.compiler import (
     make_signature,
 )
 from orchestrator.planning.tracer import trace_flow
+from orchestrator.runstate import keys
+from orchestrator.runstate.flow_runs import FlowRuns
 from orchestrator.runstate.store import get_store
 from orchestrator.transport.celery_app import make_celery_app
 from orchestrator.transport.messaging import (
@@ -43,6 +45,9 @@ from orchestrator.transport.messaging import (
 )
 from tests import flows
 from tests.api_support import sdk_settings
+from tests.conftest import TEST_BROKER
+
+redis_broker_only = pytest.mark.skipif(TEST_BROKER != "redis", reason="the broker is not the run store's Redis")
 
 ROOT = Path(__file__).resolve().parent.parent
 SEAM = ("orchestrator/transport/", "orchestrator/planning/compiler.py")  # the compiler builds canvas
@@ -220,7 +225,11 @@ def test_a_group_goes_out_in_a_few_round_trips_with_the_argument_text_celery_wou
 def test_a_run_whose_messages_redis_refuses_ends_failed_with_that_error(monkeypatch: pytest.MonkeyPatch) -> None:
     """Redis out of memory between the run's records and its messages: the client gets the
     error and the run ends Failed saying why, never Running with nothing sent. A Redis of its
-    own: one that refuses writes makes any worker on it stop (its acknowledgements fail)."""
+    own: one that refuses writes makes any worker on it stop (its acknowledgements fail).
+
+    The records and the messages are written apart where the broker is not the run store's
+    Redis (RabbitMQ) or the canvas is a chord: here made so by capturing nothing."""
+    monkeypatch.setattr(CeleryMessaging, "captured_canvas", lambda *_: None)
     with redis_server() as url, sdk_settings(monkeypatch, ORCHESTRATOR_REDIS_URL=url):
         store = get_store()
         send = CeleryMessaging.send_canvas
@@ -242,3 +251,100 @@ def test_a_run_whose_messages_redis_refuses_ends_failed_with_that_error(monkeypa
         assert "sending the run's 3 task messages failed" in run.info["message"]
         assert type(raised.value).__name__ in run.info["message"]
         assert {row["state"] for row in run.task_runs()} == {"Cancelled"}
+
+
+def counted_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count every write of a command or a pipeline on a Redis socket of this process from now on."""
+    writes: list[int] = []
+    send = redis.connection.AbstractConnection.send_packed_command
+
+    def counted(self: Any, command: Any, check_health: bool = True) -> None:
+        writes.append(1)
+        send(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
+    return writes
+
+
+@redis_broker_only
+def test_a_new_run_is_written_and_sent_in_one_round_trip_that_a_repeat_does_not_send_again(
+    queue: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``.delay()`` of a flow traced here, the broker being the run store's Redis: the run's records
+    and its first message go in one script (one round trip, one atomic step). redis-py sends a
+    command again when its connection breaks before the reply: the script run a second time finds
+    the run's record and sends nothing more (a pipeline would push the message twice)."""
+    store = get_store()
+    three = {"n": 3}  # three tasks that wait for nothing: a group
+    flows.many_returned_flow.apply_async(three, queue=queue)  # connected and the script loaded: not the launch's cost
+    launches: list[tuple[str, list[Any], Any]] = []
+    launch = FlowRuns.launch
+
+    def kept(self: FlowRuns, root: str, writes: list[Any], sends: Any) -> bool:
+        launches.append((root, writes, sends))
+        return launch(self, root, writes, sends)
+
+    monkeypatch.setattr(FlowRuns, "launch", kept)
+    writes = counted_writes(monkeypatch)
+    run = flows.many_returned_flow.apply_async(three, queue=queue)
+    monkeypatch.undo()
+    assert len(writes) == 1
+    assert [root for root, _, _ in launches] == [run.id]
+    assert run.state is StateType.RUNNING
+    assert [row["state"] for row in run.task_runs()] == ["Pending"] * 3
+    messages = sent(redis_url, queue)
+    assert len(messages) == 6 and {m["kwargs"]["run"]["flow_run_id"] for m in messages[3:]} == {run.id}
+
+    root, args, sends = launches[0]
+    again = store.scripts["launch_run"](keys=[keys.flow_run(root)], args=[*args, *[p for s in sends for p in s]])
+    assert again == 0
+    assert len(sent(redis_url, queue)) == 6
+
+
+@redis_broker_only
+def test_a_new_run_redis_refuses_leaves_no_record_and_sends_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis out of memory when a run's records and messages go in one step: the client gets the
+    error, and there is no run at all (no record Running with nothing sent, nothing queued)."""
+    with redis_server() as url, sdk_settings(monkeypatch, ORCHESTRATOR_REDIS_URL=url):
+        store = get_store()
+        launched: list[str] = []
+        launch = FlowRuns.launch
+
+        def launch_with_redis_full(self: FlowRuns, root: str, writes: list[Any], sends: Any) -> bool:
+            launched.append(root)
+            store.redis.config_set("maxmemory", "1")  # every write refused (noeviction): OOM
+            try:
+                return launch(self, root, writes, sends)
+            finally:
+                store.redis.config_set("maxmemory", "0")
+
+        monkeypatch.setattr(FlowRuns, "launch", launch_with_redis_full)
+        with pytest.raises(Exception, match=r"(?i)memory"):
+            flows.many_returned_flow.delay(n=3)
+        assert len(launched) == 1
+        assert FlowRun(launched[0], store).state is None
+        assert store.redis.keys("orc:tr:*") == [] and store.redis.llen("default") == 0
+
+
+def test_only_a_canvas_that_just_pushes_its_messages_is_captured(
+    messaging: CeleryMessaging, queue: str, redis_url: str
+) -> None:
+    """A chord is sent with the result backend's help, and a chain's first message through a producer
+    of Celery's choosing: neither is captured; nor is anything when the broker is not the run store's
+    database (here: none named). A group is, and nothing is sent."""
+
+    def canvas(flow: Any, parameters: dict[str, Any]) -> Any:
+        return messaging.compile(trace_flow(flow, parameters, run_id=str(uuid.uuid4()), queue=queue)).canvas
+
+    server = get_store().server()
+    assert messaging.captured_canvas(canvas(flows.fan_flow, {"n": 3}), server) is None
+    assert messaging.captured_canvas(canvas(flows.chain_flow, {"x": 1}), server) is None
+    three = canvas(flows.many_returned_flow, {"n": 3})
+    assert messaging.captured_canvas(three, None) is None
+    if TEST_BROKER == "redis":
+        captured = messaging.captured_canvas(three, server)
+        assert [(command, key) for command, key, _ in captured or []] == [
+            ("lpush", queue),
+            ("publish", "/0.celeryev/task.sent"),  # each message's task-sent event (Flower)
+        ] * 3
+    assert sent(redis_url, queue) == []  # captured, not sent

@@ -347,7 +347,7 @@ def create_flow_run(
     else:
         write_new(store, run, pipe)
     try:
-        launch_prepared(prepared, flow.name, store=store, messaging=messaging, record=record, pipe=pipe)
+        launch_prepared(prepared, flow.name, store=store, messaging=messaging, record=record, pipe=pipe, new=True)
     except RedisConnectionError as exc:
         raise store.unreachable(exc) from exc
     return FlowRun(run.id, store)

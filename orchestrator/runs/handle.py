@@ -184,12 +184,14 @@ def launch_prepared(
     messaging: Messaging,
     record: dict[str, Any],
     pipe: Any = None,
+    new: bool = False,
 ) -> None:
-    """Start a prepared run whose record is written (or queued in ``pipe``)."""
+    """Start a prepared run whose record is written (or queued in ``pipe``; ``new``: and not yet
+    written, see :func:`~orchestrator.runs.lifecycle.launch_static`)."""
     run_id = prepared.run_id
     pipe = pipe if pipe is not None else store.pipeline()
     if prepared.plan is not None and prepared.compiled is not None:
-        launch_static(store, messaging, prepared.plan, prepared.compiled, record, pipe)
+        launch_static(store, messaging, prepared.plan, prepared.compiled, record, pipe, new=new)
         if prepared.log_lines:
             store.events.ship_logs(prepared.log_lines)
         return

@@ -72,6 +72,20 @@ def _apply(store: RunStore, messaging: Messaging, plan: Plan, compiled: Compiled
             raise
 
 
+def _launched_at_once(store: RunStore, messaging: Messaging, plan: Plan, compiled: Compiled, pipe: Any) -> bool:
+    """Write the records queued in ``pipe`` and send the canvas in one round trip and one atomic step,
+    where the broker is the run store's Redis and the canvas only pushes its messages; False when
+    they cannot be (nothing done: the caller writes, then sends). Nothing is left half done: the
+    records are never Running with nothing sent, and a send refused refuses the records too."""
+    if not plan.nodes or compiled.canvas is None:
+        return False
+    writes = store.flow_runs.launch_writes(pipe)
+    if writes is None:
+        return False
+    sends = messaging.captured_canvas(compiled.canvas, store.server())
+    return sends is not None and store.flow_runs.launch(plan.root_run_id, writes, sends)
+
+
 def launch_static(
     store: RunStore,
     messaging: Messaging,
@@ -79,8 +93,13 @@ def launch_static(
     compiled: Compiled,
     fields: dict[str, Any],
     pipe: Any = None,
+    *,
+    new: bool = False,
 ) -> None:
-    """Write the run tree's records (in ``pipe`` if given), then send the compiled canvas."""
+    """Write the run tree's records (in ``pipe`` if given), then send the compiled canvas.
+
+    ``new``: the root's record does not exist yet (a run this process just created), so writing
+    and sending may be one step that a repeat cannot do twice (:func:`_launched_at_once`)."""
     root = plan.root_run_id
     pipe = pipe if pipe is not None else store.pipeline()
     _write_tree(store, plan, compiled, pipe)
@@ -120,6 +139,8 @@ def launch_static(
         },
         pipe,
     )
+    if new and _launched_at_once(store, messaging, plan, compiled, pipe):
+        return
     pipe.execute()
     _apply(store, messaging, plan, compiled)
 

@@ -33,6 +33,8 @@ from orchestrator.states import StateType
 RAW: dict[str, list[str]] = {NEVER_DECODE: []}  # a command option of redis-py: this reply is bytes, not decoded as text
 END_HOOKS_FIELD = "end_hooks"  # set in a run's hash by whoever runs the hooks of its end
 BODY_ATTEMPT_FIELD = "body_attempt"  # the live attempt of a dynamic body (see state_and_body_attempt)
+LAUNCH_WRITES = frozenset({"HSET", "EXPIRE", "SET", "SADD", "XADD", "ZADD"})  # what lua/launch_run.lua may write
+LAUNCH_MAX_ARGS = 4000  # arguments a launch script is handed at most (Lua unpacks about 8,000 at once)
 
 
 class FlowRuns:
@@ -271,6 +273,35 @@ class FlowRuns:
             pipe.hset(keys.subflow_ends(root), end_node, run_id)
         if subflow_ends:
             pipe.expire(keys.subflow_ends(root), self._ttl)
+
+    def launch_writes(self, pipe: Any) -> list[Any] | None:
+        """The record writes queued in ``pipe``, as :meth:`launch` hands them to ``lua/launch_run.lua``
+        (their count, then each one's argument count and arguments); None when one is not a plain
+        record write (:data:`LAUNCH_WRITES`) or they are too many for one script's arguments: the
+        caller then executes ``pipe`` as usual."""
+        stack = pipe.command_stack
+        out: list[Any] = [len(stack)]
+        for args, _options in stack:
+            if str(args[0]).upper() not in LAUNCH_WRITES:
+                return None
+            out.append(len(args))
+            out.extend(args)
+            if len(out) > LAUNCH_MAX_ARGS:
+                return None
+        return out
+
+    def launch(self, root: str, writes: list[Any], sends: Sequence[tuple[str, str, Any]]) -> bool:
+        """Write a new run tree's records (:meth:`launch_writes`) and run ``sends`` (the LPUSH and PUBLISH
+        that send its first messages, ``messaging.captured_sends``) in one round trip and one atomic step.
+
+        Once only: a call redis-py repeats after its connection broke on the way back finds the root's
+        record written and sends nothing again (a pipeline could push the messages twice). False when
+        the records and messages are too many for one script's arguments (nothing was done)."""
+        args = [*writes, *[part for send in sends for part in send]]
+        if len(args) > LAUNCH_MAX_ARGS:
+            return False
+        self._scripts["launch_run"](keys=[keys.flow_run(root)], args=args)
+        return True
 
     def start_dynamic_body(self, run_id: str) -> None:
         """A dynamic body (re)starts: it is the one task run its tree waits for, not final yet."""

@@ -23,6 +23,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from celery import Celery
+from celery.canvas import Signature, group
 from kombu.transport import redis as kombu_redis
 
 from orchestrator.planning.compiler import (
@@ -102,6 +103,12 @@ class Messaging(Protocol):
 
     def send_canvas(self, canvas: Canvas) -> None:
         """Send a compiled canvas (results ignored: they live in the run store)."""
+        ...
+
+    def captured_canvas(self, canvas: Canvas, server: tuple[Any, ...] | None) -> list[BrokerWrite] | None:
+        """The Redis commands :meth:`send_canvas` would run, captured and not run, for a caller that runs
+        them in a round trip it makes anyway (:func:`captured_sends`); None, and nothing sent, when
+        they cannot be (the caller then sends the canvas)."""
         ...
 
     def send_signature(self, data: SignatureData) -> None:
@@ -195,6 +202,16 @@ def captured_sends(
     return capture.writes
 
 
+def only_pushes(canvas: Canvas) -> bool:
+    """Whether sending ``canvas`` with a producer does nothing but push its messages through that
+    producer: one task, or a group of tasks. Not a chord (the result backend counts its header),
+    nor a chain: Celery's ``chain.run`` drops the producer it is given and sends its first task
+    through another, so a capture would not catch it and the message would go out at once."""
+    if type(canvas) is Signature:
+        return True
+    return type(canvas) is group and all(type(task) is Signature for task in canvas.tasks)
+
+
 @contextlib.contextmanager
 def batched_producer(app: Celery) -> Iterator[Any]:
     """A producer of ``app`` whose messages (and their task-sent events) kombu >= 5.7 sends in
@@ -237,6 +254,15 @@ class CeleryMessaging:
     def send_canvas(self, canvas: Canvas) -> None:
         with batched_producer(self.app) as producer:
             canvas.apply_async(ignore_result=True, producer=producer)
+
+    def captured_canvas(self, canvas: Canvas, server: tuple[Any, ...] | None) -> list[BrokerWrite] | None:
+        if not only_pushes(canvas):
+            return None
+
+        def send(producer: Any) -> None:
+            canvas.apply_async(ignore_result=True, producer=producer)
+
+        return captured_sends(self.app, send, server)
 
     def send_signature(self, data: SignatureData) -> None:
         self.app.signature(data).apply_async()
