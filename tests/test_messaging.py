@@ -33,7 +33,7 @@ from orchestrator.planning.compiler import (
 )
 from orchestrator.planning.tracer import trace_flow
 from orchestrator.runstate import keys
-from orchestrator.runstate.flow_runs import FlowRuns
+from orchestrator.runstate.flow_runs import FlowRuns, LaunchWrites
 from orchestrator.runstate.store import get_store
 from orchestrator.transport.celery_app import make_celery_app
 from orchestrator.transport.messaging import (
@@ -277,10 +277,10 @@ def test_a_new_run_is_written_and_sent_in_one_round_trip_that_a_repeat_does_not_
     store = get_store()
     three = {"n": 3}  # three tasks that wait for nothing: a group
     flows.many_returned_flow.apply_async(three, queue=queue)  # connected and the script loaded: not the launch's cost
-    launches: list[tuple[str, list[Any], Any]] = []
+    launches: list[tuple[str, LaunchWrites, Any]] = []
     launch = FlowRuns.launch
 
-    def kept(self: FlowRuns, root: str, writes: list[Any], sends: Any) -> bool:
+    def kept(self: FlowRuns, root: str, writes: LaunchWrites, sends: Any) -> bool:
         launches.append((root, writes, sends))
         return launch(self, root, writes, sends)
 
@@ -295,10 +295,47 @@ def test_a_new_run_is_written_and_sent_in_one_round_trip_that_a_repeat_does_not_
     messages = sent(redis_url, queue)
     assert len(messages) == 6 and {m["kwargs"]["run"]["flow_run_id"] for m in messages[3:]} == {run.id}
 
-    root, args, sends = launches[0]
-    again = store.scripts["launch_run"](keys=[keys.flow_run(root)], args=[*args, *[p for s in sends for p in s]])
+    root, records, sends = launches[0]
+    args = [records.text, len(records.binary), *records.binary, *[part for send in sends for part in send]]
+    again = store.scripts["launch_run"](keys=[keys.flow_run(root)], args=args)
     assert again == 0
     assert len(sent(redis_url, queue)) == 6
+
+
+def test_a_launch_writes_what_the_pipeline_would_have_written_byte_for_byte(redis_url: str) -> None:
+    """The launch script gets the records' commands as JSON text (binary ones apart): every value
+    lands as the pipeline would have written it, whatever its characters, numbers and bytes."""
+    store = get_store()
+    raw = redis.Redis.from_url(redis_url)
+    odd = "é 😀 \n \t \x00 \\ \" ' \u2028 end"
+    roots = [f"launch-{uuid.uuid4().hex}" for _ in range(2)]
+    pipes = []
+    for root in roots:
+        pipe = store.pipeline()
+        pipe.hset(keys.flow_run(root), mapping={"text": odd, "int": 604800, "float": 1796640715.3267298, "empty": ""})
+        pipe.set(f"{keys.flow_run(root)}:bin", bytes(range(256)), ex=60)
+        pipe.sadd(f"{keys.flow_run(root)}:set", "a", odd)
+        pipe.expire(keys.flow_run(root), 60)
+        pipes.append(pipe)
+    pipes[0].execute()
+    writes = store.flow_runs.launch_writes(pipes[1])
+    assert writes is not None and writes.binary == [bytes(range(256))]
+    assert store.flow_runs.launch(roots[1], writes, [])
+    for suffix in ("", ":bin", ":set"):
+        first, second = (raw.dump(f"{keys.flow_run(root)}{suffix}") for root in roots)
+        assert first is not None and first == second
+    assert raw.hget(keys.flow_run(roots[1]), "text") == odd.encode()
+    assert 0 < raw.ttl(keys.flow_run(roots[1])) <= 60
+    raw.delete(*[f"{keys.flow_run(root)}{suffix}" for root in roots for suffix in ("", ":bin", ":set")])
+
+
+def test_a_launch_refuses_what_is_not_a_record_write(redis_url: str) -> None:
+    """Only plain record writes go into the launch script: anything else is written the usual way."""
+    store = get_store()
+    pipe = store.pipeline()
+    pipe.hset("launch-x", "a", "b")
+    pipe.delete("launch-x")
+    assert store.flow_runs.launch_writes(pipe) is None
 
 
 @redis_broker_only
@@ -310,7 +347,7 @@ def test_a_new_run_redis_refuses_leaves_no_record_and_sends_nothing(monkeypatch:
         launched: list[str] = []
         launch = FlowRuns.launch
 
-        def launch_with_redis_full(self: FlowRuns, root: str, writes: list[Any], sends: Any) -> bool:
+        def launch_with_redis_full(self: FlowRuns, root: str, writes: LaunchWrites, sends: Any) -> bool:
             launched.append(root)
             store.redis.config_set("maxmemory", "1")  # every write refused (noeviction): OOM
             try:

@@ -11,7 +11,7 @@ import json
 import time
 import zlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis.client import NEVER_DECODE
 
@@ -34,7 +34,15 @@ RAW: dict[str, list[str]] = {NEVER_DECODE: []}  # a command option of redis-py: 
 END_HOOKS_FIELD = "end_hooks"  # set in a run's hash by whoever runs the hooks of its end
 BODY_ATTEMPT_FIELD = "body_attempt"  # the live attempt of a dynamic body (see state_and_body_attempt)
 LAUNCH_WRITES = frozenset({"HSET", "EXPIRE", "SET", "SADD", "XADD", "ZADD"})  # what lua/launch_run.lua may write
-LAUNCH_MAX_ARGS = 4000  # arguments a launch script is handed at most (Lua unpacks about 8,000 at once)
+LAUNCH_MAX_ARGS = 4000  # arguments of writes and sends one launch script runs at most (Lua unpacks about 8,000)
+
+
+class LaunchWrites(NamedTuple):
+    """Record writes as ``lua/launch_run.lua`` takes them (:meth:`FlowRuns.launch_writes`)."""
+
+    text: str  # JSON: a list of commands, each a list of its arguments (text; a number n: binary[n - 1])
+    binary: list[bytes]
+    arguments: int  # of all the commands together
 
 
 class FlowRuns:
@@ -274,32 +282,50 @@ class FlowRuns:
         if subflow_ends:
             pipe.expire(keys.subflow_ends(root), self._ttl)
 
-    def launch_writes(self, pipe: Any) -> list[Any] | None:
-        """The record writes queued in ``pipe``, as :meth:`launch` hands them to ``lua/launch_run.lua``
-        (their count, then each one's argument count and arguments); None when one is not a plain
-        record write (:data:`LAUNCH_WRITES`) or they are too many for one script's arguments: the
-        caller then executes ``pipe`` as usual."""
-        stack = pipe.command_stack
-        out: list[Any] = [len(stack)]
-        for args, _options in stack:
+    def launch_writes(self, pipe: Any) -> LaunchWrites | None:
+        """The record writes queued in ``pipe``, as :meth:`launch` hands them to ``lua/launch_run.lua``;
+        None when one is not a plain record write (:data:`LAUNCH_WRITES`) or they are too many for one
+        script: the caller then executes ``pipe`` as usual.
+
+        They go as one JSON argument (each command a list of its arguments as text) rather than as
+        separate arguments: redis-py packs a command's arguments one by one in Python, into a
+        buffer it copies at each one, about 1.5 µs an argument (a one-task run has 80), where
+        ``json.dumps`` takes about 20 µs for them all. Binary arguments (the packed plan) cannot
+        travel in JSON text: each goes as an argument of its own, its place holding its number."""
+        rows: list[list[str | int]] = []
+        binary: list[bytes] = []
+        count = 0
+        for args, _options in pipe.command_stack:
             if str(args[0]).upper() not in LAUNCH_WRITES:
                 return None
-            out.append(len(args))
-            out.extend(args)
-            if len(out) > LAUNCH_MAX_ARGS:
+            count += len(args)
+            if count > LAUNCH_MAX_ARGS:
                 return None
-        return out
+            row: list[str | int] = []
+            for arg in args:
+                kind = type(arg)
+                if kind is str:
+                    row.append(arg)
+                elif kind is bytes:
+                    binary.append(arg)
+                    row.append(len(binary))
+                elif kind is int or kind is float:
+                    row.append(repr(arg))  # as redis-py writes a number
+                else:
+                    return None
+            rows.append(row)
+        return LaunchWrites(json.dumps(rows, ensure_ascii=False, separators=(",", ":")), binary, count)
 
-    def launch(self, root: str, writes: list[Any], sends: Sequence[tuple[str, str, Any]]) -> bool:
+    def launch(self, root: str, writes: LaunchWrites, sends: Sequence[tuple[str, str, Any]]) -> bool:
         """Write a new run tree's records (:meth:`launch_writes`) and run ``sends`` (the LPUSH and PUBLISH
         that send its first messages, ``messaging.captured_sends``) in one round trip and one atomic step.
 
         Once only: a call redis-py repeats after its connection broke on the way back finds the root's
         record written and sends nothing again (a pipeline could push the messages twice). False when
-        the records and messages are too many for one script's arguments (nothing was done)."""
-        args = [*writes, *[part for send in sends for part in send]]
-        if len(args) > LAUNCH_MAX_ARGS:
+        the records and messages are too many for one script (nothing was done)."""
+        if writes.arguments + 3 * len(sends) > LAUNCH_MAX_ARGS:
             return False
+        args = [writes.text, len(writes.binary), *writes.binary, *[part for send in sends for part in send]]
         self._scripts["launch_run"](keys=[keys.flow_run(root)], args=args)
         return True
 
