@@ -223,9 +223,17 @@ def test_wait_for_a_value_is_nothing_to_wait_for() -> None:
     assert waits_for_a_value() == 2
 
 
-def test_submitting_without_redis_says_what_to_check() -> None:
+@pytest.mark.parametrize("shape", ["chain", "group", "one task"])
+def test_submitting_without_redis_says_what_to_check(shape: str) -> None:
+    """Whatever the run's shape: a chain is written then sent, a group or one task (where the
+    broker is the run store's Redis) written and sent in one step, which captures the messages first."""
+    submit = {
+        "chain": lambda: flows.chain_flow.delay(x=1),
+        "group": lambda: flows.many_returned_flow.delay(n=3),
+        "one task": lambda: flows.slow_flow.delay(seconds=0.1),
+    }[shape]
     with pytest.raises(ConnectionProblem, match=r"redis://127\.0\.0\.1:1/0.*ORCHESTRATOR_REDIS_URL"):
-        flows.chain_flow.delay(x=1)
+        submit()
 
 
 def test_allow_failure_lets_a_downstream_run_with_none_locally() -> None:

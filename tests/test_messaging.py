@@ -355,12 +355,16 @@ def test_a_new_run_redis_refuses_leaves_no_record_and_sends_nothing(monkeypatch:
             finally:
                 store.redis.config_set("maxmemory", "0")
 
+        flows.many_returned_flow.delay(n=3)  # connected: a first send writes, then sends
+        store.redis.delete("default")
         monkeypatch.setattr(FlowRuns, "launch", launch_with_redis_full)
         with pytest.raises(Exception, match=r"(?i)memory"):
             flows.many_returned_flow.delay(n=3)
         assert len(launched) == 1
         assert FlowRun(launched[0], store).state is None
-        assert store.redis.keys("orc:tr:*") == [] and store.redis.llen("default") == 0
+        assert store.redis.llen("default") == 0
+        root = launched[0]
+        assert store.redis.exists(keys.flow_tasks(root), keys.remaining(root), keys.plan(root)) == 0
 
 
 def test_only_a_canvas_that_just_pushes_its_messages_is_captured(

@@ -10,6 +10,7 @@ a failed chord header never leaves a run hanging.
 from __future__ import annotations
 
 import json
+import logging
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -26,6 +27,8 @@ from orchestrator.runstate.store import Finished, RunStore, now
 from orchestrator.runtime.context import RunInfo
 from orchestrator.states import StateType
 from orchestrator.transport.messaging import Messaging, TaskRunEnd, flow_deadline_message, retry_flow_run_message
+
+log = logging.getLogger(__name__)
 
 Report = Callable[[Sequence[TaskRunEnd]], None]
 """Tells the monitor (Flower) how task runs ended that Celery saw no end of (:meth:`Messaging.report_ends`)."""
@@ -82,7 +85,11 @@ def _launched_at_once(store: RunStore, messaging: Messaging, plan: Plan, compile
     writes = store.flow_runs.launch_writes(pipe)
     if writes is None:
         return False
-    sends = messaging.captured_canvas(compiled.canvas, store.server())
+    try:
+        sends = messaging.captured_canvas(compiled.canvas, store.server())
+    except Exception:  # the broker away, say: the usual path meets it again and says so as before
+        log.debug("could not capture the messages of flow run %s", plan.root_run_id, exc_info=True)
+        return False
     return sends is not None and store.flow_runs.launch(plan.root_run_id, writes, sends)
 
 

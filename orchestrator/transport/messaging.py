@@ -256,13 +256,21 @@ class CeleryMessaging:
             canvas.apply_async(ignore_result=True, producer=producer)
 
     def captured_canvas(self, canvas: Canvas, server: tuple[Any, ...] | None) -> list[BrokerWrite] | None:
-        if not only_pushes(canvas):
+        if not only_pushes(canvas) or not self._connected():
             return None
 
         def send(producer: Any) -> None:
             canvas.apply_async(ignore_result=True, producer=producer)
 
         return captured_sends(self.app, send, server)
+
+    def _connected(self) -> bool:
+        """Whether this app's producer holds a broker connection already. A capture needs one (kombu's
+        Redis channel pings as it opens), and opening the first one retries a broker that is away for
+        seconds: a first send takes the usual path, whose first step (the records' write) finds a
+        Redis that is away at once and says so (``ConnectionProblem``)."""
+        with self.app.producer_or_acquire() as producer:
+            return bool(producer.connection.connected)
 
     def send_signature(self, data: SignatureData) -> None:
         self.app.signature(data).apply_async()
