@@ -28,6 +28,7 @@ from orchestrator.runstate.records import (
 from orchestrator.runstate.scripts import Scripts
 from orchestrator.states import FINAL_STATES, StateType
 
+CRASH_RECORD_JSON = json.JSONEncoder(default=str)  # json.dumps(..., default=str) without a new encoder per start
 DOWNSTREAM_PREFIX = keys.downstream("")  # + a task run id: its downstream set (the scripts build the keys)
 
 
@@ -209,7 +210,7 @@ class TaskRuns:
                 json.dumps(slim_task_fields(fields)),
                 event,
                 "1" if stored_inputs else "0",
-                json.dumps(crash_record, default=str) if crash_record else "",
+                CRASH_RECORD_JSON.encode(crash_record) if crash_record else "",
                 repr(now()),
                 "" if alive_since is None else repr(alive_since),
                 *[keys.result(t) for t in prefetch],
