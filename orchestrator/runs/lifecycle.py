@@ -275,9 +275,10 @@ def after_final(store: RunStore, root: str, finished: Finished) -> None:
     ends Crashed with the error, and the error is raised for the worker's log.
 
     The tree's edges go first, before anything is decided: a retry the decision schedules
-    writes anew those it needs, and must not find them removed behind it.
+    writes anew those it needs, and must not find them removed behind it. A run that completed
+    had them removed by the same script (a completed tree is never retried): no round trip here.
     """
-    if finished.left == 0:
+    if finished.left == 0 and not finished.flow_completed:
         store.task_runs.forget_edges(root)
     if finished.flow_completed:
         end_flow_run(store, root, StateType.COMPLETED, write=False)

@@ -127,10 +127,14 @@ def to_wire(event: StreamEvent) -> dict[str, Any]:
     return line
 
 
+# ``json.dumps`` with options builds a new encoder per call; this one is built once (same text)
+_ENCODER = json.JSONEncoder(default=str, separators=(",", ":"))
+
+
 def encode(event: StreamEvent) -> str:
     """An event as the text of a stream entry (``default=str`` keeps odd record values readable;
     no spaces after separators: the text waits in Redis until it is recorded)."""
-    return json.dumps(to_wire(event), default=str, separators=(",", ":"))
+    return _ENCODER.encode(to_wire(event))
 
 
 def _ts(value: Any) -> float:

@@ -28,13 +28,16 @@ from orchestrator.runstate.records import (
 from orchestrator.runstate.scripts import Scripts
 from orchestrator.states import FINAL_STATES, StateType
 
+CRASH_RECORD_JSON = json.JSONEncoder(default=str)  # json.dumps(..., default=str) without a new encoder per start
+DOWNSTREAM_PREFIX = keys.downstream("")  # + a task run id: its downstream set (the scripts build the keys)
+
 
 @dataclass(frozen=True)
 class Finished:
     """What making a task run final reports."""
 
     left: int | None  # task runs of the tree not final yet; None: it already was final
-    flow_completed: bool  # this call ended the root flow run Completed (in the same script)
+    flow_completed: bool  # this call ended the root flow run Completed and forgot the tree's edges (same script)
     flow_was_final: bool  # the tree is done but the root run had already ended (timed out, ...)
     ready: list[dict[str, Any]]  # join signatures that became ready to send
     sent: bool = False  # the messages given to send with this end were sent (by this call or its lost-reply twin)
@@ -207,7 +210,7 @@ class TaskRuns:
                 json.dumps(slim_task_fields(fields)),
                 event,
                 "1" if stored_inputs else "0",
-                json.dumps(crash_record, default=str) if crash_record else "",
+                CRASH_RECORD_JSON.encode(crash_record) if crash_record else "",
                 repr(now()),
                 "" if alive_since is None else repr(alive_since),
                 *[keys.result(t) for t in prefetch],
@@ -294,6 +297,8 @@ class TaskRuns:
                 keys.waiters(root),
                 keys.DELAYED,
                 keys.wakeups(root),
+                keys.flow_tasks(root),
+                keys.inputs(root),
             ],
             args=[
                 trid,
@@ -307,6 +312,7 @@ class TaskRuns:
                 root,
                 completed,
                 self._grace,
+                DOWNSTREAM_PREFIX,
                 *[part for write in sends for part in write],
             ],
         )
@@ -321,7 +327,8 @@ class TaskRuns:
         (each task run's downstream set, the join tables, the tolerant set, inputs kept for a start),
         about 350 bytes per task run of a fan-in. Call it before the tree's end is decided: a flow
         retry that the decision schedules writes those of the task runs it runs again anew.
-        Returns how many keys it removed."""
+        A finish that completes the root flow run (:attr:`Finished.flow_completed`) did this already,
+        in its own script: a completed tree is never retried. Returns how many keys it removed."""
         return int(
             self._scripts["forget_tree_edges"](
                 keys=[
@@ -331,7 +338,7 @@ class TaskRuns:
                     keys.tolerant(root),
                     keys.inputs(root),
                 ],
-                args=[keys.downstream("")],
+                args=[DOWNSTREAM_PREFIX],
             )
         )
 

@@ -21,7 +21,9 @@ if ARGV[8] ~= '' then
   local beat = redis.call('ZSCORE', KEYS[5], ARGV[1])
   if beat and tonumber(beat) > tonumber(ARGV[8]) then return -2 end
 end
-for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
+local flat = {}  -- one HSET of every field (one command per field before)
+for k, v in pairs(fields) do flat[#flat + 1] = k; flat[#flat + 1] = v end
+redis.call('HSET', KEYS[1], unpack(flat))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('XADD', KEYS[3], '*', 'event', ARGV[4])
 local out = {redis.call('HINCRBY', KEYS[1], 'starts', 1), false}
