@@ -11,6 +11,7 @@ delivery never reads the heartbeat at all.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 
 import pytest
 
@@ -22,14 +23,26 @@ from orchestrator.states import StateType
 WINDOW = 6.0  # the crash window these tests pretend to have
 
 
+CREATED: list[str] = []  # task runs of these tests, whose heartbeats go when each test ends
+
+
 @pytest.fixture
-def store(redis_url: str) -> RunStore:
-    return RunStore(redis_url)
+def store(redis_url: str) -> Iterator[RunStore]:
+    """The session's run store. These task runs' heartbeats and crash records are made up (no worker
+    ran them, the records name no root): they are taken off at the end, or a later test's crash
+    detector, sharing the session's Redis, would find them silent and try to crash them."""
+    store = RunStore(redis_url)
+    yield store
+    if CREATED:
+        store.redis.zrem(keys.HEARTBEATS, *CREATED)
+        store.redis.hdel(keys.HEARTBEAT_RECORDS, *CREATED)
+        CREATED.clear()
 
 
 def _task_run(store: RunStore, beat_age: float | None) -> tuple[str, str, dict[str, object]]:
     """A new task run whose last heartbeat is ``beat_age`` seconds old (None: it has none)."""
     root, trid = str(uuid.uuid4()), str(uuid.uuid4())
+    CREATED.append(trid)
     store.task_runs.add_to_dynamic_tree(NewTaskRun(trid, "t", "t", root, root), None)
     if beat_age is not None:
         store.redis.zadd(keys.HEARTBEATS, {trid: now() - beat_age})
