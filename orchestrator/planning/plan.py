@@ -134,10 +134,17 @@ class Plan:
         return [u for u in node.upstream if u in self.nodes]
 
     def topological_order(self) -> list[str]:
-        """Node ids so that every node comes after its upstreams; refuses cycles."""
+        """Node ids so that every node comes after its upstreams; refuses cycles.
+
+        A plan with no edges inside it (one task, tasks that wait for nothing) is in its
+        insertion order, the order ``graphlib`` gives such a graph too: without building the
+        sorter, about 10 µs of every one-task ``.delay()``, which traces and compiles it."""
+        preds = [(node.id, self.preds(node)) for node in self.nodes.values()]
+        if not any(ups for _, ups in preds):
+            return [nid for nid, _ in preds]
         sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter()
-        for node in self.nodes.values():
-            sorter.add(node.id, *self.preds(node))
+        for nid, ups in preds:
+            sorter.add(nid, *ups)
         try:
             return list(sorter.static_order())
         except graphlib.CycleError as exc:
