@@ -179,17 +179,23 @@ def _shares_redis(channel: Any, server: tuple[Any, ...] | None) -> bool:
 
 
 def captured_sends(
-    app: Celery, send: Callable[[Any], None], server: tuple[Any, ...] | None
+    app: Celery, send: Callable[[Any], None], server: tuple[Any, ...] | None, *, connected_only: bool = False
 ) -> list[BrokerWrite] | None:
     """The Redis commands ``send(producer)`` would run to send its messages (and their task-sent
     events), captured and not run, for a caller that runs them in a round trip it makes anyway
     (a task run's end, in ``lua/finish_task_run.lua``). None, and nothing sent, when they cannot be
     captured: a broker other than a plain Redis on the run store's database ``server`` (see
     :meth:`RunStore.server`), a kombu without producer batches, or a send that needs more than
-    ``LPUSH`` and ``PUBLISH`` (queue expiry, say); the caller then sends as usual."""
+    ``LPUSH`` and ``PUBLISH`` (queue expiry, say); the caller then sends as usual.
+
+    ``connected_only``: None too while the producer holds no broker connection yet (checked before
+    anything opens one, see :meth:`CeleryMessaging.captured_canvas`), with the one producer this
+    takes anyway: a second acquire from kombu's pool cost about 20 µs of every ``.delay()``."""
     with app.producer_or_acquire() as producer:
         local = getattr(producer, "_batch_local", None)
-        if local is None or getattr(local, "current", None) is not None or not _shares_redis(producer.channel, server):
+        if local is None or (connected_only and not producer.connection.connected):
+            return None
+        if getattr(local, "current", None) is not None or not _shares_redis(producer.channel, server):
             return None
         capture = _Capture()
         local.current = capture
@@ -256,21 +262,17 @@ class CeleryMessaging:
             canvas.apply_async(ignore_result=True, producer=producer)
 
     def captured_canvas(self, canvas: Canvas, server: tuple[Any, ...] | None) -> list[BrokerWrite] | None:
-        if not only_pushes(canvas) or not self._connected():
+        """Only while this app's producer holds a broker connection already (``connected_only``). A
+        capture needs one (kombu's Redis channel pings as it opens), and opening the first one retries
+        a broker that is away for seconds: a first send takes the usual path, whose first step (the
+        records' write) finds a Redis that is away at once and says so (``ConnectionProblem``)."""
+        if not only_pushes(canvas):
             return None
 
         def send(producer: Any) -> None:
             canvas.apply_async(ignore_result=True, producer=producer)
 
-        return captured_sends(self.app, send, server)
-
-    def _connected(self) -> bool:
-        """Whether this app's producer holds a broker connection already. A capture needs one (kombu's
-        Redis channel pings as it opens), and opening the first one retries a broker that is away for
-        seconds: a first send takes the usual path, whose first step (the records' write) finds a
-        Redis that is away at once and says so (``ConnectionProblem``)."""
-        with self.app.producer_or_acquire() as producer:
-            return bool(producer.connection.connected)
+        return captured_sends(self.app, send, server, connected_only=True)
 
     def send_signature(self, data: SignatureData) -> None:
         self.app.signature(data).apply_async()
