@@ -46,6 +46,44 @@ def test_bound_arguments_are_spread_back_into_the_call_as_python_would_pass_them
         call_bound(lambda x: x, {"x": 1, "q": 2})  # an unknown name still fails as fn(**arguments) would
 
 
+def test_parameters_by_name_complete_as_the_call_they_stand_for() -> None:
+    """A body whose parameters all take names is completed by binding the names as given (no
+    spread into a call first): the same values, defaults and errors as the spread gives."""
+    from orchestrator.authoring.flows import flow
+    from orchestrator.runtime.engine import as_call
+
+    def body(a: int, b: int = 2, *, c: int, d: int = 4) -> None:
+        return None
+
+    named = flow(name="complete-by-name")(body)
+
+    def spread(given: dict[str, object]) -> dict[str, object] | str:
+        try:
+            args, kwargs = as_call(body, given)
+            return named.bind_parameters(args, kwargs)
+        except ParameterError as exc:
+            return str(exc)
+
+    def completed(given: dict[str, object]) -> dict[str, object] | str:
+        try:
+            return named.complete_parameters(given)
+        except ParameterError as exc:
+            return str(exc)
+
+    cases: list[dict[str, object]] = [
+        {},
+        {"a": 1},
+        {"b": 1},
+        {"a": 1, "c": 3},
+        {"c": 3, "a": 1, "z": 0},
+        {"d": 1, "c": 1},
+    ]
+    for given in cases:
+        assert completed(given) == spread(given)
+    assert list(named.complete_parameters({"c": 3, "a": 1})) == ["a", "b", "c", "d"]
+    assert named.complete_parameters({"c": 3, "a": 1}) == {"a": 1, "b": 2, "c": 3, "d": 4}
+
+
 def test_every_signature_runs_in_process() -> None:
     assert sf.wired(1, 2) == 40  # gather(1, 2, 10) = 13; scaled(13, scale=3, bonus=1) = 40
     assert sf.computing(1, 2) == 10  # gather(1, 2) = 3; scaled(4, scale=2, bonus=2) = 10

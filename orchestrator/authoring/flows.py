@@ -33,7 +33,7 @@ from orchestrator.authoring.registry import register_flow
 from orchestrator.errors import DefinitionError, OrchestratorError, ParameterError
 from orchestrator.guards.limits import queue_problem
 from orchestrator.runtime.context import current_engine
-from orchestrator.runtime.engine import as_call, bind_arguments
+from orchestrator.runtime.engine import as_call, bind_arguments, takes_all_by_name
 from orchestrator.states import state_of_awaitable
 
 if TYPE_CHECKING:
@@ -160,7 +160,13 @@ class Flow(Generic[P, R]):
 
     def complete_parameters(self, given: dict[str, Any]) -> dict[str, Any]:
         """Parameters given by name (a run record, the API, ``-p``): checked and completed like a call
-        (``*args`` and ``**kwargs`` given under their own names), callable defaults evaluated now."""
+        (``*args`` and ``**kwargs`` given under their own names), callable defaults evaluated now.
+
+        A body whose parameters all take names binds ``given`` by name as it is: spreading it as a
+        call first (:func:`as_call`) binds the same values with the same errors, and cost about 5 µs
+        of every ``.delay()``."""
+        if takes_all_by_name(self.fn):
+            return self.bind_parameters((), given)
         args, kwargs = as_call(self.fn, given)
         return self.bind_parameters(args, kwargs)
 

@@ -111,14 +111,14 @@ def call_bound(fn: Callable[..., Any], arguments: dict[str, Any]) -> Any:
     ``**kwargs`` one as keywords; positional-only parameters are passed by position. Calling
     ``fn(**arguments)`` instead would pass ``args=(...)`` by name and fail.
     """
-    if _by_name_only(fn):  # the common signature: nothing to spread (the executor's hot path)
+    if takes_all_by_name(fn):  # the common signature: nothing to spread (the executor's hot path)
         return fn(**arguments)
     args, kwargs = as_call(fn, arguments)
     return fn(*args, **kwargs)
 
 
 @functools.lru_cache(maxsize=4096)
-def _by_name_only(fn: Callable[..., Any]) -> bool:
+def takes_all_by_name(fn: Callable[..., Any]) -> bool:
     """Whether every parameter of ``fn`` can be passed by name (no positional-only, ``*args`` or ``**kwargs``)."""
     plain = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     return all(param.kind in plain for param in _signature(fn).parameters.values())
