@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -73,6 +73,21 @@ class Labels:
         return OTHER if isinstance(value, str) else (OTHER,) * len(value)
 
 
+class EndedTaskRun(Protocol):
+    """What a run end reads of a task run: the model's row or the recorder's plain one (``task_rows.TaskRow``)."""
+
+    @property
+    def state(self) -> str: ...
+    @property
+    def flow_run_id(self) -> str: ...
+    @property
+    def task_name(self) -> str: ...
+    @property
+    def started(self) -> float | None: ...
+    @property
+    def ended(self) -> float | None: ...
+
+
 @dataclass(frozen=True)
 class RunEnd:
     """A flow or task run the recorder moved to a final state, as it was then (rows expire at the commit)."""
@@ -84,7 +99,7 @@ class RunEnd:
     duration: float | None = None  # a task run that started
 
     @classmethod
-    def of(cls, row: FlowRun | TaskRun) -> RunEnd:
+    def of(cls, row: FlowRun | EndedTaskRun) -> RunEnd:
         if isinstance(row, FlowRun):
             return cls(row.state, flow_name=row.flow_name or "")
         took = row.ended - row.started if row.started is not None and row.ended is not None else None

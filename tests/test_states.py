@@ -256,3 +256,78 @@ def test_recorder_batch_takes_the_same_statements_for_many_runs_as_for_one(redis
         return count
 
     assert statements(batch(20)) == statements(batch(1))
+
+
+def test_the_recorders_plain_task_row_has_the_task_run_models_columns_and_defaults() -> None:
+    """The recorder writes task runs as plain rows (``task_rows``): a new one must hold what a new
+    ``TaskRun`` would, column for column, or rows would change with the model."""
+    from api.models import TaskRun
+    from api.services.task_rows import COLUMNS, TaskRow
+
+    assert set(COLUMNS) == set(TaskRun.model_fields)
+    assert TaskRow(id="t").values() == TaskRun(id="t").model_dump()
+
+
+def test_recorder_writes_task_runs_it_creates_and_only_the_columns_it_changes(redis_url: str, tmp_path: Path) -> None:
+    """Task runs created in one batch and ended in the next, in the same statements for 20 as for 1: a
+    column the recorder does not change keeps what another writer left there, as with the ORM's flush;
+    NULs are dropped from a task run's text too."""
+    from sqlalchemy import event as sa_event
+    from sqlalchemy import update
+
+    from api.db import engine_for, migrate
+    from api.models import TaskRun
+    from api.services.recorder import Event, Recorder
+
+    url = f"sqlite:///{tmp_path / 'tasks.db'}"
+    migrate(url)
+    engine = engine_for(url)
+    recorder = Recorder(RunStore(redis_url), engine, consumer="unit")
+    serial = iter(range(1, 10_000))
+    flow_id = str(uuid.uuid4())
+
+    def events(ids: list[str], state: str, record: dict[str, object], **extra: object) -> list[Event]:
+        return [
+            Event(
+                f"{next(serial)}-0",
+                from_wire({"kind": "task_run", "id": i, "state": state, "ts": 1000.0, "record": record, **extra}),
+            )
+            for i in ids
+        ]
+
+    def statements(ids: list[str]) -> tuple[int, int]:
+        counts = []
+        begun = {"flow_run_id": flow_id, "root": flow_id, "name": "mod.work", "label": "work\x00", "worker": "w1"}
+        begun |= {"created": 999.0}
+        for batch in (
+            events(ids, "Running", begun | {"started": 1001.0, "attempts": 1}),
+            events(ids, "Failed", {"ended": 1002.0, "traceback": "Traceback\nValueError: x"}, message="bad\x00"),
+        ):
+            count = 0
+
+            def note(*args: object) -> None:
+                nonlocal count
+                count += 1
+
+            sa_event.listen(engine, "before_cursor_execute", note)
+            try:
+                recorder.apply(batch)
+            finally:
+                sa_event.remove(engine, "before_cursor_execute", note)
+            counts.append(count)
+            with Session(engine) as session:  # another writer, between the batches: a column the recorder keeps
+                session.execute(update(TaskRun).where(TaskRun.id.in_(ids)).values(cache_key="theirs"))  # type: ignore[attr-defined]
+                session.commit()
+        return counts[0], counts[1]
+
+    many = [f"t-{uuid.uuid4()}" for _ in range(20)]
+    assert statements(many) == statements([f"t-{uuid.uuid4()}"])
+    with Session(engine) as session:
+        rows = session.exec(select(TaskRun).where(TaskRun.id.in_(many))).all()  # type: ignore[attr-defined]
+    assert len(rows) == 20
+    assert {
+        (r.flow_run_id, r.root_id, r.task_name, r.label, r.worker, r.attempts, r.state, r.state_message) for r in rows
+    } == {(flow_id, "", "mod.work", "work", "w1", 1, "Failed", "bad")}
+    assert {(r.created, r.started, r.ended, r.cache_key, r.traceback) for r in rows} == {
+        (999.0, 1001.0, 1002.0, "theirs", "Traceback\nValueError: x")
+    }

@@ -25,9 +25,11 @@ from sqlmodel import Session, col, select
 
 from api.db import chunks
 from api.metrics import Metrics, RunEnd
-from api.models import FlowRun, LogLine, StateEvent, TaskRun
+from api.models import FlowRun, LogLine, StateEvent
+from api.services import task_rows
 from api.services.created_runs import CreatedRuns, created_runs
 from api.services.outage import FIRST_WAIT, RedisOutage, next_wait
+from api.services.task_rows import TaskRow
 from orchestrator.data.serialization import to_plain
 from orchestrator.errors import ConnectionProblem
 from orchestrator.guards.redaction import mask_urls_in
@@ -111,7 +113,7 @@ def merge_flow_record(row: FlowRun, rec: dict[str, Any]) -> None:
         row.created = min(row.created, created) if row.created else created
 
 
-def merge_task_record(row: TaskRun, rec: dict[str, Any]) -> None:
+def merge_task_record(row: TaskRow, rec: dict[str, Any]) -> None:
     """Copy the descriptive fields an event carries onto the task run row."""
     for source, target in (("flow_run_id", "flow_run_id"), ("root", "root_id"), ("label", "label")):
         if rec.get(source):
@@ -151,7 +153,7 @@ class Batch:
     """What one batch of events changes, built in memory and written in one transaction."""
 
     flows: dict[str, FlowRun] = field(default_factory=dict)
-    tasks: dict[str, TaskRun] = field(default_factory=dict)
+    tasks: dict[str, TaskRow] = field(default_factory=dict)  # plain rows, written with Core (task_rows)
     stateless: set[tuple[str, str]] = field(default_factory=set)  # rows created here, no state applied yet
     history: list[dict[str, Any]] = field(default_factory=list)  # state_event rows (insert-only: no ORM objects)
     logs: list[dict[str, Any]] = field(default_factory=list)  # log_line rows
@@ -300,13 +302,13 @@ class Recorder:
                 elif isinstance(event.body, stream.LogLine):
                     batch.logs.append(self._log_line(event.stream_id, event.body))
             self._attach_plans(batch)
-            for item in (*batch.flows.values(), *batch.tasks.values()):
-                scrub(item)
+            for item in batch.flows.values():
+                scrub(item)  # a task row drops its NULs as it is written (TaskRow.values)
             written = time.time()  # what the history calls "recorded": just before the commit
             for entry in batch.history:
                 entry["recorded"] = written
             session.add_all(batch.flows.values())
-            session.add_all(batch.tasks.values())
+            task_rows.write(session, batch.tasks.values())
             # History and log lines are only ever inserted: as plain rows they skip building an ORM
             # object each (about a third of a batch's CPU time), in the same transaction, in stream order.
             for model, rows in ((StateEvent, batch.history), (LogLine, batch.logs)):
@@ -364,9 +366,7 @@ class Recorder:
         for part in chunks(sorted(flow_ids)):
             for row in session.exec(select(FlowRun).where(col(FlowRun.id).in_(part))).all():
                 batch.flows[row.id] = row
-        for part in chunks(sorted(task_ids)):
-            for task in session.exec(select(TaskRun).where(col(TaskRun.id).in_(part))).all():
-                batch.tasks[task.id] = task
+        batch.tasks.update(task_rows.load(session, task_ids))
         described = {e.run_id for e in events if e.record.get("flow")}
         missing_flows = sorted(i for i in flow_ids if i not in batch.flows and i not in described)
         missing_tasks = sorted(i for i in task_ids if i not in batch.tasks)
@@ -376,7 +376,7 @@ class Recorder:
             batch.flows[run_id] = row
             batch.stateless.add(("flow_run", run_id))
         for trid, rec in zip(missing_tasks, self.store.task_runs.read_many(missing_tasks), strict=True):
-            task = TaskRun(id=trid, created=parse_float(rec.get("created")) or 0.0)
+            task = TaskRow(id=trid, created=parse_float(rec.get("created")) or 0.0)
             merge_task_record(task, rec)
             batch.tasks[trid] = task
             batch.stateless.add(("task_run", trid))
@@ -411,7 +411,7 @@ class Recorder:
             return  # a dynamic flow's body: its own flow run events tell its story
         row = batch.tasks.get(event.run_id)
         if row is None:
-            row = TaskRun(id=event.run_id, created=event.body.ts)
+            row = TaskRow(id=event.run_id, created=event.body.ts)
             batch.tasks[event.run_id] = row
             batch.stateless.add(("task_run", event.run_id))
         merge_task_record(row, event.record)
@@ -420,7 +420,7 @@ class Recorder:
             self._keep_traceback(batch, row, event)
 
     def _transition(
-        self, batch: Batch, row: FlowRun | TaskRun, event: Event, recorded: float, kind: str, flow_run_id: str
+        self, batch: Batch, row: FlowRun | TaskRow, event: Event, recorded: float, kind: str, flow_run_id: str
     ) -> None:
         """Apply one state event through the state machine and keep it in the history."""
         change = event.body
@@ -466,7 +466,7 @@ class Recorder:
         )
 
     @staticmethod
-    def _keep_traceback(batch: Batch, row: TaskRun, event: Event) -> None:
+    def _keep_traceback(batch: Batch, row: TaskRow, event: Event) -> None:
         """A failed attempt's traceback: kept on the task run when it ended it (``/failures``), and
         written among the run's log lines either way, as ERROR lines of the run logger (the attempt
         failed, whether a retry follows or not, as Prefect logs it), so ``flow-run logs`` shows where
