@@ -43,6 +43,24 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """User + system CPU time of each thread of process ``pid`` so far, by thread id."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue  # ended meanwhile
+        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def by_thread(before: dict[int, float], after: dict[int, float], runs: int) -> list[float]:
+    """CPU ms per run of each thread, in the order the threads started (ids grow): for ``python -m
+    api.server`` the event loop, the submitter, the recorder, the services loop, then any others."""
+    return [round((after[tid] - before.get(tid, 0.0)) * 1000 / runs, 3) for tid in sorted(after)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=2000)
@@ -70,8 +88,10 @@ def main(argv: list[str] | None = None) -> int:
                 client = redis.Redis.from_url(redis_url)
                 client.config_resetstat()
                 before = cpu_seconds(server.proc.pid)
+                threads_before = thread_cpu_seconds(server.proc.pid)
                 ids, elapsed, refused = asyncio.run(submit_all(server.url, args.runs, args.clients))
                 spent = cpu_seconds(server.proc.pid) - before
+                threads = by_thread(threads_before, thread_cpu_seconds(server.proc.pid), args.runs)
                 commands = client.info("commandstats")
                 client.close()
             finally:
@@ -86,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         "refused": refused[:20],
         "runs_per_s": round(len(ids) / elapsed, 1),
         "api_cpu_ms_per_run": round(spent * 1000 / args.runs, 3),
+        "thread_cpu_ms_per_run": threads,  # loop, submitter, recorder, services, others (start order)
         "redis_commands_per_run": round(sum(c["calls"] for c in commands.values()) / args.runs, 2),
         "load_average": os.getloadavg()[0],
     }
