@@ -258,13 +258,15 @@ def test_recorder_batch_takes_the_same_statements_for_many_runs_as_for_one(redis
     assert statements(batch(20)) == statements(batch(1))
 
 
-def test_the_recorders_plain_task_row_has_the_task_run_models_columns_and_defaults() -> None:
-    """The recorder writes task runs as plain rows (``task_rows``): a new one must hold what a new
-    ``TaskRun`` would, column for column, or rows would change with the model."""
-    from api.models import TaskRun
-    from api.services.task_rows import COLUMNS, TaskRow
+def test_the_recorders_plain_rows_have_the_models_columns_and_defaults() -> None:
+    """The recorder writes flow and task runs as plain rows (``recorder_rows``): a new one must hold what
+    a new ``FlowRun`` or ``TaskRun`` would, column for column, or rows would change with the models."""
+    from api.models import FlowRun, TaskRun
+    from api.services.recorder_rows import FlowRow, TaskRow
 
-    assert set(COLUMNS) == set(TaskRun.model_fields)
+    assert set(FlowRow.COLUMNS) == set(FlowRun.model_fields)
+    assert set(TaskRow.COLUMNS) == set(TaskRun.model_fields)
+    assert FlowRow(id="f", created=1.0).values() == FlowRun(id="f", created=1.0).model_dump()
     assert TaskRow(id="t").values() == TaskRun(id="t").model_dump()
 
 

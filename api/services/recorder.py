@@ -26,10 +26,10 @@ from sqlmodel import Session, col, select
 from api.db import chunks
 from api.metrics import Metrics, RunEnd
 from api.models import FlowRun, LogLine, StateEvent
-from api.services import task_rows
+from api.services import recorder_rows
 from api.services.created_runs import CreatedRuns, created_runs
 from api.services.outage import FIRST_WAIT, RedisOutage, next_wait
-from api.services.task_rows import TaskRow
+from api.services.recorder_rows import FlowRow, TaskRow
 from orchestrator.data.serialization import to_plain
 from orchestrator.errors import ConnectionProblem
 from orchestrator.guards.redaction import mask_urls_in
@@ -87,7 +87,7 @@ def parse(entries: Iterable[Entry]) -> list[Event]:
     return events
 
 
-def merge_flow_record(row: FlowRun, rec: dict[str, Any]) -> None:
+def merge_flow_record(row: FlowRow, rec: dict[str, Any]) -> None:
     """Copy the descriptive fields an event carries onto the flow run row."""
     if rec.get("flow"):
         row.flow_name = str(rec["flow"])
@@ -152,8 +152,8 @@ def cause_of(event: Event) -> str:
 class Batch:
     """What one batch of events changes, built in memory and written in one transaction."""
 
-    flows: dict[str, FlowRun] = field(default_factory=dict)
-    tasks: dict[str, TaskRow] = field(default_factory=dict)  # plain rows, written with Core (task_rows)
+    flows: dict[str, FlowRow] = field(default_factory=dict)  # plain rows, written with Core (recorder_rows)
+    tasks: dict[str, TaskRow] = field(default_factory=dict)
     stateless: set[tuple[str, str]] = field(default_factory=set)  # rows created here, no state applied yet
     history: list[dict[str, Any]] = field(default_factory=list)  # state_event rows (insert-only: no ORM objects)
     logs: list[dict[str, Any]] = field(default_factory=list)  # log_line rows
@@ -302,13 +302,10 @@ class Recorder:
                 elif isinstance(event.body, stream.LogLine):
                     batch.logs.append(self._log_line(event.stream_id, event.body))
             self._attach_plans(batch)
-            for item in batch.flows.values():
-                scrub(item)  # a task row drops its NULs as it is written (TaskRow.values)
             written = time.time()  # what the history calls "recorded": just before the commit
             for entry in batch.history:
                 entry["recorded"] = written
-            session.add_all(batch.flows.values())
-            task_rows.write(session, batch.tasks.values())
+            recorder_rows.write(session, [*batch.flows.values(), *batch.tasks.values()])  # NULs dropped there
             # History and log lines are only ever inserted: as plain rows they skip building an ORM
             # object each (about a third of a batch's CPU time), in the same transaction, in stream order.
             for model, rows in ((StateEvent, batch.history), (LogLine, batch.logs)):
@@ -363,15 +360,13 @@ class Recorder:
         batch = Batch()
         flow_ids = {e.run_id for e in events if e.kind in ("flow_run", "flow_run_rename")}
         task_ids = {e.run_id for e in events if e.kind == "task_run" and not e.run_id.startswith("body:")}
-        for part in chunks(sorted(flow_ids)):
-            for row in session.exec(select(FlowRun).where(col(FlowRun.id).in_(part))).all():
-                batch.flows[row.id] = row
-        batch.tasks.update(task_rows.load(session, task_ids))
+        batch.flows.update(recorder_rows.load(session, FlowRow, flow_ids))
+        batch.tasks.update(recorder_rows.load(session, TaskRow, task_ids))
         described = {e.run_id for e in events if e.record.get("flow")}
         missing_flows = sorted(i for i in flow_ids if i not in batch.flows and i not in described)
         missing_tasks = sorted(i for i in task_ids if i not in batch.tasks)
         for run_id, rec in zip(missing_flows, self.store.flow_runs.read_many(missing_flows), strict=True):
-            row = FlowRun(id=run_id, created=parse_float(rec.get("created")) or time.time())
+            row = FlowRow(id=run_id, created=parse_float(rec.get("created")) or time.time())
             merge_flow_record(row, rec)
             batch.flows[run_id] = row
             batch.stateless.add(("flow_run", run_id))
@@ -385,7 +380,7 @@ class Recorder:
     def _flow_event(self, batch: Batch, event: Event, recorded: float) -> None:
         row = batch.flows.get(event.run_id)
         if row is None:
-            row = FlowRun(id=event.run_id, created=parse_float(event.record.get("created")) or event.body.ts)
+            row = FlowRow(id=event.run_id, created=parse_float(event.record.get("created")) or event.body.ts)
             batch.flows[event.run_id] = row
             batch.stateless.add(("flow_run", event.run_id))
         merge_flow_record(row, event.record)
@@ -420,7 +415,7 @@ class Recorder:
             self._keep_traceback(batch, row, event)
 
     def _transition(
-        self, batch: Batch, row: FlowRun | TaskRow, event: Event, recorded: float, kind: str, flow_run_id: str
+        self, batch: Batch, row: FlowRow | TaskRow, event: Event, recorded: float, kind: str, flow_run_id: str
     ) -> None:
         """Apply one state event through the state machine and keep it in the history."""
         change = event.body
@@ -446,7 +441,7 @@ class Recorder:
             if new.is_final:
                 row.ended = parse_float(event.record.get("ended")) or ts
                 if current is not new:
-                    batch.ended.append(RunEnd.of(row))
+                    batch.ended.append(RunEnd.of_flow(row) if isinstance(row, FlowRow) else RunEnd.of_task(row))
             elif reopen:
                 row.ended = None
         row.updated = recorded
@@ -533,22 +528,15 @@ def flow_pending(event: Event) -> stream.StateChange | None:
     return None
 
 
-def completed_with_graph(rows: Iterable[FlowRun]) -> list[str]:
+def completed_with_graph(rows: Iterable[FlowRow]) -> list[str]:
     """The completed static root runs of a batch whose graph (their plan) the database holds: Redis may
     drop their plan after a grace (``FlowRuns.plans_recorded``)."""
     done = StateType.COMPLETED.value
     return [r.id for r in rows if r.state == done and r.plan is not None and r.root_id in (None, r.id)]
 
 
-def scrub(row: Any) -> None:
-    """Drop NUL characters from a row's text (PostgreSQL cannot store them; they carry nothing)."""
-    for name, value in list(vars(row).items()):
-        if isinstance(value, str) and "\x00" in value:
-            setattr(row, name, value.replace("\x00", ""))
-
-
 def scrubbed(row: dict[str, Any]) -> dict[str, Any]:
-    """A plain row without NUL characters in its text (as :func:`scrub` for ORM objects)."""
+    """A plain row without NUL characters in its text (PostgreSQL cannot store them; they carry nothing)."""
     return {k: v.replace("\x00", "") if isinstance(v, str) and "\x00" in v else v for k, v in row.items()}
 
 
