@@ -30,35 +30,11 @@ from typing import Any
 
 import redis
 
-from benchmarks.api_bench import FLOW, submit_all
+from benchmarks.api_bench import FLOW, by_thread, cpu_seconds, submit_all, thread_cpu_seconds
 from orchestrator.config.settings import reset_settings
 from orchestrator.devstack.localstack import ApiProcess, redis_server, worker
 
 WARM_UP_RUNS = 50  # the first requests build caches (the flow's schema validator, the Celery producer)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` so far (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def thread_cpu_seconds(pid: int) -> dict[int, float]:
-    """User + system CPU time of each thread of process ``pid`` so far, by thread id."""
-    out = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            continue  # ended meanwhile
-        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return out
-
-
-def by_thread(before: dict[int, float], after: dict[int, float], runs: int) -> list[float]:
-    """CPU ms per run of each thread, in the order the threads started (ids grow): for ``python -m
-    api.server`` the event loop, the submitter, the recorder, the services loop, then any others."""
-    return [round((after[tid] - before.get(tid, 0.0)) * 1000 / runs, 3) for tid in sorted(after)]
 
 
 def main(argv: list[str] | None = None) -> int:
