@@ -333,3 +333,40 @@ def test_recorder_writes_task_runs_it_creates_and_only_the_columns_it_changes(re
     assert {(r.created, r.started, r.ended, r.cache_key, r.traceback) for r in rows} == {
         (999.0, 1001.0, 1002.0, "theirs", "Traceback\nValueError: x")
     }
+
+
+def test_recorder_gathers_events_for_a_while_after_a_small_batch_not_after_a_full_one(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A batch costs about the same for 1 event as for 50: after a batch smaller than a full one the
+    recorder waits ``gather_seconds`` before reading again, so a steady trickle of events is recorded
+    in a few batches a second, not one batch per event; after a full batch it reads again at once."""
+    import itertools
+    import threading
+    import time
+
+    from api.db import engine_for, migrate
+    from api.services.recorder import Recorder
+
+    url = f"sqlite:///{tmp_path / 'gather.db'}"
+    migrate(url)
+    recorder = Recorder(RunStore(redis_url), engine_for(url), consumer=f"gather-{uuid.uuid4().hex[:6]}", batch_size=10)
+    recorder.gather_seconds = 0.3
+    stop = threading.Event()
+
+    def steps(handled: int) -> list[float]:
+        reads: list[float] = []
+
+        def step(block_ms: int = 1000) -> int:
+            reads.append(time.monotonic())
+            if len(reads) == 4:
+                stop.set()
+            return handled
+
+        recorder.step = step  # type: ignore[method-assign]
+        stop.clear()
+        recorder.run(stop)
+        return [later - earlier for earlier, later in itertools.pairwise(reads)]
+
+    assert min(steps(3)) >= 0.3  # a small batch: the next read waits
+    assert max(steps(10)) < 0.3  # a full one: the next read follows at once
