@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -73,6 +73,29 @@ class Labels:
         return OTHER if isinstance(value, str) else (OTHER,) * len(value)
 
 
+class EndedRun(Protocol):
+    """What a run end reads of a flow or task run row (the recorder's plain rows, ``recorder_rows``)."""
+
+    @property
+    def state(self) -> str: ...
+    @property
+    def started(self) -> float | None: ...
+    @property
+    def ended(self) -> float | None: ...
+
+
+class EndedFlowRun(EndedRun, Protocol):
+    @property
+    def flow_name(self) -> str: ...
+
+
+class EndedTaskRun(EndedRun, Protocol):
+    @property
+    def flow_run_id(self) -> str: ...
+    @property
+    def task_name(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class RunEnd:
     """A flow or task run the recorder moved to a final state, as it was then (rows expire at the commit)."""
@@ -84,9 +107,11 @@ class RunEnd:
     duration: float | None = None  # a task run that started
 
     @classmethod
-    def of(cls, row: FlowRun | TaskRun) -> RunEnd:
-        if isinstance(row, FlowRun):
-            return cls(row.state, flow_name=row.flow_name or "")
+    def of_flow(cls, row: EndedFlowRun) -> RunEnd:
+        return cls(row.state, flow_name=row.flow_name or "")
+
+    @classmethod
+    def of_task(cls, row: EndedTaskRun) -> RunEnd:
         took = row.ended - row.started if row.started is not None and row.ended is not None else None
         return cls(row.state, flow_run_id=row.flow_run_id, task_name=row.task_name or "", duration=took)
 

@@ -106,6 +106,30 @@ async def submit_all(base: str, runs: int, clients: int) -> tuple[list[str], flo
     return ids, elapsed, failures
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (all its threads; Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """User + system CPU time of each thread of process ``pid`` so far, by thread id."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue  # ended meanwhile
+        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def by_thread(before: dict[int, float], after: dict[int, float], runs: int) -> list[float]:
+    """CPU ms per run of each thread, in the order the threads started (ids grow): for ``python -m
+    api.server`` the event loop, the submitter, the recorder, the services loop, then any others."""
+    return [round((after[tid] - before.get(tid, 0.0)) * 1000 / runs, 3) for tid in sorted(after)]
+
+
 def percentile(values: list[float], q: float) -> float:
     """The q-th percentile (0..100) by nearest rank; 0 for no values."""
     if not values:
@@ -199,7 +223,11 @@ def main(argv: list[str] | None = None) -> int:
                 from benchmarks.workloads import w3_independent
 
                 print(f"submitting {args.runs} runs of {FLOW} with {args.clients} clients ...", flush=True)
+                assert server.proc is not None
+                cpu_began = cpu_seconds(server.proc.pid)
+                threads_began = thread_cpu_seconds(server.proc.pid)
                 ids, elapsed, failures = asyncio.run(submit_all(server.url, args.runs, args.clients))
+                cpu_submit = cpu_seconds(server.proc.pid) - cpu_began
                 rate = len(ids) / elapsed
                 print(f"  {len(ids)} created in {elapsed:.2f}s: {rate:.0f} runs/s ({len(failures)} refused)")
                 w3 = w3_independent.delay(n=args.w3)
@@ -213,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
                 expected_tasks = len(ids) * TASKS_PER_RUN + args.w3
                 counts = wait_recorded(db_url, [*ids, w3.id], expected_tasks, timeout=300)
                 caught_up = time.perf_counter() - ended
+                cpu_all = cpu_seconds(server.proc.pid) - cpu_began  # creating and recording it all, W3 too
+                threads = by_thread(threads_began, thread_cpu_seconds(server.proc.pid), 1)
                 w3_lags = lags(db_url, [w3.id])
                 http_lags = lags(db_url, ids)
             finally:
@@ -229,6 +259,13 @@ def main(argv: list[str] | None = None) -> int:
             "refused": failures[:20],
             "seconds": round(elapsed, 3),
             "runs_per_s": round(rate, 1),
+        },
+        # The API process's CPU (load-independent, unlike runs/s): while submitting, and from the first
+        # request until everything was recorded (the HTTP runs' 7 events each and W3's 5,000 tasks too).
+        "api_cpu_s": {
+            "submit": round(cpu_submit, 3),
+            "until_recorded": round(cpu_all, 3),
+            "until_recorded_by_thread": [round(ms / 1000, 3) for ms in threads],  # loop, submitter, recorder, ...
         },
         "w3": {"tasks": args.w3, "state": w3_state.value},
         "recorded": counts,

@@ -30,17 +30,11 @@ from typing import Any
 
 import redis
 
-from benchmarks.api_bench import FLOW, submit_all
+from benchmarks.api_bench import FLOW, by_thread, cpu_seconds, submit_all, thread_cpu_seconds
 from orchestrator.config.settings import reset_settings
 from orchestrator.devstack.localstack import ApiProcess, redis_server, worker
 
 WARM_UP_RUNS = 50  # the first requests build caches (the flow's schema validator, the Celery producer)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` so far (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,8 +64,10 @@ def main(argv: list[str] | None = None) -> int:
                 client = redis.Redis.from_url(redis_url)
                 client.config_resetstat()
                 before = cpu_seconds(server.proc.pid)
+                threads_before = thread_cpu_seconds(server.proc.pid)
                 ids, elapsed, refused = asyncio.run(submit_all(server.url, args.runs, args.clients))
                 spent = cpu_seconds(server.proc.pid) - before
+                threads = by_thread(threads_before, thread_cpu_seconds(server.proc.pid), args.runs)
                 commands = client.info("commandstats")
                 client.close()
             finally:
@@ -86,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         "refused": refused[:20],
         "runs_per_s": round(len(ids) / elapsed, 1),
         "api_cpu_ms_per_run": round(spent * 1000 / args.runs, 3),
+        "thread_cpu_ms_per_run": threads,  # loop, submitter, recorder, services, others (start order)
         "redis_commands_per_run": round(sum(c["calls"] for c in commands.values()) / args.runs, 2),
         "load_average": os.getloadavg()[0],
     }

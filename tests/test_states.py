@@ -256,3 +256,117 @@ def test_recorder_batch_takes_the_same_statements_for_many_runs_as_for_one(redis
         return count
 
     assert statements(batch(20)) == statements(batch(1))
+
+
+def test_the_recorders_plain_rows_have_the_models_columns_and_defaults() -> None:
+    """The recorder writes flow and task runs as plain rows (``recorder_rows``): a new one must hold what
+    a new ``FlowRun`` or ``TaskRun`` would, column for column, or rows would change with the models."""
+    from api.models import FlowRun, TaskRun
+    from api.services.recorder_rows import FlowRow, TaskRow
+
+    assert set(FlowRow.COLUMNS) == set(FlowRun.model_fields)
+    assert set(TaskRow.COLUMNS) == set(TaskRun.model_fields)
+    assert FlowRow(id="f", created=1.0).values() == FlowRun(id="f", created=1.0).model_dump()
+    assert TaskRow(id="t").values() == TaskRun(id="t").model_dump()
+
+
+def test_recorder_writes_task_runs_it_creates_and_only_the_columns_it_changes(redis_url: str, tmp_path: Path) -> None:
+    """Task runs created in one batch and ended in the next, in the same statements for 20 as for 1: a
+    column the recorder does not change keeps what another writer left there, as with the ORM's flush;
+    NULs are dropped from a task run's text too."""
+    from sqlalchemy import event as sa_event
+    from sqlalchemy import update
+
+    from api.db import engine_for, migrate
+    from api.models import TaskRun
+    from api.services.recorder import Event, Recorder
+
+    url = f"sqlite:///{tmp_path / 'tasks.db'}"
+    migrate(url)
+    engine = engine_for(url)
+    recorder = Recorder(RunStore(redis_url), engine, consumer="unit")
+    serial = iter(range(1, 10_000))
+    flow_id = str(uuid.uuid4())
+
+    def events(ids: list[str], state: str, record: dict[str, object], **extra: object) -> list[Event]:
+        return [
+            Event(
+                f"{next(serial)}-0",
+                from_wire({"kind": "task_run", "id": i, "state": state, "ts": 1000.0, "record": record, **extra}),
+            )
+            for i in ids
+        ]
+
+    def statements(ids: list[str]) -> tuple[int, int]:
+        counts = []
+        begun = {"flow_run_id": flow_id, "root": flow_id, "name": "mod.work", "label": "work\x00", "worker": "w1"}
+        begun |= {"created": 999.0}
+        for batch in (
+            events(ids, "Running", begun | {"started": 1001.0, "attempts": 1}),
+            events(ids, "Failed", {"ended": 1002.0, "traceback": "Traceback\nValueError: x"}, message="bad\x00"),
+        ):
+            count = 0
+
+            def note(*args: object) -> None:
+                nonlocal count
+                count += 1
+
+            sa_event.listen(engine, "before_cursor_execute", note)
+            try:
+                recorder.apply(batch)
+            finally:
+                sa_event.remove(engine, "before_cursor_execute", note)
+            counts.append(count)
+            with Session(engine) as session:  # another writer, between the batches: a column the recorder keeps
+                session.execute(update(TaskRun).where(TaskRun.id.in_(ids)).values(cache_key="theirs"))  # type: ignore[attr-defined]
+                session.commit()
+        return counts[0], counts[1]
+
+    many = [f"t-{uuid.uuid4()}" for _ in range(20)]
+    assert statements(many) == statements([f"t-{uuid.uuid4()}"])
+    with Session(engine) as session:
+        rows = session.exec(select(TaskRun).where(TaskRun.id.in_(many))).all()  # type: ignore[attr-defined]
+    assert len(rows) == 20
+    assert {
+        (r.flow_run_id, r.root_id, r.task_name, r.label, r.worker, r.attempts, r.state, r.state_message) for r in rows
+    } == {(flow_id, "", "mod.work", "work", "w1", 1, "Failed", "bad")}
+    assert {(r.created, r.started, r.ended, r.cache_key, r.traceback) for r in rows} == {
+        (999.0, 1001.0, 1002.0, "theirs", "Traceback\nValueError: x")
+    }
+
+
+def test_recorder_gathers_events_for_a_while_after_a_small_batch_not_after_a_full_one(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A batch costs about the same for 1 event as for 50: after a batch smaller than a full one the
+    recorder waits ``gather_seconds`` before reading again, so a steady trickle of events is recorded
+    in a few batches a second, not one batch per event; after a full batch it reads again at once."""
+    import itertools
+    import threading
+    import time
+
+    from api.db import engine_for, migrate
+    from api.services.recorder import Recorder
+
+    url = f"sqlite:///{tmp_path / 'gather.db'}"
+    migrate(url)
+    recorder = Recorder(RunStore(redis_url), engine_for(url), consumer=f"gather-{uuid.uuid4().hex[:6]}", batch_size=10)
+    recorder.gather_seconds = 0.3
+    stop = threading.Event()
+
+    def steps(handled: int) -> list[float]:
+        reads: list[float] = []
+
+        def step(block_ms: int = 1000) -> int:
+            reads.append(time.monotonic())
+            if len(reads) == 4:
+                stop.set()
+            return handled
+
+        recorder.step = step  # type: ignore[method-assign]
+        stop.clear()
+        recorder.run(stop)
+        return [later - earlier for earlier, later in itertools.pairwise(reads)]
+
+    assert min(steps(3)) >= 0.3  # a small batch: the next read waits
+    assert max(steps(10)) < 0.3  # a full one: the next read follows at once

@@ -19,15 +19,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, insert, union_all
 from sqlalchemy.exc import DataError, IntegrityError, ProgrammingError
 from sqlmodel import Session, col, select
 
 from api.db import chunks
 from api.metrics import Metrics, RunEnd
-from api.models import FlowRun, LogLine, StateEvent, TaskRun
+from api.models import FlowRun, LogLine, StateEvent
+from api.services import recorder_rows
 from api.services.created_runs import CreatedRuns, created_runs
 from api.services.outage import FIRST_WAIT, RedisOutage, next_wait
+from api.services.recorder_rows import FlowRow, TaskRow, table_of
 from orchestrator.data.serialization import to_plain
 from orchestrator.errors import ConnectionProblem
 from orchestrator.guards.redaction import mask_urls_in
@@ -42,6 +44,11 @@ from orchestrator.states import FAILED_STATES, StateType, can_transition
 log = logging.getLogger("orchestrator.recorder")
 
 LEASE_SECONDS = 15
+# After a batch smaller than a full one, wait this long before reading again. A batch costs ~2 ms of CPU
+# whatever its size (five statements, a commit, five Redis round trips): read as soon as each event came,
+# the batches of a busy fleet held a few events each and the recorder took most of the API's CPU, beside
+# the HTTP requests under the one interpreter lock (issue 18). Adds at most this much to the recording lag.
+GATHER_SECONDS = 0.05
 TRACEBACK_LOG_LINES = 200  # lines of a traceback written as log lines (the innermost ones)
 RUN_LOGGER = "orchestrator.runs"  # the logger name of the lines the recorder writes itself (ends, tracebacks)
 FAILED_STATE_NAMES = frozenset(state.value for state in FAILED_STATES)
@@ -85,7 +92,7 @@ def parse(entries: Iterable[Entry]) -> list[Event]:
     return events
 
 
-def merge_flow_record(row: FlowRun, rec: dict[str, Any]) -> None:
+def merge_flow_record(row: FlowRow, rec: dict[str, Any]) -> None:
     """Copy the descriptive fields an event carries onto the flow run row."""
     if rec.get("flow"):
         row.flow_name = str(rec["flow"])
@@ -111,7 +118,7 @@ def merge_flow_record(row: FlowRun, rec: dict[str, Any]) -> None:
         row.created = min(row.created, created) if row.created else created
 
 
-def merge_task_record(row: TaskRun, rec: dict[str, Any]) -> None:
+def merge_task_record(row: TaskRow, rec: dict[str, Any]) -> None:
     """Copy the descriptive fields an event carries onto the task run row."""
     for source, target in (("flow_run_id", "flow_run_id"), ("root", "root_id"), ("label", "label")):
         if rec.get(source):
@@ -150,8 +157,8 @@ def cause_of(event: Event) -> str:
 class Batch:
     """What one batch of events changes, built in memory and written in one transaction."""
 
-    flows: dict[str, FlowRun] = field(default_factory=dict)
-    tasks: dict[str, TaskRun] = field(default_factory=dict)
+    flows: dict[str, FlowRow] = field(default_factory=dict)  # plain rows, written with Core (recorder_rows)
+    tasks: dict[str, TaskRow] = field(default_factory=dict)
     stateless: set[tuple[str, str]] = field(default_factory=set)  # rows created here, no state applied yet
     history: list[dict[str, Any]] = field(default_factory=list)  # state_event rows (insert-only: no ORM objects)
     logs: list[dict[str, Any]] = field(default_factory=list)  # log_line rows
@@ -180,6 +187,7 @@ class Recorder:
         self.batch_size = batch_size
         self.recorded = 0
         self.last_error = ""
+        self.gather_seconds = GATHER_SECONDS
         self.created: CreatedRuns = created_runs  # runs this process's submitter committed (their Pending is known)
 
     # -- the stream -----------------------------------------------------------------
@@ -257,9 +265,11 @@ class Recorder:
                     stop.wait(2)
                     continue
                 self.outage.back()
-                self.step()
+                handled = self.step()
                 wait = FIRST_WAIT
                 self.last_error = ""
+                if 0 < handled < self.batch_size:
+                    stop.wait(self.gather_seconds)  # let more events come: one batch for them all
             except Exception as exc:  # keep the events pending; try again after a pause
                 self.last_error = mask_urls_in(f"{type(exc).__name__}: {exc}")
                 if isinstance(exc, (*RedisUnavailable, ConnectionProblem)):
@@ -300,18 +310,15 @@ class Recorder:
                 elif isinstance(event.body, stream.LogLine):
                     batch.logs.append(self._log_line(event.stream_id, event.body))
             self._attach_plans(batch)
-            for item in (*batch.flows.values(), *batch.tasks.values()):
-                scrub(item)
             written = time.time()  # what the history calls "recorded": just before the commit
             for entry in batch.history:
                 entry["recorded"] = written
-            session.add_all(batch.flows.values())
-            session.add_all(batch.tasks.values())
+            recorder_rows.write(session, [*batch.flows.values(), *batch.tasks.values()])  # NULs dropped there
             # History and log lines are only ever inserted: as plain rows they skip building an ORM
             # object each (about a third of a batch's CPU time), in the same transaction, in stream order.
             for model, rows in ((StateEvent, batch.history), (LogLine, batch.logs)):
                 if rows:
-                    session.execute(insert(model), [scrubbed(row) for row in rows])
+                    session.execute(insert(table_of(model)), [scrubbed(row) for row in rows])  # Core: no ORM bulk path
             session.commit()
             self.created.forget(e.run_id for e in events if flow_pending(e) is not None)  # a Pending event comes once
             self.store.flow_runs.plans_recorded(completed_with_graph(batch.flows.values()))
@@ -351,9 +358,12 @@ class Recorder:
     def _seen(self, session: Session, events: list[Event]) -> set[str]:
         ids = [e.stream_id for e in events]
         seen: set[str] = set()
-        for part in chunks(ids):
-            seen.update(session.exec(select(StateEvent.event_id).where(col(StateEvent.event_id).in_(part))).all())
-            seen.update(session.exec(select(LogLine.event_id).where(col(LogLine.event_id).in_(part))).all())
+        for part in chunks(ids):  # one statement for both tables: a batch of a few events paid for each
+            query = union_all(
+                select(StateEvent.event_id).where(col(StateEvent.event_id).in_(part)),
+                select(LogLine.event_id).where(col(LogLine.event_id).in_(part)),
+            )
+            seen.update(session.execute(query).scalars())
         return seen
 
     def _load(self, session: Session, events: list[Event]) -> Batch:
@@ -361,22 +371,18 @@ class Recorder:
         batch = Batch()
         flow_ids = {e.run_id for e in events if e.kind in ("flow_run", "flow_run_rename")}
         task_ids = {e.run_id for e in events if e.kind == "task_run" and not e.run_id.startswith("body:")}
-        for part in chunks(sorted(flow_ids)):
-            for row in session.exec(select(FlowRun).where(col(FlowRun.id).in_(part))).all():
-                batch.flows[row.id] = row
-        for part in chunks(sorted(task_ids)):
-            for task in session.exec(select(TaskRun).where(col(TaskRun.id).in_(part))).all():
-                batch.tasks[task.id] = task
+        batch.flows.update(recorder_rows.load(session, FlowRow, flow_ids))
+        batch.tasks.update(recorder_rows.load(session, TaskRow, task_ids))
         described = {e.run_id for e in events if e.record.get("flow")}
         missing_flows = sorted(i for i in flow_ids if i not in batch.flows and i not in described)
         missing_tasks = sorted(i for i in task_ids if i not in batch.tasks)
         for run_id, rec in zip(missing_flows, self.store.flow_runs.read_many(missing_flows), strict=True):
-            row = FlowRun(id=run_id, created=parse_float(rec.get("created")) or time.time())
+            row = FlowRow(id=run_id, created=parse_float(rec.get("created")) or time.time())
             merge_flow_record(row, rec)
             batch.flows[run_id] = row
             batch.stateless.add(("flow_run", run_id))
         for trid, rec in zip(missing_tasks, self.store.task_runs.read_many(missing_tasks), strict=True):
-            task = TaskRun(id=trid, created=parse_float(rec.get("created")) or 0.0)
+            task = TaskRow(id=trid, created=parse_float(rec.get("created")) or 0.0)
             merge_task_record(task, rec)
             batch.tasks[trid] = task
             batch.stateless.add(("task_run", trid))
@@ -385,7 +391,7 @@ class Recorder:
     def _flow_event(self, batch: Batch, event: Event, recorded: float) -> None:
         row = batch.flows.get(event.run_id)
         if row is None:
-            row = FlowRun(id=event.run_id, created=parse_float(event.record.get("created")) or event.body.ts)
+            row = FlowRow(id=event.run_id, created=parse_float(event.record.get("created")) or event.body.ts)
             batch.flows[event.run_id] = row
             batch.stateless.add(("flow_run", event.run_id))
         merge_flow_record(row, event.record)
@@ -411,7 +417,7 @@ class Recorder:
             return  # a dynamic flow's body: its own flow run events tell its story
         row = batch.tasks.get(event.run_id)
         if row is None:
-            row = TaskRun(id=event.run_id, created=event.body.ts)
+            row = TaskRow(id=event.run_id, created=event.body.ts)
             batch.tasks[event.run_id] = row
             batch.stateless.add(("task_run", event.run_id))
         merge_task_record(row, event.record)
@@ -420,7 +426,7 @@ class Recorder:
             self._keep_traceback(batch, row, event)
 
     def _transition(
-        self, batch: Batch, row: FlowRun | TaskRun, event: Event, recorded: float, kind: str, flow_run_id: str
+        self, batch: Batch, row: FlowRow | TaskRow, event: Event, recorded: float, kind: str, flow_run_id: str
     ) -> None:
         """Apply one state event through the state machine and keep it in the history."""
         change = event.body
@@ -446,7 +452,7 @@ class Recorder:
             if new.is_final:
                 row.ended = parse_float(event.record.get("ended")) or ts
                 if current is not new:
-                    batch.ended.append(RunEnd.of(row))
+                    batch.ended.append(RunEnd.of_flow(row) if isinstance(row, FlowRow) else RunEnd.of_task(row))
             elif reopen:
                 row.ended = None
         row.updated = recorded
@@ -466,7 +472,7 @@ class Recorder:
         )
 
     @staticmethod
-    def _keep_traceback(batch: Batch, row: TaskRun, event: Event) -> None:
+    def _keep_traceback(batch: Batch, row: TaskRow, event: Event) -> None:
         """A failed attempt's traceback: kept on the task run when it ended it (``/failures``), and
         written among the run's log lines either way, as ERROR lines of the run logger (the attempt
         failed, whether a retry follows or not, as Prefect logs it), so ``flow-run logs`` shows where
@@ -533,22 +539,15 @@ def flow_pending(event: Event) -> stream.StateChange | None:
     return None
 
 
-def completed_with_graph(rows: Iterable[FlowRun]) -> list[str]:
+def completed_with_graph(rows: Iterable[FlowRow]) -> list[str]:
     """The completed static root runs of a batch whose graph (their plan) the database holds: Redis may
     drop their plan after a grace (``FlowRuns.plans_recorded``)."""
     done = StateType.COMPLETED.value
     return [r.id for r in rows if r.state == done and r.plan is not None and r.root_id in (None, r.id)]
 
 
-def scrub(row: Any) -> None:
-    """Drop NUL characters from a row's text (PostgreSQL cannot store them; they carry nothing)."""
-    for name, value in list(vars(row).items()):
-        if isinstance(value, str) and "\x00" in value:
-            setattr(row, name, value.replace("\x00", ""))
-
-
 def scrubbed(row: dict[str, Any]) -> dict[str, Any]:
-    """A plain row without NUL characters in its text (as :func:`scrub` for ORM objects)."""
+    """A plain row without NUL characters in its text (PostgreSQL cannot store them; they carry nothing)."""
     return {k: v.replace("\x00", "") if isinstance(v, str) and "\x00" in v else v for k, v in row.items()}
 
 
