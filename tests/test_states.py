@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlmodel import Session, select
@@ -217,10 +220,26 @@ def test_recorder_skips_loading_a_run_the_submitter_just_created_and_ends_with_t
     ]
 
 
-def test_recorder_batch_takes_the_same_statements_for_many_runs_as_for_one(redis_url: str, tmp_path: Path) -> None:
-    """No statement per row: reading a row after the commit (which expired it) cost one SELECT each."""
+def statements_of(engine: Any, work: Callable[[], object]) -> int:
+    """How many SQL statements ``work`` sends through ``engine``."""
     from sqlalchemy import event as sa_event
 
+    count = 0
+
+    def note(*args: object) -> None:
+        nonlocal count
+        count += 1
+
+    sa_event.listen(engine, "before_cursor_execute", note)
+    try:
+        work()
+    finally:
+        sa_event.remove(engine, "before_cursor_execute", note)
+    return count
+
+
+def test_recorder_batch_takes_the_same_statements_for_many_runs_as_for_one(redis_url: str, tmp_path: Path) -> None:
+    """No statement per row: reading a row after the commit (which expired it) cost one SELECT each."""
     from api.db import engine_for, migrate
     from api.services.recorder import Event, Recorder
 
@@ -241,19 +260,11 @@ def test_recorder_batch_takes_the_same_statements_for_many_runs_as_for_one(redis
         return events
 
     def statements(events: list[Event]) -> int:
-        count = 0
-
-        def note(*args: object) -> None:
-            nonlocal count
-            count += 1
-
-        sa_event.listen(engine, "before_cursor_execute", note)
-        try:
+        def both() -> None:
             recorder.apply(events[: len(events) // 3])  # created (Pending) in one batch
             recorder.apply(events[len(events) // 3 :])  # then Running and Completed in another
-        finally:
-            sa_event.remove(engine, "before_cursor_execute", note)
-        return count
+
+        return statements_of(engine, both)
 
     assert statements(batch(20)) == statements(batch(1))
 
@@ -274,7 +285,6 @@ def test_recorder_writes_task_runs_it_creates_and_only_the_columns_it_changes(re
     """Task runs created in one batch and ended in the next, in the same statements for 20 as for 1: a
     column the recorder does not change keeps what another writer left there, as with the ORM's flush;
     NULs are dropped from a task run's text too."""
-    from sqlalchemy import event as sa_event
     from sqlalchemy import update
 
     from api.db import engine_for, migrate
@@ -305,18 +315,7 @@ def test_recorder_writes_task_runs_it_creates_and_only_the_columns_it_changes(re
             events(ids, "Running", begun | {"started": 1001.0, "attempts": 1}),
             events(ids, "Failed", {"ended": 1002.0, "traceback": "Traceback\nValueError: x"}, message="bad\x00"),
         ):
-            count = 0
-
-            def note(*args: object) -> None:
-                nonlocal count
-                count += 1
-
-            sa_event.listen(engine, "before_cursor_execute", note)
-            try:
-                recorder.apply(batch)
-            finally:
-                sa_event.remove(engine, "before_cursor_execute", note)
-            counts.append(count)
+            counts.append(statements_of(engine, functools.partial(recorder.apply, batch)))
             with Session(engine) as session:  # another writer, between the batches: a column the recorder keeps
                 session.execute(update(TaskRun).where(TaskRun.id.in_(ids)).values(cache_key="theirs"))  # type: ignore[attr-defined]
                 session.commit()
