@@ -2,6 +2,10 @@
 # Install with the dev tools, then lint (ruff), type-check (mypy) and run the tests.
 # The tests start their own redis-server and Celery workers on free ports.
 # Extra arguments go to pytest (e.g. scripts/test.sh -k fleet).
+# Test files run in parallel, ORCHESTRATOR_TEST_WORKERS (default 2) at a time (pytest-xdist,
+# --dist loadfile: a file's tests stay together, in order, in one process with its own Redis and
+# workers); most of a test's time is waiting on the processes it starts, not CPU.
+# ORCHESTRATOR_TEST_WORKERS=0 runs everything serially in one process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --dev
@@ -12,5 +16,6 @@ echo "test: import rules (pyproject.toml [tool.importlinter], docs/architecture.
 .venv/bin/lint-imports --no-cache
 echo "test: mypy"
 .venv/bin/mypy
-echo "test: pytest"
-.venv/bin/python -m pytest -q "$@"
+workers="${ORCHESTRATOR_TEST_WORKERS:-2}"
+echo "test: pytest ($workers files at a time; ORCHESTRATOR_TEST_WORKERS=0 runs them serially)"
+.venv/bin/python -m pytest -q -n "$workers" --dist loadfile "$@"

@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
+from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -93,9 +93,20 @@ def site(api: ApiProcess) -> str:
 
 def until(driver: WebDriver, check: Callable[[WebDriver], Any], what: str) -> Any:
     """Poll ``check`` until it is truthy. The script re-draws the tables every few seconds: an element
-    found just before a re-draw is gone a moment later (stale), and the check is simply asked again."""
+    found just before a re-draw is gone a moment later (stale), and the check is simply asked again.
+    Chromedriver reports some of those as a plain WebDriverException ("Node with given id does not
+    belong to the document"): that one is asked again too; any other error still fails the test."""
+
+    def asked_again_when_stale(d: WebDriver) -> Any:
+        try:
+            return check(d)
+        except WebDriverException as exc:
+            if "does not belong to the document" in str(exc.msg):
+                return False
+            raise
+
     waiting = WebDriverWait(driver, WAIT, poll_frequency=0.2, ignored_exceptions=(StaleElementReferenceException,))
-    return waiting.until(check, message=what)
+    return waiting.until(asked_again_when_stale, message=what)
 
 
 def text_of(driver: WebDriver, element_id: str) -> str:

@@ -28,19 +28,40 @@ _GIVEN_PORTS: set[int] = set()
 _GIVEN_LOCK = threading.Lock()
 
 
+def port_share() -> tuple[int, int]:
+    """``(index, count)``: this process hands out only ports with ``port // 2 % count == index``.
+
+    Parallel test processes (pytest-xdist's workers gw0..gwN-1, and every server or ``orchestrator
+    dev`` they start, which inherit its variables) pick ports on their own: the kernel may offer
+    one of them a port another picked a moment ago and has not bound yet. The second server would
+    then fail to bind, or worse, find the first one answering on its port and use it. Worker gwK
+    of N keeps to its share K of N, so no two workers ever hand out the same port. The share goes
+    by ``port // 2``: Linux gives ``bind(port 0)`` ports of one parity only (odd here; the other
+    parity is left to outgoing connections), so ``port % N`` would leave some workers none.
+    Outside xdist the whole range is ours: ``(0, 1)``.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if worker.startswith("gw") and worker[2:].isdigit() and count.isdigit() and int(count) > 1:
+        return int(worker[2:]) % int(count), int(count)
+    return 0, 1
+
+
 def free_port() -> int:
     """A TCP port nobody listens on right now, and that this process has not handed out before.
 
     A server is often started a while after its port was picked (Redis, then the API that
     waits for it): the kernel may offer the same free port again meanwhile, and two servers
-    would race for it. Remembering what was given closes that race inside one process.
+    would race for it. Remembering what was given closes that race inside one process;
+    :func:`port_share` closes it between parallel test processes.
     """
-    for _ in range(100):
+    index, count = port_share()
+    for _ in range(100 * count):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind(("127.0.0.1", 0))
             port = int(sock.getsockname()[1])
         with _GIVEN_LOCK:
-            if port not in _GIVEN_PORTS:
+            if port // 2 % count == index and port not in _GIVEN_PORTS:
                 _GIVEN_PORTS.add(port)
                 return port
     raise RuntimeError("no free TCP port that was not handed out already")
