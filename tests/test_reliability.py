@@ -562,6 +562,61 @@ def test_a_stale_message_leaves_the_slot_of_the_newer_attempt_running(
         assert http.delete(f"/concurrency-limits/{tag}").status_code == 204
 
 
+@pytest.mark.skipif(TEST_BROKER != "redis", reason="reads the order of the Redis broker's commands")
+def test_a_retried_task_gives_its_slot_back_before_its_next_attempt_is_sent(
+    redis_url: str, http: httpx.Client, worker_logs: Path
+) -> None:
+    """The task (a limit of 1 on its tag) fails once and is retried at once. Its slot must go back
+    before attempt 2's message goes out: given back after, attempt 2 may already run on another
+    process, find the slot held by its own task run id and keep it, and then lose it to attempt 1's
+    late release, running with no slot while another task run takes it. Redis's MONITOR shows
+    the order of the two commands (the race itself is rare: the stale-message test above met it)."""
+    from tests import reliability_flows
+
+    marker = uuid.uuid4().hex[:8]
+    queue, probe = f"rel-order-{marker}", f"{marker}-probe"
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    slots_key = keys.slots(reliability_flows.STALE_TAG)
+    logs = worker_logs / f"order-{marker}"
+    seen: list[str] = []  # "push" (a message to the task queue) and "release" (ZREM of a slot), in order
+    watching = threading.Event()
+    stop = threading.Event()
+
+    def watch() -> None:
+        with client.monitor() as monitor:
+            watching.set()
+            for entry in monitor.listen():
+                words = str(entry["command"]).split(" ")
+                if words[0].upper() == "LPUSH" and words[1:2] == [probe]:
+                    seen.append("push")
+                elif words[0].upper() == "ZREM" and words[1:2] == [slots_key]:
+                    seen.append("release")
+                if stop.is_set():
+                    return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    assert watching.wait(10)
+    assert http.post("/concurrency-limits", json={"tag": reliability_flows.STALE_TAG, "limit": 1}).status_code == 200
+    try:
+        with (
+            worker(redis_url, FLOW_MODULES, queues=queue, concurrency=1, log_path=logs.with_suffix(".flow.log")),
+            worker(redis_url, FLOW_MODULES, queues=probe, concurrency=2, log_path=logs.with_suffix(".task.log")),
+        ):
+            run_id = submit(http, "reliable-stale-slot", queue, marker=marker)
+            eventually(lambda: count(client, f"{marker}-first") == 2, 60, what="attempt 2 running")
+            client.set(f"test:gate:{marker}-first", "1")
+            run = wait_final(http, run_id, timeout=90)
+        assert run["state"] == "Completed", (run["state"], run["state_message"])
+    finally:
+        stop.set()
+        client.ping()  # a command for the monitor to see, so it stops
+        watcher.join(10)
+        assert http.delete(f"/concurrency-limits/{reliability_flows.STALE_TAG}").status_code == 204
+    # attempt 1 sent, its slot given back, attempt 2 sent, attempt 2's slot given back at its end
+    assert seen[:4] == ["push", "release", "push", "release"], seen
+
+
 def test_a_worker_killed_after_its_last_task_ended_but_before_the_flow_run_did_leaves_nothing_running(
     redis_url: str, http: httpx.Client, worker_logs: Path
 ) -> None:

@@ -324,7 +324,7 @@ def _run_holding_slots(
         return Ending.STOPPED
     HEARTBEATS.begin(trid, record | {"start": started.start}, announced=True)
     try:
-        return _run_started(store, task, run, inputs, attempt, retries_used, allowed, started)
+        return _run_started(store, task, run, inputs, attempt, retries_used, allowed, started, held)
     finally:
         HEARTBEATS.end(trid)  # the next beat takes it off the detector's set
 
@@ -338,7 +338,10 @@ def _run_started(
     retries_used: int,
     allowed: frozenset[str],
     started: Started,
+    held: list[str],
 ) -> Ending:
+    """Run a started task run and record how it ended. ``held``: the concurrency slots it holds, given
+    back before a retry is sent (and emptied, so :func:`run_task` gives back nothing more)."""
     trid = run["task_run_id"]
     from_store = inputs is None  # pickle payloads are loaded only from the run store
     if inputs is None:
@@ -394,6 +397,11 @@ def _run_started(
                 progress["traceback"] = format_traceback(exc)
             store.task_runs.progress(trid, progress)
             call_hooks(task, task.hooks, info, outcome.state, outcome.message)
+            # The slots go back before the next attempt is sent, not after: given back later, they would
+            # be taken from under that attempt, which may already run elsewhere and find them held by
+            # its task run id (so it keeps them), and the limit could then be passed.
+            concurrency.release(store, trid, held)
+            held.clear()
             attempt.retry(outcome.delay, retries_used + int(outcome.uses_retry))
         end_failed(
             store,
