@@ -289,7 +289,8 @@ def test_the_deployments_page_shows_schedule_runs_and_acts_with_a_csrf_token(
     until(browser, lambda d: "paused" in text_of(d, "action-done"), "the pause done")
     assert http.get(f"/deployments/{name}").json()["paused"] is True
     browser.find_element(By.CSS_SELECTOR, f"{row} button.resume").click()
-    until(browser, lambda d: "resumed" in text_of(d, "action-done"), "the resume done")
+    # the pause's own message says "... until it is resumed.": wait for the resume's, not a word of it
+    until(browser, lambda d: text_of(d, "action-done") == f"Deployment {name} resumed.", "the resume done")
     assert http.get(f"/deployments/{name}").json()["paused"] is False
 
     # the late backlog: newest_only keeps the newest
