@@ -29,7 +29,7 @@ from api.models import FlowRun, LogLine, StateEvent
 from api.services import recorder_rows
 from api.services.created_runs import CreatedRuns, created_runs
 from api.services.outage import FIRST_WAIT, RedisOutage, next_wait
-from api.services.recorder_rows import FlowRow, TaskRow, table_of
+from api.services.recorder_rows import FlowRow, TaskRow, scrubbed, table_of
 from orchestrator.data.serialization import to_plain
 from orchestrator.errors import ConnectionProblem
 from orchestrator.guards.redaction import mask_urls_in
@@ -544,11 +544,6 @@ def completed_with_graph(rows: Iterable[FlowRow]) -> list[str]:
     drop their plan after a grace (``FlowRuns.plans_recorded``)."""
     done = StateType.COMPLETED.value
     return [r.id for r in rows if r.state == done and r.plan is not None and r.root_id in (None, r.id)]
-
-
-def scrubbed(row: dict[str, Any]) -> dict[str, Any]:
-    """A plain row without NUL characters in its text (PostgreSQL cannot store them; they carry nothing)."""
-    return {k: v.replace("\x00", "") if isinstance(v, str) and "\x00" in v else v for k, v in row.items()}
 
 
 def graph_of(plan: dict[str, Any], run_id: str) -> dict[str, Any]:

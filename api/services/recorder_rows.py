@@ -32,6 +32,11 @@ def table_of(model: type[Any]) -> Table:
     return table
 
 
+def scrubbed(row: dict[str, Any]) -> dict[str, Any]:
+    """A plain row without NUL characters in its text (PostgreSQL cannot store them; they carry nothing)."""
+    return {k: v.replace("\x00", "") if isinstance(v, str) and "\x00" in v else v for k, v in row.items()}
+
+
 class PlainRow:
     """What both kinds of row do: their column values, and which changed since they were loaded."""
 
@@ -41,12 +46,8 @@ class PlainRow:
     loaded: dict[str, Any] | None  # the row as read (None: the batch creates it)
 
     def values(self) -> dict[str, Any]:
-        """The row's columns, NUL characters dropped from its text (PostgreSQL cannot store them)."""
-        out = {}
-        for name in self.COLUMNS:
-            value = getattr(self, name)
-            out[name] = value.replace("\x00", "") if isinstance(value, str) and "\x00" in value else value
-        return out
+        """The row's columns, NUL characters dropped from its text (:func:`scrubbed`)."""
+        return scrubbed({name: getattr(self, name) for name in self.COLUMNS})
 
     def changes(self) -> dict[str, Any]:
         """The columns whose value differs from what was loaded (all of them for a new row)."""
