@@ -232,6 +232,24 @@ def slow_flow(seconds: float = 3.0) -> Any:
     return sleepy.submit(seconds, "slept")
 
 
+@task
+def held_until_released(marker: str) -> str:
+    """Runs until the test sets ``test:release:<marker>`` (60 s at most): a Running window that the test
+    ends when it has seen what it looks for, not one a clock ends while a loaded machine is still drawing."""
+    client = get_store().redis
+    deadline = time.monotonic() + 60
+    while not client.exists(f"test:release:{marker}"):
+        if time.monotonic() > deadline:
+            return "never released"
+        time.sleep(0.05)
+    return "released"
+
+
+@flow
+def held_flow(marker: str) -> Any:
+    return held_until_released.submit(marker)
+
+
 @task(retries=3, retry_delay_seconds=[0.1, 0.2])
 def flaky_until_third() -> int:
     run = current_run()

@@ -26,7 +26,7 @@ from api.schemas import GraphNode
 from api.ui.graph_page import LEVEL_CAP, lay_out
 from orchestrator.devstack.localstack import ApiProcess, api_server
 from tests.api_support import api_database, submit, wait_final
-from tests.test_ui import browser, click, keep_screenshot, row_of, site, text_of, texts, until
+from tests.test_ui import browser, click, keep_screenshot, release, row_of, site, text_of, texts, until
 
 __all__ = ["browser"]  # the module-scoped browser fixture of test_ui, one for this module too
 
@@ -66,15 +66,18 @@ def box_states(driver: WebDriver) -> dict[str, str]:
 
 
 def test_a_running_runs_graph_turns_its_node_completed_without_a_reload(
-    api: ApiProcess, http: httpx.Client, browser: WebDriver
+    api: ApiProcess, http: httpx.Client, browser: WebDriver, redis_url: str
 ) -> None:
-    run_id = submit(http, "slow-flow", parameters={"seconds": 4})["id"]
+    marker = uuid.uuid4().hex
+    run_id = submit(http, "held-flow", parameters={"marker": marker})["id"]
     until(browser, lambda _: http.get(f"/flow-runs/{run_id}").status_code == 200, "the run recorded")
 
     browser.get(f"{site(api)}/ui/runs/{run_id}")
     browser.execute_script("window.__sameDocument = 'yes';")  # gone if the page reloads
-    until(browser, lambda d: box_states(d) == {"sleepy-0": "Running"}, "the task's node drawn Running")
-    until(browser, lambda d: box_states(d) == {"sleepy-0": "Completed"}, "the node turned Completed")
+    node = "held_until_released-0"
+    until(browser, lambda d: box_states(d) == {node: "Running"}, "the task's node drawn Running")
+    release(redis_url, marker)
+    until(browser, lambda d: box_states(d) == {node: "Completed"}, "the node turned Completed")
     assert browser.execute_script("return window.__sameDocument;") == "yes"  # no reload happened
     until(browser, lambda d: text_of(d, "run-state") == "Completed", "the run shown Completed")
     # once the run has ended the page stops asking the API for changes
