@@ -242,15 +242,21 @@ def release(redis_url: str, marker: str) -> None:
         client.set(f"test:release:{marker}", 1, ex=300)
 
 
-def test_a_running_run_turns_completed_on_the_page_without_a_reload(
-    api: ApiProcess, http: httpx.Client, browser: WebDriver, redis_url: str
-) -> None:
+def open_held_run(api: ApiProcess, http: httpx.Client, browser: WebDriver) -> str:
+    """Submit a ``held-flow`` run (its task runs until :func:`release`), open its page once it is
+    recorded and mark the document (``window.__sameDocument``, gone if the page reloads); its marker."""
     marker = uuid.uuid4().hex
     run_id = submit(http, "held-flow", parameters={"marker": marker})["id"]
     until(browser, lambda _: http.get(f"/flow-runs/{run_id}").status_code == 200, "the run recorded")
-
     browser.get(f"{site(api)}/ui/runs/{run_id}")
-    browser.execute_script("window.__sameDocument = 'yes';")  # gone if the page reloads
+    browser.execute_script("window.__sameDocument = 'yes';")
+    return marker
+
+
+def test_a_running_run_turns_completed_on_the_page_without_a_reload(
+    api: ApiProcess, http: httpx.Client, browser: WebDriver, redis_url: str
+) -> None:
+    marker = open_held_run(api, http, browser)
     until(browser, lambda d: text_of(d, "run-state") == "Running", "the run shown Running")
     task_state = "#task-rows tr td:nth-child(2) .state"
     until(browser, lambda d: texts(d, task_state) == ["Running"], "its task shown Running")

@@ -26,7 +26,7 @@ from api.schemas import GraphNode
 from api.ui.graph_page import LEVEL_CAP, lay_out
 from orchestrator.devstack.localstack import ApiProcess, api_server
 from tests.api_support import api_database, submit, wait_final
-from tests.test_ui import browser, click, keep_screenshot, release, row_of, site, text_of, texts, until
+from tests.test_ui import browser, click, keep_screenshot, open_held_run, release, row_of, site, text_of, texts, until
 
 __all__ = ["browser"]  # the module-scoped browser fixture of test_ui, one for this module too
 
@@ -68,12 +68,7 @@ def box_states(driver: WebDriver) -> dict[str, str]:
 def test_a_running_runs_graph_turns_its_node_completed_without_a_reload(
     api: ApiProcess, http: httpx.Client, browser: WebDriver, redis_url: str
 ) -> None:
-    marker = uuid.uuid4().hex
-    run_id = submit(http, "held-flow", parameters={"marker": marker})["id"]
-    until(browser, lambda _: http.get(f"/flow-runs/{run_id}").status_code == 200, "the run recorded")
-
-    browser.get(f"{site(api)}/ui/runs/{run_id}")
-    browser.execute_script("window.__sameDocument = 'yes';")  # gone if the page reloads
+    marker = open_held_run(api, http, browser)
     node = "held_until_released-0"
     until(browser, lambda d: box_states(d) == {node: "Running"}, "the task's node drawn Running")
     release(redis_url, marker)
