@@ -9,9 +9,9 @@ last step is done here: :class:`EnvelopeProducer` stands in for kombu's ``Produc
 call into the JSON kombu's Redis ``Channel._put`` would ``LPUSH`` (``_put_fanout``'s ``PUBLISH``
 for the event), byte for byte but for the random ``delivery_tag``. What that skips is kombu's
 work that a capture does not need: a retry wrapper (``Connection.ensure``) and a
-``maybe_declare`` (an entity copy and another wrapper) around each of the two publishes, most
-of the ~225 µs a W0 message's capture took, although a capture touches no connection and its
-entities were declared by an earlier send.
+``maybe_declare`` (an entity copy and another wrapper) around each of the two publishes, although
+a capture touches no connection and its entities were declared by an earlier send: about 75 of
+the ~250 µs of CPU a W0 message's capture took (``python -m benchmarks.capture_cpu``).
 
 The plain case is the one this reproduces exactly; any publish outside it goes to kombu's own
 ``publish``, which hands its commands to the same capture (so the order of the writes holds):
@@ -19,7 +19,7 @@ a priority or a default one (kombu picks a priority-suffixed list), compression,
 or content type other than JSON, a named exchange that is not a fanout (a task's queue routed
 through a direct or topic exchange, where kombu looks its bindings up), an entity not declared
 on this connection yet (kombu declares it: a Redis write of its own), a queue with an expiry
-(kombu adds ``PEXPIRE``), a producer with an exchange of its own to declare, a ``reply_to``
+(kombu adds ``PEXPIRE``), a producer with an exchange of its own, a ``reply_to``
 that is a queue, a body encoding other than base64. Signal receivers are never skipped: Celery
 sends its signals around ``publish`` whichever producer it has.
 
