@@ -37,6 +37,7 @@ from orchestrator.planning.compiler import (
 from orchestrator.runstate.store import server_of
 from orchestrator.states import StateType
 from orchestrator.transport.celery_app import client_app, make_celery_app
+from orchestrator.transport.envelope import EnvelopeProducer
 
 if TYPE_CHECKING:
     from orchestrator.planning.plan import Plan
@@ -179,7 +180,12 @@ def _shares_redis(channel: Any, server: tuple[Any, ...] | None) -> bool:
 
 
 def captured_sends(
-    app: Celery, send: Callable[[Any], None], server: tuple[Any, ...] | None, *, connected_only: bool = False
+    app: Celery,
+    send: Callable[[Any], None],
+    server: tuple[Any, ...] | None,
+    *,
+    connected_only: bool = False,
+    envelope: bool = True,
 ) -> list[BrokerWrite] | None:
     """The Redis commands ``send(producer)`` would run to send its messages (and their task-sent
     events), captured and not run, for a caller that runs them in a round trip it makes anyway
@@ -190,7 +196,11 @@ def captured_sends(
 
     ``connected_only``: None too while the producer holds no broker connection yet (checked before
     anything opens one, see :meth:`CeleryMessaging.captured_canvas`), with the one producer this
-    takes anyway: a second acquire from kombu's pool cost about 20 µs of every ``.delay()``."""
+    takes anyway: a second acquire from kombu's pool cost about 20 µs of every ``.delay()``.
+
+    ``envelope``: ``send`` is handed an :class:`~orchestrator.transport.envelope.EnvelopeProducer`,
+    which writes a plain message's commands itself and hands the rest to kombu (False: kombu
+    writes every one, as tests compare)."""
     with app.producer_or_acquire() as producer:
         local = getattr(producer, "_batch_local", None)
         if local is None or (connected_only and not producer.connection.connected):
@@ -200,7 +210,7 @@ def captured_sends(
         capture = _Capture()
         local.current = capture
         try:
-            send(producer)
+            send(EnvelopeProducer(producer, capture) if envelope else producer)
         finally:
             del local.current
     if capture.aborted or any(write[0] not in CAPTURABLE for write in capture.writes):
