@@ -46,7 +46,6 @@ from benchmarks.db_recorder import recorder_rate
 from benchmarks.db_seed import Seeded, seed
 from benchmarks.db_targets import on_each_database
 from benchmarks.http_timing import percentile, timed_gets
-from benchmarks.private_redis import private_redis
 from orchestrator.devstack.localstack import api_server
 
 RESULTS = Path(__file__).parent / "results"
@@ -148,14 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         "target_server_ms": TARGET_MS,
         "databases": {},
     }
-    with private_redis() as redis_url:
-        results["databases"] = on_each_database(
-            lambda label, url: bench_database(label, url, redis_url, args, folder),
-            only=args.only,
-            sqlite_url=f"sqlite:///{folder / 'scale.db'}",
-            postgres_url=args.postgres_url,
-            prefix="orc_bench",
-        )
+    results["databases"] = on_each_database(bench_database, args, folder, sqlite_file="scale.db", prefix="orc_bench")
     for label, found in results["databases"].items():
         if "queries" in found:
             slow = [q for q in TARGET_QUERIES if found["queries"][q]["server_ms_median"] > TARGET_MS]

@@ -45,7 +45,6 @@ from api.models import Deployment, FlowRun, TaskRun
 from benchmarks.db_seed import seed
 from benchmarks.db_targets import on_each_database
 from benchmarks.http_timing import percentile, timed_gets
-from benchmarks.private_redis import private_redis
 from orchestrator.devstack.localstack import api_server
 
 RESULTS = Path(__file__).parent / "results"
@@ -282,14 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         "target_server_ms": TARGET_MS,
         "databases": {},
     }
-    with private_redis() as redis_url:
-        results["databases"] = on_each_database(
-            lambda label, url: bench_database(label, url, redis_url, args, folder),
-            only=args.only,
-            sqlite_url=f"sqlite:///{folder / 'ui.db'}",
-            postgres_url=args.postgres_url,
-            prefix="orc_ui_bench",
-        )
+    results["databases"] = on_each_database(bench_database, args, folder, sqlite_file="ui.db", prefix="orc_ui_bench")
     for label, found in results["databases"].items():
         if "lists" in found:
             slow = [q for q, v in found["lists"].items() if v["server_ms_median"] > TARGET_MS]
