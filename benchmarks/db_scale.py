@@ -145,7 +145,6 @@ def main(argv: list[str] | None = None) -> int:
         "task_runs": args.task_runs,
         "repeat": args.repeat,
         "target_server_ms": TARGET_MS,
-        "databases": {},
     }
     results["databases"] = on_each_database(bench_database, args, folder, sqlite_file="scale.db", prefix="orc_bench")
     for label, found in results["databases"].items():

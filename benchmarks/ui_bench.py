@@ -279,7 +279,6 @@ def main(argv: list[str] | None = None) -> int:
         "task_runs": args.task_runs,
         "graph_tasks": args.graph_tasks,
         "target_server_ms": TARGET_MS,
-        "databases": {},
     }
     results["databases"] = on_each_database(bench_database, args, folder, sqlite_file="ui.db", prefix="orc_ui_bench")
     for label, found in results["databases"].items():
