@@ -35,8 +35,8 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import create_engine, text
 
-from orchestrator.config.settings import reset_settings
-from orchestrator.devstack.localstack import ApiProcess, redis_server, worker
+from benchmarks.private_redis import private_redis
+from orchestrator.devstack.localstack import ApiProcess, worker
 
 RESULTS = Path(__file__).parent / "results"
 FLOW = "bench-api-five"
@@ -212,9 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     output = args.output or RESULTS / ("api-quick.json" if args.quick else "api.json")
     folder = Path(tempfile.mkdtemp(prefix="orc-api-bench-"))
     db_url = args.database_url or f"sqlite:///{folder / 'bench.db'}"
-    with redis_server() as redis_url:
-        os.environ["ORCHESTRATOR_REDIS_URL"] = redis_url
-        reset_settings()
+    with private_redis() as redis_url:
         log = folder / "worker.log"
         with worker(redis_url, ["benchmarks.workloads"], concurrency=args.concurrency, log_path=log):
             server = ApiProcess(redis_url, db_url, log_path=folder / "api.log")

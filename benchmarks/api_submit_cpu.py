@@ -31,8 +31,8 @@ from typing import Any
 import redis
 
 from benchmarks.api_bench import FLOW, by_thread, cpu_seconds, submit_all, thread_cpu_seconds
-from orchestrator.config.settings import reset_settings
-from orchestrator.devstack.localstack import ApiProcess, redis_server, worker
+from benchmarks.private_redis import private_redis
+from orchestrator.devstack.localstack import ApiProcess, worker
 
 WARM_UP_RUNS = 50  # the first requests build caches (the flow's schema validator, the Celery producer)
 
@@ -44,9 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-worker", action="store_true", help="no worker while submitting (the submit path alone)")
     args = parser.parse_args(argv)
     folder = Path(tempfile.mkdtemp(prefix="orc-api-cpu-"))
-    with redis_server() as redis_url:
-        os.environ["ORCHESTRATOR_REDIS_URL"] = redis_url
-        reset_settings()
+    with private_redis() as redis_url:
         if args.no_worker:  # the flow stays announced in Redis after its worker left
             with worker(redis_url, ["benchmarks.workloads"], concurrency=1, log_path=folder / "announce.log"):
                 pass

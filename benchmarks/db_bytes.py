@@ -37,11 +37,10 @@ import httpx
 import redis
 from sqlalchemy import Engine, create_engine, text
 
+from benchmarks.private_redis import private_redis
 from benchmarks.redis_bytes import snapshot, wait_quiet
-from orchestrator.config.settings import reset_settings
 from orchestrator.devstack.databases import fresh_postgres_database
-from orchestrator.devstack.localstack import api_server, redis_server, worker
-from orchestrator.transport.celery_app import client_app
+from orchestrator.devstack.localstack import api_server, worker
 
 RESULTS = Path(__file__).parent / "results"
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -90,10 +89,7 @@ def measure(database_url: str, n: int, flows: int, timeout: float, folder: Path)
     """The scenarios against one database, through a private Redis, a worker and the API."""
     out: dict[str, Any] = {}
     engine = create_engine(database_url)
-    with redis_server() as url:
-        os.environ["ORCHESTRATOR_REDIS_URL"] = url
-        reset_settings()
-        client_app.cache_clear()
+    with private_redis() as url:
         client = redis.Redis.from_url(url)
         with (
             worker(url, ["benchmarks.workloads"], log_path=folder / "worker.log"),

@@ -36,26 +36,22 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import create_engine, text
 
 from api.db import engine_for, migrate
-from api.timing import server_ms
 from benchmarks.db_recorder import recorder_rate
 from benchmarks.db_seed import Seeded, seed
-from orchestrator.config.settings import reset_settings
-from orchestrator.devstack.databases import fresh_postgres_database
-from orchestrator.devstack.localstack import api_server, redis_server
+from benchmarks.db_targets import on_each_database
+from benchmarks.http_timing import percentile, timed_gets
+from orchestrator.devstack.localstack import api_server
 
 RESULTS = Path(__file__).parent / "results"
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 TARGET_MS = 100.0
 TARGET_QUERIES = ("first_page", "state_failed", "flow", "flow_and_state")  # what issue 18 bounds
-WARMUP = 2
 
 
 def queries(seeded: Seeded) -> dict[str, tuple[str, dict[str, Any]]]:
@@ -76,25 +72,10 @@ def queries(seeded: Seeded) -> dict[str, tuple[str, dict[str, Any]]]:
     }
 
 
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p * (len(ordered) - 1)))]
-
-
 def time_query(http: httpx.Client, path: str, params: dict[str, Any], repeat: int) -> dict[str, Any]:
     """Median and p90 of the server's and the client's time for one request, and what it answered."""
-    server: list[float] = []
-    client: list[float] = []
-    response = None
-    for n in range(WARMUP + repeat):
-        began = time.perf_counter()
-        response = http.get(path, params=params)
-        spent = (time.perf_counter() - began) * 1000
-        response.raise_for_status()
-        if n >= WARMUP:
-            client.append(spent)
-            server.append(server_ms(response.headers.get("server-timing")) or float("nan"))
-    assert response is not None
+    timed = timed_gets(http, path, params, repeat)
+    server, client, response = timed.server_ms, timed.client_ms, timed.response
     body = response.json()
     items = body["items"] if isinstance(body, dict) else body
     total = body["total"] if isinstance(body, dict) else int(response.headers.get("x-total-count", len(items)))
@@ -107,18 +88,6 @@ def time_query(http: httpx.Client, path: str, params: dict[str, Any], repeat: in
         "total": total,
         "bytes": len(response.content),
     }
-
-
-def postgres_problem(admin_url: str) -> str | None:
-    """Why PostgreSQL cannot be used (None when it answers)."""
-    try:
-        engine = create_engine(admin_url, connect_args={"connect_timeout": 5})
-        with engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-        engine.dispose()
-        return None
-    except Exception as exc:
-        return f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
 
 
 def bench_database(label: str, db_url: str, redis_url: str, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
@@ -176,22 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         "task_runs": args.task_runs,
         "repeat": args.repeat,
         "target_server_ms": TARGET_MS,
-        "databases": {},
     }
-    with redis_server() as redis_url:
-        os.environ["ORCHESTRATOR_REDIS_URL"] = redis_url
-        reset_settings()
-        if args.only in (None, "sqlite"):
-            sqlite_url = f"sqlite:///{folder / 'scale.db'}"
-            results["databases"]["sqlite"] = bench_database("sqlite", sqlite_url, redis_url, args, folder)
-        if args.only in (None, "postgresql"):
-            problem = postgres_problem(args.postgres_url)
-            if problem:
-                print(f"postgresql: skipped, {args.postgres_url} does not answer ({problem})")
-                results["databases"]["postgresql"] = {"skipped": problem}
-            else:
-                with fresh_postgres_database(args.postgres_url, prefix="orc_bench") as pg_url:
-                    results["databases"]["postgresql"] = bench_database("postgresql", pg_url, redis_url, args, folder)
+    results["databases"] = on_each_database(bench_database, args, folder, sqlite_file="scale.db", prefix="orc_bench")
     for label, found in results["databases"].items():
         if "queries" in found:
             slow = [q for q in TARGET_QUERIES if found["queries"][q]["server_ms_median"] > TARGET_MS]

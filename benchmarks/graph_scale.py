@@ -36,8 +36,8 @@ from typing import Any
 import httpx
 from sqlalchemy import create_engine, text
 
-from orchestrator.config.settings import reset_settings
-from orchestrator.devstack.localstack import api_server, redis_server, worker
+from benchmarks.private_redis import private_redis
+from orchestrator.devstack.localstack import api_server, worker
 
 RESULTS = Path(__file__).parent / "results"
 FLOW = "bench-graph-map"
@@ -154,22 +154,20 @@ def main(argv: list[str] | None = None) -> int:
         "repeat": args.repeat,
         "runs": {},
     }
-    with redis_server() as redis_url:
-        os.environ["ORCHESTRATOR_REDIS_URL"] = redis_url
-        reset_settings()
-        with (
-            worker(redis_url, ["benchmarks.graph_flows"], concurrency=args.concurrency, log_path=folder / "worker.log"),
-            api_server(redis_url, db_url, log_path=folder / "api.log") as api,
-            httpx.Client(base_url=api.url, timeout=600) as http,
-        ):
-            for size in sizes:
-                created = http.post(f"/flows/{FLOW}/runs", json={"parameters": {"n": size}})
-                created.raise_for_status()
-                run_id = created.json()["id"]
-                started = time.perf_counter()
-                wait_recorded(http, db_url, run_id, size + 1, args.timeout)
-                print(f"n={size}: run {run_id} recorded in {time.perf_counter() - started:.1f} s", flush=True)
-                results["runs"][str(size)] = measure(http, run_id, args.repeat)
+    with (
+        private_redis() as redis_url,
+        worker(redis_url, ["benchmarks.graph_flows"], concurrency=args.concurrency, log_path=folder / "worker.log"),
+        api_server(redis_url, db_url, log_path=folder / "api.log") as api,
+        httpx.Client(base_url=api.url, timeout=600) as http,
+    ):
+        for size in sizes:
+            created = http.post(f"/flows/{FLOW}/runs", json={"parameters": {"n": size}})
+            created.raise_for_status()
+            run_id = created.json()["id"]
+            started = time.perf_counter()
+            wait_recorded(http, db_url, run_id, size + 1, args.timeout)
+            print(f"n={size}: run {run_id} recorded in {time.perf_counter() - started:.1f} s", flush=True)
+            results["runs"][str(size)] = measure(http, run_id, args.repeat)
     small, large = (results["runs"][str(s)] for s in sizes)
     results["ratios"] = {
         name: round(large[name]["median_s"] / max(small[name]["median_s"], 1e-9), 1) for name in READERS

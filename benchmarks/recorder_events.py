@@ -38,8 +38,8 @@ from api.models import FlowRun, StateEvent
 from api.services.created_runs import CreatedRuns
 from api.services.recorder import Recorder
 from api.submit import api_event_row, flow_run_row
-from orchestrator.config.settings import get_settings, reset_settings
-from orchestrator.devstack.localstack import redis_server
+from benchmarks.private_redis import private_redis
+from orchestrator.config.settings import get_settings
 from orchestrator.runstate.events import LogLine, StreamEvent, flow_run_event, task_run_event
 from orchestrator.runstate.records import NewFlowRun
 from orchestrator.runstate.store import RunStore
@@ -161,9 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     folder = Path(tempfile.mkdtemp(prefix="orc-recorder-events-"))
     url = f"sqlite:///{folder / 'recorder.db'}"
-    with redis_server() as redis_url:
-        os.environ["ORCHESTRATOR_REDIS_URL"] = redis_url
-        reset_settings()
+    with private_redis() as redis_url:
         migrate(url)
         engine = engine_for(url)
         by_kind = measure(redis_url, engine, args.runs, args.tasks, args.profile)

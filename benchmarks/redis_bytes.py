@@ -42,10 +42,10 @@ from typing import Any
 
 import redis
 
-from orchestrator.config.settings import get_settings, reset_settings
-from orchestrator.devstack.localstack import api_server, redis_server, worker
+from benchmarks.private_redis import private_redis
+from orchestrator.config.settings import get_settings
+from orchestrator.devstack.localstack import api_server, worker
 from orchestrator.runstate import keys
-from orchestrator.transport.celery_app import client_app
 
 RESULTS = Path(__file__).parent / "results"
 _ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{32}")
@@ -217,10 +217,7 @@ def run_phases(phases: list[str], n: int, flows: int, timeout: float) -> dict[st
     """
     out: dict[str, Any] = {}
     folder = Path(tempfile.mkdtemp(prefix="orc-bytes-"))
-    with redis_server() as url:
-        os.environ["ORCHESTRATOR_REDIS_URL"] = url
-        reset_settings()
-        client_app.cache_clear()
+    with private_redis() as url:
         client = redis.Redis.from_url(url)
         with worker(url, ["benchmarks.workloads"], log_path=folder / "worker.log"):
             for warm in scenarios(5, 2, timeout):  # imports and connections

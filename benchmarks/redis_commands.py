@@ -26,10 +26,9 @@ from typing import Any
 import redis
 from redis.connection import Connection
 
+from benchmarks.private_redis import private_redis
 from benchmarks.run import make_sides, measure
-from orchestrator.config.settings import reset_settings
-from orchestrator.devstack.localstack import redis_server, worker
-from orchestrator.transport.celery_app import client_app
+from orchestrator.devstack.localstack import worker
 
 DEFAULT_SIZES = {"W0": 50, "W2": 200, "W3": 1000, "W1": 500}
 ROUND_TRIPS = Counter[str]()
@@ -93,34 +92,34 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.pop(name, None)
     _count_round_trips()
     report: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="orc-cmds-") as tmp, redis_server() as url:
-        os.environ["ORCHESTRATOR_REDIS_URL"] = url
-        reset_settings()
-        client_app.cache_clear()
-        with worker(url, ["benchmarks.workloads"], concurrency=2, log_path=Path(tmp) / "worker.log"):
-            sides = make_sides(600)
-            client = redis.Redis.from_url(url)
-            for key in only:
-                measure(key, sides[key], 5 if key == "W0" else 20, 2)  # warm up
-            for key in only:
-                n, samples = (1, sizes[key]) if key == "W0" else (sizes[key], 1)
-                tasks = n * samples
-                row: dict[str, Any] = {"tasks": tasks}
-                for side in ("raw", "orchestrator"):
-                    cmds, trips, elapsed = one_side(client, getattr(sides[key], side), n, samples)
-                    idle = quiet(client, elapsed + 0.5)
-                    cmds.subtract(idle)
-                    usec = {k: round(cmds.pop(k, 0) / tasks, 1) for k in ("usec:scripts", "usec:other")}
-                    per = {c: round(v / tasks, 2) for c, v in sorted(cmds.items()) if round(v / tasks, 2) != 0}
-                    row[side] = {
-                        "commands_per_task": per,
-                        "total_per_task": round(sum(cmds.values()) / tasks, 2),
-                        "redis_usec_per_task": usec,
-                        "client_round_trips_per_task": round(trips / tasks, 2),
-                        "seconds": round(elapsed, 3),
-                    }
-                report[key] = row
-                print(key, json.dumps(row, indent=1), flush=True)
+    with (
+        tempfile.TemporaryDirectory(prefix="orc-cmds-") as tmp,
+        private_redis() as url,
+        worker(url, ["benchmarks.workloads"], concurrency=2, log_path=Path(tmp) / "worker.log"),
+    ):
+        sides = make_sides(600)
+        client = redis.Redis.from_url(url)
+        for key in only:
+            measure(key, sides[key], 5 if key == "W0" else 20, 2)  # warm up
+        for key in only:
+            n, samples = (1, sizes[key]) if key == "W0" else (sizes[key], 1)
+            tasks = n * samples
+            row: dict[str, Any] = {"tasks": tasks}
+            for side in ("raw", "orchestrator"):
+                cmds, trips, elapsed = one_side(client, getattr(sides[key], side), n, samples)
+                idle = quiet(client, elapsed + 0.5)
+                cmds.subtract(idle)
+                usec = {k: round(cmds.pop(k, 0) / tasks, 1) for k in ("usec:scripts", "usec:other")}
+                per = {c: round(v / tasks, 2) for c, v in sorted(cmds.items()) if round(v / tasks, 2) != 0}
+                row[side] = {
+                    "commands_per_task": per,
+                    "total_per_task": round(sum(cmds.values()) / tasks, 2),
+                    "redis_usec_per_task": usec,
+                    "client_round_trips_per_task": round(trips / tasks, 2),
+                    "seconds": round(elapsed, 3),
+                }
+            report[key] = row
+            print(key, json.dumps(row, indent=1), flush=True)
     if args.output:
         args.output.write_text(json.dumps(report, indent=2) + "\n")
     return 0

@@ -30,8 +30,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from orchestrator.config.settings import reset_settings
-from orchestrator.devstack.localstack import ApiProcess, redis_server, worker
+from benchmarks.private_redis import private_redis
+from orchestrator.devstack.localstack import ApiProcess, worker
 from orchestrator.runstate.store import RunStore
 
 from .resume_flows import BODIES, STEPS, begun_key
@@ -65,9 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     logs = Path(tempfile.mkdtemp(prefix="resume-bench-"))
     report: dict[str, Any] = {"calls": args.calls, "kill_after": args.kill_after, "step_seconds": args.step}
     with ExitStack() as stack:
-        url = stack.enter_context(redis_server())
-        os.environ.update(env | {"ORCHESTRATOR_REDIS_URL": url})
-        reset_settings()
+        url = stack.enter_context(private_redis(env))
         from .resume_flows import resume_calls  # settings are read on import: after the environment is set
 
         api = ApiProcess(url, f"sqlite:///{logs / 'api.db'}", log_path=logs / "api.log", extra_env=env)

@@ -32,9 +32,8 @@ import redis
 from celery.backends.redis import RedisBackend
 from celery.result import ResultSet
 
-from orchestrator.config.settings import reset_settings
-from orchestrator.devstack.localstack import redis_server, worker
-from orchestrator.transport.celery_app import client_app
+from benchmarks.private_redis import private_redis
+from orchestrator.devstack.localstack import worker
 
 RESULTS = Path(__file__).parent / "results"
 RATIO_TARGET = 1.3
@@ -261,10 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     selected: list[str] = args.only
     for name in ("ORCHESTRATOR_BROKER_URL", "ORCHESTRATOR_RESULT_BACKEND_URL", "ORCHESTRATOR_FLOW_MODULES"):
         os.environ.pop(name, None)  # both sides must use the private server only
-    with tempfile.TemporaryDirectory(prefix="orc-bench-") as tmp, redis_server() as url:
-        os.environ["ORCHESTRATOR_REDIS_URL"] = url
-        reset_settings()
-        client_app.cache_clear()
+    with tempfile.TemporaryDirectory(prefix="orc-bench-") as tmp, private_redis() as url:
         log = Path(tmp) / "worker.log"
         with worker(url, ["benchmarks.workloads"], concurrency=args.concurrency, log_path=log), show_log_on_error(log):
             info = machine_info(url)  # now: git_dirty must describe the code the worker imported

@@ -36,10 +36,9 @@ from typing import Any
 
 import redis
 
+from benchmarks.private_redis import private_redis
 from benchmarks.run import RESULTS, log_problems, machine_info, make_sides, show_log_on_error, timed
-from orchestrator.config.settings import reset_settings
-from orchestrator.devstack.localstack import redis_server, worker
-from orchestrator.transport.celery_app import client_app
+from orchestrator.devstack.localstack import worker
 
 SIZES = {"W3": [5_000, 20_000, 50_000], "W1M": [500, 5_000, 20_000, 100_000], "W2": [200, 2_000, 10_000]}
 RAW_MAX = {"W2": 2_000}  # raw Celery's chain is quadratic in bytes: beyond this it takes many minutes
@@ -172,10 +171,7 @@ def main(quick: bool, timeout: float, concurrency: int, output: Path | None) -> 
     load_start = round(os.getloadavg()[0], 2)
     for name in ("ORCHESTRATOR_BROKER_URL", "ORCHESTRATOR_RESULT_BACKEND_URL", "ORCHESTRATOR_FLOW_MODULES"):
         os.environ.pop(name, None)
-    with tempfile.TemporaryDirectory(prefix="orc-scale-") as tmp, redis_server() as url:
-        os.environ["ORCHESTRATOR_REDIS_URL"] = url
-        reset_settings()
-        client_app.cache_clear()
+    with tempfile.TemporaryDirectory(prefix="orc-scale-") as tmp, private_redis() as url:
         log = Path(tmp) / "worker.log"
         r = redis.Redis.from_url(url)
         plan_alone = {

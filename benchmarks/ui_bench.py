@@ -42,17 +42,14 @@ from sqlalchemy import Engine, insert, select
 
 from api.db import engine_for, migrate
 from api.models import Deployment, FlowRun, TaskRun
-from api.timing import server_ms
-from benchmarks.db_scale import percentile, postgres_problem
 from benchmarks.db_seed import seed
-from orchestrator.config.settings import reset_settings
-from orchestrator.devstack.databases import fresh_postgres_database
-from orchestrator.devstack.localstack import api_server, redis_server
+from benchmarks.db_targets import on_each_database
+from benchmarks.http_timing import percentile, timed_gets
+from orchestrator.devstack.localstack import api_server
 
 RESULTS = Path(__file__).parent / "results"
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"  # a fresh database is made next to it
 TARGET_MS = 300.0
-WARMUP = 2
 LONGTASK_OBSERVER = """
 window.__longest = 0; window.__longtasks = 0;
 new PerformanceObserver((list) => { for (const e of list.getEntries()) {
@@ -79,23 +76,12 @@ def lists(deployment: str) -> dict[str, tuple[str, dict[str, Any]]]:
 
 def time_get(http: httpx.Client, path: str, params: dict[str, Any], repeat: int) -> dict[str, Any]:
     """Median and p90 server time (and the client's median) of one request."""
-    server: list[float] = []
-    client: list[float] = []
-    size = 0
-    for n in range(WARMUP + repeat):
-        began = time.perf_counter()
-        response = http.get(path, params=params)
-        spent = (time.perf_counter() - began) * 1000
-        response.raise_for_status()
-        size = len(response.content)
-        if n >= WARMUP:
-            client.append(spent)
-            server.append(server_ms(response.headers.get("server-timing")) or float("nan"))
+    timed = timed_gets(http, path, params, repeat)
     return {
-        "server_ms_median": round(statistics.median(server), 1),
-        "server_ms_p90": round(percentile(server, 0.9), 1),
-        "client_ms_median": round(statistics.median(client), 1),
-        "bytes": size,
+        "server_ms_median": round(statistics.median(timed.server_ms), 1),
+        "server_ms_p90": round(percentile(timed.server_ms, 0.9), 1),
+        "client_ms_median": round(statistics.median(timed.client_ms), 1),
+        "bytes": len(timed.response.content),
     }
 
 
@@ -293,23 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         "task_runs": args.task_runs,
         "graph_tasks": args.graph_tasks,
         "target_server_ms": TARGET_MS,
-        "databases": {},
     }
-    with redis_server() as redis_url:
-        os.environ["ORCHESTRATOR_REDIS_URL"] = redis_url
-        reset_settings()
-        if args.only in (None, "sqlite"):
-            results["databases"]["sqlite"] = bench_database(
-                "sqlite", f"sqlite:///{folder / 'ui.db'}", redis_url, args, folder
-            )
-        if args.only in (None, "postgresql"):
-            problem = postgres_problem(args.postgres_url)
-            if problem:
-                print(f"postgresql: skipped, {args.postgres_url} does not answer ({problem})")
-                results["databases"]["postgresql"] = {"skipped": problem}
-            else:
-                with fresh_postgres_database(args.postgres_url, prefix="orc_ui_bench") as pg_url:
-                    results["databases"]["postgresql"] = bench_database("postgresql", pg_url, redis_url, args, folder)
+    results["databases"] = on_each_database(bench_database, args, folder, sqlite_file="ui.db", prefix="orc_ui_bench")
     for label, found in results["databases"].items():
         if "lists" in found:
             slow = [q for q, v in found["lists"].items() if v["server_ms_median"] > TARGET_MS]

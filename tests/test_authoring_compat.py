@@ -453,6 +453,34 @@ def test_submit_and_map_inside_a_task_run_in_threads_and_give_futures() -> None:
     assert "nested boom" in out["failed"] and out["state"] == "Failed"
 
 
+def test_a_nested_task_past_its_timeout_ends_timed_out_and_is_not_retried() -> None:
+    """A nested task run keeps the in-process timeout rule: abandoned at the deadline, TimedOut, no retry."""
+    release = threading.Event()
+    calls: list[int] = []
+
+    @task(timeout_seconds=0.2, retries=2)
+    def stuck() -> None:
+        calls.append(1)
+        release.wait(30)  # the abandoned thread ends once the test has its answer
+
+    @task
+    def outer() -> tuple[str, str]:
+        future = stuck.submit()
+        error = future.result(raise_on_failure=False)
+        return future.state.name, f"{type(error).__name__}: {error}"
+
+    @flow
+    def body() -> tuple[str, str]:
+        return outer()
+
+    try:
+        state, error = body()
+    finally:
+        release.set()
+    assert state == "TimedOut" and calls == [1]
+    assert isinstance(error, str) and error.startswith("LocalTimeout") and "after 0.2s" in error
+
+
 def test_nested_tasks_that_wait_for_their_own_nested_tasks_do_not_deadlock() -> None:
     """Every thread of a depth busy waiting for nested tasks of its own: those run on the next depth's threads.
 

@@ -6,9 +6,10 @@ import functools
 import inspect
 import reprlib
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from orchestrator.authoring import option_checks as checks
+from orchestrator.authoring.decorator_types import flow_decorator
 from orchestrator.authoring.definitions import check_callable, why_not_importable
 from orchestrator.authoring.hooks import Hook, collect_hooks
 from orchestrator.authoring.keywords import check_keywords, target_name
@@ -309,31 +310,7 @@ class Flow(Generic[P, R]):
         return f"<Flow {self.name}>"
 
 
-@overload
-def flow(__fn: Callable[P, R]) -> Flow[P, R]: ...
-
-
-@overload
-def flow(
-    *,
-    name: str | None = None,
-    queue: str | None = None,
-    flow_run_name: str | Callable[[], str] | None = None,
-    description: str | None = None,
-    timeout_seconds: float | None = None,
-    retries: int = 0,
-    retry_delay_seconds: float = 0,
-    on_completion: Hook | Sequence[Hook] | None = None,
-    on_failure: Hook | Sequence[Hook] | None = None,
-    on_crashed: Hook | Sequence[Hook] | None = None,
-    on_cancellation: Hook | Sequence[Hook] | None = None,
-    log_prints: bool = False,
-    version: str | None = None,
-    plan_on_worker: bool = False,
-    validate_parameters: bool = True,
-) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
-
-
+@flow_decorator(Flow)  # typed with Flow's own options (see decorator_types.py)
 def flow(__fn: Callable[P, R] | None = None, **options: Any) -> Any:
     """Declare a flow: ``@flow`` or ``@flow(name="etl", queue="etl", ...)``.
 

@@ -9,7 +9,7 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Generic, ParamSpec, TypeVar
 
 from orchestrator.authoring import option_checks as checks
 from orchestrator.authoring.caching import (
@@ -19,6 +19,7 @@ from orchestrator.authoring.caching import (
     cache_settings,
     exclusive_cache_options,
 )
+from orchestrator.authoring.decorator_types import task_decorator
 from orchestrator.authoring.definitions import check_callable, why_not_importable
 from orchestrator.authoring.hooks import Hook, collect_hooks
 from orchestrator.authoring.keywords import check_keywords, target_name
@@ -350,43 +351,7 @@ def _inside_a_task(name: str, call: str) -> Engine:
     return engine
 
 
-@overload
-def task(__fn: Callable[P, R]) -> Task[P, R]: ...
-
-
-@overload
-def task(
-    *,
-    name: str | None = None,
-    retries: int = 0,
-    retry_delay_seconds: RetryDelay = 0,
-    retry_jitter_factor: float | None = None,
-    retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
-    retry_condition_fn: RetryCondition | None = None,
-    poke_timeout_seconds: float | None = None,
-    timeout_seconds: float | None = None,
-    tags: Sequence[str] = (),
-    queue: str | None = None,
-    result_serializer: str = "json",
-    trigger: str = DEFAULT_TRIGGER,
-    on_completion: Hook | Sequence[Hook] | None = None,
-    on_failure: Hook | Sequence[Hook] | None = None,
-    on_retry: Hook | Sequence[Hook] | None = None,
-    on_crashed: Hook | Sequence[Hook] | None = None,
-    on_cancellation: Hook | Sequence[Hook] | None = None,
-    log_prints: bool | None = None,
-    persist_result: bool = False,
-    task_run_name: TaskRunName | None = None,
-    cache_policy: CachePolicy | None = None,
-    cache_key_fn: CacheKeyFn | None = None,
-    cache_expiration: timedelta | float | None = None,
-    refresh_cache: bool = False,
-    description: str | None = None,
-    version: str | None = None,
-    viz_return_value: Any = None,
-) -> Callable[[Callable[P, R]], Task[P, R]]: ...
-
-
+@task_decorator(Task)  # typed with Task's own options (see decorator_types.py)
 def task(__fn: Callable[P, R] | None = None, **options: Any) -> Any:
     """Declare a task: ``@task`` or ``@task(retries=3, queue="db", ...)``.
 

@@ -27,21 +27,17 @@ import concurrent.futures as cf
 import contextvars
 import os
 import threading
-import time
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.authoring.hooks import call_hooks
 from orchestrator.authoring.triggers import verdict
 from orchestrator.config.settings import get_settings
 from orchestrator.errors import OrchestratorError, TaskRunFailed, UpstreamFailedError
+from orchestrator.local.thread_engine import Attempts, ThreadEngine, start_when_done
 from orchestrator.local.thread_future import ThreadFuture
-from orchestrator.local.timeouts import LocalTimeout, call_with_timeout
 from orchestrator.runtime import aio
-from orchestrator.runtime.attempts import Outcome, decide, timed_out_message
 from orchestrator.runtime.context import RunInfo, current_engine, current_run, using
 from orchestrator.runtime.engine import (
-    Engine,
     bind_arguments,
     check_wait_for,
     replace_futures,
@@ -49,7 +45,7 @@ from orchestrator.runtime.engine import (
     walk_futures,
     zip_mapped,
 )
-from orchestrator.runtime.futures import DoneAndNotDone, Future
+from orchestrator.runtime.futures import Future
 from orchestrator.runtime.signals import RETRY
 from orchestrator.runtime.task_errors import annotate
 from orchestrator.states import StateType
@@ -98,8 +94,10 @@ class NestedFuture(ThreadFuture):
         self.label = f"{base}-{self.task_run_id[:8]}"
 
 
-class NestedEngine(Engine):
+class NestedEngine(ThreadEngine):
     """Runs the task runs a task's function submits, in this process's nested-task threads."""
+
+    future_type = NestedFuture
 
     def __init__(self, parent: RunInfo) -> None:
         self.parent = parent
@@ -126,23 +124,7 @@ class NestedEngine(Engine):
                 )
         future = NestedFuture(self, task.label_base)
         context = contextvars.copy_context()  # the submitter's tags, log_prints and its own context variables
-        remaining = [len(upstream)]
-        lock = threading.Lock()
-
-        def start() -> None:
-            self.pool.submit(context.run, self._execute, future, task, bound, upstream)
-
-        def upstream_done(_: object) -> None:
-            with lock:
-                remaining[0] -= 1
-                ready = remaining[0] == 0
-            if ready:
-                start()
-
-        if not upstream:
-            start()
-        for up, _ in upstream:
-            up.cf.add_done_callback(upstream_done)  # type: ignore[attr-defined]
+        start_when_done(upstream, lambda: self.pool.submit(context.run, self._execute, future, task, bound, upstream))
         return future
 
     def map(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any]) -> list[NestedFuture]:
@@ -154,17 +136,6 @@ class NestedEngine(Engine):
     def call_subflow(self, flow: Flow, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Not reached: a flow called inside a task finds no engine in its context and runs in-process."""
         raise OrchestratorError(f"flow {flow.name!r}: a subflow cannot be submitted from inside a task.")
-
-    # -- waiting --------------------------------------------------------------------
-    def wait(self, futures: list[Future[Any]], timeout: float | None) -> DoneAndNotDone:
-        by_cf = {f.cf: f for f in futures if isinstance(f, NestedFuture)}
-        done, not_done = cf.wait(list(by_cf), timeout=timeout)
-        return DoneAndNotDone({by_cf[d] for d in done}, {by_cf[n] for n in not_done})
-
-    def as_completed(self, futures: list[Future[Any]], timeout: float | None) -> Iterator[Future[Any]]:
-        by_cf = {f.cf: f for f in futures if isinstance(f, NestedFuture)}
-        for done in cf.as_completed(list(by_cf), timeout=timeout):
-            yield by_cf[done]
 
     # -- running one nested task ----------------------------------------------------------
     def _execute(
@@ -189,18 +160,16 @@ class NestedEngine(Engine):
     def _attempts(self, future: NestedFuture, task: Task, inputs: dict[str, Any]) -> Any:
         """Run the attempts the task's retry options allow; its value, or raise TaskRunFailed."""
         parent = self.parent
-        retries_used = 0
-        attempt = 1
-        first_poke: float | None = None
+        attempts = Attempts(task)
         while True:
-            future.set_state(StateType.RUNNING if attempt == 1 else StateType.RETRYING)
+            future.set_state(StateType.RUNNING if attempts.number == 1 else StateType.RETRYING)
             extra = parent.extra | {DEPTH: self.depth, "nested_task_run_id": future.task_run_id}
             run = RunInfo(
                 parent.flow_run_id,
                 parent.flow_name,
                 parent.task_run_id,
                 task.name,
-                attempt,
+                attempts.number,
                 extra=extra,
                 tags=list(task.tags),
             )
@@ -210,23 +179,13 @@ class NestedEngine(Engine):
                     return aio.call(task.fn, inputs)
 
             try:
-                if task.timeout_seconds:  # a thread cannot be killed: it is abandoned at the deadline
-                    value = call_with_timeout(call, task.timeout_seconds, f"task {future.label}")
-                else:
-                    value = call()
+                value = attempts.call(call, future.label)
             except Exception as exc:
-                if isinstance(exc, RETRY) and first_poke is None:
-                    first_poke = time.time()
-                if isinstance(exc, LocalTimeout):
-                    outcome = Outcome(StateType.TIMED_OUT, timed_out_message(task, exc))
-                else:
-                    outcome = decide(task, exc, retries_used, time.time() - first_poke if first_poke else 0.0)
+                outcome = attempts.outcome(exc)
                 call_hooks(task, task.hooks, run, outcome.state, outcome.message)
                 if outcome.state is StateType.AWAITING_RETRY:
                     future.set_state(StateType.AWAITING_RETRY)
-                    retries_used += outcome.uses_retry
-                    attempt += 1
-                    time.sleep(outcome.delay)
+                    attempts.retry(outcome)
                     continue
                 future.set_state(outcome.state)
                 if outcome.state is StateType.SKIPPED or isinstance(exc, RETRY):  # no error of its own

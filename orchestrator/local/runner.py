@@ -13,7 +13,6 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.authoring.hooks import call_hooks
@@ -23,13 +22,12 @@ from orchestrator.data.serialization import dumps
 from orchestrator.errors import FlowRunFailed, TaskRunFailed, UpstreamFailedError, describe
 from orchestrator.local.cache import open_local_cache
 from orchestrator.local.naming import local_run_name
+from orchestrator.local.thread_engine import Attempts, ThreadEngine, start_when_done
 from orchestrator.local.thread_future import ThreadFuture
 from orchestrator.local.timeouts import LocalTimeout, call_with_timeout
 from orchestrator.runtime import aio
-from orchestrator.runtime.attempts import Outcome, decide, timed_out_message
 from orchestrator.runtime.context import RunInfo, current_run, using
 from orchestrator.runtime.engine import (
-    Engine,
     bind_arguments,
     check_wait_for,
     replace_futures,
@@ -37,7 +35,7 @@ from orchestrator.runtime.engine import (
     walk_futures,
     zip_mapped,
 )
-from orchestrator.runtime.futures import DoneAndNotDone, Future
+from orchestrator.runtime.futures import Future
 from orchestrator.runtime.run_logger import prints_logged, show_run_logs_on_terminal
 from orchestrator.runtime.signals import RETRY
 from orchestrator.runtime.task_errors import annotate
@@ -54,8 +52,10 @@ class LocalFuture(ThreadFuture):
     engine: LocalEngine
 
 
-class LocalEngine(Engine):
+class LocalEngine(ThreadEngine):
     """Executes one flow run's task calls in a shared thread pool."""
+
+    future_type = LocalFuture
 
     def __init__(
         self, flow: Flow, run_id: str, pool: cf.ThreadPoolExecutor, parameters: dict[str, Any] | None = None
@@ -81,20 +81,7 @@ class LocalEngine(Engine):
         with self._lock:
             self.futures.append(future)
             self.has_downstream.update(up.task_run_id for up, _ in upstream)
-        remaining = [len(upstream)]
-        lock = threading.Lock()
-
-        def upstream_done(_: object) -> None:
-            with lock:
-                remaining[0] -= 1
-                ready = remaining[0] == 0
-            if ready:
-                self.pool.submit(self._execute, future, task, bound, upstream)
-
-        if not upstream:
-            self.pool.submit(self._execute, future, task, bound, upstream)
-        for up, _ in upstream:
-            up.cf.add_done_callback(upstream_done)  # type: ignore[attr-defined]
+        start_when_done(upstream, lambda: self.pool.submit(self._execute, future, task, bound, upstream))
         return future
 
     def map(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any]) -> list[LocalFuture]:
@@ -155,16 +142,6 @@ class LocalEngine(Engine):
         return future
 
     # -- waiting --------------------------------------------------------------------
-    def wait(self, futures: list[Future[Any]], timeout: float | None) -> DoneAndNotDone:
-        by_cf = {f.cf: f for f in futures if isinstance(f, LocalFuture)}
-        done, not_done = cf.wait(list(by_cf), timeout=timeout)
-        return DoneAndNotDone({by_cf[d] for d in done}, {by_cf[n] for n in not_done})
-
-    def as_completed(self, futures: list[Future[Any]], timeout: float | None) -> Iterator[Future[Any]]:
-        by_cf = {f.cf: f for f in futures if isinstance(f, LocalFuture)}
-        for done in cf.as_completed(list(by_cf), timeout=timeout):
-            yield by_cf[done]
-
     def drain(self) -> None:
         """Wait for every task run this flow started, including ones started later."""
         seen = 0
@@ -201,17 +178,15 @@ class LocalEngine(Engine):
         cache = open_local_cache(self, future, task, inputs) if task.cache is not None else None
         if cache is not None and cache.answered:  # a cached result (or a key that cannot be computed)
             return
-        retries_used = 0
-        attempt = 1
-        first_poke: float | None = None
+        attempts = Attempts(task)
         while True:
-            future.set_state(StateType.RUNNING if attempt == 1 else StateType.RETRYING)
+            future.set_state(StateType.RUNNING if attempts.number == 1 else StateType.RETRYING)
             run = RunInfo(
                 self.run_id,
                 self.flow.name,
                 future.task_run_id,
                 task.name,
-                attempt,
+                attempts.number,
                 {"local": True},
                 future.label,
                 list(task.tags),
@@ -223,24 +198,14 @@ class LocalEngine(Engine):
                     with using(None, run), prints_logged(log_prints):
                         return aio.call(task.fn, inputs)
 
-                if task.timeout_seconds:  # a thread cannot be killed: it is abandoned at the deadline
-                    value = call_with_timeout(call, task.timeout_seconds, f"task {future.label}")
-                else:
-                    value = call()
+                value = attempts.call(call, future.label)
                 text = dumps(value, task.result_serializer, f"task {task.name!r} ({future.label})")
             except Exception as exc:
-                if isinstance(exc, RETRY) and first_poke is None:
-                    first_poke = time.time()
-                if isinstance(exc, LocalTimeout):  # as on a worker: TimedOut, not retried
-                    outcome = Outcome(StateType.TIMED_OUT, timed_out_message(task, exc))
-                else:
-                    outcome = decide(task, exc, retries_used, time.time() - first_poke if first_poke else 0.0)
+                outcome = attempts.outcome(exc)
                 call_hooks(task, task.hooks, run, outcome.state, outcome.message)
                 if outcome.state is StateType.AWAITING_RETRY:
                     future.set_state(StateType.AWAITING_RETRY, outcome.message)
-                    retries_used += outcome.uses_retry
-                    attempt += 1
-                    time.sleep(outcome.delay)
+                    attempts.retry(outcome)
                     continue
                 future.set_state(outcome.state, outcome.message)
                 future.cf.set_exception(self.task_error(exc, future, outcome.state, outcome.message))
