@@ -11,6 +11,7 @@ import logging
 import os
 import random
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any, NoReturn, Protocol
 
@@ -338,20 +339,18 @@ def _run_holding_slots(
         HEARTBEATS.end(trid)  # the next beat takes it off the detector's set
 
 
+@dataclass(frozen=True, slots=True)
 class Resolved:
     """Arguments decoded while the start was on its way, or the error decoding them raised (raised
     again by :meth:`value` where decoding used to happen, so the task run ends as it did)."""
 
-    __slots__ = ("_error", "_kwargs")
-
-    def __init__(self, kwargs: Any = None, error: Exception | None = None) -> None:
-        self._kwargs = kwargs
-        self._error = error
+    kwargs: Any = None
+    error: Exception | None = None
 
     def value(self) -> Any:
-        if self._error is not None:
-            raise self._error
-        return self._kwargs
+        if self.error is not None:
+            raise self.error
+        return self.kwargs
 
 
 def resolved_ahead(

@@ -54,8 +54,8 @@ def _connection(pool: Any) -> Any:
 class SentScript:
     """One EVALSHA on the wire; :meth:`reply` reads its answer (once).
 
-    The connection stays out of the pool until then: whoever sends must read, or :meth:`drop`
-    (which closes the connection, so that no later command reads this reply as its own).
+    The connection stays out of the pool until then: whoever sends must read (a read cut short
+    closes the connection, so that no later command reads this reply as its own).
     """
 
     __slots__ = ("_args", "_conn", "_keys", "_pool", "_script")
@@ -101,13 +101,6 @@ class SentScript:
             raise
         self._pool.release(conn)
         return out
-
-    def drop(self) -> None:
-        """Never read the reply (the script ran or runs all the same); a no-op once read."""
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.disconnect()
-            self._pool.release(conn)
 
     def _call(self) -> Any:
         return self._script(keys=self._keys, args=self._args)

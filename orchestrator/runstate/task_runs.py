@@ -67,7 +67,7 @@ RUNNING_ELSEWHERE = Started(None, {}, running_elsewhere=True)
 class PendingStart:
     """A start sent to Redis (:meth:`TaskRuns.start`) whose answer is read by :meth:`result`, once.
 
-    Whoever holds one must read it or :meth:`drop` it: until then it holds a connection of its own.
+    Whoever holds one must read it: until then it holds a connection of its own.
     """
 
     __slots__ = ("_prefetch", "_sent")
@@ -87,10 +87,6 @@ class PendingStart:
             return None
         stored = json.loads(out[1]) if out[1] else None
         return Started(stored, dict(zip(self._prefetch, out[2:], strict=True)), start=int(out[0]))
-
-    def drop(self) -> None:
-        """Never read the answer (the start is recorded all the same)."""
-        self._sent.drop()
 
 
 class TaskRuns:
