@@ -11,6 +11,7 @@ import logging
 import os
 import random
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any, NoReturn, Protocol
 
@@ -290,6 +291,10 @@ def _run_holding_slots(
 ) -> Ending:
     """Start the task run (one round trip) and run it, unless its start is refused.
 
+    The start is sent first and its answer read only once what needs no answer is ready (the
+    inputs a message carries whole): the round trip overlaps that work. Nothing of the task runs
+    before the answer is read.
+
     A refused start (a stale message, or a redelivery while the task run heartbeats) gives back
     only the slots ``fresh``, those this message took: the others it found held by its task run id,
     i.e. by the execution that runs it (a newer attempt, or the one the broker delivered first),
@@ -297,15 +302,20 @@ def _run_holding_slots(
     """
     root, trid = run["root"], run["task_run_id"]
     record = crash_record(run, task, attempt, retries_used) | {"slots": held}
-    started = store.task_runs.started(
+    prefetch = [] if inputs is None else [r for r in refs_in(inputs) if r not in allowed]
+    pending = store.task_runs.start(
         root,
         trid,
         start_record(run, task.name, attempt),
         stored_inputs=inputs is None,
-        prefetch=[] if inputs is None else [r for r in refs_in(inputs) if r not in allowed],
+        prefetch=prefetch,
         crash_record=record,  # under the crash detector from this moment, in the same round trip
         alive_since=now() - get_settings().crash_window_seconds if attempt.redelivered else None,
     )
+    try:
+        ahead = resolved_ahead(store, task, run, inputs, allowed) if inputs is not None and not prefetch else None
+    finally:
+        started = pending.result()  # read even if the line above was interrupted: the connection must be left clean
     if started is None:  # already final: a redelivery, maybe after a crash mid-way
         completed = finish_what_a_crash_left(store, run, attempt.send, attempt.report)
         return Ending.DUPLICATE if completed else Ending.STOPPED  # a chain must not go on
@@ -324,9 +334,62 @@ def _run_holding_slots(
         return Ending.STOPPED
     HEARTBEATS.begin(trid, record | {"start": started.start}, announced=True)
     try:
-        return _run_started(store, task, run, inputs, attempt, retries_used, allowed, started, held)
+        return _run_started(store, task, run, inputs, attempt, retries_used, allowed, started, held, ahead)
     finally:
         HEARTBEATS.end(trid)  # the next beat takes it off the detector's set
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """Arguments decoded while the start was on its way, or the error decoding them raised (raised
+    again by :meth:`value` where decoding used to happen, so the task run ends as it did)."""
+
+    kwargs: Any = None
+    error: Exception | None = None
+
+    def value(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.kwargs
+
+
+def resolved_ahead(
+    store: RunStore, task: Task, run: dict[str, Any], inputs: dict[str, Any], allowed: frozenset[str]
+) -> Resolved:
+    """Decode the arguments a message carries whole (no result to read, so no call to Redis): done
+    while the start's round trip is under way. Decoding runs no task code."""
+    try:
+        return Resolved(kwargs=_resolve(store, task, inputs, allowed, {}, where=_where(task, run), from_store=False))
+    except Exception as exc:  # raised again where the start allows the task to run (Resolved.value)
+        return Resolved(error=exc)
+
+
+def _resolve(
+    store: RunStore,
+    task: Task,
+    inputs: dict[str, Any],
+    allowed: frozenset[str],
+    prefetched: dict[str, str | None],
+    *,
+    where: str,
+    from_store: bool,
+) -> Any:
+    """The task's arguments: ``inputs`` with every reference replaced by its result (read from
+    ``store`` where ``prefetched`` lacks it)."""
+    return resolve(
+        inputs,
+        store,
+        allow_pickle=task.result_serializer == "pickle",
+        inline_pickle=from_store,  # pickle payloads are loaded only from the run store
+        where=where,
+        failed_as_none=allowed,
+        prefetched=prefetched,
+    )
+
+
+def _where(task: Task, run: dict[str, Any]) -> str:
+    """How errors name the task run."""
+    return f"task {run.get('label', task.name)} ({task.name}) of flow run {run['flow_run_id']}"
 
 
 def _run_started(
@@ -339,14 +402,16 @@ def _run_started(
     allowed: frozenset[str],
     started: Started,
     held: list[str],
+    ahead: Resolved | None = None,
 ) -> Ending:
     """Run a started task run and record how it ended. ``held``: the concurrency slots it holds, given
-    back before a retry is sent (and emptied, so :func:`run_task` gives back nothing more)."""
+    back before a retry is sent (and emptied, so :func:`run_task` gives back nothing more);
+    ``ahead``: its arguments, when they were decoded while the start was on its way."""
     trid = run["task_run_id"]
     from_store = inputs is None  # pickle payloads are loaded only from the run store
     if inputs is None:
         inputs = started.stored_inputs or {}
-    where = f"task {run.get('label', task.name)} ({task.name}) of flow run {run['flow_run_id']}"
+    where = _where(task, run)
     info = RunInfo(
         run["flow_run_id"],
         run.get("flow_name", ""),
@@ -357,15 +422,10 @@ def _run_started(
         tags=list(task.tags),
     )
     try:
-        kwargs = resolve(
-            inputs,
-            store,
-            allow_pickle=task.result_serializer == "pickle",
-            inline_pickle=from_store,
-            where=where,
-            failed_as_none=allowed,
-            prefetched=started.results,
-        )
+        if ahead is not None:
+            kwargs = ahead.value()
+        else:
+            kwargs = _resolve(store, task, inputs, allowed, started.results, where=where, from_store=from_store)
         if task.task_run_name is not None:  # the name is made from the resolved arguments
             run = named_run(store, task, run, kwargs, info)
         cache = open_cache(store, task, info, kwargs) if task.cache is not None else None

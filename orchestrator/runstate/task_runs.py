@@ -26,6 +26,7 @@ from orchestrator.runstate.records import (
     task_fields_to_redis,
 )
 from orchestrator.runstate.scripts import Scripts
+from orchestrator.runstate.sent_scripts import SentScript
 from orchestrator.states import FINAL_STATES, StateType
 
 CRASH_RECORD_JSON = json.JSONEncoder(default=str)  # json.dumps(..., default=str) without a new encoder per start
@@ -61,6 +62,31 @@ class Started:
 
 STALE = Started(None, {}, stale=True)
 RUNNING_ELSEWHERE = Started(None, {}, running_elsewhere=True)
+
+
+class PendingStart:
+    """A start sent to Redis (:meth:`TaskRuns.start`) whose answer is read by :meth:`result`, once.
+
+    Whoever holds one must read it: until then it holds a connection of its own.
+    """
+
+    __slots__ = ("_prefetch", "_sent")
+
+    def __init__(self, sent: SentScript, prefetch: tuple[str, ...]) -> None:
+        self._sent = sent
+        self._prefetch = prefetch
+
+    def result(self) -> Started | None:
+        """What the start found (see :meth:`TaskRuns.start`)."""
+        out = self._sent.reply()
+        if out == -1:
+            return STALE
+        if out == -2:
+            return RUNNING_ELSEWHERE
+        if not out:
+            return None
+        stored = json.loads(out[1]) if out[1] else None
+        return Started(stored, dict(zip(self._prefetch, out[2:], strict=True)), start=int(out[0]))
 
 
 class TaskRuns:
@@ -180,9 +206,33 @@ class TaskRuns:
         crash_record: dict[str, Any] | None = None,
         alive_since: float | None = None,
     ) -> Started | None:
-        """Record a start; None when the task run is already final (a redelivery), :data:`STALE`
-        when the crash detector has sent a newer attempt than this message's, :data:`RUNNING_ELSEWHERE`
-        when ``alive_since`` is given and the task run has heartbeaten since then.
+        """Record a start and wait for its answer: :meth:`start` and :meth:`PendingStart.result` in one."""
+        return self.start(
+            root,
+            trid,
+            fields,
+            stored_inputs=stored_inputs,
+            prefetch=prefetch,
+            crash_record=crash_record,
+            alive_since=alive_since,
+        ).result()
+
+    def start(
+        self,
+        root: str,
+        trid: str,
+        fields: dict[str, Any],
+        *,
+        stored_inputs: bool = False,
+        prefetch: Sequence[str] = (),
+        crash_record: dict[str, Any] | None = None,
+        alive_since: float | None = None,
+    ) -> PendingStart:
+        """Send a start to Redis; its :meth:`PendingStart.result` is None when the task run is already
+        final (a redelivery), :data:`STALE` when the crash detector has sent a newer attempt than this
+        message's, :data:`RUNNING_ELSEWHERE` when ``alive_since`` is given and the task run has
+        heartbeaten since then. The caller may prepare meanwhile, but nothing of the task may run
+        before that answer is read.
 
         In the same round trip it fetches the run's stored inputs (if asked) and the
         results of the ``prefetch`` task runs, and, given a ``crash_record``, puts the
@@ -195,8 +245,10 @@ class TaskRuns:
         for any crash. A first delivery passes None and the script reads no heartbeat.
         """
         event = encode(task_run_event(trid, fields["state"], record=describe_record(fields)))
-        out = self._scripts["start_task_run"](
-            keys=[
+        sent = SentScript(
+            self._redis,
+            self._scripts["start_task_run"],
+            [
                 keys.task_run(trid),
                 keys.finals(root),
                 keys.EVENTS_STREAM,
@@ -204,7 +256,7 @@ class TaskRuns:
                 keys.HEARTBEATS,
                 keys.HEARTBEAT_RECORDS,
             ],
-            args=[
+            [
                 trid,
                 self._ttl,
                 json.dumps(slim_task_fields(fields)),
@@ -216,14 +268,7 @@ class TaskRuns:
                 *[keys.result(t) for t in prefetch],
             ],
         )
-        if out == -1:
-            return STALE
-        if out == -2:
-            return RUNNING_ELSEWHERE
-        if not out:
-            return None
-        stored = json.loads(out[1]) if out[1] else None
-        return Started(stored, dict(zip(prefetch, out[2:], strict=True)), start=int(out[0]))
+        return PendingStart(sent, tuple(prefetch))
 
     def first_poke(self, trid: str) -> float:
         """When a sensor first asked to be poked again (recorded on its first RETRY)."""
@@ -282,8 +327,10 @@ class TaskRuns:
         )
         at = now()
         completed = encode(flow_run_event(root, StateType.COMPLETED.value, ts=at))
-        out = self._scripts["finish_task_run"](
-            keys=[
+        out = SentScript(
+            self._redis,
+            self._scripts["finish_task_run"],
+            [
                 keys.task_run(trid),
                 keys.finals(root),
                 keys.EVENTS_STREAM,
@@ -300,7 +347,7 @@ class TaskRuns:
                 keys.flow_tasks(root),
                 keys.inputs(root),
             ],
-            args=[
+            [
                 trid,
                 self._ttl,
                 json.dumps(task_fields_to_redis(fields)),
@@ -315,7 +362,7 @@ class TaskRuns:
                 DOWNSTREAM_PREFIX,
                 *[part for write in sends for part in write],
             ],
-        )
+        ).reply()  # the lean path of SentScript, read at once
         left = int(out[0])
         if left == -1:
             return Finished(None, False, False, [], sent=out[1] == "sent")

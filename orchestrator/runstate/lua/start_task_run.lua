@@ -13,7 +13,7 @@
 -- task run's own record, which keeps its final state as long as the run is kept.
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 0 end
 local fields = cjson.decode(ARGV[3])
-local own = redis.call('HMGET', KEYS[1], 'min_attempt', 'state')
+local own = redis.call('HMGET', KEYS[1], 'min_attempt', 'state', 'starts')
 if own[2] and FINAL[own[2]] then return 0 end
 local newest = own[1]
 if newest and tonumber(fields['attempts']) < tonumber(newest) then return -1 end
@@ -21,12 +21,13 @@ if ARGV[8] ~= '' then
   local beat = redis.call('ZSCORE', KEYS[5], ARGV[1])
   if beat and tonumber(beat) > tonumber(ARGV[8]) then return -2 end
 end
-local flat = {}  -- one HSET of every field (one command per field before)
+local start = (tonumber(own[3]) or 0) + 1  -- counted in the one HSET below (no HINCRBY of its own)
+local flat = {'starts', start}  -- one HSET of every field (one command per field before)
 for k, v in pairs(fields) do flat[#flat + 1] = k; flat[#flat + 1] = v end
 redis.call('HSET', KEYS[1], unpack(flat))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('XADD', KEYS[3], '*', 'event', ARGV[4])
-local out = {redis.call('HINCRBY', KEYS[1], 'starts', 1), false}
+local out = {start, false}
 if ARGV[5] == '1' then out[2] = redis.call('HGET', KEYS[4], ARGV[1]) end
 if ARGV[6] ~= '' then
   redis.call('ZADD', KEYS[5], ARGV[7], ARGV[1])
