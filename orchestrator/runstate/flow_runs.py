@@ -21,6 +21,7 @@ from orchestrator.runstate.event_stream import EventStream
 from orchestrator.runstate.events import Renamed, flow_run_event
 from orchestrator.runstate.records import (
     RESTORED_FLOW_FIELDS,
+    FlowOutcome,
     FlowRunRecord,
     body_task_run_id,
     describe_record,
@@ -110,15 +111,14 @@ class FlowRuns:
         self._events.append(pipe, Renamed(run_id, name, cause))
         pipe.execute()
 
-    def read_outcome(self, run_id: str) -> tuple[dict[str, str], dict[str, str | None]]:
-        """A flow run's record and the results its return value refers to, in one round trip."""
-        return self._outcome(
-            run_id, self._scripts["read_outcome"](keys=[keys.flow_run(run_id)], args=[keys.result("")])
+    def read_outcome(self, run_id: str) -> FlowOutcome:
+        """What a flow run's end says (its state, name, message, return template) and the results
+        that template refers to, in one round trip (:class:`~.records.FlowOutcome`)."""
+        return FlowOutcome.from_reply(
+            self._scripts["read_outcome"](keys=[keys.flow_run(run_id)], args=[keys.result("")])
         )
 
-    def wait_outcome(
-        self, run_id: str, timeout: float | None
-    ) -> tuple[StateType | None, dict[str, str], dict[str, str | None]]:
+    def wait_outcome(self, run_id: str, timeout: float | None) -> tuple[StateType | None, FlowOutcome]:
         """:meth:`wait_final` then :meth:`read_outcome`, in one round trip per wake-up.
 
         Redis runs a connection's commands in order, so the read queued behind the blocking
@@ -131,8 +131,8 @@ class FlowRuns:
         while True:
             left = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
             if left <= 0:
-                record, refs = self.read_outcome(run_id)
-                return _state_in(record), record, refs
+                outcome = self.read_outcome(run_id)
+                return outcome.state_type, outcome
             pipe = self._redis.pipeline(transaction=False)
             pipe.blmove(latch, latch, max(left, 0.01), "RIGHT", "LEFT")
             pipe.evalsha(script.sha, 1, record_key, results)
@@ -140,21 +140,14 @@ class FlowRuns:
             if isinstance(item, Exception):
                 raise item
             # NOSCRIPT (Redis restarted since the script was loaded): read it the usual way, which loads it
-            record, refs = self.read_outcome(run_id) if isinstance(out, Exception) else self._outcome(run_id, out)
-            state = StateType(item) if item else _state_in(record)
+            outcome = self.read_outcome(run_id) if isinstance(out, Exception) else FlowOutcome.from_reply(out)
+            state = StateType(item) if item else outcome.state_type
             if (
                 item
                 or (state is not None and state.is_final)
                 or (deadline is not None and time.monotonic() >= deadline)
             ):
-                return state, record, refs
-
-    @staticmethod
-    def _outcome(run_id: str, out: list[Any]) -> tuple[dict[str, str], dict[str, str | None]]:
-        flat = out[0]
-        record = full_flow_record(run_id, dict(zip(flat[::2], flat[1::2], strict=True)))
-        refs = json.loads(record.get("result_refs", "[]"))
-        return record, dict(zip(refs, out[1:], strict=False))
+                return state, outcome
 
     def read(self, run_id: str) -> dict[str, str]:
         """The raw flow run record (empty if unknown; deciders as written: :func:`~.records.deciders_of`)."""
@@ -347,11 +340,6 @@ class FlowRuns:
     def subflows(self, root: str) -> set[str]:
         """The subflow runs of a static run tree."""
         return set(self._redis.hvals(keys.subflow_ends(root)))
-
-
-def _state_in(record: dict[str, str]) -> StateType | None:
-    """The state a flow run record holds (None for an empty record)."""
-    return StateType(record["state"]) if record.get("state") else None
 
 
 def pack_plan(plan: dict[str, Any]) -> bytes:
