@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 from redis.client import NEVER_DECODE
 
 from orchestrator.runstate import keys
-from orchestrator.runstate.connection import now, read_hashes
+from orchestrator.runstate.connection import now, queued_hset, read_hashes
 from orchestrator.runstate.event_stream import EventStream
 from orchestrator.runstate.events import Renamed, flow_run_event
 from orchestrator.runstate.records import (
@@ -69,8 +69,8 @@ class FlowRuns:
         explicit retry of a final run (the only way the state machine leaves a final state).
         """
         target = pipe if pipe is not None else self._redis.pipeline(transaction=False)
-        target.hset(keys.flow_run(run_id), mapping=flow_fields_to_redis(run_id, fields))
-        target.expire(keys.flow_run(run_id), self._ttl)
+        queued_hset(target, keys.flow_run(run_id), flow_fields_to_redis(run_id, fields))
+        target.execute_command("EXPIRE", keys.flow_run(run_id), self._ttl)
         if "state" in fields:
             event = flow_run_event(
                 run_id,
@@ -274,7 +274,7 @@ class FlowRuns:
 
         Called once per tree, at its first launch: with no subflows the ends' hash does not
         exist, so there is nothing to give a TTL (one command fewer before ``.delay()`` sends)."""
-        pipe.set(keys.plan(root), pack_plan(plan), ex=self._ttl)
+        pipe.execute_command("SET", keys.plan(root), pack_plan(plan), "EX", self._ttl)  # pipe.set(..., ex=ttl)
         for end_node, run_id in subflow_ends.items():
             pipe.hset(keys.subflow_ends(root), end_node, run_id)
         if subflow_ends:
