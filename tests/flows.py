@@ -512,6 +512,11 @@ def retried_flow() -> int:
 
 
 @flow(retries=1, retry_delay_seconds=0.2)
+def retried_one_task_flow() -> int:
+    return fails_first_time.submit(4)  # type: ignore[no-any-return]
+
+
+@flow(retries=1, retry_delay_seconds=0.2)
 def retried_dynamic_flow() -> int:
     value = fails_first_time.submit(5).result()
     return add(value, 1)  # type: ignore[no-any-return]

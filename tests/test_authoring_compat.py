@@ -367,6 +367,24 @@ def test_an_in_process_call_converts_its_arguments_by_their_annotations() -> Non
     assert asyncio.run(later("1")) == 2  # type: ignore[arg-type]
 
 
+def test_a_value_of_exactly_its_plain_annotated_type_is_taken_as_given_and_others_are_converted() -> None:
+    """``.delay(n=1)`` of an ``n: int`` skips pydantic (it would give the value back); a bool for an int
+    or an int for a float still goes to it and comes back converted as before."""
+    from pydantic import TypeAdapter
+
+    from orchestrator.authoring.params import validated_parameters
+
+    @flow
+    def plain(n: int, ratio: float, label: str, on: bool) -> None:
+        pass
+
+    given = {"n": 2**70, "ratio": float("inf"), "label": " as is ", "on": False}
+    assert validated_parameters(plain, given) == given
+    converted = validated_parameters(plain, {"n": True, "ratio": 1, "label": "y", "on": 1})
+    assert converted == {"n": TypeAdapter(int).validate_python(True), "ratio": 1.0, "label": "y", "on": True}
+    assert [type(v) for v in converted.values()] == [int, float, str, bool]
+
+
 def test_a_bad_argument_names_the_parameter_what_was_given_and_what_was_expected() -> None:
     with pytest.raises(ParameterError) as caught:
         typed(1, "five", "2026-02-30", client="not a client")

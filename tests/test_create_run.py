@@ -177,3 +177,29 @@ def test_a_name_given_from_python_is_kept_by_the_worker_that_starts_a_dynamic_ru
     assert given.info["name"] == name
     assert unnamed.info["name"] == f"named-dynamic-flow-{unnamed.id[:8]}"
     assert wait_final(http, given.id)["name"] == name
+
+
+PLAIN_SCHEMAS: list[Any] = [
+    {"type": kind, **extra}
+    for kind in ("integer", "number", "string", "boolean", "null", "object", "array", "no-such-type")
+    for extra in ({}, {"default": 1}, {"title": "X", "description": "d"}, {"minimum": 3}, {"format": "date"})
+] + [{"type": ["integer", "null"]}, True, False, {}, {"anyOf": [{"type": "integer"}]}]
+PLAIN_VALUES: list[Any] = [0, -5, 2**70, True, None, 1.0, 1.5, float("nan"), "", "2026-13-45", [], {}, [1], {"a": 1}]
+
+
+def test_a_parameter_is_passed_without_its_validator_only_where_the_validator_passes_it() -> None:
+    """``.delay(x=1)`` of an ``x: int`` skips jsonschema (its plain type says enough); what is skipped
+    is valid for jsonschema too, and a bool is not taken for an integer or a number."""
+    from orchestrator.authoring.formats import validator_for
+    from orchestrator.runs.create import plainly_valid
+
+    skipped = []
+    for schema in PLAIN_SCHEMAS:
+        for value in PLAIN_VALUES:
+            if plainly_valid(schema, value):
+                skipped.append((schema, value))
+                assert not list(validator_for(schema).iter_errors(value)), (schema, value)
+    assert ({"type": "integer"}, 0) in skipped and ({"type": "string", "default": 1}, "2026-13-45") in skipped
+    assert not plainly_valid({"type": "integer"}, True) and not plainly_valid({"type": "number"}, False)
+    assert not plainly_valid({"type": "integer"}, 1.0)  # valid, but the validator says so
+    assert not plainly_valid({"type": "string", "format": "date"}, "2026-13-45")

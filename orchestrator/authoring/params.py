@@ -126,7 +126,9 @@ def validated_parameters(flow: Flow, given: dict[str, Any]) -> dict[str, Any]:
         checker = checkers.get(name)
         if checker is None:
             continue
-        adapter, expected = checker
+        adapter, expected, plain = checker
+        if type(value) is plain:  # an int for an int: what the adapter would give back
+            continue
         try:
             given[name] = adapter.validate_python(value)
         except ValidationError as exc:
@@ -141,16 +143,21 @@ def validated_parameters(flow: Flow, given: dict[str, Any]) -> dict[str, Any]:
     return given
 
 
+PLAIN_HINTS = (int, float, str, bool)  # hints whose adapter gives a value of exactly that type back as it is
+
+
 @functools.lru_cache(maxsize=1024)
-def _checkers(fn: Callable[..., Any]) -> dict[str, tuple[TypeAdapter[Any], str]]:
-    """A validator and a readable type per annotated parameter of ``fn`` (built once: adapters are slow to make)."""
-    checkers: dict[str, tuple[TypeAdapter[Any], str]] = {}
+def _checkers(fn: Callable[..., Any]) -> dict[str, tuple[TypeAdapter[Any], str, type | None]]:
+    """A validator, a readable type and the plain type (:data:`PLAIN_HINTS`, else None) per annotated
+    parameter of ``fn`` (built once: adapters are slow to make). A value of exactly its plain type is
+    not given to the validator: ``x=1`` for ``x: int`` on the path of every ``.delay()``."""
+    checkers: dict[str, tuple[TypeAdapter[Any], str, type | None]] = {}
     for name, hint in parameter_hints(fn).items():
         if hint is Any:
             continue
         adapter = _adapter(hint)
         if adapter is not None:
-            checkers[name] = (adapter, type_name(hint))
+            checkers[name] = (adapter, type_name(hint), hint if hint in PLAIN_HINTS else None)
     return checkers
 
 

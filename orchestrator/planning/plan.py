@@ -38,8 +38,28 @@ def iter_refs(template: Any) -> Iterator[dict[str, Any]]:
 
 
 def refs_in(template: Any) -> list[str]:
-    """Node ids referenced anywhere in ``template``, in first-seen order."""
-    return list(dict.fromkeys(ref[REF] for ref in iter_refs(template)))
+    """Node ids referenced anywhere in ``template``, in first-seen order (those :func:`iter_refs` finds).
+
+    Without a generator per level: a one-task ``.delay()`` asks about ten times (tracing, compiling,
+    writing its records), mostly of inputs with no reference at all."""
+    found: dict[str, None] = {}
+    _collect_refs(template, found)
+    return list(found)
+
+
+def _collect_refs(template: Any, found: dict[str, None]) -> None:
+    if isinstance(template, dict):
+        if REF in template:
+            found[template[REF]] = None
+            return
+        items: Any = template.values()
+    elif isinstance(template, list):
+        items = template
+    else:
+        return
+    for value in items:
+        if isinstance(value, (dict, list)):
+            _collect_refs(value, found)
 
 
 @dataclass

@@ -119,13 +119,35 @@ def schema_problems(flow_name: str, schema: dict[str, Any], parameters: dict[str
             problems.append(parameter_problem(name, "missing", f"parameter {name!r} is required by flow {flow_name!r}"))
     typed: list[tuple[list[str], Problem]] = []
     for name, value in parameters.items():
-        if name not in properties or value is UNJUDGED:
+        if name not in properties or value is UNJUDGED or plainly_valid(properties[name], value):
             continue
         for error in validator_for(properties[name]).iter_errors(value):
             path = [name, *(str(p) for p in error.path)]
             kind = "format" if telling(error).validator == "format" else "type"
             typed.append((path, parameter_problem(name, kind, problem_message(name, error))))
     return problems + [p for _, p in sorted(typed, key=lambda t: t[0])]
+
+
+# JSON Schema's plain types and the Python types of the values each takes as they are (jsonschema's
+# rules: a bool is neither an integer nor a number), and the keywords that only annotate a schema
+_PLAIN_TYPES: dict[str, tuple[type, ...]] = {
+    "integer": (int,),
+    "number": (int, float),
+    "string": (str,),
+    "boolean": (bool,),
+    "null": (type(None),),
+}
+_PLAIN_KEYWORDS = frozenset({"type", "default", "title", "description"})
+
+
+def plainly_valid(schema: Any, value: Any) -> bool:
+    """Whether ``value`` is valid for a parameter schema that says nothing but its plain type
+    (``{"type": "integer", "default": 1}`` for an ``x: int = 1``), without a validator: the
+    common parameter, judged on the path of every ``.delay()``. False means "ask the validator"."""
+    if type(schema) is not dict or not schema.keys() <= _PLAIN_KEYWORDS:
+        return False
+    kind = schema.get("type")
+    return type(kind) is str and type(value) in _PLAIN_TYPES.get(kind, ())
 
 
 class _NoJsonForm(Exception):

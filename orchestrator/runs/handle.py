@@ -64,16 +64,16 @@ class FlowRun:
 
     def result(self, timeout: float | None = None) -> Any:
         """The flow's return value; raises FlowRunFailed if the run did not complete."""
-        waited, record, results = self.store.flow_runs.wait_outcome(self.id, timeout)
+        waited, outcome = self.store.flow_runs.wait_outcome(self.id, timeout)
         state = self._final(waited, timeout)
         if state is not StateType.COMPLETED:
-            error = FlowRunFailed(
-                f"flow run {record.get('name', self.id)} ({self.id}) ended {state.value}: {record.get('message', '')}"
-            )
+            name = outcome.name if outcome.name is not None else self.id
+            error = FlowRunFailed(f"flow run {name} ({self.id}) ended {state.value}: {outcome.message or ''}")
             error.original_type, error.original_message = self._root_cause()
             raise error
-        returns = json.loads(record.get("returns", "null"))
-        return resolve(returns, self.store, allow_pickle=True, where=f"flow run {self.id} result", prefetched=results)
+        returns = json.loads(outcome.returns if outcome.returns is not None else "null")
+        where = f"flow run {self.id} result"
+        return resolve(returns, self.store, allow_pickle=True, where=where, prefetched=outcome.results)
 
     def _root_cause(self) -> tuple[str | None, str | None]:
         """The exception the first task run to fail raised (class ``module:qualname``, text), if any."""

@@ -26,16 +26,16 @@ class LinkedOutcome:
 
 def linked_outcome(store: RunStore, run_id: str) -> LinkedOutcome | None:
     """The child's outcome once it is final (None before). A result that cannot be read fails the outcome."""
-    record, results = store.flow_runs.read_outcome(run_id)
-    state = StateType(record["state"]) if record.get("state") else None
+    outcome = store.flow_runs.read_outcome(run_id)
+    state = outcome.state_type
     if state is None or not state.is_final:
         return None
-    message = record.get("message", "")
+    message = outcome.message or ""
     if state is not StateType.COMPLETED:
         return LinkedOutcome(state, message, None)
-    returns = json.loads(record.get("returns") or "null")
+    returns = json.loads(outcome.returns or "null")
     try:
-        text = returns_text(store, returns, f"flow run {run_id} result", prefetched=results)
+        text = returns_text(store, returns, f"flow run {run_id} result", prefetched=outcome.results)
     except Exception as exc:  # expired or refused: the parent must learn why, not hang
         return LinkedOutcome(StateType.FAILED, f"its result cannot be read: {exc}", None)
     return LinkedOutcome(state, message, text)

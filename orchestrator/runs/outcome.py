@@ -46,17 +46,17 @@ class ShownResult:
 
 def shown_result(store: RunStore, run_id: str) -> ShownResult:
     """The run's state and, when it completed, its return value as plain JSON."""
-    record, texts = store.flow_runs.read_outcome(run_id)
+    outcome = store.flow_runs.read_outcome(run_id)
     try:
-        state = StateType(record["state"]) if record.get("state") else None
+        state = outcome.state_type
     except ValueError:
         state = None
-    message = record.get("message", "")
+    message = outcome.message or ""
     if state is not StateType.COMPLETED:
         return ShownResult(state, message)
-    returns = json.loads(record.get("returns") or "null")
+    returns = json.loads(outcome.returns or "null")
     refs = refs_in(returns)
-    texts = {ref: texts.get(ref) for ref in refs}
+    texts = {ref: outcome.results.get(ref) for ref in refs}
     missing = [ref for ref, text in texts.items() if text is None]
     if missing:  # gone from Redis: a result kept with persist_result=True is still on storage
         texts |= {ref: text for ref, text in _persisted(missing).items() if text is not None}

@@ -61,7 +61,7 @@ class EventStream:
         No ``MAXLEN``: only the recorder's acknowledgement trims the stream (the module's docstring says why).
         """
         text = event if isinstance(event, str) else encode(event)
-        pipe.xadd(keys.EVENTS_STREAM, {"event": text})
+        pipe.execute_command("XADD", keys.EVENTS_STREAM, "*", "event", text)  # pipe.xadd(stream, {"event": text})
 
     def append_all(self, pipe: Any, events: Iterable[StreamEvent | str]) -> None:
         """Queue several events in ``pipe``, in order."""

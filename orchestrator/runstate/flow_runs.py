@@ -16,11 +16,12 @@ from typing import Any, NamedTuple
 from redis.client import NEVER_DECODE
 
 from orchestrator.runstate import keys
-from orchestrator.runstate.connection import now, read_hashes
+from orchestrator.runstate.connection import now, queued_hset, read_hashes
 from orchestrator.runstate.event_stream import EventStream
 from orchestrator.runstate.events import Renamed, flow_run_event
 from orchestrator.runstate.records import (
     RESTORED_FLOW_FIELDS,
+    FlowOutcome,
     FlowRunRecord,
     body_task_run_id,
     describe_record,
@@ -34,6 +35,7 @@ RAW: dict[str, list[str]] = {NEVER_DECODE: []}  # a command option of redis-py: 
 END_HOOKS_FIELD = "end_hooks"  # set in a run's hash by whoever runs the hooks of its end
 BODY_ATTEMPT_FIELD = "body_attempt"  # the live attempt of a dynamic body (see state_and_body_attempt)
 LAUNCH_WRITES = frozenset({"HSET", "EXPIRE", "SET", "SADD", "XADD", "ZADD"})  # what lua/launch_run.lua may write
+PLAIN_PLAN_UNDER = 1024  # bytes of a plan's JSON text under which it is kept uncompressed (pack_plan)
 LAUNCH_MAX_ARGS = 4000  # arguments of writes and sends one launch script runs at most (Lua unpacks about 8,000)
 
 # ``json.dumps`` with options builds an encoder per call (2-3 µs); these are built once (same text)
@@ -67,8 +69,8 @@ class FlowRuns:
         explicit retry of a final run (the only way the state machine leaves a final state).
         """
         target = pipe if pipe is not None else self._redis.pipeline(transaction=False)
-        target.hset(keys.flow_run(run_id), mapping=flow_fields_to_redis(run_id, fields))
-        target.expire(keys.flow_run(run_id), self._ttl)
+        queued_hset(target, keys.flow_run(run_id), flow_fields_to_redis(run_id, fields))
+        target.execute_command("EXPIRE", keys.flow_run(run_id), self._ttl)
         if "state" in fields:
             event = flow_run_event(
                 run_id,
@@ -110,15 +112,14 @@ class FlowRuns:
         self._events.append(pipe, Renamed(run_id, name, cause))
         pipe.execute()
 
-    def read_outcome(self, run_id: str) -> tuple[dict[str, str], dict[str, str | None]]:
-        """A flow run's record and the results its return value refers to, in one round trip."""
-        return self._outcome(
-            run_id, self._scripts["read_outcome"](keys=[keys.flow_run(run_id)], args=[keys.result("")])
+    def read_outcome(self, run_id: str) -> FlowOutcome:
+        """What a flow run's end says (its state, name, message, return template) and the results
+        that template refers to, in one round trip (:class:`~.records.FlowOutcome`)."""
+        return FlowOutcome.from_reply(
+            self._scripts["read_outcome"](keys=[keys.flow_run(run_id)], args=[keys.result("")])
         )
 
-    def wait_outcome(
-        self, run_id: str, timeout: float | None
-    ) -> tuple[StateType | None, dict[str, str], dict[str, str | None]]:
+    def wait_outcome(self, run_id: str, timeout: float | None) -> tuple[StateType | None, FlowOutcome]:
         """:meth:`wait_final` then :meth:`read_outcome`, in one round trip per wake-up.
 
         Redis runs a connection's commands in order, so the read queued behind the blocking
@@ -131,8 +132,8 @@ class FlowRuns:
         while True:
             left = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
             if left <= 0:
-                record, refs = self.read_outcome(run_id)
-                return _state_in(record), record, refs
+                outcome = self.read_outcome(run_id)
+                return outcome.state_type, outcome
             pipe = self._redis.pipeline(transaction=False)
             pipe.blmove(latch, latch, max(left, 0.01), "RIGHT", "LEFT")
             pipe.evalsha(script.sha, 1, record_key, results)
@@ -140,21 +141,14 @@ class FlowRuns:
             if isinstance(item, Exception):
                 raise item
             # NOSCRIPT (Redis restarted since the script was loaded): read it the usual way, which loads it
-            record, refs = self.read_outcome(run_id) if isinstance(out, Exception) else self._outcome(run_id, out)
-            state = StateType(item) if item else _state_in(record)
+            outcome = self.read_outcome(run_id) if isinstance(out, Exception) else FlowOutcome.from_reply(out)
+            state = StateType(item) if item else outcome.state_type
             if (
                 item
                 or (state is not None and state.is_final)
                 or (deadline is not None and time.monotonic() >= deadline)
             ):
-                return state, record, refs
-
-    @staticmethod
-    def _outcome(run_id: str, out: list[Any]) -> tuple[dict[str, str], dict[str, str | None]]:
-        flat = out[0]
-        record = full_flow_record(run_id, dict(zip(flat[::2], flat[1::2], strict=True)))
-        refs = json.loads(record.get("result_refs", "[]"))
-        return record, dict(zip(refs, out[1:], strict=False))
+                return state, outcome
 
     def read(self, run_id: str) -> dict[str, str]:
         """The raw flow run record (empty if unknown; deciders as written: :func:`~.records.deciders_of`)."""
@@ -280,7 +274,7 @@ class FlowRuns:
 
         Called once per tree, at its first launch: with no subflows the ends' hash does not
         exist, so there is nothing to give a TTL (one command fewer before ``.delay()`` sends)."""
-        pipe.set(keys.plan(root), pack_plan(plan), ex=self._ttl)
+        pipe.execute_command("SET", keys.plan(root), pack_plan(plan), "EX", self._ttl)  # pipe.set(..., ex=ttl)
         for end_node, run_id in subflow_ends.items():
             pipe.hset(keys.subflow_ends(root), end_node, run_id)
         if subflow_ends:
@@ -349,19 +343,21 @@ class FlowRuns:
         return set(self._redis.hvals(keys.subflow_ends(root)))
 
 
-def _state_in(record: dict[str, str]) -> StateType | None:
-    """The state a flow run record holds (None for an empty record)."""
-    return StateType(record["state"]) if record.get("state") else None
-
-
 def pack_plan(plan: dict[str, Any]) -> bytes:
-    """A plan as stored: zlib-compressed JSON.
+    """A plan as stored: zlib-compressed JSON, or the JSON text itself under :data:`PLAIN_PLAN_UNDER` bytes.
 
     A plan stays in Redis as long as its run (a retry re-reads it), and its nodes repeat the
     same keys, task names, options and flow run id: compressed, a node of a plain task takes
     about 55 bytes instead of about 750 (mostly its id, which does not compress).
+
+    A plan of one task node (about 780 bytes) compresses to about 400, and compressing it cost
+    ``.delay()`` about 30 µs of CPU on its path, half as much as tracing the flow: kept as text,
+    it takes those 400 bytes more for as long as it is kept (a completed run's until the API
+    has recorded it: :meth:`FlowRuns.plans_recorded`).
+    Every reader takes both (:func:`unpack_plan`: JSON text starts with ``{``, zlib never does).
     """
-    return zlib.compress(_COMPACT.encode(plan).encode(), 6)
+    text = _COMPACT.encode(plan).encode()
+    return text if len(text) < PLAIN_PLAN_UNDER else zlib.compress(text, 6)
 
 
 def unpack_plan(stored: bytes | None) -> str | None:

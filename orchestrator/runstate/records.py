@@ -88,7 +88,41 @@ def full_flow_record(run_id: str, raw: dict[str, str]) -> dict[str, str]:
     packed = full.get("returns", "")
     if not packed.startswith(PACKED):
         return full
-    return full | {"returns": zlib.decompress(base64.b64decode(packed[len(PACKED) :])).decode()}
+    return full | {"returns": unpacked_returns(packed)}
+
+
+def unpacked_returns(stored: str) -> str:
+    """A record's ``returns`` as its JSON text (:func:`flow_fields_to_redis` packs a long one)."""
+    if not stored.startswith(PACKED):
+        return stored
+    return zlib.decompress(base64.b64decode(stored[len(PACKED) :])).decode()
+
+
+@dataclass(frozen=True)
+class FlowOutcome:
+    """What a flow run's waiter reads of its end (``lua/read_outcome.lua``): a few fields of its
+    record, each None where the record has none (all of them: Redis has no such run), and the
+    texts of the results its return template refers to (None where gone), by task run id.
+
+    Not the whole record: a waiter needs only these, and each field more is parsed in Python."""
+
+    state: str | None = None
+    name: str | None = None
+    message: str | None = None
+    returns: str | None = None  # the return template's JSON text (unpacked)
+    results: dict[str, str | None] = field(default_factory=dict)
+
+    @classmethod
+    def from_reply(cls, reply: list[Any]) -> FlowOutcome:
+        """The outcome of the script's flat reply (its five fields, then the results in ``result_refs``' order)."""
+        state, name, message, returns, refs = reply[:5]
+        results = dict(zip(json.loads(refs), reply[5:], strict=False)) if refs else {}
+        return cls(state or None, name, message, unpacked_returns(returns) if returns else returns, results)
+
+    @property
+    def state_type(self) -> StateType | None:
+        """The state as a :class:`StateType` (None: no state; an unknown text raises ValueError)."""
+        return StateType(self.state) if self.state else None
 
 
 def deciders_of(raw: dict[str, str]) -> list[str]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.runstate import keys
-from orchestrator.runstate.connection import now, read_hashes
+from orchestrator.runstate.connection import now, queued_hset, read_hashes
 from orchestrator.runstate.event_stream import EventStream
 from orchestrator.runstate.events import StreamEvent, encode, flow_run_event, task_run_event
 from orchestrator.runstate.records import (
@@ -144,20 +144,21 @@ class TaskRuns:
         it waits for, the tree's count, each flow run's set of task runs (the root's holds the whole
         tree when there are subflows), the join tables, the tolerant set and the kept inputs."""
         ttl = self._ttl
-        pipe.set(keys.remaining(root), len(runs), ex=ttl)
+        queue = pipe.execute_command  # the commands as redis-py's methods queue them (see queued_hset)
+        queue("SET", keys.remaining(root), len(runs), "EX", ttl)
         by_flow: dict[str, list[str]] = {}
         for run, upstream in runs:
             by_flow.setdefault(run.flow_run_id, []).append(run.id)
-            pipe.hset(keys.task_run(run.id), mapping=run.to_redis())
-            pipe.expire(keys.task_run(run.id), ttl)
+            queued_hset(pipe, keys.task_run(run.id), run.to_redis())
+            queue("EXPIRE", keys.task_run(run.id), ttl)
             for up in upstream:
-                pipe.sadd(keys.downstream(up), run.id)
-                pipe.expire(keys.downstream(up), ttl)
+                queue("SADD", keys.downstream(up), run.id)
+                queue("EXPIRE", keys.downstream(up), ttl)
         if whole_tree_in_root:
             by_flow[root] = [run.id for run, _ in runs]
         for flow_run_id, ids in by_flow.items():
-            pipe.sadd(keys.flow_tasks(flow_run_id), *ids)
-            pipe.expire(keys.flow_tasks(flow_run_id), ttl)
+            queue("SADD", keys.flow_tasks(flow_run_id), *ids)
+            queue("EXPIRE", keys.flow_tasks(flow_run_id), ttl)
         if join_pending:
             pipe.hset(keys.join_pending(root), mapping=join_pending)
             pipe.hset(keys.join_signature(root), mapping={k: json.dumps(v) for k, v in join_signatures.items()})
