@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import redis
 from celery import Celery
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.worker.request import Request
 
 from orchestrator import task
@@ -227,3 +228,21 @@ def test_a_capture_that_raises_is_not_in_the_way(
     assert chain.state() is StateType.COMPLETED
     [sent] = chain.queued()
     assert sent["headers"]["id"] == chain.next.id
+
+
+def test_a_time_limit_during_the_capture_ends_the_run_timed_out_without_running_it(
+    app: Celery, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The soft time limit is not swallowed as a failed capture: raised again where the function would
+    run, the run ends TimedOut, the function never runs and the next link is not sent."""
+
+    def interrupted(*_: Any, **__: Any) -> Any:
+        raise SoftTimeLimitExceeded()
+
+    EVENTS.clear()
+    chain = Chain(app, queue, step.name)
+    monkeypatch.setattr(celery_tasks, "captured_sends", interrupted)
+    chain.execute()
+    assert chain.state() is StateType.TIMED_OUT
+    assert EVENTS == []
+    assert chain.queued() == []

@@ -174,7 +174,9 @@ class CeleryAttempt:
                 )
 
             return captured_sends(app, send, get_store().server()) or []
-        except Exception:  # never in the way of the task: Celery sends the link after it returns, as before
+        except Exception as exc:  # never in the way of the task: Celery sends the link after it returns, as before
+            if self.is_timeout(exc):
+                raise  # the task's soft time limit: it ends the attempt (``chained_ahead``)
             log.debug("could not capture the next link of %s's chain", request.id, exc_info=True)
             return []
 

@@ -367,7 +367,20 @@ def resolved_ahead(
         return Resolved(error=exc)
 
 
-def chained_ahead(attempt: Attempt) -> list[tuple[str, str, Any]]:
+@dataclass(frozen=True, slots=True)
+class Link:
+    """The next link of the task's chain, as the commands that send it, captured while the start was on
+    its way (:func:`chained_ahead`); or the time limit that cut the capture short, raised again where
+    the function would run (so the run ends TimedOut, as if the limit had come a moment later)."""
+
+    writes: Sequence[tuple[str, str, Any]] = ()
+    interrupted: Exception | None = None
+
+
+NO_LINK = Link()
+
+
+def chained_ahead(attempt: Attempt) -> Link:
     """The next link of the task's chain, captured while the start is on its way (:meth:`Attempt.chained`).
 
     Its message is built from the request alone (parent, root, priority, the rest of the chain),
@@ -378,10 +391,12 @@ def chained_ahead(attempt: Attempt) -> list[tuple[str, str, Any]]:
     raises is no reason to stop the task: Celery then sends the link after it returns, as before.
     """
     try:
-        return attempt.chained()
-    except Exception:
+        return Link(attempt.chained())
+    except Exception as exc:
+        if attempt.is_timeout(exc):  # the task's soft time limit, come before its function: not swallowed
+            return Link(interrupted=exc)
         log.debug("could not capture the next link of a chain ahead of its task", exc_info=True)
-        return []
+        return NO_LINK
 
 
 def _resolve(
@@ -423,12 +438,12 @@ def _run_started(
     started: Started,
     held: list[str],
     ahead: Resolved | None = None,
-    link: Sequence[tuple[str, str, Any]] = (),
+    link: Link = NO_LINK,
 ) -> Ending:
     """Run a started task run and record how it ended. ``held``: the concurrency slots it holds, given
     back before a retry is sent (and emptied, so :func:`run_task` gives back nothing more);
-    ``ahead``: its arguments, when they were decoded while the start was on its way; ``link``: the
-    commands that send its chain's next task, captured then too, run only with a Completed end."""
+    ``ahead``: its arguments, when they were decoded while the start was on its way; ``link``: its
+    chain's next task, captured then too, sent only with a Completed end."""
     trid = run["task_run_id"]
     from_store = inputs is None  # pickle payloads are loaded only from the run store
     if inputs is None:
@@ -444,6 +459,8 @@ def _run_started(
         tags=list(task.tags),
     )
     try:
+        if link.interrupted is not None:
+            raise link.interrupted
         if ahead is not None:
             kwargs = ahead.value()
         else:
@@ -504,7 +521,7 @@ def _run_started(
         raise
     fields = cache.fields() if cache is not None else None
     return end_completed(
-        store, run, attempt, text, lambda: call_hooks(task, task.hooks, info, StateType.COMPLETED), fields, link
+        store, run, attempt, text, lambda: call_hooks(task, task.hooks, info, StateType.COMPLETED), fields, link.writes
     )
 
 
