@@ -75,6 +75,9 @@ from .time_limits import hold_off_soft_limit
 
 log = logging.getLogger(__name__)
 
+TIMED_FROM_SEND = frozenset({"countdown", "expires"})
+"""Signature options Celery turns into a time when it sends the message (an ETA, an expiry)."""
+
 
 class CeleryAttempt:
     """The executor's view of one Celery task execution."""
@@ -141,31 +144,39 @@ class CeleryAttempt:
         """What Celery's tracer would send after this task returns (the next link of its chain, as
         ``_dispatch_callbacks_and_chain`` builds it), captured as Redis commands; [] when the next
         step is a group, chord or chain, the task has link callbacks, or the broker is not the run
-        store's Redis (:func:`captured_sends`)."""
+        store's Redis (:func:`captured_sends`).
+
+        The executor asks before the function runs (``chained_ahead``): all of it comes from the
+        request, which the run does not change, and from None, what an orchestrator task returns.
+        Not a link timed from its send (``countdown``, ``expires``; the compiler sets neither):
+        captured early, its clock would start before the task ran; Celery sends that one, as before.
+        """
         task, request = self.celery_task, self.celery_task.request
         chain = request.chain
         if not chain or request.callbacks:
             return []
         app = task.app
-        following = signature(chain[-1], app=app)
-        if type(following) is not Signature:
-            return []
-        inherit = app.conf.task_inherit_parent_priority
-        priority = (request.delivery_info or {}).get("priority") if inherit else None
-
-        def send(producer: Any) -> None:
-            following.apply_async(
-                (None,),  # what the task returned, as Celery passes it (an orchestrator task returns None)
-                chain=chain[:-1],
-                parent_id=request.id,
-                root_id=request.root_id or request.id,
-                priority=priority,
-                producer=producer,
-            )
-
         try:
+            following = signature(chain[-1], app=app)
+            if type(following) is not Signature or not TIMED_FROM_SEND.isdisjoint(following.options):
+                return []
+            inherit = app.conf.task_inherit_parent_priority
+            priority = (request.delivery_info or {}).get("priority") if inherit else None
+
+            def send(producer: Any) -> None:
+                following.apply_async(
+                    (None,),  # what the task returned, as Celery passes it (an orchestrator task returns None)
+                    chain=chain[:-1],
+                    parent_id=request.id,
+                    root_id=request.root_id or request.id,
+                    priority=priority,
+                    producer=producer,
+                )
+
             return captured_sends(app, send, get_store().server()) or []
-        except Exception:  # never in the way of the task's end: Celery sends the link as before
+        except Exception as exc:  # never in the way of the task: Celery sends the link after it returns, as before
+            if self.is_timeout(exc):
+                raise  # the task's soft time limit: it ends the attempt (``chained_ahead``)
             log.debug("could not capture the next link of %s's chain", request.id, exc_info=True)
             return []
 

@@ -98,7 +98,9 @@ class Attempt(Protocol):
 
     def chained(self) -> list[tuple[str, str, Any]]:
         """The Redis commands that send what follows this task in its canvas (a chain's next task), to
-        run with its end; [] when they cannot be had (Celery then sends it after the task returns)."""
+        run with its end; [] when they cannot be had (Celery then sends it after the task returns).
+        Built from the message alone (never the task's result, which an orchestrator task does not
+        return to Celery), so it is asked for before the function runs; it must never raise."""
 
     def chained_sent(self) -> None:
         """The commands of :meth:`chained` ran with the end: Celery must not send that task again."""
@@ -201,18 +203,18 @@ def end_completed(
     text: str,
     hooks: Callable[[], None] | None = None,
     fields: dict[str, str] | None = None,
-    chain: bool = False,
+    chained: Sequence[tuple[str, str, Any]] = (),
 ) -> Ending:
     """Make a task run Completed with its result (``fields`` added to its record); send joins that became ready.
 
-    ``chain``: the next task of the Celery chain this one is in goes out in the same round trip as
-    the end (:meth:`Attempt.chained`), not in one of its own after the task returns: a link of a
-    chain waits for one round trip less. A user task's end only; the built-in tasks keep Celery's send.
+    ``chained``: the commands that send the next task of the Celery chain this one is in
+    (:meth:`Attempt.chained`, captured while the start was on its way): they run in the same round
+    trip as the end, not in one of their own after the task returns, so a link of a chain waits for
+    one round trip less. A user task's end only; the built-in tasks keep Celery's send.
     """
     root, trid = run["root"], run["task_run_id"]
-    sends = attempt.chained() if chain else []
     finished = store.task_runs.finished(
-        root, trid, StateType.COMPLETED, {"ended": now(), "worker": attempt.worker} | (fields or {}), text, sends
+        root, trid, StateType.COMPLETED, {"ended": now(), "worker": attempt.worker} | (fields or {}), text, chained
     )
     if finished.sent:
         attempt.chained_sent()
@@ -314,8 +316,9 @@ def _run_holding_slots(
     )
     try:
         ahead = resolved_ahead(store, task, run, inputs, allowed) if inputs is not None and not prefetch else None
+        link = chained_ahead(attempt)
     finally:
-        started = pending.result()  # read even if the line above was interrupted: the connection must be left clean
+        started = pending.result()  # read even if the lines above were interrupted: the connection must be left clean
     if started is None:  # already final: a redelivery, maybe after a crash mid-way
         completed = finish_what_a_crash_left(store, run, attempt.send, attempt.report)
         return Ending.DUPLICATE if completed else Ending.STOPPED  # a chain must not go on
@@ -334,7 +337,7 @@ def _run_holding_slots(
         return Ending.STOPPED
     HEARTBEATS.begin(trid, record | {"start": started.start}, announced=True)
     try:
-        return _run_started(store, task, run, inputs, attempt, retries_used, allowed, started, held, ahead)
+        return _run_started(store, task, run, inputs, attempt, retries_used, allowed, started, held, ahead, link)
     finally:
         HEARTBEATS.end(trid)  # the next beat takes it off the detector's set
 
@@ -362,6 +365,38 @@ def resolved_ahead(
         return Resolved(kwargs=_resolve(store, task, inputs, allowed, {}, where=_where(task, run), from_store=False))
     except Exception as exc:  # raised again where the start allows the task to run (Resolved.value)
         return Resolved(error=exc)
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """The next link of the task's chain, as the commands that send it, captured while the start was on
+    its way (:func:`chained_ahead`); or the time limit that cut the capture short, raised again where
+    the function would run (so the run ends TimedOut, as if the limit had come a moment later)."""
+
+    writes: Sequence[tuple[str, str, Any]] = ()
+    interrupted: Exception | None = None
+
+
+NO_LINK = Link()
+
+
+def chained_ahead(attempt: Attempt) -> Link:
+    """The next link of the task's chain, captured while the start is on its way (:meth:`Attempt.chained`).
+
+    Its message is built from the request alone (parent, root, priority, the rest of the chain),
+    which the run does not change, and an orchestrator task returns None to Celery: captured now or
+    after the function, it is the same message, and the child does this work in the time it would
+    wait for the start's answer. It is sent only with a Completed end (:func:`end_completed`); every
+    other ending drops it, unsent, and Celery sends nothing or the link as before. A capture that
+    raises is no reason to stop the task: Celery then sends the link after it returns, as before.
+    """
+    try:
+        return Link(attempt.chained())
+    except Exception as exc:
+        if attempt.is_timeout(exc):  # the task's soft time limit, come before its function: not swallowed
+            return Link(interrupted=exc)
+        log.debug("could not capture the next link of a chain ahead of its task", exc_info=True)
+        return NO_LINK
 
 
 def _resolve(
@@ -403,10 +438,12 @@ def _run_started(
     started: Started,
     held: list[str],
     ahead: Resolved | None = None,
+    link: Link = NO_LINK,
 ) -> Ending:
     """Run a started task run and record how it ended. ``held``: the concurrency slots it holds, given
     back before a retry is sent (and emptied, so :func:`run_task` gives back nothing more);
-    ``ahead``: its arguments, when they were decoded while the start was on its way."""
+    ``ahead``: its arguments, when they were decoded while the start was on its way; ``link``: its
+    chain's next task, captured then too, sent only with a Completed end."""
     trid = run["task_run_id"]
     from_store = inputs is None  # pickle payloads are loaded only from the run store
     if inputs is None:
@@ -422,6 +459,8 @@ def _run_started(
         tags=list(task.tags),
     )
     try:
+        if link.interrupted is not None:
+            raise link.interrupted
         if ahead is not None:
             kwargs = ahead.value()
         else:
@@ -482,7 +521,7 @@ def _run_started(
         raise
     fields = cache.fields() if cache is not None else None
     return end_completed(
-        store, run, attempt, text, lambda: call_hooks(task, task.hooks, info, StateType.COMPLETED), fields, chain=True
+        store, run, attempt, text, lambda: call_hooks(task, task.hooks, info, StateType.COMPLETED), fields, link.writes
     )
 
 
