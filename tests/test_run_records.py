@@ -130,3 +130,9 @@ def test_a_delayed_runs_record_and_plan_read_back_as_the_trace_made_them() -> No
 def test_json_text_is_json_dumps(value: Any) -> None:
     """The record writer's shortcut for numbers and constants gives exactly the encoder's text."""
     assert json_text(value) == json.dumps(value)
+
+
+def test_a_task_runs_state_is_typed_and_an_unknown_one_stays_text() -> None:
+    typed = typed_task_run({"state": "Completed", "attempts": "2"})
+    assert typed["state"] is StateType.COMPLETED and typed["attempts"] == 2
+    assert typed_task_run({"state": "Paused-ish"})["state"] == "Paused-ish"  # no StateType: kept as written

@@ -186,6 +186,7 @@ def parse_json(value: Any, default: Any) -> Any:
 TASK_RUN_TIMES = frozenset({"created", "started", "ended", "retry_at", "first_poke"})  # epoch seconds
 TASK_RUN_COUNTS = frozenset({"attempts", "starts"})
 TASK_RUN_FLAGS = frozenset({"cached"})  # "1" or "0" in the hash
+STATES_BY_TEXT = {state.value: state for state in StateType}  # a stored state's text -> its StateType
 
 
 def typed_task_run(raw: dict[str, str]) -> dict[str, Any]:
@@ -206,7 +207,7 @@ def typed_task_run(raw: dict[str, str]) -> dict[str, Any]:
         elif key in TASK_RUN_FLAGS:
             out[key] = value in ("1", "True", "true")
         elif key == "state":
-            out[key] = StateType(value) if value in StateType._value2member_map_ else value
+            out[key] = STATES_BY_TEXT.get(value, value)  # a text no state has (a newer worker's) stays text
         elif key in JSON_FIELDS:
             out[key] = parse_json(value, value)
         else:
