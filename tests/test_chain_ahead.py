@@ -213,7 +213,7 @@ def test_a_link_that_retries_sends_its_next_attempt_not_the_next_link(
 def test_a_capture_that_raises_is_not_in_the_way(
     app: Celery, queue: str, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
-    """Raised by the capture (``chained`` catches it) or by ``chained`` itself (the executor does):
+    """Raised by the capture or by ``chained`` itself (``chained_ahead`` catches both):
     the task runs and completes, and Celery's tracer sends the link after it returns, as before."""
     chain = Chain(app, queue, step.name)
 

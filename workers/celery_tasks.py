@@ -150,35 +150,31 @@ class CeleryAttempt:
         request, which the run does not change, and from None, what an orchestrator task returns.
         Not a link timed from its send (``countdown``, ``expires``; the compiler sets neither):
         captured early, its clock would start before the task ran; Celery sends that one, as before.
+        A capture that raises raises here: ``chained_ahead`` decides what that means (a time limit
+        ends the attempt; anything else leaves the link to Celery).
         """
         task, request = self.celery_task, self.celery_task.request
         chain = request.chain
         if not chain or request.callbacks:
             return []
         app = task.app
-        try:
-            following = signature(chain[-1], app=app)
-            if type(following) is not Signature or not TIMED_FROM_SEND.isdisjoint(following.options):
-                return []
-            inherit = app.conf.task_inherit_parent_priority
-            priority = (request.delivery_info or {}).get("priority") if inherit else None
-
-            def send(producer: Any) -> None:
-                following.apply_async(
-                    (None,),  # what the task returned, as Celery passes it (an orchestrator task returns None)
-                    chain=chain[:-1],
-                    parent_id=request.id,
-                    root_id=request.root_id or request.id,
-                    priority=priority,
-                    producer=producer,
-                )
-
-            return captured_sends(app, send, get_store().server()) or []
-        except Exception as exc:  # never in the way of the task: Celery sends the link after it returns, as before
-            if self.is_timeout(exc):
-                raise  # the task's soft time limit: it ends the attempt (``chained_ahead``)
-            log.debug("could not capture the next link of %s's chain", request.id, exc_info=True)
+        following = signature(chain[-1], app=app)
+        if type(following) is not Signature or not TIMED_FROM_SEND.isdisjoint(following.options):
             return []
+        inherit = app.conf.task_inherit_parent_priority
+        priority = (request.delivery_info or {}).get("priority") if inherit else None
+
+        def send(producer: Any) -> None:
+            following.apply_async(
+                (None,),  # what the task returned, as Celery passes it (an orchestrator task returns None)
+                chain=chain[:-1],
+                parent_id=request.id,
+                root_id=request.root_id or request.id,
+                priority=priority,
+                producer=producer,
+            )
+
+        return captured_sends(app, send, get_store().server()) or []
 
     def chained_sent(self) -> None:
         self.celery_task.request.chain = None  # the tracer sends nothing after the task returns

@@ -100,7 +100,8 @@ class Attempt(Protocol):
         """The Redis commands that send what follows this task in its canvas (a chain's next task), to
         run with its end; [] when they cannot be had (Celery then sends it after the task returns).
         Built from the message alone (never the task's result, which an orchestrator task does not
-        return to Celery), so it is asked for before the function runs; it must never raise."""
+        return to Celery), so it is asked for before the function runs. What it raises is handled by
+        :func:`chained_ahead`, its one caller."""
 
     def chained_sent(self) -> None:
         """The commands of :meth:`chained` ran with the end: Celery must not send that task again."""
