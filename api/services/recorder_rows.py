@@ -63,7 +63,7 @@ class FlowRow(PlainRow):
     """One flow_run row (the columns and defaults of :class:`api.models.FlowRun`)."""
 
     TABLE: ClassVar[Table] = table_of(FlowRun)
-    COLUMNS: ClassVar[tuple[str, ...]] = tuple(c.name for c in table_of(FlowRun).columns)
+    COLUMNS: ClassVar[tuple[str, ...]] = tuple(c.name for c in TABLE.columns)
 
     id: str
     flow_name: str = ""
@@ -94,7 +94,7 @@ class TaskRow(PlainRow):
     """One task_run row (the columns and defaults of :class:`api.models.TaskRun`)."""
 
     TABLE: ClassVar[Table] = table_of(TaskRun)
-    COLUMNS: ClassVar[tuple[str, ...]] = tuple(c.name for c in table_of(TaskRun).columns)
+    COLUMNS: ClassVar[tuple[str, ...]] = tuple(c.name for c in TABLE.columns)
 
     id: str
     flow_run_id: str = ""
