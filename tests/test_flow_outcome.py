@@ -73,6 +73,26 @@ def test_the_outcome_holds_the_results_its_return_template_names_in_their_order(
     assert store.flow_runs.wait_outcome(run_id, 5) == (StateType.COMPLETED, outcome)
 
 
+def test_the_results_are_read_only_once_the_run_completed() -> None:
+    """A waiter reads the outcome at every wake-up while the run goes on: a run not yet Completed
+    (Running, or ended Failed) costs Redis no read of its results, however many it names."""
+    refs = [str(uuid.uuid4()) for _ in range(3)]
+    store = get_store()
+    for ref in refs:
+        store.redis.set(keys.result(ref), json.dumps(ref))
+    returns = [{"__ref__": ref, "path": []} for ref in refs]
+    run_id = ended({"name": "n", "state": StateType.RUNNING.value, "returns": returns, "result_refs": refs})
+    assert store.flow_runs.read_outcome(run_id).results == {}
+    assert store.flow_runs.wait_outcome(run_id, 0.05) == (StateType.RUNNING, store.flow_runs.read_outcome(run_id))
+
+    failed = ended({"state": StateType.FAILED.value, "returns": returns, "result_refs": refs})
+    assert store.flow_runs.read_outcome(failed).results == {}
+
+    store.flow_runs.write(run_id, {"state": StateType.COMPLETED.value})
+    assert store.flow_runs.read_outcome(run_id).results == {ref: json.dumps(ref) for ref in refs}
+    assert FlowRun(run_id).result(timeout=5) == refs
+
+
 def test_a_completed_run_gives_its_value_to_result_and_to_the_api() -> None:
     task_run = str(uuid.uuid4())
     get_store().redis.set(keys.result(task_run), json.dumps([1, 2]))

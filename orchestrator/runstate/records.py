@@ -101,8 +101,9 @@ def unpacked_returns(stored: str) -> str:
 @dataclass(frozen=True)
 class FlowOutcome:
     """What a flow run's waiter reads of its end (``lua/read_outcome.lua``): a few fields of its
-    record, each None where the record has none (all of them: Redis has no such run), and the
-    texts of the results its return template refers to (None where gone), by task run id.
+    record, each None where the record has none (all of them: Redis has no such run), and, once the
+    run is Completed, the texts of the results its return template refers to (None where gone), by
+    task run id (empty before: no reader uses them for any other state).
 
     Not the whole record: a waiter needs only these, and each field more is parsed in Python."""
 
