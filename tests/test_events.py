@@ -7,6 +7,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from celery import Celery
@@ -88,3 +89,43 @@ def test_each_attempt_is_recorded_in_the_state_events() -> None:
         StateType.RETRYING.value,
         StateType.COMPLETED.value,
     ]
+
+
+def quiet_event_connections(redis: Any) -> list[str]:
+    """Addresses of the no-reply connections the fleet publishes its events on
+    (``workers/quiet_events.py``): the ones whose last command was an event's PUBLISH."""
+    return [c["addr"] for c in redis.client_list() if c.get("cmd") == "publish"]
+
+
+def test_the_worker_publishes_its_events_without_waiting_and_recovers_a_lost_connection(
+    celery_events: dict[str, list[tuple[float, str]]],
+) -> None:
+    """The worker's event publishes go out on connections told not to reply (nothing waits for a
+    subscriber count); killing them loses no later event: the next publish goes the ordinary way
+    and a new quiet connection follows."""
+    redis = get_store().redis
+
+    def reply_offs() -> int:
+        return int(redis.info("commandstats").get("cmdstat_client|reply", {}).get("calls", 0))
+
+    first = flows.chain_flow.delay(x=1)
+    assert first.result(timeout=30) == 6
+    for row in first.task_runs():
+        assert wait_for_events(celery_events, row["id"], "task-succeeded")[-1] == "task-succeeded"
+    made = reply_offs()
+    assert made > 0  # the worker's processes told Redis not to reply on their event connections
+    quiet = quiet_event_connections(redis)
+    assert quiet, redis.client_list()
+
+    for address in quiet:
+        redis.client_kill(address)
+    for attempt in range(3):  # each run's events need a connection: the first after the kill rebuilds it
+        run = flows.chain_flow.delay(x=attempt)
+        assert run.result(timeout=30) == 2 * (attempt + 2)
+        for row in run.task_runs():
+            assert wait_for_events(celery_events, row["id"], "task-succeeded")[-3:] == [
+                "task-received",
+                "task-started",
+                "task-succeeded",
+            ]
+    assert reply_offs() > made  # a new quiet connection took over

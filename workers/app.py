@@ -29,6 +29,7 @@ from .body_admission import hand_over_bodies
 from .celery_tasks import record_revoked, record_unknown, register_builtin_tasks, register_user_task
 from .delayed import BEAT_SECONDS, DelayedSender
 from .logship import install as install_log_shipper
+from .quiet_events import publish_events_quietly
 from .redis_transport import survive_lost_redis
 from .visibility import KeepVisible, refresh_interval
 
@@ -63,6 +64,7 @@ def _ride_out_redis_outages(**_: object) -> None:
     ride_out_outages(REDIS_OUTAGE_SECONDS)
     tolerate_redis_outages(app, REDIS_OUTAGE_SECONDS)
     survive_lost_redis()  # neither exit nor give back the messages of running tasks when Redis is lost
+    publish_events_quietly(app.conf.event_exchange)  # the main process never waits on an event's reply
 
 
 @signals.celeryd_after_setup.connect

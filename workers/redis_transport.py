@@ -31,6 +31,8 @@ from typing import Any
 
 from kombu.transport import redis as kombu_redis
 
+from .quiet_events import QuietEvents
+
 
 def running_delivery_tags() -> set[str]:
     """Delivery tags of the messages whose tasks this worker is running now."""
@@ -130,12 +132,13 @@ class Surviving:
         return params
 
 
-class Channel(Surviving, kombu_redis.Channel):  # type: ignore[misc]
-    """kombu's Redis channel with :class:`Surviving`."""
+class Channel(QuietEvents, Surviving, kombu_redis.Channel):  # type: ignore[misc]
+    """kombu's Redis channel with :class:`Surviving` and :class:`~workers.quiet_events.QuietEvents`."""
 
 
-class SentinelChannel(Surviving, kombu_redis.SentinelChannel):  # type: ignore[misc]
-    """kombu's Sentinel channel (``redis+sentinel://`` brokers) with :class:`Surviving`.
+class SentinelChannel(QuietEvents, Surviving, kombu_redis.SentinelChannel):  # type: ignore[misc]
+    """kombu's Sentinel channel (``redis+sentinel://`` brokers) with :class:`Surviving` and
+    :class:`~workers.quiet_events.QuietEvents`.
 
     kombu builds its pool from the sentinel list of the connection's client, which collecting
     has cleared: a channel used again after that (the second close, an acknowledgement, a
