@@ -13,7 +13,8 @@ same order, sent at once and never waited for. A connection Redis closed (a rest
 and a working one never is; that and any error on it drop the connection and publish the
 ordinary way, which then succeeds or fails as it always did. What it cannot see is a Redis
 that dies between that check and the write, as a Redis that dies right after taking a
-command loses it. Events are what
+command loses it. A Redis that refuses ``CLIENT REPLY OFF`` (an ACL without it) answers the
+next publish, which is seen the same way: that channel then publishes the ordinary way only. Events are what
 they were (Celery treats them as best effort); only the wait is gone. Other fanout messages,
 a prefixed keyspace and kombu's batched publishes keep the ordinary path.
 """
@@ -41,16 +42,23 @@ class QuietEvents:
 
     _quiet: Any = None  # the no-reply connection, made on the first event and kept
     _quiet_pid: int = 0  # the process that made it: a forked pool child makes its own
+    _quiet_refused = False  # Redis answered on it: CLIENT REPLY OFF was refused (an ACL, an old Redis)
     global_keyprefix: str
     pool: Any
 
     def _put_fanout(self, exchange: str, message: Any, routing_key: str, **kwargs: Any) -> None:
-        if exchange == _EVENT_EXCHANGE and "_publish_batch" not in kwargs and not self.global_keyprefix:
+        if (
+            exchange == _EVENT_EXCHANGE
+            and "_publish_batch" not in kwargs
+            and not self.global_keyprefix
+            and not self._quiet_refused
+        ):
             topics = self._get_publish_topics(exchange, routing_key)  # type: ignore[attr-defined]
             payload = dumps(message)
             try:
                 connection = self._quiet_connection()
                 if connection.can_read(timeout=0):  # raises if Redis closed it; never true while it works
+                    self._quiet_refused = True  # it replies after all: the ordinary way from now on
                     raise ConnectionError("a no-reply connection had something to read")
                 connection.send_packed_command(
                     connection.pack_commands([("PUBLISH", topic, payload) for topic in topics]), check_health=False
