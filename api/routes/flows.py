@@ -7,7 +7,6 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Path, Request, status
 
-from api.models import FlowRun
 from api.routes.deps import StoreDep
 from api.schemas import FlowPublic, FlowRunCreate, FlowRunPublic
 from api.submit import new_flow_run
@@ -66,4 +65,4 @@ async def created_run(app: Any, store: Any, name: str, body: FlowRunCreate) -> F
     """The work of :func:`create_run` once its request is checked and read; :mod:`api.direct_submit`
     answers the plain request with it too, so both answer alike (404, 422, 503 included)."""
     row = new_flow_run(find_flow(store, name), body)
-    return FlowRunPublic.of(FlowRun.model_construct(**await app.state.submitter.submit(row)))
+    return FlowRunPublic.of_row(await app.state.submitter.submit(row))
