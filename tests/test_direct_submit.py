@@ -84,12 +84,15 @@ def test_the_direct_answer_is_the_routes(redis_url: str, api: ApiProcess, case: 
                 assert wait_final(http, created["id"])["state"] == "Completed"
 
 
-@pytest.mark.parametrize("text", [b"", b"{", b"[1]", b'"x"', b"{}"])
+DEEP = b'{"parameters": {"x": ' + b"[" * 5000 + b"]" * 5000 + b"}}"  # beyond the JSON parser's recursion
+
+
+@pytest.mark.parametrize("text", [b"", b"{", b"[1]", b'"x"', b"{}", DEEP], ids=["empty", "{", "[1]", "x", "{}", "deep"])
 def test_a_body_that_is_not_plain_gets_fastapis_answer(api: ApiProcess, text: bytes) -> None:
     with httpx.Client(base_url=api.url, timeout=15) as http:
         direct, routed = post(http, "api-flow", text, DIRECT), post(http, "api-flow", text, ROUTED)
         assert answer(direct) == answer(routed)
-        assert direct.status_code == 422
+        assert 400 <= direct.status_code < 500
 
 
 # -- in process: which requests the direct path takes ----------------------------------------------
@@ -129,7 +132,7 @@ def test_with_a_key_only_a_request_carrying_it_is_taken(monkeypatch: pytest.Monk
 
 def test_plain_body() -> None:
     assert plain_body(b'{"parameters": {"x": 1}}') is not None
-    for refused in (None, b"", b"{", b"[]", b"null", b'{"nope": 1}', b'{"queue": ""}', b'{"parameters": 1}'):
+    for refused in (None, b"", b"{", b"[]", b"null", b'{"nope": 1}', b'{"queue": ""}', b'{"parameters": 1}', DEEP):
         assert plain_body(refused) is None, refused
 
 
