@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.db import get_engine
+from api.direct_submit import DirectSubmit
 from api.docs_pages import DOCS_URL, REDOC_URL, asset_paths, install_docs
 from api.metrics import Metrics
 from api.routes import concurrency_limits, deployments, flow_runs, flows, health, task_runs, workers
@@ -99,6 +100,9 @@ def create_app(*, services: bool | None = None) -> FastAPI:
     install_docs(app)
     install_doors(app)
     install_error_handlers(app)
+    # In front of the router, inside the doors and the error handlers: plain run creations skip
+    # FastAPI's routing and dependency solving (api.direct_submit; every other request unchanged).
+    app.router.middleware_stack = DirectSubmit(app.router.middleware_stack)
     return app
 
 

@@ -6,7 +6,9 @@ ignored. Times are returned as ISO 8601 in UTC.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -124,25 +126,36 @@ class FlowRunPublic(BaseModel):
 
     @classmethod
     def of(cls, row: FlowRun, deployment: str | None = None) -> FlowRunPublic:
+        return cls.shown(partial(getattr, row), deployment)
+
+    @classmethod
+    def of_row(cls, row: Mapping[str, Any], deployment: str | None = None) -> FlowRunPublic:
+        """:meth:`of` for a run given as its row's column values (one just created): no ``FlowRun`` is
+        built for it (``model_construct`` and its instrumented attributes cost ~10 µs a run created)."""
+        return cls.shown(row.__getitem__, deployment)
+
+    @classmethod
+    def shown(cls, column: Callable[[str], Any], deployment: str | None = None) -> FlowRunPublic:
+        """The run whose column values ``column(name)`` gives, as the API shows it."""
         return cls(
-            id=row.id,
-            flow_name=row.flow_name,
-            name=row.name,
-            state=row.state,
-            state_message=row.state_message,
-            parent_id=row.parent_id,
-            root_id=row.root_id,
-            queue=row.queue,
-            parameters=shown_parameters(row.parameters),
-            mode=row.mode,
-            attempt=row.attempt,
-            created=when(row.created),
-            scheduled_start=when(row.scheduled_start),
-            started=when(row.started),
-            ended=when(row.ended),
-            updated=when(row.updated),
-            result_refs=row.result_refs or [],
-            deployment_id=row.deployment_id,
+            id=column("id"),
+            flow_name=column("flow_name"),
+            name=column("name"),
+            state=column("state"),
+            state_message=column("state_message"),
+            parent_id=column("parent_id"),
+            root_id=column("root_id"),
+            queue=column("queue"),
+            parameters=shown_parameters(column("parameters")),
+            mode=column("mode"),
+            attempt=column("attempt"),
+            created=when(column("created")),
+            scheduled_start=when(column("scheduled_start")),
+            started=when(column("started")),
+            ended=when(column("ended")),
+            updated=when(column("updated")),
+            result_refs=column("result_refs") or [],
+            deployment_id=column("deployment_id"),
             deployment=deployment,
         )
 

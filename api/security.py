@@ -27,6 +27,7 @@ import hmac
 import json
 import secrets
 from collections.abc import Collection, Iterable
+from functools import lru_cache
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
 
@@ -231,6 +232,9 @@ class HostCheck:
         self.allowed = tuple(allowed)
         self.keyless = keyless
         self.check_host = (keyless or bool(self.allowed)) and "*" not in self.allowed
+        # every request asks about the same few names (parsing an address costs ~10 µs): remembered,
+        # a bounded few, as the header is the client's to choose
+        self.answers_to = lru_cache(maxsize=64)(self.answers_to)  # type: ignore[method-assign]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # no websocket routes: Starlette closes those itself

@@ -7,14 +7,14 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Path, Request, status
 
-from api.models import FlowRun
 from api.routes.deps import StoreDep
 from api.schemas import FlowPublic, FlowRunCreate, FlowRunPublic
 from api.submit import new_flow_run
 
 router = APIRouter(prefix="/flows", tags=["flows"])
 
-FlowName = Path(min_length=1, max_length=200, description="The flow's name, as workers registered it.")
+MAX_FLOW_NAME = 200  # characters of a flow's name in a path (api.direct_submit checks the same)
+FlowName = Path(min_length=1, max_length=MAX_FLOW_NAME, description="The flow's name, as workers registered it.")
 
 
 FLOW_CACHE_SECONDS = 2.0  # a flow a worker just registered is seen within this
@@ -58,5 +58,11 @@ async def create_run(request: Request, body: FlowRunCreate, store: StoreDep, nam
     ill-typed one gets 422 naming it, and nothing is created. 503 when Redis does not
     answer (nothing is created either).
     """
+    return await created_run(request.app, store, name, body)
+
+
+async def created_run(app: Any, store: Any, name: str, body: FlowRunCreate) -> FlowRunPublic:
+    """The work of :func:`create_run` once its request is checked and read; :mod:`api.direct_submit`
+    answers the plain request with it too, so both answer alike (404, 422, 503 included)."""
     row = new_flow_run(find_flow(store, name), body)
-    return FlowRunPublic.of(FlowRun.model_construct(**await request.app.state.submitter.submit(row)))
+    return FlowRunPublic.of_row(await app.state.submitter.submit(row))
