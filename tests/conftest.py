@@ -24,6 +24,7 @@ from orchestrator.devstack.localstack import ApiProcess, free_port, redis_server
 from orchestrator.devstack.rabbitmq import amqp_answers, fresh_vhost, rabbitmq_binary, rabbitmq_server
 from orchestrator.errors import ConnectionProblem
 from orchestrator.transport.celery_app import client_app
+from orchestrator.transport.messaging import sender_messaging
 
 FLOW_MODULES = ["tests.flows"]
 # Schedule tests run deployments every second or two: every API the tests start allows it
@@ -40,6 +41,7 @@ def _point_client_at(url: str) -> None:
     os.environ["ORCHESTRATOR_REDIS_URL"] = url
     reset_settings()
     client_app.cache_clear()
+    sender_messaging.cache_clear()  # the API's app, cached like the client's: built for the old URL
 
 
 BROKERS = ("redis", "amqp")
