@@ -119,12 +119,17 @@ def reliable_stall(marker: str) -> str:
     return fails_then_kills_its_worker.submit(marker)  # type: ignore[no-any-return]
 
 
-@task(retries=1, retry_delay_seconds=8)
-def fails_once(marker: str) -> str:
-    """Raises on its first attempt (counted in Redis), returns on the second, 8 s later."""
+def first_attempt_fails(marker: str) -> str:
+    """Raise on the first call for ``marker`` (counted in Redis), return ``marker`` on later ones."""
     if get_store().redis.incr(f"test:count:{marker}") == 1:
         raise ValueError(f"first attempt of {marker} fails")
     return marker
+
+
+@task(retries=1, retry_delay_seconds=8)
+def fails_once(marker: str) -> str:
+    """Raises on its first attempt, returns on the second, 8 s later."""
+    return first_attempt_fails(marker)
 
 
 @flow(name="reliable-retry-later")
@@ -142,9 +147,7 @@ def slow_on_retry(task: Any, task_run: Any, state: Any) -> None:
 @task(retries=1, retry_delay_seconds=5, on_retry=[slow_on_retry])
 def fails_once_slow_hook(marker: str) -> str:
     """:func:`fails_once` with a slow on_retry hook and a 5 s retry delay."""
-    if get_store().redis.incr(f"test:count:{marker}") == 1:
-        raise ValueError(f"first attempt of {marker} fails")
-    return marker
+    return first_attempt_fails(marker)
 
 
 @flow(name="reliable-retry-slow-hook")

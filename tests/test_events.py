@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from celery import Celery
 
 from orchestrator import StateType
 from orchestrator.runstate import keys
 from orchestrator.runstate.store import get_store
 from tests import flows
+from tests.event_receiver import receiving
 
 pytestmark = pytest.mark.usefixtures("fleet")
 
@@ -23,28 +22,9 @@ pytestmark = pytest.mark.usefixtures("fleet")
 @pytest.fixture
 def celery_events(redis_url: str) -> Iterator[dict[str, list[tuple[float, str]]]]:
     """Celery task events by task id (time stamp, type), received as Flower receives them."""
-    app = Celery("event-reader", broker=redis_url)
     seen: dict[str, list[tuple[float, str]]] = defaultdict(list)
-    stop = threading.Event()
-
-    def receive() -> None:
-        with app.connection() as connection:
-            receiver = app.events.Receiver(
-                connection,
-                handlers={"*": lambda e: seen[e.get("uuid", "")].append((e.get("timestamp", 0.0), e["type"]))},
-            )
-            while not stop.is_set():
-                try:
-                    receiver.capture(limit=None, timeout=0.5, wakeup=False)
-                except TimeoutError:
-                    continue
-
-    thread = threading.Thread(target=receive, daemon=True)
-    thread.start()
-    time.sleep(1.0)  # the receiver's queue must be bound before events are sent
-    yield seen
-    stop.set()
-    thread.join(timeout=5)
+    with receiving(redis_url, {"*": lambda e: seen[e.get("uuid", "")].append((e.get("timestamp", 0.0), e["type"]))}):
+        yield seen
 
 
 def wait_for_events(seen: dict[str, list[tuple[float, str]]], task_id: str, final: str) -> list[str]:

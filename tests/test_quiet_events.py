@@ -8,7 +8,6 @@ order, and a Redis that refuses ``CLIENT REPLY OFF`` (an ACL) gets every event t
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -19,6 +18,7 @@ from celery import Celery
 from kombu.transport import redis as kombu_redis
 
 from orchestrator.devstack.localstack import redis_server
+from tests.event_receiver import receiving
 from workers import quiet_events
 from workers.redis_transport import Channel
 
@@ -40,35 +40,15 @@ def sent_and_received(url: str, count: int) -> list[int]:
     """Send ``count`` task events through our channel; the ``seq`` of each event a receiver got."""
     app = Celery("quiet-events-test", broker=url)
     got: list[int] = []
-    stop = threading.Event()
-    ready = threading.Event()
-
-    def receive() -> None:
-        with app.connection() as connection:
-            receiver = app.events.Receiver(
-                connection, handlers={"task-succeeded": lambda event: got.append(event["seq"])}
-            )
-            ready.set()
-            while not stop.is_set() and len(got) < count:
-                try:
-                    receiver.capture(limit=None, timeout=0.2, wakeup=False)
-                except TimeoutError:
-                    continue
-
-    thread = threading.Thread(target=receive, daemon=True)
-    thread.start()
-    ready.wait(5)
-    time.sleep(0.5)  # the receiver's subscription is in place
-    with app.connection(transport=QuietTransport) as connection:
-        dispatcher = app.events.Dispatcher(connection, hostname="quiet-test")
-        for seq in range(count):
-            dispatcher.send("task-succeeded", uuid=f"t{seq}", seq=seq)
-        dispatcher.close()
-    deadline = time.monotonic() + 10
-    while len(got) < count and time.monotonic() < deadline:
-        time.sleep(0.05)
-    stop.set()
-    thread.join(timeout=5)
+    with receiving(url, {"task-succeeded": lambda event: got.append(event["seq"])}):
+        with app.connection(transport=QuietTransport) as connection:
+            dispatcher = app.events.Dispatcher(connection, hostname="quiet-test")
+            for seq in range(count):
+                dispatcher.send("task-succeeded", uuid=f"t{seq}", seq=seq)
+            dispatcher.close()
+        deadline = time.monotonic() + 10
+        while len(got) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
     return got
 
 
