@@ -103,11 +103,10 @@ class CeleryAttempt:
 
     def retry(self, delay: float, retries_used: int, record: Callable[[Any], None] | None = None) -> NoReturn:
         """Schedule the next attempt; a delayed one waits in Redis, not as a broker ETA, written in one
-        round trip with ``record`` (the attempt's AwaitingRetry) and this execution leaving the crash detector."""
+        round trip with ``record`` (the attempt's AwaitingRetry) and this execution leaving the crash
+        detector. A next attempt sent at once has its state written by the caller before (``record`` None)."""
         task, request = self.celery_task, self.celery_task.request
         if delay <= 0:
-            if record is not None:  # before the broker has the next attempt, which may start at once
-                record(None)
             kwargs = dict(request.kwargs or {}) | {"retries_used": retries_used}
             sent = task.retry(countdown=0, kwargs=kwargs, max_retries=None, throw=False)  # in the broker now
             self._leave_crash_detector()

@@ -69,7 +69,8 @@ class Attempt(Protocol):
 
     def retry(self, delay: float, retries_used: int, record: Callable[[Any], None] | None = None) -> NoReturn:
         """Schedule the next attempt in ``delay`` seconds (raises to end this one); ``record`` writes
-        the attempt's state into the pipeline that keeps the next attempt (None: written already)."""
+        the attempt's state into the pipeline that keeps a delayed next attempt (None: written already,
+        as it must be before a next attempt sent at once)."""
 
     def send(self, signatures: list[dict[str, Any]]) -> None:
         """Send signatures that became ready (Redis joins)."""

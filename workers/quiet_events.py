@@ -14,9 +14,9 @@ and a working one never is; that and any error on it drop the connection and pub
 ordinary way, which then succeeds or fails as it always did. What it cannot see is a Redis
 that dies between that check and the write, as a Redis that dies right after taking a
 command loses it. A Redis that refuses ``CLIENT REPLY OFF`` (an ACL without it) answers the
-next publish, which is seen the same way: that channel then publishes the ordinary way only. Events are what
-they were (Celery treats them as best effort); only the wait is gone. Other fanout messages,
-a prefixed keyspace and kombu's batched publishes keep the ordinary path.
+next publish, which is seen the same way: that channel then publishes the ordinary way only.
+Events are what they were (Celery treats them as best effort); only the wait is gone. Other
+fanout messages, a prefixed keyspace and kombu's batched publishes keep the ordinary path.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class QuietEvents:
     def _put_fanout(self, exchange: str, message: Any, routing_key: str, **kwargs: Any) -> None:
         if (
             exchange == _EVENT_EXCHANGE
-            and "_publish_batch" not in kwargs
+            and kwargs.get("_publish_batch") is None  # as kombu reads it: not a batched publish
             and not self.global_keyprefix
             and not self._quiet_refused
         ):
