@@ -204,6 +204,12 @@ def pickle_map_flow() -> tuple[list[complex], str]:
 
 
 @flow
+def one_task_flow(x: int = 1) -> int:
+    """One task: its message is the whole canvas (W0's shape)."""
+    return inc.submit(x)  # type: ignore[no-any-return]
+
+
+@flow
 def failing_flow() -> int:
     bad = explode.submit("boom")
     return inc.submit(bad)  # type: ignore[no-any-return]

@@ -56,7 +56,6 @@ from orchestrator.transport.messaging import (
     CeleryMessaging,
     Messaging,
     Start,
-    captured_sends,
     client_messaging,
     start_flow_run_message,
 )
@@ -418,7 +417,8 @@ def captured_starts(
     messaging: Messaging, starts: list[Start], server: tuple[Any, ...] | None
 ) -> list[BrokerWrite] | None:
     """The Redis commands :meth:`~CeleryMessaging.send_starts` would run for ``starts``, captured and not
-    run (:func:`~orchestrator.transport.messaging.captured_sends`): the same messages, byte for byte
+    run (:meth:`~CeleryMessaging.captured_signatures`: from their template once Celery's own sends
+    taught it, else Celery's capture): the same messages, byte for byte
     but for kombu's random delivery tag, for :func:`send_new_runs` to run in the round trip that writes
     the records. None, and nothing sent, when they cannot be captured (another broker than the run
     store's Redis, no broker connection open yet, a send that is not a plain push): the caller sends.
@@ -427,14 +427,9 @@ def captured_starts(
     ``maybe_declare`` around every publish) and each batch a round trip of its own."""
     if not isinstance(messaging, CeleryMessaging):
         return None
-
-    def send(producer: Any) -> None:  # send_starts' own calls: the same options, so the same message
-        for start in starts:
-            signature = messaging.start_signature(start.flow, start.run_id, start.queue, dynamic=start.dynamic)
-            signature.apply_async(producer=producer)
-
-    try:
-        return captured_sends(messaging.app, send, server, connected_only=True)
+    signatures = [messaging.start_signature(s.flow, s.run_id, s.queue, dynamic=s.dynamic) for s in starts]
+    try:  # send_starts' own calls: the same options, so the same messages
+        return messaging.captured_signatures(signatures, {}, server)
     except Exception:  # the broker away, say: the usual send meets it again and says so as before
         log.debug("could not capture the start messages of %d runs", len(starts), exc_info=True)
         return None

@@ -89,10 +89,21 @@ class JsonArgumentsAMQP(AMQP):  # type: ignore[misc]
         self, task_id: str, name: str, args: Any = None, kwargs: Any = None, *more: Any, **options: Any
     ) -> Any:
         if options.get("argsrepr") is None:
-            options["argsrepr"] = _cut(repr(tuple(args or ())), self.argsrepr_maxsize)
+            options["argsrepr"] = self._args_text(args)
         if options.get("kwargsrepr") is None:
-            options["kwargsrepr"] = _cut(repr(dict(kwargs or {})), self.kwargsrepr_maxsize)
+            options["kwargsrepr"] = self._kwargs_text(kwargs)
         return super().as_task_v2(task_id, name, args, kwargs, *more, **options)
+
+    def reprs(self, args: Any, kwargs: Any) -> tuple[str, str]:
+        """The argsrepr and kwargsrepr :meth:`as_task_v2` writes for these arguments (a message
+        template writes them the same way: ``message_templates.py``)."""
+        return self._args_text(args), self._kwargs_text(kwargs)
+
+    def _args_text(self, args: Any) -> str:
+        return _cut(repr(tuple(args or ())), self.argsrepr_maxsize)
+
+    def _kwargs_text(self, kwargs: Any) -> str:
+        return _cut(repr(dict(kwargs or {})), self.kwargsrepr_maxsize)
 
 
 def _cut(text: str, limit: int) -> str:
