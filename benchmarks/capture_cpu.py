@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         from orchestrator.runs.create import client_messaging
         from orchestrator.runs.handle import prepare_run
         from orchestrator.runstate.store import get_store
-        from orchestrator.transport.messaging import captured_sends
+        from orchestrator.transport.messaging import CeleryMessaging, captured_sends
 
         server = get_store().server()
         messaging = client_messaging()
@@ -84,9 +84,18 @@ def main(argv: list[str] | None = None) -> int:
                 (None,), chain=chain[:-1], parent_id="upstream", root_id=RUN_ID, priority=None, producer=producer
             )
 
+        link_options = {"chain": chain[:-1], "parent_id": "upstream", "root_id": RUN_ID, "priority": None}
+        worker_messaging = CeleryMessaging(worker_app)
+        captured_sends(worker_app, send_link, server)  # opens the worker app's producer connection
+
+        def capture_link() -> Any:
+            if hasattr(worker_messaging, "captured_signatures"):  # as workers/celery_tasks.py's chained does
+                return worker_messaging.captured_signatures([following], link_options, server, (None,))
+            return captured_sends(worker_app, send_link, server)  # an older checkout
+
         for number in range(1, args.rounds + 1):
             w0 = per_capture(lambda: messaging.captured_canvas(canvas, server), args.captures)
-            link = per_capture(lambda: captured_sends(worker_app, send_link, server), args.captures)
+            link = per_capture(capture_link, args.captures)
             print(f"round {number}: CPU µs per capture: W0 message {w0:6.1f}, chain link {link:6.1f}", flush=True)
     return 0
 

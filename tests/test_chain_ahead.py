@@ -221,7 +221,7 @@ def test_a_capture_that_raises_is_not_in_the_way(
         raise RuntimeError("no capture today")
 
     if where == "capture":
-        monkeypatch.setattr(celery_tasks, "captured_sends", broken)
+        monkeypatch.setattr(celery_tasks.CeleryMessaging, "captured_signatures", broken)
     else:
         monkeypatch.setattr(CeleryAttempt, "chained", broken)
     chain.execute()
@@ -241,7 +241,7 @@ def test_a_time_limit_during_the_capture_ends_the_run_timed_out_without_running_
 
     EVENTS.clear()
     chain = Chain(app, queue, step.name)
-    monkeypatch.setattr(celery_tasks, "captured_sends", interrupted)
+    monkeypatch.setattr(celery_tasks.CeleryMessaging, "captured_signatures", interrupted)
     chain.execute()
     assert chain.state() is StateType.TIMED_OUT
     assert EVENTS == []

@@ -17,13 +17,13 @@ from typing import Any
 
 import pytest
 import redis
-from celery import Celery
+from celery import Celery, signature
 from celery.signals import before_task_publish
 
 from orchestrator.planning.compiler import make_signature
 from orchestrator.runs.create import submit_by_name
 from orchestrator.runstate.store import get_store
-from orchestrator.transport.celery_app import client_app
+from orchestrator.transport.celery_app import client_app, tolerate_redis_outages
 from orchestrator.transport.message_templates import MessageTemplates, templates_of
 from orchestrator.transport.messaging import CANVAS_OPTIONS, BrokerWrite, CeleryMessaging, captured_sends
 from tests import flows
@@ -56,7 +56,7 @@ def compiled(app: Celery, kwargs: Any, queue: str) -> Any:
 
 def by_celery(app: Celery, sig: Any, server: tuple[Any, ...], **options: Any) -> list[BrokerWrite]:
     def send(producer: Any) -> None:
-        sig.apply_async(**options, producer=producer)
+        sig.apply_async((None,), **options, producer=producer)  # None: what an upstream returned (ignored)
 
     writes = captured_sends(app, send, server)
     assert writes is not None
@@ -197,3 +197,49 @@ def test_runs_sent_from_templates_complete_on_a_real_worker() -> None:
     assert templates.direct > before
     named = [submit_by_name(flows.one_task_flow.name, {"x": i}) for i in range(4)]
     assert [run.result(timeout=30) for run in named] == [i + 1 for i in range(4)]
+
+
+def test_a_chain_link_as_a_worker_sends_it_comes_out_the_same(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, server: tuple[Any, ...]
+) -> None:
+    """The next link of a chain, sent as ``workers/celery_tasks.py``'s ``chained`` sends it, from a
+    worker-like app (Celery's own message builder, ``saferepr``; a publish retry policy): its ids,
+    the chain's rest and the client's reply_to are the message's own."""
+    app = app_for(redis_url, monkeypatch)
+    tolerate_redis_outages(app, 5)
+    messaging = CeleryMessaging(app)
+    CeleryMessaging(app).send_canvas(make_signature(TASK, {}, queue="templates-warm-up", app=app))
+    redis.Redis.from_url(redis_url).delete("templates-warm-up")
+    templates = templates_of(app)
+
+    def link(n: int, reply_to: str) -> tuple[Any, dict[str, Any]]:
+        """The next link of an n-link chain, and the options its upstream sends it with."""
+        links = [
+            compiled(
+                app,
+                {"run": {"flow_run_id": "r", "label": f"inc-{i}"}, "inputs": {"x": {"__ref__": str(i)}}},
+                "templates-q",
+            )
+            for i in range(n)
+        ]
+        for each in links:
+            each.freeze(root_id="root-" + reply_to, parent_id=None)
+            each.options["reply_to"] = reply_to
+        rest = [dict(each) for each in reversed(links)]
+        following = signature(rest[-1], app=app)
+        options = {"chain": rest[:-1], "parent_id": str(uuid.uuid4()), "root_id": "root-" + reply_to, "priority": None}
+        return following, options
+
+    for n in (3, 5):  # taught by Celery's own sends
+        following, options = link(n, "client-a")
+        assert templates.writes(following, options, server, (None,)) is None
+        assert messaging.captured_signatures([following], options, server, (None,)) is not None
+    for n, reply_to in ((4, "client-a"), (2, "client-b"), (6, "client-c")):
+        following, options = link(n, reply_to)
+        direct = templates.writes(following, options, server, (None,))
+        assert direct is not None
+        celery = by_celery(app, following, server, **options)  # as chained's fallback sends it
+        assert [normalised(w) for w in direct] == [normalised(w) for w in celery]
+        headers = message(direct[0])["headers"]
+        assert (headers["parent_id"], headers["root_id"]) == (options["parent_id"], "root-" + reply_to)
+        assert message(direct[0])["properties"]["reply_to"] == reply_to

@@ -64,7 +64,7 @@ from orchestrator.runstate.store import RunStore, get_store, now
 from orchestrator.runtime.context import RunInfo
 from orchestrator.runtime.engine import zip_mapped
 from orchestrator.states import StateType
-from orchestrator.transport.messaging import CeleryMessaging, TaskRunEnd, captured_sends
+from orchestrator.transport.messaging import CeleryMessaging, TaskRunEnd
 
 from .body_admission import start_driver
 from .body_attempts import BodyAttempt
@@ -165,18 +165,16 @@ class CeleryAttempt:
             return []
         inherit = app.conf.task_inherit_parent_priority
         priority = (request.delivery_info or {}).get("priority") if inherit else None
-
-        def send(producer: Any) -> None:
-            following.apply_async(
-                (None,),  # what the task returned, as Celery passes it (an orchestrator task returns None)
-                chain=chain[:-1],
-                parent_id=request.id,
-                root_id=request.root_id or request.id,
-                priority=priority,
-                producer=producer,
-            )
-
-        return captured_sends(app, send, get_store().server()) or []
+        options = {
+            "chain": chain[:-1],
+            "parent_id": request.id,
+            "root_id": request.root_id or request.id,
+            "priority": priority,
+        }
+        # (None,): what the task returned, as Celery passes it (an orchestrator task returns None)
+        messaging = CeleryMessaging(app)
+        server = get_store().server()
+        return messaging.captured_signatures([following], options, server, (None,), connected_only=False) or []
 
     def chained_sent(self) -> None:
         self.celery_task.request.chain = None  # the tracer sends nothing after the task returns

@@ -1,25 +1,29 @@
 """A plain task message written from a template Celery's own sends taught, not rebuilt by Celery each time.
 
-A one-task ``.delay()`` captures its message (``messaging.captured_sends``) on the critical path
-of W0: Celery's ``Signature.apply_async``, ``Task.apply_async``, ``send_task`` (exec options,
-the router), ``as_task_v2``, ``send_task_message`` and the task-sent event's dispatcher, then the
-capture's own producer handling. That is about 600 Python calls and 0.15-0.5 ms of CPU (slow
-VM to quiet one, ``python -m benchmarks.capture_cpu``) for a message whose every byte but a few
-ids, the arguments and a clock is the same from one send to the next.
+Two sends sit on the critical path of issue 18's latency figures: a one-task ``.delay()`` captures
+its message (W0), and a worker finishing a chain link captures the next one (W2, W1's source);
+start messages are on the API's. Each went through Celery's ``Signature.apply_async``,
+``Task.apply_async``, ``send_task`` (exec options, the router), ``as_task_v2``,
+``send_task_message`` and the task-sent event's dispatcher, then the capture's own producer
+handling: about 600 Python calls and 0.15-0.7 ms of CPU (quiet VM to slow one, ``python -m
+benchmarks.capture_cpu``) for a message whose every byte but a few ids, the arguments, the
+chain's rest and a clock is the same from one send to the next.
 
-:class:`MessageTemplates` keeps, per *shape* (the task's name, the signature's options but its
-task id, the broker's Redis, the process), what Celery wrote, and writes the next message of that
-shape itself: the same JSON texts, byte for byte, with the per-message fields put in their
-places. It trusts a shape only after checking itself against Celery: the first message of a
-shape is Celery's (the template is taken from it), the second is Celery's too and is compared,
-byte for byte, with what the template makes of the same signature (same task id, arguments,
-delivery tags, clock and time). Anything that differs (a task default that moves per message,
-an option that routes elsewhere) leaves that shape to Celery for good.
+:class:`MessageTemplates` keeps, per *shape* (the task's name, its queue and other options by
+value, which ids and chain it is given by presence, its arguments' names, the broker's Redis, the
+process), what Celery wrote, and writes the next message of that shape itself: the same JSON
+texts, byte for byte, with the message's own fields put in their places. It trusts a shape only
+after checking itself against Celery: the first message of a shape is Celery's (the template is
+taken from it), the second is Celery's too and is compared, byte for byte, with what the template
+makes of the same send (same ids, arguments, delivery tags, clock and time). Anything that differs
+(a task default that moves per message, an option that routes elsewhere) leaves that shape to
+Celery for good. Sent from inside a task, the message joins that task's trail, as Celery's does.
 
 Celery keeps every message whose send it must see: a signal receiver (``before_task_publish``,
 ``after_task_publish``, the old ``task_sent``), ``task_always_eager``, a send from inside a task
-(the parent's ids), a signature with links, a chain, a chord or any option but its queue and
-``ignore_result``. ``tests/test_message_templates.py`` holds the texts against Celery's.
+that does not give both ids (Celery would take them from the running task), a signature with links
+or a chord, a mutable one given arguments, any option outside :data:`PLAIN_OPTIONS`.
+``tests/test_message_templates.py`` holds the texts against Celery's.
 """
 
 from __future__ import annotations
@@ -38,13 +42,17 @@ from typing import Any
 from celery import Celery, signals
 from celery.canvas import Signature
 from celery.events.dispatcher import utcoffset
+from celery.utils.saferepr import saferepr
 from kombu.utils.json import dumps as kombu_dumps
 from kombu.utils.uuid import uuid as delivery_tag
 
 log = logging.getLogger(__name__)
 
-PLAIN_OPTIONS = frozenset({"queue", "ignore_result", "task_id", "time_limit", "soft_time_limit"})
-"""The signature options a templated message may carry (what the compiler and start messages set)."""
+PLAIN_OPTIONS = frozenset(
+    {"queue", "ignore_result", "task_id", "time_limit", "soft_time_limit", "root_id", "parent_id", "reply_to", "chain"}
+)
+"""The options a templated send may carry: what the compiler and start messages set, and what a
+chain's next link is sent with (its ids, the chain's rest, the client's reply_to Celery froze in)."""
 
 Write = tuple[str, str, Any]  # messaging.BrokerWrite: ('lpush', queue, text) or ('publish', topic, text)
 
@@ -54,6 +62,9 @@ class _Varying:
     """What one message has of its own: everything else in its texts is its shape's."""
 
     task_id: str
+    root_id: str
+    parent_id: str | None
+    chain: Any
     args: Any
     kwargs: Any
     argsrepr: str
@@ -81,9 +92,12 @@ class _Template:
 
     def writes(self, v: _Varying) -> list[Write]:
         """The commands for a message of this shape with ``v``'s fields, in Celery's order."""
-        body = base64.b64encode(kombu_dumps([v.args, v.kwargs, self.body[2]]).encode()).decode()
+        embed = self.body[2] if v.chain is None else {**self.body[2], "chain": v.chain}
+        body = base64.b64encode(kombu_dumps([v.args, v.kwargs, embed]).encode()).decode()
         headers = dict(self.message["headers"])
-        headers.update(id=v.task_id, root_id=v.task_id, argsrepr=v.argsrepr, kwargsrepr=v.kwargsrepr)
+        headers.update(
+            id=v.task_id, root_id=v.root_id, parent_id=v.parent_id, argsrepr=v.argsrepr, kwargsrepr=v.kwargsrepr
+        )
         properties = dict(self.message["properties"])
         properties.update(correlation_id=v.task_id, reply_to=v.reply_to, delivery_tag=v.tag)
         message = dict(self.message)
@@ -95,7 +109,8 @@ class _Template:
                 utcoffset=v.utcoffset,
                 clock=v.clock,
                 uuid=v.task_id,
-                root_id=v.task_id,
+                root_id=v.root_id,
+                parent_id=v.parent_id,
                 args=v.argsrepr,
                 kwargs=v.kwargsrepr,
                 timestamp=v.timestamp,
@@ -125,6 +140,27 @@ def _decoded(text: str) -> Any:
     return json.loads(base64.b64decode(text))
 
 
+@dataclass(frozen=True)
+class _Send:
+    """One ``signature.apply_async(*args, **extra)``: its shape, and the options Celery would merge."""
+
+    shape: tuple[Any, ...]
+    options: dict[str, Any]
+
+
+def _celery_reprs(app: Celery) -> Callable[[Any, Any], tuple[str, str]]:
+    """The argsrepr and kwargsrepr Celery's own ``as_task_v2`` writes (``saferepr``, its limits)."""
+    amqp, levels = app.amqp, app.conf.task_repr_maxlevels
+
+    def reprs(args: Any, kwargs: Any) -> tuple[str, str]:
+        return (
+            saferepr(args, amqp.argsrepr_maxsize, maxlevels=levels),
+            saferepr(kwargs, amqp.kwargsrepr_maxsize, maxlevels=levels),
+        )
+
+    return reprs
+
+
 class MessageTemplates:
     """The templates of one Celery app's plain messages (see the module's docstring).
 
@@ -133,19 +169,23 @@ class MessageTemplates:
 
     def __init__(self, app: Celery) -> None:
         self.app = app
-        self._repr_of: Callable[[Any, Any], tuple[str, str]] | None = getattr(app.amqp, "reprs", None)
+        self._repr_of: Callable[[Any, Any], tuple[str, str]] = getattr(app.amqp, "reprs", None) or _celery_reprs(app)
         self._shapes: dict[tuple[Any, ...], _Template | None] = {}  # None: Celery's for good
         self._lock = threading.Lock()
         self.direct = 0
         self.learned = 0
 
-    def _shape(self, signature: Any, extra: dict[str, Any], server: Any) -> tuple[Any, ...] | None:
-        """The shape of ``signature`` sent with ``apply_async(**extra)``, or None when it is not a plain
-        one (Celery sends it). The arguments' count and names are in it: Celery checks them against
-        the task's signature (``typing``), so a shape Celery took once takes every message of it."""
-        if self._repr_of is None or type(signature) is not Signature or signature.get("subtask_type"):
+    def _send(self, signature: Any, args: tuple[Any, ...], extra: dict[str, Any], server: Any) -> _Send | None:
+        """``signature.apply_async(*args, **extra)`` if it is a plain send (else None: Celery sends it).
+
+        The arguments' count and names are in its shape: Celery checks them against the task's
+        signature (``typing``), so a shape Celery took once takes every message of it. So are the
+        ids and the chain Celery is given, by presence (their values are the message's own)."""
+        if type(signature) is not Signature or signature.get("subtask_type"):
             return None
-        options = {**signature.get("options", {}), **extra}
+        if args and not signature.get("immutable"):
+            return None  # Celery would put them before the signature's own
+        options = {**signature.get("options", {}), **{k: v for k, v in extra.items() if v is not None}}
         if not options.keys() <= PLAIN_OPTIONS or not isinstance(options.get("task_id"), str):
             return None
         queue, ignore = options.get("queue"), options.get("ignore_result")
@@ -154,89 +194,118 @@ class MessageTemplates:
             return None
         if not all(limit is None or type(limit) in (int, float) for limit in limits):
             return None
-        args, kwargs = signature.get("args") or (), signature.get("kwargs") or {}
-        if not isinstance(args, list | tuple) or not isinstance(kwargs, dict):
+        if not all(isinstance(options.get(key), str | None) for key in ("root_id", "parent_id", "reply_to")):
             return None
-        return (signature["task"], queue, ignore, limits, len(args), tuple(kwargs), server, os.getpid())
+        if not isinstance(options.get("chain"), list | None):
+            return None
+        own, kwargs = signature.get("args") or (), signature.get("kwargs") or {}
+        if not isinstance(own, list | tuple) or not isinstance(kwargs, dict):
+            return None
+        given = tuple(sorted(key for key in ("root_id", "parent_id", "reply_to", "chain") if options.get(key)))
+        shape = (signature["task"], queue, ignore, limits, given, len(own), tuple(kwargs), server, os.getpid())
+        return _Send(shape, options)
 
-    def _quiet(self) -> bool:
-        """Whether a send now is one Celery would make without anybody watching it being built."""
+    def _quiet(self, options: dict[str, Any]) -> bool:
+        """Whether Celery would make this send without anybody watching it being built. From inside a
+        task only with both ids given: Celery then asks the running task for nothing but its trail."""
         return not (
             signals.before_task_publish.receivers
             or signals.after_task_publish.receivers
             or signals.task_sent.receivers
             or self.app.conf.task_always_eager
-            or self.app.current_worker_task is not None
+            or (not (options.get("root_id") and options.get("parent_id")) and self.app.current_worker_task is not None)
         )
 
     def _varying(
-        self, signature: Any, tag: str, event_tag: str, clock: int | None, timestamp: float | None, offset: Any
+        self,
+        signature: Any,
+        options: dict[str, Any],
+        tags: tuple[str, str],
+        clock: int | None,
+        timestamp: float | None,
+        offset: Any,
     ) -> _Varying:
         args, kwargs = tuple(signature.get("args") or ()), signature.get("kwargs") or {}
-        argsrepr, kwargsrepr = self._repr_of(args, kwargs)  # type: ignore[misc]  # None: no shape
+        argsrepr, kwargsrepr = self._repr_of(args, kwargs)
+        task_id = options["task_id"]
         return _Varying(
-            task_id=signature["options"]["task_id"],
+            task_id=task_id,
+            root_id=options.get("root_id") or task_id,
+            parent_id=options.get("parent_id"),
+            chain=options.get("chain"),
             args=list(args),
             kwargs=kwargs,
             argsrepr=argsrepr,
             kwargsrepr=kwargsrepr,
-            reply_to=self.app.thread_oid,
-            tag=tag,
-            event_tag=event_tag,
+            reply_to=options.get("reply_to") or self.app.thread_oid,
+            tag=tags[0],
+            event_tag=tags[1],
             clock=clock,
             timestamp=timestamp,
             utcoffset=offset,
         )
 
-    def writes(self, signature: Any, extra: dict[str, Any], server: Any) -> list[Write] | None:
-        """The commands ``signature.apply_async(**extra)`` would run, from its shape's template; None
-        when its shape is not trusted yet or not plain (the caller has Celery capture it, then
-        :meth:`learn`). ``server``: the run store's Redis the commands are for."""
-        shape = self._shape(signature, extra, server)
-        template = self._shapes.get(shape) if shape is not None else None
-        if template is None or not template.trusted or not self._quiet():
+    def writes(
+        self, signature: Any, extra: dict[str, Any], server: Any, args: tuple[Any, ...] = ()
+    ) -> list[Write] | None:
+        """The commands ``signature.apply_async(args, **extra)`` would run, from its shape's template;
+        None when its shape is not trusted yet or not plain (the caller has Celery capture it, then
+        :meth:`learn`). ``server``: the run store's Redis the commands are for.
+
+        Sent from inside a task, the message joins that task's trail as Celery's own send does."""
+        send = self._send(signature, args, extra, server)
+        template = self._shapes.get(send.shape) if send is not None else None
+        if send is None or template is None or not template.trusted or not self._quiet(send.options):
             return None
         clock = self.app.amqp._event_dispatcher.clock.forward() if template.event is not None else None
-        varying = self._varying(signature, delivery_tag(), delivery_tag(), clock, time.time(), utcoffset())
+        tags = (delivery_tag(), delivery_tag())
+        varying = self._varying(signature, send.options, tags, clock, time.time(), utcoffset())
+        writes = template.writes(varying)
+        parent = self.app.current_worker_task
+        if parent is not None:
+            result = parent.AsyncResult(varying.task_id)  # Celery's send_task: result_cls, then add_to_parent
+            result.ignored = send.options.get("ignore_result")
+            parent.add_trail(result)
         self.direct += 1
-        return template.writes(varying)
+        return writes
 
-    def learn(self, signature: Any, extra: dict[str, Any], writes: list[Write], server: Any) -> None:
-        """Look at Celery's capture of ``signature.apply_async(**extra)``: the first of a shape becomes
-        its template, the second is compared with what the template makes of it (equal: trusted; else
-        Celery's for good)."""
-        shape = self._shape(signature, extra, server)
-        if shape is None or not self._quiet():
+    def learn(
+        self, signature: Any, extra: dict[str, Any], writes: list[Write], server: Any, args: tuple[Any, ...] = ()
+    ) -> None:
+        """Look at Celery's capture of ``signature.apply_async(args, **extra)``: the first of a shape
+        becomes its template, the second is compared with what the template makes of it (equal:
+        trusted; else Celery's for good)."""
+        send = self._send(signature, args, extra, server)
+        if send is None or not self._quiet(send.options):
             return
         parsed = _parsed(writes)
         self.learned += 1
         with self._lock:
-            if shape in self._shapes and (self._shapes[shape] is None or self._shapes[shape].trusted):  # type: ignore[union-attr]
+            known = self._shapes.get(send.shape)
+            if send.shape in self._shapes and (known is None or known.trusted):
                 return
             if parsed is None:
-                self._shapes[shape] = None
+                self._shapes[send.shape] = None
                 return
             queue_key, message, topic, event = parsed
             fields = _decoded(event["body"]) if event is not None else None
-            template = self._shapes.get(shape)
-            if template is None:  # the first of its shape
+            if known is None:  # the first of its shape
                 body = _decoded(message["body"])
-                self._shapes[shape] = _Template(queue_key, message, body, topic, event, fields)
+                self._shapes[send.shape] = _Template(queue_key, message, body, topic, event, fields)
                 return
-            varying = self._varying(
-                signature,
-                message["properties"]["delivery_tag"],
-                event["properties"]["delivery_tag"] if event is not None else "",
-                fields.get("clock") if fields is not None else None,
-                fields.get("timestamp") if fields is not None else None,
-                fields.get("utcoffset") if fields is not None else None,
+            tags = (message["properties"]["delivery_tag"], event["properties"]["delivery_tag"] if event else "")
+            clock, timestamp, offset = (
+                (fields.get("clock"), fields.get("timestamp"), fields.get("utcoffset"))
+                if fields
+                else (None, None, None)
             )
-            same_offset = fields is None or fields.get("utcoffset") == utcoffset()
-            if same_offset and [tuple(write) for write in writes] == template.writes(varying):
-                template.trusted = True
+            varying = self._varying(signature, send.options, tags, clock, timestamp, offset)
+            same_offset = fields is None or offset == utcoffset()
+            if same_offset and [tuple(write) for write in writes] == known.writes(varying):
+                known.trusted = True
             else:
                 log.debug("messages of task %s differ beyond their own fields: Celery sends them", signature["task"])
-                self._shapes[shape] = None
+                self._shapes[send.shape] = None
 
 
 _TEMPLATES: weakref.WeakKeyDictionary[Celery, MessageTemplates] = weakref.WeakKeyDictionary()

@@ -222,9 +222,9 @@ def captured_sends(
     return capture.writes
 
 
-def _sender(signature: Any, options: dict[str, Any]) -> Callable[[Any], None]:
+def _sender(signature: Any, args: tuple[Any, ...], options: dict[str, Any]) -> Callable[[Any], None]:
     def send(producer: Any) -> None:
-        signature.apply_async(**options, producer=producer)
+        signature.apply_async(args, **options, producer=producer)
 
     return send
 
@@ -298,22 +298,29 @@ class CeleryMessaging:
         return captured_sends(self.app, send, server, connected_only=True)
 
     def captured_signatures(
-        self, signatures: Sequence[Any], options: dict[str, Any], server: tuple[Any, ...] | None
+        self,
+        signatures: Sequence[Any],
+        options: dict[str, Any],
+        server: tuple[Any, ...] | None,
+        args: tuple[Any, ...] = (),
+        *,
+        connected_only: bool = True,
     ) -> list[BrokerWrite] | None:
-        """The Redis commands ``signature.apply_async(**options)`` would run for each of ``signatures``
-        (one task each), as :meth:`captured_canvas`: each written from its shape's template where one is
-        trusted (``message_templates.py``: the same bytes, ~10 times less CPU), else captured from
-        Celery's own send, which the template learns from. None, and nothing sent, when one cannot be
-        captured (:func:`captured_sends`)."""
+        """The Redis commands ``signature.apply_async(args, **options)`` would run for each of
+        ``signatures`` (one task each), as :meth:`captured_canvas`: each written from its shape's
+        template where one is trusted (``message_templates.py``: the same bytes, a tenth of the
+        CPU), else captured from Celery's own send, which the template learns from. None, and
+        nothing sent, when one cannot be captured (:func:`captured_sends`, ``connected_only`` as there)."""
         templates = templates_of(self.app)
         writes: list[BrokerWrite] = []
         for signature in signatures:
-            written = templates.writes(signature, options, server)
+            written = templates.writes(signature, options, server, args)
             if written is None:
-                written = captured_sends(self.app, _sender(signature, options), server, connected_only=True)
+                send = _sender(signature, args, options)
+                written = captured_sends(self.app, send, server, connected_only=connected_only)
                 if written is None:
                     return None
-                templates.learn(signature, options, written, server)
+                templates.learn(signature, options, written, server, args)
             writes.extend(written)
         return writes
 
