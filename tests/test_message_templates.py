@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import redis
-from celery import Celery, signature
+from celery import Celery, group, signature
 from celery.signals import before_task_publish
 
 from orchestrator.planning.compiler import make_signature
@@ -243,3 +243,29 @@ def test_a_chain_link_as_a_worker_sends_it_comes_out_the_same(
         headers = message(direct[0])["headers"]
         assert (headers["parent_id"], headers["root_id"]) == (options["parent_id"], "root-" + reply_to)
         assert message(direct[0])["properties"]["reply_to"] == reply_to
+
+
+def test_a_group_comes_out_as_celery_sends_it(client: Celery, server: tuple[Any, ...]) -> None:
+    """W3's canvas: a group's members, frozen as Celery's group freezes them (its id, their places),
+    each from its template once one group taught it; the same bytes as Celery's send of that group."""
+    messaging = CeleryMessaging(client)
+    templates = templates_of(client)
+
+    def independent(n: int) -> Any:
+        return group([compiled(client, run_kwargs(i=i), "templates-q") for i in range(n)], app=client)
+
+    assert messaging.captured_canvas(independent(4), server) is not None  # Celery's: it teaches
+    before = templates.direct
+    canvas = independent(5)
+    direct = messaging.captured_canvas(canvas, server)
+    assert direct is not None and templates.direct == before + 5
+
+    def send(producer: Any) -> None:  # the same group again, by Celery: same group id, same members
+        canvas.apply_async(**CANVAS_OPTIONS, producer=producer)
+
+    celery = captured_sends(client, send, server)
+    assert celery is not None
+    assert [normalised(w) for w in direct] == [normalised(w) for w in celery]
+    headers = [message(w)["headers"] for w in direct[::2]]
+    assert [h["group_index"] for h in headers] == list(range(5))
+    assert {h["group"] for h in headers} == {canvas.options["task_id"]}

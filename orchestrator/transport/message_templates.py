@@ -49,10 +49,18 @@ from kombu.utils.uuid import uuid as delivery_tag
 log = logging.getLogger(__name__)
 
 PLAIN_OPTIONS = frozenset(
-    {"queue", "ignore_result", "task_id", "time_limit", "soft_time_limit", "root_id", "parent_id", "reply_to", "chain"}
+    {
+        *("queue", "ignore_result", "task_id", "time_limit", "soft_time_limit"),
+        *("root_id", "parent_id", "reply_to", "chain"),
+        *("group_id", "group_index", "add_to_parent"),
+    }
 )
-"""The options a templated send may carry: what the compiler and start messages set, and what a
-chain's next link is sent with (its ids, the chain's rest, the client's reply_to Celery froze in)."""
+"""The options a templated send may carry: what the compiler and start messages set, what a
+chain's next link is sent with (its ids, the chain's rest, the client's reply_to Celery froze in)
+and what a group's member is (its group's id, its place, no trail)."""
+
+OWN_OPTIONS = ("root_id", "parent_id", "reply_to", "chain", "group_id", "group_index")
+"""Options whose values are a message's own (a shape has them or not)."""
 
 Write = tuple[str, str, Any]  # messaging.BrokerWrite: ('lpush', queue, text) or ('publish', topic, text)
 
@@ -65,6 +73,8 @@ class _Varying:
     root_id: str
     parent_id: str | None
     chain: Any
+    group_id: str | None
+    group_index: int | None
     args: Any
     kwargs: Any
     argsrepr: str
@@ -95,9 +105,8 @@ class _Template:
         embed = self.body[2] if v.chain is None else {**self.body[2], "chain": v.chain}
         body = base64.b64encode(kombu_dumps([v.args, v.kwargs, embed]).encode()).decode()
         headers = dict(self.message["headers"])
-        headers.update(
-            id=v.task_id, root_id=v.root_id, parent_id=v.parent_id, argsrepr=v.argsrepr, kwargsrepr=v.kwargsrepr
-        )
+        headers.update(id=v.task_id, group=v.group_id, group_index=v.group_index, root_id=v.root_id)
+        headers.update(parent_id=v.parent_id, argsrepr=v.argsrepr, kwargsrepr=v.kwargsrepr)
         properties = dict(self.message["properties"])
         properties.update(correlation_id=v.task_id, reply_to=v.reply_to, delivery_tag=v.tag)
         message = dict(self.message)
@@ -194,15 +203,20 @@ class MessageTemplates:
             return None
         if not all(limit is None or type(limit) in (int, float) for limit in limits):
             return None
-        if not all(isinstance(options.get(key), str | None) for key in ("root_id", "parent_id", "reply_to")):
+        if not all(
+            isinstance(options.get(key), str | None) for key in ("root_id", "parent_id", "reply_to", "group_id")
+        ):
+            return None
+        if type(options.get("group_index", 0)) is not int or type(options.get("add_to_parent", True)) is not bool:
             return None
         if not isinstance(options.get("chain"), list | None):
             return None
         own, kwargs = signature.get("args") or (), signature.get("kwargs") or {}
         if not isinstance(own, list | tuple) or not isinstance(kwargs, dict):
             return None
-        given = tuple(sorted(key for key in ("root_id", "parent_id", "reply_to", "chain") if options.get(key)))
-        shape = (signature["task"], queue, ignore, limits, given, len(own), tuple(kwargs), server, os.getpid())
+        given = tuple(key for key in OWN_OPTIONS if options.get(key) is not None)
+        trail = options.get("add_to_parent", True)
+        shape = (signature["task"], queue, ignore, limits, given, trail, len(own), tuple(kwargs), server, os.getpid())
         return _Send(shape, options)
 
     def _quiet(self, options: dict[str, Any]) -> bool:
@@ -233,6 +247,8 @@ class MessageTemplates:
             root_id=options.get("root_id") or task_id,
             parent_id=options.get("parent_id"),
             chain=options.get("chain"),
+            group_id=options.get("group_id"),
+            group_index=options.get("group_index"),
             args=list(args),
             kwargs=kwargs,
             argsrepr=argsrepr,
@@ -261,13 +277,24 @@ class MessageTemplates:
         tags = (delivery_tag(), delivery_tag())
         varying = self._varying(signature, send.options, tags, clock, time.time(), utcoffset())
         writes = template.writes(varying)
-        parent = self.app.current_worker_task
+        parent = self.app.current_worker_task if send.options.get("add_to_parent", True) else None
         if parent is not None:
             result = parent.AsyncResult(varying.task_id)  # Celery's send_task: result_cls, then add_to_parent
             result.ignored = send.options.get("ignore_result")
             parent.add_trail(result)
         self.direct += 1
         return writes
+
+    def all_writes(self, signatures: list[Any], extra: dict[str, Any], server: Any) -> list[Write] | None:
+        """:meth:`writes` for each of ``signatures`` (a group's members, say), in order; None unless
+        every one has a trusted template (the caller then has Celery send them all)."""
+        commands: list[Write] = []
+        for signature in signatures:
+            written = self.writes(signature, extra, server)
+            if written is None:
+                return None
+            commands.extend(written)
+        return commands
 
     def learn(
         self, signature: Any, extra: dict[str, Any], writes: list[Write], server: Any, args: tuple[Any, ...] = ()
@@ -278,12 +305,12 @@ class MessageTemplates:
         send = self._send(signature, args, extra, server)
         if send is None or not self._quiet(send.options):
             return
-        parsed = _parsed(writes)
-        self.learned += 1
         with self._lock:
             known = self._shapes.get(send.shape)
             if send.shape in self._shapes and (known is None or known.trusted):
                 return
+            parsed = _parsed(writes)
+            self.learned += 1
             if parsed is None:
                 self._shapes[send.shape] = None
                 return
@@ -319,3 +346,32 @@ def templates_of(app: Celery) -> MessageTemplates:
         with _TEMPLATES_LOCK:
             found = _TEMPLATES.setdefault(app, MessageTemplates(app))
     return found
+
+
+def group_members(canvas: Any, options: dict[str, Any]) -> tuple[list[Any], dict[str, Any]] | None:
+    """The members of ``canvas`` (a group) as Celery's ``group.apply_async(**options)`` sends them:
+    cloned and frozen as it freezes them (``_freeze_gid``, ``_prepared``: its group id, root id,
+    places), and the options each one is sent with (no trail: Celery adds the group's result to a
+    parent's, not each member's). The group's id is fixed first (its ``task_id``), so a later
+    ``canvas.apply_async`` sends these very members. None from a Celery without those steps."""
+    freeze_gid, prepared = getattr(canvas, "_freeze_gid", None), getattr(canvas, "_prepared", None)
+    if freeze_gid is None or prepared is None:
+        return None
+    canvas.options.setdefault("task_id", delivery_tag())  # any fresh uuid: the group's id
+    merged, group_id, root_id = freeze_gid(dict(options))
+    members = [member for member, _result, _group in prepared(canvas.tasks, [], group_id, root_id, canvas.app)]
+    return members, {**merged, "add_to_parent": False}
+
+
+def per_message(writes: list[Write]) -> list[list[Write]]:
+    """A capture of many messages cut into each one's commands (its LPUSH, then its event's
+    PUBLISH if any); [] when it does not start with a message."""
+    messages: list[list[Write]] = []
+    for write in writes:
+        if write[0] == "lpush":
+            messages.append([write])
+        elif messages:
+            messages[-1].append(write)
+        else:
+            return []
+    return messages

@@ -38,7 +38,7 @@ from orchestrator.runstate.store import server_of
 from orchestrator.states import StateType
 from orchestrator.transport.celery_app import client_app, make_celery_app
 from orchestrator.transport.envelope import EnvelopeProducer
-from orchestrator.transport.message_templates import templates_of
+from orchestrator.transport.message_templates import group_members, per_message, templates_of
 
 if TYPE_CHECKING:
     from orchestrator.planning.plan import Plan
@@ -291,11 +291,23 @@ class CeleryMessaging:
             return None
         if type(canvas) is Signature:
             return self.captured_signatures([canvas], CANVAS_OPTIONS, server)
+        templates = templates_of(self.app)
+        members = group_members(canvas, CANVAS_OPTIONS)
+        if members is not None:
+            written = templates.all_writes(members[0], members[1], server)
+            if written is not None:
+                return written
 
         def send(producer: Any) -> None:
             canvas.apply_async(**CANVAS_OPTIONS, producer=producer)
 
-        return captured_sends(self.app, send, server, connected_only=True)
+        captured = captured_sends(self.app, send, server, connected_only=True)
+        if captured is not None and members is not None:
+            messages = per_message(captured)
+            if len(messages) == len(members[0]):
+                for member, writes in zip(members[0], messages, strict=True):
+                    templates.learn(member, members[1], writes, server)
+        return captured
 
     def captured_signatures(
         self,
