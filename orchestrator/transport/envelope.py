@@ -26,6 +26,9 @@ sends its signals around ``publish`` whichever producer it has.
 kombu's own parts are used where they decide the bytes: its JSON ``dumps`` (the body's
 serializer and the envelope's), its channel's ``encode_body``, delivery tag and fanout topics.
 ``tests/test_envelope.py`` holds this against kombu's capture for real Celery messages.
+
+This is the path of a message Celery builds. A plain message whose shape Celery has shown twice
+skips Celery too: it is written from its template (``message_templates.py``).
 """
 
 from __future__ import annotations
