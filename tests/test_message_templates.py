@@ -44,9 +44,14 @@ def server(redis_url: str) -> tuple[Any, ...]:
 def client(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Celery:
     """A client-like app (its own templates: nothing learned elsewhere leaks in), connected."""
     app = app_for(redis_url, monkeypatch, send_only=True)
+    connect(app, redis_url)
+    return app
+
+
+def connect(app: Celery, redis_url: str) -> None:
+    """Open ``app``'s producer connection with one real send (a capture needs one), then drop that message."""
     CeleryMessaging(app).send_canvas(make_signature(TASK, {}, queue="templates-warm-up", app=app))
     redis.Redis.from_url(redis_url).delete("templates-warm-up")
-    return app
 
 
 def compiled(app: Celery, kwargs: Any, queue: str) -> Any:
@@ -118,8 +123,7 @@ def test_a_start_message_without_an_event_comes_out_the_same(
 ) -> None:
     """The API's app sends no task-sent event: a start message is its LPUSH alone."""
     app = app_for(redis_url, monkeypatch, send_only=True, sent_events=False)
-    CeleryMessaging(app).send_canvas(make_signature(TASK, {}, queue="templates-warm-up", app=app))
-    redis.Redis.from_url(redis_url).delete("templates-warm-up")
+    connect(app, redis_url)
     messaging = CeleryMessaging(app)
     templates = templates_of(app)
     starts = [messaging.start_signature("some-flow", str(uuid.uuid4()), "templates-q", dynamic=False) for _ in range(4)]
@@ -208,8 +212,7 @@ def test_a_chain_link_as_a_worker_sends_it_comes_out_the_same(
     app = app_for(redis_url, monkeypatch)
     tolerate_redis_outages(app, 5)
     messaging = CeleryMessaging(app)
-    CeleryMessaging(app).send_canvas(make_signature(TASK, {}, queue="templates-warm-up", app=app))
-    redis.Redis.from_url(redis_url).delete("templates-warm-up")
+    connect(app, redis_url)
     templates = templates_of(app)
 
     def link(n: int, reply_to: str) -> tuple[Any, dict[str, Any]]:

@@ -173,7 +173,7 @@ def _celery_reprs(app: Celery) -> Callable[[Any, Any], tuple[str, str]]:
 class MessageTemplates:
     """The templates of one Celery app's plain messages (see the module's docstring).
 
-    ``direct`` counts the messages written here; ``learned`` the Celery captures looked at.
+    ``direct`` counts the messages written here.
     """
 
     def __init__(self, app: Celery) -> None:
@@ -182,7 +182,6 @@ class MessageTemplates:
         self._shapes: dict[tuple[Any, ...], _Template | None] = {}  # None: Celery's for good
         self._lock = threading.Lock()
         self.direct = 0
-        self.learned = 0
 
     def _send(self, signature: Any, args: tuple[Any, ...], extra: dict[str, Any], server: Any) -> _Send | None:
         """``signature.apply_async(*args, **extra)`` if it is a plain send (else None: Celery sends it).
@@ -219,7 +218,7 @@ class MessageTemplates:
         shape = (signature["task"], queue, ignore, limits, given, trail, len(own), tuple(kwargs), server, os.getpid())
         return _Send(shape, options)
 
-    def _quiet(self, options: dict[str, Any]) -> bool:
+    def quiet(self, options: dict[str, Any]) -> bool:
         """Whether Celery would make this send without anybody watching it being built. From inside a
         task only with both ids given: Celery then asks the running task for nothing but its trail."""
         return not (
@@ -271,7 +270,7 @@ class MessageTemplates:
         Sent from inside a task, the message joins that task's trail as Celery's own send does."""
         send = self._send(signature, args, extra, server)
         template = self._shapes.get(send.shape) if send is not None else None
-        if send is None or template is None or not template.trusted or not self._quiet(send.options):
+        if send is None or template is None or not template.trusted or not self.quiet(send.options):
             return None
         clock = self.app.amqp._event_dispatcher.clock.forward() if template.event is not None else None
         tags = (delivery_tag(), delivery_tag())
@@ -303,14 +302,13 @@ class MessageTemplates:
         becomes its template, the second is compared with what the template makes of it (equal:
         trusted; else Celery's for good)."""
         send = self._send(signature, args, extra, server)
-        if send is None or not self._quiet(send.options):
+        if send is None or not self.quiet(send.options):
             return
         with self._lock:
             known = self._shapes.get(send.shape)
             if send.shape in self._shapes and (known is None or known.trusted):
                 return
             parsed = _parsed(writes)
-            self.learned += 1
             if parsed is None:
                 self._shapes[send.shape] = None
                 return

@@ -291,8 +291,8 @@ class CeleryMessaging:
             return None
         if type(canvas) is Signature:
             return self.captured_signatures([canvas], CANVAS_OPTIONS, server)
-        templates = templates_of(self.app)
-        members = group_members(canvas, CANVAS_OPTIONS)
+        templates = templates_of(self.app)  # watched sends are Celery's: no members frozen for nothing
+        members = group_members(canvas, CANVAS_OPTIONS) if templates.quiet(CANVAS_OPTIONS) else None
         if members is not None:
             written = templates.all_writes(members[0], members[1], server)
             if written is not None:
