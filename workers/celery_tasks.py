@@ -64,6 +64,7 @@ from orchestrator.runstate.store import RunStore, get_store, now
 from orchestrator.runtime.context import RunInfo
 from orchestrator.runtime.engine import zip_mapped
 from orchestrator.states import StateType
+from orchestrator.transport.collected_sends import captured_chord, collected_send
 from orchestrator.transport.messaging import CeleryMessaging, TaskRunEnd
 
 from .body_admission import start_driver
@@ -145,8 +146,11 @@ class CeleryAttempt:
     def chained(self) -> list[tuple[str, str, Any]]:
         """What Celery's tracer would send after this task returns (the next link of its chain, as
         ``_dispatch_callbacks_and_chain`` builds it), captured as Redis commands; [] when the next
-        step is a group, chord or chain, the task has link callbacks, or the broker is not the run
-        store's Redis (:func:`captured_sends`).
+        step is a group or a chain, a chord that cannot be collected whole or is not the chain's
+        last step, the task has link callbacks, or the broker is not the run store's Redis
+        (:func:`captured_sends`). A chord is Celery's own send with its header's messages collected
+        (``collected_sends.py``); its size is stored in the result backend here, before any of
+        them can run.
 
         The executor asks before the function runs (``chained_ahead``): all of it comes from the
         request, which the run does not change, and from None, what an orchestrator task returns.
@@ -161,7 +165,7 @@ class CeleryAttempt:
             return []
         app = task.app
         following = signature(chain[-1], app=app)
-        if type(following) is not Signature or not TIMED_FROM_SEND.isdisjoint(following.options):
+        if type(following) not in (Signature, chord) or not TIMED_FROM_SEND.isdisjoint(following.options):
             return []
         inherit = app.conf.task_inherit_parent_priority
         priority = (request.delivery_info or {}).get("priority") if inherit else None
@@ -172,8 +176,10 @@ class CeleryAttempt:
             "priority": priority,
         }
         # (None,): what the task returned, as Celery passes it (an orchestrator task returns None)
-        messaging = CeleryMessaging(app)
         server = get_store().server()
+        if type(following) is chord:  # W1's source: its header in the end's round trip (collected_sends.py)
+            return (captured_chord(app, following, (None,), options, server) or []) if not chain[:-1] else []
+        messaging = CeleryMessaging(app)
         return messaging.captured_signatures([following], options, server, (None,), connected_only=False) or []
 
     def chained_sent(self) -> None:
@@ -296,6 +302,26 @@ class OrchestratorTask(CeleryTask):  # type: ignore[misc]
     """
 
     Request = "workers.celery_tasks:OrchestratorRequest"
+    collects_sends = True  # see apply_async
+
+    def apply_async(
+        self,
+        args: Any = None,
+        kwargs: Any = None,
+        task_id: str | None = None,
+        producer: Any = None,
+        link: Any = None,
+        link_error: Any = None,
+        shadow: Any = None,
+        **options: Any,
+    ) -> Any:
+        """Celery's send, unless a chord's header is being collected on this thread
+        (``collected_sends.py``): then the message is collected, to go out with the end of the task
+        run before the chord."""
+        collected = collected_send(self, args, kwargs, task_id, (link, link_error, shadow), options)
+        if collected is not None:
+            return collected
+        return super().apply_async(args, kwargs, task_id, producer, link, link_error, shadow, **options)
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         if isinstance(exc, TimeLimitExceeded) and isinstance(kwargs, dict) and "run" in kwargs:

@@ -21,8 +21,9 @@ Celery for good. Sent from inside a task, the message joins that task's trail, a
 
 Celery keeps every message whose send it must see: a signal receiver (``before_task_publish``,
 ``after_task_publish``, the old ``task_sent``), ``task_always_eager``, a send from inside a task
-that does not give both ids (Celery would take them from the running task), a signature with links
-or a chord, a mutable one given arguments, any option outside :data:`PLAIN_OPTIONS`.
+that does not give both ids (Celery would take them from the running task), a signature with links,
+a mutable one given arguments, any option outside :data:`PLAIN_OPTIONS`. A chord's header members
+are plain sends of this kind once Celery has frozen them (``collected_sends.py``).
 ``tests/test_message_templates.py`` holds the texts against Celery's.
 """
 
@@ -52,14 +53,15 @@ PLAIN_OPTIONS = frozenset(
     {
         *("queue", "ignore_result", "task_id", "time_limit", "soft_time_limit"),
         *("root_id", "parent_id", "reply_to", "chain"),
-        *("group_id", "group_index", "add_to_parent"),
+        *("group_id", "group_index", "add_to_parent", "chord"),
     }
 )
 """The options a templated send may carry: what the compiler and start messages set, what a
 chain's next link is sent with (its ids, the chain's rest, the client's reply_to Celery froze in)
-and what a group's member is (its group's id, its place, no trail)."""
+and what a group's or a chord header's member is (its group's id, its place, no trail, the chord's
+body)."""
 
-OWN_OPTIONS = ("root_id", "parent_id", "reply_to", "chain", "group_id", "group_index")
+OWN_OPTIONS = ("root_id", "parent_id", "reply_to", "chain", "group_id", "group_index", "chord")
 """Options whose values are a message's own (a shape has them or not)."""
 
 Write = tuple[str, str, Any]  # messaging.BrokerWrite: ('lpush', queue, text) or ('publish', topic, text)
@@ -73,6 +75,7 @@ class _Varying:
     root_id: str
     parent_id: str | None
     chain: Any
+    chord: Any
     group_id: str | None
     group_index: int | None
     args: Any
@@ -102,7 +105,13 @@ class _Template:
 
     def writes(self, v: _Varying) -> list[Write]:
         """The commands for a message of this shape with ``v``'s fields, in Celery's order."""
-        embed = self.body[2] if v.chain is None else {**self.body[2], "chain": v.chain}
+        embed = self.body[2]
+        if v.chain is not None or v.chord is not None:  # a copy: the keys keep Celery's order
+            embed = dict(embed)
+            if v.chain is not None:
+                embed["chain"] = v.chain
+            if v.chord is not None:
+                embed["chord"] = v.chord
         body = base64.b64encode(kombu_dumps([v.args, v.kwargs, embed]).encode()).decode()
         headers = dict(self.message["headers"])
         headers.update(id=v.task_id, group=v.group_id, group_index=v.group_index, root_id=v.root_id)
@@ -157,14 +166,45 @@ class _Send:
     options: dict[str, Any]
 
 
+_REPR_AS_IS = (int, bool, float, type(None))
+_CONTAINERS = (dict, list, tuple)
+
+
+def _repr_is_saferepr(value: Any, levels: int, level: int = 0) -> bool:
+    """Whether Celery's ``saferepr`` of ``value`` is the builtin ``repr`` (given a text shorter than
+    its limit): exact dicts, lists and tuples nested at most ``levels`` deep (deeper ones it writes
+    as ``{...}``), of numbers, None and strings that ``repr`` leaves unescaped and ``saferepr``
+    quotes the same way (printable, no quote, no backslash)."""
+    kind = type(value)
+    if kind in _REPR_AS_IS:
+        return True
+    if kind is str:
+        return value.isprintable() and "'" not in value and "\\" not in value
+    if kind not in _CONTAINERS or level >= levels:
+        return False
+    items = [*value.keys(), *value.values()] if kind is dict else value
+    return all(_repr_is_saferepr(item, levels, level + 1) for item in items)
+
+
+def celery_repr(value: Any, limit: int, levels: int) -> str:
+    """Celery's ``saferepr(value, limit, maxlevels=levels)``, the text ``as_task_v2`` writes for a
+    message's arguments; through the builtin ``repr`` where that is the same text (a compiled
+    task's arguments: plain JSON data), at a fiftieth of the CPU."""
+    if _repr_is_saferepr(value, levels):
+        text = repr(value)
+        if len(text) < limit:  # shorter than the limit: saferepr cuts nothing
+            return text
+    return saferepr(value, limit, maxlevels=levels)
+
+
 def _celery_reprs(app: Celery) -> Callable[[Any, Any], tuple[str, str]]:
     """The argsrepr and kwargsrepr Celery's own ``as_task_v2`` writes (``saferepr``, its limits)."""
     amqp, levels = app.amqp, app.conf.task_repr_maxlevels
 
     def reprs(args: Any, kwargs: Any) -> tuple[str, str]:
         return (
-            saferepr(args, amqp.argsrepr_maxsize, maxlevels=levels),
-            saferepr(kwargs, amqp.kwargsrepr_maxsize, maxlevels=levels),
+            celery_repr(args, amqp.argsrepr_maxsize, levels),
+            celery_repr(kwargs, amqp.kwargsrepr_maxsize, levels),
         )
 
     return reprs
@@ -208,7 +248,7 @@ class MessageTemplates:
             return None
         if type(options.get("group_index", 0)) is not int or type(options.get("add_to_parent", True)) is not bool:
             return None
-        if not isinstance(options.get("chain"), list | None):
+        if not isinstance(options.get("chain"), list | None) or not isinstance(options.get("chord"), dict | None):
             return None
         own, kwargs = signature.get("args") or (), signature.get("kwargs") or {}
         if not isinstance(own, list | tuple) or not isinstance(kwargs, dict):
@@ -246,6 +286,7 @@ class MessageTemplates:
             root_id=options.get("root_id") or task_id,
             parent_id=options.get("parent_id"),
             chain=options.get("chain"),
+            chord=options.get("chord"),
             group_id=options.get("group_id"),
             group_index=options.get("group_index"),
             args=list(args),
