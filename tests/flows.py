@@ -105,6 +105,23 @@ def fan_flow(n: int = 20) -> int:
 
 
 @flow
+def source_fan_flow(n: int = 4) -> int:
+    """W1's shape: a source, a fan-out that reads its result, a reduce. The worker that runs the
+    source sends the fan-out with the source's end (``collected_sends.py``)."""
+    start = inc.submit(1)
+    parts = [add.submit(start, i) for i in range(n)]
+    return total.submit(parts)  # type: ignore[no-any-return]
+
+
+@flow
+def failing_source_fan_flow(n: int = 3) -> int:
+    """:func:`source_fan_flow` whose source fails: no member may run."""
+    start = explode.submit("the source failed")
+    parts = [add.submit(start, i) for i in range(n)]
+    return total.submit(parts)  # type: ignore[no-any-return]
+
+
+@flow
 def diamond_flow(x: int = 1) -> int:
     a = inc.submit(x)
     b = double.submit(a)

@@ -17,9 +17,11 @@ from hypothesis import strategies as st
 
 from orchestrator.planning.compiler import make_signature
 from orchestrator.runstate.store import get_store
+from orchestrator.states import StateType
 from orchestrator.transport.celery_app import tolerate_redis_outages
 from orchestrator.transport.collected_sends import CHORD_LIMIT, captured_chord
 from orchestrator.transport.message_templates import celery_repr, templates_of
+from tests import flows
 from tests.conftest import TEST_BROKER
 from tests.test_envelope import app_for, normalised
 from tests.test_message_templates import connect
@@ -141,6 +143,25 @@ def test_a_header_wider_than_the_limit_is_left_to_celery(app: Celery, queue: red
     data = compiled_chord(app, CHORD_LIMIT + 1)
     assert captured_chord(app, signature(data, app=app), (None,), dispatch_options(), get_store().server()) is None
     assert queue.llen(QUEUE) == 0
+
+
+@pytest.mark.usefixtures("fleet")
+def test_a_fan_out_after_its_source_runs_on_the_fleet_with_the_sources_result() -> None:
+    """Every member adds the source's result, so none ran before the source's end sent it; the
+    later runs' headers come from templates the first taught."""
+    widths = (3, 8, 8, 30)
+    runs = [flows.source_fan_flow.delay(n=n) for n in widths]
+    assert [run.result(timeout=60) for run in runs] == [2 * n + n * (n - 1) // 2 for n in widths]
+
+
+@pytest.mark.usefixtures("fleet")
+def test_a_fan_out_whose_source_fails_never_runs() -> None:
+    run = flows.failing_source_fan_flow.delay(n=3)
+    assert run.wait(timeout=60) is StateType.FAILED
+    members = [row for row in run.task_runs() if row["label"].startswith("add")]
+    assert len(members) == 3
+    assert all(not row.get("started") for row in members), members
+    assert all(row["state"] is not StateType.COMPLETED for row in members), members
 
 
 _text = st.text(st.characters(codec="utf-8"), max_size=12) | st.sampled_from(["it's", "a\\b", "tab\t", "plain-id_0"])
