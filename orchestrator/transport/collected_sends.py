@@ -8,9 +8,9 @@ children's CPU in W1 (py-spy), on a box whose two cores the fleet shares.
 
 Here Celery still runs the chord: its freezing, its ids, the size it stores. Only each member's
 send is collected: the task class's ``apply_async`` (the workers' ``OrchestratorTask``) asks
-:func:`collected_send` first, which writes the member from its template
-(``message_templates.py``: the same bytes as Celery's), or captures Celery's own send of it and
-learns from it, into the collection, and sends nothing. The caller runs the collected commands in
+:func:`collected_send` first, which has ``CeleryMessaging.captured_signatures`` write the member
+from its template (``message_templates.py``: the same bytes as Celery's), or capture Celery's own
+send of it and learn from it, into the collection, and sends nothing. The caller runs the collected commands in
 the round trip that ends the task run, as it does a chain's next link: the header goes out in one
 round trip, and only once the task before it has Completed.
 
@@ -29,7 +29,7 @@ from celery import Celery
 from celery.canvas import Signature, chord, maybe_signature
 
 from .message_templates import templates_of
-from .messaging import BrokerWrite, captured_sends
+from .messaging import BrokerWrite, CeleryMessaging
 
 CHORD_LIMIT = 1000
 """The widest header collected: its commands travel as one script's arguments (about 3 KB a
@@ -103,22 +103,16 @@ def collected_send(
         collection.failed = True  # Celery would send more than a plain member: the chord is its own
         return result
     sig = Signature(task.name, (), kwargs or {}, immutable=True, app=collection.app)
-    sent_with = {"task_id": task_id, **options}
-    templates = templates_of(collection.app)
-    written = templates.writes(sig, sent_with, collection.server)
+    messaging = CeleryMessaging(collection.app)
+    _LOCAL.current = None  # from its template, or Celery's own send captured: not collected again
+    try:
+        written = messaging.captured_signatures(
+            [sig], {"task_id": task_id, **options}, collection.server, connected_only=False
+        )
+    finally:
+        _LOCAL.current = collection
     if written is None:
-
-        def send(producer: Any) -> None:
-            task.apply_async(args, kwargs, task_id=task_id, producer=producer, **options)
-
-        _LOCAL.current = None  # Celery's own send, captured: not collected again
-        try:
-            written = captured_sends(collection.app, send, collection.server)
-        finally:
-            _LOCAL.current = collection
-        if written is None:
-            collection.failed = True
-            return result
-        templates.learn(sig, sent_with, written, collection.server)
+        collection.failed = True
+        return result
     collection.writes.extend(written)
     return result
