@@ -13,6 +13,7 @@ runs either way), so storing and publishing every return value would be pure cos
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import socket
@@ -24,6 +25,7 @@ from celery import Celery
 from celery import Task as CeleryTask
 from celery.canvas import Signature, chord, group, signature
 from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.utils.saferepr import saferepr
 from celery.worker.request import Request
 
 from orchestrator.authoring import registry
@@ -65,13 +67,14 @@ from orchestrator.runtime.context import RunInfo
 from orchestrator.runtime.engine import zip_mapped
 from orchestrator.states import StateType
 from orchestrator.transport.collected_sends import captured_chord, collected_send
-from orchestrator.transport.messaging import CeleryMessaging, TaskRunEnd
+from orchestrator.transport.messaging import CeleryMessaging, TaskRunEnd, acknowledgement
 
 from .body_admission import start_driver
 from .body_attempts import BodyAttempt
 from .executor import Ending, end_completed, end_failed, full_run, gate, run_task, start_record
 from .heartbeat import HEARTBEATS
 from .linked_runs import run_linked_flow as start_linked_flow
+from .redis_transport import forget_acknowledged
 from .time_limits import hold_off_soft_limit
 
 log = logging.getLogger(__name__)
@@ -92,6 +95,8 @@ class CeleryAttempt:
         # never carry it
         self.redelivered = bool((celery_task.request.delivery_info or {}).get("redelivered"))
         self._restore_limit: Callable[[], None] | None = None
+        self._with_end = (False, False)  # what chained() gave: a chain link's send, the acknowledgement
+        self.acked_with_end = False  # the end script acknowledged this execution's message (see chained)
 
     def hold_off_time_limit(self) -> None:
         if self._restore_limit is None:
@@ -144,6 +149,33 @@ class CeleryAttempt:
         CeleryMessaging(self.celery_task.app).report_ends(ends, self.worker)
 
     def chained(self) -> list[tuple[str, str, Any]]:
+        """The Redis commands to run with this execution's Completed end: the next link of its chain
+        (:meth:`_next_link`), then the acknowledgement of its message (:meth:`_acknowledgement`)."""
+        request = self.celery_task.request
+        server = get_store().server()
+        link = self._next_link(server)
+        # Acknowledged with the end only when Celery has nothing left to do once the task returns: a
+        # worker that dies before doing it must have the message delivered again, as before (the
+        # redelivered execution finds the task run final and lets Celery do the rest: send a chain's
+        # next step that was not captured, link callbacks, count a chord's part).
+        after_return = request.callbacks or request.chord or (request.chain and not link)
+        ack = [] if after_return else self._acknowledgement(server)
+        self._with_end = (bool(link), bool(ack))
+        return link + ack
+
+    def _acknowledgement(self, server: tuple[Any, ...] | None) -> list[tuple[str, str, Any]]:
+        """The commands that acknowledge this execution's message, to run in its end script: with late
+        acknowledgement (the fleet's setting) Celery's main process acknowledges a message after its
+        task returns, a round trip in the one serial part of a worker; done in the end's round trip,
+        the end and the acknowledgement are one step, and a worker that dies between the two no longer
+        has a finished task's message delivered again. [] when its broker is not the run store's
+        Redis (``messaging.acknowledgement``) or the message was acknowledged when it started."""
+        task, request = self.celery_task, self.celery_task.request
+        if not task.acks_late:
+            return []
+        return acknowledgement(task.app, (request.properties or {}).get("delivery_tag"), server)
+
+    def _next_link(self, server: tuple[Any, ...] | None) -> list[tuple[str, str, Any]]:
         """What Celery's tracer would send after this task returns (the next link of its chain, as
         ``_dispatch_callbacks_and_chain`` builds it), captured as Redis commands; [] when the next
         step is a group or a chain, a chord that cannot be collected whole or is not the chain's
@@ -176,14 +208,16 @@ class CeleryAttempt:
             "priority": priority,
         }
         # (None,): what the task returned, as Celery passes it (an orchestrator task returns None)
-        server = get_store().server()
         if type(following) is chord:  # W1's source: its header in the end's round trip (collected_sends.py)
             return (captured_chord(app, following, (None,), options, server) or []) if not chain[:-1] else []
         messaging = CeleryMessaging(app)
         return messaging.captured_signatures([following], options, server, (None,), connected_only=False) or []
 
     def chained_sent(self) -> None:
-        self.celery_task.request.chain = None  # the tracer sends nothing after the task returns
+        link, ack = self._with_end
+        if link:
+            self.celery_task.request.chain = None  # the tracer sends nothing after the task returns
+        self.acked_with_end = ack  # the main process must not acknowledge it again (ACKED_WITH_END)
 
     def stop(self, run: dict[str, Any]) -> NoReturn:
         """End this execution with Ignore, which stops the canvas here (nothing after it is sent).
@@ -258,15 +292,57 @@ class CeleryAttempt:
         raise Retry(why)
 
 
+ACKED_WITH_END = "acknowledged with its end"
+"""What a user task's Celery task returns when its end script acknowledged its message
+(:meth:`CeleryAttempt._acknowledgement`); None otherwise. Only the worker's main process reads it."""
+
+_ACKED_TEXT = saferepr(ACKED_WITH_END)  # as the pool hands a return value to the main process
+
+
+def _seeing_acked_with_end(on_success: Callable[..., Any]) -> Callable[..., Any]:
+    """``on_success`` of a request class, which notes a message its task acknowledged already and
+    passes on what Celery shows of every other orchestrator task's return (None)."""
+
+    @functools.wraps(on_success)
+    def noting(self: OrchestratorRequest, failed__retval__runtime: Any, **kwargs: Any) -> Any:
+        failed, retval, runtime = failed__retval__runtime
+        if not failed and retval == _ACKED_TEXT:
+            self.acked_with_end = True
+            failed__retval__runtime = (failed, saferepr(None), runtime)
+        return on_success(self, failed__retval__runtime, **kwargs)
+
+    return noting
+
+
 class OrchestratorRequest(Request):  # type: ignore[misc]
-    """Celery's request, plus what the worker's main process must tell when a pool process dies.
+    """Celery's request, plus what the worker's main process must tell when a pool process dies,
+    and no second acknowledgement of a message its task's end script acknowledged.
 
     With ``task_reject_on_worker_lost`` Celery puts the message of a task whose pool
     process died back on its queue, and it runs again. The dead process can no longer
     heartbeat, and the crash detector must not also declare the task run Crashed and
     send it a second time: the main process takes it off the heartbeat set (the new
     execution adds it again) and records why it runs again.
+
+    A task that returns :data:`ACKED_WITH_END` had its message acknowledged in Redis by its end
+    script: the main process only forgets it (``forget_acknowledged``), with no round trip. Celery
+    builds a subclass of this class for each task (``create_request_cls``) with an ``on_success``
+    of its own, which :meth:`__init_subclass__` wraps.
     """
+
+    acked_with_end = False
+    on_success = _seeing_acked_with_end(Request.on_success)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "on_success" in cls.__dict__:
+            cls.on_success = _seeing_acked_with_end(cls.__dict__["on_success"])
+
+    def acknowledge(self) -> None:
+        if self.acked_with_end and forget_acknowledged(self._message):
+            self.acknowledged = True
+            return
+        super().acknowledge()
 
     def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
         exc = getattr(exc_info, "exception", None)
@@ -403,7 +479,7 @@ def register_user_task(app: Celery, task: Task) -> None:
         inputs: dict[str, Any] | None,
         retries_used: int = 0,
         options: dict[str, Any] | None = None,
-    ) -> None:
+    ) -> str | None:
         current = registry.get_task(task.name) or task
         if options:
             current = current.with_message_options(options)
@@ -412,6 +488,7 @@ def register_user_task(app: Celery, task: Task) -> None:
         ending = run_task(current, run, inputs, attempt, retries_used)
         if ending is Ending.STOPPED:
             attempt.stop(run)
+        return ACKED_WITH_END if attempt.acked_with_end else None
 
     entry.__name__ = task.fn.__name__
     entry.__doc__ = task.fn.__doc__

@@ -30,6 +30,7 @@ from __future__ import annotations
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual as kombu_virtual
 
 from .quiet_events import QuietEvents
 
@@ -81,6 +82,11 @@ class QoS(kombu_redis.QoS):  # type: ignore[misc]
             UNSETTLED[str(delivery_tag)] = _record_of(message)  # Celery never sees it: it is not run here
             raise
 
+    def forget(self, delivery_tag: Any) -> None:
+        """A message whose task's end script acknowledged it in Redis already (``acknowledgement`` in
+        ``orchestrator/transport/messaging.py``): forget it here too, with no round trip of its own."""
+        kombu_virtual.QoS.ack(self, delivery_tag)
+
     def restore_unacked(self, client: Any = None) -> None:
         """Give back the messages held but not started; leave those of running tasks unacked."""
         running = running_delivery_tags()
@@ -91,6 +97,17 @@ class QoS(kombu_redis.QoS):  # type: ignore[misc]
                 UNSETTLED[str(tag)] = _record_of(message)
         self._delivered.clear()
         settle_taken(self.channel, client)  # now if Redis answers; else the worker's next refresh
+
+
+def forget_acknowledged(message: Any) -> bool:
+    """Mark ``message`` acknowledged without telling Redis, which its task's end script told already;
+    False (nothing done) when its channel is not one of :class:`Channel`'s."""
+    qos = getattr(getattr(message, "channel", None), "qos", None)
+    if not isinstance(qos, QoS) or message.acknowledged:
+        return False
+    qos.forget(message.delivery_tag)
+    message._state = "ACK"  # what kombu's Message.ack sets once the broker has it
+    return True
 
 
 def settle_taken(channel: Any, client: Any = None) -> int:

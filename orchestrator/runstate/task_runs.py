@@ -320,7 +320,9 @@ class TaskRuns:
 
         ``sends``: Redis commands (LPUSH, PUBLISH) that send messages, run in the same script only if
         this call makes the task run final: what follows it in a chain goes out with its end, in
-        the round trip the end makes anyway, and never before its result is stored.
+        the round trip the end makes anyway, and never before its result is stored. They may end
+        with the ZREM and HDEL that acknowledge the message that ran it (kombu's Redis transport):
+        acknowledged in the same step as its end, never one without the other.
         """
         fields = fields | {"state": state.value}
         event = encode(

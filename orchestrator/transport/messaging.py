@@ -144,6 +144,9 @@ BrokerWrite = tuple[str, str, Any]
 
 CAPTURABLE = frozenset({"lpush", "publish"})
 
+ACKNOWLEDGING = frozenset({"zrem", "hdel"})
+"""The commands of :func:`acknowledgement`: a message's unacked index entry and record taken out."""
+
 CANVAS_OPTIONS: dict[str, Any] = {"ignore_result": True}
 """What a compiled canvas is sent with: its results live in the run store."""
 
@@ -220,6 +223,31 @@ def captured_sends(
     if capture.aborted or any(write[0] not in CAPTURABLE for write in capture.writes):
         return None
     return capture.writes
+
+
+def acknowledgement(app: Celery, delivery_tag: Any, server: tuple[Any, ...] | None) -> list[BrokerWrite]:
+    """The Redis commands that acknowledge a message a worker took from ``app``'s broker, for a run-store
+    script to run with the end of its task run (``lua/finish_task_run.lua``): kombu's Redis transport
+    holds a taken message in its unacked index and record until it is acknowledged, and acknowledging
+    is taking it out of both. [] when the broker is not a plain Redis on the run store's database
+    ``server`` (then the worker's main process acknowledges, as Celery does), or the message has no
+    delivery tag."""
+    keys = _unacked_keys(app, server)
+    if keys is None or not isinstance(delivery_tag, str) or not delivery_tag:
+        return []
+    index, record = keys
+    return [("zrem", index, delivery_tag), ("hdel", record, delivery_tag)]
+
+
+@lru_cache(maxsize=8)
+def _unacked_keys(app: Celery, server: tuple[Any, ...] | None) -> tuple[str, str] | None:
+    """The broker channel's unacked index and record keys (transport options may rename them), or None
+    when its Redis is not the run store's: asked once per app and database, as neither changes."""
+    with app.producer_or_acquire() as producer:
+        channel = producer.channel
+        if not _shares_redis(channel, server):
+            return None
+        return str(channel.unacked_index_key), str(channel.unacked_key)
 
 
 def _sender(signature: Any, args: tuple[Any, ...], options: dict[str, Any]) -> Callable[[Any], None]:

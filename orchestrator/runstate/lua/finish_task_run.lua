@@ -6,16 +6,18 @@
 --       now, root run id, the Completed event of the root flow run (text of runstate.events.encode),
 --       the grace (seconds) a completed tree's finals and count keep, the prefix of a task run's
 --       downstream set (keys.downstream('')),
---       then messages sent with this end: (command, key or channel, value) triples, LPUSH or PUBLISH
+--       then messages sent with this end: (command, key or channel, value) triples, LPUSH or PUBLISH,
+--       and the acknowledgement of the message that ran it: ZREM and HDEL of kombu's unacked index and record
 -- Returns {left, flow, ready signatures...}: left = task runs of the tree not final (-1: this one
 -- already was), flow = 'completed' when this call ended the root flow run Completed (and removed the
 -- tree's edges, as forget_tree_edges.lua does), 'decide' when the tree is done but the run did not
 -- complete (Python writes the detailed message and removes the edges);
 -- {-1, 'sent'}: this same call ran before (a retry after its reply was lost) and sent its messages.
 local CHUNK = 1000  -- arguments per command built with unpack (Lua's C stack holds about 8000)
-for i = 13, #ARGV, 3 do  -- the sends are a broker push and its task-sent event, nothing else (checked before any write)
+local WITH_END = {lpush = true, publish = true, zrem = true, hdel = true}
+for i = 13, #ARGV, 3 do  -- broker pushes, their task-sent events, an acknowledgement; nothing else (checked before any write)
   local command = string.lower(ARGV[i])
-  if command ~= 'lpush' and command ~= 'publish' then return redis.error_reply('finish_task_run: not a send: ' .. command) end
+  if not WITH_END[command] then return redis.error_reply('finish_task_run: not a send: ' .. command) end
 end
 if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[5]) == 0 then
   if #ARGV > 12 and redis.call('HGET', KEYS[1], 'ended') == cjson.decode(ARGV[3])['ended'] then return {-1, 'sent'} end
@@ -109,5 +111,5 @@ if out[2] == 'completed' then
 else
   redis.call('EXPIRE', KEYS[2], ARGV[2])
 end
-for i = 13, #ARGV, 3 do redis.call(ARGV[i], ARGV[i + 1], ARGV[i + 2]) end  -- messages sent with this end
+for i = 13, #ARGV, 3 do redis.call(ARGV[i], ARGV[i + 1], ARGV[i + 2]) end  -- messages sent (and acknowledged) with this end
 return out
