@@ -852,3 +852,21 @@ def routed_flow() -> int:
 def dynamic_reads_a_failure() -> int:
     """Dynamic: the body reads the result of a task that raised, so the body raises too."""
     return inc.submit(explode.submit("read boom").result()).result()  # type: ignore[no-any-return]
+
+
+def kill_own_process(obj: Any, run: Any, state: Any) -> None:
+    """An on_completion hook that kills the pool process it runs in: after the end was recorded."""
+    os.kill(os.getpid(), 9)
+
+
+@task(on_completion=kill_own_process)
+def ends_then_dies(marker: str) -> int:
+    """Counts its executions (``test:count:<marker>``), returns 1, and its process dies in its hook."""
+    get_store().redis.incr(f"test:count:{marker}")
+    return 1
+
+
+@flow
+def dies_after_end_flow(marker: str) -> int:
+    """A chain whose first task's pool process is killed after its end (and its next link's send)."""
+    return inc.submit(ends_then_dies.submit(marker))  # type: ignore[no-any-return]

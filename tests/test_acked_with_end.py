@@ -200,3 +200,27 @@ def test_a_completed_task_runs_message_is_acknowledged_by_its_end_script_alone(r
     assert sorted(by_main) == [(1, "explode"), (2, "double"), (2, "double"), (2, "double")]
     client = redis.Redis.from_url(redis_url)
     assert not [tag for tag in messages if client.hexists("unacked", tag)]
+
+
+@pytest.mark.usefixtures("fleet")
+def test_a_pool_process_killed_after_its_tasks_end_never_has_that_message_delivered_again(redis_url: str) -> None:
+    """The task's on_completion hook kills its pool process: its end (and the next link's send) and
+    its acknowledgement were one step, so Celery's requeue of a lost process's message finds nothing
+    to give back. The task ran once and the run completes; before, its message went back to the
+    queue and a second delivery found the task run final."""
+    marker = uuid.uuid4().hex
+    runs: list[Any] = []
+
+    def run_flow() -> None:
+        runs.append(flows.dies_after_end_flow.delay(marker=marker))
+        assert runs[0].result(timeout=60) == 2
+
+    lines = _monitored(redis_url, run_flow)
+    client = redis.Redis.from_url(redis_url)
+    assert int(client.get(f"test:count:{marker}") or 0) == 1
+    died = [tag for tag, (run, name) in _messages(lines).items() if run == runs[0].id and "ends_then_dies" in name]
+    assert len(died) == 1
+    pushes = [x for x in lines if x["command"].split(" ")[0] in ("LPUSH", "RPUSH") and died[0] in x["command"]]
+    assert len(pushes) == 1  # pushed once, by the client: never given back
+    assert _acknowledgers(lines).get(died[0]) == ["lua"]
+    client.delete(f"test:count:{marker}")
