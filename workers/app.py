@@ -28,7 +28,6 @@ from .announce import Announcer
 from .body_admission import hand_over_bodies
 from .celery_tasks import record_revoked, record_unknown, register_builtin_tasks, register_user_task
 from .delayed import BEAT_SECONDS, DelayedSender
-from .event_flushes import batch_event_flushes
 from .logship import install as install_log_shipper
 from .quiet_events import publish_events_quietly
 from .redis_transport import survive_lost_redis
@@ -40,7 +39,6 @@ from .visibility import KeepVisible, refresh_interval
 REDIS_OUTAGE_SECONDS = 60.0
 log = logging.getLogger(__name__)
 app = make_celery_app("workers")
-batch_event_flushes(app)  # task events leave the main process in batches
 log_shipper = install_log_shipper()
 registry.on_task_registered(lambda task: log_shipper.follow(task.fn.__module__))  # the task module's own logger
 register_builtin_tasks(app)
