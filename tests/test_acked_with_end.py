@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from orchestrator.states import StateType
 from orchestrator.transport.messaging import acknowledgement
 from tests import flows
 from tests.conftest import TEST_BROKER
+from tests.redis_monitor import monitoring
 from tests.test_envelope import app_for
 from workers import redis_transport
 from workers.celery_tasks import ACKED_WITH_END, OrchestratorRequest, OrchestratorTask
@@ -119,29 +119,11 @@ def _monitored(redis_url: str, run_flows: Any) -> list[dict[str, Any]]:
     """Redis's MONITOR lines while ``run_flows()`` runs, and until every task message it pushed is
     acknowledged (the main process acknowledges after a flow run's end may be known)."""
     client = redis.Redis.from_url(redis_url, decode_responses=True)
-    lines: list[dict[str, Any]] = []
-    ready, done = threading.Event(), threading.Event()
-
-    def listen() -> None:
-        with client.monitor() as monitor:
-            ready.set()
-            for line in monitor.listen():
-                lines.append(line)
-                if done.is_set():
-                    return
-
-    listener = threading.Thread(target=listen, daemon=True)
-    listener.start()
-    ready.wait(5)
-    try:
+    with monitoring(redis_url) as lines:
         run_flows()
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and any(client.hexists("unacked", tag) for tag in _messages(list(lines))):
             time.sleep(0.05)
-    finally:
-        done.set()
-        client.ping()  # one more line, so the monitor loop sees done
-        listener.join(5)
     return lines
 
 

@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import subprocess
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -29,6 +28,7 @@ from orchestrator.transport.broker import broker_url, queue_lengths
 from orchestrator.transport.celery_app import SendOnlyRedisBackend, client_app
 from tests import flows
 from tests.broker_support import waiting_messages
+from tests.redis_monitor import monitoring
 from workers.app import app as celery_app
 
 pytestmark = pytest.mark.usefixtures("fleet")
@@ -420,28 +420,9 @@ def test_a_chain_link_goes_out_inside_its_upstream_finish_script(redis_url: str,
     the chain still runs in order and each link's start sees its upstream's result."""
     if broker_url is not None:
         pytest.skip("the next link is captured only when the broker is the run store's Redis")
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    lines: list[dict[str, Any]] = []
-    ready, done = threading.Event(), threading.Event()
-
-    def listen() -> None:
-        with client.monitor() as monitor:
-            ready.set()
-            for line in monitor.listen():
-                lines.append(line)
-                if done.is_set():
-                    return
-
-    listener = threading.Thread(target=listen, daemon=True)
-    listener.start()
-    ready.wait(5)
-    try:
+    with monitoring(redis_url) as lines:
         run = flows.chain_flow.delay(x=3)
         assert run.result(timeout=30) == 10
-    finally:
-        done.set()
-        client.ping()  # one more line, so the monitor loop sees done
-        listener.join(5)
     pushed = [who for run_id, who in _pushed_runs(lines, "default") if run_id == run.id]
     assert pushed == ["tcp", "lua", "lua"]  # the client sends the first link; each end sends the next
     rows = runs_by_label(run)
