@@ -144,9 +144,6 @@ BrokerWrite = tuple[str, str, Any]
 
 CAPTURABLE = frozenset({"lpush", "publish"})
 
-ACKNOWLEDGING = frozenset({"zrem", "hdel"})
-"""The commands of :func:`acknowledgement`: a message's unacked index entry and record taken out."""
-
 CANVAS_OPTIONS: dict[str, Any] = {"ignore_result": True}
 """What a compiled canvas is sent with: its results live in the run store."""
 
